@@ -1,0 +1,198 @@
+"""Any timm model behind :class:`Backbone`, and the bundled EfficientNet-Lite0.
+
+Stage maps come from timm's ``forward_intermediates`` and ``feature_info`` (channels,
+reduction, module), the head and embedding from ``forward_head``: the model stays whole,
+so timm checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from cnnapps.backbones.features import Backbone, StageInfo, stage_name
+from cnnapps.backbones.preprocess import Preprocess
+from cnnapps.backbones.registry import TIMM_PREFIX, WeightsArg
+from cnnapps.backbones.weights import (
+    as_local_file,
+    cached_download,
+    is_pretrained_alias,
+    load_into,
+    load_state_dict_file,
+    verified_bundled_path,
+)
+from torch import nn
+
+from cnnapps.errors import UnknownModelError, WeightsError
+
+
+class TimmBackbone(Backbone):
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        preprocess: Preprocess,
+        class_names: Sequence[str] | None,
+        weights: str,
+    ) -> None:
+        infos = list(model.feature_info)
+        taken: list[str] = []
+        stages = []
+        for info in infos:
+            stage = StageInfo(stage_name(int(info["reduction"]), taken), int(info["num_chs"]), int(info["reduction"]))
+            taken.append(stage.name)
+            stages.append(stage)
+        embedding_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        super().__init__(name, stages, embedding_dim, int(model.num_classes), preprocess, class_names, weights)
+        self.model = model
+        self._stage_modules = [str(info["module"]) for info in infos]
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not hasattr(self.model, "forward_intermediates"):
+            raise NotImplementedError(f"{self.name}: this timm model does not expose stage features")
+        maps = self.model.forward_intermediates(x, intermediates_only=True)
+        return {info.name: fmap for info, fmap in zip(self.stages, maps, strict=True)}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+    def forward_embedding(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features, pre_logits=True)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.has_head:
+            raise RuntimeError(f"{self.name} has no classification head")
+        return self.model.forward_head(features)
+
+    def stage_parameters(self) -> list[list[nn.Parameter]]:
+        """Group parameters by the last stage module that comes at or after their owner in module order."""
+        order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        bounds = []
+        for prefix in self._stage_modules:
+            bounds.append(max(i for n, i in order.items() if n == prefix or n.startswith(prefix + ".")))
+        groups: list[list[nn.Parameter]] = [[] for _ in bounds]
+        for pname, param in self.model.named_parameters():
+            owner = order[pname.rpartition(".")[0]]
+            for i, bound in enumerate(bounds):
+                if owner <= bound:
+                    groups[i].append(param)
+                    break
+        return groups
+
+
+def pretrained_source(model_name: str) -> tuple[str, str] | None:
+    """(URL, cache filename) of a timm model's default pretrained weights, or None if it has none.
+
+    Prefers the Hugging Face hub's safetensors file; falls back to the legacy release URL.
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        repo = cfg.hf_hub_id.rstrip("/")
+        if repo == "timm":
+            repo = f"timm/{cfg.architecture}.{cfg.tag}" if cfg.tag else f"timm/{cfg.architecture}"
+        filename = cfg.hf_hub_filename or "model.safetensors"
+        return f"https://huggingface.co/{repo}/resolve/main/{filename}", f"{repo.replace('/', '--')}--{filename}"
+    if cfg.url:
+        return cfg.url, cfg.url.split("/")[-1]
+    return None
+
+
+def build(name: str, weights: WeightsArg = None, **kwargs: Any) -> TimmBackbone:
+    """Build ``timm:<model>``; ``kwargs`` go to ``timm.create_model``."""
+    import timm
+
+    model_name = name[len(TIMM_PREFIX) :] if name.startswith(TIMM_PREFIX) else name
+    if not timm.is_model(model_name):
+        close = timm.list_models(f"*{model_name.split('.')[0]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise UnknownModelError(f"{name}: not a timm model{hint}")
+
+    local = as_local_file(weights)
+    if weights is None or local is not None:
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+        description = "random init"
+        if local is not None:
+            load_into(model, load_state_dict_file(local), str(local))
+            description = str(local)
+    else:
+        if not is_pretrained_alias(weights):  # a pretrained tag such as "a1_in1k"
+            model_name = f"{model_name.split('.')[0]}.{weights}"
+        source = pretrained_source(model_name)
+        if source is None:
+            raise WeightsError(f"{name}: timm has no pretrained weights for {model_name}")
+        path = cached_download(*source)
+        model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        description = f"timm {model.pretrained_cfg.get('architecture')}.{model.pretrained_cfg.get('tag')}"
+
+    config = timm.data.resolve_data_config(model=model)
+    preprocess = Preprocess.from_crop_pct(
+        tuple(config["input_size"]),
+        config["crop_pct"],
+        interpolation=config["interpolation"] if config["interpolation"] in ("bilinear", "bicubic") else "bilinear",
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+    )
+    class_names = _class_names(model) if weights is not None and local is None else None
+    return TimmBackbone(name, model.eval(), preprocess, class_names, description)
+
+
+def _class_names(model: nn.Module) -> list[str] | None:
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(model)
+    if subset is None:
+        return None
+    if subset == "imagenet-1k":
+        from cnnapps.backbones.torchvision_nets import imagenet_categories
+
+        return imagenet_categories()
+    return [d.split(",")[0] for d in ImageNetInfo(subset).label_descriptions()]
+
+
+def build_efficientnet_lite0(
+    name: str = "efficientnet_lite0", weights: WeightsArg = None, **kwargs: Any
+) -> TimmBackbone:
+    """timm's ``efficientnet_lite0``; ``weights="imagenet"`` loads the bundled, sha256-checked file.
+
+    The bundled file uses the lukemelas EfficientNet key names; its tensors map one-to-one,
+    in order, onto timm's (shapes are checked). Its weights expect TF-style normalisation.
+    """
+    import timm
+
+    if weights is None or as_local_file(weights) is not None:
+        return build(name, weights, **kwargs)
+    if not is_pretrained_alias(weights):
+        raise WeightsError(f"{name}: unknown weights {weights!r} (use imagenet, none or a file path)")
+    path = verified_bundled_path(name)
+    model = timm.create_model("efficientnet_lite0", pretrained=False, **kwargs)
+    load_into(model, map_lukemelas_keys(load_state_dict_file(path), model.state_dict(), str(path)), str(path))
+    from cnnapps.backbones.torchvision_nets import imagenet_categories
+
+    preprocess = Preprocess(interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return TimmBackbone(name, model.eval(), preprocess, imagenet_categories(), f"bundled {path.name}")
+
+
+def map_lukemelas_keys(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """Rename tensors one-to-one in order (ignoring BN step counters), checking every shape."""
+    src_keys = [k for k in state if not k.endswith("num_batches_tracked")]
+    dst_keys = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src_keys) != len(dst_keys):
+        raise WeightsError(f"{source}: {len(src_keys)} tensors, the model has {len(dst_keys)}")
+    mapped = {}
+    for src, dst in zip(src_keys, dst_keys, strict=True):
+        if state[src].shape != target[dst].shape:
+            raise WeightsError(
+                f"{source}: {src} {tuple(state[src].shape)} does not fit {dst} {tuple(target[dst].shape)}"
+            )
+        mapped[dst] = state[src]
+    for key, value in target.items():
+        if key.endswith("num_batches_tracked"):
+            mapped[key] = value
+    return mapped

@@ -1,0 +1,32 @@
+"""cnnapps: conv backbones as shared parts behind task applications.
+
+Importing this package is cheap: torch and friends load only when a function needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_backbone", "list_backbones", "list_models", "read_image"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cnnapps.backbones import create_backbone, list_backbones
+    from cnnapps.backbones.catalog import list_models
+    from cnnapps.datasets.io import read_image
+
+_LAZY = {
+    "create_backbone": "cnnapps.backbones.registry",
+    "list_backbones": "cnnapps.backbones.registry",
+    "list_models": "cnnapps.backbones.catalog",
+    "read_image": "cnnapps.datasets.io",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cnnapps' has no attribute {name!r}")

@@ -1,0 +1,143 @@
+"""The ``cnnapps`` command: one thin verb per task over the Python API.
+
+Importing this module loads typer only; each command imports what it needs, so
+``cnnapps --help`` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+
+from cnnapps import __version__
+from cnnapps.errors import CnnappsError
+
+app = typer.Typer(
+    name="cnnapps",
+    help="Conv backbones as working applications: classify, retrieve, detect, caption.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnnapps {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+def _console() -> Any:
+    """Rich console; pipes and CI get 120 columns instead of rich's 80 so tables stay unwrapped."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 120))
+    return console
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@app.command()
+def models(
+    timm_pattern: str = typer.Option(
+        None, "--timm", help="Also list timm models with pretrained weights matching PATTERN."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List backbones and whether their pretrained weights are bundled, cached or downloadable."""
+    from cnnapps.backbones.catalog import list_models
+
+    rows = list_models(timm_pattern)
+    if as_json:
+        _echo_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="Backbones (any timm model also works as timm:<name>)")
+    for column in ("name", "from", "weights", "description"):
+        table.add_column(column)
+    colours = {"bundled": "green", "cached": "green", "downloadable": "yellow", "none": "dim", "missing": "red"}
+    for row in rows:
+        state = row["weights"]["state"]
+        table.add_row(row["name"], row["source"], f"[{colours.get(state, 'white')}]{state}[/]", row["description"])
+    _console().print(table)
+
+
+@app.command()
+def summary(
+    model: str = typer.Argument(..., help="Backbone name, e.g. vgg16, lenet5, timm:resnet18."),
+    input_size: int = typer.Option(None, "--input", help="Input side in pixels (default: the model's own)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Per-layer table: output volume, parameters, activations; then totals and forward memory."""
+    from cnnapps.backbones import create_backbone, summarize
+
+    result = summarize(create_backbone(model, weights=None), input_size, name=model)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    from rich.table import Table
+
+    c, h, w = result.input_size
+    table = Table(title=f"{model}: {h}x{w}x{c} input")
+    for column, justify in (
+        ("layer", "left"),
+        ("type", "left"),
+        ("output volume", "right"),
+        ("params", "right"),
+        ("activations", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    table.add_row("input", "", f"{h}x{w}x{c}", "0", f"{result.input_activations:,}")
+    for row in result.rows:
+        volume = row.volume if row.activations else "-"
+        table.add_row(row.name, row.kind, volume, f"{row.params:,}", f"{row.activations:,}")
+    console = _console()
+    console.print(table)
+    console.print(
+        f"total params: {result.total_params:,} ({result.params_memory_mb:.3g} MB at fp32)\n"
+        f"total activations: {result.total_activations:,}\n"
+        f"forward memory per image: {result.forward_memory_mb:.3g} MB at fp32 (about twice that with the backward pass)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: user errors print one line and exit non-zero; ``--debug`` shows tracebacks."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="cnnapps")
+    except CnnappsError as exc:
+        if _state["debug"] or "--debug" in args:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # unexpected: still one line, the traceback is behind --debug
+        if _state["debug"] or "--debug" in args:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

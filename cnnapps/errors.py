@@ -1,0 +1,63 @@
+"""User-facing errors: each one says which input failed and why, in one line."""
+
+from __future__ import annotations
+
+
+class CnnappsError(Exception):
+    """Base class for errors the CLI prints as one line (no traceback)."""
+
+    exit_code = 2
+
+
+class UnknownModelError(CnnappsError, KeyError):
+    """A model or backbone name that is neither registered nor a timm model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(CnnappsError):
+    """Weights could not be found, downloaded, verified or loaded."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """No network and no cached file: the message names the file, its URL and where to put it."""
+
+
+class WeightsIntegrityError(WeightsError):
+    """A weights file whose sha256 does not match the expected one."""
+
+
+class ImageError(CnnappsError):
+    """An input that is not a usable image. Carries the input's name in ``source``."""
+
+    reason = "unreadable image"
+
+    def __init__(self, source: str, detail: str | None = None) -> None:
+        self.source = source
+        self.detail = detail or self.reason
+        super().__init__(f"{source}: {self.detail}")
+
+
+class ImageNotFoundError(ImageError):
+    reason = "no such file"
+
+
+class EmptyImageError(ImageError):
+    reason = "file is empty"
+
+
+class NotAnImageError(ImageError):
+    reason = "not an image (expected JPEG, PNG, WebP, BMP or TIFF)"
+
+
+class TruncatedImageError(ImageError):
+    reason = "image data is truncated"
+
+
+class ImageTooLargeError(ImageError):
+    reason = "image is larger than the pixel limit"
+
+
+class UnsupportedInputError(ImageError):
+    reason = "unsupported input type"
