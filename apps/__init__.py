@@ -1,0 +1,1 @@
+"""Task applications, one sub-package each, all built on :mod:`cnnapps.backbones`."""

@@ -84,6 +84,10 @@ class Backbone(nn.Module):
         """Parameters grouped by stage (the stem belongs to the first stage)."""
         raise NotImplementedError
 
+    def drop_head(self) -> Backbone:
+        """Remove the original classification head (a task head replaces it); ``forward`` then embeds."""
+        raise NotImplementedError
+
     # -- shared behaviour ----------------------------------------------------------------
     @property
     def has_head(self) -> bool:
@@ -190,6 +194,10 @@ class SequentialBackbone(Backbone):
         if self.head is None:
             raise RuntimeError(f"{self.name} has no classification head")
         return self.head(features)
+
+    def drop_head(self) -> SequentialBackbone:
+        self.head, self.num_classes, self.class_names = None, 0, None
+        return self
 
     def stage_parameters(self) -> list[list[nn.Parameter]]:
         return [list(stage.parameters()) for stage in self.body.values()]

@@ -65,6 +65,11 @@ class TimmBackbone(Backbone):
             raise RuntimeError(f"{self.name} has no classification head")
         return self.model.forward_head(features)
 
+    def drop_head(self) -> TimmBackbone:
+        self.model.reset_classifier(0)
+        self.num_classes, self.class_names = 0, None
+        return self
+
     def stage_parameters(self) -> list[list[nn.Parameter]]:
         """Group parameters by the last stage module that comes at or after their owner in module order."""
         order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -53,6 +56,26 @@ def _console() -> Any:
 
 def _echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
+
+
+@contextmanager
+def _progress(total: int, label: str, minimum: int = 16) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long jobs (only on a terminal); yields an ``advance(n)`` callback."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if total < minimum or not console.is_terminal:
+        yield lambda n: None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+# Exit codes of commands that take many inputs.
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 
 
 @app.command()
@@ -117,6 +140,60 @@ def summary(
         f"total activations: {result.total_activations:,}\n"
         f"forward memory per image: {result.forward_memory_mb:.3g} MB at fp32 (about twice that with the backward pass)"
     )
+
+
+@app.command()
+def classify(
+    paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+    model: list[str] = typer.Option(
+        None, "--model", "-m", help="Registry name or trained model file; repeat for an ensemble. [default: efficientnet_lite0]"
+    ),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass [default: 4 on CPU, 32 on GPU]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    engine: str = typer.Option("auto", "--engine", help="auto (fused graph on CPU), jit or eager."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
+) -> None:
+    """Classify images. Exit code 0: all classified; 1: some inputs failed (reported, others done); 2: error."""
+    from cnnapps.api import load
+    from cnnapps.backbones.registry import DEFAULT_BACKBONE
+    from cnnapps.datasets.folders import expand_inputs
+
+    inputs = expand_inputs(paths)
+    if not inputs:
+        raise CnnappsError(f"{' '.join(paths)}: no images found")
+    predictor = load(model or [DEFAULT_BACKBONE], task="classify", device=device, engine=engine, batch_size=batch_size)
+    with _progress(len(inputs), "classifying") as advance:
+        results = predictor.predict(inputs, top_k=top_k, progress=advance)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        _echo_json([r.to_dict() for r in results])
+    else:
+        _print_classifications(results, top_k)
+    if failed:
+        typer.echo(f"{len(failed)} of {len(results)} inputs failed:", err=True)
+        for r in failed:
+            typer.echo(f"  {r.source}: {r.error}", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_classifications(results: list[Any], top_k: int) -> None:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("image")
+    table.add_column("top-1")
+    table.add_column("score", justify="right")
+    if top_k > 1:
+        table.add_column(f"next {top_k - 1}")
+    for r in results:
+        if not r.ok:
+            table.add_row(r.source, f"[red]error: {r.error}[/]", "", *([""] if top_k > 1 else []))
+            continue
+        best, rest = r.predictions[0], r.predictions[1:]
+        others = ", ".join(f"{p.label} {p.score:.0%}" for p in rest)
+        table.add_row(r.source, best.label, f"{best.score:.1%}", *([others] if top_k > 1 else []))
+    _console().print(table)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Images in: decoding (io), folders and CSV sets (folders), augmentation presets (transforms)."""

@@ -1,0 +1,1 @@
+"""Image classification: a backbone with a linear head; predict, fine-tune, evaluate, visualise."""

@@ -1,0 +1,133 @@
+"""Finding images on disk: command-line paths, class-per-folder trees, CSV lists, splits.
+
+Plain Python only (no torch, no albumentations), so the inference path can use it.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnapps.datasets.io import IMAGE_SUFFIXES
+from cnnapps.errors import CnnappsError
+
+
+class DatasetError(CnnappsError):
+    """A dataset path or layout that cannot be used; the message says which and why."""
+
+
+@dataclass
+class LabeledImages:
+    """Image paths with integer labels into ``class_names``."""
+
+    paths: list[str]
+    labels: list[int]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: list[int]) -> LabeledImages:
+        return LabeledImages([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.class_names)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
+
+def expand_inputs(args: list[str]) -> list[str]:
+    """Files as given, folders walked recursively for image files, globs expanded; order kept.
+
+    A path that does not exist is kept as it is, so the caller reports it like any other bad input.
+    """
+    found: list[str] = []
+    for arg in args:
+        if os.path.isdir(arg):
+            found += sorted(str(p) for p in Path(arg).rglob("*") if p.is_file() and is_image_file(p))
+        elif any(ch in arg for ch in "*?[") and not os.path.exists(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            found += [m for m in matches if os.path.isfile(m)] or [arg]
+        else:
+            found.append(arg)
+    return found
+
+
+def class_folders(root: str | os.PathLike, class_names: list[str] | None = None) -> LabeledImages:
+    """A tree with one sub-folder per class; ``class_names`` fixes the label order (e.g. from train/)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_names is None:
+        class_names = folders
+    unknown = sorted(set(folders) - set(class_names))
+    if unknown:
+        raise DatasetError(f"{root}: class folders {', '.join(unknown)} are not among the training classes")
+    paths, labels = [], []
+    for index, name in enumerate(class_names):
+        folder = root / name
+        if folder.is_dir():
+            files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+            paths += files
+            labels += [index] * len(files)
+    if not paths:
+        raise DatasetError(f"{root}: no images found in class sub-folders (expected {root}/<class>/<image>)")
+    return LabeledImages(paths, labels, list(class_names))
+
+
+def labeled_csv(path: str | os.PathLike, class_names: list[str] | None = None) -> LabeledImages:
+    """A CSV with ``path,label`` columns (header optional); relative paths resolve from the CSV's folder."""
+    path = Path(path)
+    rows = []
+    with open(path, newline="") as fh:
+        for i, row in enumerate(csv.reader(fh)):
+            if not row or row[0].startswith("#"):
+                continue
+            if i == 0 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) < 2:
+                raise DatasetError(f"{path}:{i + 1}: expected 'path,label', got {','.join(row)!r}")
+            rows.append((row[0].strip(), row[1].strip()))
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    names = class_names or sorted({label for _, label in rows})
+    index = {name: i for i, name in enumerate(names)}
+    missing = sorted({label for _, label in rows} - set(index))
+    if missing:
+        raise DatasetError(f"{path}: labels {', '.join(missing)} are not among the training classes")
+    paths = [str(p if Path(p).is_absolute() else path.parent / p) for p, _ in rows]
+    return LabeledImages(paths, [index[label] for _, label in rows], list(names))
+
+
+def read_labeled(data: str | os.PathLike, class_names: list[str] | None = None) -> LabeledImages:
+    """A class-per-folder tree or a CSV file."""
+    data = Path(data)
+    if data.is_file() and data.suffix.lower() in (".csv", ".txt"):
+        return labeled_csv(data, class_names)
+    if data.is_dir():
+        return class_folders(data, class_names)
+    raise DatasetError(f"{data}: no such folder or CSV file")
+
+
+def train_val_split(data: str | os.PathLike, val_split: float = 0.2, seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+    """``DIR/train`` + ``DIR/val`` when both exist; otherwise a stratified split of one tree or CSV."""
+    data = Path(data)
+    if (data / "train").is_dir() and (data / "val").is_dir():
+        train = class_folders(data / "train")
+        return train, class_folders(data / "val", train.class_names)
+    if not 0.0 < val_split < 1.0:
+        raise DatasetError(f"{data}: has no train/ and val/ folders, so --val-split must be between 0 and 1")
+    full = read_labeled(data)
+    rng = random.Random(seed)
+    train_idx, val_idx = [], []
+    for label in range(len(full.class_names)):
+        members = [i for i, y in enumerate(full.labels) if y == label]
+        rng.shuffle(members)
+        n_val = max(1, round(len(members) * val_split)) if len(members) > 1 else 0
+        val_idx += members[:n_val]
+        train_idx += members[n_val:]
+    return full.subset(sorted(train_idx)), full.subset(sorted(val_idx))
