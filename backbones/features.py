@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from cnnapps.backbones.preprocess import Preprocess
 from torch import nn
+
+from cnnapps.backbones.preprocess import Preprocess
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from torch import nn
+
 from cnnapps.backbones.features import SequentialBackbone, StageInfo
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import WeightsArg
 from cnnapps.backbones.weights import as_local_file, load_into, load_state_dict_file
-from torch import nn
-
 from cnnapps.errors import WeightsError
 
 

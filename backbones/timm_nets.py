@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
+
 from cnnapps.backbones.features import Backbone, StageInfo, stage_name
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import TIMM_PREFIX, WeightsArg
@@ -22,8 +24,6 @@ from cnnapps.backbones.weights import (
     load_state_dict_file,
     verified_bundled_path,
 )
-from torch import nn
-
 from cnnapps.errors import UnknownModelError, WeightsError
 
 
@@ -143,7 +143,7 @@ def build(name: str, weights: WeightsArg = None, **kwargs: Any) -> TimmBackbone:
         std=tuple(config["std"]),
     )
     class_names = _class_names(model) if weights is not None and local is None else None
-    return TimmBackbone(name, model.eval(), preprocess, class_names, description)
+    return TimmBackbone(name, model, preprocess, class_names, description)
 
 
 def _class_names(model: nn.Module) -> list[str] | None:
@@ -179,7 +179,7 @@ def build_efficientnet_lite0(
     from cnnapps.backbones.torchvision_nets import imagenet_categories
 
     preprocess = Preprocess(interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return TimmBackbone(name, model.eval(), preprocess, imagenet_categories(), f"bundled {path.name}")
+    return TimmBackbone(name, model, preprocess, imagenet_categories(), f"bundled {path.name}")
 
 
 def map_lukemelas_keys(

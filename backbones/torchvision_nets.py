@@ -10,6 +10,8 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
+from torch import nn
+
 from cnnapps.backbones.features import SequentialBackbone, StageInfo, stage_name
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import WeightsArg, get_spec
@@ -20,8 +22,6 @@ from cnnapps.backbones.weights import (
     load_into,
     load_state_dict_file,
 )
-from torch import nn
-
 from cnnapps.errors import WeightsError
 
 

@@ -146,10 +146,15 @@ def summary(
 def classify(
     paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
     model: list[str] = typer.Option(
-        None, "--model", "-m", help="Registry name or trained model file; repeat for an ensemble. [default: efficientnet_lite0]"
+        None,
+        "--model",
+        "-m",
+        help="Registry name or trained model file; repeat for an ensemble. [default: efficientnet_lite0]",
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass [default: 4 on CPU, 32 on GPU]."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images per forward pass [default: 4 on CPU, 32 on GPU]."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = typer.Option("auto", "--engine", help="auto (fused graph on CPU), jit or eager."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
@@ -194,6 +199,98 @@ def _print_classifications(results: list[Any], top_k: int) -> None:
         others = ", ".join(f"{p.label} {p.score:.0%}" for p in rest)
         table.add_row(r.source, best.label, f"{best.score:.1%}", *([others] if top_k > 1 else []))
     _console().print(table)
+
+
+train_app = typer.Typer(help="Fine-tune a backbone for a task.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a trained model on labelled data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+
+
+@train_app.command("classify")
+def train_classify(
+    data: str = typer.Option(
+        None, "--data", help="Class-per-folder tree (with train/ and val/, or split), or a path,label CSV."
+    ),
+    backbone: str = typer.Option(None, "--backbone", help="Registry name [default: efficientnet_lite0]."),
+    weights: str = typer.Option(None, "--weights", help="imagenet, none, or a weights file [default: imagenet]."),
+    freeze: int = typer.Option(None, "--freeze", help="Freeze the stem and this many stages."),
+    epochs: int = typer.Option(None, "--epochs"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    lr: float = typer.Option(None, "--lr", help="[default: 1e-3 for adamw, 1e-2 for sgd]"),
+    optimizer: str = typer.Option(None, "--optimizer", help="adamw or sgd (momentum 0.9)."),
+    schedule: str = typer.Option(None, "--schedule", help="cosine, step, plateau (divide by 10 on a plateau) or none."),
+    augment: str = typer.Option(None, "--augment", help="default, alexnet, creative or none."),
+    input_size: int = typer.Option(None, "--input-size", help="Train and predict at this side length."),
+    val_split: float = typer.Option(
+        None, "--val-split", help="Validation fraction when DIR has no val/ [default: 0.2]."
+    ),
+    patience: int = typer.Option(None, "--patience", help="Stop after this many epochs without a lower val loss."),
+    out: str = typer.Option(None, "--out", help="Run folder [default: runs/classify]."),
+    config: Path = typer.Option(None, "--config", help="YAML recipe (configs/classify/*.yaml); flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    workers: int = typer.Option(None, "--workers", help="Data-loading processes [default: up to 4]."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+) -> None:
+    """Fine-tune a classifier; writes model.safetensors, metrics.json, curves.png, confusion_matrix.png."""
+    from cnnapps.apps.classify.train import load_config, train_classifier
+
+    cfg = load_config(
+        config,
+        data=data, backbone=backbone, weights=weights, freeze=freeze, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, schedule=schedule, augment=augment, input_size=input_size, val_split=val_split,
+        patience=patience, out=out, resume=resume or None, workers=workers, device=device,
+    )  # fmt: skip
+    metrics = train_classifier(cfg)
+    if as_json:
+        _echo_json({k: metrics[k] for k in ("val_top1", "val_top5", "val_loss", "epochs", "train_seconds")})
+        return
+    _console().print(
+        f"val top-1 {metrics['val_top1']:.2%}, top-5 {metrics['val_top5']:.2%}, loss {metrics['val_loss']:.4f} "
+        f"after {metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s)\n"
+        f"wrote {cfg.out}/model.safetensors, metrics.json, curves.png, confusion_matrix.png"
+    )
+
+
+@eval_app.command("classify")
+def eval_classify(
+    model: list[str] = typer.Option(..., "--model", "-m", help="Model file or registry name; repeat for an ensemble."),
+    data: str = typer.Option(..., "--data", help="Class-per-folder tree or a path,label CSV."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", min=1),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
+) -> None:
+    """Top-1, top-5, per-class precision and recall, and the confusion matrix."""
+    from cnnapps.api import load
+    from cnnapps.apps.classify.evaluate import evaluate
+    from cnnapps.datasets.folders import read_labeled
+
+    predictor = load(model, task="classify", device=device, batch_size=batch_size)
+    labelled = read_labeled(data, None)
+    with _progress(len(labelled), "evaluating") as advance:
+        report = evaluate(predictor, labelled, progress=advance)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"{report.n} images: top-1 {report.top1:.2%}, top-5 {report.top5:.2%}, loss {report.loss:.4f}")
+    table = Table()
+    for column in ("class", "precision", "recall", "images"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, p, r, n in zip(report.class_names, report.precision, report.recall, report.support, strict=True):
+        table.add_row(name, f"{p:.3f}", f"{r:.3f}", str(n))
+    console.print(table)
+    console.print("confusion matrix (rows: true, columns: predicted):")
+    for name, row in zip(report.class_names, report.confusion, strict=True):
+        console.print(f"  {name:>12} " + " ".join(f"{v:4d}" for v in row))
+    if report.failed:
+        typer.echo(f"{len(report.failed)} images could not be read:", err=True)
+        for item in report.failed:
+            typer.echo(f"  {item['path']}: {item['error']}", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def main(argv: list[str] | None = None) -> None:

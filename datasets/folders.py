@@ -113,7 +113,9 @@ def read_labeled(data: str | os.PathLike, class_names: list[str] | None = None) 
     raise DatasetError(f"{data}: no such folder or CSV file")
 
 
-def train_val_split(data: str | os.PathLike, val_split: float = 0.2, seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+def train_val_split(
+    data: str | os.PathLike, val_split: float = 0.2, seed: int = 0
+) -> tuple[LabeledImages, LabeledImages]:
     """``DIR/train`` + ``DIR/val`` when both exist; otherwise a stratified split of one tree or CSV."""
     data = Path(data)
     if (data / "train").is_dir() and (data / "val").is_dir():

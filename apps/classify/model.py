@@ -62,11 +62,15 @@ def load_classifier(spec: str | os.PathLike) -> LoadedClassifier:
         backbone = create_backbone(meta["backbone"], weights=None, **meta.get("backbone_kwargs", {}))
         model = Classifier(backbone, len(meta["class_names"]), **meta.get("head", {}))
         load_into(model, tensors, str(spec))
-        return LoadedClassifier(str(spec), model.eval(), meta["class_names"], Preprocess.from_dict(meta["preprocess"]), meta)
+        return LoadedClassifier(
+            str(spec), model.eval(), meta["class_names"], Preprocess.from_dict(meta["preprocess"]), meta
+        )
     backbone = create_backbone(str(spec), weights="imagenet")
     if not backbone.has_head or not backbone.class_names:
         raise CnnappsError(f"{spec}: its weights carry no class names; fine-tune it with `cnnapps train classify`")
-    return LoadedClassifier(str(spec), backbone.eval(), backbone.class_names, backbone.preprocess, {"backbone": str(spec)})
+    return LoadedClassifier(
+        str(spec), backbone.eval(), backbone.class_names, backbone.preprocess, {"backbone": str(spec)}
+    )
 
 
 def save_classifier(

@@ -98,7 +98,8 @@ class ClassificationPredictor:
     @torch.inference_mode()
     def _forward(self, arrays: list[list[np.ndarray]]) -> np.ndarray:
         inputs = {
-            spec: torch.from_numpy(np.stack([a[k] for a in arrays])).to(self.device) for k, spec in enumerate(self._specs)
+            spec: torch.from_numpy(np.stack([a[k] for a in arrays])).to(self.device)
+            for k, spec in enumerate(self._specs)
         }
         total = None
         for member, run in zip(self.members, self._runners, strict=True):

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from cnnapps.backbones import BACKBONES, create_backbone, list_backbones
 from cnnapps.backbones.features import Backbone
-
 from cnnapps.errors import UnknownModelError
 
 TORCHVISION = sorted(s.name for s in list_backbones() if s.source == "torchvision")

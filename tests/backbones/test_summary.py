@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cnnapps.backbones import create_backbone, summarize
 from torch import nn
+
+from cnnapps.backbones import create_backbone, summarize
 
 
 @pytest.mark.parametrize("name", ["vgg16", "lenet5", "alexnet2012", "resnet18", "timm:resnet18", "googlenet"])

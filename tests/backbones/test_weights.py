@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from cnnapps.backbones import create_backbone
 from cnnapps.backbones import weights as weights_mod
 from cnnapps.backbones.timm_nets import map_lukemelas_keys, pretrained_source
-
 from cnnapps.errors import WeightsError, WeightsIntegrityError, WeightsUnavailableError
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from cnnapps.datasets.io import read_image
 from PIL import Image, ImageOps
 
+from cnnapps.datasets.io import read_image
 from cnnapps.errors import (
     EmptyImageError,
     ImageError,

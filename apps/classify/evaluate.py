@@ -1,0 +1,85 @@
+"""Top-1/top-5, per-class precision and recall, and the confusion matrix of a classifier on a labelled set."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from cnnapps.datasets.folders import LabeledImages
+
+
+@dataclass
+class ClassificationReport:
+    n: int
+    top1: float
+    top5: float
+    loss: float
+    class_names: list[str]
+    precision: list[float]
+    recall: list[float]
+    support: list[int]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    failed: list[dict[str, str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["per_class"] = {
+            name: {"precision": p, "recall": r, "support": s}
+            for name, p, r, s in zip(self.class_names, self.precision, self.recall, self.support, strict=True)
+        }
+        for key in ("precision", "recall", "support"):
+            del data[key]
+        return data
+
+
+def report_from_probs(
+    probs: np.ndarray, labels: np.ndarray, class_names: list[str], failed: list[dict[str, str]] | None = None
+) -> ClassificationReport:
+    """Metrics from class probabilities (N, C) and true labels (N,), computed with torchmetrics."""
+    import torch
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    c = len(class_names)
+    p = torch.from_numpy(np.asarray(probs, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    loss = float(torch.nn.functional.nll_loss(torch.log(p.clamp_min(1e-12)), y)) if len(y) else float("nan")
+    top5 = float(multiclass_accuracy(p, y, c, top_k=min(5, c), average="micro"))
+    return ClassificationReport(
+        n=len(y),
+        top1=float(multiclass_accuracy(p, y, c, top_k=1, average="micro")),
+        top5=top5,
+        loss=loss,
+        class_names=list(class_names),
+        precision=[round(float(v), 6) for v in multiclass_precision(p, y, c, average=None)],
+        recall=[round(float(v), 6) for v in multiclass_recall(p, y, c, average=None)],
+        support=[int((y == i).sum()) for i in range(c)],
+        confusion=multiclass_confusion_matrix(p, y, c).tolist(),
+        failed=failed or [],
+    )
+
+
+def evaluate(
+    predictor: Any, data: LabeledImages, batch_size: int | None = None, progress: Any = None
+) -> ClassificationReport:
+    """Run ``predictor`` over ``data`` (class names must match); unreadable images are listed, not scored."""
+    if list(predictor.class_names) != list(data.class_names):
+        index = {name: i for i, name in enumerate(predictor.class_names)}
+        unknown = [n for n in data.class_names if n not in index]
+        if unknown:
+            from cnnapps.errors import CnnappsError
+
+            raise CnnappsError(f"the data has classes the model does not know: {', '.join(unknown[:5])}")
+        labels = np.array([index[data.class_names[y]] for y in data.labels])
+    else:
+        labels = np.array(data.labels)
+    names, probs, errors = predictor.predict_proba(data.paths, batch_size=batch_size, progress=progress)
+    ok = np.array([e is None for e in errors], dtype=bool)
+    failed = [{"path": n, "error": e} for n, e in zip(names, errors, strict=True) if e is not None]
+    return report_from_probs(probs[ok], labels[ok], list(predictor.class_names), failed)

@@ -1,0 +1,60 @@
+"""Training pictures: loss/accuracy curves and the confusion matrix (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict[str, float]], path: str | Path) -> None:
+    """Loss (train and val) and validation accuracy per epoch, side by side."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val top-1")
+    ax_acc.plot(epochs, [h["val_top5"] for h in history], "o-", label="val top-5")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
+    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str | Path) -> None:
+    """Row-normalised confusion matrix with counts; rows are true classes."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.asarray(confusion, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    size = min(4 + 0.45 * n, 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=90 if n > 10 else 45, ha="right" if n <= 10 else "center")
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    colour = "white" if rates[i, j] > 0.5 else "black"
+                    ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8, color=colour)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

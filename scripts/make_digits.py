@@ -1,0 +1,10 @@
+"""Turn scikit-learn's handwritten digits into an image folder: python scripts/make_digits.py data/digits"""
+
+import sys
+
+from cnnapps.datasets.digits import export_digits
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "data/digits"
+    counts = export_digits(out)
+    print(f"{out}: {counts['train']} training and {counts['val']} validation images in 10 class folders")
