@@ -1,7 +1,7 @@
-"""Preprocessing as data: what a backbone's weights expect, and how to apply it with OpenCV.
+"""Preprocessing as data: what a backbone's weights expect, and how to apply it.
 
-The spec travels with the backbone (and later inside model files), so inference never
-guesses sizes or normalisation. Applying it needs numpy and OpenCV only.
+The spec travels with the backbone (and inside model files), so inference never guesses
+sizes or normalisation.
 """
 
 from __future__ import annotations
@@ -61,37 +61,24 @@ class Preprocess:
         return cls(**fields)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB uint8 (H, W, 3) -> normalised float32 (C, H, W)."""
-        import cv2
+        """RGB uint8 (H, W, 3) -> normalised float32 (C, H, W).
+
+        Resizing is torchvision's antialiased resize on uint8 (its size rounding and centre-crop
+        offsets too), so predictions match the torchvision pipeline the weights were evaluated with.
+        """
+        import torch
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
 
         channels, height, width = self.input_size
+        mode = InterpolationMode(self.interpolation)
+        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
         if self.resize_mode == "squash":
-            img = _resize(rgb, width, height, self.interpolation)
+            img = F.resize(img, [height, width], interpolation=mode, antialias=True)
         else:
-            h, w = rgb.shape[:2]
-            scale = self.resize / min(h, w)
-            new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
-            img = _resize(rgb, new_w, new_h, self.interpolation)
-            top, left = (new_h - height) // 2, (new_w - width) // 2
-            img = img[top : top + height, left : left + width]
+            img = F.center_crop(F.resize(img, self.resize, interpolation=mode, antialias=True), [height, width])
         if channels == 1:
-            img = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)[:, :, None]
-        scale = np.float32(1.0 / 255.0)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        inv_std = np.float32(1.0) / np.asarray(self.std, dtype=np.float32)
-        out = (img.astype(np.float32) * scale - mean) * inv_std
-        return np.ascontiguousarray(out.transpose(2, 0, 1))
-
-
-def _resize(img: np.ndarray, width: int, height: int, interpolation: str) -> np.ndarray:
-    """Area averaging when shrinking (anti-aliased, like torchvision's antialias=True), else the named filter."""
-    import cv2
-
-    h, w = img.shape[:2]
-    if (w, h) == (width, height):
-        return img
-    if width < w and height < h:
-        flag = cv2.INTER_AREA
-    else:
-        flag = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}[interpolation]
-    return cv2.resize(img, (width, height), interpolation=flag)
+            img = F.rgb_to_grayscale(img)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return img.float().div_(255.0).sub_(mean).div_(std).contiguous().numpy()

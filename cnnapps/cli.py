@@ -293,6 +293,101 @@ def eval_classify(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+visualize_app = typer.Typer(help="Look inside a classifier: Grad-CAM, filters, activations, top patches.")
+app.add_typer(visualize_app, name="visualize")
+
+_MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
+
+
+def _load_classifier(model: str | None) -> Any:
+    from cnnapps.apps.classify.model import load_classifier
+    from cnnapps.backbones.registry import DEFAULT_BACKBONE
+
+    return load_classifier(model or DEFAULT_BACKBONE)
+
+
+def _free(path: Path) -> Path:
+    """Refuse an output path that exists before any work is done (nothing the user has is overwritten)."""
+    if path.exists():
+        raise CnnappsError(f"{path}: already exists; choose another --out")
+    return path
+
+
+def _saved(path: Path, rgb: Any) -> None:
+    from cnnapps.datasets.io import write_image
+
+    write_image(path, rgb)
+    typer.echo(f"wrote {path} ({rgb.shape[1]}x{rgb.shape[0]})")
+
+
+@visualize_app.command("gradcam")
+def visualize_gradcam(
+    image: str = typer.Argument(..., help="Image file."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    target: str = typer.Option(None, "--class", help="Class name or index [default: the top prediction]."),
+    out: Path = typer.Option(Path("gradcam.png"), "--out", "-o", help="Picture to write (never overwritten)."),
+) -> None:
+    """Grad-CAM: where in the image the evidence for a class lies."""
+    _free(out)
+    from cnnapps.apps.classify.visualize import grad_cam
+    from cnnapps.datasets.io import read_image
+
+    cam = grad_cam(_load_classifier(model), read_image(image), target)
+    typer.echo(f"{image}: Grad-CAM for {cam.label} (class {cam.class_index}, p={cam.score:.3f})")
+    _saved(out, cam.overlay())
+
+
+@visualize_app.command("filters")
+def visualize_filters(
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    out: Path = typer.Option(Path("filters.png"), "--out", "-o", help="Picture to write (never overwritten)."),
+) -> None:
+    """The first convolution layer's filters as a grid."""
+    _free(out)
+    from cnnapps.apps.classify.visualize import first_layer_filters
+
+    _saved(out, first_layer_filters(_load_classifier(model).model))
+
+
+@visualize_app.command("activations")
+def visualize_activations(
+    image: str = typer.Argument(..., help="Image file."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    layer: str = typer.Option(None, "--layer", help="Stage name, e.g. C3 [default: a middle stage]."),
+    out: Path = typer.Option(Path("activations.png"), "--out", "-o", help="Picture to write (never overwritten)."),
+) -> None:
+    """Activation maps of one stage for one image (first 64 channels)."""
+    _free(out)
+    from cnnapps.apps.classify.visualize import activation_maps
+    from cnnapps.datasets.io import read_image
+
+    _saved(out, activation_maps(_load_classifier(model), read_image(image), layer))
+
+
+@visualize_app.command("patches")
+def visualize_patches(
+    folder: list[str] = typer.Argument(..., help="Images: files, folders or globs."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    layer: str = typer.Option("C5", "--layer", help="Stage name."),
+    channel: int = typer.Option(0, "--channel", help="Channel of that stage."),
+    k: int = typer.Option(9, "-k", min=1, help="How many patches."),
+    out: Path = typer.Option(Path("patches.png"), "--out", "-o", help="Picture to write (never overwritten)."),
+) -> None:
+    """The image patches that excite one channel most (Zeiler & Fergus), strongest first."""
+    _free(out)
+    from cnnapps.apps.classify.visualize import tile, top_patches
+    from cnnapps.datasets.folders import expand_inputs
+
+    patches, failed = top_patches(_load_classifier(model), expand_inputs(folder), layer, channel, k)
+    for item in failed:
+        typer.echo(f"skipped {item}", err=True)
+    if not patches:
+        raise CnnappsError(f"{' '.join(folder)}: no readable images")
+    for p in patches:
+        typer.echo(f"{p.activation:10.3f}  {p.source}")
+    _saved(out, tile([p.image for p in patches], columns=3))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors print one line and exit non-zero; ``--debug`` shows tracebacks."""
     args = sys.argv[1:] if argv is None else argv

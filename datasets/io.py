@@ -61,6 +61,23 @@ def read_image(src: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, 
     )
 
 
+def write_image(path: str | os.PathLike, rgb: np.ndarray, overwrite: bool = False) -> Path:
+    """Save an RGB uint8 array (format from the suffix) atomically; refuses to replace a file unless told."""
+    import cv2
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ImageError(str(path), "already exists; choose another output path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise ImageError(str(path), f"cannot encode an image as {path.suffix or '.png'}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(encoded.tobytes())
+    os.replace(tmp, path)
+    return path
+
+
 def decode_bytes(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "<bytes>") -> np.ndarray:
     """Decode an encoded image (JPEG/PNG/WebP/BMP/TIFF) to RGB uint8, applying EXIF orientation."""
     import cv2

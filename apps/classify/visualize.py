@@ -1,0 +1,178 @@
+"""Looking inside a classifier: Grad-CAM, first-layer filters, stage activations, top-9 patches.
+
+Every function returns an RGB uint8 picture (numpy), ready for ``write_image``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from cnnapps.apps.classify.model import LoadedClassifier
+from cnnapps.backbones.preprocess import Preprocess
+from cnnapps.datasets.io import read_image
+from cnnapps.errors import CnnappsError, ImageError
+
+
+def _input(loaded: LoadedClassifier, rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(loaded.preprocess(rgb))[None]
+
+
+def view_of_input(spec: Preprocess, rgb: np.ndarray) -> np.ndarray:
+    """What the network sees (resized and cropped), as RGB uint8 for drawing on."""
+    x = spec(rgb).transpose(1, 2, 0) * np.asarray(spec.std) + np.asarray(spec.mean)
+    x = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else np.ascontiguousarray(x)
+
+
+def resolve_class(loaded: LoadedClassifier, target: str | int | None) -> int | None:
+    """A class given by name or index, checked against the model's classes."""
+    if target is None:
+        return None
+    names = loaded.class_names
+    if isinstance(target, int) or str(target).isdigit():
+        index = int(target)
+        if not 0 <= index < len(names):
+            raise CnnappsError(f"--class {target}: the model has classes 0..{len(names) - 1}")
+        return index
+    if target in names:
+        return names.index(target)
+    import difflib
+
+    close = difflib.get_close_matches(str(target), names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise CnnappsError(f"--class {target}: not a class of this model{hint}")
+
+
+@dataclass
+class GradCam:
+    heatmap: np.ndarray  # (H, W) in [0, 1] over the network's input view
+    view: np.ndarray  # the input view, RGB uint8
+    class_index: int
+    label: str
+    score: float
+
+    def overlay(self, alpha: float = 0.45) -> np.ndarray:
+        """The heatmap in colour over the input view, with the class and its probability written on top."""
+        colour = cv2.applyColorMap((self.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+        out = (self.view * (1 - alpha) + colour * alpha).astype(np.uint8)
+        out = cv2.resize(out, (max(out.shape[1], 320), max(out.shape[0], 320)), interpolation=cv2.INTER_LINEAR)
+        text = f"{self.label} {self.score:.1%}"
+        cv2.putText(out, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+        return out
+
+
+def grad_cam(loaded: LoadedClassifier, rgb: np.ndarray, target: str | int | None = None) -> GradCam:
+    """Grad-CAM (Selvaraju et al. 2017) on the last feature map: channel weights are the mean gradients
+    of the class score; the map is the ReLU of the weighted channel sum, upsampled to the input."""
+    model = loaded.model.eval()
+    x = _input(loaded, rgb)
+    with torch.enable_grad():
+        features = model.forward_features(x).detach().requires_grad_(True)
+        logits = model.forward_head(features)
+        index = resolve_class(loaded, target)
+        index = int(logits.argmax()) if index is None else index
+        logits[0, index].backward()
+    weights = features.grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * features).sum(dim=1))[0].detach().numpy()
+    cam = cv2.resize(cam, (x.shape[3], x.shape[2]), interpolation=cv2.INTER_LINEAR)
+    cam = cam / cam.max() if cam.max() > 0 else cam
+    score = float(torch.softmax(logits.detach(), dim=1)[0, index])
+    return GradCam(
+        cam.astype(np.float32), view_of_input(loaded.preprocess, rgb), index, loaded.class_names[index], score
+    )
+
+
+def tile(images: Sequence[np.ndarray], columns: int | None = None, gap: int = 2, background: int = 255) -> np.ndarray:
+    """Lay equal-sized RGB tiles out in a grid."""
+    n = len(images)
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    h, w = images[0].shape[:2]
+    grid = np.full((rows * (h + gap) + gap, columns * (w + gap) + gap, 3), background, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[gap + r * (h + gap) : gap + r * (h + gap) + h, gap + c * (w + gap) : gap + c * (w + gap) + w] = img
+    return grid
+
+
+def first_layer_filters(model: nn.Module, tile_size: int = 48) -> np.ndarray:
+    """The first convolution's filters as a grid (each scaled to its own range); grey for 1-channel input."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise CnnappsError("the model has no convolution")
+    weights = conv.weight.detach().float().cpu().numpy()  # (out, in, k, k)
+    tiles = []
+    for w in weights:
+        w = w[:3] if w.shape[0] >= 3 else np.repeat(w[:1], 3, axis=0)
+        w = (w - w.min()) / (w.max() - w.min() + 1e-12)
+        img = (w.transpose(1, 2, 0) * 255).astype(np.uint8)
+        tiles.append(cv2.resize(img, (tile_size, tile_size), interpolation=cv2.INTER_NEAREST))
+    return tile(tiles)
+
+
+def activation_maps(loaded: LoadedClassifier, rgb: np.ndarray, stage: str | None = None, limit: int = 64) -> np.ndarray:
+    """The first ``limit`` channels of a stage's output for one image, each normalised, as a grid."""
+    backbone = loaded.backbone.eval()
+    names = [s.name for s in backbone.stages]
+    stage = stage or names[len(names) // 2]
+    if stage not in names:
+        raise CnnappsError(f"--layer {stage}: {backbone.name} has stages {', '.join(names)}")
+    with torch.no_grad():
+        fmap = backbone.forward_stages(_input(loaded, rgb))[stage][0].numpy()
+    tiles = []
+    size = max(48, min(96, fmap.shape[1] * 4))
+    for channel in fmap[:limit]:
+        c = (channel - channel.min()) / (channel.max() - channel.min() + 1e-12)
+        img = cv2.applyColorMap((c * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[:, :, ::-1]
+        tiles.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST))
+    return tile(tiles)
+
+
+@dataclass
+class Patch:
+    source: str
+    activation: float
+    image: np.ndarray  # RGB uint8 crop around the strongest response
+
+
+def top_patches(
+    loaded: LoadedClassifier, paths: Sequence[str], stage: str, channel: int, k: int = 9
+) -> tuple[list[Patch], list[str]]:
+    """The ``k`` image patches that excite one channel of one stage most (Zeiler & Fergus 2014).
+
+    Each image contributes its strongest position; the patch is the input region around it,
+    four strides wide. Returns the patches (strongest first) and the inputs that could not be read.
+    """
+    backbone = loaded.backbone.eval()
+    info = {s.name: s for s in backbone.stages}
+    if stage not in info:
+        raise CnnappsError(f"--layer {stage}: {backbone.name} has stages {', '.join(info)}")
+    if not 0 <= channel < info[stage].channels:
+        raise CnnappsError(f"--channel {channel}: stage {stage} has channels 0..{info[stage].channels - 1}")
+    stride = info[stage].stride
+    found, failed = [], []
+    for path in paths:
+        try:
+            rgb = read_image(path)
+        except ImageError as exc:
+            failed.append(str(exc))
+            continue
+        with torch.no_grad():
+            fmap = backbone.forward_stages(_input(loaded, rgb))[stage][0, channel].numpy()
+        y, x = np.unravel_index(int(fmap.argmax()), fmap.shape)
+        view = view_of_input(loaded.preprocess, rgb)
+        half = min(2 * stride, min(view.shape[:2]) // 2)
+        cy = min(max(int((y + 0.5) * stride), half), view.shape[0] - half)
+        cx = min(max(int((x + 0.5) * stride), half), view.shape[1] - half)
+        crop = view[cy - half : cy + half, cx - half : cx + half]
+        found.append(Patch(str(path), float(fmap.max()), cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA)))
+    found.sort(key=lambda p: -p.activation)
+    return found[:k], failed
