@@ -78,7 +78,8 @@ def main() -> None:
         "| way | median wall time | images/s |",
         "| --- | ---: | ---: |",
         f"| plain: PIL + torchvision transforms, eager fp32, batch 32 | {t_plain:.2f} s | {ips_plain:.1f} |",
-        f"| `cnnapps classify`: OpenCV decode, fused fp32 TorchScript graph, channels_last, batch 4 | {t_ours:.2f} s | {ips_ours:.1f} |",
+        "| `cnnapps classify`: OpenCV decode, fused fp32 TorchScript graph, channels_last, batch 4 "
+        f"| {t_ours:.2f} s | {ips_ours:.1f} |",
     ]
     summary = (
         f"**{ips_ours / ips_plain:.2f}x** the plain way; same top-1 on **{agree:.1%}** of {args.images} images "

@@ -46,19 +46,31 @@ def read_image(src: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, 
     order, or a PIL image. ``max_pixels=None`` lifts the size limit. ``name`` labels the
     input in error messages (defaults to the path, or ``<bytes>``/``<array>``/``<PIL image>``).
     """
+    label = name or describe_input(src)
     if isinstance(src, (str, os.PathLike)):
-        label = name or os.fspath(src)
         return decode_bytes(_read_file(Path(src), label), max_pixels=max_pixels, name=label)
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return decode_bytes(bytes(src), max_pixels=max_pixels, name=name or "<bytes>")
+        return decode_bytes(bytes(src), max_pixels=max_pixels, name=label)
     if isinstance(src, np.ndarray):
-        return _from_array(src, max_pixels, name or "<array>")
+        return _from_array(src, max_pixels, label)
     if _is_pil_image(src):
-        return _from_pil(src, max_pixels, name or "<PIL image>")
+        return _from_pil(src, max_pixels, label)
     raise UnsupportedInputError(
-        name or f"<{type(src).__name__}>",
-        f"unsupported input type {type(src).__name__} (expected a path, bytes, numpy array or PIL image)",
+        label, f"unsupported input type {type(src).__name__} (expected a path, bytes, numpy array or PIL image)"
     )
+
+
+def describe_input(src: object) -> str:
+    """How an input is named in results and messages: its path, or ``<bytes>``/``<array>``/``<PIL image>``."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(src, np.ndarray):
+        return "<array>"
+    if _is_pil_image(src):
+        return "<PIL image>"
+    return f"<{type(src).__name__}>"
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, overwrite: bool = False) -> Path:

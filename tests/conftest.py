@@ -1,9 +1,12 @@
-"""Shared fixtures: tiny data made on the fly, and no network ever."""
+"""Shared fixtures: tiny data made on the fly (a labelled colour set, one small trained model); no network."""
 
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 
@@ -27,3 +30,53 @@ def chelsea():
     from skimage import data
 
     return data.chelsea()
+
+
+COLOURS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+
+
+def write_colour_set(root: Path, per_class: int = 10, seed: int = 0) -> Path:
+    """Class folders of 40x40 PNGs: a noisy square of the class colour on a grey background."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.full((40, 40, 3), 128, np.uint8)
+            x, y = rng.integers(0, 16, size=2)
+            img[y : y + 24, x : x + 24] = rgb
+            img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(folder / f"{i:02d}.png"), img[:, :, ::-1])
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_colour_set(tmp_path_factory.mktemp("colours"))
+
+
+def _tiny_config(data: Path, out: Path, **overrides):
+    """A LeNet-5 run small enough for tests: a few epochs of batches of 8, no worker processes."""
+    from cnnapps.apps.classify.train import load_config
+
+    settings = dict(
+        data=str(data), backbone="lenet5", weights="none", epochs=4, batch_size=8, lr=0.01, workers=0,
+        progress=False, augment="none", out=str(out), val_split=0.3, dropout=0.0, backbone_kwargs={"in_channels": 3},
+    )  # fmt: skip
+    settings.update(overrides)
+    return load_config(None, **settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def trained(colour_set: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A LeNet-5 run on the colour set: (run folder, metrics)."""
+    from cnnapps.apps.classify.train import train_classifier
+
+    out = tmp_path_factory.mktemp("runs") / "colours"
+    metrics = train_classifier(_tiny_config(colour_set, out))
+    return out, metrics

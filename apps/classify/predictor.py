@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from cnnapps.apps.classify.model import LoadedClassifier, load_classifier
-from cnnapps.backbones.preprocess import Preprocess
-from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, read_image
+from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, describe_input, read_image
 from cnnapps.errors import CnnappsError, ImageError
 from cnnapps.results import ClassificationResult, Prediction
 from cnnapps.runtime import batched, prefetch_map, prepare_for_inference, select_device
@@ -63,7 +62,7 @@ class ClassificationPredictor:
         return self.members[0].class_names
 
     def _load(self, item: Any) -> tuple[str, list[np.ndarray] | None, str | None]:
-        name = _name_of(item)
+        name = describe_input(item)
         try:
             rgb = read_image(item, max_pixels=self.max_pixels, name=name)
             return name, [spec(rgb) for spec in self._specs], None
@@ -140,20 +139,7 @@ def default_decode_workers(device: torch.device) -> int:
     return max(0, min(4, cores - torch.get_num_threads()))
 
 
-def _name_of(item: Any) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    if isinstance(item, np.ndarray):
-        return "<array>"
-    return f"<{type(item).__name__}>"
-
-
 def load_predictor(specs: str | os.PathLike | Sequence[str | os.PathLike], **kwargs: Any) -> ClassificationPredictor:
     """One spec or several (an ensemble): model files or registry names with pretrained weights."""
     spec_list = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
     return ClassificationPredictor([load_classifier(s) for s in spec_list], **kwargs)
-
-
-__all__ = ["ClassificationPredictor", "Preprocess", "load_predictor"]

@@ -11,11 +11,21 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cnnapps.errors import CnnappsError
+
+# Lightning notices that say nothing to a user of this command: a resumed run's checkpoint folder is
+# meant to exist, worker counts are chosen on purpose, frozen stages keep batch norm in eval mode.
+_EXPECTED_LIGHTNING_WARNINGS = (
+    r"Checkpoint directory .* exists and is not empty",
+    r".*does not have many workers.*",
+    r"Found \d+ module\(s\) in eval mode",
+    r".*LeafSpec.*",
+)
 
 
 class ConfigError(CnnappsError):
@@ -186,7 +196,8 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
         devices=1,
         precision=precision,
         callbacks=callbacks,
-        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="")],
+        # logs/version_N: each run or resumption gets its own folder, so no earlier log is replaced
+        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="logs")],
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, len(train_loader))),
@@ -194,7 +205,10 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     )
     _write_config(config, out / "config.yaml")
     started = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if config.resume else None)
+    with warnings.catch_warnings():
+        for message in _EXPECTED_LIGHTNING_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last_ckpt) if config.resume else None)
     seconds = time.perf_counter() - started
 
     best_path = checkpoint.best_model_path

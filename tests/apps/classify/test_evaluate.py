@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnnapps
+from cnnapps.apps.classify.evaluate import evaluate, report_from_probs
+from cnnapps.datasets.folders import class_folders
+
+
+def test_report_on_a_hand_computed_case() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.3, 0.5]])
+    labels = np.array([0, 1, 1, 2])
+    report = report_from_probs(probs, labels, ["a", "b", "c"])
+    assert report.top1 == pytest.approx(0.75)
+    assert report.top5 == pytest.approx(1.0)  # top-3 of 3 classes
+    assert report.confusion == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert report.precision == pytest.approx([0.5, 1.0, 1.0])
+    assert report.recall == pytest.approx([1.0, 0.5, 1.0])
+    assert report.support == [1, 2, 1]
+    expected_loss = -np.mean(np.log([0.7, 0.8, 0.3, 0.5]))
+    assert report.loss == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_evaluate_a_trained_model(trained, colour_set) -> None:
+    out, _ = trained
+    data = class_folders(colour_set)
+    (colour_set / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    try:
+        report = evaluate(cnnapps.load(out / "model.safetensors"), class_folders(colour_set))
+    finally:
+        (colour_set / "red" / "broken.png").unlink()
+    assert report.n == len(data)
+    assert report.top1 >= 0.9
+    assert [f["path"].endswith("broken.png") for f in report.failed] == [True]
+    assert sum(map(sum, report.confusion)) == len(data)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnapps.apps.classify.model import load_classifier
+from cnnapps.apps.classify.train import ConfigError, load_config, train_classifier
+from cnnapps.errors import CnnappsError
+
+
+def test_run_folder_has_everything(trained) -> None:
+    out, metrics = trained
+    for name in ("model.safetensors", "metrics.json", "curves.png", "confusion_matrix.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((out / "logs").rglob("metrics.csv"))) == 1
+    assert any((out / "logs").rglob("events.out.tfevents*"))
+    written = json.loads((out / "metrics.json").read_text())
+    for key in ("val_top1", "val_top5", "val_loss", "epochs"):
+        assert key in written
+    assert written["epochs"] == 4 and len(written["history"]) == 4
+    assert metrics["val_top1"] >= 0.9  # three colours are easy
+    assert metrics["val_top5"] == 1.0
+    assert sorted(written["per_class"]) == ["blue", "green", "red"]
+
+
+def test_model_file_describes_itself(trained, colour_set: Path) -> None:
+    out, _ = trained
+    loaded = load_classifier(out / "model.safetensors")
+    assert loaded.class_names == ["blue", "green", "red"]
+    assert loaded.meta["backbone"] == "lenet5"
+    assert loaded.preprocess.input_size == (3, 32, 32)
+    assert loaded.meta["backbone_kwargs"] == {"in_channels": 3}
+    assert loaded.meta["metrics"]["val_top1"] >= 0.9
+    from cnnapps.api import load
+
+    results = load(out / "model.safetensors").predict(sorted((colour_set / "red").glob("*.png"))[:3])
+    assert [r.top1.label for r in results] == ["red"] * 3
+
+
+def test_existing_run_is_not_overwritten(trained, colour_set: Path, tiny_config) -> None:
+    out, _ = trained
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(CnnappsError, match="already holds a training run"):
+        train_classifier(tiny_config(colour_set, out))
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_resume_continues_from_the_last_checkpoint(colour_set: Path, tmp_path: Path, tiny_config) -> None:
+    out = tmp_path / "run"
+    first = train_classifier(tiny_config(colour_set, out, epochs=1))
+    assert first["epochs"] == 1
+    second = train_classifier(tiny_config(colour_set, out, epochs=2, resume=True))
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    assert len(list((out / "logs").rglob("metrics.csv"))) == 2  # the first run's log is kept
+    with pytest.raises(CnnappsError, match="nothing to resume"):
+        train_classifier(tiny_config(colour_set, tmp_path / "empty", resume=True))
+
+
+def test_csv_and_train_val_layouts(colour_set: Path, tmp_path: Path, tiny_config) -> None:
+    rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted(colour_set.rglob("*.png"))]
+    (tmp_path / "list.csv").write_text("\n".join(rows))
+    metrics = train_classifier(tiny_config(tmp_path / "list.csv", tmp_path / "csv_run", epochs=1))
+    assert metrics["class_names"] == ["blue", "green", "red"]
+    assert metrics["train_images"] + metrics["val_images"] == 30
+
+
+def test_sgd_plateau_and_freeze(colour_set: Path, tmp_path: Path, tiny_config) -> None:
+    config = tiny_config(colour_set, tmp_path / "sgd", epochs=2, optimizer="sgd", schedule="plateau", freeze=1)
+    metrics = train_classifier(config)
+    assert len(metrics["history"]) == 2 and metrics["history"][0]["lr"] == pytest.approx(0.01)
+
+
+def test_config_files_and_their_errors(tmp_path: Path) -> None:
+    config = tmp_path / "recipe.yaml"
+    config.write_text("data: somewhere\nepochs: 3\noptimizer: sgd\n")
+    loaded = load_config(config, epochs=5)
+    assert (loaded.data, loaded.epochs, loaded.optimizer, loaded.learning_rate) == ("somewhere", 5, "sgd", 0.01)
+    config.write_text("data: somewhere\nepoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown settings epoch \\(did you mean epochs\\?\\)"):
+        load_config(config)
+    with pytest.raises(ConfigError, match="schedule"):
+        load_config(None, data="x", schedule="linear")
+    with pytest.raises(ConfigError, match="data: required"):
+        load_config(None)
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "alexnet_recipe.yaml", "digits.yaml"])
+def test_shipped_recipes_are_valid(name: str) -> None:
+    root = Path(__file__).resolve().parents[3]
+    config = load_config(root / "configs" / "classify" / name, data="anything")
+    assert config.epochs >= 1

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cnnapps.apps.classify.model import load_classifier
+from cnnapps.apps.classify.visualize import activation_maps, first_layer_filters, grad_cam, top_patches
+from cnnapps.errors import CnnappsError
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_classifier("efficientnet_lite0")
+
+
+def test_grad_cam_finds_the_cat_on_its_side_of_the_picture(lite0, chelsea) -> None:
+    import cv2
+
+    cat = cv2.resize(chelsea, (224, 224))
+    canvas = np.full((224, 448, 3), 127, np.uint8)
+    canvas[:, :224] = cat  # cat on the left, flat grey on the right
+    lite0_view = lite0.preprocess
+    assert lite0_view.resize_mode == "crop"
+    cam = grad_cam(lite0, canvas, target="tiger cat")
+    assert cam.label == "tiger cat" and cam.heatmap.shape == (224, 224)
+    assert cam.heatmap.min() >= 0.0 and cam.heatmap.max() == pytest.approx(1.0)
+    # the centre crop of the 256x512 resize spans both halves: the cat occupies its left ~40%
+    left, right = cam.heatmap[:, :80].sum(), cam.heatmap[:, 144:].sum()
+    assert left > 3 * right
+    overlay = cam.overlay()
+    assert overlay.dtype == np.uint8 and overlay.shape[2] == 3
+
+
+def test_grad_cam_class_names_are_checked(lite0, chelsea) -> None:
+    with pytest.raises(CnnappsError, match="not a class of this model; did you mean tabby"):
+        grad_cam(lite0, chelsea, target="tabbby")
+    with pytest.raises(CnnappsError, match=r"0\.\.999"):
+        grad_cam(lite0, chelsea, target=1000)
+
+
+def test_first_layer_filters_grid(lite0) -> None:
+    grid = first_layer_filters(lite0.model, tile_size=10)
+    n = lite0.model.model.conv_stem.out_channels  # 32 filters -> a 6x6 grid of 10px tiles, 2px gaps
+    columns = int(np.ceil(np.sqrt(n)))
+    assert grid.shape == (6 * 12 + 2, columns * 12 + 2, 3)
+
+
+def test_activation_maps(lite0, chelsea) -> None:
+    grid = activation_maps(lite0, chelsea, "C3", limit=16)
+    assert grid.ndim == 3 and grid.dtype == np.uint8
+    with pytest.raises(CnnappsError, match="has stages C1, C2, C3, C4, C5"):
+        activation_maps(lite0, chelsea, "C9")
+
+
+def test_top_patches_are_the_strongest_responses(lite0, tmp_path, chelsea) -> None:
+    from skimage import data
+
+    from cnnapps.datasets.io import read_image, write_image
+
+    paths = []
+    for name in ("chelsea", "coffee", "rocket", "astronaut"):
+        paths.append(str(write_image(tmp_path / f"{name}.png", getattr(data, name)()[:, :, :3])))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    patches, failed = top_patches(lite0, [*paths, str(tmp_path / "bad.png")], "C4", channel=5, k=3)
+    assert len(patches) == 3 and len(failed) == 1
+    acts = [p.activation for p in patches]
+    assert acts == sorted(acts, reverse=True)
+    backbone = lite0.backbone.eval()
+    expected = {}
+    for path in paths:
+        x = torch.from_numpy(lite0.preprocess(read_image(path)))[None]
+        with torch.no_grad():
+            expected[path] = float(backbone.forward_stages(x)["C4"][0, 5].max())
+    assert patches[0].source == max(expected, key=expected.get)
+    assert patches[0].activation == pytest.approx(expected[patches[0].source], rel=1e-4)
+    assert patches[0].image.shape == (96, 96, 3)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cnnapps.datasets.folders import DatasetError, class_folders, expand_inputs, labeled_csv, train_val_split
+
+
+def make_tree(root: Path, counts: dict[str, int]) -> Path:
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / name / f"{i}.jpg").write_bytes(b"x")
+    return root
+
+
+def test_expand_inputs_keeps_order_and_walks_folders(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"b": 2, "a": 1})
+    (tmp_path / "a" / "readme.md").write_text("skip me")
+    found = expand_inputs(
+        [str(tmp_path / "b" / "1.jpg"), str(tmp_path / "a"), str(tmp_path / "b" / "*.jpg"), "gone.png"]
+    )
+    names = [str(Path(p).relative_to(tmp_path)) if p != "gone.png" else p for p in found]
+    assert names == ["b/1.jpg", "a/0.jpg", "b/0.jpg", "b/1.jpg", "gone.png"]
+
+
+def test_class_folders_and_errors(tmp_path: Path) -> None:
+    data = class_folders(make_tree(tmp_path / "d", {"dog": 2, "cat": 3}))
+    assert data.class_names == ["cat", "dog"] and data.labels == [0, 0, 0, 1, 1]
+    with pytest.raises(DatasetError, match="not among the training classes"):
+        class_folders(make_tree(tmp_path / "v", {"cow": 1}), ["cat", "dog"])
+    with pytest.raises(DatasetError, match="no images found"):
+        class_folders(make_tree(tmp_path / "e", {"cat": 0}))
+
+
+def test_csv_with_header_and_relative_paths(tmp_path: Path) -> None:
+    (tmp_path / "list.csv").write_text("path,label\nimgs/a.jpg,cat\n/abs/b.jpg,dog\n")
+    data = labeled_csv(tmp_path / "list.csv")
+    assert data.paths == [str(tmp_path / "imgs" / "a.jpg"), "/abs/b.jpg"] and data.labels == [0, 1]
+    (tmp_path / "bad.csv").write_text("just-a-path.jpg\n")
+    with pytest.raises(DatasetError, match=r"bad\.csv:1: expected 'path,label'"):
+        labeled_csv(tmp_path / "bad.csv")
+
+
+def test_split_is_stratified_and_uses_train_val_folders(tmp_path: Path) -> None:
+    train, val = train_val_split(make_tree(tmp_path / "one", {"a": 10, "b": 5}), val_split=0.2)
+    assert sorted(val.labels) == [0, 0, 1] and len(train) == 12
+    assert not set(train.paths) & set(val.paths)
+    make_tree(tmp_path / "two" / "train", {"a": 2, "b": 2})
+    make_tree(tmp_path / "two" / "val", {"b": 1})
+    train, val = train_val_split(tmp_path / "two")
+    assert val.class_names == ["a", "b"] and val.labels == [1]
