@@ -42,6 +42,12 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     _state["debug"] = debug
+    import logging
+
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logging.getLogger("cnnapps").setLevel(logging.INFO)
+    # Lightning's banners (accelerator lines, tips) are noise here; its warnings still show.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
 def _console() -> Any:

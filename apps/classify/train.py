@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 import warnings
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnapps.errors import CnnappsError
+
+log = logging.getLogger("cnnapps")
 
 # Lightning notices that say nothing to a user of this command: a resumed run's checkpoint folder is
 # meant to exist, worker counts are chosen on purpose, frozen stages keep batch norm in eval mode.
@@ -190,6 +193,11 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     if config.patience:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=config.patience, mode="min"))
     out.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "training %s (%s) on %d images of %d classes, validating on %d; %s, %s, %d epochs",
+        config.backbone, backbone.weights, len(train_set), len(train_set.class_names), len(val_set),
+        device, precision, config.epochs,
+    )  # fmt: skip
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator="gpu" if device.type == "cuda" else "cpu",
