@@ -394,6 +394,200 @@ def visualize_patches(
     _saved(out, tile([p.image for p in patches], columns=3))
 
 
+index_app = typer.Typer(help="Build and keep an image index (FAISS + SQLite) for retrieval.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+_INDEX_HELP = "Index folder (FAISS file + SQLite database)."
+
+
+def _report_failed(failed: list[dict[str, str]]) -> None:
+    if failed:
+        typer.echo(f"{len(failed)} images could not be read:", err=True)
+        for item in failed:
+            typer.echo(f"  {item['path']}: {item['error']}", err=True)
+
+
+def _embedder(model: str | None, pooling: str, device: str) -> Any:
+    from cnnapps.apps.retrieve.embedder import Embedder
+    from cnnapps.backbones.registry import DEFAULT_BACKBONE
+
+    return Embedder(model or DEFAULT_BACKBONE, pooling=pooling, device=device)
+
+
+@index_app.command("build")
+def index_build(
+    folder: list[str] = typer.Argument(..., help="Images: folders (recursive), files or globs."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    kind: str = typer.Option(
+        "auto", "--kind", help="auto (exact below 100,000 images, then IVF-PQ), flat, ivfpq, hnsw."
+    ),
+    pooling: str = typer.Option("avg", "--pooling", help="avg or gem (generalised mean)."),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Embed every image under FOLDER into a new index."""
+    from cnnapps.apps.retrieve.index import Index
+    from cnnapps.datasets.folders import expand_inputs
+
+    paths = expand_inputs(folder)
+    if not paths:
+        raise CnnappsError(f"{' '.join(folder)}: no images found")
+    embedder = _embedder(model, pooling, device)
+    built = Index.create(index, embedder.describe(), kind=kind)
+    with _progress(len(paths), "embedding") as advance:
+        added, failed = built.add(paths, embedder=embedder, progress=advance)
+    _print_index(built.info(), as_json, f"indexed {added} images")
+    _report_failed(failed)
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_index(info: dict[str, Any], as_json: bool, headline: str | None = None) -> None:
+    if as_json:
+        _echo_json(info)
+        return
+    if headline:
+        typer.echo(headline)
+    for key, value in info.items():
+        typer.echo(f"  {key:>14}: {value}")
+
+
+@index_app.command("add")
+def index_add(
+    paths: list[str] = typer.Argument(..., help="Images: files, folders or globs."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Embed and add images (re-embeds ones already indexed)."""
+    from cnnapps.apps.retrieve.index import Index
+    from cnnapps.datasets.folders import expand_inputs
+
+    opened = Index.open(index)
+    files = expand_inputs(paths)
+    with _progress(len(files), "embedding") as advance:
+        added, failed = opened.add(files, progress=advance)
+    _print_index(opened.info(), as_json, f"added {added} images")
+    _report_failed(failed)
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@index_app.command("remove")
+def index_remove(
+    paths: list[str] = typer.Argument(..., help="Indexed image paths."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Drop images from the index (the files themselves are untouched)."""
+    from cnnapps.apps.retrieve.index import Index
+
+    opened = Index.open(index)
+    removed = opened.remove(paths)
+    _print_index(opened.info(), as_json, f"removed {removed} images")
+
+
+@index_app.command("info")
+def index_info(
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Items, model, embedding size, index kind and size on disk."""
+    from cnnapps.apps.retrieve.index import Index
+
+    _print_index(Index.open(index).info(), as_json)
+
+
+@index_app.command("sync")
+def index_sync(
+    folder: str = typer.Argument(..., help="The folder the index mirrors."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Add new images, re-embed changed ones, drop deleted ones."""
+    from cnnapps.apps.retrieve.index import Index
+
+    report = Index.open(index).sync(folder)
+    if as_json:
+        _echo_json(report)
+    else:
+        typer.echo(
+            f"added {report['added']}, re-embedded {report['changed']}, removed {report['removed']}; "
+            f"{report['items']} images indexed"
+        )
+    _report_failed(report["failed"])
+    if report["failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
+def retrieve(
+    query: list[str] = typer.Option(..., "--query", "-q", help="Query image; repeat for several."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    k: int = typer.Option(10, "-k", min=1, help="Results per query."),
+    as_json: bool = typer.Option(False, "--json"),
+    save_grid: Path = typer.Option(None, "--save-grid", help="Draw each query beside its top-k (one file per query)."),
+) -> None:
+    """Rank the indexed images by cosine similarity to each query."""
+    from cnnapps.apps.retrieve.index import Index
+    from cnnapps.apps.retrieve.search import query_grid, retrieve
+
+    if save_grid is not None:
+        targets = (
+            [save_grid]
+            if len(query) == 1
+            else [save_grid.with_stem(f"{save_grid.stem}-{i}") for i in range(len(query))]
+        )
+        for target in targets:
+            _free(target)
+    results = retrieve(Index.open(index), query, k)
+    if as_json:
+        _echo_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            typer.echo(f"{r.source}:" + (f" error: {r.error}" if r.error else ""))
+            for hit in r.hits:
+                typer.echo(f"  {hit.rank:3d}  {hit.score:.4f}  {hit.path}")
+    if save_grid is not None:
+        from cnnapps.datasets.io import read_image, write_image
+
+        for target, r in zip(targets, results, strict=True):
+            if r.ok:
+                write_image(target, query_grid(read_image(r.source), r.hits))
+                typer.echo(f"wrote {target}", err=True)
+    if any(not r.ok for r in results):
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
+def dedup(
+    folder: list[str] = typer.Argument(..., help="Images: folders (recursive), files or globs."),
+    threshold: float = typer.Option(
+        0.9, "--threshold", help="Cosine similarity at which two images count as duplicates."
+    ),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Groups of near-duplicate images."""
+    from cnnapps.apps.retrieve.search import find_duplicates
+    from cnnapps.datasets.folders import expand_inputs
+
+    paths = expand_inputs(folder)
+    with _progress(len(paths), "embedding") as advance:
+        groups, failed = find_duplicates(paths, _embedder(model, "avg", "auto"), threshold, progress=advance)
+    if as_json:
+        _echo_json({"groups": groups, "failed": failed})
+    else:
+        typer.echo(f"{len(groups)} groups of near-duplicates among {len(paths)} images (threshold {threshold})")
+        for n, group in enumerate(groups, start=1):
+            typer.echo(f"group {n} (similarity >= {group['min_similarity']:.3f}):")
+            for path in group["images"]:
+                typer.echo(f"  {path}")
+    _report_failed(failed if not as_json else [])
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors print one line and exit non-zero; ``--debug`` shows tracebacks."""
     args = sys.argv[1:] if argv is None else argv

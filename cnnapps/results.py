@@ -68,3 +68,15 @@ class ClassificationResult(Result):
         if self.error:
             cv2.putText(panel, self.error[:80], (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (200, 0, 0), 1, cv2.LINE_AA)
         return np.vstack([img, panel])
+
+
+@dataclass
+class RetrievalResult(Result):
+    """One query's ranked neighbours (``hits`` hold rank, path and cosine similarity)."""
+
+    hits: list[Any] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"query": self.source, "error": self.error}
+        return {"query": self.source, "results": [h.to_dict() for h in self.hits]}

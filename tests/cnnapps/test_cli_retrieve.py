@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+
+from cnnapps.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("pictures")
+    for name in ("chelsea", "coffee", "rocket", "astronaut"):
+        cv2.imwrite(str(root / f"{name}.jpg"), getattr(data, name)()[:, :, ::-1])
+    cv2.imwrite(str(root / "chelsea-copy.png"), cv2.resize(data.chelsea()[:, :, ::-1], (300, 200)))
+    return root
+
+
+def test_index_commands_and_retrieve(capsys, pictures: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "gallery"
+    shutil.copytree(pictures, folder)
+    index = tmp_path / "idx"
+    code, out, _ = run_cli(capsys, "index", "build", folder, "--index", index, "--json")
+    assert code == 0 and json.loads(out)["items"] == 5
+    code, _, err = run_cli(capsys, "index", "build", folder, "--index", index)
+    assert code == 2 and "already exists" in err
+
+    grid = tmp_path / "grid.png"
+    code, out, _ = run_cli(
+        capsys,
+        "retrieve",
+        "--query",
+        pictures / "chelsea.jpg",
+        "--index",
+        index,
+        "-k",
+        "2",
+        "--json",
+        "--save-grid",
+        grid,
+    )
+    result = json.loads(out)[0]
+    assert code == 0 and result["query"] == str(pictures / "chelsea.jpg")
+    assert [Path(r["path"]).name for r in result["results"]] == ["chelsea.jpg", "chelsea-copy.png"]
+    assert result["results"][0]["rank"] == 1 and result["results"][0]["score"] > 0.99
+    assert cv2.imread(str(grid)).shape[1] > 3 * 150
+
+    code, out, _ = run_cli(capsys, "index", "remove", folder / "rocket.jpg", "--index", index, "--json")
+    assert code == 0 and json.loads(out)["items"] == 4
+    (folder / "coffee.jpg").unlink()
+    shutil.copy(pictures / "rocket.jpg", folder / "rocket2.jpg")
+    code, out, _ = run_cli(capsys, "index", "sync", folder, "--index", index, "--json")
+    report = json.loads(out)
+    assert code == 0 and (report["added"], report["removed"], report["items"]) == (2, 1, 5)  # rocket + rocket2 back
+    code, out, _ = run_cli(capsys, "index", "info", "--index", index)
+    assert code == 0 and "efficientnet_lite0" in out and "1280" in out
+
+    code, out, err = run_cli(capsys, "retrieve", "-q", folder / "missing.jpg", "--index", index, "--json")
+    assert code == 1 and json.loads(out)[0]["error"] == "no such file"
+    code, _, err = run_cli(capsys, "index", "info", "--index", tmp_path / "nothing")
+    assert code == 2 and "no index here" in err
+
+
+def test_dedup(capsys, pictures: Path) -> None:
+    code, out, _ = run_cli(capsys, "dedup", pictures, "--json")
+    groups = json.loads(out)["groups"]
+    assert code == 0 and len(groups) == 1
+    assert sorted(Path(p).name for p in groups[0]["images"]) == ["chelsea-copy.png", "chelsea.jpg"]
+    code, out, _ = run_cli(capsys, "dedup", pictures, "--threshold", "0.999")
+    assert code == 0 and out.startswith("0 groups")
