@@ -299,6 +299,78 @@ def eval_classify(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+@train_app.command("retrieve")
+def train_retrieve(
+    data: str = typer.Option(
+        None, "--data", help="Class-per-folder tree (with train/ and val/, or split), or a path,label CSV."
+    ),
+    backbone: str = typer.Option(None, "--backbone", help="Registry name [default: efficientnet_lite0]."),
+    weights: str = typer.Option(None, "--weights", help="imagenet, none, or a weights file [default: imagenet]."),
+    loss: str = typer.Option(None, "--loss", help="arcface, multisimilarity or triplet [default: arcface]."),
+    embedding_size: int = typer.Option(None, "--embedding-size", help="Projection size [default: 128]."),
+    pooling: str = typer.Option(None, "--pooling", help="avg or gem."),
+    freeze: int = typer.Option(None, "--freeze", help="Freeze the stem and this many stages."),
+    epochs: int = typer.Option(None, "--epochs"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    lr: float = typer.Option(None, "--lr"),
+    augment: str = typer.Option(None, "--augment", help="default, alexnet, creative or none."),
+    input_size: int = typer.Option(None, "--input-size"),
+    val_split: float = typer.Option(None, "--val-split"),
+    out: str = typer.Option(None, "--out", help="Run folder [default: runs/retrieve]."),
+    config: Path = typer.Option(None, "--config", help="YAML recipe; flags override it."),
+    resume: bool = typer.Option(False, "--resume"),
+    workers: int = typer.Option(None, "--workers"),
+    device: str = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Metric learning for retrieval; writes model.safetensors, metrics.json (recall@k, mAP@R), curves.png."""
+    from cnnapps.apps.common.training import load_config
+    from cnnapps.apps.retrieve.train import RetrieveConfig, train_retrieval
+
+    cfg = load_config(
+        config, RetrieveConfig,
+        data=data, backbone=backbone, weights=weights, loss=loss, embedding_size=embedding_size, pooling=pooling,
+        freeze=freeze, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, input_size=input_size,
+        val_split=val_split, out=out, resume=resume or None, workers=workers, device=device,
+    )  # fmt: skip
+    metrics = train_retrieval(cfg)
+    keys = ("val_recall@1", "val_recall@5", "val_recall@10", "val_map@r", "epochs", "train_seconds")
+    if as_json:
+        _echo_json({k: metrics[k] for k in keys})
+        return
+    _console().print(
+        f"val recall@1 {metrics['val_recall@1']:.2%}, mAP@R {metrics['val_map@r']:.3f} after {metrics['epochs']} "
+        f"epochs ({metrics['train_seconds']:.0f} s)\nwrote {cfg.out}/model.safetensors, metrics.json, curves.png"
+    )
+
+
+@eval_app.command("retrieve")
+def eval_retrieve(
+    model: str = typer.Option(..., "--model", "-m", help="Model file or registry name."),
+    data: str = typer.Option(..., "--data", help="Class-per-folder tree or a path,label CSV."),
+    pooling: str = typer.Option("avg", "--pooling", help="For registry names and classifiers: avg or gem."),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """recall@1/5/10 and mAP@R with every image querying all the others."""
+    from cnnapps.apps.retrieve.evaluate import evaluate_retrieval
+    from cnnapps.datasets.folders import read_labeled
+
+    labelled = read_labeled(data)
+    with _progress(len(labelled), "embedding") as advance:
+        report = evaluate_retrieval(_embedder(model, pooling, device), labelled, progress=advance)
+    if as_json:
+        _echo_json(report)
+    else:
+        typer.echo(
+            f"{report['n']} images: recall@1 {report['recall@1']:.2%}, recall@5 {report['recall@5']:.2%}, "
+            f"recall@10 {report['recall@10']:.2%}, mAP@R {report['map@r']:.3f}"
+        )
+    _report_failed(report["failed"] if not as_json else [])
+    if report["failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 visualize_app = typer.Typer(help="Look inside a classifier: Grad-CAM, filters, activations, top patches.")
 app.add_typer(visualize_app, name="visualize")
 

@@ -5,9 +5,9 @@ Cosine similarity of two images is then the inner product of their embeddings.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,15 +26,18 @@ POOLINGS = ("avg", "gem")
 
 
 class EmbeddingModel(nn.Module):
-    """backbone -> last feature map -> average or GeM pooling -> L2 normalisation."""
+    """backbone -> last feature map -> average or GeM pooling -> optional linear projection -> L2 norm."""
 
-    def __init__(self, backbone: Backbone, pooling: str = "avg", gem_p: float = 3.0) -> None:
+    def __init__(
+        self, backbone: Backbone, pooling: str = "avg", embedding_size: int | None = None, gem_p: float = 3.0
+    ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise CnnappsError(f"--pooling {pooling}: choose one of {', '.join(POOLINGS)}")
-        self.backbone = backbone
+        self.backbone = backbone.drop_head() if backbone.has_head else backbone
         self.pooling = pooling
         self.gem_p = gem_p
+        self.projection = nn.Linear(backbone.embedding_dim, embedding_size) if embedding_size else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_features(x)
@@ -42,26 +45,59 @@ class EmbeddingModel(nn.Module):
             pooled = features.clamp_min(1e-6).pow(self.gem_p).mean(dim=(2, 3)).pow(1.0 / self.gem_p)
         else:
             pooled = self.backbone.forward_embedding(features)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
         return F.normalize(pooled.float(), dim=1)
 
 
-def _load_backbone(spec: str | os.PathLike) -> tuple[Backbone, Preprocess, str]:
-    """A backbone with its preprocessing and a fingerprint that changes whenever its weights do."""
-    from cnnapps.bundle import is_bundle_path
+def save_embedding_model(
+    path: str | os.PathLike,
+    model: EmbeddingModel,
+    *,
+    backbone_name: str,
+    preprocess: Preprocess,
+    backbone_kwargs: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The retrieval model file: tensors plus what rebuilding needs (backbone, pooling, projection)."""
+    from cnnapps.bundle import save_bundle
 
-    if is_bundle_path(spec):
-        from cnnapps.apps.classify.model import load_classifier
+    meta = {
+        "task": "retrieve",
+        "backbone": backbone_name,
+        "backbone_kwargs": backbone_kwargs or {},
+        "pooling": model.pooling,
+        "embedding_size": model.projection.out_features if model.projection is not None else None,
+        "preprocess": preprocess.to_dict(),
+        **(extra or {}),
+    }
+    save_bundle(path, model.state_dict(), meta)
 
-        loaded = load_classifier(spec)
-        digest = hashlib.sha256()
-        with open(spec, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return loaded.backbone, loaded.preprocess, f"sha256:{digest.hexdigest()}"
+
+def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg") -> tuple[EmbeddingModel, Preprocess, str]:
+    """An embedding model from a retrieval or classification model file, or a registry name with
+    pretrained weights; with a fingerprint that changes whenever the weights or the pooling do."""
     from cnnapps.backbones import create_backbone
+    from cnnapps.backbones.weights import load_into, sha256_of
+    from cnnapps.bundle import is_bundle_path, read_metadata
 
-    backbone = create_backbone(str(spec), weights="imagenet")
-    return backbone, backbone.preprocess, f"{spec}:{backbone.weights}"
+    if not is_bundle_path(spec):
+        backbone = create_backbone(str(spec), weights="imagenet")
+        return EmbeddingModel(backbone, pooling), backbone.preprocess, f"{spec}:{backbone.weights}:{pooling}"
+    fingerprint = f"sha256:{sha256_of(Path(spec))}"
+    meta = read_metadata(spec)
+    if meta.get("task") == "retrieve":
+        from cnnapps.bundle import load_bundle
+
+        tensors, meta = load_bundle(spec)
+        backbone = create_backbone(meta["backbone"], weights=None, **meta.get("backbone_kwargs", {}))
+        model = EmbeddingModel(backbone, meta["pooling"], meta.get("embedding_size"))
+        load_into(model, tensors, str(spec))
+        return model, Preprocess.from_dict(meta["preprocess"]), f"{fingerprint}:{meta['pooling']}"
+    from cnnapps.apps.classify.model import load_classifier
+
+    loaded = load_classifier(spec)
+    return EmbeddingModel(loaded.backbone, pooling), loaded.preprocess, f"{fingerprint}:{pooling}"
 
 
 class Embedder:
@@ -76,14 +112,14 @@ class Embedder:
         batch_size: int | None = None,
         workers: int | None = None,
     ) -> None:
-        backbone, preprocess, fingerprint = _load_backbone(spec)
+        model, preprocess, fingerprint = load_embedding_model(spec, pooling)
         self.spec = str(spec)
-        self.pooling = pooling
-        self.fingerprint = f"{fingerprint}:{pooling}"
+        self.pooling = model.pooling
+        self.fingerprint = fingerprint
         self.device = select_device(device)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self.preprocess = preprocess
-        model = EmbeddingModel(backbone, pooling).eval()
+        model = model.eval()
         example = torch.zeros(self.batch_size, *preprocess.input_size)
         with torch.no_grad():
             self.dim = int(model(example[:1]).shape[1])

@@ -83,3 +83,28 @@ def test_dedup(capsys, pictures: Path) -> None:
     assert sorted(Path(p).name for p in groups[0]["images"]) == ["chelsea-copy.png", "chelsea.jpg"]
     code, out, _ = run_cli(capsys, "dedup", pictures, "--threshold", "0.999")
     assert code == 0 and out.startswith("0 groups")
+
+
+def test_train_and_eval_retrieve_commands(capsys, colour_set: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "retrieve", "--data", colour_set, "--backbone", "lenet5", "--weights", "none", "--epochs", "2"]
+    args += ["--batch-size", "8", "--workers", "0", "--embedding-size", "8", "--out", run, "--json"]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and set(json.loads(out[out.index("{") :])) >= {"val_recall@1", "val_map@r"}
+    code, out, _ = run_cli(
+        capsys, "eval", "retrieve", "--model", run / "model.safetensors", "--data", colour_set, "--json"
+    )
+    report = json.loads(out)
+    assert code == 0 and report["n"] == 30 and 0 <= report["map@r"] <= 1
+    code, out, _ = run_cli(
+        capsys,
+        "index",
+        "build",
+        colour_set,
+        "--index",
+        tmp_path / "idx",
+        "--model",
+        run / "model.safetensors",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["dim"] == 8

@@ -15,8 +15,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_curves(history: list[dict[str, float]], path: str | Path) -> None:
-    """Loss (train and val) and validation accuracy per epoch, side by side."""
+def plot_curves(
+    history: list[dict[str, float]], path: str | Path, metrics: tuple[str, ...] = ("val_top1", "val_top5")
+) -> None:
+    """Loss (train and val) and validation quality (``metrics``) per epoch, side by side."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -24,9 +26,9 @@ def plot_curves(history: list[dict[str, float]], path: str | Path) -> None:
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
-    ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val top-1")
-    ax_acc.plot(epochs, [h["val_top5"] for h in history], "o-", label="val top-5")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", ylim=(0, 1.02))
+    for name in metrics:
+        ax_acc.plot(epochs, [h[name] for h in history], "o-", label=name.replace("_", " "))
+    ax_acc.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
