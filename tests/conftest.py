@@ -25,6 +25,23 @@ def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
+@pytest.fixture()
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """Run the ``cnnapps`` command in-process: ``run_cli(*args) -> (exit code, stdout, stderr)``."""
+    from cnnapps.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def chelsea():
     from skimage import data

@@ -16,7 +16,6 @@ writer works (SQLite runs in WAL mode so readers never wait).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -63,12 +62,10 @@ class FileStat:
 
 def file_stat(path: str) -> FileStat:
     """Size, modification time and content hash: what ``sync`` compares."""
+    from cnnapps.backbones.weights import sha256_of
+
     st = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return FileStat(os.path.abspath(path), st.st_size, st.st_mtime, digest.hexdigest())
+    return FileStat(os.path.abspath(path), st.st_size, st.st_mtime, sha256_of(Path(path)))
 
 
 _SCHEMA = """

@@ -10,16 +10,6 @@ from cnnapps import __version__
 from cnnapps.cli import main
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_help_does_not_import_torch() -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "cnnapps", "--help"], capture_output=True, text=True, check=True
@@ -30,45 +20,45 @@ def test_help_does_not_import_torch() -> None:
     assert not {m for m in imported if m.split(".")[0] in {"torch", "torchvision", "timm", "cv2", "numpy"}}
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "--version")
+def test_version(run_cli) -> None:
+    code, out, _ = run_cli("--version")
     assert code == 0 and out.strip() == f"cnnapps {__version__}"
 
 
-def test_summary_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "summary", "lenet5", "--json")
+def test_summary_json(run_cli) -> None:
+    code, out, _ = run_cli("summary", "lenet5", "--json")
     data = json.loads(out)
     assert code == 0 and data["total_params"] == 61_706 and data["input_size"] == [1, 32, 32]
 
 
-def test_summary_table(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "summary", "vgg16", "--input", "64")
+def test_summary_table(run_cli) -> None:
+    code, out, _ = run_cli("summary", "vgg16", "--input", "64")
     assert code == 0
     assert "conv1_1" in out and "64x64x64" in out and "total params: 138,357,544" in out
     assert "forward memory per image" in out
 
 
-def test_models_lists_weight_states(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "models", "--json")
+def test_models_lists_weight_states(run_cli) -> None:
+    code, out, _ = run_cli("models", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert code == 0
     assert rows["efficientnet_lite0"]["weights"]["state"] == "bundled"
     assert rows["resnet50"]["weights"]["state"] == "downloadable"
     assert rows["resnet50"]["weights"]["url"].startswith("https://download.pytorch.org/")
     assert rows["lenet5"]["weights"]["state"] == "none"
-    code, out, _ = run_cli(capsys, "models", "--timm", "resnet1*")
+    code, out, _ = run_cli("models", "--timm", "resnet1*")
     assert code == 0 and "timm:resnet18" in out and "bundled" in out
 
 
-def test_errors_are_one_line_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _out, err = run_cli(capsys, "summary", "resnet05")
+def test_errors_are_one_line_without_traceback(run_cli) -> None:
+    code, _out, err = run_cli("summary", "resnet05")
     assert code == 2
     assert err.strip().startswith("error: resnet05: unknown backbone; did you mean resnet50")
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
 
 
-def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+def test_debug_shows_the_traceback(run_cli) -> None:
     from cnnapps.errors import UnknownModelError
 
     with pytest.raises(UnknownModelError):

@@ -6,18 +6,6 @@ from pathlib import Path
 import cv2
 import pytest
 
-from cnnapps.cli import main
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, chelsea) -> Path:
@@ -31,8 +19,8 @@ def photos(tmp_path_factory, chelsea) -> Path:
     return root
 
 
-def test_classify_folder_json(capsys, photos: Path) -> None:
-    code, out, _ = run_cli(capsys, "classify", photos, "--json", "-k", "2")
+def test_classify_folder_json(run_cli, photos: Path) -> None:
+    code, out, _ = run_cli("classify", photos, "--json", "-k", "2")
     results = json.loads(out)
     assert code == 0
     assert [Path(r["path"]).name for r in results] == ["cat.jpg", "coffee.png"]
@@ -41,52 +29,50 @@ def test_classify_folder_json(capsys, photos: Path) -> None:
     assert len(results[0]["predictions"]) == 2 and set(results[0]["predictions"][0]) == {"label", "index", "score"}
 
 
-def test_classify_reports_bad_inputs_and_exits_1(capsys, photos: Path) -> None:
-    code, out, err = run_cli(
-        capsys, "classify", photos / "cat.jpg", photos / "notes.txt", photos / "gone.jpg", "--json"
-    )
+def test_classify_reports_bad_inputs_and_exits_1(run_cli, photos: Path) -> None:
+    code, out, err = run_cli("classify", photos / "cat.jpg", photos / "notes.txt", photos / "gone.jpg", "--json")
     results = json.loads(out)
     assert code == 1
     assert [("error" in r) for r in results] == [False, True, True]
     assert "2 of 3 inputs failed" in err and "gone.jpg: no such file" in err
 
 
-def test_classify_table_and_glob(capsys, photos: Path) -> None:
-    code, out, _ = run_cli(capsys, "classify", str(photos / "*.jpg"), "-k", "1")
+def test_classify_table_and_glob(run_cli, photos: Path) -> None:
+    code, out, _ = run_cli("classify", str(photos / "*.jpg"), "-k", "1")
     assert code == 0 and "cat.jpg" in out and "coffee" not in out
 
 
-def test_classify_errors_exit_2(capsys, photos: Path) -> None:
-    code, _, err = run_cli(capsys, "classify", photos / "nested", "--model", "resnet05")
+def test_classify_errors_exit_2(run_cli, photos: Path) -> None:
+    code, _, err = run_cli("classify", photos / "nested", "--model", "resnet05")
     assert code == 2 and err.startswith("error: resnet05: unknown backbone")
-    code, _, err = run_cli(capsys, "classify", str(photos / "*.gif"))
+    code, _, err = run_cli("classify", str(photos / "*.gif"))
     assert code == 1 and "no such file" in err
 
 
-def test_train_eval_and_visualize_commands(capsys, colour_set: Path, tmp_path: Path) -> None:
+def test_train_eval_and_visualize_commands(run_cli, colour_set: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["train", "classify", "--data", colour_set, "--backbone", "lenet5", "--weights", "none", "--epochs", "2"]
     args += ["--batch-size", "8", "--workers", "0", "--augment", "creative", "--out", run, "--json"]
-    code, out, _ = run_cli(capsys, *args)
+    code, out, _ = run_cli(*args)
     assert code == 0, out
     assert set(json.loads(out[out.index("{") :])) >= {"val_top1", "val_top5", "val_loss", "epochs"}
     model = run / "model.safetensors"
 
-    code, out, _ = run_cli(capsys, "eval", "classify", "--model", model, "--data", colour_set, "--json")
+    code, out, _ = run_cli("eval", "classify", "--model", model, "--data", colour_set, "--json")
     report = json.loads(out)
     assert code == 0 and report["n"] == 30 and len(report["confusion"]) == 3
     assert set(report["per_class"]) == {"blue", "green", "red"}
 
     picture = tmp_path / "cam.png"
     image = next((colour_set / "red").glob("*.png"))
-    code, out, _ = run_cli(capsys, "visualize", "gradcam", image, "--model", model, "--out", picture)
+    code, out, _ = run_cli("visualize", "gradcam", image, "--model", model, "--out", picture)
     assert code == 0 and picture.is_file() and "Grad-CAM for" in out
-    code, _, err = run_cli(capsys, "visualize", "gradcam", image, "--model", model, "--out", picture)
+    code, _, err = run_cli("visualize", "gradcam", image, "--model", model, "--out", picture)
     assert code == 2 and "already exists" in err
-    code, _, _ = run_cli(capsys, "visualize", "filters", "--model", model, "--out", tmp_path / "f.png")
+    code, _, _ = run_cli("visualize", "filters", "--model", model, "--out", tmp_path / "f.png")
     assert code == 0 and cv2.imread(str(tmp_path / "f.png")) is not None
 
 
-def test_train_config_errors_are_one_line(capsys, tmp_path: Path) -> None:
-    code, _, err = run_cli(capsys, "train", "classify", "--data", tmp_path / "nowhere", "--out", tmp_path / "r")
+def test_train_config_errors_are_one_line(run_cli, tmp_path: Path) -> None:
+    code, _, err = run_cli("train", "classify", "--data", tmp_path / "nowhere", "--out", tmp_path / "r")
     assert code == 2 and err.strip().count("\n") == 0 and "nowhere" in err

@@ -7,18 +7,6 @@ from pathlib import Path
 import cv2
 import pytest
 
-from cnnapps.cli import main
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> Path:
@@ -31,18 +19,17 @@ def pictures(tmp_path_factory) -> Path:
     return root
 
 
-def test_index_commands_and_retrieve(capsys, pictures: Path, tmp_path: Path) -> None:
+def test_index_commands_and_retrieve(run_cli, pictures: Path, tmp_path: Path) -> None:
     folder = tmp_path / "gallery"
     shutil.copytree(pictures, folder)
     index = tmp_path / "idx"
-    code, out, _ = run_cli(capsys, "index", "build", folder, "--index", index, "--json")
+    code, out, _ = run_cli("index", "build", folder, "--index", index, "--json")
     assert code == 0 and json.loads(out)["items"] == 5
-    code, _, err = run_cli(capsys, "index", "build", folder, "--index", index)
+    code, _, err = run_cli("index", "build", folder, "--index", index)
     assert code == 2 and "already exists" in err
 
     grid = tmp_path / "grid.png"
     code, out, _ = run_cli(
-        capsys,
         "retrieve",
         "--query",
         pictures / "chelsea.jpg",
@@ -60,44 +47,41 @@ def test_index_commands_and_retrieve(capsys, pictures: Path, tmp_path: Path) -> 
     assert result["results"][0]["rank"] == 1 and result["results"][0]["score"] > 0.99
     assert cv2.imread(str(grid)).shape[1] > 3 * 150
 
-    code, out, _ = run_cli(capsys, "index", "remove", folder / "rocket.jpg", "--index", index, "--json")
+    code, out, _ = run_cli("index", "remove", folder / "rocket.jpg", "--index", index, "--json")
     assert code == 0 and json.loads(out)["items"] == 4
     (folder / "coffee.jpg").unlink()
     shutil.copy(pictures / "rocket.jpg", folder / "rocket2.jpg")
-    code, out, _ = run_cli(capsys, "index", "sync", folder, "--index", index, "--json")
+    code, out, _ = run_cli("index", "sync", folder, "--index", index, "--json")
     report = json.loads(out)
     assert code == 0 and (report["added"], report["removed"], report["items"]) == (2, 1, 5)  # rocket + rocket2 back
-    code, out, _ = run_cli(capsys, "index", "info", "--index", index)
+    code, out, _ = run_cli("index", "info", "--index", index)
     assert code == 0 and "efficientnet_lite0" in out and "1280" in out
 
-    code, out, err = run_cli(capsys, "retrieve", "-q", folder / "missing.jpg", "--index", index, "--json")
+    code, out, err = run_cli("retrieve", "-q", folder / "missing.jpg", "--index", index, "--json")
     assert code == 1 and json.loads(out)[0]["error"] == "no such file"
-    code, _, err = run_cli(capsys, "index", "info", "--index", tmp_path / "nothing")
+    code, _, err = run_cli("index", "info", "--index", tmp_path / "nothing")
     assert code == 2 and "no index here" in err
 
 
-def test_dedup(capsys, pictures: Path) -> None:
-    code, out, _ = run_cli(capsys, "dedup", pictures, "--json")
+def test_dedup(run_cli, pictures: Path) -> None:
+    code, out, _ = run_cli("dedup", pictures, "--json")
     groups = json.loads(out)["groups"]
     assert code == 0 and len(groups) == 1
     assert sorted(Path(p).name for p in groups[0]["images"]) == ["chelsea-copy.png", "chelsea.jpg"]
-    code, out, _ = run_cli(capsys, "dedup", pictures, "--threshold", "0.999")
+    code, out, _ = run_cli("dedup", pictures, "--threshold", "0.999")
     assert code == 0 and out.startswith("0 groups")
 
 
-def test_train_and_eval_retrieve_commands(capsys, colour_set: Path, tmp_path: Path) -> None:
+def test_train_and_eval_retrieve_commands(run_cli, colour_set: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["train", "retrieve", "--data", colour_set, "--backbone", "lenet5", "--weights", "none", "--epochs", "2"]
     args += ["--batch-size", "8", "--workers", "0", "--embedding-size", "8", "--out", run, "--json"]
-    code, out, _ = run_cli(capsys, *args)
+    code, out, _ = run_cli(*args)
     assert code == 0 and set(json.loads(out[out.index("{") :])) >= {"val_recall@1", "val_map@r"}
-    code, out, _ = run_cli(
-        capsys, "eval", "retrieve", "--model", run / "model.safetensors", "--data", colour_set, "--json"
-    )
+    code, out, _ = run_cli("eval", "retrieve", "--model", run / "model.safetensors", "--data", colour_set, "--json")
     report = json.loads(out)
     assert code == 0 and report["n"] == 30 and 0 <= report["map@r"] <= 1
     code, out, _ = run_cli(
-        capsys,
         "index",
         "build",
         colour_set,
