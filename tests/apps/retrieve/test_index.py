@@ -206,3 +206,40 @@ def test_approximate_kinds_find_clustered_neighbours(kind: str) -> None:
     assert (found[:, 0] == ids[:50]).mean() >= 0.9
     with pytest.raises(IndexError_, match="at least 1,000 images"):
         build_faiss("ivfpq", vectors[:10], ids[:10], 64)
+
+
+class VectorEmbedder:
+    """Stands in for a network: each file's vector is read from a table (enough to test the index alone)."""
+
+    spec, pooling, dim, fingerprint = "table", "avg", 32, "table"
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        self.table = table
+
+    def describe(self) -> dict:
+        return {"model": self.spec, "fingerprint": self.fingerprint, "pooling": self.pooling, "dim": self.dim}
+
+    def embed(self, paths, progress=None):
+        vectors = np.stack([self.table[os.path.abspath(p)] for p in paths]).astype(np.float32)
+        return [os.path.abspath(p) for p in paths], vectors, [None] * len(paths)
+
+
+def test_ivfpq_index_with_reranking_adds_removes_and_finds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32))
+    table = {}
+    for i in range(1200):
+        path = tmp_path / "files" / f"{i}.bin"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(str(i).encode())
+        v = centres[i % 20] + 0.3 * rng.normal(size=32)
+        table[str(path)] = v / np.linalg.norm(v)
+    embedder = VectorEmbedder(table)
+    index = Index.create(tmp_path / "idx", embedder.describe(), kind="ivfpq")
+    index.add(sorted(table), embedder=embedder)
+    assert len(index) == 1200 and index.info()["faiss"] == "IVF-PQ + exact re-rank"
+    query = np.stack([table[str(tmp_path / "files" / "7.bin")]])
+    assert index.search(query, k=1)[0][0].path.endswith("/7.bin")
+    assert index.search(query, k=1)[0][0].score == pytest.approx(1.0, abs=1e-4)  # exact score after re-ranking
+    index.remove([str(tmp_path / "files" / "7.bin")])  # rebuilt from the stored vectors
+    assert len(index) == 1199 and not index.search(query, k=1)[0][0].path.endswith("/7.bin")
