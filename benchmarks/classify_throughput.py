@@ -112,7 +112,7 @@ def write_section(path: Path, title: str, body: str) -> None:
     if head in text:
         start = text.index(head)
         end = text.find("\n## ", start + len(head))
-        text = text[:start] + body + (text[end + 1 :] if end != -1 else "")
+        text = text[:start] + body.rstrip("\n") + "\n" + (text[end:] if end != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + body
     path.write_text(text)
