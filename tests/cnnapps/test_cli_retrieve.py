@@ -92,3 +92,20 @@ def test_train_and_eval_retrieve_commands(run_cli, colour_set: Path, tmp_path: P
         "--json",
     )
     assert code == 0 and json.loads(out)["dim"] == 8
+
+
+def test_index_build_skips_bad_files_and_load_embeds(run_cli, pictures: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "gallery"
+    shutil.copytree(pictures, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    code, out, err = run_cli("index", "build", folder, "--index", tmp_path / "idx", "--json")
+    assert code == 1 and json.loads(out)["items"] == 5
+    assert "broken.jpg" in err and "1 images could not be read" in err
+
+    import cnnapps
+
+    embedder = cnnapps.load("efficientnet_lite0", task="retrieve")
+    names, vectors, errors = embedder.embed([str(pictures / "chelsea.jpg"), b"junk"])
+    assert names == [str(pictures / "chelsea.jpg"), "<bytes>"]
+    assert vectors.shape == (2, 1280) and errors[0] is None and "not an image" in errors[1]
+    assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-5
