@@ -7,6 +7,7 @@ sizes or normalisation.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,13 @@ class Preprocess:
             img = F.center_crop(F.resize(img, self.resize, interpolation=mode, antialias=True), [height, width])
         if channels == 1:
             img = F.rgb_to_grayscale(img)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        mean, std = self._normalisation
         return img.float().div_(255.0).sub_(mean).div_(std).contiguous().numpy()
+
+    @cached_property
+    def _normalisation(self) -> tuple[Any, Any]:
+        """Mean and std as (C, 1, 1) tensors, built once per spec rather than once per image."""
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        return mean, torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)

@@ -193,6 +193,7 @@ def status_of(name: str) -> WeightsStatus:
         from cnnapps.backbones.torchvision_nets import default_weights_url
 
         url = default_weights_url(name)
+        filename = os.path.basename(url)
     elif spec.source == "timm":
         from cnnapps.backbones.timm_nets import pretrained_source
 
@@ -200,9 +201,7 @@ def status_of(name: str) -> WeightsStatus:
         if found is None:
             return WeightsStatus("none")
         url, filename = found
-        path = hub_checkpoint_path(filename)
-        return WeightsStatus("cached" if path.is_file() else "downloadable", url=url, path=str(path))
     else:
         return WeightsStatus("none")
-    path = hub_checkpoint_path(os.path.basename(url))
+    path = hub_checkpoint_path(filename)
     return WeightsStatus("cached" if path.is_file() else "downloadable", url=url, path=str(path))

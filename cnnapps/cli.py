@@ -240,7 +240,8 @@ def train_classify(
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
 ) -> None:
     """Fine-tune a classifier; writes model.safetensors, metrics.json, curves.png, confusion_matrix.png."""
-    from cnnapps.apps.classify.train import load_config, train_classifier
+    from cnnapps.apps.classify.train import train_classifier
+    from cnnapps.apps.common.training import load_config
 
     cfg = load_config(
         config,

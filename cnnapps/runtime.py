@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -76,12 +77,12 @@ def prefetch_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: 
     if workers <= 0:
         yield from map(fn, items)
         return
-    pending: list[Future[R]] = []
+    pending: deque[Future[R]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnapps-decode") as pool:
         for item in items:
             pending.append(pool.submit(fn, item))
             if len(pending) >= depth:
-                yield pending.pop(0).result()
+                yield pending.popleft().result()
         for future in pending:
             yield future.result()
 
@@ -95,10 +96,3 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
-
-
-def describe_device(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-    return info

@@ -1,4 +1,4 @@
-"""Batched classification of any inputs: decoding overlaps the forward pass; ensembles average probabilities.
+"""Batched classification of any inputs (paths, bytes, arrays, PIL images); ensembles average probabilities.
 
 This is the inference path: it imports neither Lightning nor albumentations.
 """

@@ -11,10 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnnapps.apps.common.training import ConfigError, TrainConfig, load_config
+from cnnapps.apps.common.training import TrainConfig
 from cnnapps.errors import CnnappsError
-
-__all__ = ["ConfigError", "TrainConfig", "load_config", "train_classifier"]
 
 
 def train_classifier(config: TrainConfig) -> dict[str, Any]:

@@ -34,11 +34,11 @@ KINDS = ("auto", "flat", "ivfpq", "hnsw")
 AUTO_IVFPQ_FROM = 100_000
 
 
-class IndexError_(CnnappsError):
+class RetrievalIndexError(CnnappsError):
     """An index that cannot be opened, written or queried as asked."""
 
 
-class IndexLockedError(IndexError_):
+class IndexLockedError(RetrievalIndexError):
     """Another process is writing the index."""
 
 
@@ -98,7 +98,7 @@ def build_faiss(kind: str, vectors: np.ndarray, ids: np.ndarray, dim: int) -> An
         index = faiss.IndexIDMap2(hnsw)
     elif kind == "ivfpq":
         if n < 1000:
-            raise IndexError_(f"an IVF-PQ index needs at least 1,000 images to train, not {n}; use --kind flat")
+            raise RetrievalIndexError(f"an IVF-PQ index needs at least 1,000 images to train, not {n}; use --kind flat")
         # about sqrt(n) lists, trained on 64 vectors per list: minutes, not hours, for a million images
         nlist = int(min(4096, max(16, np.sqrt(n)), n // 39))
         m = max(d for d in range(1, 65) if dim % d == 0)
@@ -112,7 +112,7 @@ def build_faiss(kind: str, vectors: np.ndarray, ids: np.ndarray, dim: int) -> An
         refined.k_factor = 50
         index = faiss.IndexIDMap2(refined)
     else:
-        raise IndexError_(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+        raise RetrievalIndexError(f"--kind {kind}: choose one of {', '.join(KINDS)}")
     if n:
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
     return index
@@ -133,10 +133,10 @@ class Index:
     def create(cls, path: str | os.PathLike, model: dict[str, Any], kind: str = "auto") -> Index:
         """A new empty index for embeddings described by ``model`` (model, fingerprint, pooling, dim)."""
         if kind not in KINDS:
-            raise IndexError_(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+            raise RetrievalIndexError(f"--kind {kind}: choose one of {', '.join(KINDS)}")
         path = Path(path)
         if (path / "index.sqlite").exists():
-            raise IndexError_(f"{path}: an index already exists here; use `cnnapps index add` or `sync`")
+            raise RetrievalIndexError(f"{path}: an index already exists here; use `cnnapps index add` or `sync`")
         path.mkdir(parents=True, exist_ok=True)
         faiss_kind = "flat" if kind in ("auto", "ivfpq") else kind  # IVF-PQ is trained when vectors arrive
         _write_faiss(
@@ -153,7 +153,7 @@ class Index:
     def open(cls, path: str | os.PathLike) -> Index:
         path = Path(path)
         if not (path / "index.sqlite").is_file():
-            raise IndexError_(f"{path}: no index here (build one with `cnnapps index build`)")
+            raise RetrievalIndexError(f"{path}: no index here (build one with `cnnapps index build`)")
         return cls(path, _connect(path / "index.sqlite"))
 
     def refresh(self) -> Index:
@@ -170,7 +170,7 @@ class Index:
             except RuntimeError:
                 time.sleep(0.05)
         else:
-            raise IndexError_(f"{self.path}: cannot read {file.name}; the index is damaged")
+            raise RetrievalIndexError(f"{self.path}: cannot read {file.name}; the index is damaged")
         self.generation = generation
         self.model = json.loads(settings["model"])
         self.kind = settings["kind"]
@@ -220,7 +220,7 @@ class Index:
         mine = f"{self.model['model']} ({self.dim}-d, {self.model.get('pooling', 'avg')} pooling)"
         theirs = f"{embedder.spec} ({embedder.dim}-d, {embedder.pooling} pooling)"
         if embedder.fingerprint != self.model["fingerprint"] or embedder.dim != self.dim:
-            raise IndexError_(f"{self.path}: the index was built with {mine}; the query uses {theirs}")
+            raise RetrievalIndexError(f"{self.path}: the index was built with {mine}; the query uses {theirs}")
 
     def search(self, queries: Any, k: int = 10) -> list[list[Hit]]:
         """Top-``k`` hits per query: queries are unit vectors (N, dim) or images (embedded first)."""
@@ -230,9 +230,9 @@ class Index:
             _, vectors, errors = self.embedder().embed(queries)
             bad = [e for e in errors if e]
             if bad:
-                raise IndexError_(f"query could not be read: {bad[0]}")
+                raise RetrievalIndexError(f"query could not be read: {bad[0]}")
         if vectors.shape[1] != self.dim:
-            raise IndexError_(f"{self.path}: queries have {vectors.shape[1]} dimensions, the index {self.dim}")
+            raise RetrievalIndexError(f"{self.path}: queries have {vectors.shape[1]} dimensions, the index {self.dim}")
         if len(self) == 0:
             return [[] for _ in range(len(vectors))]
         scores, ids = self._faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(self)))

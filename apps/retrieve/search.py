@@ -62,11 +62,14 @@ def find_duplicates(
     groups: dict[int, list[int]] = {}
     for i in range(len(names)):
         groups.setdefault(root(i), []).append(i)
+    lowest: dict[int, float] = {}
+    for (a, _), s in best.items():
+        r = root(a)
+        lowest[r] = min(s, lowest.get(r, s))
     result = []
-    for members in groups.values():
+    for r, members in groups.items():
         if len(members) > 1:
-            pair_sims = [s for (a, b), s in best.items() if a in members and b in members]
-            result.append({"images": [names[i] for i in sorted(members)], "min_similarity": round(min(pair_sims), 6)})
+            result.append({"images": [names[i] for i in sorted(members)], "min_similarity": round(lowest[r], 6)})
     result.sort(key=lambda g: (-len(g["images"]), g["images"][0]))
     return result, failed
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from cnnapps.apps.classify.model import load_classifier
-from cnnapps.apps.classify.train import ConfigError, load_config, train_classifier
+from cnnapps.apps.classify.train import train_classifier
+from cnnapps.apps.common.training import ConfigError, load_config
 from cnnapps.errors import CnnappsError
 
 
