@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cnnapps.apps.retrieve.embedder import Embedder
-from cnnapps.apps.retrieve.index import Index, IndexError_, IndexLockedError, build_faiss
+from cnnapps.apps.retrieve.index import Index, IndexLockedError, RetrievalIndexError, build_faiss
 from cnnapps.apps.retrieve.search import find_duplicates, retrieve
 
 
@@ -144,9 +144,11 @@ def test_second_writer_gets_a_clear_error(small_index) -> None:
 def test_queries_with_another_model_are_refused(small_index) -> None:
     index, folder = small_index
     other = Embedder(pooling="gem")
-    with pytest.raises(IndexError_, match=r"built with efficientnet_lite0 \(1280-d, avg pooling\); the query uses"):
+    with pytest.raises(
+        RetrievalIndexError, match=r"built with efficientnet_lite0 \(1280-d, avg pooling\); the query uses"
+    ):
         retrieve(index, [str(folder / "chelsea.png")], embedder=other)
-    with pytest.raises(IndexError_, match="queries have 3 dimensions, the index 1280"):
+    with pytest.raises(RetrievalIndexError, match="queries have 3 dimensions, the index 1280"):
         index.search(np.ones((1, 3), np.float32))
 
 
@@ -204,7 +206,7 @@ def test_approximate_kinds_find_clustered_neighbours(kind: str) -> None:
     index = build_faiss(kind, vectors, ids, 64)
     _, found = index.search(vectors[:50], 1)
     assert (found[:, 0] == ids[:50]).mean() >= 0.9
-    with pytest.raises(IndexError_, match="at least 1,000 images"):
+    with pytest.raises(RetrievalIndexError, match="at least 1,000 images"):
         build_faiss("ivfpq", vectors[:10], ids[:10], 64)
 
 
@@ -243,3 +245,19 @@ def test_ivfpq_index_with_reranking_adds_removes_and_finds(tmp_path: Path) -> No
     assert index.search(query, k=1)[0][0].score == pytest.approx(1.0, abs=1e-4)  # exact score after re-ranking
     index.remove([str(tmp_path / "files" / "7.bin")])  # rebuilt from the stored vectors
     assert len(index) == 1199 and not index.search(query, k=1)[0][0].path.endswith("/7.bin")
+
+
+def test_retrieval_imports_no_training_stack(gallery: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from cnnapps.apps.retrieve.embedder import Embedder\n"
+        "from cnnapps.apps.retrieve.index import Index\n"
+        "from cnnapps.apps.retrieve.search import retrieve\n"
+        f"e = Embedder(); i = Index.create({str(tmp_path / 'idx')!r}, e.describe())\n"
+        f"i.add([{str(gallery / 'chelsea.png')!r}], embedder=e)\n"
+        f"assert retrieve(Index.open(i.path), [{str(gallery / 'chelsea.png')!r}], 1)[0].ok\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'albumentations', 'pytorch_metric_learning')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
