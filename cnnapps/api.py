@@ -10,28 +10,40 @@ from cnnapps.backbones.registry import DEFAULT_BACKBONE
 from cnnapps.bundle import is_bundle_path, read_metadata
 from cnnapps.errors import CnnappsError
 
-TASKS = ("classify", "retrieve")
+TASKS = ("classify", "retrieve", "detect", "segment", "pose")
 
 
 def task_of(spec: str | os.PathLike) -> str:
     """The task a spec serves: a model file says so; registry names classify with their pretrained head
     (pass ``task="retrieve"`` to embed with one instead)."""
+    from cnnapps.apps.detect.zoo import ZOO
+
+    if str(spec) in ZOO:
+        return ZOO[str(spec)][0]
     return read_metadata(spec).get("task", "classify") if is_bundle_path(spec) else "classify"
 
 
 def load(
-    spec: str | os.PathLike | Sequence[str | os.PathLike] = DEFAULT_BACKBONE, task: str | None = None, **kwargs: Any
+    spec: str | os.PathLike | Sequence[str | os.PathLike] | None = None, task: str | None = None, **kwargs: Any
 ) -> Any:
     """A predictor for ``spec`` (several specs make an ensemble). ``kwargs``: device, engine, batch_size, workers.
 
     Classification models give a ``ClassificationPredictor``; retrieval models (or ``task="retrieve"``)
-    an ``Embedder`` whose ``embed(inputs)`` returns L2-normalised vectors.
+    an ``Embedder`` whose ``embed(inputs)`` returns L2-normalised vectors; detection, segmentation and
+    pose models (trained files, or torchvision's COCO zoo names such as ``maskrcnn_resnet50_fpn``) a
+    ``DetectionPredictor`` (kwargs: device, score_threshold, tile, overlap, batch_size).
 
     >>> predictor = cnnapps.load()                 # the bundled EfficientNet-Lite0, offline
     >>> predictor.predict("cat.jpg")[0].to_dict()  # {"path": "cat.jpg", "predictions": [...]}
     """
+    if spec is None:
+        from cnnapps.apps.detect.zoo import DEFAULT_MODELS
+
+        spec = DEFAULT_MODELS.get(task or "classify", DEFAULT_BACKBONE)
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     tasks = {task_of(s) for s in specs}
+    if task is not None and len(specs) == 1 and tasks != {task} and not (task == "retrieve" and tasks == {"classify"}):
+        raise CnnappsError(f"{specs[0]}: a {next(iter(tasks))} model, not a {task} model")
     if task == "retrieve" and tasks <= {"classify", "retrieve"}:  # any classifier's backbone can embed
         tasks = {"retrieve"}
     elif task is not None:
@@ -49,4 +61,10 @@ def load(
         from cnnapps.apps.retrieve.embedder import Embedder
 
         return Embedder(specs[0], **kwargs)
+    if chosen in ("detect", "segment", "pose"):
+        if len(specs) != 1:
+            raise CnnappsError(f"{chosen} takes one model, not an ensemble")
+        from cnnapps.apps.detect.predictor import DetectionPredictor
+
+        return DetectionPredictor(specs[0], task=chosen, **kwargs)
     raise CnnappsError(f"task {chosen!r} is not available (available: {', '.join(TASKS)})")

@@ -661,6 +661,10 @@ def dedup(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+# detect, segment and pose live in their own module; importing it registers their commands
+from cnnapps import cli_detect  # noqa: E402, F401
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors print one line and exit non-zero; ``--debug`` shows tracebacks."""
     args = sys.argv[1:] if argv is None else argv

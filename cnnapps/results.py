@@ -80,3 +80,90 @@ class RetrievalResult(Result):
         if self.error is not None:
             return {"query": self.source, "error": self.error}
         return {"query": self.source, "results": [h.to_dict() for h in self.hits]}
+
+
+@dataclass
+class Instance:
+    """One detected object: class, score, box (x0, y0, x1, y1 in pixels), mask as COCO RLE, keypoints (K, 3)."""
+
+    label: str
+    label_index: int
+    score: float
+    box: tuple[float, float, float, float]
+    mask: dict[str, Any] | None = None
+    keypoints: list[tuple[float, float, float]] | None = None  # x, y, score
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "label": self.label,
+            "score": round(float(self.score), 5),
+            "box": [round(float(v), 2) for v in self.box],
+        }
+        if self.mask is not None:
+            out["mask"] = self.mask
+        if self.keypoints is not None:
+            out["keypoints"] = [
+                [round(float(x), 2), round(float(y), 2), round(float(s), 4)] for x, y, s in self.keypoints
+            ]
+        return out
+
+
+#: one colour per class index, distinct and readable on photos (RGB)
+PALETTE = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+)  # fmt: skip
+
+
+@dataclass
+class DetectionResult(Result):
+    """One image's detected instances (``detect``, ``segment`` or ``pose``), in the image's pixel frame."""
+
+    instances: list[Instance] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    skeleton: list[list[int]] = field(default_factory=list)  # 1-based keypoint pairs for drawing
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.source, "error": self.error}
+        return {
+            "path": self.source,
+            "width": self.width,
+            "height": self.height,
+            "instances": [i.to_dict() for i in self.instances],
+        }
+
+    def draw(self, image: np.ndarray, mask_alpha: float = 0.45) -> np.ndarray:
+        """The image (RGB uint8) with translucent masks, boxes, labels with scores and keypoint skeletons."""
+        import cv2
+
+        out = image.copy()
+        thick = max(1, round(max(image.shape[:2]) / 400))
+        for inst in self.instances:
+            colour = PALETTE[inst.label_index % len(PALETTE)]
+            if inst.mask is not None:
+                from pycocotools import mask as mask_utils
+
+                rle = {"size": inst.mask["size"], "counts": inst.mask["counts"].encode("ascii")}
+                m = mask_utils.decode(rle).astype(bool)
+                out[m] = (out[m] * (1 - mask_alpha) + np.array(colour) * mask_alpha).astype(np.uint8)
+        for inst in self.instances:
+            colour = PALETTE[inst.label_index % len(PALETTE)]
+            x0, y0, x1, y1 = (round(v) for v in inst.box)
+            cv2.rectangle(out, (x0, y0), (x1, y1), colour, thick, cv2.LINE_AA)
+            text = f"{inst.label} {inst.score:.0%}"
+            scale = 0.4 * thick
+            (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            top = max(th + 4, y0)
+            cv2.rectangle(out, (x0, top - th - 4), (x0 + tw + 4, top), colour, -1)
+            cv2.putText(out, text, (x0 + 2, top - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+            if inst.keypoints is not None:
+                pts = [(round(x), round(y)) for x, y, _ in inst.keypoints]
+                for a, b in self.skeleton:
+                    if a - 1 < len(pts) and b - 1 < len(pts):
+                        cv2.line(out, pts[a - 1], pts[b - 1], colour, thick + 1, cv2.LINE_AA)
+                for p in pts:
+                    cv2.circle(out, p, thick + 2, (255, 255, 255), -1, cv2.LINE_AA)
+                    cv2.circle(out, p, thick + 2, colour, 1, cv2.LINE_AA)
+        return out

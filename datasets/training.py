@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,3 +41,53 @@ class LabeledImageDataset(Dataset):
                 continue
             return torch.from_numpy(self.transform(image)), self.items.labels[i]
         raise ImageError(self.items.paths[index], "no readable image in the whole dataset")
+
+
+class DetectionDataset(Dataset):
+    """(image tensor in [0, 1], target dict) pairs for torchvision's R-CNN models, from a COCO dataset."""
+
+    def __init__(self, coco: Any, indices: list[int], transform: Callable[..., Any] | None = None) -> None:
+        self.coco = coco
+        self.indices = list(indices)
+        self.transform = transform
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        for step in range(len(self.indices)):
+            i = self.indices[(index + step) % len(self.indices)]
+            path = self.coco.image_path(i)
+            try:
+                image = read_image(path)
+            except ImageError as exc:
+                if str(path) not in self._reported:
+                    self._reported.add(str(path))
+                    log.warning("skipping %s", exc)
+                continue
+            target = self.coco.target(i)
+            if self.transform is not None:
+                image, target = self.transform(image, target)
+            pixels, tensors = to_tensors(image, target)
+            tensors["image_id"] = torch.tensor(self.coco.image_ids[i])
+            return pixels, tensors
+        raise ImageError(str(self.coco.image_path(self.indices[index])), "no readable image in the whole dataset")
+
+
+def to_tensors(image: np.ndarray, target: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    tensors = {
+        "boxes": torch.as_tensor(target.boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.as_tensor(target.labels, dtype=torch.int64),
+    }
+    if target.masks is not None:
+        tensors["masks"] = torch.as_tensor(np.ascontiguousarray(target.masks), dtype=torch.uint8)
+    if target.keypoints is not None:
+        tensors["keypoints"] = torch.as_tensor(target.keypoints, dtype=torch.float32)
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return pixels, tensors
+
+
+def collate_detection(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

@@ -7,6 +7,7 @@ swapped without touching the model. Training-only: the inference path never impo
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -78,3 +79,70 @@ def train_transform(preset: str, spec: Preprocess) -> Callable[[np.ndarray], np.
         return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
     return apply
+
+
+DETECTION_PRESETS = {
+    "default": "horizontal flip (left/right keypoints swapped), scale 0.75-1.25 and shift, colour jitter",
+    "none": "no augmentation",
+}
+
+
+def detection_transform(preset: str, flip_index: list[int] | None = None) -> Callable[..., tuple[np.ndarray, Any]]:
+    """``apply(image, target) -> (image, target)`` that moves boxes, masks and keypoints with the pixels.
+
+    Boxes leaving the image are clipped, and dropped (with their masks and keypoints) when less than 30 %
+    of them stays inside; keypoints that leave are marked not visible; a horizontal flip renames left and
+    right keypoints through ``flip_index``.
+    """
+    if preset not in DETECTION_PRESETS:
+        raise CnnappsError(f"--augment {preset}: unknown detection preset; choose from {', '.join(DETECTION_PRESETS)}")
+    import albumentations as A
+    import cv2
+
+    steps = []
+    if preset == "default":
+        steps = [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+        ]
+    pipeline = A.Compose(
+        steps,
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["instance"], min_visibility=0.3, clip=True),
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+        save_applied_params=True,
+    )
+    return lambda image, target: apply_detection_pipeline(pipeline, image, target, flip_index)
+
+
+def apply_detection_pipeline(pipeline: Any, image: np.ndarray, target: Any, flip_index: list[int] | None) -> Any:
+    import dataclasses
+
+    n = len(target.boxes)
+    kps = target.keypoints
+    args = {
+        "image": image,
+        "bboxes": target.boxes.reshape(-1, 4),
+        "instance": list(range(n)),
+        # albumentations places keypoints at pixel centres; COCO coordinates are continuous (corners at 0 and W)
+        "keypoints": kps[..., :2].reshape(-1, 2) - 0.5 if kps is not None else np.zeros((0, 2), np.float32),
+    }
+    if target.masks is not None and n:
+        args["masks"] = target.masks
+    out = pipeline(**args)
+    kept = np.array([int(i) for i in out["instance"]], np.int64)
+    boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+    new = dataclasses.replace(target, boxes=boxes, labels=target.labels[kept])
+    out_h, out_w = out["image"].shape[:2]
+    if target.masks is not None:
+        new.masks = np.asarray(out["masks"])[kept] if n else np.zeros((0, out_h, out_w), np.uint8)
+    if kps is not None:
+        xy = np.asarray(out["keypoints"], np.float32)[:, :2].reshape(n, -1, 2) + 0.5
+        vis = kps[..., 2].copy()
+        flips = sum(name == "HorizontalFlip" for name, _ in out.get("applied_transforms", []))
+        if flips % 2 and flip_index is not None:
+            xy, vis = xy[:, flip_index], vis[:, flip_index]
+        outside = (xy[..., 0] < 0) | (xy[..., 0] >= out_w) | (xy[..., 1] < 0) | (xy[..., 1] >= out_h)
+        vis[outside] = 0
+        new.keypoints = np.concatenate([xy, vis[..., None]], -1)[kept]
+    return out["image"], new

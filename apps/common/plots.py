@@ -23,11 +23,13 @@ def plot_curves(
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    if all("val_loss" in h for h in history):
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
     for name in metrics:
-        ax_acc.plot(epochs, [h[name] for h in history], "o-", label=name.replace("_", " "))
+        values = [float("nan") if h.get(name) is None else h[name] for h in history]
+        ax_acc.plot(epochs, values, "o-", label=name.replace("_", " "))
     ax_acc.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):

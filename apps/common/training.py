@@ -185,8 +185,10 @@ def fit(
     device: torch.device,
     monitor: str,
     describe: str,
+    stop_on: tuple[str, str] = ("val_loss", "min"),
 ) -> FitResult:
-    """Train with checkpoints (best on ``monitor``, and last), optional early stopping, CSV + TensorBoard logs."""
+    """Train with checkpoints (best on ``monitor``, and last), optional early stopping (on ``stop_on``: a
+    metric and "min" or "max", after ``config.patience`` epochs without improvement), CSV + TensorBoard logs."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -198,7 +200,7 @@ def fit(
     )
     callbacks: list[Any] = [checkpoint]
     if config.patience:
-        callbacks.append(EarlyStopping(monitor="val_loss", patience=config.patience, mode="min"))
+        callbacks.append(EarlyStopping(monitor=stop_on[0], patience=config.patience, mode=stop_on[1]))
     out.mkdir(parents=True, exist_ok=True)
     log.info("%s; %s, %s, %d epochs", describe, device, precision, config.epochs)
     trainer = L.Trainer(

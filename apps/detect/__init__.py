@@ -1,0 +1,1 @@
+"""Detection, instance segmentation and keypoint pose on torchvision R-CNN heads over any registry backbone."""

@@ -1,0 +1,122 @@
+"""COCO metrics by pycocotools: box AP, mask AP and keypoint (OKS) AP with AP50/AP75/small/medium/large."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cnnapps.apps.detect.zoo import COCO_KEYPOINTS, COCO_OKS_SIGMAS
+
+#: which COCOeval iouTypes each task reports
+IOU_TYPES = {"detect": ("bbox",), "segment": ("bbox", "segm"), "pose": ("bbox", "keypoints")}
+#: the metric that picks the best checkpoint (AP over IoU/OKS 0.5:0.95: AP50 saturates early)
+MAIN_METRIC = {"detect": "bbox_ap", "segment": "segm_ap", "pose": "keypoints_ap"}
+_STAT_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+_KEYPOINT_STAT_NAMES = ("ap", "ap50", "ap75", "ap_medium", "ap_large")
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """A binary (H, W) mask as COCO compressed RLE with a JSON-ready ``counts`` string."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def to_coco_results(image_id: int, instances: Sequence[Any], category_of_label: dict[int, int]) -> list[dict]:
+    """COCO results entries for one image's :class:`~cnnapps.results.Instance` list."""
+    out = []
+    for inst in instances:
+        x0, y0, x1, y1 = inst.box
+        entry: dict[str, Any] = {
+            "image_id": int(image_id),
+            "category_id": int(category_of_label[inst.label_index]),
+            "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+            "score": round(float(inst.score), 5),
+        }
+        if inst.mask is not None:
+            entry["segmentation"] = inst.mask
+        if inst.keypoints is not None:
+            entry["keypoints"] = [round(float(v), 2) for xy in inst.keypoints for v in (xy[0], xy[1], 1)]
+        out.append(entry)
+    return out
+
+
+def oks_sigmas(keypoint_names: Sequence[str]) -> np.ndarray:
+    """COCO's per-keypoint sigmas for its 17 person keypoints; 0.07 for each keypoint of other layouts."""
+    if tuple(keypoint_names) == COCO_KEYPOINTS:
+        return np.array(COCO_OKS_SIGMAS)
+    return np.full(len(keypoint_names), 0.07)
+
+
+def coco_evaluate(
+    coco_gt: Any,
+    results: list[dict[str, Any]],
+    iou_types: Sequence[str],
+    image_ids: Sequence[int] | None = None,
+    keypoint_names: Sequence[str] = (),
+) -> dict[str, float | None]:
+    """``{iou_type}_{ap, ap50, ap75, ap_small, ap_medium, ap_large}`` over ``image_ids`` (all by default).
+
+    No detections at all scores 0 (pycocotools refuses an empty result list); sizes without objects give None."""
+    from pycocotools.cocoeval import COCOeval
+
+    metrics: dict[str, float] = {}
+    for iou_type in iou_types:
+        names = _KEYPOINT_STAT_NAMES if iou_type == "keypoints" else _STAT_NAMES
+        usable = [r for r in results if iou_type == "bbox" or _key(iou_type) in r]
+        if not usable:
+            metrics.update({f"{iou_type}_{n}": 0.0 for n in names})
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = coco_gt.loadRes([dict(r) for r in usable])
+            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            if image_ids is not None:
+                evaluator.params.imgIds = list(image_ids)
+            if iou_type == "keypoints":
+                evaluator.params.kpt_oks_sigmas = oks_sigmas(keypoint_names)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        for name, value in zip(names, evaluator.stats, strict=False):
+            metrics[f"{iou_type}_{name}"] = float(value) if value >= 0 else None  # -1: no such objects
+    return metrics
+
+
+def _key(iou_type: str) -> str:
+    return {"segm": "segmentation", "keypoints": "keypoints"}[iou_type]
+
+
+def evaluate_detector(
+    predictor: Any, dataset: Any, progress: Any = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ``predictor`` over a :class:`~cnnapps.datasets.coco.CocoDataset` and score it with pycocotools.
+
+    Model classes are matched to the file's categories by name. Returns the report (metrics, counts,
+    unreadable images) and the COCO results list (what ``--save-results`` writes)."""
+    from cnnapps.errors import CnnappsError
+
+    by_name = {name: cid for name, cid in zip(dataset.class_names[1:], dataset.category_ids, strict=True)}
+    category_of_label = {i: by_name[n] for i, n in enumerate(predictor.class_names) if n in by_name}
+    if not category_of_label:
+        raise CnnappsError(
+            f"{dataset.path}: none of its categories ({', '.join(dataset.class_names[1:6])}...) is a class of the "
+            f"model ({', '.join(predictor.class_names[1:6])}...)"
+        )
+    paths = [dataset.image_path(i) for i in range(len(dataset))]
+    results, failed, evaluated = [], [], []
+    for image_id, result in zip(dataset.image_ids, predictor.predict(paths, progress=progress), strict=True):
+        if not result.ok:
+            failed.append({"path": result.source, "error": result.error})
+            continue
+        evaluated.append(image_id)
+        known = [i for i in result.instances if i.label_index in category_of_label]
+        results.extend(to_coco_results(image_id, known, category_of_label))
+    metrics = coco_evaluate(dataset.coco, results, IOU_TYPES[predictor.task], evaluated, dataset.keypoint_names)
+    report = {"task": predictor.task, "images": len(evaluated), "detections": len(results), "metrics": metrics,
+              "failed": failed}  # fmt: skip
+    return report, results

@@ -1,0 +1,144 @@
+"""Run a detector over images: ``DetectionResult`` objects with boxes, COCO-RLE masks and keypoints.
+
+Large images can run tiled (``tile=1024, overlap=128``): tiles are detected one by one and merged
+with NMS, so memory is bounded by the tile, not by the image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window
+from cnnapps.apps.detect.zoo import DEFAULT_MODELS
+from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, describe_input, read_image
+from cnnapps.errors import CnnappsError, ImageError
+from cnnapps.results import DetectionResult, Instance
+from cnnapps.runtime import batched, select_device
+
+
+class DetectionPredictor:
+    """A loaded detector with its thresholds; ``predict(inputs)`` returns one result per input, in order."""
+
+    def __init__(
+        self,
+        spec: str | os.PathLike | None = None,
+        *,
+        task: str | None = None,
+        device: str = "auto",
+        score_threshold: float = 0.5,
+        batch_size: int | None = None,
+        tile: int | None = None,
+        overlap: int = 128,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        from cnnapps.apps.detect.model import load_detector
+
+        if model is None:
+            spec = spec if spec is not None else DEFAULT_MODELS[task or "segment"]
+            model = load_detector(spec)
+        self.source = str(spec) if spec is not None else "<model>"
+        self.spec = model.spec
+        if task is not None and task != self.spec.task:
+            raise CnnappsError(f"{self.source}: a {self.spec.task} model, not a {task} model")
+        if tile is not None and tile <= overlap:
+            raise CnnappsError(f"--tile {tile} must be larger than --overlap {overlap}")
+        self.task = self.spec.task
+        self.device = select_device(device)
+        self.model = model.eval().to(self.device)
+        self.model.roi_heads.score_thresh = score_threshold
+        self.score_threshold = score_threshold
+        self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
+        self.tile, self.overlap = tile, overlap
+        self.max_pixels = None if tile else max_pixels  # tiling exists for images beyond the usual limit
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.spec.class_names
+
+    def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[DetectionResult]:
+        """Detect in paths, bytes, arrays or PIL images; a bad input gets a result with ``error`` set."""
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        results: list[DetectionResult] = []
+        for batch in batched(items, self.batch_size):
+            loaded = [self._load(item) for item in batch]
+            good = [(name, rgb) for name, rgb, _ in loaded if rgb is not None]
+            found = iter(self._detect_images([rgb for _, rgb in good]))
+            for name, rgb, error in loaded:
+                if rgb is None:
+                    results.append(DetectionResult(name, error=error))
+                else:
+                    results.append(to_result(name, next(found), rgb.shape[0], rgb.shape[1], self.spec))
+            if progress is not None:
+                progress(len(batch))
+        return results
+
+    def _load(self, item: Any) -> tuple[str, np.ndarray | None, str | None]:
+        name = describe_input(item)
+        try:
+            return name, read_image(item, max_pixels=self.max_pixels, name=name), None
+        except ImageError as exc:
+            return name, None, exc.detail
+        except Exception as exc:  # a decoder crash on one file must not end the batch
+            return name, None, f"{type(exc).__name__}: {exc}"
+
+    def _detect_images(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        if not images:
+            return []
+        if self.tile:
+            return [detect_tiled(rgb, lambda t: self._forward([t])[0], self.tile, self.overlap) for rgb in images]
+        return self._forward(list(images))
+
+    @torch.inference_mode()
+    def _forward(self, images: list[np.ndarray]) -> list[Detections]:
+        tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
+        outputs = self.model(tensors)
+        return [to_detections(out, rgb.shape[0], rgb.shape[1]) for out, rgb in zip(outputs, images, strict=True)]
+
+
+def to_result(name: str, found: Detections, height: int, width: int, spec: Any) -> DetectionResult:
+    """Detections as a :class:`DetectionResult`: class names from ``spec``, masks as COCO RLE."""
+    names = spec.class_names
+    instances = []
+    for i in range(len(found)):
+        label = int(found.labels[i])
+        mask = None
+        if found.masks is not None:
+            crop, x0, y0 = found.masks[i]
+            mask = crop_to_rle(crop, x0, y0, height, width)
+        keypoints = None
+        if found.keypoints is not None:
+            keypoints = [tuple(float(v) for v in k) for k in found.keypoints[i]]
+        instances.append(
+            Instance(
+                label=names[label] if label < len(names) else str(label),
+                label_index=label,
+                score=float(found.scores[i]),
+                box=tuple(float(v) for v in found.boxes[i]),
+                mask=mask,
+                keypoints=keypoints,
+            )
+        )
+    return DetectionResult(name, instances=instances, width=width, height=height, skeleton=spec.skeleton)
+
+
+def to_detections(output: dict[str, torch.Tensor], height: int, width: int) -> Detections:
+    """A torchvision R-CNN output in numpy, masks thresholded at 0.5 and cut to a window around their box."""
+    boxes = output["boxes"].float().cpu().numpy()
+    found = Detections(boxes, output["scores"].float().cpu().numpy(), output["labels"].cpu().numpy())
+    if "masks" in output:
+        crops = []
+        for i, box in enumerate(boxes):
+            x0, y0, x1, y1 = mask_window(box, height, width)
+            crops.append(((output["masks"][i, 0, y0:y1, x0:x1] > 0.5).cpu().numpy(), x0, y0))
+        found.masks = crops
+    if "keypoints" in output:
+        xy = output["keypoints"][..., :2].float().cpu().numpy()
+        scores = output["keypoints_scores"].float().cpu().numpy()[..., None]
+        found.keypoints = np.concatenate([xy, scores], -1)
+    return found

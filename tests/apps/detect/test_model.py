@@ -1,0 +1,158 @@
+"""Detectors on registry backbones: torchvision checkpoint compatibility, shapes, freezing, model files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnapps.apps.detect.model import DetectorError, create_detector, load_detector, save_detector
+
+SMALL = {"fpn_channels": 32, "min_size": 96, "max_size": 128}
+
+
+def _torchvision_reference(task: str) -> torch.nn.Module:
+    """torchvision's *_resnet50_fpn exactly as its builders make it for COCO weights (frozen batch norm),
+    with random weights and non-trivial batch-norm statistics."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    body = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3)
+    for m in body.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.uniform_(0.5, 1.5)
+    cls = {"segment": MaskRCNN, "detect": FasterRCNN, "pose": KeypointRCNN}[task]
+    return cls(body, num_classes=2 if task == "pose" else 91, box_score_thresh=0.0).eval()
+
+
+@pytest.mark.parametrize("task", ["segment", "detect", "pose"])
+def test_torchvision_checkpoint_gives_identical_outputs(task, tmp_path):
+    reference = _torchvision_reference(task)
+    path = tmp_path / f"{task}.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_detector(task, "resnet50", weights=str(path), box_score_thresh=0.0).eval()
+    image = torch.rand(3, 160, 200, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = reference([image])[0], ours([image])[0]
+    assert len(expected["boxes"]) > 0
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_v2_checkpoint_gives_identical_outputs(tmp_path):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    torch.manual_seed(0)
+    reference = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
+    torch.save(reference.state_dict(), tmp_path / "v2.pth")
+    ours = create_detector("segment", "resnet50", weights=str(tmp_path / "v2.pth"), heads="v2", box_score_thresh=0.0)
+    image = torch.rand(3, 128, 160)
+    with torch.no_grad():
+        expected, got = reference([image])[0], ours.eval()([image])[0]
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_coco_weights_offline_error_names_the_url():
+    from cnnapps.errors import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match=r"maskrcnn_resnet50_fpn_coco-bf2d0c1e\.pth.*https://"):
+        create_detector("segment", "resnet50", weights="coco")
+
+
+def test_wrong_checkpoint_is_refused(tmp_path):
+    torch.save(_torchvision_reference("detect").state_dict(), tmp_path / "detect.pth")
+    with pytest.raises(DetectorError, match="resnet18"):
+        create_detector("detect", "resnet18", weights=str(tmp_path / "detect.pth"))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "fpn_levels"),
+    [("resnet18", 5), ("vgg11", 1), ("efficientnet_lite0", 5), ("timm:resnet18", 5), ("lenet5", 1)],
+)
+@pytest.mark.parametrize("task", ["detect", "segment", "pose"])
+def test_every_backbone_carries_every_head(backbone, fpn_levels, task):
+    model = create_detector(task, backbone, num_classes=3, num_keypoints=4, backbone_weights=None, **SMALL)
+    assert (model.backbone.fpn is not None) == (fpn_levels > 1)
+    torch.manual_seed(0)
+    images = [torch.rand(3, 100, 120), torch.rand(3, 90, 110)]
+    target = {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([1])}
+    if task == "segment":
+        target["masks"] = torch.zeros(1, 100, 120, dtype=torch.uint8)
+        target["masks"][0, 12:70, 10:60] = 1
+    if task == "pose":
+        target["keypoints"] = torch.tensor([[[20.0, 20.0, 2], [40.0, 30.0, 2], [30.0, 50.0, 2], [0.0, 0.0, 0]]])
+    targets = [target, {k: v[:0] for k, v in target.items()}]  # the second image has no objects
+    if task == "segment":
+        targets[1]["masks"] = torch.zeros(0, 90, 110, dtype=torch.uint8)
+    model.train()
+    losses = model(images, targets)
+    expected = {"detect": "loss_classifier", "segment": "loss_mask", "pose": "loss_keypoint"}[task]
+    assert expected in losses and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
+    features = model.backbone(torch.rand(1, 3, 64, 64))
+    assert len(features) == fpn_levels
+    assert {f.shape[1] for f in features.values()} == {model.backbone.out_channels}
+
+
+def test_trainable_stages_and_frozen_batchnorm():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    pretrained = create_detector("detect", "resnet18", backbone_weights=None, weights=None, trainable_stages=2, **SMALL)
+    trunk = pretrained.backbone.body
+    trains = [any(p.requires_grad for p in trunk.body[s].parameters()) for s in ("C2", "C3", "C4", "C5")]
+    assert trains == [False, False, True, True]
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in trunk.modules())  # random trunk: batch norm trains
+    with pytest.raises(DetectorError, match="0..4"):
+        create_detector("detect", "resnet18", backbone_weights=None, trainable_stages=5, **SMALL)
+
+
+def test_pretrained_trunk_gets_frozen_batchnorm_and_its_normalisation():
+    from timm.layers import FrozenBatchNormAct2d
+
+    model = create_detector("segment", "efficientnet_lite0", num_classes=4, **SMALL)  # bundled ImageNet weights
+    assert model.spec.frozen_bn and model.spec.image_mean == [0.5, 0.5, 0.5]
+    assert any(isinstance(m, FrozenBatchNormAct2d) for m in model.modules())
+    assert list(model.transform.image_mean) == [0.5, 0.5, 0.5]
+
+
+def test_model_file_round_trip_keeps_outputs(tmp_path):
+    model = create_detector(
+        "pose", "efficientnet_lite0", num_classes=2, keypoint_names=["left_hand", "right_hand", "head"],
+        box_score_thresh=0.0, **SMALL,
+    ).eval()  # fmt: skip
+    save_detector(tmp_path / "pose.safetensors", model)
+    loaded = load_detector(tmp_path / "pose.safetensors")
+    assert loaded.spec == model.spec and loaded.spec.flip_index == [1, 0, 2]
+    image = torch.rand(3, 100, 100)
+    with torch.no_grad():
+        a, b = model([image])[0], loaded([image])[0]
+    assert len(a["boxes"]) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_classifier_file_is_not_a_detector(trained):
+    from cnnapps.bundle import BundleError
+
+    run, _ = trained
+    with pytest.raises(BundleError, match="classify model, not a detector"):
+        load_detector(run / "model.safetensors")
+
+
+def test_bad_arguments():
+    with pytest.raises(DetectorError, match="task 'track'"):
+        create_detector("track", "resnet18")
+    with pytest.raises(DetectorError, match="no COCO weights for segment on resnet18"):
+        create_detector("segment", "resnet18", weights="coco")
+    with pytest.raises(DetectorError, match="2 class names for 3 classes"):
+        create_detector("detect", "resnet18", num_classes=3, class_names=["bg", "a"], backbone_weights=None)
