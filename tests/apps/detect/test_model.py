@@ -112,7 +112,7 @@ def test_trainable_stages_and_frozen_batchnorm():
     trains = [any(p.requires_grad for p in trunk.body[s].parameters()) for s in ("C2", "C3", "C4", "C5")]
     assert trains == [False, False, True, True]
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in trunk.modules())  # random trunk: batch norm trains
-    with pytest.raises(DetectorError, match="0..4"):
+    with pytest.raises(DetectorError, match=r"0\.\.4"):
         create_detector("detect", "resnet18", backbone_weights=None, trainable_stages=5, **SMALL)
 
 
