@@ -248,6 +248,7 @@ def train_classify(
         data=data, backbone=backbone, weights=weights, freeze=freeze, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, schedule=schedule, augment=augment, input_size=input_size, val_split=val_split,
         patience=patience, out=out, resume=resume or None, workers=workers, device=device,
+        progress=False if as_json else None,  # the bar would mix with the JSON on stdout
     )  # fmt: skip
     metrics = train_classifier(cfg)
     if as_json:
@@ -333,6 +334,7 @@ def train_retrieve(
         data=data, backbone=backbone, weights=weights, loss=loss, embedding_size=embedding_size, pooling=pooling,
         freeze=freeze, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, input_size=input_size,
         val_split=val_split, out=out, resume=resume or None, workers=workers, device=device,
+        progress=False if as_json else None,  # the bar would mix with the JSON on stdout
     )  # fmt: skip
     metrics = train_retrieval(cfg)
     keys = ("val_recall@1", "val_recall@5", "val_recall@10", "val_map@r", "epochs", "train_seconds")

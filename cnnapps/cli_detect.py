@@ -106,7 +106,9 @@ def _train_command(task: str) -> Any:
         val_data: str = typer.Option(None, "--val-data", help="Validation COCO JSON [default: hold out --val-split]."),
         val_images: str = typer.Option(None, "--val-images", help="Validation image folder [default: --images]."),
         backbone: str = typer.Option(None, "--backbone", help="Registry name [default: resnet50]."),
-        weights: str = typer.Option(None, "--weights", help="Backbone weights: imagenet, none or a file."),
+        weights: str = typer.Option(
+            None, "--weights", help="imagenet (the backbone), coco (torchvision's COCO model, resnet50), none or a file."
+        ),
         trainable_stages: int = typer.Option(None, "--trainable-stages", help="Train the last N backbone stages."),
         fpn_channels: int = typer.Option(None, "--fpn-channels", help="FPN width; heads scale with it [default: 256]."),
         min_size: int = typer.Option(None, "--min-size", help="Shorter side images are resized to [default: 800]."),
@@ -135,6 +137,7 @@ def _train_command(task: str) -> Any:
             weights=weights, trainable_stages=trainable_stages, fpn_channels=fpn_channels, min_size=min_size,
             max_size=max_size, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
             val_split=val_split, patience=patience, out=out, resume=resume or None, workers=workers, device=device,
+            progress=False if as_json else None,  # the bar would mix with the JSON on stdout
         )  # fmt: skip
         metrics = train_detector(cfg)
         main = f"val_{MAIN_METRIC[task]}"

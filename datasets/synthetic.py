@@ -197,9 +197,12 @@ def _segmentation(mask: np.ndarray, rle: bool) -> Any:
 
 
 def write_coco(
-    kind: str, out: str | os.PathLike, split: str, n: int, seed: int = 0, size: int = 256, rle: bool = False
+    kind: str, out: str | os.PathLike, split: str, n: int, seed: int = 0, size: int = 256, rle: bool = True
 ) -> Path:
-    """Write ``n`` scenes as ``out/<split>/*.png`` and ``out/<split>.json``; returns the JSON's path."""
+    """Write ``n`` scenes as ``out/<split>/*.png`` and ``out/<split>.json``; returns the JSON's path.
+
+    Masks are written as RLE, which is exact; ``rle=False`` writes polygons (contours through pixel
+    centres, so each mask loses about half a pixel at its edge, as COCO's own polygons do)."""
     import cv2
 
     out = Path(out)
@@ -243,9 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--polygons", action="store_true", help="Write masks as polygons instead of exact RLE.")
     args = parser.parse_args(argv)
     for split, n, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):
-        path = write_coco(args.kind, args.out, split, n, seed, args.size)
+        path = write_coco(args.kind, args.out, split, n, seed, args.size, rle=not args.polygons)
         print(f"{path}: {n} images in {Path(args.out) / split}")
 
 

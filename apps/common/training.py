@@ -192,6 +192,8 @@ def fit(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    # lightning sets its own loggers to INFO when imported; its banners and tips say nothing to our users
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     out = Path(config.out)
     last = out / "checkpoints" / "last.ckpt"
     precision = config.precision if config.precision != "auto" else ("16-mixed" if device.type == "cuda" else "32-true")
@@ -203,14 +205,16 @@ def fit(
         callbacks.append(EarlyStopping(monitor=stop_on[0], patience=config.patience, mode=stop_on[1]))
     out.mkdir(parents=True, exist_ok=True)
     log.info("%s; %s, %s, %d epochs", describe, device, precision, config.epochs)
+    version = next(n for n in range(10_000) if not (out / "logs" / f"version_{n}").exists())
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         precision=precision,
         callbacks=callbacks,
-        # logs/version_N: each run or resumption gets its own folder, so no earlier log is replaced
-        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="logs")],
+        # logs/version_N: each run or resumption gets its own folder (CSV and TensorBoard files together),
+        # so no earlier log is replaced
+        logger=[CSVLogger(out, name="logs", version=version), TensorBoardLogger(out, name="logs", version=version)],
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, len(train_loader))),

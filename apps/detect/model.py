@@ -147,20 +147,10 @@ def create_detector(
         from cnnapps.backbones.weights import load_state_dict_file
 
         state = load_state_dict_file(weights)
-    if meta:
-        class_names = class_names or meta.get("categories")
-        keypoint_names = keypoint_names or meta.get("keypoint_names")
-    if task == "pose":
-        keypoint_names = list(keypoint_names or [f"k{i}" for i in range(num_keypoints or 17)])
-        num_keypoints = num_keypoints or len(keypoint_names)
-        if len(keypoint_names) != num_keypoints:
-            raise DetectorError(f"{len(keypoint_names)} keypoint names for {num_keypoints} keypoints")
-        if skeleton is None and num_keypoints == len(COCO_SKELETON) - 2:
-            skeleton = [list(p) for p in COCO_SKELETON]
-    num_classes = num_classes or (len(class_names) if class_names else (2 if task == "pose" else 91))
-    class_names = list(class_names or ["__background__", *(f"class{i}" for i in range(1, num_classes))])
-    if len(class_names) != num_classes:
-        raise DetectorError(f"{len(class_names)} class names for {num_classes} classes (background included)")
+    wanted = _labels(task, num_classes, class_names, num_keypoints, keypoint_names, skeleton)
+    # a COCO checkpoint is built and loaded as it is; other classes or keypoints then get new predictors
+    loaded = _labels(task, None, meta["categories"], None, meta.get("keypoint_names"), None) if meta else wanted
+    num_classes, class_names, num_keypoints, keypoint_names, skeleton = loaded
 
     pretrained = state is not None or backbone_weights is not None
     spec = DetectorSpec(
@@ -168,9 +158,9 @@ def create_detector(
         backbone=backbone,
         num_classes=num_classes,
         class_names=class_names,
-        num_keypoints=num_keypoints or 0 if task == "pose" else 0,
-        keypoint_names=list(keypoint_names or []) if task == "pose" else [],
-        skeleton=[list(p) for p in skeleton or []] if task == "pose" else [],
+        num_keypoints=num_keypoints,
+        keypoint_names=keypoint_names,
+        skeleton=skeleton,
         fpn=fpn if fpn is not None else get_spec(backbone).family not in SINGLE_SCALE_FAMILIES,
         fpn_channels=fpn_channels,
         heads=heads,
@@ -188,6 +178,67 @@ def create_detector(
     model = build_detector(spec, trunk)
     if state is not None:
         load_torchvision_state(model, state, str(weights))
+    if loaded != wanted:
+        retarget(model, *wanted)
+    return model
+
+
+def _labels(
+    task: str,
+    num_classes: int | None,
+    class_names: list[str] | None,
+    num_keypoints: int | None,
+    keypoint_names: list[str] | None,
+    skeleton: list[list[int]] | None,
+) -> tuple[int, list[str], int, list[str], list[list[int]]]:
+    """Class and keypoint names made complete and consistent (background first, COCO's skeleton for its
+    17 keypoints)."""
+    from cnnapps.apps.detect.zoo import COCO_KEYPOINTS
+
+    if task == "pose":
+        keypoint_names = list(keypoint_names or [f"k{i}" for i in range(num_keypoints or 17)])
+        num_keypoints = num_keypoints or len(keypoint_names)
+        if len(keypoint_names) != num_keypoints:
+            raise DetectorError(f"{len(keypoint_names)} keypoint names for {num_keypoints} keypoints")
+        if skeleton is None and tuple(keypoint_names) == COCO_KEYPOINTS:
+            skeleton = [list(p) for p in COCO_SKELETON]
+    else:
+        num_keypoints, keypoint_names, skeleton = 0, [], []
+    num_classes = num_classes or (len(class_names) if class_names else (2 if task == "pose" else 91))
+    class_names = list(class_names or ["__background__", *(f"class{i}" for i in range(1, num_classes))])
+    if len(class_names) != num_classes:
+        raise DetectorError(f"{len(class_names)} class names for {num_classes} classes (background included)")
+    return num_classes, class_names, num_keypoints, list(keypoint_names), [list(p) for p in skeleton or []]
+
+
+def retarget(
+    model: nn.Module,
+    num_classes: int,
+    class_names: list[str],
+    num_keypoints: int = 0,
+    keypoint_names: list[str] | None = None,
+    skeleton: list[list[int]] | None = None,
+) -> nn.Module:
+    """New, untrained predictors for other classes or keypoints (fine-tuning a COCO model on your labels);
+    the backbone, RPN and head layers keep their weights."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    spec: DetectorSpec = model.spec
+    heads = model.roi_heads
+    if num_classes != spec.num_classes:
+        heads.box_predictor = FastRCNNPredictor(heads.box_predictor.cls_score.in_features, num_classes)
+        if spec.task == "segment":
+            conv = heads.mask_predictor.conv5_mask
+            heads.mask_predictor = MaskRCNNPredictor(conv.in_channels, conv.out_channels, num_classes)
+    if spec.task == "pose" and num_keypoints != spec.num_keypoints:
+        in_channels = heads.keypoint_predictor.kps_score_lowres.in_channels
+        heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
+    spec.num_classes, spec.class_names = num_classes, list(class_names)
+    if spec.task == "pose":
+        spec.num_keypoints, spec.keypoint_names = num_keypoints, list(keypoint_names or [])
+        spec.skeleton = [list(p) for p in skeleton or []]
     return model
 
 

@@ -68,8 +68,10 @@ def detect_tiled(
     boxes, scores, labels, keypoints = [], [], [], []
     has_masks = has_keypoints = False
     crops: list[tuple[np.ndarray, int, int]] = []
-    for x0, y0, x1, y1 in tile_grid(image.shape[0], image.shape[1], tile, overlap):
-        found = detect(np.ascontiguousarray(image[y0:y1, x0:x1]))
+    height, width = image.shape[:2]
+    for x0, y0, x1, y1 in tile_grid(height, width, tile, overlap):
+        found = _drop_cut_objects(detect(np.ascontiguousarray(image[y0:y1, x0:x1])), (x0, y0, x1, y1), height, width,
+                                  overlap)  # fmt: skip
         if not len(found):
             continue
         boxes.append(found.boxes + np.array([x0, y0, x0, y0], np.float32))
@@ -98,6 +100,35 @@ def detect_tiled(
         all_labels[keep],
         [crops[i] for i in keep] if has_masks else None,
         np.concatenate(keypoints)[keep] if has_keypoints else None,
+    )
+
+
+def _drop_cut_objects(
+    found: Detections, window: tuple[int, int, int, int], height: int, width: int, overlap: int, margin: float = 2.0
+) -> Detections:
+    """Drop detections cut by a tile edge inside the image when they are smaller than the overlap: such an
+    object lies whole in the neighbouring tile, where it is found entire."""
+    if not len(found):
+        return found
+    x0, y0, x1, y1 = window
+    b = found.boxes
+    small_x, small_y = (b[:, 2] - b[:, 0]) < overlap, (b[:, 3] - b[:, 1]) < overlap
+    cut = np.zeros(len(b), bool)
+    if x0 > 0:
+        cut |= small_x & (b[:, 0] <= margin)
+    if x1 < width:
+        cut |= small_x & (b[:, 2] >= x1 - x0 - margin)
+    if y0 > 0:
+        cut |= small_y & (b[:, 1] <= margin)
+    if y1 < height:
+        cut |= small_y & (b[:, 3] >= y1 - y0 - margin)
+    keep = np.flatnonzero(~cut)
+    return Detections(
+        b[keep],
+        found.scores[keep],
+        found.labels[keep],
+        [found.masks[i] for i in keep] if found.masks is not None else None,
+        found.keypoints[keep] if found.keypoints is not None else None,
     )
 
 

@@ -97,6 +97,7 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
     if not train_idx:
         raise CnnappsError(f"{config.data}: no training images left after the validation split")
 
+    from_coco = isinstance(config.weights, str) and config.weights.lower() == "coco"
     model = create_detector(
         config.task,
         config.backbone,
@@ -106,7 +107,8 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
         num_keypoints=len(train_coco.keypoint_names) or None,
         skeleton=train_coco.skeleton or None,
         trainable_stages=config.trainable_stages,
-        backbone_weights=config.weights,
+        weights="coco" if from_coco else None,  # fine-tune torchvision's COCO model: new predictors for our labels
+        backbone_weights=None if from_coco else config.weights,
         fpn=config.fpn,
         fpn_channels=config.fpn_channels,
         heads=config.heads,

@@ -156,3 +156,22 @@ def test_bad_arguments():
         create_detector("segment", "resnet18", weights="coco")
     with pytest.raises(DetectorError, match="2 class names for 3 classes"):
         create_detector("detect", "resnet18", num_classes=3, class_names=["bg", "a"], backbone_weights=None)
+
+
+def test_coco_model_fine_tunes_on_other_labels(monkeypatch):
+    """``weights="coco"`` with other classes keeps the COCO trunk, RPN and heads; predictors are new."""
+    import cnnapps.apps.detect.model as model_module
+    from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
+
+    reference = _torchvision_reference("pose")
+    meta = dict(KeypointRCNN_ResNet50_FPN_Weights.COCO_V1.meta)
+    monkeypatch.setattr(model_module, "_coco_checkpoint", lambda name: (reference.state_dict(), meta))
+    names = ["left_hand", "right_hand", "head"]
+    model = create_detector("pose", "resnet50", weights="coco", num_classes=3, class_names=["bg", "a", "b"],
+                            keypoint_names=names)  # fmt: skip
+    assert model.spec.class_names == ["bg", "a", "b"] and model.spec.keypoint_names == names
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    assert model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels == 3
+    assert torch.equal(model.rpn.head.conv[0][0].weight, reference.rpn.head.conv[0][0].weight)
+    assert torch.equal(model.backbone.fpn.inner_blocks[0][0].weight, reference.backbone.fpn.inner_blocks[0][0].weight)
+    assert model.spec.bn_eps == 0.0

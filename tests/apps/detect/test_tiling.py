@@ -1,0 +1,91 @@
+"""Tiled inference: the grid, RLE from crops, and merging tiles back into one image's detections."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window, tile_grid
+
+
+def test_tile_grid_covers_the_image_with_the_overlap():
+    tiles = tile_grid(2500, 3000, 1024, 128)
+    covered = np.zeros((2500, 3000), bool)
+    for x0, y0, x1, y1 in tiles:
+        assert x1 - x0 == 1024 and y1 - y0 == 1024
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    xs = sorted({t[0] for t in tiles})
+    assert xs == [0, 896, 1792, 1976] and all(b - a <= 1024 - 128 for a, b in zip(xs, xs[1:], strict=False))
+    assert tile_grid(300, 200, 1024, 128) == [(0, 0, 200, 300)]
+    with pytest.raises(ValueError, match="larger than overlap"):
+        tile_grid(10, 10, 64, 64)
+
+
+def test_crop_to_rle_matches_pycocotools_on_random_masks():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        height, width = (int(v) for v in rng.integers(5, 60, 2))
+        box = np.zeros(4)
+        box[[0, 2]] = np.sort(rng.uniform(0, width, 2))
+        box[[1, 3]] = np.sort(rng.uniform(0, height, 2))
+        x0, y0, x1, y1 = mask_window(box, height, width)
+        crop = rng.random((y1 - y0, x1 - x0)) < rng.uniform(0.1, 1.0)
+        full = np.zeros((height, width), np.uint8)
+        full[y0:y1, x0:x1] = crop
+        expected = mask_utils.encode(np.asfortranarray(full))["counts"].decode()
+        assert crop_to_rle(crop, x0, y0, height, width)["counts"] == expected
+
+
+def _blob_detector(tile: np.ndarray) -> Detections:
+    """Stands in for a network: every connected non-black blob is an object with its exact mask."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((tile.max(2) > 0).astype(np.uint8))
+    boxes, masks = [], []
+    for i in range(1, n):
+        x, y, w, h = stats[i, :4]
+        boxes.append([x, y, x + w, y + h])
+        masks.append((labels[y : y + h, x : x + w] == i, int(x), int(y)))
+    boxes = np.array(boxes, np.float32).reshape(-1, 4)
+    return Detections(boxes, np.full(len(boxes), 0.9, np.float32), np.ones(len(boxes), np.int64), masks)
+
+
+def test_tiled_detection_finds_each_object_once_with_its_full_mask():
+    height, width = 1500, 2100
+    image = np.zeros((height, width, 3), np.uint8)
+    truth = []
+    # discs placed on and across tile borders (tiles of 600 with 200 overlap start at 0, 400, 800, ...)
+    for i, (cx, cy) in enumerate([(590, 300), (400, 600), (1000, 1000), (1210, 210), (2040, 1440), (60, 1450)]):
+        mask = np.zeros((height, width), np.uint8)
+        cv2.circle(mask, (cx, cy), 45 + 5 * i, 1, -1)
+        image[mask.astype(bool)] = (200, 40 + 30 * i, 40)
+        truth.append(mask)
+    found = detect_tiled(image, _blob_detector, tile=600, overlap=200)
+    assert len(found) == len(truth)
+    for mask in truth:
+        ys, xs = np.nonzero(mask)
+        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        (match,) = np.flatnonzero(np.abs(found.boxes - box).max(1) < 0.5)
+        crop, x0, y0 = found.masks[match]
+        rle = crop_to_rle(crop, x0, y0, height, width)
+        decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        assert np.array_equal(decoded, mask)
+
+
+def test_predictor_tiles_large_images(tmp_path):
+    from cnnapps.apps.detect.model import create_detector
+    from cnnapps.apps.detect.predictor import DetectionPredictor
+
+    model = create_detector("segment", "resnet18", num_classes=2, backbone_weights=None, fpn_channels=16,
+                            min_size=128, max_size=128, box_score_thresh=0.0)  # fmt: skip
+    predictor = DetectionPredictor(model=model, score_threshold=0.0, tile=256, overlap=64)
+    calls = []
+    forward = predictor._forward
+    predictor._forward = lambda images: calls.append(images[0].shape) or forward(images)
+    image = np.random.default_rng(0).integers(0, 255, (700, 900, 3), dtype=np.uint8)
+    (result,) = predictor.predict([image])
+    assert result.ok and (result.width, result.height) == (900, 700)
+    assert len(calls) == 20 and all(s[:2] == (256, 256) for s in calls)  # rows at 0 192 384 444, 5 columns
+    assert result.instances and all(i.mask["size"] == [700, 900] for i in result.instances)
+    assert all(0 <= i.box[0] <= i.box[2] <= 900 and 0 <= i.box[1] <= i.box[3] <= 700 for i in result.instances)

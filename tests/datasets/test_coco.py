@@ -1,0 +1,90 @@
+"""COCO reading (polygons, RLE, crowd, empty images, keypoints) and the synthetic scenes written as COCO."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cnnapps.datasets.coco import CocoDataset, CocoError
+from cnnapps.datasets.synthetic import people_scene, shapes_scene, write_coco
+
+
+@pytest.mark.parametrize("rle", [False, True])
+def test_shapes_masks_survive_the_coco_round_trip(tmp_path, rle):
+    path = write_coco("shapes", tmp_path, "train", 6, seed=3, size=256, rle=rle)
+    data = CocoDataset(path, tmp_path / "train", "segment")
+    assert data.class_names == ["__background__", "circle", "square", "triangle"]
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        _, instances = shapes_scene(rng, 256)
+        target = data.target(i)
+        assert len(target.boxes) == len(instances)
+        for inst, mask, box, label in zip(instances, target.masks, target.boxes, target.labels, strict=True):
+            iou = (mask & inst.mask).sum() / (mask | inst.mask).sum()
+            assert iou == 1.0 if rle else iou > 0.8  # polygons trace pixel centres: edges lose half a pixel
+            assert np.allclose(box, inst.box)
+            assert data.class_names[label] == inst.category
+
+
+def test_crowd_and_empty_images(tmp_path):
+    path = write_coco("shapes", tmp_path, "train", 2, seed=0, size=64)
+    coco = json.loads(path.read_text())
+    coco["images"].append({"id": 99, "file_name": "empty.png", "width": 64, "height": 64})
+    first = coco["annotations"][0]
+    crowd = {**first, "id": 999, "iscrowd": 1, "segmentation": {"size": [64, 64], "counts": [0, 64 * 64]}}
+    coco["annotations"].append(crowd)
+    path.write_text(json.dumps(coco))
+    data = CocoDataset(path, tmp_path / "train", "segment")
+    assert len(data) == 3
+    empty = data.target(data.image_ids.index(99))
+    assert empty.boxes.shape == (0, 4) and empty.masks.shape == (0, 64, 64)
+    with_crowd = data.target(data.image_ids.index(first["image_id"]))
+    assert len(with_crowd.boxes) == sum(
+        1 for a in coco["annotations"] if a["image_id"] == first["image_id"] and not a["iscrowd"]
+    )
+
+
+def test_people_keypoints(tmp_path):
+    path = write_coco("people", tmp_path, "val", 4, seed=1, size=128)
+    data = CocoDataset(path, tmp_path / "val", "pose")
+    assert data.class_names == ["__background__", "person"] and len(data.keypoint_names) == 17
+    assert len(data.skeleton) == 19
+    target = data.target(0)
+    k = target.keypoints
+    assert k.shape[1:] == (17, 3)
+    inside = k[..., 2] > 0
+    boxes = target.boxes[:, None, :]
+    assert ((k[..., 0] >= boxes[..., 0]) & (k[..., 0] <= boxes[..., 2]))[inside].all()
+    # the person's left is on the image's right: left shoulder right of the right shoulder
+    assert (k[:, 5, 0] > k[:, 6, 0]).all()
+
+
+def test_people_scene_keypoints_lie_on_drawn_pixels():
+    rng = np.random.default_rng(0)
+    image, people = people_scene(rng, 128)
+    background = np.median(image.reshape(-1, 3), axis=0)
+    for person in people:
+        for x, y, v in person.keypoints[5:]:  # joints sit on limb strokes
+            if v:
+                patch = image[max(0, int(y) - 2) : int(y) + 3, max(0, int(x) - 2) : int(x) + 3].reshape(-1, 3)
+                assert np.abs(patch.astype(int) - background).sum(1).max() > 60
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "annotation file not found"), ("{", "not valid JSON"), ('{"annotations": []}', "no 'images' list")],
+)
+def test_bad_annotation_files(tmp_path, content, message):
+    path = tmp_path / "ann.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CocoError, match=message):
+        CocoDataset(path, tmp_path, "segment")
+
+
+def test_pose_needs_a_keypoint_category(tmp_path):
+    path = write_coco("shapes", tmp_path, "train", 1, size=64)
+    with pytest.raises(CocoError, match="no category with keypoints"):
+        CocoDataset(path, tmp_path / "train", "pose")

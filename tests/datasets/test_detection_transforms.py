@@ -1,0 +1,76 @@
+"""Augmentation keeps boxes, masks and keypoints together; flips rename left and right keypoints."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+
+from cnnapps.apps.detect.zoo import COCO_KEYPOINTS, flip_index
+from cnnapps.datasets.coco import Target
+from cnnapps.datasets.transforms import apply_detection_pipeline, detection_transform
+
+
+def _pipeline(*steps):
+    return A.Compose(
+        list(steps),
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["instance"], min_visibility=0.3, clip=True),
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+        save_applied_params=True,
+    )
+
+
+def _target(width=100, height=80):
+    masks = np.zeros((2, height, width), np.uint8)
+    masks[0, 10:30, 5:25] = 1
+    masks[1, 40:70, 60:95] = 1
+    keypoints = np.zeros((2, 3, 3), np.float32)
+    keypoints[0] = [[10, 15, 2], [20, 15, 2], [15, 25, 1]]  # left_x, right_x, centre
+    keypoints[1] = [[70, 50, 2], [90, 50, 2], [80, 60, 0]]
+    boxes = np.array([[5, 10, 25, 30], [60, 40, 95, 70]], np.float32)
+    return Target(boxes, np.array([1, 2]), masks, keypoints)
+
+
+def test_flip_index_from_names():
+    assert flip_index(["left_eye", "right_eye", "nose"]) == [1, 0, 2]
+    coco = flip_index(COCO_KEYPOINTS)
+    assert coco[:5] == [0, 2, 1, 4, 3] and coco[15:] == [16, 15]
+
+
+def test_horizontal_flip_moves_everything_and_swaps_left_right():
+    image = np.zeros((80, 100, 3), np.uint8)
+    target = _target()
+    out_image, out = apply_detection_pipeline(_pipeline(A.HorizontalFlip(p=1)), image, target, [1, 0, 2])
+    assert np.allclose(out.boxes, [[75, 10, 95, 30], [5, 40, 40, 70]])
+    assert np.array_equal(out.masks, target.masks[:, :, ::-1])
+    # the old right keypoint (x=20) is the new left one, mirrored: 100 - 20 = 80
+    assert np.allclose(out.keypoints[0], [[80, 15, 2], [90, 15, 2], [85, 25, 1]])
+    assert out.keypoints[1, 2, 2] == 0  # invisible stays invisible
+    for box, mask in zip(out.boxes, out.masks, strict=True):  # boxes still frame their masks
+        ys, xs = np.nonzero(mask)
+        assert np.allclose(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+def test_boxes_leaving_the_image_are_clipped_or_dropped():
+    image = np.zeros((80, 100, 3), np.uint8)
+    target = _target()
+    shift = A.Affine(translate_px={"x": -15, "y": 0}, p=1)  # move everything 15 px left
+    _, out = apply_detection_pipeline(_pipeline(shift), image, target, [1, 0, 2])
+    # the first box (x 5..25) keeps 10 of 20 px: clipped to 0..10; the second moves whole
+    assert np.allclose(out.boxes, [[0, 10, 10, 30], [45, 40, 80, 70]], atol=1)
+    assert out.keypoints[0, 0, 2] == 0 and out.keypoints[0, 1, 2] == 2  # x 10 -> -5 left the image
+    far = A.Affine(translate_px={"x": -22, "y": 0}, p=1)  # the first box keeps 3 of 20 px: dropped
+    _, out = apply_detection_pipeline(_pipeline(far), image, target, [1, 0, 2])
+    assert list(out.labels) == [2] and len(out.masks) == 1 and out.keypoints.shape == (1, 3, 3)
+
+
+def test_default_preset_keeps_targets_consistent():
+    rng = np.random.default_rng(0)
+    transform = detection_transform("default", [1, 0, 2])
+    image = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    for _ in range(20):
+        out_image, out = transform(image, _target())
+        assert out_image.shape == image.shape
+        assert len(out.boxes) == len(out.labels) == len(out.masks) == len(out.keypoints)
+        for box, mask in zip(out.boxes, out.masks, strict=True):
+            ys, xs = np.nonzero(mask)
+            assert abs(xs.min() - box[0]) <= 2 and abs(ys.max() + 1 - box[3]) <= 2
