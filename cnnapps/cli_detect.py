@@ -107,7 +107,7 @@ def _train_command(task: str) -> Any:
         val_images: str = typer.Option(None, "--val-images", help="Validation image folder [default: --images]."),
         backbone: str = typer.Option(None, "--backbone", help="Registry name [default: resnet50]."),
         weights: str = typer.Option(
-            None, "--weights", help="imagenet (the backbone), coco (torchvision's COCO model, resnet50), none or a file."
+            None, "--weights", help="imagenet (backbone only), coco (torchvision COCO model, resnet50), none or a file."
         ),
         trainable_stages: int = typer.Option(None, "--trainable-stages", help="Train the last N backbone stages."),
         fpn_channels: int = typer.Option(None, "--fpn-channels", help="FPN width; heads scale with it [default: 256]."),

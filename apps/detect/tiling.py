@@ -1,13 +1,14 @@
 """Tiled inference for images far larger than the network's input (remote sensing, slides).
 
-The image is cut into overlapping tiles; each tile's detections move to the image's frame and the
-tiles are merged with class-wise NMS. Masks stay as crops of their boxes until they are written as
-COCO RLE of the whole image, so memory grows with the objects found, not with the image's area.
+The image is cut into overlapping tiles; each tile's detections move to the image's frame; pieces of
+objects cut by tile edges are dropped or joined, and whole detections merged with class-wise NMS.
+Masks stay as crops of their boxes until they are written as COCO RLE of the whole image, so memory
+grows with the objects found, not with the image's area.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,75 +62,166 @@ def detect_tiled(
     overlap: int = 128,
     iou_threshold: float = 0.5,
 ) -> Detections:
-    """Run ``detect`` on every tile of ``image`` (RGB, H x W x 3) and merge the results in image coordinates."""
+    """Run ``detect`` on every tile of ``image`` (RGB, H x W x 3) and merge the results in image coordinates.
+
+    Objects a tile edge cuts (boxes touching an edge inside the image) are fragments: one that lies mostly
+    inside a whole detection from another tile is dropped; fragments of one class that touch across tiles
+    (an object larger than the overlap, which no tile holds whole) are joined, boxes and masks, into one.
+    Whole detections go through class-wise NMS."""
+    parts: list[Detections] = []
+    cut_flags: list[np.ndarray] = []
+    tiles: list[np.ndarray] = []
+    height, width = image.shape[:2]
+    for n, (x0, y0, x1, y1) in enumerate(tile_grid(height, width, tile, overlap)):
+        found = detect(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        if not len(found):
+            continue
+        cut_flags.append(_touches_inner_edge(found.boxes, (x0, y0, x1, y1), height, width))
+        parts.append(_shifted(found, x0, y0))
+        tiles.append(np.full(len(found), n))
+    if not parts:
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    found = _concat(parts)
+    cut, tile_of = np.concatenate(cut_flags), np.concatenate(tiles)
+    whole = _nms(found, np.flatnonzero(~cut), iou_threshold)
+    fragments = [i for i in np.flatnonzero(cut) if not _inside_any(found, i, whole)]
+    kept = _take(found, whole)
+    if not fragments:
+        return kept
+    joined = _concat([_join(found, group) for group in _groups(found, fragments, tile_of)])
+    # a cut object often gets a second, weaker label (a cut square looks like a triangle): pieces that lie
+    # inside a stronger detection of any class are the same object
+    order = np.argsort(-joined.scores)
+    chosen: list[int] = []
+    for i in order:
+        box = joined.boxes[i]
+        area = max(1e-6, float((box[2] - box[0]) * (box[3] - box[1])))
+        others = np.concatenate([kept.boxes, joined.boxes[chosen]]) if chosen else kept.boxes
+        if not len(others) or (_intersection(box, others) / area < 0.6).all():
+            chosen.append(int(i))
+    return _concat([kept, _take(joined, sorted(chosen))])
+
+
+def _touches_inner_edge(boxes: np.ndarray, window: tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
+    """Boxes within 1 % of the tile's size (at least 3 px) of an edge that lies inside the image: a network
+    run on a downscaled tile places a cut object's edge a few pixels off the tile's."""
+    x0, y0, x1, y1 = window
+    margin = max(3.0, 0.01 * max(x1 - x0, y1 - y0))
+    cut = np.zeros(len(boxes), bool)
+    if x0 > 0:
+        cut |= boxes[:, 0] <= margin
+    if x1 < width:
+        cut |= boxes[:, 2] >= x1 - x0 - margin
+    if y0 > 0:
+        cut |= boxes[:, 1] <= margin
+    if y1 < height:
+        cut |= boxes[:, 3] >= y1 - y0 - margin
+    return cut
+
+
+def _shifted(found: Detections, x0: int, y0: int) -> Detections:
+    keypoints = None
+    if found.keypoints is not None:
+        keypoints = found.keypoints.copy()
+        keypoints[..., 0] += x0
+        keypoints[..., 1] += y0
+    masks = [(crop, x + x0, y + y0) for crop, x, y in found.masks] if found.masks is not None else None
+    return Detections(found.boxes + np.array([x0, y0, x0, y0], np.float32), found.scores, found.labels, masks,
+                      keypoints)  # fmt: skip
+
+
+def _take(found: Detections, index: Sequence[int] | np.ndarray) -> Detections:
+    index = np.asarray(index, np.int64)
+    return Detections(
+        found.boxes[index],
+        found.scores[index],
+        found.labels[index],
+        [found.masks[i] for i in index] if found.masks is not None else None,
+        found.keypoints[index] if found.keypoints is not None else None,
+    )
+
+
+def _concat(parts: list[Detections]) -> Detections:
+    return Detections(
+        np.concatenate([p.boxes for p in parts]).astype(np.float32),
+        np.concatenate([p.scores for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        [m for p in parts for m in p.masks] if parts[0].masks is not None else None,
+        np.concatenate([p.keypoints for p in parts]) if parts[0].keypoints is not None else None,
+    )
+
+
+def _nms(found: Detections, index: np.ndarray, iou_threshold: float) -> np.ndarray:
     import torch
     from torchvision.ops import batched_nms
 
-    boxes, scores, labels, keypoints = [], [], [], []
-    has_masks = has_keypoints = False
-    crops: list[tuple[np.ndarray, int, int]] = []
-    height, width = image.shape[:2]
-    for x0, y0, x1, y1 in tile_grid(height, width, tile, overlap):
-        found = _drop_cut_objects(detect(np.ascontiguousarray(image[y0:y1, x0:x1])), (x0, y0, x1, y1), height, width,
-                                  overlap)  # fmt: skip
-        if not len(found):
-            continue
-        boxes.append(found.boxes + np.array([x0, y0, x0, y0], np.float32))
-        scores.append(found.scores)
-        labels.append(found.labels)
-        if found.masks is not None:
-            has_masks = True
-            crops.extend((crop, x + x0, y + y0) for crop, x, y in found.masks)
-        if found.keypoints is not None:
-            has_keypoints = True
-            moved = found.keypoints.copy()
-            moved[..., 0] += x0
-            moved[..., 1] += y0
-            keypoints.append(moved)
-    if not boxes:
-        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
-                          None)  # fmt: skip
-    all_boxes, all_scores, all_labels = np.concatenate(boxes), np.concatenate(scores), np.concatenate(labels)
+    if not len(index):
+        return index
     keep = batched_nms(
-        torch.from_numpy(all_boxes).float(), torch.from_numpy(all_scores).float(),
-        torch.from_numpy(all_labels).long(), iou_threshold,
+        torch.from_numpy(found.boxes[index]).float(), torch.from_numpy(found.scores[index]).float(),
+        torch.from_numpy(found.labels[index]).long(), iou_threshold,
     ).numpy()  # fmt: skip
-    return Detections(
-        all_boxes[keep],
-        all_scores[keep],
-        all_labels[keep],
-        [crops[i] for i in keep] if has_masks else None,
-        np.concatenate(keypoints)[keep] if has_keypoints else None,
-    )
+    return index[keep]
 
 
-def _drop_cut_objects(
-    found: Detections, window: tuple[int, int, int, int], height: int, width: int, overlap: int, margin: float = 2.0
-) -> Detections:
-    """Drop detections cut by a tile edge inside the image when they are smaller than the overlap: such an
-    object lies whole in the neighbouring tile, where it is found entire."""
-    if not len(found):
-        return found
-    x0, y0, x1, y1 = window
-    b = found.boxes
-    small_x, small_y = (b[:, 2] - b[:, 0]) < overlap, (b[:, 3] - b[:, 1]) < overlap
-    cut = np.zeros(len(b), bool)
-    if x0 > 0:
-        cut |= small_x & (b[:, 0] <= margin)
-    if x1 < width:
-        cut |= small_x & (b[:, 2] >= x1 - x0 - margin)
-    if y0 > 0:
-        cut |= small_y & (b[:, 1] <= margin)
-    if y1 < height:
-        cut |= small_y & (b[:, 3] >= y1 - y0 - margin)
-    keep = np.flatnonzero(~cut)
-    return Detections(
-        b[keep],
-        found.scores[keep],
-        found.labels[keep],
-        [found.masks[i] for i in keep] if found.masks is not None else None,
-        found.keypoints[keep] if found.keypoints is not None else None,
-    )
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection areas of box ``a`` with each of the boxes ``b`` (N, 4)."""
+    w = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    return w * h
+
+
+def _inside_any(found: Detections, i: int, whole: np.ndarray, share: float = 0.6) -> bool:
+    """Whether most of fragment ``i``'s box lies inside a whole detection (of any class: objects do not nest
+    in each other's boxes often, cut pieces of one object do)."""
+    same = whole
+    if not len(same):
+        return False
+    box = found.boxes[i]
+    area = max(1e-6, float((box[2] - box[0]) * (box[3] - box[1])))
+    return bool((_intersection(box, found.boxes[same]) / area >= share).any())
+
+
+def _groups(found: Detections, fragments: list[int], tile_of: np.ndarray, gap: float = 2.0) -> list[list[int]]:
+    """Fragments of one class from different tiles whose boxes overlap or touch, joined transitively."""
+    parent = {i: i for i in fragments}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for n, i in enumerate(fragments):
+        grown = found.boxes[i] + np.array([-gap, -gap, gap, gap])
+        for j in fragments[n + 1 :]:
+            same = found.labels[i] == found.labels[j] and tile_of[i] != tile_of[j]
+            if same and _intersection(grown, found.boxes[j : j + 1])[0] > 0:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in fragments:
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def _join(found: Detections, group: list[int]) -> Detections:
+    """One detection from fragments: the union of boxes and masks, the best score and its keypoints."""
+    best = max(group, key=lambda i: found.scores[i])
+    boxes = found.boxes[group]
+    box = np.array([[*boxes[:, :2].min(0), *boxes[:, 2:].max(0)]], np.float32)
+    masks = None
+    if found.masks is not None:
+        x0 = min(found.masks[i][1] for i in group)
+        y0 = min(found.masks[i][2] for i in group)
+        x1 = max(found.masks[i][1] + found.masks[i][0].shape[1] for i in group)
+        y1 = max(found.masks[i][2] + found.masks[i][0].shape[0] for i in group)
+        canvas = np.zeros((y1 - y0, x1 - x0), bool)
+        for i in group:
+            crop, x, y = found.masks[i]
+            canvas[y - y0 : y - y0 + crop.shape[0], x - x0 : x - x0 + crop.shape[1]] |= crop
+        masks = [(canvas, x0, y0)]
+    keypoints = found.keypoints[[best]] if found.keypoints is not None else None
+    return Detections(box, found.scores[[best]], found.labels[[best]], masks, keypoints)
 
 
 def crop_to_rle(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:

@@ -39,7 +39,7 @@ def test_flip_index_from_names():
 def test_horizontal_flip_moves_everything_and_swaps_left_right():
     image = np.zeros((80, 100, 3), np.uint8)
     target = _target()
-    out_image, out = apply_detection_pipeline(_pipeline(A.HorizontalFlip(p=1)), image, target, [1, 0, 2])
+    _, out = apply_detection_pipeline(_pipeline(A.HorizontalFlip(p=1)), image, target, [1, 0, 2])
     assert np.allclose(out.boxes, [[75, 10, 95, 30], [5, 40, 40, 70]])
     assert np.array_equal(out.masks, target.masks[:, :, ::-1])
     # the old right keypoint (x=20) is the new left one, mirrored: 100 - 20 = 80

@@ -78,7 +78,7 @@ def test_evaluate_detector_matches_classes_by_name(tmp_path):
 
     class Fixed:
         task = "detect"
-        class_names = ["__background__", "other", "thing"]
+        class_names = ("__background__", "other", "thing")
 
         def predict(self, paths, progress=None):
             insts = [Instance("thing", 2, 0.9, (10, 10, 40, 40)), Instance("other", 1, 0.9, (50, 50, 90, 90))]
@@ -87,6 +87,6 @@ def test_evaluate_detector_matches_classes_by_name(tmp_path):
     report, results = evaluate_detector(Fixed(), CocoDataset(coco_path, tmp_path, "detect"))
     assert [r["category_id"] for r in results] == [7]  # "other" is no category of the file
     assert report["metrics"]["bbox_ap50"] == pytest.approx(51 / 101)
-    Fixed.class_names = ["__background__", "cat"]
+    Fixed.class_names = ("__background__", "cat")
     with pytest.raises(Exception, match="none of its categories"):
         evaluate_detector(Fixed(), CocoDataset(coco_path, tmp_path, "detect"))

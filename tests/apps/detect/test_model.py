@@ -7,7 +7,13 @@ import torch
 
 from cnnapps.apps.detect.model import DetectorError, create_detector, load_detector, save_detector
 
-SMALL = {"fpn_channels": 32, "min_size": 96, "max_size": 128}
+SMALL = {
+    "fpn_channels": 32,
+    "min_size": 96,
+    "max_size": 128,
+    "box_batch_size_per_image": 32,
+    "rpn_post_nms_top_n_train": 100,
+}
 
 
 def _torchvision_reference(task: str) -> torch.nn.Module:
@@ -160,8 +166,9 @@ def test_bad_arguments():
 
 def test_coco_model_fine_tunes_on_other_labels(monkeypatch):
     """``weights="coco"`` with other classes keeps the COCO trunk, RPN and heads; predictors are new."""
-    import cnnapps.apps.detect.model as model_module
     from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
+
+    import cnnapps.apps.detect.model as model_module
 
     reference = _torchvision_reference("pose")
     meta = dict(KeypointRCNN_ResNet50_FPN_Weights.COCO_V1.meta)

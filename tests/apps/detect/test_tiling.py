@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ def test_tile_grid_covers_the_image_with_the_overlap():
         covered[y0:y1, x0:x1] = True
     assert covered.all()
     xs = sorted({t[0] for t in tiles})
-    assert xs == [0, 896, 1792, 1976] and all(b - a <= 1024 - 128 for a, b in zip(xs, xs[1:], strict=False))
+    assert xs == [0, 896, 1792, 1976] and all(b - a <= 1024 - 128 for a, b in itertools.pairwise(xs))
     assert tile_grid(300, 200, 1024, 128) == [(0, 0, 200, 300)]
     with pytest.raises(ValueError, match="larger than overlap"):
         tile_grid(10, 10, 64, 64)
@@ -56,9 +58,11 @@ def test_tiled_detection_finds_each_object_once_with_its_full_mask():
     image = np.zeros((height, width, 3), np.uint8)
     truth = []
     # discs placed on and across tile borders (tiles of 600 with 200 overlap start at 0, 400, 800, ...)
-    for i, (cx, cy) in enumerate([(590, 300), (400, 600), (1000, 1000), (1210, 210), (2040, 1440), (60, 1450)]):
+    # and one disc of 600 px that no tile holds whole: its pieces must be joined
+    discs = [(590, 300, 45), (400, 600, 50), (1000, 1000, 55), (1210, 210, 60), (2040, 1440, 65), (60, 1450, 70)]
+    for i, (cx, cy, r) in enumerate([*discs, (1500, 700, 300)]):
         mask = np.zeros((height, width), np.uint8)
-        cv2.circle(mask, (cx, cy), 45 + 5 * i, 1, -1)
+        cv2.circle(mask, (cx, cy), r, 1, -1)
         image[mask.astype(bool)] = (200, 40 + 30 * i, 40)
         truth.append(mask)
     found = detect_tiled(image, _blob_detector, tile=600, overlap=200)
