@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from recording import record
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -100,22 +102,7 @@ def main() -> None:
             "",
         ]
     )
-    print(report)
-    if args.write:
-        write_section(HERE / "RESULTS.md", "classify throughput", report)
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace the ``## title`` section of RESULTS.md (or append it)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    head = f"## {title}"
-    if head in text:
-        start = text.index(head)
-        end = text.find("\n## ", start + len(head))
-        text = text[:start] + body.rstrip("\n") + "\n" + (text[end:] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
+    record("classify throughput", report, args.write)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 
 def torchvision_model():
     """torchvision's maskrcnn_resnet50_fpn with COCO weights when cached; else the same architecture the
@@ -94,6 +92,7 @@ def main() -> None:
 
         with torch.inference_mode():  # same outputs first: the comparison is between equal computations
             a, b = theirs([tensors[0]])[0], ours([tensors[0]])[0]
+            counts = [len(theirs([t])[0]["boxes"]) for t in tensors]
         same = all(torch.allclose(a[k], b[k], atol=1e-4) for k in a) and len(a["boxes"]) == len(b["boxes"])
 
         timings: dict[str, list[float]] = {k: [] for k in ("model theirs", "model ours", "e2e plain", "e2e ours")}
@@ -126,14 +125,11 @@ def main() -> None:
         f"| end to end (decode, forward, masks) | {median['e2e plain']:.0f} ms | {median['e2e ours']:.0f} ms | "
         f"{e2e_overhead:+.1%} |\n\n"
         "End to end, ours also encodes every mask as COCO RLE (what `--json` prints); the plain way stops at "
-        "thresholded numpy masks.\n"
+        f"thresholded numpy masks. Detections per photo at score >= 0.05: {', '.join(map(str, counts))}.\n"
     )
-    print(body)
-    if args.write:
-        sys.path.insert(0, str(HERE))
-        from classify_throughput import write_section
+    from recording import record
 
-        write_section(HERE / "RESULTS.md", "detection latency", body)
+    record("detection latency", body, args.write)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ import os
 import platform
 import resource
 import time
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
 DIM = 1280
 
 
@@ -143,11 +141,9 @@ def main() -> None:
             "",
         ]
     )
-    print(report)
-    if args.write:
-        from classify_throughput import write_section
+    from recording import record
 
-        write_section(HERE / "RESULTS.md", "retrieval scale", report)
+    record("retrieval scale", report, args.write)
 
 
 if __name__ == "__main__":
