@@ -106,3 +106,15 @@ def test_train_and_run_pose(run_cli, tmp_path):
                            "--json")  # fmt: skip
     (result,) = json.loads(out)
     assert result["instances"] and len(result["instances"][0]["keypoints"]) == 17
+
+
+def test_resume_continues_the_history(run_cli, shapes, tmp_path):
+    args = ("--data", shapes / "train.json", "--images", shapes / "train", "--out", tmp_path / "run", "--json")
+    code, _, err = run_cli("train", "detect", *args, *TINY)
+    assert code == 0, err
+    more = [a if a != "1" else "2" for a in TINY]  # --epochs 2
+    code, out, err = run_cli("train", "detect", *args, *more, "--resume")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and "val_bbox_ap" in json.loads(out)
+    assert sorted(p.name for p in (tmp_path / "run" / "logs").iterdir()) == ["version_0", "version_1"]
