@@ -167,3 +167,42 @@ class DetectionResult(Result):
                     cv2.circle(out, p, thick + 2, (255, 255, 255), -1, cv2.LINE_AA)
                     cv2.circle(out, p, thick + 2, colour, 1, cv2.LINE_AA)
         return out
+
+
+@dataclass
+class CaptionResult(Result):
+    """One image's caption, its log-probability and, per word, the attention over the feature grid."""
+
+    caption: str = ""
+    words: list[str] = field(default_factory=list)
+    score: float = 0.0
+    attention: list[np.ndarray] = field(default_factory=list)  # (grid, grid) per word
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.source, "error": self.error}
+        return {"path": self.source, "caption": self.caption, "score": round(float(self.score), 4)}
+
+    def draw(self, image: np.ndarray, panel: int = 224, columns: int = 5) -> np.ndarray:
+        """The image, then one panel per word with its attention map over the image (RGB uint8)."""
+        import cv2
+
+        base = cv2.resize(image, (panel, panel), interpolation=cv2.INTER_AREA)
+        tiles = [_titled(base, "")]
+        for word, grid in zip(self.words, self.attention, strict=False):
+            heat = cv2.resize(grid.astype(np.float32), (panel, panel), interpolation=cv2.INTER_CUBIC)
+            heat = np.clip((heat - heat.min()) / (np.ptp(heat) + 1e-8), 0, 1)
+            lit = (base * (0.25 + 0.75 * heat[..., None])).astype(np.uint8)
+            tiles.append(_titled(lit, word))
+        while len(tiles) % columns:
+            tiles.append(np.full_like(tiles[0], 255))
+        rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
+        return np.vstack(rows)
+
+
+def _titled(img: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+
+    strip = np.full((26, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.pad(np.vstack([strip, img]), ((2, 2), (2, 2), (0, 0)), constant_values=255)

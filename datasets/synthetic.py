@@ -3,8 +3,10 @@
 ``shapes``: coloured circles, squares and triangles on textured backgrounds, with instance masks.
 ``people``: stick figures with COCO's 17 person keypoints (front-facing: the person's left is on the
 image's right, as in COCO), their boxes and skeleton.
+``captions``: one or two shapes with captions that follow from the scene ("a red circle above a blue
+square", and the same scene said the other way round), written as COCO captions JSON.
 
-    python -m cnnapps.datasets.synthetic shapes data/shapes --train 400 --val 100
+    python -m cnnapps.datasets.synthetic shapes data/shapes --train 400 --val 100   # or people, captions
 """
 
 from __future__ import annotations
@@ -165,6 +167,63 @@ def people_scene(rng: np.random.Generator, size: int = 256, max_people: int = 2)
     return image, instances
 
 
+def _place(rng: np.random.Generator, size: int, taken: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """A shape's centre and radius inside the central part of the image, clear of the shapes in ``taken``."""
+    for _ in range(100):
+        r = float(rng.uniform(0.08, 0.14) * size)
+        cx, cy = (float(v) for v in rng.uniform(0.2 * size, 0.8 * size, 2))
+        if all(math.hypot(cx - x, cy - y) > r + q + 0.06 * size for x, y, q in taken):
+            return cx, cy, r
+    raise RuntimeError("no room left for another shape")
+
+
+def captioned_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, list[str]]:
+    """One or two shapes of different colours or kinds, and the captions that describe them."""
+    image = _background(rng, size)
+    count = int(rng.integers(1, 3))
+    shapes: list[tuple[str, str, float, float]] = []
+    taken: list[tuple[float, float, float]] = []
+    while len(shapes) < count:
+        kind, colour = SHAPES[int(rng.integers(len(SHAPES)))], list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        if any(kind == k and colour == c for k, c, _, _ in shapes):
+            continue
+        cx, cy, r = _place(rng, size, taken)
+        taken.append((cx, cy, r))
+        angle = float(rng.uniform(0, 2 * math.pi)) if kind == "triangle" else float(rng.uniform(-0.3, 0.3))
+        image[_shape_mask(kind, (cx, cy), r, angle, size).astype(bool)] = COLOURS[colour]
+        shapes.append((kind, colour, cx, cy))
+    if count == 1:
+        kind, colour, _, _ = shapes[0]
+        return image, [f"a {colour} {kind} on its own", f"a single {colour} {kind}"]
+    (k1, c1, x1, y1), (k2, c2, x2, y2) = shapes
+    if abs(y2 - y1) > abs(x2 - x1):
+        relation, inverse = ("above", "below") if y1 < y2 else ("below", "above")
+    else:
+        relation, inverse = ("left of", "right of") if x1 < x2 else ("right of", "left of")
+    return image, [f"a {c1} {k1} {relation} a {c2} {k2}", f"a {c2} {k2} {inverse} a {c1} {k1}"]
+
+
+def write_captions(out: str | os.PathLike, split: str, n: int, seed: int = 0, size: int = 256) -> Path:
+    """Write ``n`` captioned scenes as ``out/<split>/*.png`` and COCO captions JSON ``out/<split>.json``."""
+    import cv2
+
+    out = Path(out)
+    folder = out / split
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    for i in range(n):
+        image, captions = captioned_scene(rng, size)
+        name = f"captions_{i:05d}.png"
+        cv2.imwrite(str(folder / name), image[:, :, ::-1])
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        for caption in captions:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "caption": caption})
+    path = out / f"{split}.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
 SCENES = {"shapes": shapes_scene, "people": people_scene}
 
 
@@ -240,7 +299,7 @@ def write_coco(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write synthetic COCO-format scenes.")
-    parser.add_argument("kind", choices=sorted(SCENES))
+    parser.add_argument("kind", choices=[*sorted(SCENES), "captions"])
     parser.add_argument("out")
     parser.add_argument("--train", type=int, default=400)
     parser.add_argument("--val", type=int, default=100)
@@ -249,7 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--polygons", action="store_true", help="Write masks as polygons instead of exact RLE.")
     args = parser.parse_args(argv)
     for split, n, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):
-        path = write_coco(args.kind, args.out, split, n, seed, args.size, rle=not args.polygons)
+        if args.kind == "captions":
+            path = write_captions(args.out, split, n, seed, args.size)
+        else:
+            path = write_coco(args.kind, args.out, split, n, seed, args.size, rle=not args.polygons)
         print(f"{path}: {n} images in {Path(args.out) / split}")
 
 

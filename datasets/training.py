@@ -91,3 +91,39 @@ def to_tensors(image: np.ndarray, target: Any) -> tuple[torch.Tensor, dict[str, 
 def collate_detection(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
+
+
+class CaptionDataset(Dataset):
+    """(image tensor, caption ids, item index): a random reference caption per visit when ``train``, else
+    the first. No augmentation: flips and crops would make "left of" and "above" captions false."""
+
+    def __init__(self, items: list[Any], vocab: Any, preprocess: Callable[[np.ndarray], np.ndarray], max_len: int,
+                 train: bool) -> None:  # fmt: skip
+        self.items, self.vocab, self.preprocess = items, vocab, preprocess
+        self.max_len, self.train = max_len, train
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        for step in range(len(self.items)):
+            i = (index + step) % len(self.items)
+            item = self.items[i]
+            try:
+                image = read_image(item.path)
+            except ImageError as exc:
+                if str(item.path) not in self._reported:
+                    self._reported.add(str(item.path))
+                    log.warning("skipping %s", exc)
+                continue
+            k = int(torch.randint(len(item.captions), ())) if self.train else 0
+            ids = torch.tensor(self.vocab.encode(item.captions[k], self.max_len))
+            return torch.from_numpy(self.preprocess(image)), ids, i
+        raise ImageError(str(self.items[index].path), "no readable image in the whole dataset")
+
+
+def collate_captions(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Images stacked, captions padded with 0 (``<pad>``) to the longest."""
+    images, captions, indices = zip(*batch, strict=True)
+    return torch.stack(images), torch.nn.utils.rnn.pad_sequence(captions, batch_first=True), list(indices)

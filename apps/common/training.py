@@ -154,6 +154,17 @@ def backbone_for(config: TrainConfig) -> tuple[Any, Any]:
     return backbone, spec
 
 
+def loader_args(config: TrainConfig, device: torch.device, collate_fn: Any = None) -> dict[str, Any]:
+    """DataLoader settings from the config: batch size, up to 4 worker processes kept alive between epochs,
+    pinned memory on CUDA."""
+    workers = min(4, os.cpu_count() or 1) if config.workers is None else config.workers
+    args = {"batch_size": config.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
+    args["pin_memory"] = device.type == "cuda"
+    if collate_fn is not None:
+        args["collate_fn"] = collate_fn
+    return args
+
+
 def loaders(config: TrainConfig, train_set: Any, val_set: Any, spec: Any, device: torch.device) -> tuple[Any, Any, int]:
     """Training loader (with the augmentation preset) and validation loader (the model's own preprocessing)."""
     from torch.utils.data import DataLoader
@@ -161,9 +172,8 @@ def loaders(config: TrainConfig, train_set: Any, val_set: Any, spec: Any, device
     from cnnapps.datasets.training import LabeledImageDataset
     from cnnapps.datasets.transforms import train_transform
 
-    workers = min(4, os.cpu_count() or 1) if config.workers is None else config.workers
-    args = {"batch_size": config.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
-    args["pin_memory"] = device.type == "cuda"
+    args = loader_args(config, device)
+    workers = args["num_workers"]
     train = DataLoader(LabeledImageDataset(train_set, train_transform(config.augment, spec)), shuffle=True, **args)
     val = DataLoader(LabeledImageDataset(val_set, spec), shuffle=False, **args)
     return train, val, workers
@@ -256,8 +266,12 @@ class TaskModule(L.LightningModule):
         )
         self._train_losses.clear()
 
+    def parameter_groups(self) -> Any:
+        """What the optimiser updates: the trainable parameters (subclasses may give groups with own lrs)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self.parameter_groups()
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         else:

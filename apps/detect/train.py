@@ -70,7 +70,7 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from cnnapps.apps.common.plots import plot_curves
-    from cnnapps.apps.common.training import check_run_folder, fit
+    from cnnapps.apps.common.training import check_run_folder, fit, loader_args
     from cnnapps.apps.detect.evaluate import MAIN_METRIC
     from cnnapps.apps.detect.model import create_detector, save_detector
     from cnnapps.apps.detect.module import DetectionModule
@@ -117,9 +117,7 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
         **config.options,
     )
     device = select_device(config.device)
-    workers = min(4, __import__("os").cpu_count() or 1) if config.workers is None else config.workers
-    args = {"batch_size": config.batch_size, "num_workers": workers, "persistent_workers": workers > 0,
-            "pin_memory": device.type == "cuda", "collate_fn": collate_detection}  # fmt: skip
+    args = loader_args(config, device, collate_detection)
     flips = flip_index(train_coco.keypoint_names) if config.task == "pose" else None
     transform = detection_transform(config.augment, flips)
     train_loader = DataLoader(DetectionDataset(train_coco, train_idx, transform), shuffle=True, **args)

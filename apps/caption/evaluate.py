@@ -1,0 +1,68 @@
+"""Caption metrics by pycocoevalcap: BLEU-1..4 and CIDEr (and METEOR when Java is present).
+
+Captions are tokenised with pycocoevalcap's PTB tokenizer when Java is available (as its reference
+evaluation does), else with the vocabulary's tokenizer, which gives the same tokens on plain captions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+from cnnapps.apps.caption.vocab import tokenize
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def _tokenized(captions: dict[Any, list[str]], ptb: bool) -> dict[Any, list[str]]:
+    if ptb:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    return {k: [" ".join(tokenize(c)) for c in v] for k, v in captions.items()}
+
+
+def caption_scores(
+    references: dict[Any, list[str]], candidates: dict[Any, str], meteor: bool = False, ptb: bool | None = None
+) -> dict[str, float]:
+    """Corpus scores of one candidate per image against its references (the same image keys)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    ptb = java_available() if ptb is None else ptb
+    keys = [k for k in candidates if k in references]
+    gts = _tokenized({k: references[k] for k in keys}, ptb)
+    res = _tokenized({k: [candidates[k]] for k in keys}, ptb)
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        cider, _ = Cider().compute_score(gts, res)
+    scores = {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)}
+    scores["cider"] = float(cider)
+    if meteor and java_available():
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            scores["meteor"] = float(Meteor().compute_score(gts, res)[0])
+    return scores
+
+
+def evaluate_captioner(
+    predictor: Any, items: list[Any], meteor: bool = True, progress: Callable[[int], None] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Caption every image of ``items`` (:class:`~cnnapps.datasets.captions.CaptionedImage`) and score them.
+
+    Returns the report (scores, counts, tokenizer, unreadable images) and the COCO results list."""
+    results = predictor.predict([item.path for item in items], progress=progress)
+    failed = [{"path": r.source, "error": r.error} for r in results if not r.ok]
+    candidates = {item.image_id: r.caption for item, r in zip(items, results, strict=True) if r.ok}
+    references = {item.image_id: item.captions for item in items}
+    scores = caption_scores(references, candidates, meteor=meteor) if candidates else {}
+    report = {"images": len(candidates), "scores": scores, "tokenizer": "ptb" if java_available() else "simple",
+              "beam": predictor.beam, "failed": failed}  # fmt: skip
+    return report, [{"image_id": k, "caption": v} for k, v in candidates.items()]

@@ -1,0 +1,81 @@
+"""Caption images with a trained captioner: greedy (``beam=1``) or beam search, attention per word."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnapps.apps.caption.decode import beam_search, greedy
+from cnnapps.datasets.io import describe_input, read_image
+from cnnapps.errors import CnnappsError, ImageError
+from cnnapps.results import CaptionResult
+from cnnapps.runtime import batched, select_device
+
+
+class CaptionPredictor:
+    """``predict(inputs)`` returns one :class:`CaptionResult` per input, in order; bad inputs carry ``error``."""
+
+    def __init__(
+        self,
+        spec: str | os.PathLike | None = None,
+        *,
+        device: str = "auto",
+        beam: int = 1,
+        max_len: int | None = None,
+        batch_size: int | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        from cnnapps.apps.caption.model import load_captioner
+
+        if model is None:
+            if spec is None:
+                raise CnnappsError("captioning needs a trained model file (--model)")
+            model = load_captioner(spec)
+        if beam < 1:
+            raise CnnappsError(f"--beam must be at least 1, not {beam}")
+        self.device = select_device(device)
+        self.model = model.eval().to(self.device)
+        self.vocab, self.preprocess = model.vocab, model.preprocess
+        self.beam, self.max_len = beam, max_len or model.spec.max_len
+        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
+
+    def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[CaptionResult]:
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        results: list[CaptionResult] = []
+        for batch in batched(items, self.batch_size):
+            loaded = [self._load(item) for item in batch]
+            good = [arr for _, arr, _ in loaded if arr is not None]
+            hypotheses = iter(self._caption(np.stack(good)) if good else [])
+            for name, arr, error in loaded:
+                if arr is None:
+                    results.append(CaptionResult(name, error=error))
+                    continue
+                hyp = next(hypotheses)
+                words = hyp.words(self.vocab)
+                grid = self.model.spec.grid
+                maps = [a.reshape(grid, grid) for a in hyp.attention]
+                results.append(CaptionResult(name, caption=" ".join(words), words=words, score=hyp.score,
+                                             attention=maps))  # fmt: skip
+            if progress is not None:
+                progress(len(batch))
+        return results
+
+    def _load(self, item: Any) -> tuple[str, np.ndarray | None, str | None]:
+        name = describe_input(item)
+        try:
+            return name, self.preprocess(read_image(item, name=name)), None
+        except ImageError as exc:
+            return name, None, exc.detail
+        except Exception as exc:  # a decoder crash on one file must not end the batch
+            return name, None, f"{type(exc).__name__}: {exc}"
+
+    @torch.inference_mode()
+    def _caption(self, arrays: np.ndarray) -> list[Any]:
+        features = self.model.encoder(torch.from_numpy(arrays).to(self.device))
+        if self.beam == 1:
+            return greedy(self.model.decoder, features, self.vocab, self.max_len)
+        return [beam_search(self.model.decoder, f[None], self.vocab, self.beam, self.max_len) for f in features]
