@@ -10,7 +10,7 @@ from cnnapps.backbones.registry import DEFAULT_BACKBONE
 from cnnapps.bundle import is_bundle_path, read_metadata
 from cnnapps.errors import CnnappsError
 
-TASKS = ("classify", "retrieve", "detect", "segment", "pose")
+TASKS = ("classify", "retrieve", "detect", "segment", "pose", "caption")
 
 
 def task_of(spec: str | os.PathLike) -> str:
@@ -31,7 +31,8 @@ def load(
     Classification models give a ``ClassificationPredictor``; retrieval models (or ``task="retrieve"``)
     an ``Embedder`` whose ``embed(inputs)`` returns L2-normalised vectors; detection, segmentation and
     pose models (trained files, or torchvision's COCO zoo names such as ``maskrcnn_resnet50_fpn``) a
-    ``DetectionPredictor`` (kwargs: device, score_threshold, tile, overlap, batch_size).
+    ``DetectionPredictor`` (kwargs: device, score_threshold, tile, overlap, batch_size); captioners a
+    ``CaptionPredictor`` (kwargs: device, beam, max_len, batch_size).
 
     >>> predictor = cnnapps.load()                 # the bundled EfficientNet-Lite0, offline
     >>> predictor.predict("cat.jpg")[0].to_dict()  # {"path": "cat.jpg", "predictions": [...]}
@@ -67,4 +68,10 @@ def load(
         from cnnapps.apps.detect.predictor import DetectionPredictor
 
         return DetectionPredictor(specs[0], task=chosen, **kwargs)
+    if chosen == "caption":
+        if len(specs) != 1:
+            raise CnnappsError("captioning takes one model, not an ensemble")
+        from cnnapps.apps.caption.predictor import CaptionPredictor
+
+        return CaptionPredictor(specs[0], **kwargs)
     raise CnnappsError(f"task {chosen!r} is not available (available: {', '.join(TASKS)})")

@@ -394,6 +394,15 @@ def _free(path: Path) -> Path:
     return path
 
 
+def _free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:
+    """``folder/stem.png``, or ``stem-1.png``, ``stem-2.png``... when that exists: nothing is overwritten."""
+    path, n = folder / f"{stem}{suffix}", 0
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path
+
+
 def _saved(path: Path, rgb: Any) -> None:
     from cnnapps.datasets.io import write_image
 
@@ -663,8 +672,8 @@ def dedup(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-# detect, segment and pose live in their own module; importing it registers their commands
-from cnnapps import cli_detect  # noqa: E402, F401
+# detect/segment/pose and caption live in their own modules; importing them registers their commands
+from cnnapps import cli_caption, cli_detect  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,20 +12,21 @@ from typing import Any
 
 import typer
 
-from cnnapps.cli import EXIT_SOME_FAILED, _console, _echo_json, _progress, _report_failed, app, eval_app, train_app
+from cnnapps.cli import (
+    EXIT_SOME_FAILED,
+    _console,
+    _echo_json,
+    _free_name,
+    _progress,
+    _report_failed,
+    app,
+    eval_app,
+    train_app,
+)
 from cnnapps.errors import CnnappsError
 
 _WHAT = {"detect": "objects (boxes)", "segment": "boxes and instance masks", "pose": "people and their keypoints"}
 _ZOO = {"detect": "fasterrcnn_resnet50_fpn", "segment": "maskrcnn_resnet50_fpn", "pose": "keypointrcnn_resnet50_fpn"}
-
-
-def _free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:
-    """``folder/stem.png``, or ``stem-1.png``, ``stem-2.png``... when that exists: nothing is overwritten."""
-    path, n = folder / f"{stem}{suffix}", 0
-    while path.exists():
-        n += 1
-        path = folder / f"{stem}-{n}{suffix}"
-    return path
 
 
 def _predict_command(task: str) -> Any:

@@ -223,7 +223,9 @@ def build_captioner(
         grid,
         max_len,
         tokens=list(vocab.tokens),
-        preprocess=(preprocess or trunk.preprocess).to_dict(),
+        preprocess={
+            k: list(v) if isinstance(v, tuple) else v for k, v in (preprocess or trunk.preprocess).to_dict().items()
+        },
         decoder_kwargs=decoder_kwargs,
     )
     return Captioner(CaptionEncoder(trunk, grid), spec)

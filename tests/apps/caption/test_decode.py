@@ -1,0 +1,86 @@
+"""Vocabulary, greedy and beam search on a tiny hand-made decoder whose best sequence is known."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from cnnapps.apps.caption.decode import beam_search, greedy
+from cnnapps.apps.caption.vocab import Vocabulary, tokenize
+
+
+def test_vocabulary_build_encode_decode():
+    vocab = Vocabulary.build(["A red circle.", "a red square", "a blue square", "rare"], min_count=2)
+    assert vocab.tokens == ("<pad>", "<start>", "<end>", "<unk>", "a", "red", "square")
+    ids = vocab.encode("A red, red triangle!")
+    assert ids == [1, 4, 5, 5, 3, 2]
+    assert vocab.decode(ids[1:]) == ["a", "red", "red"]  # <unk> dropped, stops at <end>
+    assert vocab.encode("a red square", max_len=2) == [1, 4, 5, 2]
+    assert tokenize("It's a Red-circle.") == ["it's", "a", "red", "circle"]
+    with pytest.raises(ValueError):
+        Vocabulary(("a", "b"))
+
+
+VOCAB = Vocabulary(("<pad>", "<start>", "<end>", "<unk>", "x", "y"))
+X, Y, END = 4, 5, 2
+# next-word probabilities given the words so far (missing entries are ~0)
+TABLE = {
+    (): {X: 0.55, Y: 0.45},
+    (X,): {END: 0.35, X: 0.33, Y: 0.32},
+    (Y,): {Y: 0.9, END: 0.1},
+    (X, X): {END: 1.0},
+    (X, Y): {END: 1.0},
+    (Y, Y): {END: 1.0},
+}
+
+
+class TableDecoder(torch.nn.Module):
+    """A decoder whose next-word distribution is looked up from the words so far."""
+
+    def init_state(self, features):
+        return (torch.zeros(features.shape[0], 0, dtype=torch.long),)
+
+    def step(self, state, tokens):
+        (seen,) = state
+        seen = torch.cat([seen, tokens[:, None]], 1)
+        logits = torch.full((len(seen), len(VOCAB)), -30.0)
+        for row, seq in enumerate(seen.tolist()):
+            for word, p in TABLE.get(tuple(w for w in seq if w != VOCAB.start), {END: 1.0}).items():
+                logits[row, word] = math.log(p)
+        return logits, (seen,), torch.full((len(seen), 4), 0.25)
+
+
+def _best_by_enumeration(max_len):
+    best, best_score = None, -math.inf
+    for n in range(max_len + 1):
+        for words in itertools.product((X, Y), repeat=n):
+            score, prefix = 0.0, ()
+            for w in (*words, END):
+                probs = TABLE.get(prefix, {END: 1.0})
+                if w not in probs:
+                    score = -math.inf
+                    break
+                score += math.log(probs[w])
+                prefix = (*prefix, w)
+            if score > best_score:
+                best, best_score = list(words), score
+    return best, best_score
+
+
+def test_beam_search_returns_the_best_scoring_sequence_greedy_misses():
+    features = torch.zeros(1, 4, 8)
+    (g,) = greedy(TableDecoder(), features, VOCAB, max_len=3)
+    assert g.tokens == [X] and g.score == pytest.approx(math.log(0.55 * 0.35))
+    expected, expected_score = _best_by_enumeration(3)
+    assert expected == [Y, Y]  # 0.45 * 0.9 beats 0.55 * 0.35
+    b = beam_search(TableDecoder(), features, VOCAB, beam=3, max_len=3)
+    assert b.tokens == expected and b.score == pytest.approx(expected_score, abs=1e-5)
+    assert len(b.attention) == 2
+
+
+def test_length_limit_forces_the_end():
+    h = beam_search(TableDecoder(), torch.zeros(1, 4, 8), VOCAB, beam=2, max_len=1)
+    assert len(h.tokens) == 1 and h.tokens == [X]  # "y" alone must end at 0.1; "x" ends at 0.35
