@@ -99,3 +99,21 @@ def test_eval_caption_json(run_cli, data, captioner, tmp_path):
 def test_missing_model_file_is_a_clear_error(run_cli, data, tmp_path):
     code, _, err = run_cli("caption", data / "val" / "captions_00000.png", "--model", tmp_path / "missing.safetensors")
     assert code == 2 and "missing.safetensors" in err
+
+
+def test_encoder_stays_frozen_unless_fine_tuned(run_cli, data, captioner, tmp_path):
+    import lightning as L
+    from safetensors.torch import load_file
+
+    from cnnapps.backbones import create_backbone
+
+    args = ("--data", data / "train.json", "--images", data / "train", "--val-split", "0.25", "--out", tmp_path / "ft")
+    code, _, err = run_cli("train", "caption", *args, "--fine-tune-after", "0", *TINY)
+    assert code == 0, err
+    L.seed_everything(0, verbose=False)  # the runs' seed: the encoder both runs started from
+    start = create_backbone("resnet18", weights=None).state_dict()
+    frozen = load_file(captioner / "model.safetensors")
+    tuned = load_file(tmp_path / "ft" / "model.safetensors")
+    key = "encoder.backbone.body.C3.layer2.0.conv1.weight"
+    assert frozen[key].equal(start["body.C3.layer2.0.conv1.weight"])
+    assert not tuned[key].equal(frozen[key])
