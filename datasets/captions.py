@@ -3,7 +3,6 @@ format (``dataset_coco.json``, with ``split`` and ``sentences`` per image)."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +26,10 @@ def read_captions(
 ) -> list[CaptionedImage]:
     """Images with their reference captions. ``split`` picks a Karpathy split (``train`` includes
     ``restval``); COCO caption files are one split already. Images without captions are left out."""
+    from cnnapps.datasets.coco import read_annotation_file
+
     path, root = Path(annotation_file), Path(images)
-    if not path.is_file():
-        raise CaptionDataError(f"{path}: caption file not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CaptionDataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise CaptionDataError(f"{path}: no 'images' list (expected COCO captions or Karpathy's dataset_*.json)")
+    data = read_annotation_file(path, CaptionDataError)
     if "annotations" in data:  # COCO captions
         captions: dict[int, list[str]] = {}
         for ann in data["annotations"]:

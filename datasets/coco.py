@@ -34,19 +34,25 @@ class Target:
     keypoints: np.ndarray | None = None
 
 
+def read_annotation_file(path: Path, error: type[CnnappsError] = CocoError) -> dict[str, Any]:
+    """A COCO-style JSON file as a dict with an ``images`` list; anything else raises ``error`` in one line."""
+    if not path.is_file():
+        raise error(f"{path}: annotation file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise error(f"{path}: no 'images' list (not a COCO-style annotation file)")
+    return data
+
+
 def load_coco(annotation_file: str | os.PathLike) -> Any:
     """A pycocotools ``COCO`` object, with its chatter silenced and failures as one-line errors."""
     from pycocotools.coco import COCO
 
     path = Path(annotation_file)
-    if not path.is_file():
-        raise CocoError(f"{path}: annotation file not found")
-    try:
-        dataset = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CocoError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(dataset, dict) or "images" not in dataset:
-        raise CocoError(f"{path}: not a COCO annotation file (no 'images' list)")
+    dataset = read_annotation_file(path)
     dataset.setdefault("annotations", [])
     dataset.setdefault("categories", [])
     coco = COCO()

@@ -60,6 +60,20 @@ def read_image(src: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, 
     )
 
 
+def read_for_batch(
+    src: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[str, np.ndarray | None, str | None]:
+    """``(name, rgb, None)``, or ``(name, None, reason)`` when the input cannot be read: what batch jobs use
+    to report a bad input and go on (a decoder crash on one file must not end the batch either)."""
+    name = describe_input(src)
+    try:
+        return name, read_image(src, max_pixels=max_pixels, name=name), None
+    except ImageError as exc:
+        return name, None, exc.detail
+    except Exception as exc:
+        return name, None, f"{type(exc).__name__}: {exc}"
+
+
 def describe_input(src: object) -> str:
     """How an input is named in results and messages: its path, or ``<bytes>``/``<array>``/``<PIL image>``."""
     if isinstance(src, (str, os.PathLike)):

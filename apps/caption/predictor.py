@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from cnnapps.apps.caption.decode import beam_search, greedy
-from cnnapps.datasets.io import describe_input, read_image
-from cnnapps.errors import CnnappsError, ImageError
+from cnnapps.datasets.io import read_for_batch
+from cnnapps.errors import CnnappsError
 from cnnapps.results import CaptionResult
 from cnnapps.runtime import batched, select_device
 
@@ -47,8 +47,8 @@ class CaptionPredictor:
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         results: list[CaptionResult] = []
         for batch in batched(items, self.batch_size):
-            loaded = [self._load(item) for item in batch]
-            good = [arr for _, arr, _ in loaded if arr is not None]
+            loaded = [read_for_batch(item) for item in batch]
+            good = [self.preprocess(rgb) for _, rgb, _ in loaded if rgb is not None]
             hypotheses = iter(self._caption(np.stack(good)) if good else [])
             for name, arr, error in loaded:
                 if arr is None:
@@ -63,15 +63,6 @@ class CaptionPredictor:
             if progress is not None:
                 progress(len(batch))
         return results
-
-    def _load(self, item: Any) -> tuple[str, np.ndarray | None, str | None]:
-        name = describe_input(item)
-        try:
-            return name, self.preprocess(read_image(item, name=name)), None
-        except ImageError as exc:
-            return name, None, exc.detail
-        except Exception as exc:  # a decoder crash on one file must not end the batch
-            return name, None, f"{type(exc).__name__}: {exc}"
 
     @torch.inference_mode()
     def _caption(self, arrays: np.ndarray) -> list[Any]:

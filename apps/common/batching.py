@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from cnnapps.backbones.preprocess import Preprocess
-from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, describe_input, read_image
-from cnnapps.errors import ImageError
+from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, read_for_batch
 from cnnapps.runtime import batched, prefetch_map
 
 #: forward(inputs per preprocessing spec) -> (batch, width) numpy array
@@ -48,14 +47,8 @@ class BatchRunner:
         self.max_pixels = max_pixels
 
     def _load(self, item: Any) -> tuple[str, list[np.ndarray] | None, str | None]:
-        name = describe_input(item)
-        try:
-            rgb = read_image(item, max_pixels=self.max_pixels, name=name)
-            return name, [spec(rgb) for spec in self.specs], None
-        except ImageError as exc:
-            return name, None, exc.detail
-        except Exception as exc:  # a decoder crash on one file must not end the batch
-            return name, None, f"{type(exc).__name__}: {exc}"
+        name, rgb, error = read_for_batch(item, self.max_pixels)
+        return name, None if rgb is None else [spec(rgb) for spec in self.specs], error
 
     def run(
         self,

@@ -15,8 +15,8 @@ import torch
 
 from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window
 from cnnapps.apps.detect.zoo import DEFAULT_MODELS
-from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, describe_input, read_image
-from cnnapps.errors import CnnappsError, ImageError
+from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, read_for_batch
+from cnnapps.errors import CnnappsError
 from cnnapps.results import DetectionResult, Instance
 from cnnapps.runtime import batched, select_device
 
@@ -66,7 +66,7 @@ class DetectionPredictor:
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         results: list[DetectionResult] = []
         for batch in batched(items, self.batch_size):
-            loaded = [self._load(item) for item in batch]
+            loaded = [read_for_batch(item, self.max_pixels) for item in batch]
             good = [(name, rgb) for name, rgb, _ in loaded if rgb is not None]
             found = iter(self._detect_images([rgb for _, rgb in good]))
             for name, rgb, error in loaded:
@@ -77,15 +77,6 @@ class DetectionPredictor:
             if progress is not None:
                 progress(len(batch))
         return results
-
-    def _load(self, item: Any) -> tuple[str, np.ndarray | None, str | None]:
-        name = describe_input(item)
-        try:
-            return name, read_image(item, max_pixels=self.max_pixels, name=name), None
-        except ImageError as exc:
-            return name, None, exc.detail
-        except Exception as exc:  # a decoder crash on one file must not end the batch
-            return name, None, f"{type(exc).__name__}: {exc}"
 
     def _detect_images(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
