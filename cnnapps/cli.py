@@ -80,6 +80,16 @@ def _progress(total: int, label: str, minimum: int = 16) -> Iterator[Callable[[i
         yield lambda n: bar.advance(task, n)
 
 
+def _images(paths: list[str]) -> list[str]:
+    """The image files that files, folders (recursively) and globs name; none at all is an error."""
+    from cnnapps.datasets.folders import expand_inputs
+
+    found = expand_inputs(paths)
+    if not found:
+        raise CnnappsError(f"{' '.join(paths)}: no images found")
+    return found
+
+
 # Exit codes of commands that take many inputs.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -168,11 +178,8 @@ def classify(
     """Classify images. Exit code 0: all classified; 1: some inputs failed (reported, others done); 2: error."""
     from cnnapps.api import load
     from cnnapps.backbones.registry import DEFAULT_BACKBONE
-    from cnnapps.datasets.folders import expand_inputs
 
-    inputs = expand_inputs(paths)
-    if not inputs:
-        raise CnnappsError(f"{' '.join(paths)}: no images found")
+    inputs = _images(paths)
     predictor = load(model or [DEFAULT_BACKBONE], task="classify", device=device, engine=engine, batch_size=batch_size)
     with _progress(len(inputs), "classifying") as advance:
         results = predictor.predict(inputs, top_k=top_k, progress=advance)
@@ -512,11 +519,8 @@ def index_build(
 ) -> None:
     """Embed every image under FOLDER into a new index."""
     from cnnapps.apps.retrieve.index import Index
-    from cnnapps.datasets.folders import expand_inputs
 
-    paths = expand_inputs(folder)
-    if not paths:
-        raise CnnappsError(f"{' '.join(folder)}: no images found")
+    paths = _images(folder)
     embedder = _embedder(model, pooling, device)
     built = Index.create(index, embedder.describe(), kind=kind)
     with _progress(len(paths), "embedding") as advance:

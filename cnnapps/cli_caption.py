@@ -15,6 +15,7 @@ from cnnapps.cli import (
     _console,
     _echo_json,
     _free_name,
+    _images,
     _progress,
     _report_failed,
     app,
@@ -36,11 +37,8 @@ def caption(
 ) -> None:
     """Describe images in words. Exit code 0: all done; 1: some inputs failed (reported, others done); 2: error."""
     from cnnapps.api import load
-    from cnnapps.datasets.folders import expand_inputs
 
-    inputs = expand_inputs(paths)
-    if not inputs:
-        raise CnnappsError(f"{' '.join(paths)}: no images found")
+    inputs = _images(paths)
     predictor = load(model, task="caption", device=device, beam=beam, max_len=max_len)
     with _progress(len(inputs), "captioning") as advance:
         results = predictor.predict(inputs, progress=advance)

@@ -17,6 +17,7 @@ from cnnapps.cli import (
     _console,
     _echo_json,
     _free_name,
+    _images,
     _progress,
     _report_failed,
     app,
@@ -43,11 +44,8 @@ def _predict_command(task: str) -> Any:
         as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input, masks as COCO RLE."),
     ) -> None:
         from cnnapps.api import load
-        from cnnapps.datasets.folders import expand_inputs
 
-        inputs = expand_inputs(paths)
-        if not inputs:
-            raise CnnappsError(f"{' '.join(paths)}: no images found")
+        inputs = _images(paths)
         predictor = load(model, task=task, device=device, score_threshold=score_threshold, tile=tile, overlap=overlap)
         with _progress(len(inputs), f"{task}ing", minimum=4) as advance:
             results = predictor.predict(inputs, progress=advance)
