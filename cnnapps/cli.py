@@ -101,7 +101,7 @@ def models(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List backbones and whether their pretrained weights are bundled, cached or downloadable."""
+    """List backbones and COCO detectors, and whether their weights are bundled, cached or downloadable."""
     from cnnapps.backbones.catalog import list_models
 
     rows = list_models(timm_pattern)
@@ -110,7 +110,7 @@ def models(
         return
     from rich.table import Table
 
-    table = Table(title="Backbones (any timm model also works as timm:<name>)")
+    table = Table(title="Backbones (any timm model also works as timm:<name>) and COCO detectors")
     for column in ("name", "from", "weights", "description"):
         table.add_column(column)
     colours = {"bundled": "green", "cached": "green", "downloadable": "yellow", "none": "dim", "missing": "red"}

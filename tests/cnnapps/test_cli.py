@@ -46,6 +46,10 @@ def test_models_lists_weight_states(run_cli) -> None:
     assert rows["resnet50"]["weights"]["state"] == "downloadable"
     assert rows["resnet50"]["weights"]["url"].startswith("https://download.pytorch.org/")
     assert rows["lenet5"]["weights"]["state"] == "none"
+    mask = rows["maskrcnn_resnet50_fpn"]
+    assert mask["task"] == "segment" and mask["weights"]["state"] == "downloadable"
+    assert mask["weights"]["url"].endswith("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    assert rows["keypointrcnn_resnet50_fpn"]["task"] == "pose"
     code, out, _ = run_cli("models", "--timm", "resnet1*")
     assert code == 0 and "timm:resnet18" in out and "bundled" in out
 
