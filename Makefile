@@ -61,6 +61,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/classify_throughput.py --images 512 --repeats 3
 	$(BIN)/python benchmarks/detect_latency.py --repeats 5
+	$(BIN)/python benchmarks/dataloader.py --images 512
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
