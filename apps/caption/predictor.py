@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from cnnapps.apps.caption.decode import beam_search, greedy
-from cnnapps.datasets.io import read_for_batch
+from cnnapps.apps.common.batching import map_images
 from cnnapps.errors import CnnappsError
 from cnnapps.results import CaptionResult
-from cnnapps.runtime import batched, select_device
+from cnnapps.runtime import select_device
 
 
 class CaptionPredictor:
@@ -44,28 +44,20 @@ class CaptionPredictor:
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
 
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[CaptionResult]:
-        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        grid = self.model.spec.grid
         results: list[CaptionResult] = []
-        for batch in batched(items, self.batch_size):
-            loaded = [read_for_batch(item) for item in batch]
-            good = [self.preprocess(rgb) for _, rgb, _ in loaded if rgb is not None]
-            hypotheses = iter(self._caption(np.stack(good)) if good else [])
-            for name, arr, error in loaded:
-                if arr is None:
-                    results.append(CaptionResult(name, error=error))
-                    continue
-                hyp = next(hypotheses)
-                words = hyp.words(self.vocab)
-                grid = self.model.spec.grid
-                maps = [a.reshape(grid, grid) for a in hyp.attention]
-                results.append(CaptionResult(name, caption=" ".join(words), words=words, score=hyp.score,
-                                             attention=maps))  # fmt: skip
-            if progress is not None:
-                progress(len(batch))
+        for name, _, hyp, error in map_images(inputs, self._caption, self.batch_size, progress=progress):
+            if hyp is None:
+                results.append(CaptionResult(name, error=error))
+                continue
+            words = hyp.words(self.vocab)
+            maps = [a.reshape(grid, grid) for a in hyp.attention]
+            results.append(CaptionResult(name, caption=" ".join(words), words=words, score=hyp.score, attention=maps))
         return results
 
     @torch.inference_mode()
-    def _caption(self, arrays: np.ndarray) -> list[Any]:
+    def _caption(self, images: list[np.ndarray]) -> list[Any]:
+        arrays = np.stack([self.preprocess(rgb) for rgb in images])
         features = self.model.encoder(torch.from_numpy(arrays).to(self.device))
         if self.beam == 1:
             return greedy(self.model.decoder, features, self.vocab, self.max_len)

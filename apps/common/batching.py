@@ -82,3 +82,26 @@ class BatchRunner:
             if progress is not None:
                 progress(len(batch))
         return names, outputs, errors
+
+
+def map_images(
+    inputs: Any,
+    run: Callable[[list[np.ndarray]], Sequence[Any]],
+    batch_size: int,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[str, np.ndarray | None, Any, str | None]]:
+    """Decode inputs batch by batch and ``run`` each batch's readable RGB images (one output per image).
+
+    Returns ``(name, rgb, output, None)`` per input in order, or ``(name, None, None, reason)`` for one
+    that could not be read: the predictors of tasks whose outputs are not fixed-width vectors use this."""
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    out: list[tuple[str, np.ndarray | None, Any, str | None]] = []
+    for batch in batched(items, batch_size):
+        loaded = [read_for_batch(item, max_pixels) for item in batch]
+        good = [rgb for _, rgb, _ in loaded if rgb is not None]
+        outputs = iter(run(good) if good else [])
+        out.extend((name, rgb, None if rgb is None else next(outputs), error) for name, rgb, error in loaded)
+        if progress is not None:
+            progress(len(batch))
+    return out

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnapps.apps.common.batching import map_images
 from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window
 from cnnapps.apps.detect.zoo import DEFAULT_MODELS
-from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, read_for_batch
+from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import DetectionResult, Instance
-from cnnapps.runtime import batched, select_device
+from cnnapps.runtime import select_device
 
 
 class DetectionPredictor:
@@ -63,20 +64,13 @@ class DetectionPredictor:
 
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[DetectionResult]:
         """Detect in paths, bytes, arrays or PIL images; a bad input gets a result with ``error`` set."""
-        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        results: list[DetectionResult] = []
-        for batch in batched(items, self.batch_size):
-            loaded = [read_for_batch(item, self.max_pixels) for item in batch]
-            good = [(name, rgb) for name, rgb, _ in loaded if rgb is not None]
-            found = iter(self._detect_images([rgb for _, rgb in good]))
-            for name, rgb, error in loaded:
-                if rgb is None:
-                    results.append(DetectionResult(name, error=error))
-                else:
-                    results.append(to_result(name, next(found), rgb.shape[0], rgb.shape[1], self.spec))
-            if progress is not None:
-                progress(len(batch))
-        return results
+        done = map_images(inputs, self._detect_images, self.batch_size, self.max_pixels, progress)
+        return [
+            DetectionResult(name, error=error)
+            if rgb is None
+            else to_result(name, found, rgb.shape[0], rgb.shape[1], self.spec)
+            for name, rgb, found, error in done
+        ]
 
     def _detect_images(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
