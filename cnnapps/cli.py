@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" stays as written
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -214,6 +215,33 @@ def _print_classifications(results: list[Any], top_k: int) -> None:
     _console().print(table)
 
 
+# Options every train command takes for running on several processes (README: Scaling out)
+_SCALE = "Scaling out"
+Devices = Annotated[
+    int | None,
+    typer.Option("--devices", min=1, help="Processes per node: GPUs, or CPU processes [1].", rich_help_panel=_SCALE),
+]
+NumNodes = Annotated[int | None, typer.Option("--num-nodes", min=1, help="Machines [1].", rich_help_panel=_SCALE)]
+Strategy = Annotated[
+    str | None,
+    typer.Option("--strategy", help="auto, ddp, ddp_spawn or ddp_find_unused_parameters_true.", rich_help_panel=_SCALE),
+]
+SyncBatchnorm = Annotated[
+    bool, typer.Option("--sync-batchnorm", help="Batch-norm statistics over all GPUs.", rich_help_panel=_SCALE)
+]
+LrScaling = Annotated[
+    str | None,
+    typer.Option("--lr-scaling", help="none, linear or sqrt in the number of processes.", rich_help_panel=_SCALE),
+]
+
+
+def _scale_out(devices: int | None, num_nodes: int | None, strategy: str | None, sync_batchnorm: bool,
+               lr_scaling: str | None) -> dict[str, Any]:  # fmt: skip
+    """The scaling-out options as config overrides (None: keep the recipe's value)."""
+    return {"devices": devices, "num_nodes": num_nodes, "strategy": strategy,
+            "sync_batchnorm": sync_batchnorm or None, "lr_scaling": lr_scaling}  # fmt: skip
+
+
 train_app = typer.Typer(help="Fine-tune a backbone for a task.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate a trained model on labelled data.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -244,6 +272,11 @@ def train_classify(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     workers: int = typer.Option(None, "--workers", help="Data-loading processes [default: up to 4]."),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    devices: Devices = None,
+    num_nodes: NumNodes = None,
+    strategy: Strategy = None,
+    sync_batchnorm: SyncBatchnorm = False,
+    lr_scaling: LrScaling = None,
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
 ) -> None:
     """Fine-tune a classifier; writes model.safetensors, metrics.json, curves.png, confusion_matrix.png."""
@@ -256,8 +289,11 @@ def train_classify(
         optimizer=optimizer, schedule=schedule, augment=augment, input_size=input_size, val_split=val_split,
         patience=patience, out=out, resume=resume or None, workers=workers, device=device,
         progress=False if as_json else None,  # the bar would mix with the JSON on stdout
+        **_scale_out(devices, num_nodes, strategy, sync_batchnorm, lr_scaling),
     )  # fmt: skip
     metrics = train_classifier(cfg)
+    if metrics.get("global_rank"):  # another process of a distributed run; rank 0 reports
+        return
     if as_json:
         _echo_json({k: metrics[k] for k in ("val_top1", "val_top5", "val_loss", "epochs", "train_seconds")})
         return
@@ -330,6 +366,11 @@ def train_retrieve(
     resume: bool = typer.Option(False, "--resume"),
     workers: int = typer.Option(None, "--workers"),
     device: str = typer.Option(None, "--device"),
+    devices: Devices = None,
+    num_nodes: NumNodes = None,
+    strategy: Strategy = None,
+    sync_batchnorm: SyncBatchnorm = False,
+    lr_scaling: LrScaling = None,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Metric learning for retrieval; writes model.safetensors, metrics.json (recall@k, mAP@R), curves.png."""
@@ -342,8 +383,11 @@ def train_retrieve(
         freeze=freeze, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, input_size=input_size,
         val_split=val_split, out=out, resume=resume or None, workers=workers, device=device,
         progress=False if as_json else None,  # the bar would mix with the JSON on stdout
+        **_scale_out(devices, num_nodes, strategy, sync_batchnorm, lr_scaling),
     )  # fmt: skip
     metrics = train_retrieval(cfg)
+    if metrics.get("global_rank"):  # another process of a distributed run; rank 0 reports
+        return
     keys = ("val_recall@1", "val_recall@5", "val_recall@10", "val_map@r", "epochs", "train_seconds")
     if as_json:
         _echo_json({k: metrics[k] for k in keys})
@@ -515,11 +559,26 @@ def index_build(
     ),
     pooling: str = typer.Option("avg", "--pooling", help="avg or gem (generalised mean)."),
     device: str = typer.Option("auto", "--device"),
+    rank: int = typer.Option(
+        None, "--rank", min=0, help="This process's share of a sharded build [default: from torchrun or SLURM]."
+    ),
+    world_size: int = typer.Option(
+        None, "--world-size", min=1, help="Processes sharing the build [default: from torchrun or SLURM, else 1]."
+    ),
+    part_size: int = typer.Option(10_000, "--part-size", min=1, help="Images per part file of a sharded build."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Embed every image under FOLDER into a new index."""
-    from cnnapps.apps.retrieve.index import Index
+    """Embed every image under FOLDER into a new index.
 
+    Started on several processes (torchrun, srun, or --rank/--world-size), each embeds its share into part
+    files under INDEX/parts; `cnnapps index merge` then writes the index. A rerun skips finished parts."""
+    from cnnapps.apps.retrieve.index import Index
+    from cnnapps.apps.retrieve.sharded import launcher_rank
+
+    world_size = world_size or launcher_rank()[1]
+    if rank is not None or world_size > 1:
+        _build_shard(folder, index, model, pooling, device, rank, world_size, part_size, as_json)
+        return
     paths = _images(folder)
     embedder = _embedder(model, pooling, device)
     built = Index.create(index, embedder.describe(), kind=kind)
@@ -531,6 +590,34 @@ def index_build(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str, device: str, rank: int | None,
+                 world_size: int, part_size: int, as_json: bool) -> None:  # fmt: skip
+    """One rank of a sharded ``index build``: its parts, a line on what it did, the merge hint."""
+    from cnnapps.apps.retrieve.sharded import build_shard, launcher_rank
+
+    env_rank, _, local_rank = launcher_rank()
+    rank = env_rank if rank is None else rank
+    if rank >= world_size:
+        raise CnnappsError(f"--rank {rank}: must be below --world-size {world_size}")
+    if device == "auto" and local_rank is not None:
+        import torch
+
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # one GPU per local process
+    paths = _images(folder)
+    embedder = _embedder(model, pooling, device)
+    share = -(-len(paths) // world_size)
+    with _progress(share, f"rank {rank} embedding") as advance:
+        report = build_shard(paths, index, embedder, rank, world_size, part_size, progress=advance)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        typer.echo(
+            f"rank {rank} of {world_size}: {report.parts} parts ({report.skipped} already finished), "
+            f"embedded {report.embedded} images; when every rank is done: cnnapps index merge --index {index}"
+        )
+    _report_failed(report.failed)
+
+
 def _print_index(info: dict[str, Any], as_json: bool, headline: str | None = None) -> None:
     if as_json:
         _echo_json(info)
@@ -539,6 +626,24 @@ def _print_index(info: dict[str, Any], as_json: bool, headline: str | None = Non
         typer.echo(headline)
     for key, value in info.items():
         typer.echo(f"  {key:>14}: {value}")
+
+
+@index_app.command("merge")
+def index_merge(
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    kind: str = typer.Option(
+        "auto", "--kind", help="auto (exact below 100,000 images, then IVF-PQ), flat, ivfpq, hnsw."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Write the parts of a sharded `index build` into the index (IVF-PQ trained once, on a sample)."""
+    from cnnapps.apps.retrieve.sharded import merge_parts
+
+    built, failed = merge_parts(index, kind=kind)
+    _print_index(built.info(), as_json, f"merged {len(built)} images")
+    _report_failed(failed)
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @index_app.command("add")

@@ -12,12 +12,18 @@ import typer
 
 from cnnapps.cli import (
     EXIT_SOME_FAILED,
+    Devices,
+    LrScaling,
+    NumNodes,
+    Strategy,
+    SyncBatchnorm,
     _console,
     _echo_json,
     _free_name,
     _images,
     _progress,
     _report_failed,
+    _scale_out,
     app,
     eval_app,
     train_app,
@@ -86,6 +92,11 @@ def train_caption(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     workers: int = typer.Option(None, "--workers", help="Data-loading processes [default: up to 4]."),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    devices: Devices = None,
+    num_nodes: NumNodes = None,
+    strategy: Strategy = None,
+    sync_batchnorm: SyncBatchnorm = False,
+    lr_scaling: LrScaling = None,
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
 ) -> None:
     """Train a captioner; writes model.safetensors (with its vocabulary), metrics.json, curves.png."""
@@ -99,8 +110,11 @@ def train_caption(
         input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr, val_split=val_split, out=out,
         resume=resume or None, workers=workers, device=device,
         progress=False if as_json else None,  # the bar would mix with the JSON on stdout
+        **_scale_out(devices, num_nodes, strategy, sync_batchnorm, lr_scaling),
     )  # fmt: skip
     metrics = train_captioner(cfg)
+    if metrics.get("global_rank"):  # another process of a distributed run; rank 0 reports
+        return
     keys = ("val_bleu1", "val_bleu4", "val_cider", "epochs", "best_epoch", "train_seconds")
     if as_json:
         _echo_json({k: metrics.get(k) for k in keys})

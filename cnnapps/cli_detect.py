@@ -14,12 +14,18 @@ import typer
 
 from cnnapps.cli import (
     EXIT_SOME_FAILED,
+    Devices,
+    LrScaling,
+    NumNodes,
+    Strategy,
+    SyncBatchnorm,
     _console,
     _echo_json,
     _free_name,
     _images,
     _progress,
     _report_failed,
+    _scale_out,
     app,
     eval_app,
     train_app,
@@ -124,6 +130,11 @@ def _train_command(task: str) -> Any:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         workers: int = typer.Option(None, "--workers", help="Data-loading processes [default: up to 4]."),
         device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+        devices: Devices = None,
+        num_nodes: NumNodes = None,
+        strategy: Strategy = None,
+        sync_batchnorm: SyncBatchnorm = False,
+        lr_scaling: LrScaling = None,
         as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
     ) -> None:
         from cnnapps.apps.common.training import load_config
@@ -137,8 +148,11 @@ def _train_command(task: str) -> Any:
             max_size=max_size, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
             val_split=val_split, patience=patience, out=out, resume=resume or None, workers=workers, device=device,
             progress=False if as_json else None,  # the bar would mix with the JSON on stdout
+            **_scale_out(devices, num_nodes, strategy, sync_batchnorm, lr_scaling),
         )  # fmt: skip
         metrics = train_detector(cfg)
+        if metrics.get("global_rank"):  # another process of a distributed run; rank 0 reports
+            return
         main = f"val_{MAIN_METRIC[task]}"
         keys = [k for k in metrics if k.startswith("val_") and k.endswith(("_ap", "_ap50", "_ap75"))]
         if as_json:

@@ -69,7 +69,7 @@ def train_captioner(config: CaptionConfig) -> dict[str, Any]:
     from cnnapps.apps.caption.module import CaptionModule
     from cnnapps.apps.caption.vocab import Vocabulary
     from cnnapps.apps.common.plots import plot_curves
-    from cnnapps.apps.common.training import backbone_for, check_run_folder, fit, loader_args
+    from cnnapps.apps.common.training import backbone_for, check_run_folder, fit, loader_args, validation_loader
     from cnnapps.datasets.captions import read_captions
     from cnnapps.datasets.training import CaptionDataset, collate_captions
     from cnnapps.runtime import select_device
@@ -105,13 +105,15 @@ def train_captioner(config: CaptionConfig) -> dict[str, Any]:
     args = loader_args(config, device, collate_captions)
     train_set = CaptionDataset(train_items, vocab, preprocess, config.max_len, train=True)
     train_loader = DataLoader(train_set, shuffle=True, **args)
-    val_loader = DataLoader(CaptionDataset(val_items, vocab, preprocess, config.max_len, train=False), **args)
+    val_loader = validation_loader(CaptionDataset(val_items, vocab, preprocess, config.max_len, train=False), args)
     module = CaptionModule(model, config, val_items)
     describe = (
         f"training a {config.decoder} captioner on {config.backbone} with {len(train_items)} images "
         f"({len(vocab)} words), validating on {len(val_items)}"
     )
     result = fit(config, module, train_loader, val_loader, device, "val_bleu4", describe)
+    if result.global_rank:  # the other processes of a distributed run: rank 0 writes the run folder
+        return {"global_rank": result.global_rank}
     model = result.module.model.float().cpu().eval()
     history = result.module.history
     best = max(history, key=lambda h: h.get("val_bleu4", 0.0)) if history else {}
@@ -122,9 +124,7 @@ def train_captioner(config: CaptionConfig) -> dict[str, Any]:
         "train_images": len(train_items),
         "val_images": len(val_items),
         "vocabulary": len(vocab),
-        "train_seconds": round(result.seconds, 2),
-        "device": str(device),
-        "precision": result.precision,
+        **result.facts,
         "history": history,
     }
     out = Path(config.out)

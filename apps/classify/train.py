@@ -46,7 +46,9 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
         f"{len(train_set.class_names)} classes, validating on {len(val_set)}"
     )
     result = fit(config, ClassificationModule(model, config), train_loader, val_loader, device, "val_top1", describe)
-    module, seconds, precision = result.module, result.seconds, result.precision
+    if result.global_rank:  # the other processes of a distributed run: rank 0 writes the run folder
+        return {"global_rank": result.global_rank}
+    module = result.module
     out = Path(config.out)
     model = module.model.float().to(memory_format=torch.contiguous_format).cpu().eval()
 
@@ -61,9 +63,7 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
         "best_epoch": max(history, key=lambda h: h["val_top1"])["epoch"] if history else None,
         "train_images": len(train_set),
         "val_images": len(val_set),
-        "train_seconds": round(seconds, 2),
-        "device": str(device),
-        "precision": precision,
+        **result.facts,
         "history": history,
         "per_class": report.to_dict()["per_class"],
         "confusion_matrix": report.confusion,

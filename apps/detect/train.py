@@ -58,9 +58,8 @@ class DetectConfig(TrainConfig):
         self.out = self.out or f"runs/{self.task}"
         return self
 
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (0.02 * self.batch_size / 16 if self.optimizer == "sgd" else 1e-4)
+    def default_lr(self) -> float:
+        return 0.02 * self.batch_size / 16 if self.optimizer == "sgd" else 1e-4
 
 
 def train_detector(config: DetectConfig) -> dict[str, Any]:
@@ -70,7 +69,7 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from cnnapps.apps.common.plots import plot_curves
-    from cnnapps.apps.common.training import check_run_folder, fit, loader_args
+    from cnnapps.apps.common.training import check_run_folder, fit, loader_args, validation_loader
     from cnnapps.apps.detect.evaluate import MAIN_METRIC
     from cnnapps.apps.detect.model import create_detector, save_detector
     from cnnapps.apps.detect.module import DetectionModule
@@ -121,7 +120,7 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
     flips = flip_index(train_coco.keypoint_names) if config.task == "pose" else None
     transform = detection_transform(config.augment, flips)
     train_loader = DataLoader(DetectionDataset(train_coco, train_idx, transform), shuffle=True, **args)
-    val_loader = DataLoader(DetectionDataset(val_coco, val_idx), shuffle=False, **args)
+    val_loader = validation_loader(DetectionDataset(val_coco, val_idx), args)
     module = DetectionModule(model, config, val_coco)
     monitor = f"val_{MAIN_METRIC[config.task]}"
     describe = (
@@ -129,6 +128,8 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
         f"{len(train_idx)} images, validating on {len(val_idx)}"
     )
     result = fit(config, module, train_loader, val_loader, device, monitor, describe, stop_on=(monitor, "max"))
+    if result.global_rank:  # the other processes of a distributed run: rank 0 writes the run folder
+        return {"global_rank": result.global_rank}
     model = result.module.model.float().cpu().eval()
     history = result.module.history
     best = max(history, key=lambda h: h.get(monitor, 0.0)) if history else {}
@@ -138,9 +139,7 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
         "best_epoch": best.get("epoch"),
         "train_images": len(train_idx),
         "val_images": len(val_idx),
-        "train_seconds": round(result.seconds, 2),
-        "device": str(device),
-        "precision": result.precision,
+        **result.facts,
         "history": history,
         "class_names": train_coco.class_names,
     }

@@ -310,12 +310,19 @@ class Index:
         _, failed, _ = self._update([*new, *changed], gone, embedder, progress)
         return {"added": len(new), "changed": len(changed), "removed": len(gone), "failed": failed, "items": len(self)}
 
+    def add_embedded(self, stats: Sequence[FileStat], vectors: np.ndarray) -> int:
+        """Add files embedded elsewhere (the parts of a sharded build) in one generation; returns the count."""
+        if len(stats) != len(vectors) or (len(vectors) and vectors.shape[1] != self.dim):
+            raise RetrievalIndexError(f"{self.path}: {len(stats)} files but vectors of shape {vectors.shape}")
+        with self._write_lock():
+            return self._commit(list(zip(stats, vectors, strict=True)), [])[0]
+
     def _update(
         self, add: Sequence[str], remove: Sequence[str], embedder: Any, progress: Callable[[int], None] | None
     ) -> tuple[int, list[dict[str, str]], int]:
         with self._write_lock():
             failed: list[dict[str, str]] = []
-            new_rows: list[tuple[str, FileStat, np.ndarray]] = []
+            new_rows: list[tuple[FileStat, np.ndarray]] = []
             if add:
                 embedder = embedder or self.embedder()
                 self.check_embedder(embedder)
@@ -324,43 +331,49 @@ class Index:
                     if error:
                         failed.append({"path": name, "error": error})
                     else:
-                        new_rows.append((name, file_stat(name), vector))
-            replaced = {r[0] for r in new_rows}
-            gone_paths = set(remove) | replaced
-            gone_ids = [
-                row[0]
-                for p in sorted(gone_paths)
-                for row in self._db.execute("SELECT id FROM items WHERE path = ? AND removed_gen IS NULL", (p,))
-            ]
-            if not new_rows and not gone_ids:
-                return 0, failed, 0
-            generation = self.generation + 1
-            next_id = int(self._settings["next_id"])
-            ids = np.arange(next_id, next_id + len(new_rows), dtype=np.int64)
-            vectors = np.stack([v for _, _, v in new_rows]).astype(np.float32) if new_rows else None
-            index = self._next_faiss(gone_ids, ids, vectors)
-            _write_faiss(self.path, generation, index)
-            with self._db:  # one transaction: the new generation becomes current, or nothing changes
-                if gone_ids:
-                    marks = ",".join("?" * len(gone_ids))
-                    self._db.execute(
-                        f"UPDATE items SET removed_gen = ?, vector = NULL WHERE id IN ({marks})",
-                        (generation, *gone_ids),
-                    )
-                self._db.executemany(
-                    "INSERT INTO items (id, path, size, mtime, sha256, vector, added_gen) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (int(i), st.path, st.size, st.mtime, st.sha256, v.astype(np.float32).tobytes(), generation)
-                        for i, (_, st, v) in zip(ids, new_rows, strict=True)
-                    ],
+                        new_rows.append((file_stat(name), vector))
+            added, removed = self._commit(new_rows, remove)
+            return added, failed, removed
+
+    def _commit(self, new_rows: list[tuple[FileStat, np.ndarray]], remove: Sequence[str]) -> tuple[int, int]:
+        """Write the next generation (the write lock is held): ``new_rows`` added (replacing rows of the
+        same path), ``remove`` dropped. Returns (added, removed)."""
+        replaced = {st.path for st, _ in new_rows}
+        gone_paths = set(remove) | replaced
+        gone_ids = [
+            row[0]
+            for p in sorted(gone_paths)
+            for row in self._db.execute("SELECT id FROM items WHERE path = ? AND removed_gen IS NULL", (p,))
+        ]
+        if not new_rows and not gone_ids:
+            return 0, 0
+        generation = self.generation + 1
+        next_id = int(self._settings["next_id"])
+        ids = np.arange(next_id, next_id + len(new_rows), dtype=np.int64)
+        vectors = np.stack([v for _, v in new_rows]).astype(np.float32) if new_rows else None
+        index = self._next_faiss(gone_ids, ids, vectors)
+        _write_faiss(self.path, generation, index)
+        with self._db:  # one transaction: the new generation becomes current, or nothing changes
+            if gone_ids:
+                marks = ",".join("?" * len(gone_ids))
+                self._db.execute(
+                    f"UPDATE items SET removed_gen = ?, vector = NULL WHERE id IN ({marks})",
+                    (generation, *gone_ids),
                 )
-                self._db.execute("UPDATE settings SET value = ? WHERE key = 'generation'", (str(generation),))
-                self._db.execute("UPDATE settings SET value = ? WHERE key = 'next_id'", (str(next_id + len(new_rows)),))
-                if self.kind == "auto" and _is_ivf(index):
-                    self._db.execute("UPDATE settings SET value = 'ivfpq' WHERE key = 'kind'")
-            _drop_old_generations(self.path, keep_from=generation - 1)
-            self.refresh()
-            return len(new_rows), failed, len(set(gone_ids) - set(ids.tolist()))
+            self._db.executemany(
+                "INSERT INTO items (id, path, size, mtime, sha256, vector, added_gen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (int(i), st.path, st.size, st.mtime, st.sha256, v.astype(np.float32).tobytes(), generation)
+                    for i, (st, v) in zip(ids, new_rows, strict=True)
+                ],
+            )
+            self._db.execute("UPDATE settings SET value = ? WHERE key = 'generation'", (str(generation),))
+            self._db.execute("UPDATE settings SET value = ? WHERE key = 'next_id'", (str(next_id + len(new_rows)),))
+            if self.kind == "auto" and _is_ivf(index):
+                self._db.execute("UPDATE settings SET value = 'ivfpq' WHERE key = 'kind'")
+        _drop_old_generations(self.path, keep_from=generation - 1)
+        self.refresh()
+        return len(new_rows), len(set(gone_ids) - set(ids.tolist()))
 
     def _next_faiss(self, gone_ids: list[int], ids: np.ndarray, vectors: np.ndarray | None) -> Any:
         """The current FAISS index with the changes applied; rebuilt where FAISS cannot change in place."""

@@ -59,6 +59,8 @@ def train_retrieval(config: RetrieveConfig) -> dict[str, Any]:
         f"{len(train_set.class_names)} classes, validating on {len(val_set)}"
     )
     result = fit(config, module, train_loader, val_loader, device, "val_recall_at_1", describe)
+    if result.global_rank:  # the other processes of a distributed run: rank 0 writes the run folder
+        return {"global_rank": result.global_rank}
     model = result.module.model.float().to(memory_format=torch.contiguous_format).cpu().eval()
     out = Path(config.out)
     history = result.module.history
@@ -74,9 +76,7 @@ def train_retrieval(config: RetrieveConfig) -> dict[str, Any]:
         "best_epoch": best.get("epoch"),
         "train_images": len(train_set),
         "val_images": len(val_set),
-        "train_seconds": round(result.seconds, 2),
-        "device": str(device),
-        "precision": result.precision,
+        **result.facts,
         "history": history,
     }
     save_embedding_model(

@@ -1,0 +1,194 @@
+"""One index from many processes: each embeds its share of the gallery into part files, one merge writes the index.
+
+Layout while a sharded build runs (inside the index folder)::
+
+    parts/plan.json          what the parts belong to: the model, the number of files, a hash of their paths
+    parts/part-00000.npz     one finished part: paths, file stats, unit vectors, unreadable files
+
+The sorted gallery is cut into parts of ``part_size`` files; part ``p`` belongs to rank ``p % world_size``.
+A part file appears whole (written under a temporary name, then renamed), so a rerun after a crash or a
+cancelled job skips every finished part and embeds only the rest, with any number of processes.
+``merge_parts`` checks that every part is there, writes all vectors into a new index in one generation
+(an IVF-PQ index is trained once, on a sample of all of them) and removes the part files.
+
+No process talks to another: ranks come from the launcher's environment (torchrun, SLURM) or the command
+line, and the file system is the only thing they share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnapps.apps.retrieve.index import FileStat, Index, RetrievalIndexError, file_stat
+
+PART_SIZE = 10_000
+
+
+@dataclass
+class ShardReport:
+    """What one rank did: parts it owns, parts already finished before it started, images it embedded."""
+
+    rank: int
+    world_size: int
+    parts: int
+    skipped: int
+    embedded: int
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def launcher_rank() -> tuple[int, int, int | None]:
+    """(rank, world size, local rank) from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM (SLURM_PROCID,
+    SLURM_NTASKS, SLURM_LOCALID); (0, 1, None) for a process started alone."""
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        local = env.get("LOCAL_RANK")
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(local) if local is not None else None
+    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
+        local = env.get("SLURM_LOCALID")
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(local) if local is not None else None
+    return 0, 1, None
+
+
+def _parts_dir(index_dir: Path) -> Path:
+    return Path(index_dir) / "parts"
+
+
+def _plan(paths: Sequence[str], model: dict[str, Any], part_size: int) -> dict[str, Any]:
+    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    return {"model": model, "files": len(paths), "paths_sha256": digest, "part_size": part_size}
+
+
+def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _agree_on_plan(folder: Path, plan: dict[str, Any]) -> None:
+    """Write the plan, or check that the one there (from another rank or an earlier run) is the same."""
+    file = folder / "plan.json"
+    if not file.exists():
+        _write_atomically(file, lambda fh: fh.write(json.dumps(plan, indent=2).encode()))
+    found = json.loads(file.read_text())
+    if found != plan:
+        what = [k for k in plan if found.get(k) != plan[k]]
+        raise RetrievalIndexError(
+            f"{folder}: the parts here were started with another {' and '.join(what)} "
+            f"({found.get('files')} files then, {plan['files']} now); rerun with the same inputs, or remove {folder}"
+        )
+
+
+def _part_file(folder: Path, part: int) -> Path:
+    return folder / f"part-{part:05d}.npz"
+
+
+def build_shard(
+    paths: Sequence[str],
+    index_dir: str | os.PathLike,
+    embedder: Any,
+    rank: int,
+    world_size: int,
+    part_size: int = PART_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> ShardReport:
+    """Embed this rank's parts of ``paths`` (all ranks pass the same list) into part files; finished parts
+    are skipped. ``progress(n)`` is called as images of this rank are embedded (or skipped)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise RetrievalIndexError(f"rank {rank} of {world_size}: need 0 <= rank < world size")
+    if part_size < 1:
+        raise RetrievalIndexError(f"part size {part_size}: must be at least 1")
+    index_dir = Path(index_dir)
+    if (index_dir / "index.sqlite").exists():
+        raise RetrievalIndexError(f"{index_dir}: an index already exists here; use `cnnapps index add` or `sync`")
+    folder = _parts_dir(index_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    ordered = sorted({os.path.abspath(p) for p in paths})
+    _agree_on_plan(folder, _plan(ordered, embedder.describe(), part_size))
+    mine = range(rank, -(-len(ordered) // part_size), world_size)
+    report = ShardReport(rank, world_size, len(mine), 0, 0)
+    for part in mine:
+        chunk = ordered[part * part_size : (part + 1) * part_size]
+        file = _part_file(folder, part)
+        if file.exists():
+            report.skipped += 1
+            if progress:
+                progress(len(chunk))
+            continue
+        names, vectors, errors = embedder.embed(chunk, progress=progress)
+        ok = [i for i, e in enumerate(errors) if not e]
+        stats = [file_stat(names[i]) for i in ok]
+        bad = [(names[i], errors[i]) for i, e in enumerate(errors) if e]
+        arrays = {
+            "paths": np.array([s.path for s in stats], dtype=str),
+            "sizes": np.array([s.size for s in stats], dtype=np.int64),
+            "mtimes": np.array([s.mtime for s in stats], dtype=np.float64),
+            "sha256": np.array([s.sha256 for s in stats], dtype=str),
+            "vectors": np.asarray(vectors[ok], dtype=np.float32).reshape(len(ok), embedder.dim),
+            "failed_paths": np.array([n for n, _ in bad], dtype=str),
+            "failed_errors": np.array([str(e) for _, e in bad], dtype=str),
+        }
+        _write_atomically(file, lambda fh, a=arrays: np.savez(fh, **a))
+        report.embedded += len(ok)
+        report.failed += [{"path": n, "error": str(e)} for n, e in bad]
+    return report
+
+
+def parts_status(index_dir: str | os.PathLike) -> tuple[dict[str, Any], list[int]]:
+    """The plan and the parts still missing."""
+    folder = _parts_dir(Path(index_dir))
+    if not (folder / "plan.json").is_file():
+        raise RetrievalIndexError(f"{index_dir}: no parts to merge (run `cnnapps index build` on several ranks first)")
+    plan = json.loads((folder / "plan.json").read_text())
+    total = -(-plan["files"] // plan["part_size"])
+    return plan, [p for p in range(total) if not _part_file(folder, p).is_file()]
+
+
+def merge_parts(index_dir: str | os.PathLike, kind: str = "auto") -> tuple[Index, list[dict[str, str]]]:
+    """Write every part into a new index at ``index_dir`` in one generation, then remove the parts.
+    Returns the index and the files no rank could read."""
+    index_dir = Path(index_dir)
+    plan, missing = parts_status(index_dir)
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise RetrievalIndexError(
+            f"{index_dir}: {len(missing)} of {-(-plan['files'] // plan['part_size'])} parts are not finished "
+            f"(parts {shown}); rerun `cnnapps index build` with the same inputs to finish them"
+        )
+    folder = _parts_dir(index_dir)
+    stats: list[FileStat] = []
+    vectors: list[np.ndarray] = []
+    failed: list[dict[str, str]] = []
+    part_files = sorted(folder.glob("part-*.npz"))
+    for file in part_files:
+        with np.load(file, allow_pickle=False) as part:
+            stats += [
+                FileStat(str(p), int(s), float(m), str(h))
+                for p, s, m, h in zip(part["paths"], part["sizes"], part["mtimes"], part["sha256"], strict=True)
+            ]
+            vectors.append(part["vectors"])
+            failed += [
+                {"path": str(p), "error": str(e)}
+                for p, e in zip(part["failed_paths"], part["failed_errors"], strict=True)
+            ]
+    dim = int(plan["model"]["dim"])
+    index = Index.create(index_dir, plan["model"], kind=kind)
+    index.add_embedded(stats, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
+    for file in part_files:  # the index holds every vector now
+        file.unlink()
+    (folder / "plan.json").unlink()
+    folder.rmdir()
+    return index, failed

@@ -1,0 +1,136 @@
+"""A sharded index build: two processes embed their parts, a merge writes the index; reruns skip finished parts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnapps.apps.retrieve.index import Index, RetrievalIndexError
+from cnnapps.apps.retrieve.sharded import build_shard, launcher_rank, merge_parts, parts_status
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import cv2
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("gallery")
+    names = ("chelsea", "coffee", "rocket", "astronaut", "horse", "coins", "camera", "moon", "retina")
+    for name in names:
+        image = getattr(data, name)()
+        image = np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]
+        image = image.astype(np.uint8) if image.max() > 1 else (image * 255).astype(np.uint8)
+        cv2.imwrite(str(root / f"{name}.png"), np.ascontiguousarray(image[:, :, ::-1]))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root
+
+
+def _vectors(index: Index) -> dict[str, np.ndarray]:
+    rows = index._db.execute(f"SELECT path, vector FROM items WHERE {index._live()}")
+    return {Path(p).name: np.frombuffer(v, dtype=np.float32) for p, v in rows}
+
+
+def _shard(gallery: Path, index: Path, rank: int) -> subprocess.Popen:
+    args = [sys.executable, "-m", "cnnapps", "index", "build", str(gallery), "--index", str(index),
+            "--rank", str(rank), "--world-size", "2", "--part-size", "2", "--json"]  # fmt: skip
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_build_parts_and_the_merge_equals_one_process(run_cli, gallery: Path, tmp_path: Path) -> None:
+    sharded = tmp_path / "sharded"
+    ranks = [_shard(gallery, sharded, r) for r in (0, 1)]  # both at once, sharing only the folder
+    reports = []
+    for proc in ranks:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        reports.append(json.loads(out))
+    # 10 files in parts of 2: parts 0, 2, 4 for rank 0 and 1, 3 for rank 1; broken.jpg fails in one of them
+    assert [(r["rank"], r["parts"], r["skipped"]) for r in reports] == [(0, 3, 0), (1, 2, 0)]
+    assert sum(r["embedded"] for r in reports) == 9
+    assert [f["path"] for r in reports for f in r["failed"]] == [str(gallery / "broken.jpg")]
+    assert not (sharded / "index.sqlite").exists()
+
+    # a lost part (a killed job) is redone by a rerun; the finished ones are skipped
+    (sharded / "parts" / "part-00003.npz").unlink()
+    with pytest.raises(RetrievalIndexError, match=r"1 of 5 parts are not finished \(parts 3\)"):
+        merge_parts(sharded)
+    rerun = _shard(gallery, sharded, 1)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-2000:]
+    assert {k: json.loads(out)[k] for k in ("parts", "skipped", "embedded")} == {"parts": 2, "skipped": 1, "embedded": 2}
+
+    code, out, err = run_cli("index", "merge", "--index", sharded, "--json")
+    assert code == 1 and "broken.jpg" in err  # merged; the unreadable file is reported
+    assert json.loads(out)["items"] == 9 and not (sharded / "parts").exists()
+
+    code, _, _ = run_cli("index", "build", gallery, "--index", tmp_path / "single", "--json")
+    with Index.open(sharded) as merged, Index.open(tmp_path / "single") as single:
+        a, b = _vectors(merged), _vectors(single)
+        assert a.keys() == b.keys() and len(a) == 9
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], atol=1e-4, err_msg=name)
+        hits = merged.search(np.stack([a["coffee.png"]]), k=1)[0]
+        assert Path(hits[0].path).name == "coffee.png"
+
+
+class RandomEmbedder:
+    """Unit vectors from a seeded generator: enough to test the bookkeeping at a size IVF-PQ trains on."""
+
+    dim = 16
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def describe(self) -> dict:
+        return {"model": "random", "fingerprint": "r", "pooling": "avg", "dim": self.dim}
+
+    def embed(self, paths, progress=None):
+        self.calls += 1
+        vectors = np.stack([np.random.default_rng(int(Path(p).stem)).normal(size=self.dim) for p in paths])
+        vectors = vectors.astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return list(paths), vectors, [None] * len(paths)
+
+
+def test_merge_trains_one_ivfpq_index_over_all_parts(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    paths = []
+    for i in range(1200):
+        (files / f"{i}.bin").write_bytes(i.to_bytes(2, "little"))
+        paths.append(str(files / f"{i}.bin"))
+    embedder = RandomEmbedder()
+    for rank in range(3):
+        report = build_shard(paths, tmp_path / "idx", embedder, rank, 3, part_size=100)
+        assert report.parts == 4 and report.embedded == 400
+    assert parts_status(tmp_path / "idx")[1] == []
+    again = build_shard(paths, tmp_path / "idx", embedder, 0, 1, part_size=100)  # any world size may resume
+    assert (again.skipped, again.embedded) == (12, 0) and embedder.calls == 12
+    with pytest.raises(RetrievalIndexError, match="another files and paths_sha256"):
+        build_shard(paths[:-1], tmp_path / "idx", embedder, 0, 1, part_size=100)
+
+    index, failed = merge_parts(tmp_path / "idx", kind="ivfpq")
+    assert not failed and len(index) == 1200 and index.info()["faiss"] == "IVF-PQ + exact re-rank"
+    probe = RandomEmbedder().embed([paths[737]])[1]
+    assert Path(index.search(probe, k=1)[0][0].path).name == "737.bin"
+    with pytest.raises(RetrievalIndexError, match="an index already exists here"):
+        build_shard(paths, tmp_path / "idx", embedder, 0, 1)
+
+
+def test_ranks_come_from_torchrun_or_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    assert launcher_rank() == (0, 1, None)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert launcher_rank() == (5, 8, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert launcher_rank() == (3, 4, 3)  # torchrun's variables win inside a SLURM allocation
