@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo demo-detect demo-caption lint format bench clean
+.PHONY: install browser test demo demo-detect demo-caption lint format bench clean
 
 install: $(STAMP)
 
@@ -14,7 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-test: $(STAMP)
+# The web page's test drives Debian's Chromium through Playwright (no browser download at run time).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	  (apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null) || \
+	  (echo "the page test needs Chromium: install Debian's chromium package (apt-get install chromium)"; exit 1)
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 # The main job end to end on real data: classify photos with the embedded model, fine-tune on

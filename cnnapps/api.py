@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,10 @@ def load(
     ``DetectionPredictor`` (kwargs: device, score_threshold, tile, overlap, batch_size); captioners a
     ``CaptionPredictor`` (kwargs: device, beam, max_len, batch_size).
 
+    Predictors are safe to call from several threads (calls take turns), are ready to run when returned
+    (graphs compiled at load), batch their inputs, and loading the same spec with the same options again
+    returns the same predictor while it is in use.
+
     >>> predictor = cnnapps.load()                 # the bundled EfficientNet-Lite0, offline
     >>> predictor.predict("cat.jpg")[0].to_dict()  # {"path": "cat.jpg", "predictions": [...]}
     """
@@ -42,6 +47,36 @@ def load(
 
         spec = DEFAULT_MODELS.get(task or "classify", DEFAULT_BACKBONE)
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    key = _cache_key(specs, task, kwargs)
+    cached = _LOADED.get(key) if key is not None else None
+    if cached is None:
+        cached = _load(specs, task, **kwargs)
+        if key is not None:
+            _LOADED[key] = cached
+    return cached
+
+
+# Predictors alive somewhere in the process, by what they were loaded from: loading the same model with the
+# same options again returns the same (thread-safe) predictor instead of a second copy of its weights.
+_LOADED: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
+
+
+def _cache_key(specs: list[Any], task: str | None, kwargs: dict[str, Any]) -> tuple | None:
+    """Specs (files with their size and mtime, so a rewritten file loads anew), task and options."""
+    try:
+        parts = []
+        for s in specs:
+            path = os.fspath(s)
+            stat = os.stat(path) if os.path.isfile(path) else None
+            parts.append((os.path.abspath(path), stat.st_size, stat.st_mtime_ns) if stat else (path,))
+        key = (tuple(parts), task, tuple(sorted(kwargs.items())))
+        hash(key)
+        return key
+    except TypeError:  # an unhashable option: no sharing
+        return None
+
+
+def _load(specs: list[Any], task: str | None, **kwargs: Any) -> Any:
     tasks = {task_of(s) for s in specs}
     if task is not None and len(specs) == 1 and tasks != {task} and not (task == "retrieve" and tasks == {"classify"}):
         raise CnnappsError(f"{specs[0]}: a {next(iter(tasks))} model, not a {task} model")

@@ -782,7 +782,7 @@ def dedup(
 
 
 # detect/segment/pose and caption live in their own modules; importing them registers their commands
-from cnnapps import cli_caption, cli_detect  # noqa: E402, F401
+from cnnapps import cli_caption, cli_detect, cli_serve  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -96,3 +98,16 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def one_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Calls of a predictor's method from several threads run one after another: the model, its compiled
+    graph and its decode threads are shared, and a service's threads must not interleave batches."""
+
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        lock = self.__dict__.get("_call_lock") or self.__dict__.setdefault("_call_lock", threading.RLock())
+        with lock:
+            return method(self, *args, **kwargs)
+
+    return locked

@@ -13,11 +13,13 @@ from cnnapps.apps.caption.decode import beam_search, greedy
 from cnnapps.apps.common.batching import map_images
 from cnnapps.errors import CnnappsError
 from cnnapps.results import CaptionResult
-from cnnapps.runtime import select_device
+from cnnapps.runtime import one_at_a_time, select_device
 
 
 class CaptionPredictor:
     """``predict(inputs)`` returns one :class:`CaptionResult` per input, in order; bad inputs carry ``error``."""
+
+    task = "caption"
 
     def __init__(
         self,
@@ -43,6 +45,7 @@ class CaptionPredictor:
         self.beam, self.max_len = beam, max_len or model.spec.max_len
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
 
+    @one_at_a_time
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[CaptionResult]:
         grid = self.model.spec.grid
         results: list[CaptionResult] = []

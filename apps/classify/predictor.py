@@ -17,7 +17,7 @@ from cnnapps.apps.common.batching import BatchRunner
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import ClassificationResult, Prediction
-from cnnapps.runtime import prepare_for_inference, select_device
+from cnnapps.runtime import one_at_a_time, prepare_for_inference, select_device
 
 
 class ClassificationPredictor:
@@ -60,6 +60,7 @@ class ClassificationPredictor:
     def class_names(self) -> list[str]:
         return self.members[0].class_names
 
+    @one_at_a_time
     def predict_proba(
         self, inputs: Any, batch_size: int | None = None, progress: Callable[[int], None] | None = None
     ) -> tuple[list[str], np.ndarray, list[str | None]]:

@@ -19,7 +19,7 @@ from cnnapps.apps.detect.zoo import DEFAULT_MODELS
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import DetectionResult, Instance
-from cnnapps.runtime import select_device
+from cnnapps.runtime import one_at_a_time, select_device
 
 
 class DetectionPredictor:
@@ -62,6 +62,7 @@ class DetectionPredictor:
     def class_names(self) -> list[str]:
         return self.spec.class_names
 
+    @one_at_a_time
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[DetectionResult]:
         """Detect in paths, bytes, arrays or PIL images; a bad input gets a result with ``error`` set."""
         done = map_images(inputs, self._detect_images, self.batch_size, self.max_pixels, progress)

@@ -20,7 +20,7 @@ from cnnapps.backbones.features import Backbone
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import DEFAULT_BACKBONE
 from cnnapps.errors import CnnappsError
-from cnnapps.runtime import prepare_for_inference, select_device
+from cnnapps.runtime import one_at_a_time, prepare_for_inference, select_device
 
 POOLINGS = ("avg", "gem")
 
@@ -103,6 +103,8 @@ def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg") -> tuple
 class Embedder:
     """``embed(inputs)`` -> names, (N, dim) float32 unit vectors (NaN rows for failed inputs), errors."""
 
+    task = "retrieve"
+
     def __init__(
         self,
         spec: str | os.PathLike = DEFAULT_BACKBONE,
@@ -129,6 +131,7 @@ class Embedder:
     def describe(self) -> dict[str, Any]:
         return {"model": self.spec, "fingerprint": self.fingerprint, "pooling": self.pooling, "dim": self.dim}
 
+    @one_at_a_time
     def embed(
         self, inputs: Any, progress: Callable[[int], None] | None = None
     ) -> tuple[list[str], np.ndarray, list[str | None]]:

@@ -1,0 +1,31 @@
+"""``cnnapps serve``: the HTTP service over the loaded models (registered on the main app by cli.py)."""
+
+from __future__ import annotations
+
+import typer
+
+from cnnapps.cli import app
+
+
+@app.command("serve")
+def serve(
+    model: list[str] = typer.Option(None, "--model", "-m", help="Model file, registry or zoo name; repeat for more."),
+    index: str = typer.Option(None, "--index", help="An index to answer /v1/retrieve (its model serves /v1/embed)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 opens it to the network."),
+    port: int = typer.Option(8000, "--port"),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Requests one forward pass may take together."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a batch waits to fill."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted request body."),
+    device: str = typer.Option("auto", "--device"),
+    engine: str = typer.Option("auto", "--engine", help="Classification and embedding: auto, jit or eager."),
+) -> None:
+    """Serve models over HTTP: POST /v1/<task>, GET /healthz, /v1/models, OpenAPI at /docs, a page at /."""
+    import uvicorn
+
+    from cnnapps.serve.app import create_app
+
+    specs = list(model or ([] if index else ["efficientnet_lite0"]))
+    service = create_app(specs, index, max_batch, max_wait_ms, max_upload_mb, device, engine)
+    routes = sorted({r.path for r in service.routes if "POST" in getattr(r, "methods", ())})
+    typer.echo(f"serving {', '.join(routes)} on http://{host}:{port} (page at /, API docs at /docs)", err=True)
+    uvicorn.run(service, host=host, port=port, log_level="warning")

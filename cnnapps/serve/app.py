@@ -1,0 +1,302 @@
+"""The FastAPI application: one route per loaded task, micro-batched, JSON errors, and a page at ``/``.
+
+Requests carry one image: ``multipart/form-data`` with an ``image`` file field, or JSON
+``{"image": "<base64>"}``. Options go in the query string (``model``, ``top_k``, ``k``, ``draw``).
+Responses are the JSON ``--json`` prints for that image on the command line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cnnapps import __version__
+from cnnapps.api import load, task_of
+from cnnapps.errors import CnnappsError
+from cnnapps.serve.batcher import MicroBatcher
+
+#: the route of each task ("retrieve" models are served as /v1/embed; /v1/retrieve needs an index)
+ROUTES = {"classify": "classify", "retrieve": "embed", "detect": "detect", "segment": "segment", "pose": "pose",
+          "caption": "caption"}  # fmt: skip
+MAX_TOP_K = 20
+_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+                "required": ["image"],
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "byte"}},
+                "required": ["image"],
+            }
+        },
+    },
+}
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status and the reason, sent as ``{"error": ...}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Served:
+    """One loaded model: its name in requests, task, predictor and batcher."""
+
+    name: str
+    spec: str
+    task: str
+    predictor: Any
+    batcher: MicroBatcher
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.name, "spec": self.spec, "task": self.task,
+                                "route": f"/v1/{ROUTES[self.task]}"}  # fmt: skip
+        if hasattr(self.predictor, "class_names"):
+            info["classes"] = len(self.predictor.class_names)
+        if hasattr(self.predictor, "dim"):
+            info["dim"] = self.predictor.dim
+        return info
+
+
+def _runner(predictor: Any, task: str) -> Any:
+    """The batch function of a task: a list of (image bytes, options) -> one (result dict, result) per item."""
+
+    def run(items: list[tuple[bytes, dict[str, Any]]]) -> list[tuple[dict[str, Any], Any]]:
+        images = [image for image, _ in items]
+        if task == "retrieve":
+            names, vectors, errors = predictor.embed(images)
+            return [
+                ({"path": n, "error": e} if e else {"path": n, "embedding": [round(float(x), 6) for x in v]}, v)
+                for n, v, e in zip(names, vectors, errors, strict=True)
+            ]
+        if task == "classify":
+            top = max(options.get("top_k", 5) for _, options in items)
+            results = predictor.predict(images, top_k=top)
+            for result, (_, options) in zip(results, items, strict=True):
+                result.predictions = result.predictions[: options.get("top_k", 5)]
+        else:
+            results = predictor.predict(images)
+        return [(r.to_dict(), r) for r in results]
+
+    return run
+
+
+def _name(spec: str) -> str:
+    path = Path(spec)
+    return path.parent.name if path.name == "model.safetensors" else path.stem if path.suffix else spec
+
+
+def load_models(specs: Sequence[str], index: str | None, max_batch: int, max_wait_ms: float, device: str,
+                engine: str) -> tuple[list[Served], Any]:  # fmt: skip
+    """Load every model (and the index, whose model serves /v1/embed and /v1/retrieve)."""
+    served: list[Served] = []
+    opened = None
+    for spec in specs:
+        kwargs: dict[str, Any] = {"device": device}
+        if task_of(spec) in ("classify", "retrieve"):
+            kwargs["engine"] = engine
+        predictor = load(spec, **kwargs)
+        served.append(Served(_name(spec), spec, predictor.task, predictor, None))  # type: ignore[arg-type]
+    if index is not None:
+        from cnnapps.apps.retrieve.index import Index
+
+        opened = Index.open(index)
+        embedder = opened.embedder(device=device, engine=engine)
+        spec = opened.model["model"]
+        served.append(Served(_name(spec), spec, "retrieve", embedder, None))  # type: ignore[arg-type]
+    names = [s.name for s in served]
+    for s in served:
+        if names.count(s.name) > 1:  # two specs with one name: tell them apart by task
+            s.name = f"{s.name}-{s.task}"
+        s.batcher = MicroBatcher(_runner(s.predictor, s.task), max_batch, max_wait_ms, s.name)
+    return served, opened
+
+
+def _overlay(image: bytes, result: Any) -> str:
+    """Boxes, masks and skeletons drawn on the image (what ``--save-dir`` writes), as a PNG data URL."""
+    import cv2
+
+    from cnnapps.datasets.io import read_image
+
+    _, buf = cv2.imencode(".png", result.draw(read_image(image))[:, :, ::-1])
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+def create_app(
+    models: Sequence[str],
+    index: str | None = None,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    max_upload_mb: float = 20.0,
+    device: str = "auto",
+    engine: str = "auto",
+    warm_up: bool = True,
+) -> FastAPI:
+    """The service for ``models`` (specs as ``cnnapps.load`` takes them) and, optionally, an index."""
+    served, opened = load_models(models, index, max_batch, max_wait_ms, device, engine)
+    if not served:
+        raise CnnappsError("serve: give at least one --model (or an --index)")
+    limit = int(max_upload_mb * 2**20)
+    index_lock = threading.Lock()  # one SQLite connection: searches take turns
+    if warm_up:  # compile graphs and touch every model once before the first request
+        import numpy as np
+
+        probe = np.full((64, 64, 3), 127, np.uint8)
+        for s in served:
+            s.batcher.run([(probe, {})])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for s in served:
+            s.batcher.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="cnnapps",
+        version=__version__,
+        description="Conv backbones as working applications: " + ", ".join(sorted({s.task for s in served})),
+    )
+
+    @app.exception_handler(RequestError)
+    async def _refused(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            routes = sorted({f"/v1/{ROUTES[s.task]}" for s in served} | ({"/v1/retrieve"} if opened else set()))
+            message = f"no route {request.method} {request.url.path}; this server answers POST {', '.join(routes)}"
+        return JSONResponse({"error": message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    async def read_image_bytes(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"request of {int(declared):,} bytes is over the {limit:,}-byte limit")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise RequestError(422, "multipart request without an 'image' file field")
+            data = await upload.read()
+        elif kind == "application/json":
+            body = await request.body()
+            try:
+                payload = json.loads(body)
+                data = base64.b64decode(payload["image"], validate=True)
+            except (ValueError, KeyError, TypeError, binascii.Error):
+                raise RequestError(422, 'JSON body must be {"image": "<base64 of the image file>"}') from None
+        else:
+            raise RequestError(
+                415, f"content type {kind or 'none'}: send multipart/form-data with an 'image' field, or JSON"
+            )
+        if len(data) > limit:
+            raise RequestError(413, f"image of {len(data):,} bytes is over the {limit:,}-byte limit")
+        if not data:
+            raise RequestError(422, "the image is empty")
+        return data
+
+    def pick(task: str, name: str | None) -> Served:
+        candidates = [s for s in served if s.task == task]
+        if name is None:
+            return candidates[0]
+        for s in candidates:
+            if s.name == name:
+                return s
+        raise RequestError(404, f"no {task} model named {name!r}; loaded: {', '.join(s.name for s in candidates)}")
+
+    async def answer(task: str, request: Request, options: dict[str, Any], draw: bool) -> tuple[dict, Any, bytes]:
+        model = pick(task, request.query_params.get("model"))
+        image = await read_image_bytes(request)
+        payload, result = await model.batcher.submit((image, options))
+        if payload.get("error"):
+            raise RequestError(422, f"image: {payload['error']}")
+        payload = {**payload, "path": "<upload>", "model": model.name}
+        if draw and task in ("detect", "segment", "pose"):
+            payload["overlay"] = await run_in_threadpool(_overlay, image, result)
+        return payload, result, image
+
+    def add_task_route(task: str) -> None:
+        route = ROUTES[task]
+
+        async def endpoint(request: Request, model: str | None = None, top_k: int = 5, draw: bool = False) -> Any:
+            if not 1 <= top_k <= MAX_TOP_K:
+                raise RequestError(422, f"top_k {top_k}: must be between 1 and {MAX_TOP_K}")
+            return (await answer(task, request, {"top_k": top_k}, draw))[0]
+
+        endpoint.__name__ = route
+        endpoint.__doc__ = f"{task}: one image in, the JSON of `cnnapps {route} --json` for it out."
+        app.post(f"/v1/{route}", openapi_extra={"requestBody": _BODY}, tags=[task])(endpoint)
+
+    for task in dict.fromkeys(s.task for s in served):
+        add_task_route(task)
+
+    if opened is not None:
+
+        @app.post("/v1/retrieve", openapi_extra={"requestBody": _BODY}, tags=["retrieve"])
+        async def retrieve(request: Request, k: int = 10, draw: bool = False) -> Any:
+            """The index's nearest images to the uploaded one: ``{"query", "results": [{rank, path, score}]}``."""
+            if not 1 <= k <= 1000:
+                raise RequestError(422, f"k {k}: must be between 1 and 1000")
+            _, vector, _ = await answer("retrieve", request, {}, False)
+
+            def search() -> list[Any]:
+                with index_lock:
+                    return opened.search(vector[None, :], k)[0]
+
+            hits = await run_in_threadpool(search)
+            return {"query": "<upload>", "results": [h.to_dict() for h in hits]}
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, Any]:
+        """Up and serving: the loaded models and how batching went so far."""
+        batches = sum(s.batcher.batches for s in served)
+        items = sum(s.batcher.items for s in served)
+        return {"status": "ok", "models": len(served), "requests": items, "batches": batches}
+
+    @app.get("/v1/models", tags=["service"])
+    async def list_models() -> dict[str, Any]:
+        """The loaded models: name (the ``model`` query parameter), spec, task, route."""
+        models_info = [s.info() for s in served]
+        if opened is not None:
+            models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve", "items": len(opened)})
+        return {"models": models_info, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_upload_bytes": limit}
+
+    page = Path(__file__).with_name("static") / "index.html"
+
+    @app.get("/", include_in_schema=False)
+    async def index_page() -> FileResponse:
+        return FileResponse(page, media_type="text/html")
+
+    return app

@@ -1,0 +1,74 @@
+"""Dynamic micro-batching: concurrent requests for one model share a forward pass.
+
+A batch closes when it holds ``max_batch`` items or ``max_wait_ms`` after its first item arrived,
+whichever comes first; it then runs on the model's own thread while the next batch gathers.
+``max_batch=1`` is one request at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+
+class MicroBatcher:
+    """``await submit(item)`` -> ``run([..., item, ...])``'s output for that item."""
+
+    def __init__(self, run: Callable[[list[Any]], Sequence[Any]], max_batch: int = 16, max_wait_ms: float = 5.0,
+                 name: str = "model") -> None:  # fmt: skip
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch {max_batch} / max_wait_ms {max_wait_ms}: need >= 1 and >= 0")
+        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"cnnapps-{name}")
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] | None = None
+        self._worker: asyncio.Task | None = None
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, item: Any) -> Any:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._serve())
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    while len(batch) < self.max_batch and not self._queue.empty():
+                        batch.append(self._queue.get_nowait())  # already waiting: no reason to leave them
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except asyncio.TimeoutError:  # a distinct class before Python 3.11
+                    break
+            items = [item for item, _ in batch]
+            try:
+                outputs = await loop.run_in_executor(self._executor, self.run, items)
+                if len(outputs) != len(items):
+                    raise RuntimeError(f"{len(items)} inputs gave {len(outputs)} outputs")
+            except Exception as exc:  # the batch failed as a whole: every waiting request hears why
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.items += len(items)
+            for (_, future), output in zip(batch, outputs, strict=True):
+                if not future.done():  # a client that went away leaves a cancelled future
+                    future.set_result(output)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)

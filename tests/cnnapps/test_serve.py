@@ -1,0 +1,177 @@
+"""The HTTP service: routes per task, both request forms, micro-batching, bad requests, models listed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from cnnapps.serve.app import create_app
+from cnnapps.serve.batcher import MicroBatcher
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory, chelsea: np.ndarray) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "chelsea.jpg"
+    cv2.imwrite(str(path), chelsea[:, :, ::-1])
+    return path
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained instance segmenter on a small ResNet-18 (random weights, seeded): it answers with
+    whatever it finds; what matters here is the route, the JSON and the overlay."""
+    import torch
+
+    from cnnapps.apps.detect.model import create_detector, save_detector
+
+    torch.manual_seed(0)
+    model = create_detector("segment", "resnet18", num_classes=3, class_names=["__background__", "circle", "square"],
+                            backbone_weights=None, fpn_channels=16, min_size=96, max_size=128)  # fmt: skip
+    path = tmp_path_factory.mktemp("models") / "shapes.safetensors"
+    save_detector(path, model)
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(segmenter: Path) -> TestClient:
+    app = create_app(["efficientnet_lite0", str(segmenter)], max_batch=8, max_wait_ms=20, max_upload_mb=1)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_classify_by_upload_and_by_base64_match_the_python_api(client: TestClient, photo: Path) -> None:
+    import cnnapps
+
+    expected = cnnapps.load().predict(str(photo), top_k=3)[0].to_dict()["predictions"]
+    by_upload = client.post("/v1/classify?top_k=3", files={"image": ("cat.jpg", photo.read_bytes(), "image/jpeg")})
+    assert by_upload.status_code == 200, by_upload.text
+    by_json = client.post("/v1/classify?top_k=3", json={"image": base64.b64encode(photo.read_bytes()).decode()})
+    assert by_json.status_code == 200
+    for answer in (by_upload.json(), by_json.json()):
+        assert answer["predictions"] == expected and answer["model"] == "efficientnet_lite0"
+    assert "cat" in expected[0]["label"]
+
+
+def test_segment_route_returns_instances_and_an_overlay(client: TestClient, photo: Path) -> None:
+    answer = client.post("/v1/segment?draw=true", files={"image": ("cat.jpg", photo.read_bytes(), "image/jpeg")})
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["model"] == "shapes" and {"width", "height", "instances"} <= set(data)
+    assert all({"label", "score", "box", "mask"} <= set(i) for i in data["instances"])
+    png = base64.b64decode(data["overlay"].removeprefix("data:image/png;base64,"))
+    overlay = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape[:2] == (data["height"], data["width"])
+
+
+def test_bad_requests_get_a_reason_and_the_server_keeps_serving(client: TestClient, photo: Path) -> None:
+    jpeg = photo.read_bytes()
+    upload = lambda data: {"files": {"image": ("x.jpg", data, "image/jpeg")}}  # noqa: E731
+    cases = [
+        (client.post("/v1/classify", **upload(b"plain text, not a picture")), 422, "not an image"),
+        (client.post("/v1/classify", **upload(jpeg[: len(jpeg) // 3])), 422, "truncated"),
+        (client.post("/v1/classify", **upload(jpeg + b"\0" * (1 << 20))), 413, "over the 1,048,576-byte limit"),
+        (client.post("/v1/classify", content=jpeg, headers={"content-type": "image/jpeg"}), 415, "content type"),
+        (client.post("/v1/classify", json={"image": "%%% not base64"}), 422, "base64"),
+        (client.post("/v1/classify", json={"picture": "x"}), 422, "base64"),
+        (client.post("/v1/classify", files={"other": ("x.jpg", jpeg, "image/jpeg")}), 422, "'image' file field"),
+        (client.post("/v1/classify?model=nope", **upload(jpeg)), 404, "no classify model named 'nope'"),
+        (client.post("/v1/classify?top_k=0", **upload(jpeg)), 422, "top_k"),
+        (client.post("/v1/caption", **upload(jpeg)), 404, "answers POST /v1/classify, /v1/segment"),
+    ]
+    for response, status, reason in cases:
+        assert response.status_code == status, (reason, response.text)
+        assert reason in response.json()["error"]
+    assert client.post("/v1/classify", **upload(jpeg)).status_code == 200
+
+
+def test_health_models_docs_and_page(client: TestClient) -> None:
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["models"] == 2
+    models = client.get("/v1/models").json()["models"]
+    assert [(m["name"], m["task"], m["route"]) for m in models] == [
+        ("efficientnet_lite0", "classify", "/v1/classify"), ("shapes", "segment", "/v1/segment")
+    ]  # fmt: skip
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/classify", "/v1/segment", "/healthz", "/v1/models"} <= set(schema["paths"])
+    assert "multipart/form-data" in schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text
+
+
+def test_concurrent_requests_share_batches(client: TestClient, photo: Path) -> None:
+    before = client.get("/healthz").json()
+    jpeg = photo.read_bytes()
+    answers: list[int] = []
+
+    def ask() -> None:
+        answers.append(client.post("/v1/classify", files={"image": ("x.jpg", jpeg, "image/jpeg")}).status_code)
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = client.get("/healthz").json()
+    assert answers == [200] * 16
+    assert after["requests"] - before["requests"] == 16
+    assert after["batches"] - before["batches"] < 16  # some requests rode together
+
+
+def test_micro_batcher_closes_batches_at_size_or_wait_and_keeps_order() -> None:
+    sizes: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return [i * 10 for i in items]
+
+    async def main() -> list[int]:
+        batcher = MicroBatcher(run, max_batch=4, max_wait_ms=50)
+        outputs = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        late = await batcher.submit(99)  # alone: waits max_wait_ms, then runs by itself
+        batcher.close()
+        return [*outputs, late]
+
+    assert asyncio.run(main()) == [i * 10 for i in range(10)] + [990]
+    assert sizes == [4, 4, 2, 1]
+
+
+def test_a_failing_batch_answers_every_request_with_the_error() -> None:
+    def run(items: list[int]) -> list[int]:
+        raise RuntimeError("model fell over")
+
+    async def main() -> list[object]:
+        batcher = MicroBatcher(run, max_batch=4, max_wait_ms=5)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(main())] == ["model fell over"] * 3
+
+
+def test_predictors_are_safe_from_many_threads(photo: Path) -> None:
+    """Eight threads classifying at once get exactly what one thread gets."""
+    import cnnapps
+
+    predictor = cnnapps.load()
+    images = [str(photo), io.BytesIO(photo.read_bytes()).getvalue()]
+    expected = [r.to_dict()["predictions"] for r in predictor.predict(images)]
+    seen: list[list] = []
+
+    def work() -> None:
+        for _ in range(3):
+            seen.append([r.to_dict()["predictions"] for r in predictor.predict(images)])
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 24 and all(s == expected for s in seen)
+    assert cnnapps.load() is predictor  # the same spec and options: the same predictor, no second copy
