@@ -1,6 +1,6 @@
 """Draw docs/serve_page.png: the page of `cnnapps serve` after classifying scikit-image's chelsea.
 
-    python scripts/serve_screenshot.py docs/serve_page.png      (needs Chromium: make browser)
+python scripts/serve_screenshot.py docs/serve_page.png      (needs Chromium: make browser)
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def _captioner(folder: Path) -> Path:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (make test installs Debian's chromium)")
-def test_page_uploads_a_photo_and_shows_the_top5_and_a_caption(server: str, chelsea: np.ndarray, tmp_path: Path) -> None:
+def test_page_shows_the_top5_and_a_caption(server: str, chelsea: np.ndarray, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     photo = tmp_path / "chelsea.jpg"
