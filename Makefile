@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/classify_throughput.py --images 512 --repeats 3
 	$(BIN)/python benchmarks/detect_latency.py --repeats 5
 	$(BIN)/python benchmarks/dataloader.py --images 512
+	$(BIN)/python benchmarks/serve_load.py --seconds 15
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -21,6 +21,10 @@ def task_of(spec: str | os.PathLike) -> str:
 
     if str(spec) in ZOO:
         return ZOO[str(spec)][0]
+    if str(spec).endswith(".onnx"):
+        from cnnapps.export import read_onnx_metadata
+
+        return read_onnx_metadata(spec).get("task", "classify")
     return read_metadata(spec).get("task", "classify") if is_bundle_path(spec) else "classify"
 
 

@@ -173,7 +173,9 @@ def classify(
         None, "--batch-size", "-b", min=1, help="Images per forward pass [default: 4 on CPU, 32 on GPU]."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    engine: str = typer.Option("auto", "--engine", help="auto (fused graph on CPU), jit or eager."),
+    engine: str = typer.Option(
+        "auto", "--engine", help="auto (fused graph on CPU), jit, eager or onnxruntime (the exported ONNX graph)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
 ) -> None:
     """Classify images. Exit code 0: all classified; 1: some inputs failed (reported, others done); 2: error."""
@@ -720,6 +722,7 @@ def retrieve(
     k: int = typer.Option(10, "-k", min=1, help="Results per query."),
     as_json: bool = typer.Option(False, "--json"),
     save_grid: Path = typer.Option(None, "--save-grid", help="Draw each query beside its top-k (one file per query)."),
+    engine: str = typer.Option("auto", "--engine", help="auto, jit, eager or onnxruntime (the exported graph)."),
 ) -> None:
     """Rank the indexed images by cosine similarity to each query."""
     from cnnapps.apps.retrieve.index import Index
@@ -733,7 +736,8 @@ def retrieve(
         )
         for target in targets:
             _free(target)
-    results = retrieve(Index.open(index), query, k)
+    opened = Index.open(index)
+    results = retrieve(opened, query, k, embedder=opened.embedder(engine=engine))
     if as_json:
         _echo_json([r.to_dict() for r in results])
     else:

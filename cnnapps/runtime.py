@@ -18,7 +18,7 @@ from cnnapps.errors import CnnappsError
 T = TypeVar("T")
 R = TypeVar("R")
 
-ENGINES = ("auto", "eager", "jit")
+ENGINES = ("auto", "eager", "jit", "onnxruntime")
 
 
 def select_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -39,10 +39,17 @@ def prepare_for_inference(
     CPU, engine ``jit`` (what ``auto`` picks): channels_last plus a frozen TorchScript graph, which
     folds batch norm into convolutions and fuses conv+activation in oneDNN (several times eager
     speed on small nets). If tracing fails the model runs eagerly. CUDA: channels_last and fp16
-    autocast. Engine ``eager``: the plain module.
+    autocast. Engine ``eager``: the plain module. Engine ``onnxruntime``: the model exported to ONNX
+    (in memory) and run by onnxruntime; a model that already is an exported graph runs as it is.
     """
     if engine not in ENGINES:
         raise CnnappsError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if not isinstance(model, nn.Module):  # an exported graph (cnnapps.export.OnnxRunner): it runs as it is
+        return model
+    if engine == "onnxruntime":  # export to ONNX in memory and run that graph
+        from cnnapps.export import OnnxRunner, onnx_bytes
+
+        return OnnxRunner(onnx_bytes(model, tuple(example.shape[1:])), device)
     model = model.eval().to(device)
     if engine == "eager":
         return model

@@ -55,6 +55,14 @@ class LoadedClassifier:
 
 def load_classifier(spec: str | os.PathLike) -> LoadedClassifier:
     """A model file written by ``cnnapps train classify``, or a registry name with pretrained weights."""
+    if str(spec).endswith(".onnx"):  # written by `cnnapps export`: runs in onnxruntime
+        from cnnapps.export import OnnxRunner, read_onnx_metadata
+
+        meta = read_onnx_metadata(spec)
+        if meta.get("task") != TASK:
+            raise BundleError(f"{spec}: a {meta.get('task')} model, not a classification model")
+        preprocess = Preprocess.from_dict(meta["preprocess"])
+        return LoadedClassifier(str(spec), OnnxRunner(spec), meta["class_names"], preprocess, meta)  # type: ignore[arg-type]
     if is_bundle_path(spec):
         tensors, meta = load_bundle(spec)
         if meta.get("task") != TASK:

@@ -114,18 +114,27 @@ class Embedder:
         batch_size: int | None = None,
         workers: int | None = None,
     ) -> None:
-        model, preprocess, fingerprint = load_embedding_model(spec, pooling)
         self.spec = str(spec)
-        self.pooling = model.pooling
-        self.fingerprint = fingerprint
         self.device = select_device(device)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
-        self.preprocess = preprocess
-        model = model.eval()
-        example = torch.zeros(self.batch_size, *preprocess.input_size)
-        with torch.no_grad():
-            self.dim = int(model(example[:1]).shape[1])
-        self._run = prepare_for_inference(model, example, self.device, engine)
+        if self.spec.endswith(".onnx"):  # written by `cnnapps export`: same fingerprint as the model it came from
+            from cnnapps.export import OnnxRunner, read_onnx_metadata
+
+            meta = read_onnx_metadata(spec)
+            if meta.get("task") != "retrieve":
+                raise CnnappsError(f"{spec}: a {meta.get('task')} model; export an embedding with --task retrieve")
+            self.pooling, self.fingerprint, self.dim = meta["pooling"], meta["fingerprint"], int(meta["dim"])
+            self.preprocess = Preprocess.from_dict(meta["preprocess"])
+            self._run = OnnxRunner(spec, self.device)
+        else:
+            model, self.preprocess, self.fingerprint = load_embedding_model(spec, pooling)
+            self.pooling = model.pooling
+            model = model.eval()
+            example = torch.zeros(self.batch_size, *self.preprocess.input_size)
+            with torch.no_grad():
+                self.dim = int(model(example[:1]).shape[1])
+            self._run = prepare_for_inference(model, example, self.device, engine)
+        preprocess = self.preprocess
         self._runner = BatchRunner([preprocess], self.device, self.batch_size, workers)
 
     def describe(self) -> dict[str, Any]:
