@@ -68,6 +68,7 @@ def test_onnx_embedding_matches_and_searches_an_index_built_with_pytorch(exporte
     assert [r.hits[0].path for r in results] == photos
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_export_matches_and_carries_metadata(exported: Path, photos: list[str]) -> None:
     extra = {"cnnapps.json": ""}
     graph = torch.jit.load(str(exported / "classify.pt"), _extra_files=extra)

@@ -175,3 +175,13 @@ def test_predictors_are_safe_from_many_threads(photo: Path) -> None:
         t.join()
     assert len(seen) == 24 and all(s == expected for s in seen)
     assert cnnapps.load() is predictor  # the same spec and options: the same predictor, no second copy
+
+
+def test_serve_runs_the_exported_graph_with_engine_onnxruntime(photo: Path) -> None:
+    import cnnapps
+
+    expected = cnnapps.load("efficientnet_lite0", engine="eager").predict(str(photo))[0].to_dict()["predictions"]
+    with TestClient(create_app(["efficientnet_lite0"], engine="onnxruntime")) as client:
+        answer = client.post("/v1/classify", files={"image": ("x.jpg", photo.read_bytes(), "image/jpeg")}).json()
+    assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in expected]
+    assert np.allclose([p["score"] for p in answer["predictions"]], [p["score"] for p in expected], atol=1e-4)
