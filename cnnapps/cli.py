@@ -586,10 +586,7 @@ def index_build(
     built = Index.create(index, embedder.describe(), kind=kind)
     with _progress(len(paths), "embedding") as advance:
         added, failed = built.add(paths, embedder=embedder, progress=advance)
-    _print_index(built.info(), as_json, f"indexed {added} images")
-    _report_failed(failed)
-    if failed:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    _index_done(built.info(), as_json, f"indexed {added} images", failed)
 
 
 def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str, device: str, rank: int | None,
@@ -620,6 +617,14 @@ def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str
     _report_failed(report.failed)
 
 
+def _index_done(info: dict[str, Any], as_json: bool, headline: str, failed: list[dict[str, str]]) -> None:
+    """After an index write: its state, the inputs that failed, and exit 1 when some did."""
+    _print_index(info, as_json, headline)
+    _report_failed(failed)
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 def _print_index(info: dict[str, Any], as_json: bool, headline: str | None = None) -> None:
     if as_json:
         _echo_json(info)
@@ -642,10 +647,7 @@ def index_merge(
     from cnnapps.apps.retrieve.sharded import merge_parts
 
     built, failed = merge_parts(index, kind=kind)
-    _print_index(built.info(), as_json, f"merged {len(built)} images")
-    _report_failed(failed)
-    if failed:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    _index_done(built.info(), as_json, f"merged {len(built)} images", failed)
 
 
 @index_app.command("add")
@@ -662,10 +664,7 @@ def index_add(
     files = expand_inputs(paths)
     with _progress(len(files), "embedding") as advance:
         added, failed = opened.add(files, progress=advance)
-    _print_index(opened.info(), as_json, f"added {added} images")
-    _report_failed(failed)
-    if failed:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    _index_done(opened.info(), as_json, f"added {added} images", failed)
 
 
 @index_app.command("remove")
