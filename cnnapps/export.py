@@ -118,18 +118,21 @@ def export_model(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, task
     return {"path": str(out), "format": fmt, "task": meta["task"], "bytes": out.stat().st_size, "source": str(spec)}
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``cnnapps`` metadata of an exported ONNX file (without loading the weights into a session)."""
+def read_onnx_metadata(path: str | os.PathLike, task: str | None = None) -> dict[str, Any]:
+    """The ``cnnapps`` metadata of an exported ONNX file (without loading the weights into a session);
+    with ``task``, a file exported for another task is refused."""
     import onnx
 
     try:
         graph = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ExportError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    for prop in graph.metadata_props:
-        if prop.key == "cnnapps":
-            return json.loads(prop.value)
-    raise ExportError(f"{path}: an ONNX file without cnnapps metadata; export it with `cnnapps export`")
+    found = [json.loads(prop.value) for prop in graph.metadata_props if prop.key == "cnnapps"]
+    if not found:
+        raise ExportError(f"{path}: an ONNX file without cnnapps metadata; export it with `cnnapps export`")
+    if task is not None and found[0].get("task") != task:
+        raise ExportError(f"{path}: exported as a {found[0].get('task')} model, not a {task} model")
+    return found[0]
 
 
 class OnnxRunner:

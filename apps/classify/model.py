@@ -58,9 +58,7 @@ def load_classifier(spec: str | os.PathLike) -> LoadedClassifier:
     if str(spec).endswith(".onnx"):  # written by `cnnapps export`: runs in onnxruntime
         from cnnapps.export import OnnxRunner, read_onnx_metadata
 
-        meta = read_onnx_metadata(spec)
-        if meta.get("task") != TASK:
-            raise BundleError(f"{spec}: a {meta.get('task')} model, not a classification model")
+        meta = read_onnx_metadata(spec, task=TASK)
         preprocess = Preprocess.from_dict(meta["preprocess"])
         return LoadedClassifier(str(spec), OnnxRunner(spec), meta["class_names"], preprocess, meta)  # type: ignore[arg-type]
     if is_bundle_path(spec):

@@ -120,9 +120,7 @@ class Embedder:
         if self.spec.endswith(".onnx"):  # written by `cnnapps export`: same fingerprint as the model it came from
             from cnnapps.export import OnnxRunner, read_onnx_metadata
 
-            meta = read_onnx_metadata(spec)
-            if meta.get("task") != "retrieve":
-                raise CnnappsError(f"{spec}: a {meta.get('task')} model; export an embedding with --task retrieve")
+            meta = read_onnx_metadata(spec, task="retrieve")  # an embedding: `cnnapps export --task retrieve`
             self.pooling, self.fingerprint, self.dim = meta["pooling"], meta["fingerprint"], int(meta["dim"])
             self.preprocess = Preprocess.from_dict(meta["preprocess"])
             self._run = OnnxRunner(spec, self.device)
@@ -134,8 +132,7 @@ class Embedder:
             with torch.no_grad():
                 self.dim = int(model(example[:1]).shape[1])
             self._run = prepare_for_inference(model, example, self.device, engine)
-        preprocess = self.preprocess
-        self._runner = BatchRunner([preprocess], self.device, self.batch_size, workers)
+        self._runner = BatchRunner([self.preprocess], self.device, self.batch_size, workers)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.spec, "fingerprint": self.fingerprint, "pooling": self.pooling, "dim": self.dim}

@@ -12,7 +12,7 @@ import binascii
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,33 @@ def _overlay(image: bytes, result: Any) -> str:
 
     _, buf = cv2.imencode(".png", result.draw(read_image(image))[:, :, ::-1])
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a background thread (port 0: a free one) and yield its URL; stops on exit.
+    For tests, scripts and notebooks; ``cnnapps serve`` runs uvicorn in the foreground."""
+    import socket
+    import time
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise CnnappsError(f"could not serve on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def create_app(

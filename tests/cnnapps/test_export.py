@@ -49,6 +49,10 @@ def test_onnx_classifier_matches_pytorch_on_photos(exported: Path, photos: list[
         assert errors == [None] * 4
         np.testing.assert_allclose(got, expected, atol=PROB_ATOL)
         assert (got.argmax(1) == expected.argmax(1)).all()
+    from cnnapps.apps.classify.model import load_classifier
+
+    with pytest.raises(ExportError, match="exported as a retrieve model, not a classify model"):
+        load_classifier(exported / "embed.onnx")
     meta = read_onnx_metadata(exported / "classify.onnx")
     assert meta["task"] == "classify" and len(meta["class_names"]) == 1000 and meta["source"] == "efficientnet_lite0"
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -18,24 +15,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``cnnapps serve`` with the bundled classifier and a small captioner, on a free loopback port."""
-    import uvicorn
+    from cnnapps.serve.app import create_app, running
 
-    from cnnapps.serve.app import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(["efficientnet_lite0", str(_captioner(tmp_path_factory.mktemp("cap")))], max_wait_ms=2)
-    service = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if service.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    service.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as url:
+        yield url
 
 
 def _captioner(folder: Path) -> Path:
