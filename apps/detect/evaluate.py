@@ -68,12 +68,12 @@ def coco_evaluate(
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
         names = _KEYPOINT_STAT_NAMES if iou_type == "keypoints" else _STAT_NAMES
-        usable = [r for r in results if iou_type == "bbox" or _key(iou_type) in r]
+        usable = [_scored_part(r, iou_type) for r in results if _key(iou_type) in r]
         if not usable:
             metrics.update({f"{iou_type}_{n}": 0.0 for n in names})
             continue
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes([dict(r) for r in usable])
+            coco_dt = coco_gt.loadRes(usable)
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             if image_ids is not None:
                 evaluator.params.imgIds = list(image_ids)
@@ -88,7 +88,16 @@ def coco_evaluate(
 
 
 def _key(iou_type: str) -> str:
-    return {"segm": "segmentation", "keypoints": "keypoints"}[iou_type]
+    return {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
+
+
+def _scored_part(result: dict[str, Any], iou_type: str) -> dict[str, Any]:
+    """A results entry with only what ``iou_type`` scores. pycocotools' ``loadRes`` takes a detection's area
+    (its size class) from its box whenever it has one: without it, the area is the mask's for segm and the
+    extent of the keypoints for keypoints, as COCO's own mask and keypoint results give it."""
+    key = _key(iou_type)
+    return {"image_id": result["image_id"], "category_id": result["category_id"], key: result[key],
+            "score": result["score"]}  # fmt: skip
 
 
 def evaluate_detector(

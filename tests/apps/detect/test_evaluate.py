@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from cnnapps.apps.detect.evaluate import coco_evaluate, encode_mask, evaluate_detector, to_coco_results
 from cnnapps.datasets.coco import load_coco
@@ -90,3 +91,124 @@ def test_evaluate_detector_matches_classes_by_name(tmp_path):
     Fixed.class_names = ("__background__", "cat")
     with pytest.raises(Exception, match="none of its categories"):
         evaluate_detector(Fixed(), CocoDataset(coco_path, tmp_path, "detect"))
+
+
+# Size classes: COCO calls an object small below 32² pixels of area, large above 96², medium between. An
+# unmatched detection counts in the class of its own area, which must come from what is scored: its mask for
+# segm, the extent of its keypoints for keypoints (as pycocotools' loadRes gives results without boxes).
+_SIZED_OBJECTS = {  # rows, columns of filled squares: two of each class
+    "small": [(slice(10, 30), slice(10, 30)), (slice(10, 30), slice(40, 60))],
+    "medium": [(slice(40, 90), slice(10, 60)), (slice(40, 80), slice(70, 110))],
+    "large": [(slice(120, 240), slice(10, 130)), (slice(110, 220), slice(140, 250))],
+}
+
+
+def _mask(*regions: tuple[slice, slice]) -> np.ndarray:
+    mask = np.zeros((256, 256), np.uint8)
+    for rows, cols in regions:
+        mask[rows, cols] = 1
+    return mask
+
+
+def _sized_gt(tmp_path):
+    """One 256 x 256 image with two small, two medium and two large squares (area = mask area), each with
+    three keypoints at its corners and centre."""
+    masks = [_mask(r) for regions in _SIZED_OBJECTS.values() for r in regions]
+    keypoints = []
+    anns = []
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        kps = [(x0 + 2, y0 + 2), ((x0 + x1) // 2, (y0 + y1) // 2), (x1 - 2, y1 - 2)]
+        keypoints.append(kps)
+        anns.append({"id": i + 1, "image_id": 1, "category_id": 7, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                     "area": float(m.sum()), "iscrowd": 0, "segmentation": encode_mask(m),
+                     "keypoints": [v for x, y in kps for v in (x, y, 2)], "num_keypoints": 3})  # fmt: skip
+    cat = {"id": 7, "name": "thing", "keypoints": ["a", "b", "c"], "skeleton": [[1, 2], [2, 3]]}
+    path = tmp_path / "sized.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 256, "height": 256}],
+                                "annotations": anns, "categories": [cat]}))  # fmt: skip
+    return load_coco(path), masks, keypoints
+
+
+def _reference_cocoeval(coco, results, iou_type):
+    """pycocotools' own evaluation of results that carry only what ``iou_type`` scores (no boxes)."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(coco, coco.loadRes(results), iou_type)
+        if iou_type == "keypoints":
+            evaluator.params.kpt_oks_sigmas = np.full(3, 0.07)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats
+
+
+def test_segm_size_classes_use_mask_areas(tmp_path):
+    """Detections whose boxes and masks fall in different size classes: segm AP_small/medium/large follow the
+    masks, as pycocotools on mask-only results and torchmetrics' MeanAveragePrecision(iou_type="segm") do."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    coco, masks, _ = _sized_gt(tmp_path)
+    shifted = _mask((slice(13, 33), slice(43, 63)))  # the second small square, 3 px off: IoU 0.57
+    detections = [  # (score, box, mask)
+        (0.95, (10, 10, 30, 30), masks[0]),
+        (0.9, (130, 5, 250, 95), _mask((slice(5, 7), slice(130, 250)), (slice(5, 95), slice(130, 132)))),  # L: small
+        (0.85, (10, 40, 60, 90), masks[2]),
+        (0.75, (10, 120, 130, 240), masks[4]),
+        (0.6, (43, 13, 63, 33), shifted),
+        (0.55, (160, 30, 170, 40), _mask((slice(30, 80), slice(160, 210)))),  # medium mask, tiny box
+        (0.5, (70, 40, 110, 80), masks[3]),
+        (0.45, (200, 60, 240, 100), _mask((slice(60, 90), slice(220, 240)))),  # small mask, medium box
+    ]  # the second large square is missed; false positives in each class by mask, in others by box
+    instances = [Instance("thing", 1, s, b, encode_mask(m)) for s, b, m in detections]
+    results = to_coco_results(1, instances, {1: 7})
+    ours = coco_evaluate(coco, results, ("bbox", "segm"))
+
+    mask_only = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    reference = _reference_cocoeval(coco, mask_only, "segm")
+    metric = MeanAveragePrecision(iou_type="segm")
+    metric.update(
+        [{"masks": torch.tensor(np.stack([m for _, _, m in detections])).bool(),
+          "scores": torch.tensor([s for s, _, _ in detections]), "labels": torch.full((len(detections),), 7)}],
+        [{"masks": torch.tensor(np.stack(masks)).bool(), "labels": torch.full((len(masks),), 7)}],
+    )  # fmt: skip
+    tm = metric.compute()
+    names = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+    tm_names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+    for i, (name, tm_name) in enumerate(zip(names, tm_names, strict=True)):
+        assert ours[f"segm_{name}"] == pytest.approx(reference[i], abs=1e-9), name
+        assert ours[f"segm_{name}"] == pytest.approx(float(tm[tm_name]), abs=1e-6), name
+    # the case is one where the box areas would give other figures
+    boxed = _reference_cocoeval(coco, [dict(r) for r in results], "segm")
+    assert tuple(boxed[3:6]) != tuple(reference[3:6])
+
+
+def test_keypoint_size_classes_use_keypoint_extent(tmp_path):
+    """Keypoint AP_medium/large follow the extent of each detection's keypoints, as pycocotools on results
+    without boxes does, not its box."""
+    coco, _, keypoints = _sized_gt(tmp_path)
+    far = [(150, 10), (200, 40), (245, 90)]  # nowhere near an object, extent 95 x 80
+    detections = [  # (score, box, keypoints)
+        (0.95, (10, 40, 60, 90), keypoints[2]),
+        (0.9, (140, 5, 150, 15), far),  # medium extent, tiny box
+        (0.85, (10, 120, 130, 240), keypoints[4]),
+        (0.8, (120, 0, 255, 110), [(133, 7), (143, 12), (153, 32)]),  # small extent, large box
+        (0.7, (70, 40, 110, 80), [(x + 4, y + 3) for x, y in keypoints[3]]),
+        (0.6, (140, 110, 250, 220), keypoints[5]),
+        (0.5, (10, 10, 30, 30), keypoints[0]),
+    ]
+    instances = [Instance("thing", 1, s, b, None, [(x, y, 1.0) for x, y in k]) for s, b, k in detections]
+    results = to_coco_results(1, instances, {1: 7})
+    ours = coco_evaluate(coco, results, ("bbox", "keypoints"), None, ["a", "b", "c"])
+
+    without_boxes = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    reference = _reference_cocoeval(coco, without_boxes, "keypoints")
+    for i, name in enumerate(("ap", "ap50", "ap75", "ap_medium", "ap_large")):
+        assert ours[f"keypoints_{name}"] == pytest.approx(reference[i], abs=1e-9), name
+    boxed = _reference_cocoeval(coco, [dict(r) for r in results], "keypoints")
+    assert tuple(boxed[3:5]) != tuple(reference[3:5])
