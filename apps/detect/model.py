@@ -370,25 +370,42 @@ def _coco_checkpoint(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 def load_torchvision_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a torchvision-format detector state dict: the trunk (``backbone.body.*``) is matched in order
-    with shape checks (our stages group torchvision's layers); every other key must match by name."""
+    with shape checks (our stages group torchvision's layers); every other key must match by name.
+
+    Batch-norm step counters (``num_batches_tracked``) carry no weights: a checkpoint saved with plain batch
+    norm (torchvision's training references) loads into frozen batch norm, and the other way round."""
     ours = model.state_dict()
-    trunk_ours = [k for k in ours if k.startswith("backbone.body.")]
-    trunk_theirs = [k for k in state if k.startswith("backbone.body.")]
+    trunk_ours = [k for k in ours if k.startswith("backbone.body.") and not _is_counter(k)]
+    trunk_theirs = [k for k in state if k.startswith("backbone.body.") and not _is_counter(k)]
     if len(trunk_ours) != len(trunk_theirs):
         raise DetectorError(
             f"{source}: its backbone has {len(trunk_theirs)} tensors, this detector's {len(trunk_ours)} "
             f"({model.spec.backbone}, frozen batch norm {model.spec.frozen_bn}); they do not fit"
         )
-    mapped = {k: v for k, v in state.items() if not k.startswith("backbone.body.")}
+    mapped = {k: v for k, v in state.items() if not k.startswith("backbone.body.") and not _is_counter(k)}
+    their_module = {}  # our trunk module -> theirs, to carry counters over where both sides have them
     for mine, theirs in zip(trunk_ours, trunk_theirs, strict=True):
         if ours[mine].shape != state[theirs].shape:
             raise DetectorError(f"{source}: {theirs} has shape {tuple(state[theirs].shape)}, {mine} needs "
                                 f"{tuple(ours[mine].shape)}")  # fmt: skip
         mapped[mine] = state[theirs]
+        their_module[mine.rpartition(".")[0]] = theirs.rpartition(".")[0]
+    for key in filter(_is_counter, ours):  # counters the checkpoint lacks keep ours; those we lack are dropped
+        module = key.rpartition(".")[0]
+        mapped[key] = state.get(f"{their_module.get(module, module)}.num_batches_tracked", ours[key])
+    for key, value in mapped.items():
+        if key in ours and ours[key].shape != value.shape:
+            raise DetectorError(f"{source}: {key} has shape {tuple(value.shape)}, this detector needs "
+                                f"{tuple(ours[key].shape)}")  # fmt: skip
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     if missing or unexpected:
         detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
         raise DetectorError(f"{source}: not a checkpoint for this detector ({detail})")
+
+
+def _is_counter(key: str) -> bool:
+    """A batch-norm step counter: a buffer that training updates and inference never reads."""
+    return key.endswith(".num_batches_tracked")
 
 
 def save_detector(path: str | os.PathLike, model: nn.Module, extra: dict[str, Any] | None = None) -> None:

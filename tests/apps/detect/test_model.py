@@ -182,3 +182,58 @@ def test_coco_model_fine_tunes_on_other_labels(monkeypatch):
     assert torch.equal(model.rpn.head.conv[0][0].weight, reference.rpn.head.conv[0][0].weight)
     assert torch.equal(model.backbone.fpn.inner_blocks[0][0].weight, reference.backbone.fpn.inner_blocks[0][0].weight)
     assert model.spec.bn_eps == 0.0
+
+
+def test_checkpoint_with_batchnorm_step_counters_loads(tmp_path):
+    """torchvision's Mask R-CNN built with no pretrained weights has plain batch norm, whose state carries
+    ``num_batches_tracked`` (318 trunk tensors for our 265): it loads and gives identical outputs; checkpoints
+    that do not fit are still refused in one line."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    size = {"min_size": 96, "max_size": 128, "box_score_thresh": 0.0}
+    torch.manual_seed(0)
+    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **size).eval()
+    state = reference.state_dict()
+    assert sum(k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state) == 53
+    torch.save(state, tmp_path / "scratch.pth")
+    ours = create_detector("segment", "resnet50", weights=str(tmp_path / "scratch.pth"), backbone_weights=None,
+                           **size).eval()  # fmt: skip
+    image = torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = reference([image])[0], ours([image])[0]
+    assert len(expected["boxes"]) > 0
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+    with pytest.raises(DetectorError, match=r"its backbone has 265 tensors, this detector's \d+ \(resnet18"):
+        create_detector("segment", "resnet18", weights=str(tmp_path / "scratch.pth"), backbone_weights=None)
+    state["backbone.body.layer1.0.conv1.weight"] = torch.zeros(32, 64, 1, 1)
+    torch.save(state, tmp_path / "narrow.pth")
+    with pytest.raises(DetectorError, match=r"layer1\.0\.conv1\.weight has shape \(32, 64, 1, 1\)") as refusal:
+        create_detector("segment", "resnet50", weights=str(tmp_path / "narrow.pth"), backbone_weights=None, **size)
+    assert "\n" not in str(refusal.value)
+    with pytest.raises(DetectorError, match=r"cls_score\.weight has shape \(91, 1024\), this detector needs \(3,"):
+        create_detector("segment", "resnet50", num_classes=3, weights=str(tmp_path / "scratch.pth"),
+                        backbone_weights=None, **size)  # fmt: skip
+
+
+def test_checkpoint_without_step_counters_loads_into_plain_batchnorm():
+    """The other way round: a detector with plain batch norm takes a state without ``num_batches_tracked``
+    (its own counters stay); every weight and statistic arrives."""
+    from cnnapps.apps.detect.model import load_torchvision_state
+
+    torch.manual_seed(0)
+    source = create_detector("detect", "resnet18", num_classes=3, backbone_weights=None, **SMALL)
+    for m in source.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.num_batches_tracked.fill_(7)
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    target = create_detector("detect", "resnet18", num_classes=3, backbone_weights=None, **SMALL)
+    assert not target.spec.frozen_bn
+    load_torchvision_state(target, state, "no-counters.pth")
+    loaded = target.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert {int(v) for k, v in loaded.items() if k.endswith("num_batches_tracked")} == {0}
+    load_torchvision_state(target, source.state_dict(), "with-counters.pth")  # both sides have them: carried
+    assert {int(v) for k, v in target.state_dict().items() if k.endswith("num_batches_tracked")} == {7}
