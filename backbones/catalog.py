@@ -1,5 +1,5 @@
-"""What ``cnnapps models`` lists: every registered backbone, and torchvision's COCO detectors, with the
-state of their pretrained weights."""
+"""What ``cnnapps models`` lists of the backbones: every registered one, with the state of its pretrained weights.
+(Tasks add their own named ready models, such as torchvision's COCO detectors, through the task table.)"""
 
 from __future__ import annotations
 
@@ -21,25 +21,4 @@ def list_models(timm_pattern: str | None = None) -> list[dict[str, Any]]:
 
         names = sorted({n.split(".")[0] for n in timm.list_models(timm_pattern, pretrained=True)})
         specs += [get_spec(TIMM_PREFIX + n) for n in names]
-    rows = [{**spec.to_dict(), "weights": status_of(spec.name).to_dict()} for spec in specs]
-    return rows + detector_rows()
-
-
-def detector_rows() -> list[dict[str, Any]]:
-    """torchvision's COCO detectors that ``cnnapps detect|segment|pose --model NAME`` load."""
-    import os
-
-    import torchvision.models.detection as detection
-
-    from cnnapps.apps.detect.zoo import ZOO
-    from cnnapps.backbones.weights import WeightsStatus, hub_checkpoint_path
-
-    rows = []
-    for name, (task, heads, enum_name, member) in ZOO.items():
-        url = getattr(detection, enum_name)[member].url
-        path = hub_checkpoint_path(os.path.basename(url))
-        state = WeightsStatus("cached" if path.is_file() else "downloadable", url=url, path=str(path))
-        rows.append({"name": name, "family": "rcnn", "source": "torchvision", "task": task,
-                     "description": f"{task}: COCO-trained R-CNN on ResNet-50-FPN, {heads} heads",
-                     "weights": state.to_dict()})  # fmt: skip
-    return rows
+    return [{**spec.to_dict(), "weights": status_of(spec.name).to_dict()} for spec in specs]

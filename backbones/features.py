@@ -64,6 +64,7 @@ class Backbone(nn.Module):
         self.class_names = list(class_names) if class_names is not None else None
         self.weights = weights
         self._frozen_stages = 0
+        self._frozen_all = False
 
     # -- what subclasses provide -------------------------------------------------------
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,6 +74,10 @@ class Backbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map (N, C, H, W): what the head and the embedding pool."""
         raise NotImplementedError
+
+    def forward_shared(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every stage's output and the last feature map from one pass: what heads sharing this trunk read."""
+        return self.forward_stages(x), self.forward_features(x)
 
     def forward_embedding(self, features: torch.Tensor) -> torch.Tensor:
         """Pool a feature map into an (N, embedding_dim) vector."""
@@ -116,18 +121,33 @@ class Backbone(nn.Module):
         self._frozen_stages = n_stages
         return self.train(self.training)
 
+    def freeze_all(self) -> Backbone:
+        """Freeze every parameter and keep every layer in eval mode, even under ``train()``: a trunk shared by
+        several heads stays exactly as it is (batch-norm statistics included) while a head trains on it."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._frozen_stages = len(self.stages)
+        self._frozen_all = True
+        return self.train(self.training)
+
     def unfreeze(self) -> Backbone:
         for p in self.parameters():
             p.requires_grad_(True)
         self._frozen_stages = 0
+        self._frozen_all = False
         return self.train(self.training)
+
+    @property
+    def frozen_all(self) -> bool:
+        return self._frozen_all
 
     @property
     def frozen_stages(self) -> int:
         return self._frozen_stages
 
     def train(self, mode: bool = True) -> Backbone:
-        super().train(mode)
+        super().train(mode and not self._frozen_all)
+        self.training = mode  # what was asked; a wholly frozen trunk's layers stay in eval mode
         if mode and self._frozen_stages:
             for m in self.modules():
                 params = list(m.parameters(recurse=False))
@@ -190,6 +210,10 @@ class SequentialBackbone(Backbone):
         for stage in self.body.values():
             x = stage(x)
         return x
+
+    def forward_shared(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        stages = self.forward_stages(x)
+        return stages, stages[self.stages[-1].name]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         if self.head is None:

@@ -16,6 +16,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+#: the largest input side a model may ask for (a larger one is a damaged or hostile file, not a model)
+MAX_SIDE = 8192
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class Preprocess:
             raise ValueError(f"resize_mode must be 'crop' or 'squash', not {self.resize_mode!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, not {self.interpolation!r}")
+        if len(self.input_size) != 3 or self.input_size[0] not in (1, 3):
+            raise ValueError(f"input_size must be (channels 1 or 3, height, width), not {self.input_size}")
+        if not all(1 <= int(side) <= MAX_SIDE for side in (*self.input_size[1:], self.resize)):
+            raise ValueError(f"input_size {self.input_size} / resize {self.resize}: sides must be 1..{MAX_SIDE} pixels")
         channels = self.input_size[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"mean and std need {channels} values for {channels} input channels")
@@ -61,6 +67,22 @@ class Preprocess:
                 fields[key] = tuple(fields[key])
         return cls(**fields)
 
+    def geometry(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """How an image's pixels move into the input: ``(sx, sy, ox, oy)`` with ``x_in = x * sx - ox`` and
+        ``y_in = y * sy - oy`` (continuous coordinates, corners at 0), as :meth:`__call__` resizes and crops;
+        so detections made on the input map back to the image."""
+        _, out_h, out_w = self.input_size
+        if self.resize_mode == "squash":
+            return out_w / width, out_h / height, 0.0, 0.0
+        short, long = (height, width) if height <= width else (width, height)
+        new_long = int(self.resize * long / short)  # torchvision's rounding of the longer side
+        new_h, new_w = (self.resize, new_long) if height <= width else (new_long, self.resize)
+
+        def offset(size: int, crop: int) -> int:  # torchvision's center_crop (pads when the crop is larger)
+            return round((size - crop) / 2.0) if size >= crop else -((crop - size) // 2)
+
+        return new_w / width, new_h / height, float(offset(new_w, out_w)), float(offset(new_h, out_h))
+
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> normalised float32 (C, H, W).
 
@@ -68,12 +90,16 @@ class Preprocess:
         offsets too), so predictions match the torchvision pipeline the weights were evaluated with.
         """
         import torch
+
+        return self.apply_tensor(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)).contiguous().numpy()
+
+    def apply_tensor(self, img: Any) -> Any:
+        """The same on a uint8 (3, H, W) tensor, on whatever device it is (CPU, or the GPU that runs the model)."""
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as F
 
         channels, height, width = self.input_size
         mode = InterpolationMode(self.interpolation)
-        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
         if self.resize_mode == "squash":
             img = F.resize(img, [height, width], interpolation=mode, antialias=True)
         else:
@@ -81,7 +107,9 @@ class Preprocess:
         if channels == 1:
             img = F.rgb_to_grayscale(img)
         mean, std = self._normalisation
-        return img.float().div_(255.0).sub_(mean).div_(std).contiguous().numpy()
+        if img.device != mean.device:
+            mean, std = mean.to(img.device), std.to(img.device)
+        return img.float().div_(255.0).sub_(mean).div_(std)
 
     @cached_property
     def _normalisation(self) -> tuple[Any, Any]:

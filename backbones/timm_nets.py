@@ -57,6 +57,12 @@ class TimmBackbone(Backbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
 
+    def forward_shared(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if not hasattr(self.model, "forward_intermediates"):
+            return super().forward_shared(x)
+        features, maps = self.model.forward_intermediates(x)  # one pass: the stage maps, then the final map
+        return {info.name: fmap for info, fmap in zip(self.stages, maps, strict=True)}, features
+
     def forward_embedding(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(features, pre_logits=True)
 

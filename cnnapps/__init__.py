@@ -12,16 +12,15 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "create_backbone", "list_backbones", "list_models", "load", "read_image"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cnnapps.api import load
+    from cnnapps.api import list_models, load
     from cnnapps.backbones import create_backbone, list_backbones
-    from cnnapps.backbones.catalog import list_models
     from cnnapps.datasets.io import read_image
 
 _LAZY = {
     "load": "cnnapps.api",
     "create_backbone": "cnnapps.backbones.registry",
     "list_backbones": "cnnapps.backbones.registry",
-    "list_models": "cnnapps.backbones.catalog",
+    "list_models": "cnnapps.api",
     "read_image": "cnnapps.datasets.io",
 }
 

@@ -1,4 +1,4 @@
-"""``cnnapps.load``: one door from a model spec to a ready predictor."""
+"""``cnnapps.load``: one door from a model spec to a ready predictor, for every task of the task table."""
 
 from __future__ import annotations
 
@@ -7,37 +7,41 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from cnnapps.backbones.registry import DEFAULT_BACKBONE
-from cnnapps.bundle import is_bundle_path, read_metadata
-from cnnapps.errors import CnnappsError
-
-TASKS = ("classify", "retrieve", "detect", "segment", "pose", "caption")
+from cnnapps.apps.tasks import TASKS, get_task
+from cnnapps.bundle import is_bundle_path
+from cnnapps.errors import CnnappsError, UnknownModelError
 
 
-def task_of(spec: str | os.PathLike) -> str:
-    """The task a spec serves: a model file says so; registry names classify with their pretrained head
-    (pass ``task="retrieve"`` to embed with one instead)."""
-    from cnnapps.apps.detect.zoo import ZOO
+def task_of(spec: str | os.PathLike) -> str | None:
+    """The task a spec serves: a named ready model's, an exported file's, a model file's one head's (None for a
+    file with several heads); registry names classify with their pretrained head (``task="retrieve"`` embeds)."""
+    name = str(spec)
+    for task in TASKS.values():
+        if name in task.zoo_models():
+            return task.name
+    if name.endswith(".onnx"):
+        from cnnapps.exported import read_onnx_metadata
 
-    if str(spec) in ZOO:
-        return ZOO[str(spec)][0]
-    if str(spec).endswith(".onnx"):
-        from cnnapps.export import read_onnx_metadata
+        return str(read_onnx_metadata(spec).get("task", "classify"))
+    if is_bundle_path(spec):
+        from cnnapps.apps.modelfile import read_model_file
 
-        return read_onnx_metadata(spec).get("task", "classify")
-    return read_metadata(spec).get("task", "classify") if is_bundle_path(spec) else "classify"
+        tasks = read_model_file(spec).tasks
+        return tasks[0] if len(tasks) == 1 else None
+    return "classify"
 
 
 def load(
     spec: str | os.PathLike | Sequence[str | os.PathLike] | None = None, task: str | None = None, **kwargs: Any
 ) -> Any:
-    """A predictor for ``spec`` (several specs make an ensemble). ``kwargs``: device, engine, batch_size, workers.
+    """A predictor for ``spec`` (several specs make an ensemble where the task allows one).
 
-    Classification models give a ``ClassificationPredictor``; retrieval models (or ``task="retrieve"``)
-    an ``Embedder`` whose ``embed(inputs)`` returns L2-normalised vectors; detection, segmentation and
-    pose models (trained files, or torchvision's COCO zoo names such as ``maskrcnn_resnet50_fpn``) a
-    ``DetectionPredictor`` (kwargs: device, score_threshold, tile, overlap, batch_size); captioners a
-    ``CaptionPredictor`` (kwargs: device, beam, max_len, batch_size).
+    ``task`` picks what to do with the spec (default: what the spec says). Every predictor's ``predict(inputs)``
+    returns one result per input, in order: ``ClassificationResult`` (classify), ``EmbeddingResult`` (retrieve),
+    ``DetectionResult`` (detect, segment, pose), ``CaptionResult`` (caption). A model file with several heads and
+    no ``task`` gives a ``MultiTaskPredictor``, whose ``predict`` runs the trunk once per batch and returns, per
+    input, every head's result. ``kwargs``: device, engine, batch_size, workers, and the task's own options
+    (``score_threshold``, ``tile``, ``beam``, ...); ``head=NAME`` picks one head of a multi-head file.
 
     Predictors are safe to call from several threads (calls take turns), are ready to run when returned
     (graphs compiled at load), batch their inputs, and loading the same spec with the same options again
@@ -47,10 +51,13 @@ def load(
     >>> predictor.predict("cat.jpg")[0].to_dict()  # {"path": "cat.jpg", "predictions": [...]}
     """
     if spec is None:
-        from cnnapps.apps.detect.zoo import DEFAULT_MODELS
-
-        spec = DEFAULT_MODELS.get(task or "classify", DEFAULT_BACKBONE)
+        record = get_task(task or "classify")
+        if record.default_model is None:
+            raise CnnappsError(f"{record.name} needs a trained model file (--model)")
+        spec = record.default_model
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not specs:
+        raise CnnappsError("no model given")
     key = _cache_key(specs, task, kwargs)
     cached = _LOADED.get(key) if key is not None else None
     if cached is None:
@@ -81,36 +88,64 @@ def _cache_key(specs: list[Any], task: str | None, kwargs: dict[str, Any]) -> tu
 
 
 def _load(specs: list[Any], task: str | None, **kwargs: Any) -> Any:
-    tasks = {task_of(s) for s in specs}
-    if task is not None and len(specs) == 1 and tasks != {task} and not (task == "retrieve" and tasks == {"classify"}):
-        raise CnnappsError(f"{specs[0]}: a {next(iter(tasks))} model, not a {task} model")
-    if task == "retrieve" and tasks <= {"classify", "retrieve"}:  # any classifier's backbone can embed
-        tasks = {"retrieve"}
-    elif task is not None:
-        tasks.add(task)
-    if len(tasks) != 1:
-        raise CnnappsError(f"models serve different tasks ({', '.join(sorted(tasks))}); load them separately")
-    (chosen,) = tasks
-    if chosen == "classify":
-        from cnnapps.apps.classify.predictor import load_predictor
+    if task is None:
+        found = [task_of(s) for s in specs]
+        if None in found:  # a file with several heads: all of them, in one pass
+            if len(specs) != 1:
+                raise CnnappsError(f"{specs[found.index(None)]}: a multi-head file answers alone, not in an ensemble")
+            from cnnapps.apps.multitask import MultiTaskPredictor
 
-        return load_predictor(specs, **kwargs)
-    if chosen == "retrieve":
-        if len(specs) != 1:
-            raise CnnappsError("retrieval takes one model, not an ensemble")
-        from cnnapps.apps.retrieve.embedder import Embedder
+            return MultiTaskPredictor(specs[0], **kwargs)
+        if len(set(found)) != 1:
+            raise CnnappsError(f"models serve different tasks ({', '.join(sorted(set(found)))}); load them separately")
+        task = found[0]
+    record = get_task(task)
+    if len(specs) > 1 and not record.ensemble:
+        raise CnnappsError(f"{task} takes one model, not an ensemble")
+    for spec in specs:
+        check_serves(spec, record.name)
+    return record.part("predictor")(specs, task=record.name, **kwargs)
 
-        return Embedder(specs[0], **kwargs)
-    if chosen in ("detect", "segment", "pose"):
-        if len(specs) != 1:
-            raise CnnappsError(f"{chosen} takes one model, not an ensemble")
-        from cnnapps.apps.detect.predictor import DetectionPredictor
 
-        return DetectionPredictor(specs[0], task=chosen, **kwargs)
-    if chosen == "caption":
-        if len(specs) != 1:
-            raise CnnappsError("captioning takes one model, not an ensemble")
-        from cnnapps.apps.caption.predictor import CaptionPredictor
+def check_serves(spec: str | os.PathLike, task: str) -> None:
+    """Refuse, in one line, a spec that cannot do ``task``: a file without such a head, another task's named
+    model, or a name that is no model at all (with the closest names)."""
+    name = str(spec)
+    record = get_task(task)
+    zoo = {n: t.name for t in TASKS.values() for n in t.zoo_models()}
+    if name in zoo:
+        if zoo[name] != task:
+            raise CnnappsError(f"{name}: a {zoo[name]} model, not a {task} model")
+        return
+    if name.endswith(".onnx") or is_bundle_path(spec):
+        tasks = set()
+        if name.endswith(".onnx"):
+            from cnnapps.exported import read_onnx_metadata
 
-        return CaptionPredictor(specs[0], **kwargs)
-    raise CnnappsError(f"task {chosen!r} is not available (available: {', '.join(TASKS)})")
+            tasks = {str(read_onnx_metadata(spec).get("task", "classify"))}
+        else:
+            from cnnapps.apps.modelfile import read_model_file
+
+            tasks = set(read_model_file(spec).tasks)
+        embeds_any_trunk = task == "retrieve" and not name.endswith(".onnx")  # any trunk can embed
+        if task not in tasks and not embeds_any_trunk:
+            raise CnnappsError(f"{name}: a {', '.join(sorted(tasks))} model, not a {task} model")
+        return
+    if record.zoo:  # a name for a task whose models are files or named ready models: neither
+        import difflib
+
+        close = difflib.get_close_matches(name, list(zoo), 3, 0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        named = ", ".join(record.zoo_models())
+        raise UnknownModelError(f"{name}: unknown {task} model (not a model file, nor one of {named}){hint}")
+
+
+def list_models(timm_pattern: str | None = None) -> list[dict[str, Any]]:
+    """What ``cnnapps models`` lists: the registered backbones (and timm models matching ``timm_pattern``), then
+    each task's named ready models, each with the state of its weights (bundled, cached, downloadable, none)."""
+    from cnnapps.backbones.catalog import list_models as backbones
+
+    rows = backbones(timm_pattern)
+    for task in TASKS.values():
+        rows += [{"name": name, **row} for name, row in task.zoo_models(weights=True).items()]
+    return rows

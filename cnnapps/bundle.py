@@ -1,15 +1,24 @@
 """The self-describing model file: safetensors tensors plus JSON metadata in the same file.
 
-The metadata says everything needed to rebuild and run the model (task, backbone name,
-class names, preprocessing, head config, library version), so ``--model my.safetensors``
-needs nothing else. Loading never unpickles: safetensors holds only tensors and strings.
+Every model file has one schema (format ``cnnapps-model/2``)::
+
+    {"format": "cnnapps-model/2", "version": "0.2.0",
+     "trunk": {"name": "efficientnet_lite0", "kwargs": {}, "fingerprint": "sha256:..."},
+     "heads": {"classify": {"task": "classify", "kind": "linear", "kwargs": {...}, "labels": [...],
+                            "metrics": {...}}},
+     "preprocess": {...}}
+
+with tensors named ``trunk.<key>`` and ``heads.<head name>.<key>``. A single-task file is a file with one head.
+This module reads and writes that container and checks its shape; rebuilding the modules is the apps' work
+(``cnnapps.apps.modelfile``), and files of the first format (``cnnapps-model/1``) are read there through a
+migration. Loading never unpickles: safetensors holds only tensors and strings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,61 +27,114 @@ from cnnapps.errors import CnnappsError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-FORMAT = "cnnapps-model/1"
+FORMAT = "cnnapps-model/2"
+FORMAT_V1 = "cnnapps-model/1"
+FORMATS = (FORMAT, FORMAT_V1)
 _META_KEY = "cnnapps"
+#: the most labels (classes, words) a head may carry: more means a damaged or hostile file
+MAX_LABELS = 100_000
+#: the largest metadata header read (safetensors' own limit is 100 MB)
+MAX_HEADER_BYTES = 16 * 2**20
 
 
 class BundleError(CnnappsError):
     """A model file that is missing, not a cnnapps model, or damaged."""
 
 
-def save_bundle(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write tensors and metadata atomically: a temp file in the same folder, renamed into place."""
+def save_bundle(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                overwrite: bool = True) -> Path:  # fmt: skip
+    """Write tensors and metadata atomically (a temp file in the same folder, renamed into place)."""
     from safetensors.torch import save_file
 
     from cnnapps import __version__
+    from cnnapps.files import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": FORMAT, "version": __version__, **meta}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(contiguous, tmp, metadata={_META_KEY: json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata={_META_KEY: json.dumps(header)}),
+                 overwrite=overwrite)  # fmt: skip
     return path
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata alone (reads only the file header)."""
-    from safetensors import safe_open
-
+    """The JSON metadata alone (reads only the file header), checked to be a known format."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path}: model file not found")
+    raw = _header_text(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get(_META_KEY)
-    except Exception as exc:
-        raise BundleError(f"{path}: not a safetensors model file ({str(exc).splitlines()[0]})") from None
-    if raw is None:
-        raise BundleError(f"{path}: a safetensors file without cnnapps metadata (not written by cnnapps)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{path}: unsupported model file format {meta.get('format')!r} (expected {FORMAT})")
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        raise BundleError(f"{path}: its cnnapps metadata is not valid JSON (a damaged model file)") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: its cnnapps metadata is not a JSON object (a damaged model file)")
+    if meta.get("format") not in FORMATS:
+        raise BundleError(
+            f"{path}: unsupported model file format {meta.get('format')!r} (this cnnapps reads {', '.join(FORMATS)}; "
+            "a newer cnnapps may have written it)"
+        )
     return meta
 
 
-def load_bundle(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of a model file."""
-    from safetensors.torch import load_file
+def _header_text(path: Path) -> str:
+    """The metadata string of a safetensors file, read from its header without loading any tensor."""
+    try:
+        with open(path, "rb") as fh:
+            size_bytes = fh.read(8)
+            if len(size_bytes) < 8:
+                raise BundleError(f"{path}: not a safetensors model file (too short)")
+            size = int.from_bytes(size_bytes, "little")
+            if size > MAX_HEADER_BYTES:
+                raise BundleError(
+                    f"{path}: not a safetensors model file (its header claims {size:,} bytes; "
+                    "an exported ONNX or TorchScript file runs with --model FILE.onnx)"
+                )
+            header = fh.read(size)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        parsed = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise BundleError(f"{path}: not a safetensors model file (its header is not JSON)") from None
+    raw = parsed.get("__metadata__", {}).get(_META_KEY) if isinstance(parsed, dict) else None
+    if not isinstance(raw, str):
+        raise BundleError(f"{path}: a safetensors file without cnnapps metadata (not written by cnnapps)")
+    return raw
 
+
+def load_tensors(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, with the prefix taken off."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k[len(prefix) :]: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for damaged data
+        raise BundleError(f"{path}: damaged tensor data ({str(exc).splitlines()[0]})") from None
+
+
+def load_bundle(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a model file, as stored."""
     meta = read_metadata(path)
-    return load_file(str(path)), meta
+    return load_tensors(path), meta
+
+
+def tensor_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """A sha256 over names, dtypes, shapes and bytes: equal for equal weights, whatever file they sit in."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().contiguous().cpu()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(_bytes_dtype()).numpy().tobytes() if t.numel() else b"")
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _bytes_dtype() -> Any:
+    import torch
+
+    return torch.uint8
 
 
 def is_bundle_path(spec: str | os.PathLike) -> bool:

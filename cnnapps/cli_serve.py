@@ -31,25 +31,3 @@ def serve(
     routes = sorted({r.path for r in service.routes if "POST" in getattr(r, "methods", ())})
     typer.echo(f"serving {', '.join(routes)} on http://{host}:{port} (page at /, API docs at /docs)", err=True)
     uvicorn.run(service, host=host, port=port, log_level="warning")
-
-
-@app.command("export")
-def export(
-    model: str = typer.Option(..., "--model", "-m", help="Model file, registry or zoo name."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript (detection models: onnx)."),
-    out: str = typer.Option(..., "--out", help="File to write (never over an existing one)."),
-    task: str = typer.Option(None, "--task", help="retrieve: export the embedding of a classifier or registry net."),
-    pooling: str = typer.Option("avg", "--pooling", help="Embeddings: avg or gem."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Write a classification, embedding or detection model as ONNX or TorchScript, with its metadata."""
-    from cnnapps.cli import _echo_json
-    from cnnapps.export import export_model
-
-    written = export_model(model, fmt, out, task=task, pooling=pooling)
-    if as_json:
-        _echo_json(written)
-    else:
-        typer.echo(
-            f"wrote {written['path']} ({written['format']}, {written['task']}, {written['bytes'] / 2**20:.1f} MB)"
-        )

@@ -71,6 +71,18 @@ class ClassificationResult(Result):
 
 
 @dataclass
+class EmbeddingResult(Result):
+    """One input's L2-normalised embedding (cosine similarity of two images is the dot product of theirs)."""
+
+    vector: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None or self.vector is None:
+            return {"path": self.source, "error": self.error or "no embedding"}
+        return {"path": self.source, "embedding": [round(float(x), 6) for x in self.vector]}
+
+
+@dataclass
 class RetrievalResult(Result):
     """One query's ranked neighbours (``hits`` hold rank, path and cosine similarity)."""
 

@@ -25,7 +25,12 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; asking for CUDA without one is a clear error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CnnappsError(f"--device {device}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise CnnappsError(f"--device {device}: cnnapps runs on cpu or cuda (use auto, cpu, cuda or cuda:N)")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise CnnappsError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     return chosen
@@ -47,7 +52,7 @@ def prepare_for_inference(
     if not isinstance(model, nn.Module):  # an exported graph (cnnapps.export.OnnxRunner): it runs as it is
         return model
     if engine == "onnxruntime":  # export to ONNX in memory and run that graph
-        from cnnapps.export import OnnxRunner, onnx_bytes
+        from cnnapps.exported import OnnxRunner, onnx_bytes
 
         return OnnxRunner(onnx_bytes(model, tuple(example.shape[1:])), device)
     model = model.eval().to(device)

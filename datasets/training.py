@@ -1,4 +1,4 @@
-"""A torch ``Dataset`` over labelled image paths for training and validation loaders."""
+"""Torch datasets for training and validation loaders: labelled images, COCO detection targets, captions."""
 
 from __future__ import annotations
 
@@ -17,21 +17,26 @@ from cnnapps.errors import ImageError
 log = logging.getLogger("cnnapps")
 
 
-class LabeledImageDataset(Dataset):
-    """(tensor, label) pairs; an unreadable image is reported once and replaced by the next one."""
+class ReadableItems(Dataset):
+    """A dataset of items that each need an image read from disk: an item whose image cannot be read is reported
+    once (a warning naming it and why) and replaced by the next readable one, so one bad file never ends a run.
 
-    def __init__(self, items: LabeledImages, transform: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.items = items
-        self.transform = transform
+    Subclasses give ``__len__``, ``source(i)`` (the image's path) and ``load(i, rgb)`` (the training example)."""
+
+    def __init__(self) -> None:
         self._reported: set[str] = set()
 
-    def __len__(self) -> int:
-        return len(self.items)
+    def source(self, i: int) -> str:
+        raise NotImplementedError
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        for step in range(len(self.items)):
-            i = (index + step) % len(self.items)
-            path = self.items.paths[i]
+    def load(self, i: int, rgb: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self)
+        for step in range(n):
+            i = (index + step) % n
+            path = self.source(i)
             try:
                 image = read_image(path)
             except ImageError as exc:
@@ -39,40 +44,51 @@ class LabeledImageDataset(Dataset):
                     self._reported.add(path)
                     log.warning("skipping %s", exc)
                 continue
-            return torch.from_numpy(self.transform(image)), self.items.labels[i]
-        raise ImageError(self.items.paths[index], "no readable image in the whole dataset")
+            return self.load(i, image)
+        raise ImageError(self.source(index), "no readable image in the whole dataset")
 
 
-class DetectionDataset(Dataset):
+class LabeledImageDataset(ReadableItems):
+    """(tensor, label) pairs from labelled image paths."""
+
+    def __init__(self, items: LabeledImages, transform: Callable[[np.ndarray], np.ndarray]) -> None:
+        super().__init__()
+        self.items = items
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def source(self, i: int) -> str:
+        return str(self.items.paths[i])
+
+    def load(self, i: int, rgb: np.ndarray) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.transform(rgb)), self.items.labels[i]
+
+
+class DetectionDataset(ReadableItems):
     """(image tensor in [0, 1], target dict) pairs for torchvision's R-CNN models, from a COCO dataset."""
 
     def __init__(self, coco: Any, indices: list[int], transform: Callable[..., Any] | None = None) -> None:
+        super().__init__()
         self.coco = coco
         self.indices = list(indices)
         self.transform = transform
-        self._reported: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        for step in range(len(self.indices)):
-            i = self.indices[(index + step) % len(self.indices)]
-            path = self.coco.image_path(i)
-            try:
-                image = read_image(path)
-            except ImageError as exc:
-                if str(path) not in self._reported:
-                    self._reported.add(str(path))
-                    log.warning("skipping %s", exc)
-                continue
-            target = self.coco.target(i)
-            if self.transform is not None:
-                image, target = self.transform(image, target)
-            pixels, tensors = to_tensors(image, target)
-            tensors["image_id"] = torch.tensor(self.coco.image_ids[i])
-            return pixels, tensors
-        raise ImageError(str(self.coco.image_path(self.indices[index])), "no readable image in the whole dataset")
+    def source(self, i: int) -> str:
+        return str(self.coco.image_path(self.indices[i]))
+
+    def load(self, i: int, rgb: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        index = self.indices[i]
+        target = self.coco.target(index)
+        if self.transform is not None:
+            rgb, target = self.transform(rgb, target)
+        pixels, tensors = to_tensors(rgb, target)
+        tensors["image_id"] = torch.tensor(self.coco.image_ids[index])
+        return pixels, tensors
 
 
 def to_tensors(image: np.ndarray, target: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -93,34 +109,27 @@ def collate_detection(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[s
     return list(images), list(targets)
 
 
-class CaptionDataset(Dataset):
+class CaptionDataset(ReadableItems):
     """(image tensor, caption ids, item index): a random reference caption per visit when ``train``, else
     the first. No augmentation: flips and crops would make "left of" and "above" captions false."""
 
     def __init__(self, items: list[Any], vocab: Any, preprocess: Callable[[np.ndarray], np.ndarray], max_len: int,
                  train: bool) -> None:  # fmt: skip
+        super().__init__()
         self.items, self.vocab, self.preprocess = items, vocab, preprocess
         self.max_len, self.train = max_len, train
-        self._reported: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        for step in range(len(self.items)):
-            i = (index + step) % len(self.items)
-            item = self.items[i]
-            try:
-                image = read_image(item.path)
-            except ImageError as exc:
-                if str(item.path) not in self._reported:
-                    self._reported.add(str(item.path))
-                    log.warning("skipping %s", exc)
-                continue
-            k = int(torch.randint(len(item.captions), ())) if self.train else 0
-            ids = torch.tensor(self.vocab.encode(item.captions[k], self.max_len))
-            return torch.from_numpy(self.preprocess(image)), ids, i
-        raise ImageError(str(self.items[index].path), "no readable image in the whole dataset")
+    def source(self, i: int) -> str:
+        return str(self.items[i].path)
+
+    def load(self, i: int, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
+        item = self.items[i]
+        k = int(torch.randint(len(item.captions), ())) if self.train else 0
+        ids = torch.tensor(self.vocab.encode(item.captions[k], self.max_len))
+        return torch.from_numpy(self.preprocess(rgb)), ids, i
 
 
 def collate_captions(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

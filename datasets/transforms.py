@@ -87,12 +87,15 @@ DETECTION_PRESETS = {
 }
 
 
-def detection_transform(preset: str, flip_index: list[int] | None = None) -> Callable[..., tuple[np.ndarray, Any]]:
+def detection_transform(
+    preset: str, flip_index: list[int] | None = None, fit: Preprocess | None = None
+) -> Callable[..., tuple[np.ndarray, Any]]:
     """``apply(image, target) -> (image, target)`` that moves boxes, masks and keypoints with the pixels.
 
     Boxes leaving the image are clipped, and dropped (with their masks and keypoints) when less than 30 %
     of them stays inside; keypoints that leave are marked not visible; a horizontal flip renames left and
-    right keypoints through ``flip_index``.
+    right keypoints through ``flip_index``. With ``fit`` the images end resized (and centre-cropped) as that
+    preprocessing does: heads on a shared trunk train on what the trunk sees.
     """
     if preset not in DETECTION_PRESETS:
         raise CnnappsError(f"--augment {preset}: unknown detection preset; choose from {', '.join(DETECTION_PRESETS)}")
@@ -106,6 +109,13 @@ def detection_transform(preset: str, flip_index: list[int] | None = None) -> Cal
             A.Affine(scale=(0.75, 1.25), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
         ]
+    if fit is not None:
+        _, height, width = fit.input_size
+        if fit.resize_mode == "squash":
+            steps.append(A.Resize(height, width))
+        else:
+            pad = A.PadIfNeeded(height, width, border_mode=cv2.BORDER_CONSTANT, fill=0)
+            steps += [A.SmallestMaxSize(max_size=fit.resize), pad, A.CenterCrop(height, width)]
     pipeline = A.Compose(
         steps,
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["instance"], min_visibility=0.3, clip=True),

@@ -74,7 +74,7 @@ def colour_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _tiny_config(data: Path, out: Path, **overrides):
     """A LeNet-5 run small enough for tests: a few epochs of batches of 8, no worker processes."""
-    from cnnapps.apps.common.training import load_config
+    from cnnapps.apps.common.config import load_config
 
     settings = dict(
         data=str(data), backbone="lenet5", weights="none", epochs=4, batch_size=8, lr=0.01, workers=0,

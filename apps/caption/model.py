@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cnnapps.apps.caption.config import DECODERS
 from cnnapps.apps.caption.vocab import Vocabulary
 from cnnapps.backbones.features import Backbone
 from cnnapps.backbones.preprocess import Preprocess
 
-DECODERS = ("lstm", "transformer")
 State = tuple[torch.Tensor, ...]
 
 
@@ -231,26 +231,56 @@ def build_captioner(
     return Captioner(CaptionEncoder(trunk, grid), spec)
 
 
-def save_captioner(path: str | os.PathLike, model: Captioner, extra: dict[str, Any] | None = None) -> None:
-    from cnnapps.bundle import save_bundle
+class CaptionHead:
+    """The captioning head in model files: the grid pooling and the decoder, with the vocabulary as labels."""
 
-    save_bundle(path, model.state_dict(), {"task": "caption", "captioner": model.spec.to_dict(), **(extra or {})})
+    trunk_path = "encoder.backbone"
+
+    def describe(self, model: Captioner) -> Any:
+        from cnnapps.apps.modelfile import HeadInfo
+
+        spec = model.spec
+        kwargs = {"grid": spec.grid, "max_len": spec.max_len, "feature_dim": spec.feature_dim,
+                  "decoder_kwargs": dict(spec.decoder_kwargs)}  # fmt: skip
+        return HeadInfo("caption", spec.decoder, kwargs, list(spec.tokens))
+
+    def build(self, trunk: Backbone, info: Any, preprocess: dict[str, Any], model_file: Any) -> Captioner:
+        from cnnapps.bundle import BundleError
+
+        if info.kind not in DECODERS:
+            raise BundleError(f"{model_file.path}: a caption head of kind {info.kind!r} (known: {', '.join(DECODERS)})")
+        kw = info.kwargs
+        spec = CaptionSpec(model_file.trunk["name"], info.kind, int(kw.get("grid", 14)), int(kw.get("max_len", 20)),
+                           tokens=list(info.labels), preprocess=dict(preprocess),
+                           decoder_kwargs=dict(kw.get("decoder_kwargs", {})))  # fmt: skip
+        return Captioner(CaptionEncoder(trunk, spec.grid), spec)
+
+    def from_v1(self, meta: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        from cnnapps.apps.modelfile import HeadInfo
+
+        c = meta["captioner"]
+        kwargs = {"grid": c["grid"], "max_len": c["max_len"], "feature_dim": c.get("feature_dim", 0),
+                  "decoder_kwargs": c.get("decoder_kwargs", {})}  # fmt: skip
+        head = HeadInfo("caption", c["decoder"], kwargs, c["tokens"])
+        return {"name": c["backbone"], "kwargs": {}}, head, c["preprocess"]
 
 
-def load_captioner(path: str | os.PathLike) -> Captioner:
+HEAD = CaptionHead()
+
+
+def save_captioner(path: str | os.PathLike, model: Captioner, metrics: dict[str, Any] | None = None,
+                   trunk_kwargs: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write the model file: trunk, decoder, vocabulary (as the head's labels) and preprocessing."""
+    from cnnapps.apps.modelfile import save_model
+
+    save_model(path, "caption", model, model.spec.backbone, trunk_kwargs, model.spec.preprocess, metrics)
+
+
+def load_captioner(path: str | os.PathLike, head: str | None = None) -> Captioner:
     """A captioner from its model file (vocabulary, decoder and preprocessing come from the file)."""
-    from cnnapps.backbones import create_backbone
-    from cnnapps.bundle import BundleError, load_bundle
+    from cnnapps.apps.modelfile import build_model, read_model_file
 
-    tensors, meta = load_bundle(path)
-    if "captioner" not in meta:
-        raise BundleError(f"{path}: a {meta.get('task', 'classify')} model, not a captioner")
-    spec = CaptionSpec(**meta["captioner"])
-    model = Captioner(CaptionEncoder(create_backbone(spec.backbone, weights=None), spec.grid), spec)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise BundleError(f"{path}: weights do not fit the described captioner ({(missing or unexpected)[0]})")
-    return model.eval()
+    return build_model(read_model_file(path), head, "caption")
 
 
 def caption_loss(

@@ -48,7 +48,7 @@ class CaptionModule(TaskModule):
         images, tokens, _ = batch
         loss = self._loss(images, tokens)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(images))
-        self._train_losses.append(float(loss.detach()))
+        self.track_train_loss(loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, list[int]], batch_idx: int) -> None:

@@ -30,13 +30,14 @@ class CaptionPredictor:
         max_len: int | None = None,
         batch_size: int | None = None,
         model: torch.nn.Module | None = None,
+        head: str | None = None,
     ) -> None:
         from cnnapps.apps.caption.model import load_captioner
 
         if model is None:
             if spec is None:
                 raise CnnappsError("captioning needs a trained model file (--model)")
-            model = load_captioner(spec)
+            model = load_captioner(spec, head)
         if beam < 1:
             raise CnnappsError(f"--beam must be at least 1, not {beam}")
         self.device = select_device(device)
@@ -65,3 +66,10 @@ class CaptionPredictor:
         if self.beam == 1:
             return greedy(self.model.decoder, features, self.vocab, self.max_len)
         return [beam_search(self.model.decoder, f[None], self.vocab, self.beam, self.max_len) for f in features]
+
+
+def load_predictor(specs: list[Any], task: str = "caption", **kwargs: Any) -> CaptionPredictor:
+    """The task table's loader: one captioner model file."""
+    if len(specs) != 1:
+        raise CnnappsError("captioning takes one model, not an ensemble")
+    return CaptionPredictor(specs[0], **kwargs)

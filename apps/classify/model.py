@@ -1,4 +1,4 @@
-"""The classifier: any registry backbone plus a linear head, and its model file."""
+"""The classifier: any registry backbone plus a linear head, and how it sits in model files."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnapps.apps.modelfile import HeadInfo
 from cnnapps.backbones import create_backbone
 from cnnapps.backbones.features import Backbone
 from cnnapps.backbones.preprocess import Preprocess
-from cnnapps.backbones.weights import load_into
-from cnnapps.bundle import BundleError, is_bundle_path, load_bundle, save_bundle
+from cnnapps.bundle import BundleError, is_bundle_path
 from cnnapps.errors import CnnappsError
 
 TASK = "classify"
@@ -22,11 +22,13 @@ TASK = "classify"
 class Classifier(nn.Module):
     """A backbone whose original head is replaced by dropout + linear on its pooled embedding."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0,
+                 class_names: list[str] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.backbone = backbone.drop_head() if backbone.has_head else backbone
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(backbone.embedding_dim, num_classes)
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
@@ -38,6 +40,31 @@ class Classifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class ClassifyHead:
+    """The classification head in model files: dropout + linear on the trunk's pooled last feature map."""
+
+    trunk_path = "backbone"
+
+    def describe(self, model: Classifier) -> HeadInfo:
+        return HeadInfo(TASK, "linear", {"dropout": float(model.dropout.p)}, list(model.class_names))
+
+    def build(self, trunk: Backbone, info: HeadInfo, preprocess: dict[str, Any], model_file: Any) -> Classifier:
+        return Classifier(trunk, len(info.labels), float(info.kwargs.get("dropout", 0.0)), info.labels)
+
+    def from_v1(self, meta: dict[str, Any]) -> tuple[dict[str, Any], HeadInfo, dict[str, Any]]:
+        trunk = {"name": meta["backbone"], "kwargs": meta.get("backbone_kwargs", {})}
+        head = HeadInfo(TASK, "linear", {"dropout": float(meta.get("head", {}).get("dropout", 0.0))},
+                        list(meta["class_names"]))  # fmt: skip
+        return trunk, head, meta["preprocess"]
+
+    def forward_shared(self, model: Classifier, shared: Any) -> torch.Tensor:
+        """Class probabilities from a shared trunk pass (one-pass multi-task inference)."""
+        return torch.softmax(model.forward_head(shared.features).float(), dim=1)
+
+
+HEAD = ClassifyHead()
+
+
 @dataclass
 class LoadedClassifier:
     """A ready model: logits from ``model(x)``, with the labels and preprocessing it needs."""
@@ -46,57 +73,50 @@ class LoadedClassifier:
     model: nn.Module  # a Classifier, or a Backbone with its pretrained head
     class_names: list[str]
     preprocess: Preprocess
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # an exported file's metadata, or the model file's head
 
     @property
     def backbone(self) -> Backbone:
         return self.model.backbone if isinstance(self.model, Classifier) else self.model
 
 
-def load_classifier(spec: str | os.PathLike) -> LoadedClassifier:
-    """A model file written by ``cnnapps train classify``, or a registry name with pretrained weights."""
+def load_classifier(spec: str | os.PathLike, head: str | None = None) -> LoadedClassifier:
+    """A model file's classification head on its trunk, an exported ONNX file, or a registry name with
+    pretrained weights."""
     if str(spec).endswith(".onnx"):  # written by `cnnapps export`: runs in onnxruntime
-        from cnnapps.export import OnnxRunner, read_onnx_metadata
+        from cnnapps.exported import OnnxRunner, read_onnx_metadata
 
         meta = read_onnx_metadata(spec, task=TASK)
         preprocess = Preprocess.from_dict(meta["preprocess"])
         return LoadedClassifier(str(spec), OnnxRunner(spec), meta["class_names"], preprocess, meta)  # type: ignore[arg-type]
     if is_bundle_path(spec):
-        tensors, meta = load_bundle(spec)
-        if meta.get("task") != TASK:
-            raise BundleError(f"{spec}: a {meta.get('task')} model, not a classification model")
-        backbone = create_backbone(meta["backbone"], weights=None, **meta.get("backbone_kwargs", {}))
-        model = Classifier(backbone, len(meta["class_names"]), **meta.get("head", {}))
-        load_into(model, tensors, str(spec))
-        return LoadedClassifier(
-            str(spec), model.eval(), meta["class_names"], Preprocess.from_dict(meta["preprocess"]), meta
-        )
+        from cnnapps.apps.modelfile import build_model, read_model_file
+
+        model_file = read_model_file(spec)
+        name = model_file.head_named(head, TASK)
+        model = build_model(model_file, name)
+        info = model_file.heads[name]
+        meta = {"trunk": model_file.trunk, "head": name, **info.to_dict()}
+        return LoadedClassifier(str(spec), model, info.labels, preprocess_of(model_file), meta)
     backbone = create_backbone(str(spec), weights="imagenet")
     if not backbone.has_head or not backbone.class_names:
         raise CnnappsError(f"{spec}: its weights carry no class names; fine-tune it with `cnnapps train classify`")
-    return LoadedClassifier(
-        str(spec), backbone.eval(), backbone.class_names, backbone.preprocess, {"backbone": str(spec)}
-    )
+    return LoadedClassifier(str(spec), backbone.eval(), backbone.class_names, backbone.preprocess,
+                            {"trunk": {"name": str(spec)}})  # fmt: skip
 
 
-def save_classifier(
-    path: str | os.PathLike,
-    model: Classifier,
-    *,
-    backbone_name: str,
-    class_names: list[str],
-    preprocess: Preprocess,
-    backbone_kwargs: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Write the self-describing model file (tensors + metadata, atomically)."""
-    meta = {
-        "task": TASK,
-        "backbone": backbone_name,
-        "backbone_kwargs": backbone_kwargs or {},
-        "class_names": list(class_names),
-        "preprocess": preprocess.to_dict(),
-        "head": {"dropout": float(model.dropout.p)},
-        **(extra or {}),
-    }
-    save_bundle(path, model.state_dict(), meta)
+def preprocess_of(model_file: Any) -> Preprocess:
+    """A model file's preprocessing as a :class:`Preprocess`, or a one-line error naming the file."""
+    try:
+        return Preprocess.from_dict(model_file.preprocess)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{model_file.path}: preprocess: {exc}") from None
+
+
+def exportable(spec: str | os.PathLike, task: str = TASK, **options: Any) -> Any:
+    """The classifier of ``spec`` for ``cnnapps export``: preprocessed images (N, C, H, W) -> logits (N, classes)."""
+    from cnnapps.exported import Exportable
+
+    loaded = load_classifier(spec, options.get("head"))
+    meta = {"task": TASK, "class_names": loaded.class_names, "preprocess": loaded.preprocess.to_dict()}
+    return Exportable(loaded.model.eval(), meta, torch.zeros(1, *loaded.preprocess.input_size))

@@ -21,7 +21,8 @@ class ClassificationModule(TaskModule):
         self.train_top1 = MulticlassAccuracy(num_classes, top_k=1)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1)
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
-        self._val_losses: list[tuple[float, int]] = []
+        self._val_loss_sum: torch.Tensor | None = None  # summed on the device, read once per epoch
+        self._val_count = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -33,7 +34,7 @@ class ClassificationModule(TaskModule):
         self.train_top1(logits, y)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         self.log("train_top1", self.train_top1, on_step=False, on_epoch=True)
-        self._train_losses.append(float(loss.detach()))
+        self.track_train_loss(loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -45,12 +46,13 @@ class ClassificationModule(TaskModule):
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         self.log("val_top1", self.val_top1, prog_bar=True, on_step=False, on_epoch=True)
         self.log("val_top5", self.val_top5, on_step=False, on_epoch=True)
-        self._val_losses.append((float(loss.detach()), len(y)))
+        total = loss.detach().float() * len(y)
+        self._val_loss_sum = total if self._val_loss_sum is None else self._val_loss_sum + total
+        self._val_count += len(y)
 
     def on_validation_epoch_end(self) -> None:
-        n = sum(k for _, k in self._val_losses) or 1
-        val_loss = sum(v * k for v, k in self._val_losses) / n
-        self._val_losses.clear()
+        val_loss = float(self._val_loss_sum) / max(1, self._val_count) if self._val_loss_sum is not None else 0.0
+        self._val_loss_sum, self._val_count = None, 0
         if self.trainer.sanity_checking:
             return
         self.record_epoch(

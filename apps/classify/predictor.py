@@ -95,7 +95,11 @@ class ClassificationPredictor:
         return results
 
 
-def load_predictor(specs: str | os.PathLike | Sequence[str | os.PathLike], **kwargs: Any) -> ClassificationPredictor:
-    """One spec or several (an ensemble): model files or registry names with pretrained weights."""
+def load_predictor(
+    specs: str | os.PathLike | Sequence[str | os.PathLike], task: str = "classify", **kwargs: Any
+) -> ClassificationPredictor:
+    """One spec or several (an ensemble): model files (their classify head), exported ONNX files, or registry
+    names with pretrained weights."""
     spec_list = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
-    return ClassificationPredictor([load_classifier(s) for s in spec_list], **kwargs)
+    head = kwargs.pop("head", None)
+    return ClassificationPredictor([load_classifier(s, head) for s in spec_list], **kwargs)

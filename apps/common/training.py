@@ -1,5 +1,5 @@
-"""What every task's training shares: the config, the run folder, loaders, the Lightning trainer,
-optimisers and schedules, and a per-epoch history that survives ``--resume``.
+"""What every task's training shares: one skeleton (run folder, plan, fit, finish, metrics and curves), loaders,
+the Lightning trainer, optimisers and schedules, and a per-epoch history that survives ``--resume``.
 
 Training only: nothing on an inference path imports this module.
 """
@@ -7,10 +7,12 @@ Training only: nothing on an inference path imports this module.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,17 +20,10 @@ from typing import Any
 import lightning as L
 import torch
 
+from cnnapps.apps.common.config import ConfigError, TrainConfig, write_config
 from cnnapps.errors import CnnappsError
 
 log = logging.getLogger("cnnapps")
-
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "step", "plateau", "none")
-# Lightning strategies offered for several processes (one per GPU, or CPU processes with the gloo backend)
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
-# how the learning rate follows the number of processes: "linear" (Goyal et al. 2017) or "sqrt" (for Adam-like
-# optimisers); "none" keeps the given rate for the larger global batch
-LR_SCALING = ("none", "linear", "sqrt")
 
 # Lightning notices that say nothing to a user of this command: a resumed run's checkpoint folder is
 # meant to exist, worker counts are chosen on purpose, frozen stages keep batch norm in eval mode.
@@ -40,135 +35,6 @@ _EXPECTED_LIGHTNING_WARNINGS = (
     # every rank validates on the whole validation set, so epoch values are the same on all of them
     r".*sync_dist=True.*",
 )
-
-
-class ConfigError(CnnappsError):
-    """A training configuration with an unknown key or a bad value."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; YAML files in configs/<task>/ set the same fields."""
-
-    data: str = ""
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = "imagenet"
-    freeze: int = 0
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float | None = None  # default: 1e-3 for adamw, 1e-2 for sgd
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    label_smoothing: float = 0.0
-    dropout: float = 0.2
-    augment: str = "default"
-    input_size: int | None = None
-    val_split: float = 0.2
-    patience: int | None = None  # early stopping on val_loss
-    out: str = "runs/classify"
-    resume: bool = False
-    workers: int | None = None
-    device: str = "auto"
-    devices: int = 1  # processes per node: GPUs, or CPU processes
-    num_nodes: int = 1
-    strategy: str = "auto"
-    sync_batchnorm: bool = False
-    lr_scaling: str = "none"
-    precision: str = "auto"
-    seed: int = 0
-    progress: bool = True
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> TrainConfig:
-        from cnnapps.datasets.transforms import PRESETS
-
-        if not self.data:
-            raise ConfigError("data: required (a class-per-folder tree, a folder with train/ and val/, or a CSV)")
-        checks = [
-            (self.optimizer in OPTIMIZERS, f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}"),
-            (self.augment in PRESETS, f"augment: {self.augment!r} is not one of {', '.join(PRESETS)}"),
-            (self.epochs >= 1, f"epochs: must be at least 1, not {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size: must be at least 1, not {self.batch_size}"),
-            (self.lr is None or self.lr > 0, f"lr: must be positive, not {self.lr}"),
-            (0 <= self.dropout < 1, f"dropout: must be in [0, 1), not {self.dropout}"),
-            (self.freeze >= 0, f"freeze: must be 0 or more, not {self.freeze}"),
-            (self.devices >= 1, f"devices: must be at least 1, not {self.devices}"),
-            (self.num_nodes >= 1, f"num_nodes: must be at least 1, not {self.num_nodes}"),
-            (self.strategy in STRATEGIES, f"strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}"),
-            (self.lr_scaling in LR_SCALING, f"lr_scaling: {self.lr_scaling!r} is not one of {', '.join(LR_SCALING)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return self
-
-    def default_lr(self) -> float:
-        """The learning rate for one process when ``lr`` is not set."""
-        return 1e-2 if self.optimizer == "sgd" else 1e-3
-
-    @property
-    def world_size(self) -> int:
-        """Training processes in all: ``devices`` per node times ``num_nodes``."""
-        return self.devices * self.num_nodes
-
-    @property
-    def global_batch_size(self) -> int:
-        """Images per optimiser step: ``batch_size`` is per process, gradients are averaged over all of them."""
-        return self.batch_size * self.world_size
-
-    @property
-    def learning_rate(self) -> float:
-        """``lr`` (or the default) scaled by the ``lr_scaling`` rule for ``world_size`` processes."""
-        base = self.lr if self.lr is not None else self.default_lr()
-        factor = {"none": 1.0, "linear": float(self.world_size), "sqrt": self.world_size**0.5}[self.lr_scaling]
-        return base * factor
-
-    def scaling_report(self) -> str:
-        """One line on the effective batch and the learning rate rule, printed when training starts."""
-        base = self.lr if self.lr is not None else self.default_lr()
-        nodes = f"{self.num_nodes} node{'s' if self.num_nodes > 1 else ''}"
-        batch = f"batch {self.global_batch_size} = {self.batch_size} per process x {self.devices} per node x {nodes}"
-        if self.lr_scaling == "none":
-            hint = f"; --lr-scaling linear would use {base * self.world_size:g}" if self.world_size > 1 else ""
-            return f"{batch}; lr {base:g} (no scaling{hint})"
-        return f"{batch}; lr {self.learning_rate:g} ({self.lr_scaling} scaling of {base:g} by {self.world_size})"
-
-
-def load_config(path: str | os.PathLike | None = None, config_type: type = TrainConfig, **overrides: Any) -> Any:
-    """Fields from a YAML file, then ``overrides`` (None values are ignored); unknown keys are errors."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings")
-        values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(config_type)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        import difflib
-
-        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
-        raise ConfigError(f"{path or 'config'}: unknown settings {', '.join(hints)}")
-    if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
-        values["weights"] = None
-    return config_type(**values).validate()
-
-
-def write_config(config: Any, path: Path) -> None:
-    import yaml
-
-    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
 def check_run_folder(config: TrainConfig) -> Path:
@@ -183,7 +49,18 @@ def check_run_folder(config: TrainConfig) -> Path:
 
 
 def backbone_for(config: TrainConfig) -> tuple[Any, Any]:
-    """The configured backbone (frozen as asked) and its preprocessing, resized when ``input_size`` is set."""
+    """The backbone to train on and its preprocessing.
+
+    With ``config.trunk`` (a registry name, seeded with ``config.weights``, or a model file whose trunk is taken as
+    it is) the whole trunk is frozen and keeps its own preprocessing, so heads trained on it can share one pass.
+    Otherwise ``config.backbone`` with ``config.weights``, frozen as asked, resized when ``input_size`` is set."""
+    if config.trunk:
+        from cnnapps.apps.modelfile import load_trunk
+
+        if config.input_size:
+            raise ConfigError("input_size: a --trunk brings its own preprocessing; leave input_size out")
+        backbone, spec = load_trunk(config.trunk, config.weights)
+        return backbone.freeze_all(), spec
     from cnnapps.backbones import create_backbone
 
     backbone = create_backbone(config.backbone, weights=config.weights, **config.backbone_kwargs)
@@ -197,6 +74,20 @@ def backbone_for(config: TrainConfig) -> tuple[Any, Any]:
     return backbone, spec
 
 
+def trunk_identity(config: TrainConfig) -> tuple[str, dict[str, Any]]:
+    """The registry name and constructor arguments of the trunk a run trains (what its model file records)."""
+    if config.trunk:
+        from cnnapps.bundle import is_bundle_path
+
+        if is_bundle_path(config.trunk):
+            from cnnapps.apps.modelfile import read_model_file
+
+            model_file = read_model_file(config.trunk)
+            return model_file.trunk["name"], dict(model_file.trunk.get("kwargs", {}))
+        return config.trunk, {}
+    return config.backbone, dict(config.backbone_kwargs)
+
+
 def loader_args(config: TrainConfig, device: torch.device, collate_fn: Any = None) -> dict[str, Any]:
     """DataLoader settings from the config: batch size, up to 4 worker processes kept alive between epochs,
     pinned memory on CUDA."""
@@ -208,32 +99,38 @@ def loader_args(config: TrainConfig, device: torch.device, collate_fn: Any = Non
     return args
 
 
-def validation_loader(dataset: Any, args: dict[str, Any]) -> Any:
-    """A loader over the whole validation set, in order, on every process of a distributed run.
+def make_loaders(config: TrainConfig, train_set: Any, val_set: Any, device: torch.device,
+                 collate_fn: Any = None) -> tuple[Any, Any]:  # fmt: skip
+    """The training loader (shuffled) and a loader over the whole validation set in order.
 
-    Lightning would give each process a shard (padded with repeats to equal length); a sampler that is
-    already a ``DistributedSampler`` is left alone, so one over a single replica keeps the whole set.
-    Every rank then computes the same, exact validation figures, and checkpoint choice and early stopping
-    agree across ranks without gathering predictions.
-    """
+    In a distributed run Lightning would give each process a shard of the validation set (padded with repeats
+    to equal length); a sampler that is already a ``DistributedSampler`` is left alone, so one over a single
+    replica keeps the whole set. Every rank then computes the same, exact validation figures, and checkpoint
+    choice and early stopping agree across ranks without gathering predictions."""
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    return DataLoader(dataset, sampler=DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False), **args)
+    args = loader_args(config, device, collate_fn)
+    train = DataLoader(train_set, shuffle=True, **args)
+    whole = DistributedSampler(val_set, num_replicas=1, rank=0, shuffle=False)
+    return train, DataLoader(val_set, sampler=whole, **args)
 
 
-def loaders(config: TrainConfig, train_set: Any, val_set: Any, spec: Any, device: torch.device) -> tuple[Any, Any, int]:
-    """Training loader (with the augmentation preset) and validation loader (the model's own preprocessing)."""
-    from torch.utils.data import DataLoader
+@dataclass
+class Plan:
+    """A task's part of a training run: the module to fit, its data, and how epochs are judged."""
 
-    from cnnapps.datasets.training import LabeledImageDataset
-    from cnnapps.datasets.transforms import train_transform
-
-    args = loader_args(config, device)
-    workers = args["num_workers"]
-    train = DataLoader(LabeledImageDataset(train_set, train_transform(config.augment, spec)), shuffle=True, **args)
-    val = validation_loader(LabeledImageDataset(val_set, spec), args)
-    return train, val, workers
+    module: Any  # a TaskModule
+    train_loader: Any
+    val_loader: Any
+    describe: str  # the first line the run logs
+    best: str  # the history value the best epoch maximises (also what the best checkpoint keeps)
+    train_images: int
+    val_images: int
+    curves: tuple[str, ...] = ()  # history values drawn in curves.png beside the losses
+    logged: str | None = None  # the name the module logs ``best`` under, when it differs
+    stop_on: tuple[str, str] = ("val_loss", "min")  # early stopping: a logged value and "min" or "max"
+    extra: dict[str, Any] = field(default_factory=dict)  # anything the task's finish step needs
 
 
 @dataclass
@@ -245,19 +142,62 @@ class FitResult:
     global_rank: int = 0  # in a distributed run, only rank 0 writes the run folder
     facts: dict[str, Any] = field(default_factory=dict)  # how the run ran, for metrics.json
 
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.module.history
 
-def fit(
+
+def run_training(
     config: TrainConfig,
-    module: L.LightningModule,
-    train_loader: Any,
-    val_loader: Any,
-    device: torch.device,
-    monitor: str,
-    describe: str,
-    stop_on: tuple[str, str] = ("val_loss", "min"),
-) -> FitResult:
-    """Train with checkpoints (best on ``monitor``, and last), optional early stopping (on ``stop_on``: a
-    metric and "min" or "max", after ``config.patience`` epochs without improvement), CSV + TensorBoard logs.
+    prepare: Callable[[Any, torch.device], Plan],
+    finish: Callable[[Any, Plan, FitResult, torch.device], dict[str, Any]],
+) -> dict[str, Any]:
+    """The one training skeleton: check the run folder, ``prepare`` the task's plan, fit, then ``finish`` (the
+    task saves its model file and returns its metrics) and write metrics.json and curves.png.
+
+    Returns the metrics written to metrics.json (``{"global_rank": n}`` on the other processes of a distributed
+    run, which write nothing)."""
+    from cnnapps.runtime import select_device
+
+    config.validate()
+    check_run_folder(config)
+    L.seed_everything(config.seed, verbose=False)
+    device = select_device(config.device)
+    plan = prepare(config, device)
+    result = fit(config, plan, device)
+    if result.global_rank:
+        return {"global_rank": result.global_rank}
+    history = result.history
+    best = max(history, key=lambda h: h.get(plan.best) or 0.0) if history else {}
+    metrics = {
+        **finish(config, plan, result, device),
+        "epochs": len(history),
+        "best_epoch": best.get("epoch"),
+        "train_images": plan.train_images,
+        "val_images": plan.val_images,
+        **result.facts,
+        "history": history,
+    }
+    out = Path(config.out)
+    from cnnapps.files import atomic_write
+
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2).encode(), overwrite=True)
+    if history and plan.curves:
+        from cnnapps.apps.common.plots import plot_curves
+
+        plot_curves(history, out / "curves.png", metrics=plan.curves)
+    return metrics
+
+
+def best_epoch_values(history: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The validation values of the epoch with the highest ``key`` (what the best checkpoint holds)."""
+    best = max(history, key=lambda h: h.get(key) or 0.0) if history else {}
+    return {k: v for k, v in best.items() if k.startswith("val_")}
+
+
+def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
+    """Train with checkpoints (best on the plan's value, and last), optional early stopping (on ``plan.stop_on``
+    after ``config.patience`` epochs without improvement), CSV + TensorBoard logs.
 
     With ``config.devices``/``num_nodes`` above 1 this is Lightning's DDP: one process per device, each
     training on its shard of every global batch, gradients averaged; launched by Lightning itself, by
@@ -265,6 +205,8 @@ def fit(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    module, train_loader, val_loader = plan.module, plan.train_loader, plan.val_loader
+    monitor = plan.logged or plan.best
     # lightning sets its own loggers to INFO when imported; its banners and tips say nothing to our users
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)  # "Initializing distributed: ..." per rank
@@ -276,7 +218,7 @@ def fit(
     last_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
     callbacks: list[Any] = [checkpoint, last_epoch]
     if config.patience:
-        callbacks.append(EarlyStopping(monitor=stop_on[0], patience=config.patience, mode=stop_on[1]))
+        callbacks.append(EarlyStopping(monitor=plan.stop_on[0], patience=config.patience, mode=plan.stop_on[1]))
     if config.sync_batchnorm and config.world_size > 1 and device.type != "cuda":
         raise CnnappsError("sync_batchnorm: torch's SyncBatchNorm runs on GPUs only; train on cuda or leave it off")
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +242,7 @@ def fit(
     )
     if trainer.is_global_zero:
         processes = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
-        log.info("%s; %s%s, %s, %d epochs", describe, device, processes, precision, config.epochs)
+        log.info("%s; %s%s, %s, %d epochs", plan.describe, device, processes, precision, config.epochs)
         log.info("%s", config.scaling_report())
         write_config(config, out / "config.yaml")
     started = time.perf_counter()
@@ -332,13 +274,22 @@ class TaskModule(L.LightningModule):
         self.lr, self.optimizer_name, self.momentum = config.learning_rate, config.optimizer, config.momentum
         self.weight_decay, self.schedule, self.epochs = config.weight_decay, config.schedule, config.epochs
         self.history: list[dict[str, float]] = []
-        self._train_losses: list[float] = []
+        self._loss_sum: torch.Tensor | None = None  # on the training device: no host sync per step
+        self._loss_steps = 0
+
+    def track_train_loss(self, loss: torch.Tensor) -> None:
+        """Add a step's loss to the epoch's mean (kept on the device; read once per epoch)."""
+        value = loss.detach().float()
+        self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
+        self._loss_steps += 1
 
     def record_epoch(self, values: dict[str, float]) -> None:
         """Append this epoch's validation values with the mean training loss and current learning rate."""
-        train_loss = sum(self._train_losses) / max(1, len(self._train_losses))
-        # each process saw its own shard: the mean over processes (every rank calls this, so the collective matches)
-        train_loss = float(self.trainer.strategy.reduce(torch.tensor(train_loss), reduce_op="mean"))
+        steps = max(1, self._loss_steps)
+        mean = self._loss_sum / steps if self._loss_sum is not None else torch.zeros((), device=self.device)
+        # each process saw its own shard: the mean over processes (every rank calls this, so the collective
+        # matches); the tensor stays on the module's device, which NCCL needs
+        train_loss = float(self.trainer.strategy.reduce(mean.to(self.device), reduce_op="mean"))
         self.history.append(
             {
                 "epoch": self.current_epoch + 1,
@@ -347,7 +298,7 @@ class TaskModule(L.LightningModule):
                 "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
             }
         )
-        self._train_losses.clear()
+        self._loss_sum, self._loss_steps = None, 0
 
     def parameter_groups(self) -> Any:
         """What the optimiser updates: the trainable parameters (subclasses may give groups with own lrs)."""

@@ -52,6 +52,9 @@ class DetectorSpec:
     image_std: list[float] = field(default_factory=list)
     trainable_stages: int | None = None
     options: dict[str, Any] = field(default_factory=dict)  # torchvision R-CNN keyword arguments
+    # trained on a frozen trunk shared with other heads: it reads the trunk's pass over the model file's
+    # preprocessing (one pass for every head) instead of resizing images itself
+    shared: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,7 +103,12 @@ class FeatureExtractor(nn.Module):
             x = x.mean(1, keepdim=True)
         if self.fpn is None:
             return OrderedDict([("0", self.body.forward_features(x))])
-        stages = self.body.forward_stages(x)
+        return self.from_stages(self.body.forward_stages(x))
+
+    def from_stages(self, stages: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        """The maps the heads read, from a trunk pass already made (one pass shared by several heads)."""
+        if self.fpn is None:
+            return OrderedDict([("0", stages[self.stage_names[0]])])
         return self.fpn(OrderedDict((str(i), stages[name]) for i, name in enumerate(self.stage_names)))
 
 
@@ -408,28 +416,158 @@ def _is_counter(key: str) -> bool:
     return key.endswith(".num_batches_tracked")
 
 
-def save_detector(path: str | os.PathLike, model: nn.Module, extra: dict[str, Any] | None = None) -> None:
-    """Write a self-describing model file (task, detector spec, class and keypoint names) with the weights."""
-    from cnnapps.bundle import save_bundle
+class DetectionHead:
+    """The R-CNN heads in model files: FPN, RPN and RoI heads over the trunk's stage maps (the spec says how)."""
+
+    trunk_path = "backbone.body"
+
+    def describe(self, model: nn.Module) -> Any:
+        from cnnapps.apps.modelfile import HeadInfo
+
+        spec: DetectorSpec = model.spec
+        kwargs = {k: v for k, v in spec.to_dict().items() if k not in ("task", "class_names")}
+        return HeadInfo(spec.task, f"rcnn-{spec.heads}", kwargs, list(spec.class_names))
+
+    def build(self, trunk: Backbone, info: Any, preprocess: dict[str, Any], model_file: Any) -> nn.Module:
+        spec = DetectorSpec.from_dict({**info.kwargs, "task": info.task, "class_names": list(info.labels)})
+        if spec.num_classes != len(spec.class_names):
+            raise DetectorError(
+                f"{model_file.path}: {len(spec.class_names)} class names for {spec.num_classes} classes"
+            )
+        spec.backbone = model_file.trunk["name"]
+        model = build_detector(spec, trunk)
+        if spec.shared:
+            from cnnapps.backbones.preprocess import Preprocess
+
+            model.shared_preprocess = Preprocess.from_dict(preprocess)
+        return model
+
+    def from_v1(self, meta: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        from cnnapps.apps.modelfile import HeadInfo
+
+        spec = DetectorSpec.from_dict(meta["detector"])
+        kwargs = {k: v for k, v in spec.to_dict().items() if k not in ("task", "class_names")}
+        head = HeadInfo(spec.task, f"rcnn-{spec.heads}", kwargs, list(spec.class_names))
+        return {"name": spec.backbone, "kwargs": {}}, head, rcnn_preprocess(spec)
+
+
+HEAD = DetectionHead()
+
+
+def rcnn_preprocess(spec: DetectorSpec) -> dict[str, Any]:
+    """What a detector does to images before its trunk (its own resizing), as a model file's preprocessing."""
+    return {"resize_mode": "rcnn", "min_size": spec.min_size, "max_size": spec.max_size,
+            "mean": list(spec.image_mean), "std": list(spec.image_std)}  # fmt: skip
+
+
+def save_detector(path: str | os.PathLike, model: nn.Module, metrics: dict[str, Any] | None = None,
+                  trunk_kwargs: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write a self-describing model file (the trunk, and the detector's heads with class and keypoint names);
+    a detector on a shared trunk keeps the trunk's preprocessing, others their own resizing."""
+    from cnnapps.apps.modelfile import save_model
 
     spec: DetectorSpec = model.spec
-    save_bundle(path, model.state_dict(), {"task": spec.task, "detector": spec.to_dict(), **(extra or {})})
+    preprocess = model.shared_preprocess.to_dict() if spec.shared else rcnn_preprocess(spec)
+    save_model(path, spec.task, model, spec.backbone, trunk_kwargs, preprocess, metrics)
 
 
-def load_detector(spec: str | os.PathLike) -> nn.Module:
+def create_shared_detector(task: str, trunk: Backbone, trunk_name: str, preprocess: Any, *,
+                           num_classes: int | None = None, class_names: list[str] | None = None,
+                           num_keypoints: int | None = None, keypoint_names: list[str] | None = None,
+                           skeleton: list[list[int]] | None = None, fpn: bool | None = None, fpn_channels: int = 256,
+                           heads: str = "v1", **options: Any) -> nn.Module:  # fmt: skip
+    """Detection heads on a frozen trunk shared with other heads: the trunk stays exactly as it is (no batch-norm
+    replacement, nothing trained) and the heads read its pass over ``preprocess`` (a square input), so one
+    trunk pass serves them and every other head of a multi-head model file."""
+    from cnnapps.backbones.registry import get_spec
+
+    _, height, width = preprocess.input_size
+    labels = _labels(task, num_classes, class_names, num_keypoints, keypoint_names, skeleton)
+    spec = DetectorSpec(task=task, backbone=trunk_name, num_classes=labels[0], class_names=labels[1],
+                        num_keypoints=labels[2], keypoint_names=labels[3], skeleton=labels[4],
+                        fpn=fpn if fpn is not None else get_spec(trunk_name).family not in SINGLE_SCALE_FAMILIES,
+                        fpn_channels=fpn_channels, heads=heads, frozen_bn=False, min_size=min(height, width),
+                        max_size=max(height, width), image_mean=[float(v) for v in preprocess.mean],
+                        image_std=[float(v) for v in preprocess.std], trainable_stages=0, options=options,
+                        shared=True)  # fmt: skip
+    model = build_detector(spec, trunk)
+    model.shared_preprocess = preprocess
+    return model
+
+
+def run_shared(model: nn.Module, images: list[torch.Tensor]) -> list[dict]:
+    """A detector on a shared trunk, on uint8 (3, H, W) images: the model file's preprocessing, the trunk's pass,
+    the heads; outputs in each image's own frame, as torchvision's R-CNN gives them."""
+    pre = model.shared_preprocess
+    batch = torch.stack([pre.apply_tensor(img) for img in images])
+    stages = model.backbone.body.forward_stages(batch)
+    sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    return detect_on_stages(model, stages, batch, sizes, [pre.geometry(*size) for size in sizes])
+
+
+def detect_on_stages(
+    model: nn.Module,
+    stages: dict[str, torch.Tensor],
+    batch: torch.Tensor,
+    sizes: list[tuple[int, int]],
+    geometries: list[tuple[float, float, float, float]],
+) -> list[dict]:
+    """A shared detector's outputs from a trunk pass already made over ``batch`` (the preprocessed images), in
+    each original image's frame (``sizes``: height, width; ``geometries``: how the preprocessing moved pixels)."""
+    from torchvision.models.detection.image_list import ImageList
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    features = model.backbone.from_stages(stages)
+    images = ImageList(batch, [tuple(batch.shape[-2:])] * len(batch))
+    proposals, _ = model.rpn(images, features)
+    detections, _ = model.roi_heads(features, proposals, images.image_sizes)
+    outputs = []
+    for found, (height, width), (sx, sy, ox, oy) in zip(detections, sizes, geometries, strict=True):
+        scale = found["boxes"].new_tensor([sx, sy, sx, sy])
+        shift = found["boxes"].new_tensor([ox, oy, ox, oy])
+        boxes = (found["boxes"] + shift) / scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        found = {**found, "boxes": boxes}
+        if "masks" in found:
+            found["masks"] = paste_masks_in_image(found["masks"], boxes, (height, width))
+        if "keypoints" in found:
+            points = found["keypoints"].clone()
+            points[..., 0] = (points[..., 0] + ox) / sx
+            points[..., 1] = (points[..., 1] + oy) / sy
+            found["keypoints"] = points
+        outputs.append(found)
+    return outputs
+
+
+def exportable(spec: str | os.PathLike, task: str | None = None, **options: Any) -> Any:
+    """The detector of ``spec`` for ``cnnapps export`` (ONNX): one RGB image (3, H, W) in [0, 1] of any size ->
+    boxes, labels, scores, and masks or keypoints, as torchvision's R-CNN returns them."""
+    from cnnapps.exported import Exportable
+
+    model = load_detector(spec, options.get("head"), task)
+    names = {"detect": [], "segment": ["masks"], "pose": ["keypoints", "keypoints_scores"]}[model.spec.task]
+    outputs = ["boxes", "labels", "scores", *names]
+    dynamic = {"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in outputs}}
+    meta = {"task": model.spec.task, "detector": model.spec.to_dict()}
+    return Exportable(model, meta, ([torch.rand(3, 240, 320)],), ["image"], outputs, dynamic)
+
+
+def load_detector(spec: str | os.PathLike, head: str | None = None, task: str | None = None) -> nn.Module:
     """A detector from a model file, or a torchvision model-zoo name (COCO weights through the hub cache)."""
-    from cnnapps.bundle import BundleError, is_bundle_path, load_bundle
+    from cnnapps.apps.modelfile import build_model, read_model_file
+    from cnnapps.bundle import is_bundle_path
 
     if str(spec) in ZOO:
-        task, heads, _, _ = ZOO[str(spec)]
-        return create_detector(task, "resnet50", weights="coco", heads=heads).eval()
+        zoo_task, heads, _, _ = ZOO[str(spec)]
+        return create_detector(zoo_task, "resnet50", weights="coco", heads=heads).eval()
     if not is_bundle_path(spec):
         raise DetectorError(f"{spec}: not a detector model file or one of {', '.join(ZOO)}")
-    tensors, meta = load_bundle(spec)
-    if "detector" not in meta:
-        raise BundleError(f"{spec}: a {meta.get('task', 'classify')} model, not a detector")
-    model = build_detector(DetectorSpec.from_dict(meta["detector"]))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise BundleError(f"{spec}: weights do not fit the described detector ({(missing or unexpected)[0]})")
-    return model.eval()
+    model_file = read_model_file(spec)
+    if head is None and task is None:
+        detectors = [n for n, h in model_file.heads.items() if h.task in TASKS]
+        if not detectors:
+            have = ", ".join(sorted(set(model_file.tasks)))
+            raise DetectorError(f"{spec}: a {have} model, not a detector")
+        head = detectors[0] if len(detectors) == 1 else None
+    return build_model(model_file, head, task)

@@ -28,12 +28,17 @@ class DetectionModule(TaskModule):
         losses = self.model(images, targets)
         loss = sum(losses.values())
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(images))
-        self._train_losses.append(float(loss.detach()))
+        self.track_train_loss(loss)
         return loss
 
     def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> None:
         images, targets = batch
-        outputs = self.model(images)
+        if self.model.spec.shared:  # scored as it will answer: through the trunk's preprocessing, in image frames
+            from cnnapps.apps.detect.model import run_shared
+
+            outputs = run_shared(self.model, [image.mul(255).round_().to(torch.uint8) for image in images])
+        else:
+            outputs = self.model(images)
         spec = self.model.spec
         for image, target, output in zip(images, targets, outputs, strict=True):
             height, width = image.shape[-2:]

@@ -37,12 +37,13 @@ class DetectionPredictor:
         overlap: int = 128,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         model: torch.nn.Module | None = None,
+        head: str | None = None,
     ) -> None:
         from cnnapps.apps.detect.model import load_detector
 
         if model is None:
             spec = spec if spec is not None else DEFAULT_MODELS[task or "segment"]
-            model = load_detector(spec)
+            model = load_detector(spec, head, task)
         self.source = str(spec) if spec is not None else "<model>"
         self.spec = model.spec
         if task is not None and task != self.spec.task:
@@ -82,9 +83,21 @@ class DetectionPredictor:
 
     @torch.inference_mode()
     def _forward(self, images: list[np.ndarray]) -> list[Detections]:
-        tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
-        outputs = self.model(tensors)
+        if self.spec.shared:  # heads on a shared trunk: the model file's preprocessing, then the trunk's pass
+            from cnnapps.apps.detect.model import run_shared
+
+            outputs = run_shared(self.model, [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) for rgb in images])
+        else:
+            tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
+            outputs = self.model(tensors)
         return [to_detections(out, rgb.shape[0], rgb.shape[1]) for out, rgb in zip(outputs, images, strict=True)]
+
+
+def load_predictor(specs: list[Any], task: str = "segment", **kwargs: Any) -> DetectionPredictor:
+    """The task table's loader: one detector model file or torchvision COCO model name."""
+    if len(specs) != 1:
+        raise CnnappsError(f"{task} takes one model, not an ensemble")
+    return DetectionPredictor(specs[0], task=task, **kwargs)
 
 
 def to_result(name: str, found: Detections, height: int, width: int, spec: Any) -> DetectionResult:

@@ -14,6 +14,30 @@ ZOO: dict[str, tuple[str, str, str, str]] = {
     "keypointrcnn_resnet50_fpn": ("pose", "v1", "KeypointRCNN_ResNet50_FPN_Weights", "COCO_V1"),
 }
 
+def zoo_models(task: str, weights: bool = False) -> dict[str, dict]:
+    """The named ready models of one detection task (the task table's ``zoo``): for each, a description and,
+    with ``weights``, where its COCO weights are (bundled/cached/downloadable, URL, cache path; imports torchvision)."""
+    rows = {}
+    for name, (zoo_task, style, enum_name, member) in ZOO.items():
+        if zoo_task != task:
+            continue
+        row: dict = {"family": "rcnn", "source": "torchvision", "task": task,
+                     "description": f"{task}: COCO-trained R-CNN on ResNet-50-FPN, {style} heads"}  # fmt: skip
+        if weights:
+            import os
+
+            import torchvision.models.detection as detection
+
+            from cnnapps.backbones.weights import WeightsStatus, hub_checkpoint_path
+
+            url = getattr(detection, enum_name)[member].url
+            path = hub_checkpoint_path(os.path.basename(url))
+            state = "cached" if path.is_file() else "downloadable"
+            row["weights"] = WeightsStatus(state, url=url, path=str(path)).to_dict()
+        rows[name] = row
+    return rows
+
+
 #: what ``cnnapps detect|segment|pose`` use when no --model is given
 DEFAULT_MODELS = {
     "detect": "fasterrcnn_resnet50_fpn",

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnapps.apps.common.batching import BatchRunner
+from cnnapps.apps.retrieve.config import POOLINGS
 from cnnapps.backbones.features import Backbone
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import DEFAULT_BACKBONE
 from cnnapps.errors import CnnappsError
+from cnnapps.results import EmbeddingResult
 from cnnapps.runtime import one_at_a_time, prepare_for_inference, select_device
-
-POOLINGS = ("avg", "gem")
 
 
 class EmbeddingModel(nn.Module):
@@ -50,58 +50,105 @@ class EmbeddingModel(nn.Module):
         return F.normalize(pooled.float(), dim=1)
 
 
+class EmbeddingHead:
+    """The embedding head in model files: pooling (average or GeM), an optional projection, L2 normalisation."""
+
+    trunk_path = "backbone"
+
+    def describe(self, model: EmbeddingModel) -> Any:
+        from cnnapps.apps.modelfile import HeadInfo
+
+        size = model.projection.out_features if model.projection is not None else None
+        return HeadInfo("retrieve", "embedding", {"pooling": model.pooling, "embedding_size": size,
+                                                  "gem_p": model.gem_p})  # fmt: skip
+
+    def build(self, trunk: Backbone, info: Any, preprocess: dict[str, Any], model_file: Any) -> EmbeddingModel:
+        kw = info.kwargs
+        return EmbeddingModel(trunk, str(kw.get("pooling", "avg")), kw.get("embedding_size"), float(kw.get("gem_p", 3)))
+
+    def from_v1(self, meta: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        from cnnapps.apps.modelfile import HeadInfo
+
+        trunk = {"name": meta["backbone"], "kwargs": meta.get("backbone_kwargs", {})}
+        kwargs = {"pooling": meta["pooling"], "embedding_size": meta.get("embedding_size")}
+        head = HeadInfo("retrieve", "embedding", kwargs)
+        return trunk, head, meta["preprocess"]
+
+
+HEAD = EmbeddingHead()
+
+
 def save_embedding_model(
     path: str | os.PathLike,
     model: EmbeddingModel,
     *,
-    backbone_name: str,
+    trunk_name: str,
     preprocess: Preprocess,
-    backbone_kwargs: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
+    trunk_kwargs: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> None:
-    """The retrieval model file: tensors plus what rebuilding needs (backbone, pooling, projection)."""
-    from cnnapps.bundle import save_bundle
+    """The retrieval model file: the trunk, the pooling and projection head, the preprocessing."""
+    from cnnapps.apps.modelfile import save_model
 
-    meta = {
-        "task": "retrieve",
-        "backbone": backbone_name,
-        "backbone_kwargs": backbone_kwargs or {},
-        "pooling": model.pooling,
-        "embedding_size": model.projection.out_features if model.projection is not None else None,
-        "preprocess": preprocess.to_dict(),
-        **(extra or {}),
-    }
-    save_bundle(path, model.state_dict(), meta)
+    save_model(path, "retrieve", model, trunk_name, trunk_kwargs, preprocess.to_dict(), metrics)
 
 
 def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg") -> tuple[EmbeddingModel, Preprocess, str]:
-    """An embedding model from a retrieval or classification model file, or a registry name with
-    pretrained weights; with a fingerprint that changes whenever the weights or the pooling do."""
+    """An embedding model with a fingerprint that changes whenever its weights or its pooling do: a model file's
+    embedding head (or, for a file without one, its trunk with ``pooling``), or a registry name with pretrained
+    weights."""
     from cnnapps.backbones import create_backbone
-    from cnnapps.backbones.weights import load_into, sha256_of
-    from cnnapps.bundle import is_bundle_path, read_metadata
+    from cnnapps.bundle import FORMAT_V1, is_bundle_path, tensor_fingerprint
 
     if not is_bundle_path(spec):
         backbone = create_backbone(str(spec), weights="imagenet")
         return EmbeddingModel(backbone, pooling), backbone.preprocess, f"{spec}:{backbone.weights}:{pooling}"
-    fingerprint = f"sha256:{sha256_of(Path(spec))}"
-    meta = read_metadata(spec)
-    if meta.get("task") == "retrieve":
-        from cnnapps.bundle import load_bundle
+    from cnnapps.apps.classify.model import preprocess_of
+    from cnnapps.apps.modelfile import build_model, build_trunk, load_exactly, read_model_file, trunk_fingerprint
 
-        tensors, meta = load_bundle(spec)
-        backbone = create_backbone(meta["backbone"], weights=None, **meta.get("backbone_kwargs", {}))
-        model = EmbeddingModel(backbone, meta["pooling"], meta.get("embedding_size"))
-        load_into(model, tensors, str(spec))
-        return model, Preprocess.from_dict(meta["preprocess"]), f"{fingerprint}:{meta['pooling']}"
-    from cnnapps.apps.classify.model import load_classifier
+    model_file = read_model_file(spec)
+    preprocess = preprocess_of(model_file)
+    heads = [n for n, h in model_file.heads.items() if h.task == "retrieve"]
+    if model_file.format == FORMAT_V1:  # as this file's embeddings were always fingerprinted: by its bytes
+        from cnnapps.backbones.weights import sha256_of
 
-    loaded = load_classifier(spec)
-    return EmbeddingModel(loaded.backbone, pooling), loaded.preprocess, f"{fingerprint}:{pooling}"
+        base = f"sha256:{sha256_of(Path(spec))}"
+    elif heads:
+        base = f"{trunk_fingerprint(model_file)}+{tensor_fingerprint(model_file.head_tensors(heads[0]))}"
+    else:
+        base = trunk_fingerprint(model_file)
+    if heads:
+        model = build_model(model_file, heads[0])
+        return model, preprocess, f"{base}:{model.pooling}"
+    trunk = build_trunk(model_file)
+    load_exactly(trunk, model_file.trunk_tensors(), f"{spec} (trunk)")
+    return EmbeddingModel(trunk, pooling), preprocess, f"{base}:{pooling}"
+
+
+def exportable(spec: str | os.PathLike, task: str = "retrieve", **options: Any) -> Any:
+    """The embedding of ``spec`` for ``cnnapps export``: preprocessed images -> unit vectors (N, dim), with the
+    fingerprint of its source, so an exported embedding queries indexes built with the PyTorch model."""
+    from cnnapps.exported import Exportable
+
+    model, preprocess, fingerprint = load_embedding_model(spec, options.get("pooling", "avg"))
+    example = torch.zeros(1, *preprocess.input_size)
+    with torch.no_grad():
+        dim = int(model.eval()(example).shape[1])
+    meta = {"task": "retrieve", "preprocess": preprocess.to_dict(), "dim": dim, "pooling": model.pooling,
+            "fingerprint": fingerprint}  # fmt: skip
+    return Exportable(model, meta, example)
+
+
+def load_embedder(specs: list[Any], task: str = "retrieve", **kwargs: Any) -> Embedder:
+    """The task table's loader: one model (a retrieval model, any classifier's trunk, or a registry name)."""
+    if len(specs) != 1:
+        raise CnnappsError("retrieval takes one model, not an ensemble")
+    return Embedder(specs[0], **kwargs)
 
 
 class Embedder:
-    """``embed(inputs)`` -> names, (N, dim) float32 unit vectors (NaN rows for failed inputs), errors."""
+    """``predict(inputs)`` -> one :class:`EmbeddingResult` (an L2-normalised vector) per input;
+    ``embed(inputs)`` -> names, the vectors as one (N, dim) array, errors."""
 
     task = "retrieve"
 
@@ -118,7 +165,7 @@ class Embedder:
         self.device = select_device(device)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         if self.spec.endswith(".onnx"):  # written by `cnnapps export`: same fingerprint as the model it came from
-            from cnnapps.export import OnnxRunner, read_onnx_metadata
+            from cnnapps.exported import OnnxRunner, read_onnx_metadata
 
             meta = read_onnx_metadata(spec, task="retrieve")  # an embedding: `cnnapps export --task retrieve`
             self.pooling, self.fingerprint, self.dim = meta["pooling"], meta["fingerprint"], int(meta["dim"])
@@ -141,7 +188,18 @@ class Embedder:
     def embed(
         self, inputs: Any, progress: Callable[[int], None] | None = None
     ) -> tuple[list[str], np.ndarray, list[str | None]]:
+        """Names, (N, dim) float32 unit vectors (NaN rows for failed inputs) and per-input errors: what an index
+        stores. :meth:`predict` gives the same as result objects."""
+
         def forward(batch: dict[Preprocess, torch.Tensor]) -> np.ndarray:
             return self._run(batch[self.preprocess]).float().cpu().numpy()
 
         return self._runner.run(inputs, forward, self.dim, progress=progress)
+
+    def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[EmbeddingResult]:
+        """One :class:`EmbeddingResult` per input, in order (a bad input's result carries ``error``)."""
+        names, vectors, errors = self.embed(inputs, progress=progress)
+        return [
+            EmbeddingResult(name, error=error) if error else EmbeddingResult(name, vector=vector)
+            for name, vector, error in zip(names, vectors, errors, strict=True)
+        ]

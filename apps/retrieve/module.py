@@ -47,7 +47,7 @@ class MetricLearningModule(TaskModule):
         x, y = batch
         loss = self._loss(self(x), y)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
-        self._train_losses.append(float(loss.detach()))
+        self.track_train_loss(loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

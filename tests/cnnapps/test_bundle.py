@@ -14,7 +14,7 @@ def test_round_trip_and_atomic_write(tmp_path: Path) -> None:
     )
     tensors, meta = load_bundle(path)
     assert torch.equal(tensors["w"], torch.arange(6.0).view(2, 3))
-    assert meta["task"] == "classify" and meta["x"] == [1, 2] and meta["format"] == "cnnapps-model/1"
+    assert meta["task"] == "classify" and meta["x"] == [1, 2] and meta["format"] == "cnnapps-model/2"
     assert "version" in meta
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left behind
 

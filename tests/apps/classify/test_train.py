@@ -7,7 +7,7 @@ import pytest
 
 from cnnapps.apps.classify.model import load_classifier
 from cnnapps.apps.classify.train import train_classifier
-from cnnapps.apps.common.training import ConfigError, load_config
+from cnnapps.apps.common.config import ConfigError, load_config
 from cnnapps.errors import CnnappsError
 
 
@@ -31,9 +31,11 @@ def test_model_file_describes_itself(trained, colour_set: Path) -> None:
     out, _ = trained
     loaded = load_classifier(out / "model.safetensors")
     assert loaded.class_names == ["blue", "green", "red"]
-    assert loaded.meta["backbone"] == "lenet5"
+    assert loaded.meta["trunk"]["name"] == "lenet5"
     assert loaded.preprocess.input_size == (3, 32, 32)
-    assert loaded.meta["backbone_kwargs"] == {"in_channels": 3}
+    assert loaded.meta["trunk"]["kwargs"] == {"in_channels": 3}
+    assert loaded.meta["trunk"]["fingerprint"].startswith("sha256:")
+    assert loaded.meta["task"] == "classify" and loaded.meta["kind"] == "linear"
     assert loaded.meta["metrics"]["val_top1"] >= 0.9
     from cnnapps.api import load
 

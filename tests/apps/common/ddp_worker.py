@@ -14,8 +14,10 @@ from safetensors.torch import save_file
 
 from cnnapps.apps.classify.model import Classifier
 from cnnapps.apps.classify.module import ClassificationModule
-from cnnapps.apps.common.training import backbone_for, fit, load_config, loaders
+from cnnapps.apps.common.config import load_config
+from cnnapps.apps.common.training import Plan, backbone_for, fit, make_loaders
 from cnnapps.datasets.folders import train_val_split
+from cnnapps.datasets.training import LabeledImageDataset
 
 
 def main(data: str, out: str, devices: int, batch_size: int) -> None:
@@ -28,9 +30,11 @@ def main(data: str, out: str, devices: int, batch_size: int) -> None:
     train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
     backbone, spec = backbone_for(config)
     model = Classifier(backbone, len(train_set.class_names), dropout=0.0)
-    train_loader, val_loader, _ = loaders(config, train_set, val_set, spec, torch.device("cpu"))
+    train, val = LabeledImageDataset(train_set, spec), LabeledImageDataset(val_set, spec)
+    train_loader, val_loader = make_loaders(config, train, val, torch.device("cpu"))
     module = ClassificationModule(model, config)
-    result = fit(config, module, train_loader, val_loader, torch.device("cpu"), "val_top1", "tiny")
+    plan = Plan(module, train_loader, val_loader, "tiny", "val_top1", len(train_set), len(val_set))
+    result = fit(config, plan, torch.device("cpu"))
     # rank 0 reloads the best checkpoint after fitting; its last weights are in checkpoints/last.ckpt
     save_file(result.module.model.state_dict(), str(Path(out) / f"final-rank{result.global_rank}.safetensors"))
 

@@ -148,10 +148,10 @@ def test_model_file_round_trip_keeps_outputs(tmp_path):
 
 
 def test_classifier_file_is_not_a_detector(trained):
-    from cnnapps.bundle import BundleError
+    from cnnapps.errors import CnnappsError
 
     run, _ = trained
-    with pytest.raises(BundleError, match="classify model, not a detector"):
+    with pytest.raises(CnnappsError, match="classify model, not a detector"):
         load_detector(run / "model.safetensors")
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import cnnapps
-from cnnapps.apps.common.training import ConfigError, load_config
+from cnnapps.apps.common.config import ConfigError, load_config
 from cnnapps.apps.retrieve.evaluate import evaluate_retrieval, retrieval_metrics
-from cnnapps.apps.retrieve.train import RetrieveConfig, train_retrieval
+from cnnapps.apps.retrieve.config import RetrieveConfig
+from cnnapps.apps.retrieve.train import train_retrieval
 from cnnapps.datasets.folders import class_folders
 
 

@@ -1,0 +1,100 @@
+"""``cnnapps caption`` and ``cnnapps eval caption``.
+
+Imports typer only; commands import what they need.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cnnapps.errors import CnnappsError
+from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, free_name, images, progress, report_failed
+
+
+def caption(
+    paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+    model: str = typer.Option(..., "--model", "-m", help="Trained captioner (model file)."),
+    beam: int = typer.Option(1, "--beam", min=1, help="Beam width; 1 is greedy decoding."),
+    max_len: int = typer.Option(None, "--max-len", min=1, help="Most words per caption [default: the model's]."),
+    save_attention: Path = typer.Option(None, "--save-attention", help="Write a picture of each word's attention."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
+) -> None:
+    """Describe images in words. Exit code 0: all done; 1: some inputs failed (reported, others done); 2: error."""
+    from cnnapps.api import load
+
+    inputs = images(paths)
+    predictor = load(model, task="caption", device=device, beam=beam, max_len=max_len)
+    with progress(len(inputs), "captioning") as advance:
+        results = predictor.predict(inputs, progress=advance)
+    if save_attention is not None:
+        from cnnapps.datasets.io import read_image, write_image
+
+        save_attention.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            if r.ok:
+                target = free_name(save_attention, f"{Path(r.source).stem}-attention")
+                write_image(target, r.draw(read_image(r.source)))
+                echo(f"wrote {target}", err=True)
+    if as_json:
+        echo_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            echo(f"{r.source}: {r.caption}" if r.ok else f"{r.source}: error: {r.error}")
+    failed = [r for r in results if not r.ok]
+    if failed and as_json:
+        report_failed([{"path": r.source, "error": r.error} for r in failed])
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def eval_caption(
+    model: str = typer.Option(..., "--model", "-m", help="Trained captioner (model file)."),
+    data: str = typer.Option(..., "--data", help="COCO captions JSON or Karpathy's dataset_*.json."),
+    images: str = typer.Option(..., "--images", help="Folder the file's image names are relative to."),
+    split: str = typer.Option(None, "--split", help="Karpathy split to score [default: test if present]."),
+    beam: int = typer.Option(1, "--beam", min=1, help="Beam width; 1 is greedy decoding."),
+    save_results: Path = typer.Option(None, "--save-results", help="Write the captions as COCO results JSON."),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+) -> None:
+    """BLEU-1..4 and CIDEr by pycocoevalcap (and METEOR when Java is present)."""
+    from cnnapps.api import load
+    from cnnapps.apps.caption.evaluate import evaluate_captioner
+    from cnnapps.datasets.captions import read_captions
+
+    if save_results is not None and save_results.exists():
+        raise CnnappsError(f"{save_results}: already exists; choose another --save-results")
+    items = _split_items(read_captions, data, images, split)
+    predictor = load(model, task="caption", device=device, beam=beam)
+    with progress(len(items), "captioning") as advance:
+        report, results = evaluate_captioner(predictor, items, progress=advance)
+    if save_results is not None:
+        save_results.write_text(json.dumps(results))
+        echo(f"wrote {save_results} ({len(results)} captions)", err=True)
+    if as_json:
+        echo_json(report)
+    else:
+        scores = ", ".join(f"{k.upper()} {v:.3f}" for k, v in report["scores"].items())
+        echo(f"{report['images']} images (beam {report['beam']}, {report['tokenizer']} tokens): {scores}")
+        report_failed(report["failed"])
+    if report["failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _split_items(read, data: str, images: str, split: str | None) -> list:
+    if split is not None:
+        return read(data, images, split)
+    try:  # a Karpathy file: its test split; a COCO captions file is one split
+        return read(data, images, "test")
+    except CnnappsError:
+        return read(data, images)
+
+
+def register(app: typer.Typer, eval_app: typer.Typer, task: str) -> None:
+    """Add the captioning commands to the ``cnnapps`` command."""
+    app.command("caption")(caption)
+    eval_app.command("caption")(eval_caption)

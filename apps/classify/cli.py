@@ -1,0 +1,210 @@
+"""``cnnapps classify``, ``cnnapps eval classify`` and ``cnnapps visualize``: thin commands over the Python API.
+
+Imports typer only; each command imports what it needs, so ``cnnapps --help`` loads no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cnnapps.errors import CnnappsError
+from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, free, images, progress, saved, styled
+
+_MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
+
+
+def classify(
+    paths: list[str] = typer.Argument(
+        ..., help="Image files, folders (searched recursively) or globs.", metavar="PATHS..."
+    ),
+    model: list[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Registry name, model file or exported ONNX file; repeat for an ensemble. [default: efficientnet_lite0]",
+    ),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images per forward pass [default: 4 on CPU, 32 on GPU]."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    engine: str = typer.Option(
+        "auto", "--engine", help="auto (fused graph on CPU), jit, eager or onnxruntime (the exported ONNX graph)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
+) -> None:
+    """Classify images. Exit code 0: all classified; 1: some inputs failed (reported, others done); 2: error."""
+    from cnnapps.api import load
+    from cnnapps.backbones.registry import DEFAULT_BACKBONE
+
+    inputs = images(paths)
+    predictor = load(model or [DEFAULT_BACKBONE], task="classify", device=device, engine=engine, batch_size=batch_size)
+    with progress(len(inputs), "classifying") as advance:
+        results = predictor.predict(inputs, top_k=top_k, progress=advance)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        echo_json([r.to_dict() for r in results])
+    else:
+        _print_classifications(results, top_k)
+    if failed:
+        echo(f"{len(failed)} of {len(results)} inputs failed:", err=True)
+        for r in failed:
+            echo(f"  {r.source}: {r.error}", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_classifications(results: list[Any], top_k: int) -> None:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("image")
+    table.add_column("top-1")
+    table.add_column("score", justify="right")
+    if top_k > 1:
+        table.add_column(f"next {top_k - 1}")
+    for r in results:
+        if not r.ok:
+            table.add_row(r.source, styled(f"error: {r.error}", "red"), "", *([""] if top_k > 1 else []))
+            continue
+        best, rest = r.predictions[0], r.predictions[1:]
+        others = ", ".join(f"{p.label} {p.score:.0%}" for p in rest)
+        table.add_row(r.source, best.label, f"{best.score:.1%}", *([others] if top_k > 1 else []))
+    console().print(table)
+
+
+def eval_classify(
+    model: list[str] = typer.Option(..., "--model", "-m", help="Model file or registry name; repeat for an ensemble."),
+    data: str = typer.Option(..., "--data", help="Class-per-folder tree or a path,label CSV."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
+) -> None:
+    """Top-1, top-5, per-class precision and recall, and the confusion matrix."""
+    from cnnapps.api import load
+    from cnnapps.apps.classify.evaluate import evaluate
+    from cnnapps.datasets.folders import read_labeled
+    from cnnapps.terminal import report_failed
+
+    labelled = read_labeled(data, None)
+    predictor = load(model, task="classify", device=device, batch_size=batch_size)
+    with progress(len(labelled), "evaluating") as advance:
+        report = evaluate(predictor, labelled, progress=advance)
+    if report.n == 0:
+        report_failed(report.failed)
+        raise CnnappsError(f"{data}: none of its {len(labelled)} images could be read")
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        _print_report(report)
+    if report.failed:
+        report_failed(report.failed)
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_report(report: Any) -> None:
+    from rich.table import Table
+
+    out = console()
+    out.print(f"{report.n} images: top-1 {report.top1:.2%}, top-5 {report.top5:.2%}, loss {report.loss:.4f}")
+    table = Table()
+    for column in ("class", "precision", "recall", "images"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, p, r, n in zip(report.class_names, report.precision, report.recall, report.support, strict=True):
+        table.add_row(name, f"{p:.3f}", f"{r:.3f}", str(n))
+    out.print(table)
+    width = max(4, *(len(n) for n in report.class_names))
+    out.print("confusion matrix (rows: true, columns: predicted):")
+    out.print(" " * (width + 3) + " ".join(f"{n[:4]:>4}" for n in report.class_names))
+    for name, row in zip(report.class_names, report.confusion, strict=True):
+        out.print(f"  {name:>{width}} " + " ".join(f"{v:4d}" for v in row))
+
+
+visualize_app = typer.Typer(help="Look inside a classifier: Grad-CAM, filters, activations, top patches.",
+                            no_args_is_help=True)  # fmt: skip
+
+
+def _load_classifier(model: str | None) -> Any:
+    from cnnapps.apps.classify.model import load_classifier
+    from cnnapps.backbones.registry import DEFAULT_BACKBONE
+
+    return load_classifier(model or DEFAULT_BACKBONE)
+
+
+@visualize_app.command("gradcam")
+def visualize_gradcam(
+    image: str = typer.Argument(..., help="Image file."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    target: str = typer.Option(None, "--class", help="Class name or index [default: the top prediction]."),
+    out: Path = typer.Option(Path("gradcam.png"), "--out", "-o", help="Picture to write (never overwritten)."),
+) -> None:
+    """Grad-CAM: where in the image the evidence for a class lies."""
+    free(out)
+    from cnnapps.apps.classify.visualize import grad_cam
+    from cnnapps.datasets.io import read_image
+
+    rgb = read_image(image)
+    cam = grad_cam(_load_classifier(model), rgb, target)
+    echo(f"{image}: Grad-CAM for {cam.label} (class {cam.class_index}, p={cam.score:.3f})")
+    saved(out, cam.overlay())
+
+
+@visualize_app.command("filters")
+def visualize_filters(
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    out: Path = typer.Option(Path("filters.png"), "--out", "-o", help="Picture to write (never overwritten)."),
+) -> None:
+    """The first convolution layer's filters as a grid."""
+    free(out)
+    from cnnapps.apps.classify.visualize import first_layer_filters
+
+    saved(out, first_layer_filters(_load_classifier(model).model))
+
+
+@visualize_app.command("activations")
+def visualize_activations(
+    image: str = typer.Argument(..., help="Image file."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    layer: str = typer.Option(None, "--layer", help="Stage name, e.g. C3 [default: a middle stage]."),
+    out: Path = typer.Option(Path("activations.png"), "--out", "-o", help="Picture to write (never overwritten)."),
+) -> None:
+    """Activation maps of one stage for one image (first 64 channels)."""
+    free(out)
+    from cnnapps.apps.classify.visualize import activation_maps
+    from cnnapps.datasets.io import read_image
+
+    rgb = read_image(image)
+    saved(out, activation_maps(_load_classifier(model), rgb, layer))
+
+
+@visualize_app.command("patches")
+def visualize_patches(
+    folder: list[str] = typer.Argument(..., help="Images: files, folders or globs.", metavar="PATHS..."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    layer: str = typer.Option("C5", "--layer", help="Stage name."),
+    channel: int = typer.Option(0, "--channel", help="Channel of that stage."),
+    k: int = typer.Option(9, "-k", min=1, help="How many patches."),
+    out: Path = typer.Option(Path("patches.png"), "--out", "-o", help="Picture to write (never overwritten)."),
+) -> None:
+    """The image patches that excite one channel most (Zeiler & Fergus), strongest first."""
+    free(out)
+    from cnnapps.apps.classify.visualize import tile, top_patches
+
+    paths = images(folder)
+    patches, failed = top_patches(_load_classifier(model), paths, layer, channel, k)
+    for item in failed:
+        echo(f"skipped {item}", err=True)
+    if not patches:
+        raise CnnappsError(f"{' '.join(folder)}: no readable images")
+    for p in patches:
+        echo(f"{p.activation:10.3f}  {p.source}")
+    saved(out, tile([p.image for p in patches], columns=3))
+
+
+def register(app: typer.Typer, eval_app: typer.Typer, task: str) -> None:
+    """Add the classification commands to the ``cnnapps`` command."""
+    app.command("classify")(classify)
+    eval_app.command("classify")(eval_classify)
+    app.add_typer(visualize_app, name="visualize")

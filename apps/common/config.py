@@ -1,0 +1,243 @@
+"""Training settings as dataclasses: YAML recipes and ``cnnapps train`` options are both made from them.
+
+Each field's ``metadata`` holds its help text (and, for a field with a fixed set of values, ``choices``), so the
+command line is built from the dataclass instead of declaring every option again. Plain Python only: building
+``cnnapps --help`` imports this module, and it must not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnapps.errors import CnnappsError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step", "plateau", "none")
+#: classification augmentation presets (described in cnnapps.datasets.transforms.PRESETS)
+AUGMENT_PRESETS = ("default", "alexnet", "creative", "none")
+# Lightning strategies offered for several processes (one per GPU, or CPU processes with the gloo backend)
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+# how the learning rate follows the number of processes: "linear" (Goyal et al. 2017) or "sqrt" (for Adam-like
+# optimisers); "none" keeps the given rate for the larger global batch
+LR_SCALING = ("none", "linear", "sqrt")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+
+#: the help panel of the options for several processes (README: Scaling out)
+SCALE_PANEL = "Scaling out"
+#: the help panel of the options most runs never change
+MORE_PANEL = "More training options"
+
+
+class ConfigError(CnnappsError):
+    """A training configuration with an unknown key or a bad value."""
+
+
+def option(default: Any = None, help: str = "", *, choices: tuple[str, ...] = (), panel: str | None = None,
+           cli: bool = True, factory: Any = None) -> Any:  # fmt: skip
+    """A config field with its command-line help; ``cli=False`` keeps it to YAML recipes."""
+    meta = {"help": help, "choices": choices, "panel": panel, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; YAML files in configs/<task>/ set the same fields, flags override them."""
+
+    data: str = option("", "Class-per-folder tree (with train/ and val/, or split), or a path,label CSV.")
+    backbone: str = option("efficientnet_lite0", "Registry name, e.g. resnet50 or timm:convnext_tiny.")
+    weights: str | None = option("imagenet", "imagenet, none, or a weights file for the backbone.")
+    trunk: str | None = option(
+        None,
+        "Train only a new head on this frozen trunk: a registry name or a model file (its trunk is taken as it "
+        "is); heads trained on one trunk can be joined by `cnnapps compose`.",
+    )
+    freeze: int = option(0, "Freeze the stem and this many stages.")
+    epochs: int = option(10, "Passes over the training set.")
+    batch_size: int = option(32, "Images per step on each process.")
+    lr: float | None = option(None, "Learning rate [default: 1e-3 for adamw, 1e-2 for sgd].")
+    optimizer: str = option("adamw", "adamw or sgd (momentum 0.9).", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum.", panel=MORE_PANEL)
+    weight_decay: float = option(1e-4, "Weight decay.", panel=MORE_PANEL)
+    schedule: str = option(
+        "cosine", "cosine, step, plateau (divide by 10 on a plateau) or none.", choices=SCHEDULES
+    )
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.", panel=MORE_PANEL)
+    dropout: float = option(0.2, "Dropout before the head.", panel=MORE_PANEL)
+    augment: str = option("default", "default, alexnet, creative or none.", choices=AUGMENT_PRESETS)
+    input_size: int | None = option(None, "Train and predict at this side length.")
+    val_split: float = option(0.2, "Validation fraction when the data has no separate validation set.")
+    patience: int | None = option(None, "Stop after this many epochs without improvement.")
+    out: str = option("runs/classify", "Run folder (an earlier run there is never overwritten).")
+    resume: bool = option(False, "Continue the run in --out from its last checkpoint.")
+    workers: int | None = option(None, "Data-loading processes [default: up to 4].")
+    device: str = option("auto", "auto, cpu or cuda.")
+    devices: int = option(1, "Processes per node: GPUs, or CPU processes.", panel=SCALE_PANEL)
+    num_nodes: int = option(1, "Machines.", panel=SCALE_PANEL)
+    strategy: str = option(
+        "auto", "auto, ddp, ddp_spawn or ddp_find_unused_parameters_true.", choices=STRATEGIES, panel=SCALE_PANEL
+    )
+    sync_batchnorm: bool = option(False, "Batch-norm statistics over all GPUs.", panel=SCALE_PANEL)
+    lr_scaling: str = option(
+        "none", "none, linear or sqrt in the number of processes.", choices=LR_SCALING, panel=SCALE_PANEL
+    )
+    precision: str = option(
+        "auto", "auto (16-mixed on a GPU, 32-true on a CPU), 32-true, 16-mixed or bf16-mixed.", choices=PRECISIONS,
+        panel=MORE_PANEL,
+    )  # fmt: skip
+    seed: int = option(0, "Random seed (split, initialisation, order).", panel=MORE_PANEL)
+    progress: bool = option(True, cli=False)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+
+    #: the task a config trains (subclasses set it; detection configs carry it as a field)
+    task_name = "classify"
+
+    def validate(self) -> TrainConfig:
+        """Check values; raises :class:`ConfigError` naming the setting and what it takes."""
+        if not self.data:
+            what = fields_of(type(self))["data"].metadata["help"].rstrip(".")
+            raise ConfigError(f"data: required ({what[0].lower()}{what[1:]})")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+        checks = [
+            (self.epochs >= 1, f"epochs: must be at least 1, not {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size: must be at least 1, not {self.batch_size}"),
+            (self.lr is None or self.lr > 0, f"lr: must be positive, not {self.lr}"),
+            (0 <= self.dropout < 1, f"dropout: must be in [0, 1), not {self.dropout}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing: must be in [0, 1), not {self.label_smoothing}"),
+            (self.freeze >= 0, f"freeze: must be 0 or more, not {self.freeze}"),
+            (not (self.trunk and self.freeze), "freeze: a --trunk is frozen whole; leave freeze out"),
+            (0 < self.val_split < 1, f"val_split: must be between 0 and 1, not {self.val_split}"),
+            (self.input_size is None or 8 <= self.input_size <= 4096,
+             f"input_size: must be between 8 and 4096 pixels, not {self.input_size}"),
+            (self.patience is None or self.patience >= 1, f"patience: must be at least 1, not {self.patience}"),
+            (self.workers is None or self.workers >= 0, f"workers: must be 0 or more, not {self.workers}"),
+            (self.devices >= 1, f"devices: must be at least 1, not {self.devices}"),
+            (self.num_nodes >= 1, f"num_nodes: must be at least 1, not {self.num_nodes}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def default_lr(self) -> float:
+        """The learning rate for one process when ``lr`` is not set."""
+        return 1e-2 if self.optimizer == "sgd" else 1e-3
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: ``devices`` per node times ``num_nodes``."""
+        return self.devices * self.num_nodes
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per optimiser step: ``batch_size`` is per process, gradients are averaged over all of them."""
+        return self.batch_size * self.world_size
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr`` (or the default) scaled by the ``lr_scaling`` rule for ``world_size`` processes."""
+        base = self.lr if self.lr is not None else self.default_lr()
+        factor = {"none": 1.0, "linear": float(self.world_size), "sqrt": self.world_size**0.5}[self.lr_scaling]
+        return base * factor
+
+    def scaling_report(self) -> str:
+        """One line on the effective batch and the learning rate rule, printed when training starts."""
+        base = self.lr if self.lr is not None else self.default_lr()
+        nodes = f"{self.num_nodes} node{'s' if self.num_nodes > 1 else ''}"
+        batch = f"batch {self.global_batch_size} = {self.batch_size} per process x {self.devices} per node x {nodes}"
+        if self.lr_scaling == "none":
+            hint = f"; --lr-scaling linear would use {base * self.world_size:g}" if self.world_size > 1 else ""
+            return f"{batch}; lr {base:g} (no scaling{hint})"
+        return f"{batch}; lr {self.learning_rate:g} ({self.lr_scaling} scaling of {base:g} by {self.world_size})"
+
+
+def fields_of(config_type: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(config_type)}
+
+
+def load_config(path: str | os.PathLike | None = None, config_type: type = TrainConfig, **overrides: Any) -> Any:
+    """Fields from a YAML file, then ``overrides`` (None values are ignored); unknown keys and values of the
+    wrong type are errors that name the setting."""
+    values: dict[str, Any] = {}
+    source = str(path) if path is not None else "config"
+    if path is not None:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read it ({exc})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, not a {type(loaded).__name__}")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = fields_of(config_type)
+    unknown = sorted(str(k) for k in set(values) - set(known))
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
+        raise ConfigError(f"{source}: unknown settings {', '.join(hints)}")
+    if isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
+        values["weights"] = None
+    hints = typing.get_type_hints(config_type)
+    checked = {name: _checked(source, name, value, hints[name]) for name, value in values.items()}
+    return config_type(**checked).validate()
+
+
+def _checked(source: str, name: str, value: Any, annotation: Any) -> Any:
+    """``value`` as the type the field declares (YAML's "1e-3" is a string; 3 fits a float), or a ConfigError."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in kinds:
+            return None
+        raise ConfigError(f"{source}: {name}: a value is required")
+    for kind in kinds:
+        origin = typing.get_origin(kind) or kind
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if origin is str and isinstance(value, str):
+            return value
+        if origin is dict and isinstance(value, dict):
+            return value
+    wanted = " or ".join(_type_word(k) for k in kinds if k is not type(None))
+    raise ConfigError(f"{source}: {name}: expected {wanted}, not {value!r}")
+
+
+def _type_word(kind: Any) -> str:
+    origin = typing.get_origin(kind) or kind
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
+        origin, getattr(origin, "__name__", str(origin))
+    )
+
+
+def write_config(config: Any, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

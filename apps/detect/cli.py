@@ -1,0 +1,153 @@
+"""``cnnapps detect|segment|pose`` and ``cnnapps eval detect|segment|pose``.
+
+The three tasks share one implementation each for predict and eval; only the task name differs. Imports typer
+only; commands import what they need.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cnnapps.errors import CnnappsError
+from cnnapps.terminal import (
+    EXIT_SOME_FAILED,
+    console,
+    echo,
+    echo_json,
+    free_name,
+    images,
+    progress,
+    report_failed,
+    styled,
+)
+
+_WHAT = {"detect": "objects (boxes)", "segment": "boxes and instance masks", "pose": "people and their keypoints"}
+_ZOO = {"detect": "fasterrcnn_resnet50_fpn", "segment": "maskrcnn_resnet50_fpn", "pose": "keypointrcnn_resnet50_fpn"}
+
+
+def _predict_command(task: str) -> Any:
+    def command(
+        paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+        model: str = typer.Option(
+            None, "--model", "-m", help=f"Trained model file or a torchvision COCO model [default: {_ZOO[task]}]."
+        ),
+        score_threshold: float = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0, help="Keep scores >= this."),
+        tile: int = typer.Option(None, "--tile", min=64, help="Run on overlapping tiles of this size (large images)."),
+        overlap: int = typer.Option(128, "--overlap", min=0, help="Pixels shared by neighbouring tiles."),
+        save_dir: Path = typer.Option(None, "--save-dir", help="Write overlays here (existing files are kept)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input, masks as COCO RLE."),
+    ) -> None:
+        from cnnapps.api import load
+
+        inputs = images(paths)
+        predictor = load(model, task=task, device=device, score_threshold=score_threshold, tile=tile, overlap=overlap)
+        with progress(len(inputs), f"{task}ing", minimum=4) as advance:
+            results = predictor.predict(inputs, progress=advance)
+        if save_dir is not None:
+            _save_overlays(results, save_dir)
+        if as_json:
+            echo_json([r.to_dict() for r in results])
+        else:
+            _print_detections(results)
+        failed = [r for r in results if not r.ok]
+        report_failed([{"path": r.source, "error": r.error} for r in failed])
+        if failed:
+            raise typer.Exit(EXIT_SOME_FAILED)
+
+    command.__doc__ = (
+        f"Find {_WHAT[task]} in images. Exit code 0: all done; 1: some inputs failed (reported, others done); 2: error."
+    )
+    return command
+
+
+def _save_overlays(results: list[Any], folder: Path) -> None:
+    from cnnapps.datasets.io import read_image, write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        if r.ok:
+            path = free_name(folder, Path(r.source).stem)
+            write_image(path, r.draw(read_image(r.source, max_pixels=None)))
+            echo(f"wrote {path}", err=True)
+
+
+def _print_detections(results: list[Any]) -> None:
+    from collections import Counter
+
+    from rich.table import Table
+
+    table = Table()
+    for column in ("image", "objects", "found"):
+        table.add_column(column)
+    for r in results:
+        if not r.ok:
+            table.add_row(r.source, "", styled(f"error: {r.error}", "red"))
+            continue
+        counts = Counter(i.label for i in r.instances)
+        best = {}
+        for i in r.instances:
+            best[i.label] = max(best.get(i.label, 0.0), i.score)
+        found = ", ".join(f"{n}x {label} (best {best[label]:.0%})" for label, n in counts.most_common())
+        table.add_row(r.source, str(len(r.instances)), found or "-")
+    console().print(table)
+
+
+def _eval_command(task: str) -> Any:
+    def command(
+        model: str = typer.Option(..., "--model", "-m", help="Model file or a torchvision COCO model name."),
+        data: str = typer.Option(..., "--data", help="COCO annotation JSON with the ground truth."),
+        images: str = typer.Option(..., "--images", help="Folder the JSON's file_name entries are in."),
+        save_results: Path = typer.Option(None, "--save-results", help="Write the detections as COCO results JSON."),
+        device: str = typer.Option("auto", "--device"),
+        as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
+    ) -> None:
+        from cnnapps.api import load
+        from cnnapps.apps.detect.evaluate import evaluate_detector
+        from cnnapps.datasets.coco import CocoDataset
+
+        if save_results is not None and save_results.exists():
+            raise CnnappsError(f"{save_results}: already exists; choose another --save-results")
+        predictor = load(model, task=task, device=device, score_threshold=0.05)
+        dataset = CocoDataset(data, images, task)
+        with progress(len(dataset), "evaluating", minimum=4) as advance:
+            report, results = evaluate_detector(predictor, dataset, progress=advance)
+        if save_results is not None:
+            save_results.write_text(json.dumps(results))
+            echo(f"wrote {save_results} ({len(results)} detections)", err=True)
+        if as_json:
+            echo_json(report)
+        else:
+            _print_coco_metrics(report)
+            report_failed(report["failed"])
+        if report["failed"]:
+            raise typer.Exit(EXIT_SOME_FAILED)
+
+    command.__doc__ = f"COCO AP of a {task} model (pycocotools): AP, AP50, AP75, small/medium/large."
+    return command
+
+
+def _print_coco_metrics(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    metrics = report["metrics"]
+    kinds = list(dict.fromkeys(k.split("_")[0] for k in metrics))
+    columns = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+    table = Table(title=f"{report['images']} images, {report['detections']} detections")
+    table.add_column("")
+    for header in ("AP", "AP50", "AP75", "AP small", "AP medium", "AP large"):
+        table.add_column(header, justify="right")
+    for kind in kinds:
+        cells = [metrics.get(f"{kind}_{c}") for c in columns]
+        table.add_row(kind, *("-" if v is None else f"{v:.3f}" for v in cells))
+    console().print(table)
+
+
+def register(app: typer.Typer, eval_app: typer.Typer, task: str) -> None:
+    """Add the prediction verb and the eval command of ``task`` (detect, segment or pose) to ``cnnapps``."""
+    app.command(task)(_predict_command(task))
+    eval_app.command(task)(_eval_command(task))

@@ -1,0 +1,66 @@
+"""Settings of ``cnnapps train detect|segment|pose`` (plain data: the command line is built from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cnnapps.apps.common.config import MORE_PANEL, ConfigError, TrainConfig, option
+
+#: the detection tasks and the torchvision meta-architecture that serves each
+TASKS = {"detect": "FasterRCNN", "segment": "MaskRCNN", "pose": "KeypointRCNN"}
+#: torchvision's head styles: v1 (the original R-CNN heads) or v2 (conv heads with batch norm)
+HEAD_STYLES = ("v1", "v2")
+#: detection augmentation presets (described in cnnapps.datasets.transforms.DETECTION_PRESETS)
+DETECTION_AUGMENT = ("default", "none")
+
+
+@dataclass
+class DetectConfig(TrainConfig):
+    """``data``: a COCO JSON; ``images``: its image folder; without ``val_data`` a ``val_split`` is held out."""
+
+    task: str = option("segment", "detect, segment or pose.", choices=tuple(TASKS), cli=False)
+    data: str = option("", "COCO annotation JSON (instances or person keypoints).")
+    images: str = option("", "Folder the JSON's file_name entries are in.")
+    val_data: str | None = option(None, "Validation COCO JSON [default: hold out --val-split].")
+    val_images: str | None = option(None, "Validation image folder [default: --images].")
+    backbone: str = option("resnet50", "Registry name, e.g. resnet50 or timm:convnext_tiny.")
+    weights: str | None = option(
+        "imagenet", "imagenet (backbone only), coco (torchvision's COCO model, resnet50), none or a file."
+    )
+    batch_size: int = option(4, "Images per step on each process.")
+    epochs: int = option(12, "Passes over the training set.")
+    lr: float | None = option(None, "Learning rate [default: 1e-4 for adamw, 0.02 x batch/16 for sgd].")
+    augment: str = option("default", "default or none.", choices=DETECTION_AUGMENT)
+    patience: int | None = option(None, "Stop after this many epochs without a better AP.")
+    trainable_stages: int | None = option(None, "Train the last N backbone stages [default: 3 when pretrained].")
+    fpn: bool | None = option(None, "An FPN over the stage maps [default: yes, but for VGG, AlexNet, LeNet-5].")
+    fpn_channels: int = option(256, "FPN width; the heads scale with it.")
+    heads: str = option("v1", "v1 or v2 (torchvision's conv heads with batch norm).", choices=HEAD_STYLES,
+                        panel=MORE_PANEL)  # fmt: skip
+    min_size: int = option(800, "Shorter side images are resized to.")
+    max_size: int = option(1333, "Longest side limit.")
+    options: dict[str, Any] = option(cli=False, factory=dict)  # torchvision R-CNN keyword arguments
+    out: str = option("", "Run folder [default: runs/<task>].")
+
+    @property
+    def task_name(self) -> str:  # type: ignore[override]
+        return self.task
+
+    def validate(self) -> DetectConfig:
+        if self.task not in TASKS:
+            raise ConfigError(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.data and not self.images:
+            raise ConfigError("images: required (the folder the COCO file's file_name entries are relative to)")
+        super().validate()
+        if not 32 <= self.min_size <= self.max_size <= 4096:
+            raise ConfigError(
+                f"min_size/max_size: need 32 <= min_size <= max_size <= 4096, not {self.min_size}/{self.max_size}"
+            )
+        if self.fpn_channels < 1:
+            raise ConfigError(f"fpn_channels: must be at least 1, not {self.fpn_channels}")
+        self.out = self.out or f"runs/{self.task}"
+        return self
+
+    def default_lr(self) -> float:
+        return 0.02 * self.batch_size / 16 if self.optimizer == "sgd" else 1e-4

@@ -1,0 +1,275 @@
+"""Model files as trunk + heads: writing them, reading them (files of the first format through a migration),
+rebuilding a task's model from the trunk and one head, and taking a trunk to train new heads on.
+
+The container and its checks are ``cnnapps.bundle``'s; what a head is for each task is the task's head adapter
+(the task table's ``head`` part), so this module names no task.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnapps.apps.tasks import TASKS
+from cnnapps.bundle import (
+    FORMAT_V1,
+    MAX_LABELS,
+    BundleError,
+    load_tensors,
+    read_metadata,
+    save_bundle,
+    tensor_fingerprint,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from cnnapps.backbones.features import Backbone
+
+
+@dataclass
+class HeadInfo:
+    """One head of a model file: its task, its kind (how it is built), its settings and labels."""
+
+    task: str
+    kind: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)  # class names, or a captioner's vocabulary
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "kind": self.kind, "kwargs": self.kwargs, "labels": self.labels,
+                "metrics": self.metrics}  # fmt: skip
+
+
+@dataclass
+class ModelFile:
+    """What a model file says about itself (read from its header; tensors are read when a model is built)."""
+
+    path: Path
+    trunk: dict[str, Any]  # name, kwargs, fingerprint
+    heads: dict[str, HeadInfo]
+    preprocess: dict[str, Any]
+    format: str
+    version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        return [h.task for h in self.heads.values()]
+
+    def head_named(self, name: str | None = None, task: str | None = None) -> str:
+        """The name of the head asked for by name or task (the only head when neither is given)."""
+        if name is not None:
+            if name not in self.heads:
+                raise BundleError(f"{self.path}: no head named {name!r} (heads: {', '.join(self.heads)})")
+            return name
+        matching = [n for n, h in self.heads.items() if task is None or h.task == task]
+        if len(matching) == 1:
+            return matching[0]
+        if not matching:
+            have = ", ".join(f"{n} ({h.task})" for n, h in self.heads.items())
+            raise BundleError(f"{self.path}: has no {task} head (heads: {have})")
+        raise BundleError(f"{self.path}: has several heads ({', '.join(matching)}); name the one to use")
+
+    def trunk_tensors(self) -> dict[str, torch.Tensor]:
+        if self.format == FORMAT_V1:
+            return _v1_split(self)[0]
+        return load_tensors(self.path, "trunk.")
+
+    def head_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        if self.format == FORMAT_V1:
+            return _v1_split(self)[1]
+        return load_tensors(self.path, f"heads.{name}.")
+
+
+def adapter(task: str) -> Any:
+    """The head adapter of ``task`` (from the task table)."""
+    return TASKS[task].part("head")
+
+
+def read_model_file(path: str | os.PathLike) -> ModelFile:
+    """The checked description of a model file of either format; one-line errors name the file and the key."""
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta["format"] == FORMAT_V1:
+        return _migrate_v1(path, meta)
+    trunk, heads, preprocess = meta.get("trunk"), meta.get("heads"), meta.get("preprocess")
+    if not isinstance(trunk, dict) or not isinstance(trunk.get("name"), str):
+        raise BundleError(f"{path}: trunk: expected {{name, kwargs, fingerprint}}, found {_short(trunk)}")
+    if not isinstance(trunk.get("kwargs", {}), dict):
+        raise BundleError(f"{path}: trunk.kwargs: expected a mapping, found {_short(trunk.get('kwargs'))}")
+    if not isinstance(heads, dict) or not heads:
+        raise BundleError(f"{path}: heads: expected a mapping of one or more heads, found {_short(heads)}")
+    if not isinstance(preprocess, dict):
+        raise BundleError(f"{path}: preprocess: expected a mapping, found {_short(preprocess)}")
+    infos = {}
+    for name, head in heads.items():
+        infos[name] = _head_info(path, name, head)
+    extra = {k: v for k, v in meta.items() if k not in ("format", "version", "trunk", "heads", "preprocess")}
+    return ModelFile(path, {"kwargs": {}, **trunk}, infos, preprocess, meta["format"], str(meta.get("version")), extra)
+
+
+def _head_info(path: Path, name: str, head: Any) -> HeadInfo:
+    where = f"{path}: heads.{name}"
+    if not isinstance(head, dict):
+        raise BundleError(f"{where}: expected a mapping, found {_short(head)}")
+    task = head.get("task")
+    if task not in TASKS:
+        raise BundleError(f"{where}.task: {task!r} is not a task this cnnapps knows ({', '.join(TASKS)})")
+    labels = head.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels[:MAX_LABELS]):
+        raise BundleError(f"{where}.labels: expected a list of names, found {_short(labels)}")
+    if len(labels) > MAX_LABELS:
+        raise BundleError(f"{where}.labels: {len(labels):,} names, more than the {MAX_LABELS:,} a head may have")
+    kwargs, metrics = head.get("kwargs", {}), head.get("metrics", {})
+    if not isinstance(kwargs, dict) or not isinstance(metrics, dict):
+        raise BundleError(f"{where}: kwargs and metrics must be mappings")
+    return HeadInfo(task, str(head.get("kind", "")), kwargs, labels, metrics)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _migrate_v1(path: Path, meta: dict[str, Any]) -> ModelFile:
+    """A file of the first format as a one-head file: its task's adapter says which tensors are the trunk."""
+    task = meta.get("task", "classify")
+    if task not in TASKS:
+        raise BundleError(f"{path}: task: {task!r} is not a task this cnnapps knows ({', '.join(TASKS)})")
+    try:
+        trunk, head, preprocess = adapter(task).from_v1(meta)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: a {FORMAT_V1} {task} file without a usable {exc} entry") from None
+    head.metrics = meta.get("metrics", {}) if isinstance(meta.get("metrics"), dict) else {}
+    _head_info(path, task, head.to_dict())  # the same checks as for the current format
+    return ModelFile(path, trunk, {task: head}, preprocess, FORMAT_V1, str(meta.get("version")))
+
+
+def _v1_split(model_file: ModelFile) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trunk, head) tensors of a first-format file, whose keys are its model's whole state dict."""
+    (info,) = model_file.heads.values()
+    prefix = adapter(info.task).trunk_path + "."
+    tensors = load_tensors(model_file.path)
+    trunk = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return trunk, {k: v for k, v in tensors.items() if not k.startswith(prefix)}
+
+
+def build_trunk(model_file: ModelFile, tensors: dict[str, torch.Tensor] | None = None) -> Backbone:
+    """The file's trunk (registry net without its original head) with the file's trunk tensors."""
+    from cnnapps.backbones import create_backbone
+
+    name, kwargs = model_file.trunk["name"], model_file.trunk.get("kwargs", {})
+    try:
+        trunk = create_backbone(name, weights=None, **kwargs)
+    except TypeError as exc:
+        raise BundleError(f"{model_file.path}: trunk.kwargs do not fit {name} ({exc})") from None
+    if trunk.has_head:
+        trunk.drop_head()
+    return trunk
+
+
+def build_model(model_file: ModelFile, head: str | None = None, task: str | None = None) -> nn.Module:
+    """The task model of one head (e.g. a Classifier), on the file's trunk, with the file's weights."""
+    name = model_file.head_named(head, task)
+    info = model_file.heads[name]
+    task_adapter = adapter(info.task)
+    trunk_state = model_file.trunk_tensors()
+    model = task_adapter.build(build_trunk(model_file), info, model_file.preprocess, model_file)
+    prefix = task_adapter.trunk_path + "."
+    state = {prefix + k: v for k, v in trunk_state.items()}
+    state.update(model_file.head_tensors(name))
+    load_exactly(model, state, f"{model_file.path} ({name} head)")
+    return model.eval()
+
+
+def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load every tensor of ``state`` into ``model`` with matching names and shapes, or a one-line error.
+
+    Batch-norm step counters (``num_batches_tracked``) may be missing on either side: they do not change outputs.
+    """
+    ours = model.state_dict()
+    harmless = "num_batches_tracked"
+    missing = [k for k in ours if k not in state and not k.endswith(harmless)]
+    unexpected = [k for k in state if k not in ours and not k.endswith(harmless)]
+    if missing or unexpected:
+        detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise BundleError(f"{source}: the weights do not fit the described model ({detail})")
+    for key, value in state.items():
+        if key in ours and tuple(ours[key].shape) != tuple(value.shape):
+            raise BundleError(
+                f"{source}: {key} has shape {tuple(value.shape)}, the described model needs {tuple(ours[key].shape)}"
+            )
+    model.load_state_dict({k: v for k, v in state.items() if k in ours}, strict=False)
+
+
+def save_model(path: str | os.PathLike, task: str, model: nn.Module, trunk_name: str,
+               trunk_kwargs: dict[str, Any] | None, preprocess: dict[str, Any],
+               metrics: dict[str, Any] | None = None, head_name: str | None = None) -> Path:  # fmt: skip
+    """Write a one-head model file for ``model`` (a task model whose trunk sits at its adapter's trunk path)."""
+    task_adapter = adapter(task)
+    info = task_adapter.describe(model)
+    info.metrics = dict(metrics or {})
+    prefix = task_adapter.trunk_path + "."
+    state = model.state_dict()
+    trunk = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    head = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    return write_model_file(path, {"name": trunk_name, "kwargs": dict(trunk_kwargs or {})}, trunk,
+                            {head_name or task: (info, head)}, preprocess)  # fmt: skip
+
+
+def write_model_file(path: str | os.PathLike, trunk: dict[str, Any], trunk_state: dict[str, torch.Tensor],
+                     heads: dict[str, tuple[HeadInfo, dict[str, torch.Tensor]]], preprocess: dict[str, Any],
+                     overwrite: bool = True) -> Path:  # fmt: skip
+    """Write the trunk, the heads (name: (info, tensors)) and the preprocessing as one model file."""
+    tensors = {f"trunk.{k}": v for k, v in trunk_state.items()}
+    for name, (_, state) in heads.items():
+        tensors.update({f"heads.{name}.{k}": v for k, v in state.items()})
+    meta = {
+        "trunk": {**trunk, "fingerprint": tensor_fingerprint(trunk_state)},
+        "heads": {name: info.to_dict() for name, (info, _) in heads.items()},
+        "preprocess": _plain(preprocess),
+    }
+    return save_bundle(path, tensors, meta, overwrite=overwrite)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, for JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def trunk_fingerprint(model_file: ModelFile) -> str:
+    """The trunk's fingerprint: stored in the file, or computed from its tensors (first-format files)."""
+    stored = model_file.trunk.get("fingerprint")
+    return stored if isinstance(stored, str) else tensor_fingerprint(model_file.trunk_tensors())
+
+
+def load_trunk(spec: str | os.PathLike, weights: str | None = "imagenet") -> tuple[Backbone, Any]:
+    """A trunk to train new heads on, and its preprocessing: a registry name (seeded with ``weights``) or a model
+    file, whose trunk is taken exactly as it is stored."""
+    from cnnapps.backbones import create_backbone
+    from cnnapps.backbones.preprocess import Preprocess
+    from cnnapps.bundle import is_bundle_path
+
+    if not is_bundle_path(spec):
+        trunk = create_backbone(str(spec), weights=weights)
+        if trunk.has_head:
+            trunk.drop_head()
+        return trunk, trunk.preprocess
+    model_file = read_model_file(spec)
+    trunk = build_trunk(model_file)
+    load_exactly(trunk, model_file.trunk_tensors(), f"{spec} (trunk)")
+    trunk.weights = f"trunk of {spec}"
+    try:
+        preprocess = Preprocess.from_dict(model_file.preprocess)
+    except (TypeError, ValueError):  # a detector's own resizing: the trunk's registry preprocessing instead
+        preprocess = trunk.preprocess
+    return trunk, preprocess

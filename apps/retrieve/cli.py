@@ -1,0 +1,293 @@
+"""``cnnapps retrieve``, ``cnnapps index ...``, ``cnnapps dedup`` and ``cnnapps eval retrieve``.
+
+Imports typer only; each command imports what it needs, so ``cnnapps --help`` loads no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cnnapps.errors import CnnappsError
+from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, free, images, progress, report_failed
+
+_MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
+
+
+def eval_retrieve(
+    model: str = typer.Option(..., "--model", "-m", help="Model file or registry name."),
+    data: str = typer.Option(..., "--data", help="Class-per-folder tree or a path,label CSV."),
+    pooling: str = typer.Option("avg", "--pooling", help="For registry names and classifiers: avg or gem."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """recall@1/5/10 and mAP@R with every image querying all the others."""
+    from cnnapps.apps.retrieve.evaluate import evaluate_retrieval
+    from cnnapps.datasets.folders import read_labeled
+
+    labelled = read_labeled(data)
+    with progress(len(labelled), "embedding") as advance:
+        report = evaluate_retrieval(_embedder(model, pooling, device), labelled, progress=advance)
+    if as_json:
+        echo_json(report)
+    else:
+        echo(
+            f"{report['n']} images: recall@1 {report['recall@1']:.2%}, recall@5 {report['recall@5']:.2%}, "
+            f"recall@10 {report['recall@10']:.2%}, mAP@R {report['map@r']:.3f}"
+        )
+    report_failed(report["failed"] if not as_json else [])
+    if report["failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+index_app = typer.Typer(help="Build and keep an image index (FAISS + SQLite) for retrieval.", no_args_is_help=True)
+
+_INDEX_HELP = "Index folder (FAISS file + SQLite database)."
+
+
+def _embedder(model: str | None, pooling: str, device: str) -> Any:
+    from cnnapps.apps.retrieve.embedder import Embedder
+    from cnnapps.backbones.registry import DEFAULT_BACKBONE
+
+    return Embedder(model or DEFAULT_BACKBONE, pooling=pooling, device=device)
+
+
+@index_app.command("build")
+def index_build(
+    folder: list[str] = typer.Argument(..., help="Images: folders (recursive), files or globs."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    kind: str = typer.Option(
+        "auto", "--kind", help="auto (exact below 100,000 images, then IVF-PQ), flat, ivfpq, hnsw."
+    ),
+    pooling: str = typer.Option("avg", "--pooling", help="avg or gem (generalised mean)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    rank: int = typer.Option(
+        None, "--rank", min=0, help="This process's share of a sharded build [default: from torchrun or SLURM]."
+    ),
+    world_size: int = typer.Option(
+        None, "--world-size", min=1, help="Processes sharing the build [default: from torchrun or SLURM, else 1]."
+    ),
+    part_size: int = typer.Option(10_000, "--part-size", min=1, help="Images per part file of a sharded build."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Embed every image under FOLDER into a new index.
+
+    Started on several processes (torchrun, srun, or --rank/--world-size), each embeds its share into part
+    files under INDEX/parts; `cnnapps index merge` then writes the index. A rerun skips finished parts."""
+    from cnnapps.apps.retrieve.index import Index
+    from cnnapps.apps.retrieve.sharded import launcher_rank
+
+    world_size = world_size or launcher_rank()[1]
+    if rank is not None or world_size > 1:
+        _build_shard(folder, index, model, pooling, device, rank, world_size, part_size, as_json)
+        return
+    paths = images(folder)
+    embedder = _embedder(model, pooling, device)
+    built = Index.create(index, embedder.describe(), kind=kind)
+    with progress(len(paths), "embedding") as advance:
+        added, failed = built.add(paths, embedder=embedder, progress=advance)
+    _index_done(built.info(), as_json, f"indexed {added} images", failed)
+
+
+def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str, device: str, rank: int | None,
+                 world_size: int, part_size: int, as_json: bool) -> None:  # fmt: skip
+    """One rank of a sharded ``index build``: its parts, a line on what it did, the merge hint."""
+    from cnnapps.apps.retrieve.sharded import build_shard, launcher_rank
+
+    env_rank, _, local_rank = launcher_rank()
+    rank = env_rank if rank is None else rank
+    if rank >= world_size:
+        raise CnnappsError(f"--rank {rank}: must be below --world-size {world_size}")
+    if device == "auto" and local_rank is not None:
+        import torch
+
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # one GPU per local process
+    paths = images(folder)
+    embedder = _embedder(model, pooling, device)
+    share = -(-len(paths) // world_size)
+    with progress(share, f"rank {rank} embedding") as advance:
+        report = build_shard(paths, index, embedder, rank, world_size, part_size, progress=advance)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        echo(
+            f"rank {rank} of {world_size}: {report.parts} parts ({report.skipped} already finished), "
+            f"embedded {report.embedded} images; when every rank is done: cnnapps index merge --index {index}"
+        )
+    report_failed(report.failed)
+
+
+def _index_done(info: dict[str, Any], as_json: bool, headline: str, failed: list[dict[str, str]]) -> None:
+    """After an index write: its state, the inputs that failed, and exit 1 when some did."""
+    _print_index(info, as_json, headline)
+    report_failed(failed)
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_index(info: dict[str, Any], as_json: bool, headline: str | None = None) -> None:
+    if as_json:
+        echo_json(info)
+        return
+    if headline:
+        echo(headline)
+    for key, value in info.items():
+        echo(f"  {key:>14}: {value}")
+
+
+@index_app.command("merge")
+def index_merge(
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    kind: str = typer.Option(
+        "auto", "--kind", help="auto (exact below 100,000 images, then IVF-PQ), flat, ivfpq, hnsw."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Write the parts of a sharded `index build` into the index (IVF-PQ trained once, on a sample)."""
+    from cnnapps.apps.retrieve.sharded import merge_parts
+
+    built, failed = merge_parts(index, kind=kind)
+    _index_done(built.info(), as_json, f"merged {len(built)} images", failed)
+
+
+@index_app.command("add")
+def index_add(
+    paths: list[str] = typer.Argument(..., help="Images: files, folders or globs."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Embed and add images (re-embeds ones already indexed)."""
+    from cnnapps.apps.retrieve.index import Index
+    from cnnapps.datasets.folders import expand_inputs
+
+    opened = Index.open(index)
+    files = expand_inputs(paths)
+    with progress(len(files), "embedding") as advance:
+        added, failed = opened.add(files, progress=advance)
+    _index_done(opened.info(), as_json, f"added {added} images", failed)
+
+
+@index_app.command("remove")
+def index_remove(
+    paths: list[str] = typer.Argument(..., help="Indexed image paths."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Drop images from the index (the files themselves are untouched)."""
+    from cnnapps.apps.retrieve.index import Index
+
+    opened = Index.open(index)
+    removed = opened.remove(paths)
+    _print_index(opened.info(), as_json, f"removed {removed} images")
+
+
+@index_app.command("info")
+def index_info(
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Items, model, embedding size, index kind and size on disk."""
+    from cnnapps.apps.retrieve.index import Index
+
+    _print_index(Index.open(index).info(), as_json)
+
+
+@index_app.command("sync")
+def index_sync(
+    folder: str = typer.Argument(..., help="The folder the index mirrors."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Add new images, re-embed changed ones, drop deleted ones."""
+    from cnnapps.apps.retrieve.index import Index
+
+    report = Index.open(index).sync(folder)
+    if as_json:
+        echo_json(report)
+    else:
+        echo(
+            f"added {report['added']}, re-embedded {report['changed']}, removed {report['removed']}; "
+            f"{report['items']} images indexed"
+        )
+    report_failed(report["failed"])
+    if report["failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def retrieve(
+    query: list[str] = typer.Option(..., "--query", "-q", help="Query image; repeat for several."),
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    k: int = typer.Option(10, "-k", min=1, help="Results per query."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    save_grid: Path = typer.Option(None, "--save-grid", help="Draw each query beside its top-k (one file per query)."),
+    engine: str = typer.Option("auto", "--engine", help="auto, jit, eager or onnxruntime (the exported graph)."),
+) -> None:
+    """Rank the indexed images by cosine similarity to each query."""
+    from cnnapps.apps.retrieve.index import Index
+    from cnnapps.apps.retrieve.search import query_grid, retrieve
+
+    if save_grid is not None:
+        targets = (
+            [save_grid]
+            if len(query) == 1
+            else [save_grid.with_stem(f"{save_grid.stem}-{i}") for i in range(len(query))]
+        )
+        for target in targets:
+            free(target)
+    opened = Index.open(index)
+    results = retrieve(opened, query, k, embedder=opened.embedder(engine=engine))
+    if as_json:
+        echo_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            echo(f"{r.source}:" + (f" error: {r.error}" if r.error else ""))
+            for hit in r.hits:
+                echo(f"  {hit.rank:3d}  {hit.score:.4f}  {hit.path}")
+    if save_grid is not None:
+        from cnnapps.datasets.io import read_image, write_image
+
+        for target, r in zip(targets, results, strict=True):
+            if r.ok:
+                write_image(target, query_grid(read_image(r.source), r.hits))
+                echo(f"wrote {target}", err=True)
+    if any(not r.ok for r in results):
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def dedup(
+    folder: list[str] = typer.Argument(..., help="Images: folders (recursive), files or globs."),
+    threshold: float = typer.Option(
+        0.9, "--threshold", help="Cosine similarity at which two images count as duplicates."
+    ),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Groups of near-duplicate images."""
+    from cnnapps.apps.retrieve.search import find_duplicates
+    from cnnapps.datasets.folders import expand_inputs
+
+    paths = expand_inputs(folder)
+    with progress(len(paths), "embedding") as advance:
+        groups, failed = find_duplicates(paths, _embedder(model, "avg", "auto"), threshold, progress=advance)
+    if as_json:
+        echo_json({"groups": groups, "failed": failed})
+    else:
+        echo(f"{len(groups)} groups of near-duplicates among {len(paths)} images (threshold {threshold})")
+        for n, group in enumerate(groups, start=1):
+            echo(f"group {n} (similarity >= {group['min_similarity']:.3f}):")
+            for path in group["images"]:
+                echo(f"  {path}")
+    report_failed(failed if not as_json else [])
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def register(app: typer.Typer, eval_app: typer.Typer, task: str) -> None:
+    """Add the retrieval commands to the ``cnnapps`` command."""
+    app.command("retrieve")(retrieve)
+    app.command("dedup")(dedup)
+    app.add_typer(index_app, name="index")
+    eval_app.command("retrieve")(eval_retrieve)

@@ -1,0 +1,30 @@
+"""Settings of ``cnnapps train retrieve`` (plain data: the command line is built from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnnapps.apps.common.config import ConfigError, TrainConfig, option
+
+#: metric-learning losses (pytorch-metric-learning)
+LOSSES = ("arcface", "multisimilarity", "triplet")
+#: how a feature map becomes one vector: average, or generalised mean (GeM)
+POOLINGS = ("avg", "gem")
+
+
+@dataclass
+class RetrieveConfig(TrainConfig):
+    """Metric learning: embeddings whose cosine similarity ranks images of one class first."""
+
+    loss: str = option("arcface", "arcface, multisimilarity or triplet.", choices=LOSSES)
+    embedding_size: int | None = option(128, "Size of the learned projection (none: the backbone's own).")
+    pooling: str = option("avg", "avg or gem (generalised mean).", choices=POOLINGS)
+    out: str = option("runs/retrieve", "Run folder (an earlier run there is never overwritten).")
+
+    task_name = "retrieve"
+
+    def validate(self) -> RetrieveConfig:
+        super().validate()
+        if self.embedding_size is not None and self.embedding_size < 2:
+            raise ConfigError(f"embedding_size: must be at least 2, not {self.embedding_size}")
+        return self

@@ -1,0 +1,160 @@
+"""The ``cnnapps`` command: a thin layer over the Python API, one verb per task of the task table.
+
+Importing this package loads typer and plain-data modules only; each command imports what it needs, so
+``cnnapps --help`` answers without loading torch. Task commands come from the task table: each task registers its
+own prediction and evaluation commands, and ``cnnapps train <task>`` is built from the task's config dataclass.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cnnapps import __version__
+from cnnapps.errors import CnnappsError
+from cnnapps.terminal import console, echo, echo_json, styled
+
+app = typer.Typer(
+    name="cnnapps",
+    help="Conv backbones as working applications: classify, retrieve, detect, segment, pose, caption.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" stays as written
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+)
+
+_state = {"debug": False}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        echo(f"cnnapps {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    _state["debug"] = debug
+    import logging
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would ask the network at import
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logging.getLogger("cnnapps").setLevel(logging.INFO)
+    # Lightning's banners (accelerator lines, tips) are noise here; its warnings still show.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+@app.command()
+def models(
+    timm_pattern: str = typer.Option(
+        None, "--timm", help="Also list timm models with pretrained weights matching PATTERN."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List backbones and COCO detectors, and whether their weights are bundled, cached or downloadable."""
+    from cnnapps.api import list_models
+
+    rows = list_models(timm_pattern)
+    if as_json:
+        echo_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="Backbones (any timm model also works as timm:<name>) and COCO detectors")
+    for column in ("name", "from", "weights", "description"):
+        table.add_column(column)
+    colours = {"bundled": "green", "cached": "green", "downloadable": "yellow", "none": "dim", "missing": "red"}
+    for row in rows:
+        state = row["weights"]["state"]
+        table.add_row(row["name"], row["source"], styled(state, colours.get(state, "white")), row["description"])
+    console().print(table)
+
+
+@app.command()
+def summary(
+    model: str = typer.Argument(..., help="Backbone name, e.g. vgg16, lenet5, timm:resnet18."),
+    input_size: int = typer.Option(None, "--input", help="Input side in pixels (default: the model's own)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Per-layer table: output volume, parameters, activations; then totals and forward memory."""
+    from cnnapps.backbones import create_backbone, summarize
+
+    result = summarize(create_backbone(model, weights=None), input_size, name=model)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    from rich.table import Table
+
+    c, h, w = result.input_size
+    table = Table(title=f"{model}: {h}x{w}x{c} input")
+    for column, justify in (
+        ("layer", "left"),
+        ("type", "left"),
+        ("output volume", "right"),
+        ("params", "right"),
+        ("activations", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    table.add_row("input", "", f"{h}x{w}x{c}", "0", f"{result.input_activations:,}")
+    for row in result.rows:
+        volume = row.volume if row.activations else "-"
+        table.add_row(row.name, row.kind, volume, f"{row.params:,}", f"{row.activations:,}")
+    out = console()
+    out.print(table)
+    out.print(
+        f"total params: {result.total_params:,} ({result.params_memory_mb:.3g} MB at fp32)\n"
+        f"total activations: {result.total_activations:,}\n"
+        f"forward memory per image: {result.forward_memory_mb:.3g} MB at fp32 (about twice that with the backward pass)"
+    )
+
+
+train_app = typer.Typer(help="Fine-tune a backbone (or a head on a shared trunk) for a task.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a trained model on labelled data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+
+
+def _register_tasks() -> None:
+    """Every task of the table: its own commands, and its ``train`` command made from its config dataclass."""
+    from cnnapps.apps.tasks import TASKS
+    from cnnapps.cli.train import train_command
+
+    for task in TASKS.values():
+        task.part("cli")(app, eval_app, task.name)
+        train_app.command(task.name, help=f"{task.summary} Train: writes model.safetensors, metrics.json, "
+                          "curves.png.")(train_command(task))  # fmt: skip
+
+
+_register_tasks()
+from cnnapps import cli_serve  # noqa: E402, F401  (serve)
+from cnnapps.cli import service  # noqa: E402, F401  (export)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: user errors print one line and exit non-zero; ``--debug`` shows tracebacks."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="cnnapps")
+    except CnnappsError as exc:
+        if _state["debug"] or "--debug" in args:
+            raise
+        echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # unexpected: still one line, the traceback is behind --debug
+        if _state["debug"] or "--debug" in args:
+            raise
+        echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

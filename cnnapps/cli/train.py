@@ -1,0 +1,85 @@
+"""``cnnapps train <task>``: one command per task of the table, its options made from the task's config dataclass.
+
+Each field of the dataclass (with its help text, choices and panel in the field's metadata) becomes an option
+named after it (``batch_size`` -> ``--batch-size``); ``--config FILE.yaml`` reads a recipe and the options given
+override it. Nothing here declares a training option by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from cnnapps.terminal import console, echo_json
+
+#: options every train command takes besides the config's fields
+_CONFIG = inspect.Parameter(
+    "config",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=typer.Option(None, "--config", help="YAML recipe (configs/<task>/*.yaml); options given override it."),
+    annotation=Optional[Path],  # noqa: UP045  (typer reads the annotation at run time)
+)
+_JSON = inspect.Parameter(
+    "as_json",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=typer.Option(False, "--json", help="Print the final metrics as JSON."),
+    annotation=bool,
+)
+
+
+def _option(f: dataclasses.Field, kind: Any, config_type: type) -> inspect.Parameter:
+    """The typer option of one config field: ``--name`` (a flag for booleans), help with the default."""
+    base = next((k for k in typing.get_args(kind) if k is not type(None)), kind)
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not dataclasses.MISSING else None
+    text = f.metadata.get("help", "")
+    if base is bool:
+        decls = [flag] if default is False else [f"{flag}/--no-{flag[2:]}"]
+    else:
+        decls = [flag]
+        if default not in (None, "") and "[default:" not in text:
+            text = f"{text} [default: {default}]"
+    option = typer.Option(None, *decls, help=text, rich_help_panel=f.metadata.get("panel"), show_default=False)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[base])  # noqa: UP045
+
+
+def train_command(task: Any) -> Any:
+    """The ``cnnapps train <task>`` command of a task record."""
+    config_type = task.part("config")
+    hints = typing.get_type_hints(config_type)
+    fields = [f for f in dataclasses.fields(config_type) if f.metadata.get("cli", True)]
+    params = [_option(f, hints[f.name], config_type) for f in fields]
+
+    def command(**values: Any) -> None:
+        from cnnapps.apps.common.config import load_config
+
+        path, as_json = values.pop("config"), values.pop("as_json")
+        if "task" in {f.name for f in dataclasses.fields(config_type)}:
+            values["task"] = task.name  # one config type serves several tasks (detect, segment, pose)
+        if as_json:
+            values["progress"] = False  # a progress bar would mix with the JSON on stdout
+        config = load_config(path, config_type, **values)
+        metrics = task.part("train")(config)
+        if metrics.get("global_rank"):  # another process of a distributed run; rank 0 reports
+            return
+        report = {k: v for k, v in metrics.items() if k.startswith("val_") and isinstance(v, (int, float))}
+        report.update({k: metrics.get(k) for k in ("epochs", "best_epoch", "train_seconds")})
+        if as_json:
+            echo_json(report)
+            return
+        scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in report.items() if k.startswith("val_") and v is not None)
+        console().print(
+            f"{scores}\nbest epoch {metrics.get('best_epoch')} of {metrics['epochs']} "
+            f"({metrics['train_seconds']:.0f} s of training)\n"
+            f"wrote {config.out}/model.safetensors, metrics.json, curves.png"
+        )
+
+    command.__signature__ = inspect.Signature([*params, _CONFIG, _JSON])  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in [*params, _CONFIG, _JSON]}
+    command.__name__ = f"train_{task.name}"
+    return command

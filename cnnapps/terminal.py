@@ -1,0 +1,119 @@
+"""What commands print: tables, JSON, progress, failures, and output files that never replace anything.
+
+Base layer, shared by the front (``cnnapps.cli``) and the tasks' own commands. User text (paths, labels) is never
+read as Rich markup: consoles are made with ``markup=False`` and colours are given as styles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cnnapps.errors import CnnappsError
+
+# Exit codes of commands that take many inputs.
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def console(stderr: bool = False) -> Any:
+    """A Rich console that prints user text as it is; pipes and CI get 120 columns so tables stay unwrapped."""
+    from rich.console import Console
+
+    made = Console(markup=False, highlight=False, stderr=stderr)
+    if not made.is_terminal:
+        made = Console(markup=False, highlight=False, stderr=stderr, width=max(made.width, 120))
+    return made
+
+
+def styled(text: str, style: str) -> Any:
+    """A table cell in a colour, whatever characters ``text`` holds."""
+    from rich.text import Text
+
+    return Text(text, style=style)
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with NaN and infinities as null: JSON has no NaN, and strict parsers refuse it."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def echo_json(data: Any) -> None:
+    """Print ``data`` as valid JSON on stdout (NaN as null)."""
+    print(json.dumps(json_safe(data), indent=2, allow_nan=False))
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    print(text, file=sys.stderr if err else sys.stdout, flush=err)
+
+
+@contextmanager
+def progress(total: int, label: str, minimum: int = 16) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long jobs (only on a terminal); yields an ``advance(n)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    err = console(stderr=True)
+    if total < minimum or not err.is_terminal:
+        yield lambda n: None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def images(paths: list[str]) -> list[str]:
+    """The image files that files, folders (recursively) and globs name; none at all is an error (exit 2)."""
+    from cnnapps.datasets.folders import expand_inputs
+
+    found = expand_inputs(paths)
+    if not found:
+        raise CnnappsError(f"{' '.join(paths)}: no images found")
+    return found
+
+
+def report_failed(failed: list[dict[str, str]]) -> None:
+    """The inputs that could not be used, one line each, on stderr."""
+    if failed:
+        echo(f"{len(failed)} of the inputs failed:" if len(failed) > 1 else "1 input failed:", err=True)
+        for item in failed:
+            echo(f"  {item['path']}: {item['error']}", err=True)
+
+
+def free(path: Path, option: str = "--out") -> Path:
+    """Refuse an output path that exists before any work is done (nothing the user has is overwritten)."""
+    if path.exists() or path.is_symlink():
+        raise CnnappsError(f"{path}: already exists; choose another {option}")
+    return path
+
+
+def free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:
+    """``folder/stem.png``, or ``stem-1.png``, ``stem-2.png``... when that exists: nothing is overwritten."""
+    path, n = folder / f"{stem}{suffix}", 0
+    while path.exists() or path.is_symlink():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path
+
+
+def saved(path: Path, rgb: Any) -> None:
+    """Write a picture (never over an existing file) and say so."""
+    from cnnapps.datasets.io import write_image
+
+    write_image(path, rgb)
+    echo(f"wrote {path} ({rgb.shape[1]}x{rgb.shape[0]})")
+
+
+def plural(n: int, word: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -1,0 +1,146 @@
+"""Model files: files of the first format (kept as fixtures) keep loading and answering as they did; every file has
+one schema (trunk, heads, preprocessing); damaged or hostile files give one-line errors naming the file and key."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnapps
+from cnnapps.apps.modelfile import read_model_file
+from cnnapps.bundle import FORMAT, BundleError, read_metadata
+
+V1 = Path(__file__).parent / "fixtures" / "model_files_v1"
+ANSWERS = json.loads((V1 / "answers.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    arrays = np.load(V1 / "inputs.npz")
+    return [arrays["a"], arrays["b"]]
+
+
+def test_first_format_files_read_as_one_head_files() -> None:
+    for task in ("classify", "retrieve", "segment", "pose", "caption"):
+        model_file = read_model_file(V1 / f"{task}.safetensors")
+        assert model_file.format == "cnnapps-model/1" and model_file.tasks == [task]
+        assert model_file.trunk["name"] in ("lenet5", "timm:test_convnext")
+        (head,) = model_file.heads.values()
+        assert head.task == task and head.kind
+    classify = read_model_file(V1 / "classify.safetensors")
+    assert classify.heads["classify"].labels == ["red", "green", "blue"]
+    assert classify.trunk["kwargs"] == {"in_channels": 3} and classify.preprocess["input_size"] == [3, 32, 32]
+    caption = read_model_file(V1 / "caption.safetensors").heads["caption"]
+    assert caption.kind == "lstm" and "<start>" in caption.labels
+
+
+def test_classifier_of_the_first_format_answers_as_before(images) -> None:
+    results = cnnapps.load(V1 / "classify.safetensors", engine="eager").predict(images, top_k=3)
+    for result, expected in zip(results, ANSWERS["classify"], strict=True):
+        got = result.to_dict()["predictions"]
+        assert [p["label"] for p in got] == [p["label"] for p in expected["predictions"]]
+        assert np.allclose([p["score"] for p in got], [p["score"] for p in expected["predictions"]], atol=1e-5)
+
+
+def test_embedder_of_the_first_format_answers_as_before(images) -> None:
+    results = cnnapps.load(V1 / "retrieve.safetensors", task="retrieve", engine="eager").predict(images)
+    assert np.allclose([r.vector for r in results], ANSWERS["retrieve"], atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["segment", "pose"])
+def test_detectors_of_the_first_format_answer_as_before(images, task) -> None:
+    results = cnnapps.load(V1 / f"{task}.safetensors", score_threshold=0.0).predict(images)
+    for result, expected in zip(results, ANSWERS[task], strict=True):
+        got = result.to_dict()["instances"]
+        assert len(got) == len(expected["instances"])
+        top = expected["instances"][:5]
+        assert [i["label"] for i in got[:5]] == [i["label"] for i in top]
+        assert np.allclose([i["box"] for i in got[:5]], [i["box"] for i in top], atol=0.02)
+        assert np.allclose([i["score"] for i in got[:5]], [i["score"] for i in top], atol=1e-4)
+        if task == "segment":
+            assert got[0]["mask"] == top[0]["mask"]
+        else:
+            assert np.allclose(got[0]["keypoints"], top[0]["keypoints"], atol=0.02)
+
+
+def test_captioner_of_the_first_format_answers_as_before(images) -> None:
+    results = cnnapps.load(V1 / "caption.safetensors", beam=2).predict(images)
+    assert [r.to_dict() for r in results] == ANSWERS["caption"]
+
+
+def test_a_first_format_file_rewritten_by_training_code_has_the_current_schema(tmp_path, images) -> None:
+    from cnnapps.apps.classify.model import load_classifier
+    from cnnapps.apps.modelfile import save_model
+
+    loaded = load_classifier(V1 / "classify.safetensors")
+    save_model(tmp_path / "again.safetensors", "classify", loaded.model, "lenet5", {"in_channels": 3},
+               loaded.preprocess.to_dict())  # fmt: skip
+    meta = read_metadata(tmp_path / "again.safetensors")
+    assert meta["format"] == FORMAT and set(meta) >= {"trunk", "heads", "preprocess", "version"}
+    assert meta["trunk"]["fingerprint"].startswith("sha256:") and list(meta["heads"]) == ["classify"]
+    before = cnnapps.load(V1 / "classify.safetensors", engine="eager").predict(images)
+    after = cnnapps.load(tmp_path / "again.safetensors", engine="eager").predict(images)
+    assert [r.to_dict() for r in before] == [r.to_dict() for r in after]
+
+
+def _rewrite_metadata(source: Path, target: Path, edit) -> Path:
+    """A copy of a model file whose cnnapps metadata went through ``edit`` (tensors untouched)."""
+    data = source.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + size])
+    meta = json.loads(header["__metadata__"]["cnnapps"])
+    header["__metadata__"]["cnnapps"] = json.dumps(edit(meta))
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
+    return target
+
+
+@pytest.fixture(scope="module")
+def current_file(tmp_path_factory) -> Path:
+    from cnnapps.apps.classify.model import load_classifier
+    from cnnapps.apps.modelfile import save_model
+
+    loaded = load_classifier(V1 / "classify.safetensors")
+    path = tmp_path_factory.mktemp("current") / "model.safetensors"
+    save_model(path, "classify", loaded.model, "lenet5", {"in_channels": 3}, loaded.preprocess.to_dict())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: {**m, "format": "cnnapps-model/9"}, "unsupported model file format 'cnnapps-model/9'"),
+        (lambda m: {k: v for k, v in m.items() if k != "heads"}, "heads: expected a mapping of one or more heads"),
+        (lambda m: {**m, "trunk": "lenet5"}, "trunk: expected"),
+        (lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "task": "dance"}}}, "heads.classify.task"),
+        (lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "labels": ["x"] * 200_000}}},
+         "200,000 names, more than the 100,000"),  # fmt: skip
+        (lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "labels": ["a", "b"]}}},
+         "has shape (3"),  # fmt: skip
+        (lambda m: {**m, "preprocess": {**m["preprocess"], "input_size": [3, 100000, 100000]}}, "preprocess"),
+        (lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {"wings": 2}}}, "trunk.kwargs do not fit lenet5"),
+    ],
+)
+def test_damaged_metadata_gives_one_line_naming_file_and_key(current_file, tmp_path, edit, message) -> None:
+    from cnnapps.errors import CnnappsError
+
+    damaged = _rewrite_metadata(current_file, tmp_path / "damaged.safetensors", edit)
+    with pytest.raises(CnnappsError) as caught:
+        cnnapps.load(damaged, engine="eager").predict([np.zeros((8, 8, 3), np.uint8)])
+    text = str(caught.value)
+    assert message in text and str(damaged) in text and "\n" not in text
+
+
+def test_not_a_model_file(tmp_path) -> None:
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(BundleError, match="not a safetensors model file"):
+        read_model_file(tmp_path / "junk.safetensors")
+    shutil.copy(V1 / "inputs.npz", tmp_path / "x.safetensors")
+    with pytest.raises(BundleError, match="not a safetensors model file"):
+        read_model_file(tmp_path / "x.safetensors")
