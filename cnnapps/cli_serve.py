@@ -20,14 +20,26 @@ def serve(
     engine: str = typer.Option(
         "auto", "--engine", help="Classification and embedding: auto, jit, eager or onnxruntime."
     ),
+    allowed_host: list[str] = typer.Option(
+        None, "--allowed-host", help="A name clients may reach the server by (Host header); repeat; * for any."
+    ),
+    request_timeout: float = typer.Option(
+        60.0, "--request-timeout", min=0.001, help="Seconds a request's headers and body may take to arrive."
+    ),
+    keep_alive: float = typer.Option(5.0, "--keep-alive", min=0.001, help="Seconds an idle connection stays open."),
 ) -> None:
     """Serve models over HTTP: POST /v1/<task>, GET /healthz, /v1/models, OpenAPI at /docs, a page at /."""
     import uvicorn
 
-    from cnnapps.serve.app import create_app
+    from cnnapps.serve.app import create_app, server_config
 
     specs = list(model or ([] if index else ["efficientnet_lite0"]))
-    service = create_app(specs, index, max_batch, max_wait_ms, max_upload_mb, device, engine)
+    hosts = [host, *(allowed_host or [])]
+    service = create_app(specs, index, max_batch, max_wait_ms, max_upload_mb, device, engine,
+                         request_timeout_s=request_timeout, allowed_hosts=hosts)  # fmt: skip
     routes = sorted({r.path for r in service.routes if "POST" in getattr(r, "methods", ())})
     typer.echo(f"serving {', '.join(routes)} on http://{host}:{port} (page at /, API docs at /docs)", err=True)
-    uvicorn.run(service, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(server_config(service, host, port, keep_alive))
+    server.run()
+    if not server.started:  # uvicorn said why (e.g. the port is taken)
+        raise typer.Exit(1)

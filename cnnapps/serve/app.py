@@ -3,35 +3,52 @@
 Requests carry one image: ``multipart/form-data`` with an ``image`` file field, or JSON
 ``{"image": "<base64>"}``. Options go in the query string (``model``, ``top_k``, ``k``, ``draw``).
 Responses are the JSON ``--json`` prints for that image on the command line.
+
+Hostile clients are refused without disturbing the others: bodies are read as they stream in and refused
+(413) as soon as they pass the size limit, a request whose headers and body do not arrive within the
+request deadline is answered 408 or disconnected, ``Host`` headers naming another site are refused (400,
+against DNS rebinding), and an image the model fails on fails its own request only. ``/docs`` is served
+with the Swagger UI files shipped in ``static/`` (no CDN).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from cnnapps import __version__
 from cnnapps.api import load, task_of
 from cnnapps.errors import CnnappsError
 from cnnapps.serve.batcher import MicroBatcher
 
+if TYPE_CHECKING:  # pragma: no cover
+    import uvicorn
+
 #: the route of each task ("retrieve" models are served as /v1/embed; /v1/retrieve needs an index)
 ROUTES = {"classify": "classify", "retrieve": "embed", "detect": "detect", "segment": "segment", "pose": "pose",
           "caption": "caption"}  # fmt: skip
 MAX_TOP_K = 20
+#: the names a Host header may always carry (IP addresses are accepted too: DNS rebinding needs a name)
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+STATIC = Path(__file__).with_name("static")
 _BODY = {
     "required": True,
     "content": {
@@ -59,6 +76,109 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``, ``LocalHost.:80`` -> ``localhost``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    if header.count(":") == 1:
+        header = header.split(":")[0]
+    return header.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """ASGI middleware: requests whose ``Host`` is neither an IP address nor one of ``allowed`` get 400.
+
+    A page on another site that rebinds its DNS name to this machine sends its own name as the Host, so
+    it cannot read the answers (which hold gallery paths); ``"*"`` in ``allowed`` accepts any host."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], allowed: Sequence[str]) -> None:
+        self.app = app
+        self.any = "*" in allowed
+        self.allowed = {_host_name(a) for a in allowed if a != "*"}
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.any or scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        name = _host_name(header)
+        if name in self.allowed or _is_ip(name):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        names = ", ".join(sorted(a for a in self.allowed if not _is_ip(a)))
+        message = (f"host {header!r} is not served here: reach it by IP address or as {names}, "
+                   f"or start the server with --allowed-host {name or 'NAME'}")  # fmt: skip
+        await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
+
+
+def _deadline_protocol(request_timeout_s: float, linger_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline on every request: its headers and body must arrive within
+    ``request_timeout_s`` of the connection opening (or of the previous answer on a kept-alive connection),
+    else the connection is closed. uvicorn itself waits for ever on a client that sends part of its headers.
+    After an answer given before the body was in (413, 408), the rest is dropped for ``linger_s`` at most."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class DeadlineProtocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _grace_given = False
+
+        def _arm(self, seconds: float) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._grace_given = False
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm(request_timeout_s)
+
+        def on_response_complete(self) -> None:
+            early = self.conn.their_state is h11.SEND_BODY  # answered before the whole body came
+            super().on_response_complete()
+            self._arm(linger_s if early else request_timeout_s)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing() or self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+                return  # the request is in: the model is working on it
+            reading = self.cycle is not None and not self.cycle.response_started
+            if self.conn.their_state is h11.SEND_BODY and reading and not self._grace_given:
+                # the app is reading the body and answers 408 at its own deadline: give it a moment
+                self._grace_given = True
+                self._deadline = self.loop.call_later(1.0, self._expire)
+                return
+            self.transport.close()
+
+    return DeadlineProtocol
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_alive_s: float = 5.0,
+                  log_level: str = "warning") -> uvicorn.Config:  # fmt: skip
+    """uvicorn's ``Config`` for ``app``: idle kept-alive connections close after ``keep_alive_s``, and a request
+    must arrive whole within the app's ``request_timeout_s`` (what ``cnnapps serve`` and ``running`` use)."""
+    import uvicorn
+
+    request_timeout_s = getattr(app.state, "request_timeout_s", 60.0)
+    protocol = _deadline_protocol(request_timeout_s, min(keep_alive_s, request_timeout_s))
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
+                          timeout_keep_alive=keep_alive_s)  # type: ignore[arg-type]  # fmt: skip
 
 
 @dataclass
@@ -146,9 +266,10 @@ def _overlay(image: bytes, result: Any) -> str:
 
 
 @contextlib.contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, keep_alive_s: float = 5.0) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a background thread (port 0: a free one) and yield its URL; stops on exit.
-    For tests, scripts and notebooks; ``cnnapps serve`` runs uvicorn in the foreground."""
+    For tests, scripts and notebooks; ``cnnapps serve`` runs uvicorn in the foreground (both with
+    ``server_config``'s deadlines)."""
     import socket
     import time
 
@@ -158,7 +279,7 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host, port, keep_alive_s))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -181,11 +302,18 @@ def create_app(
     device: str = "auto",
     engine: str = "auto",
     warm_up: bool = True,
+    request_timeout_s: float = 60.0,
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
-    """The service for ``models`` (specs as ``cnnapps.load`` takes them) and, optionally, an index."""
+    """The service for ``models`` (specs as ``cnnapps.load`` takes them) and, optionally, an index.
+
+    A request body must arrive within ``request_timeout_s`` (else 408). Requests must name this machine in
+    their ``Host`` header: an IP address, ``localhost``, or one of ``allowed_hosts`` (``"*"``: any name)."""
     served, opened = load_models(models, index, max_batch, max_wait_ms, device, engine)
     if not served:
         raise CnnappsError("serve: give at least one --model (or an --index)")
+    if request_timeout_s <= 0:
+        raise CnnappsError(f"serve: the request timeout must be positive, not {request_timeout_s}")
     limit = int(max_upload_mb * 2**20)
     index_lock = threading.Lock()  # one SQLite connection: searches take turns
     if warm_up:  # compile graphs and touch every model once before the first request
@@ -206,7 +334,30 @@ def create_app(
         title="cnnapps",
         version=__version__,
         description="Conv backbones as working applications: " + ", ".join(sorted({s.task for s in served})),
+        docs_url=None,  # served below with local Swagger UI files
+        redoc_url=None,  # ReDoc would come from a CDN
     )
+    app.state.request_timeout_s = request_timeout_s
+    app.add_middleware(HostCheck, allowed=[*LOOPBACK_NAMES, *allowed_hosts])
+    docs_files = {p.name: p for p in STATIC.glob("swagger-ui*")}  # swagger-ui-dist, with its licence
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        if name not in docs_files:
+            raise StarletteHTTPException(404)
+        return FileResponse(docs_files[name])
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/swagger-ui-favicon-32x32.png",
+            oauth2_redirect_url=None,
+            swagger_ui_parameters={"validatorUrl": None},  # its badge would call validator.swagger.io
+        )
 
     @app.exception_handler(RequestError)
     async def _refused(request: Request, exc: RequestError) -> JSONResponse:
@@ -226,30 +377,64 @@ def create_app(
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
 
-    async def read_image_bytes(request: Request) -> bytes:
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    async def read_body(request: Request) -> bytes:
+        """The body as it streams in (any framing, chunked too): 413 as soon as it passes the limit, 408 when
+        it has not all come within the request deadline."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise RequestError(413, f"request of {int(declared):,} bytes is over the {limit:,}-byte limit")
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            size = 0
+            async with contextlib.aclosing(request.stream()) as stream:
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestError(413, f"request body over the {limit:,}-byte limit")
+                    chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), request_timeout_s)
+        except asyncio.TimeoutError:  # a distinct class before Python 3.11
+            raise RequestError(408, f"the request body did not all arrive within {request_timeout_s:g} s") from None
+        except ClientDisconnect:
+            raise RequestError(400, "the client went away before sending the whole body") from None
+        return b"".join(chunks)
+
+    async def read_image_bytes(request: Request) -> bytes:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
-            form = await request.form()
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise RequestError(422, "multipart request without an 'image' file field")
-            data = await upload.read()
-        elif kind == "application/json":
-            body = await request.body()
-            try:
-                payload = json.loads(body)
-                data = base64.b64decode(payload["image"], validate=True)
-            except (ValueError, KeyError, TypeError, binascii.Error):
-                raise RequestError(422, 'JSON body must be {"image": "<base64 of the image file>"}') from None
-        else:
+        if kind not in ("multipart/form-data", "application/json"):
             raise RequestError(
                 415, f"content type {kind or 'none'}: send multipart/form-data with an 'image' field, or JSON"
             )
-        if len(data) > limit:
-            raise RequestError(413, f"image of {len(data):,} bytes is over the {limit:,}-byte limit")
+        body = await read_body(request)
+        if kind == "multipart/form-data":
+
+            async def replay() -> AsyncIterator[bytes]:
+                yield body
+
+            try:
+                form = await MultiPartParser(request.headers, replay(), max_files=4, max_fields=16).parse()
+            except MultiPartException as exc:
+                raise RequestError(422, f"multipart body: {exc.message}") from None
+            try:
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise RequestError(422, "multipart request without an 'image' file field")
+                data = await upload.read()
+            finally:
+                await form.close()
+        else:
+            try:
+                payload = json.loads(body)
+                data = base64.b64decode(payload["image"], validate=True)
+            except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):  # RecursionError: [[[[...
+                raise RequestError(422, 'JSON body must be {"image": "<base64 of the image file>"}') from None
         if not data:
             raise RequestError(422, "the image is empty")
         return data
@@ -266,7 +451,14 @@ def create_app(
     async def answer(task: str, request: Request, options: dict[str, Any], draw: bool) -> tuple[dict, Any, bytes]:
         model = pick(task, request.query_params.get("model"))
         image = await read_image_bytes(request)
-        payload, result = await model.batcher.submit((image, options))
+        try:
+            payload, result = await model.batcher.submit((image, options))
+        except MemoryError:
+            raise RequestError(503, "out of memory: try again, or send a smaller image") from None
+        except Exception as exc:  # it failed on this image alone (its batch-mates were answered)
+            if "out of memory" in str(exc).lower():
+                raise RequestError(503, "out of memory: try again, or send a smaller image") from None
+            raise RequestError(422, f"image: the model could not run on it ({type(exc).__name__}: {exc})") from None
         if payload.get("error"):
             raise RequestError(422, f"image: {payload['error']}")
         payload = {**payload, "path": "<upload>", "model": model.name}
@@ -320,7 +512,7 @@ def create_app(
             models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve", "items": len(opened)})
         return {"models": models_info, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_upload_bytes": limit}
 
-    page = Path(__file__).with_name("static") / "index.html"
+    page = STATIC / "index.html"
 
     @app.get("/", include_in_schema=False)
     async def index_page() -> FileResponse:

@@ -2,7 +2,8 @@
 
 A batch closes when it holds ``max_batch`` items or ``max_wait_ms`` after its first item arrived,
 whichever comes first; it then runs on the model's own thread while the next batch gathers.
-``max_batch=1`` is one request at a time.
+``max_batch=1`` is one request at a time. When a batch fails, its items run again one by one, so a
+bad input fails its own request only and the others of its batch get their answers.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
+class _Failed:
+    """An item's exception, told apart from the outputs ``run`` may return."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
 class MicroBatcher:
-    """``await submit(item)`` -> ``run([..., item, ...])``'s output for that item."""
+    """``await submit(item)`` -> ``run([..., item, ...])``'s output for that item, or the exception ``run``
+    raised for that item alone."""
 
     def __init__(self, run: Callable[[list[Any]], Sequence[Any]], max_batch: int = 16, max_wait_ms: float = 5.0,
                  name: str = "model") -> None:  # fmt: skip
@@ -54,19 +63,46 @@ class MicroBatcher:
                     break
             items = [item for item, _ in batch]
             try:
-                outputs = await loop.run_in_executor(self._executor, self.run, items)
-                if len(outputs) != len(items):
-                    raise RuntimeError(f"{len(items)} inputs gave {len(outputs)} outputs")
-            except Exception as exc:  # the batch failed as a whole: every waiting request hears why
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._answer(batch, [_Failed(exc)])
+                    continue
+                # which item broke it? each runs alone: the culprits hear why, the others get their answer
+                self._answer(batch, await loop.run_in_executor(self._executor, self._run_alone, items))
                 continue
             self.batches += 1
             self.items += len(items)
-            for (_, future), output in zip(batch, outputs, strict=True):
-                if not future.done():  # a client that went away leaves a cancelled future
-                    future.set_result(output)
+            self._answer(batch, outputs)
+
+    def _run_batch(self, items: list[Any]) -> Sequence[Any]:
+        outputs = self.run(items)
+        if len(outputs) != len(items):
+            raise RuntimeError(f"{len(items)} inputs gave {len(outputs)} outputs")
+        return outputs
+
+    def _run_alone(self, items: list[Any]) -> list[Any]:
+        """Each item as a batch of one: its output, or the exception it raised (as ``_Failed``)."""
+        outputs: list[Any] = []
+        for item in items:
+            try:
+                outputs.append(self._run_batch([item])[0])
+            except Exception as exc:
+                outputs.append(_Failed(exc))
+                continue
+            self.batches += 1
+            self.items += 1
+        return outputs
+
+    @staticmethod
+    def _answer(batch: list[tuple[Any, asyncio.Future]], outputs: Sequence[Any]) -> None:
+        for (_, future), output in zip(batch, outputs, strict=True):
+            if future.done():  # a client that went away leaves a cancelled future
+                continue
+            if isinstance(output, _Failed):
+                future.set_exception(output.exc)
+            else:
+                future.set_result(output)
 
     def close(self) -> None:
         if self._worker is not None:

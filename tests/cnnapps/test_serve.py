@@ -43,7 +43,7 @@ def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(segmenter: Path) -> TestClient:
     app = create_app(["efficientnet_lite0", str(segmenter)], max_batch=8, max_wait_ms=20, max_upload_mb=1)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:  # the server refuses other Host names
         yield c
 
 
@@ -181,7 +181,39 @@ def test_serve_runs_the_exported_graph_with_engine_onnxruntime(photo: Path) -> N
     import cnnapps
 
     expected = cnnapps.load("efficientnet_lite0", engine="eager").predict(str(photo))[0].to_dict()["predictions"]
-    with TestClient(create_app(["efficientnet_lite0"], engine="onnxruntime")) as client:
+    with TestClient(create_app(["efficientnet_lite0"], engine="onnxruntime"), base_url="http://localhost") as client:
         answer = client.post("/v1/classify", files={"image": ("x.jpg", photo.read_bytes(), "image/jpeg")}).json()
     assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in expected]
     assert np.allclose([p["score"] for p in answer["predictions"]], [p["score"] for p in expected], atol=1e-4)
+
+
+def test_serve_command_passes_host_names_and_deadlines_on(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from fastapi import FastAPI
+
+    import cnnapps.serve.app as serve_app
+
+    seen: dict = {}
+
+    def fake_create_app(specs: list, *args: object, **kwargs: object) -> FastAPI:
+        seen.update(specs=specs, **kwargs)
+        app = FastAPI()
+        app.state.request_timeout_s = kwargs["request_timeout_s"]
+        return app
+
+    class FakeServer:
+        def __init__(self, config: uvicorn.Config) -> None:
+            seen["config"], self.started = config, False
+
+        def run(self) -> None:
+            self.started = True
+
+    monkeypatch.setattr(serve_app, "create_app", fake_create_app)
+    monkeypatch.setattr(uvicorn, "Server", FakeServer)
+    code, _, err = run_cli("serve", "--host", "0.0.0.0", "--allowed-host", "photos.lan", "--allowed-host", "gpu1",
+                           "--request-timeout", "7", "--keep-alive", "2")  # fmt: skip
+    assert code == 0, err
+    assert seen["allowed_hosts"] == ["0.0.0.0", "photos.lan", "gpu1"] and seen["request_timeout_s"] == 7
+    config = seen["config"]
+    assert (config.host, config.timeout_keep_alive) == ("0.0.0.0", 2)
+    assert config.http.__name__ == "DeadlineProtocol"
