@@ -9,7 +9,9 @@ The sorted gallery is cut into parts of ``part_size`` files; part ``p`` belongs 
 A part file appears whole (written under a temporary name, then renamed), so a rerun after a crash or a
 cancelled job skips every finished part and embeds only the rest, with any number of processes.
 ``merge_parts`` checks that every part is there, writes all vectors into a new index in one generation
-(an IVF-PQ index is trained once, on a sample of all of them) and removes the part files.
+(an IVF-PQ index is trained once, on a sample of all of them) and removes the part files. The index is
+marked unfinished until that generation is committed: a merge killed at any point is finished by running
+it again (or, once the index is whole, by removing the parts left behind).
 
 No process talks to another: ranks come from the launcher's environment (torchrun, SLURM) or the command
 line, and the file system is the only thing they share.
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.apps.retrieve.index import FileStat, Index, RetrievalIndexError, file_stat
+from cnnapps.apps.retrieve.index import FileStat, Index, RetrievalIndexError, _index_state, embed_files, index_path
 
 PART_SIZE = 10_000
 
@@ -65,7 +67,7 @@ def _parts_dir(index_dir: Path) -> Path:
 
 
 def _plan(paths: Sequence[str], model: dict[str, Any], part_size: int) -> dict[str, Any]:
-    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
     return {"model": model, "files": len(paths), "paths_sha256": digest, "part_size": part_size}
 
 
@@ -112,11 +114,12 @@ def build_shard(
     if part_size < 1:
         raise RetrievalIndexError(f"part size {part_size}: must be at least 1")
     index_dir = Path(index_dir)
-    if (index_dir / "index.sqlite").exists():
+    state, settings = _index_state(index_dir)
+    if state == "index" and settings.get("unfinished") != "merge":
         raise RetrievalIndexError(f"{index_dir}: an index already exists here; use `cnnapps index add` or `sync`")
     folder = _parts_dir(index_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    ordered = sorted({os.path.abspath(p) for p in paths})
+    ordered = sorted({index_path(p) for p in paths})
     _agree_on_plan(folder, _plan(ordered, embedder.describe(), part_size))
     mine = range(rank, -(-len(ordered) // part_size), world_size)
     report = ShardReport(rank, world_size, len(mine), 0, 0)
@@ -128,22 +131,19 @@ def build_shard(
             if progress:
                 progress(len(chunk))
             continue
-        names, vectors, errors = embedder.embed(chunk, progress=progress)
-        ok = [i for i, e in enumerate(errors) if not e]
-        stats = [file_stat(names[i]) for i in ok]
-        bad = [(names[i], errors[i]) for i, e in enumerate(errors) if e]
+        rows, bad = embed_files(embedder, chunk, progress=progress)
         arrays = {
-            "paths": np.array([s.path for s in stats], dtype=str),
-            "sizes": np.array([s.size for s in stats], dtype=np.int64),
-            "mtimes": np.array([s.mtime for s in stats], dtype=np.float64),
-            "sha256": np.array([s.sha256 for s in stats], dtype=str),
-            "vectors": np.asarray(vectors[ok], dtype=np.float32).reshape(len(ok), embedder.dim),
-            "failed_paths": np.array([n for n, _ in bad], dtype=str),
-            "failed_errors": np.array([str(e) for _, e in bad], dtype=str),
+            "paths": np.array([s.path for s, _ in rows], dtype=str),
+            "sizes": np.array([s.size for s, _ in rows], dtype=np.int64),
+            "mtimes": np.array([s.mtime for s, _ in rows], dtype=np.float64),
+            "sha256": np.array([s.sha256 for s, _ in rows], dtype=str),
+            "vectors": np.asarray([v for _, v in rows], dtype=np.float32).reshape(len(rows), embedder.dim),
+            "failed_paths": np.array([b["path"] for b in bad], dtype=str),
+            "failed_errors": np.array([b["error"] for b in bad], dtype=str),
         }
         _write_atomically(file, lambda fh, a=arrays: np.savez(fh, **a))
-        report.embedded += len(ok)
-        report.failed += [{"path": n, "error": str(e)} for n, e in bad]
+        report.embedded += len(rows)
+        report.failed += bad
     return report
 
 
@@ -159,8 +159,15 @@ def parts_status(index_dir: str | os.PathLike) -> tuple[dict[str, Any], list[int
 
 def merge_parts(index_dir: str | os.PathLike, kind: str = "auto") -> tuple[Index, list[dict[str, str]]]:
     """Write every part into a new index at ``index_dir`` in one generation, then remove the parts.
-    Returns the index and the files no rank could read."""
+    Returns the index and the files no rank could read. Run again after an interrupted merge, it finishes it."""
     index_dir = Path(index_dir)
+    folder = _parts_dir(index_dir)
+    state, settings = _index_state(index_dir)
+    if state == "index" and settings.get("unfinished") != "merge":
+        if not folder.is_dir():
+            raise RetrievalIndexError(f"{index_dir}: an index already exists here and there are no parts to merge")
+        _remove_parts(folder)  # a merge killed while it removed them: the index holds every vector
+        return Index.open(index_dir), []
     plan, missing = parts_status(index_dir)
     if missing:
         shown = ", ".join(str(p) for p in missing[:10]) + (" ..." if len(missing) > 10 else "")
@@ -168,27 +175,30 @@ def merge_parts(index_dir: str | os.PathLike, kind: str = "auto") -> tuple[Index
             f"{index_dir}: {len(missing)} of {-(-plan['files'] // plan['part_size'])} parts are not finished "
             f"(parts {shown}); rerun `cnnapps index build` with the same inputs to finish them"
         )
-    folder = _parts_dir(index_dir)
-    stats: list[FileStat] = []
-    vectors: list[np.ndarray] = []
-    failed: list[dict[str, str]] = []
-    part_files = sorted(folder.glob("part-*.npz"))
-    for file in part_files:
-        with np.load(file, allow_pickle=False) as part:
-            stats += [
-                FileStat(str(p), int(s), float(m), str(h))
-                for p, s, m, h in zip(part["paths"], part["sizes"], part["mtimes"], part["sha256"], strict=True)
-            ]
-            vectors.append(part["vectors"])
-            failed += [
-                {"path": str(p), "error": str(e)}
-                for p, e in zip(part["failed_paths"], part["failed_errors"], strict=True)
-            ]
-    dim = int(plan["model"]["dim"])
-    index = Index.create(index_dir, plan["model"], kind=kind)
-    index.add_embedded(stats, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
-    for file in part_files:  # the index holds every vector now
-        file.unlink()
-    (folder / "plan.json").unlink()
-    folder.rmdir()
+    with Index._writing(index_dir, plan["model"], kind, "merge") as index:
+        stats: list[FileStat] = []
+        vectors: list[np.ndarray] = []
+        failed: list[dict[str, str]] = []
+        for file in sorted(folder.glob("part-*.npz")):
+            with np.load(file, allow_pickle=False) as part:
+                stats += [
+                    FileStat(str(p), int(s), float(m), str(h))
+                    for p, s, m, h in zip(part["paths"], part["sizes"], part["mtimes"], part["sha256"], strict=True)
+                ]
+                vectors.append(part["vectors"])
+                failed += [
+                    {"path": str(p), "error": str(e)}
+                    for p, e in zip(part["failed_paths"], part["failed_errors"], strict=True)
+                ]
+        dim = int(plan["model"]["dim"])
+        index.add_embedded(stats, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
+    _remove_parts(folder)
     return index, failed
+
+
+def _remove_parts(folder: Path) -> None:
+    """The part files, then the plan, then the folder: what is left always says what it is."""
+    for file in [*folder.glob("part-*.npz"), *folder.glob(".*.tmp")]:
+        file.unlink(missing_ok=True)
+    (folder / "plan.json").unlink(missing_ok=True)
+    folder.rmdir()

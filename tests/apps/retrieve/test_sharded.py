@@ -135,3 +135,79 @@ def test_ranks_come_from_torchrun_or_slurm(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert launcher_rank() == (3, 4, 3)  # torchrun's variables win inside a SLURM allocation
+
+
+_KILLS = {
+    "after the index is created": "def add(self, *a):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+    "after the vectors are committed": (
+        "add_embedded = Index.add_embedded\n"
+        "def add(self, *a):\n    add_embedded(self, *a)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    ),
+    "while the parts are removed": None,
+}
+
+
+@pytest.mark.parametrize("when", list(_KILLS))
+def test_a_merge_killed_at_any_step_is_finished_by_running_it_again(tmp_path: Path, when: str) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    paths = []
+    for i in range(300):
+        (files / f"{i}.bin").write_bytes(i.to_bytes(2, "little"))
+        paths.append(str(files / f"{i}.bin"))
+    folder = tmp_path / "idx"
+    build_shard(paths, folder, RandomEmbedder(), 0, 1, part_size=50)
+    if _KILLS[when]:
+        patch = _KILLS[when] + "Index.add_embedded = add\n"
+    else:  # two of the six part files gone, then the kill
+        patch = (
+            "def remove(folder):\n    for f in sorted(folder.glob('part-*.npz'))[:2]:\n        f.unlink()\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "sharded._remove_parts = remove\n"
+        )
+    script = (
+        "import os, signal, sys\nfrom cnnapps.apps.retrieve import sharded\n"
+        "from cnnapps.apps.retrieve.index import Index\n" + patch + "sharded.merge_parts(sys.argv[1])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+    with Index.open(folder) as index:  # what the kill left opens, and says whether it is whole
+        assert len(index) == (0 if when == "after the index is created" else 300)
+    report = Index.check(folder)
+    if when == "while the parts are removed":
+        assert report["ok"] and len(list((folder / "parts").glob("part-*.npz"))) == 4
+        with pytest.raises(RetrievalIndexError, match="an index already exists here"):
+            build_shard(paths, folder, RandomEmbedder(), 0, 1, part_size=50)
+    else:
+        assert not report["ok"] and "its merge was interrupted" in report["problems"][0]
+        again = build_shard(paths, folder, RandomEmbedder(), 0, 1, part_size=50)  # the parts are all there
+        assert (again.skipped, again.embedded) == (6, 0)
+
+    index, failed = merge_parts(folder)
+    assert not failed and len(index) == 300 and not (folder / "parts").exists()
+    assert Index.check(folder)["ok"] and sorted(index.paths()) == sorted(paths)
+    probe = RandomEmbedder().embed([paths[123]])[1]
+    assert index.search(probe, k=1)[0][0].path == paths[123]
+    with pytest.raises(RetrievalIndexError, match="no parts to merge"):
+        merge_parts(folder)
+
+
+def test_a_file_deleted_while_a_rank_embeds_fails_alone(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    paths = []
+    for i in range(6):
+        (files / f"{i}.bin").write_bytes(i.to_bytes(2, "little"))
+        paths.append(str(files / f"{i}.bin"))
+
+    class Deleting(RandomEmbedder):
+        def embed(self, paths, progress=None):
+            out = super().embed(paths, progress)
+            Path(paths[-1]).unlink(missing_ok=True)
+            return out
+
+    report = build_shard(paths, tmp_path / "idx", Deleting(), 0, 1, part_size=3)
+    assert report.embedded == 4 and [f["path"] for f in report.failed] == [paths[2], paths[5]]
+    index, failed = merge_parts(tmp_path / "idx")
+    assert len(index) == 4 and [f["error"] for f in failed] == ["no such file"] * 2
