@@ -273,3 +273,57 @@ def load_trunk(spec: str | os.PathLike, weights: str | None = "imagenet") -> tup
     except (TypeError, ValueError):  # a detector's own resizing: the trunk's registry preprocessing instead
         preprocess = trunk.preprocess
     return trunk, preprocess
+
+
+def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[str] | None = None) -> Path:
+    """Join the heads of model files trained on the same trunk into one file (never over an existing one).
+
+    The trunks must hold the same weights (fingerprints computed from the tensors, not trusted from the headers)
+    and the files the same preprocessing; heads keep their names, a clash is resolved by the file's name (the
+    run folder for a ``model.safetensors``). ``names`` renames the heads in order."""
+    from cnnapps.files import OutputExistsError
+
+    out = Path(out)
+    if os.path.lexists(out):
+        raise OutputExistsError(out)
+    if len(paths) < 2:
+        raise BundleError("compose: give two or more model files to join")
+    files = [read_model_file(p) for p in paths]
+    first = files[0]
+    first_print = tensor_fingerprint(first.trunk_tensors())
+    for other in files[1:]:
+        other_print = tensor_fingerprint(other.trunk_tensors())
+        if other_print != first_print or other.trunk["name"] != first.trunk["name"]:
+            raise BundleError(
+                f"{other.path}: its trunk ({other.trunk['name']}, {other_print[:19]}) is not the trunk of "
+                f"{first.path} ({first.trunk['name']}, {first_print[:19]}); heads join only on one trunk: train each "
+                "with --trunk naming the same trunk"
+            )
+        if _plain(other.preprocess) != _plain(first.preprocess):
+            raise BundleError(
+                f"{other.path}: its preprocessing ({_short(other.preprocess)}) differs from {first.path}'s "
+                f"({_short(first.preprocess)})"
+            )
+    heads: dict[str, tuple[HeadInfo, dict[str, torch.Tensor]]] = {}
+    wanted = list(names or [])
+    for model_file in files:
+        for name, info in model_file.heads.items():
+            if not getattr(adapter(info.task), "shareable", lambda _: True)(info):
+                raise BundleError(
+                    f"{model_file.path}: its {name} head resizes images itself (trained with its trunk); only heads "
+                    "trained with --trunk share a trunk pass"
+                )
+            label = wanted.pop(0) if wanted else name
+            if label in heads:
+                label = f"{label}-{file_label(model_file.path)}"
+            if label in heads:
+                raise BundleError(f"{model_file.path}: a second head named {label!r}; name the heads with --names")
+            heads[label] = (info, model_file.head_tensors(name))
+    trunk = {"name": first.trunk["name"], "kwargs": first.trunk.get("kwargs", {})}
+    return write_model_file(out, trunk, first.trunk_tensors(), heads, first.preprocess, overwrite=False)
+
+
+def file_label(path: str | os.PathLike) -> str:
+    """A short name for a model file: its run folder's for ``runs/x/model.safetensors``, else its stem."""
+    path = Path(path)
+    return path.parent.name if path.name == "model.safetensors" else path.stem

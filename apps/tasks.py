@@ -31,6 +31,7 @@ class Task:
     exporter: str | None = None  # exportable(spec, task, **options) -> Exportable: what `cnnapps export` writes
     export_formats: tuple[str, ...] = ()  # the formats it can be written in
     ensemble: bool = False  # several models can answer together (probabilities averaged)
+    load_options: tuple[str, ...] = ()  # options its predictor takes when loaded (besides device)
     default_model: str | None = None  # what runs when no model is named
     zoo: str | None = None  # zoo(task, weights=False) -> {name: row}: named ready models (torchvision's COCO R-CNNs)
     route_options: dict[str, tuple[type, Any, Any, Any]] = field(default_factory=dict)  # name: (type, default, lo, hi)
@@ -38,6 +39,10 @@ class Task:
     def part(self, which: str) -> Any:
         """Import and return one of the parts (``"config"``, ``"train"``, ``"predictor"``, ...)."""
         return resolve(getattr(self, which))
+
+    def options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The options of ``given`` that this task's predictor takes (device, head and its own)."""
+        return {k: v for k, v in given.items() if k in ("device", "head", *self.load_options)}
 
     def zoo_models(self, weights: bool = False) -> dict[str, dict[str, Any]]:
         """The task's named ready models, each with its description (and the state of its weights when asked)."""
@@ -67,6 +72,7 @@ TASKS: dict[str, Task] = {
             exporter="cnnapps.apps.classify.model:exportable",
             export_formats=("onnx", "torchscript"),
             ensemble=True,
+            load_options=("engine", "batch_size", "workers", "max_pixels"),
             default_model="efficientnet_lite0",
             route_options={"top_k": (int, 5, 1, 20)},
         ),
@@ -82,6 +88,7 @@ TASKS: dict[str, Task] = {
             cli="cnnapps.apps.retrieve.cli:register",
             exporter="cnnapps.apps.retrieve.embedder:exportable",
             export_formats=("onnx", "torchscript"),
+            load_options=("engine", "batch_size", "workers", "pooling"),
             default_model="efficientnet_lite0",
         ),
         *(
@@ -97,6 +104,7 @@ TASKS: dict[str, Task] = {
                 cli=f"{_DETECT}.cli:register",
                 exporter=f"{_DETECT}.model:exportable",
                 export_formats=("onnx",),
+                load_options=("score_threshold", "batch_size", "tile", "overlap", "max_pixels"),
                 default_model=default,
                 zoo=f"{_DETECT}.zoo:zoo_models",
                 route_options={"draw": (bool, False, None, None)},
@@ -117,6 +125,7 @@ TASKS: dict[str, Task] = {
             head="cnnapps.apps.caption.model:HEAD",
             result="cnnapps.results:CaptionResult",
             cli="cnnapps.apps.caption.cli:register",
+            load_options=("beam", "max_len", "batch_size"),
         ),
     )
 }

@@ -218,3 +218,43 @@ def _titled(img: np.ndarray, text: str) -> np.ndarray:
     strip = np.full((26, img.shape[1], 3), 255, np.uint8)
     cv2.putText(strip, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     return np.pad(np.vstack([strip, img]), ((2, 2), (2, 2), (0, 0)), constant_values=255)
+
+
+@dataclass
+class MultiTaskResult(Result):
+    """One input's answers from every head of a multi-head model, by head name (one trunk pass gave them all)."""
+
+    results: dict[str, Result] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"path": ..., "<head>": <that head's answer without its path>, ...}`` (or ``{"path", "error"}``)."""
+        if self.error is not None:
+            return {"path": self.source, "error": self.error}
+        out: dict[str, Any] = {"path": self.source}
+        for name, result in self.results.items():
+            out[name] = {k: v for k, v in result.to_dict().items() if k != "path"}
+        return out
+
+    def draw(self, image: np.ndarray) -> np.ndarray:
+        """Boxes, masks and skeletons of the detection heads on the image, then a panel with the other answers."""
+        import cv2
+
+        out = image.copy()
+        lines = []
+        for name, result in self.results.items():
+            if isinstance(result, DetectionResult):
+                out = result.draw(out)
+            elif isinstance(result, ClassificationResult) and result.predictions:
+                top = ", ".join(f"{p.label} {p.score:.0%}" for p in result.predictions[:3])
+                lines.append(f"{name}: {top}")
+            elif isinstance(result, CaptionResult):
+                lines.append(f"{name}: {result.caption}")
+        if not lines:
+            return out
+        width = max(out.shape[1], 320)
+        if out.shape[1] != width:
+            out = cv2.resize(out, (width, round(out.shape[0] * width / out.shape[1])), interpolation=cv2.INTER_AREA)
+        panel = np.full((24 * len(lines) + 10, width, 3), 255, np.uint8)
+        for i, text in enumerate(lines):
+            cv2.putText(panel, text[:90], (8, 22 + 24 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        return np.vstack([out, panel])

@@ -49,12 +49,28 @@ def json_safe(data: Any) -> Any:
 
 
 def echo_json(data: Any) -> None:
-    """Print ``data`` as valid JSON on stdout (NaN as null)."""
-    print(json.dumps(json_safe(data), indent=2, allow_nan=False))
+    """Print ``data`` as valid JSON on stdout (NaN as null; file names that are not UTF-8 escaped, not lost)."""
+    print(json.dumps(json_safe(data), indent=2, allow_nan=False, ensure_ascii=_surrogates(data)))
+
+
+def _surrogates(data: Any) -> bool:
+    """Whether ``data`` holds a string with undecodable bytes kept as surrogates (a non-UTF-8 file name)."""
+    if isinstance(data, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in data)
+    if isinstance(data, dict):
+        return any(_surrogates(k) or _surrogates(v) for k, v in data.items())
+    if isinstance(data, (list, tuple)):
+        return any(_surrogates(v) for v in data)
+    return False
 
 
 def echo(text: str = "", err: bool = False) -> None:
-    print(text, file=sys.stderr if err else sys.stdout, flush=err)
+    """Print a line (a file name that is not UTF-8 is printed with its bytes escaped, never an error)."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        print(text, file=stream, flush=err)
+    except UnicodeEncodeError:
+        print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=stream, flush=err)
 
 
 @contextmanager
@@ -85,7 +101,7 @@ def images(paths: list[str]) -> list[str]:
 def report_failed(failed: list[dict[str, str]]) -> None:
     """The inputs that could not be used, one line each, on stderr."""
     if failed:
-        echo(f"{len(failed)} of the inputs failed:" if len(failed) > 1 else "1 input failed:", err=True)
+        echo(f"{plural(len(failed), 'image')} could not be read:", err=True)
         for item in failed:
             echo(f"  {item['path']}: {item['error']}", err=True)
 

@@ -43,8 +43,11 @@ class CaptionEncoder(nn.Module):
         backbone.train(was_training)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        maps = F.adaptive_avg_pool2d(self.backbone.forward_features(images), self.grid)
-        return maps.flatten(2).transpose(1, 2)
+        return self.from_features(self.backbone.forward_features(images))
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The grid of a last feature map already computed (a trunk pass shared with other heads)."""
+        return F.adaptive_avg_pool2d(features, self.grid).flatten(2).transpose(1, 2)
 
 
 class AttentionLSTMDecoder(nn.Module):
@@ -263,6 +266,13 @@ class CaptionHead:
                   "decoder_kwargs": c.get("decoder_kwargs", {})}  # fmt: skip
         head = HeadInfo("caption", c["decoder"], kwargs, c["tokens"])
         return {"name": c["backbone"], "kwargs": {}}, head, c["preprocess"]
+
+    def predict_shared(self, model: Captioner, shared: Any, options: dict[str, Any]) -> list[Any]:
+        """Captions from a trunk pass shared with other heads (``beam``, ``max_len`` from the options)."""
+        from cnnapps.apps.caption.predictor import caption_grid
+
+        beam, max_len = options.get("beam", 1), options.get("max_len") or model.spec.max_len
+        return caption_grid(model, model.encoder.from_features(shared.features), beam, max_len)
 
 
 HEAD = CaptionHead()

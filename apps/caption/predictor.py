@@ -48,24 +48,35 @@ class CaptionPredictor:
 
     @one_at_a_time
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[CaptionResult]:
-        grid = self.model.spec.grid
-        results: list[CaptionResult] = []
-        for name, _, hyp, error in map_images(inputs, self._caption, self.batch_size, progress=progress):
-            if hyp is None:
-                results.append(CaptionResult(name, error=error))
-                continue
-            words = hyp.words(self.vocab)
-            maps = [a.reshape(grid, grid) for a in hyp.attention]
-            results.append(CaptionResult(name, caption=" ".join(words), words=words, score=hyp.score, attention=maps))
+        results = []
+        for name, _, result, error in map_images(inputs, self._caption, self.batch_size, progress=progress):
+            if result is None:
+                result = CaptionResult(name, error=error)
+            result.source = name
+            results.append(result)
         return results
 
     @torch.inference_mode()
-    def _caption(self, images: list[np.ndarray]) -> list[Any]:
+    def _caption(self, images: list[np.ndarray]) -> list[CaptionResult]:
         arrays = np.stack([self.preprocess(rgb) for rgb in images])
-        features = self.model.encoder(torch.from_numpy(arrays).to(self.device))
-        if self.beam == 1:
-            return greedy(self.model.decoder, features, self.vocab, self.max_len)
-        return [beam_search(self.model.decoder, f[None], self.vocab, self.beam, self.max_len) for f in features]
+        grid = self.model.encoder(torch.from_numpy(arrays).to(self.device))
+        return caption_grid(self.model, grid, self.beam, self.max_len)
+
+
+def caption_grid(model: Any, grid: torch.Tensor, beam: int, max_len: int) -> list[CaptionResult]:
+    """Captions (greedy when ``beam`` is 1) for encoded grids (N, cells, channels), as results whose ``source``
+    the caller sets."""
+    vocab, side = model.vocab, model.spec.grid
+    if beam == 1:
+        found = greedy(model.decoder, grid, vocab, max_len)
+    else:
+        found = [beam_search(model.decoder, g[None], vocab, beam, max_len) for g in grid]
+    results = []
+    for hyp in found:
+        words = hyp.words(vocab)
+        maps = [a.reshape(side, side) for a in hyp.attention]
+        results.append(CaptionResult("", caption=" ".join(words), words=words, score=hyp.score, attention=maps))
+    return results
 
 
 def load_predictor(specs: list[Any], task: str = "caption", **kwargs: Any) -> CaptionPredictor:

@@ -57,9 +57,12 @@ class ClassifyHead:
                         list(meta["class_names"]))  # fmt: skip
         return trunk, head, meta["preprocess"]
 
-    def forward_shared(self, model: Classifier, shared: Any) -> torch.Tensor:
-        """Class probabilities from a shared trunk pass (one-pass multi-task inference)."""
-        return torch.softmax(model.forward_head(shared.features).float(), dim=1)
+    def predict_shared(self, model: Classifier, shared: Any, options: dict[str, Any]) -> list[Any]:
+        """Top-k results from a trunk pass shared with other heads."""
+        from cnnapps.apps.classify.predictor import top_k_result
+
+        probabilities = torch.softmax(model.forward_head(shared.features).float(), dim=1).cpu().numpy()
+        return [top_k_result("", row, model.class_names, options.get("top_k", 5)) for row in probabilities]
 
 
 HEAD = ClassifyHead()

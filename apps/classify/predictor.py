@@ -83,16 +83,21 @@ class ClassificationPredictor:
     ) -> list[ClassificationResult]:
         """Classify paths, arrays, PIL images or encoded bytes (one, or a list). Bad inputs get ``error``."""
         names, probs, errors = self.predict_proba(inputs, batch_size, progress)
-        k = max(1, min(top_k, len(self.class_names)))
-        results = []
-        for name, row, error in zip(names, probs, errors, strict=True):
-            if error is not None:
-                results.append(ClassificationResult(name, error=error))
-                continue
-            top = np.argsort(-row, kind="stable")[:k]
-            preds = [Prediction(self.class_names[i], int(i), float(row[i])) for i in top]
-            results.append(ClassificationResult(name, predictions=preds))
-        return results
+        return [
+            ClassificationResult(name, error=error)
+            if error is not None
+            else top_k_result(name, row, self.class_names, top_k)
+            for name, row, error in zip(names, probs, errors, strict=True)
+        ]
+
+
+def top_k_result(name: str, probabilities: np.ndarray, class_names: list[str], top_k: int) -> ClassificationResult:
+    """The ``top_k`` classes of one probability row, best first (ties keep class order)."""
+    k = max(1, min(top_k, len(class_names)))
+    top = np.argsort(-probabilities, kind="stable")[:k]
+    return ClassificationResult(
+        name, predictions=[Prediction(class_names[i], int(i), float(probabilities[i])) for i in top]
+    )
 
 
 def load_predictor(

@@ -450,6 +450,18 @@ class DetectionHead:
         head = HeadInfo(spec.task, f"rcnn-{spec.heads}", kwargs, list(spec.class_names))
         return {"name": spec.backbone, "kwargs": {}}, head, rcnn_preprocess(spec)
 
+    def shareable(self, info: Any) -> bool:
+        """Only heads trained on a shared trunk read its pass; others resize images themselves."""
+        return bool(info.kwargs.get("shared"))
+
+    def predict_shared(self, model: nn.Module, shared: Any, options: dict[str, Any]) -> list[Any]:
+        """Detections in each image's frame from a trunk pass shared with other heads."""
+        from cnnapps.apps.detect.predictor import to_detections, to_result
+
+        found = detect_on_stages(model, shared.stages, shared.images, shared.sizes, shared.geometries)
+        return [to_result("", to_detections(out, h, w), h, w, model.spec) for out, (h, w) in zip(found, shared.sizes,
+                                                                                              strict=True)]  # fmt: skip
+
 
 HEAD = DetectionHead()
 

@@ -73,7 +73,7 @@ def index_build(
     part_size: int = typer.Option(10_000, "--part-size", min=1, help="Images per part file of a sharded build."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Embed every image under FOLDER into a new index.
+    """Embed every image under FOLDER into a new index (run again after an interruption, it resumes).
 
     Started on several processes (torchrun, srun, or --rank/--world-size), each embeds its share into part
     files under INDEX/parts; `cnnapps index merge` then writes the index. A rerun skips finished parts."""
@@ -86,9 +86,8 @@ def index_build(
         return
     paths = images(folder)
     embedder = _embedder(model, pooling, device)
-    built = Index.create(index, embedder.describe(), kind=kind)
     with progress(len(paths), "embedding") as advance:
-        added, failed = built.add(paths, embedder=embedder, progress=advance)
+        built, added, failed = Index.build(index, paths, embedder, kind=kind, progress=advance)
     _index_done(built.info(), as_json, f"indexed {added} images", failed)
 
 
@@ -214,6 +213,50 @@ def index_sync(
         )
     report_failed(report["failed"])
     if report["failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@index_app.command("check")
+def index_check(
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Say what is wrong with an index, changing nothing. Exit code 0: sound; 1: problems (each says what to run);
+    2: no index."""
+    from cnnapps.apps.retrieve.index import Index
+
+    report = Index.check(index)
+    if as_json:
+        echo_json(report)
+    elif report["ok"]:
+        echo(f"{index}: sound ({report['items']} images, generation {report['generation']})")
+    else:
+        for problem in report["problems"]:
+            echo(f"{index}: {problem}")
+    if not report["ok"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@index_app.command("repair")
+def index_repair(
+    index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Make an index usable again: rebuild its FAISS file from the vectors kept in its database (missing,
+    truncated or of the wrong size), drop stale entries, clear an interrupted creation. Exit code 0: sound;
+    1: something is left (an interrupted build or merge: run it again); 2: error."""
+    from cnnapps.apps.retrieve.index import Index
+
+    report = Index.repair(index)
+    if as_json:
+        echo_json(report)
+    else:
+        for done in report["repaired"] or ["nothing to repair"]:
+            echo(f"{index}: {done}")
+        for problem in report["problems"]:
+            echo(f"{index}: still: {problem}")
+        echo(f"{index}: {report['items']} images indexed")
+    if report["problems"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 

@@ -40,7 +40,10 @@ class EmbeddingModel(nn.Module):
         self.projection = nn.Linear(backbone.embedding_dim, embedding_size) if embedding_size else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone.forward_features(x)
+        return self.embed_features(self.backbone.forward_features(x))
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The embedding of a last feature map already computed (a trunk pass shared with other heads)."""
         if self.pooling == "gem":  # generalised mean (Radenović et al.): between average and max pooling
             pooled = features.clamp_min(1e-6).pow(self.gem_p).mean(dim=(2, 3)).pow(1.0 / self.gem_p)
         else:
@@ -73,6 +76,11 @@ class EmbeddingHead:
         kwargs = {"pooling": meta["pooling"], "embedding_size": meta.get("embedding_size")}
         head = HeadInfo("retrieve", "embedding", kwargs)
         return trunk, head, meta["preprocess"]
+
+    def predict_shared(self, model: EmbeddingModel, shared: Any, options: dict[str, Any]) -> list[EmbeddingResult]:
+        """Unit vectors from a trunk pass shared with other heads."""
+        vectors = model.embed_features(shared.features).float().cpu().numpy()
+        return [EmbeddingResult("", vector=v) for v in vectors]
 
 
 HEAD = EmbeddingHead()

@@ -132,8 +132,7 @@ def _register_tasks() -> None:
 
 
 _register_tasks()
-from cnnapps import cli_serve  # noqa: E402, F401  (serve)
-from cnnapps.cli import service  # noqa: E402, F401  (export)
+from cnnapps.cli import multitask, service  # noqa: E402, F401  (compose, predict; serve, export)
 
 
 def main(argv: list[str] | None = None) -> None:

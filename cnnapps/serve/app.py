@@ -35,16 +35,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from cnnapps import __version__
-from cnnapps.api import load, task_of
 from cnnapps.errors import CnnappsError
 from cnnapps.serve.batcher import MicroBatcher
 
 if TYPE_CHECKING:  # pragma: no cover
     import uvicorn
 
-#: the route of each task ("retrieve" models are served as /v1/embed; /v1/retrieve needs an index)
-ROUTES = {"classify": "classify", "retrieve": "embed", "detect": "detect", "segment": "segment", "pose": "pose",
-          "caption": "caption"}  # fmt: skip
 MAX_TOP_K = 20
 #: the names a Host header may always carry (IP addresses are accepted too: DNS rebinding needs a name)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -183,75 +179,102 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_
 
 @dataclass
 class Served:
-    """One loaded model: its name in requests, task, predictor and batcher."""
+    """One loaded model: its name in requests, its heads (name -> task), its predictor and batcher.
+
+    A multi-head model file is one entry: one trunk in memory for all its heads, one pass per batch."""
 
     name: str
     spec: str
-    task: str
-    predictor: Any
+    heads: dict[str, str]  # head name -> task (a one-task model: {task: task})
+    predictor: Any  # predict(images, top_k=, heads=) -> MultiTaskResult per image
     batcher: MicroBatcher
 
-    def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"name": self.name, "spec": self.spec, "task": self.task,
-                                "route": f"/v1/{ROUTES[self.task]}"}  # fmt: skip
-        if hasattr(self.predictor, "class_names"):
-            info["classes"] = len(self.predictor.class_names)
-        if hasattr(self.predictor, "dim"):
-            info["dim"] = self.predictor.dim
-        return info
+    def routes(self) -> list[tuple[str, str, str]]:
+        """(route, task, head) for each head this model answers through its task's route."""
+        from cnnapps.apps.tasks import TASKS
+
+        return [(f"/v1/{TASKS[task].route}", task, head) for head, task in self.heads.items()]
+
+    def info(self) -> list[dict[str, Any]]:
+        """One entry per head: name (the ``model`` parameter), spec, task, route, classes or embedding size."""
+        entries = []
+        for route, task, head in self.routes():
+            info: dict[str, Any] = {"name": self.label(head), "spec": self.spec, "task": task, "route": route}
+            if len(self.heads) > 1:
+                info["head"] = head
+            predictor = getattr(self.predictor, "predictor", None)  # a one-task model's own predictor
+            if predictor is not None and hasattr(predictor, "class_names"):
+                info["classes"] = len(predictor.class_names)
+            if predictor is not None and hasattr(predictor, "dim"):
+                info["dim"] = predictor.dim
+            entries.append(info)
+        return entries
+
+    def label(self, head: str) -> str:
+        """How requests name one head: the model's name, or ``name/head`` when it has two of one task."""
+        same_task = [h for h, t in self.heads.items() if t == self.heads[head]]
+        return self.name if len(same_task) == 1 else f"{self.name}/{head}"
 
 
-def _runner(predictor: Any, task: str) -> Any:
-    """The batch function of a task: a list of (image bytes, options) -> one (result dict, result) per item."""
+def _runner(predictor: Any) -> Any:
+    """The batch function of a served model: (image bytes, options) items -> one (answer, result) per item.
+
+    The items of a batch may ask for different heads (and ``top_k``): the batch runs their union once."""
+    from cnnapps.results import ClassificationResult, MultiTaskResult
 
     def run(items: list[tuple[bytes, dict[str, Any]]]) -> list[tuple[dict[str, Any], Any]]:
         images = [image for image, _ in items]
-        if task == "retrieve":
-            names, vectors, errors = predictor.embed(images)
-            return [
-                ({"path": n, "error": e} if e else {"path": n, "embedding": [round(float(x), 6) for x in v]}, v)
-                for n, v, e in zip(names, vectors, errors, strict=True)
-            ]
-        if task == "classify":
-            top = max(options.get("top_k", 5) for _, options in items)
-            results = predictor.predict(images, top_k=top)
-            for result, (_, options) in zip(results, items, strict=True):
-                result.predictions = result.predictions[: options.get("top_k", 5)]
-        else:
-            results = predictor.predict(images)
-        return [(r.to_dict(), r) for r in results]
+        heads = sorted({h for _, options in items for h in options.get("heads", predictor.tasks)})
+        top = max(options.get("top_k", 5) for _, options in items)
+        answers = []
+        for found, (_, options) in zip(predictor.predict(images, top_k=top, heads=heads), items, strict=True):
+            if not found.ok:
+                answers.append(({"path": found.source, "error": found.error}, found))
+                continue
+            chosen = {h: found.results[h] for h in options.get("heads", predictor.tasks)}
+            for result in chosen.values():
+                if isinstance(result, ClassificationResult):
+                    result.predictions = result.predictions[: options.get("top_k", 5)]
+            if options.get("one"):
+                (result,) = chosen.values()
+                answers.append((result.to_dict(), result))
+            else:
+                every = MultiTaskResult(found.source, results=chosen)
+                answers.append((every.to_dict(), every))
+        return answers
 
     return run
 
 
 def _name(spec: str) -> str:
-    path = Path(spec)
-    return path.parent.name if path.name == "model.safetensors" else path.stem if path.suffix else spec
+    from cnnapps.apps.modelfile import file_label
+
+    return file_label(spec) if Path(spec).suffix else spec
 
 
 def load_models(specs: Sequence[str], index: str | None, max_batch: int, max_wait_ms: float, device: str,
                 engine: str) -> tuple[list[Served], Any]:  # fmt: skip
-    """Load every model (and the index, whose model serves /v1/embed and /v1/retrieve)."""
+    """Load every model (a multi-head file once, for all its heads) and the index, whose model serves
+    /v1/embed and /v1/retrieve."""
+    from cnnapps.apps.multitask import OneHead, load_heads
+
     served: list[Served] = []
     opened = None
     for spec in specs:
-        kwargs: dict[str, Any] = {"device": device}
-        if task_of(spec) in ("classify", "retrieve"):
-            kwargs["engine"] = engine
-        predictor = load(spec, **kwargs)
-        served.append(Served(_name(spec), spec, predictor.task, predictor, None))  # type: ignore[arg-type]
+        predictor = load_heads(spec, device=device, engine=engine)
+        served.append(Served(_name(spec), spec, dict(predictor.tasks), predictor, None))  # type: ignore[arg-type]
     if index is not None:
         from cnnapps.apps.retrieve.index import Index
 
         opened = Index.open(index)
-        embedder = opened.embedder(device=device, engine=engine)
+        embedder = OneHead(opened.embedder(device=device, engine=engine), "retrieve")
         spec = opened.model["model"]
-        served.append(Served(_name(spec), spec, "retrieve", embedder, None))  # type: ignore[arg-type]
+        served.append(Served(_name(spec), spec, {"retrieve": "retrieve"}, embedder, None))  # type: ignore[arg-type]
     names = [s.name for s in served]
     for s in served:
-        if names.count(s.name) > 1:  # two specs with one name: tell them apart by task
-            s.name = f"{s.name}-{s.task}"
-        s.batcher = MicroBatcher(_runner(s.predictor, s.task), max_batch, max_wait_ms, s.name)
+        if names.count(s.name) > 1:  # two specs with one name: tell them apart by their tasks
+            s.name = f"{s.name}-{'-'.join(sorted(set(s.heads.values())))}"
+        s.batcher = MicroBatcher(_runner(s.predictor), max_batch, max_wait_ms, s.name)
     return served, opened
 
 
@@ -321,7 +344,7 @@ def create_app(
 
         probe = np.full((64, 64, 3), 127, np.uint8)
         for s in served:
-            s.batcher.run([(probe, {})])
+            s.batcher.run([(probe, {"heads": list(s.heads)})])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -333,7 +356,8 @@ def create_app(
         lifespan=lifespan,
         title="cnnapps",
         version=__version__,
-        description="Conv backbones as working applications: " + ", ".join(sorted({s.task for s in served})),
+        description="Conv backbones as working applications: "
+        + ", ".join(sorted({t for s in served for t in s.heads.values()})),
         docs_url=None,  # served below with local Swagger UI files
         redoc_url=None,  # ReDoc would come from a CDN
     )
@@ -367,7 +391,8 @@ def create_app(
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
         if exc.status_code == 404:
-            routes = sorted({f"/v1/{ROUTES[s.task]}" for s in served} | ({"/v1/retrieve"} if opened else set()))
+            routes = sorted({r for s in served for r, _, _ in s.routes()} | {"/v1/predict"}
+                            | ({"/v1/retrieve"} if opened else set()))  # fmt: skip
             message = f"no route {request.method} {request.url.path}; this server answers POST {', '.join(routes)}"
         return JSONResponse({"error": message}, status_code=exc.status_code)
 
@@ -439,17 +464,18 @@ def create_app(
             raise RequestError(422, "the image is empty")
         return data
 
-    def pick(task: str, name: str | None) -> Served:
-        candidates = [s for s in served if s.task == task]
+    def pick(task: str, name: str | None) -> tuple[Served, str]:
+        """The model (and its head) a request for ``task`` goes to: the first one, or the one it names."""
+        candidates = [(s, head) for s in served for _, t, head in s.routes() if t == task]
         if name is None:
             return candidates[0]
-        for s in candidates:
-            if s.name == name:
-                return s
-        raise RequestError(404, f"no {task} model named {name!r}; loaded: {', '.join(s.name for s in candidates)}")
+        for s, head in candidates:
+            if name in (s.label(head), f"{s.name}/{head}"):
+                return s, head
+        loaded = ", ".join(s.label(head) for s, head in candidates)
+        raise RequestError(404, f"no {task} model named {name!r}; loaded: {loaded}")
 
-    async def answer(task: str, request: Request, options: dict[str, Any], draw: bool) -> tuple[dict, Any, bytes]:
-        model = pick(task, request.query_params.get("model"))
+    async def answer(model: Served, request: Request, options: dict[str, Any], draw: bool) -> tuple[dict, Any]:
         image = await read_image_bytes(request)
         try:
             payload, result = await model.batcher.submit((image, options))
@@ -462,24 +488,45 @@ def create_app(
         if payload.get("error"):
             raise RequestError(422, f"image: {payload['error']}")
         payload = {**payload, "path": "<upload>", "model": model.name}
-        if draw and task in ("detect", "segment", "pose"):
+        if draw and hasattr(result, "draw"):
             payload["overlay"] = await run_in_threadpool(_overlay, image, result)
-        return payload, result, image
+        return payload, result
 
-    def add_task_route(task: str) -> None:
-        route = ROUTES[task]
+    def checked_top_k(top_k: int) -> int:
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise RequestError(422, f"top_k {top_k}: must be between 1 and {MAX_TOP_K}")
+        return top_k
+
+    def add_task_route(task: Any) -> None:
+        drawn = "draw" in task.route_options
 
         async def endpoint(request: Request, model: str | None = None, top_k: int = 5, draw: bool = False) -> Any:
-            if not 1 <= top_k <= MAX_TOP_K:
-                raise RequestError(422, f"top_k {top_k}: must be between 1 and {MAX_TOP_K}")
-            return (await answer(task, request, {"top_k": top_k}, draw))[0]
+            chosen, head = pick(task.name, model)
+            options = {"heads": [head], "top_k": checked_top_k(top_k), "one": True}
+            payload, _ = await answer(chosen, request, options, draw and drawn)
+            return {**payload, "model": chosen.label(head)}
 
-        endpoint.__name__ = route
-        endpoint.__doc__ = f"{task}: one image in, the JSON of `cnnapps {route} --json` for it out."
-        app.post(f"/v1/{route}", openapi_extra={"requestBody": _BODY}, tags=[task])(endpoint)
+        endpoint.__name__ = task.route
+        endpoint.__doc__ = f"{task.summary} One image in, the JSON of the command line's --json for it out."
+        app.post(f"/v1/{task.route}", openapi_extra={"requestBody": _BODY}, tags=[task.name])(endpoint)
 
-    for task in dict.fromkeys(s.task for s in served):
-        add_task_route(task)
+    from cnnapps.apps.tasks import TASKS
+
+    present = {t for s in served for t in s.heads.values()}
+    for task in TASKS.values():
+        if task.name in present:
+            add_task_route(task)
+
+    @app.post("/v1/predict", openapi_extra={"requestBody": _BODY}, tags=["all tasks"])
+    async def predict(request: Request, model: str | None = None, top_k: int = 5, draw: bool = False) -> Any:
+        """Every head of one model (the first multi-head model unless ``model`` names one) on one image, from one
+        trunk pass: ``{"path", "model", "<head>": <its answer>, ...}``; ``draw=true`` adds the picture."""
+        multi = [s for s in served if len(s.heads) > 1] or served
+        chosen = next((s for s in served if s.name == model), None) if model else multi[0]
+        if chosen is None:
+            raise RequestError(404, f"no model named {model!r}; loaded: {', '.join(s.name for s in served)}")
+        options = {"heads": list(chosen.heads), "top_k": checked_top_k(top_k)}
+        return (await answer(chosen, request, options, draw))[0]
 
     if opened is not None:
 
@@ -488,14 +535,15 @@ def create_app(
             """The index's nearest images to the uploaded one: ``{"query", "results": [{rank, path, score}]}``."""
             if not 1 <= k <= 1000:
                 raise RequestError(422, f"k {k}: must be between 1 and 1000")
-            _, vector, _ = await answer("retrieve", request, {}, False)
+            served_index = served[-1]  # the index's own model, loaded last
+            _, result = await answer(served_index, request, {"heads": ["retrieve"], "one": True}, False)
 
             def search() -> list[Any]:
                 with index_lock:
-                    return opened.search(vector[None, :], k)[0]
+                    return opened.search(result.vector[None, :], k)[0]
 
             hits = await run_in_threadpool(search)
-            return {"query": "<upload>", "results": [h.to_dict() for h in hits]}
+            return {"query": "<upload>", "results": [h.to_dict() for h in hits], "model": served_index.name}
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, Any]:
@@ -507,7 +555,7 @@ def create_app(
     @app.get("/v1/models", tags=["service"])
     async def list_models() -> dict[str, Any]:
         """The loaded models: name (the ``model`` query parameter), spec, task, route."""
-        models_info = [s.info() for s in served]
+        models_info = [entry for s in served for entry in s.info()]
         if opened is not None:
             models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve", "items": len(opened)})
         return {"models": models_info, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_upload_bytes": limit}

@@ -100,7 +100,7 @@ def test_index_build_skips_bad_files_and_load_embeds(run_cli, pictures: Path, tm
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     code, out, err = run_cli("index", "build", folder, "--index", tmp_path / "idx", "--json")
     assert code == 1 and json.loads(out)["items"] == 5
-    assert "broken.jpg" in err and "1 images could not be read" in err
+    assert "broken.jpg" in err and "1 image could not be read" in err
 
     import cnnapps
 

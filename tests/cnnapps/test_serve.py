@@ -84,7 +84,7 @@ def test_bad_requests_get_a_reason_and_the_server_keeps_serving(client: TestClie
         (client.post("/v1/classify", files={"other": ("x.jpg", jpeg, "image/jpeg")}), 422, "'image' file field"),
         (client.post("/v1/classify?model=nope", **upload(jpeg)), 404, "no classify model named 'nope'"),
         (client.post("/v1/classify?top_k=0", **upload(jpeg)), 422, "top_k"),
-        (client.post("/v1/caption", **upload(jpeg)), 404, "answers POST /v1/classify, /v1/segment"),
+        (client.post("/v1/caption", **upload(jpeg)), 404, "answers POST /v1/classify, /v1/predict, /v1/segment"),
     ]
     for response, status, reason in cases:
         assert response.status_code == status, (reason, response.text)

@@ -1,0 +1,227 @@
+"""One trunk, many heads: heads trained on a frozen trunk (``--trunk``), joined by ``compose``, answering from one
+trunk pass (``cnnapps.load``, ``cnnapps predict``, ``cnnapps serve``, ``index build``) exactly as they do alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnapps
+from cnnapps.apps.modelfile import compose, read_model_file, trunk_fingerprint
+from cnnapps.errors import CnnappsError
+
+COMMON = {"workers": 0, "progress": False, "epochs": 1, "batch_size": 8, "val_split": 0.3}
+
+
+@pytest.fixture(scope="module")
+def heads(trained, colour_set: Path, tmp_path_factory) -> dict[str, Path]:
+    """Four heads trained on the trunk of the LeNet-5 colour classifier (``trained``), each in its own file."""
+    from cnnapps.apps.caption.config import CaptionConfig
+    from cnnapps.apps.caption.train import train_captioner
+    from cnnapps.apps.classify.train import train_classifier
+    from cnnapps.apps.common.config import load_config
+    from cnnapps.apps.detect.config import DetectConfig
+    from cnnapps.apps.detect.train import train_detector
+    from cnnapps.apps.retrieve.config import RetrieveConfig
+    from cnnapps.apps.retrieve.train import train_retrieval
+    from cnnapps.datasets.synthetic import main as synthetic
+    from cnnapps.datasets.synthetic import write_captions
+
+    root = tmp_path_factory.mktemp("heads")
+    trunk = str(trained[0] / "model.safetensors")
+    runs = {name: root / name for name in ("colours", "recoloured", "embed", "words", "shapes")}
+    train_classifier(load_config(None, data=str(colour_set), trunk=trunk, out=str(runs["colours"]), augment="none",
+                                 **COMMON))  # fmt: skip
+    train_classifier(load_config(None, data=str(colour_set), trunk=trunk, out=str(runs["recoloured"]), seed=1,
+                                 augment="none", **COMMON))  # fmt: skip
+    train_retrieval(load_config(None, RetrieveConfig, data=str(colour_set), trunk=trunk, out=str(runs["embed"]),
+                                augment="none", embedding_size=8, **COMMON))  # fmt: skip
+    write_captions(root / "captions", "train", 12, seed=0, size=64)
+    write_captions(root / "captions", "val", 4, seed=1, size=64)
+    train_captioner(load_config(None, CaptionConfig, data=str(root / "captions/train.json"),
+                                images=str(root / "captions/train"), val_data=str(root / "captions/val.json"),
+                                val_images=str(root / "captions/val"), trunk=trunk, out=str(runs["words"]), grid=2,
+                                embed_dim=8, hidden_dim=8, attention_dim=8, **COMMON))  # fmt: skip
+    synthetic(["shapes", str(root / "shapes"), "--train", "8", "--val", "4", "--size", "96"])
+    train_detector(load_config(None, DetectConfig, task="segment", data=str(root / "shapes/train.json"),
+                               images=str(root / "shapes/train"), val_data=str(root / "shapes/val.json"),
+                               val_images=str(root / "shapes/val"), trunk=trunk, out=str(runs["shapes"]),
+                               **{**COMMON, "batch_size": 4}))  # fmt: skip
+    files = {name: run / "model.safetensors" for name, run in runs.items()}
+    files["trunk"] = Path(trunk)
+    files["images"] = root / "shapes" / "val"
+    return files
+
+
+@pytest.fixture(scope="module")
+def multi(heads, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("multi") / "multi.safetensors"
+    compose([heads["colours"], heads["embed"], heads["words"], heads["shapes"]], out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos(heads) -> list[str]:
+    return sorted(str(p) for p in heads["images"].glob("*.png"))
+
+
+def test_heads_trained_with_trunk_keep_it_exactly(heads) -> None:
+    trunk = read_model_file(heads["trunk"])
+    for name in ("colours", "embed", "words", "shapes"):
+        model_file = read_model_file(heads[name])
+        assert trunk_fingerprint(model_file) == trunk_fingerprint(trunk), name
+        assert model_file.trunk == {**trunk.trunk, "fingerprint": model_file.trunk["fingerprint"]}
+        assert model_file.preprocess == trunk.preprocess
+    assert read_model_file(heads["shapes"]).heads["segment"].kwargs["shared"] is True
+
+
+def test_compose_writes_one_trunk_and_every_head(multi, heads) -> None:
+    model_file = read_model_file(multi)
+    assert {n: h.task for n, h in model_file.heads.items()} == {
+        "classify": "classify", "retrieve": "retrieve", "caption": "caption", "segment": "segment"
+    }  # fmt: skip
+    assert trunk_fingerprint(model_file) == trunk_fingerprint(read_model_file(heads["trunk"]))
+    sizes = {name: heads[name].stat().st_size for name in ("colours", "embed", "words", "shapes")}
+    trunk_bytes = sum(v.numel() * v.element_size() for v in model_file.trunk_tensors().values())
+    # one trunk instead of four: the joined file is the four files less three trunks (plus a little metadata)
+    assert multi.stat().st_size < sum(sizes.values()) - 3 * trunk_bytes + 64_000
+
+
+def test_one_pass_answers_equal_each_head_alone(multi, heads, photos) -> None:
+    predictor = cnnapps.load(multi, score_threshold=0.0, beam=1)
+    assert type(predictor).__name__ == "MultiTaskPredictor" and len(predictor.heads) == 4
+    trunk = predictor.trunk  # one trunk object under every head
+    assert all(any(m is trunk for m in model.modules()) for _, _, model in predictor.heads.values())
+    together = predictor.predict([*photos, b"not an image"], top_k=3)
+    assert not together[-1].ok and together[-1].to_dict() == {"path": "<bytes>", "error": together[-1].error}
+    alone = {
+        "classify": cnnapps.load(heads["colours"], engine="eager").predict(photos, top_k=3),
+        "retrieve": cnnapps.load(heads["embed"], task="retrieve", engine="eager").predict(photos),
+        "caption": cnnapps.load(heads["words"]).predict(photos),
+        "segment": cnnapps.load(heads["shapes"], score_threshold=0.0).predict(photos),
+    }
+    for i, result in enumerate(together[:-1]):
+        answers = result.to_dict()
+        assert set(answers) == {"path", "classify", "retrieve", "caption", "segment"}
+        got, want = answers["classify"]["predictions"], alone["classify"][i].to_dict()["predictions"]
+        assert [p["label"] for p in got] == [p["label"] for p in want]
+        assert np.allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-5)
+        assert np.allclose(result.results["retrieve"].vector, alone["retrieve"][i].vector, atol=1e-5)
+        assert answers["caption"] == {k: v for k, v in alone["caption"][i].to_dict().items() if k != "path"}
+        found, expected = answers["segment"]["instances"], alone["segment"][i].to_dict()["instances"]
+        assert len(found) == len(expected)
+        assert np.allclose([d["box"] for d in found], [d["box"] for d in expected], atol=1e-3)
+
+
+def test_adding_or_retraining_a_head_leaves_the_others_bit_identical(heads, photos, tmp_path) -> None:
+    compose([heads["colours"], heads["embed"]], tmp_path / "two.safetensors")
+    compose([heads["colours"], heads["embed"], heads["words"]], tmp_path / "three.safetensors")
+    compose([tmp_path / "two.safetensors", heads["recoloured"]], tmp_path / "retrained.safetensors",
+            names=["classify", "retrieve", "classify2"])  # fmt: skip
+    answers = {
+        name: cnnapps.load(tmp_path / f"{name}.safetensors").predict(photos)
+        for name in ("two", "three", "retrained")
+    }
+    for i in range(len(photos)):
+        base = answers["two"][i].results
+        for other in ("three", "retrained"):
+            results = answers[other][i].results
+            assert results["classify"].predictions == base["classify"].predictions
+            assert np.array_equal(results["retrieve"].vector, base["retrieve"].vector)
+    assert set(answers["retrained"][0].results) == {"classify", "retrieve", "classify2"}
+
+
+def test_compose_refuses_other_trunks_other_preprocessing_and_existing_files(heads, colour_set, tmp_path) -> None:
+    from cnnapps.apps.classify.train import train_classifier
+    from cnnapps.apps.common.config import load_config
+
+    other = tmp_path / "other"
+    train_classifier(load_config(None, data=str(colour_set), backbone="lenet5", weights="none", out=str(other),
+                                 augment="none", backbone_kwargs={"in_channels": 3}, seed=3, **COMMON))  # fmt: skip
+    with pytest.raises(CnnappsError) as caught:
+        compose([heads["colours"], other / "model.safetensors"], tmp_path / "x.safetensors")
+    text = str(caught.value)
+    assert str(other / "model.safetensors") in text and str(heads["colours"]) in text and "--trunk" in text
+    assert not (tmp_path / "x.safetensors").exists()
+    existing = tmp_path / "kept.safetensors"
+    existing.write_bytes(b"mine")
+    with pytest.raises(CnnappsError, match="already exists"):
+        compose([heads["colours"], heads["embed"]], existing)
+    assert existing.read_bytes() == b"mine"
+
+
+def test_compose_refuses_different_preprocessing(heads, tmp_path) -> None:
+    from cnnapps.apps.classify.model import load_classifier
+    from cnnapps.apps.modelfile import save_model
+
+    loaded = load_classifier(heads["colours"])
+    other = {**loaded.preprocess.to_dict(), "interpolation": "bicubic"}
+    save_model(tmp_path / "bicubic.safetensors", "classify", loaded.model, "lenet5", {"in_channels": 3}, other)
+    with pytest.raises(CnnappsError, match=r"its preprocessing .* differs from"):
+        compose([heads["embed"], tmp_path / "bicubic.safetensors"], tmp_path / "x.safetensors")
+
+
+def test_loading_one_head_and_asking_for_a_missing_one(multi) -> None:
+    classifier = cnnapps.load(multi, task="classify", engine="eager")
+    assert type(classifier).__name__ == "ClassificationPredictor" and classifier.class_names == ["blue", "green", "red"]
+    assert cnnapps.load(multi, task="caption").beam == 1
+    with pytest.raises(CnnappsError, match="a caption, classify, retrieve, segment model, not a pose model"):
+        cnnapps.load(multi, task="pose")
+    with pytest.raises(CnnappsError, match="no head or task 'pose'"):
+        cnnapps.apps.multitask.MultiTaskPredictor(multi, heads=["pose"])
+
+
+def test_predict_command_prints_one_object_per_image_with_a_key_per_head(run_cli, multi, photos, tmp_path) -> None:
+    code, out, err = run_cli("predict", multi, *photos[:2], "--tasks", "classify,caption", "--json")
+    assert code == 0, err
+    answers = json.loads(out)
+    assert [set(a) for a in answers] == [{"path", "classify", "caption"}] * 2
+    code, out, err = run_cli("predict", multi, photos[0], tmp_path / "missing.png", "--save-dir", tmp_path / "drawn")
+    assert code == 1 and "missing.png" in err and "segment" in out and "caption" in out
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 1
+    code, out, _ = run_cli("predict", multi, photos[0], "--tasks", "pose")
+    assert code == 2
+
+
+def test_predict_command_takes_one_task_files_too(run_cli, heads, photos) -> None:
+    code, out, err = run_cli("predict", heads["colours"], photos[0], "--json")
+    assert code == 0, err
+    (answer,) = json.loads(out)
+    assert set(answer) == {"path", "classify"} and answer["classify"]["predictions"][0]["label"]
+
+
+def test_serve_holds_one_trunk_and_answers_every_route(multi, photos) -> None:
+    from fastapi.testclient import TestClient
+
+    from cnnapps.serve.app import create_app
+
+    app = create_app([str(multi)], warm_up=False)
+    with TestClient(app, base_url="http://localhost") as client:
+        listed = client.get("/v1/models").json()["models"]
+        assert {m["route"] for m in listed} == {"/v1/classify", "/v1/embed", "/v1/caption", "/v1/segment"}
+        assert {m["name"] for m in listed} == {"multi"}
+        image = {"files": {"image": ("x.png", Path(photos[0]).read_bytes(), "image/png")}}
+        every = client.post("/v1/predict?top_k=2", **image).json()
+        assert set(every) >= {"path", "model", "classify", "retrieve", "caption", "segment"}
+        assert len(every["classify"]["predictions"]) == 2
+        alone = client.post("/v1/caption", **image).json()
+        assert alone["caption"] == every["caption"]["caption"] and alone["model"] == "multi"
+        embedded = client.post("/v1/embed", **image).json()
+        assert np.allclose(embedded["embedding"], every["retrieve"]["embedding"], atol=1e-6)
+
+
+def test_index_build_uses_a_multi_head_files_embedding(run_cli, multi, heads, photos, tmp_path) -> None:
+    from cnnapps.apps.retrieve.embedder import Embedder
+    from cnnapps.apps.retrieve.index import Index
+
+    code, _, err = run_cli("index", "build", *photos, "--index", tmp_path / "by-multi.idx", "--model", multi)
+    assert code == 0, err
+    alone, joined = Embedder(heads["embed"]), Embedder(multi)
+    assert alone.fingerprint == joined.fingerprint and joined.dim == 8  # the head's own 8-d projection
+    index = Index.open(tmp_path / "by-multi.idx")
+    index.check_embedder(alone)  # an index built with the joined file takes queries from the head's own file
+    hits = index.search(alone.embed(photos[:1])[1], k=1)[0]
+    assert hits[0].path == str(Path(photos[0]).resolve()) or Path(hits[0].path).name == Path(photos[0]).name
