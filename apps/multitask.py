@@ -58,7 +58,7 @@ class MultiTaskPredictor:
 
         self.spec = str(spec)
         self.model_file = read_model_file(spec)
-        chosen = _chosen(self.model_file, heads)
+        chosen = chosen_heads(self.model_file, heads)
         for name in chosen:
             info = self.model_file.heads[name]
             if not getattr(adapter(info.task), "shareable", lambda _: True)(info):
@@ -133,7 +133,7 @@ class MultiTaskPredictor:
         return [{name: answers[i] for name, answers in per_head.items()} for i in range(len(images))]
 
 
-def _chosen(model_file: Any, wanted: Sequence[str] | None) -> list[str]:
+def chosen_heads(model_file: Any, wanted: Sequence[str] | None) -> list[str]:
     """Head names from names or task names; an unknown one is a one-line error naming what the file has."""
     if not wanted:
         return list(model_file.heads)
@@ -165,30 +165,3 @@ class OneHead:
         results = self.predictor.predict(inputs, progress=progress, **extra)
         return [MultiTaskResult(r.source, results={self.name: r}) if r.ok else MultiTaskResult(r.source, error=r.error)
                 for r in results]  # fmt: skip
-
-
-def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **options: Any) -> Any:
-    """Whatever ``spec`` is, a predictor whose ``predict`` gives one :class:`MultiTaskResult` per input: a model
-    file's heads in one trunk pass, or a one-task model (registry or zoo name, exported file, a detector with its
-    own resizing) keyed by its task. ``options``: those of the tasks' predictors; each takes its own."""
-    from cnnapps.api import load, task_of
-    from cnnapps.apps.tasks import get_task
-    from cnnapps.bundle import is_bundle_path
-
-    if is_bundle_path(spec) and not str(spec).endswith(".onnx"):
-        model_file = read_model_file(spec)
-        names = _chosen(model_file, heads)
-        if all(getattr(adapter(model_file.heads[n].task), "shareable", lambda _: True)(model_file.heads[n])
-               for n in names):  # fmt: skip
-            keep = ("device", "batch_size", "score_threshold", "beam", "max_len", "max_pixels")
-            return MultiTaskPredictor(spec, heads=names, **{k: v for k, v in options.items() if k in keep})
-        if len(names) > 1:
-            raise BundleError(f"{spec}: some of its heads resize images themselves; run them one at a time")
-        task, head = model_file.heads[names[0]].task, names[0]
-    else:
-        task, head = task_of(spec) or "classify", None
-        if heads and set(heads) != {task}:
-            raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}")
-    record = get_task(task)
-    chosen = {**options, **({"head": head} if head else {})}
-    return OneHead(load(spec, task=task, **record.options(chosen)), head or task)

@@ -31,6 +31,7 @@ class Task:
     exporter: str | None = None  # exportable(spec, task, **options) -> Exportable: what `cnnapps export` writes
     export_formats: tuple[str, ...] = ()  # the formats it can be written in
     ensemble: bool = False  # several models can answer together (probabilities averaged)
+    any_trunk: bool = False  # any model's trunk can do it without a head of its own (embedding its pooled map)
     load_options: tuple[str, ...] = ()  # options its predictor takes when loaded (besides device)
     default_model: str | None = None  # what runs when no model is named
     zoo: str | None = None  # zoo(task, weights=False) -> {name: row}: named ready models (torchvision's COCO R-CNNs)
@@ -89,6 +90,7 @@ TASKS: dict[str, Task] = {
             exporter="cnnapps.apps.retrieve.embedder:exportable",
             export_formats=("onnx", "torchscript"),
             load_options=("engine", "batch_size", "workers", "pooling"),
+            any_trunk=True,
             default_model="efficientnet_lite0",
         ),
         *(

@@ -127,8 +127,8 @@ def check_serves(spec: str | os.PathLike, task: str) -> None:
             from cnnapps.apps.modelfile import read_model_file
 
             tasks = set(read_model_file(spec).tasks)
-        embeds_any_trunk = task == "retrieve" and not name.endswith(".onnx")  # any trunk can embed
-        if task not in tasks and not embeds_any_trunk:
+        any_trunk = record.any_trunk and not name.endswith(".onnx")  # e.g. any trunk can embed
+        if task not in tasks and not any_trunk:
             raise CnnappsError(f"{name}: a {', '.join(sorted(tasks))} model, not a {task} model")
         return
     if record.zoo:  # a name for a task whose models are files or named ready models: neither
@@ -149,3 +149,30 @@ def list_models(timm_pattern: str | None = None) -> list[dict[str, Any]]:
     for task in TASKS.values():
         rows += [{"name": name, **row} for name, row in task.zoo_models(weights=True).items()]
     return rows
+
+
+def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **options: Any) -> Any:
+    """Whatever ``spec`` is, a predictor whose ``predict`` gives one :class:`MultiTaskResult` per input: a model
+    file's heads in one trunk pass, or a one-task model (registry or zoo name, exported file, a detector with its
+    own resizing) keyed by its task. ``options``: those of the tasks' predictors; each takes its own."""
+    from cnnapps.apps.modelfile import adapter, read_model_file
+    from cnnapps.apps.multitask import MultiTaskPredictor, OneHead, chosen_heads
+    from cnnapps.bundle import BundleError
+
+    if is_bundle_path(spec) and not str(spec).endswith(".onnx"):
+        model_file = read_model_file(spec)
+        names = chosen_heads(model_file, heads)
+        if all(getattr(adapter(model_file.heads[n].task), "shareable", lambda _: True)(model_file.heads[n])
+               for n in names):  # fmt: skip
+            keep = ("device", "batch_size", "score_threshold", "beam", "max_len", "max_pixels")
+            return MultiTaskPredictor(spec, heads=names, **{k: v for k, v in options.items() if k in keep})
+        if len(names) > 1:
+            raise BundleError(f"{spec}: some of its heads resize images themselves; run them one at a time")
+        task, head = model_file.heads[names[0]].task, names[0]
+    else:
+        task, head = task_of(spec) or "classify", None
+        if heads and set(heads) != {task}:
+            raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}")
+    record = get_task(task)
+    chosen = {**options, **({"head": head} if head else {})}
+    return OneHead(load(spec, task=task, **record.options(chosen)), head or task)

@@ -127,7 +127,7 @@ def _figure_keypoints(rng: np.random.Generator, hip: tuple[float, float], height
         thigh = sign * rng.uniform(0.0, 0.5)
         pts[f"{side}_knee"] = limb(pts[f"{side}_hip"], thigh, 0.22 * height)
         pts[f"{side}_ankle"] = limb(pts[f"{side}_knee"], thigh + rng.uniform(-0.3, 0.3), 0.22 * height)
-    from cnnapps.apps.detect.zoo import COCO_KEYPOINTS
+    from cnnapps.datasets.coco import COCO_KEYPOINTS
 
     return np.array([pts[name] for name in COCO_KEYPOINTS], np.float32), head
 
@@ -136,7 +136,7 @@ def people_scene(rng: np.random.Generator, size: int = 256, max_people: int = 2)
     """One image with 1..max_people stick figures side by side, with keypoints and boxes."""
     import cv2
 
-    from cnnapps.apps.detect.zoo import COCO_SKELETON
+    from cnnapps.datasets.coco import COCO_SKELETON
 
     image = _background(rng, size)
     count = int(rng.integers(1, max_people + 1))
@@ -234,7 +234,7 @@ def scenes(kind: str, n: int, seed: int = 0, size: int = 256) -> Iterator[tuple[
 
 
 def categories(kind: str) -> list[dict[str, Any]]:
-    from cnnapps.apps.detect.zoo import COCO_KEYPOINTS, COCO_SKELETON
+    from cnnapps.datasets.coco import COCO_KEYPOINTS, COCO_SKELETON
 
     if kind == "people":
         skeleton = [list(p) for p in COCO_SKELETON]

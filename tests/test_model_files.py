@@ -119,10 +119,11 @@ def current_file(tmp_path_factory) -> Path:
         (lambda m: {k: v for k, v in m.items() if k != "heads"}, "heads: expected a mapping of one or more heads"),
         (lambda m: {**m, "trunk": "lenet5"}, "trunk: expected"),
         (lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "task": "dance"}}}, "heads.classify.task"),
-        (lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "labels": ["x"] * 200_000}}},
-         "200,000 names, more than the 100,000"),  # fmt: skip
-        (lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "labels": ["a", "b"]}}},
-         "has shape (3"),  # fmt: skip
+        (
+            lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "labels": ["x"] * 200_000}}},
+            "200,000 names, more than the 100,000",
+        ),
+        (lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "labels": ["a", "b"]}}}, "has shape (3"),
         (lambda m: {**m, "preprocess": {**m["preprocess"], "input_size": [3, 100000, 100000]}}, "preprocess"),
         (lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {"wings": 2}}}, "trunk.kwargs do not fit lenet5"),
     ],

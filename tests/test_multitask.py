@@ -122,8 +122,7 @@ def test_adding_or_retraining_a_head_leaves_the_others_bit_identical(heads, phot
     compose([tmp_path / "two.safetensors", heads["recoloured"]], tmp_path / "retrained.safetensors",
             names=["classify", "retrieve", "classify2"])  # fmt: skip
     answers = {
-        name: cnnapps.load(tmp_path / f"{name}.safetensors").predict(photos)
-        for name in ("two", "three", "retrained")
+        name: cnnapps.load(tmp_path / f"{name}.safetensors").predict(photos) for name in ("two", "three", "retrained")
     }
     for i in range(len(photos)):
         base = answers["two"][i].results

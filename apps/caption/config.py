@@ -44,8 +44,10 @@ class CaptionConfig(TrainConfig):
             (self.grid >= 1, f"grid: must be at least 1, not {self.grid}"),
             (1 <= self.max_len <= 200, f"max_len: must be between 1 and 200, not {self.max_len}"),
             (self.min_count >= 1, f"min_count: must be at least 1, not {self.min_count}"),
-            (not (self.trunk and self.fine_tune_after is not None),
-             "fine_tune_after: a --trunk stays frozen (other heads share it); leave fine_tune_after out"),
+            (
+                not (self.trunk and self.fine_tune_after is not None),
+                "fine_tune_after: a --trunk stays frozen (other heads share it); leave fine_tune_after out",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -66,9 +66,7 @@ class TrainConfig:
     optimizer: str = option("adamw", "adamw or sgd (momentum 0.9).", choices=OPTIMIZERS)
     momentum: float = option(0.9, "SGD momentum.", panel=MORE_PANEL)
     weight_decay: float = option(1e-4, "Weight decay.", panel=MORE_PANEL)
-    schedule: str = option(
-        "cosine", "cosine, step, plateau (divide by 10 on a plateau) or none.", choices=SCHEDULES
-    )
+    schedule: str = option("cosine", "cosine, step, plateau (divide by 10 on a plateau) or none.", choices=SCHEDULES)
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.", panel=MORE_PANEL)
     dropout: float = option(0.2, "Dropout before the head.", panel=MORE_PANEL)
     augment: str = option("default", "default, alexnet, creative or none.", choices=AUGMENT_PRESETS)

@@ -26,14 +26,17 @@ from cnnapps.terminal import (
 )
 
 _WHAT = {"detect": "objects (boxes)", "segment": "boxes and instance masks", "pose": "people and their keypoints"}
-_ZOO = {"detect": "fasterrcnn_resnet50_fpn", "segment": "maskrcnn_resnet50_fpn", "pose": "keypointrcnn_resnet50_fpn"}
 
 
 def _predict_command(task: str) -> Any:
+    from cnnapps.apps.tasks import get_task
+
+    default = get_task(task).default_model
+
     def command(
         paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
         model: str = typer.Option(
-            None, "--model", "-m", help=f"Trained model file or a torchvision COCO model [default: {_ZOO[task]}]."
+            None, "--model", "-m", help=f"Trained model file or a torchvision COCO model [default: {default}]."
         ),
         score_threshold: float = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0, help="Keep scores >= this."),
         tile: int = typer.Option(None, "--tile", min=64, help="Run on overlapping tiles of this size (large images)."),

@@ -15,7 +15,6 @@ import torch
 
 from cnnapps.apps.common.batching import map_images
 from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window
-from cnnapps.apps.detect.zoo import DEFAULT_MODELS
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import DetectionResult, Instance
@@ -42,7 +41,9 @@ class DetectionPredictor:
         from cnnapps.apps.detect.model import load_detector
 
         if model is None:
-            spec = spec if spec is not None else DEFAULT_MODELS[task or "segment"]
+            from cnnapps.apps.tasks import get_task
+
+            spec = spec if spec is not None else get_task(task or "segment").default_model
             model = load_detector(spec, head, task)
         self.source = str(spec) if spec is not None else "<model>"
         self.spec = model.spec

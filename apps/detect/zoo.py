@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-#: task -> the torchvision meta-architecture that serves it
-TASKS = {"detect": "FasterRCNN", "segment": "MaskRCNN", "pose": "KeypointRCNN"}
+from cnnapps.apps.detect.config import TASKS
+from cnnapps.datasets.coco import COCO_KEYPOINTS, COCO_OKS_SIGMAS, COCO_SKELETON
+
+__all__ = ["COCO_KEYPOINTS", "COCO_OKS_SIGMAS", "COCO_SKELETON", "TASKS", "ZOO", "flip_index",
+           "zoo_models"]  # fmt: skip
 
 #: name -> (task, head style, torchvision weights enum, enum member). Each loads COCO weights through the hub cache.
 ZOO: dict[str, tuple[str, str, str, str]] = {
@@ -13,6 +16,7 @@ ZOO: dict[str, tuple[str, str, str, str]] = {
     "maskrcnn_resnet50_fpn_v2": ("segment", "v2", "MaskRCNN_ResNet50_FPN_V2_Weights", "COCO_V1"),
     "keypointrcnn_resnet50_fpn": ("pose", "v1", "KeypointRCNN_ResNet50_FPN_Weights", "COCO_V1"),
 }
+
 
 def zoo_models(task: str, weights: bool = False) -> dict[str, dict]:
     """The named ready models of one detection task (the task table's ``zoo``): for each, a description and,
@@ -36,43 +40,6 @@ def zoo_models(task: str, weights: bool = False) -> dict[str, dict]:
             row["weights"] = WeightsStatus(state, url=url, path=str(path)).to_dict()
         rows[name] = row
     return rows
-
-
-#: what ``cnnapps detect|segment|pose`` use when no --model is given
-DEFAULT_MODELS = {
-    "detect": "fasterrcnn_resnet50_fpn",
-    "segment": "maskrcnn_resnet50_fpn",
-    "pose": "keypointrcnn_resnet50_fpn",
-}
-
-#: COCO's 17 person keypoints, their OKS sigmas and skeleton (1-based pairs, as in COCO's categories)
-COCO_KEYPOINTS = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
-COCO_OKS_SIGMAS = (
-    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
-    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-)  # fmt: skip
-COCO_SKELETON = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
-    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)  # fmt: skip
 
 
 def flip_index(names: list[str] | tuple[str, ...]) -> list[int]:

@@ -52,7 +52,7 @@ def predict(
 ) -> None:
     """Every head of a model on images, the trunk computed once per batch. Exit code 0: all done; 1: some inputs
     failed (reported, others done); 2: error."""
-    from cnnapps.apps.multitask import load_heads
+    from cnnapps.api import load_heads
 
     inputs = images(paths)
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None

@@ -256,7 +256,8 @@ def load_models(specs: Sequence[str], index: str | None, max_batch: int, max_wai
                 engine: str) -> tuple[list[Served], Any]:  # fmt: skip
     """Load every model (a multi-head file once, for all its heads) and the index, whose model serves
     /v1/embed and /v1/retrieve."""
-    from cnnapps.apps.multitask import OneHead, load_heads
+    from cnnapps.api import load_heads
+    from cnnapps.apps.multitask import OneHead
 
     served: list[Served] = []
     opened = None

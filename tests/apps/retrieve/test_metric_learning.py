@@ -8,8 +8,8 @@ import pytest
 
 import cnnapps
 from cnnapps.apps.common.config import ConfigError, load_config
-from cnnapps.apps.retrieve.evaluate import evaluate_retrieval, retrieval_metrics
 from cnnapps.apps.retrieve.config import RetrieveConfig
+from cnnapps.apps.retrieve.evaluate import evaluate_retrieval, retrieval_metrics
 from cnnapps.apps.retrieve.train import train_retrieval
 from cnnapps.datasets.folders import class_folders
 
