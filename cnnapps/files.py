@@ -1,0 +1,129 @@
+"""Writing output files safely: one atomic-write helper for images, model files, exports and metrics.
+
+Base layer: imports nothing from the apps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from cnnapps.errors import CnnappsError
+
+
+class OutputExistsError(CnnappsError, FileExistsError):
+    """An output path that already exists and may not be replaced; the message names it."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: already exists; choose another output path")
+
+    def __str__(self) -> str:  # FileExistsError would print its errno tuple
+        return str(self.args[0])
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    data: bytes | bytearray | memoryview | Callable[[Path], object],
+    *,
+    overwrite: bool = False,
+    mode: int = 0o644,
+) -> Path:
+    """Write ``path`` all at once: readers see the old file or the complete new one, never a part.
+
+    ``data`` is the file's bytes, or a function that writes the file at the temporary path it is given
+    (for libraries that save to a path themselves). The temporary file is created next to ``path`` with
+    an unpredictable name and ``O_EXCL`` (``tempfile.mkstemp``), so a planted file or symlink is never
+    followed; it is removed if anything fails (a full disk leaves no partial file behind), then renamed
+    into place. An existing ``path`` is refused with :class:`OutputExistsError` unless ``overwrite=True``;
+    a symlink at ``path`` is then replaced, never written through. The file gets ``mode`` less the
+    process umask (0644 under the usual umask 022). Missing parent folders are created. Returns ``path``.
+    """
+    path = Path(path)
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        if callable(data):
+            os.close(fd)
+            fd = -1
+            data(tmp)
+            _sync_file(tmp)  # the writer may have replaced the file: sync what is there now
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fd = -1
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, mode & ~current_umask())
+        _move_into_place(tmp, path, overwrite)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _sync_folder(path.parent)
+    return path
+
+
+def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if anything (a file, a symlink) took the name meanwhile
+    except FileExistsError:
+        raise OutputExistsError(path) from None
+    except OSError:  # a file system without hard links: check, then rename (a narrow race remains)
+        if os.path.lexists(path):
+            raise OutputExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def _sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename durable; best effort (some file systems cannot open or sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux), else swapped under a lock."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
