@@ -6,14 +6,25 @@ Plain Python only (no torch, no albumentations), so the inference path can use i
 from __future__ import annotations
 
 import csv
+import errno
 import glob
+import logging
 import os
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from cnnapps.datasets.io import IMAGE_SUFFIXES
 from cnnapps.errors import CnnappsError
+
+log = logging.getLogger("cnnapps")
+
+#: Image formats we recognise but do not decode: a folder walk says so when it skips one.
+OTHER_IMAGE_SUFFIXES = (
+    ".avif", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".ico", ".svg", ".psd", ".tga", ".pbm", ".pgm", ".ppm",
+    ".exr", ".hdr", ".dng", ".raw", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2",
+)  # fmt: skip
 
 
 class DatasetError(CnnappsError):
@@ -40,20 +51,84 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def expand_inputs(args: list[str]) -> list[str]:
-    """Files as given, folders walked recursively for image files, globs expanded; order kept.
+    """Files as given, folders walked recursively for image files (:func:`find_images`), globs expanded;
+    order kept.
 
     A path that does not exist is kept as it is, so the caller reports it like any other bad input.
     """
     found: list[str] = []
     for arg in args:
         if os.path.isdir(arg):
-            found += sorted(str(p) for p in Path(arg).rglob("*") if p.is_file() and is_image_file(p))
-        elif any(ch in arg for ch in "*?[") and not os.path.exists(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-            found += [m for m in matches if os.path.isfile(m)] or [arg]
+            found += find_images(arg)
+        elif any(ch in arg for ch in "*?[") and not os.path.lexists(arg):
+            matches = []
+            for match in sorted(glob.glob(arg, recursive=True)):
+                if os.path.isfile(match):
+                    matches.append(match)
+                elif os.path.islink(match) and not os.path.exists(match):
+                    _skip(match, _dangling(match))
+            found += matches or [arg]
         else:
             found.append(arg)
     return found
+
+
+def find_images(folder: str | os.PathLike) -> list[str]:
+    """Image files under ``folder``, recursively and following symlinked folders (as torchvision's
+    ImageFolder does), sorted. What is skipped that may have been meant as an image is logged as a warning
+    on the ``cnnapps`` logger, one line per path with the reason: dangling symlinks, symlink loops (walked
+    once, never forever), unreadable folders and image formats we do not decode. Other files pass silently.
+    """
+    root = os.fspath(folder)
+    top = os.stat(root)
+    walked = {(top.st_dev, top.st_ino): root}
+    found: list[str] = []
+    pending = [root]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as exc:
+            _skip(current, f"cannot read this folder ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat()  # follows symlinks
+            except FileNotFoundError:
+                _skip(entry.path, _dangling(entry.path))
+                continue
+            except OSError as exc:
+                why = "symlink loop (it points back to itself)" if exc.errno == errno.ELOOP else exc.strerror
+                _skip(entry.path, why or str(exc))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key in walked:
+                    first = walked[key]
+                    loop = entry.path.startswith(first.rstrip(os.sep) + os.sep)
+                    why = f"symlink loop (it leads back to {first})" if loop else f"a folder already walked as {first}"
+                    _skip(entry.path, why)
+                    continue
+                walked[key] = entry.path
+                pending.append(entry.path)
+            elif stat.S_ISREG(info.st_mode):
+                if is_image_file(entry.name):
+                    found.append(entry.path)
+                elif entry.name.lower().endswith(OTHER_IMAGE_SUFFIXES):
+                    _skip(entry.path, "image format not supported (expected JPEG, PNG, WebP, BMP, TIFF or GIF)")
+    return sorted(found)
+
+
+def _skip(path: str, reason: str) -> None:
+    log.warning("skipping %s: %s", path, reason)
+
+
+def _dangling(path: str) -> str:
+    try:
+        return f"dangling symlink (its target {os.readlink(path)} does not exist)"
+    except OSError:
+        return "no such file"
 
 
 def class_folders(root: str | os.PathLike, class_names: list[str] | None = None) -> LabeledImages:
@@ -61,7 +136,12 @@ def class_folders(root: str | os.PathLike, class_names: list[str] | None = None)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            folders.append(entry.name)
+        elif entry.is_symlink() and not entry.exists():
+            _skip(str(entry), _dangling(str(entry)))
     if class_names is None:
         class_names = folders
     unknown = sorted(set(folders) - set(class_names))
@@ -71,7 +151,7 @@ def class_folders(root: str | os.PathLike, class_names: list[str] | None = None)
     for index, name in enumerate(class_names):
         folder = root / name
         if folder.is_dir():
-            files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+            files = find_images(folder)
             paths += files
             labels += [index] * len(files)
     if not paths:

@@ -51,3 +51,52 @@ def test_split_is_stratified_and_uses_train_val_folders(tmp_path: Path) -> None:
     make_tree(tmp_path / "two" / "val", {"b": 1})
     train, val = train_val_split(tmp_path / "two")
     assert val.class_names == ["a", "b"] and val.labels == [1]
+
+
+def test_walks_say_what_they_skip_and_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_tree(tmp_path / "data", {"cat": 2, "dog": 1})
+    (root / "cat" / "anim.gif").write_bytes(b"GIF89a")
+    (root / "cat" / "photo.heic").write_bytes(b"x")
+    (root / "cat" / "notes.txt").write_text("not an image: skipped without a word")
+    (root / "cat" / "gone.jpg").symlink_to(root / "cat" / "deleted.jpg")
+    (root / "cat" / "self").symlink_to(root / "cat" / "self")
+    (root / "cat" / "sub").mkdir()
+    (root / "cat" / "sub" / "up").symlink_to(root / "cat")  # a loop: walked once, never forever
+    (root / "dog" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    make_tree(tmp_path / "elsewhere", {"x": 1})
+    (root / "ghost").symlink_to(tmp_path / "no-such-class")
+
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        found = expand_inputs([str(root / "cat")])
+    cat = root / "cat"
+    assert found == [str(cat / "0.jpg"), str(cat / "1.jpg"), str(cat / "anim.gif")]
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"skipping {cat / 'gone.jpg'}: dangling symlink (its target {cat / 'deleted.jpg'} does not exist)",
+        f"skipping {cat / 'photo.heic'}: image format not supported (expected JPEG, PNG, WebP, BMP, TIFF or GIF)",
+        f"skipping {cat / 'self'}: symlink loop (it points back to itself)",
+        f"skipping {cat / 'sub' / 'up'}: symlink loop (it leads back to {cat})",
+    ]
+    assert all(r.name == "cnnapps" and r.levelname == "WARNING" for r in caplog.records)
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        data = class_folders(root)
+    assert data.class_names == ["cat", "dog"]
+    assert [Path(p).name for p in data.paths] == ["0.jpg", "1.jpg", "anim.gif", "0.jpg", "0.jpg"]
+    assert str(root / "dog" / "more" / "x" / "0.jpg") in data.paths  # symlinked folders are followed
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"skipping {root / 'ghost'}: dangling symlink (its target {tmp_path / 'no-such-class'} does not exist)" in (
+        messages
+    )
+    assert len(messages) == 5
+
+
+def test_globs_report_dangling_links(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_tree(tmp_path, {"a": 1})
+    (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        assert expand_inputs([str(tmp_path / "a" / "*.jpg")]) == [str(tmp_path / "a" / "0.jpg")]
+    gone, nowhere = tmp_path / "a" / "gone.jpg", tmp_path / "nowhere.jpg"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping {gone}: dangling symlink (its target {nowhere} does not exist)"
+    ]
