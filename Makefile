@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser test demo demo-detect demo-caption lint format bench clean
+.PHONY: install browser test fuzz demo demo-detect demo-caption lint format bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# Only the hostile inputs made on the fly (bombs, elongated, forged, truncated, links); `make test` runs them too.
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest -m hostile
 
 # The main job end to end on real data: classify photos with the embedded model, fine-tune on
 # scikit-learn's handwritten digits, evaluate, and draw a Grad-CAM. Outputs land in runs/.
