@@ -61,9 +61,10 @@ def prepare_for_inference(
     model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
 
-        def run_amp(x: torch.Tensor) -> torch.Tensor:
+        def run_amp(x: torch.Tensor) -> Any:
             with torch.autocast("cuda", dtype=torch.float16):
-                return model(x.contiguous(memory_format=torch.channels_last)).float()
+                out = model(x.contiguous(memory_format=torch.channels_last))
+            return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
         return run_amp
     example = example.to(device).contiguous(memory_format=torch.channels_last)
