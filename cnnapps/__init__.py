@@ -5,7 +5,12 @@ Importing this package is cheap: torch and friends load only when a function nee
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# albumentations (training augmentation) asks the network for a newer version when imported; offline that waits
+# and warns. Set before any cnnapps code can import it; a value the user set stays.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 

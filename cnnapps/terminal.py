@@ -89,11 +89,20 @@ def progress(total: int, label: str, minimum: int = 16) -> Iterator[Callable[[in
 
 
 def images(paths: list[str]) -> list[str]:
-    """The image files that files, folders (recursively) and globs name; none at all is an error (exit 2)."""
+    """The image files that files, folders (recursively) and globs name. None at all is an error (exit 2): no
+    path exists, every glob matches nothing, or the folders hold no image. A missing file among others is kept,
+    so that it is reported as that input's failure while the rest are processed (exit 1)."""
+    import os
+
     from cnnapps.datasets.folders import expand_inputs
 
     found = expand_inputs(paths)
-    if not found:
+    existing = [f for f in found if os.path.lexists(f)]
+    if not existing:
+        missing = [p for p in paths if not os.path.lexists(p)]
+        if missing:
+            what = "no file matches" if all(any(c in p for c in "*?[") for p in missing) else "no such file or folder"
+            raise CnnappsError(f"{' '.join(missing)}: {what}")
         raise CnnappsError(f"{' '.join(paths)}: no images found")
     return found
 

@@ -10,7 +10,6 @@ import errno
 import glob
 import logging
 import os
-import random
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +141,7 @@ def class_folders(root: str | os.PathLike, class_names: list[str] | None = None)
             folders.append(entry.name)
         elif entry.is_symlink() and not entry.exists():
             _skip(str(entry), _dangling(str(entry)))
+    defines_classes = class_names is None  # a training tree: each of its folders is a class to learn
     if class_names is None:
         class_names = folders
     unknown = sorted(set(folders) - set(class_names))
@@ -152,6 +152,8 @@ def class_folders(root: str | os.PathLike, class_names: list[str] | None = None)
         folder = root / name
         if folder.is_dir():
             files = find_images(folder)
+            if not files and defines_classes:
+                raise DatasetError(f"{folder}: a class folder with no images; add images to it or remove it")
             paths += files
             labels += [index] * len(files)
     if not paths:
@@ -203,13 +205,8 @@ def train_val_split(
         return train, class_folders(data / "val", train.class_names)
     if not 0.0 < val_split < 1.0:
         raise DatasetError(f"{data}: has no train/ and val/ folders, so --val-split must be between 0 and 1")
+    from cnnapps.datasets.splits import split_indices
+
     full = read_labeled(data)
-    rng = random.Random(seed)
-    train_idx, val_idx = [], []
-    for label in range(len(full.class_names)):
-        members = [i for i, y in enumerate(full.labels) if y == label]
-        rng.shuffle(members)
-        n_val = max(1, round(len(members) * val_split)) if len(members) > 1 else 0
-        val_idx += members[:n_val]
-        train_idx += members[n_val:]
-    return full.subset(sorted(train_idx)), full.subset(sorted(val_idx))
+    train_idx, val_idx = split_indices(len(full), val_split, seed, groups=full.labels)
+    return full.subset(train_idx), full.subset(val_idx)

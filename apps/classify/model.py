@@ -90,8 +90,18 @@ def load_classifier(spec: str | os.PathLike, head: str | None = None) -> LoadedC
         from cnnapps.exported import OnnxRunner, read_onnx_metadata
 
         meta = read_onnx_metadata(spec, task=TASK)
-        preprocess = Preprocess.from_dict(meta["preprocess"])
-        return LoadedClassifier(str(spec), OnnxRunner(spec), meta["class_names"], preprocess, meta)  # type: ignore[arg-type]
+        names = meta.get("class_names")
+        if not isinstance(names, list) or not names:
+            raise CnnappsError(f"{spec}: class_names: expected a list of names in its cnnapps metadata")
+        try:
+            preprocess = Preprocess.from_dict(meta["preprocess"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CnnappsError(f"{spec}: preprocess: {exc}") from None
+        runner = OnnxRunner(spec)
+        width = runner.outputs[0][-1] if runner.outputs and runner.outputs[0] else None
+        if isinstance(width, int) and width != len(names):
+            raise CnnappsError(f"{spec}: its graph gives {width} class scores, its metadata names {len(names)} classes")
+        return LoadedClassifier(str(spec), runner, names, preprocess, meta)  # type: ignore[arg-type]
     if is_bundle_path(spec):
         from cnnapps.apps.modelfile import build_model, read_model_file
 

@@ -41,9 +41,7 @@ def _root(
 ) -> None:
     _state["debug"] = debug
     import logging
-    import os
 
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would ask the network at import
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     logging.getLogger("cnnapps").setLevel(logging.INFO)
     # Lightning's banners (accelerator lines, tips) are noise here; its warnings still show.

@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 from cnnapps import __version__
 from cnnapps.errors import CnnappsError
 from cnnapps.serve.batcher import MicroBatcher
+from cnnapps.terminal import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     import uvicorn
@@ -488,7 +489,7 @@ def create_app(
             raise RequestError(422, f"image: the model could not run on it ({type(exc).__name__}: {exc})") from None
         if payload.get("error"):
             raise RequestError(422, f"image: {payload['error']}")
-        payload = {**payload, "path": "<upload>", "model": model.name}
+        payload = json_safe({**payload, "path": "<upload>", "model": model.name})  # NaN is not JSON
         if draw and hasattr(result, "draw"):
             payload["overlay"] = await run_in_threadpool(_overlay, image, result)
         return payload, result

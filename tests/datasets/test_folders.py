@@ -30,8 +30,10 @@ def test_class_folders_and_errors(tmp_path: Path) -> None:
     assert data.class_names == ["cat", "dog"] and data.labels == [0, 0, 0, 1, 1]
     with pytest.raises(DatasetError, match="not among the training classes"):
         class_folders(make_tree(tmp_path / "v", {"cow": 1}), ["cat", "dog"])
-    with pytest.raises(DatasetError, match="no images found"):
+    with pytest.raises(DatasetError, match="cat: a class folder with no images"):
         class_folders(make_tree(tmp_path / "e", {"cat": 0}))
+    with pytest.raises(DatasetError, match="no images found"):  # evaluation data: classes given, none has images
+        class_folders(make_tree(tmp_path / "f", {"cat": 0}), ["cat", "dog"])
 
 
 def test_csv_with_header_and_relative_paths(tmp_path: Path) -> None:
