@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from cnnapps.errors import CnnappsError
+from cnnapps.files import atomic_write
 from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, free_name, images, progress, report_failed
 
 
@@ -73,7 +74,7 @@ def eval_caption(
     with progress(len(items), "captioning") as advance:
         report, results = evaluate_captioner(predictor, items, progress=advance)
     if save_results is not None:
-        save_results.write_text(json.dumps(results))
+        atomic_write(save_results, json.dumps(results).encode())
         echo(f"wrote {save_results} ({len(results)} captions)", err=True)
     if as_json:
         echo_json(report)

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from cnnapps.errors import CnnappsError
+from cnnapps.files import atomic_write
 from cnnapps.terminal import (
     EXIT_SOME_FAILED,
     console,
@@ -120,7 +121,7 @@ def _eval_command(task: str) -> Any:
         with progress(len(dataset), "evaluating", minimum=4) as advance:
             report, results = evaluate_detector(predictor, dataset, progress=advance)
         if save_results is not None:
-            save_results.write_text(json.dumps(results))
+            atomic_write(save_results, json.dumps(results).encode())
             echo(f"wrote {save_results} ({len(results)} detections)", err=True)
         if as_json:
             echo_json(report)
