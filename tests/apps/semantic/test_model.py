@@ -1,0 +1,114 @@
+"""Semantic heads on registry backbones: torchvision checkpoints give bit-identical outputs, every head trains on
+small backbones, dilation keeps the stage information true, model files round-trip, offline errors name the file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnapps.apps.semantic.model import SemanticError, create_semantic, load_semantic, save_semantic
+from cnnapps.backbones.preprocess import Preprocess
+
+
+def _randomised(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial batch-norm statistics and scales, so that a misplaced tensor shows."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[str, torch.nn.Module]:
+    """torchvision's models as its builders make them for the VOC-label checkpoints (aux heads included), random
+    weights; FCN and DeepLabV3 on one ResNet-50 (their builders make the same trunk)."""
+    from torchvision.models import segmentation
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+
+    torch.manual_seed(0)
+    fcn = _randomised(segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True))
+    deeplab = _randomised(DeepLabV3(fcn.backbone, DeepLabHead(2048, 21), fcn.aux_classifier))
+    lraspp = _randomised(segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21))
+    return {"fcn_resnet50": fcn, "deeplabv3_resnet50": deeplab, "lraspp_mobilenet_v3_large": lraspp}
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "backbone"),
+    [("fcn_resnet50", "fcn", "resnet50"), ("deeplabv3_resnet50", "deeplabv3", "resnet50"),
+     ("lraspp_mobilenet_v3_large", "lraspp", "mobilenet_v3_large")],
+)  # fmt: skip
+def test_torchvision_checkpoint_gives_identical_outputs(references, name, head, backbone, tmp_path):
+    reference = references[name]
+    torch.save(reference.state_dict(), tmp_path / f"{name}.pth")
+    ours = create_semantic(head, backbone, weights=str(tmp_path / f"{name}.pth")).eval()
+    image = torch.rand(1, 3, 45, 58, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = reference(image)["out"], ours(image)
+    assert expected.shape == got.shape == (1, 21, 45, 58)
+    assert torch.equal(expected, got)
+    if backbone == "resnet50":  # dilated to output stride 8, and its stages say so
+        assert [(s.name, s.stride) for s in ours.backbone.stages] == [("C2", 4), ("C3", 8), ("C4", 8), ("C5", 8)]
+        assert ours.spec.aux_stage == "C4" and ours.spec.atrous_rates == [12, 24, 36]
+
+
+def test_a_checkpoint_for_another_model_is_refused(references, tmp_path):
+    torch.save(references["lraspp_mobilenet_v3_large"].state_dict(), tmp_path / "lraspp.pth")
+    with pytest.raises(SemanticError, match=r"lraspp\.pth: its backbone has \d+ tensors, resnet50's \d+"):
+        create_semantic("lraspp", "resnet50", weights=str(tmp_path / "lraspp.pth"))
+
+
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "lraspp", "fpn"])
+@pytest.mark.parametrize(("backbone", "kwargs"), [("lenet5", {"in_channels": 3}), ("timm:test_resnet", {})])
+def test_every_head_trains_on_small_backbones(head, backbone, kwargs):
+    model = create_semantic(head, backbone, class_names=["a", "b", "c"], backbone_weights=None, aux_loss=True,
+                            head_channels=16, **kwargs)  # fmt: skip
+    images = torch.rand(2, 3, 40, 52)
+    target = torch.randint(0, 3, (2, 40, 52))
+    target[:, :5] = 255
+    out = model.train().forward_train(images)
+    assert out["out"].shape == out["aux"].shape == (2, 3, 40, 52)
+    loss = torch.nn.functional.cross_entropy(out["out"], target, ignore_index=255)
+    loss.backward()
+    assert all(p.grad is not None for p in model.classifier.parameters() if p.requires_grad)
+    assert model.eval()(images).shape == (2, 3, 40, 52)
+
+
+def test_output_stride_dilates_and_stage_strides_stay_true():
+    with pytest.raises(SemanticError, match="resnet18: torchvision's basic-block ResNets cannot be dilated"):
+        create_semantic("deeplabv3", "resnet18", class_names=["a", "b"], backbone_weights=None, output_stride=16)
+    resnet = create_semantic("deeplabv3", "resnet50", class_names=["a", "b"], backbone_weights=None, output_stride=16)
+    assert [s.stride for s in resnet.backbone.stages] == [4, 8, 16, 16]
+    assert resnet.spec.atrous_rates == [6, 12, 18] and resnet.trunk_kwargs == {
+        "replace_stride_with_dilation": [False, False, True]}  # fmt: skip
+    with torch.no_grad():
+        maps = resnet.backbone.forward_stages(torch.rand(1, 3, 64, 64))
+    assert [64 // m.shape[-1] for m in maps.values()] == [s.stride for s in resnet.backbone.stages]
+    timm = create_semantic("fpn", "timm:test_resnet", class_names=["a", "b"], backbone_weights=None, output_stride=8)
+    assert [s.stride for s in timm.backbone.stages][-3:] == [8, 8, 8] and timm.trunk_kwargs == {"output_stride": 8}
+    with pytest.raises(SemanticError, match="vgg11: output_stride 16 needs dilated stages"):
+        create_semantic("deeplabv3", "vgg11", class_names=["a"], backbone_weights=None, output_stride=16)
+
+
+def test_model_file_round_trip_keeps_outputs_and_dilation(tmp_path):
+    model = create_semantic("deeplabv3", "timm:test_resnet", class_names=["sky", "dot"], backbone_weights=None,
+                            output_stride=8, head_channels=32, colours=[[1, 2, 3], [4, 5, 6]]).eval()  # fmt: skip
+    fit = Preprocess(input_size=(3, 64, 64), resize=64, resize_mode="squash")
+    save_semantic(tmp_path / "m.safetensors", model, fit, {"val_miou": 0.5})
+    loaded, preprocess = load_semantic(tmp_path / "m.safetensors")
+    assert preprocess == fit and loaded.class_names == ["sky", "dot"] and loaded.spec.colours == [[1, 2, 3], [4, 5, 6]]
+    assert [s.stride for s in loaded.backbone.stages] == [2, 4, 8, 8, 8]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_torchvision_model_names_offline_name_the_file_url_and_place():
+    from cnnapps.errors import WeightsUnavailableError
+
+    name = r"deeplabv3_resnet50_coco-cd0a2569\.pth"
+    pattern = rf"{name}: cannot download https://download\.pytorch\.org/.*; place the file at .*hub/checkpoints/{name}"
+    with pytest.raises(WeightsUnavailableError, match=pattern):
+        load_semantic("deeplabv3_resnet50")
