@@ -116,10 +116,15 @@ def _eval_command(task: str) -> Any:
 
         if save_results is not None and save_results.exists():
             raise CnnappsError(f"{save_results}: already exists; choose another --save-results")
+        if not Path(images).is_dir():
+            raise CnnappsError(f"{images}: no such image folder (--images)")
+        dataset = CocoDataset(data, images, task)  # the data first: a wrong path fails before the model loads
         predictor = load(model, task=task, device=device, score_threshold=0.05)
-        dataset = CocoDataset(data, images, task)
         with progress(len(dataset), "evaluating", minimum=4) as advance:
             report, results = evaluate_detector(predictor, dataset, progress=advance)
+        if report["failed"] and not report["images"]:
+            report_failed(report["failed"])
+            raise CnnappsError(f"{data}: none of its {len(report['failed'])} images could be read from {images}")
         if save_results is not None:
             atomic_write(save_results, json.dumps(results).encode())
             echo(f"wrote {save_results} ({len(results)} detections)", err=True)

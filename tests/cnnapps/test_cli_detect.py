@@ -92,6 +92,14 @@ def test_eval_json_and_results_file(run_cli, shapes, segmenter, tmp_path):
              "--images", shapes / "val", "--save-results", tmp_path / "results.json")  # fmt: skip
     code, _, err = run_cli(*again)
     assert code == 2 and "already exists" in err
+    wrong = ("eval", "segment", "--model", segmenter / "model.safetensors", "--data", shapes / "val.json")
+    code, out, err = run_cli(*wrong, "--images", tmp_path / "nowhere")
+    assert code == 2 and "no such image folder" in err and out == ""
+    code, out, err = run_cli(*wrong, "--images", tmp_path)  # a folder without the set's images
+    assert code == 2 and "none of its 4 images could be read" in err and "AP" not in out
+    code, out, err = run_cli("eval", "segment", "--model", "nope", "--data", tmp_path / "missing.json",
+                             "--images", shapes / "val")  # fmt: skip
+    assert code == 2 and "missing.json" in err  # the data is read first: no model was loaded to say so
 
 
 def test_train_and_run_pose(run_cli, tmp_path):
