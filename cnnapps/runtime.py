@@ -1,9 +1,14 @@
-"""Where and how models run: device choice, channels_last, fused inference graphs, autocast."""
+"""Where and how models run: device choice, channels_last, fused inference graphs, torch.compile, autocast."""
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
+import logging
+import os
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +23,9 @@ from cnnapps.errors import CnnappsError
 T = TypeVar("T")
 R = TypeVar("R")
 
-ENGINES = ("auto", "eager", "jit", "onnxruntime")
+ENGINES = ("auto", "eager", "jit", "compile", "onnxruntime")
+
+log = logging.getLogger("cnnapps")
 
 
 def select_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -36,16 +43,75 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     return chosen
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, as a scheduler such as SLURM sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _channels_last_strides(shape: torch.Size) -> tuple[int, ...]:
+    _, c, h, w = shape
+    return (c * h * w, 1, w * c, c)
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """``module`` in channels_last, in place: every 4-D parameter and buffer with the canonical NHWC strides.
+
+    ``module.to(memory_format=torch.channels_last)`` leaves a tensor alone when its layout already counts as
+    channels_last, which for dimensions of size 1 (1x1 convolutions, depthwise kernels) can keep NCHW strides;
+    gradients then come back with NHWC strides and DDP, which compares strides, warns "grad strides do not
+    match bucket view strides" and copies every such gradient on every step."""
+    module.to(memory_format=torch.channels_last)
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.dim() == 4 and tensor.stride() != (strides := _channels_last_strides(tensor.shape)):
+            tensor.data = torch.empty_strided(tensor.shape, strides, dtype=tensor.dtype, device=tensor.device).copy_(
+                tensor.data
+            )
+    return module
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    return tensor.device.type == device.type and (device.index is None or tensor.device.index == device.index)
+
+
+def placed_for_inference(model: nn.Module, device: torch.device, channels_last: bool, owned: bool) -> nn.Module:
+    """``model`` in eval mode on ``device`` (in channels_last when asked).
+
+    A module that is ``owned`` (loaded from a file by the caller of this function) is changed in place, so no
+    second copy of its weights is kept; anyone else's module is never changed: when it would have to move,
+    change layout or leave training mode, a copy is placed instead."""
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    unchanged = (
+        not any(m.training for m in model.modules())
+        and all(_on(t, device) for t in tensors)
+        and not (channels_last and any(t.dim() == 4 and t.stride() != _channels_last_strides(t.shape) for t in tensors))
+    )
+    if unchanged:
+        return model
+    if not owned:
+        model = copy.deepcopy(model)
+    model = model.eval().to(device)
+    return to_channels_last(model) if channels_last else model
+
+
 def prepare_for_inference(
-    model: nn.Module, example: torch.Tensor, device: torch.device, engine: str = "auto"
+    model: nn.Module, example: torch.Tensor, device: torch.device, engine: str = "auto", *, owned: bool = False
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return a function computing ``model(x)`` as fast as this device allows, with fp32 accuracy on CPU.
 
-    CPU, engine ``jit`` (what ``auto`` picks): channels_last plus a frozen TorchScript graph, which
-    folds batch norm into convolutions and fuses conv+activation in oneDNN (several times eager
-    speed on small nets). If tracing fails the model runs eagerly. CUDA: channels_last and fp16
-    autocast. Engine ``eager``: the plain module. Engine ``onnxruntime``: the model exported to ONNX
-    (in memory) and run by onnxruntime; a model that already is an exported graph runs as it is.
+    - ``auto``: on CPU ``jit``; on CUDA channels_last with fp16 autocast.
+    - ``jit``: channels_last plus a frozen TorchScript graph (fp32), which folds batch norm into convolutions
+      (and on CPU fuses conv+activation in oneDNN: several times eager speed on small nets). A model that
+      TorchScript cannot trace runs eagerly (with a warning when ``jit`` was asked for by name).
+    - ``compile``: channels_last and ``torch.compile`` (on CUDA under fp16 autocast); compiled here, once, for
+      the example's batch shape (smaller batches are padded to it, larger ones cut into it, so nothing
+      compiles again), and the time it took is logged.
+    - ``eager``: the module as it is (fp32). ``onnxruntime``: the model exported to ONNX in memory and run by
+      onnxruntime; a model that already is an exported graph runs as it is.
+
+    ``model`` is left untouched unless ``owned`` (see :func:`placed_for_inference`).
     """
     if engine not in ENGINES:
         raise CnnappsError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
@@ -54,33 +120,81 @@ def prepare_for_inference(
     if engine == "onnxruntime":  # export to ONNX in memory and run that graph
         from cnnapps.exported import OnnxRunner, onnx_bytes
 
-        return OnnxRunner(onnx_bytes(model, tuple(example.shape[1:])), device)
-    model = model.eval().to(device)
+        source = placed_for_inference(model, torch.device("cpu"), channels_last=False, owned=owned)
+        return OnnxRunner(onnx_bytes(source, tuple(example.shape[1:])), device)
+    model = placed_for_inference(model, device, channels_last=engine != "eager", owned=owned)
     if engine == "eager":
         return model
-    model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
+    if engine == "compile":
+        return CompiledRunner(model, example.to(device), device)
+    if device.type == "cuda" and engine == "auto":
 
-        def run_amp(x: torch.Tensor) -> Any:
+        def run_amp(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast("cuda", dtype=torch.float16):
-                out = model(x.contiguous(memory_format=torch.channels_last))
-            return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+                return model(x.contiguous(memory_format=torch.channels_last)).float()
 
         return run_amp
     example = example.to(device).contiguous(memory_format=torch.channels_last)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            graph = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
+            graph = torch.jit.freeze(torch.jit.trace(model, example))
+            if device.type == "cpu":
+                graph = torch.jit.optimize_for_inference(graph)
             for _ in range(2):  # the first calls specialise the graph to the batch shape; do it before real inputs
                 graph(example)
-    except Exception:  # a model TorchScript cannot trace still runs, just eagerly
+    except Exception as exc:  # a model TorchScript cannot trace still runs, just eagerly
+        if engine == "jit":
+            log.warning("--engine jit: %s cannot be traced (%s); it runs eagerly", type(model).__name__, exc)
         return lambda x: model(x.contiguous(memory_format=torch.channels_last))
 
     def run_graph(x: torch.Tensor) -> torch.Tensor:
         return graph(x.contiguous(memory_format=torch.channels_last))
 
     return run_graph
+
+
+class CompiledRunner:
+    """A ``torch.compile``d model called on one fixed batch shape: smaller batches are padded, larger ones cut,
+    so the graph compiled at load is the only one. ``compile_seconds``: how long compiling took."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.compiled = torch.compile(model, dynamic=False)
+        self.size = int(example.shape[0])
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():  # the mode predictors run in: the guards then match every later call
+                for _ in range(2):
+                    self(example)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CnnappsError(
+                f"--engine compile: torch.compile could not build {type(model).__name__} here "
+                f"({type(exc).__name__}: {first[:200]}); use --engine auto"
+            ) from None
+        self.compile_seconds = time.perf_counter() - started
+        log.info("torch.compile: %s compiled in %.1f s", type(model).__name__, self.compile_seconds)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self.compiled(x).float()
+        return self.compiled(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(x.shape[0])
+        if n == self.size:
+            return self._call(x)
+        outputs = []
+        for start in range(0, n, self.size):
+            chunk = x[start : start + self.size]
+            rows = int(chunk.shape[0])
+            if rows < self.size:  # zeros for the missing rows: in eval mode each row's output is its own
+                chunk = torch.cat([chunk, chunk.new_zeros((self.size - rows, *chunk.shape[1:]))])
+            outputs.append(self._call(chunk)[:rows])
+        return torch.cat(outputs)
 
 
 def prefetch_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[R]:

@@ -6,6 +6,7 @@ This is the inference path: it imports neither Lightning nor albumentations.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,10 @@ from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import ClassificationResult, Prediction
 from cnnapps.runtime import one_at_a_time, prepare_for_inference, select_device
+
+# models that load_predictor read from files for its predictor: placed on the device in place (one copy of the
+# weights); any other member's model belongs to the caller and is left as it is
+_FROM_FILES: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class ClassificationPredictor:
@@ -54,7 +59,8 @@ class ClassificationPredictor:
         self._models = []
         for member in members:
             example = torch.zeros(self.batch_size, *member.preprocess.input_size)
-            self._models.append(prepare_for_inference(member.model, example, self.device, engine))
+            owned = isinstance(member.model, torch.nn.Module) and member.model in _FROM_FILES
+            self._models.append(prepare_for_inference(member.model, example, self.device, engine, owned=owned))
 
     @property
     def class_names(self) -> list[str]:
@@ -107,4 +113,6 @@ def load_predictor(
     names with pretrained weights."""
     spec_list = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
     head = kwargs.pop("head", None)
-    return ClassificationPredictor([load_classifier(s, head) for s in spec_list], **kwargs)
+    members = [load_classifier(s, head) for s in spec_list]
+    _FROM_FILES.update(m.model for m in members if isinstance(m.model, torch.nn.Module))
+    return ClassificationPredictor(members, **kwargs)

@@ -186,7 +186,7 @@ class Embedder:
             example = torch.zeros(self.batch_size, *self.preprocess.input_size)
             with torch.no_grad():
                 self.dim = int(model(example[:1]).shape[1])
-            self._run = prepare_for_inference(model, example, self.device, engine)
+            self._run = prepare_for_inference(model, example, self.device, engine, owned=True)
         self._runner = BatchRunner([self.preprocess], self.device, self.batch_size, workers)
 
     def describe(self) -> dict[str, Any]:

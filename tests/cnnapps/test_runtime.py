@@ -1,0 +1,131 @@
+"""Inference engines: a caller's module is never changed, channels_last strides are canonical, torch.compile
+answers like eager, and on a GPU every engine runs what it says."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnapps.errors import CnnappsError
+from cnnapps.runtime import ENGINES, prepare_for_inference, to_channels_last
+
+CPU = torch.device("cpu")
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# inductor builds C++ on a CPU: without a compiler torch.compile cannot run here at all
+requires_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile needs a C++ compiler on a CPU"
+)
+
+
+def small_net() -> nn.Module:
+    """Convolutions of the kinds whose channels_last strides are ambiguous (1x1, depthwise), batch norm, a head."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1),
+        nn.Conv2d(16, 16, 3, groups=16, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )  # fmt: skip
+
+
+def snapshot(module: nn.Module) -> list[tuple]:
+    return [(t.device, t.stride(), t.clone()) for t in [*module.parameters(), *module.buffers()]] + [
+        tuple(m.training for m in module.modules())
+    ]
+
+
+def same(a: list[tuple], b: list[tuple]) -> bool:
+    *tensors_a, modes_a = a
+    *tensors_b, modes_b = b
+    return modes_a == modes_b and all(
+        da == db and sa == sb and torch.equal(ta, tb)
+        for (da, sa, ta), (db, sb, tb) in zip(tensors_a, tensors_b, strict=True)
+    )
+
+
+def test_channels_last_strides_are_canonical() -> None:
+    net = to_channels_last(small_net())
+    for p in net.parameters():
+        if p.dim() == 4:
+            _, c, h, w = p.shape
+            assert p.stride() == (c * h * w, 1, w * c, c), p.shape  # also for the 1x1 and depthwise kernels
+    # a 1x1 kernel's NCHW strides (4, 1, 1, 1) already count as channels_last: restrided, its values kept
+    conv = nn.Conv2d(4, 6, 1)
+    before = conv.weight.detach().clone()
+    assert conv.weight.stride() == (4, 1, 1, 1)
+    to_channels_last(conv)
+    assert conv.weight.stride() == (4, 1, 4, 4) and torch.equal(conv.weight, before)
+
+
+@pytest.mark.parametrize("engine", ["eager", "jit", "auto"])
+def test_a_callers_module_is_left_as_it_was(engine: str) -> None:
+    net = small_net().train()  # in training mode, NCHW: every engine but eager would change that
+    before = snapshot(net)
+    x = torch.randn(3, 3, 16, 16)
+    run = prepare_for_inference(net, torch.zeros(4, 3, 16, 16), CPU, engine)
+    with torch.no_grad():
+        got = run(x)
+    assert same(snapshot(net), before)
+    expected = small_net().eval()(x)  # the same weights (same seed), in eval mode
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_owned_module_is_placed_in_place() -> None:
+    net = small_net().train()
+    run = prepare_for_inference(net, torch.zeros(2, 3, 16, 16), CPU, "eager", owned=True)
+    assert run is net and not net.training  # no copy of the weights: the module itself, in eval mode
+
+
+def test_engine_names_are_checked() -> None:
+    assert "compile" in ENGINES
+    with pytest.raises(CnnappsError, match="--engine fast: choose one of auto, eager, jit, compile, onnxruntime"):
+        prepare_for_inference(small_net(), torch.zeros(1, 3, 8, 8), CPU, "fast")
+
+
+def test_classification_predictor_leaves_the_callers_model_alone() -> None:
+    from cnnapps.apps.classify.model import LoadedClassifier
+    from cnnapps.apps.classify.predictor import ClassificationPredictor
+    from cnnapps.backbones.preprocess import Preprocess
+
+    net = small_net().train()
+    before = snapshot(net)
+    member = LoadedClassifier("mine", net, list("abcde"), Preprocess(input_size=(3, 16, 16), resize=16))
+    image = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    probs = ClassificationPredictor([member], device="cpu").predict_proba([image])[1]
+    assert same(snapshot(net), before) and member.model is net
+    assert probs.shape == (1, 5) and abs(float(probs.sum()) - 1) < 1e-5
+
+
+@requires_compiler
+def test_compile_engine_answers_like_eager_for_any_batch_size(caplog: pytest.LogCaptureFixture) -> None:
+    from cnnapps.backbones import create_backbone
+
+    net = create_backbone("lenet5", weights=None, in_channels=3).eval()
+    with caplog.at_level("INFO", logger="cnnapps"):
+        run = prepare_for_inference(net, torch.zeros(4, 3, 32, 32), CPU, "compile")
+    assert run.compile_seconds > 0
+    assert sum("torch.compile: SequentialBackbone compiled in" in r.message for r in caplog.records) == 1
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        for n in (4, 1, 7):  # the compiled size, a padded batch, and one cut in two
+            x = torch.randn(n, 3, 32, 32)
+            # fp32 on both sides; inductor fuses and reorders sums, so the last bits move
+            torch.testing.assert_close(run(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_on_cuda_jit_is_a_graph_and_the_callers_module_stays_on_the_cpu() -> None:
+    cuda = torch.device("cuda")
+    net = small_net().eval()
+    before = snapshot(net)
+    x = torch.randn(4, 3, 16, 16)
+    run = prepare_for_inference(net, torch.zeros(4, 3, 16, 16), cuda, "jit")
+    assert "graph" in run.__name__  # a frozen TorchScript graph, not the autocast path "auto" takes
+    with torch.no_grad():
+        got = run(x.to(cuda)).cpu()
+        expected = net(x)
+    assert same(snapshot(net), before)
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=2e-3)  # fp32 with TF32 convolutions
