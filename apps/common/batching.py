@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, read_for_batch
-from cnnapps.runtime import batched, prefetch_map
+from cnnapps.runtime import available_cores, batched, prefetch_map
 
 #: forward(inputs per preprocessing spec) -> (batch, width) numpy array
 Forward = Callable[[dict[Preprocess, torch.Tensor]], np.ndarray]
@@ -21,16 +20,27 @@ def default_decode_workers(device: torch.device) -> int:
     """Decode threads only on cores the forward pass leaves free.
 
     On a CPU the forward pass already uses every core torch was given; threads decoding beside it
-    slowed a 2-core machine from 195 to 155 images/s, so decoding runs between batches there.
+    slowed a 2-core machine from 195 to 155 images/s, so decoding runs between batches there. With a
+    GPU, decoding is the CPU's whole share of the work (the GPU resizes and normalises): every core but
+    the one that feeds the GPU decodes.
     """
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     if device.type == "cuda":
-        return min(4, cores)
+        return max(1, min(16, cores - 1))
     return max(0, min(4, cores - torch.get_num_threads()))
 
 
+#: where inputs are resized, cropped and normalised: "auto" (on the GPU when the model runs on one, else on
+#: the CPU), "cpu" (in the decode threads) or "device" (where the model runs, from uint8 images)
+PREPROCESS_PLACES = ("auto", "cpu", "device")
+
+
 class BatchRunner:
-    """Runs inputs (paths, bytes, arrays, PIL images) through ``forward`` in batches, keeping input order."""
+    """Runs inputs (paths, bytes, arrays, PIL images) through ``forward`` in batches, keeping input order.
+
+    On a CPU the decode threads also preprocess (resize, crop, normalise to float32). With the model on a GPU
+    the threads only decode: each image goes over as uint8 (a quarter of float32's bytes) and is resized,
+    cropped and normalised there, by the same torchvision functions (:meth:`Preprocess.apply_tensor`)."""
 
     def __init__(
         self,
@@ -39,16 +49,30 @@ class BatchRunner:
         batch_size: int,
         workers: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        preprocess_on: str = "auto",
     ) -> None:
+        if preprocess_on not in PREPROCESS_PLACES:
+            raise ValueError(f"preprocess_on must be one of {PREPROCESS_PLACES}, not {preprocess_on!r}")
         self.specs = list(dict.fromkeys(specs))  # distinct preprocessing, in order
         self.device = device
         self.batch_size = batch_size
         self.workers = default_decode_workers(device) if workers is None else workers
         self.max_pixels = max_pixels
+        self.on_device = preprocess_on == "device" or (preprocess_on == "auto" and device.type == "cuda")
 
-    def _load(self, item: Any) -> tuple[str, list[np.ndarray] | None, str | None]:
+    def _load(self, item: Any) -> tuple[str, Any, str | None]:
         name, rgb, error = read_for_batch(item, self.max_pixels)
-        return name, None if rgb is None else [spec(rgb) for spec in self.specs], error
+        if rgb is None or self.on_device:
+            return name, rgb, error
+        return name, [spec(rgb) for spec in self.specs], error
+
+    def _inputs(self, loaded: list[Any]) -> dict[Preprocess, torch.Tensor]:
+        if self.on_device:
+            return preprocess_on_device(loaded, self.specs, self.device)
+        return {
+            spec: torch.from_numpy(np.stack([arrays[k] for arrays in loaded])).to(self.device)
+            for k, spec in enumerate(self.specs)
+        }
 
     def run(
         self,
@@ -67,14 +91,10 @@ class BatchRunner:
         loaded = prefetch_map(self._load, items, self.workers, depth=2 * size + self.workers)
         offset = 0
         for batch in batched(loaded, size):
-            good = [i for i, (_, arrays, _) in enumerate(batch) if arrays is not None]
+            good = [i for i, (_, decoded, _) in enumerate(batch) if decoded is not None]
             if good:
-                stacked = {
-                    spec: torch.from_numpy(np.stack([batch[i][1][k] for i in good])).to(self.device)
-                    for k, spec in enumerate(self.specs)
-                }
                 with torch.inference_mode():
-                    outputs[[offset + i for i in good]] = forward(stacked)
+                    outputs[[offset + i for i in good]] = forward(self._inputs([batch[i][1] for i in good]))
             for name, _, error in batch:
                 names.append(name)
                 errors.append(error)
@@ -84,24 +104,54 @@ class BatchRunner:
         return names, outputs, errors
 
 
+def preprocess_on_device(
+    images: Sequence[np.ndarray], specs: Sequence[Preprocess], device: torch.device
+) -> dict[Preprocess, torch.Tensor]:
+    """RGB uint8 images (H, W, 3) as one input batch per spec, preprocessed on ``device``.
+
+    Each image goes over as it was decoded (uint8); images of the same size are resized and cropped together,
+    then normalised, by :meth:`Preprocess.apply_tensor`, the function the CPU path runs per image."""
+    tensors = [torch.from_numpy(rgb).to(device).permute(2, 0, 1) for rgb in images]
+    sizes: dict[tuple[int, ...], list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        sizes.setdefault(tuple(tensor.shape), []).append(i)
+    out = {}
+    for spec in specs:
+        if len(sizes) == 1:  # one size (a folder of camera frames, a dataset): one batched call
+            out[spec] = spec.apply_tensor(torch.stack(tensors))
+            continue
+        rows: list[Any] = [None] * len(tensors)
+        for same in sizes.values():
+            done = spec.apply_tensor(torch.stack([tensors[i] for i in same]))
+            for row, i in zip(done, same, strict=True):
+                rows[i] = row
+        out[spec] = torch.stack(rows)
+    return out
+
+
 def map_images(
     inputs: Any,
     run: Callable[[list[np.ndarray]], Sequence[Any]],
     batch_size: int,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
+    workers: int = 0,
 ) -> list[tuple[str, np.ndarray | None, Any, str | None]]:
     """Decode inputs batch by batch and ``run`` each batch's readable RGB images (one output per image).
 
     Returns ``(name, rgb, output, None)`` per input in order, or ``(name, None, None, reason)`` for one
-    that could not be read: the predictors of tasks whose outputs are not fixed-width vectors use this."""
+    that could not be read: the predictors of tasks whose outputs are not fixed-width vectors use this.
+    ``workers`` threads decode ahead of the batch that runs (:func:`default_decode_workers`)."""
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     out: list[tuple[str, np.ndarray | None, Any, str | None]] = []
-    for batch in batched(items, batch_size):
-        loaded = [read_for_batch(item, max_pixels) for item in batch]
+
+    def read(item: Any) -> tuple[str, np.ndarray | None, str | None]:
+        return read_for_batch(item, max_pixels)
+
+    for loaded in batched(prefetch_map(read, items, workers, depth=2 * batch_size + workers), batch_size):
         good = [rgb for _, rgb, _ in loaded if rgb is not None]
         outputs = iter(run(good) if good else [])
         out.extend((name, rgb, None if rgb is None else next(outputs), error) for name, rgb, error in loaded)
         if progress is not None:
-            progress(len(batch))
+            progress(len(loaded))
     return out
