@@ -49,12 +49,16 @@ class ReadableItems(Dataset):
 
 
 class LabeledImageDataset(ReadableItems):
-    """(tensor, label) pairs from labelled image paths."""
+    """(tensor, label) pairs from labelled image paths; ``with_index`` adds the index of the item the pair came
+    from (an unreadable item's place is taken by the next readable one, whose index shows it)."""
 
-    def __init__(self, items: LabeledImages, transform: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(
+        self, items: LabeledImages, transform: Callable[[np.ndarray], np.ndarray], with_index: bool = False
+    ) -> None:
         super().__init__()
         self.items = items
         self.transform = transform
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return len(self.items)
@@ -62,18 +66,23 @@ class LabeledImageDataset(ReadableItems):
     def source(self, i: int) -> str:
         return str(self.items.paths[i])
 
-    def load(self, i: int, rgb: np.ndarray) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(self.transform(rgb)), self.items.labels[i]
+    def load(self, i: int, rgb: np.ndarray) -> tuple[Any, ...]:
+        pair = torch.from_numpy(self.transform(rgb)), self.items.labels[i]
+        return (*pair, i) if self.with_index else pair
 
 
 class DetectionDataset(ReadableItems):
-    """(image tensor in [0, 1], target dict) pairs for torchvision's R-CNN models, from a COCO dataset."""
+    """(image tensor in [0, 1], target dict) pairs for torchvision's R-CNN models, from a COCO dataset; with
+    ``uint8`` the image stays uint8 (0-255), to be made float where the model trains (a quarter of the bytes)."""
 
-    def __init__(self, coco: Any, indices: list[int], transform: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, coco: Any, indices: list[int], transform: Callable[..., Any] | None = None, uint8: bool = False
+    ) -> None:
         super().__init__()
         self.coco = coco
         self.indices = list(indices)
         self.transform = transform
+        self.uint8 = uint8
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -86,12 +95,12 @@ class DetectionDataset(ReadableItems):
         target = self.coco.target(index)
         if self.transform is not None:
             rgb, target = self.transform(rgb, target)
-        pixels, tensors = to_tensors(rgb, target)
+        pixels, tensors = to_tensors(rgb, target, self.uint8)
         tensors["image_id"] = torch.tensor(self.coco.image_ids[index])
         return pixels, tensors
 
 
-def to_tensors(image: np.ndarray, target: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def to_tensors(image: np.ndarray, target: Any, uint8: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     tensors = {
         "boxes": torch.as_tensor(target.boxes, dtype=torch.float32).reshape(-1, 4),
         "labels": torch.as_tensor(target.labels, dtype=torch.int64),
@@ -100,8 +109,13 @@ def to_tensors(image: np.ndarray, target: Any) -> tuple[torch.Tensor, dict[str, 
         tensors["masks"] = torch.as_tensor(np.ascontiguousarray(target.masks), dtype=torch.uint8)
     if target.keypoints is not None:
         tensors["keypoints"] = torch.as_tensor(target.keypoints, dtype=torch.float32)
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return pixels, tensors
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return (pixels.contiguous() if uint8 else to_unit_float(pixels)), tensors
+
+
+def to_unit_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as float32 in [0, 1], on whatever device they are (R-CNN models normalise them themselves)."""
+    return pixels.float().div_(255.0)
 
 
 def collate_detection(batch: list[Any]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

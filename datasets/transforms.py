@@ -2,6 +2,11 @@
 
 Every preset ends at the backbone's input size and normalisation, so a preset can be
 swapped without touching the model. Training-only: the inference path never imports this.
+
+Two ways to run a preset. ``output="float32"`` (training on a CPU): all of it in the DataLoader workers,
+normalised float32 out. ``output="uint8"`` (training on a GPU): the workers decode and do the geometric steps
+(and what only albumentations does, such as FancyPCA) on uint8 images; colour jitter and normalisation run on
+the whole batch on the GPU (:func:`batch_transform`, :mod:`cnnapps.datasets.device_transforms`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,19 @@ PRESETS = {
 }
 
 
-def train_transform(preset: str, spec: Preprocess) -> Callable[[np.ndarray], np.ndarray]:
-    """RGB uint8 (H, W, 3) -> float32 (C, H, W) with random augmentation from ``preset``."""
+OUTPUTS = ("float32", "uint8")
+
+
+def train_transform(preset: str, spec: Preprocess, output: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
+    """RGB uint8 (H, W, 3) -> float32 (C, H, W) with random augmentation from ``preset``; with ``output="uint8"``,
+    uint8 (C, H, W) from the preset's steps but its colour jitter and normalisation (see :func:`batch_transform`)."""
     if preset not in PRESETS:
         raise CnnappsError(f"--augment {preset}: unknown preset; choose from {', '.join(PRESETS)}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+    uint8 = output == "uint8"
     if preset == "none":
-        return spec
+        return eval_transform(spec, output)
     import albumentations as A
     import cv2
 
@@ -39,10 +51,12 @@ def train_transform(preset: str, spec: Preprocess) -> Callable[[np.ndarray], np.
         fit = [A.SmallestMaxSize(max_size=spec.resize), A.CenterCrop(height, width)]
 
     if preset == "default":
+        jitter = colour and not uint8
         steps = [
             A.RandomResizedCrop(size=(height, width), scale=(0.35, 1.0)),
             A.HorizontalFlip(p=0.5),
-            *([A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5)] if colour else []),
+            # with uint8 output the same jitter runs on the batch, on the GPU (device_transforms.ColorJitter)
+            *([A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5)] if jitter else []),
         ]
     elif preset == "alexnet":
         resize = (
@@ -69,16 +83,60 @@ def train_transform(preset: str, spec: Preprocess) -> Callable[[np.ndarray], np.
             ),
             A.OpticalDistortion(distort_limit=0.15, p=0.5),
         ]
-    pipeline = A.Compose([*steps, A.Normalize(mean=spec.mean, std=spec.std, max_pixel_value=255.0)])
+    normalise = [] if uint8 else [A.Normalize(mean=spec.mean, std=spec.std, max_pixel_value=255.0)]
+    pipeline = A.Compose([*steps, *normalise])
 
     def apply(rgb: np.ndarray) -> np.ndarray:
         img = rgb if colour else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
         out = pipeline(image=img)["image"]
         if out.ndim == 2:
             out = out[:, :, None]
-        return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+        return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.uint8 if uint8 else np.float32)
 
+    apply.pipeline = pipeline  # type: ignore[attr-defined]  # for seeding (pipeline.set_random_seed)
     return apply
+
+
+def eval_transform(spec: Preprocess, output: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
+    """The model's own preprocessing: ``spec`` itself (float32), or its resize and crop alone (uint8, to be
+    normalised by :func:`batch_transform`; together they give exactly ``spec``'s tensor)."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+    return spec if output == "float32" else ResizeCrop(spec)
+
+
+class ResizeCrop:
+    """RGB uint8 (H, W, 3) -> uint8 (C, H, W): :meth:`Preprocess.apply_tensor`'s steps up to its normalisation,
+    the same torchvision functions in the same order."""
+
+    def __init__(self, spec: Preprocess) -> None:
+        self.spec = spec
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        import torch
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        spec = self.spec
+        channels, height, width = spec.input_size
+        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        mode = InterpolationMode(spec.interpolation)
+        if spec.resize_mode == "squash":
+            img = F.resize(img, [height, width], interpolation=mode, antialias=True)
+        else:
+            img = F.center_crop(F.resize(img, spec.resize, interpolation=mode, antialias=True), [height, width])
+        if channels == 1:
+            img = F.rgb_to_grayscale(img)
+        return img.contiguous().numpy()
+
+
+def batch_transform(preset: str, spec: Preprocess, channels_last: bool = False) -> Any:
+    """What runs on the training device after ``train_transform(preset, spec, output="uint8")`` (and, for
+    validation batches, after :func:`eval_transform`): the preset's colour jitter on training batches, then
+    ``spec``'s normalisation; a :class:`~cnnapps.datasets.device_transforms.BatchTransform`."""
+    from cnnapps.datasets.device_transforms import BatchTransform, ColorJitter
+
+    return BatchTransform(spec, ColorJitter() if preset == "default" else None, channels_last)
 
 
 DETECTION_PRESETS = {
