@@ -25,7 +25,12 @@ class CaptionModule(TaskModule):
         self.backbone = model.encoder.backbone
         self.backbone.freeze(len(self.backbone.stages))
         self._candidates: dict[int, str] = {}
-        self._val_losses: list[float] = []
+        self._val_losses: list[torch.Tensor] = []  # on the device, read once per epoch
+
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The encoder (a convolutional backbone on fixed-size images); the decoder's word-by-word loop stays
+        eager."""
+        return [self.model.encoder]
 
     def parameter_groups(self) -> Any:
         encoder = list(self.model.encoder.parameters())
@@ -53,7 +58,7 @@ class CaptionModule(TaskModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, list[int]], batch_idx: int) -> None:
         images, tokens, indices = batch
-        self._val_losses.append(float(self._loss(images, tokens)))
+        self._val_losses.append(self._loss(images, tokens).detach().float())
         features = self.model.encoder(images)
         for i, hyp in zip(indices, greedy(self.model.decoder, features, self.model.vocab, self.model.spec.max_len),
                           strict=True):  # fmt: skip
@@ -62,7 +67,7 @@ class CaptionModule(TaskModule):
     def on_validation_epoch_end(self) -> None:
         references = {i: self.val_items[i].captions for i in self._candidates}
         scores = caption_scores(references, self._candidates, ptb=False) if self._candidates else {}
-        val_loss = sum(self._val_losses) / max(1, len(self._val_losses))
+        val_loss = float(torch.stack(self._val_losses).mean()) if self._val_losses else 0.0
         self._candidates, self._val_losses = {}, []
         if self.trainer.sanity_checking:
             return

@@ -26,10 +26,12 @@ def _prepare(config: CaptionConfig, device: Any) -> Any:
     from cnnapps.apps.caption.model import build_captioner
     from cnnapps.apps.caption.module import CaptionModule
     from cnnapps.apps.caption.vocab import Vocabulary
-    from cnnapps.apps.common.training import Plan, backbone_for, make_loaders, trunk_identity
+    from cnnapps.apps.common.training import Plan, augment_on_device, backbone_for, make_loaders, trunk_identity
     from cnnapps.datasets.captions import read_captions
     from cnnapps.datasets.splits import split_indices
     from cnnapps.datasets.training import CaptionDataset, collate_captions
+    from cnnapps.datasets.transforms import batch_transform, eval_transform
+    from cnnapps.runtime import to_channels_last
 
     karpathy_split = "train" if not config.val_data else None
     items = read_captions(config.data, config.images, karpathy_split)
@@ -53,14 +55,22 @@ def _prepare(config: CaptionConfig, device: Any) -> Any:
         decoder_kwargs.update(d_model=config.embed_dim, layers=config.layers)
     model = build_captioner(trunk_identity(config)[0], vocab, config.decoder, config.grid, config.max_len,
                             config.weights, preprocess, trunk, **decoder_kwargs)  # fmt: skip
-    train_set = CaptionDataset(train_items, vocab, preprocess, config.max_len, train=True)
-    val_set = CaptionDataset(val_items, vocab, preprocess, config.max_len, train=False)
+    cuda = device.type == "cuda"
+    if cuda:  # the encoder is the convolutional part
+        to_channels_last(model.encoder)
+    on_device = augment_on_device(config, device)  # uint8 batches, normalised on the device
+    images = eval_transform(preprocess, "uint8" if on_device else "float32")  # captions: no augmentation
+    train_set = CaptionDataset(train_items, vocab, images, config.max_len, train=True)
+    val_set = CaptionDataset(val_items, vocab, images, config.max_len, train=False)
     train_loader, val_loader = make_loaders(config, train_set, val_set, device, collate_captions)
     describe = (
         f"training a {config.decoder} captioner on {config.trunk or config.backbone} with {len(train_items)} images "
         f"({len(vocab)} words), validating on {len(val_items)}"
     )
-    return Plan(CaptionModule(model, config, val_items), train_loader, val_loader, describe, "val_bleu4",
+    module = CaptionModule(model, config, val_items)
+    if on_device:
+        module.batch_transform = batch_transform("none", preprocess, channels_last=cuda)
+    return Plan(module, train_loader, val_loader, describe, "val_bleu4",
                 len(train_items), len(val_items), curves=("val_bleu1", "val_bleu4"),
                 extra={"vocabulary": len(vocab)})  # fmt: skip
 

@@ -25,14 +25,13 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
 
 
 def _prepare(config: TrainConfig, device: Any) -> Any:
-    import torch
-
     from cnnapps.apps.classify.model import Classifier
     from cnnapps.apps.classify.module import ClassificationModule
-    from cnnapps.apps.common.training import Plan, backbone_for, make_loaders
+    from cnnapps.apps.common.training import Plan, augment_on_device, backbone_for, make_loaders
     from cnnapps.datasets.folders import train_val_split
     from cnnapps.datasets.training import LabeledImageDataset
-    from cnnapps.datasets.transforms import train_transform
+    from cnnapps.datasets.transforms import batch_transform, eval_transform, train_transform
+    from cnnapps.runtime import to_channels_last
 
     train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
     if len(train_set.class_names) < 2:
@@ -42,23 +41,30 @@ def _prepare(config: TrainConfig, device: Any) -> Any:
         raise CnnappsError(f"{config.data}: the validation split is empty; add images or raise --val-split")
     backbone, spec = backbone_for(config)
     model = Classifier(backbone, len(train_set.class_names), config.dropout, train_set.class_names)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    train = LabeledImageDataset(train_set, train_transform(config.augment, spec))
-    train_loader, val_loader = make_loaders(config, train, LabeledImageDataset(val_set, spec), device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = to_channels_last(model)
+    on_device = augment_on_device(config, device)  # uint8 batches, jitter and normalisation on the device
+    output = "uint8" if on_device else "float32"
+    train = LabeledImageDataset(train_set, train_transform(config.augment, spec, output))
+    val = LabeledImageDataset(val_set, eval_transform(spec, output), with_index=True)
+    train_loader, val_loader = make_loaders(config, train, val, device)
     trunk = f"trunk {config.trunk}" if config.trunk else f"{config.backbone} ({backbone.weights})"
     describe = (
         f"training {trunk} on {len(train_set)} images of {len(train_set.class_names)} classes, "
         f"validating on {len(val_set)}"
     )
-    return Plan(ClassificationModule(model, config), train_loader, val_loader, describe, "val_top1",
+    module = ClassificationModule(model, config)
+    if on_device:
+        module.batch_transform = batch_transform(config.augment, spec, channels_last=cuda)
+    return Plan(module, train_loader, val_loader, describe, "val_top1",
                 len(train_set), len(val_set), curves=("val_top1", "val_top5"),
                 extra={"val_set": val_set, "spec": spec, "class_names": train_set.class_names})  # fmt: skip
 
 
 def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[str, Any]:
     """Evaluate the best model on the validation set (on the training device), save it, draw its confusion."""
-    from cnnapps.apps.classify.evaluate import evaluate
+    from cnnapps.apps.classify.evaluate import evaluate, report_from_probs
     from cnnapps.apps.classify.model import LoadedClassifier
     from cnnapps.apps.classify.predictor import ClassificationPredictor
     from cnnapps.apps.common.plots import plot_confusion
@@ -68,8 +74,14 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
     out = Path(config.out)
     names, spec = plan.extra["class_names"], plan.extra["spec"]
     model = result.module.model.float().eval()
-    member = LoadedClassifier(str(out), model, names, spec)
-    report = evaluate(ClassificationPredictor([member], device=str(device), engine="eager"), plan.extra["val_set"])
+    val_set = plan.extra["val_set"]
+    best = max(result.history, key=lambda h: h.get(plan.best) or 0.0)["epoch"] if result.history else None
+    kept = result.module.outputs_of_best(best, len(val_set))
+    if kept is not None:  # the best epoch's validation already scored every image with these weights
+        report = report_from_probs(*kept, names)
+    else:  # e.g. resumed after the best epoch: score the validation set again
+        member = LoadedClassifier(str(out), model, names, spec)
+        report = evaluate(ClassificationPredictor([member], device=str(device), engine="eager"), val_set)
     metrics = {"val_top1": report.top1, "val_top5": report.top5, "val_loss": report.loss}
     save_model(out / "model.safetensors", "classify", model, *trunk_identity(config), spec.to_dict(),
                {**metrics, "epochs": len(result.history)})  # fmt: skip

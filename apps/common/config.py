@@ -27,6 +27,9 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 # optimisers); "none" keeps the given rate for the larger global batch
 LR_SCALING = ("none", "linear", "sqrt")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+# where colour jitter and normalisation run: on the training device, on uint8 batches ("device"), or in the
+# DataLoader workers, which then send float32 batches ("workers"); "auto": the device when it is a GPU
+AUGMENT_PLACES = ("auto", "device", "workers")
 
 #: the help panel of the options for several processes (README: Scaling out)
 SCALE_PANEL = "Scaling out"
@@ -91,6 +94,14 @@ class TrainConfig:
         panel=MORE_PANEL,
     )  # fmt: skip
     seed: int = option(0, "Random seed (split, initialisation, order).", panel=MORE_PANEL)
+    compile: bool = option(
+        False, "torch.compile the model (the first steps take longer while it compiles; the time is logged).",
+        panel=MORE_PANEL,
+    )  # fmt: skip
+    augment_on: str = option(
+        "auto", "Where colour jitter and normalisation run: auto (the GPU when training on one), device or workers.",
+        choices=AUGMENT_PLACES, panel=MORE_PANEL,
+    )  # fmt: skip
     progress: bool = option(True, cli=False)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
@@ -238,4 +249,6 @@ def _type_word(kind: Any) -> str:
 def write_config(config: Any, path: Path) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    from cnnapps.files import atomic_write
+
+    atomic_write(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode(), overwrite=True)

@@ -88,10 +88,33 @@ def trunk_identity(config: TrainConfig) -> tuple[str, dict[str, Any]]:
     return config.backbone, dict(config.backbone_kwargs)
 
 
+def default_workers(config: TrainConfig, device: torch.device) -> int:
+    """DataLoader worker processes when ``workers`` is not set.
+
+    On a CPU, up to 4: the training itself needs the cores. On a GPU the CPU's only work is the data, and a
+    ResNet-50 at 224 px was starved with 4 workers (1,192 images/s of the 4,106 the GPU trains from memory),
+    less so with 15 (1,787): every core of this process's share but the one that drives the GPU, up to 16. The
+    share is the cores this process may use, divided among the processes of this node, unless a scheduler
+    (SLURM's --cpus-per-task) has already given it fewer than the machine has."""
+    from cnnapps.runtime import available_cores
+
+    cores = available_cores()
+    if device.type != "cuda":
+        return min(4, cores)
+    if cores >= (os.cpu_count() or cores):  # the whole machine: shared by this node's processes
+        cores //= max(1, config.devices)
+    return max(1, min(16, cores - 1))
+
+
+def augment_on_device(config: TrainConfig, device: torch.device) -> bool:
+    """Whether colour jitter and normalisation run on the training device, on uint8 batches (``augment_on``)."""
+    return config.augment_on == "device" or (config.augment_on == "auto" and device.type == "cuda")
+
+
 def loader_args(config: TrainConfig, device: torch.device, collate_fn: Any = None) -> dict[str, Any]:
-    """DataLoader settings from the config: batch size, up to 4 worker processes kept alive between epochs,
-    pinned memory on CUDA."""
-    workers = min(4, os.cpu_count() or 1) if config.workers is None else config.workers
+    """DataLoader settings from the config: batch size, worker processes (:func:`default_workers`) kept alive
+    between epochs, pinned memory on CUDA."""
+    workers = default_workers(config, device) if config.workers is None else config.workers
     args = {"batch_size": config.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
     args["pin_memory"] = device.type == "cuda"
     if collate_fn is not None:
@@ -159,23 +182,36 @@ def run_training(
     run, which write nothing)."""
     from cnnapps.runtime import select_device
 
+    started = time.perf_counter()
     config.validate()
     check_run_folder(config)
     L.seed_everything(config.seed, verbose=False)
     device = select_device(config.device)
     plan = prepare(config, device)
+    prepared = time.perf_counter()
     result = fit(config, plan, device)
     if result.global_rank:
         return {"global_rank": result.global_rank}
     history = result.history
     best = max(history, key=lambda h: h.get(plan.best) or 0.0) if history else {}
+    fitted = time.perf_counter()
+    finished = finish(config, plan, result, device)
+    # where a run's time went besides its epochs (what the epochs cost is in history and train_seconds)
+    timing = {
+        "prepare_seconds": round(prepared - started, 2),
+        "epoch_seconds": round(result.facts.get("epoch_seconds", 0.0), 2),
+        "fit_other_seconds": round(result.seconds - result.facts.get("epoch_seconds", 0.0), 2),
+        "finish_seconds": round(time.perf_counter() - fitted, 2),
+    }
+    log.debug("timing: %s", timing)
     metrics = {
-        **finish(config, plan, result, device),
+        **finished,
         "epochs": len(history),
         "best_epoch": best.get("epoch"),
         "train_images": plan.train_images,
         "val_images": plan.val_images,
-        **result.facts,
+        **{k: v for k, v in result.facts.items() if k != "epoch_seconds"},
+        "timing": timing,
         "history": history,
     }
     out = Path(config.out)
@@ -216,7 +252,8 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max")
     # last.ckpt after every epoch, for --resume (ModelCheckpoint's own save_last follows only improving epochs)
     last_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
-    callbacks: list[Any] = [checkpoint, last_epoch]
+    clock = _Clock(config.compile)
+    callbacks: list[Any] = [clock, checkpoint, last_epoch]
     if config.patience:
         callbacks.append(EarlyStopping(monitor=plan.stop_on[0], patience=config.patience, mode=plan.stop_on[1]))
     if config.sync_batchnorm and config.world_size > 1 and device.type != "cuda":
@@ -228,7 +265,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=config.devices,
         num_nodes=config.num_nodes,
-        strategy=config.strategy,
+        strategy=ddp_strategy(config),
         sync_batchnorm=config.sync_batchnorm,
         precision=precision,
         callbacks=callbacks,
@@ -245,6 +282,9 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         log.info("%s; %s%s, %s, %d epochs", plan.describe, device, processes, precision, config.epochs)
         log.info("%s", config.scaling_report())
         write_config(config, out / "config.yaml")
+    if config.compile:
+        for part in module.compile_targets():
+            part.compile(**module.compile_options())
     started = time.perf_counter()
     with warnings.catch_warnings():
         for message in _EXPECTED_LIGHTNING_WARNINGS:
@@ -261,8 +301,82 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         "processes": trainer.world_size,
         "global_batch_size": config.batch_size * trainer.world_size,
         "lr": config.learning_rate,
+        "epoch_seconds": clock.epoch_seconds,
     }
+    if config.compile:
+        facts["compile_seconds"] = round(clock.compile_seconds, 2)
     return FitResult(module, best, seconds, precision, trainer.global_rank, facts)
+
+
+def ddp_strategy(config: TrainConfig) -> Any:
+    """The Lightning strategy for ``config.strategy``: the DDP ones with ``gradient_as_bucket_view``.
+
+    Each gradient is then a view into DDP's communication bucket instead of a tensor DDP copies into it every
+    step (less memory, one copy fewer), and it keeps the bucket's strides: channels_last models otherwise made
+    DDP warn "grad strides do not match bucket view strides" and copy such gradients each step."""
+    names = {
+        "ddp": {},
+        "ddp_spawn": {"start_method": "spawn"},
+        "ddp_find_unused_parameters_true": {"find_unused_parameters": True},
+    }
+    # "auto" over several processes is what Lightning would make "ddp"
+    name = "ddp" if config.strategy == "auto" and config.world_size > 1 else config.strategy
+    if name not in names:
+        return config.strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(gradient_as_bucket_view=True, **names[name])
+
+
+class _Clock(L.Callback):
+    """Times the epochs (training and validation) and, with ``compile``, the first training and validation steps,
+    which include compiling: the compile time is logged once (first step minus the next one)."""
+
+    def __init__(self, compile: bool) -> None:
+        self.compile = compile
+        self.epoch_seconds = 0.0
+        self.compile_seconds = 0.0
+        self._epoch_start = 0.0
+        self._steps: dict[str, list[float]] = {"train": [], "val": []}
+        self._step_start = 0.0
+
+    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        self.epoch_seconds += time.perf_counter() - self._epoch_start
+
+    def _start(self) -> None:
+        self._step_start = time.perf_counter()
+
+    def _end(self, kind: str, trainer: Any) -> None:
+        steps = self._steps[kind]
+        if not self.compile or len(steps) >= 2:  # only the first two steps of each kind are timed
+            return
+        if torch.cuda.is_available():  # the step's kernels, not just their launches
+            torch.cuda.synchronize()
+        steps.append(time.perf_counter() - self._step_start)
+        if len(steps) == 2:
+            seconds = max(0.0, steps[0] - steps[1])
+            self.compile_seconds += seconds
+            if trainer.is_global_zero:
+                what = "training" if kind == "train" else "validation"
+                log.info("torch.compile: %s steps compiled in %.1f s (first step %.1f s, next %.2f s)",
+                         what, seconds, steps[0], steps[1])  # fmt: skip
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        self._start()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._end("train", trainer)
+
+    def on_validation_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:  # fmt: skip
+        self._start()
+
+    def on_validation_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:  # fmt: skip
+        self._end("val", trainer)
 
 
 class TaskModule(L.LightningModule):
@@ -276,6 +390,50 @@ class TaskModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self._loss_sum: torch.Tensor | None = None  # on the training device: no host sync per step
         self._loss_steps = 0
+        # uint8 batches from the workers become the model's input here, on the device (augment_on_device)
+        self.batch_transform: torch.nn.Module | None = None
+        self._grads_in_buckets = False
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.batch_transform is None:
+            return batch
+        return self.transform_batch(batch, train=self.trainer.training)
+
+    def transform_batch(self, batch: Any, train: bool) -> Any:
+        """``batch_transform`` on a batch's images: the first element of a tuple batch (tasks whose batches
+        are laid out otherwise override this)."""
+        images, *rest = batch
+        return (self.batch_transform(images, train=train), *rest)
+
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The parts ``--compile`` compiles in place (their state-dict keys stay the same): the model."""
+        return [self.model]
+
+    def compile_options(self) -> dict[str, Any]:
+        return {}
+
+    def setup(self, stage: str) -> None:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        kwargs = getattr(strategy, "_ddp_kwargs", {}) if isinstance(strategy, DDPStrategy) else {}
+        self._grads_in_buckets = bool(kwargs.get("gradient_as_bucket_view")) and not kwargs.get(
+            "find_unused_parameters"
+        )
+        if self._grads_in_buckets:
+            # gradients that exist when DDP wraps the model become views into its buckets there, with the
+            # parameters' own strides; zeroed in place each step (optimizer_zero_grad), they stay there
+            for p in self.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        optimizer.zero_grad(set_to_none=not self._grads_in_buckets)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Lightning also zeroes gradients before fitting and before each validation: in place, when they are
+        DDP's buckets."""
+        super().zero_grad(set_to_none=set_to_none and not self._grads_in_buckets)
 
     def track_train_loss(self, loss: torch.Tensor) -> None:
         """Add a step's loss to the epoch's mean (kept on the device; read once per epoch)."""

@@ -10,6 +10,7 @@ from torch import nn
 from cnnapps.apps.common.training import TaskModule, TrainConfig
 from cnnapps.apps.detect.evaluate import IOU_TYPES, MAIN_METRIC, coco_evaluate, to_coco_results
 from cnnapps.apps.detect.predictor import to_detections, to_result
+from cnnapps.datasets.training import to_unit_float
 
 
 class DetectionModule(TaskModule):
@@ -22,6 +23,17 @@ class DetectionModule(TaskModule):
         self.category_of_label = {i + 1: c for i, c in enumerate(val_coco.category_ids)}
         self._results: list[dict[str, Any]] = []
         self._image_ids: list[int] = []
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Images that crossed as uint8 (``DetectionDataset(uint8=True)``) become floats in [0, 1] here."""
+        images, targets = batch
+        if images and images[0].dtype == torch.uint8:
+            images = [to_unit_float(image) for image in images]
+        return images, targets
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The backbone (trunk and FPN); the proposal and RoI heads, with their data-dependent shapes, stay eager."""
+        return [self.model.backbone]
 
     def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch

@@ -23,7 +23,7 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
 
 
 def _prepare(config: DetectConfig, device: Any) -> Any:
-    from cnnapps.apps.common.training import Plan, make_loaders
+    from cnnapps.apps.common.training import Plan, augment_on_device, make_loaders
     from cnnapps.apps.detect.evaluate import MAIN_METRIC
     from cnnapps.apps.detect.module import DetectionModule
     from cnnapps.apps.detect.zoo import flip_index
@@ -64,8 +64,13 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
                                        **config.options)  # fmt: skip
     else:
         model = _detector(config, labels)
-    train_set = DetectionDataset(train_coco, train_idx, detection_transform(config.augment, flips, fit))
-    val_set = DetectionDataset(val_coco, val_idx)  # scored in each image's own frame
+    if device.type == "cuda":  # the trunk and FPN: the convolutions over whole images
+        from cnnapps.runtime import to_channels_last
+
+        to_channels_last(model.backbone)
+    uint8 = augment_on_device(config, device)  # images cross as uint8 and become float on the device
+    train_set = DetectionDataset(train_coco, train_idx, detection_transform(config.augment, flips, fit), uint8)
+    val_set = DetectionDataset(val_coco, val_idx, uint8=uint8)  # scored in each image's own frame
     train_loader, val_loader = make_loaders(config, train_set, val_set, device, collate_detection)
     main = MAIN_METRIC[config.task]
     trunk_name = config.trunk or config.backbone

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from cnnapps.apps.common.training import TaskModule, TrainConfig
@@ -34,7 +33,8 @@ class MetricLearningModule(TaskModule):
         self.model = model.train()  # Lightning keeps each module's mode; frozen stages keep BN in eval
         size = model.projection.out_features if model.projection is not None else model.backbone.embedding_dim
         self.loss, self.miner = make_loss(loss, num_classes, size)
-        self._val: list[tuple[np.ndarray, np.ndarray, float]] = []
+        # validation embeddings, labels and losses, kept on the device and read once at the end of the epoch
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -53,15 +53,14 @@ class MetricLearningModule(TaskModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         embeddings = self(x)
-        loss = float(self._loss(embeddings, y))
-        self._val.append((embeddings.float().cpu().numpy(), y.cpu().numpy(), loss))
+        self._val.append((embeddings.detach().float(), y.detach(), self._loss(embeddings, y).detach().float()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        vectors = np.concatenate([v for v, _, _ in self._val])
-        labels = np.concatenate([y for _, y, _ in self._val])
-        val_loss = float(np.mean([loss for _, _, loss in self._val]))
+        vectors = torch.cat([v for v, _, _ in self._val]).cpu().numpy()
+        labels = torch.cat([y for _, y, _ in self._val]).cpu().numpy()
+        val_loss = float(torch.stack([loss for _, _, loss in self._val]).mean())
         self._val.clear()
         metrics = retrieval_metrics(vectors, labels) if len(labels) > 1 else {"recall@1": 0.0, "map@r": 0.0}
         self.log("val_loss", val_loss, prog_bar=True)
