@@ -14,6 +14,7 @@ import cnnapps
 from cnnapps.export import ExportError, export_model, read_onnx_metadata
 
 # Stated tolerances: ONNX Runtime and PyTorch sum in different orders, so fp32 results differ in the last bits.
+# Both run on the CPU in fp32 (like with like: on a GPU PyTorch's convolutions would use TF32).
 PROB_ATOL = 1e-4  # softmax probabilities
 EMBED_ATOL = 1e-5  # unit-vector components
 BOX_ATOL = 1e-2  # pixels
@@ -42,9 +43,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_onnx_classifier_matches_pytorch_on_photos(exported: Path, photos: list[str]) -> None:
-    eager = cnnapps.load("efficientnet_lite0", engine="eager")
+    eager = cnnapps.load("efficientnet_lite0", engine="eager", device="cpu")
     _, expected, _ = eager.predict_proba(photos)
-    for predictor in (cnnapps.load(str(exported / "classify.onnx")), cnnapps.load(engine="onnxruntime")):
+    onnx_file = cnnapps.load(str(exported / "classify.onnx"), device="cpu")
+    for predictor in (onnx_file, cnnapps.load(engine="onnxruntime", device="cpu")):
         _, got, errors = predictor.predict_proba(photos)
         assert errors == [None] * 4
         np.testing.assert_allclose(got, expected, atol=PROB_ATOL)
@@ -62,8 +64,8 @@ def test_onnx_embedding_matches_and_searches_an_index_built_with_pytorch(exporte
     from cnnapps.apps.retrieve.index import Index
     from cnnapps.apps.retrieve.search import retrieve
 
-    torch_embedder = cnnapps.load("efficientnet_lite0", task="retrieve", engine="eager")
-    onnx_embedder = cnnapps.load(str(exported / "embed.onnx"))
+    torch_embedder = cnnapps.load("efficientnet_lite0", task="retrieve", engine="eager", device="cpu")
+    onnx_embedder = cnnapps.load(str(exported / "embed.onnx"), device="cpu")
     assert onnx_embedder.fingerprint == torch_embedder.fingerprint and onnx_embedder.dim == 1280
     np.testing.assert_allclose(onnx_embedder.embed(photos)[1], torch_embedder.embed(photos)[1], atol=EMBED_ATOL)
     index = Index.create(tmp_path / "idx", torch_embedder.describe())
@@ -82,7 +84,7 @@ def test_torchscript_export_matches_and_carries_metadata(exported: Path, photos:
 
     spec = Preprocess.from_dict(meta["preprocess"])
     batch = torch.from_numpy(np.stack([spec(read_image(p)) for p in photos]))
-    loaded = cnnapps.load("efficientnet_lite0", engine="eager")
+    loaded = cnnapps.load("efficientnet_lite0", engine="eager", device="cpu")
     with torch.no_grad():
         got = torch.softmax(graph(batch), 1).numpy()
         expected = torch.softmax(loaded.members[0].model(batch), 1).numpy()

@@ -180,8 +180,11 @@ def test_predictors_are_safe_from_many_threads(photo: Path) -> None:
 def test_serve_runs_the_exported_graph_with_engine_onnxruntime(photo: Path) -> None:
     import cnnapps
 
-    expected = cnnapps.load("efficientnet_lite0", engine="eager").predict(str(photo))[0].to_dict()["predictions"]
-    with TestClient(create_app(["efficientnet_lite0"], engine="onnxruntime"), base_url="http://localhost") as client:
+    # like with like: both in fp32 on the CPU (onnxruntime's CPU provider; on a GPU PyTorch would use TF32)
+    eager = cnnapps.load("efficientnet_lite0", engine="eager", device="cpu")
+    expected = eager.predict(str(photo))[0].to_dict()["predictions"]
+    app = create_app(["efficientnet_lite0"], engine="onnxruntime", device="cpu")
+    with TestClient(app, base_url="http://localhost") as client:
         answer = client.post("/v1/classify", files={"image": ("x.jpg", photo.read_bytes(), "image/jpeg")}).json()
     assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in expected]
     assert np.allclose([p["score"] for p in answer["predictions"]], [p["score"] for p in expected], atol=1e-4)

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cnnapps
@@ -52,10 +53,26 @@ def test_bad_inputs_are_reported_and_skipped(predictor, chelsea, tmp_path: Path)
 
 
 def test_engines_agree(chelsea) -> None:
+    """fp32 against fp32 on the CPU: the fused graph folds batch norm into the convolutions, which moves the
+    last bits only."""
     loaded = load_classifier("efficientnet_lite0")
-    eager = ClassificationPredictor([loaded], engine="eager").predict_proba([chelsea])[1]
-    fused = ClassificationPredictor([loaded], engine="jit").predict_proba([chelsea])[1]
+    eager = ClassificationPredictor([loaded], device="cpu", engine="eager").predict_proba([chelsea])[1]
+    fused = ClassificationPredictor([loaded], device="cpu", engine="jit").predict_proba([chelsea])[1]
     assert np.abs(eager - fused).max() < 1e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_engines_agree_on_cuda(chelsea) -> None:
+    """On a GPU: jit is a frozen fp32 TorchScript graph (TF32 convolutions), auto and compile run in fp16
+    autocast. Stated tolerances: 2e-3 for fp32/TF32 probabilities, 2e-2 under fp16 (10 bits of mantissa); the
+    top-1 must not move."""
+    loaded = load_classifier("efficientnet_lite0")
+    reference = ClassificationPredictor([loaded], device="cpu", engine="eager").predict_proba([chelsea])[1]
+    for engine, atol in (("eager", 2e-3), ("jit", 2e-3), ("auto", 2e-2), ("compile", 2e-2)):
+        got = ClassificationPredictor([loaded], device="cuda", engine=engine).predict_proba([chelsea])[1]
+        assert np.abs(got - reference).max() < atol, engine
+        assert got.argmax() == reference.argmax(), engine
 
 
 def test_ensemble_averages_probabilities(trained, colour_set: Path, tmp_path: Path, tiny_config) -> None:
