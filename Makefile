@@ -69,8 +69,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# BENCH_DEVICE=cuda for the GPU rows of the throughput benchmarks (auto: the GPU when there is one)
+BENCH_DEVICE ?= auto
 bench: $(STAMP)
-	$(BIN)/python benchmarks/classify_throughput.py --images 512 --repeats 3
+	$(BIN)/python benchmarks/classify_throughput.py --images 512 --repeats 3 --device $(BENCH_DEVICE)
+	$(BIN)/python benchmarks/infer_throughput.py --device $(BENCH_DEVICE)
+	$(BIN)/python benchmarks/train_throughput.py --device $(BENCH_DEVICE)
 	$(BIN)/python benchmarks/detect_latency.py --repeats 5
 	$(BIN)/python benchmarks/dataloader.py --images 512
 	$(BIN)/python benchmarks/serve_load.py --seconds 15

@@ -1,11 +1,11 @@
 """cnnapps classify vs the plain way (PIL + torchvision transforms + eager fp32, batch 32), end to end.
 
-Both run as fresh processes over the same folder of JPEGs, so start-up counts. Reports images/s,
-the ratio, and the share of images with the same top-1. Usage:
+Both run as fresh processes over the same folder of JPEGs on the same device, so start-up counts. Reports
+images/s, the ratio, and the share of images with the same top-1. Usage:
 
-    python benchmarks/classify_throughput.py [--images N] [--repeats R] [--write]
+    python benchmarks/classify_throughput.py [--images N] [--repeats R] [--device auto|cpu|cuda] [--write]
 
-``--write`` records the table in benchmarks/RESULTS.md.
+``--write`` records the table in benchmarks/RESULTS.md (the CPU and GPU figures in sections of their own).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from recording import record
+from recording import describe_machine, record, resolve_device
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,15 +54,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda: both ways run there")
     parser.add_argument("--write", action="store_true", help="record the result in benchmarks/RESULTS.md")
     args = parser.parse_args()
+    device = resolve_device(args.device)
 
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_folder(folder, args.images)
-        ours_cmd = [sys.executable, "-m", "cnnapps", "classify", str(folder), "--json", "-k", "1"]
-        plain_cmd = [sys.executable, str(HERE / "plain_classify.py"), str(folder)]
+        ours_cmd = [sys.executable, "-m", "cnnapps", "classify", str(folder), "--json", "-k", "1", "--device", device]
+        plain_cmd = [sys.executable, str(HERE / "plain_classify.py"), str(folder), device]
         ours_times, plain_times = [], []
         for _ in range(args.repeats):  # alternate so drift in machine load hits both alike
             t, ours_out = timed(ours_cmd, env)
@@ -80,21 +81,19 @@ def main() -> None:
         "| way | median wall time | images/s |",
         "| --- | ---: | ---: |",
         f"| plain: PIL + torchvision transforms, eager fp32, batch 32 | {t_plain:.2f} s | {ips_plain:.1f} |",
-        "| `cnnapps classify`: OpenCV decode, fused fp32 TorchScript graph, channels_last, batch 4 "
-        f"| {t_ours:.2f} s | {ips_ours:.1f} |",
+        f"| `cnnapps classify`: {OURS[device.split(':')[0]]} | {t_ours:.2f} s | {ips_ours:.1f} |",
     ]
     summary = (
         f"**{ips_ours / ips_plain:.2f}x** the plain way; same top-1 on **{agree:.1%}** of {args.images} images "
         f"(efficientnet_lite0, {args.repeats} runs each, process start-up included)."
     )
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    title = "classify throughput" if device == "cpu" else "classify throughput (GPU)"
+    command = f"python benchmarks/classify_throughput.py --images {args.images} --device {device}"
     report = "\n".join(
         [
-            "## classify throughput",
+            f"## {title}",
             "",
-            f"`python benchmarks/classify_throughput.py --images {args.images}` on {machine}.",
+            f"`{command}` on {describe_machine(device)}.",
             "",
             *rows,
             "",
@@ -102,7 +101,15 @@ def main() -> None:
             "",
         ]
     )
-    record("classify throughput", report, args.write)
+    record(title, report, args.write)
+
+
+# what `cnnapps classify` does on each kind of device (its defaults there)
+OURS = {
+    "cpu": "OpenCV decode, fused fp32 TorchScript graph, channels_last, batch 4",
+    "cuda": "OpenCV decode in threads, uint8 to the GPU, resize and normalise there, fp16 autocast, channels_last, "
+    "batch 32",
+}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Both do the classification ``default`` preset on the same JPEGs — decode, random resized crop to
 224 (35-100 % of the area), horizontal flip, colour jitter half the time, normalise — inside DataLoader
 worker processes with batches of 32, and are timed over whole epochs, interleaved. Reported as images/s
-per worker for each worker count.
+per worker for each worker count. A third column is the workers' share of cnnapps' GPU path: the same
+crop and flip, uint8 out (a quarter of the bytes), colour jitter and normalisation left to the GPU.
 
     python benchmarks/dataloader.py [--images 512] [--workers 1 2] [--repeats 3] [--write]
 """
@@ -49,15 +50,16 @@ class TorchvisionPIL:
             return self.transform(img.convert("RGB")), 0
 
 
-def ours(paths: list[str]):
-    """cnnapps' training dataset: OpenCV decode (EXIF-aware), the albumentations ``default`` preset."""
+def ours(paths: list[str], output: str = "float32"):
+    """cnnapps' training dataset: OpenCV decode (EXIF-aware), the albumentations ``default`` preset; with
+    ``output="uint8"`` what the workers do when training on a GPU."""
     from cnnapps.backbones.preprocess import Preprocess
     from cnnapps.datasets.folders import LabeledImages
     from cnnapps.datasets.training import LabeledImageDataset
     from cnnapps.datasets.transforms import train_transform
 
     items = LabeledImages(paths, [0] * len(paths), ["x"])
-    return LabeledImageDataset(items, train_transform("default", Preprocess()))
+    return LabeledImageDataset(items, train_transform("default", Preprocess(), output))
 
 
 def epoch_seconds(dataset, workers: int, batch_size: int = 32) -> float:
@@ -85,21 +87,23 @@ def main() -> None:
     # (setting OpenCV's threads inside a forked worker can deadlock)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    rows = ["| workers | torchvision + PIL (images/s per worker) | cnnapps: albumentations + OpenCV | ratio |",
-            "| ---: | ---: | ---: | ---: |"]  # fmt: skip
+    rows = ["| workers | torchvision + PIL (images/s per worker) | cnnapps: albumentations + OpenCV | ratio "
+            "| cnnapps, GPU path: uint8 out |", "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         make_folder(Path(tmp), args.images)
         paths = sorted(str(p) for p in Path(tmp).glob("*.jpg"))
         for workers in args.workers:
-            times: dict[str, list[float]] = {"plain": [], "ours": []}
+            times: dict[str, list[float]] = {"plain": [], "ours": [], "uint8": []}
             for _ in range(args.repeats):  # interleaved, so machine load drifts alike
                 times["plain"].append(epoch_seconds(TorchvisionPIL(paths), workers))
                 times["ours"].append(epoch_seconds(ours(paths), workers))
-            plain = args.images / statistics.median(times["plain"]) / workers
-            mine = args.images / statistics.median(times["ours"]) / workers
+                times["uint8"].append(epoch_seconds(ours(paths, "uint8"), workers))
+            rate = {k: args.images / statistics.median(v) / workers for k, v in times.items()}
+            plain, mine, uint8 = rate["plain"], rate["ours"], rate["uint8"]
             ratios.append(mine / plain)
-            rows.append(f"| {workers} | {plain:.1f} | {mine:.1f} | **{mine / plain:.2f}x** |")
+            rows.append(f"| {workers} | {plain:.1f} | {mine:.1f} | **{mine / plain:.2f}x** | {uint8:.1f} "
+                        f"({uint8 / mine:.2f}x the float32 path) |")  # fmt: skip
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     body = "\n".join(
         [
