@@ -286,8 +286,16 @@ class SemanticSet:
         return out
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+def _image_files(folder: Path, leave_out: Path | None = None) -> dict[str, Path]:
+    """Image files under ``folder`` by file stem (those under ``leave_out``, the mask folder, are not images)."""
+    skip = leave_out.resolve() if leave_out is not None else None
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if skip is not None and skip in path.resolve().parents:
+                continue
+            found[path.stem] = path
+    return found
 
 
 def _class_list(classes: str | os.PathLike | None, *places: Path) -> ClassList | None:
@@ -328,10 +336,10 @@ def read_semantic_data(data: str | os.PathLike, *, masks: str | os.PathLike | No
     class_list = _class_list(classes, root, mask_dir)
     if class_list is None:
         raise SemanticDataError(f"{root}: no class list (classes.txt beside the data, or --classes FILE)")
-    found = _image_files(image_dir)
+    found = _image_files(image_dir, leave_out=mask_dir)
     mask_files = {p.stem: p for p in sorted(mask_dir.rglob("*.png"))}
     items = [SemanticItem(path, mask_files[stem]) for stem, path in found.items() if stem in mask_files]
-    missing = [path for stem, path in found.items() if stem not in mask_files and path.parent != mask_dir]
+    missing = [path for stem, path in found.items() if stem not in mask_files]
     if missing:
         log.warning("%d images of %s have no mask in %s (e.g. %s); left out", len(missing), image_dir, mask_dir,
                     missing[0].name)  # fmt: skip

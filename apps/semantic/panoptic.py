@@ -29,6 +29,7 @@ from torch import nn
 from cnnapps.apps.semantic.result import PanopticResult, PanopticSegment
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
+from cnnapps.runtime import one_at_a_time
 
 TASK = "panoptic"
 #: Panoptic FPN's merge settings (``stuff_area`` is for COCO-sized images: 4096 pixels at 800 px)
@@ -262,6 +263,7 @@ class PanopticPredictor:
     def class_names(self) -> list[str]:
         return self.model.class_names
 
+    @one_at_a_time
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[PanopticResult]:
         """Segments for paths, bytes, arrays or PIL images; a bad input gets a result with ``error`` set."""
         from cnnapps.apps.common.batching import map_images

@@ -163,3 +163,13 @@ def test_training_set_skips_bad_items_with_a_warning_naming_them(tmp_path, caplo
 
 def test_voc_colour_map_starts_as_pascal_voc():
     assert voc_colormap(4) == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0)]
+
+
+def test_a_mask_folder_inside_the_image_folder_is_not_read_as_images(tmp_path):
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    cv2.imwrite(str(tmp_path / "photo.png"), np.zeros((6, 6, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "masks" / "photo.png"), np.ones((6, 6), np.uint8))
+    data = read_semantic_data(tmp_path, masks=tmp_path / "masks")
+    assert [(i.image.name, i.mask.parent.name) for i in data.items] == [("photo.png", "masks")]
+    assert data.load(0)[1].sum() == 36

@@ -3,6 +3,8 @@ matching as panopticapi does it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,38 @@ def test_pq_ignores_predictions_mostly_on_void_or_crowd():
     assert quality.summary()["all"]["n"] == 0  # nothing counted for dots at all
     with pytest.raises(PanopticDataError, match="prediction segment 9 is in the picture but not in its list"):
         quality.add(gt, [{"id": 5, "category_id": 2, "iscrowd": 1}], np.full_like(gt, 9), [])
+
+
+def test_evaluation_lists_what_it_cannot_use_and_scores_the_rest(tmp_path):
+    import cv2
+
+    from cnnapps.apps.semantic.evaluate import evaluate_semantic
+    from cnnapps.apps.semantic.result import SemanticResult
+    from cnnapps.datasets.semantic import read_semantic_data
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "classes.txt").write_text("x\ny\n")
+    truth = np.zeros((8, 8), np.uint8)
+    truth[:, 4:] = 1
+    for name, mask in (("a", truth), ("b", truth[:4]), ("c", truth + 3)):
+        cv2.imwrite(str(tmp_path / "images" / f"{name}.png"), np.zeros((8, 8, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / "masks" / f"{name}.png"), mask)
+
+    class AllX:
+        class_names = ("x", "y")
+
+        def predict(self, paths):
+            return [
+                SemanticResult(str(p), labels=np.zeros((8, 8), np.uint8), class_names=self.class_names) for p in paths
+            ]
+
+    report = evaluate_semantic(AllX(), read_semantic_data(tmp_path)).to_dict()
+    assert report["images"] == 1 and report["confusion"] == [[32, 0], [32, 0]]
+    assert report["miou"] == pytest.approx(0.25) and report["pixel_acc"] == pytest.approx(0.5)
+    failed = {Path(f["path"]).name: f["error"] for f in report["failed"]}
+    assert set(failed) == {"b.png", "c.png"}
+    assert (
+        "mask is 8x4 but its image is 8x8" in failed["b.png"]
+        and "class index 3, 4 at 64 pixels, beyond the 2 classes" in failed["c.png"]
+    )

@@ -112,3 +112,51 @@ def test_torchvision_model_names_offline_name_the_file_url_and_place():
     pattern = rf"{name}: cannot download https://download\.pytorch\.org/.*; place the file at .*hub/checkpoints/{name}"
     with pytest.raises(WeightsUnavailableError, match=pattern):
         load_semantic("deeplabv3_resnet50")
+
+
+def test_a_real_photo_runs_end_to_end_with_a_torchvision_checkpoint_from_the_hub_cache(references):
+    """With the checkpoint's file in the hub cache (here: the random-weight reference saved under its name), the
+    torchvision name answers on scikit-image's astronaut exactly as torchvision's own pipeline does."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+    from skimage import data
+    from torchvision.transforms._presets import SemanticSegmentation
+
+    import cnnapps
+    from cnnapps.apps.semantic.zoo import weights_url
+    from cnnapps.backbones.weights import hub_checkpoint_path
+
+    reference = references["lraspp_mobilenet_v3_large"]
+    url = weights_url("lraspp_mobilenet_v3_large")
+    path = hub_checkpoint_path(url.rsplit("/", 1)[-1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(reference.state_dict(), path)
+    photo = data.astronaut()[::2, ::2].copy()  # 256 x 256; both resize its shorter side to 520
+    (result,) = cnnapps.load("lraspp_mobilenet_v3_large").predict([photo])
+    assert result.labels.shape == (256, 256) and result.class_names[:2] == ["__background__", "aeroplane"]
+    assert sum(a.pixels for a in result.areas()) == 256 * 256
+    with torch.no_grad():
+        logits = reference(SemanticSegmentation(resize_size=520)(Image.fromarray(photo))[None])["out"]
+        expected = F.interpolate(logits, size=(256, 256), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert np.array_equal(result.labels, expected.numpy())
+
+
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "lraspp"])
+def test_onnx_export_of_every_head_answers_like_pytorch_at_any_size(head, tmp_path):
+    from cnnapps.export import export_model
+    from cnnapps.exported import OnnxRunner, read_onnx_metadata
+
+    model = create_semantic(head, "timm:test_resnet", class_names=["a", "b", "c"], backbone_weights=None,
+                            head_channels=16, output_stride=16).eval()  # fmt: skip
+    save_semantic(
+        tmp_path / "m.safetensors", model, Preprocess(input_size=(3, 64, 64), resize=64, resize_mode="squash")
+    )
+    written = export_model(tmp_path / "m.safetensors", "onnx", tmp_path / "m.onnx")
+    assert written["task"] == "semantic" and read_onnx_metadata(tmp_path / "m.onnx")["class_names"] == ["a", "b", "c"]
+    runner = OnnxRunner(tmp_path / "m.onnx")
+    for size in ((64, 64), (72, 96)):
+        x = torch.rand(2, 3, *size)
+        with torch.no_grad():
+            expected = model(x)
+        assert float((runner(x) - expected).abs().max()) < 1e-4
