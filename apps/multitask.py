@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cnnapps.apps.common.batching import map_images
+from cnnapps.apps.common.trunk import TrunkRunner
 from cnnapps.apps.modelfile import adapter, build_trunk, load_exactly, read_model_file
 from cnnapps.bundle import BundleError
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
@@ -38,7 +39,8 @@ class MultiTaskPredictor:
     """``predict(inputs)`` -> one :class:`MultiTaskResult` per input: every head's result, from one trunk pass.
 
     ``heads``: names or tasks of the heads to run (default: all). Options of the heads: ``top_k`` (classify, per
-    call), ``score_threshold`` (detection), ``beam`` and ``max_len`` (captioning)."""
+    call), ``score_threshold`` (detection), ``beam`` and ``max_len`` (captioning). ``engine``: how the trunk runs
+    (auto: a frozen TorchScript graph on a CPU, autocast on a GPU; eager; jit), as for classifiers."""
 
     task = "multi"
 
@@ -48,6 +50,7 @@ class MultiTaskPredictor:
         *,
         heads: Sequence[str] | None = None,
         device: str = "auto",
+        engine: str = "auto",
         batch_size: int | None = None,
         score_threshold: float = 0.5,
         beam: int = 1,
@@ -89,6 +92,7 @@ class MultiTaskPredictor:
         self.options = {"beam": beam, "max_len": max_len, "score_threshold": score_threshold}
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self.max_pixels = max_pixels
+        self._trunk_pass = TrunkRunner(self.trunk, self.preprocess.input_size, self.batch_size, self.device, engine)
 
     @property
     def tasks(self) -> dict[str, str]:
@@ -123,7 +127,7 @@ class MultiTaskPredictor:
     def _run(self, images: list[np.ndarray], options: dict[str, Any], chosen: list[str]) -> list[dict[str, Any]]:
         tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) for rgb in images]
         batch = torch.stack([self.preprocess.apply_tensor(t) for t in tensors])
-        stages, features = self.trunk.forward_shared(batch)
+        stages, features = self._trunk_pass(batch)
         sizes = [(int(rgb.shape[0]), int(rgb.shape[1])) for rgb in images]
         shared = SharedPass(batch, stages, features, sizes, [self.preprocess.geometry(*s) for s in sizes])
         per_head = {}

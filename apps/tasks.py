@@ -106,7 +106,7 @@ TASKS: dict[str, Task] = {
                 cli=f"{_DETECT}.cli:register",
                 exporter=f"{_DETECT}.model:exportable",
                 export_formats=("onnx",),
-                load_options=("score_threshold", "batch_size", "tile", "overlap", "max_pixels"),
+                load_options=("score_threshold", "batch_size", "tile", "overlap", "max_pixels", "engine"),
                 default_model=default,
                 zoo=f"{_DETECT}.zoo:zoo_models",
                 route_options={"draw": (bool, False, None, None)},
@@ -127,7 +127,7 @@ TASKS: dict[str, Task] = {
             head="cnnapps.apps.caption.model:HEAD",
             result="cnnapps.results:CaptionResult",
             cli="cnnapps.apps.caption.cli:register",
-            load_options=("beam", "max_len", "batch_size"),
+            load_options=("beam", "max_len", "batch_size", "engine"),
         ),
         Task(
             "semantic",

@@ -164,7 +164,7 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
         names = chosen_heads(model_file, heads)
         if all(getattr(adapter(model_file.heads[n].task), "shareable", lambda _: True)(model_file.heads[n])
                for n in names):  # fmt: skip
-            keep = ("device", "batch_size", "score_threshold", "beam", "max_len", "max_pixels")
+            keep = ("device", "engine", "batch_size", "score_threshold", "beam", "max_len", "max_pixels")
             return MultiTaskPredictor(spec, heads=names, **{k: v for k, v in options.items() if k in keep})
         if len(names) > 1:
             raise BundleError(f"{spec}: some of its heads resize images themselves; run them one at a time")

@@ -129,9 +129,9 @@ def prepare_for_inference(
         return CompiledRunner(model, example.to(device), device)
     if device.type == "cuda" and engine == "auto":
 
-        def run_amp(x: torch.Tensor) -> torch.Tensor:
+        def run_amp(x: torch.Tensor) -> Any:
             with torch.autocast("cuda", dtype=torch.float16):
-                return model(x.contiguous(memory_format=torch.channels_last)).float()
+                return _as_float(model(x.contiguous(memory_format=torch.channels_last)))
 
         return run_amp
     example = example.to(device).contiguous(memory_format=torch.channels_last)
@@ -152,6 +152,11 @@ def prepare_for_inference(
         return graph(x.contiguous(memory_format=torch.channels_last))
 
     return run_graph
+
+
+def _as_float(out: Any) -> Any:
+    """A half-precision output (or each of several) as float32."""
+    return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 class CompiledRunner:
@@ -176,14 +181,14 @@ class CompiledRunner:
         self.compile_seconds = time.perf_counter() - started
         log.info("torch.compile: %s compiled in %.1f s", type(model).__name__, self.compile_seconds)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def _call(self, x: torch.Tensor) -> Any:
         x = x.contiguous(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
-                return self.compiled(x).float()
+                return _as_float(self.compiled(x))
         return self.compiled(x)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> Any:
         n = int(x.shape[0])
         if n == self.size:
             return self._call(x)
@@ -193,7 +198,10 @@ class CompiledRunner:
             rows = int(chunk.shape[0])
             if rows < self.size:  # zeros for the missing rows: in eval mode each row's output is its own
                 chunk = torch.cat([chunk, chunk.new_zeros((self.size - rows, *chunk.shape[1:]))])
-            outputs.append(self._call(chunk)[:rows])
+            out = self._call(chunk)
+            outputs.append(tuple(o[:rows] for o in out) if isinstance(out, tuple) else out[:rows])
+        if isinstance(outputs[0], tuple):  # a model with several outputs (a trunk's stage maps)
+            return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
         return torch.cat(outputs)
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from cnnapps.apps.caption.decode import beam_search, greedy
-from cnnapps.apps.common.batching import map_images
+from cnnapps.apps.common.batching import map_images, preprocess_on_device
 from cnnapps.errors import CnnappsError
 from cnnapps.results import CaptionResult
-from cnnapps.runtime import one_at_a_time, select_device
+from cnnapps.runtime import one_at_a_time, placed_for_inference, select_device
 
 
 class CaptionPredictor:
@@ -31,9 +31,11 @@ class CaptionPredictor:
         batch_size: int | None = None,
         model: torch.nn.Module | None = None,
         head: str | None = None,
+        engine: str = "auto",
     ) -> None:
         from cnnapps.apps.caption.model import load_captioner
 
+        owned = model is None  # a caller's model is never moved or changed: a copy is, when it must be
         if model is None:
             if spec is None:
                 raise CnnappsError("captioning needs a trained model file (--model)")
@@ -41,10 +43,14 @@ class CaptionPredictor:
         if beam < 1:
             raise CnnappsError(f"--beam must be at least 1, not {beam}")
         self.device = select_device(device)
-        self.model = model.eval().to(self.device)
+        self.model = placed_for_inference(model, self.device, channels_last=False, owned=owned)
         self.vocab, self.preprocess = model.vocab, model.preprocess
         self.beam, self.max_len = beam, max_len or model.spec.max_len
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
+        from cnnapps.apps.common.trunk import TrunkRunner
+
+        self._trunk = TrunkRunner(self.model.encoder.backbone, self.preprocess.input_size, self.batch_size,
+                                  self.device, engine, owned=owned or self.model is not model)  # fmt: skip
 
     @one_at_a_time
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[CaptionResult]:
@@ -58,9 +64,12 @@ class CaptionPredictor:
 
     @torch.inference_mode()
     def _caption(self, images: list[np.ndarray]) -> list[CaptionResult]:
-        arrays = np.stack([self.preprocess(rgb) for rgb in images])
-        grid = self.model.encoder(torch.from_numpy(arrays).to(self.device))
-        return caption_grid(self.model, grid, self.beam, self.max_len)
+        if self.device.type == "cuda":  # uint8 over PCIe, resized and normalised on the GPU
+            batch = preprocess_on_device(images, [self.preprocess], self.device)[self.preprocess]
+        else:
+            batch = torch.from_numpy(np.stack([self.preprocess(rgb) for rgb in images]))
+        _, features = self._trunk(batch)
+        return caption_grid(self.model, self.model.encoder.from_features(features), self.beam, self.max_len)
 
 
 def caption_grid(model: Any, grid: torch.Tensor, beam: int, max_len: int) -> list[CaptionResult]:

@@ -32,7 +32,9 @@ def classify(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = typer.Option(
-        "auto", "--engine", help="auto (fused graph on CPU), jit, eager or onnxruntime (the exported ONNX graph)."
+        "auto",
+        "--engine",
+        help="auto (fused graph on CPU, fp16 on GPU), jit, compile, eager or onnxruntime.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
 ) -> None:

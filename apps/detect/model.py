@@ -507,12 +507,13 @@ def create_shared_detector(task: str, trunk: Backbone, trunk_name: str, preproce
     return model
 
 
-def run_shared(model: nn.Module, images: list[torch.Tensor]) -> list[dict]:
-    """A detector on a shared trunk, on uint8 (3, H, W) images: the model file's preprocessing, the trunk's pass,
-    the heads; outputs in each image's own frame, as torchvision's R-CNN gives them."""
+def run_shared(model: nn.Module, images: list[torch.Tensor], trunk_pass: Any = None) -> list[dict]:
+    """A detector on a shared trunk, on uint8 (3, H, W) images: the model file's preprocessing, the trunk's pass
+    (``trunk_pass``, e.g. a compiled ``TrunkRunner``, or the module itself), the heads; outputs in each image's own
+    frame, as torchvision's R-CNN gives them."""
     pre = model.shared_preprocess
     batch = torch.stack([pre.apply_tensor(img) for img in images])
-    stages = model.backbone.body.forward_stages(batch)
+    stages = trunk_pass(batch)[0] if trunk_pass is not None else model.backbone.body.forward_stages(batch)
     sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     return detect_on_stages(model, stages, batch, sizes, [pre.geometry(*size) for size in sizes])
 

@@ -6,6 +6,7 @@ with NMS, so memory is bounded by the tile, not by the image.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnapps.apps.common.batching import map_images
+from cnnapps.apps.common.batching import default_decode_workers, map_images
 from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import DetectionResult, Instance
-from cnnapps.runtime import one_at_a_time, select_device
+from cnnapps.runtime import one_at_a_time, placed_for_inference, select_device
 
 
 class DetectionPredictor:
@@ -37,9 +38,11 @@ class DetectionPredictor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         model: torch.nn.Module | None = None,
         head: str | None = None,
+        engine: str = "auto",
     ) -> None:
         from cnnapps.apps.detect.model import load_detector
 
+        owned = model is None  # a caller's model is never moved or changed: a copy is, when it must be
         if model is None:
             from cnnapps.apps.tasks import get_task
 
@@ -53,11 +56,22 @@ class DetectionPredictor:
             raise CnnappsError(f"--tile {tile} must be larger than --overlap {overlap}")
         self.task = self.spec.task
         self.device = select_device(device)
-        self.model = model.eval().to(self.device)
-        self.model.roi_heads.score_thresh = score_threshold
+        self.model = placed_for_inference(model, self.device, channels_last=False, owned=owned)
+        if self.model.roi_heads.score_thresh != score_threshold:
+            if self.model is model and not owned:  # the caller's module, already in place: its threshold stays
+                self.model = copy.deepcopy(model)
+            self.model.roi_heads.score_thresh = score_threshold
         self.score_threshold = score_threshold
         self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.tile, self.overlap = tile, overlap
+        self._trunk = None
+        if self.spec.shared:  # heads on a shared trunk: its pass compiled as classifiers' are
+            from cnnapps.apps.common.trunk import TrunkRunner
+
+            pre = self.model.shared_preprocess
+            mine = owned or self.model is not model
+            self._trunk = TrunkRunner(self.model.backbone.body, pre.input_size, self.batch_size, self.device, engine,
+                                      owned=mine)  # fmt: skip
         self.max_pixels = None if tile else max_pixels  # tiling exists for images beyond the usual limit
 
     @property
@@ -67,7 +81,8 @@ class DetectionPredictor:
     @one_at_a_time
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[DetectionResult]:
         """Detect in paths, bytes, arrays or PIL images; a bad input gets a result with ``error`` set."""
-        done = map_images(inputs, self._detect_images, self.batch_size, self.max_pixels, progress)
+        workers = default_decode_workers(self.device)
+        done = map_images(inputs, self._detect_images, self.batch_size, self.max_pixels, progress, workers)
         return [
             DetectionResult(name, error=error)
             if rgb is None
@@ -87,7 +102,8 @@ class DetectionPredictor:
         if self.spec.shared:  # heads on a shared trunk: the model file's preprocessing, then the trunk's pass
             from cnnapps.apps.detect.model import run_shared
 
-            outputs = run_shared(self.model, [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) for rgb in images])
+            tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) for rgb in images]
+            outputs = run_shared(self.model, tensors, self._trunk)
         else:
             tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
             outputs = self.model(tensors)

@@ -266,7 +266,7 @@ def retrieve(
     k: int = typer.Option(10, "-k", min=1, help="Results per query."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     save_grid: Path = typer.Option(None, "--save-grid", help="Draw each query beside its top-k (one file per query)."),
-    engine: str = typer.Option("auto", "--engine", help="auto, jit, eager or onnxruntime (the exported graph)."),
+    engine: str = typer.Option("auto", "--engine", help="auto, jit, compile, eager or onnxruntime."),
 ) -> None:
     """Rank the indexed images by cosine similarity to each query."""
     from cnnapps.apps.retrieve.index import Index

@@ -41,7 +41,7 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted request body."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = typer.Option(
-        "auto", "--engine", help="Classification and embedding: auto, jit, eager or onnxruntime."
+        "auto", "--engine", help="auto, jit, compile or eager (onnxruntime: classification and embedding)."
     ),
     allowed_host: list[str] = typer.Option(
         None, "--allowed-host", help="A name clients may reach the server by (Host header); repeat; * for any."
