@@ -7,8 +7,8 @@ forward pass; it is removed here, so that both sides compute the same thing. Two
 
 - model: ``model(batch)`` alone (ours returns the logits, torchvision's ``{"out": logits}``);
 - end to end: ours = ``SemanticPredictor.predict(path)`` (decode, resize, forward, logits back to the photo's size,
-  class map, per-class areas); plain = PIL open + torchvision's ``SemanticSegmentation`` preset + forward + logits
-  back to the photo's size + argmax to numpy.
+  class map, per-class areas); plain = torchvision's ``decode_image`` + its ``SemanticSegmentation`` preset (as
+  torchvision's documentation runs its weights) + forward + logits back to the photo's size + argmax to numpy.
 
     python benchmarks/semantic_latency.py [--size 256] [--resize 256] [--repeats 5] [--threads N] [--write]
 """
@@ -52,8 +52,8 @@ def photos(folder: Path, size: int) -> list[Path]:
         rgb = getattr(data, name)()
         scale = size / min(rgb.shape[:2])
         rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-        path = folder / f"{name}.jpg"
-        cv2.imwrite(str(path), rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        path = folder / f"{name}.png"  # lossless: both ways decode the same pixels
+        cv2.imwrite(str(path), rgb[:, :, ::-1])
         paths.append(path)
     return paths
 
@@ -70,7 +70,7 @@ def main() -> None:
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from PIL import Image
+    from torchvision.io import decode_image
     from torchvision.transforms._presets import SemanticSegmentation
 
     from cnnapps.apps.semantic.model import ShorterSide, create_semantic
@@ -87,13 +87,13 @@ def main() -> None:
         predictor = SemanticPredictor(model=ours, preprocess=ShorterSide(args.resize), device="cpu", batch_size=1)
         preset = SemanticSegmentation(resize_size=args.resize)
         paths = photos(Path(tmp), args.size)
-        batches = [preset(Image.open(p).convert("RGB"))[None] for p in paths]
+        batches = [preset(decode_image(str(p)))[None] for p in paths]
 
         def plain(path: Path) -> np.ndarray:
-            image = Image.open(path).convert("RGB")
+            image = decode_image(str(path))
             with torch.inference_mode():
                 logits = theirs(preset(image)[None])["out"]
-                logits = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
+                logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
             return logits[0].argmax(0).to(torch.uint8).numpy()
 
         with torch.inference_mode():  # same outputs first: the comparison is between equal computations

@@ -96,8 +96,10 @@ class ShorterSide:
         return new_w / width, new_h / height, 0.0, 0.0
 
     def apply_tensor(self, img: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
+        """A uint8 (3, H, W) tensor resized and normalised exactly as torchvision's ``SemanticSegmentation`` preset
+        does it (its resize, not the v2 one, which rounds some pixels one level apart)."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
 
         img = TF.resize(img, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
         mean = torch.tensor(self.mean, device=img.device).view(-1, 1, 1)

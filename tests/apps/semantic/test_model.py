@@ -119,7 +119,6 @@ def test_a_real_photo_runs_end_to_end_with_a_torchvision_checkpoint_from_the_hub
     torchvision name answers on scikit-image's astronaut exactly as torchvision's own pipeline does."""
     import numpy as np
     import torch.nn.functional as F
-    from PIL import Image
     from skimage import data
     from torchvision.transforms._presets import SemanticSegmentation
 
@@ -137,7 +136,8 @@ def test_a_real_photo_runs_end_to_end_with_a_torchvision_checkpoint_from_the_hub
     assert result.labels.shape == (256, 256) and result.class_names[:2] == ["__background__", "aeroplane"]
     assert sum(a.pixels for a in result.areas()) == 256 * 256
     with torch.no_grad():
-        logits = reference(SemanticSegmentation(resize_size=520)(Image.fromarray(photo))[None])["out"]
+        pixels = torch.from_numpy(photo).permute(2, 0, 1)  # torchvision's preset on the decoded image
+        logits = reference(SemanticSegmentation(resize_size=520)(pixels)[None])["out"]
         expected = F.interpolate(logits, size=(256, 256), mode="bilinear", align_corners=False)[0].argmax(0)
     assert np.array_equal(result.labels, expected.numpy())
 
