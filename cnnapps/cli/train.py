@@ -67,7 +67,8 @@ def train_command(task: Any) -> Any:
         metrics = task.part("train")(config)
         if metrics.get("global_rank"):  # another process of a distributed run; rank 0 reports
             return
-        report = {k: v for k, v in metrics.items() if k.startswith("val_") and isinstance(v, (int, float))}
+        # the validation scores (counts such as val_images are not scores)
+        report = {k: v for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float)}
         report.update({k: metrics.get(k) for k in ("epochs", "best_epoch", "train_seconds")})
         if as_json:
             echo_json(report)
