@@ -131,6 +131,19 @@ def free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:
     return path
 
 
+def save_drawings(results: list[Any], folder: Path, suffix: str = "") -> None:
+    """Each readable input's result drawn over its image (``result.draw``) into ``folder``, named after the input
+    (plus ``suffix``), never over an existing file; one line on stderr per picture."""
+    from cnnapps.datasets.io import read_image, write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        if result.ok:
+            target = free_name(folder, f"{Path(result.source).stem}{suffix}")
+            write_image(target, result.draw(read_image(result.source, max_pixels=None)))
+            echo(f"wrote {target}", err=True)
+
+
 def saved(path: Path, rgb: Any) -> None:
     """Write a picture (never over an existing file) and say so."""
     from cnnapps.datasets.io import write_image

@@ -12,7 +12,7 @@ import typer
 
 from cnnapps.errors import CnnappsError
 from cnnapps.files import atomic_write
-from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, free_name, images, progress, report_failed
+from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, images, progress, report_failed, save_drawings
 
 
 def caption(
@@ -32,14 +32,7 @@ def caption(
     with progress(len(inputs), "captioning") as advance:
         results = predictor.predict(inputs, progress=advance)
     if save_attention is not None:
-        from cnnapps.datasets.io import read_image, write_image
-
-        save_attention.mkdir(parents=True, exist_ok=True)
-        for r in results:
-            if r.ok:
-                target = free_name(save_attention, f"{Path(r.source).stem}-attention")
-                write_image(target, r.draw(read_image(r.source)))
-                echo(f"wrote {target}", err=True)
+        save_drawings(results, save_attention, "-attention")
     if as_json:
         echo_json([r.to_dict() for r in results])
     else:

@@ -27,11 +27,8 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
 def _prepare(config: TrainConfig, device: Any) -> Any:
     from cnnapps.apps.classify.model import Classifier
     from cnnapps.apps.classify.module import ClassificationModule
-    from cnnapps.apps.common.training import Plan, augment_on_device, backbone_for, make_loaders
+    from cnnapps.apps.common.training import Plan, backbone_for, labelled_loaders
     from cnnapps.datasets.folders import train_val_split
-    from cnnapps.datasets.training import LabeledImageDataset
-    from cnnapps.datasets.transforms import batch_transform, eval_transform, train_transform
-    from cnnapps.runtime import to_channels_last
 
     train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
     if len(train_set.class_names) < 2:
@@ -41,22 +38,13 @@ def _prepare(config: TrainConfig, device: Any) -> Any:
         raise CnnappsError(f"{config.data}: the validation split is empty; add images or raise --val-split")
     backbone, spec = backbone_for(config)
     model = Classifier(backbone, len(train_set.class_names), config.dropout, train_set.class_names)
-    cuda = device.type == "cuda"
-    if cuda:
-        model = to_channels_last(model)
-    on_device = augment_on_device(config, device)  # uint8 batches, jitter and normalisation on the device
-    output = "uint8" if on_device else "float32"
-    train = LabeledImageDataset(train_set, train_transform(config.augment, spec, output))
-    val = LabeledImageDataset(val_set, eval_transform(spec, output), with_index=True)
-    train_loader, val_loader = make_loaders(config, train, val, device)
+    module = ClassificationModule(model, config)
+    train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device, True)
     trunk = f"trunk {config.trunk}" if config.trunk else f"{config.backbone} ({backbone.weights})"
     describe = (
         f"training {trunk} on {len(train_set)} images of {len(train_set.class_names)} classes, "
         f"validating on {len(val_set)}"
     )
-    module = ClassificationModule(model, config)
-    if on_device:
-        module.batch_transform = batch_transform(config.augment, spec, channels_last=cuda)
     return Plan(module, train_loader, val_loader, describe, "val_top1",
                 len(train_set), len(val_set), curves=("val_top1", "val_top5"),
                 extra={"val_set": val_set, "spec": spec, "class_names": train_set.class_names})  # fmt: skip

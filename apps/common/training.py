@@ -111,6 +111,27 @@ def augment_on_device(config: TrainConfig, device: torch.device) -> bool:
     return config.augment_on == "device" or (config.augment_on == "auto" and device.type == "cuda")
 
 
+def labelled_loaders(config: TrainConfig, model: Any, module: Any, train_set: Any, val_set: Any, spec: Any,
+                     device: torch.device, with_index: bool = False) -> tuple[Any, Any]:  # fmt: skip
+    """Loaders over labelled images for a model whose ``module`` trains it: the augmentation preset in the workers,
+    and on a GPU uint8 batches whose colour jitter and normalisation the module runs on the device (in
+    channels_last, as ``model`` is put). ``with_index``: validation items carry their index."""
+    from cnnapps.datasets.training import LabeledImageDataset
+    from cnnapps.datasets.transforms import batch_transform, eval_transform, train_transform
+    from cnnapps.runtime import to_channels_last
+
+    cuda = device.type == "cuda"
+    if cuda:
+        to_channels_last(model)
+    on_device = augment_on_device(config, device)  # uint8 batches, jitter and normalisation on the device
+    output = "uint8" if on_device else "float32"
+    train = LabeledImageDataset(train_set, train_transform(config.augment, spec, output))
+    val = LabeledImageDataset(val_set, eval_transform(spec, output), with_index=with_index)
+    if on_device:
+        module.batch_transform = batch_transform(config.augment, spec, channels_last=cuda)
+    return make_loaders(config, train, val, device)
+
+
 def loader_args(config: TrainConfig, device: torch.device, collate_fn: Any = None) -> dict[str, Any]:
     """DataLoader settings from the config: batch size, worker processes (:func:`default_workers`) kept alive
     between epochs, pinned memory on CUDA."""

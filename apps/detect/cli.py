@@ -19,10 +19,10 @@ from cnnapps.terminal import (
     console,
     echo,
     echo_json,
-    free_name,
     images,
     progress,
     report_failed,
+    save_drawings,
     styled,
 )
 
@@ -53,7 +53,7 @@ def _predict_command(task: str) -> Any:
         with progress(len(inputs), f"{task}ing", minimum=4) as advance:
             results = predictor.predict(inputs, progress=advance)
         if save_dir is not None:
-            _save_overlays(results, save_dir)
+            save_drawings(results, save_dir)
         if as_json:
             echo_json([r.to_dict() for r in results])
         else:
@@ -67,17 +67,6 @@ def _predict_command(task: str) -> Any:
         f"Find {_WHAT[task]} in images. Exit code 0: all done; 1: some inputs failed (reported, others done); 2: error."
     )
     return command
-
-
-def _save_overlays(results: list[Any], folder: Path) -> None:
-    from cnnapps.datasets.io import read_image, write_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for r in results:
-        if r.ok:
-            path = free_name(folder, Path(r.source).stem)
-            write_image(path, r.draw(read_image(r.source, max_pixels=None)))
-            echo(f"wrote {path}", err=True)
 
 
 def _print_detections(results: list[Any]) -> None:

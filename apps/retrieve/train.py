@@ -19,30 +19,18 @@ def train_retrieval(config: RetrieveConfig) -> dict[str, Any]:
 
 
 def _prepare(config: RetrieveConfig, device: Any) -> Any:
-    from cnnapps.apps.common.training import Plan, augment_on_device, backbone_for, make_loaders
+    from cnnapps.apps.common.training import Plan, backbone_for, labelled_loaders
     from cnnapps.apps.retrieve.embedder import EmbeddingModel
     from cnnapps.apps.retrieve.module import MetricLearningModule
     from cnnapps.datasets.folders import train_val_split
-    from cnnapps.datasets.training import LabeledImageDataset
-    from cnnapps.datasets.transforms import batch_transform, eval_transform, train_transform
-    from cnnapps.runtime import to_channels_last
 
     train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
     if len(val_set) < 2:
         raise CnnappsError(f"{config.data}: the validation split needs at least 2 images; raise --val-split")
     backbone, spec = backbone_for(config)
     model = EmbeddingModel(backbone, config.pooling, config.embedding_size)
-    cuda = device.type == "cuda"
-    if cuda:
-        model = to_channels_last(model)
-    on_device = augment_on_device(config, device)  # uint8 batches, jitter and normalisation on the device
-    output = "uint8" if on_device else "float32"
-    train = LabeledImageDataset(train_set, train_transform(config.augment, spec, output))
-    val = LabeledImageDataset(val_set, eval_transform(spec, output))
-    train_loader, val_loader = make_loaders(config, train, val, device)
     module = MetricLearningModule(model, config, config.loss, len(train_set.class_names))
-    if on_device:
-        module.batch_transform = batch_transform(config.augment, spec, channels_last=cuda)
+    train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device)
     trunk = f"trunk {config.trunk}" if config.trunk else config.backbone
     describe = (
         f"training {trunk} embeddings ({config.loss} loss) on {len(train_set)} images of "

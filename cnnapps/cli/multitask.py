@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from cnnapps.cli import app
-from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, free_name, images, progress, styled
+from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, images, progress, save_drawings, styled
 
 
 @app.command("compose")
@@ -61,14 +61,7 @@ def predict(
     with progress(len(inputs), "predicting") as advance:
         results = predictor.predict(inputs, top_k=top_k, progress=advance)
     if save_dir is not None:
-        from cnnapps.datasets.io import read_image, write_image
-
-        save_dir.mkdir(parents=True, exist_ok=True)
-        for r in results:
-            if r.ok:
-                target = free_name(save_dir, Path(r.source).stem)
-                write_image(target, r.draw(read_image(r.source, max_pixels=None)))
-                echo(f"wrote {target}", err=True)
+        save_drawings(results, save_dir)
     if as_json:
         echo_json([r.to_dict() for r in results])
     else:
