@@ -310,7 +310,15 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     with warnings.catch_warnings():
         for message in _EXPECTED_LIGHTNING_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if config.resume else None)
+        try:
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if config.resume else None)
+        except RuntimeError as exc:
+            if config.resume and "loading state_dict" in str(exc):  # torch's many-line list of every tensor
+                raise CnnappsError(
+                    f"{last}: --resume with settings of another model (the checkpoint's tensors do not fit); "
+                    f"resume with the settings the run was started with: {out / 'config.yaml'}"
+                ) from None
+            raise
     seconds = time.perf_counter() - started
     best = checkpoint.best_model_path
     if trainer.is_global_zero and best and Path(best).is_file():

@@ -60,6 +60,10 @@ def test_resume_continues_from_the_last_checkpoint(colour_set: Path, tmp_path: P
     assert len(list((out / "logs").rglob("metrics.csv"))) == 2  # the first run's log is kept
     with pytest.raises(CnnappsError, match="nothing to resume"):
         train_classifier(tiny_config(colour_set, tmp_path / "empty", resume=True))
+    other = tiny_config(colour_set, out, epochs=3, resume=True, backbone="timm:test_resnet", backbone_kwargs={})
+    with pytest.raises(CnnappsError) as caught:  # another backbone: one line, not torch's list of every tensor
+        train_classifier(other)
+    assert "--resume with settings of another model" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_csv_and_train_val_layouts(colour_set: Path, tmp_path: Path, tiny_config) -> None:
