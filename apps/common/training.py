@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -275,6 +276,9 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     last_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
     clock = _Clock(config.compile)
     callbacks: list[Any] = [clock, checkpoint, last_epoch]
+    bar = config.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per epoch instead
+    if not bar:
+        callbacks.append(_EpochLines(config.epochs))
     if config.patience:
         callbacks.append(EarlyStopping(monitor=plan.stop_on[0], patience=config.patience, mode=plan.stop_on[1]))
     if config.sync_batchnorm and config.world_size > 1 and device.type != "cuda":
@@ -293,7 +297,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         # logs/version_N: each run or resumption gets its own folder (CSV and TensorBoard files together),
         # so no earlier log is replaced
         logger=[CSVLogger(out, name="logs", version=version), TensorBoardLogger(out, name="logs", version=version)],
-        enable_progress_bar=config.progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, len(train_loader) // config.world_size)),
         num_sanity_val_steps=0,
@@ -355,6 +359,34 @@ def ddp_strategy(config: TrainConfig) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
     return DDPStrategy(gradient_as_bucket_view=True, **names[name])
+
+
+class _EpochLines(L.Callback):
+    """Where a progress bar cannot show (a log file, a pipe, --json): one line per epoch with its figures, and a
+    line every ``heartbeat`` seconds within a long epoch, on the ``cnnapps`` logger (stderr on the command line)."""
+
+    def __init__(self, epochs: int, heartbeat: float = 60.0) -> None:
+        self.epochs, self.heartbeat = epochs, heartbeat
+        self._started = self._said = 0.0
+
+    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+        self._started = self._said = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if trainer.is_global_zero and now - self._said >= self.heartbeat:
+            self._said = now
+            steps = trainer.num_training_batches
+            log.info("epoch %d of %d: step %d of %s (%.0f s)", trainer.current_epoch + 1, self.epochs, batch_idx + 1,
+                     steps, now - self._started)  # fmt: skip
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:  # after the epoch's validation
+        if not trainer.is_global_zero or not getattr(module, "history", None):
+            return
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in module.history[-1].items() if k != "epoch" and
+                            isinstance(v, float))  # fmt: skip
+        log.info("epoch %d of %d: %s (%.0f s)", module.history[-1]["epoch"], self.epochs, figures,
+                 time.perf_counter() - self._started)  # fmt: skip
 
 
 class _Clock(L.Callback):

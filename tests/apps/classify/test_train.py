@@ -99,3 +99,13 @@ def test_shipped_recipes_are_valid(name: str) -> None:
     root = Path(__file__).resolve().parents[3]
     config = load_config(root / "configs" / "classify" / name, data="anything")
     assert config.epochs >= 1
+
+
+def test_a_run_without_a_terminal_logs_a_line_per_epoch(colour_set: Path, tmp_path: Path, tiny_config, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="cnnapps"):
+        train_classifier(tiny_config(colour_set, tmp_path / "logged", epochs=2))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1 of 2", "epoch 2 of 2"]
+    assert all("train_loss" in line and "val_top1" in line for line in lines)
