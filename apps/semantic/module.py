@@ -27,13 +27,16 @@ class SemanticModule(TaskModule):
         self.ignore_index = int(getattr(config, "ignore_index", 255))
         self.label_smoothing = config.label_smoothing
         self._confusion: torch.Tensor | None = None
-        self._val_loss = 0.0
-        self._val_pixels = 0
+        self._val_loss: torch.Tensor | float = 0.0
+        self._val_pixels: torch.Tensor | int = 0
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if not (target != self.ignore_index).any():  # every pixel ignored: nothing to learn, and no NaN
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits, target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
+        # The mean over the pixels that count, written as sum / count so that a batch whose pixels are all
+        # ignored gives 0 rather than NaN without asking the device (no host sync per step).
+        total = F.cross_entropy(
+            logits, target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, reduction="sum"
+        )
+        return total / (target != self.ignore_index).sum().clamp(min=1)
 
     def training_step(self, batch: tuple[torch.Tensor, list[torch.Tensor]], batch_idx: int) -> torch.Tensor:
         images, masks = batch
@@ -55,17 +58,17 @@ class SemanticModule(TaskModule):
         for row, mask in zip(logits, masks, strict=True):
             size = (int(mask.shape[0]), int(mask.shape[1]))
             frame = to_image_frame(row.float(), size, self.preprocess.geometry(*size))
-            valid = int((mask != self.ignore_index).sum())
-            if valid:
-                loss = F.cross_entropy(frame[None], mask[None], ignore_index=self.ignore_index, reduction="sum")
-                self._val_loss += float(loss)
-                self._val_pixels += valid
+            # summed on the device; read once at the epoch's end
+            self._val_loss = self._val_loss + F.cross_entropy(
+                frame[None], mask[None], ignore_index=self.ignore_index, reduction="sum"
+            )
+            self._val_pixels = self._val_pixels + (mask != self.ignore_index).sum()
             self._confusion += confusion_matrix(frame.argmax(0), mask, k, self.ignore_index)
 
     def on_validation_epoch_end(self) -> None:
         confusion = self._confusion.cpu().numpy() if self._confusion is not None else np.zeros((1, 1), np.int64)
         found = scores(confusion)
-        loss = self._val_loss / max(1, self._val_pixels)
+        loss = float(self._val_loss) / max(1, int(self._val_pixels))
         self._confusion, self._val_loss, self._val_pixels = None, 0.0, 0
         if self.trainer.sanity_checking:
             return
