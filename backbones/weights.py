@@ -108,7 +108,8 @@ def cached_download(url: str, filename: str | None = None, *, progress: bool = T
     except OSError as exc:  # URLError, HTTPError, timeouts, disk errors
         reason = getattr(exc, "reason", None) or exc
         raise WeightsUnavailableError(
-            f"{filename}: cannot download {url} ({reason}); place the file at {dest} or pass weights=PATH"
+            f"{filename}: cannot download {url} ({reason}); place the file at {dest} "
+            "(training can start from a file of your own instead: --weights PATH)"
         ) from None
     return dest
 

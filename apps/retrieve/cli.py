@@ -176,11 +176,15 @@ def index_remove(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Drop images from the index (the files themselves are untouched)."""
-    from cnnapps.apps.retrieve.index import Index
+    from cnnapps.apps.retrieve.index import Index, index_path
 
     opened = Index.open(index)
     removed = opened.remove(paths)
-    _print_index(opened.info(), as_json, f"removed {removed} images")
+    _print_index(opened.info(), as_json, f"removed {removed} image{'s' if removed != 1 else ''}")
+    missing = len({index_path(p) for p in paths}) - removed
+    if missing:
+        echo(f"{missing} of the paths given {'was' if missing == 1 else 'were'} not in {index}", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @index_app.command("info")
@@ -303,7 +307,7 @@ def retrieve(
 def dedup(
     folder: list[str] = typer.Argument(..., help="Images: folders (recursive), files or globs."),
     threshold: float = typer.Option(
-        0.9, "--threshold", help="Cosine similarity at which two images count as duplicates."
+        0.9, "--threshold", min=-1.0, max=1.0, help="Cosine similarity at which two images count as duplicates."
     ),
     model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

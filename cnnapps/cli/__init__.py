@@ -62,6 +62,9 @@ def models(
     if as_json:
         echo_json(rows)
         return
+    if timm_pattern and not any(row["source"] == "timm" and row["name"].startswith("timm:") for row in rows):
+        echo(f"no timm model with pretrained weights matches {timm_pattern!r} (patterns are globs: 'resnet*')",
+             err=True)  # fmt: skip
     from rich.table import Table
 
     table = Table(title="Backbones (any timm model also works as timm:<name>) and COCO detectors")

@@ -73,3 +73,14 @@ def test_console_script_exit_code() -> None:
     result = subprocess.run([sys.executable, "-m", "cnnapps", "summary", "nope_net"], capture_output=True, text=True)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: nope_net")
+
+
+def test_models_says_when_no_timm_model_matches(run_cli) -> None:
+    code, out, err = run_cli("models", "--timm", "zzz*")
+    assert code == 0 and "no timm model" in err and "'zzz*'" in err
+    assert "efficientnet_lite0" in out  # the registered backbones are still listed
+
+
+def test_dedup_refuses_a_threshold_outside_cosine_range(run_cli, tmp_path) -> None:
+    code, _, err = run_cli("dedup", str(tmp_path), "--threshold", "1.5")
+    assert code == 2 and "--threshold" in err
