@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from cnnapps.errors import UnknownModelError
+from cnnapps.errors import UnknownModelError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from cnnapps.backbones.features import Backbone
@@ -96,10 +96,7 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, BACKBONES, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `cnnapps models`, or use timm:<name>"
+        hint = did_you_mean(name, BACKBONES) or "; see `cnnapps models`, or use timm:<name>"
         raise UnknownModelError(f"{name}: unknown backbone{hint}") from None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from cnnapps.apps.tasks import TASKS, get_task
 from cnnapps.bundle import is_bundle_path
-from cnnapps.errors import CnnappsError, UnknownModelError
+from cnnapps.errors import CnnappsError, UnknownModelError, did_you_mean
 
 
 def task_of(spec: str | os.PathLike) -> str | None:
@@ -132,12 +132,9 @@ def check_serves(spec: str | os.PathLike, task: str) -> None:
             raise CnnappsError(f"{name}: a {', '.join(sorted(tasks))} model, not a {task} model")
         return
     if record.zoo:  # a name for a task whose models are files or named ready models: neither
-        import difflib
-
-        close = difflib.get_close_matches(name, list(zoo), 3, 0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        named = ", ".join(record.zoo_models())
-        raise UnknownModelError(f"{name}: unknown {task} model (not a model file, nor one of {named}){hint}")
+        named = list(record.zoo_models())
+        hint = did_you_mean(name, named, cutoff=0.5)
+        raise UnknownModelError(f"{name}: unknown {task} model (not a model file, nor one of {', '.join(named)}){hint}")
 
 
 def list_models(timm_pattern: str | None = None) -> list[dict[str, Any]]:

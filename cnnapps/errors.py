@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class CnnappsError(Exception):
     """Base class for errors the CLI prints as one line (no traceback)."""
@@ -14,6 +16,14 @@ class UnknownModelError(CnnappsError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def did_you_mean(name: str, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean a, b?"`` with up to three of ``known`` closest to ``name``, or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=cutoff)
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 class WeightsError(CnnappsError):

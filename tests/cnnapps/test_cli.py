@@ -84,3 +84,30 @@ def test_models_says_when_no_timm_model_matches(run_cli) -> None:
 def test_dedup_refuses_a_threshold_outside_cosine_range(run_cli, tmp_path) -> None:
     code, _, err = run_cli("dedup", str(tmp_path), "--threshold", "1.5")
     assert code == 2 and "--threshold" in err
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "hint"),
+    [
+        ("segment", "maskrcnn_resnet50", "; did you mean maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2?"),
+        ("segment", "keypointrcnn", ""),  # a pose model's name is no suggestion for segment
+        ("segment", "resnet50", "; did you mean maskrcnn_resnet50_fpn"),  # nor are semantic models
+        ("pose", "keypointrcnn", "; did you mean keypointrcnn_resnet50_fpn?"),
+        ("detect", "foo", ""),
+    ],
+)
+def test_unknown_detector_names_suggest_only_the_tasks_own(run_cli, tmp_path, task, name, hint) -> None:
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not read: the model is refused first")
+    code, _, err = run_cli(task, image, "--model", name)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {name}: unknown {task} model (not a model file, nor one of ")
+    assert err.strip().endswith(")") if not hint else hint in err
+    assert "fcn_" not in err and "deeplab" not in err and ("keypointrcnn_" not in err or task == "pose")
+
+
+def test_a_model_file_of_another_task_is_named_as_such(run_cli, trained, tmp_path) -> None:
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not read: the model is refused first")
+    code, _, err = run_cli("segment", image, "--model", trained[0] / "model.safetensors")
+    assert code == 2 and "a classify model, not a segment model" in err and "unknown" not in err
