@@ -20,6 +20,7 @@ from cnnapps.terminal import (
     echo,
     echo_json,
     images,
+    plural,
     progress,
     report_failed,
     save_drawings,
@@ -108,12 +109,14 @@ def _eval_command(task: str) -> Any:
         if not Path(images).is_dir():
             raise CnnappsError(f"{images}: no such image folder (--images)")
         dataset = CocoDataset(data, images, task)  # the data first: a wrong path fails before the model loads
+        _check_images_there(dataset, data, images)
         predictor = load(model, task=task, device=device, score_threshold=0.05)
         with progress(len(dataset), "evaluating", minimum=4) as advance:
             report, results = evaluate_detector(predictor, dataset, progress=advance)
         if report["failed"] and not report["images"]:
-            report_failed(report["failed"])
-            raise CnnappsError(f"{data}: none of its {len(report['failed'])} images could be read from {images}")
+            first = report["failed"][0]
+            raise CnnappsError(f"{data}: none of its {plural(len(report['failed']), 'image')} could be read from "
+                               f"{images} ({first['path']}: {first['error']})")  # fmt: skip
         if save_results is not None:
             atomic_write(save_results, json.dumps(results).encode())
             echo(f"wrote {save_results} ({len(results)} detections)", err=True)
@@ -127,6 +130,14 @@ def _eval_command(task: str) -> Any:
 
     command.__doc__ = f"COCO AP of a {task} model (pycocotools): AP, AP50, AP75, small/medium/large."
     return command
+
+
+def _check_images_there(dataset: Any, data: str, images: str) -> None:
+    """Refuse an image folder that holds none of the annotation file's images, before the model loads."""
+    paths = [dataset.image_path(i) for i in range(len(dataset))]
+    if paths and not any(p.exists() for p in paths):
+        raise CnnappsError(f"{images}: none of the {plural(len(paths), 'image')} of {data} is there (no "
+                           f"{paths[0].name}); --images is the folder its file_name entries are in")  # fmt: skip
 
 
 def _print_coco_metrics(report: dict[str, Any]) -> None:

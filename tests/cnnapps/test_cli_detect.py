@@ -96,7 +96,16 @@ def test_eval_json_and_results_file(run_cli, shapes, segmenter, tmp_path):
     code, out, err = run_cli(*wrong, "--images", tmp_path / "nowhere")
     assert code == 2 and "no such image folder" in err and out == ""
     code, out, err = run_cli(*wrong, "--images", tmp_path)  # a folder without the set's images
-    assert code == 2 and "none of its 4 images could be read" in err and "AP" not in out
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path}: none of the 4 images of ") and "(no shapes_00000.png)" in err
+    code, out, err = run_cli("eval", "segment", "--model", "nope", "--data", shapes / "val.json",
+                             "--images", tmp_path)  # fmt: skip
+    assert code == 2 and "none of the 4 images" in err  # the folder is checked before the model loads
+    for name in ("shapes_00000.png", "shapes_00001.png", "shapes_00002.png", "shapes_00003.png"):
+        (tmp_path / name).write_bytes(b"not a png")
+    code, out, err = run_cli(*wrong, "--images", tmp_path)  # the images are there, none can be read
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "none of its 4 images could be read" in err and "shapes_00000.png: not an image" in err
     code, out, err = run_cli("eval", "segment", "--model", "nope", "--data", tmp_path / "missing.json",
                              "--images", shapes / "val")  # fmt: skip
     assert code == 2 and "missing.json" in err  # the data is read first: no model was loaded to say so
