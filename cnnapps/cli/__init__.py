@@ -137,23 +137,35 @@ from cnnapps.cli import multitask, service  # noqa: E402, F401  (compose, predic
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: user errors print one line and exit non-zero; ``--debug`` shows tracebacks."""
+    """Console-script entry: user errors print one line and exit non-zero; ``--debug`` shows the traceback
+    first and keeps the exit code."""
     args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
     try:
         app(args=args, prog_name="cnnapps")
     except CnnappsError as exc:
-        if _state["debug"] or "--debug" in args:
-            raise
+        _traceback_if(debug)
         echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # unexpected: still one line, the traceback is behind --debug
-        if _state["debug"] or "--debug" in args:
-            raise
-        echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        if _traceback_if(debug):
+            echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        else:
+            echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         sys.exit(1)
+
+
+def _traceback_if(debug: bool) -> bool:
+    """Print the exception being handled with its traceback when ``--debug`` was given (or set by the callback)."""
+    if not (debug or _state["debug"]):
+        return False
+    import traceback
+
+    traceback.print_exc()
+    return True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from cnnapps import __version__
-from cnnapps.cli import main
 
 
 def test_help_does_not_import_torch() -> None:
@@ -62,11 +61,13 @@ def test_errors_are_one_line_without_traceback(run_cli) -> None:
     assert "Traceback" not in err
 
 
-def test_debug_shows_the_traceback(run_cli) -> None:
-    from cnnapps.errors import UnknownModelError
-
-    with pytest.raises(UnknownModelError):
-        main(["--debug", "summary", "resnet05"])
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(run_cli) -> None:
+    code, _, err = run_cli("--debug", "summary", "resnet05")
+    assert code == 2
+    assert err.startswith("Traceback") and "UnknownModelError" in err
+    assert err.strip().splitlines()[-1].startswith("error: resnet05: unknown backbone")
+    code, _, err = run_cli("summary", "resnet05")
+    assert code == 2 and "Traceback" not in err
 
 
 def test_console_script_exit_code() -> None:
