@@ -30,6 +30,7 @@ class Task:
     cli: str  # register(app, eval_app, task): the task's own commands (prediction verb, eval, extras)
     exporter: str | None = None  # exportable(spec, task, **options) -> Exportable: what `cnnapps export` writes
     export_formats: tuple[str, ...] = ()  # the formats it can be written in
+    runs_onnx: bool = False  # its predictor runs the ONNX files it exports (in onnxruntime)
     ensemble: bool = False  # several models can answer together (probabilities averaged)
     any_trunk: bool = False  # any model's trunk can do it without a head of its own (embedding its pooled map)
     load_options: tuple[str, ...] = ()  # options its predictor takes when loaded (besides device)
@@ -72,6 +73,7 @@ TASKS: dict[str, Task] = {
             cli="cnnapps.apps.classify.cli:register",
             exporter="cnnapps.apps.classify.model:exportable",
             export_formats=("onnx", "torchscript"),
+            runs_onnx=True,
             ensemble=True,
             load_options=("engine", "batch_size", "workers", "max_pixels"),
             default_model="efficientnet_lite0",
@@ -89,6 +91,7 @@ TASKS: dict[str, Task] = {
             cli="cnnapps.apps.retrieve.cli:register",
             exporter="cnnapps.apps.retrieve.embedder:exportable",
             export_formats=("onnx", "torchscript"),
+            runs_onnx=True,
             load_options=("engine", "batch_size", "workers", "pooling"),
             any_trunk=True,
             default_model="efficientnet_lite0",
@@ -141,6 +144,7 @@ TASKS: dict[str, Task] = {
             cli="cnnapps.apps.semantic.cli:register",
             exporter="cnnapps.apps.semantic.model:exportable",
             export_formats=("onnx",),
+            runs_onnx=True,
             load_options=("batch_size", "tile", "overlap", "max_pixels"),
             default_model="deeplabv3_resnet50",
             zoo="cnnapps.apps.semantic.zoo:zoo_models",
@@ -173,3 +177,9 @@ def get_task(name: str) -> Task:
         close = difflib.get_close_matches(str(name), TASKS, 1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise CnnappsError(f"task {name!r} is not known ({hint}tasks: {', '.join(TASKS)})") from None
+
+
+def runnable_files() -> str:
+    """What ``--model`` takes as a file, in words (for refusing files that are something else)."""
+    onnx = [t.name for t in TASKS.values() if t.runs_onnx]
+    return f"cnnapps runs model files (.safetensors) and the ONNX files of {', '.join(onnx[:-1])} and {onnx[-1]} models"

@@ -123,6 +123,11 @@ def check_serves(spec: str | os.PathLike, task: str) -> None:
             from cnnapps.exported import read_onnx_metadata
 
             tasks = {str(read_onnx_metadata(spec).get("task", "classify"))}
+            if task in tasks and not record.runs_onnx:
+                from cnnapps.apps.tasks import runnable_files
+
+                raise CnnappsError(f"{name}: an exported ONNX {task} model; {runnable_files()}; use the model file "
+                                   "it was exported from")  # fmt: skip
         else:
             from cnnapps.apps.modelfile import read_model_file
 

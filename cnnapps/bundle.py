@@ -87,10 +87,7 @@ def _header_text(path: Path) -> str:
                 raise BundleError(f"{path}: not a safetensors model file (too short)")
             size = int.from_bytes(size_bytes, "little")
             if size > MAX_HEADER_BYTES:
-                raise BundleError(
-                    f"{path}: not a safetensors model file (its header claims {size:,} bytes; "
-                    "an exported ONNX or TorchScript file runs with --model FILE.onnx)"
-                )
+                raise BundleError(_what_else(path, size))
             header = fh.read(size)
     except OSError as exc:
         raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
@@ -102,6 +99,21 @@ def _header_text(path: Path) -> str:
     if not isinstance(raw, str):
         raise BundleError(f"{path}: a safetensors file without cnnapps metadata (not written by cnnapps)")
     return raw
+
+
+def _what_else(path: Path, size: int) -> str:
+    """Why a file whose header is too large is no model file: what it is instead, and what runs."""
+    import zipfile
+
+    runs = "cnnapps runs model files (.safetensors) and the ONNX files `cnnapps export` writes"
+    if str(path).endswith(".onnx"):
+        return f"{path}: an ONNX file, not a model file; {runs}"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any("/code/" in name for name in archive.namelist()):
+                return f"{path}: a TorchScript file; {runs}; use the model file it was exported from"
+        return f"{path}: a zip archive (a PyTorch checkpoint?), not a model file; {runs}"
+    return f"{path}: not a safetensors model file (its header claims {size:,} bytes)"
 
 
 def load_tensors(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -30,3 +30,18 @@ def test_foreign_and_missing_files(tmp_path: Path) -> None:
         read_metadata(tmp_path / "junk.safetensors")
     with pytest.raises(BundleError, match="model file not found"):
         read_metadata(tmp_path / "none.safetensors")
+
+
+def test_other_model_formats_say_what_they_are(tmp_path: Path) -> None:
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "net.pt"))
+    said = (
+        r"net\.pt: a TorchScript file; cnnapps runs model files \(\.safetensors\) and the ONNX files `cnnapps export`"
+    )
+    with pytest.raises(BundleError, match=said + r" writes; use the model file it was exported from"):
+        read_metadata(tmp_path / "net.pt")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "weights.pth")
+    with pytest.raises(BundleError, match=r"weights\.pth: a zip archive \(a PyTorch checkpoint\?\), not a model file"):
+        read_metadata(tmp_path / "weights.pth")
+    (tmp_path / "graph.onnx").write_bytes(b"\x08\x08\x12\x07pytorch" + b"\xff" * 64)
+    with pytest.raises(BundleError, match=r"graph\.onnx: an ONNX file, not a model file"):
+        read_metadata(tmp_path / "graph.onnx")

@@ -128,3 +128,24 @@ def test_export_refuses_to_overwrite_and_unknown_formats(run_cli, exported: Path
     code, out, _ = run_cli("export", "--model", "efficientnet_lite0", "--task", "retrieve", "--out",
                            tmp_path / "e.onnx", "--json")  # fmt: skip
     assert code == 0 and json.loads(out)["task"] == "retrieve"
+
+
+def test_files_cnnapps_cannot_run_are_named(run_cli, exported: Path, photos: list[str], tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["boxes"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, None, None])],
+                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [3, None, None])])  # fmt: skip
+    model = helper.make_model(graph)
+    model.metadata_props.add(key="cnnapps", value=json.dumps({"task": "segment"}))
+    onnx.save(model, str(tmp_path / "seg.onnx"))
+    for args in (
+        ("segment", photos[0], "--model", tmp_path / "seg.onnx"),
+        ("predict", tmp_path / "seg.onnx", photos[0]),
+    ):
+        code, out, err = run_cli(*args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"error: {tmp_path / 'seg.onnx'}: an exported ONNX segment model; cnnapps runs ")
+    code, out, err = run_cli("classify", photos[0], "--model", exported / "classify.pt")
+    assert code == 2 and err.startswith(f"error: {exported / 'classify.pt'}: a TorchScript file;")
