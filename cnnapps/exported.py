@@ -1,6 +1,7 @@
 """Exported graphs: ONNX bytes from a module, the ``cnnapps`` metadata of exported files, and onnxruntime runs.
 
-Base layer: the predictors of every task use these to run files that ``cnnapps export`` wrote.
+Base layer: the predictors of every task use these to run files that ``cnnapps export`` wrote. Importing it loads
+no torch, so that ``cnnapps export`` can refuse what it cannot write before torch is loaded.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cnnapps.errors import CnnappsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
 
 OPSET = 17
 
@@ -43,6 +44,8 @@ def to_onnx(model: nn.Module, example: Any, inputs: list[str], outputs: list[str
     """``model`` traced on ``example`` as ONNX bytes (opset 17) with the given input/output names and dynamic axes."""
     import warnings
 
+    import torch
+
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on Python values in the graph
@@ -53,6 +56,8 @@ def to_onnx(model: nn.Module, example: Any, inputs: list[str], outputs: list[str
 
 def onnx_bytes(model: nn.Module, input_size: tuple[int, int, int]) -> bytes:
     """An image-batch model (N, 3, H, W) -> (N, K) as ONNX with a dynamic batch size."""
+    import torch
+
     example = torch.zeros(1, *input_size)
     dynamic = {"images": {0: "batch"}, "outputs": {0: "batch"}}
     return to_onnx(model.eval().cpu(), example, ["images"], ["outputs"], dynamic)
@@ -89,6 +94,7 @@ class OnnxRunner:
 
     def __init__(self, model: bytes | str | os.PathLike, device: torch.device | str = "cpu") -> None:
         import onnxruntime as ort
+        import torch
 
         providers = ["CPUExecutionProvider"]
         if torch.device(device).type == "cuda":
@@ -105,5 +111,8 @@ class OnnxRunner:
         self.outputs = [o.shape for o in self.session.get_outputs()]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+        import torch
+
         array = np.ascontiguousarray(images.detach().float().cpu().numpy())
         return torch.from_numpy(self.session.run(None, {self.input: array})[0]).to(images.device)

@@ -246,6 +246,17 @@ def _type_word(kind: Any) -> str:
     )
 
 
+def check_run_folder(config: TrainConfig) -> Path:
+    """The run folder, refusing to overwrite an earlier run unless resuming it; returns last.ckpt's path."""
+    out = Path(config.out)
+    last = out / "checkpoints" / "last.ckpt"
+    if config.resume and not last.is_file():
+        raise CnnappsError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if not config.resume and ((out / "model.safetensors").exists() or last.exists()):
+        raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
+    return last
+
+
 def write_config(config: Any, path: Path) -> None:
     import yaml
 

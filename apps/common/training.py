@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from cnnapps.apps.common.config import ConfigError, TrainConfig, write_config
+from cnnapps.apps.common.config import ConfigError, TrainConfig, check_run_folder, write_config
 from cnnapps.errors import CnnappsError
 
 log = logging.getLogger("cnnapps")
@@ -36,17 +36,6 @@ _EXPECTED_LIGHTNING_WARNINGS = (
     # every rank validates on the whole validation set, so epoch values are the same on all of them
     r".*sync_dist=True.*",
 )
-
-
-def check_run_folder(config: TrainConfig) -> Path:
-    """The run folder, refusing to overwrite an earlier run unless resuming it; returns last.ckpt's path."""
-    out = Path(config.out)
-    last = out / "checkpoints" / "last.ckpt"
-    if config.resume and not last.is_file():
-        raise CnnappsError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if not config.resume and ((out / "model.safetensors").exists() or last.exists()):
-        raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
-    return last
 
 
 def backbone_for(config: TrainConfig) -> tuple[Any, Any]:

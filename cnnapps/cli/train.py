@@ -56,7 +56,7 @@ def train_command(task: Any) -> Any:
     params = [_option(f, hints[f.name], config_type) for f in fields]
 
     def command(**values: Any) -> None:
-        from cnnapps.apps.common.config import load_config
+        from cnnapps.apps.common.config import check_run_folder, load_config
 
         path, as_json = values.pop("config"), values.pop("as_json")
         if "task" in {f.name for f in dataclasses.fields(config_type)}:
@@ -64,6 +64,7 @@ def train_command(task: Any) -> Any:
         if as_json:
             values["progress"] = False  # a progress bar would mix with the JSON on stdout
         config = load_config(path, config_type, **values)
+        check_run_folder(config)  # before the training code (and torch) is imported: an existing run fails at once
         metrics = task.part("train")(config)
         if metrics.get("global_rank"):  # another process of a distributed run; rank 0 reports
             return

@@ -112,3 +112,27 @@ def test_a_model_file_of_another_task_is_named_as_such(run_cli, trained, tmp_pat
     image.write_bytes(b"not read: the model is refused first")
     code, _, err = run_cli("segment", image, "--model", trained[0] / "model.safetensors")
     assert code == 2 and "a classify model, not a segment model" in err and "unknown" not in err
+
+
+def _run_counting_imports(*args: object) -> tuple[int, str, set[str]]:
+    """``python -m cnnapps ARGS`` in a subprocess: (exit code, its error lines, the top-level packages it imported)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cnnapps", *map(str, args)],
+                            capture_output=True, text=True)  # fmt: skip
+    lines = result.stderr.splitlines()
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in lines if line.startswith("import time:")}
+    return result.returncode, "\n".join(line for line in lines if not line.startswith("import time:")), imported
+
+
+def test_train_refuses_an_existing_run_before_loading_torch(tmp_path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"an earlier run")
+    code, err, imported = _run_counting_imports("train", "classify", "--data", tmp_path, "--out", tmp_path / "run")
+    assert code == 2 and "already holds a training run" in err
+    assert not imported & {"torch", "lightning"}
+
+
+def test_export_refuses_a_format_of_another_task_before_loading_torch(tmp_path) -> None:
+    code, err, imported = _run_counting_imports("export", "--model", "maskrcnn_resnet50_fpn", "--format",
+                                                "torchscript", "--out", tmp_path / "m.pt")  # fmt: skip
+    assert code == 2 and "torchscript export takes classify, retrieve models, not segment" in err
+    assert "torch" not in imported and not (tmp_path / "m.pt").exists()
