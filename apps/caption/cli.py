@@ -72,7 +72,9 @@ def eval_caption(
     if as_json:
         echo_json(report)
     else:
-        scores = ", ".join(f"{k.upper()} {v:.3f}" for k, v in report["scores"].items())
+        from cnnapps.apps.caption.evaluate import SCORE_NAMES
+
+        scores = ", ".join(f"{SCORE_NAMES.get(k, k)} {v:.3f}" for k, v in report["scores"].items())
         echo(f"{report['images']} images (beam {report['beam']}, {report['tokenizer']} tokens): {scores}")
         report_failed(report["failed"])
     if report["failed"]:

@@ -28,6 +28,11 @@ def _tokenized(captions: dict[Any, list[str]], ptb: bool) -> dict[Any, list[str]
     return {k: [" ".join(tokenize(c)) for c in v] for k, v in captions.items()}
 
 
+#: the names people read: the same as the README and the training docs (BLEU-1..4, CIDEr)
+SCORE_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr",
+               "meteor": "METEOR"}  # fmt: skip
+
+
 def caption_scores(
     references: dict[Any, list[str]], candidates: dict[Any, str], meteor: bool = False, ptb: bool | None = None
 ) -> dict[str, float]:

@@ -94,6 +94,9 @@ def test_eval_caption_json(run_cli, data, captioner, tmp_path):
     report = json.loads(out)
     assert report["images"] == 4 and {"bleu1", "bleu4", "cider"} <= set(report["scores"])
     assert len(json.loads((tmp_path / "res.json").read_text())) == 4
+    code, out, _ = run_cli("eval", "caption", "--model", captioner / "model.safetensors", "--data",
+                           data / "val.json", "--images", data / "val")  # fmt: skip
+    assert code == 0 and "BLEU-1 " in out and "BLEU-4 " in out and "CIDEr " in out and "BLEU1" not in out
 
 
 def test_missing_model_file_is_a_clear_error(run_cli, data, tmp_path):
