@@ -153,5 +153,18 @@ def saved(path: Path, rgb: Any) -> None:
 
 
 def plural(n: int, word: str) -> str:
-    """``1 image``, ``2 images``."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    """``1 image``, ``2 images``, ``1 class``, ``2 classes``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith(('s', 'x', 'sh', 'tch')) else 's'}"
+
+
+#: consonant pairs that begin English words; a name beginning with another pair is said letter by letter (lstm, fpn)
+_ONSETS = {"bl", "br", "ch", "cl", "cr", "dr", "fl", "fr", "gl", "gr", "kn", "ph", "pl", "pr", "sc", "sh", "sk", "sl",
+           "sm", "sn", "sp", "st", "sw", "th", "tr", "tw", "wh", "wr"}  # fmt: skip
+
+
+def article(word: str) -> str:
+    """``word`` after "a" or "an" by its first sound: ``an orange``, ``an lstm`` (el-es-tee-em), ``a transformer``."""
+    low = word.lower()
+    spelled = len(low) > 1 and not set(low[:2]) & set("aeiouy") and low[:2] not in _ONSETS
+    vowel = low[:1] in set("fhlmnrsx") if spelled else low[:1] in set("aeio")  # "u" as in unet: "a unet"
+    return f"{'an' if vowel else 'a'} {word}"

@@ -11,6 +11,7 @@ from typing import Any
 
 from cnnapps.apps.caption.config import CaptionConfig
 from cnnapps.errors import CnnappsError
+from cnnapps.terminal import article, plural
 
 __all__ = ["CaptionConfig", "train_captioner"]
 
@@ -64,8 +65,8 @@ def _prepare(config: CaptionConfig, device: Any) -> Any:
     val_set = CaptionDataset(val_items, vocab, images, config.max_len, train=False)
     train_loader, val_loader = make_loaders(config, train_set, val_set, device, collate_captions)
     describe = (
-        f"training a {config.decoder} captioner on {config.trunk or config.backbone} with {len(train_items)} images "
-        f"({len(vocab)} words), validating on {len(val_items)}"
+        f"training {article(config.decoder)} captioner on {config.trunk or config.backbone} with "
+        f"{plural(len(train_items), 'image')} ({plural(len(vocab), 'word')}), validating on {len(val_items)}"
     )
     module = CaptionModule(model, config, val_items)
     if on_device:

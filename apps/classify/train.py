@@ -29,6 +29,7 @@ def _prepare(config: TrainConfig, device: Any) -> Any:
     from cnnapps.apps.classify.module import ClassificationModule
     from cnnapps.apps.common.training import Plan, backbone_for, labelled_loaders
     from cnnapps.datasets.folders import train_val_split
+    from cnnapps.terminal import plural
 
     train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
     if len(train_set.class_names) < 2:
@@ -42,7 +43,7 @@ def _prepare(config: TrainConfig, device: Any) -> Any:
     train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device, True)
     trunk = f"trunk {config.trunk}" if config.trunk else f"{config.backbone} ({backbone.weights})"
     describe = (
-        f"training {trunk} on {len(train_set)} images of {len(train_set.class_names)} classes, "
+        f"training {trunk} on {plural(len(train_set), 'image')} of {plural(len(train_set.class_names), 'class')}, "
         f"validating on {len(val_set)}"
     )
     return Plan(module, train_loader, val_loader, describe, "val_top1",

@@ -23,6 +23,7 @@ import torch
 
 from cnnapps.apps.common.config import ConfigError, TrainConfig, check_run_folder, write_config
 from cnnapps.errors import CnnappsError
+from cnnapps.terminal import plural
 
 log = logging.getLogger("cnnapps")
 
@@ -293,7 +294,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     )
     if trainer.is_global_zero:
         processes = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
-        log.info("%s; %s%s, %s, %d epochs", plan.describe, device, processes, precision, config.epochs)
+        log.info("%s; %s%s, %s, %s", plan.describe, device, processes, precision, plural(config.epochs, "epoch"))
         log.info("%s", config.scaling_report())
         write_config(config, out / "config.yaml")
     if config.compile:

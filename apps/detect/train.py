@@ -11,6 +11,7 @@ from typing import Any
 
 from cnnapps.apps.detect.config import DetectConfig
 from cnnapps.errors import CnnappsError
+from cnnapps.terminal import plural
 
 __all__ = ["DetectConfig", "train_detector"]
 
@@ -75,8 +76,8 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
     main = MAIN_METRIC[config.task]
     trunk_name = config.trunk or config.backbone
     describe = (
-        f"training a {config.task} model on {trunk_name} ({len(train_coco.class_names) - 1} classes) with "
-        f"{len(train_idx)} images, validating on {len(val_idx)}"
+        f"training a {config.task} model on {trunk_name} ({plural(len(train_coco.class_names) - 1, 'class')}) with "
+        f"{plural(len(train_idx), 'image')}, validating on {len(val_idx)}"
     )
     return Plan(DetectionModule(model, config, val_coco), train_loader, val_loader, describe, f"val_{main}",
                 len(train_idx), len(val_idx), curves=(f"val_{main}", f"val_{main}50", f"val_{main}75"),

@@ -23,6 +23,7 @@ def _prepare(config: RetrieveConfig, device: Any) -> Any:
     from cnnapps.apps.retrieve.embedder import EmbeddingModel
     from cnnapps.apps.retrieve.module import MetricLearningModule
     from cnnapps.datasets.folders import train_val_split
+    from cnnapps.terminal import plural
 
     train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
     if len(val_set) < 2:
@@ -33,8 +34,8 @@ def _prepare(config: RetrieveConfig, device: Any) -> Any:
     train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device)
     trunk = f"trunk {config.trunk}" if config.trunk else config.backbone
     describe = (
-        f"training {trunk} embeddings ({config.loss} loss) on {len(train_set)} images of "
-        f"{len(train_set.class_names)} classes, validating on {len(val_set)}"
+        f"training {trunk} embeddings ({config.loss} loss) on {plural(len(train_set), 'image')} of "
+        f"{plural(len(train_set.class_names), 'class')}, validating on {len(val_set)}"
     )
     return Plan(module, train_loader, val_loader, describe, "val_recall@1", len(train_set), len(val_set),
                 curves=("val_recall@1", "val_map@r"), logged="val_recall_at_1", extra={"spec": spec})  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 
 from cnnapps.apps.semantic.config import SemanticConfig
 from cnnapps.errors import CnnappsError
+from cnnapps.terminal import article, plural
 
 __all__ = ["SemanticConfig", "train_semantic"]
 
@@ -87,8 +88,8 @@ def _prepare(config: SemanticConfig, device: Any) -> Any:
     val_set = SemanticDataset(val, preprocess=fit)  # scored in each image's own frame
     train_loader, val_loader = make_loaders(config, train_set, val_set, device, collate_semantic)
     head = f"{config.head} head{' (shared trunk)' if config.trunk else ''}"
-    describe = (f"training a {head} on {config.trunk or config.backbone} ({len(names)} classes) with {len(train)} "
-                f"images, validating on {len(val)}")  # fmt: skip
+    describe = (f"training {article(head)} on {config.trunk or config.backbone} ({plural(len(names), 'class')}) with "
+                f"{plural(len(train), 'image')}, validating on {len(val)}")  # fmt: skip
     return Plan(SemanticModule(model, config, fit), train_loader, val_loader, describe, "val_miou", len(train),
                 len(val), curves=("val_miou", "val_pixel_acc", "val_fwiou"), stop_on=("val_miou", "max"),
                 extra={"val": val, "preprocess": fit})  # fmt: skip
