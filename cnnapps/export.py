@@ -64,9 +64,9 @@ def export_model(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, task
 
         import torch
 
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notes
-            traced = torch.jit.freeze(torch.jit.trace(exportable.module.eval(), exportable.example))
         extra = {"cnnapps.json": json.dumps(meta)}
-        atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notes (trace and save)
+            traced = torch.jit.freeze(torch.jit.trace(exportable.module.eval(), exportable.example))
+            atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
     return {"path": str(out), "format": fmt, "task": meta["task"], "bytes": out.stat().st_size, "source": str(spec)}

@@ -124,7 +124,7 @@ def _print_report(report: Any) -> None:
         out.print(f"  {name:>{width}} " + " ".join(f"{v:4d}" for v in row))
 
 
-visualize_app = typer.Typer(help="Look inside a classifier: Grad-CAM, filters, activations, top patches.",
+visualize_app = typer.Typer(help="Look inside a classifier (Grad-CAM, filters, activations).",
                             no_args_is_help=True)  # fmt: skip
 
 

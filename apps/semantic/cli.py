@@ -165,7 +165,9 @@ def panoptic(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input with its segments."),
 ) -> None:
-    """Things and stuff: a segment for every pixel, each object its own. Exit code 0: all done; 1: some inputs
+    """Things and stuff: a segment for every pixel.
+
+    Each object is its own segment. Exit code 0: all done; 1: some inputs
     failed (reported, others done); 2: error."""
     from cnnapps.api import load
 

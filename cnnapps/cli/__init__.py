@@ -12,12 +12,15 @@ import sys
 import typer
 
 from cnnapps import __version__
+from cnnapps.cli.helpformat import plain_help
 from cnnapps.errors import CnnappsError
 from cnnapps.terminal import console, echo, echo_json, styled
 
+plain_help()
 app = typer.Typer(
     name="cnnapps",
-    help="Conv backbones as working applications: classify, retrieve, detect, segment, pose, caption.",
+    help="Conv backbones as working applications: classify, retrieve, detect, segment, pose, caption, semantic, "
+    "panoptic.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -55,7 +58,9 @@ def models(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List backbones and COCO detectors, and whether their weights are bundled, cached or downloadable."""
+    """List backbones and pretrained task models.
+
+    Each with whether its weights are bundled, cached or downloadable."""
     from cnnapps.api import list_models
 
     rows = list_models(timm_pattern)
@@ -83,7 +88,9 @@ def summary(
     input_size: int = typer.Option(None, "--input", help="Input side in pixels (default: the model's own)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Per-layer table: output volume, parameters, activations; then totals and forward memory."""
+    """Per-layer table of a backbone: volumes, parameters, memory.
+
+    Output volume, parameters and activations per layer; then totals and forward memory."""
     from cnnapps.backbones import create_backbone, summarize
 
     result = summarize(create_backbone(model, weights=None), input_size, name=model)

@@ -19,8 +19,10 @@ def compose(
     names: str = typer.Option(None, "--names", help="New names for the heads, in order, comma-separated."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Join heads trained on the same trunk (`cnnapps train <task> --trunk SPEC`) into one model file, whose
-    heads then answer from one trunk pass. Refused, naming both files, when trunks or preprocessing differ."""
+    """Join heads trained on one trunk into one model file.
+
+    Heads trained with `cnnapps train <task> --trunk SPEC` then answer from one trunk pass. Refused, naming both
+    files, when trunks or preprocessing differ."""
     from cnnapps.apps.modelfile import compose as join
     from cnnapps.apps.modelfile import read_model_file
     from cnnapps.terminal import free
@@ -50,7 +52,9 @@ def predict(
     save_dir: Path = typer.Option(None, "--save-dir", help="Draw every head's answer per image here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: per image, one key per head."),
 ) -> None:
-    """Every head of a model on images, the trunk computed once per batch. Exit code 0: all done; 1: some inputs
+    """Every head of a model on images, one trunk pass per batch.
+
+    Exit code 0: all done; 1: some inputs
     failed (reported, others done); 2: error."""
     from cnnapps.api import load_heads
 

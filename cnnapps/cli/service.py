@@ -20,7 +20,7 @@ def export(
     pooling: str = typer.Option("avg", "--pooling", help="Embeddings: avg or gem."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Write a classification, embedding or detection model as ONNX or TorchScript, with its metadata."""
+    """Write a model as ONNX or TorchScript, with its metadata."""
     from cnnapps.export import export_model
 
     written = export_model(model, fmt, out, task=task, pooling=pooling, head=head)
@@ -51,8 +51,10 @@ def serve(
     ),
     keep_alive: float = typer.Option(5.0, "--keep-alive", min=0.001, help="Seconds an idle connection stays open."),
 ) -> None:
-    """Serve models over HTTP: POST /v1/<task> and /v1/predict (every head of a multi-head model), GET /healthz,
-    /v1/models, OpenAPI at /docs, a page at /."""
+    """Serve models over HTTP, with a page and API docs.
+
+    POST /v1/<task> and /v1/predict (every head of a multi-head model), GET /healthz, /v1/models, OpenAPI at
+    /docs, a page at /."""
     import uvicorn
 
     from cnnapps.serve.app import create_app, server_config

@@ -136,3 +136,23 @@ def test_export_refuses_a_format_of_another_task_before_loading_torch(tmp_path) 
                                                 "torchscript", "--out", tmp_path / "m.pt")  # fmt: skip
     assert code == 2 and "torchscript export takes classify, retrieve models, not segment" in err
     assert "torch" not in imported and not (tmp_path / "m.pt").exists()
+
+
+def test_help_pages_name_arguments_plainly_and_cut_no_command_description(run_cli) -> None:
+    import typer
+
+    from cnnapps.cli import app
+
+    group = typer.main.get_command(app)
+    code, top, _ = run_cli("--help")
+    assert code == 0 and "..." not in top.split("Commands:")[1]  # every command's first line fits
+    pages = [("",)]
+    for name, command in group.commands.items():
+        subcommands = getattr(command, "commands", None)
+        pages += [(name, sub) for sub in subcommands] if subcommands else [(name,)]
+    for words in pages:
+        code, out, _ = run_cli(*[w for w in words if w], "--help")
+        assert code == 0, words
+        assert "<list[" not in out and "{" not in out.split("\n")[0], (words, out.split("\n")[0])
+    code, out, _ = run_cli("predict", "--help")
+    assert out.startswith("Usage: cnnapps predict [OPTIONS] MODEL PATHS...")
