@@ -29,7 +29,8 @@ fuzz: $(STAMP)
 	$(BIN)/python -m pytest -m hostile
 
 # The main job end to end on real data: classify photos with the embedded model, fine-tune on
-# scikit-learn's handwritten digits, evaluate, and draw a Grad-CAM. Outputs land in runs/.
+# scikit-learn's handwritten digits, evaluate, and draw a Grad-CAM. Outputs land in runs/ (the photos to classify
+# alone in runs/demo/: outputs never go into an input folder).
 demo: $(STAMP)
 	mkdir -p runs/demo
 	$(BIN)/python -c "import cv2; from skimage import data; [cv2.imwrite(f'runs/demo/{n}.jpg', getattr(data, n)()[:, :, ::-1]) for n in ('chelsea', 'coffee', 'rocket', 'astronaut')]"
@@ -37,8 +38,8 @@ demo: $(STAMP)
 	test -d data/digits || $(BIN)/python scripts/make_digits.py data/digits
 	test -f runs/digits/model.safetensors || $(BIN)/cnnapps train classify --config configs/classify/digits.yaml
 	$(BIN)/cnnapps eval classify --model runs/digits/model.safetensors --data data/digits/val
-	rm -f runs/demo/gradcam.png
-	$(BIN)/cnnapps visualize gradcam runs/demo/chelsea.jpg --out runs/demo/gradcam.png
+	rm -f runs/demo/gradcam.png runs/gradcam.png
+	$(BIN)/cnnapps visualize gradcam runs/demo/chelsea.jpg --out runs/gradcam.png
 	$(BIN)/cnnapps summary vgg16 --input 224 | tail -3
 
 # Instance segmentation and pose on synthetic scenes, trained from the bundled backbone on a CPU
