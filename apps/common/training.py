@@ -267,8 +267,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     clock = _Clock(config.compile)
     callbacks: list[Any] = [clock, checkpoint, last_epoch]
     bar = config.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per epoch instead
-    if not bar:
-        callbacks.append(_EpochLines(config.epochs))
+    callbacks.append(epoch_bar() if bar else _EpochLines(config.epochs))
     if config.patience:
         callbacks.append(EarlyStopping(monitor=plan.stop_on[0], patience=config.patience, mode=plan.stop_on[1]))
     if config.sync_batchnorm and config.world_size > 1 and device.type != "cuda":
@@ -349,6 +348,31 @@ def ddp_strategy(config: TrainConfig) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
     return DDPStrategy(gradient_as_bucket_view=True, **names[name])
+
+
+def epoch_bar() -> Any:
+    """Lightning's progress bar (rich's where rich is installed, as Lightning itself chooses), counting epochs
+    from 1 as every other line of ours does: "Epoch 8/8" for the last of 8, not Lightning's "Epoch 7/7"."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    class RichEpochBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            return epoch_description(current_epoch, self.trainer.max_epochs, len(self.validation_description))
+
+    class TQDMEpochBar(TQDMProgressBar):
+        def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+            super().on_train_epoch_start(trainer, *args)
+            self.train_progress_bar.set_description(epoch_description(trainer.current_epoch, trainer.max_epochs))
+
+    return RichEpochBar() if _RICH_AVAILABLE else TQDMEpochBar()
+
+
+def epoch_description(current_epoch: int, max_epochs: int | None, width: int = 0) -> str:
+    """A progress bar's label for Lightning's 0-based ``current_epoch``: "Epoch 8/8" for the last of 8 (padded to
+    ``width``, so the label does not flicker against the validation bar's)."""
+    text = f"Epoch {current_epoch + 1}" + (f"/{max_epochs}" if max_epochs is not None and max_epochs > 0 else "")
+    return f"{text:{width}}" if width > len(text) else text
 
 
 class _EpochLines(L.Callback):
