@@ -117,11 +117,20 @@ def _print_report(report: Any) -> None:
     for name, p, r, n in zip(report.class_names, report.precision, report.recall, report.support, strict=True):
         table.add_row(name, f"{p:.3f}", f"{r:.3f}", str(n))
     out.print(table)
-    width = max(4, *(len(n) for n in report.class_names))
-    out.print("confusion matrix (rows: true, columns: predicted):")
-    out.print(" " * (width + 3) + " ".join(f"{n[:4]:>4}" for n in report.class_names))
-    for name, row in zip(report.class_names, report.confusion, strict=True):
-        out.print(f"  {name:>{width}} " + " ".join(f"{v:4d}" for v in row))
+    out.print("\n".join(confusion_lines(report.class_names, report.confusion)))
+
+
+def confusion_lines(names: list[str], confusion: list[list[int]]) -> list[str]:
+    """The confusion matrix as text: a title, a header row that names the predicted classes (cut to 8 characters)
+    under a "true \\ predicted" corner, then one row per true class."""
+    corner = "true \\ predicted"
+    width = max(len(corner), *(len(n) for n in names))
+    cell = max(4, *(len(n[:8]) for n in names), *(len(str(v)) for row in confusion for v in row))
+    lines = ["confusion matrix (rows: true class, columns: predicted class):"]
+    lines.append(f"  {corner:>{width}} " + " ".join(f"{n[:8]:>{cell}}" for n in names))
+    for name, row in zip(names, confusion, strict=True):
+        lines.append(f"  {name:>{width}} " + " ".join(f"{v:{cell}d}" for v in row))
+    return lines
 
 
 visualize_app = typer.Typer(help="Look inside a classifier (Grad-CAM, filters, activations).",

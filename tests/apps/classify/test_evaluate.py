@@ -34,3 +34,17 @@ def test_evaluate_a_trained_model(trained, colour_set) -> None:
     assert report.top1 >= 0.9
     assert [f["path"].endswith("broken.png") for f in report.failed] == [True]
     assert sum(map(sum, report.confusion)) == len(data)
+
+
+def test_the_text_confusion_matrix_has_a_header_row(capsys) -> None:
+    from cnnapps.apps.classify.cli import _print_report
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.3, 0.5]])
+    report = report_from_probs(probs, np.array([0, 1, 1, 2]), ["cat", "dog", "tiger cat"])
+    _print_report(report)
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("confusion matrix"))
+    header, *rows = lines[start + 1 : start + 5]
+    assert header.split() == ["true", "\\", "predicted", "cat", "dog", "tiger", "ca"]  # names cut to 8 characters
+    assert [row.split()[-3:] for row in rows] == [["1", "0", "0"], ["1", "1", "0"], ["0", "0", "1"]]
+    assert len({len(line) for line in (header, *rows)}) == 1  # columns line up under their names
