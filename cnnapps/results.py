@@ -196,7 +196,8 @@ class CaptionResult(Result):
         return {"path": self.source, "caption": self.caption, "score": round(float(self.score), 4)}
 
     def draw(self, image: np.ndarray, panel: int = 224, columns: int = 5) -> np.ndarray:
-        """The image, then one panel per word with its attention map over the image (RGB uint8)."""
+        """The caption as a title, then the image and one panel per word with its attention map over the image
+        (RGB uint8)."""
         import cv2
 
         base = cv2.resize(image, (panel, panel), interpolation=cv2.INTER_AREA)
@@ -209,7 +210,25 @@ class CaptionResult(Result):
         while len(tiles) % columns:
             tiles.append(np.full_like(tiles[0], 255))
         rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
-        return np.vstack(rows)
+        grid = np.vstack(rows)
+        return np.vstack([_title(self.caption, grid.shape[1]), grid])
+
+
+def _title(text: str, width: int, scale: float = 0.7, line: int = 28) -> np.ndarray:
+    """A white band holding ``text`` in black, wrapped at word boundaries to ``width`` pixels."""
+    import cv2
+
+    lines: list[str] = []
+    for word in text.split():
+        wider = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(wider, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= width - 16:
+            lines[-1] = wider
+        else:
+            lines.append(word)
+    band = np.full((line * max(1, len(lines)) + 10, width, 3), 255, np.uint8)
+    for i, text_line in enumerate(lines):
+        cv2.putText(band, text_line, (8, 26 + line * i), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return band
 
 
 def _titled(img: np.ndarray, text: str) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,3 +51,21 @@ def test_model_file_round_trip(tmp_path, decoder):
     assert a.caption == b.caption and a.score == pytest.approx(b.score, abs=1e-5)
     assert len(b.attention) == len(b.words) and all(m.shape == (4, 4) for m in b.attention)
     assert b.draw(image).shape[2] == 3
+
+
+def test_the_attention_picture_is_titled_with_its_caption():
+    from cnnapps.results import CaptionResult
+
+    image = np.full((48, 64, 3), 200, np.uint8)
+    maps = [np.eye(4, dtype=np.float32), np.ones((4, 4), np.float32)]
+
+    def picture(caption: str) -> np.ndarray:
+        return CaptionResult("x.png", caption=caption, words=caption.split()[:2], attention=maps).draw(image, panel=64)
+
+    short, other = picture("a circle"), picture("a square")
+    assert short.shape == other.shape
+    band = short.shape[0] - (64 + 26 + 4)  # above the one row of panels (the image and 2 words)
+    assert band > 0 and (short[:band] < 100).any()  # dark text on the white band
+    assert not np.array_equal(short[:band], other[:band])  # the caption itself, not only the words
+    long = picture(" ".join(["circle"] * 30))  # wrapped onto more lines, never cut
+    assert long.shape[0] > short.shape[0] and long.shape[1] == short.shape[1]
