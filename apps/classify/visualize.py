@@ -57,21 +57,73 @@ class GradCam:
     class_index: int
     label: str
     score: float
+    image: np.ndarray | None = None  # the whole photo, RGB uint8
+    geometry: tuple[float, float, float, float] | None = None  # how the photo's pixels move into the view
 
-    def overlay(self, alpha: float = 0.45) -> np.ndarray:
-        """The heatmap in colour over the input view, with the class and its probability written on top."""
-        colour = cv2.applyColorMap((self.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-        out = (self.view * (1 - alpha) + colour * alpha).astype(np.uint8)
+    def overlay(self, alpha: float = 0.45, longest: int = 1024) -> np.ndarray:
+        """The heatmap in colour over the whole photo (at most ``longest`` pixels on a side, at least 320), with
+        the class and its probability written on top. Where the preprocessing cropped the photo, the map covers
+        only what the network saw, framed by a thin line; the rest of the photo is left uncoloured."""
+        if self.image is None or self.geometry is None:  # the view alone
+            return _labelled(_blend(self.view, self.heatmap, np.ones(self.heatmap.shape, bool), alpha),
+                             f"{self.label} {self.score:.1%}")  # fmt: skip
+        height, width = self.image.shape[:2]
+        scale = min(longest / max(height, width), max(1.0, 320 / min(height, width)))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        photo = cv2.resize(self.image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        heat, seen = heat_in_photo(self.heatmap, self.geometry, photo.shape[0], photo.shape[1], scale)
+        out = _blend(photo, heat, seen, alpha)
+        if not seen.all():
+            ys, xs = np.nonzero(seen)
+            if len(xs):
+                cv2.rectangle(out, (int(xs.min()), int(ys.min())), (int(xs.max()), int(ys.max())), (255, 255, 255), 1)
+        return _labelled(out, f"{self.label} {self.score:.1%}")
+
+
+def heat_in_photo(
+    heatmap: np.ndarray, geometry: tuple[float, float, float, float], height: int, width: int, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The view's heatmap moved into the frame of the photo (drawn ``scale`` times its size, ``height`` x
+    ``width``), and which of its pixels the view covers: ``geometry`` is :meth:`Preprocess.geometry`'s
+    ``(sx, sy, ox, oy)`` with view coordinates ``x * sx - ox``, ``y * sy - oy`` (corners at 0)."""
+    sx, sy, ox, oy = geometry
+    u = (np.arange(width, dtype=np.float32) + 0.5) / scale * sx - ox  # each pixel centre, in view coordinates
+    v = (np.arange(height, dtype=np.float32) + 0.5) / scale * sy - oy
+    map_x, map_y = np.meshgrid(u - 0.5, v - 0.5)  # view pixel indices (pixel centres at .5)
+    heat = cv2.remap(heatmap.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    view_h, view_w = heatmap.shape
+    seen = ((u >= 0) & (u <= view_w))[None, :] & ((v >= 0) & (v <= view_h))[:, None]
+    return heat, seen
+
+
+def _blend(rgb: np.ndarray, heat: np.ndarray, where: np.ndarray, alpha: float) -> np.ndarray:
+    """``heat`` in the jet colours over ``rgb`` where ``where`` holds; ``rgb`` as it is elsewhere."""
+    colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+    blended = (rgb * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return np.where(where[..., None], blended, rgb).astype(np.uint8)
+
+
+def _labelled(rgb: np.ndarray, text: str) -> np.ndarray:
+    """``rgb`` (at least 320 pixels on a side) with ``text`` in white on a black outline at its top left.
+
+    The outline is the same thin text drawn around the white one: OpenCV spaces letters by their thickness, so
+    a thicker shadow would drift to the right of the text (a ghost "%" after it)."""
+    out = np.ascontiguousarray(rgb)
+    if min(out.shape[:2]) < 320:
         out = cv2.resize(out, (max(out.shape[1], 320), max(out.shape[0], 320)), interpolation=cv2.INTER_LINEAR)
-        text = f"{self.label} {self.score:.1%}"
-        cv2.putText(out, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
-        return out
+    font_scale = 0.7 * max(1.0, min(out.shape[:2]) / 480)
+    org = (8, round(24 * font_scale / 0.7))
+    for dx, dy in ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)):
+        cv2.putText(out, text, (org[0] + dx, org[1] + dy), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
 
 
 def grad_cam(loaded: LoadedClassifier, rgb: np.ndarray, target: str | int | None = None) -> GradCam:
     """Grad-CAM (Selvaraju et al. 2017) on the last feature map: channel weights are the mean gradients
-    of the class score; the map is the ReLU of the weighted channel sum, upsampled to the input."""
+    of the class score; the map is the ReLU of the weighted channel sum, upsampled to the input (``overlay`` draws it
+    over the whole photo)."""
     model = loaded.model.eval()
     x = _input(loaded, rgb)
     with torch.enable_grad():
@@ -85,9 +137,9 @@ def grad_cam(loaded: LoadedClassifier, rgb: np.ndarray, target: str | int | None
     cam = cv2.resize(cam, (x.shape[3], x.shape[2]), interpolation=cv2.INTER_LINEAR)
     cam = cam / cam.max() if cam.max() > 0 else cam
     score = float(torch.softmax(logits.detach(), dim=1)[0, index])
-    return GradCam(
-        cam.astype(np.float32), view_of_input(loaded.preprocess, rgb), index, loaded.class_names[index], score
-    )
+    view = view_of_input(loaded.preprocess, rgb)
+    geometry = loaded.preprocess.geometry(rgb.shape[0], rgb.shape[1])
+    return GradCam(cam.astype(np.float32), view, index, loaded.class_names[index], score, rgb, geometry)
 
 
 def tile(images: Sequence[np.ndarray], columns: int | None = None, gap: int = 2, background: int = 255) -> np.ndarray:

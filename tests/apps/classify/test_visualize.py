@@ -75,3 +75,33 @@ def test_top_patches_are_the_strongest_responses(lite0, tmp_path, chelsea) -> No
     assert patches[0].source == max(expected, key=expected.get)
     assert patches[0].activation == pytest.approx(expected[patches[0].source], rel=1e-4)
     assert patches[0].image.shape == (96, 96, 3)
+
+
+def test_grad_cam_is_drawn_over_the_whole_photo_where_the_crop_lies(lite0) -> None:
+    from cnnapps.apps.classify.visualize import GradCam
+
+    photo = np.full((360, 720, 3), 127, np.uint8)  # resized to 256 x 512; the 224 crop spans x 144..368 of it
+    geometry = lite0.preprocess.geometry(360, 720)
+    heat = np.zeros((224, 224), np.float32)
+    heat[:, :112] = 1.0  # the left half of the view is hot
+    overlay = GradCam(heat, photo[:224, :224], 0, "x", 0.5, photo, geometry).overlay()
+    assert overlay.shape == photo.shape  # the photo's own frame, not the 224 px view
+    sx = geometry[0]
+    left_edge, middle, right_edge = (round((x + geometry[2]) / sx) for x in (0, 112, 224))  # in the photo: 126..392
+    assert np.array_equal(overlay[60:, : left_edge - 3], photo[60:, : left_edge - 3])  # outside the crop: as it is
+    assert np.array_equal(overlay[:, right_edge + 3 :], photo[:, right_edge + 3 :])
+    hot, cold = overlay[180, (left_edge + middle) // 2], overlay[180, (middle + right_edge) // 2]
+    assert hot[0] > hot[2] + 30 and cold[2] > cold[0] + 30  # jet: red where the view was hot, blue where cold
+
+
+def test_grad_cam_label_outline_stays_under_its_text() -> None:
+    from cnnapps.apps.classify.visualize import GradCam
+
+    view = np.full((320, 320, 3), 127, np.uint8)
+    picture = GradCam(np.zeros((320, 320), np.float32), view, 0, "tiger cat", 0.453).overlay(alpha=0.0)
+    band = picture[:40].astype(int).sum(axis=2)
+    text_columns = np.flatnonzero((band > 600).any(axis=0))
+    outline_columns = np.flatnonzero((band < 150).any(axis=0))
+    assert text_columns.size and outline_columns.size
+    # the outline ends where the text ends (no ghost of the last letters to its right)
+    assert outline_columns.max() <= text_columns.max() + 2
