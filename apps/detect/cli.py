@@ -28,6 +28,12 @@ from cnnapps.terminal import (
 )
 
 _WHAT = {"detect": "objects (boxes)", "segment": "boxes and instance masks", "pose": "people and their keypoints"}
+#: what ``--json`` gives for each instance, by task (detect: boxes only)
+_JSON = {
+    "detect": "label, score and box (x0 y0 x1 y1)",
+    "segment": "label, score, box (x0 y0 x1 y1) and mask (COCO RLE)",
+    "pose": "label, score, box (x0 y0 x1 y1) and keypoints ([x, y, score] each)",
+}
 
 
 def _predict_command(task: str) -> Any:
@@ -45,7 +51,9 @@ def _predict_command(task: str) -> Any:
         overlap: int = typer.Option(128, "--overlap", min=0, help="Pixels shared by neighbouring tiles."),
         save_dir: Path = typer.Option(None, "--save-dir", help="Write overlays here (existing files are kept)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input, masks as COCO RLE."),
+        as_json: bool = typer.Option(
+            False, "--json", help=f"Print JSON: one object per input, each instance with its {_JSON[task]}."
+        ),
     ) -> None:
         from cnnapps.api import load
 

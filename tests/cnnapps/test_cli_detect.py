@@ -135,3 +135,14 @@ def test_resume_continues_the_history(run_cli, shapes, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2] and "val_bbox_ap" in json.loads(out)
     assert sorted(p.name for p in (tmp_path / "run" / "logs").iterdir()) == ["version_0", "version_1"]
+
+
+@pytest.mark.parametrize(("task", "promised", "not_promised"),
+                         [("detect", "box", ("mask", "RLE", "keypoints")), ("segment", "RLE", ("keypoints",)),
+                          ("pose", "keypoints", ("RLE",))])  # fmt: skip
+def test_json_help_promises_what_each_task_returns(run_cli, task, promised, not_promised):
+    code, out, _ = run_cli(task, "--help")
+    text = " ".join(out.split())  # the help's lines joined as one text
+    json_help = text[text.index("--json") : text.index("--json") + 160]
+    assert code == 0 and promised in json_help
+    assert not any(word in json_help for word in not_promised)
