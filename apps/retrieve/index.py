@@ -61,6 +61,7 @@ class Hit:
     rank: int
     path: str
     score: float
+    id: int | None = None  # the item's row in the index (``Index.item_path`` reads it back)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "path": self.path, "score": round(float(self.score), 6)}
@@ -542,6 +543,11 @@ class Index:
     def paths(self) -> list[str]:
         return [_from_db(r[0]) for r in self._db.execute(f"SELECT path FROM items WHERE {self._live()} ORDER BY path")]
 
+    def item_path(self, item_id: int) -> str | None:
+        """The path of item ``item_id`` (a hit's ``id``) in this snapshot, or None when it holds no such item."""
+        row = self._db.execute(f"SELECT path FROM items WHERE id = ? AND {self._live()}", (int(item_id),)).fetchone()
+        return None if row is None else _from_db(row[0])
+
     def _unchanged(self) -> dict[str, tuple[int, float]]:
         """(size, mtime) of each live path, as recorded."""
         rows = self._db.execute(f"SELECT path, size, mtime FROM items WHERE {self._live()}")
@@ -599,8 +605,8 @@ class Index:
             rows = {i: _from_db(p) for i, p in found}
         hits = []
         for score_row, id_row in zip(scores, ids, strict=True):
-            found = [(s, rows[int(i)]) for s, i in zip(score_row, id_row, strict=True) if i >= 0 and int(i) in rows]
-            hits.append([Hit(rank, path, float(s)) for rank, (s, path) in enumerate(found, start=1)])
+            found = [(s, int(i)) for s, i in zip(score_row, id_row, strict=True) if i >= 0 and int(i) in rows]
+            hits.append([Hit(rank, rows[i], float(s), i) for rank, (s, i) in enumerate(found, start=1)])
         return hits
 
     # -- checking and repairing ----------------------------------------------------------------

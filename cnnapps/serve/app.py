@@ -1,8 +1,10 @@
 """The FastAPI application: one route per loaded task, micro-batched, JSON errors, and a page at ``/``.
 
-Requests carry one image: ``multipart/form-data`` with an ``image`` file field, or JSON
+Requests carry one image: the file itself as the body (``image/jpeg``, ``image/png``, ...,
+``application/octet-stream``), ``multipart/form-data`` with an ``image`` file field, or JSON
 ``{"image": "<base64>"}``. Options go in the query string (``model``, ``top_k``, ``k``, ``draw``).
-Responses are the JSON ``--json`` prints for that image on the command line.
+Responses are the JSON ``--json`` prints for that image on the command line. Retrieval hits carry the
+index row's ``id``, and ``GET /v1/retrieve/thumbnail?id=N`` shows that indexed file, downscaled.
 
 Hostile clients are refused without disturbing the others: bodies are read as they stream in and refused
 (413) as soon as they pass the size limit, a request whose headers and body do not arrive within the
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import ipaddress
 import json
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -46,6 +47,12 @@ MAX_TOP_K = 20
 #: the names a Host header may always carry (IP addresses are accepted too: DNS rebinding needs a name)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).with_name("static")
+#: content types taken as the image file itself (``curl --data-binary @cat.jpg -H 'content-type: image/jpeg'``)
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/tiff", "image/bmp", "image/gif",
+                   "application/octet-stream")  # fmt: skip
+#: the longest side of a thumbnail at most, in pixels
+MAX_THUMBNAIL = 512
+_JSON_SHAPE = 'JSON body must be {"image": "<base64 of the image file>"}'
 _BODY = {
     "required": True,
     "content": {
@@ -63,6 +70,7 @@ _BODY = {
                 "required": ["image"],
             }
         },
+        **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_IMAGE_TYPES},
     },
 }
 
@@ -280,6 +288,57 @@ def load_models(specs: Sequence[str], index: str | None, max_batch: int, max_wai
     return served, opened
 
 
+async def _image_from_multipart(request: Request, body: bytes) -> bytes:
+    """The ``image`` file field of a multipart body already read whole."""
+
+    async def replay() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, replay(), max_files=4, max_fields=16).parse()
+    except MultiPartException as exc:
+        raise RequestError(422, f"multipart body: {exc.message}") from None
+    try:
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise RequestError(422, "multipart request without an 'image' file field")
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+def _image_from_json(body: bytes) -> bytes:
+    """The file in a JSON body ``{"image": "<base64>"}``: a wrong shape and bad base64 are told apart."""
+    try:
+        text = json.loads(body)["image"]
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[...
+        raise RequestError(422, _JSON_SHAPE) from None
+    if not isinstance(text, str):
+        raise RequestError(422, _JSON_SHAPE)
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        raise RequestError(422, "image: not valid base64") from None
+
+
+def _thumbnail(path: str, size: int) -> bytes:
+    """The image file at ``path`` (read with the image reader's limits), its longer side at most ``size``, as JPEG."""
+    import cv2
+
+    from cnnapps.datasets.io import read_image
+    from cnnapps.errors import ImageError
+
+    try:
+        rgb = read_image(path)
+    except ImageError as exc:
+        raise RequestError(404, f"indexed image: {exc} (run `cnnapps index sync`)") from None
+    scale = size / max(rgb.shape[:2])
+    if scale < 1:
+        width, height = max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
 def _overlay(image: bytes, result: Any) -> str:
     """Boxes, masks and skeletons drawn on the image (what ``--save-dir`` writes), as a PNG data URL."""
     import cv2
@@ -434,34 +493,18 @@ def create_app(
         return b"".join(chunks)
 
     async def read_image_bytes(request: Request) -> bytes:
+        """The image a request carries: the body itself, its multipart ``image`` field, or its JSON's base64."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind not in ("multipart/form-data", "application/json"):
-            raise RequestError(
-                415, f"content type {kind or 'none'}: send multipart/form-data with an 'image' field, or JSON"
-            )
+        if kind not in ("multipart/form-data", "application/json", *RAW_IMAGE_TYPES):
+            how = "the image file as the body (e.g. image/jpeg), multipart/form-data with an 'image' field, or JSON"
+            raise RequestError(415, f"content type {kind or 'none'}: send {how}")
         body = await read_body(request)
         if kind == "multipart/form-data":
-
-            async def replay() -> AsyncIterator[bytes]:
-                yield body
-
-            try:
-                form = await MultiPartParser(request.headers, replay(), max_files=4, max_fields=16).parse()
-            except MultiPartException as exc:
-                raise RequestError(422, f"multipart body: {exc.message}") from None
-            try:
-                upload = form.get("image")
-                if upload is None or isinstance(upload, str):
-                    raise RequestError(422, "multipart request without an 'image' file field")
-                data = await upload.read()
-            finally:
-                await form.close()
+            data = await _image_from_multipart(request, body)
+        elif kind == "application/json":
+            data = _image_from_json(body)
         else:
-            try:
-                payload = json.loads(body)
-                data = base64.b64decode(payload["image"], validate=True)
-            except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):  # RecursionError: [[[[...
-                raise RequestError(422, 'JSON body must be {"image": "<base64 of the image file>"}') from None
+            data = body
         if not data:
             raise RequestError(422, "the image is empty")
         return data
@@ -534,7 +577,8 @@ def create_app(
 
         @app.post("/v1/retrieve", openapi_extra={"requestBody": _BODY}, tags=["retrieve"])
         async def retrieve(request: Request, k: int = 10, draw: bool = False) -> Any:
-            """The index's nearest images to the uploaded one: ``{"query", "results": [{rank, path, score}]}``."""
+            """The index's nearest images to the uploaded one: ``{"query", "results": [{rank, path, score, id}],
+            "model"}``; ``GET /v1/retrieve/thumbnail?id=ID`` shows a hit."""
             if not 1 <= k <= 1000:
                 raise RequestError(422, f"k {k}: must be between 1 and 1000")
             served_index = served[-1]  # the index's own model, loaded last
@@ -545,7 +589,25 @@ def create_app(
                     return opened.search(result.vector[None, :], k)[0]
 
             hits = await run_in_threadpool(search)
-            return {"query": "<upload>", "results": [h.to_dict() for h in hits], "model": served_index.name}
+            results = [{**h.to_dict(), "id": h.id} for h in hits]
+            return {"query": "<upload>", "results": results, "model": served_index.name}
+
+        @app.get("/v1/retrieve/thumbnail", tags=["retrieve"], response_class=Response)
+        async def thumbnail(id: int, size: int = 160) -> Response:
+            """A JPEG of the indexed image ``id`` (a /v1/retrieve hit's), its longer side at most ``size`` px.
+            Only the index's own files are read: the client names a row of the index, never a path."""
+            if not 16 <= size <= MAX_THUMBNAIL:
+                raise RequestError(422, f"size {size}: must be between 16 and {MAX_THUMBNAIL}")
+
+            def find() -> str | None:
+                with index_lock:
+                    return opened.item_path(id)
+
+            path = await run_in_threadpool(find)
+            if path is None:
+                raise RequestError(404, f"no image with id {id} in the index (ids come from /v1/retrieve hits)")
+            jpeg = await run_in_threadpool(_thumbnail, path, size)
+            return Response(jpeg, media_type="image/jpeg", headers={"cache-control": "private, max-age=300"})
 
     @app.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, Any]:

@@ -60,6 +60,19 @@ def test_classify_by_upload_and_by_base64_match_the_python_api(client: TestClien
     assert "cat" in expected[0]["label"]
 
 
+@pytest.mark.parametrize("kind", ["image/jpeg", "application/octet-stream", "image/png; charset=binary"])
+def test_a_raw_image_body_gets_the_answer_of_an_upload(client: TestClient, photo: Path, kind: str) -> None:
+    """``curl --data-binary @cat.jpg -H 'content-type: image/jpeg'``: the body is the file, on every route."""
+    jpeg = photo.read_bytes()
+    for route in ("/v1/classify?top_k=3", "/v1/segment", "/v1/predict?model=shapes"):
+        by_upload = client.post(route, files={"image": ("cat.jpg", jpeg, "image/jpeg")})
+        raw = client.post(route, content=jpeg, headers={"content-type": kind})
+        assert raw.status_code == 200, (route, raw.text)
+        assert raw.json() == by_upload.json()
+    too_big = client.post("/v1/classify", content=jpeg + b"\0" * (1 << 20), headers={"content-type": kind})
+    assert too_big.status_code == 413 and "over the 1,048,576-byte limit" in too_big.json()["error"]
+
+
 def test_segment_route_returns_instances_and_an_overlay(client: TestClient, photo: Path) -> None:
     answer = client.post("/v1/segment?draw=true", files={"image": ("cat.jpg", photo.read_bytes(), "image/jpeg")})
     assert answer.status_code == 200, answer.text
@@ -78,9 +91,12 @@ def test_bad_requests_get_a_reason_and_the_server_keeps_serving(client: TestClie
         (client.post("/v1/classify", **upload(b"plain text, not a picture")), 422, "not an image"),
         (client.post("/v1/classify", **upload(jpeg[: len(jpeg) // 3])), 422, "truncated"),
         (client.post("/v1/classify", **upload(jpeg + b"\0" * (1 << 20))), 413, "over the 1,048,576-byte limit"),
-        (client.post("/v1/classify", content=jpeg, headers={"content-type": "image/jpeg"}), 415, "content type"),
-        (client.post("/v1/classify", json={"image": "%%% not base64"}), 422, "base64"),
-        (client.post("/v1/classify", json={"picture": "x"}), 422, "base64"),
+        (client.post("/v1/classify", content=jpeg, headers={"content-type": "text/plain"}), 415, "content type"),
+        (client.post("/v1/classify", content=b"", headers={"content-type": "image/png"}), 422, "the image is empty"),
+        (client.post("/v1/classify", json={"image": "%%% not base64"}), 422, "image: not valid base64"),
+        (client.post("/v1/classify", json={"image": "ünïcode"}), 422, "image: not valid base64"),
+        (client.post("/v1/classify", json={"picture": "x"}), 422, '{"image": "<base64'),
+        (client.post("/v1/classify", json={"image": 12}), 422, '{"image": "<base64'),
         (client.post("/v1/classify", files={"other": ("x.jpg", jpeg, "image/jpeg")}), 422, "'image' file field"),
         (client.post("/v1/classify?model=nope", **upload(jpeg)), 404, "no classify model named 'nope'"),
         (client.post("/v1/classify?top_k=0", **upload(jpeg)), 422, "top_k"),
@@ -101,10 +117,76 @@ def test_health_models_docs_and_page(client: TestClient) -> None:
     ]  # fmt: skip
     schema = client.get("/openapi.json").json()
     assert {"/v1/classify", "/v1/segment", "/healthz", "/v1/models"} <= set(schema["paths"])
-    assert "multipart/form-data" in schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json", "image/jpeg", "application/octet-stream"} <= set(
+        schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    )
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text
+
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "model_files_v1"
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory, photo: Path) -> TestClient:
+    """Two classifiers (the bundled one and a small LeNet file) and an index of three photos, built with the
+    small embedder of the model-file fixtures."""
+    from skimage import data
+
+    from cnnapps.apps.retrieve.embedder import Embedder
+    from cnnapps.apps.retrieve.index import Index
+
+    root = tmp_path_factory.mktemp("gallery")
+    cv2.imwrite(str(root / "big.png"), cv2.resize(data.coffee()[:, :, ::-1], (900, 600)))
+    cv2.imwrite(str(root / "rocket.jpg"), data.rocket()[:, :, ::-1])
+    paths = [str(photo), str(root / "big.png"), str(root / "rocket.jpg")]
+    Index.build(root / "idx", paths, Embedder(str(FIXTURES / "retrieve.safetensors")))
+    app = create_app(["efficientnet_lite0", str(FIXTURES / "classify.safetensors")], index=str(root / "idx"))
+    with TestClient(app, base_url="http://localhost") as c:
+        yield c
+
+
+def test_a_task_route_answers_from_the_model_it_names(gallery: TestClient, photo: Path) -> None:
+    listed = [m["name"] for m in gallery.get("/v1/models").json()["models"] if m["route"] == "/v1/classify"]
+    assert listed == ["efficientnet_lite0", "classify"]
+    upload = {"files": {"image": ("cat.jpg", photo.read_bytes(), "image/jpeg")}}
+    for name in listed:
+        answer = gallery.post(f"/v1/classify?model={name}", **upload)
+        assert answer.status_code == 200 and answer.json()["model"] == name
+    unknown = gallery.post("/v1/classify?model=classifyy", **upload)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == "no classify model named 'classifyy'; loaded: efficientnet_lite0, classify"
+
+
+def test_retrieve_answers_name_the_model_and_hits_have_thumbnails(gallery: TestClient, photo: Path) -> None:
+    answer = gallery.post("/v1/retrieve?k=3", content=photo.read_bytes(), headers={"content-type": "image/jpeg"})
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["model"] == "retrieve" and data["query"] == "<upload>"
+    hits = {Path(h["path"]).name: h for h in data["results"]}
+    assert set(hits) == {"chelsea.jpg", "big.png", "rocket.jpg"} and hits["chelsea.jpg"]["rank"] == 1
+    thumb = gallery.get(f"/v1/retrieve/thumbnail?id={hits['big.png']['id']}")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    picture = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape == (107, 160, 3)  # 900 x 600, downscaled to 160 on its longer side
+    small = gallery.get(f"/v1/retrieve/thumbnail?id={hits['rocket.jpg']['id']}&size=64").content
+    assert max(cv2.imdecode(np.frombuffer(small, np.uint8), cv2.IMREAD_COLOR).shape[:2]) == 64
+
+
+def test_thumbnails_come_only_from_the_index_s_own_rows(gallery: TestClient, photo: Path) -> None:
+    ids = [h["id"] for h in gallery.post("/v1/retrieve", json={"image": base64.b64encode(photo.read_bytes()).decode()})
+           .json()["results"]]  # fmt: skip
+    cases = [
+        ("/v1/retrieve/thumbnail?id=9999", 404, "no image with id 9999 in the index"),
+        (f"/v1/retrieve/thumbnail?id={ids[0]}&size=5000", 422, "size 5000: must be between 16 and 512"),
+        ("/v1/retrieve/thumbnail?path=/etc/passwd", 422, "id"),
+        ("/v1/retrieve/thumbnail?id=../../etc/passwd", 422, "id"),
+    ]
+    for url, status, reason in cases:
+        answer = gallery.get(url)
+        assert answer.status_code == status, (url, answer.text)
+        assert reason in answer.json()["error"] and "\n" not in answer.json()["error"]
 
 
 def test_concurrent_requests_share_batches(client: TestClient, photo: Path) -> None:
