@@ -10,16 +10,37 @@ import numpy as np
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "model_files_v1"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``cnnapps serve`` with the bundled classifier and a small captioner, on a free loopback port."""
+def server(tmp_path_factory: pytest.TempPathFactory, chelsea: np.ndarray) -> str:
+    """``cnnapps serve`` with two classifiers (the bundled one and a small LeNet file), a small captioner and an
+    index of two photos, on a free loopback port."""
     from cnnapps.serve.app import create_app, running
 
-    app = create_app(["efficientnet_lite0", str(_captioner(tmp_path_factory.mktemp("cap")))], max_wait_ms=2)
+    models = [
+        "efficientnet_lite0",
+        str(FIXTURES / "classify.safetensors"),
+        str(_captioner(tmp_path_factory.mktemp("cap"))),
+    ]
+    app = create_app(models, index=str(_index(tmp_path_factory.mktemp("gallery"), chelsea)), max_wait_ms=2)
     with running(app) as url:
         yield url
+
+
+def _index(folder: Path, chelsea: np.ndarray) -> Path:
+    """An index of two photos, built with the small embedder of the model-file fixtures."""
+    from skimage import data
+
+    from cnnapps.apps.retrieve.embedder import Embedder
+    from cnnapps.apps.retrieve.index import Index
+
+    cv2.imwrite(str(folder / "chelsea.jpg"), chelsea[:, :, ::-1])
+    cv2.imwrite(str(folder / "coffee.png"), data.coffee()[:, :, ::-1])
+    paths = [str(folder / "chelsea.jpg"), str(folder / "coffee.png")]
+    Index.build(folder / "idx", paths, Embedder(str(FIXTURES / "retrieve.safetensors")))
+    return folder / "idx"
 
 
 def _captioner(folder: Path) -> Path:
@@ -37,7 +58,9 @@ def _captioner(folder: Path) -> Path:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (make test installs Debian's chromium)")
-def test_page_shows_the_top5_and_a_caption(server: str, chelsea: np.ndarray, tmp_path: Path) -> None:
+def test_page_shows_the_top5_a_chosen_model_a_caption_and_thumbnails(
+    server: str, chelsea: np.ndarray, tmp_path: Path
+) -> None:
     from playwright.sync_api import sync_playwright
 
     photo = tmp_path / "chelsea.jpg"
@@ -59,8 +82,23 @@ def test_page_shows_the_top5_and_a_caption(server: str, chelsea: np.ndarray, tmp
         assert page.locator("#preview").is_visible()
         assert page.inner_text("#status").startswith("200")
 
+        assert page.locator("#model option").all_inner_texts() == ["efficientnet_lite0", "classify"]
+        page.select_option("#model", "classify")  # the LeNet file: its three colours
+        page.click("#run")
+        page.wait_for_function("document.querySelectorAll('.bar').length === 3")
+        assert set(page.locator(".bar .label").all_inner_texts()) == {"red", "green", "blue"}
+
         page.select_option("#task", "/v1/caption")
+        assert page.locator("#model").is_hidden()  # one captioner: nothing to choose
         page.click("#run")
         page.wait_for_selector(".caption")
         assert page.inner_text(".caption").strip() != ""
+
+        page.select_option("#task", "/v1/retrieve")
+        page.click("#run")
+        page.wait_for_selector(".hit img")
+        page.wait_for_function("[...document.querySelectorAll('.hit img')].every((i) => i.complete)")
+        assert page.locator(".hit .name").all_inner_texts() == ["chelsea.jpg", "coffee.png"]
+        widths = page.eval_on_selector_all(".hit img", "(imgs) => imgs.map((i) => i.naturalWidth)")
+        assert widths == [160, 160]  # thumbnails served by the index, not bare paths
         browser.close()
