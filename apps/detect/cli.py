@@ -47,8 +47,17 @@ def _predict_command(task: str) -> Any:
             None, "--model", "-m", help=f"Trained model file or a torchvision COCO model [default: {default}]."
         ),
         score_threshold: float = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0, help="Keep scores >= this."),
-        tile: int = typer.Option(None, "--tile", min=64, help="Run on overlapping tiles of this size (large images)."),
-        overlap: int = typer.Option(128, "--overlap", min=0, help="Pixels shared by neighbouring tiles."),
+        tile: str = typer.Option(
+            None,
+            "--tile",
+            metavar="auto|SIZE",
+            callback=_check_tile,
+            help="Run on overlapping tiles (large images): auto, the size the model was trained at, or a size in "
+            "pixels (64 or more; one far from the training size is warned of).",
+        ),
+        overlap: int = typer.Option(
+            None, "--overlap", min=0, help="Pixels shared by neighbouring tiles [default: 128, at most half the tile]."
+        ),
         save_dir: Path = typer.Option(None, "--save-dir", help="Write overlays here (existing files are kept)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         as_json: bool = typer.Option(
@@ -76,6 +85,15 @@ def _predict_command(task: str) -> Any:
         f"Find {_WHAT[task]} in images. Exit code 0: all done; 1: some inputs failed (reported, others done); 2: error."
     )
     return command
+
+
+def _check_tile(value: str | None) -> str | None:
+    """``--tile``: auto or a size of 64 pixels or more (a bad value is a usage error)."""
+    if value is None or value.strip().lower() == "auto":
+        return value
+    if not value.strip().isdigit() or int(value) < 64:
+        raise typer.BadParameter(f"{value!r}: give auto or a size in pixels, 64 or more")
+    return value.strip()
 
 
 def _print_detections(results: list[Any]) -> None:

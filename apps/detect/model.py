@@ -55,6 +55,9 @@ class DetectorSpec:
     # trained on a frozen trunk shared with other heads: it reads the trunk's pass over the model file's
     # preprocessing (one pass for every head) instead of resizing images itself
     shared: bool = False
+    # the side of a square window of an image that the network sees at the scale of its training images (their
+    # median, see training_window); None in files written before it was recorded
+    train_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +70,26 @@ class DetectorSpec:
     @property
     def flip_index(self) -> list[int]:
         return flip_index(self.keypoint_names)
+
+    @property
+    def training_size(self) -> int:
+        """The tile size (pixels) at which objects reach the network at the scale it was trained at: the recorded
+        ``train_size``, or for files without it the size images are resized to (``min_size``)."""
+        return int(self.train_size or self.min_size)
+
+
+def training_window(sizes: list[tuple[int, int]], spec: DetectorSpec) -> int | None:
+    """``train_size`` for training images of these (height, width) sizes: the median side of a square window the
+    detector would scale as it scaled those images. R-CNN resizing scales an image by min(min_size / short side,
+    max_size / long side) and a square window of side T by min_size / T, so T = max(short, min_size * long /
+    max_size); a shared trunk's preprocessing scales by the shorter side, so T = short."""
+    if not sizes:
+        return None
+    windows = []
+    for height, width in sizes:
+        short, long = sorted((height, width))
+        windows.append(short if spec.shared else max(short, spec.min_size * long / spec.max_size))
+    return round(float(sorted(windows)[len(windows) // 2]))
 
 
 class FeatureExtractor(nn.Module):

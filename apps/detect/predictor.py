@@ -1,12 +1,14 @@
 """Run a detector over images: ``DetectionResult`` objects with boxes, COCO-RLE masks and keypoints.
 
-Large images can run tiled (``tile=1024, overlap=128``): tiles are detected one by one and merged
-with NMS, so memory is bounded by the tile, not by the image.
+Large images can run tiled (``tile="auto"``: tiles of the size the model was trained at, or ``tile=1024``;
+``overlap=128``): tiles are detected one by one and merged with NMS, so memory is bounded by the tile, not by
+the image. A tile far from the training size (objects shrunk or grown beyond what the model learned) is warned of.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,15 +17,20 @@ import numpy as np
 import torch
 
 from cnnapps.apps.common.batching import default_decode_workers, map_images
-from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window
+from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window, resolve_tile, tile_advice
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import DetectionResult, Instance
 from cnnapps.runtime import one_at_a_time, placed_for_inference, select_device
 
+log = logging.getLogger("cnnapps")
+
 
 class DetectionPredictor:
-    """A loaded detector with its thresholds; ``predict(inputs)`` returns one result per input, in order."""
+    """A loaded detector with its thresholds; ``predict(inputs)`` returns one result per input, in order.
+
+    ``tile``: None (whole images), a size in pixels, or ``"auto"`` (the size the model was trained at);
+    ``overlap``: pixels shared by neighbouring tiles [default: 128, at most half the tile]."""
 
     def __init__(
         self,
@@ -33,8 +40,8 @@ class DetectionPredictor:
         device: str = "auto",
         score_threshold: float = 0.5,
         batch_size: int | None = None,
-        tile: int | None = None,
-        overlap: int = 128,
+        tile: int | str | None = None,
+        overlap: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         model: torch.nn.Module | None = None,
         head: str | None = None,
@@ -52,8 +59,15 @@ class DetectionPredictor:
         self.spec = model.spec
         if task is not None and task != self.spec.task:
             raise CnnappsError(f"{self.source}: a {self.spec.task} model, not a {task} model")
+        try:
+            tile, overlap = resolve_tile(tile, overlap, self.spec.training_size)
+        except ValueError as exc:
+            raise CnnappsError(f"--tile: {exc}") from None
         if tile is not None and tile <= overlap:
             raise CnnappsError(f"--tile {tile} must be larger than --overlap {overlap}")
+        advice = tile_advice(tile, self.spec.training_size) if tile else None
+        if advice:
+            log.warning("%s: %s", self.source, advice)
         self.task = self.spec.task
         self.device = select_device(device)
         self.model = placed_for_inference(model, self.device, channels_last=False, owned=owned)

@@ -29,6 +29,34 @@ class Detections:
         return len(self.boxes)
 
 
+#: how far (as a factor either way) a tile may be from the size a model was trained at before a warning says so
+TILE_SCALE_TOLERANCE = 2.0
+
+
+def resolve_tile(tile: int | str | None, overlap: int | None, trained: int) -> tuple[int | None, int]:
+    """The tile size and overlap to run with: ``tile="auto"`` is ``trained``, the size the model was trained at
+    (objects then reach it at the scale it learned them); ``overlap=None`` is 128 pixels, at most half the tile."""
+    if isinstance(tile, str):
+        word = tile.strip().lower()
+        if word != "auto" and not word.isdigit():
+            raise ValueError(f"takes a number of pixels or auto, not {tile!r}")
+        tile = trained if word == "auto" else int(word)
+    if overlap is None:
+        overlap = min(128, tile // 2) if tile else 128
+    return tile, overlap
+
+
+def tile_advice(tile: int, trained: int, tolerance: float = TILE_SCALE_TOLERANCE) -> str | None:
+    """One line saying that ``tile`` is far from the size the model was trained at (more than ``tolerance`` times
+    larger or smaller), and what to use instead; None when it is close enough."""
+    ratio = tile / trained
+    if 1 / tolerance <= ratio <= tolerance:
+        return None
+    factor, shown = (ratio, "smaller") if ratio > 1 else (1 / ratio, "larger")
+    return (f"--tile {tile} is far from the {trained} px this model was trained at: objects reach it {factor:.2g}x "
+            f"{shown} than it learned them and many may be missed; try --tile {trained} (or --tile auto)")  # fmt: skip
+
+
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Tiles (x0, y0, x1, y1) covering the image, ``overlap`` pixels shared by neighbours; the last row and
     column are moved back inside the image rather than cut short."""

@@ -26,6 +26,7 @@ def train_detector(config: DetectConfig) -> dict[str, Any]:
 def _prepare(config: DetectConfig, device: Any) -> Any:
     from cnnapps.apps.common.training import Plan, augment_on_device, make_loaders
     from cnnapps.apps.detect.evaluate import MAIN_METRIC
+    from cnnapps.apps.detect.model import training_window
     from cnnapps.apps.detect.module import DetectionModule
     from cnnapps.apps.detect.zoo import flip_index
     from cnnapps.datasets.coco import CocoDataset
@@ -65,6 +66,7 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
                                        **config.options)  # fmt: skip
     else:
         model = _detector(config, labels)
+    model.spec.train_size = training_window(_image_sizes(train_coco, train_idx), model.spec)  # --tile auto
     if device.type == "cuda":  # the trunk and FPN: the convolutions over whole images
         from cnnapps.runtime import to_channels_last
 
@@ -82,6 +84,12 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
     return Plan(DetectionModule(model, config, val_coco), train_loader, val_loader, describe, f"val_{main}",
                 len(train_idx), len(val_idx), curves=(f"val_{main}", f"val_{main}50", f"val_{main}75"),
                 stop_on=(f"val_{main}", "max"), extra={"class_names": train_coco.class_names})  # fmt: skip
+
+
+def _image_sizes(coco: Any, indices: list[int]) -> list[tuple[int, int]]:
+    """(height, width) of the dataset's images at ``indices``, as its annotation file states them."""
+    infos = coco.coco.imgs
+    return [(int(infos[coco.image_ids[i]]["height"]), int(infos[coco.image_ids[i]]["width"])) for i in indices]
 
 
 def _detector(config: DetectConfig, labels: dict[str, Any]) -> Any:

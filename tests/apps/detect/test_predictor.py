@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -51,3 +52,85 @@ def test_inference_imports_neither_lightning_nor_albumentations(model_file, tmp_
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def trained_at_256(tmp_path_factory):
+    """A detector resizing to 96 px whose training images were 256 px (recorded as its training size)."""
+    path = tmp_path_factory.mktemp("det") / "small.safetensors"
+    model = create_detector("detect", "resnet18", num_classes=2, class_names=["__background__", "a"],
+                            backbone_weights=None, fpn_channels=16, min_size=96, max_size=96)  # fmt: skip
+    model.spec.train_size = 256
+    save_detector(path, model)
+    return path
+
+
+def test_auto_tiles_are_the_size_the_model_was_trained_at(trained_at_256, model_file, caplog):
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        auto = cnnapps.load(trained_at_256, tile="auto")
+        assert (auto.tile, auto.overlap) == (256, 128)
+        older = cnnapps.load(model_file, tile="auto")  # no training size recorded: the size it resizes to
+        assert older.spec.train_size is None and (older.tile, older.overlap) == (96, 48)
+    assert not caplog.records
+    image = np.random.default_rng(0).integers(0, 255, (300, 280, 3), dtype=np.uint8)
+    (result,) = auto.predict([image])
+    assert result.ok and (result.width, result.height) == (280, 300)
+
+
+def test_a_tile_far_from_the_training_size_is_warned_of(trained_at_256, caplog):
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        cnnapps.load(trained_at_256, tile=512)
+        cnnapps.load(trained_at_256, tile=128)
+        assert not caplog.records  # within 2x either way: quiet
+        cnnapps.load(trained_at_256, tile=1024, overlap=128)
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "\n" not in record.getMessage()
+    assert "--tile 1024" in record.getMessage() and "256 px" in record.getMessage()
+    assert "try --tile 256" in record.getMessage()
+
+
+def test_specs_of_older_files_have_a_training_size():
+    from cnnapps.apps.detect.model import DetectorSpec
+
+    spec = DetectorSpec.from_dict({"task": "detect", "backbone": "resnet18", "num_classes": 2, "min_size": 320})
+    assert spec.train_size is None and spec.training_size == 320
+
+
+def test_the_training_size_is_the_training_images_window():
+    from cnnapps.apps.detect.model import DetectorSpec, training_window
+
+    spec = DetectorSpec("detect", "resnet18", 2, min_size=100, max_size=150)
+    # a 100 x 200 image is scaled by min(100 / 100, 150 / 200) = 0.75; a square window by 100 / T: T = 133
+    assert training_window([(100, 200)], spec) == 133
+    assert training_window([(256, 256), (96, 96), (300, 300)], spec) == 256  # the median
+    assert training_window([], spec) is None
+    shared = DetectorSpec("detect", "resnet18", 2, min_size=224, max_size=224, shared=True)
+    assert training_window([(256, 512)], shared) == 256  # a trunk's preprocessing scales by the shorter side
+
+
+def test_training_records_its_images_size(tmp_path):
+    import torch
+
+    from cnnapps.apps.detect.config import DetectConfig
+    from cnnapps.apps.detect.train import _prepare
+    from cnnapps.datasets.synthetic import write_coco
+
+    write_coco("shapes", tmp_path, "train", 4, seed=0, size=96)
+    config = DetectConfig(task="segment", data=str(tmp_path / "train.json"), images=str(tmp_path / "train"),
+                          backbone="resnet18", weights=None, fpn_channels=16, min_size=64, max_size=64, workers=0,
+                          batch_size=2, out=str(tmp_path / "run")).validate()  # fmt: skip
+    plan = _prepare(config, torch.device("cpu"))
+    assert plan.module.model.spec.train_size == 96  # the images' size, not the 64 px they are resized to
+
+
+def test_the_command_line_tiles_at_the_training_size_or_warns(trained_at_256, run_cli, tmp_path, caplog):
+    from cnnapps.datasets.io import write_image
+
+    image = write_image(tmp_path / "big.png", np.full((300, 300, 3), 127, np.uint8))
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        code, out, _ = run_cli("detect", image, "--model", trained_at_256, "--tile", "auto", "--json")
+        assert code == 0 and json.loads(out)[0]["width"] == 300 and not caplog.records
+        code, _, _ = run_cli("detect", image, "--model", trained_at_256, "--tile", "1024", "--json")
+    assert code == 0 and "try --tile 256" in caplog.text
+    code, _, err = run_cli("detect", image, "--model", trained_at_256, "--tile", "huge")
+    assert code == 2 and "auto or a size in pixels" in err

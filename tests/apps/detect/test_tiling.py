@@ -93,3 +93,25 @@ def test_predictor_tiles_large_images(tmp_path):
     assert len(calls) == 20 and all(s[:2] == (256, 256) for s in calls)  # rows at 0 192 384 444, 5 columns
     assert result.instances and all(i.mask["size"] == [700, 900] for i in result.instances)
     assert all(0 <= i.box[0] <= i.box[2] <= 900 and 0 <= i.box[1] <= i.box[3] <= 700 for i in result.instances)
+
+
+def test_auto_tiles_are_the_training_size_and_overlaps_fit_them():
+    from cnnapps.apps.detect.tiling import resolve_tile
+
+    assert resolve_tile("auto", None, 256) == (256, 128)
+    assert resolve_tile("auto", None, 96) == (96, 48)  # at most half the tile, so small models tile too
+    assert resolve_tile("AUTO", 16, 96) == (96, 16)
+    assert resolve_tile(1024, None, 256) == (1024, 128)  # an explicit size keeps the usual overlap
+    assert resolve_tile("512", None, 256) == (512, 128)
+    assert resolve_tile(None, None, 256) == (None, 128)
+    with pytest.raises(ValueError, match="number of pixels or auto"):
+        resolve_tile("big", None, 256)
+
+
+def test_tiles_far_from_the_training_size_are_warned_of():
+    from cnnapps.apps.detect.tiling import tile_advice
+
+    assert tile_advice(256, 256) is None and tile_advice(512, 256) is None and tile_advice(128, 256) is None
+    advice = tile_advice(1024, 256)  # the case: 16 of 158 objects found
+    assert "4x smaller" in advice and "--tile 256" in advice and "\n" not in advice
+    assert "4x larger" in tile_advice(64, 256)
