@@ -175,8 +175,8 @@ def test_retrieve_answers_name_the_model_and_hits_have_thumbnails(gallery: TestC
 
 
 def test_thumbnails_come_only_from_the_index_s_own_rows(gallery: TestClient, photo: Path) -> None:
-    ids = [h["id"] for h in gallery.post("/v1/retrieve", json={"image": base64.b64encode(photo.read_bytes()).decode()})
-           .json()["results"]]  # fmt: skip
+    hits = gallery.post("/v1/retrieve", json={"image": base64.b64encode(photo.read_bytes()).decode()}).json()["results"]
+    ids = [h["id"] for h in hits]
     cases = [
         ("/v1/retrieve/thumbnail?id=9999", 404, "no image with id 9999 in the index"),
         (f"/v1/retrieve/thumbnail?id={ids[0]}&size=5000", 422, "size 5000: must be between 16 and 512"),
@@ -187,6 +187,10 @@ def test_thumbnails_come_only_from_the_index_s_own_rows(gallery: TestClient, pho
         answer = gallery.get(url)
         assert answer.status_code == status, (url, answer.text)
         assert reason in answer.json()["error"] and "\n" not in answer.json()["error"]
+    rocket = next(h for h in hits if h["path"].endswith("rocket.jpg"))
+    Path(rocket["path"]).unlink()  # indexed, then deleted: the thumbnail says so (the last test of `gallery`)
+    gone = gallery.get(f"/v1/retrieve/thumbnail?id={rocket['id']}")
+    assert gone.status_code == 404 and gone.json()["error"].endswith("no such file (run `cnnapps index sync`)")
 
 
 def test_concurrent_requests_share_batches(client: TestClient, photo: Path) -> None:
