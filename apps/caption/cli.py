@@ -12,7 +12,7 @@ import typer
 
 from cnnapps.errors import CnnappsError
 from cnnapps.files import atomic_write
-from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, images, progress, report_failed, save_drawings
+from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, images, plural, progress, report_failed, save_drawings
 
 
 def caption(
@@ -75,7 +75,7 @@ def eval_caption(
         from cnnapps.apps.caption.evaluate import SCORE_NAMES
 
         scores = ", ".join(f"{SCORE_NAMES.get(k, k)} {v:.3f}" for k, v in report["scores"].items())
-        echo(f"{report['images']} images (beam {report['beam']}, {report['tokenizer']} tokens): {scores}")
+        echo(f"{plural(report['images'], 'image')} (beam {report['beam']}, {report['tokenizer']} tokens): {scores}")
         report_failed(report["failed"])
     if report["failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)

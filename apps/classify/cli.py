@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from cnnapps.errors import CnnappsError
-from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, free, images, progress, saved, styled
+from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, free, images, plural, progress, saved, styled
 
 _MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
 
@@ -110,7 +110,7 @@ def _print_report(report: Any) -> None:
     from rich.table import Table
 
     out = console()
-    out.print(f"{report.n} images: top-1 {report.top1:.2%}, top-5 {report.top5:.2%}, loss {report.loss:.4f}")
+    out.print(f"{plural(report.n, 'image')}: top-1 {report.top1:.2%}, top-5 {report.top5:.2%}, loss {report.loss:.4f}")
     table = Table()
     for column in ("class", "precision", "recall", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")

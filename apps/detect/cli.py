@@ -145,7 +145,7 @@ def _eval_command(task: str) -> Any:
                                f"{images} ({first['path']}: {first['error']})")  # fmt: skip
         if save_results is not None:
             atomic_write(save_results, json.dumps(results).encode())
-            echo(f"wrote {save_results} ({len(results)} detections)", err=True)
+            echo(f"wrote {save_results} ({plural(len(results), 'detection')})", err=True)
         if as_json:
             echo_json(report)
         else:
@@ -172,7 +172,7 @@ def _print_coco_metrics(report: dict[str, Any]) -> None:
     metrics = report["metrics"]
     kinds = list(dict.fromkeys(k.split("_")[0] for k in metrics))
     columns = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-    table = Table(title=f"{report['images']} images, {report['detections']} detections")
+    table = Table(title=f"{plural(report['images'], 'image')}, {plural(report['detections'], 'detection')}")
     table.add_column("")
     for header in ("AP", "AP50", "AP75", "AP small", "AP medium", "AP large"):
         table.add_column(header, justify="right")

@@ -19,6 +19,7 @@ from cnnapps.terminal import (
     free,
     free_name,
     images,
+    plural,
     progress,
     report_failed,
     styled,
@@ -146,7 +147,7 @@ def _print_scores(found: dict[str, Any]) -> None:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.2%}"
 
-    echo(f"{found['images']} images: mIoU {pct(found['miou'])}, pixel accuracy {pct(found['pixel_acc'])}, "
+    echo(f"{plural(found['images'], 'image')}: mIoU {pct(found['miou'])}, pixel accuracy {pct(found['pixel_acc'])}, "
          f"mean accuracy {pct(found['mean_acc'])}, frequency-weighted IoU {pct(found['fwiou'])}")  # fmt: skip
     table = Table()
     for column, justify in (("class", "left"), ("IoU", "right"), ("accuracy", "right"), ("pixels", "right")):
@@ -219,7 +220,7 @@ def eval_panoptic(
     else:
         from rich.table import Table
 
-        table = Table(title=f"{found['images']} images")
+        table = Table(title=plural(found["images"], "image"))
         for column in ("", "PQ", "SQ", "RQ", "classes"):
             table.add_column(column, justify="right" if column else "left")
         for part in ("all", "things", "stuff"):
