@@ -43,7 +43,7 @@ demo: $(STAMP)
 	$(BIN)/cnnapps summary vgg16 --input 224 | tail -3
 
 # Instance segmentation and pose on synthetic scenes, trained from the bundled backbone on a CPU
-# (about 6 and 6 minutes on 2 cores), then evaluated with pycocotools and drawn. Outputs land in runs/.
+# (6 to 14 minutes each on 2 cores, by machine), then evaluated with pycocotools and drawn. Outputs land in runs/.
 demo-detect: $(STAMP)
 	test -f data/shapes/val.json || $(BIN)/python -m cnnapps.datasets.synthetic shapes data/shapes --train 400 --val 100
 	test -f data/people/val.json || $(BIN)/python -m cnnapps.datasets.synthetic people data/people --train 400 --val 100
