@@ -307,22 +307,39 @@ def retrieve(
 def dedup(
     folder: list[str] = typer.Argument(..., help="Images: folders (recursive), files or globs."),
     threshold: float = typer.Option(
-        0.9, "--threshold", min=-1.0, max=1.0, help="Cosine similarity at which two images count as duplicates."
+        0.9,
+        "--threshold",
+        min=-1.0,
+        max=1.0,
+        help="Cosine similarity of embeddings at which two images count as duplicates (see also --hash-bits).",
+    ),
+    hash_bits: int = typer.Option(
+        6,
+        "--hash-bits",
+        min=-1,
+        max=32,
+        help="Also group images whose 64-bit perceptual hashes differ in at most this many bits (shrunk and "
+        "re-encoded copies, which embeddings can miss); -1: embeddings only.",
     ),
     model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Groups of near-duplicate images."""
+    """Groups of near-duplicate images: similar embeddings (crops, edits) or perceptual hashes (rescaled or
+    re-encoded copies)."""
     from cnnapps.apps.retrieve.search import find_duplicates
     from cnnapps.datasets.folders import expand_inputs
 
     paths = expand_inputs(folder)
+    hashes = hash_bits if hash_bits >= 0 else None
     with progress(len(paths), "embedding") as advance:
-        groups, failed = find_duplicates(paths, _embedder(model, "avg", "auto"), threshold, progress=advance)
+        groups, failed = find_duplicates(
+            paths, _embedder(model, "avg", "auto"), threshold, progress=advance, hash_bits=hashes
+        )
     if as_json:
         echo_json({"groups": groups, "failed": failed})
     else:
-        echo(f"{len(groups)} groups of near-duplicates among {len(paths)} images (threshold {threshold})")
+        rule = f"threshold {threshold}" + (f", or hashes at most {hash_bits} bits apart" if hashes is not None else "")
+        echo(f"{len(groups)} groups of near-duplicates among {len(paths)} images ({rule})")
         for n, group in enumerate(groups, start=1):
             echo(f"group {n} (similarity >= {group['min_similarity']:.3f}):")
             for path in group["images"]:

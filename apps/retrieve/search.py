@@ -26,14 +26,43 @@ def retrieve(index: Index, queries: Sequence[Any], k: int = 10, embedder: Any = 
     ]
 
 
-def find_duplicates(
-    paths: Sequence[str], embedder: Any, threshold: float = 0.9, progress: Callable[[int], None] | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Groups of images whose embeddings have cosine similarity >= ``threshold`` (linked transitively).
+#: two images whose 64-bit perceptual hashes differ in at most this many bits are near duplicates too (when
+#: their embeddings agree at least loosely, see HASH_MIN_SIMILARITY): rescaled and re-encoded copies of a photo
+#: hash 0-2 bits from it, while the distinct photos of benchmarks/dedup_robustness.py are 16 or more apart
+HASH_BITS = 6
+#: the cosine similarity a hash match must also reach: a guard against two unrelated pictures sharing a hash
+HASH_MIN_SIMILARITY = 0.5
 
-    Uses FAISS range search, so memory stays linear in the number of images.
+
+def perceptual_hash(rgb: np.ndarray) -> np.ndarray:
+    """imagehash's pHash of an RGB image as 8 bytes: whether each of the 8x8 lowest DCT frequencies of a 32x32
+    grey copy is above their median.
+
+    Unlike a CNN embedding it does not change when an image is shrunk or re-encoded (the embedding of a small
+    copy, upscaled to the network's input, is blurred), though it does under crops, which embeddings tolerate."""
+    import imagehash
+    from PIL import Image
+
+    return np.packbits(imagehash.phash(Image.fromarray(rgb)).hash.ravel())
+
+
+def find_duplicates(
+    paths: Sequence[str],
+    embedder: Any,
+    threshold: float = 0.9,
+    progress: Callable[[int], None] | None = None,
+    hash_bits: int | None = HASH_BITS,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Groups of near-duplicate images (linked transitively): pairs whose embeddings have cosine similarity
+    >= ``threshold``, and pairs whose perceptual hashes differ in at most ``hash_bits`` bits (``None``: no
+    hashes) while their cosine is >= :data:`HASH_MIN_SIMILARITY`. A group's ``min_similarity`` is the lowest
+    cosine of the pairs that link it.
+
+    Uses FAISS range searches (inner product, then Hamming), so memory stays linear in the number of images.
     """
     import faiss
+
+    from cnnapps.datasets.io import read_for_batch
 
     names, vectors, errors = embedder.embed(list(paths), progress=progress)
     failed = [{"path": n, "error": e} for n, e in zip(names, errors, strict=True) if e]
@@ -44,7 +73,22 @@ def find_duplicates(
         return [], failed
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(vectors)
-    lims, sims, ids = flat.range_search(vectors, float(threshold))
+    pairs = [flat.range_search(vectors, float(threshold))]
+    if hash_bits is not None and hash_bits >= 0:
+        hashes = np.zeros((len(names), 8), dtype=np.uint8)
+        hashed = np.zeros(len(names), dtype=bool)  # False: unreadable since it was embedded (changed meanwhile)
+        for row, i in enumerate(keep):
+            rgb = read_for_batch(paths[i])[1]
+            if rgb is not None:
+                hashes[row], hashed[row] = perceptual_hash(rgb), True
+        binary = faiss.IndexBinaryFlat(64)
+        binary.add(hashes)
+        lims, _, ids = binary.range_search(hashes, int(hash_bits) + 1)  # distances strictly below the radius
+        queries = np.repeat(np.arange(len(names)), np.diff(lims.astype(np.int64)))
+        sims = np.einsum("ij,ij->i", vectors[queries], vectors[ids]) if len(ids) else np.zeros(0, np.float32)
+        confirmed = (sims >= HASH_MIN_SIMILARITY) & hashed[queries] & hashed[ids]
+        queries = queries[confirmed]
+        pairs.append((np.searchsorted(queries, np.arange(len(names) + 1)), sims[confirmed], ids[confirmed]))
     parent = list(range(len(names)))
 
     def root(i: int) -> int:
@@ -54,11 +98,12 @@ def find_duplicates(
         return i
 
     best: dict[tuple[int, int], float] = {}
-    for q in range(len(names)):
-        for s, j in zip(sims[lims[q] : lims[q + 1]], ids[lims[q] : lims[q + 1]], strict=True):
-            if j != q:
-                parent[root(int(j))] = root(q)
-                best[(min(q, int(j)), max(q, int(j)))] = float(s)
+    for lims, sims, ids in pairs:
+        for q in range(len(names)):
+            for s, j in zip(sims[lims[q] : lims[q + 1]], ids[lims[q] : lims[q + 1]], strict=True):
+                if j != q:
+                    parent[root(int(j))] = root(q)
+                    best[(min(q, int(j)), max(q, int(j)))] = float(s)
     groups: dict[int, list[int]] = {}
     for i in range(len(names)):
         groups.setdefault(root(i), []).append(i)

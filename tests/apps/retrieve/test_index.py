@@ -196,6 +196,33 @@ def test_duplicates_are_grouped(gallery: Path, embedder: Embedder, tmp_path: Pat
     assert groups[0]["min_similarity"] >= 0.9
 
 
+def test_a_shrunk_jpeg_copy_is_grouped_with_its_original(embedder: Embedder, tmp_path: Path) -> None:
+    """Issue 20: a 200x133 JPEG copy of coffee falls below 0.9 by embedding alone (the small copy is blurred
+    when scaled up to the network's input); its perceptual hash matches the original's."""
+    import inspect
+
+    from skimage import data
+
+    from cnnapps.apps.retrieve import cli
+    from cnnapps.apps.retrieve.search import HASH_BITS
+
+    folder = tmp_path / "photos"
+    coffee = data.coffee()
+    save(folder, "coffee", coffee)
+    small = cv2.resize(coffee, (200, 133), interpolation=cv2.INTER_AREA)[:, :, ::-1]
+    cv2.imwrite(str(folder / "coffee-small.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    save(folder, "chelsea", data.chelsea())
+    save(folder, "astronaut", data.astronaut())
+    paths = sorted(str(p) for p in folder.iterdir())
+    groups, failed = find_duplicates(paths, embedder)
+    assert not failed and [sorted(Path(p).name for p in g["images"]) for g in groups] == [
+        ["coffee-small.jpg", "coffee.png"]
+    ]
+    assert groups[0]["min_similarity"] < 0.9  # linked by the hash
+    assert find_duplicates(paths, embedder, hash_bits=None) == ([], [])  # what dedup found before
+    assert inspect.signature(cli.dedup).parameters["hash_bits"].default.default == HASH_BITS
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
 def test_approximate_kinds_find_clustered_neighbours(kind: str) -> None:
     rng = np.random.default_rng(0)
