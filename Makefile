@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(BIN)/python -c "import cv2; from skimage import data; [cv2.imwrite(f'runs/demo/{n}.jpg', getattr(data, n)()[:, :, ::-1]) for n in ('chelsea', 'coffee', 'rocket', 'astronaut')]"
 	$(BIN)/cnnapps classify runs/demo --top-k 3
 	test -d data/digits || $(BIN)/python scripts/make_digits.py data/digits
-	test -f runs/digits/model.safetensors || $(BIN)/cnnapps train classify --config configs/classify/digits.yaml
+	test -f runs/digits/model.safetensors || $(BIN)/cnnapps train classify --config configs/classify/digits.yaml --epochs 4
 	$(BIN)/cnnapps eval classify --model runs/digits/model.safetensors --data data/digits/val
 	rm -f runs/demo/gradcam.png runs/gradcam.png
 	$(BIN)/cnnapps visualize gradcam runs/demo/chelsea.jpg --out runs/gradcam.png
