@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from cnnapps.terminal import article
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
     "red": (220, 40, 40),
@@ -194,13 +196,14 @@ def captioned_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarr
         shapes.append((kind, colour, cx, cy))
     if count == 1:
         kind, colour, _, _ = shapes[0]
-        return image, [f"a {colour} {kind} on its own", f"a single {colour} {kind}"]
+        return image, [f"{article(colour)} {kind} on its own", f"a single {colour} {kind}"]
     (k1, c1, x1, y1), (k2, c2, x2, y2) = shapes
     if abs(y2 - y1) > abs(x2 - x1):
         relation, inverse = ("above", "below") if y1 < y2 else ("below", "above")
     else:
         relation, inverse = ("left of", "right of") if x1 < x2 else ("right of", "left of")
-    return image, [f"a {c1} {k1} {relation} a {c2} {k2}", f"a {c2} {k2} {inverse} a {c1} {k1}"]
+    first, second = f"{article(c1)} {k1}", f"{article(c2)} {k2}"  # "an orange circle"
+    return image, [f"{first} {relation} {second}", f"{second} {inverse} {first}"]
 
 
 def write_captions(out: str | os.PathLike, split: str, n: int, seed: int = 0, size: int = 256) -> Path:
