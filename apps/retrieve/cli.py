@@ -324,8 +324,10 @@ def dedup(
     model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Groups of near-duplicate images: similar embeddings (crops, edits) or perceptual hashes (rescaled or
-    re-encoded copies)."""
+    """Groups of near-duplicate images.
+
+    Two images join a group when their embeddings are similar (crops, edits) or their perceptual hashes are
+    (rescaled or re-encoded copies)."""
     from cnnapps.apps.retrieve.search import find_duplicates
     from cnnapps.datasets.folders import expand_inputs
 
