@@ -112,7 +112,7 @@ def _what_else(path: Path, size: int) -> str:
         with zipfile.ZipFile(path) as archive:
             if any("/code/" in name for name in archive.namelist()):
                 return f"{path}: a TorchScript file; {runs}; use the model file it was exported from"
-        return f"{path}: a zip archive (a PyTorch checkpoint?), not a model file; {runs}"
+        return f"{path}: a zip archive (a PyTorch checkpoint or a NumPy .npz?), not a model file; {runs}"
     return f"{path}: not a safetensors model file (its header claims {size:,} bytes)"
 
 

@@ -40,7 +40,8 @@ def test_other_model_formats_say_what_they_are(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=said + r" writes; use the model file it was exported from"):
         read_metadata(tmp_path / "net.pt")
     torch.save({"w": torch.zeros(2)}, tmp_path / "weights.pth")
-    with pytest.raises(BundleError, match=r"weights\.pth: a zip archive \(a PyTorch checkpoint\?\), not a model file"):
+    zip_archive = r"weights\.pth: a zip archive \(a PyTorch checkpoint or a NumPy \.npz\?\), not a model file"
+    with pytest.raises(BundleError, match=zip_archive):
         read_metadata(tmp_path / "weights.pth")
     (tmp_path / "graph.onnx").write_bytes(b"\x08\x08\x12\x07pytorch" + b"\xff" * 64)
     with pytest.raises(BundleError, match=r"graph\.onnx: an ONNX file, not a model file"):
