@@ -54,9 +54,11 @@ def test_v2_checkpoint_gives_identical_outputs(tmp_path):
     from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
     torch.manual_seed(0)
-    reference = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
+    small = {"min_size": 128, "max_size": 160, "box_detections_per_img": 20}  # the same small run on both sides
+    reference = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, box_score_thresh=0.0, **small).eval()
     torch.save(reference.state_dict(), tmp_path / "v2.pth")
-    ours = create_detector("segment", "resnet50", weights=str(tmp_path / "v2.pth"), heads="v2", box_score_thresh=0.0)
+    ours = create_detector("segment", "resnet50", weights=str(tmp_path / "v2.pth"), heads="v2", box_score_thresh=0.0,
+                           **small)  # fmt: skip
     image = torch.rand(3, 128, 160)
     with torch.no_grad():
         expected, got = reference([image])[0], ours.eval()([image])[0]
@@ -102,6 +104,7 @@ def test_every_backbone_carries_every_head(backbone, fpn_levels, task):
     assert expected in losses and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     model.eval()
+    model.roi_heads.detections_per_img = 8  # random heads keep up to 100 boxes, each through the mask/keypoint head
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
