@@ -52,7 +52,7 @@ def eval_caption(
     split: str = typer.Option(None, "--split", help="Karpathy split to score [default: test if present]."),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam width; 1 is greedy decoding."),
     save_results: Path = typer.Option(None, "--save-results", help="Write the captions as COCO results JSON."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """BLEU-1..4 and CIDEr by pycocoevalcap (and METEOR when Java is present)."""

@@ -123,7 +123,7 @@ def _eval_command(task: str) -> Any:
         data: str = typer.Option(..., "--data", help="COCO annotation JSON with the ground truth."),
         images: str = typer.Option(..., "--images", help="Folder the JSON's file_name entries are in."),
         save_results: Path = typer.Option(None, "--save-results", help="Write the detections as COCO results JSON."),
-        device: str = typer.Option("auto", "--device"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
     ) -> None:
         from cnnapps.api import load

@@ -110,7 +110,7 @@ def eval_semantic(
     ignore_index: int = typer.Option(255, "--ignore-index", help="Mask value left out of the scores."),
     tile: int = typer.Option(None, "--tile", min=16, help="Sliding window of this many pixels."),
     save_confusion: Path = typer.Option(None, "--save-confusion", help="Draw the confusion matrix to this PNG."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print all scores as JSON."),
 ) -> None:
     """mIoU, per-class IoU, pixel accuracy, mean accuracy and frequency-weighted IoU of a semantic model (classes
@@ -203,7 +203,7 @@ def eval_panoptic(
     data: str = typer.Option(..., "--data", help="COCO panoptic JSON (its PNGs in <json without .json>/)."),
     images_dir: str = typer.Option(..., "--images", help="Image folder of the panoptic JSON."),
     pngs: str = typer.Option(None, "--pngs", help="Folder of its ground-truth PNGs."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print all scores as JSON."),
 ) -> None:
     """Panoptic quality PQ = SQ x RQ over all, things and stuff (panopticapi's matching: IoU > 0.5)."""

@@ -156,3 +156,26 @@ def test_help_pages_name_arguments_plainly_and_cut_no_command_description(run_cl
         assert "<list[" not in out and "{" not in out.split("\n")[0], (words, out.split("\n")[0])
     code, out, _ = run_cli("predict", "--help")
     assert out.startswith("Usage: cnnapps predict [OPTIONS] MODEL PATHS...")
+
+
+def test_every_option_of_every_command_says_what_it_is() -> None:
+    import click
+    import typer
+
+    from cnnapps.cli import app
+
+    silent = []
+
+    def walk(command: click.Command, words: list[str]) -> None:
+        if getattr(command, "commands", None):
+            for name, sub in command.commands.items():
+                walk(sub, [*words, name])
+            return
+        context = click.Context(command)
+        for param in command.params:
+            record = param.get_help_record(context)
+            if record and param.name != "help" and not record[1].split("[default")[0].split("[x")[0].strip():
+                silent.append(f"{' '.join(words)} {record[0]}")
+
+    walk(typer.main.get_command(app), [])
+    assert not silent
