@@ -55,7 +55,7 @@ demo-detect: $(STAMP)
 	$(BIN)/cnnapps pose data/people/val/people_0000[0-3].png --model runs/people/model.safetensors --save-dir runs/overlays
 
 # Captioning on synthetic scenes: an LSTM with soft attention over a frozen EfficientNet-Lite0 grid
-# (about 4 minutes on 2 cores), evaluated with pycocoevalcap, one attention picture. Outputs land in runs/.
+# (4 to 6 minutes on 2 cores, by machine), evaluated with pycocoevalcap, one attention picture. Outputs land in runs/.
 demo-caption: $(STAMP)
 	test -f data/captions/val.json || $(BIN)/python -m cnnapps.datasets.synthetic captions data/captions --train 800 --val 100
 	test -f runs/captions/model.safetensors || $(BIN)/cnnapps train caption --config configs/caption/shapes.yaml
