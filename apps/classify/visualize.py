@@ -17,7 +17,7 @@ from torch import nn
 from cnnapps.apps.classify.model import LoadedClassifier
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.datasets.io import read_image
-from cnnapps.errors import CnnappsError, ImageError
+from cnnapps.errors import CnnappsError, ImageError, did_you_mean
 
 
 def _input(loaded: LoadedClassifier, rgb: np.ndarray) -> torch.Tensor:
@@ -43,11 +43,7 @@ def resolve_class(loaded: LoadedClassifier, target: str | int | None) -> int | N
         return index
     if target in names:
         return names.index(target)
-    import difflib
-
-    close = difflib.get_close_matches(str(target), names, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise CnnappsError(f"--class {target}: not a class of this model{hint}")
+    raise CnnappsError(f"--class {target}: not a class of this model{did_you_mean(str(target), names)}")
 
 
 @dataclass

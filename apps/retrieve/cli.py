@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from cnnapps.errors import CnnappsError
-from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, free, images, progress, report_failed
+from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, free, images, plural, progress, report_failed
 
 _MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
 
@@ -180,10 +180,10 @@ def index_remove(
 
     opened = Index.open(index)
     removed = opened.remove(paths)
-    _print_index(opened.info(), as_json, f"removed {removed} image{'s' if removed != 1 else ''}")
+    _print_index(opened.info(), as_json, f"removed {plural(removed, 'image')}")
     missing = len({index_path(p) for p in paths}) - removed
     if missing:
-        echo(f"{missing} of the paths given {'was' if missing == 1 else 'were'} not in {index}", err=True)
+        echo(f"{plural(missing, 'path')} given not in {index}", err=True)
         raise typer.Exit(EXIT_SOME_FAILED)
 
 

@@ -50,7 +50,7 @@ def test_index_commands_and_retrieve(run_cli, pictures: Path, tmp_path: Path) ->
     code, out, _ = run_cli("index", "remove", folder / "rocket.jpg", "--index", index, "--json")
     assert code == 0 and json.loads(out)["items"] == 4
     code, out, err = run_cli("index", "remove", folder / "rocket.jpg", "--index", index, "--json")
-    assert code == 1 and json.loads(out)["items"] == 4 and "1 of the paths given was not in" in err
+    assert code == 1 and json.loads(out)["items"] == 4 and "1 path given not in" in err
     (folder / "coffee.jpg").unlink()
     shutil.copy(pictures / "rocket.jpg", folder / "rocket2.jpg")
     code, out, _ = run_cli("index", "sync", folder, "--index", index, "--json")
