@@ -1,0 +1,1 @@
+"""Tracking: persistent ids for detections across video frames, track summaries, counting, MOT metrics."""
