@@ -26,6 +26,15 @@ class Result:
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
+    def headline(self) -> str:
+        """What the answer says in a few words (the top class, the objects found, the caption), "" for nothing:
+        a video's frames are kept as events where it changes."""
+        return ""
+
+    def overlay(self, image: np.ndarray) -> np.ndarray:
+        """The answer drawn on one video frame (RGB uint8); frames of one video come out the same size."""
+        return self.draw(image)  # type: ignore[attr-defined]
+
 
 @dataclass
 class Prediction:
@@ -44,6 +53,9 @@ class ClassificationResult(Result):
     @property
     def top1(self) -> Prediction | None:
         return self.predictions[0] if self.predictions else None
+
+    def headline(self) -> str:
+        return self.top1.label if self.top1 else ""
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
@@ -104,9 +116,12 @@ class Instance:
     box: tuple[float, float, float, float]
     mask: dict[str, Any] | None = None
     keypoints: list[tuple[float, float, float]] | None = None  # x, y, score
+    embedding: np.ndarray | None = None  # (D,) unit vector of the box's appearance, when asked for (tracking)
+    track_id: int | None = None  # the object's id across video frames, when tracked
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        out: dict[str, Any] = {} if self.track_id is None else {"id": int(self.track_id)}
+        out |= {
             "label": self.label,
             "score": round(float(self.score), 5),
             "box": [round(float(v), 2) for v in self.box],
@@ -146,14 +161,25 @@ class DetectionResult(Result):
             "instances": [i.to_dict() for i in self.instances],
         }
 
+    def headline(self) -> str:
+        """The objects found by class, most first: ``"2 circle, 1 square"``."""
+        from collections import Counter
+
+        return ", ".join(f"{n} {label}" for label, n in Counter(i.label for i in self.instances).most_common())
+
     def draw(self, image: np.ndarray, mask_alpha: float = 0.45) -> np.ndarray:
-        """The image (RGB uint8) with translucent masks, boxes, labels with scores and keypoint skeletons."""
+        """The image (RGB uint8) with translucent masks, boxes, labels with scores and keypoint skeletons; tracked
+        objects are coloured by their id and labelled ``#id``."""
         import cv2
 
         out = image.copy()
         thick = max(1, round(max(image.shape[:2]) / 400))
+
+        def colour_of(inst: Instance) -> tuple[int, int, int]:
+            return PALETTE[(inst.label_index if inst.track_id is None else inst.track_id) % len(PALETTE)]
+
         for inst in self.instances:
-            colour = PALETTE[inst.label_index % len(PALETTE)]
+            colour = colour_of(inst)
             if inst.mask is not None:
                 from pycocotools import mask as mask_utils
 
@@ -161,10 +187,10 @@ class DetectionResult(Result):
                 m = mask_utils.decode(rle).astype(bool)
                 out[m] = (out[m] * (1 - mask_alpha) + np.array(colour) * mask_alpha).astype(np.uint8)
         for inst in self.instances:
-            colour = PALETTE[inst.label_index % len(PALETTE)]
+            colour = colour_of(inst)
             x0, y0, x1, y1 = (round(v) for v in inst.box)
             cv2.rectangle(out, (x0, y0), (x1, y1), colour, thick, cv2.LINE_AA)
-            text = f"{inst.label} {inst.score:.0%}"
+            text = f"{'' if inst.track_id is None else f'#{inst.track_id} '}{inst.label} {inst.score:.0%}"
             scale = 0.4 * thick
             (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
             top = max(th + 4, y0)
@@ -194,6 +220,20 @@ class CaptionResult(Result):
         if self.error is not None:
             return {"path": self.source, "error": self.error}
         return {"path": self.source, "caption": self.caption, "score": round(float(self.score), 4)}
+
+    def headline(self) -> str:
+        return self.caption
+
+    def overlay(self, image: np.ndarray) -> np.ndarray:
+        """The frame with the caption on a dark strip along its bottom (the attention panels are for stills)."""
+        import cv2
+
+        out = image.copy()
+        height = min(out.shape[0], 26)
+        out[-height:] = (out[-height:] * 0.35).astype(np.uint8)
+        cv2.putText(out, self.caption, (6, out.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)  # fmt: skip
+        return out
 
     def draw(self, image: np.ndarray, panel: int = 224, columns: int = 5) -> np.ndarray:
         """The caption as a title, then the image and one panel per word with its attention map over the image
@@ -253,6 +293,9 @@ class MultiTaskResult(Result):
         for name, result in self.results.items():
             out[name] = {k: v for k, v in result.to_dict().items() if k != "path"}
         return out
+
+    def headline(self) -> str:
+        return "; ".join(f"{name}: {said}" for name, result in self.results.items() if (said := result.headline()))
 
     def draw(self, image: np.ndarray) -> np.ndarray:
         """Boxes, masks and skeletons of the detection heads on the image, then a panel with the other answers."""

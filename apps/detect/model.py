@@ -530,15 +530,44 @@ def create_shared_detector(task: str, trunk: Backbone, trunk_name: str, preproce
     return model
 
 
-def run_shared(model: nn.Module, images: list[torch.Tensor], trunk_pass: Any = None) -> list[dict]:
+def run_shared(model: nn.Module, images: list[torch.Tensor], trunk_pass: Any = None, embed: bool = False) -> list[dict]:
     """A detector on a shared trunk, on uint8 (3, H, W) images: the model file's preprocessing, the trunk's pass
     (``trunk_pass``, e.g. a compiled ``TrunkRunner``, or the module itself), the heads; outputs in each image's own
-    frame, as torchvision's R-CNN gives them."""
+    frame, as torchvision's R-CNN gives them (with ``embed``, each box's appearance too: :func:`box_embeddings`)."""
     pre = model.shared_preprocess
     batch = torch.stack([pre.apply_tensor(img) for img in images])
     stages = trunk_pass(batch)[0] if trunk_pass is not None else model.backbone.body.forward_stages(batch)
     sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-    return detect_on_stages(model, stages, batch, sizes, [pre.geometry(*size) for size in sizes])
+    return detect_on_stages(model, stages, batch, sizes, [pre.geometry(*size) for size in sizes], embed)
+
+
+def run_detector(model: nn.Module, images: list[torch.Tensor], embed: bool = False) -> list[dict]:
+    """A torchvision R-CNN on float (3, H, W) images in [0, 1]: what ``model(images)`` returns, and with ``embed``
+    each box's appearance from the same forward pass (:func:`box_embeddings`)."""
+    if not embed:
+        return model(images)
+    sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    vectors = box_embeddings(model, features, [d["boxes"] for d in detections], batch.image_sizes)
+    detections = model.transform.postprocess(detections, batch.image_sizes, sizes)
+    return [{**found, "embeddings": v} for found, v in zip(detections, vectors, strict=True)]
+
+
+def box_embeddings(
+    model: nn.Module, features: dict[str, torch.Tensor], boxes: list[torch.Tensor], sizes: list[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """Each box's appearance as a unit vector, from the feature maps the detector has just computed: the box head's
+    RoI Align over the FPN levels (the level chosen by the box's size), averaged over the 7x7 cells. What a tracker
+    re-identifies objects by, at the cost of one RoI Align over the boxes found (no second network, no crops)."""
+    if not sum(len(b) for b in boxes):
+        width = next(iter(features.values())).shape[1]
+        return [torch.zeros((0, width), device=b.device) for b in boxes]
+    pooled = model.roi_heads.box_roi_pool(features, boxes, sizes).float().mean((2, 3))
+    pooled = torch.nn.functional.normalize(pooled, dim=1)
+    return list(pooled.split([len(b) for b in boxes]))
 
 
 def detect_on_stages(
@@ -547,9 +576,11 @@ def detect_on_stages(
     batch: torch.Tensor,
     sizes: list[tuple[int, int]],
     geometries: list[tuple[float, float, float, float]],
+    embed: bool = False,
 ) -> list[dict]:
     """A shared detector's outputs from a trunk pass already made over ``batch`` (the preprocessed images), in
-    each original image's frame (``sizes``: height, width; ``geometries``: how the preprocessing moved pixels)."""
+    each original image's frame (``sizes``: height, width; ``geometries``: how the preprocessing moved pixels);
+    with ``embed``, each box's appearance too (``"embeddings"``: :func:`box_embeddings`)."""
     from torchvision.models.detection.image_list import ImageList
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
@@ -557,6 +588,9 @@ def detect_on_stages(
     images = ImageList(batch, [tuple(batch.shape[-2:])] * len(batch))
     proposals, _ = model.rpn(images, features)
     detections, _ = model.roi_heads(features, proposals, images.image_sizes)
+    if embed:
+        vectors = box_embeddings(model, features, [d["boxes"] for d in detections], images.image_sizes)
+        detections = [{**found, "embeddings": v} for found, v in zip(detections, vectors, strict=True)]
     outputs = []
     for found, (height, width), (sx, sy, ox, oy) in zip(detections, sizes, geometries, strict=True):
         scale = found["boxes"].new_tensor([sx, sy, sx, sy])

@@ -30,7 +30,8 @@ class DetectionPredictor:
     """A loaded detector with its thresholds; ``predict(inputs)`` returns one result per input, in order.
 
     ``tile``: None (whole images), a size in pixels, or ``"auto"`` (the size the model was trained at);
-    ``overlap``: pixels shared by neighbouring tiles [default: 128, at most half the tile]."""
+    ``overlap``: pixels shared by neighbouring tiles [default: 128, at most half the tile]; ``embed``: give each
+    instance its appearance (``Instance.embedding``, from the same forward pass; not with tiles), for trackers."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class DetectionPredictor:
         model: torch.nn.Module | None = None,
         head: str | None = None,
         engine: str = "auto",
+        embed: bool = False,
     ) -> None:
         from cnnapps.apps.detect.model import load_detector
 
@@ -87,6 +89,9 @@ class DetectionPredictor:
             self._trunk = TrunkRunner(self.model.backbone.body, pre.input_size, self.batch_size, self.device, engine,
                                       owned=mine)  # fmt: skip
         self.max_pixels = None if tile else max_pixels  # tiling exists for images beyond the usual limit
+        if embed and tile:
+            raise CnnappsError("--tile: tiled detection gives no appearance embeddings; track without --tile")
+        self.embed = embed
 
     @property
     def class_names(self) -> list[str]:
@@ -117,10 +122,12 @@ class DetectionPredictor:
             from cnnapps.apps.detect.model import run_shared
 
             tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) for rgb in images]
-            outputs = run_shared(self.model, tensors, self._trunk)
+            outputs = run_shared(self.model, tensors, self._trunk, embed=self.embed)
         else:
+            from cnnapps.apps.detect.model import run_detector
+
             tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
-            outputs = self.model(tensors)
+            outputs = run_detector(self.model, tensors, embed=self.embed)
         return [to_detections(out, rgb.shape[0], rgb.shape[1]) for out, rgb in zip(outputs, images, strict=True)]
 
 
@@ -152,6 +159,7 @@ def to_result(name: str, found: Detections, height: int, width: int, spec: Any) 
                 box=tuple(float(v) for v in found.boxes[i]),
                 mask=mask,
                 keypoints=keypoints,
+                embedding=None if found.embeddings is None else found.embeddings[i],
             )
         )
     return DetectionResult(name, instances=instances, width=width, height=height, skeleton=spec.skeleton)
@@ -171,4 +179,6 @@ def to_detections(output: dict[str, torch.Tensor], height: int, width: int) -> D
         xy = output["keypoints"][..., :2].float().cpu().numpy()
         scores = output["keypoints_scores"].float().cpu().numpy()[..., None]
         found.keypoints = np.concatenate([xy, scores], -1)
+    if "embeddings" in output:
+        found.embeddings = output["embeddings"].float().cpu().numpy()
     return found

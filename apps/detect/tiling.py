@@ -17,13 +17,15 @@ import numpy as np
 @dataclass
 class Detections:
     """Detections in one frame: boxes (N, 4) x0 y0 x1 y1, scores (N,), labels (N,), optional masks (one
-    ``(crop, x0, y0)`` per box: a bool array and where its top-left pixel sits) and keypoints (N, K, 3)."""
+    ``(crop, x0, y0)`` per box: a bool array and where its top-left pixel sits), keypoints (N, K, 3) and
+    appearance embeddings (N, D) unit vectors (asked for by trackers)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     masks: list[tuple[np.ndarray, int, int]] | None = None
     keypoints: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)

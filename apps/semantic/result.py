@@ -90,6 +90,10 @@ class SemanticResult(Result):
         return {"path": self.source, "width": self.width, "height": self.height,
                 "classes": [a.to_dict() for a in self.areas()]}  # fmt: skip
 
+    def headline(self) -> str:
+        """The classes covering at least 1 % of the image, largest first."""
+        return ", ".join(a.label for a in self.areas() if a.fraction >= 0.01)
+
     def palette(self) -> np.ndarray:
         from cnnapps.datasets.semantic import voc_colormap
 
@@ -142,6 +146,14 @@ class PanopticResult(Result):
     ids: np.ndarray | None = None
     segments: list[PanopticSegment] = field(default_factory=list)
     colours: list[list[int]] = field(default_factory=list)  # one RGB colour per class
+
+    def headline(self) -> str:
+        """The things by class, then the stuff: ``"2 person, sky, grass"``."""
+        from collections import Counter
+
+        things = Counter(s.label for s in self.segments if s.isthing)
+        stuff = dict.fromkeys(s.label for s in self.segments if not s.isthing)
+        return ", ".join([*(f"{n} {label}" for label, n in things.most_common()), *stuff])
 
     def to_dict(self) -> dict[str, Any]:
         """``{"path", "width", "height", "segments": [{"id", "label", "isthing", "area", "box", "score"}, ...]}``."""

@@ -36,6 +36,20 @@ def test_load_gives_results_with_rle_masks_and_a_drawing(model_file):
     assert picture.shape == image.shape and not np.array_equal(picture, image)
 
 
+def test_embed_gives_each_instance_its_appearance_from_the_same_pass(model_file):
+    image = np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    plain = cnnapps.load(model_file, score_threshold=0.0).predict([image])[0]
+    embedded = cnnapps.load(model_file, score_threshold=0.0, embed=True).predict([image])[0]
+    assert np.allclose([i.box for i in plain.instances], [i.box for i in embedded.instances], atol=1e-4)  # same
+    vectors = np.stack([i.embedding for i in embedded.instances])
+    assert vectors.shape == (len(embedded.instances), 16)  # the FPN's channels
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert all(i.embedding is None for i in plain.instances)
+    assert "embedding" not in json.dumps(embedded.to_dict())  # for trackers, not printed
+    with pytest.raises(CnnappsError, match="tiled detection gives no appearance"):
+        cnnapps.load(model_file, embed=True, tile=96)
+
+
 def test_load_refuses_the_wrong_task(model_file):
     with pytest.raises(CnnappsError, match="a segment model, not a pose model"):
         cnnapps.load(model_file, task="pose")
