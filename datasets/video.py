@@ -1,0 +1,852 @@
+"""Video in and out: files, image sequences, webcams and network streams as RGB frames; H.264/VP9 files written.
+
+:class:`VideoSource` opens a source in its constructor (so a bad one fails before any model loads) and yields
+:class:`Frame` objects decoded by a background thread into a small bounded queue: files and image sequences
+lose no frame (the reader waits for the consumer), live sources (webcams, network streams) drop their oldest
+waiting frame so the consumer always gets recent ones. Failures are :class:`VideoError`, one line naming the
+source; a failure mid-way comes after every frame decoded before it. :class:`VideoWriter` writes RGB frames to a
+hidden temporary file next to its target and renames it at ``close()``, keeping what was written even after an
+error. FFmpeg (PyAV) is imported only when a video is opened.
+
+    with VideoSource("clip.mp4", stride=2) as source, VideoWriter("out.mp4", source.fps / 2) as out:
+        for frame in source:
+            out.write(frame.rgb)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnapps.errors import CnnappsError
+from cnnapps.files import OutputExistsError, current_umask
+
+#: File suffixes read as videos.
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
+
+_STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "udp", "tcp", "srt")
+_HTTP_SCHEMES = ("http", "https")
+_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_WEBCAM = re.compile(r"webcam(?::(\d+))?")
+_SEQUENCE_FIELD = re.compile(r"%%|%(0?)(\d*)d")  # ffmpeg's image2 pattern: frames/%05d.png (%% is a %)
+_EPS = 1e-6
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 5.0
+_WATCHDOG_GRACE = 2.0  # the consumer's own stall check waits this much longer than FFmpeg's read timeout
+
+
+def _kind(text: str) -> str | None:
+    """``webcam``, ``stream`` (rtsp, udp...), ``http``, ``sequence``, ``file``, or None for a non-video path."""
+    url = _URL.match(text)
+    if url:
+        scheme = url.group(1).lower()
+        return "stream" if scheme in _STREAM_SCHEMES else "http" if scheme in _HTTP_SCHEMES else None
+    if _WEBCAM.fullmatch(text):
+        return "webcam"
+    suffix = Path(text).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "file"
+    if _sequence_field(text):
+        return "sequence"
+    return None
+
+
+def _sequence_field(text: str) -> re.Match[str] | None:
+    """The printf field (``%d``, ``%05d``) of an image-sequence pattern, skipping ``%%``."""
+    return next((m for m in _SEQUENCE_FIELD.finditer(text) if m.group(0) != "%%"), None)
+
+
+def is_video_source(text: str) -> bool:
+    """Whether ``text`` names a video: a path with a video suffix, ``webcam`` / ``webcam:N``, an rtsp, rtsps,
+    rtmp, udp, tcp, srt, http or https URL (http is read as a stream or a remote video), or an image-sequence
+    pattern with a printf field (``frames/%05d.png``, ffmpeg's convention)."""
+    return _kind(str(text)) is not None
+
+
+@dataclass
+class Frame:
+    """One decoded frame: ``index`` counts the source's frames from 0 (before the stride), ``time`` is in
+    seconds from the start (from the frame's timestamp when known), ``rgb`` is (H, W, 3) uint8, C-contiguous."""
+
+    index: int
+    time: float
+    rgb: np.ndarray
+
+
+class VideoError(CnnappsError):
+    """A video source that cannot be opened, or that failed mid-way (then the message says after how many
+    frames). ``frames_read`` counts the frames read before the failure."""
+
+    def __init__(self, message: str, frames_read: int = 0) -> None:
+        super().__init__(message)
+        self.frames_read = frames_read
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's words for an error, without PyAV's errno and file name."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    text = str(text).strip().rstrip(".")
+    return text[:1].lower() + text[1:]
+
+
+_END = object()  # the reader finished normally
+_NOTHING = object()  # no item within the wait
+
+
+class _Buffer:
+    """A bounded frame queue: the reader waits when it is full, or (live) drops the oldest frame."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return sum(1 for item in self._items if isinstance(item, Frame))
+
+    def put(self, item: Any, drop_oldest: bool, stop: threading.Event) -> int:
+        """Queue ``item``; returns how many frames were dropped to make room. Sentinels never wait."""
+        dropped = 0
+        with self._cond:
+            if isinstance(item, Frame):
+                while len(self._items) >= self.size and not stop.is_set():
+                    if drop_oldest:
+                        self._items.popleft()
+                        dropped += 1
+                    else:
+                        self._cond.wait(0.1)
+                if stop.is_set():
+                    return dropped
+            self._items.append(item)
+            self._cond.notify_all()
+        return dropped
+
+    def get(self, wait: float) -> Any:
+        with self._cond:
+            if not self._items:
+                self._cond.wait(wait)
+            if not self._items:
+                return _NOTHING
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._items.clear()
+            self._cond.notify_all()
+
+
+class _Disconnected(Exception):
+    """A live connection ended (end of stream, error or stall); the reader may reconnect."""
+
+
+class VideoSource:
+    """Frames from a video file, an image sequence, a webcam or a network stream.
+
+    ``spec``: a path (see :data:`VIDEO_SUFFIXES`), ``frames/%05d.png`` (image files in numeric order, from
+    the lowest number present to the first number missing after it), ``webcam`` / ``webcam:N`` (``/dev/videoN``
+    through v4l2 on Linux, avfoundation device N on macOS), or an rtsp(s), rtmp, udp, tcp, srt or http(s) URL.
+
+    ``stride`` keeps every stride-th frame (the others are decoded but never converted); ``start`` and
+    ``end`` (seconds) bound the frames read (files seek to the keyframe before ``start``). ``live`` (default:
+    webcams and URLs) makes the queue of ``queue`` frames drop its oldest frame when the consumer is slow
+    (counted in ``dropped``) instead of making the reader wait; a file read live is decoded as fast as it can
+    be, and still ends at its end. For webcams and URLs the end of the stream, an error or a stall (no
+    frame for ``timeout`` seconds) is a disconnect: a :class:`VideoError`, or with ``reconnect`` an event
+    (``on_event(message)``, called from the reader thread; default: printed on stderr), a wait (0.5 s,
+    doubling up to 5 s) and a new connection; ``retries`` bounds the tries in a row (None: forever); the
+    count starts again once frames flow. Frame indices keep increasing across reconnections and times go
+    on from the wall clock. ``fps`` is the frame rate of image sequences (25 by default) and of sources
+    that do not state one.
+
+    Attributes: ``name`` (the spec), ``live``, ``fps``, ``width``, ``height``, ``duration`` (seconds, when
+    known), ``frames`` (the number of frames expected after start, end and stride, when the container says),
+    ``frames_read`` (frames read after start, end and stride, those dropped included) and ``dropped``.
+    A source is read once; ``close()`` (or leaving a ``with`` block, or breaking out of the loop) stops the
+    reader. Nothing is kept per frame, so memory does not grow with the video's length.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        stride: int = 1,
+        start: float | None = None,
+        end: float | None = None,
+        live: bool | None = None,
+        queue: int = 4,
+        timeout: float = 10.0,
+        reconnect: bool = False,
+        retries: int | None = None,
+        fps: float | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = os.fspath(spec) if not isinstance(spec, str) else spec
+        self._check_options(stride, start, end, queue, timeout, retries, fps)
+        self._kind = _kind(self.name) or "file"
+        self._remote = self._kind in ("webcam", "stream", "http")  # the end of the data is a disconnect
+        self.live = bool(live) if live is not None else self._remote
+        self.stride, self.start, self.end = int(stride), start, end
+        self.timeout, self.reconnect, self.retries = float(timeout), bool(reconnect), retries
+        self.on_event = on_event or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.fps: float | None = None
+        self.width: int | None = None
+        self.height: int | None = None
+        self.frames: int | None = None
+        self.duration: float | None = None
+        self.frames_read = 0
+        self.dropped = 0
+        self._fps_given = fps
+        self._buffer = _Buffer(int(queue))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards the container's closing
+        self._container: Any = None
+        self._stream: Any = None
+        self._sequence: tuple[str, int, str, int, int] | None = None  # prefix, width, suffix, first, count
+        self._next_index = 0
+        self._passed = 0  # frames at or after start, for the stride
+        self._last_time: float | None = None
+        self._tries = 0
+        self._time_offset = 0.0  # added to a reconnected stream's timestamps
+        self._born = time.monotonic()
+        self._heartbeat = self._born
+        if self._kind == "sequence":
+            self._open_sequence()
+        else:
+            self._open_av()
+            self._describe_av()
+
+    @staticmethod
+    def _check_options(
+        stride: int, start: float | None, end: float | None, queue: int, timeout: float, retries: int | None,
+        fps: float | None,
+    ) -> None:  # fmt: skip
+        problems = []
+        if not isinstance(stride, int) or stride < 1:
+            problems.append(f"stride must be a whole number >= 1, not {stride!r}")
+        if start is not None and not start >= 0:
+            problems.append(f"start must be >= 0 seconds, not {start!r}")
+        if end is not None and not end > (start or 0):
+            problems.append(f"end must be after start, not {end!r}")
+        if not isinstance(queue, int) or queue < 1:
+            problems.append(f"queue must be a whole number >= 1, not {queue!r}")
+        if not timeout > 0:
+            problems.append(f"timeout must be > 0 seconds, not {timeout!r}")
+        if retries is not None and retries < 0:
+            problems.append(f"retries must be >= 0, not {retries!r}")
+        if fps is not None and not (fps > 0 and math.isfinite(fps)):
+            problems.append(f"fps must be > 0, not {fps!r}")
+        if problems:
+            raise CnnappsError("video options: " + "; ".join(problems))
+
+    # -- opening -------------------------------------------------------------------------------------------
+
+    def _open_sequence(self) -> None:
+        match = _sequence_field(self.name)
+        assert match is not None
+        prefix, suffix = self.name[: match.start()].replace("%%", "%"), self.name[match.end() :].replace("%%", "%")
+        width = int(match.group(2) or 0) if match.group(1) else 0
+        folder, stem = os.path.split(prefix)
+        folder = folder or "."
+        if not os.path.isdir(folder):
+            raise VideoError(f"{self.name}: no such folder ({folder})")
+        numbered = re.compile(re.escape(stem) + r"(\d+)" + re.escape(suffix))
+        numbers = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                found = numbered.fullmatch(entry.name)
+                if found and _sequence_path(prefix, width, suffix, int(found.group(1))).endswith(entry.name):
+                    numbers.append(int(found.group(1)))
+        if not numbers:
+            raise VideoError(f"{self.name}: no file matches this pattern")
+        first = min(numbers)
+        count = 0
+        while os.path.isfile(_sequence_path(prefix, width, suffix, first + count)):
+            count += 1
+        self._sequence = (prefix, width, suffix, first, count)
+        self.fps = float(self._fps_given or 25.0)
+        self.duration = count / self.fps
+        self.frames = self._expected(count)
+        from cnnapps.datasets.io import read_image
+        from cnnapps.errors import ImageError
+
+        path = _sequence_path(prefix, width, suffix, first)
+        try:
+            rgb = read_image(path)
+        except ImageError as exc:
+            raise VideoError(f"{self.name}: first image {exc}") from None
+        self.height, self.width = rgb.shape[:2]
+
+    def _target(self) -> tuple[str, str | None, dict[str, str]]:
+        """What FFmpeg opens: (file or URL, input format, options)."""
+        if self._kind == "webcam":
+            match = _WEBCAM.fullmatch(self.name)
+            number = int(match.group(1) or 0) if match else 0
+            if sys.platform.startswith("linux"):
+                device = f"/dev/video{number}"
+                if not os.path.exists(device):
+                    raise VideoError(f"{self.name}: no such camera ({device})")
+                return device, "v4l2", {}
+            if sys.platform == "darwin":
+                return str(number), "avfoundation", {"framerate": "30"}
+            raise VideoError(
+                f"{self.name}: webcams are read on Linux (v4l2) and macOS (avfoundation) only; "
+                "on Windows (dshow) use a stream URL or a file"
+            )
+        if self._kind == "stream" and self.name.lower().startswith(("rtsp://", "rtsps://")):
+            return self.name, None, {"rtsp_transport": "tcp"}
+        if self._kind in ("stream", "http"):
+            return self.name, None, {}
+        path = Path(self.name)
+        if not path.exists():
+            raise VideoError(f"{self.name}: no such file")
+        if path.is_dir():
+            raise VideoError(f"{self.name}: is a folder, not a video")
+        if path.stat().st_size == 0:
+            raise VideoError(f"{self.name}: file is empty")
+        return self.name, None, {}
+
+    def _open_av(self) -> None:
+        """Open the container and its first video stream (also on each reconnection)."""
+        import av
+
+        target, fmt, options = self._target()
+        timeout = (self.timeout, self.timeout) if self._remote else None
+        try:
+            container = av.open(target, format=fmt, options=options, timeout=timeout)
+        except av.error.ExitError:
+            raise VideoError(f"{self.name}: no answer within {self.timeout:g} s") from None
+        except av.error.InvalidDataError:
+            what = "stream" if self._remote else "file"
+            reason = f"not a readable video (unknown format, or a damaged or truncated {what})"
+            raise VideoError(f"{self.name}: {reason}") from None
+        except PermissionError:
+            raise VideoError(f"{self.name}: permission denied") from None
+        except (av.error.FFmpegError, OSError) as exc:
+            raise VideoError(f"{self.name}: cannot open ({_reason(exc)})") from None
+        try:
+            streams = container.streams.video
+            if not streams:
+                raise VideoError(f"{self.name}: no video stream")
+            stream = streams[0]
+            if stream.codec_context is None:
+                raise VideoError(f"{self.name}: video codec {stream.codec.name!r} cannot be decoded by this FFmpeg")
+            if not self.live:
+                stream.thread_type = "AUTO"
+        except BaseException:
+            container.close()
+            raise
+        self._container, self._stream = container, stream
+
+    def _describe_av(self) -> None:
+        stream, container = self._stream, self._container
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate and 0 < float(rate) < 1000 else self._fps_given
+        self.width = stream.codec_context.width or None
+        self.height = stream.codec_context.height or None
+        if self._remote:
+            return
+        tb = stream.time_base
+        if stream.duration and tb:
+            self.duration = float(stream.duration * tb)
+        elif container.duration:
+            self.duration = container.duration / 1_000_000
+        if stream.frames and stream.frames > 0:
+            self.frames = self._expected(int(stream.frames))
+
+    def _declared_duration(self) -> float | None:
+        """The video stream's length as the container declares it (MP4/MOV, Matroska/WebM), else None."""
+        stream = self._stream
+        if not any(name in self._container.format.name for name in ("mov", "mp4", "matroska", "webm")):
+            return None
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+        match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", tag or "")
+        if match:
+            return int(match.group(1)) * 3600 + int(match.group(2)) * 60 + float(match.group(3))
+        return None
+
+    def _expected(self, total: int) -> int:
+        """Frames kept out of ``total`` after start, end and stride (frames at index / fps)."""
+        fps = self.fps or 0
+        first = math.ceil(self.start * fps - _EPS) if self.start and fps else 0
+        last = min(total, math.ceil(self.end * fps - _EPS)) if self.end is not None and fps else total
+        return math.ceil(max(0, last - first) / self.stride)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Frames decoded and waiting for the consumer (never more than ``queue``)."""
+        return len(self._buffer)
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._thread is not None or self._stop.is_set():
+            raise CnnappsError(f"{self.name}: this source was already read; open it again to read it again")
+        self._thread = threading.Thread(target=self._produce, name=f"video:{self.name}", daemon=True)
+        self._thread.start()
+        return self._consume()
+
+    def _consume(self) -> Iterator[Frame]:
+        try:
+            while True:
+                item = self._buffer.get(0.25)
+                if item is _NOTHING:
+                    late = time.monotonic() - self._heartbeat
+                    if self.live and self._remote and late > self.timeout + _WATCHDOG_GRACE:
+                        raise VideoError(self._stall_message(late), self.frames_read)
+                    if self._thread is not None and self._thread.is_alive():
+                        continue
+                    item = self._buffer.get(0)  # the reader's last word may have come just now
+                    if item is _NOTHING:
+                        raise VideoError(f"{self.name}: the reader stopped after {self.frames_read} frames")
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def _stall_message(self, seconds: float) -> str:
+        return f"{self.name}: stream stalled (no frame for {seconds:.3g} s) after {self.frames_read} frames"
+
+    def _produce(self) -> None:
+        """The reader thread: decode, and on a disconnect give up or reconnect."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._sequence is not None:
+                        self._read_sequence()
+                    else:
+                        self._read_av()
+                    break
+                except _Disconnected as exc:
+                    reason = str(exc)
+                if not self.reconnect:
+                    raise VideoError(f"{self.name}: {reason} after {self.frames_read} frames; --reconnect retries")
+                if not self._reopen(reason):
+                    return
+            self._buffer.put(_END, False, self._stop)
+        except BaseException as exc:  # handed to the consumer, raised there
+            if isinstance(exc, VideoError):
+                exc.frames_read = self.frames_read
+            self._buffer.put(exc, False, self._stop)
+        finally:
+            self._close_container()
+
+    def _reopen(self, reason: str) -> bool:
+        """Wait and reconnect until it works (True) or the tries run out (a VideoError is queued) or close()."""
+        while not self._stop.is_set():
+            self._tries += 1
+            if self.retries is not None and self._tries > self.retries:
+                tries = "try" if self.retries == 1 else "tries"
+                raise VideoError(
+                    f"{self.name}: {reason} after {self.frames_read} frames; gave up after {self.retries} {tries}"
+                )
+            self.on_event(f"{self.name}: {reason} after {self.frames_read} frames; reconnecting (try {self._tries})")
+            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._tries - 1))
+            self._heartbeat = time.monotonic() + delay + self.timeout  # the open below may take the timeout
+            if self._stop.wait(delay):
+                return False
+            self._close_container()
+            try:
+                self._open_av()
+            except VideoError as exc:
+                reason = "reconnection failed (" + str(exc).removeprefix(f"{self.name}: ") + ")"
+                continue
+            self._heartbeat = time.monotonic()
+            # times go on from the wall clock, after the last frame's
+            self._time_offset = max(time.monotonic() - self._born, (self._last_time or 0.0) + 1 / (self.fps or 25))
+            return True
+        return False
+
+    def _offer(self, time_s: float, convert: Callable[[], np.ndarray]) -> bool:
+        """Pass one decoded frame through start, end and stride into the queue; False once past ``end``."""
+        index = self._next_index
+        self._next_index += 1
+        self._tries = 0  # frames flow: the next disconnect starts its count again
+        if self.start is not None and time_s < self.start - _EPS:
+            return True
+        if self.end is not None and time_s >= self.end - _EPS:
+            return False
+        keep = self._passed % self.stride == 0
+        self._passed += 1
+        self._last_time = time_s
+        if not keep:
+            return True
+        rgb = np.ascontiguousarray(convert())
+        self.frames_read += 1
+        self.dropped += self._buffer.put(Frame(index, time_s, rgb), self.live, self._stop)
+        return True
+
+    def _read_sequence(self) -> None:
+        from cnnapps.datasets.io import read_image
+        from cnnapps.errors import ImageError
+
+        assert self._sequence is not None
+        prefix, width, suffix, first, count = self._sequence
+        fps = self.fps or 25.0
+        start = math.ceil(self.start * fps - _EPS) if self.start else 0
+        self._next_index = start
+        for index in range(start, count):
+            if self._stop.is_set():
+                return
+            path = _sequence_path(prefix, width, suffix, first + index)
+
+            def load(path: str = path) -> np.ndarray:
+                try:
+                    return read_image(path)
+                except ImageError as exc:
+                    raise VideoError(f"{self.name}: {exc} after {self.frames_read} frames") from None
+
+            if not self._offer(index / fps, load):
+                return
+
+    def _read_av(self) -> None:
+        """Decode the open container to its end; raises _Disconnected for a remote source's end or failure."""
+        import av
+
+        stream = self._stream
+        tb = stream.time_base
+        first_pts: int | None = None
+        if not self._remote:
+            first_pts = stream.start_time or 0
+            if self.start:
+                self._seek(self.start)
+        offset = self._time_offset
+        seeked = bool(self.start) and not self._remote
+        last_packet = last_frame = time.monotonic()
+        ended = False
+
+        def take(frame: Any) -> bool:
+            nonlocal first_pts, seeked, last_frame
+            last_frame = time.monotonic()
+            if frame.pts is not None and tb is not None:
+                if first_pts is None:
+                    first_pts = frame.pts
+                t = float((frame.pts - first_pts) * tb) + offset
+            elif self._remote:
+                t = time.monotonic() - self._born
+            else:
+                t = self._next_index / (self.fps or 25.0)
+            if self._remote and self._last_time is not None and t <= self._last_time:
+                t = max(time.monotonic() - self._born, self._last_time + _EPS)  # timestamps went back: wall clock
+            if seeked:
+                self._next_index = round(t * (self.fps or 25.0))
+                seeked = False
+            return self._offer(t, lambda: frame.to_ndarray(format="rgb24"))
+
+        try:
+            for packet in self._container.demux(stream):
+                if self._stop.is_set():
+                    return
+                now = time.monotonic()
+                self._heartbeat = last_packet = now
+                for frame in packet.decode():
+                    if not take(frame):
+                        return
+                if self.live and self._remote and time.monotonic() - last_frame > self.timeout:
+                    raise _Disconnected(f"stream stalled (no frame for {self.timeout:g} s)")
+            ended = True
+        except (av.error.FFmpegError, OSError) as exc:
+            waited = time.monotonic() - last_packet
+            with contextlib.suppress(av.error.FFmpegError, OSError):  # frames still inside the decoder
+                for frame in stream.codec_context.decode(None):
+                    if not take(frame):
+                        return
+            if self._remote:
+                if isinstance(exc, av.error.ExitError) or waited >= 0.9 * self.timeout:
+                    raise _Disconnected(f"stream stalled (no frame for {self.timeout:g} s)") from None
+                raise _Disconnected(f"disconnected ({_reason(exc)})") from None
+            raise VideoError(f"{self.name}: {_reason(exc)} after {self.frames_read} frames") from None
+        if ended and self._remote and not self._stop.is_set():
+            raise _Disconnected("disconnected")
+        if ended and self.end is None:
+            self._check_complete()
+
+    def _seek(self, seconds: float) -> None:
+        import av
+
+        stream = self._stream
+        if not stream.time_base:
+            return
+        target = int(seconds / stream.time_base) + (stream.start_time or 0)
+        with contextlib.suppress(av.error.FFmpegError, OSError):  # not seekable: decode from the start
+            self._container.seek(target, stream=stream, backward=True, any_frame=False)
+
+    def _check_complete(self) -> None:
+        """A file that ends well before its declared length was cut short: say so after its frames."""
+        declared = self._declared_duration()
+        if declared is None or declared <= 0:
+            return
+        step = 1 / (self.fps or 25.0)
+        reached = (self._last_time + step) if self._last_time is not None else 0.0
+        if reached < declared - max(2.5 * step, 0.1):
+            raise VideoError(
+                f"{self.name}: the video stops at {reached:.2f} s of {declared:.2f} s (truncated or damaged file) "
+                f"after {self.frames_read} frames"
+            )
+
+    # -- closing -------------------------------------------------------------------------------------------
+
+    def _close_container(self) -> None:
+        with self._lock:
+            container, self._container = self._container, None
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.close()
+
+    def close(self) -> None:
+        """Stop the reader and close the source; frames not taken yet are discarded. Never hangs: a reader
+        stuck in a network read is left to FFmpeg's timeout and closes the source itself."""
+        self._stop.set()
+        self._buffer.clear()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+            if thread.is_alive():
+                return  # it closes the container when FFmpeg's read timeout frees it
+        self._close_container()
+
+    def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def info(self) -> dict[str, Any]:
+        """name, live, fps, width, height, frames and duration, as :func:`probe` returns them."""
+        return {
+            "name": self.name,
+            "live": self.live,
+            "fps": self.fps,
+            "width": self.width,
+            "height": self.height,
+            "frames": self.frames,
+            "duration": self.duration,
+        }
+
+
+def _sequence_path(prefix: str, width: int, suffix: str, number: int) -> str:
+    return f"{prefix}{number:0{width}d}{suffix}" if width else f"{prefix}{number}{suffix}"
+
+
+def probe(spec: str, *, timeout: float = 10.0) -> dict[str, Any]:
+    """A source's name, live, fps, width, height, frames (None when the container does not say) and
+    duration (seconds, None for live sources), read from its headers without decoding the video."""
+    with VideoSource(spec, timeout=timeout) as source:
+        return source.info()
+
+
+# -- writing -----------------------------------------------------------------------------------------------
+
+#: Output suffixes: (FFmpeg muxer, codecs to try in order).
+_WRITE_FORMATS = {
+    ".mp4": ("mp4", ("libx264", "mpeg4")),
+    ".m4v": ("mp4", ("libx264", "mpeg4")),
+    ".mov": ("mov", ("libx264", "mpeg4")),
+    ".mkv": ("matroska", ("libx264", "mpeg4")),
+    ".webm": ("webm", ("libvpx-vp9", "libvpx")),
+    ".avi": ("avi", ("mpeg4",)),
+}
+
+
+def _encoder(names: tuple[str, ...]) -> str | None:
+    import av
+
+    for name in names:
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:  # not in this FFmpeg build
+            continue
+        return name
+    return None
+
+
+def _rate(fps: float) -> Fraction:
+    """fps as a fraction, with NTSC rates (29.97, 59.94, 23.976) exact."""
+    for base in (24, 30, 48, 60, 120):
+        if abs(fps - base * 1000 / 1001) < 1e-3:
+            return Fraction(base * 1000, 1001)
+    return Fraction(fps).limit_denominator(1000)
+
+
+class VideoWriter:
+    """Write RGB frames to a video: H.264 (libx264, yuv420p, crf 20, preset veryfast; mpeg4 where libx264
+    is missing) in .mp4, .m4v, .mov and .mkv, VP9 in .webm, MPEG-4 part 2 in .avi; no audio. ``codec`` names
+    another FFmpeg encoder. The size is the first frame's, padded to even sides (yuv420p needs them); later
+    frames of another size are resized to it. (H, W) grey and (H, W, 4) RGBA frames are accepted.
+
+    An existing ``path`` is refused at once (:class:`~cnnapps.files.OutputExistsError`). Frames go to a hidden
+    temporary file in the target's folder, renamed to ``path`` by :meth:`close`; closing after an error (and
+    leaving a ``with`` block on an exception) keeps the frames written so far. Nothing is written without a
+    frame. MP4 and MOV files get their index at the front (faststart), so they play while downloading.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, *, codec: str | None = None) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in _WRITE_FORMATS:
+            known = ", ".join(_WRITE_FORMATS)
+            raise CnnappsError(f"{self.path}: unknown video suffix {suffix or '(none)'}; use {known}")
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise CnnappsError(f"{self.path}: frame rate must be > 0, not {fps!r}")
+        if os.path.lexists(self.path):
+            raise OutputExistsError(self.path)
+        self.fps = float(fps)
+        self._rate = _rate(self.fps)
+        self._format, codecs = _WRITE_FORMATS[suffix]
+        self._codecs = (codec,) if codec else codecs
+        self.codec: str | None = None
+        self.width: int | None = None
+        self.height: int | None = None
+        self.frames_written = 0
+        self._source_size: tuple[int, int] | None = None  # (w, h) of the first frame
+        self._container: Any = None
+        self._stream: Any = None
+        self._tmp: Path | None = None
+        self._closed = False
+
+    def _frame(self, rgb: np.ndarray) -> np.ndarray:
+        a = np.asarray(rgb)
+        if a.ndim == 3 and a.shape[2] == 4:
+            a = a[..., :3]
+        elif a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or 0 in a.shape:
+            raise CnnappsError(f"{self.path}: frames must be uint8 RGB arrays (H, W, 3), not {a.dtype} {a.shape}")
+        h, w = a.shape[:2]
+        if self._source_size is None:
+            self._source_size = (w, h)
+            self.width, self.height = w + w % 2, h + h % 2
+        if (w, h) != self._source_size:
+            import cv2
+
+            a = cv2.resize(a, self._source_size, interpolation=cv2.INTER_AREA)
+        sw, sh = self._source_size
+        if (sw, sh) != (self.width, self.height):
+            a = np.pad(a, ((0, self.height - sh), (0, self.width - sw), (0, 0)), mode="edge")
+        return np.ascontiguousarray(a)
+
+    def _open(self) -> None:
+        import av
+
+        codec = _encoder(self._codecs)
+        if codec is None:
+            raise CnnappsError(f"{self.path}: no encoder for it in this FFmpeg ({', '.join(self._codecs)} missing)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        self._tmp = Path(name)
+        container_options = {"movflags": "+faststart"} if self._format in ("mp4", "mov") else {}
+        try:
+            container = av.open(name, "w", format=self._format, container_options=container_options)
+            try:
+                stream = container.add_stream(codec, rate=self._rate)
+                stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
+                if codec == "libx264":
+                    stream.options = {"crf": "20", "preset": "veryfast"}
+                elif codec.startswith("libvpx"):
+                    stream.options = {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+                else:
+                    stream.bit_rate = max(400_000, int(self.width * self.height * self.fps * 0.25))
+            except BaseException:
+                container.close()
+                raise
+        except BaseException as exc:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+            if isinstance(exc, Exception) and not isinstance(exc, CnnappsError):
+                raise CnnappsError(f"{self.path}: cannot write a video ({_reason(exc)})") from None
+            raise
+        self._container, self._stream, self.codec = container, stream, codec
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Append one RGB frame."""
+        import av
+
+        if self._closed:
+            raise CnnappsError(f"{self.path}: the video writer is closed")
+        frame = self._frame(rgb)
+        if self._container is None:
+            self._open()
+        picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        picture.pts = self.frames_written
+        picture.time_base = 1 / self._rate
+        try:
+            for packet in self._stream.encode(picture):
+                self._container.mux(packet)
+        except (av.error.FFmpegError, OSError) as exc:
+            reason = f"cannot write ({_reason(exc)}) after {self.frames_written} frames"
+            raise CnnappsError(f"{self.path}: {reason}") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the file and move it into place (keeping every frame written); nothing without frames."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is None or self._tmp is None:
+            return
+        import av
+
+        tmp, container = self._tmp, self._container
+        self._container = None
+        try:
+            try:
+                for packet in self._stream.encode(None):
+                    container.mux(packet)
+            finally:
+                container.close()
+            os.chmod(tmp, 0o644 & ~current_umask())
+            _link_into_place(tmp, self.path)
+        except (av.error.FFmpegError, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OutputExistsError):
+                raise
+            raise CnnappsError(f"{self.path}: cannot finish the video ({_reason(exc)})") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _link_into_place(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` unless something took that name meanwhile (as ``atomic_write`` does)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(path) from None
+    except OSError:  # no hard links on this file system: check, then rename
+        if os.path.lexists(path):
+            raise OutputExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()

@@ -1,0 +1,356 @@
+"""Video in and out: clips written and read back, damaged files, image sequences, live streams from a local server."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cnnapps.datasets.video import Frame, VideoError, VideoSource, VideoWriter, is_video_source, probe
+from cnnapps.errors import CnnappsError
+from cnnapps.files import OutputExistsError
+
+FPS = 20
+
+
+def picture(i: int, width: int = 96, height: int = 64) -> np.ndarray:
+    """Frame ``i`` of the test clip: a grey gradient with a red square moving right."""
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = np.linspace(40, 200, width, dtype=np.uint8)[None, :, None]
+    x = (3 * i) % max(1, width - 20)
+    img[10:30, x : x + 20] = (230, 40, 40)
+    return img
+
+
+def write_clip(path: Path, n: int = 40, width: int = 96, height: int = 64) -> Path:
+    with VideoWriter(path, FPS) as writer:
+        for i in range(n):
+            writer.write(picture(i, width, height))
+    assert writer.frames_written == n
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4")
+
+
+def read_all(source: VideoSource) -> list[Frame]:
+    with source:
+        return list(source)
+
+
+def test_written_clip_reads_back(clip: Path) -> None:
+    source = VideoSource(str(clip))
+    assert (source.width, source.height, source.fps, source.frames, source.live) == (96, 64, 20.0, 40, False)
+    frames = read_all(source)
+    assert [f.index for f in frames] == list(range(40))
+    assert all(abs(f.time - f.index / FPS) < 1e-3 for f in frames)
+    for f in frames:
+        assert f.rgb.shape == (64, 96, 3) and f.rgb.dtype == np.uint8 and f.rgb.flags.c_contiguous
+        assert np.abs(f.rgb.astype(int) - picture(f.index)).mean() < 8
+    assert source.frames_read == 40 and source.dropped == 0
+
+
+def test_stride_start_end(clip: Path) -> None:
+    source = VideoSource(str(clip), stride=3)
+    assert source.frames == 14
+    assert [f.index for f in read_all(source)] == list(range(0, 40, 3))
+    source = VideoSource(str(clip), start=0.5, end=1.5, stride=2)
+    frames = read_all(source)
+    assert [f.index for f in frames] == list(range(10, 30, 2)) and source.frames == len(frames)
+    assert abs(frames[0].time - 0.5) < 1e-3
+    assert np.abs(frames[0].rgb.astype(int) - picture(10)).mean() < 8
+
+
+def test_probe(clip: Path) -> None:
+    info = probe(str(clip))
+    assert info == {"name": str(clip), "live": False, "fps": 20.0, "width": 96, "height": 64, "frames": 40,
+                    "duration": pytest.approx(2.0, abs=0.06)}  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm", ".avi", ".mov"])
+def test_other_containers(tmp_path: Path, suffix: str) -> None:
+    frames = read_all(VideoSource(str(write_clip(tmp_path / f"c{suffix}", n=12))))
+    assert len(frames) == 12
+    assert np.abs(frames[5].rgb.astype(int) - picture(5)).mean() < 8
+
+
+def test_writer_pads_odd_sizes_and_resizes_later_frames(tmp_path: Path) -> None:
+    path = tmp_path / "odd.mp4"
+    with VideoWriter(path, FPS) as writer:
+        writer.write(picture(0, 95, 63))
+        writer.write(cv2.resize(picture(1, 95, 63), (190, 126), interpolation=cv2.INTER_NEAREST))
+    assert (writer.width, writer.height) == (96, 64)
+    frames = read_all(VideoSource(str(path)))
+    assert len(frames) == 2 and frames[0].rgb.shape == (64, 96, 3)
+    for i, frame in enumerate(frames):
+        assert np.abs(frame.rgb[:63, :95].astype(int) - picture(i, 95, 63)).mean() < 8
+
+
+def test_writer_never_replaces_and_knows_its_suffixes(tmp_path: Path, clip: Path) -> None:
+    with pytest.raises(OutputExistsError):
+        VideoWriter(clip, FPS)
+    with pytest.raises(CnnappsError, match=r"\.gif: unknown video suffix .*\.mp4"):
+        VideoWriter(tmp_path / "a.gif", FPS)
+    with VideoWriter(tmp_path / "none.mp4", FPS):
+        pass
+    assert not os.listdir(tmp_path)  # no frame, no file, no temporary left
+
+
+def test_writer_keeps_frames_after_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "kept.mp4"
+    with pytest.raises(RuntimeError), VideoWriter(path, FPS) as writer:
+        for i in range(5):
+            writer.write(picture(i))
+        assert not path.exists() and len(os.listdir(path.parent)) == 1  # a hidden temporary file meanwhile
+        assert os.listdir(path.parent)[0].startswith(".")
+        raise RuntimeError("model crashed")
+    assert os.listdir(path.parent) == ["kept.mp4"]
+    assert len(read_all(VideoSource(str(path)))) == 5
+    with pytest.raises(CnnappsError, match="uint8 RGB"):
+        VideoWriter(tmp_path / "f.mp4", FPS).write(np.zeros((8, 8, 3), np.float32))
+
+
+def test_unopenable_sources(tmp_path: Path) -> None:
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n" * 100)
+    cases = {
+        str(tmp_path / "missing.mp4"): "no such file",
+        str(tmp_path / "empty.mp4"): "file is empty",
+        str(tmp_path / "text.mp4"): "not a readable video",
+        "webcam:9": "no such camera (/dev/video9)" if os.name == "posix" and os.uname().sysname == "Linux" else "",
+        str(tmp_path / "seq_%04d.png"): "no file matches",
+    }
+    for spec, reason in cases.items():
+        with pytest.raises(VideoError) as caught:
+            VideoSource(spec)
+        message = str(caught.value)
+        assert message.startswith(f"{spec}: ") and reason in message and "\n" not in message
+
+
+def test_bad_options_are_refused(clip: Path) -> None:
+    with pytest.raises(CnnappsError, match="stride"):
+        VideoSource(str(clip), stride=0)
+    with pytest.raises(CnnappsError, match="end must be after start"):
+        VideoSource(str(clip), start=2, end=1)
+
+
+def test_truncated_files(tmp_path: Path) -> None:
+    """A Matroska or faststart MP4 file cut in half yields its first frames, then a VideoError."""
+    for suffix in (".mkv", ".mp4"):
+        data = write_clip(tmp_path / f"full{suffix}", n=120).read_bytes()
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(data[: len(data) // 2])
+        source = VideoSource(str(cut))
+        got = []
+        with pytest.raises(VideoError, match=r"truncated or damaged file\) after \d+ frames") as caught:
+            for frame in source:
+                got.append(frame)
+        assert got and caught.value.frames_read == len(got) > 0
+        assert str(caught.value).startswith(f"{cut}: the video stops at")
+
+
+def test_mp4_without_its_index_fails_to_open(tmp_path: Path) -> None:
+    """An MP4 whose index (moov) was at the end loses it when cut: it cannot be opened, and says so."""
+    import av
+
+    full = tmp_path / "plain.mp4"
+    with av.open(str(full), "w") as container:  # no faststart: the index goes last
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(30):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(VideoError, match="damaged or truncated file"):
+        VideoSource(str(cut))
+
+
+def test_corrupt_middle_ends_cleanly(tmp_path: Path) -> None:
+    """Bytes overwritten mid-file: frames with concealed errors, or a clear VideoError; never a hang."""
+    ts = tmp_path / "clip.ts"
+    import av
+
+    with av.open(str(ts), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(60):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    data = bytearray(ts.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    ts.write_bytes(bytes(data))
+    started, got = time.monotonic(), 0
+    try:
+        for _ in VideoSource(str(ts)):
+            got += 1
+    except VideoError as exc:
+        assert str(exc).startswith(f"{ts}: ") and "after" in str(exc)
+    assert 0 < got <= 60 and time.monotonic() - started < 10
+
+
+def test_image_sequence(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for number in (*range(3, 9), 10):  # 3..8, then a gap: 10 is not part of it
+        cv2.imwrite(str(folder / f"{number:05d}.png"), picture(number)[:, :, ::-1])
+    source = VideoSource(str(folder / "%05d.png"))
+    assert (source.frames, source.fps, source.width, source.height) == (6, 25.0, 96, 64)
+    frames = read_all(source)
+    assert [f.index for f in frames] == list(range(6))
+    assert [f.time for f in frames] == pytest.approx([i / 25 for i in range(6)])
+    assert all(np.array_equal(f.rgb, picture(f.index + 3)) for f in frames)
+    frames = read_all(VideoSource(str(folder / "%05d.png"), stride=2, fps=10, start=0.1))
+    assert [(f.index, round(f.time, 3)) for f in frames] == [(1, 0.1), (3, 0.3), (5, 0.5)]
+
+
+def test_is_video_source() -> None:
+    yes = ["a.mp4", "dir/B.MKV", "x.ts", "webcam", "webcam:2", "rtsp://cam/stream", "rtsps://h/s", "rtmp://h/l",
+           "udp://239.0.0.1:1234", "tcp://h:1", "srt://h:9000", "http://h/v.m3u8", "https://h/clip", "f/%05d.png",
+           "img%d.jpg"]  # fmt: skip
+    no = ["a.jpg", "notes.txt", "webcam:x", "ftp://h/a.mp4", "100%.png", "dir", "%%05d.png"]
+    assert [s for s in yes if not is_video_source(s)] == []
+    assert [s for s in no if is_video_source(s)] == []
+
+
+def test_closing_early_does_not_hang(clip: Path) -> None:
+    source = VideoSource(str(clip), queue=2)
+    started = time.monotonic()
+    for frame in source:
+        if frame.index == 2:
+            break
+    source.close()
+    assert time.monotonic() - started < 3
+    assert source._thread is not None and not source._thread.is_alive()
+    with pytest.raises(CnnappsError, match="already read"):
+        iter(source)
+
+
+def test_live_queue_drops_the_oldest_frames(clip: Path) -> None:
+    source = VideoSource(str(clip), live=True, queue=3)
+    assert source.live
+    got = []
+    with source:
+        for frame in source:
+            assert source.buffered <= 3
+            got.append(frame.index)
+            time.sleep(0.03)
+    assert source.dropped > 0 and source.frames_read == 40
+    assert len(got) + source.dropped == 40
+    assert got == sorted(got) and got[-1] == 39  # the consumer still gets the most recent frames
+
+
+# -- live streams from a local server ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ts_clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    import av
+
+    path = tmp_path_factory.mktemp("ts") / "live.ts"
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.options = {"preset": "veryfast", "bf": "0"}
+        for i in range(40):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path.read_bytes()
+
+
+class StreamServer:
+    """An HTTP server on localhost that sends ``data`` to each of its first ``serves`` connections, then either
+    keeps the connection open without a byte more (``stall``) or closes it; later connections are refused."""
+
+    def __init__(self, data: bytes, *, stall: bool, serves: int = 1) -> None:
+        self.data, self.stall, self.serves = data, stall, serves
+        self.done = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/live.ts"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(self.serves):
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + self.data)
+                if self.stall:
+                    self.done.wait(30)
+        self.sock.close()  # further connections are refused
+
+    def close(self) -> None:
+        self.done.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture()
+def server(ts_clip: bytes) -> Iterator[callable]:
+    made: list[StreamServer] = []
+
+    def make(**kwargs: object) -> StreamServer:
+        made.append(StreamServer(ts_clip, **kwargs))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_stalled_stream_raises(server) -> None:
+    url = server(stall=True).url
+    source = VideoSource(url, timeout=1.5, queue=64)
+    assert source.live and (source.width, source.height) == (96, 64)
+    got = []
+    started = time.monotonic()
+    with pytest.raises(VideoError) as caught, source:
+        for frame in source:
+            got.append(frame)
+    elapsed = time.monotonic() - started
+    message = str(caught.value)
+    assert message.startswith(f"{url}: stream stalled (no frame for 1.5 s) after ") and "\n" not in message
+    assert len(got) >= 30 and caught.value.frames_read == len(got)
+    assert 1.2 < elapsed < 1.5 + 2.5
+
+
+def test_disconnected_stream_raises_or_reconnects(server) -> None:
+    url = server(stall=False).url
+    with pytest.raises(VideoError, match=r"disconnected .*after \d+ frames; --reconnect retries"):
+        read_all(VideoSource(url, timeout=2, queue=64))
+
+    url = server(stall=False, serves=2).url
+    events: list[str] = []
+    source = VideoSource(url, timeout=2, queue=64, reconnect=True, retries=2, on_event=events.append)
+    got = []
+    with pytest.raises(VideoError, match="gave up after 2 tries") as caught, source:
+        for frame in source:
+            got.append(frame)
+    assert caught.value.frames_read == len(got)
+    assert any(f.index < 40 for f in got) and any(f.index >= 40 for f in got)  # both connections
+    assert [f.index for f in got] == sorted({f.index for f in got})
+    assert all(b.time > a.time for a, b in itertools.pairwise(got))
+    assert len(events) == 3 and all(e.startswith(f"{url}: ") for e in events)
+    assert [e.rsplit("(", 1)[1] for e in events] == ["try 1)", "try 1)", "try 2)"]
+    assert "disconnected" in events[0] and "after" in events[0]
