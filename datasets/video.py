@@ -583,7 +583,7 @@ class VideoSource:
             raise VideoError(f"{self.name}: {_reason(exc)} after {self.frames_read} frames") from None
         if ended and self._remote and not self._stop.is_set():
             raise _Disconnected("disconnected")
-        if ended and self.end is None:
+        if ended:  # the end of the data came before ``end``: was the file cut short?
             self._check_complete()
 
     def _seek(self, seconds: float) -> None:
