@@ -404,6 +404,7 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame]:
         if self._thread is not None or self._stop.is_set():
             raise CnnappsError(f"{self.name}: this source was already read; open it again to read it again")
+        self._heartbeat = time.monotonic()  # the time spent since opening (loading a model) is no stall
         self._thread = threading.Thread(target=self._produce, name=f"video:{self.name}", daemon=True)
         self._thread.start()
         return self._consume()
@@ -457,7 +458,7 @@ class VideoSource:
             self._close_container()
 
     def _reopen(self, reason: str) -> bool:
-        """Wait and reconnect until it works (True) or the tries run out (a VideoError is queued) or close()."""
+        """Wait and reconnect until it works (True), close() is called (False) or the tries run out (VideoError)."""
         while not self._stop.is_set():
             self._tries += 1
             if self.retries is not None and self._tries > self.retries:
@@ -678,10 +679,9 @@ def _encoder(names: tuple[str, ...]) -> str | None:
 
     for name in names:
         try:
-            av.codec.Codec(name, "w")
+            return av.codec.Codec(name, "w").name  # "h264" resolves to libx264 where it is there
         except Exception:  # not in this FFmpeg build
             continue
-        return name
     return None
 
 
