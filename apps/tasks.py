@@ -37,6 +37,13 @@ class Task:
     default_model: str | None = None  # what runs when no model is named
     zoo: str | None = None  # zoo(task, weights=False) -> {name: row}: named ready models (torchvision's COCO R-CNNs)
     route_options: dict[str, tuple[type, Any, Any, Any]] = field(default_factory=dict)  # name: (type, default, lo, hi)
+    verb: str = ""  # the command that predicts on images and video [default: the task's name]
+    trackable: bool = False  # its results are objects with boxes: video runs can track them (--track)
+
+    @property
+    def command(self) -> str:
+        """The prediction verb: ``cnnapps <command> PATHS``."""
+        return self.verb or self.name
 
     def part(self, which: str) -> Any:
         """Import and return one of the parts (``"config"``, ``"train"``, ``"predictor"``, ...)."""
@@ -95,6 +102,7 @@ TASKS: dict[str, Task] = {
             load_options=("engine", "batch_size", "workers", "pooling"),
             any_trunk=True,
             default_model="efficientnet_lite0",
+            verb="embed",
         ),
         *(
             Task(
@@ -109,10 +117,11 @@ TASKS: dict[str, Task] = {
                 cli=f"{_DETECT}.cli:register",
                 exporter=f"{_DETECT}.model:exportable",
                 export_formats=("onnx",),
-                load_options=("score_threshold", "batch_size", "tile", "overlap", "max_pixels", "engine"),
+                load_options=("score_threshold", "batch_size", "tile", "overlap", "max_pixels", "engine", "embed"),
                 default_model=default,
                 zoo=f"{_DETECT}.zoo:zoo_models",
                 route_options={"draw": (bool, False, None, None)},
+                trackable=True,
             )
             for name, summary, default in (
                 ("detect", "Find objects: boxes, labels and scores (Faster R-CNN).", "fasterrcnn_resnet50_fpn"),

@@ -74,12 +74,13 @@ def echo(text: str = "", err: bool = False) -> None:
 
 
 @contextmanager
-def progress(total: int, label: str, minimum: int = 16) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr for long jobs (only on a terminal); yields an ``advance(n)`` callback."""
+def progress(total: int | None, label: str, minimum: int = 16) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long jobs (only on a terminal); yields an ``advance(n)`` callback.
+    ``total=None`` (a live stream): a count that goes on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     err = console(stderr=True)
-    if total < minimum or not err.is_terminal:
+    if (total is not None and total < minimum) or not err.is_terminal:
         yield lambda n: None
         return
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -351,8 +351,38 @@ def dedup(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+def embed(
+    paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    pooling: str = typer.Option("avg", "--pooling", help="For registry names and classifiers: avg or gem."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    engine: str = typer.Option("auto", "--engine", help="auto, jit, compile, eager or onnxruntime."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input with its embedding."),
+) -> None:
+    """Embed images as unit vectors (cosine similarity = dot product). Exit code 0: all done; 1: some inputs
+    failed (reported, others done); 2: error."""
+    from cnnapps.api import load
+
+    inputs = images(paths)
+    embedder = load(model, task="retrieve", pooling=pooling, batch_size=batch_size, device=device, engine=engine)
+    with progress(len(inputs), "embedding") as advance:
+        results = embedder.predict(inputs, progress=advance)
+    if as_json:
+        echo_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            echo(f"{r.source}: {len(r.vector)}-d vector" if r.ok else f"{r.source}: error: {r.error}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        if as_json:
+            report_failed([{"path": r.source, "error": r.error} for r in failed])
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 def register(app: typer.Typer, eval_app: typer.Typer, task: str) -> None:
     """Add the retrieval commands to the ``cnnapps`` command."""
+    app.command("embed")(embed)
     app.command("retrieve")(retrieve)
     app.command("dedup")(dedup)
     app.add_typer(index_app, name="index")

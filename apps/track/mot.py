@@ -45,8 +45,14 @@ def read_mot(path: str | Path, *, gt: bool | None = None) -> MotFrames:
         raise CnnappsError(f"{path}: is a folder, expected a MOTChallenge text file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CnnappsError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+    return parse_mot_lines(text.splitlines(), gt=gt, name=str(path))
+
+
+def parse_mot_lines(lines: Sequence[str], *, gt: bool = False, name: str = "tracks") -> MotFrames:
+    """:func:`read_mot` of lines already in memory (errors name ``name`` and the line number)."""
+    path = name
     frames: MotFrames = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -12,6 +12,7 @@ import sys
 import typer
 
 from cnnapps import __version__
+from cnnapps.apps.tasks import resolve
 from cnnapps.cli.helpformat import plain_help
 from cnnapps.errors import CnnappsError
 from cnnapps.terminal import console, echo, echo_json, styled
@@ -132,14 +133,18 @@ def _register_tasks() -> None:
     """Every task of the table: its own commands, and its ``train`` command made from its config dataclass."""
     from cnnapps.apps.tasks import TASKS
     from cnnapps.cli.train import train_command
+    from cnnapps.cli.video import task_loader, with_video
 
     for task in TASKS.values():
         task.part("cli")(app, eval_app, task.name)
+        verb = next(c for c in app.registered_commands if c.name == task.command)
+        verb.callback = with_video(verb.callback, task_loader(task.name), task.trackable)  # and video sources
         train_app.command(task.name, help=f"{task.summary} Train: writes model.safetensors, metrics.json, "
                           "curves.png.")(train_command(task))  # fmt: skip
 
 
 _register_tasks()
+eval_app.command("track")(resolve("cnnapps.apps.track.cli:eval_track"))  # tracks of any detection task
 from cnnapps.cli import multitask, service  # noqa: E402, F401  (compose, predict; serve, export)
 
 

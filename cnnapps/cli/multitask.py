@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from cnnapps.cli import app
+from cnnapps.cli.video import with_video
 from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, images, progress, save_drawings, styled
 
 
@@ -37,7 +38,6 @@ def compose(
     echo(f"wrote {out}: trunk {written.trunk['name']} with heads {listed} ({out.stat().st_size / 2**20:.1f} MB)")
 
 
-@app.command("predict")
 def predict(
     model: str = typer.Argument(..., help="A model file (several heads answer at once), or any model spec."),
     paths: list[str] = typer.Argument(
@@ -76,6 +76,18 @@ def predict(
         for r in failed:
             echo(f"  {r.source}: {r.error}", err=True)
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _load_heads(options: dict[str, Any], extra: dict[str, Any]) -> Any:
+    """The predictor ``cnnapps predict`` runs on video: the same heads, options and trunk pass as on images."""
+    from cnnapps.api import load_heads
+
+    chosen = [t.strip() for t in options["tasks"].split(",") if t.strip()] if options.get("tasks") else None
+    return load_heads(options["model"], chosen, device=options["device"], batch_size=options["batch_size"],
+                      score_threshold=options["score_threshold"], beam=options["beam"])  # fmt: skip
+
+
+app.command("predict")(with_video(predict, _load_heads))
 
 
 def _print_answers(results: list[Any], heads: list[str]) -> None:

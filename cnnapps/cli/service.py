@@ -50,11 +50,13 @@ def serve(
         60.0, "--request-timeout", min=0.001, help="Seconds a request's headers and body may take to arrive."
     ),
     keep_alive: float = typer.Option(5.0, "--keep-alive", min=0.001, help="Seconds an idle connection stays open."),
+    max_clip_mb: float = typer.Option(50.0, "--max-clip-mb", min=0.001, help="Largest video a /video route takes."),
+    max_clip_s: float = typer.Option(60.0, "--max-clip-s", min=0.001, help="Longest video a /video route takes."),
 ) -> None:
     """Serve models over HTTP, with a page and API docs.
 
-    POST /v1/<task> and /v1/predict (every head of a multi-head model), GET /healthz, /v1/models, OpenAPI at
-    /docs, a page at /."""
+    POST /v1/<task> and /v1/predict (every head of a multi-head model), POST /v1/<task>/video (a short clip, JSON
+    Lines back), GET /healthz, /v1/models, OpenAPI at /docs, a page at /."""
     import uvicorn
 
     from cnnapps.serve.app import create_app, server_config
@@ -62,7 +64,8 @@ def serve(
     specs = list(model or ([] if index else ["efficientnet_lite0"]))
     hosts = [host, *(allowed_host or [])]
     service = create_app(specs, index, max_batch, max_wait_ms, max_upload_mb, device, engine,
-                         request_timeout_s=request_timeout, allowed_hosts=hosts)  # fmt: skip
+                         request_timeout_s=request_timeout, allowed_hosts=hosts, max_clip_mb=max_clip_mb,
+                         max_clip_s=max_clip_s)  # fmt: skip
     routes = sorted({r.path for r in service.routes if "POST" in getattr(r, "methods", ())})
     echo(f"serving {', '.join(routes)} on http://{host}:{port} (page at /, API docs at /docs)", err=True)
     server = uvicorn.Server(server_config(service, host, port, keep_alive))

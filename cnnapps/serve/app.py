@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import itertools
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -71,6 +72,24 @@ _BODY = {
             }
         },
         **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_IMAGE_TYPES},
+    },
+}
+
+#: the video routes' bodies: the clip itself, or multipart with a ``video`` field
+_CLIP_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"video": {"type": "string", "format": "binary"}},
+                "required": ["video"],
+            }
+        },
+        **{
+            kind: {"schema": {"type": "string", "format": "binary"}}
+            for kind in ("video/mp4", "video/webm", "video/x-matroska", "video/quicktime", "application/octet-stream")
+        },
     },
 }
 
@@ -290,6 +309,11 @@ def load_models(specs: Sequence[str], index: str | None, max_batch: int, max_wai
 
 async def _image_from_multipart(request: Request, body: bytes) -> bytes:
     """The ``image`` file field of a multipart body already read whole."""
+    return await _file_from_multipart(request, body, "image")
+
+
+async def _file_from_multipart(request: Request, body: bytes, field: str) -> bytes:
+    """The file field ``field`` of a multipart body already read whole."""
 
     async def replay() -> AsyncIterator[bytes]:
         yield body
@@ -299,9 +323,9 @@ async def _image_from_multipart(request: Request, body: bytes) -> bytes:
     except MultiPartException as exc:
         raise RequestError(422, f"multipart body: {exc.message}") from None
     try:
-        upload = form.get("image")
+        upload = form.get(field)
         if upload is None or isinstance(upload, str):
-            raise RequestError(422, "multipart request without an 'image' file field")
+            raise RequestError(422, f"multipart request without an '{field}' file field")
         return await upload.read()
     finally:
         await form.close()
@@ -388,8 +412,13 @@ def create_app(
     warm_up: bool = True,
     request_timeout_s: float = 60.0,
     allowed_hosts: Sequence[str] = (),
+    max_clip_mb: float = 50.0,
+    max_clip_s: float = 60.0,
 ) -> FastAPI:
     """The service for ``models`` (specs as ``cnnapps.load`` takes them) and, optionally, an index.
+
+    Each task's route also takes a short video at ``POST /v1/<route>/video``: at most ``max_clip_mb`` and
+    ``max_clip_s`` seconds, answered with one JSON line per frame.
 
     A request body must arrive within ``request_timeout_s`` (else 408). Requests must name this machine in
     their ``Host`` header: an IP address, ``localhost``, or one of ``allowed_hosts`` (``"*"``: any name)."""
@@ -467,7 +496,7 @@ def create_app(
     async def _failed(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(request: Request, limit: int = limit) -> bytes:
         """The body as it streams in (any framing, chunked too): 413 as soon as it passes the limit, 408 when
         it has not all come within the request deadline."""
         declared = request.headers.get("content-length")
@@ -555,12 +584,77 @@ def create_app(
         endpoint.__doc__ = f"{task.summary} One image in, the JSON of the command line's --json for it out."
         app.post(f"/v1/{task.route}", openapi_extra={"requestBody": _BODY}, tags=[task.name])(endpoint)
 
+    clip_limit = int(max_clip_mb * 2**20)
+
+    async def clip_lines(request: Request, model: Served, options: dict[str, Any], stride: int) -> list[dict]:
+        """One line per frame of the uploaded clip (a frame's answer as the route gives it for one image); a clip
+        that fails part way ends with ``{"error": ...}`` after the frames read before it."""
+        import tempfile
+
+        from cnnapps.datasets.video import VideoError, VideoSource, probe
+
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "multipart/form-data" and not kind.startswith("video/") and kind != "application/octet-stream":
+            raise RequestError(415, f"content type {kind or 'none'}: send the video file as the body (e.g. "
+                               "video/mp4) or multipart/form-data with a 'video' field")  # fmt: skip
+        body = await read_body(request, clip_limit)
+        if kind == "multipart/form-data":
+            body = await _file_from_multipart(request, body, "video")
+        if not body:
+            raise RequestError(422, "the video is empty")
+        with tempfile.TemporaryDirectory(prefix="cnnapps-clip-") as folder:
+            path = Path(folder) / "clip"
+            path.write_bytes(body)
+            try:
+                info = await run_in_threadpool(probe, str(path))
+            except VideoError as exc:
+                raise RequestError(422, f"video: {str(exc).split(': ', 1)[-1]}") from None
+            duration = info.get("duration") or 0.0
+            if duration > max_clip_s:
+                raise RequestError(413, f"video of {duration:.1f} s is over the {max_clip_s:g}-second limit")
+            source = await run_in_threadpool(lambda: VideoSource(str(path), stride=stride, end=max_clip_s))
+            frames = iter(source)
+            lines: list[dict] = []
+
+            def chunk() -> list[Any]:
+                return list(itertools.islice(frames, 8))
+
+            try:
+                while got := await run_in_threadpool(chunk):
+                    answers = await asyncio.gather(*(model.batcher.submit((f.rgb, options)) for f in got))
+                    for frame, (payload, _) in zip(got, answers, strict=True):
+                        payload = {k: v for k, v in payload.items() if k != "path"}
+                        lines.append(json_safe({"frame": frame.index, "time": round(frame.time, 3), **payload}))
+            except VideoError as exc:
+                lines.append({"error": f"video: {str(exc).split(': ', 1)[-1]}"})
+            finally:
+                source.close()
+        if not lines:
+            raise RequestError(422, "video: no frame could be read")
+        return lines
+
+    def add_video_route(task: Any) -> None:
+        async def endpoint(request: Request, model: str | None = None, top_k: int = 5, vid_stride: int = 1) -> Any:
+            chosen, head = pick(task.name, model)
+            if not 1 <= vid_stride <= 1000:
+                raise RequestError(422, f"vid_stride {vid_stride}: must be between 1 and 1000")
+            options = {"heads": [head], "top_k": checked_top_k(top_k), "one": True}
+            lines = await clip_lines(request, chosen, options, vid_stride)
+            text = "".join(json.dumps({"model": chosen.label(head), **line}) + "\n" for line in lines)
+            return Response(text, media_type="application/x-ndjson")
+
+        endpoint.__name__ = f"{task.route}_video"
+        endpoint.__doc__ = (f"{task.summary} A short video in (at most {max_clip_mb:g} MB and {max_clip_s:g} s), one "
+                            "JSON line per frame out: frame, time and the answer the image route gives.")  # fmt: skip
+        app.post(f"/v1/{task.route}/video", openapi_extra={"requestBody": _CLIP_BODY}, tags=[task.name])(endpoint)
+
     from cnnapps.apps.tasks import TASKS
 
     present = {t for s in served for t in s.heads.values()}
     for task in TASKS.values():
         if task.name in present:
             add_task_route(task)
+            add_video_route(task)
 
     @app.post("/v1/predict", openapi_extra={"requestBody": _BODY}, tags=["all tasks"])
     async def predict(request: Request, model: str | None = None, top_k: int = 5, draw: bool = False) -> Any:

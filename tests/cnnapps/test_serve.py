@@ -306,3 +306,47 @@ def test_serve_command_passes_host_names_and_deadlines_on(run_cli, monkeypatch: 
     config = seen["config"]
     assert (config.host, config.timeout_keep_alive) == ("0.0.0.0", 2)
     assert config.http.__name__ == "DeadlineProtocol"
+
+
+def _clip(path: Path, chelsea: np.ndarray, frames: int, fps: float = 10.0) -> bytes:
+    from cnnapps.datasets.video import VideoWriter
+
+    with VideoWriter(path, fps) as writer:
+        for i in range(frames):
+            writer.write(np.ascontiguousarray(chelsea[:96, 5 * i : 5 * i + 128]))
+    return path.read_bytes()
+
+
+def test_a_short_clip_is_answered_with_a_json_line_per_frame(client: TestClient, chelsea, tmp_path) -> None:
+    import json
+
+    import cnnapps
+
+    clip = _clip(tmp_path / "clip.mp4", chelsea, 6)
+    answer = client.post("/v1/classify/video?top_k=2&vid_stride=2", content=clip,
+                         headers={"content-type": "video/mp4"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert [line["frame"] for line in lines] == [0, 2, 4] and lines[1]["time"] == pytest.approx(0.2)
+    assert all(line["model"] == "efficientnet_lite0" and len(line["predictions"]) == 2 for line in lines)
+    from cnnapps.datasets.video import VideoSource
+
+    first = next(iter(VideoSource(str(tmp_path / "clip.mp4"))))  # the same frame through the Python API
+    assert lines[0]["predictions"] == cnnapps.load().predict([first.rgb], top_k=2)[0].to_dict()["predictions"]
+    detected = client.post("/v1/segment/video", files={"video": ("clip.mp4", clip, "video/mp4")})
+    assert detected.status_code == 200 and all("instances" in json.loads(x) for x in detected.text.splitlines())
+
+
+def test_clips_too_long_too_big_or_not_video_are_refused(chelsea, tmp_path) -> None:
+    app = create_app(["efficientnet_lite0"], max_clip_mb=0.05, max_clip_s=1.0, warm_up=False)
+    with TestClient(app, base_url="http://localhost") as c:
+        long = _clip(tmp_path / "long.mp4", chelsea, 15)  # 1.5 s
+        answer = c.post("/v1/classify/video", content=long, headers={"content-type": "video/mp4"})
+        assert answer.status_code == 413 and "over the 1-second limit" in answer.json()["error"]
+        answer = c.post("/v1/classify/video", content=b"x" * 60_000, headers={"content-type": "video/mp4"})
+        assert answer.status_code == 413
+        answer = c.post("/v1/classify/video", content=b"not a video", headers={"content-type": "video/mp4"})
+        assert answer.status_code == 422 and answer.json()["error"].startswith("video: ")
+        answer = c.post("/v1/classify/video", content=b"{}", headers={"content-type": "application/json"})
+        assert answer.status_code == 415

@@ -1,0 +1,381 @@
+"""Any task's predictor over video: frames in batches, one JSON line per frame, tracks, an annotated video, events.
+
+Three threads share the work. The source (:class:`cnnapps.datasets.video.VideoSource`) decodes ahead in its own;
+the predictor runs batches of frames in the caller's; drawing, encoding and writing run in a third, so the model
+never waits on them. Nothing is kept per frame: each frame's answer leaves as a JSON line as soon as it is drawn,
+so memory stays flat over a stream of any length (tracks keep a summary each, with a path thinned by motion).
+
+A source that fails mid-way (corrupt data, a stream that stalls or drops) ends the run with the frames read so
+far predicted, written and reported; ``VideoReport.error`` says what happened.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnapps.errors import CnnappsError
+
+#: frames per forward pass from files (live sources run frame by frame: the freshest frame matters more)
+DEFAULT_VIDEO_BATCH = 8
+
+
+@dataclass
+class VideoReport:
+    """What a run over one source did: frames predicted, time, the error that ended it, tracks and counts."""
+
+    source: str
+    frames: int = 0
+    dropped: int = 0  # stale live frames skipped to keep up
+    seconds: float = 0.0
+    error: str | None = None
+    interrupted: bool = False
+    events: int = 0  # frames where the answer changed (written with --save-frames)
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+    counts: list[dict[str, Any]] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "frames": self.frames, "seconds": round(self.seconds, 3),
+                               "fps": round(self.fps, 2), "dropped": self.dropped, "events": self.events}  # fmt: skip
+        if self.error:
+            out["error"] = self.error
+        if self.interrupted:
+            out["interrupted"] = True
+        if self.tracks or self.counts:
+            out["tracks"] = self.tracks
+            out["counts"] = self.counts
+        if self.written:
+            out["written"] = self.written
+        return out
+
+
+class Tracking:
+    """Persistent ids for a detector's instances: ByteTrack with re-identification by each box's appearance
+    (from the detector's own forward pass), a book of tracks, and line and zone counters.
+
+    ``threshold`` is the score the user asked for: the detector runs lower (ByteTrack's second association needs
+    the weak boxes), and instances under ``threshold`` are kept only when they continue a track."""
+
+    def __init__(
+        self,
+        threshold: float,
+        reid: bool = True,
+        counters: list[Any] | None = None,
+        keep_mot: bool = False,
+        **tracker: Any,
+    ) -> None:
+        from cnnapps.apps.track.book import TrackBook
+        from cnnapps.apps.track.tracker import ByteTracker
+
+        self.tracker = ByteTracker(reid=reid, **tracker)
+        self.book = TrackBook()
+        self.counters = list(counters or [])
+        self.threshold = threshold
+        self.seen: set[int] = set()
+        self._sized = False
+        self.mot: list[str] | None = [] if keep_mot else None  # every frame's MOTChallenge lines, when asked
+
+    @property
+    def detector_threshold(self) -> float:
+        """The score the detector should keep: low enough for ByteTrack's second association."""
+        return min(self.threshold, self.tracker.low)
+
+    def update(self, frame: Any, result: Any) -> tuple[bool, list[str]]:
+        """Give ``result``'s instances their ids; returns whether something happened (a new id, a line crossed)
+        and the frame's MOTChallenge lines."""
+        from cnnapps.apps.track.mot import mot_lines
+
+        if not result.ok:
+            return False, []
+        if not self._sized:  # counters given as fractions of the frame become pixels
+            height, width = frame.rgb.shape[:2]
+            self.counters = [c.scaled(width, height) if hasattr(c, "scaled") else c for c in self.counters]
+            self._sized = True
+        found = result.instances
+        boxes = np.array([i.box for i in found], np.float32).reshape(-1, 4)
+        scores = np.array([i.score for i in found], np.float32)
+        labels = np.array([i.label_index for i in found], np.int64)
+        vectors = [i.embedding for i in found]
+        embeddings = np.stack(vectors) if found and all(v is not None for v in vectors) else None
+        ids = self.tracker.update(boxes, scores, labels, embeddings)
+        kept = []
+        for inst, track_id in zip(found, ids, strict=True):
+            inst.embedding = None  # used; not carried further
+            if track_id >= 0:
+                inst.track_id = int(track_id)
+            if track_id >= 0 or inst.score >= self.threshold:
+                kept.append(inst)
+        result.instances = kept
+        tracked = [i for i in kept if i.track_id is not None]
+        t_ids = np.array([i.track_id for i in tracked], np.int64)
+        t_boxes = np.array([i.box for i in tracked], np.float32).reshape(-1, 4)
+        names = [i.label for i in tracked]
+        self.book.add(frame.index, frame.time, t_ids, t_boxes, names)
+        before = [_total(c) for c in self.counters]
+        centres = np.stack([(t_boxes[:, 0] + t_boxes[:, 2]) / 2, (t_boxes[:, 1] + t_boxes[:, 3]) / 2], 1)
+        for counter in self.counters:
+            counter.update(frame.index, t_ids, centres, names)
+        new = set(t_ids.tolist()) - self.seen
+        self.seen |= new
+        crossed = [_total(c) for c in self.counters] != before
+        lines = mot_lines(frame.index, t_ids, t_boxes, np.array([i.score for i in tracked], np.float32))
+        if self.mot is not None:
+            self.mot.extend(lines)
+        return bool(new) or crossed, lines
+
+    def finish(self, report: VideoReport) -> None:
+        report.tracks = self.book.summary()
+        report.counts = [c.to_dict() for c in self.counters]
+
+
+def _total(counter: Any) -> str:
+    return repr(counter.to_dict())
+
+
+def run_video(
+    predictor: Any,
+    source: Any,
+    *,
+    predict_options: dict[str, Any] | None = None,
+    batch_size: int | None = None,
+    tracking: Tracking | None = None,
+    on_line: Callable[[dict[str, Any]], None] | None = None,
+    save_video: Path | None = None,
+    save_frames: Path | None = None,
+    save_mot: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VideoReport:
+    """Run ``predictor`` over every frame ``source`` yields; returns the :class:`VideoReport`.
+
+    ``on_line`` gets one dict per frame, in order: ``{"source", "frame", "time", <the result's fields>}``.
+    ``save_video``: an annotated copy (H.264, no audio); ``save_frames``: a folder for the annotated frames where
+    the answer changes (a new class on top, other objects, a new track, a line crossed); ``save_mot``: the tracks
+    as MOTChallenge results. Outputs are never written over existing files, and what was written before an error
+    is kept. ``predict_options``: passed to ``predictor.predict`` where it takes them (``top_k``)."""
+    accepted = inspect.signature(predictor.predict).parameters
+    options = {k: v for k, v in (predict_options or {}).items() if k in accepted}
+    size = 1 if getattr(source, "live", False) else (batch_size or DEFAULT_VIDEO_BATCH)
+    report = VideoReport(str(source.name))
+    sink = _Sink(report, on_line, save_video, save_frames, save_mot, source, tracking)
+    previous = [""]
+    started = time.perf_counter()
+
+    def run(frames: list[Any]) -> None:
+        results = predictor.predict([f.rgb for f in frames], **options)
+        for frame, result in zip(frames, results, strict=True):
+            result.source = report.source
+            event, mot = tracking.update(frame, result) if tracking is not None else (False, [])
+            said = result.headline() if result.ok else ""
+            event = event or (said != previous[0] and said != "")
+            previous[0] = said
+            report.events += event
+            sink.put(frame, result, event, mot)
+        report.frames += len(frames)
+        if progress is not None:
+            progress(len(frames))
+
+    from cnnapps.datasets.video import VideoError
+
+    pending: list[Any] = []
+    try:
+        try:
+            for frame in source:
+                pending.append(frame)
+                if len(pending) >= size:
+                    frames, pending = pending, []
+                    run(frames)
+        except VideoError as exc:
+            report.error = str(exc)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        if pending:  # frames read before the source ended, failed or was interrupted
+            run(pending)
+    finally:
+        source.close()
+        report.seconds = time.perf_counter() - started
+        report.dropped = int(getattr(source, "dropped", 0))
+        sink.close()
+    if tracking is not None:
+        tracking.finish(report)
+    return report
+
+
+class _Sink:
+    """The outputs of a run, written in a thread of their own, in frame order: JSON lines, the annotated video,
+    event frames, MOTChallenge lines. A failure here stops the run and is raised in the caller's thread."""
+
+    def __init__(
+        self,
+        report: VideoReport,
+        on_line: Callable[[dict[str, Any]], None] | None,
+        save_video: Path | None,
+        save_frames: Path | None,
+        save_mot: Path | None,
+        source: Any,
+        tracking: Tracking | None,
+    ) -> None:
+        from cnnapps.files import OutputExistsError
+
+        for path in (save_video, save_mot):
+            if path is not None and os.path.lexists(path):
+                raise OutputExistsError(path)
+        self.report, self.on_line = report, on_line
+        self.save_video, self.save_frames, self.tracking = save_video, save_frames, tracking
+        self.fps = float(getattr(source, "fps", None) or 25.0)
+        self.stem = Path(str(source.name).rstrip("/")).stem or "frame"
+        self.video: Any = None
+        self.mot = _LineFile(save_mot) if save_mot is not None else None
+        self.trails: dict[int, deque] = {}
+        self.last_seen: dict[int, int] = {}
+        self.queue: queue.Queue = queue.Queue(maxsize=16)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="cnnapps-video-out", daemon=True)
+        self.thread.start()
+
+    def put(self, frame: Any, result: Any, event: bool, mot: list[str]) -> None:
+        while True:
+            if self.failure is not None:
+                raise self.failure
+            try:
+                self.queue.put((frame, result, event, mot), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        for closing, path in ((self.video, self.save_video), (self.mot, self.mot and self.mot.path)):
+            if closing is not None:
+                closing.close()
+                self.report.written.append(str(path))
+        if self.failure is not None:
+            raise self.failure
+
+    def _work(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                self._write(*item)
+        except BaseException as exc:  # handed to the caller's thread
+            self.failure = exc
+            while self.queue.get() is not None:  # let the caller's puts and close go through
+                pass
+
+    def _write(self, frame: Any, result: Any, event: bool, mot: list[str]) -> None:
+        if self.on_line is not None:
+            answer = {k: v for k, v in result.to_dict().items() if k != "path"}
+            self.on_line({"source": self.report.source, "frame": frame.index, "time": round(frame.time, 3), **answer})
+        if self.mot is not None:
+            self.mot.write(mot)
+        if self.save_video is None and not (event and self.save_frames is not None):
+            return
+        picture = self._draw(frame, result)
+        if self.save_video is not None:
+            if self.video is None:
+                from cnnapps.datasets.video import VideoWriter
+
+                self.video = VideoWriter(self.save_video, self.fps)
+            self.video.write(picture)
+        if event and self.save_frames is not None:
+            from cnnapps.datasets.io import write_image
+            from cnnapps.terminal import free_name
+
+            self.save_frames.mkdir(parents=True, exist_ok=True)
+            path = free_name(self.save_frames, f"{self.stem}-{frame.index:06d}", ".jpg")
+            write_image(path, picture)
+            self.report.written.append(str(path))
+
+    def _draw(self, frame: Any, result: Any) -> np.ndarray:
+        """The frame with the answer drawn over it (``result.overlay``), track trails, counting lines and zones."""
+        import cv2
+
+        if not hasattr(result, "draw"):
+            raise CnnappsError(f"--save-video/--save-frames: {type(result).__name__} answers have no picture")
+        if not result.ok:
+            return frame.rgb
+        picture = np.ascontiguousarray(result.overlay(frame.rgb))
+        if self.tracking is None:
+            return picture
+        from cnnapps.results import PALETTE
+
+        thick = max(1, round(max(picture.shape[:2]) / 400))
+        for inst in result.instances:
+            if inst.track_id is None:
+                continue
+            x0, y0, x1, y1 = inst.box
+            self.trails.setdefault(inst.track_id, deque(maxlen=32)).append((round((x0 + x1) / 2), round((y0 + y1) / 2)))
+            self.last_seen[inst.track_id] = frame.index
+        for track_id in [t for t, seen in self.last_seen.items() if frame.index - seen > 64]:  # bounded memory
+            self.trails.pop(track_id, None)
+            self.last_seen.pop(track_id, None)
+        for track_id, points in self.trails.items():
+            if len(points) > 1:
+                colour = PALETTE[track_id % len(PALETTE)]
+                cv2.polylines(picture, [np.array(points, np.int32)], False, colour, thick, cv2.LINE_AA)
+        for counter in self.tracking.counters:
+            _draw_counter(picture, counter, thick)
+        return picture
+
+
+class _LineFile:
+    """A text file written line by line into a hidden temporary file and renamed into place when closed (what was
+    written before an error is kept; an existing file is never replaced)."""
+
+    def __init__(self, path: Path) -> None:
+        import tempfile
+
+        from cnnapps.files import OutputExistsError
+
+        if os.path.lexists(path):
+            raise OutputExistsError(path)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self.fh = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, lines: list[str]) -> None:
+        for line in lines:
+            self.fh.write(line.rstrip("\n") + "\n")
+
+    def close(self) -> None:
+        from cnnapps.files import OutputExistsError
+
+        self.fh.close()
+        if os.path.lexists(self.path):
+            os.unlink(self.tmp)
+            raise OutputExistsError(self.path)
+        os.chmod(self.tmp, 0o644)
+        os.replace(self.tmp, self.path)
+
+
+def _draw_counter(picture: np.ndarray, counter: Any, thick: int) -> None:
+    """A counting line or zone on the frame, with its counts so far."""
+    import cv2
+
+    counts = counter.to_dict()
+    if hasattr(counter, "polygon"):
+        points = np.round(np.array(counter.polygon, np.float32)).astype(np.int32)
+        text = f"{counter.name}: {counts.get('inside', 0)} inside, {counts.get('entered', 0)} entered"
+    else:
+        ends = [[counter.x0, counter.y0], [counter.x1, counter.y1]]
+        points = np.round(np.array(ends, np.float32)).astype(np.int32)
+        text = f"{counter.name}: {counts.get('in', 0)} in, {counts.get('out', 0)} out"
+    cv2.polylines(picture, [points], hasattr(counter, "polygon"), (255, 255, 255), thick + 1, cv2.LINE_AA)
+    x, y = (int(v) for v in points.min(0))
+    cv2.putText(picture, text, (x + 4, max(14, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)

@@ -1,0 +1,79 @@
+"""``cnnapps eval track``: MOT metrics of tracks against MOTChallenge ground truth.
+
+Either of tracks already written (``--results``, e.g. from ``cnnapps detect clip.mp4 --track --save-mot``) or of a
+detector tracking a video here and now (``--model`` and ``--video``). Imports typer only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cnnapps.errors import CnnappsError
+from cnnapps.terminal import console, echo_json, progress
+
+_METRICS = (("MOTA", "mota"), ("IDF1", "idf1"), ("IDP", "idp"), ("IDR", "idr"), ("MOTP (IoU)", "motp"))
+_COUNTS = (("ID switches", "id_switches"), ("false positives", "false_positives"), ("misses", "misses"),
+           ("mostly tracked", "mostly_tracked"), ("mostly lost", "mostly_lost"), ("fragmentations", "fragmentations"),
+           ("frames", "frames"), ("objects", "objects"))  # fmt: skip
+
+
+def eval_track(
+    gt: Path = typer.Option(..., "--gt", help="Ground truth in MOTChallenge format (gt.txt)."),
+    results: Path = typer.Option(None, "--results", help="Tracks in MOTChallenge format (from --save-mot)."),
+    model: str = typer.Option(None, "--model", "-m", help="Or: a detector to track --video with here."),
+    video: str = typer.Option(None, "--video", help="The video the ground truth is of (with --model)."),
+    score_threshold: float = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0, help="Detections kept."),
+    reid: bool = typer.Option(True, "--reid/--no-reid", help="With --model: re-identify by appearance."),
+    iou: float = typer.Option(0.5, "--iou", min=0.01, max=1.0, help="IoU at which a track box matches the truth."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """MOTA, IDF1, ID switches and the other MOT metrics (motmetrics) of tracks against ground truth."""
+    from cnnapps.apps.track.mot import evaluate, read_mot
+
+    if (results is None) == (model is None):
+        raise CnnappsError("eval track: give --results (tracks written before) or --model with --video")
+    truth = read_mot(gt, gt=True)
+    if results is not None:
+        tracks = read_mot(results, gt=False)
+    else:
+        if video is None:
+            raise CnnappsError("--model: give the --video the ground truth is of")
+        tracks = track_video(model, video, score_threshold, reid, device)
+    report = evaluate(truth, tracks, iou=iou)
+    if as_json:
+        echo_json(report)
+        return
+    out = console()
+    out.print("  ".join(f"{name} {_percent(report.get(key))}" for name, key in _METRICS))
+    out.print(", ".join(f"{name} {report.get(key)}" for name, key in _COUNTS))
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def track_video(model: str, video: str, score_threshold: float, reid: bool, device: str) -> dict[int, list]:
+    """Track ``video`` with the detector ``model``: tracks by frame (1-based, as MOTChallenge files)."""
+    import cnnapps
+    from cnnapps.api import task_of
+    from cnnapps.apps.common.video import Tracking, run_video
+    from cnnapps.apps.tasks import TASKS
+    from cnnapps.apps.track.mot import parse_mot_lines
+    from cnnapps.datasets.video import VideoSource
+
+    task = task_of(model)
+    if task not in TASKS or not TASKS[task].trackable:
+        trackable = ", ".join(t.name for t in TASKS.values() if t.trackable)
+        raise CnnappsError(f"{model}: a {task or 'multi-head'} model; tracking needs a detector ({trackable})")
+    source = VideoSource(video)
+    tracking = Tracking(score_threshold, reid=reid, keep_mot=True)
+    predictor = cnnapps.load(model, task=task, device=device, score_threshold=tracking.detector_threshold, embed=reid)
+    with progress(source.frames, "tracking", minimum=1) as advance:
+        report = run_video(predictor, source, tracking=tracking, progress=advance)
+    if report.error:
+        raise CnnappsError(f"{report.error}; no score for a video not read to its end")
+    return parse_mot_lines(tracking.mot or [])

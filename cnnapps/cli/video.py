@@ -1,0 +1,241 @@
+"""Video for every prediction verb: the verbs that take images also take video files, cameras, streams and
+frame sequences, with the same model options.
+
+:func:`with_video` wraps a verb's function: it adds the video options to the verb's signature (typer reads the
+signature) and, when the paths are video sources, runs :func:`cnnapps.apps.common.video.run_video` with the
+predictor the verb's own options describe; with images it calls the verb unchanged. Detection verbs also get
+``--track`` (ByteTrack with re-identification), counting lines and zones, and MOTChallenge output.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cnnapps.errors import CnnappsError
+from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, plural, progress
+
+_SOURCES = "video files, webcam:N, rtsp:// or http:// streams, or frame patterns such as frames/%05d.png"
+
+#: (name, type, default option) added to every prediction verb
+VIDEO_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("vid_stride", int, typer.Option(1, "--vid-stride", min=1, help="Video: predict every Nth frame.")),
+    ("start", float, typer.Option(None, "--start", min=0.0, help="Video: start this many seconds in.")),
+    ("end", float, typer.Option(None, "--end", min=0.0, help="Video: stop this many seconds in.")),
+    ("save_video", Path, typer.Option(
+        None, "--save-video", help="Video: write an annotated copy (H.264, no audio; never over a file): a file "
+        "name for one video, else a folder.")),
+    ("save_frames", Path, typer.Option(
+        None, "--save-frames", help="Video: write annotated frames where the answer changes into this folder.")),
+    ("reconnect", bool, typer.Option(
+        False, "--reconnect", help="Video: reopen a camera or stream that stalls or drops, and go on.")),
+]  # fmt: skip
+
+#: added to the verbs of tasks that find objects (their results have instances with boxes)
+TRACK_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("track", bool, typer.Option(False, "--track", help="Video: persistent ids for objects across frames "
+                                 "(ByteTrack).")),
+    ("reid", bool, typer.Option(True, "--reid/--no-reid", help="With --track: re-identify objects by their "
+                                "appearance (each box's embedding from the detector's own pass).")),
+    ("line", list[str], typer.Option(None, "--line", metavar="X0,Y0,X1,Y1", help="With --track: count objects "
+                                     "crossing this line (pixels, or fractions of the frame); repeat for more.")),
+    ("zone", list[str], typer.Option(None, "--zone", metavar="X,Y,X,Y,...", help="With --track: count objects "
+                                     "entering this polygon; repeat for more.")),
+    ("save_mot", Path, typer.Option(None, "--save-mot", help="With --track: write the tracks as MOTChallenge "
+                                    "results (one video).")),
+]  # fmt: skip
+
+#: loads the verb's predictor from its options (and extra load options the video run needs)
+Loader = Callable[[dict[str, Any], dict[str, Any]], Any]
+
+
+def with_video(command: Callable[..., Any], load: Loader, trackable: bool = False) -> Callable[..., Any]:
+    """``command`` (a verb taking ``paths``) that also takes video sources, with the video options added."""
+    added = VIDEO_OPTIONS + (TRACK_OPTIONS if trackable else [])
+    signature = inspect.signature(command)
+    if "paths" not in signature.parameters:
+        raise TypeError(f"{command.__name__}: a verb taking video needs a 'paths' parameter")
+    names = [name for name, _, _ in added]
+
+    @functools.wraps(command)
+    def verb(**kwargs: Any) -> Any:
+        video = {name: kwargs.pop(name) for name in names}
+        paths = kwargs["paths"]
+        from cnnapps.datasets.video import is_video_source
+
+        sources = [p for p in paths if is_video_source(p)]
+        if not sources:
+            given = [_flag(name) for name, _, default in added if video[name] not in (default.default, None, [])]
+            if given:
+                raise CnnappsError(f"{given[0]}: for video ({_SOURCES}); {paths[0]} is not one")
+            return command(**kwargs)
+        if len(sources) != len(paths):
+            still = next(p for p in paths if p not in sources)
+            raise CnnappsError(f"{still}: not a video; give images and videos in separate commands")
+        return run_sources(sources, kwargs, video, load, command.__name__)
+
+    params = [_with_video_help(p) if p.name == "paths" else p for p in signature.parameters.values()]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in added]
+    hints = typing.get_type_hints(command)  # resolved where the verb was written
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in params]
+    verb.__signature__ = signature.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+    verb.__annotations__ = {p.name: p.annotation for p in params}
+    del verb.__wrapped__  # typer reads the new signature, not the verb's own
+    return verb
+
+
+def _with_video_help(param: inspect.Parameter) -> inspect.Parameter:
+    """The verb's ``paths`` argument, its help saying that videos go there too."""
+    import copy
+
+    info = copy.copy(param.default)
+    info.help = f"{(info.help or '').rstrip('.')}; or {_SOURCES}."
+    return param.replace(default=info)
+
+
+def task_loader(task: str) -> Loader:
+    """How a task's verb loads its predictor: ``cnnapps.load`` with the verb's model and the options the task's
+    predictor takes (from the task table)."""
+
+    def load_for(options: dict[str, Any], extra: dict[str, Any]) -> Any:
+        from cnnapps.api import load
+        from cnnapps.apps.tasks import get_task
+
+        return load(options.get("model") or None, task=task, **get_task(task).options({**options, **extra}))
+
+    return load_for
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, Any], load: Loader, verb: str) -> None:
+    """Every source in turn with one predictor: JSON Lines on stdout with ``--json``, else a summary per video;
+    exit code 1 when a source failed (its frames read before the failure are still predicted and written)."""
+    from cnnapps.apps.common.video import Tracking, run_video
+    from cnnapps.datasets.video import VideoError, VideoSource
+
+    tracking_wanted = bool(video.get("track"))
+    if not tracking_wanted:
+        for name in ("line", "zone", "save_mot"):
+            if video.get(name):
+                raise CnnappsError(f"{_flag(name)}: counts and MOT output follow tracks; add --track")
+    outputs = {name: video[name] for name in ("save_video", "save_mot") if video.get(name) is not None}
+    for name, path in outputs.items():
+        if _is_file_name(path) and len(sources) > 1:
+            raise CnnappsError(f"{path}: one file for {plural(len(sources), 'video')}; give {_flag(name)} a folder")
+        if _is_file_name(path) and path.exists():
+            raise CnnappsError(f"{path}: already exists; choose another {_flag(name)}")
+    counters = _counters(video) if tracking_wanted else []
+    opened = VideoSource(sources[0], **_source_options(video))  # a bad first source fails before the model loads
+    extra: dict[str, Any] = {}
+    threshold = float(options.get("score_threshold", 0.5))
+    if tracking_wanted:
+        extra = {"score_threshold": Tracking(threshold).detector_threshold, "embed": bool(video["reid"])}
+    predictor = load(options, extra)
+    as_json = bool(options.get("as_json"))
+    failed = 0
+    for i, name in enumerate(sources):
+        try:
+            source = opened if i == 0 else VideoSource(name, **_source_options(video))
+        except VideoError as exc:
+            echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
+        tracking = Tracking(threshold, reid=bool(video["reid"]), counters=counters) if tracking_wanted else None
+        if tracking is not None:
+            counters = _counters(video)  # fresh counts for the next source
+        label = f"{verb} {Path(name).name}"
+        with progress(source.frames, label, minimum=1) as advance:
+            report = run_video(
+                predictor,
+                source,
+                predict_options={k: options[k] for k in ("top_k",) if k in options},
+                batch_size=options.get("batch_size"),
+                tracking=tracking,
+                on_line=_print_line if as_json else None,
+                save_video=_output(video.get("save_video"), name, ".mp4"),
+                save_frames=video.get("save_frames"),
+                save_mot=_output(video.get("save_mot"), name, ".txt"),
+                progress=advance,
+            )
+        if as_json:
+            _print_line({"source": report.source, "summary": report.to_dict()})
+        else:
+            _print_report(report)
+        if report.error:
+            echo(f"error: {report.error} (the frames before it were predicted and written)", err=True)
+            failed += 1
+        if report.interrupted:
+            raise typer.Exit(130)
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _source_options(video: dict[str, Any]) -> dict[str, Any]:
+    def said(message: str) -> None:
+        echo(message, err=True)
+
+    return {"stride": video["vid_stride"], "start": video["start"], "end": video["end"],
+            "reconnect": video["reconnect"], "on_event": said}  # fmt: skip
+
+
+def _counters(video: dict[str, Any]) -> list[Any]:
+    from cnnapps.apps.track.book import parse_line, parse_zone
+
+    lines = [parse_line(text, name=f"line {i}") for i, text in enumerate(video.get("line") or [], 1)]
+    return lines + [parse_zone(text, name=f"zone {i}") for i, text in enumerate(video.get("zone") or [], 1)]
+
+
+def _is_file_name(path: Path) -> bool:
+    return path.suffix != "" and not path.is_dir()
+
+
+def _output(path: Path | None, source: str, suffix: str) -> Path | None:
+    """``path`` itself when it names a file, else a free name after the source in the folder ``path``."""
+    if path is None or _is_file_name(path):
+        return path
+    from cnnapps.terminal import free_name
+
+    path.mkdir(parents=True, exist_ok=True)
+    stem = Path(source.split("://")[-1].replace("%", "").rstrip("/")).stem or "video"
+    return free_name(path, stem.replace(":", "-"), suffix)
+
+
+def _print_line(data: dict[str, Any]) -> None:
+    from cnnapps.terminal import json_safe
+
+    print(json.dumps(json_safe(data), allow_nan=False), flush=True)
+
+
+def _print_report(report: Any) -> None:
+    out = console()
+    speed = f"{report.fps:.1f} frames/s" if report.frames else "no frame"
+    dropped = f", {report.dropped} stale live frames dropped" if report.dropped else ""
+    out.print(f"{report.source}: {plural(report.frames, 'frame')} in {report.seconds:.1f} s ({speed}{dropped}), "
+              f"{plural(report.events, 'event')}")  # fmt: skip
+    if report.tracks:
+        from rich.table import Table
+
+        table = Table(title=f"{plural(len(report.tracks), 'track')}")
+        for column in ("id", "label", "frames", "first", "last", "from", "to"):
+            table.add_column(column, justify="left" if column in ("label", "from", "to") else "right")
+        for t in report.tracks[:50]:
+            start, end = t["path"][0], t["path"][-1]
+            table.add_row(str(t["id"]), t["label"], str(t["frames"]), str(t["first_frame"]), str(t["last_frame"]),
+                          f"({start[1]:.0f}, {start[2]:.0f})", f"({end[1]:.0f}, {end[2]:.0f})")  # fmt: skip
+        out.print(table)
+        if len(report.tracks) > 50:
+            out.print(f"... and {len(report.tracks) - 50} more (all of them with --json)")
+    for count in report.counts:
+        out.print(json.dumps(count))
+    for path in report.written:
+        echo(f"wrote {path}", err=True)

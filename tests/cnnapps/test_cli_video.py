@@ -1,0 +1,142 @@
+"""Video through the prediction verbs: JSON Lines per frame, strides, annotated copies, event frames, tracking,
+counting and MOT output, failures mid-way that keep what was read, and the misuse of video options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnapps.apps.detect.model import create_detector, save_detector
+from cnnapps.datasets.video import VideoSource, VideoWriter
+
+
+def write_clip(path: Path, frames: int, source: np.ndarray, fps: float = 10.0, size: tuple[int, int] = (96, 128)):
+    """A clip panning over ``source`` (RGB), ``size`` (height, width) per frame."""
+    height, width = size
+    with VideoWriter(path, fps) as writer:
+        for i in range(frames):
+            x = (7 * i) % max(1, source.shape[1] - width)
+            writer.write(np.ascontiguousarray(source[:height, x : x + width]))
+    return path
+
+
+def lines_of(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def cat_clip(tmp_path_factory, chelsea) -> Path:
+    return write_clip(tmp_path_factory.mktemp("clip") / "cat.mp4", 12, chelsea, size=(224, 256))
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory) -> Path:
+    """An untrained detector made sure of itself (class "a" everywhere): its boxes are confident enough to start
+    tracks, which is what the plumbing needs."""
+    import torch
+
+    path = tmp_path_factory.mktemp("det") / "det.safetensors"
+    torch.manual_seed(0)
+    model = create_detector("detect", "resnet18", num_classes=3, class_names=["__background__", "a", "b"],
+                            backbone_weights=None, fpn_channels=16, min_size=96, max_size=128)  # fmt: skip
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 8.0
+    save_detector(path, model)
+    return path
+
+
+def test_classify_takes_a_video_and_prints_a_json_line_per_frame(run_cli, cat_clip):
+    code, out, err = run_cli("classify", str(cat_clip), "--json", "--top-k", "2", "--vid-stride", "3")
+    assert code == 0, err
+    lines = lines_of(out)
+    frames, summary = lines[:-1], lines[-1]
+    assert [f["frame"] for f in frames] == [0, 3, 6, 9]
+    assert [f["time"] for f in frames] == pytest.approx([0.0, 0.3, 0.6, 0.9], abs=1e-3)
+    assert all(f["source"] == str(cat_clip) and len(f["predictions"]) == 2 for f in frames)
+    assert all("cat" in f["predictions"][0]["label"] for f in frames)  # chelsea is a tabby: a real photo
+    assert summary["summary"]["frames"] == 4 and summary["summary"]["fps"] > 0
+
+
+def test_the_annotated_video_and_the_event_frames_are_written_never_over_a_file(run_cli, cat_clip, tmp_path):
+    copy, events = tmp_path / "out.mp4", tmp_path / "events"
+    code, _, err = run_cli("classify", str(cat_clip), "--save-video", str(copy), "--save-frames", str(events))
+    assert code == 0, err
+    written = VideoSource(str(copy))
+    assert written.frames == 12 and (written.width, written.height) == (640, 640 * 224 // 256 + 28 * 5 + 12)
+    pictures = sorted(events.glob("cat-*.jpg"))
+    assert pictures and pictures[0].name == "cat-000000.jpg"  # the first answer is an event
+    before = copy.read_bytes()
+    code, _, err = run_cli("classify", str(cat_clip), "--save-video", str(copy))
+    assert code == 2 and "already exists" in err and copy.read_bytes() == before
+
+
+def test_detect_tracks_counts_and_writes_mot_lines(run_cli, detector, tmp_path, chelsea):
+    clip = write_clip(tmp_path / "scene.mp4", 8, chelsea)
+    mot, annotated = tmp_path / "tracks.txt", tmp_path / "tracked.mp4"
+    code, out, err = run_cli("detect", str(clip), "--model", str(detector), "--score-threshold", "0.0", "--track",
+                             "--line", "0.5,0,0.5,1", "--zone", "0,0,0.5,0,0.5,1,0,1", "--save-mot", str(mot),
+                             "--save-video", str(annotated), "--json")  # fmt: skip
+    assert code == 0, err
+    lines = lines_of(out)
+    frames, summary = lines[:-1], lines[-1]["summary"]
+    assert len(frames) == 8
+    ids = {i["id"] for f in frames for i in f["instances"] if "id" in i}
+    assert ids and all(t["id"] in ids for t in summary["tracks"])
+    first = summary["tracks"][0]
+    assert {"label", "votes", "first_frame", "last_frame", "path", "frames"} <= set(first)
+    assert [c["kind"] for c in summary["counts"]] == ["line", "zone"]
+    assert summary["counts"][0]["line"] == [64.0, 0.0, 64.0, 96.0]  # fractions of the frame became pixels
+    rows = [r.split(",") for r in mot.read_text().splitlines()]
+    assert rows and {int(r[1]) for r in rows} <= ids and {int(r[0]) for r in rows} <= set(range(1, 9))
+    assert VideoSource(str(annotated)).frames == 8
+
+
+def test_eval_track_scores_mot_files(run_cli, tmp_path):
+    gt = tmp_path / "gt.txt"
+    gt.write_text("1,1,10,10,20,20,1,1,1\n2,1,12,10,20,20,1,1,1\n1,2,50,50,10,10,1,1,1\n2,2,52,50,10,10,1,1,1\n")
+    found = tmp_path / "found.txt"
+    found.write_text("1,7,10,10,20,20,1,-1,-1,-1\n2,7,12,10,20,20,1,-1,-1,-1\n1,8,50,50,10,10,1,-1,-1,-1\n")
+    code, out, err = run_cli("eval", "track", "--gt", str(gt), "--results", str(found), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["misses"] == 1 and report["id_switches"] == 0 and report["mota"] == pytest.approx(0.75)
+
+
+def test_a_video_cut_short_keeps_the_frames_read_and_exits_1(run_cli, tmp_path, chelsea):
+    clip = write_clip(tmp_path / "long.mkv", 40, chelsea)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size * 2 // 3])
+    copy = tmp_path / "kept.mp4"
+    code, out, err = run_cli("classify", str(cut), "--json", "--save-video", str(copy))
+    assert code == 1 and str(cut) in err and "error" in err
+    frames = lines_of(out)[:-1]
+    assert 5 < len(frames) < 40
+    assert VideoSource(str(copy)).frames == len(frames)  # what was read is written
+
+
+def test_video_options_on_images_and_mixed_inputs_are_refused(run_cli, cat_clip, tmp_path, chelsea):
+    import cv2
+
+    image = tmp_path / "cat.jpg"
+    cv2.imwrite(str(image), chelsea[:, :, ::-1])
+    code, _, err = run_cli("classify", str(image), "--vid-stride", "2")
+    assert code == 2 and "--vid-stride: for video" in err
+    code, _, err = run_cli("classify", str(image), str(cat_clip))
+    assert code == 2 and "give images and videos in separate commands" in err
+    code, _, err = run_cli("detect", str(cat_clip), "--line", "0,0,1,1")
+    assert code == 2 and "add --track" in err
+    code, _, err = run_cli("classify", str(tmp_path / "missing.mp4"))
+    assert code == 2 and "missing.mp4" in err
+
+
+def test_embed_and_caption_verbs_take_video_too(run_cli, cat_clip):
+    code, out, err = run_cli("embed", str(cat_clip), "--json", "--end", "0.25")
+    assert code == 0, err
+    frames = lines_of(out)[:-1]
+    assert [f["frame"] for f in frames] == [0, 1, 2]
+    vectors = np.array([f["embedding"] for f in frames])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert float(vectors[0] @ vectors[1]) > 0.9  # neighbouring frames of one pan look alike
