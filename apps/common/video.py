@@ -164,7 +164,8 @@ def run_video(
 
     ``on_line`` gets one dict per frame, in order: ``{"source", "frame", "time", <the result's fields>}``.
     ``save_video``: an annotated copy (H.264, no audio); ``save_frames``: a folder for the annotated frames where
-    the answer changes (a new class on top, other objects, a new track, a line crossed); ``save_mot``: the tracks
+    something happens (the answer's headline changes; with tracking, a new track starts or a line is crossed);
+    ``save_mot``: the tracks
     as MOTChallenge results. Outputs are never written over existing files, and what was written before an error
     is kept. ``predict_options``: passed to ``predictor.predict`` where it takes them (``top_k``)."""
     accepted = inspect.signature(predictor.predict).parameters
@@ -179,10 +180,11 @@ def run_video(
         results = predictor.predict([f.rgb for f in frames], **options)
         for frame, result in zip(frames, results, strict=True):
             result.source = report.source
-            event, mot = tracking.update(frame, result) if tracking is not None else (False, [])
-            said = result.headline() if result.ok else ""
-            event = event or (said != previous[0] and said != "")
-            previous[0] = said
+            if tracking is not None:  # events of tracks: a new object, a line crossed
+                event, mot = tracking.update(frame, result)
+            else:  # events of answers: another class on top, other objects, another caption
+                said, mot = (result.headline() if result.ok else ""), []
+                event, previous[0] = said not in (previous[0], ""), said
             report.events += event
             sink.put(frame, result, event, mot)
         report.frames += len(frames)

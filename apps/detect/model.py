@@ -541,19 +541,28 @@ def run_shared(model: nn.Module, images: list[torch.Tensor], trunk_pass: Any = N
     return detect_on_stages(model, stages, batch, sizes, [pre.geometry(*size) for size in sizes], embed)
 
 
-def run_detector(model: nn.Module, images: list[torch.Tensor], embed: bool = False) -> list[dict]:
+def run_detector(
+    model: nn.Module, images: list[torch.Tensor], embed: bool = False, trunk_for: Any = None
+) -> list[dict]:
     """A torchvision R-CNN on float (3, H, W) images in [0, 1]: what ``model(images)`` returns, and with ``embed``
-    each box's appearance from the same forward pass (:func:`box_embeddings`)."""
-    if not embed:
+    each box's appearance from the same forward pass (:func:`box_embeddings`). ``trunk_for(shape)``: a compiled
+    pass of the trunk for the resized batch's shape (a ``TrunkRunner``), or None to run the module as it is."""
+    if not embed and trunk_for is None:
         return model(images)
     sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     batch, _ = model.transform(images)
-    features = model.backbone(batch.tensors)
+    trunk = trunk_for(tuple(batch.tensors.shape)) if trunk_for is not None else None
+    if trunk is None:
+        features = model.backbone(batch.tensors)
+    else:
+        x = batch.tensors.mean(1, keepdim=True) if model.backbone.grey else batch.tensors
+        features = model.backbone.from_stages(trunk(x)[0])
     proposals, _ = model.rpn(batch, features)
     detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-    vectors = box_embeddings(model, features, [d["boxes"] for d in detections], batch.image_sizes)
-    detections = model.transform.postprocess(detections, batch.image_sizes, sizes)
-    return [{**found, "embeddings": v} for found, v in zip(detections, vectors, strict=True)]
+    if embed:
+        vectors = box_embeddings(model, features, [d["boxes"] for d in detections], batch.image_sizes)
+        detections = [{**found, "embeddings": v} for found, v in zip(detections, vectors, strict=True)]
+    return model.transform.postprocess(detections, batch.image_sizes, sizes)
 
 
 def box_embeddings(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,10 +89,21 @@ class DetectionPredictor:
             mine = owned or self.model is not model
             self._trunk = TrunkRunner(self.model.backbone.body, pre.input_size, self.batch_size, self.device, engine,
                                       owned=mine)  # fmt: skip
+        # a trunk of cnnapps' own detectors is compiled for a resized input shape once that shape keeps coming
+        # (video frames, a camera's folder): the frozen graph folds batch norm into the convolutions
+        self.engine = engine
+        self._owns_model = owned or self.model is not model  # a caller's module is copied before it is changed
+        self._compiled: OrderedDict[tuple, Any] = OrderedDict()
+        self._shapes_seen: Counter[tuple] = Counter()
+        self._compiles = (not self.spec.shared and engine != "eager" and not tile
+                          and hasattr(getattr(self.model.backbone, "body", None), "forward_shared"))  # fmt: skip
         self.max_pixels = None if tile else max_pixels  # tiling exists for images beyond the usual limit
         if embed and tile:
             raise CnnappsError("--tile: tiled detection gives no appearance embeddings; track without --tile")
         self.embed = embed
+
+    def _trunk_for(self, shape: tuple) -> Any:
+        return _compiled_trunk(self, shape)
 
     @property
     def class_names(self) -> list[str]:
@@ -127,8 +139,33 @@ class DetectionPredictor:
             from cnnapps.apps.detect.model import run_detector
 
             tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
-            outputs = run_detector(self.model, tensors, embed=self.embed)
+            outputs = run_detector(self.model, tensors, self.embed, self._trunk_for if self._compiles else None)
         return [to_detections(out, rgb.shape[0], rgb.shape[1]) for out, rgb in zip(outputs, images, strict=True)]
+
+
+#: how often a resized input shape is seen before the trunk is compiled for it, and how many compiled shapes are kept
+COMPILE_AFTER, COMPILED_SHAPES = 3, 4
+
+
+def _compiled_trunk(predictor: DetectionPredictor, shape: tuple) -> Any:
+    """The predictor's trunk compiled for ``shape`` (N, C, H, W) once that shape has come ``COMPILE_AFTER`` times,
+    else None (eager); the last ``COMPILED_SHAPES`` shapes are kept."""
+    from cnnapps.apps.common.trunk import TrunkRunner
+
+    if shape in predictor._compiled:
+        predictor._compiled.move_to_end(shape)
+        return predictor._compiled[shape]
+    predictor._shapes_seen[shape] += 1
+    if predictor._shapes_seen[shape] < COMPILE_AFTER:
+        return None
+    body = predictor.model.backbone.body
+    runner = TrunkRunner(body, shape[1:], shape[0], predictor.device, predictor.engine, owned=predictor._owns_model)
+    predictor._compiled[shape] = runner
+    if len(predictor._compiled) > COMPILED_SHAPES:
+        predictor._compiled.popitem(last=False)
+    if len(predictor._shapes_seen) > 64:  # a folder of many sizes: forget the counts, keep memory bounded
+        predictor._shapes_seen.clear()
+    return runner
 
 
 def load_predictor(specs: list[Any], task: str = "segment", **kwargs: Any) -> DetectionPredictor:

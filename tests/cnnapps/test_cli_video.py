@@ -140,3 +140,10 @@ def test_embed_and_caption_verbs_take_video_too(run_cli, cat_clip):
     vectors = np.array([f["embedding"] for f in frames])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert float(vectors[0] @ vectors[1]) > 0.9  # neighbouring frames of one pan look alike
+
+
+def test_the_multi_head_verb_takes_video(run_cli, cat_clip):
+    code, out, err = run_cli("predict", "efficientnet_lite0", str(cat_clip), "--json", "--end", "0.15", "--top-k", "1")
+    assert code == 0, err
+    frames = lines_of(out)[:-1]
+    assert [f["frame"] for f in frames] == [0, 1] and "cat" in frames[0]["classify"]["predictions"][0]["label"]

@@ -50,6 +50,20 @@ def test_embed_gives_each_instance_its_appearance_from_the_same_pass(model_file)
         cnnapps.load(model_file, embed=True, tile=96)
 
 
+def test_a_shape_that_keeps_coming_gets_a_compiled_trunk_with_the_same_answers(model_file):
+    from cnnapps.apps.detect.predictor import COMPILE_AFTER, DetectionPredictor
+
+    frames = [np.random.default_rng(i).integers(0, 255, (90, 120, 3), dtype=np.uint8) for i in range(5)]
+    eager = DetectionPredictor(model_file, score_threshold=0.0, engine="eager")
+    compiled = DetectionPredictor(model_file, score_threshold=0.0)
+    for n, frame in enumerate(frames, 1):
+        a, b = eager.predict([frame])[0], compiled.predict([frame])[0]
+        assert len(compiled._compiled) == (n >= COMPILE_AFTER)  # compiled on the third frame of one size
+        assert len(a.instances) == len(b.instances)
+        assert np.allclose([i.box for i in a.instances], [i.box for i in b.instances], atol=1e-2)
+    assert not eager._compiled
+
+
 def test_load_refuses_the_wrong_task(model_file):
     with pytest.raises(CnnappsError, match="a segment model, not a pose model"):
         cnnapps.load(model_file, task="pose")
