@@ -88,7 +88,9 @@ class Frame:
 
 class VideoError(CnnappsError):
     """A video source that cannot be opened, or that failed mid-way (then the message says after how many
-    frames). ``frames_read`` counts the frames read before the failure."""
+    frames). ``frames_read`` counts the frames read before the failure. Commands exit 1: an input failed."""
+
+    exit_code = 1
 
     def __init__(self, message: str, frames_read: int = 0) -> None:
         super().__init__(message)

@@ -79,7 +79,7 @@ def with_video(command: Callable[..., Any], load: Loader, trackable: bool = Fals
         if len(sources) != len(paths):
             still = next(p for p in paths if p not in sources)
             raise CnnappsError(f"{still}: not a video; give images and videos in separate commands")
-        return run_sources(sources, kwargs, video, load, command.__name__)
+        return run_sources(sources, kwargs, video, load)
 
     params = [_with_video_help(p) if p.name == "paths" else p for p in signature.parameters.values()]
     params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in added]
@@ -117,7 +117,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, Any], load: Loader, verb: str) -> None:
+def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, Any], load: Loader) -> None:
     """Every source in turn with one predictor: JSON Lines on stdout with ``--json``, else a summary per video;
     exit code 1 when a source failed (its frames read before the failure are still predicted and written)."""
     from cnnapps.apps.common.video import Tracking, run_video
@@ -153,8 +153,7 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
         tracking = Tracking(threshold, reid=bool(video["reid"]), counters=counters) if tracking_wanted else None
         if tracking is not None:
             counters = _counters(video)  # fresh counts for the next source
-        label = f"{verb} {Path(name).name}"
-        with progress(source.frames, label, minimum=1) as advance:
+        with progress(source.frames, Path(name).name or name, minimum=1) as advance:
             report = run_video(
                 predictor,
                 source,
@@ -216,6 +215,19 @@ def _print_line(data: dict[str, Any]) -> None:
     print(json.dumps(json_safe(data), allow_nan=False), flush=True)
 
 
+def _count_line(count: dict[str, Any]) -> str:
+    """``line 1: 3 in (2 car, 1 bus), 1 out (1 car)`` or ``zone 1: 4 entered (...), 2 inside now``."""
+
+    def by(labels: dict[str, int]) -> str:
+        return f" ({', '.join(f'{n} {label}' for label, n in labels.items())})" if labels else ""
+
+    if count["kind"] == "zone":
+        entered = f"{count['entered']} entered{by(count['entered_by_label'])}"
+        return f"{count['name']}: {entered}, {count['inside']} inside now"
+    return (f"{count['name']}: {count['in']} in{by(count['in_by_label'])}, "
+            f"{count['out']} out{by(count['out_by_label'])}")  # fmt: skip
+
+
 def _print_report(report: Any) -> None:
     out = console()
     speed = f"{report.fps:.1f} frames/s" if report.frames else "no frame"
@@ -236,6 +248,6 @@ def _print_report(report: Any) -> None:
         if len(report.tracks) > 50:
             out.print(f"... and {len(report.tracks) - 50} more (all of them with --json)")
     for count in report.counts:
-        out.print(json.dumps(count))
+        out.print(_count_line(count))
     for path in report.written:
         echo(f"wrote {path}", err=True)

@@ -128,8 +128,8 @@ def test_video_options_on_images_and_mixed_inputs_are_refused(run_cli, cat_clip,
     assert code == 2 and "give images and videos in separate commands" in err
     code, _, err = run_cli("detect", str(cat_clip), "--line", "0,0,1,1")
     assert code == 2 and "add --track" in err
-    code, _, err = run_cli("classify", str(tmp_path / "missing.mp4"))
-    assert code == 2 and "missing.mp4" in err
+    code, _, err = run_cli("classify", str(tmp_path / "missing.mp4"))  # an input that failed: exit 1
+    assert code == 1 and err.strip() == f"error: {tmp_path / 'missing.mp4'}: no such file"
 
 
 def test_embed_and_caption_verbs_take_video_too(run_cli, cat_clip):
