@@ -115,6 +115,23 @@ class _Buffer:
         self.size = size
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
+        self.lockstep = False  # decode only when the consumer asks (a CPU whose cores the model needs)
+        self.asked = 0  # frames the consumer has asked for (lockstep)
+        self.given = 0  # frames put
+
+    def ask(self) -> None:
+        """The consumer wants one more frame (lockstep)."""
+        with self._cond:
+            self.asked = max(self.asked, self.given) + 1  # a packet may have given two frames for one ask
+            self._cond.notify_all()
+
+    def wait_for_demand(self, stop: threading.Event) -> None:
+        """In lockstep, wait until the consumer has asked for a frame not yet given (or the source closes)."""
+        if not self.lockstep:
+            return
+        with self._cond:
+            while self.given >= self.asked and not stop.is_set():
+                self._cond.wait(0.1)
 
     def __len__(self) -> int:
         with self._cond:
@@ -133,6 +150,7 @@ class _Buffer:
                         self._cond.wait(0.1)
                 if stop.is_set():
                     return dropped
+                self.given += 1
             self._items.append(item)
             self._cond.notify_all()
         return dropped
@@ -403,6 +421,18 @@ class VideoSource:
         """Frames decoded and waiting for the consumer (never more than ``queue``)."""
         return len(self._buffer)
 
+    def read_in_lockstep(self) -> None:
+        """Decode a frame only when the consumer asks for it, on one decoder thread, instead of ahead of it: on a
+        CPU whose cores all run the model, decoding beside the forward pass slows both. Files and sequences only
+        (a live source is read ahead so that stale frames can be dropped); call before iterating."""
+        if self.live or self._thread is not None:
+            return
+        self._buffer.lockstep = True
+        if self._stream is not None:
+            with contextlib.suppress(Exception):  # a decoder already opened keeps its threads
+                self._stream.thread_type = "SLICE"
+                self._stream.codec_context.thread_count = 1
+
     def __iter__(self) -> Iterator[Frame]:
         if self._thread is not None or self._stop.is_set():
             raise CnnappsError(f"{self.name}: this source was already read; open it again to read it again")
@@ -414,7 +444,13 @@ class VideoSource:
     def _consume(self) -> Iterator[Frame]:
         try:
             while True:
+                if self._buffer.lockstep and not len(self._buffer):
+                    self._buffer.ask()
                 item = self._buffer.get(0.25)
+                while item is _NOTHING and self._buffer.lockstep and self._thread is not None:
+                    if not self._thread.is_alive():
+                        break
+                    item = self._buffer.get(0.25)
                 if item is _NOTHING:
                     late = time.monotonic() - self._heartbeat
                     if self.live and self._remote and late > self.timeout + _WATCHDOG_GRACE:
@@ -514,6 +550,7 @@ class VideoSource:
         start = math.ceil(self.start * fps - _EPS) if self.start else 0
         self._next_index = start
         for index in range(start, count):
+            self._buffer.wait_for_demand(self._stop)
             if self._stop.is_set():
                 return
             path = _sequence_path(prefix, width, suffix, first + index)
@@ -563,6 +600,7 @@ class VideoSource:
 
         try:
             for packet in self._container.demux(stream):
+                self._buffer.wait_for_demand(self._stop)
                 if self._stop.is_set():
                     return
                 now = time.monotonic()

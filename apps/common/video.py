@@ -172,7 +172,13 @@ def run_video(
     options = {k: v for k, v in (predict_options or {}).items() if k in accepted}
     size = 1 if getattr(source, "live", False) else (batch_size or DEFAULT_VIDEO_BATCH)
     report = VideoReport(str(source.name))
-    sink = _Sink(report, on_line, save_video, save_frames, save_mot, source, tracking)
+    # On a CPU the model needs every core: threads decoding or encoding beside its forward pass slow it down
+    # (more than they save), so there a file is decoded frame by frame as asked and outputs are written in turn.
+    # With a GPU the CPU's share runs beside the model: decoding ahead, drawing and writing in threads.
+    on_cpu = str(getattr(predictor, "device", "cpu")).startswith("cpu")
+    if on_cpu and hasattr(source, "read_in_lockstep"):
+        source.read_in_lockstep()
+    sink = _Sink(report, on_line, save_video, save_frames, save_mot, source, tracking, threaded=not on_cpu)
     previous = [""]
     started = time.perf_counter()
 
@@ -230,6 +236,7 @@ class _Sink:
         save_mot: Path | None,
         source: Any,
         tracking: Tracking | None,
+        threaded: bool = True,
     ) -> None:
         from cnnapps.files import OutputExistsError
 
@@ -247,9 +254,14 @@ class _Sink:
         self.queue: queue.Queue = queue.Queue(maxsize=16)
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._work, name="cnnapps-video-out", daemon=True)
-        self.thread.start()
+        self.threaded = threaded
+        if threaded:
+            self.thread.start()
 
     def put(self, frame: Any, result: Any, event: bool, mot: list[str]) -> None:
+        if not self.threaded:
+            self._write(frame, result, event, mot)
+            return
         while True:
             if self.failure is not None:
                 raise self.failure

@@ -241,6 +241,18 @@ def test_closing_early_does_not_hang(clip: Path) -> None:
         iter(source)
 
 
+@pytest.mark.parametrize("stride", [1, 3])
+def test_lockstep_decodes_only_what_is_asked_for(clip: Path, stride: int) -> None:
+    source = VideoSource(str(clip), stride=stride)
+    source.read_in_lockstep()
+    frames = iter(source)
+    taken = [next(frames)]
+    time.sleep(0.3)  # a reader decoding ahead would fill its queue by now
+    assert source.buffered <= 1 and source.frames_read <= 2
+    taken += list(frames)
+    assert [f.index for f in taken] == list(range(0, 40, stride))  # every frame, in order, as without lockstep
+
+
 def test_live_queue_drops_the_oldest_frames(clip: Path) -> None:
     source = VideoSource(str(clip), live=True, queue=3)
     assert source.live
