@@ -159,18 +159,22 @@ def run_video(
     save_frames: Path | None = None,
     save_mot: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    lanes: int = 1,
 ) -> VideoReport:
     """Run ``predictor`` over every frame ``source`` yields; returns the :class:`VideoReport`.
 
     ``on_line`` gets one dict per frame, in order: ``{"source", "frame", "time", <the result's fields>}``.
     ``save_video``: an annotated copy (H.264, no audio); ``save_frames``: a folder for the annotated frames where
     something happens (the answer's headline changes; with tracking, a new track starts or a line is crossed);
-    ``save_mot``: the tracks
-    as MOTChallenge results. Outputs are never written over existing files, and what was written before an error
-    is kept. ``predict_options``: passed to ``predictor.predict`` where it takes them (``top_k``)."""
+    ``save_mot``: the tracks as MOTChallenge results. Outputs are never written over existing files, and what was
+    written before an error is kept. ``predict_options``: passed to ``predictor.predict`` where it takes them
+    (``top_k``). ``lanes``: on a CPU, batches of frames predicted at once in this many threads, the CPU's threads
+    shared out among them (as OpenVINO's throughput streams do), for predictors that allow it
+    (``predict_in_lane``); answers are taken in frame order all the same."""
     accepted = inspect.signature(predictor.predict).parameters
     options = {k: v for k, v in (predict_options or {}).items() if k in accepted}
-    size = 1 if getattr(source, "live", False) else (batch_size or DEFAULT_VIDEO_BATCH)
+    live = bool(getattr(source, "live", False))
+    size = 1 if live else (batch_size or DEFAULT_VIDEO_BATCH)
     report = VideoReport(str(source.name))
     # On a CPU the model needs every core: threads decoding or encoding beside its forward pass slow it down
     # (more than they save), so there a file is decoded frame by frame as asked and outputs are written in turn.
@@ -178,12 +182,12 @@ def run_video(
     on_cpu = str(getattr(predictor, "device", "cpu")).startswith("cpu")
     if on_cpu and hasattr(source, "read_in_lockstep"):
         source.read_in_lockstep()
+    lanes = lanes if on_cpu and not live and hasattr(predictor, "predict_in_lane") else 1
     sink = _Sink(report, on_line, save_video, save_frames, save_mot, source, tracking, threaded=not on_cpu)
     previous = [""]
     started = time.perf_counter()
 
-    def run(frames: list[Any]) -> None:
-        results = predictor.predict([f.rgb for f in frames], **options)
+    def take(frames: list[Any], results: list[Any]) -> None:
         for frame, result in zip(frames, results, strict=True):
             result.source = report.source
             if tracking is not None:  # events of tracks: a new object, a line crossed
@@ -200,27 +204,75 @@ def run_video(
     from cnnapps.datasets.video import VideoError
 
     pending: list[Any] = []
-    try:
+    with _Lanes(predictor, lanes, options, take) as run:
         try:
-            for frame in source:
-                pending.append(frame)
-                if len(pending) >= size:
-                    frames, pending = pending, []
-                    run(frames)
-        except VideoError as exc:
-            report.error = str(exc)
-        except KeyboardInterrupt:
-            report.interrupted = True
-        if pending:  # frames read before the source ended, failed or was interrupted
-            run(pending)
-    finally:
-        source.close()
-        report.seconds = time.perf_counter() - started
-        report.dropped = int(getattr(source, "dropped", 0))
-        sink.close()
+            try:
+                for frame in source:
+                    pending.append(frame)
+                    if len(pending) >= size:
+                        frames, pending = pending, []
+                        run(frames)
+            except VideoError as exc:
+                report.error = str(exc)
+            except KeyboardInterrupt:
+                report.interrupted = True
+            if pending:  # frames read before the source ended, failed or was interrupted
+                run(pending)
+            run.finish()
+        finally:
+            source.close()
+            report.seconds = time.perf_counter() - started
+            report.dropped = int(getattr(source, "dropped", 0))
+            sink.close()
     if tracking is not None:
         tracking.finish(report)
     return report
+
+
+class _Lanes:
+    """Batches of frames through the predictor: in turn (one lane), or several at once in threads that share
+    the CPU's threads out among them; answers reach ``take`` in frame order either way."""
+
+    def __init__(self, predictor: Any, lanes: int, options: dict[str, Any], take: Callable) -> None:
+        self.predictor, self.lanes, self.options, self.take = predictor, max(1, int(lanes)), options, take
+        self.inflight: deque = deque()
+        self.pool: Any = None
+        self.threads: int | None = None
+
+    def __enter__(self) -> _Lanes:
+        if self.lanes > 1:
+            import concurrent.futures
+
+            import torch
+
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, self.threads // self.lanes))
+            self.pool = concurrent.futures.ThreadPoolExecutor(self.lanes, thread_name_prefix="cnnapps-lane")
+        return self
+
+    def __call__(self, frames: list[Any]) -> None:
+        images = [f.rgb for f in frames]
+        if self.pool is None:
+            self.take(frames, self.predictor.predict(images, **self.options))
+            return
+        self.inflight.append((frames, self.pool.submit(self.predictor.predict_in_lane, images, **self.options)))
+        while len(self.inflight) >= self.lanes:  # at most one batch per lane in flight
+            self._take_oldest()
+
+    def _take_oldest(self) -> None:
+        frames, future = self.inflight.popleft()
+        self.take(frames, future.result())
+
+    def finish(self) -> None:
+        while self.inflight:
+            self._take_oldest()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            import torch
+
+            torch.set_num_threads(self.threads or 1)
 
 
 class _Sink:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -95,6 +96,7 @@ class DetectionPredictor:
         self._owns_model = owned or self.model is not model  # a caller's module is copied before it is changed
         self._compiled: OrderedDict[tuple, Any] = OrderedDict()
         self._shapes_seen: Counter[tuple] = Counter()
+        self._compile_lock = threading.Lock()
         self._compiles = (not self.spec.shared and engine != "eager" and not tile
                           and hasattr(getattr(self.model.backbone, "body", None), "forward_shared"))  # fmt: skip
         self.max_pixels = None if tile else max_pixels  # tiling exists for images beyond the usual limit
@@ -112,6 +114,11 @@ class DetectionPredictor:
     @one_at_a_time
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[DetectionResult]:
         """Detect in paths, bytes, arrays or PIL images; a bad input gets a result with ``error`` set."""
+        return self.predict_in_lane(inputs, progress)
+
+    def predict_in_lane(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[DetectionResult]:
+        """:meth:`predict` for callers that run several at once on purpose: the frames of one video in lanes, each
+        lane a thread with its share of the CPU's cores (the model is only read; compiling is locked)."""
         workers = default_decode_workers(self.device)
         done = map_images(inputs, self._detect_images, self.batch_size, self.max_pixels, progress, workers)
         return [
@@ -152,20 +159,21 @@ def _compiled_trunk(predictor: DetectionPredictor, shape: tuple) -> Any:
     else None (eager); the last ``COMPILED_SHAPES`` shapes are kept."""
     from cnnapps.apps.common.trunk import TrunkRunner
 
-    if shape in predictor._compiled:
-        predictor._compiled.move_to_end(shape)
-        return predictor._compiled[shape]
-    predictor._shapes_seen[shape] += 1
-    if predictor._shapes_seen[shape] < COMPILE_AFTER:
-        return None
-    body = predictor.model.backbone.body
-    runner = TrunkRunner(body, shape[1:], shape[0], predictor.device, predictor.engine, owned=predictor._owns_model)
-    predictor._compiled[shape] = runner
-    if len(predictor._compiled) > COMPILED_SHAPES:
-        predictor._compiled.popitem(last=False)
-    if len(predictor._shapes_seen) > 64:  # a folder of many sizes: forget the counts, keep memory bounded
-        predictor._shapes_seen.clear()
-    return runner
+    with predictor._compile_lock:  # lanes of one video ask at once: one compiles, the others wait for it
+        if shape in predictor._compiled:
+            predictor._compiled.move_to_end(shape)
+            return predictor._compiled[shape]
+        predictor._shapes_seen[shape] += 1
+        if predictor._shapes_seen[shape] < COMPILE_AFTER:
+            return None
+        body, owned = predictor.model.backbone.body, predictor._owns_model
+        runner = TrunkRunner(body, shape[1:], shape[0], predictor.device, predictor.engine, owned=owned)
+        predictor._compiled[shape] = runner
+        if len(predictor._compiled) > COMPILED_SHAPES:
+            predictor._compiled.popitem(last=False)
+        if len(predictor._shapes_seen) > 64:  # a folder of many sizes: forget the counts, keep memory bounded
+            predictor._shapes_seen.clear()
+        return runner
 
 
 def load_predictor(specs: list[Any], task: str = "segment", **kwargs: Any) -> DetectionPredictor:
