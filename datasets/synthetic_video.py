@@ -23,6 +23,13 @@ Written into ``out/``:
   in which an object was wholly hidden behind a pillar (1-based, inclusive) and whether it turned back there.
 
     python -m cnnapps.datasets.synthetic_video data/track-demo --frames 300 --objects 6 --seed 0
+
+:func:`frames_dataset` (``--coco``) writes detector training data from such videos instead: frames sampled from
+videos of other seeds (1000 and up; seeds 0-9 are kept for measuring trackers), decoded from their H.264 files as a
+tracker sees them, with the ground truth of the MOTChallenge files (full boxes of objects at least 25 % visible) as
+COCO JSON with the categories of the ``shapes`` scenes:
+
+    python -m cnnapps.datasets.synthetic_video data/video-shapes --coco --videos 24 --val-videos 2 --every 15
 """
 
 from __future__ import annotations
@@ -40,6 +47,12 @@ import numpy as np
 from cnnapps.datasets.synthetic import COLOURS, SHAPES, _background, _shape_mask
 from cnnapps.errors import CnnappsError
 from cnnapps.files import OutputExistsError, atomic_write
+
+#: Seeds of the videos trackers are measured on (``benchmarks/tracking.py``: 0-2 evaluation, 3 validation);
+#: :func:`frames_dataset` refuses them, so a detector never trains on the frames it is scored on.
+HELD_OUT_SEEDS = range(10)
+#: The first seed of :func:`frames_dataset`'s videos by default.
+TRAIN_SEED = 1000
 
 #: Shape radii in pixels: the range of the ``shapes`` scenes (0.06-0.16 of their 256-pixel images).
 RADIUS_RANGE = (0.06 * 256, 0.16 * 256)
@@ -250,19 +263,125 @@ def _track_hiding(
         o.hidden_since = None
 
 
+def frames_dataset(
+    out: Path,
+    *,
+    videos: int = 24,
+    val_videos: int = 2,
+    frames: int = 300,
+    every: int = 15,
+    seed: int = TRAIN_SEED,
+    objects: int = 6,
+    width: int = 320,
+    height: int = 240,
+    occluders: int = 1,
+) -> dict[str, Any]:
+    """Detector training data from synthetic tracking videos: ``out/train/*.png``, ``out/train.json``,
+    ``out/val/*.png`` and ``out/val.json`` (COCO, the categories of the ``shapes`` scenes).
+
+    ``videos`` videos of seeds ``seed``, ``seed + 1``, ... give the training frames, the next ``val_videos`` the
+    validation frames; each is made by :func:`tracking_video` (``frames`` long, the other settings as there), and
+    every ``every``-th frame of it (0-based index divisible by ``every``) is decoded from its H.264 file, so the
+    detector trains on the compressed pixels a tracker gets. Each frame's annotations are its ground-truth lines:
+    full boxes of the objects at least 25 % visible (an annotation's ``visibility`` says how much); images are named
+    ``v<seed>_<frame>.png`` (frame 0-based). Seeds in :data:`HELD_OUT_SEEDS` are refused (trackers are measured
+    on those videos). Returns the two JSON paths and counts: ``train_images``, ``val_images``, ``train_boxes``,
+    ``val_boxes``. Existing files are never written over (:class:`OutputExistsError`). Deterministic for a seed.
+    """
+    import tempfile
+
+    import cv2
+
+    from cnnapps.datasets.synthetic import categories
+    from cnnapps.datasets.video import VideoSource
+
+    out = Path(out)
+    if videos < 1 or val_videos < 0 or every < 1:
+        raise CnnappsError(f"{out}: need videos >= 1, val_videos >= 0 and every >= 1 (got {videos}, {val_videos}, "
+                           f"{every})")  # fmt: skip
+    seeds = range(seed, seed + videos + val_videos)
+    if set(seeds) & set(HELD_OUT_SEEDS):
+        raise CnnappsError(
+            f"seeds {seeds.start}-{seeds.stop - 1}: seeds {HELD_OUT_SEEDS.start}-{HELD_OUT_SEEDS.stop - 1} are held "
+            f"out for measuring trackers; start at {TRAIN_SEED}"
+        )
+    splits = {"train": seeds[:videos], "val": seeds[videos:]}
+    for split, chosen in splits.items():
+        for path in (out / f"{split}.json", out / split):
+            if chosen and os.path.lexists(path):
+                raise OutputExistsError(path)
+    cats = categories("shapes")
+    made: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="synthetic-video-") as scratch:
+        for split, chosen in splits.items():
+            if not chosen:
+                continue
+            folder = out / split
+            folder.mkdir(parents=True)
+            images: list[dict[str, Any]] = []
+            annotations: list[dict[str, Any]] = []
+            for s in chosen:
+                video = tracking_video(Path(scratch) / str(s), frames=frames, objects=objects, width=width,
+                                       height=height, occluders=occluders, seed=s)  # fmt: skip
+                truth: dict[int, list[list[float]]] = {}
+                for line in video["gt"].read_text().splitlines():
+                    values = [float(v) for v in line.split(",")]
+                    truth.setdefault(int(values[0]) - 1, []).append(values)
+                with VideoSource(str(video["video"])) as source:
+                    for frame in source:
+                        if frame.index % every:
+                            continue
+                        name = f"v{s}_{frame.index:05d}.png"
+                        cv2.imwrite(str(folder / name), np.ascontiguousarray(frame.rgb[:, :, ::-1]))
+                        rows, cols = frame.rgb.shape[:2]
+                        images.append({"id": len(images) + 1, "file_name": name, "width": cols, "height": rows,
+                                       "video_seed": s, "frame": frame.index})  # fmt: skip
+                        for _, ident, x, y, w, h, _, cls, visibility in truth.get(frame.index, []):
+                            annotations.append({"id": len(annotations) + 1, "image_id": len(images),
+                                                "category_id": int(cls), "bbox": [x, y, w, h], "area": w * h,
+                                                "iscrowd": 0, "track_id": int(ident),
+                                                "visibility": visibility})  # fmt: skip
+            path = out / f"{split}.json"
+            atomic_write(path, json.dumps({"images": images, "annotations": annotations, "categories": cats}).encode())
+            made.update({split: path, f"{split}_images": len(images), f"{split}_boxes": len(annotations)})
+    return made
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic tracking video with MOTChallenge ground truth.")
+    parser = argparse.ArgumentParser(description="Write a synthetic tracking video with MOTChallenge ground truth "
+                                     "(or, with --coco, detector training frames from such videos).")  # fmt: skip
     parser.add_argument("out", type=Path, help="Folder to create (or an empty one).")
-    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--frames", type=int, default=300, help="Frames per video.")
     parser.add_argument("--objects", type=int, default=6)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=float, default=25)
     parser.add_argument("--occluders", type=int, default=1, help="Pillars objects hide behind.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"The video's seed [0]; with --coco the first video's [{TRAIN_SEED}].")  # fmt: skip
+    coco = parser.add_argument_group("detector training data (--coco)")
+    coco.add_argument("--coco", action="store_true",
+                      help="Write train/val frames sampled from videos as COCO JSON instead of one video.")  # fmt: skip
+    coco.add_argument("--videos", type=int, default=24, help="Videos the training frames come from.")
+    coco.add_argument("--val-videos", type=int, default=2, help="Videos the validation frames come from.")
+    coco.add_argument("--every", type=int, default=15, help="Keep every N-th frame of each video.")
     args = parser.parse_args(argv)
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         parser.exit(2, f"error: {args.out}: already exists and is not an empty folder; choose another\n")
+    if args.coco:
+        try:
+            made = frames_dataset(args.out, videos=args.videos, val_videos=args.val_videos, frames=args.frames,
+                                  every=args.every, seed=TRAIN_SEED if args.seed is None else args.seed,
+                                  objects=args.objects, width=args.width, height=args.height,
+                                  occluders=args.occluders)  # fmt: skip
+        except CnnappsError as exc:
+            parser.exit(2, f"error: {exc}\n")
+        for split in ("train", "val"):
+            if split in made:
+                print(f"{made[split]}: {made[f'{split}_images']} frames, {made[f'{split}_boxes']} boxes "
+                      f"in {args.out / split}")  # fmt: skip
+        return
+    args.seed = 0 if args.seed is None else args.seed
     try:
         made = tracking_video(args.out, frames=args.frames, objects=args.objects, width=args.width,
                               height=args.height, fps=args.fps, occluders=args.occluders, seed=args.seed)  # fmt: skip

@@ -6,12 +6,14 @@ import configparser
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from cnnapps.datasets.synthetic import COLOURS, SHAPES
-from cnnapps.datasets.synthetic_video import RADIUS_RANGE, main, tracking_video
+from cnnapps.datasets.synthetic_video import RADIUS_RANGE, frames_dataset, main, tracking_video
 from cnnapps.datasets.video import VideoSource
+from cnnapps.errors import CnnappsError
 from cnnapps.files import OutputExistsError
 
 
@@ -112,3 +114,63 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as caught:
         main([str(out), "--frames", "12"])
     assert caught.value.code == 2 and "not an empty folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("frames") / "data"
+    return out, frames_dataset(out, videos=2, val_videos=1, frames=30, every=10, seed=1000)
+
+
+def test_frames_dataset_is_coco_with_the_videos_ground_truth(frames: tuple[Path, dict], tmp_path: Path) -> None:
+    from pycocotools.coco import COCO
+
+    out, made = frames
+    assert (made["train"], made["val"]) == (out / "train.json", out / "val.json")
+    assert (made["train_images"], made["val_images"]) == (6, 3)  # frames 0, 10 and 20 of each video
+    train = json.loads(made["train"].read_text())
+    assert [c["name"] for c in train["categories"]] == list(SHAPES) == ["circle", "square", "triangle"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == sorted(i["file_name"] for i in train["images"])
+    assert {i["video_seed"] for i in train["images"]} == {1000, 1001}
+    assert {i["video_seed"] for i in json.loads(made["val"].read_text())["images"]} == {1002}
+    coco = COCO(str(made["train"]))  # pycocotools reads it
+    assert len(coco.getAnnIds()) == made["train_boxes"] > 0
+
+    video = tracking_video(tmp_path / "v1001", frames=30, seed=1001)  # the same video: the same boxes
+    labels = json.loads(video["labels"].read_text())
+    colours = {o["id"]: np.array(o["rgb"]) for o in labels["objects"]}
+    rows = gt_rows(video["gt"])
+    for image in (i for i in train["images"] if i["video_seed"] == 1001):
+        assert (image["width"], image["height"]) == (320, 240)
+        anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=image["id"])), key=lambda a: a["track_id"])
+        truth = rows[rows[:, 0] == image["frame"] + 1]
+        assert [a["track_id"] for a in anns] == truth[:, 1].astype(int).tolist()
+        assert [a["bbox"] for a in anns] == truth[:, 2:6].tolist()
+        assert [a["category_id"] for a in anns] == truth[:, 7].astype(int).tolist()
+        assert all(a["visibility"] >= 0.25 for a in anns)
+        pixels = cv2.imread(str(out / "train" / image["file_name"]))[:, :, ::-1]
+        for a in anns:  # decoded from the video: a wholly visible shape has its colour at its centre
+            if a["visibility"] == 1:
+                x, y, w, h = a["bbox"]
+                patch = pixels[int(y + h / 2) - 1 : int(y + h / 2) + 2, int(x + w / 2) - 1 : int(x + w / 2) + 2]
+                assert np.abs(patch.reshape(-1, 3).mean(0) - colours[a["track_id"]]).max() < 30
+
+
+def test_frames_dataset_keeps_off_evaluation_seeds_and_never_overwrites(frames: tuple[Path, dict]) -> None:
+    out, _ = frames
+    with pytest.raises(CnnappsError, match="held out"):
+        frames_dataset(out.parent / "other", videos=2, seed=8)
+    with pytest.raises(OutputExistsError):
+        frames_dataset(out, videos=1, val_videos=0, frames=5)
+
+
+def test_frames_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "coco"
+    main([str(out), "--coco", "--videos", "1", "--val-videos", "1", "--frames", "8", "--every", "4"])
+    said = capsys.readouterr().out
+    assert "train.json: 2 frames" in said and "val.json: 2 frames" in said
+    seeds = {i["video_seed"] for i in json.loads((out / "val.json").read_text())["images"]}
+    assert seeds == {1001}
+    with pytest.raises(SystemExit) as caught:
+        main([str(tmp_path / "held"), "--coco", "--videos", "1", "--seed", "0", "--frames", "4"])
+    assert caught.value.code == 2 and "held out" in capsys.readouterr().err
