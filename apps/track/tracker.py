@@ -7,14 +7,19 @@ Associating Every Detection Box"):
 
 1. high-score detections with tracked and recently lost tracks, on IoU with the Kalman-predicted boxes; with
    embeddings the cost is fused BoT-SORT style (``min(iou distance, appearance distance)``, the appearance distance
-   only where the boxes overlap and the appearance is close);
-2. re-identification (with embeddings): still-unmatched high-score detections with lost tracks on appearance
-   alone, within a loose spatial gate, so that an object hidden for long, or one that turned while hidden, keeps
-   its id;
+   only where the IoU is at least 0.5, BoT-SORT's proximity threshold, and the appearance is close): appearance
+   picks among the boxes where the track plausibly is, and never pulls it onto a neighbour's box it barely touches;
+2. re-identification (with embeddings): still-unmatched detections confident enough to start a track with lost
+   tracks on appearance alone, within a loose spatial gate, so that an object hidden for long, or one that turned
+   while hidden, keeps its id;
 3. low-score detections with the tracked tracks left over, on IoU only (occluded objects score low);
 4. the high-score detections left with tentative tracks, then new tentative tracks from the rest.
 
-Association is class-agnostic (detectors flip between close classes; a track remembers its latest label).
+Association is class-agnostic (detectors flip between close classes; a track remembers its latest label), and so
+is the suppression of duplicate boxes before it: a detector's own NMS runs per class, so an object whose class it
+is unsure of (a partly hidden one, typically) can come with two boxes of different classes, which would feed two
+tracks; a box overlapping a higher-scoring one by IoU over 0.7 (the NMS threshold of ByteTrack's detector) is
+dropped.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from cnnapps.errors import CnnappsError
 LOW_MATCH_IOU = 0.5
 #: minimum IoU for matching a tentative track (seen once) to a detection, as ByteTrack
 TENTATIVE_MATCH_IOU = 0.3
+#: minimum IoU with a track's predicted box for the appearance distance to count in the first association
+#: (BoT-SORT's proximity_thresh)
+PROXIMITY_IOU = 0.5
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -135,6 +143,21 @@ class _Track:
         return _to_xyxy(self.mean)
 
 
+def _suppress(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Class-agnostic greedy NMS: whether each box is kept (not overlapping a higher-scoring kept box by more than
+    ``iou``); ties keep the earlier box."""
+    keep = np.ones(len(boxes), bool)
+    if iou >= 1 or len(boxes) < 2:
+        return keep
+    overlap = box_iou(boxes, boxes)
+    order = np.argsort(-scores, kind="stable")
+    for rank, i in enumerate(order):
+        if keep[i]:
+            later = order[rank + 1 :]
+            keep[later[overlap[i, later] > iou]] = False
+    return keep
+
+
 def _assign(cost: np.ndarray, limit: float) -> tuple[list[tuple[int, int]], set[int], set[int]]:
     """Hungarian assignment of rows to columns keeping pairs whose cost is at most ``limit``:
     (matches, unmatched rows, unmatched columns)."""
@@ -174,6 +197,11 @@ class ByteTracker:
             seen box from that box's centre.
         momentum: weight of the old appearance in each track's exponential moving average of embeddings
             (BoT-SORT's 0.9).
+        nms_iou: a detection overlapping a higher-scoring one (of any class) by more than this IoU is dropped
+            before association, and gets id -1 (class-agnostic NMS; ByteTrack's detector uses 0.7). 1 keeps all.
+
+    Appearance-only re-identification (step 2) takes only detections scoring at least ``new_track``: those that
+    could start a track; a partly hidden object scores lower, and its embedding mixes in whatever hides it.
     """
 
     def __init__(
@@ -188,6 +216,7 @@ class ByteTracker:
         appearance_threshold: float = 0.3,
         reid_frames: int = 150,
         momentum: float = 0.9,
+        nms_iou: float = 0.7,
     ) -> None:
         if not 0 <= low <= high <= 1:
             raise CnnappsError(f"tracker thresholds: need 0 <= low <= high <= 1, got low={low}, high={high}")
@@ -195,6 +224,8 @@ class ByteTracker:
             raise CnnappsError(f"match_iou: must be in (0, 1], got {match_iou}")
         if not 0 <= momentum < 1:
             raise CnnappsError(f"momentum: must be in [0, 1), got {momentum}")
+        if not 0 < nms_iou <= 1:
+            raise CnnappsError(f"nms_iou: must be in (0, 1], got {nms_iou}")
         if lost_frames < 0 or reid_frames < 0:
             raise CnnappsError(f"lost_frames, reid_frames: must be >= 0, got {lost_frames}, {reid_frames}")
         self.high = high
@@ -206,6 +237,7 @@ class ByteTracker:
         self.appearance_threshold = appearance_threshold
         self.reid_frames = reid_frames
         self.momentum = momentum
+        self.nms_iou = nms_iou
         self.kalman = KalmanFilter()
         self.reset()
 
@@ -292,8 +324,9 @@ class ByteTracker:
                     t.mean[7] = 0.0  # as ByteTrack: no height velocity for tracks not tracked
                 t.mean, t.cov = self.kalman.predict(t.mean, t.cov)
 
-        high = np.flatnonzero(scores >= self.high)
-        second = np.flatnonzero((scores >= self.low) & (scores < self.high))
+        kept = _suppress(boxes, scores, self.nms_iou)
+        high = np.flatnonzero(kept & (scores >= self.high))
+        second = np.flatnonzero(kept & (scores >= self.low) & (scores < self.high))
 
         # 1. high-score detections with tracked + recently lost tracks
         pool = [
@@ -305,7 +338,7 @@ class ByteTracker:
         iou = box_iou(predicted, boxes[high])
         cost = 1.0 - iou
         if features is not None and len(pool) and len(high):
-            cost = np.minimum(cost, self._appearance_cost(pool, features[high], gate=iou > 0))
+            cost = np.minimum(cost, self._appearance_cost(pool, features[high], gate=iou >= PROXIMITY_IOU))
         matches, left_tracks, left_high = _assign(cost, 1.0 - self.match_iou)
         for r, c in matches:
             track, i = pool[r], int(high[c])
@@ -314,12 +347,13 @@ class ByteTracker:
             owner[i] = track
         left_high_idx = [int(high[c]) for c in sorted(left_high)]
 
-        # 2. re-identification of lost tracks by appearance, wherever they went
-        if features is not None and left_high_idx:
+        # 2. re-identification of lost tracks by appearance, wherever they went, from confident detections
+        confident = [i for i in left_high_idx if scores[i] >= self.new_track]
+        if features is not None and confident:
             lost = [t for t in self.tracks if t.state == LOST and t.feature is not None and t not in owner.values()]
             lost = [t for t in lost if self.frame - t.last_frame <= max(self.reid_frames, self.lost_frames)]
             if lost:
-                dets = np.array(left_high_idx)
+                dets = np.array(confident)
                 app = self._appearance_cost(lost, features[dets], gate=self._reid_gate(lost, boxes[dets]))
                 reid_matches, _, left = _assign(app, self.appearance_threshold)
                 for r, c in reid_matches:
@@ -332,7 +366,8 @@ class ByteTracker:
                     self._smooth(track, features[i])
                     track.state = TRACKED
                     owner[i] = track
-                left_high_idx = [int(dets[c]) for c in sorted(left)]
+                taken = {int(dets[c]) for c in range(len(dets))} - {int(dets[c]) for c in left}
+                left_high_idx = [i for i in left_high_idx if i not in taken]
 
         # 3. low-score detections with the tracked tracks left over, IoU only
         remaining = [pool[r] for r in sorted(left_tracks) if pool[r].state == TRACKED and pool[r] not in owner.values()]

@@ -200,3 +200,47 @@ def test_kalman_follows_constant_velocity_and_iou():
     assert predicted[0] == pytest.approx(10.0 + 3 * 20, abs=0.5)
     iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]]))
     assert iou[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+
+
+def test_duplicate_boxes_of_other_classes_feed_one_track():
+    """A detector's per-class NMS can leave a second box of another class on an object: it is dropped (id -1)."""
+    box = np.array([[100.0, 100.0, 140.0, 140.0]])
+    twin = box + np.array([1.0, 0.0, 1.0, 2.0])  # IoU about 0.9
+    other = box + np.array([30.0, 0.0, 30.0, 0.0])  # IoU 0.14: a neighbour, kept
+    boxes = np.vstack([box, twin, other])
+    for nms_iou, expected in ((0.7, 2), (1.0, 3)):
+        tracker = ByteTracker(nms_iou=nms_iou)
+        for _ in range(5):
+            out = tracker.update(boxes, [0.9, 0.8, 0.9], [0, 1, 0])
+        assert len({int(i) for i in out if i >= 0}) == expected
+        if nms_iou < 1:
+            assert out[1] == -1 and out[0] >= 0 and out[2] >= 0
+    with pytest.raises(CnnappsError, match="nms_iou"):
+        ByteTracker(nms_iou=0.0)
+
+
+def test_appearance_never_pulls_a_track_onto_a_box_it_barely_overlaps():
+    """BoT-SORT's proximity gate: appearance counts only where the IoU with the predicted box is at least 0.5."""
+    a, b = np.eye(DIM)[0], np.eye(DIM)[1]
+    tracker = ByteTracker()
+    start = np.array([[100.0, 100.0, 140.0, 180.0]])
+    for _ in range(3):
+        (first,) = tracker.update(start, [0.9], [0], a[None])
+    near = start + np.array([8.0, 0.0, 8.0, 0.0])  # IoU 0.67 with where the track is: the object itself, looking odd
+    touching = start + np.array([34.0, 0.0, 34.0, 0.0])  # IoU 0.08: a neighbour that looks like the track
+    out = tracker.update(np.vstack([near, touching]), [0.9, 0.9], [0, 0], np.stack([b, a]))
+    assert out[0] == first and out[1] != first
+
+
+def test_reid_waits_for_a_detection_confident_enough_to_start_a_track():
+    look = np.eye(DIM)[0]
+    box = np.array([[100.0, 100.0, 140.0, 180.0]])
+    tracker = ByteTracker()
+    for _ in range(3):
+        (first,) = tracker.update(box, [0.9], [0], look[None]).tolist()
+    for _ in range(40):  # hidden past lost_frames
+        tracker.update([], [], [])
+    back = box + 20.0
+    # 0.55: a high-score box (>= high) but below new_track, as a half-hidden object scores: not re-identified yet
+    assert tracker.update(back, [0.55], [0], look[None]).tolist() == [-1]
+    assert tracker.update(back, [0.9], [0], look[None]).tolist() == [first]
