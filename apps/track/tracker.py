@@ -7,8 +7,7 @@ Associating Every Detection Box"):
 
 1. high-score detections with tracked and recently lost tracks, on IoU with the Kalman-predicted boxes; with
    embeddings the cost is fused BoT-SORT style (``min(iou distance, appearance distance)``, the appearance distance
-   only where the IoU is at least 0.5, BoT-SORT's proximity threshold, and the appearance is close): appearance
-   picks among the boxes where the track plausibly is, and never pulls it onto a neighbour's box it barely touches;
+   only where the boxes overlap and the appearance is close);
 2. re-identification (with embeddings): still-unmatched detections confident enough to start a track with lost
    tracks on appearance alone, within a loose spatial gate, so that an object hidden for long, or one that turned
    while hidden, keeps its id;
@@ -35,9 +34,6 @@ from cnnapps.errors import CnnappsError
 LOW_MATCH_IOU = 0.5
 #: minimum IoU for matching a tentative track (seen once) to a detection, as ByteTrack
 TENTATIVE_MATCH_IOU = 0.3
-#: minimum IoU with a track's predicted box for the appearance distance to count in the first association
-#: (BoT-SORT's proximity_thresh)
-PROXIMITY_IOU = 0.5
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -338,7 +334,7 @@ class ByteTracker:
         iou = box_iou(predicted, boxes[high])
         cost = 1.0 - iou
         if features is not None and len(pool) and len(high):
-            cost = np.minimum(cost, self._appearance_cost(pool, features[high], gate=iou >= PROXIMITY_IOU))
+            cost = np.minimum(cost, self._appearance_cost(pool, features[high], gate=iou > 0))
         matches, left_tracks, left_high = _assign(cost, 1.0 - self.match_iou)
         for r, c in matches:
             track, i = pool[r], int(high[c])
