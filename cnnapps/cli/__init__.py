@@ -13,6 +13,7 @@ import typer
 
 from cnnapps import __version__
 from cnnapps.apps.tasks import resolve
+from cnnapps.cli.data import data_app
 from cnnapps.cli.helpformat import plain_help
 from cnnapps.errors import CnnappsError
 from cnnapps.terminal import console, echo, echo_json, styled
@@ -127,6 +128,7 @@ train_app = typer.Typer(help="Fine-tune a backbone (or a head on a shared trunk)
 eval_app = typer.Typer(help="Evaluate a trained model on labelled data.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(data_app, name="data")
 
 
 def _register_tasks() -> None:

@@ -1,0 +1,214 @@
+"""Annotation formats and conversion between them, through COCO (the format cnnapps trains on).
+
+Each format has a reader that returns a COCO dict (a :class:`~cnnapps.datasets.formats.hub.Collection`) and a writer
+from one; :data:`FORMATS` lists them with what each can hold, and :func:`convert` joins a reader to a writer. Bad
+input is reported one line per item (file and line or element) while the rest is converted; outputs are written
+under a temporary name and renamed when complete, never over an existing path. Imports no torch and no numpy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnapps.datasets.formats import coco, cvat, labelme, voc, yolo
+from cnnapps.datasets.formats.disk import IMAGE_MODES, check_free, read_names, staged
+from cnnapps.datasets.formats.hub import Collection, FormatError, Report, polygons_of
+from cnnapps.errors import did_you_mean
+
+__all__ = ["FORMATS", "Collection", "Conversion", "Format", "FormatError", "Report", "convert", "detect"]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One annotation format: its reader and writer, what it can hold, what OUT is, and where images go by
+    default (``link``: into the output's own layout; ``none``: the annotations name the images where they are)."""
+
+    name: str
+    read: Callable[..., Collection]
+    write: Callable[..., dict[str, str]]
+    holds: tuple[str, ...]
+    output: str
+    images: str
+    file_suffix: str | None = None  # a single-file format: OUT with this suffix is the file itself
+
+
+FORMATS: dict[str, Format] = {
+    "coco": Format(
+        "coco",
+        coco.read,
+        coco.write,
+        ("boxes", "polygons", "keypoints"),
+        "a .json file, or a folder for annotations.json (and images/)",
+        "none",
+        ".json",
+    ),
+    "yolo": Format(
+        "yolo",
+        yolo.read,
+        yolo.write,
+        ("boxes", "polygons", "keypoints"),
+        "a folder: images/, labels/, data.yaml (ultralytics)",
+        "link",
+    ),
+    "voc": Format("voc", voc.read, voc.write, ("boxes",), "a folder: Annotations/ (and JPEGImages/)", "none"),
+    "labelme": Format(
+        "labelme",
+        labelme.read,
+        labelme.write,
+        ("boxes", "polygons", "keypoints"),
+        "a folder of .json files, one per image",
+        "none",
+    ),
+    "cvat": Format(
+        "cvat",
+        cvat.read,
+        cvat.write,
+        ("boxes", "polygons", "keypoints"),
+        "a .xml file, or a folder for annotations.xml (and images/)",
+        "none",
+        ".xml",
+    ),
+}
+
+
+@dataclass
+class Conversion:
+    """What :func:`convert` did: counts of what was read, the output paths, and one line per item left out."""
+
+    source: str
+    output: str
+    from_: str
+    to: str
+    images: int
+    annotations: int
+    boxes: int
+    polygons: int
+    keypoints: int
+    categories: list[str]
+    written: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every item was converted (the command's exit code is 0, else 1)."""
+        return not self.skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {("from" if k == "from_" else k): v for k, v in data.items()}
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    from_: str | None = None,
+    to: str = "coco",
+    *,
+    names: str | Path | list[str] | None = None,
+    images: str | Path | None = None,
+    image_files: str = "auto",
+) -> Conversion:
+    """Convert the annotations at ``src`` (format ``from_``, or told by the path) to format ``to`` at ``dst``.
+
+    ``names``: class names (a list, or a file: one per line, or a YAML/JSON ``names``) for sources that do not
+    name their classes (YOLO without data.yaml) or to fix their order (labels outside it are skipped).
+    ``images``: the folder the source's images are in, when not where the format puts them.
+    ``image_files``: ``auto`` (the target format's default), ``copy``, ``link`` or ``none``.
+    Raises :class:`FormatError` (nothing written) for a source or output that cannot be used at all.
+    """
+    src, dst = Path(src), Path(dst)
+    target = _format(to, "--to")
+    mode = target.images if image_files == "auto" else image_files
+    if mode not in IMAGE_MODES:
+        raise FormatError(f"--image-files: {image_files!r} is not one of auto, {', '.join(IMAGE_MODES)}")
+    if target.file_suffix and dst.suffix.lower() == target.file_suffix and mode != "none":
+        raise FormatError(
+            f"{dst}: images are placed only with a folder as the output (it gets "
+            f"annotations{target.file_suffix} and images/); give a folder or --image-files none"
+        )
+    check_free(dst)
+    if not src.exists():
+        raise FormatError(f"{src}: no such file or folder")
+    source = _format(from_, "--from") if from_ else FORMATS[detect(src)]
+    if isinstance(names, (str, Path)):
+        names = read_names(Path(names))
+    report = Report()
+    data = source.read(src, report, names=names, images=Path(images) if images else None)
+    counts = _counts(data, target)
+    with staged(dst) as at:
+        written = target.write(data, dst, at, report, mode)
+    return Conversion(
+        str(src),
+        str(dst),
+        source.name,
+        target.name,
+        len(data.coco["images"]),
+        *counts,
+        categories=[c["name"] for c in data.coco["categories"]],
+        written=written,
+        skipped=report.skipped,
+        notes=report.notes,
+    )
+
+
+def _format(name: str, option: str) -> Format:
+    key = name.lower().replace("-", "").replace("_", "")
+    key = {"labelmejson": "labelme", "pascalvoc": "voc", "ultralytics": "yolo", "cocojson": "coco"}.get(key, key)
+    if key not in FORMATS:
+        raise FormatError(
+            f"{option}: {name!r} is not a known format ({', '.join(FORMATS)}){did_you_mean(key, FORMATS)}"
+        )
+    return FORMATS[key]
+
+
+def _counts(data: Collection, target: Format) -> tuple[int, int, int, int]:
+    """Annotations, and how many have a box, polygons, labelled keypoints (kinds the target cannot hold: 0)."""
+    anns = data.coco["annotations"]
+    boxes = len(anns)
+    polygons = sum(1 for a in anns if polygons_of(a)) if "polygons" in target.holds else 0
+    keypoints = sum(1 for a in anns if a.get("num_keypoints", 0) > 0) if "keypoints" in target.holds else 0
+    return len(anns), boxes, polygons, keypoints
+
+
+def detect(src: Path) -> str:
+    """The format of a source path: by its suffix and a look at its first bytes, or at a folder's layout."""
+    src = Path(src)
+    if src.is_file():
+        found = _file_format(src)
+        if found:
+            return found
+    elif src.is_dir():
+        if yolo.dataset_yaml(src) or (src / "labels").is_dir():
+            return "yolo"
+        if (src / "Annotations").is_dir():
+            return "voc"
+        for pattern in ("annotations.xml", "*.json", "*.xml", "**/*.json", "**/*.xml"):
+            for path in sorted(src.glob(pattern))[:3]:
+                found = _file_format(path)
+                if found:
+                    return found
+    else:
+        raise FormatError(f"{src}: no such file or folder")
+    raise FormatError(f"{src}: cannot tell its annotation format; give --from ({', '.join(FORMATS)})")
+
+
+def _file_format(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return "yolo"
+    if suffix not in (".json", ".xml"):
+        return None
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(65536).decode("utf-8", "replace")
+    except OSError:
+        return None
+    if suffix == ".json":
+        return "labelme" if '"shapes"' in head else "coco" if '"images"' in head else None
+    tag = re.search(r"<\s*([A-Za-z_][\w.-]*)", re.sub(r"<\?.*?\?>|<!--.*?-->|<!.*?>", "", head, flags=re.S))
+    return {"annotations": "cvat", "annotation": "voc"}.get(tag.group(1) if tag else "")

@@ -1,0 +1,238 @@
+"""The COCO dict every format is read into and written from, what a conversion reports, and shared geometry.
+
+A reader returns a :class:`Collection`: a COCO dict (images with ``file_name``/``width``/``height``, categories with
+``keypoints``/``skeleton`` for pose, annotations with ``bbox`` [x, y, w, h] in pixels, polygon ``segmentation`` and
+``keypoints`` [x, y, v] * K) plus where each image file is on disk. Writers take the same.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnapps.errors import CnnappsError
+
+
+class FormatError(CnnappsError):
+    """A source or output that cannot be used at all (wrong path, unknown format, no class names)."""
+
+
+@dataclass
+class Report:
+    """What a conversion could not carry: ``skipped`` (one line per item left out, naming the file and the line
+    or element) and ``notes`` (what the target format cannot hold, or where things went; each said once)."""
+
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def skip(self, where: object, why: str) -> None:
+        self.skipped.append(f"{where}: {why}")
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+@dataclass
+class Collection:
+    """A COCO dict and the image files it names: ``files[image_id]`` is the image on disk (it may be missing);
+    ``images_root`` is the folder the ``file_name`` entries are relative to, when there is one."""
+
+    coco: dict[str, Any]
+    files: dict[int, Path] = field(default_factory=dict)
+    images_root: Path | None = None
+
+    @property
+    def categories(self) -> dict[int, dict[str, Any]]:
+        return {c["id"]: c for c in self.coco["categories"]}
+
+    def by_image(self) -> dict[int, list[dict[str, Any]]]:
+        """The annotations of each image id, in file order (images without any have an empty list)."""
+        found: dict[int, list[dict[str, Any]]] = {image["id"]: [] for image in self.coco["images"]}
+        for ann in self.coco["annotations"]:
+            found.setdefault(ann["image_id"], []).append(ann)
+        return found
+
+
+class Builder:
+    """Builds a :class:`Collection` while a reader walks its files: categories by name, ids in order.
+
+    With ``names`` the categories are those, in that order, and :meth:`category` answers ``None`` for any other
+    label (the reader reports it); without, categories are made as labels appear."""
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        self.fixed = False
+        self.coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
+        self.files: dict[int, Path] = {}
+        self._ids: dict[str, int] = {}
+        for name in names or []:
+            self.category(name)
+        self.fixed = names is not None
+
+    def category(
+        self, name: str, keypoints: list[str] | None = None, skeleton: list[list[int]] | None = None
+    ) -> int | None:
+        """The id of category ``name`` (made on first use unless the names are fixed: then ``None`` if unknown)."""
+        if name in self._ids:
+            cat = self.coco["categories"][self._ids[name] - 1]
+            if keypoints and not cat.get("keypoints"):
+                cat["keypoints"], cat["skeleton"] = list(keypoints), [list(p) for p in skeleton or []]
+            return self._ids[name]
+        if self.fixed:
+            return None
+        cat: dict[str, Any] = {"id": len(self.coco["categories"]) + 1, "name": name, "supercategory": ""}
+        if keypoints:
+            cat["keypoints"], cat["skeleton"] = list(keypoints), [list(p) for p in skeleton or []]
+        self.coco["categories"].append(cat)
+        self._ids[name] = cat["id"]
+        return cat["id"]
+
+    def image(self, file_name: str, width: int, height: int, file: Path | None = None) -> int:
+        image_id = len(self.coco["images"]) + 1
+        self.coco["images"].append({"id": image_id, "file_name": file_name, "width": int(width), "height": int(height)})
+        if file is not None:
+            self.files[image_id] = file
+        return image_id
+
+    def annotation(
+        self,
+        image_id: int,
+        category_id: int,
+        bbox: list[float] | None = None,
+        polygons: list[list[float]] | None = None,
+        keypoints: list[float] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Add an annotation; a missing box is the bounds of the polygons (or of the labelled keypoints)."""
+        if bbox is None:
+            bbox = bounds(polygons) if polygons else bounds([_labelled_xy(keypoints or [])])
+        ann: dict[str, Any] = {
+            "id": len(self.coco["annotations"]) + 1,
+            "image_id": image_id,
+            "category_id": category_id,
+            "bbox": [_tidy(v) for v in bbox],
+        }
+        ann["area"] = _tidy(sum(polygon_area(p) for p in polygons) if polygons else bbox[2] * bbox[3])
+        ann["iscrowd"] = 0
+        if polygons:
+            ann["segmentation"] = [[_tidy(v) for v in p] for p in polygons]
+        if keypoints is not None:
+            ann["keypoints"] = [_tidy(v) for v in keypoints]
+            ann["num_keypoints"] = sum(1 for v in keypoints[2::3] if v > 0)
+        ann.update(extra)
+        self.coco["annotations"].append(ann)
+        return ann
+
+    def result(self, images_root: Path | None = None) -> Collection:
+        return Collection(self.coco, self.files, images_root)
+
+
+def _tidy(value: float) -> float | int:
+    """A coordinate rounded to 1/1000 pixel (float noise of normalised formats goes), integers kept integers."""
+    rounded = round(float(value), 3)
+    return int(rounded) if rounded.is_integer() else rounded
+
+
+def _labelled_xy(keypoints: list[float]) -> list[float]:
+    return [c for i in range(0, len(keypoints), 3) if keypoints[i + 2] > 0 for c in keypoints[i : i + 2]]
+
+
+def bounds(polygons: list[list[float]]) -> list[float]:
+    """[x, y, w, h] around every point of flat [x0, y0, x1, y1, ...] lists (zeros when there is none)."""
+    xs = [x for p in polygons for x in p[0::2]]
+    ys = [y for p in polygons for y in p[1::2]]
+    if not xs:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
+def polygon_area(flat: list[float]) -> float:
+    """Shoelace area of a flat [x0, y0, x1, y1, ...] polygon."""
+    xs, ys = flat[0::2], flat[1::2]
+    n = len(xs)
+    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
+
+
+def box_problem(bbox: list[float]) -> str | None:
+    """Why a [x, y, w, h] box cannot be used (not four finite numbers, zero or negative size), or ``None``."""
+    if len(bbox) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
+        return f"box {bbox} is not four finite numbers"
+    if bbox[2] <= 0 or bbox[3] <= 0:
+        return f"degenerate box (width {_tidy(bbox[2])}, height {_tidy(bbox[3])})"
+    return None
+
+
+def polygon_problem(flat: list[float]) -> str | None:
+    """Why a flat polygon cannot be used (fewer than 3 points, not numbers, no area), or ``None``."""
+    if len(flat) % 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in flat):
+        return "polygon coordinates are not x,y pairs of finite numbers"
+    if len(flat) < 6:
+        return f"polygon with {len(flat) // 2} point{'s' if len(flat) != 2 else ''} (at least 3 are needed)"
+    if polygon_area(flat) == 0:
+        return "degenerate polygon (zero area)"
+    return None
+
+
+def polygons_of(ann: dict[str, Any]) -> list[list[float]]:
+    """An annotation's polygons (an RLE mask or a missing segmentation gives none)."""
+    seg = ann.get("segmentation")
+    return [p for p in seg if len(p) >= 6] if isinstance(seg, list) else []
+
+
+def joined(polygons: list[list[float]]) -> list[float]:
+    """Several polygon parts as one outline: each part is reached from the first by a zero-width bridge between
+    their closest points and walked round back to it (as ultralytics joins COCO's multi-part objects)."""
+    first = [(polygons[0][i], polygons[0][i + 1]) for i in range(0, len(polygons[0]), 2)]
+    detours: dict[int, list[tuple[float, float]]] = {}
+    for part in polygons[1:]:
+        pts = [(part[i], part[i + 1]) for i in range(0, len(part), 2)]
+        _, i, j = min(
+            ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2, i, j) for i, a in enumerate(first) for j, b in enumerate(pts)
+        )
+        detours.setdefault(i, []).extend([*pts[j:], *pts[:j], pts[j], first[i]])
+    out: list[float] = []
+    for i, point in enumerate(first):
+        out.extend(point)
+        for p in detours.get(i, []):
+            out.extend(p)
+    return out
+
+
+def merged_order(sequences: list[list[str]]) -> list[str]:
+    """One order of keypoint names that keeps the order of each instance where they agree (first seen first)."""
+    first: dict[str, int] = {}
+    after: dict[str, set[str]] = {}
+    for seq in sequences:
+        for name in seq:
+            first.setdefault(name, len(first))
+            after.setdefault(name, set())
+        for a, b in itertools.pairwise(seq):
+            after[b].add(a)
+    order: list[str] = []
+    left = dict(after)
+    while left:
+        ready = [n for n, before in left.items() if not before - set(order)]
+        pick = min(ready or left, key=first.__getitem__)  # a contradiction falls back to first seen
+        order.append(pick)
+        del left[pick]
+    return order
+
+
+def flip_pairs(names: list[str]) -> list[int] | None:
+    """ultralytics' ``flip_idx`` from ``left_*``/``right_*`` names (``None`` when no name has a side)."""
+    index = {n: i for i, n in enumerate(names)}
+    swap = {"left": "right", "right": "left", "l_": "r_", "r_": "l_"}
+    out, paired = [], False
+    for name in names:
+        other = name
+        for a, b in swap.items():
+            if name.lower().startswith(a):
+                other = b + name[len(a) :]
+                break
+        other = other if other in index else name
+        paired |= other != name
+        out.append(index[other])
+    return out if paired else None

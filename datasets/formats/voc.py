@@ -1,0 +1,193 @@
+"""Pascal VOC XML: one file per image with its ``size`` and ``object``s (``name``, ``bndbox``, ``difficult``).
+
+Boxes only. VOC counts pixels from 1 and its box names the first and last pixel inside, so the box covers
+[xmin - 1, xmax] in COCO's continuous coordinates (as Detectron reads VOC); writing inverts this exactly for boxes on
+whole pixels. ``difficult`` is kept as an annotation key (``"difficult": 1``) and written back; COCO crowd regions
+are written as difficult objects (both are ignored by their evaluations).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from cnnapps.datasets.formats.disk import (
+    image_size,
+    images_root,
+    is_image,
+    parse_xml,
+    place_images,
+    safe_relative,
+    walk,
+)
+from cnnapps.datasets.formats.hub import Builder, Collection, FormatError, Report, box_problem, polygons_of
+
+
+def read(src: Path, report: Report, names: list[str] | None = None, images: Path | None = None) -> Collection:
+    """Every VOC XML under ``src`` (a VOC root with ``Annotations/``, a folder of XMLs, or one XML)."""
+    if src.is_file():
+        ann_root, xmls = src.parent, [src]
+    elif src.is_dir():
+        ann_root = src / "Annotations" if (src / "Annotations").is_dir() else src
+        xmls = walk(ann_root, lambda p: p.suffix.lower() == ".xml")
+    else:
+        raise FormatError(f"{src}: no such file or folder")
+    if not xmls:
+        raise FormatError(f"{src}: no .xml files")
+    voc_root = ann_root.parent if ann_root.name == "Annotations" else ann_root
+    records = [r for r in (_parse(x, ann_root, report) for x in xmls) if r]
+    root = images_root(
+        [images, voc_root / "JPEGImages", voc_root / "images", ann_root], [r["file_name"] for r in records]
+    )
+    build = Builder(names or sorted({o["name"] for r in records for o in r["objects"]}))
+    for record in records:
+        file = _image_file(record, root)
+        size = record["size"]
+        if size is None:
+            try:
+                size = image_size(file) if file else None
+            except OSError:
+                size = None
+            if size is None:
+                report.skip(
+                    record["where"],
+                    f"<size> is missing and the image {record['file_name']} was not found to read it from; skipped",
+                )
+                continue
+        image_id = build.image(record["file_name"], *size, file)
+        for obj in record["objects"]:
+            category = build.category(obj["name"])
+            if category is None:
+                report.skip(obj["where"], f"label {obj['name']!r} is not one of the --names; skipped")
+                continue
+            extra = {"difficult": 1} if obj["difficult"] else {}
+            build.annotation(image_id, category, bbox=obj["bbox"], **extra)
+    return build.result(root)
+
+
+def _image_file(record: dict[str, Any], root: Path | None) -> Path | None:
+    folders = [f for f in (root, record["xml"].parent) if f]
+    for folder in folders:
+        for candidate in (folder / record["file_name"], folder / Path(record["file_name"]).name):
+            if candidate.is_file():
+                return candidate
+    return folders[0] / record["file_name"] if folders else None
+
+
+def _parse(xml: Path, ann_root: Path, report: Report) -> dict[str, Any] | None:
+    """One XML as a plain record; problems reported with the file and line."""
+    try:
+        root, lines = parse_xml(xml)
+    except ValueError as exc:
+        report.skip(xml, str(exc))
+        return None
+    if root.tag != "annotation":
+        report.skip(f"{xml}:{lines[root]}", f"not a Pascal VOC annotation (root element <{root.tag}>)")
+        return None
+    rel = xml.parent.relative_to(ann_root) if xml.parent != ann_root else Path()
+    filename = (root.findtext("filename") or "").strip()
+    if not filename:
+        filename = next((p.name for p in sorted(xml.parent.glob(f"{xml.stem}.*")) if is_image(p)), f"{xml.stem}.jpg")
+    record: dict[str, Any] = {
+        "xml": xml,
+        "where": f"{xml}:{lines[root]}",
+        "file_name": (rel / filename).as_posix(),
+        "size": _size(root),
+        "objects": [],
+    }
+    size = root.find("size")
+    if size is not None:
+        record["where"] = f"{xml}:{lines[size]}"
+    for obj in root.iter("object"):
+        where = f"{xml}:{lines[obj]}"
+        name = (obj.findtext("name") or "").strip()
+        box = obj.find("bndbox")
+        if not name or box is None:
+            report.skip(where, "<object> without a <name> and a <bndbox>; skipped")
+            continue
+        try:
+            xmin, ymin, xmax, ymax = (float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            report.skip(where, "<bndbox> coordinates are not numbers; skipped")
+            continue
+        bbox = [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
+        problem = box_problem(bbox)
+        if problem:
+            report.skip(where, f"{problem}; skipped")
+            continue
+        difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
+        record["objects"].append({"name": name, "bbox": bbox, "difficult": difficult, "where": where})
+    return record
+
+
+def _size(root: Any) -> tuple[int, int] | None:
+    try:
+        width, height = int(float(root.findtext("size/width"))), int(float(root.findtext("size/height")))
+    except (TypeError, ValueError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def write(data: Collection, out: Path, at: Path, report: Report, images_mode: str) -> dict[str, str]:
+    """``out/Annotations/<name>.xml`` per image (and ``out/JPEGImages/`` when images are copied or linked)."""
+    at.mkdir(parents=True)
+    cats = data.categories
+    anns = data.coco["annotations"]
+    if any(polygons_of(a) or isinstance(a.get("segmentation"), dict) for a in anns):
+        report.note("VOC holds boxes only: polygons and masks were not written")
+    if any(a.get("keypoints") for a in anns):
+        report.note("VOC holds boxes only: keypoints were not written")
+    if any(a.get("iscrowd") for a in anns):
+        report.note("crowd regions (iscrowd) were written as difficult objects")
+    by_image = data.by_image()
+    written: set[Path] = set()
+    targets: dict[int, Path] = {}
+    for image in data.coco["images"]:
+        rel = safe_relative(image["file_name"])
+        xml = at / "Annotations" / rel.with_suffix(".xml")
+        if xml in written:
+            report.skip(image["file_name"], f"another image already wrote {rel.with_suffix('.xml')}; not written")
+            continue
+        written.add(xml)
+        targets[image["id"]] = at / "JPEGImages" / rel
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        tree = _tree(image, rel.name, [a for a in by_image[image["id"]] if a["category_id"] in cats], cats, report)
+        ET.indent(tree)
+        tree.write(xml, encoding="utf-8", xml_declaration=False)
+    where = {"annotations": str(out / "Annotations")}
+    if images_mode != "none":
+        place_images(data.files, targets, images_mode, report)
+        where["images"] = str(out / "JPEGImages")
+    elif data.images_root:
+        where["images"] = str(data.images_root)
+    return where
+
+
+def _tree(
+    image: dict[str, Any], filename: str, anns: list[dict[str, Any]], cats: dict[int, dict[str, Any]], report: Report
+) -> ET.ElementTree:
+    width, height = image["width"], image["height"]
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = filename
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for ann in anns:
+        x, y, w, h = ann["bbox"]
+        xmin, ymin = min(max(round(x) + 1, 1), width), min(max(round(y) + 1, 1), height)
+        xmax, ymax = min(round(x + w), width), min(round(y + h), height)
+        if xmax < xmin or ymax < ymin:
+            report.skip(f"annotation {ann['id']} of {image['file_name']}", "box outside the image; not written")
+            continue
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = cats[ann["category_id"]]["name"]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "1" if ann.get("difficult") or ann.get("iscrowd") else "0"
+        box = ET.SubElement(obj, "bndbox")
+        for key, value in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
+            ET.SubElement(box, key).text = str(value)
+    return ET.ElementTree(root)

@@ -1,0 +1,409 @@
+"""Annotation conversion through COCO: round trips to every format and back, bad items reported one line each
+(file and line) while the rest converts, outputs that never replace anything, and the ``cnnapps data convert``
+command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnapps.datasets.formats import FORMATS, FormatError, convert, detect
+from cnnapps.datasets.formats.disk import image_size
+from cnnapps.files import OutputExistsError
+
+SIZES = [(64, 48), (80, 60), (50, 40)]
+
+
+def write_images(folder: Path, suffix: str = ".png") -> list[dict]:
+    """Three small images; their COCO image entries."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, (w, h) in enumerate(SIZES):
+        Image.new("RGB", (w, h), (40 * i, 120, 200)).save(folder / f"im{i}{suffix}")
+        entries.append({"id": i + 1, "file_name": f"im{i}{suffix}", "width": w, "height": h})
+    return entries
+
+
+def instances(images: list[dict]) -> dict:
+    """Boxes and polygons (one object in two parts), two categories with sparse ids, one image without objects."""
+
+    def poly(ann_id, image_id, cat, *parts):
+        xs = [x for p in parts for x in p[0::2]]
+        ys = [y for p in parts for y in p[1::2]]
+        bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        return {
+            "id": ann_id,
+            "image_id": image_id,
+            "category_id": cat,
+            "bbox": bbox,
+            "area": 1,
+            "iscrowd": 0,
+            "segmentation": [list(p) for p in parts],
+        }
+
+    anns = [
+        poly(1, 1, 1, [10.5, 5.25, 30, 5.25, 20.75, 30.5]),
+        poly(2, 1, 3, [40, 20, 55, 20, 55, 40, 40, 40]),
+        poly(3, 2, 3, [5, 5, 20, 5, 12, 15], [30, 10, 45, 10, 45, 25.5]),
+    ]
+    cats = [{"id": 1, "name": "circle", "supercategory": ""}, {"id": 3, "name": "square", "supercategory": ""}]
+    return {"images": images, "categories": cats, "annotations": anns}
+
+
+KEYPOINTS = ["nose", "left_eye", "right_eye", "left_ear"]
+
+
+def people(images: list[dict]) -> dict:
+    """Person keypoints with all three visibilities; every keypoint labelled in some image."""
+    cat = {"id": 1, "name": "person", "supercategory": "", "keypoints": KEYPOINTS, "skeleton": [[1, 2], [1, 3], [2, 4]]}
+    anns = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [10, 5, 20, 30],
+            "area": 600,
+            "iscrowd": 0,
+            "keypoints": [20, 10, 2, 15.5, 12.25, 1, 0, 0, 0, 12, 14, 2],
+            "num_keypoints": 3,
+        },
+        {
+            "id": 2,
+            "image_id": 2,
+            "category_id": 1,
+            "bbox": [30, 10, 40, 45],
+            "area": 1800,
+            "iscrowd": 0,
+            "keypoints": [50, 20, 2, 0, 0, 0, 55.75, 22, 2, 0, 0, 0],
+            "num_keypoints": 2,
+        },
+    ]
+    return {"images": images, "categories": [cat], "annotations": anns}
+
+
+def source(tmp_path: Path, make) -> tuple[Path, Path]:
+    images = tmp_path / "src" / "images"
+    path = tmp_path / "src" / "coco.json"
+    path.write_text(json.dumps(make(write_images(images))))
+    return path, images
+
+
+def round_trip(tmp_path: Path, make, fmt: str) -> tuple[dict, dict]:
+    """COCO -> fmt -> COCO: (the original, what came back); both conversions must convert everything."""
+    path, images = source(tmp_path, make)
+    there = convert(path, tmp_path / f"out-{fmt}", to=fmt, images=images)
+    assert there.skipped == [], there.skipped
+    back = convert(tmp_path / f"out-{fmt}", tmp_path / "back.json", to="coco")
+    assert back.skipped == [] and back.from_ == fmt
+    return json.loads(path.read_text()), json.loads((tmp_path / "back.json").read_text())
+
+
+def objects(coco: dict) -> list[dict]:
+    """Annotations with file and category names instead of ids, in a fixed order."""
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    out = [{**a, "file": files[a["image_id"]], "name": names[a["category_id"]]} for a in coco["annotations"]]
+    return sorted(out, key=lambda a: (a["file"], a["name"], a["bbox"][0]))
+
+
+def close(a: list[float], b: list[float], tol: float) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b, strict=False))
+
+
+@pytest.mark.parametrize(("fmt", "tol"), [("coco", 0), ("yolo", 0.01), ("labelme", 0), ("cvat", 0.005)])
+def test_boxes_and_polygons_survive_a_round_trip(tmp_path, fmt, tol):
+    original, back = round_trip(tmp_path, instances, fmt)
+    assert sorted(im["file_name"] for im in back["images"]) == ["im0.png", "im1.png", "im2.png"]
+    assert {(im["file_name"], im["width"], im["height"]) for im in back["images"]} == {
+        (im["file_name"], im["width"], im["height"]) for im in original["images"]
+    }
+    assert sorted(c["name"] for c in back["categories"]) == ["circle", "square"]
+    before, after = objects(original), objects(back)
+    assert [(a["file"], a["name"]) for a in after] == [(a["file"], a["name"]) for a in before]
+    for a, b in zip(before, after, strict=True):
+        assert close(a["bbox"], b["bbox"], tol), (fmt, a["bbox"], b["bbox"])
+        if fmt == "yolo" and len(a["segmentation"]) > 1:  # one outline joining the parts by zero-width bridges
+            assert len(b["segmentation"]) == 1
+            outline = b["segmentation"][0]
+            points = set(zip(outline[::2], outline[1::2], strict=True))
+            corners = [(x, y) for p in a["segmentation"] for x, y in zip(p[::2], p[1::2], strict=True)]
+            assert all(any(close([x, y], list(q), tol) for q in points) for x, y in corners)
+        else:
+            assert len(a["segmentation"]) == len(b["segmentation"])
+            assert all(close(p, q, tol) for p, q in zip(a["segmentation"], b["segmentation"], strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "labelme", "cvat"])
+def test_keypoints_survive_a_round_trip(tmp_path, fmt):
+    original, back = round_trip(tmp_path, people, fmt)
+    (cat,) = back["categories"]
+    assert cat["name"] == "person" and cat["keypoints"] == KEYPOINTS
+    if fmt != "labelme":  # LabelMe has no skeletons
+        assert cat["skeleton"] == [[1, 2], [1, 3], [2, 4]]
+    tol = 0.01 if fmt == "yolo" else 0.005
+    for a, b in zip(objects(original), objects(back), strict=True):
+        assert a["keypoints"][2::3] == b["keypoints"][2::3]  # visibility 0, 1 and 2 kept
+        assert close(a["keypoints"], b["keypoints"], tol)
+        assert b["num_keypoints"] == a["num_keypoints"]
+        if fmt == "cvat":  # a CVAT skeleton has no box of its own: the labelled keypoints' extent
+            xy = [(x, y) for x, y, v in zip(*[iter(a["keypoints"])] * 3, strict=True) if v]
+            xs, ys = [x for x, _ in xy], [y for _, y in xy]
+            assert close(b["bbox"], [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], tol)
+        else:
+            assert close(a["bbox"], b["bbox"], tol)
+
+
+def test_yolo_pose_files_follow_ultralytics(tmp_path):
+    path, images = source(tmp_path, people)
+    convert(path, tmp_path / "pose", to="yolo", images=images)
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "pose" / "data.yaml").read_text())
+    assert config["kpt_shape"] == [4, 3] and config["names"] == {0: "person"}
+    assert config["flip_idx"] == [0, 2, 1, 3]  # left_ear has no right_ear: it stays
+    line = (tmp_path / "pose" / "labels" / "im0.txt").read_text().split()
+    assert line[:5] == ["0", "0.312500", "0.416667", "0.312500", "0.625000"]  # 64x48 image, box 10,5,20,30
+    assert line[5:8] == ["0.312500", "0.208333", "2"] and line[11:14] == ["0.000000", "0.000000", "0"]
+    assert (tmp_path / "pose" / "images" / "im0.png").stat().st_size > 0  # linked into the layout
+
+
+def test_voc_boxes_round_trip_with_its_one_based_pixels(tmp_path):
+    original, back = round_trip(tmp_path, people, "voc")  # boxes on whole pixels come back exactly
+    assert [a["bbox"] for a in objects(back)] == [a["bbox"] for a in objects(original)]
+    xml = (tmp_path / "out-voc" / "Annotations" / "im0.xml").read_text()
+    assert (
+        "<xmin>11</xmin>" in xml and "<ymin>6</ymin>" in xml and "<xmax>30</xmax>" in xml and "<ymax>35</ymax>" in xml
+    )
+    assert "keypoints" not in json.dumps(back["annotations"])
+
+
+def test_every_written_format_is_told_by_its_path(tmp_path):
+    path, images = source(tmp_path, instances)
+    for fmt in FORMATS:
+        out = tmp_path / f"out-{fmt}"
+        convert(path, out, to=fmt, images=images)
+        assert detect(out) == fmt
+    assert detect(path) == "coco" and detect(tmp_path / "out-yolo" / "data.yaml") == "yolo"
+
+
+def test_image_sizes_come_from_the_header_with_exif_rotation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown 30 wide, 50 high
+    Image.new("RGB", (50, 30)).save(tmp_path / "r.jpg", exif=exif)
+    assert image_size(tmp_path / "r.jpg") == (30, 50)
+
+
+# -- bad input: one line each, naming the file and line; the rest converted ---------------------------------------
+
+
+def yolo_dataset(root: Path, lines: dict[str, str]) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, (w, h) in enumerate(SIZES):
+        Image.new("RGB", (w, h)).save(root / "images" / f"im{i}.png")
+    for name, text in lines.items():
+        (root / "labels" / name).write_text(text)
+    (root / "data.yaml").write_text("train: images\nval: images\nnames: [cat, dog]\n")
+    return root
+
+
+def test_yolo_bad_lines_are_reported_and_the_rest_converted(tmp_path):
+    root = yolo_dataset(
+        tmp_path / "yolo",
+        {
+            "im0.txt": "0 0.5 0.5 0.25 0.5\n2 0.5 0.5 0.1 0.1\n1 0.5 0.5 0 0.2\n",
+            "im1.txt": "1 0.1 0.1 0.5 0.1 0.3 0.6\nx 1 2 3 4\n0 0.5 0.5 1.5 0.2\n",
+            "orphan.txt": "0 0.5 0.5 0.1 0.1\n",
+        },
+    )
+    (root / "images" / "im2.png").write_bytes(b"not a png")
+    (root / "labels" / "im2.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    done = convert(root, tmp_path / "out.json", to="coco")
+    labels = root / "labels"
+    assert done.skipped == [
+        f"{labels / 'im0.txt'}:2: class index 2 is beyond the 2 class names (0..1)",
+        f"{labels / 'im0.txt'}:3: degenerate box (width 0, height 9.6)",
+        f"{labels / 'im1.txt'}:2: not numbers: 'x 1 2 3 4'",
+        f"{labels / 'im1.txt'}:3: coordinates outside 0..1 (YOLO labels are normalised by the image size)",
+        f"{root / 'images' / 'im2.png'}: image could not be read (not a readable image (cannot identify image file "
+        f"'{root / 'images' / 'im2.png'}')); its labels im2.txt were not converted",
+        f"{labels / 'orphan.txt'}: label file without an image (the image gives the size); skipped",
+    ]
+    back = json.loads((tmp_path / "out.json").read_text())
+    assert [a["bbox"] for a in back["annotations"]] == [[24, 12, 16, 24], [8, 6, 32, 30]]
+    assert len(back["images"]) == 2 and not done.ok
+
+
+def test_yolo_without_names_needs_them(tmp_path):
+    root = yolo_dataset(tmp_path / "yolo", {"im0.txt": "1 0.5 0.5 0.25 0.5\n"})
+    (root / "data.yaml").unlink()
+    with pytest.raises(FormatError, match="give the class names with --names FILE"):
+        convert(root, tmp_path / "out.json", to="coco")
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    done = convert(root, tmp_path / "out.json", to="coco", names=tmp_path / "names.txt")
+    assert done.categories == ["cat", "dog"] and done.annotations == 1
+
+
+def voc_xml(filename: str, objects: str, size: str = "<size><width>64</width><height>48</height></size>") -> str:
+    return f"<annotation>\n<filename>{filename}</filename>\n{size}\n{objects}</annotation>\n"
+
+
+def voc_object(name: str, box: tuple[int, int, int, int]) -> str:
+    x0, y0, x1, y1 = box
+    return (
+        f"<object>\n<name>{name}</name><difficult>0</difficult>\n<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>\n</object>\n"
+    )
+
+
+def test_voc_missing_size_degenerate_box_and_unsafe_xml(tmp_path):
+    root = tmp_path / "voc"
+    (root / "Annotations").mkdir(parents=True)
+    write_images(root / "JPEGImages")
+    ann = root / "Annotations"
+    (ann / "im0.xml").write_text(
+        voc_xml("im0.png", voc_object("cat", (1, 1, 10, 10)) + voc_object("cat", (9, 5, 4, 8)))
+    )
+    (ann / "im1.xml").write_text(voc_xml("im1.png", voc_object("dog", (2, 3, 20, 30)), size=""))  # size from image
+    (ann / "gone.xml").write_text(voc_xml("gone.png", voc_object("dog", (2, 3, 20, 30)), size="<size></size>"))
+    bomb = (
+        '<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>\n<annotation>&b;</annotation>'
+    )
+    (ann / "bomb.xml").write_text(bomb)
+    (ann / "broken.xml").write_text("<annotation><filename>x</annotation>")
+    done = convert(root, tmp_path / "out.json", to="coco")
+    skipped = sorted(done.skipped)
+    assert skipped[0].startswith(f"{ann / 'bomb.xml'}: XML refused")
+    assert skipped[1].startswith(f"{ann / 'broken.xml'}: not valid XML (mismatched tag: line 1")
+    assert (
+        skipped[2] == f"{ann / 'gone.xml'}:3: <size> is missing and the image gone.png was not found to read it "
+        "from; skipped"
+    )
+    assert skipped[3] == f"{ann / 'im0.xml'}:8: degenerate box (width -4, height 4); skipped"
+    assert len(skipped) == 4
+    back = json.loads((tmp_path / "out.json").read_text())
+    assert [(im["file_name"], im["width"], im["height"]) for im in back["images"]] == [
+        ("im0.png", 64, 48),
+        ("im1.png", 80, 60),
+    ]
+    assert [a["bbox"] for a in back["annotations"]] == [[0, 0, 10, 10], [1, 2, 19, 28]]
+
+
+CVAT = """<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <image id="0" name="im0.png" width="64" height="48">
+    <polygon label="cat" occluded="0" points="1.00,1.00;20.00,1.00" z_order="0"></polygon>
+    <polygon label="cat" occluded="0" points="1.00,1.00;20.00,1.00;10.50,15.25" z_order="0"></polygon>
+    <box label="dog" occluded="0" xtl="5" ytl="5" xbr="5" ybr="9" z_order="0"></box>
+    <box label="dog" occluded="0" xtl="5" ytl="5" xbr="15" ybr="9" z_order="0"></box>
+    <mask label="dog" rle="1, 2" left="0" top="0" width="2" height="1"></mask>
+  </image>
+</annotations>
+"""
+
+
+def test_cvat_short_polygon_and_degenerate_box_are_reported_by_line(tmp_path):
+    (tmp_path / "annotations.xml").write_text(CVAT)
+    done = convert(tmp_path / "annotations.xml", tmp_path / "out.json", to="coco")
+    xml = tmp_path / "annotations.xml"
+    assert done.skipped == [
+        f"{xml}:5: <polygon> 'cat': polygon with 2 points (at least 3 are needed); skipped",
+        f"{xml}:7: <box> 'dog': degenerate box (width 0, height 4); skipped",
+        f"{xml}:9: <mask> is not converted (boxes, polygons, skeletons and grouped points are)",
+    ]
+    back = json.loads((tmp_path / "out.json").read_text())
+    assert [(a["category_id"], a["bbox"]) for a in back["annotations"]] == [(1, [1, 1, 19, 14.25]), (2, [5, 5, 10, 4])]
+
+
+def test_labelme_unreadable_file_and_lone_point(tmp_path):
+    write_images(tmp_path / "lm")
+    good = {
+        "shapes": [
+            {"label": "cat", "points": [[1, 2], [11, 12]], "shape_type": "rectangle", "group_id": None},
+            {"label": "nose", "points": [[3, 4]], "shape_type": "point", "group_id": None},
+        ],
+        "imagePath": "im0.png",
+        "imageHeight": 48,
+        "imageWidth": 64,
+    }
+    (tmp_path / "lm" / "im0.json").write_text(json.dumps(good))
+    (tmp_path / "lm" / "im1.json").write_text('{"shapes": [')
+    done = convert(tmp_path / "lm", tmp_path / "out.json", to="coco")
+    assert (
+        done.skipped[0] == f"{tmp_path / 'lm' / 'im0.json'}: shapes[1]: point 'nose' has no group_id tying it to "
+        "an object; skipped"
+    )
+    assert done.skipped[1].startswith(f"{tmp_path / 'lm' / 'im1.json'}: not a readable JSON file")
+    assert len(done.skipped) == 2 and done.annotations == 1 and done.images == 1
+
+
+# -- outputs: never over anything, nothing half-written -----------------------------------------------------------
+
+
+def test_an_existing_output_is_refused_and_a_failed_run_leaves_nothing(tmp_path, monkeypatch):
+    path, images = source(tmp_path, instances)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep")
+    with pytest.raises(OutputExistsError, match=r"taken: already exists; choose another output path$"):
+        convert(path, tmp_path / "taken", to="yolo", images=images)
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["mine.txt"]
+
+    def fail(data, out, at, report, mode):  # a writer that dies half-way
+        (at / "labels").mkdir(parents=True)
+        raise OSError("disk full")
+
+    monkeypatch.setitem(FORMATS, "yolo", dataclasses.replace(FORMATS["yolo"], write=fail))
+    with pytest.raises(OSError, match="disk full"):
+        convert(path, tmp_path / "new", to="yolo", images=images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "taken"]  # no output, no temporary folder
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+
+
+def test_the_command_converts_and_sets_the_exit_code(run_cli, tmp_path):
+    root = yolo_dataset(
+        tmp_path / "yolo", {"im0.txt": "0 0.5 0.5 0.25 0.5\n", "im1.txt": "1 0.1 0.1 0.5 0.1 0.3 0.6\n"}
+    )
+    code, out, err = run_cli("data", "convert", root, tmp_path / "a.json", "--to", "coco", "--json")
+    assert code == 0 and err == ""
+    summary = json.loads(out)
+    assert summary["from"] == "yolo" and summary["images"] == 3 and summary["annotations"] == 2
+    assert (summary["boxes"], summary["polygons"], summary["categories"]) == (2, 1, ["cat", "dog"])
+
+    code, out, _ = run_cli(
+        "data", "convert", tmp_path / "a.json", tmp_path / "back", "--to", "yolo", "--images", root / "images"
+    )
+    assert code == 0 and "3 images, 2 annotations (2 boxes, 1 with polygons), 2 categories (cat, dog)" in out
+    assert (
+        tmp_path / "back" / "labels" / "im1.txt"
+    ).read_text() == "1 0.100000 0.100000 0.500000 0.100000 0.300000 0.600000\n"
+
+    (root / "labels" / "im2.txt").write_text("5 0.5 0.5 0.1 0.1\n")
+    code, out, err = run_cli("data", "convert", root, tmp_path / "b.json", "--to", "coco")
+    assert code == 1 and f"{root / 'labels' / 'im2.txt'}:1: class index 5 is beyond" in err
+
+    code, _, err = run_cli("data", "convert", root, tmp_path / "b.json", "--to", "coco")
+    assert code == 2 and err.strip() == f"error: {tmp_path / 'b.json'}: already exists; choose another output path"
+    code, _, err = run_cli("data", "convert", root, tmp_path / "c", "--to", "yollo")
+    assert code == 2 and "did you mean yolo?" in err
+
+
+def test_conversion_imports_no_torch_or_numpy(tmp_path):
+    path, images = source(tmp_path, instances)
+    code = (
+        "import sys\n"
+        "from cnnapps.datasets.formats import convert\n"
+        f"convert({str(path)!r}, {str(tmp_path / 'y')!r}, to='yolo', images={str(images)!r})\n"
+        f"convert({str(tmp_path / 'y')!r}, {str(tmp_path / 'c')!r}, to='cvat')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'cv2')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
