@@ -52,23 +52,65 @@ def serve(
     keep_alive: float = typer.Option(5.0, "--keep-alive", min=0.001, help="Seconds an idle connection stays open."),
     max_clip_mb: float = typer.Option(50.0, "--max-clip-mb", min=0.001, help="Largest video a /video route takes."),
     max_clip_s: float = typer.Option(60.0, "--max-clip-s", min=0.001, help="Longest video a /video route takes."),
+    max_images: int = typer.Option(
+        64, "--max-images", min=1, help="Images one request may carry (multipart 'images', JSON {\"images\": [...]})."
+    ),
+    api_key: list[str] = typer.Option(
+        None, "--api-key", help="Require this key on /v1 routes (repeat; see also $CNNAPPS_API_KEYS, --api-keys-file)."
+    ),
+    api_keys_file: str = typer.Option(None, "--api-keys-file", help="A file of API keys, one a line (# comments)."),
+    metrics_need_key: bool = typer.Option(
+        False, "--metrics-need-key", help="/metrics needs an API key too (it is open by default, as scrapers expect)."
+    ),
+    cors_origin: list[str] = typer.Option(
+        None,
+        "--cors-origin",
+        help="A web origin whose pages may call the API (CORS; repeat; * for any). Off by default.",
+    ),
+    max_concurrent_per_client: int = typer.Option(
+        0,
+        "--max-concurrent-per-client",
+        min=0,
+        help="Requests one client IP may have running at once (429 past it); 0: no cap.",
+    ),
+    log_format: str = typer.Option(
+        "text",
+        "--log-format",
+        help="text, or json: one JSON line per request (request_id, route, status, latency_ms, images).",
+    ),
+    shutdown_delay: float = typer.Option(
+        0.0,
+        "--shutdown-delay",
+        min=0,
+        help="Seconds to keep serving after SIGTERM, /readyz already 503 (for load balancers).",
+    ),
 ) -> None:
     """Serve models over HTTP, with a page and API docs.
 
-    POST /v1/<task> and /v1/predict (every head of a multi-head model), POST /v1/<task>/video (a short clip, JSON
-    Lines back), GET /healthz, /v1/models, OpenAPI at /docs, a page at /."""
-    import uvicorn
+    POST /v1/<task> and /v1/predict (every head of a multi-head model; one image, or many as multipart 'images'
+    fields or JSON {"images": [...]}, answered as a list), POST /v1/<task>/video (a short clip, JSON Lines back),
+    GET /v1/models, OpenAPI at /docs, a page at /.
 
-    from cnnapps.serve.app import create_app, server_config
+    With an API key (--api-key, --api-keys-file, or $CNNAPPS_API_KEYS, comma-separated), every /v1 route needs
+    'Authorization: Bearer KEY' or 'X-API-Key: KEY' (401 otherwise); the page, /docs, GET /livez (liveness),
+    /readyz (readiness: 503 until the models are warm and once shutdown begins), /healthz and /metrics
+    (Prometheus; unless --metrics-need-key) stay open. Every answer carries an X-Request-ID (the client's, or a
+    new one). On SIGTERM or Ctrl+C the server stops accepting, answers every request it has, and exits 0."""
+    from cnnapps.serve.app import create_app, create_server
+    from cnnapps.serve.operations import load_api_keys
 
     specs = list(model or ([] if index else ["efficientnet_lite0"]))
     hosts = [host, *(allowed_host or [])]
+    keys = load_api_keys(api_key or [], api_keys_file)
     service = create_app(specs, index, max_batch, max_wait_ms, max_upload_mb, device, engine,
                          request_timeout_s=request_timeout, allowed_hosts=hosts, max_clip_mb=max_clip_mb,
-                         max_clip_s=max_clip_s)  # fmt: skip
+                         max_clip_s=max_clip_s, max_images=max_images, api_keys=keys, metrics_need_key=metrics_need_key,
+                         cors_origins=cors_origin or [], max_concurrent_per_client=max_concurrent_per_client,
+                         log_format=log_format)  # fmt: skip
     routes = sorted({r.path for r in service.routes if "POST" in getattr(r, "methods", ())})
-    echo(f"serving {', '.join(routes)} on http://{host}:{port} (page at /, API docs at /docs)", err=True)
-    server = uvicorn.Server(server_config(service, host, port, keep_alive))
+    guarded = f", {len(keys)} API key{'s' if len(keys) != 1 else ''}" if keys else ""
+    echo(f"serving {', '.join(routes)} on http://{host}:{port} (page at /, API docs at /docs{guarded})", err=True)
+    server = create_server(service, host, port, keep_alive, shutdown_delay)
     server.run()
     if not server.started:  # uvicorn said why (e.g. the port is taken)
         raise typer.Exit(1)

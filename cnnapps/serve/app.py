@@ -2,9 +2,15 @@
 
 Requests carry one image: the file itself as the body (``image/jpeg``, ``image/png``, ...,
 ``application/octet-stream``), ``multipart/form-data`` with an ``image`` file field, or JSON
-``{"image": "<base64>"}``. Options go in the query string (``model``, ``top_k``, ``k``, ``draw``).
-Responses are the JSON ``--json`` prints for that image on the command line. Retrieval hits carry the
-index row's ``id``, and ``GET /v1/retrieve/thumbnail?id=N`` shows that indexed file, downscaled.
+``{"image": "<base64>"}``; or several: multipart with ``images`` fields (or the ``image`` field repeated), or
+JSON ``{"images": ["<base64>", ...]}``, answered with a list in their order (a bad image gets its own
+``{"error": ...}`` there, the others their answers). Options go in the query string (``model``, ``top_k``,
+``k``, ``draw``). Responses are the JSON ``--json`` prints for that image on the command line. Retrieval hits
+carry the index row's ``id``, and ``GET /v1/retrieve/thumbnail?id=N`` shows that indexed file, downscaled.
+
+For production (see ``operations.py``): API keys, CORS, a per-client concurrency limit, request ids and JSON
+logs, Prometheus metrics at ``/metrics``, ``/livez`` and ``/readyz``, and a graceful shutdown that answers every
+accepted request (those waiting in the micro-batcher too) before the process exits.
 
 Hostile clients are refused without disturbing the others: bodies are read as they stream in and refused
 (413) as soon as they pass the size limit, a request whose headers and body do not arrive within the
@@ -22,6 +28,7 @@ import ipaddress
 import itertools
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +46,15 @@ from starlette.requests import ClientDisconnect
 from cnnapps import __version__
 from cnnapps.errors import CnnappsError
 from cnnapps.serve.batcher import MicroBatcher
+from cnnapps.serve.operations import ApiKeyCheck, ClientLimit, Lifecycle, RequestLog, ServiceMetrics, use_json_logs
 from cnnapps.terminal import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     import uvicorn
 
 MAX_TOP_K = 20
+#: images one request may carry, unless ``max_images`` says otherwise
+MAX_IMAGES = 64
 #: the names a Host header may always carry (IP addresses are accepted too: DNS rebinding needs a name)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).with_name("static")
@@ -53,22 +63,26 @@ RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/tiff", "image
                    "application/octet-stream")  # fmt: skip
 #: the longest side of a thumbnail at most, in pixels
 MAX_THUMBNAIL = 512
-_JSON_SHAPE = 'JSON body must be {"image": "<base64 of the image file>"}'
+_JSON_SHAPE = 'JSON body must be {"image": "<base64 of the image file>"} or {"images": ["<base64>", ...]}'
 _BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"image": {"type": "string", "format": "binary"}},
-                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                },
             }
         },
         "application/json": {
             "schema": {
                 "type": "object",
-                "properties": {"image": {"type": "string", "format": "byte"}},
-                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "byte"},
+                    "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                },
             }
         },
         **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_IMAGE_TYPES},
@@ -201,8 +215,65 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_
 
     request_timeout_s = getattr(app.state, "request_timeout_s", 60.0)
     protocol = _deadline_protocol(request_timeout_s, min(keep_alive_s, request_timeout_s))
+    logs: dict[str, Any] = {}
+    if getattr(app.state, "log_format", "text") == "json":  # uvicorn's own messages as JSON lines too
+        use_json_logs("uvicorn")
+        logs["log_config"] = None
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
-                          timeout_keep_alive=keep_alive_s)  # type: ignore[arg-type]  # fmt: skip
+                          timeout_keep_alive=keep_alive_s, **logs)  # type: ignore[arg-type]  # fmt: skip
+
+
+def create_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_alive_s: float = 5.0,
+                  shutdown_delay_s: float = 0.0, log_level: str = "warning") -> uvicorn.Server:  # fmt: skip
+    """uvicorn's ``Server`` for ``app`` (``server_config``'s deadlines) that shuts down gracefully. On SIGTERM or
+    SIGINT, ``/readyz`` answers 503 at once; the server goes on serving for ``shutdown_delay_s`` (time for a load
+    balancer to see it), then stops accepting connections, answers every request it has (those waiting in a
+    micro-batcher too), closes the models and returns, so the process exits 0. A second signal cuts the delay
+    short; Ctrl+C once more stops without waiting for requests (uvicorn's force exit)."""
+    import signal
+
+    import uvicorn
+
+    lifecycle: Lifecycle | None = getattr(app.state, "lifecycle", None)
+
+    def drain() -> None:
+        if lifecycle is not None:
+            lifecycle.draining = True
+
+    class GracefulServer(uvicorn.Server):
+        exit_at: float | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            drain()
+            if shutdown_delay_s > 0 and self.exit_at is None and not self.should_exit:
+                self.exit_at = time.monotonic() + shutdown_delay_s
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.exit_at is not None and time.monotonic() >= self.exit_at:
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            drain()
+            await super().shutdown(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """uvicorn's, without raising the signal again once shut down: a graceful stop exits 0."""
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = [signal.SIGINT, signal.SIGTERM]
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer(server_config(app, host, port, keep_alive_s, log_level))
 
 
 @dataclass
@@ -307,9 +378,49 @@ def load_models(specs: Sequence[str], index: str | None, max_batch: int, max_wai
     return served, opened
 
 
-async def _image_from_multipart(request: Request, body: bytes) -> bytes:
-    """The ``image`` file field of a multipart body already read whole."""
-    return await _file_from_multipart(request, body, "image")
+#: one image of a request: its bytes, or why it cannot be read (that image's error, the others go on)
+Image = bytes | RequestError
+
+
+def _too_many(max_images: int) -> RequestError:
+    return RequestError(413, f"more than {max_images:,} images in one request: send at most {max_images:,} "
+                        "(--max-images)")  # fmt: skip
+
+
+def _empty_checked(data: bytes) -> Image:
+    return data if data else RequestError(422, "the image is empty")
+
+
+async def _images_from_multipart(request: Request, body: bytes, max_images: int) -> tuple[list[Image], bool]:
+    """The image files of a multipart body already read whole, in order: its ``image`` and ``images`` fields.
+    Many when there are ``images`` fields or several ``image`` ones."""
+
+    async def replay() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, replay(), max_files=max_images, max_fields=16).parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise _too_many(max_images) from None
+        raise RequestError(422, f"multipart body: {exc.message}") from None
+    try:
+        fields = [(name, value) for name, value in form.multi_items() if name in ("image", "images")]
+        many = len(fields) > 1 or any(name == "images" for name, _ in fields)
+        if not many:
+            upload = fields[0][1] if fields else None
+            if upload is None or isinstance(upload, str):
+                raise RequestError(422, "multipart request without an 'image' file field (or 'images' fields)")
+            return [_empty_checked(await upload.read())], False
+        images: list[Image] = []
+        for name, value in fields:
+            if isinstance(value, str):
+                images.append(RequestError(422, f"image: the '{name}' field is text, not a file"))
+            else:
+                images.append(_empty_checked(await value.read()))
+        return images, True
+    finally:
+        await form.close()
 
 
 async def _file_from_multipart(request: Request, body: bytes, field: str) -> bytes:
@@ -331,18 +442,34 @@ async def _file_from_multipart(request: Request, body: bytes, field: str) -> byt
         await form.close()
 
 
-def _image_from_json(body: bytes) -> bytes:
-    """The file in a JSON body ``{"image": "<base64>"}``: a wrong shape and bad base64 are told apart."""
-    try:
-        text = json.loads(body)["image"]
-    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[...
-        raise RequestError(422, _JSON_SHAPE) from None
+def _from_base64(text: Any) -> Image:
     if not isinstance(text, str):
-        raise RequestError(422, _JSON_SHAPE)
+        return RequestError(422, "image: not a base64 string")
     try:
-        return base64.b64decode(text, validate=True)
+        return _empty_checked(base64.b64decode(text, validate=True))
     except ValueError:  # binascii.Error, or characters outside ASCII
-        raise RequestError(422, "image: not valid base64") from None
+        return RequestError(422, "image: not valid base64")
+
+
+def _images_from_json(body: bytes, max_images: int) -> tuple[list[Image], bool]:
+    """The files in a JSON body ``{"image": "<base64>"}`` (one) or ``{"images": ["<base64>", ...]}`` (many): a wrong
+    shape is the request's 422, bad base64 that image's."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: [[[[...
+        raise RequestError(422, _JSON_SHAPE) from None
+    if not isinstance(data, dict) or ("image" in data) == ("images" in data):
+        raise RequestError(422, _JSON_SHAPE)
+    if "image" in data:
+        if not isinstance(data["image"], str):
+            raise RequestError(422, _JSON_SHAPE)
+        return [_from_base64(data["image"])], False
+    texts = data["images"]
+    if not isinstance(texts, list) or not texts:
+        raise RequestError(422, _JSON_SHAPE)
+    if len(texts) > max_images:
+        raise _too_many(max_images)
+    return [_from_base64(text) for text in texts], True
 
 
 def _thumbnail(path: str, size: int) -> bytes:
@@ -379,15 +506,12 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, keep_alive_s: 
     For tests, scripts and notebooks; ``cnnapps serve`` runs uvicorn in the foreground (both with
     ``server_config``'s deadlines)."""
     import socket
-    import time
-
-    import uvicorn
 
     if port == 0:
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    server = uvicorn.Server(server_config(app, host, port, keep_alive_s))
+    server = create_server(app, host, port, keep_alive_s)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -414,20 +538,42 @@ def create_app(
     allowed_hosts: Sequence[str] = (),
     max_clip_mb: float = 50.0,
     max_clip_s: float = 60.0,
+    max_images: int = MAX_IMAGES,
+    api_keys: Sequence[str] = (),
+    metrics_need_key: bool = False,
+    cors_origins: Sequence[str] = (),
+    max_concurrent_per_client: int = 0,
+    log_format: str = "text",
 ) -> FastAPI:
     """The service for ``models`` (specs as ``cnnapps.load`` takes them) and, optionally, an index.
 
     Each task's route also takes a short video at ``POST /v1/<route>/video``: at most ``max_clip_mb`` and
     ``max_clip_s`` seconds, answered with one JSON line per frame.
 
-    A request body must arrive within ``request_timeout_s`` (else 408). Requests must name this machine in
-    their ``Host`` header: an IP address, ``localhost``, or one of ``allowed_hosts`` (``"*"``: any name)."""
+    A request body must arrive within ``request_timeout_s`` (else 408) and hold at most ``max_upload_mb`` and
+    ``max_images`` images (else 413). Requests must name this machine in their ``Host`` header: an IP address,
+    ``localhost``, or one of ``allowed_hosts`` (``"*"``: any name).
+
+    With ``api_keys`` (see ``operations.load_api_keys``), every route but the page, the docs, ``/livez``,
+    ``/readyz``, ``/healthz`` and ``/metrics`` (unless ``metrics_need_key``) needs one of them (401). ``cors_origins``
+    lets pages from those origins call the API (none by default); ``max_concurrent_per_client`` caps the
+    requests one client address has running at once (429; 0: no cap); ``log_format="json"`` writes one JSON
+    line per request. ``/metrics`` answers Prometheus metrics from a registry of this app's own."""
+    if request_timeout_s <= 0:
+        raise CnnappsError(f"serve: the request timeout must be positive, not {request_timeout_s}")
+    if max_images < 1 or max_concurrent_per_client < 0:
+        raise CnnappsError(f"serve: --max-images {max_images} must be >= 1 and --max-concurrent-per-client "
+                           f"{max_concurrent_per_client} >= 0")  # fmt: skip
+    if log_format not in ("text", "json"):
+        raise CnnappsError(f"serve: --log-format {log_format!r}: text or json")
     served, opened = load_models(models, index, max_batch, max_wait_ms, device, engine)
     if not served:
         raise CnnappsError("serve: give at least one --model (or an --index)")
-    if request_timeout_s <= 0:
-        raise CnnappsError(f"serve: the request timeout must be positive, not {request_timeout_s}")
     limit = int(max_upload_mb * 2**20)
+    metrics = ServiceMetrics()
+    for s in served:
+        metrics.watch(s.name, s.batcher)
+    lifecycle = Lifecycle()
     index_lock = threading.Lock()  # one SQLite connection: searches take turns
     if warm_up:  # compile graphs and touch every model once before the first request
         import numpy as np
@@ -438,7 +584,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lifecycle.ready = True  # loaded and warmed above
         yield
+        lifecycle.draining = True
         for s in served:
             s.batcher.close()
 
@@ -452,7 +600,22 @@ def create_app(
         redoc_url=None,  # ReDoc would come from a CDN
     )
     app.state.request_timeout_s = request_timeout_s
+    app.state.lifecycle, app.state.metrics, app.state.log_format = lifecycle, metrics, log_format
+    # the last added is the outermost: request log -> Host check -> CORS -> API key -> per-client limit -> routes
+    if max_concurrent_per_client:
+        app.add_middleware(ClientLimit, limit=max_concurrent_per_client)
+    if api_keys:
+        app.add_middleware(ApiKeyCheck, keys=list(api_keys), metrics_need_key=metrics_need_key)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
+                           expose_headers=["x-request-id"], max_age=600)  # fmt: skip
     app.add_middleware(HostCheck, allowed=[*LOOPBACK_NAMES, *allowed_hosts])
+    if log_format == "json":
+        use_json_logs()
+    app.add_middleware(RequestLog, metrics=metrics, log=log_format == "json")
     docs_files = {p.name: p for p in STATIC.glob("swagger-ui*")}  # swagger-ui-dist, with its licence
 
     @app.get("/docs/assets/{name}", include_in_schema=False)
@@ -521,22 +684,63 @@ def create_app(
             raise RequestError(400, "the client went away before sending the whole body") from None
         return b"".join(chunks)
 
-    async def read_image_bytes(request: Request) -> bytes:
-        """The image a request carries: the body itself, its multipart ``image`` field, or its JSON's base64."""
+    async def read_images(request: Request) -> tuple[list[Image], bool]:
+        """The images a request carries, and whether it sent many (answered with a list): the body itself, its
+        multipart ``image``/``images`` fields, or its JSON's base64."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind not in ("multipart/form-data", "application/json", *RAW_IMAGE_TYPES):
-            how = "the image file as the body (e.g. image/jpeg), multipart/form-data with an 'image' field, or JSON"
+            how = ("the image file as the body (e.g. image/jpeg), multipart/form-data with 'image' or 'images' "
+                   "fields, or JSON")  # fmt: skip
             raise RequestError(415, f"content type {kind or 'none'}: send {how}")
         body = await read_body(request)
         if kind == "multipart/form-data":
-            data = await _image_from_multipart(request, body)
+            images, many = await _images_from_multipart(request, body, max_images)
         elif kind == "application/json":
-            data = _image_from_json(body)
+            images, many = _images_from_json(body, max_images)
         else:
-            data = body
-        if not data:
-            raise RequestError(422, "the image is empty")
-        return data
+            images, many = [_empty_checked(body)], False
+        request.scope.setdefault("cnnapps", {})["images"] = len(images)
+        return images, many
+
+    def outcome(model: Served, output: Any) -> tuple[dict[str, Any], Any] | RequestError:
+        """What the batcher gave for one image: (answer, result), or that image's error."""
+        oom = isinstance(output, Exception) and "out of memory" in str(output).lower()
+        if isinstance(output, MemoryError) or oom:
+            return RequestError(503, "out of memory: try again, or send a smaller image")
+        if isinstance(output, BaseException):  # it failed on this image alone (its batch-mates were answered)
+            return RequestError(422, f"image: the model could not run on it ({type(output).__name__}: {output})")
+        payload, result = output
+        if payload.get("error"):
+            return RequestError(422, f"image: {payload['error']}")
+        return json_safe({**payload, "path": "<upload>", "model": model.name}), result  # NaN is not JSON
+
+    async def answer_all(model: Served, images: list[Image], options: dict[str, Any],
+                         draw: bool) -> list[tuple[dict, Any] | RequestError]:  # fmt: skip
+        """Every image of a request through the model's micro-batcher at once (they share batches), in order."""
+        readable = [i for i, image in enumerate(images) if isinstance(image, bytes)]
+        outputs = await model.batcher.submit_many([(images[i], options) for i in readable])
+        answers: list[tuple[dict, Any] | RequestError] = list(images)  # type: ignore[arg-type]  # errors stay
+        for i, output in zip(readable, outputs, strict=True):
+            answers[i] = outcome(model, output)
+        for i, found in enumerate(answers):
+            if draw and not isinstance(found, RequestError) and hasattr(found[1], "draw"):
+                found[0]["overlay"] = await run_in_threadpool(_overlay, images[i], found[1])
+        return answers
+
+    def respond(answers: list[tuple[dict, Any] | RequestError], many: bool, model: str,
+                answered: Callable[[dict], dict] | None = None, source: str = "path") -> Any:  # fmt: skip
+        """One image: its answer, or its error as the request's. Many: the list of answers, in order, a bad image's
+        being ``{"path": "<upload>", "error": ..., "model"}`` (counted as an ``image`` error)."""
+        shaped = [a if isinstance(a, RequestError) else {**(answered or dict)(a[0]), "model": model} for a in answers]
+        if not many:
+            if isinstance(shaped[0], RequestError):
+                raise shaped[0]
+            return shaped[0]
+        for found in shaped:
+            if isinstance(found, RequestError):
+                metrics.errors.labels(kind="image").inc()
+        return [{source: "<upload>", "error": a.message, "model": model} if isinstance(a, RequestError) else a
+                for a in shaped]  # fmt: skip
 
     def pick(task: str, name: str | None) -> tuple[Served, str]:
         """The model (and its head) a request for ``task`` goes to: the first one, or the one it names."""
@@ -549,23 +753,6 @@ def create_app(
         loaded = ", ".join(s.label(head) for s, head in candidates)
         raise RequestError(404, f"no {task} model named {name!r}; loaded: {loaded}")
 
-    async def answer(model: Served, request: Request, options: dict[str, Any], draw: bool) -> tuple[dict, Any]:
-        image = await read_image_bytes(request)
-        try:
-            payload, result = await model.batcher.submit((image, options))
-        except MemoryError:
-            raise RequestError(503, "out of memory: try again, or send a smaller image") from None
-        except Exception as exc:  # it failed on this image alone (its batch-mates were answered)
-            if "out of memory" in str(exc).lower():
-                raise RequestError(503, "out of memory: try again, or send a smaller image") from None
-            raise RequestError(422, f"image: the model could not run on it ({type(exc).__name__}: {exc})") from None
-        if payload.get("error"):
-            raise RequestError(422, f"image: {payload['error']}")
-        payload = json_safe({**payload, "path": "<upload>", "model": model.name})  # NaN is not JSON
-        if draw and hasattr(result, "draw"):
-            payload["overlay"] = await run_in_threadpool(_overlay, image, result)
-        return payload, result
-
     def checked_top_k(top_k: int) -> int:
         if not 1 <= top_k <= MAX_TOP_K:
             raise RequestError(422, f"top_k {top_k}: must be between 1 and {MAX_TOP_K}")
@@ -577,11 +764,13 @@ def create_app(
         async def endpoint(request: Request, model: str | None = None, top_k: int = 5, draw: bool = False) -> Any:
             chosen, head = pick(task.name, model)
             options = {"heads": [head], "top_k": checked_top_k(top_k), "one": True}
-            payload, _ = await answer(chosen, request, options, draw and drawn)
-            return {**payload, "model": chosen.label(head)}
+            images, many = await read_images(request)
+            return respond(await answer_all(chosen, images, options, draw and drawn), many, chosen.label(head))
 
         endpoint.__name__ = task.route
-        endpoint.__doc__ = f"{task.summary} One image in, the JSON of the command line's --json for it out."
+        endpoint.__doc__ = (f"{task.summary} One image in, the JSON of the command line's --json for it out; many "
+                            "images (multipart 'images' fields, JSON {\"images\": [...]}) in, a list of those out, "
+                            "in order, a bad image's being {\"path\", \"error\", \"model\"}.")  # fmt: skip
         app.post(f"/v1/{task.route}", openapi_extra={"requestBody": _BODY}, tags=[task.name])(endpoint)
 
     clip_limit = int(max_clip_mb * 2**20)
@@ -665,7 +854,8 @@ def create_app(
         if chosen is None:
             raise RequestError(404, f"no model named {model!r}; loaded: {', '.join(s.name for s in served)}")
         options = {"heads": list(chosen.heads), "top_k": checked_top_k(top_k)}
-        return (await answer(chosen, request, options, draw))[0]
+        images, many = await read_images(request)
+        return respond(await answer_all(chosen, images, options, draw), many, chosen.name)
 
     if opened is not None:
 
@@ -675,16 +865,21 @@ def create_app(
             "model"}``; ``GET /v1/retrieve/thumbnail?id=ID`` shows a hit."""
             if not 1 <= k <= 1000:
                 raise RequestError(422, f"k {k}: must be between 1 and 1000")
+            import numpy as np
+
             served_index = served[-1]  # the index's own model, loaded last
-            _, result = await answer(served_index, request, {"heads": ["retrieve"], "one": True}, False)
+            images, many = await read_images(request)
+            answers = await answer_all(served_index, images, {"heads": ["retrieve"], "one": True}, False)
+            found = [i for i, a in enumerate(answers) if not isinstance(a, RequestError)]
 
             def search() -> list[Any]:
+                vectors = np.stack([answers[i][1].vector for i in found])  # type: ignore[index]
                 with index_lock:
-                    return opened.search(result.vector[None, :], k)[0]
+                    return opened.search(vectors, k)
 
-            hits = await run_in_threadpool(search)
-            results = [{**h.to_dict(), "id": h.id} for h in hits]
-            return {"query": "<upload>", "results": results, "model": served_index.name}
+            for i, hits in zip(found, await run_in_threadpool(search) if found else [], strict=True):
+                answers[i] = ({"results": [{**h.to_dict(), "id": h.id} for h in hits]}, None)
+            return respond(answers, many, served_index.name, lambda hits: {"query": "<upload>", **hits}, "query")
 
         @app.get("/v1/retrieve/thumbnail", tags=["retrieve"], response_class=Response)
         async def thumbnail(id: int, size: int = 160) -> Response:
@@ -710,13 +905,41 @@ def create_app(
         items = sum(s.batcher.items for s in served)
         return {"status": "ok", "models": len(served), "requests": items, "batches": batches}
 
+    @app.get("/livez", tags=["service"])
+    async def livez() -> dict[str, Any]:
+        """Liveness: the process answers (while it starts and while it shuts down too). Never needs a key."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"])
+    async def readyz() -> Any:
+        """Readiness: 200 once the models are loaded and warm, 503 before, and 503 from the moment shutdown
+        begins (SIGTERM), so a load balancer stops sending requests. Never needs a key."""
+        if lifecycle.draining:
+            return JSONResponse({"error": "shutting down: answering the requests in flight"}, status_code=503)
+        if not lifecycle.ready:
+            return JSONResponse({"error": "not ready: the models are loading"}, status_code=503)
+        return {"status": "ready", "models": len(served)}
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics (text exposition format): requests by route and status, latency histograms by route,
+        micro-batch sizes, queue length per model, errors by kind. Open unless the server needs a key for it."""
+        body, media_type = metrics.exposition()
+        return Response(body, media_type=media_type)
+
     @app.get("/v1/models", tags=["service"])
     async def list_models() -> dict[str, Any]:
         """The loaded models: name (the ``model`` query parameter), spec, task, route."""
         models_info = [entry for s in served for entry in s.info()]
         if opened is not None:
             models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve", "items": len(opened)})
-        return {"models": models_info, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_upload_bytes": limit}
+        return {
+            "models": models_info,
+            "max_batch": max_batch,
+            "max_wait_ms": max_wait_ms,
+            "max_upload_bytes": limit,
+            "max_images": max_images,
+        }
 
     page = STATIC / "index.html"
 

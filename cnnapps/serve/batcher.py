@@ -3,7 +3,8 @@
 A batch closes when it holds ``max_batch`` items or ``max_wait_ms`` after its first item arrived,
 whichever comes first; it then runs on the model's own thread while the next batch gathers.
 ``max_batch=1`` is one request at a time. When a batch fails, its items run again one by one, so a
-bad input fails its own request only and the others of its batch get their answers.
+bad input fails its own request only and the others of its batch get their answers. ``submit_many`` queues
+all the images of one request at once, so they fill batches together.
 """
 
 from __future__ import annotations
@@ -24,26 +25,40 @@ class _Failed:
 
 class MicroBatcher:
     """``await submit(item)`` -> ``run([..., item, ...])``'s output for that item, or the exception ``run``
-    raised for that item alone."""
+    raised for that item alone. ``on_batch(size)`` is called for every batch that ran (for metrics);
+    ``pending`` counts the items waiting for their batch to start."""
 
     def __init__(self, run: Callable[[list[Any]], Sequence[Any]], max_batch: int = 16, max_wait_ms: float = 5.0,
-                 name: str = "model") -> None:  # fmt: skip
+                 name: str = "model", on_batch: Callable[[int], None] | None = None) -> None:  # fmt: skip
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch {max_batch} / max_wait_ms {max_wait_ms}: need >= 1 and >= 0")
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
+        self.on_batch = on_batch
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"cnnapps-{name}")
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] | None = None
         self._worker: asyncio.Task | None = None
         self.batches = 0
         self.items = 0
+        self.pending = 0
 
-    async def submit(self, item: Any) -> Any:
+    def _enqueue(self, item: Any) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
         if self._queue is None:
             self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._serve())
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
-        return await future
+            self._worker = loop.create_task(self._serve())
+        future: asyncio.Future = loop.create_future()
+        self._queue.put_nowait((item, future))  # unbounded: never waits
+        self.pending += 1
+        return future
+
+    async def submit(self, item: Any) -> Any:
+        return await self._enqueue(item)
+
+    async def submit_many(self, items: Sequence[Any]) -> list[Any]:
+        """Every item queued at once (one request's images share batches): each one's output, or the exception
+        ``run`` raised for it, in order."""
+        futures = [self._enqueue(item) for item in items]
+        return await asyncio.gather(*futures, return_exceptions=True)
 
     async def _serve(self) -> None:
         assert self._queue is not None
@@ -62,6 +77,7 @@ class MicroBatcher:
                 except asyncio.TimeoutError:  # a distinct class before Python 3.11
                     break
             items = [item for item, _ in batch]
+            self.pending -= len(batch)
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
             except Exception as exc:
@@ -71,8 +87,7 @@ class MicroBatcher:
                 # which item broke it? each runs alone: the culprits hear why, the others get their answer
                 self._answer(batch, await loop.run_in_executor(self._executor, self._run_alone, items))
                 continue
-            self.batches += 1
-            self.items += len(items)
+            self._count(len(items))
             self._answer(batch, outputs)
 
     def _run_batch(self, items: list[Any]) -> Sequence[Any]:
@@ -90,9 +105,14 @@ class MicroBatcher:
             except Exception as exc:
                 outputs.append(_Failed(exc))
                 continue
-            self.batches += 1
-            self.items += 1
+            self._count(1)
         return outputs
+
+    def _count(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        if self.on_batch is not None:
+            self.on_batch(size)
 
     @staticmethod
     def _answer(batch: list[tuple[Any, asyncio.Future]], outputs: Sequence[Any]) -> None:
