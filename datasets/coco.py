@@ -1,4 +1,5 @@
-"""COCO instances and person-keypoints JSON, read with pycocotools.
+"""COCO instances and person-keypoints JSON, read with pycocotools; YOLO, Pascal VOC, LabelMe and CVAT annotations
+are read into the same COCO structure in memory (:mod:`cnnapps.datasets.formats`), so training takes them as they are.
 
 Categories become contiguous labels 1..C (0 is the background); crowd regions are kept out of
 training targets (COCOeval still uses them); images without annotations stay, with empty targets.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from cnnapps.errors import CnnappsError
+
+log = logging.getLogger("cnnapps")
 
 #: COCO's 17 person keypoints, their OKS sigmas and skeleton (1-based pairs, as in COCO's categories)
 COCO_KEYPOINTS = (
@@ -76,12 +80,12 @@ def read_annotation_file(path: Path, error: type[CnnappsError] = CocoError) -> d
     return data
 
 
-def load_coco(annotation_file: str | os.PathLike) -> Any:
-    """A pycocotools ``COCO`` object, with its chatter silenced and failures as one-line errors."""
+def load_coco(annotation_file: str | os.PathLike | dict[str, Any]) -> Any:
+    """A pycocotools ``COCO`` object (from a file, or a COCO dict), with its chatter silenced and failures as
+    one-line errors."""
     from pycocotools.coco import COCO
 
-    path = Path(annotation_file)
-    dataset = read_annotation_file(path)
+    dataset = annotation_file if isinstance(annotation_file, dict) else read_annotation_file(Path(annotation_file))
     dataset.setdefault("annotations", [])
     dataset.setdefault("categories", [])
     coco = COCO()
@@ -91,14 +95,50 @@ def load_coco(annotation_file: str | os.PathLike) -> Any:
     return coco
 
 
-class CocoDataset:
-    """A COCO file and its image folder for one task (``detect``, ``segment`` or ``pose``)."""
+def read_collection(path: Path, images: Path | None, fmt: str) -> Any:
+    """Annotations of any format as a :class:`~cnnapps.datasets.formats.Collection`; items that cannot be used are
+    logged (one warning with the count and the first few, file and line) and left out, as conversion does."""
+    from cnnapps.datasets.formats import read
 
-    def __init__(self, annotation_file: str | os.PathLike, images: str | os.PathLike, task: str = "segment") -> None:
+    data, report, _ = read(path, fmt, images=images)
+    if report.skipped:
+        shown = "\n  ".join(report.skipped[:5])
+        more = f"\n  ... and {len(report.skipped) - 5} more" if len(report.skipped) > 5 else ""
+        log.warning("%s (%s): %d items left out (cnnapps data check %s lists them all):\n  %s%s", path, fmt,
+                    len(report.skipped), path, shown, more)  # fmt: skip
+    if not data.coco["images"]:
+        raise CocoError(f"{path}: no images found ({fmt})")
+    return data
+
+
+class CocoDataset:
+    """An annotation file and its image folder for one task (``detect``, ``segment`` or ``pose``): a COCO JSON, or
+    any format :mod:`cnnapps.datasets.formats` reads. Without ``images`` the images are found where the format keeps
+    them (and the entries of a COCO JSON are checked by its reader: those that cannot be used are logged and left
+    out)."""
+
+    def __init__(
+        self, annotation_file: str | os.PathLike, images: str | os.PathLike | None = None, task: str = "segment"
+    ) -> None:
+        from cnnapps.datasets.formats import FormatError, other_format
+
         self.path = Path(annotation_file)
-        self.images = Path(images)
         self.task = task
-        self.coco = load_coco(self.path)
+        self.files: dict[int, Path] = {}
+        try:
+            fmt = other_format(self.path)
+        except FormatError as exc:
+            raise CocoError(str(exc)) from None
+        if fmt is None and images is None and self.path.is_file():
+            fmt = "coco"  # its images looked for where COCO files keep them (beside it, images/, ../images)
+        if fmt is None:
+            self.images = Path(images) if images else self.path.parent
+            self.coco = load_coco(self.path)
+        else:
+            data = read_collection(self.path, Path(images) if images else None, fmt)
+            self.images = Path(images) if images else data.images_root or self.path.parent
+            self.files = dict(data.files)
+            self.coco = load_coco(data.coco)
         cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
         if task == "pose":
             cats = [c for c in cats if c.get("keypoints")]
@@ -119,7 +159,8 @@ class CocoDataset:
         return len(self.image_ids)
 
     def image_path(self, index: int) -> Path:
-        return self.images / self.coco.imgs[self.image_ids[index]]["file_name"]
+        image_id = self.image_ids[index]
+        return self.files.get(image_id) or self.images / self.coco.imgs[image_id]["file_name"]
 
     def target(self, index: int) -> Target:
         """The annotations of image ``index`` (crowd regions and degenerate boxes left out)."""

@@ -448,6 +448,7 @@ def semantic_transform(preset: str, fit: Any, ignore_index: int = IGNORE_INDEX) 
         image = out["image"] if out["image"].ndim == 3 else out["image"][:, :, None]
         return np.ascontiguousarray(image.transpose(2, 0, 1), np.float32), np.asarray(out["mask"], np.int64)
 
+    apply.pipeline = pipeline  # type: ignore[attr-defined]  # for seeding (pipeline.set_random_seed)
     return apply
 
 

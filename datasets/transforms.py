@@ -180,7 +180,12 @@ def detection_transform(
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
         save_applied_params=True,
     )
-    return lambda image, target: apply_detection_pipeline(pipeline, image, target, flip_index)
+
+    def apply(image: np.ndarray, target: Any) -> tuple[np.ndarray, Any]:
+        return apply_detection_pipeline(pipeline, image, target, flip_index)
+
+    apply.pipeline = pipeline  # type: ignore[attr-defined]  # for seeding (pipeline.set_random_seed)
+    return apply
 
 
 def apply_detection_pipeline(pipeline: Any, image: np.ndarray, target: Any, flip_index: list[int] | None) -> Any:

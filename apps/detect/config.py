@@ -17,12 +17,22 @@ DETECTION_AUGMENT = ("default", "none")
 
 @dataclass
 class DetectConfig(TrainConfig):
-    """``data``: a COCO JSON; ``images``: its image folder; without ``val_data`` a ``val_split`` is held out."""
+    """``data``: a COCO JSON (``images``: its image folder) or another annotation format read into COCO in memory
+    (YOLO, Pascal VOC, LabelMe, CVAT; see cnnapps.datasets.formats); without ``val_data`` a ``val_split`` is held
+    out."""
 
     task: str = option("segment", "detect, segment or pose.", choices=tuple(TASKS), cli=False)
-    data: str = option("", "COCO annotation JSON (instances or person keypoints).")
-    images: str = option("", "Folder the JSON's file_name entries are in.")
-    val_data: str | None = option(None, "Validation COCO JSON [default: hold out --val-split].")
+    data: str = option(
+        "",
+        "COCO annotation JSON (instances or person keypoints), or a YOLO folder or data.yaml, a Pascal VOC "
+        "folder, a LabelMe folder, a CVAT XML (read into COCO in memory).",
+    )
+    images: str = option(
+        "", "Folder the JSON's file_name entries are in [default for the other formats: where the format keeps them]."
+    )
+    val_data: str | None = option(
+        None, "Validation annotations, any of --data's formats [default: hold out --val-split]."
+    )
     val_images: str | None = option(None, "Validation image folder [default: --images].")
     backbone: str = option("resnet50", "Registry name, e.g. resnet50 or timm:convnext_tiny.")
     weights: str | None = option(
@@ -50,7 +60,7 @@ class DetectConfig(TrainConfig):
     def validate(self) -> DetectConfig:
         if self.task not in TASKS:
             raise ConfigError(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
-        if self.data and not self.images:
+        if self.data and not self.images and _coco_file(self.data):
             raise ConfigError("images: required (the folder the COCO file's file_name entries are relative to)")
         super().validate()
         if not 32 <= self.min_size <= self.max_size <= 4096:
@@ -64,3 +74,15 @@ class DetectConfig(TrainConfig):
 
     def default_lr(self) -> float:
         return 0.02 * self.batch_size / 16 if self.optimizer == "sgd" else 1e-4
+
+
+def _coco_file(data: str) -> bool:
+    """Whether ``data`` is a COCO JSON file (which needs ``images``); other formats know where their images are."""
+    from pathlib import Path
+
+    from cnnapps.datasets.formats import FormatError, other_format
+
+    try:
+        return other_format(Path(data)) is None
+    except FormatError:
+        return False  # not readable as any format: said when the data is read

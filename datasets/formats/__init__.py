@@ -19,7 +19,18 @@ from cnnapps.datasets.formats.disk import IMAGE_MODES, check_free, read_names, s
 from cnnapps.datasets.formats.hub import Collection, FormatError, Report, polygons_of
 from cnnapps.errors import did_you_mean
 
-__all__ = ["FORMATS", "Collection", "Conversion", "Format", "FormatError", "Report", "convert", "detect"]
+__all__ = [
+    "FORMATS",
+    "Collection",
+    "Conversion",
+    "Format",
+    "FormatError",
+    "Report",
+    "convert",
+    "detect",
+    "other_format",
+    "read",
+]
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,31 @@ def _counts(data: Collection, target: Format) -> tuple[int, int, int, int]:
     polygons = sum(1 for a in anns if polygons_of(a)) if "polygons" in target.holds else 0
     keypoints = sum(1 for a in anns if a.get("num_keypoints", 0) > 0) if "keypoints" in target.holds else 0
     return len(anns), boxes, polygons, keypoints
+
+
+def read(
+    src: str | Path, from_: str | None = None, *, names: list[str] | None = None, images: str | Path | None = None
+) -> tuple[Collection, Report, str]:
+    """Annotations of any format as a COCO :class:`Collection`, the :class:`Report` of what was left out, and the
+    format's name (``from_``, or told by the path). Raises :class:`FormatError` for a source that cannot be read."""
+    src = Path(src)
+    if not src.exists():
+        raise FormatError(f"{src}: no such file or folder")
+    source = _format(from_, "--from") if from_ else FORMATS[detect(src)]
+    report = Report()
+    return source.read(src, report, names=names, images=Path(images) if images else None), report, source.name
+
+
+def other_format(path: str | Path) -> str | None:
+    """The format of annotations that training reads through :func:`read` rather than as a COCO file: a YOLO folder
+    or data.yaml, a VOC folder or XML, LabelMe JSON, a CVAT XML, a folder holding a COCO JSON. ``None`` for a COCO
+    JSON file, and for a path that does not exist (reported where it is read)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.is_file() and path.suffix.lower() == ".json":
+        return "labelme" if _file_format(path) == "labelme" else None  # anything else: COCO says what is wrong
+    return detect(path)
 
 
 def detect(src: Path) -> str:

@@ -1,7 +1,8 @@
 """COCO JSON, the hub: read with a check of every entry (bad ones are reported and left out), written as one file.
 
 A source is a ``.json`` file or a folder holding one (``annotations.json`` first). Its images are looked for in
-``--images``, beside the JSON, in ``images/`` beside it, or in ``../images`` (COCO's own ``annotations/`` layout).
+``--images``, beside the JSON, in ``images/`` beside it, in ``../images`` (COCO's own ``annotations/`` layout), or in
+the folder named as the JSON (``train.json`` and ``train/``, as ``cnnapps.datasets.synthetic`` writes).
 """
 
 from __future__ import annotations
@@ -41,15 +42,19 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     if names:
         report.note("--names is not used with COCO sources: the categories come from the file")
     file_names = [im.get("file_name", "") for im in data["images"] if isinstance(im, dict)]
-    root = images_root([images, path.parent, path.parent / "images", path.parent.parent / "images"], file_names)
+    candidates = [images, path.parent, path.parent / "images", path.parent.parent / "images", path.with_suffix("")]
+    root = images_root(candidates, file_names)
     out: dict[str, Any] = {k: data[k] for k in ("info", "licenses") if k in data}
-    out["images"], files = _images(data["images"], path, root, report)
+    origins: dict[tuple[str, int], str] = {}
+    out["images"], files = _images(data["images"], path, root, report, origins)
     out["categories"] = _categories(data.get("categories") or [], path, report)
-    out["annotations"] = _annotations(data.get("annotations") or [], out, path, report)
-    return Collection(out, files, root)
+    out["annotations"] = _annotations(data.get("annotations") or [], out, path, report, origins)
+    return Collection(out, files, root, origins)
 
 
-def _images(entries: list[Any], path: Path, root: Path | None, report: Report) -> tuple[list[dict], dict[int, Path]]:
+def _images(
+    entries: list[Any], path: Path, root: Path | None, report: Report, origins: dict[tuple[str, int], str]
+) -> tuple[list[dict], dict[int, Path]]:
     kept, files, seen = [], {}, set()
     for i, image in enumerate(entries):
         where = f"{path}: images[{i}]"
@@ -65,9 +70,12 @@ def _images(entries: list[Any], path: Path, root: Path | None, report: Report) -
             try:
                 width, height = image_size(file)
             except OSError as exc:
-                report.skip(where, f"no width and height, and the image {file} could not be read ({exc})")
+                report.skip(
+                    where, f"no width and height, and the image {file} could not be read ({exc})", "unreadable_image"
+                )
                 continue
         seen.add(image["id"])
+        origins["image", image["id"]] = where
         kept.append({**image, "width": width, "height": height})
         files[image["id"]] = file
     return kept, files
@@ -87,7 +95,9 @@ def _categories(entries: list[Any], path: Path, report: Report) -> list[dict]:
     return kept
 
 
-def _annotations(entries: list[Any], coco: dict[str, Any], path: Path, report: Report) -> list[dict]:
+def _annotations(
+    entries: list[Any], coco: dict[str, Any], path: Path, report: Report, origins: dict[tuple[str, int], str]
+) -> list[dict]:
     images = {im["id"] for im in coco["images"]}
     cats = {c["id"]: c for c in coco["categories"]}
     kept = []
@@ -109,7 +119,7 @@ def _annotations(entries: list[Any], coco: dict[str, Any], path: Path, report: R
             for j, part in enumerate(seg):
                 problem = polygon_problem(part) if isinstance(part, list) else "not a list of coordinates"
                 if problem:
-                    report.skip(f"{where} segmentation[{j}]", f"{problem}; polygon left out")
+                    report.skip(f"{where} segmentation[{j}]", f"{problem}; polygon left out", "empty_mask")
                 else:
                     parts.append(part)
             if parts:
@@ -121,7 +131,7 @@ def _annotations(entries: list[Any], coco: dict[str, Any], path: Path, report: R
             bbox = ann["bbox"] = bounds(ann["segmentation"])
         problem = box_problem(bbox) if isinstance(bbox, list) else "no bbox"
         if problem:
-            report.skip(where, problem)
+            report.skip(where, problem, "degenerate_box" if isinstance(bbox, list) else "bad_annotation")
             continue
         names = cats[ann["category_id"]].get("keypoints") or []
         points = ann.get("keypoints")
@@ -130,6 +140,7 @@ def _annotations(entries: list[Any], coco: dict[str, Any], path: Path, report: R
                 f"{where} keypoints",
                 f"expected 3 x {len(names)} numbers for the category's keypoints, "
                 f"found {len(points) if isinstance(points, list) else points!r}; keypoints left out",
+                "keypoints",
             )
             ann.pop("keypoints")
             ann.pop("num_keypoints", None)
@@ -138,6 +149,8 @@ def _annotations(entries: list[Any], coco: dict[str, Any], path: Path, report: R
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", bbox[2] * bbox[3])
         kept.append(ann)
+        if "id" in ann:
+            origins["annotation", ann["id"]] = where
     return kept
 
 

@@ -70,9 +70,11 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
             try:
                 size = image_size(file)
             except OSError as exc:
-                report.skip(where, f"<image> {name!r} has no width/height and {file} could not be read ({exc})")
+                why = f"<image> {name!r} has no width/height and {file} could not be read ({exc})"
+                report.skip(where, why, "unreadable_image")
                 continue
-        records.append({"file": file, "name": name, "size": size, "objects": _objects(element, path, lines, report)})
+        objects = _objects(element, path, lines, report)
+        records.append({"file": file, "name": name, "size": size, "where": where, "objects": objects})
     order: dict[str, list[list[str]]] = {}
     for record in records:
         for obj in record["objects"]:
@@ -91,7 +93,7 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     for label, kp_names in keypoints.items():
         build.category(label, kp_names, labels.get(label, {}).get("skeleton"))
     for record in records:
-        image_id = build.image(record["name"], *record["size"], record["file"])
+        image_id = build.image(record["name"], *record["size"], record["file"], where=record["where"])
         for obj in record["objects"]:
             category = build.category(obj["label"])
             if category is None:
@@ -105,9 +107,11 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
                 box = bounds([[c for n, p in obj["points"].items() if p[2] > 0 for c in p[:2]]])
                 problem = box_problem(box)
                 if problem:
-                    report.skip(obj["where"], f"keypoints span no area ({problem}); skipped")
+                    report.skip(obj["where"], f"keypoints span no area ({problem}); skipped", "degenerate_box")
                     continue
-            build.annotation(image_id, category, bbox=box, polygons=obj["polygons"] or None, keypoints=flat)
+            build.annotation(
+                image_id, category, bbox=box, polygons=obj["polygons"] or None, keypoints=flat, where=obj["where"]
+            )
     return build.result(img_root)
 
 
@@ -195,7 +199,8 @@ def _objects(image: Any, path: Path, lines: dict[Any, int], report: Report) -> l
             else None
         )
         if problem:
-            report.skip(where, f"<{shape.tag}> {label!r}: {problem}; skipped")
+            kind = "degenerate_box" if shape.tag == "box" else "empty_mask"
+            report.skip(where, f"<{shape.tag}> {label!r}: {problem}; skipped", kind)
             continue
         key = (n,) if group is None else (group, label)
         obj = objects.setdefault(key, {"label": label, "box": None, "polygons": [], "points": {}, "where": where})

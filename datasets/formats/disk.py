@@ -51,12 +51,12 @@ def image_size(path: Path) -> tuple[int, int]:
 def size_or_skip(path: Path | None, report: Report, where: object, what: str) -> tuple[int, int] | None:
     """The image's size, or ``None`` after reporting ``where: what`` and why it could not be read."""
     if path is None or not path.is_file():
-        report.skip(where, f"{what}; the image {path} was not found" if path else what)
+        report.skip(where, f"{what}; the image {path} was not found" if path else what, "unreadable_image")
         return None
     try:
         return image_size(path)
     except OSError as exc:
-        report.skip(where, f"{what}; the image {path} could not be read ({exc.strerror or exc})")
+        report.skip(where, f"{what}; the image {path} could not be read ({exc.strerror or exc})", "unreadable_image")
         return None
 
 

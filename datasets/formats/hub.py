@@ -20,16 +20,23 @@ class FormatError(CnnappsError):
     """A source or output that cannot be used at all (wrong path, unknown format, no class names)."""
 
 
+#: the kinds of item a reader leaves out (``Report.skip(..., kind=...)``), as ``cnnapps data check`` groups them
+SKIP_KINDS = ("bad_annotation", "unreadable_image", "degenerate_box", "box_outside_image", "empty_mask", "keypoints")
+
+
 @dataclass
 class Report:
     """What a conversion could not carry: ``skipped`` (one line per item left out, naming the file and the line
-    or element) and ``notes`` (what the target format cannot hold, or where things went; each said once)."""
+    or element) and ``notes`` (what the target format cannot hold, or where things went; each said once).
+    ``items`` holds the same as ``skipped``, as (kind, where, why), the kind one of :data:`SKIP_KINDS`."""
 
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    items: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def skip(self, where: object, why: str) -> None:
+    def skip(self, where: object, why: str, kind: str = "bad_annotation") -> None:
         self.skipped.append(f"{where}: {why}")
+        self.items.append((kind, str(where), why))
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -39,11 +46,14 @@ class Report:
 @dataclass
 class Collection:
     """A COCO dict and the image files it names: ``files[image_id]`` is the image on disk (it may be missing);
-    ``images_root`` is the folder the ``file_name`` entries are relative to, when there is one."""
+    ``images_root`` is the folder the ``file_name`` entries are relative to, when there is one. ``origins`` says
+    where each image and annotation was read (``("image", id)`` / ``("annotation", id)`` -> file and line or
+    element), for reports that name the line to fix."""
 
     coco: dict[str, Any]
     files: dict[int, Path] = field(default_factory=dict)
     images_root: Path | None = None
+    origins: dict[tuple[str, int], str] = field(default_factory=dict)
 
     @property
     def categories(self) -> dict[int, dict[str, Any]]:
@@ -67,6 +77,7 @@ class Builder:
         self.fixed = False
         self.coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
         self.files: dict[int, Path] = {}
+        self.origins: dict[tuple[str, int], str] = {}
         self._ids: dict[str, int] = {}
         for name in names or []:
             self.category(name)
@@ -90,11 +101,13 @@ class Builder:
         self._ids[name] = cat["id"]
         return cat["id"]
 
-    def image(self, file_name: str, width: int, height: int, file: Path | None = None) -> int:
+    def image(self, file_name: str, width: int, height: int, file: Path | None = None, where: object = None) -> int:
         image_id = len(self.coco["images"]) + 1
         self.coco["images"].append({"id": image_id, "file_name": file_name, "width": int(width), "height": int(height)})
         if file is not None:
             self.files[image_id] = file
+        if where is not None:
+            self.origins["image", image_id] = str(where)
         return image_id
 
     def annotation(
@@ -104,9 +117,11 @@ class Builder:
         bbox: list[float] | None = None,
         polygons: list[list[float]] | None = None,
         keypoints: list[float] | None = None,
+        where: object = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """Add an annotation; a missing box is the bounds of the polygons (or of the labelled keypoints)."""
+        """Add an annotation; a missing box is the bounds of the polygons (or of the labelled keypoints). ``where``:
+        the file and line it was read from."""
         if bbox is None:
             bbox = bounds(polygons) if polygons else bounds([_labelled_xy(keypoints or [])])
         ann: dict[str, Any] = {
@@ -124,10 +139,12 @@ class Builder:
             ann["num_keypoints"] = sum(1 for v in keypoints[2::3] if v > 0)
         ann.update(extra)
         self.coco["annotations"].append(ann)
+        if where is not None:
+            self.origins["annotation", ann["id"]] = str(where)
         return ann
 
     def result(self, images_root: Path | None = None) -> Collection:
-        return Collection(self.coco, self.files, images_root)
+        return Collection(self.coco, self.files, images_root, self.origins)
 
 
 def _tidy(value: float) -> float | int:

@@ -59,7 +59,7 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     for label, kp_names in keypoints.items():
         build.category(label, kp_names)  # a label outside --names stays out
     for record in records:
-        image_id = build.image(record["file_name"], *record["size"], record["file"])
+        image_id = build.image(record["file_name"], *record["size"], record["file"], where=record["where"])
         for obj in record["objects"]:
             category = build.category(obj["label"])
             if category is None:
@@ -70,7 +70,8 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
                 flat = []
                 for name in keypoints[obj["label"]]:
                     flat.extend(obj["points"].get(name, [0, 0, 0]))
-            build.annotation(image_id, category, bbox=obj["box"], polygons=obj["polygons"] or None, keypoints=flat)
+            polygons = obj["polygons"] or None
+            build.annotation(image_id, category, bbox=obj["box"], polygons=polygons, keypoints=flat, where=obj["where"])
     return build.result(root)
 
 
@@ -96,9 +97,14 @@ def _parse(path: Path, root: Path, images: Path | None, report: Report) -> dict[
         try:
             width, height = image_size(file)
         except OSError as exc:
-            report.skip(path, f"no imageWidth/imageHeight and the image {file} could not be read ({exc}); skipped")
+            report.skip(
+                path,
+                f"no imageWidth/imageHeight and the image {file} could not be read ({exc}); skipped",
+                "unreadable_image",
+            )
             return None
     return {
+        "where": path,
         "file": file,
         "file_name": file_name,
         "size": (width, height),
@@ -164,14 +170,14 @@ def _objects(path: Path, shapes: list[Any], report: Report) -> list[dict[str, An
             box = [min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)]
             problem = box_problem(box)
             if problem:
-                report.skip(where, f"{problem}; skipped")
+                report.skip(where, f"{problem}; skipped", "degenerate_box")
                 continue
             obj["box"] = box
         else:
             flat = _circle(xy) if kind == "circle" else [c for p in xy for c in p]
             problem = polygon_problem(flat) if flat else f"{kind} with {len(xy)} points"
             if problem:
-                report.skip(where, f"{problem}; skipped")
+                report.skip(where, f"{problem}; skipped", "empty_mask")
                 continue
             obj["polygons"].append(flat)
     for where, group, label, point in points:

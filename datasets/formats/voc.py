@@ -53,16 +53,17 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
                 report.skip(
                     record["where"],
                     f"<size> is missing and the image {record['file_name']} was not found to read it from; skipped",
+                    "unreadable_image",
                 )
                 continue
-        image_id = build.image(record["file_name"], *size, file)
+        image_id = build.image(record["file_name"], *size, file, where=record["where"])
         for obj in record["objects"]:
             category = build.category(obj["name"])
             if category is None:
                 report.skip(obj["where"], f"label {obj['name']!r} is not one of the --names; skipped")
                 continue
             extra = {"difficult": 1} if obj["difficult"] else {}
-            build.annotation(image_id, category, bbox=obj["bbox"], **extra)
+            build.annotation(image_id, category, bbox=obj["bbox"], where=obj["where"], **extra)
     return build.result(root)
 
 
@@ -114,7 +115,7 @@ def _parse(xml: Path, ann_root: Path, report: Report) -> dict[str, Any] | None:
         bbox = [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
         problem = box_problem(bbox)
         if problem:
-            report.skip(where, f"{problem}; skipped")
+            report.skip(where, f"{problem}; skipped", "degenerate_box")
             continue
         difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
         record["objects"].append({"name": name, "bbox": bbox, "difficult": difficult, "where": where})

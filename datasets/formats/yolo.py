@@ -71,14 +71,16 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
         try:
             width, height = image_size(file)
         except OSError as exc:
-            report.skip(file, f"image could not be read ({exc}); its labels {label.name} were not converted")
+            report.skip(
+                file, f"image could not be read ({exc}); its labels {label.name} were not converted", "unreadable_image"
+            )
             continue
-        image_id = build.image(_relative(file, img_root, root), width, height, file)
+        image_id = build.image(_relative(file, img_root, root), width, height, file, where=file)
         if label.is_file():
             _read_labels(label, image_id, width, height, names, pose, build, report)
     for orphan in walk(root, lambda p: p.suffix == ".txt" and "labels" in p.relative_to(root).parts):
         if os.path.normcase(os.path.abspath(orphan)) not in used:
-            report.skip(orphan, "label file without an image (the image gives the size); skipped")
+            report.skip(orphan, "label file without an image (the image gives the size); skipped", "unreadable_image")
     return build.result(img_root)
 
 
@@ -208,7 +210,7 @@ def _read_labels(
             continue
         expected = 4 + pose["k"] * pose["ndim"] if pose else None
         if expected and len(coords) != expected:
-            report.skip(where, f"{len(values)} values; pose lines have 5 + {pose['k']} x {pose['ndim']}")
+            report.skip(where, f"{len(values)} values; pose lines have 5 + {pose['k']} x {pose['ndim']}", "keypoints")
             continue
         if not expected and (len(coords) < 6 or len(coords) % 2) and len(coords) != 4:
             report.skip(
@@ -218,7 +220,9 @@ def _read_labels(
             continue
         shape = coords[:4] if expected or len(coords) == 4 else coords
         if any(v < -_SLACK or v > 1 + _SLACK for v in shape):
-            report.skip(where, "coordinates outside 0..1 (YOLO labels are normalised by the image size)")
+            report.skip(
+                where, "coordinates outside 0..1 (YOLO labels are normalised by the image size)", "box_outside_image"
+            )
             continue
         category = int(cls) + 1
         if len(shape) == 4:
@@ -226,7 +230,7 @@ def _read_labels(
             bbox = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
             problem = box_problem(bbox)
             if problem:
-                report.skip(where, problem)
+                report.skip(where, problem, "degenerate_box")
                 continue
             keypoints = _keypoints(coords[4:], pose, width, height) if pose else None
             if keypoints and not build.coco["categories"][category - 1].get("keypoints"):
@@ -234,14 +238,14 @@ def _read_labels(
                     build.category(names[category - 1], pose["names"], pose["skeleton"])
                 else:
                     keypoints = None
-            build.annotation(image_id, category, bbox=bbox, keypoints=keypoints)
+            build.annotation(image_id, category, bbox=bbox, keypoints=keypoints, where=where)
         else:
             polygon = [v * (width if i % 2 == 0 else height) for i, v in enumerate(shape)]
             problem = polygon_problem(polygon)
             if problem:
-                report.skip(where, problem)
+                report.skip(where, problem, "empty_mask")
                 continue
-            build.annotation(image_id, category, polygons=[polygon])
+            build.annotation(image_id, category, polygons=[polygon], where=where)
 
 
 def _keypoints(values: list[float], pose: dict[str, Any], width: int, height: int) -> list[float]:
