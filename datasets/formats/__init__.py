@@ -3,7 +3,8 @@
 Each format has a reader that returns a COCO dict (a :class:`~cnnapps.datasets.formats.hub.Collection`) and a writer
 from one; :data:`FORMATS` lists them with what each can hold, and :func:`convert` joins a reader to a writer. Bad
 input is reported one line per item (file and line or element) while the rest is converted; outputs are written
-under a temporary name and renamed when complete, never over an existing path. Imports no torch and no numpy.
+under a temporary name and renamed when complete, never over an existing path. Imports no torch, and numpy (with
+OpenCV and pycocotools) only to trace the polygons of RLE masks for a target that holds polygons but no masks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from cnnapps.datasets.formats import coco, cvat, labelme, voc, yolo
 from cnnapps.datasets.formats.disk import IMAGE_MODES, check_free, read_names, staged
-from cnnapps.datasets.formats.hub import Collection, FormatError, Report, polygons_of
+from cnnapps.datasets.formats.hub import Collection, FormatError, Report, polygons_of, trace_masks
 from cnnapps.errors import did_you_mean
 
 __all__ = [
@@ -52,7 +53,7 @@ FORMATS: dict[str, Format] = {
         "coco",
         coco.read,
         coco.write,
-        ("boxes", "polygons", "keypoints"),
+        ("boxes", "polygons", "masks", "keypoints"),
         "a .json file, or a folder for annotations.json (and images/)",
         "none",
         ".json",
@@ -150,6 +151,8 @@ def convert(
         names = read_names(Path(names))
     report = Report()
     data = source.read(src, report, names=names, images=Path(images) if images else None)
+    if "polygons" in target.holds and "masks" not in target.holds:
+        trace_masks(data, report)  # RLE masks (COCO's) become the polygons traced round them
     counts = _counts(data, target)
     with staged(dst) as at:
         written = target.write(data, dst, at, report, mode)

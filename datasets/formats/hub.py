@@ -199,6 +199,99 @@ def polygons_of(ann: dict[str, Any]) -> list[list[float]]:
     return [p for p in seg if len(p) >= 6] if isinstance(seg, list) else []
 
 
+def trace_masks(data: Collection, report: Report) -> None:
+    """Give every RLE-mask annotation (``segmentation`` a dict with ``size`` and ``counts``, compressed or not) the
+    polygons traced round its mask, for targets that hold polygons and no masks. Crowd regions are left as they are
+    (the writers say what becomes of them); a mask that cannot be decoded, or traces to no polygon, is reported
+    (its box is kept). numpy, OpenCV and pycocotools are imported only when such a mask is met."""
+    files = {image["id"]: image for image in data.coco["images"]}
+    annotations = []
+    for ann in data.coco["annotations"]:
+        seg = ann.get("segmentation")
+        if isinstance(seg, dict) and not ann.get("iscrowd"):
+            image = files.get(ann["image_id"], {})
+            where = data.origins.get(("annotation", ann.get("id")))
+            where = where or f"annotation {ann.get('id')} of {image.get('file_name', ann['image_id'])}"
+            ann = {k: v for k, v in ann.items() if k != "segmentation"}
+            try:
+                polygons = rle_polygons(seg, image.get("height"), image.get("width"))
+            except ValueError as exc:
+                report.skip(f"{where} segmentation", f"{exc}; mask left out (its box kept)", "empty_mask")
+                polygons = []
+            else:
+                if not polygons:
+                    report.skip(
+                        f"{where} segmentation",
+                        "RLE mask traces to no polygon (empty, or only parts under 1 px); mask left out (its box kept)",
+                        "empty_mask",
+                    )
+            if polygons:
+                ann["segmentation"] = [[_tidy(v) for v in p] for p in polygons]
+        annotations.append(ann)
+    data.coco = {**data.coco, "annotations": annotations}
+
+
+def rle_polygons(rle: dict[str, Any], height: int | None = None, width: int | None = None) -> list[list[float]]:
+    """The outer outlines of a COCO RLE mask as flat polygons in pixels, as ultralytics' JSON2YOLO traces them
+    (OpenCV's outer contours with CHAIN_APPROX_SIMPLE; parts of fewer than 3 points or under 1 px of area
+    dropped). ``height``/``width``: the image's, which the mask's ``size`` must match. Raises ``ValueError`` for a
+    mask that is not a valid RLE (checked before the decoder sees it)."""
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ValueError(f"RLE size {size!r} is not [height, width]")
+    h, w = size
+    if height is not None and width is not None and (h, w) != (height, width):
+        raise ValueError(f"RLE size {h} x {w} (height x width) is not the image's {height} x {width}")
+    runs = _rle_counts(counts)
+    if runs is None or any(c < 0 for c in runs):
+        raise ValueError("RLE counts are neither a list of run lengths nor a COCO-compressed string")
+    if sum(runs) != h * w:
+        raise ValueError(f"RLE counts cover {sum(runs)} pixels, its size {h} x {w} = {h * w}")
+    import cv2
+    import numpy as np
+    from pycocotools import mask as mask_api
+
+    mask = mask_api.decode(mask_api.frPyObjects({"size": [h, w], "counts": runs}, h, w))
+    contours, _ = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for contour in contours:
+        flat = [float(v) for v in contour.reshape(-1)]
+        if len(flat) >= 6 and polygon_area(flat) >= 1:
+            polygons.append(flat)
+    return polygons
+
+
+def _rle_counts(counts: object) -> list[int] | None:
+    """The run lengths of an RLE: a list as it is, a string decoded as COCO's maskApi does (6-bit groups from
+    ``0`` up, each run after the second stored as the difference from the one two before); ``None`` if invalid."""
+    if isinstance(counts, list):
+        return counts if all(isinstance(c, int) and not isinstance(c, bool) for c in counts) else None
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", "replace")
+    if not isinstance(counts, str):
+        return None
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                return None
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
 def joined(polygons: list[list[float]]) -> list[float]:
     """Several polygon parts as one outline: each part is reached from the first by a zero-width bridge between
     their closest points and walked round back to it (as ultralytics joins COCO's multi-part objects)."""

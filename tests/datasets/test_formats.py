@@ -407,3 +407,105 @@ def test_conversion_imports_no_torch_or_numpy(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def rle_masks(images: list[dict]) -> dict:
+    """RLE masks as cnnapps' synthetic data has them: a square (compressed counts) and a disc (uncompressed
+    counts), not crowds, and one crowd region."""
+    import numpy as np
+    from pycocotools import mask as mask_api
+
+    square = np.zeros((48, 64), np.uint8)
+    square[8:40, 12:44] = 1
+    yy, xx = np.mgrid[:60, :80]
+    disc = ((xx - 45) ** 2 + (yy - 28) ** 2 <= 18**2).astype(np.uint8)
+    crowd = np.zeros((40, 50), np.uint8)
+    crowd[5:20, 5:30] = 1
+    compressed = mask_api.encode(np.asfortranarray(square))
+    column_major = disc.T.reshape(-1)  # COCO's uncompressed counts: runs down the columns, zeros first
+    edges = np.flatnonzero(np.diff(column_major)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [column_major.size]])).tolist()
+    anns = [
+        {"segmentation": {"size": [48, 64], "counts": compressed["counts"].decode()}, "mask": square},
+        {"segmentation": {"size": [60, 80], "counts": runs if column_major[0] == 0 else [0, *runs]}, "mask": disc},
+        {"segmentation": mask_api.encode(np.asfortranarray(crowd)), "mask": crowd, "iscrowd": 1},
+    ]
+    for i, ann in enumerate(anns):
+        ys, xs = np.nonzero(ann.pop("mask"))
+        if isinstance(ann["segmentation"]["counts"], bytes):
+            ann["segmentation"]["counts"] = ann["segmentation"]["counts"].decode()
+        ann.update(
+            id=i + 1,
+            image_id=i + 1,
+            category_id=i + 1,
+            bbox=[int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+            area=len(xs),
+            iscrowd=ann.get("iscrowd", 0),
+        )
+    cats = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(["square", "circle", "crowd"])]
+    return {"images": images, "categories": cats, "annotations": anns}
+
+
+def decoded(segmentation, height: int, width: int):
+    """A COCO segmentation (polygons or RLE) as a boolean mask, as pycocotools rasterises it."""
+    from pycocotools import mask as mask_api
+
+    if isinstance(segmentation, dict) and isinstance(segmentation["counts"], str):  # compressed RLE
+        return mask_api.decode(segmentation).astype(bool)
+    rles = mask_api.frPyObjects(segmentation, height, width)
+    return mask_api.decode(mask_api.merge(rles) if isinstance(rles, list) else rles).astype(bool)
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "labelme", "cvat"])
+def test_rle_masks_are_written_as_the_polygons_traced_round_them(tmp_path, fmt):
+    path, images = source(tmp_path, rle_masks)
+    there = convert(path, tmp_path / f"out-{fmt}", to=fmt, images=images)
+    assert there.skipped == [] and there.annotations == 3
+    assert there.polygons == 2  # the square and the disc; the crowd region stays a mask
+    assert any("crowd regions (iscrowd) left out" in n for n in there.notes)
+    assert not any("RLE" in n for n in there.notes)  # no mask was written as its box
+    if fmt == "yolo":
+        assert there.written["kind"] == "segment"
+    back = convert(tmp_path / f"out-{fmt}", tmp_path / "back.json", to="coco")
+    assert back.skipped == [] and back.polygons == 2
+    original, returned = json.loads(path.read_text()), json.loads((tmp_path / "back.json").read_text())
+    sizes = {im["file_name"]: (im["height"], im["width"]) for im in original["images"]}
+    before = {a["file"]: a for a in objects(original) if not a["iscrowd"]}
+    after = {a["file"]: a for a in objects(returned)}
+    assert sorted(after) == sorted(before) == ["im0.png", "im1.png"]
+    for file, ann in before.items():
+        height, width = sizes[file]
+        assert isinstance(after[file]["segmentation"], list) and after[file]["name"] == ann["name"]
+        mask = decoded(ann["segmentation"], height, width)
+        traced = decoded(after[file]["segmentation"], height, width)
+        iou = (mask & traced).sum() / (mask | traced).sum()
+        assert iou >= 0.9, (fmt, file, iou)
+
+
+def test_rle_masks_that_trace_to_nothing_are_reported(tmp_path, run_cli):
+    path, images = source(tmp_path, rle_masks)
+    coco = json.loads(path.read_text())
+    empty = {"size": [48, 64], "counts": [48 * 64]}
+    dot = {"size": [60, 80], "counts": [60 * 30 + 20, 1, 60 * 50 - 21]}  # one pixel: no outline of 3 points
+    short = {"size": [48, 64], "counts": [10, 5]}  # runs that do not cover the image
+    coco["annotations"][0]["segmentation"], coco["annotations"][1]["segmentation"] = empty, dot
+    coco["annotations"].append({**coco["annotations"][0], "id": 9, "segmentation": short})
+    path.write_text(json.dumps(coco))
+
+    done = convert(path, tmp_path / "out", to="yolo", images=images)
+    assert done.polygons == 0 and done.boxes == 4
+    assert done.skipped == [
+        f"{path}: annotations[0] (id 1) segmentation: RLE mask traces to no polygon (empty, or only parts under "
+        "1 px); mask left out (its box kept)",
+        f"{path}: annotations[1] (id 2) segmentation: RLE mask traces to no polygon (empty, or only parts under "
+        "1 px); mask left out (its box kept)",
+        f"{path}: annotations[3] (id 9) segmentation: RLE counts cover 15 pixels, its size 48 x 64 = 3072; "
+        "mask left out (its box kept)",
+    ]
+    assert (tmp_path / "out" / "labels" / "im0.txt").read_text().count("\n") == 2  # both boxes written
+
+    voc = convert(path, tmp_path / "voc", to="voc", images=images)  # boxes only: masks are not traced
+    assert voc.skipped == [] and "VOC holds boxes only: polygons and masks were not written" in voc.notes
+
+    code, _, err = run_cli("data", "convert", path, tmp_path / "cli", "--to", "yolo", "--images", images)
+    assert code == 1 and f"{path}: annotations[0] (id 1) segmentation: RLE mask traces to no polygon" in err
