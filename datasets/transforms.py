@@ -23,6 +23,8 @@ PRESETS = {
     "default": "random resized crop (35-100% of the area), horizontal flip, light colour jitter",
     "alexnet": "AlexNet recipe: shorter side to 256, random 224 crops, horizontal flips, PCA colour noise",
     "creative": "geometric 'get creative': translation, rotation, stretch, shear, lens distortion (no flips)",
+    "randaugment": "random resized crop, horizontal flip, then torchvision's RandAugment (2 ops of magnitude 9)",
+    "trivialaugment": "random resized crop, horizontal flip, then torchvision's TrivialAugmentWide (1 op)",
     "none": "no augmentation: the evaluation preprocessing",
 }
 
@@ -50,7 +52,10 @@ def train_transform(preset: str, spec: Preprocess, output: str = "float32") -> C
     else:
         fit = [A.SmallestMaxSize(max_size=spec.resize), A.CenterCrop(height, width)]
 
-    if preset == "default":
+    policy = _policy(preset)  # RandAugment / TrivialAugmentWide: on the uint8 image, after the steps below
+    if policy is not None:
+        steps = [A.RandomResizedCrop(size=(height, width), scale=(0.35, 1.0)), A.HorizontalFlip(p=0.5)]
+    elif preset == "default":
         jitter = colour and not uint8
         steps = [
             A.RandomResizedCrop(size=(height, width), scale=(0.35, 1.0)),
@@ -84,17 +89,35 @@ def train_transform(preset: str, spec: Preprocess, output: str = "float32") -> C
             A.OpticalDistortion(distort_limit=0.15, p=0.5),
         ]
     normalise = [] if uint8 else [A.Normalize(mean=spec.mean, std=spec.std, max_pixel_value=255.0)]
-    pipeline = A.Compose([*steps, *normalise])
+    pipeline = A.Compose([*steps, *normalise] if policy is None else steps)
+    if policy is not None:
+        import torch
+
+        mean = np.asarray(spec.mean, np.float32)[:, None, None] * 255.0
+        std = np.asarray(spec.std, np.float32)[:, None, None] * 255.0
 
     def apply(rgb: np.ndarray) -> np.ndarray:
         img = rgb if colour else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
         out = pipeline(image=img)["image"]
         if out.ndim == 2:
             out = out[:, :, None]
+        if policy is not None:  # torchvision's policies take uint8 (C, H, W) tensors (torch's RNG, seeded per worker)
+            chw = policy(torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))).numpy()
+            return chw if uint8 else np.ascontiguousarray((chw.astype(np.float32) - mean) / std)
         return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.uint8 if uint8 else np.float32)
 
     apply.pipeline = pipeline  # type: ignore[attr-defined]  # for seeding (pipeline.set_random_seed)
+    apply.policy = policy  # type: ignore[attr-defined]  # torchvision's policy draws from torch's global RNG
     return apply
+
+
+def _policy(preset: str) -> Any:
+    """torchvision's automatic augmentation policy of ``preset``, or None for the albumentations presets."""
+    if preset not in ("randaugment", "trivialaugment"):
+        return None
+    from torchvision.transforms import v2
+
+    return v2.RandAugment(num_ops=2, magnitude=9) if preset == "randaugment" else v2.TrivialAugmentWide()
 
 
 def eval_transform(spec: Preprocess, output: str = "float32") -> Callable[[np.ndarray], np.ndarray]:

@@ -2,11 +2,86 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from cnnapps.apps.common.config import TrainConfig
+from cnnapps.apps.common.config import MORE_PANEL, ConfigError, TrainConfig, option
+
+#: how training images are drawn: shuffled, or by inverse class frequency (every class about equally often)
+SAMPLERS = ("shuffle", "balanced")
+#: mixing of image pairs on the batch (timm's Mixup): MixUp, CutMix, or either (half the batches each)
+MIXES = ("none", "mixup", "cutmix", "both")
+#: transfer-learning presets, made of ``freeze`` and ``llrd`` (see the field's help)
+TRANSFER_PRESETS = ("none", "small-data", "more-data")
+#: ``more-data``'s layer-wise learning-rate decay when ``llrd`` is not given
+MORE_DATA_LLRD = 0.5
 
 
 @dataclass
 class ClassifyConfig(TrainConfig):
     """Fine-tune a backbone with a linear head on a class-per-folder tree or a path,label CSV."""
+
+    class_weights: str | None = option(
+        None, "Weigh the cross-entropy per class: auto (inverse class frequency in the training set, mean 1) or a "
+        "YAML/JSON/CSV file of class name -> weight (classes it leaves out weigh 1).", panel=MORE_PANEL,
+    )  # fmt: skip
+    sampler: str = option(
+        "shuffle", "shuffle, or balanced: draw training images by inverse class frequency (each class about "
+        "equally often; an epoch is still as many draws as images; with several processes each takes its share of "
+        "the same seeded draws).", choices=SAMPLERS, panel=MORE_PANEL,
+    )  # fmt: skip
+    mix: str = option(
+        "none", "Mix image pairs in each training batch: none, mixup, cutmix or both (either, at random per "
+        "batch); the loss takes the mixed soft targets (with --label-smoothing).", choices=MIXES, panel=MORE_PANEL,
+    )  # fmt: skip
+    ema: bool = option(
+        False, "Keep an exponential moving average of the weights, validated each epoch beside them; the better "
+        "of the two is saved.", panel=MORE_PANEL,
+    )  # fmt: skip
+    ema_decay: float = option(
+        0.999, "EMA decay, warmed up over the optimiser steps t as min(decay, 1 - (1 + t)^-0.75).", panel=MORE_PANEL
+    )
+    llrd: float | None = option(
+        None, "Layer-wise lr decay in (0, 1]: the head gets --lr, the backbone's last stage lr x llrd, the one "
+        "before lr x llrd^2, ... (the stem with the first stage).", panel=MORE_PANEL,
+    )  # fmt: skip
+    preset: str = option(
+        "none", "Transfer-learning preset: small-data (train only the new head: the whole trunk frozen, batch "
+        "norm included) or more-data (freeze the stem and the first half of the stages, llrd 0.5 on the rest); "
+        "freeze and llrd given beside more-data win.", choices=TRANSFER_PRESETS,
+    )  # fmt: skip
+
+    def validate(self) -> ClassifyConfig:
+        super().validate()
+        checks = [
+            (0 < self.ema_decay < 1, f"ema_decay: must be between 0 and 1, not {self.ema_decay}"),
+            (self.llrd is None or 0 < self.llrd <= 1, f"llrd: must be in (0, 1], not {self.llrd}"),
+            (not (self.class_weights and self.sampler == "balanced"),
+             "class_weights: the balanced sampler already draws every class about equally often; use one of them"),
+            (not (self.preset != "none" and self.trunk), "preset: a --trunk is frozen whole; leave preset out"),
+            (not (self.preset == "small-data" and self.freeze),
+             "freeze: preset small-data freezes the whole trunk; leave freeze out"),
+            (not (self.preset == "small-data" and self.llrd is not None),
+             "llrd: preset small-data trains only the head; leave llrd out"),
+            (not (self.trunk and self.llrd is not None), "llrd: a --trunk is frozen whole; leave llrd out"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.class_weights is not None and not self.class_weights.strip():
+            raise ConfigError("class_weights: auto or a file of class name -> weight, not an empty value")
+        return self
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> ClassifyConfig:
+        """``config`` as a ClassifyConfig (a plain TrainConfig gets this class's defaults for the rest)."""
+        if isinstance(config, cls):
+            return config
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+    @property
+    def layer_decay(self) -> float | None:
+        """The llrd factor in force: ``llrd``, or the more-data preset's."""
+        if self.llrd is not None:
+            return self.llrd
+        return MORE_DATA_LLRD if self.preset == "more-data" else None

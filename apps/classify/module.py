@@ -9,22 +9,60 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnapps.apps.classify.config import ClassifyConfig
 from cnnapps.apps.classify.model import Classifier
 from cnnapps.apps.common.training import TaskModule, TrainConfig
+
+#: timm's Mixup settings per ``mix`` (the DeiT recipe's alphas; "both" picks MixUp or CutMix per batch)
+MIX_SETTINGS = {
+    "mixup": {"mixup_alpha": 0.8, "cutmix_alpha": 0.0},
+    "cutmix": {"mixup_alpha": 0.0, "cutmix_alpha": 1.0},
+    "both": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "switch_prob": 0.5},
+}
+#: the EMA decay's warm-up, ``min(ema_decay, 1 - (1 + t) ** -EMA_WARMUP_POWER)`` (timm's suggestion for short runs)
+EMA_WARMUP_POWER = 0.75
 
 
 class ClassificationModule(TaskModule):
     """Cross-entropy training with top-1/top-5 validation accuracy.
 
+    Options of :class:`ClassifyConfig`: per-class loss weights (``class_weights``, given here as a tensor), MixUp /
+    CutMix on the batch with soft targets (``mix``), an EMA of the weights validated beside them (``ema``) and
+    layer-wise learning-rate decay (``llrd``).
+
     Validation batches may carry each image's index in the validation set (``LabeledImageDataset(with_index=
     True)``): the class probabilities of the best epoch so far are then kept (:attr:`best_outputs`), so the
     report written at the end needs no second pass over the validation images."""
 
-    def __init__(self, model: Classifier, config: TrainConfig) -> None:
+    def __init__(self, model: Classifier, config: TrainConfig, class_weights: torch.Tensor | None = None) -> None:
         super().__init__(config)
+        config = ClassifyConfig.of(config)
         self.model = model.train()  # Lightning keeps each module's mode; frozen stages keep BN in eval
-        self.loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         num_classes = model.fc.out_features
+        weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        # the training loss; validation's stays unweighted, so val_loss compares across settings
+        self.loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+        self.val_loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.mixer = None
+        if config.mix != "none":
+            from timm.data import Mixup
+
+            self.mixer = Mixup(**MIX_SETTINGS[config.mix], label_smoothing=config.label_smoothing,
+                               num_classes=num_classes)  # fmt: skip
+            self.soft_loss = nn.CrossEntropyLoss(weight=weight)  # the smoothing is in the mixed targets
+        self.layer_decay = config.layer_decay
+        self.ema = None
+        if config.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True, warmup_power=EMA_WARMUP_POWER)
+            self.ema.requires_grad_(False)  # averaged, never optimised
+            self.val_ema_top1 = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
+            self.val_ema_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), validate_args=False)
+        self._ema_step = -1
+        self._val_ema_loss_sum: torch.Tensor | None = None
+        self._val_ema_count = 0
+        self._val_ema_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # validate_args=False: the checks call torch.unique and read its size, a host sync on every step
         self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
@@ -38,10 +76,26 @@ class ClassificationModule(TaskModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def mix_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp / CutMix of the batch (in place) and its soft targets (rows summing to 1, label smoothing in
+        them). timm mixes even batches: an odd batch's last image keeps its own (smoothed) target."""
+        from timm.data.mixup import mixup_target
+
+        even = len(x) - len(x) % 2
+        targets = mixup_target(y, self.mixer.num_classes, 1.0, self.mixer.label_smoothing)
+        if even >= 2:
+            x[:even], targets[:even] = self.mixer(x[:even], y[:even])
+        return x, targets
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
-        loss = self.loss(logits, y)
+        if self.mixer is not None:
+            x, soft = self.mix_batch(x, y)
+            logits = self(x)
+            loss = self.soft_loss(logits, soft)
+        else:
+            logits = self(x)
+            loss = self.loss(logits, y)
         self.train_top1(logits, y)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         self.log("train_top1", self.train_top1, on_step=False, on_epoch=True)
@@ -50,8 +104,10 @@ class ClassificationModule(TaskModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x, y, *index = batch
+        if self.ema is not None:
+            self._validate_ema(x, y, index)
         logits = self(x)
-        loss = self.loss(logits, y)
+        loss = self.val_loss_fn(logits, y)
         self.val_top1(logits, y)
         self.val_top5(logits, y)
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
@@ -70,12 +126,73 @@ class ClassificationModule(TaskModule):
         if self.trainer.sanity_checking:
             return
         top1 = float(self.val_top1.compute())
-        self.record_epoch({"val_loss": val_loss, "val_top1": top1, "val_top5": float(self.val_top5.compute())})
+        values = {"val_loss": val_loss, "val_top1": top1, "val_top5": float(self.val_top5.compute())}
+        chosen = top1
+        if self.ema is not None:
+            ema = self._ema_epoch_values()
+            values.update(ema)
+            # what the best checkpoint is chosen by: the better of the raw and the averaged weights
+            chosen = max(top1, ema["val_ema_top1"])
+            values["val_select_top1"] = chosen
+            self.log("val_select_top1", chosen)
+            if ema["val_ema_top1"] > top1:
+                outputs = self._val_ema_outputs
+            self._val_ema_outputs = []
+        self.record_epoch(values)
         # the best checkpoint is replaced only by a strictly higher val_top1 (ModelCheckpoint, mode "max")
-        if outputs and (self.best_outputs is None or top1 > self.best_outputs["val_top1"]):
+        if outputs and (self.best_outputs is None or chosen > self.best_outputs["val_top1"]):
             probs, labels, indices = (torch.cat(parts).cpu().numpy() for parts in zip(*outputs, strict=True))
-            self.best_outputs = {"epoch": self.current_epoch + 1, "val_top1": top1, "probs": probs,
+            self.best_outputs = {"epoch": self.current_epoch + 1, "val_top1": chosen, "probs": probs,
                                  "labels": labels, "indices": indices}  # fmt: skip
+
+    # -- exponential moving average of the weights -------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._ema_step = self.trainer.global_step
+        if self.ema is not None:  # the model may have been put in channels_last since the copy was made
+            fmt = torch.channels_last if _is_channels_last(self.model) else torch.contiguous_format
+            self.ema.module.to(memory_format=fmt)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.trainer.global_step  # optimiser steps: with --accumulate N, one per N batches
+        if self.ema is not None and step != self._ema_step:
+            self._ema_step = step
+            self.update_ema(step)
+
+    def update_ema(self, step: int) -> None:
+        """Move the averaged weights towards the model's: ``ema += (1 - d) (model - ema)`` with
+        ``d = min(ema_decay, 1 - (1 + t) ** -0.75)`` for ``t = step - 1`` (the first step copies the model)."""
+        self.ema.update(self.model, step=step)
+
+    def _validate_ema(self, x: torch.Tensor, y: torch.Tensor, index: list[torch.Tensor]) -> None:
+        logits = self.ema.module(x)
+        self.val_ema_top1(logits, y)
+        self.val_ema_top5(logits, y)
+        total = self.val_loss_fn(logits, y).detach().float() * len(y)
+        self._val_ema_loss_sum = total if self._val_ema_loss_sum is None else self._val_ema_loss_sum + total
+        self._val_ema_count += len(y)
+        if index:
+            self._val_ema_outputs.append((logits.detach().float().softmax(1), y.detach(), index[0].detach()))
+
+    def _ema_epoch_values(self) -> dict[str, float]:
+        loss_sum = float(self._val_ema_loss_sum) if self._val_ema_loss_sum is not None else 0.0
+        values = {
+            "val_ema_top1": float(self.val_ema_top1.compute()),
+            "val_ema_top5": float(self.val_ema_top5.compute()),
+            "val_ema_loss": loss_sum / max(1, self._val_ema_count),
+        }
+        self.val_ema_top1.reset()
+        self.val_ema_top5.reset()
+        self._val_ema_loss_sum, self._val_ema_count = None, 0
+        return values
+
+    # -- layer-wise learning-rate decay ---------------------------------------------------------------------
+    def parameter_groups(self) -> Any:
+        """All trainable parameters at ``lr``, or with ``llrd`` one group per depth: the head at lr first, then the
+        backbone's stages from the last (lr x llrd, with the trunk's layers after it) to the first with the stem
+        (lr x llrd^n)."""
+        if self.layer_decay is None:
+            return super().parameter_groups()
+        return layer_decay_groups(self.model, self.lr, self.layer_decay)
 
     def outputs_of_best(self, epoch: int | None, size: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(probabilities, labels) of the validation set in order, from epoch ``epoch``'s validation, when this
@@ -87,3 +204,24 @@ class ClassificationModule(TaskModule):
         if not np.array_equal(kept["indices"][order], np.arange(size)):
             return None
         return kept["probs"][order], kept["labels"][order]
+
+
+def layer_decay_groups(model: Classifier, lr: float, decay: float) -> list[dict[str, Any]]:
+    """Optimiser parameter groups of layer-wise lr decay (trainable parameters only; empty groups left out)."""
+    stages = [list(group) for group in model.backbone.stage_parameters()]
+    in_stages = {id(p) for group in stages for p in group}
+    # the trunk's layers after its last stage (e.g. EfficientNet's conv_head) go with the last stage
+    stages[-1] += [p for p in model.backbone.parameters() if id(p) not in in_stages]
+    in_trunk = {id(p) for p in model.backbone.parameters()}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in in_trunk]
+    groups = [{"params": head, "lr": lr, "name": "head"}]
+    for k, group in enumerate(reversed(stages), start=1):
+        params = [p for p in group if p.requires_grad]
+        name = model.backbone.stages[len(stages) - k].name if len(model.backbone.stages) == len(stages) else str(k)
+        groups.append({"params": params, "lr": lr * decay**k, "name": name})
+    return [g for g in groups if g["params"]]
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    return any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in model.parameters())  # fmt: skip

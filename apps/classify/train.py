@@ -21,10 +21,13 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     """Run training and write the run folder; returns the metrics written to ``metrics.json``."""
     from cnnapps.apps.common.training import run_training
 
-    return run_training(config, _prepare, _finish)
+    return run_training(ClassifyConfig.of(config), _prepare, _finish)
 
 
-def _prepare(config: TrainConfig, device: Any) -> Any:
+def _prepare(config: ClassifyConfig, device: Any) -> Any:
+    import torch
+
+    from cnnapps.apps.classify.balance import balanced_sampler, class_weights
     from cnnapps.apps.classify.model import Classifier
     from cnnapps.apps.classify.module import ClassificationModule
     from cnnapps.apps.common.training import Plan, backbone_for, labelled_loaders
@@ -37,18 +40,61 @@ def _prepare(config: TrainConfig, device: Any) -> Any:
         raise CnnappsError(f"{config.data}: only one class ({only}); a classifier needs two or more")
     if len(val_set) == 0:
         raise CnnappsError(f"{config.data}: the validation split is empty; add images or raise --val-split")
+    names = train_set.class_names
+    weights = class_weights(config.class_weights, train_set.labels, names) if config.class_weights else None
     backbone, spec = backbone_for(config)
-    model = Classifier(backbone, len(train_set.class_names), config.dropout, train_set.class_names)
-    module = ClassificationModule(model, config)
-    train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device, True)
+    header = _apply_preset(config, backbone)
+    model = Classifier(backbone, len(names), config.dropout, names)
+    module = ClassificationModule(model, config, None if weights is None else torch.as_tensor(weights))
+    sampler = balanced_sampler(train_set.labels, len(names), config.seed) if config.sampler == "balanced" else None
+    train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device, True,
+                                                sampler=sampler)  # fmt: skip
+    header += _option_lines(config, module, names, weights)
     trunk = f"trunk {config.trunk}" if config.trunk else f"{config.backbone} ({backbone.weights})"
     describe = (
         f"training {trunk} on {plural(len(train_set), 'image')} of {plural(len(train_set.class_names), 'class')}, "
         f"validating on {len(val_set)}"
     )
-    return Plan(module, train_loader, val_loader, describe, "val_top1",
-                len(train_set), len(val_set), curves=("val_top1", "val_top5"),
-                extra={"val_set": val_set, "spec": spec, "class_names": train_set.class_names})  # fmt: skip
+    best = "val_select_top1" if config.ema else "val_top1"  # with an EMA: the better of the two weights
+    curves = ("val_top1", "val_ema_top1", "val_top5") if config.ema else ("val_top1", "val_top5")
+    return Plan(module, train_loader, val_loader, describe, best,
+                len(train_set), len(val_set), curves=curves,
+                extra={"val_set": val_set, "spec": spec, "class_names": train_set.class_names},
+                header=tuple(header))  # fmt: skip
+
+
+def _apply_preset(config: ClassifyConfig, backbone: Any) -> list[str]:
+    """Freeze the backbone as the transfer-learning ``preset`` says; returns the header line saying so."""
+    if config.preset == "small-data":
+        backbone.freeze_all()
+        return ["preset small-data: the whole trunk frozen (batch norm included); only the new head trains"]
+    if config.preset == "more-data":
+        if not config.freeze:
+            backbone.freeze(len(backbone.stages) // 2)
+        frozen = backbone.frozen_stages
+        return [f"preset more-data: stem and {frozen} of {len(backbone.stages)} stages frozen, "
+                f"llrd {config.layer_decay:g} on the rest"]  # fmt: skip
+    return []
+
+
+def _option_lines(config: ClassifyConfig, module: Any, names: list[str], weights: Any) -> list[str]:
+    """Header lines for the training options in force (llrd, class weights, sampler, mix, EMA)."""
+    lines = []
+    if module.layer_decay is not None:
+        groups = module.parameter_groups()
+        lrs = ", ".join(f"{g['name']} {g['lr']:.3g}" for g in groups)
+        lines.append(f"llrd {module.layer_decay:g}: lr {lrs}")
+    if weights is not None:
+        shown = ", ".join(f"{n} {w:.3g}" for n, w in list(zip(names, weights, strict=True))[:12])
+        more = f", ... ({len(names)} classes)" if len(names) > 12 else ""
+        lines.append(f"class weights ({config.class_weights}): {shown}{more}")
+    if config.sampler == "balanced":
+        lines.append("sampler balanced: training images drawn by inverse class frequency")
+    if config.mix != "none":
+        lines.append(f"mix {config.mix} on each training batch (soft targets)")
+    if config.ema:
+        lines.append(f"ema: decay {config.ema_decay:g} (with warm-up), validated beside the raw weights")
+    return lines
 
 
 def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[str, Any]:
@@ -62,10 +108,19 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
 
     out = Path(config.out)
     names, spec = plan.extra["class_names"], plan.extra["spec"]
-    model = result.module.model.float().eval()
+    module = result.module
+    best_entry = max(result.history, key=lambda h: h.get(plan.best) or 0.0) if result.history else {}
+    best = best_entry.get("epoch")
+    chosen = {}
+    if module.ema is not None and best_entry:
+        use_ema = best_entry["val_ema_top1"] > best_entry["val_top1"]
+        if use_ema:  # model.safetensors holds the better of the raw and the averaged weights
+            module.model.load_state_dict(module.ema.module.state_dict())
+        chosen = {"ema": {"weights": "ema" if use_ema else "raw", "raw_val_top1": best_entry["val_top1"],
+                          "ema_val_top1": best_entry["val_ema_top1"], "decay": config.ema_decay}}  # fmt: skip
+    model = module.model.float().eval()
     val_set = plan.extra["val_set"]
-    best = max(result.history, key=lambda h: h.get(plan.best) or 0.0)["epoch"] if result.history else None
-    kept = result.module.outputs_of_best(best, len(val_set))
+    kept = module.outputs_of_best(best, len(val_set))
     if kept is not None:  # the best epoch's validation already scored every image with these weights
         report = report_from_probs(*kept, names)
     else:  # e.g. resumed after the best epoch: score the validation set again
@@ -75,5 +130,5 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
     save_model(out / "model.safetensors", "classify", model, *trunk_identity(config), spec.to_dict(),
                {**metrics, "epochs": len(result.history)})  # fmt: skip
     plot_confusion(report.confusion, names, out / "confusion_matrix.png")
-    return {**metrics, "per_class": report.to_dict()["per_class"], "confusion_matrix": report.confusion,
+    return {**metrics, **chosen, "per_class": report.to_dict()["per_class"], "confusion_matrix": report.confusion,
             "class_names": names}  # fmt: skip

@@ -115,6 +115,10 @@ def _seeded(transform: Any, seed: int) -> Any:
     pipeline = getattr(transform, "pipeline", None)
     if pipeline is not None:
         pipeline.set_random_seed(seed)
+    if getattr(transform, "policy", None) is not None:  # RandAugment / TrivialAugment draw from torch's RNG
+        import torch
+
+        torch.manual_seed(seed)
     return transform
 
 

@@ -20,7 +20,7 @@ from cnnapps.errors import CnnappsError
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "plateau", "none")
 #: classification augmentation presets (described in cnnapps.datasets.transforms.PRESETS)
-AUGMENT_PRESETS = ("default", "alexnet", "creative", "none")
+AUGMENT_PRESETS = ("default", "alexnet", "creative", "randaugment", "trivialaugment", "none")
 # Lightning strategies offered for several processes (one per GPU, or CPU processes with the gloo backend)
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 # how the learning rate follows the number of processes: "linear" (Goyal et al. 2017) or "sqrt" (for Adam-like
@@ -72,7 +72,10 @@ class TrainConfig:
     schedule: str = option("cosine", "cosine, step, plateau (divide by 10 on a plateau) or none.", choices=SCHEDULES)
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.", panel=MORE_PANEL)
     dropout: float = option(0.2, "Dropout before the head.", panel=MORE_PANEL)
-    augment: str = option("default", "default, alexnet, creative or none.", choices=AUGMENT_PRESETS)
+    augment: str = option(
+        "default", "default, alexnet, creative, randaugment, trivialaugment (torchvision's RandAugment / "
+        "TrivialAugmentWide after a random resized crop and flip) or none.", choices=AUGMENT_PRESETS,
+    )  # fmt: skip
     input_size: int | None = option(None, "Train and predict at this side length.")
     val_split: float = option(0.2, "Validation fraction when the data has no separate validation set.")
     patience: int | None = option(None, "Stop after this many epochs without improvement.")
@@ -101,6 +104,10 @@ class TrainConfig:
     augment_on: str = option(
         "auto", "Where colour jitter and normalisation run: auto (the GPU when training on one), device or workers.",
         choices=AUGMENT_PLACES, panel=MORE_PANEL,
+    )  # fmt: skip
+    accumulate: int = option(
+        1, "Average the gradients of this many batches per optimiser step (effective batch: batch size x processes x "
+        "this).", panel=MORE_PANEL,
     )  # fmt: skip
     progress: bool = option(True, cli=False)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
@@ -133,6 +140,7 @@ class TrainConfig:
             (self.workers is None or self.workers >= 0, f"workers: must be 0 or more, not {self.workers}"),
             (self.devices >= 1, f"devices: must be at least 1, not {self.devices}"),
             (self.num_nodes >= 1, f"num_nodes: must be at least 1, not {self.num_nodes}"),
+            (self.accumulate >= 1, f"accumulate: must be at least 1, not {self.accumulate}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -150,8 +158,9 @@ class TrainConfig:
 
     @property
     def global_batch_size(self) -> int:
-        """Images per optimiser step: ``batch_size`` is per process, gradients are averaged over all of them."""
-        return self.batch_size * self.world_size
+        """Images per optimiser step: ``batch_size`` is per process, gradients are averaged over all of them and
+        over ``accumulate`` batches."""
+        return self.batch_size * self.world_size * self.accumulate
 
     @property
     def learning_rate(self) -> float:
@@ -165,6 +174,8 @@ class TrainConfig:
         base = self.lr if self.lr is not None else self.default_lr()
         nodes = f"{self.num_nodes} node{'s' if self.num_nodes > 1 else ''}"
         batch = f"batch {self.global_batch_size} = {self.batch_size} per process x {self.devices} per node x {nodes}"
+        if self.accumulate > 1:
+            batch += f" x {self.accumulate} accumulated batches"
         if self.lr_scaling == "none":
             hint = f"; --lr-scaling linear would use {base * self.world_size:g}" if self.world_size > 1 else ""
             return f"{batch}; lr {base:g} (no scaling{hint})"

@@ -103,10 +103,12 @@ def augment_on_device(config: TrainConfig, device: torch.device) -> bool:
 
 
 def labelled_loaders(config: TrainConfig, model: Any, module: Any, train_set: Any, val_set: Any, spec: Any,
-                     device: torch.device, with_index: bool = False) -> tuple[Any, Any]:  # fmt: skip
+                     device: torch.device, with_index: bool = False,
+                     sampler: Any = None) -> tuple[Any, Any]:  # fmt: skip
     """Loaders over labelled images for a model whose ``module`` trains it: the augmentation preset in the workers,
     and on a GPU uint8 batches whose colour jitter and normalisation the module runs on the device (in
-    channels_last, as ``model`` is put). ``with_index``: validation items carry their index."""
+    channels_last, as ``model`` is put). ``with_index``: validation items carry their index; ``sampler``: how
+    training items are drawn (shuffled when None)."""
     from cnnapps.datasets.training import LabeledImageDataset
     from cnnapps.datasets.transforms import batch_transform, eval_transform, train_transform
     from cnnapps.runtime import to_channels_last
@@ -120,7 +122,7 @@ def labelled_loaders(config: TrainConfig, model: Any, module: Any, train_set: An
     val = LabeledImageDataset(val_set, eval_transform(spec, output), with_index=with_index)
     if on_device:
         module.batch_transform = batch_transform(config.augment, spec, channels_last=cuda)
-    return make_loaders(config, train, val, device)
+    return make_loaders(config, train, val, device, sampler=sampler)
 
 
 def loader_args(config: TrainConfig, device: torch.device, collate_fn: Any = None) -> dict[str, Any]:
@@ -135,8 +137,11 @@ def loader_args(config: TrainConfig, device: torch.device, collate_fn: Any = Non
 
 
 def make_loaders(config: TrainConfig, train_set: Any, val_set: Any, device: torch.device,
-                 collate_fn: Any = None) -> tuple[Any, Any]:  # fmt: skip
-    """The training loader (shuffled) and a loader over the whole validation set in order.
+                 collate_fn: Any = None, sampler: Any = None) -> tuple[Any, Any]:  # fmt: skip
+    """The training loader (shuffled, or drawn by ``sampler``) and a loader over the whole validation set in order.
+
+    A training ``sampler`` in a distributed run is wrapped by Lightning (``DistributedSamplerWrapper``): every
+    process draws the sampler's indices and takes its own share of them.
 
     In a distributed run Lightning would give each process a shard of the validation set (padded with repeats
     to equal length); a sampler that is already a ``DistributedSampler`` is left alone, so one over a single
@@ -146,7 +151,7 @@ def make_loaders(config: TrainConfig, train_set: Any, val_set: Any, device: torc
     from torch.utils.data.distributed import DistributedSampler
 
     args = loader_args(config, device, collate_fn)
-    train = DataLoader(train_set, shuffle=True, **args)
+    train = DataLoader(train_set, **({"sampler": sampler} if sampler is not None else {"shuffle": True}), **args)
     whole = DistributedSampler(val_set, num_replicas=1, rank=0, shuffle=False)
     return train, DataLoader(val_set, sampler=whole, **args)
 
@@ -166,6 +171,7 @@ class Plan:
     logged: str | None = None  # the name the module logs ``best`` under, when it differs
     stop_on: tuple[str, str] = ("val_loss", "min")  # early stopping: a logged value and "min" or "max"
     extra: dict[str, Any] = field(default_factory=dict)  # anything the task's finish step needs
+    header: tuple[str, ...] = ()  # more lines the run logs when it starts (training options in force)
 
 
 @dataclass
@@ -290,11 +296,14 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, len(train_loader) // config.world_size)),
         num_sanity_val_steps=0,
+        accumulate_grad_batches=config.accumulate,
     )
     if trainer.is_global_zero:
         processes = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
         log.info("%s; %s%s, %s, %s", plan.describe, device, processes, precision, plural(config.epochs, "epoch"))
         log.info("%s", config.scaling_report())
+        for line in plan.header:
+            log.info("%s", line)
         write_config(config, out / "config.yaml")
     if config.compile:
         for part in module.compile_targets():
@@ -321,7 +330,9 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         "device": str(device),
         "precision": precision,
         "processes": trainer.world_size,
-        "global_batch_size": config.batch_size * trainer.world_size,
+        "global_batch_size": config.batch_size * trainer.world_size * config.accumulate,
+        "accumulate": config.accumulate,
+        "optimizer_steps": trainer.global_step,
         "lr": config.learning_rate,
         "epoch_seconds": clock.epoch_seconds,
     }

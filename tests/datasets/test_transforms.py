@@ -37,5 +37,5 @@ def test_grey_specs_get_one_channel(photo) -> None:
 
 
 def test_unknown_preset() -> None:
-    with pytest.raises(CnnappsError, match="choose from default, alexnet, creative, none"):
+    with pytest.raises(CnnappsError, match="choose from default, alexnet, creative, randaugment, trivialaugment, none"):
         train_transform("wild", SPEC)

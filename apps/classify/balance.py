@@ -1,0 +1,102 @@
+"""Imbalanced classes: per-class loss weights (``class_weights``) and a sampler by inverse class frequency
+(``sampler: balanced``). Training only."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnapps.apps.common.config import ConfigError
+
+
+def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:
+    return np.bincount(np.asarray(labels, np.int64), minlength=num_classes)[:num_classes]
+
+
+def inverse_frequency(labels: Sequence[int], num_classes: int) -> np.ndarray:
+    """1 / (images of each class), normalised to mean 1 over the classes (a class with no images counts as one)."""
+    inverse = 1.0 / np.maximum(class_counts(labels, num_classes), 1).astype(np.float64)
+    return inverse / inverse.mean()
+
+
+def class_weights(setting: str, labels: Sequence[int], class_names: Sequence[str]) -> np.ndarray:
+    """The cross-entropy's weight per class: ``auto`` (:func:`inverse_frequency` of ``labels``), or a YAML, JSON
+    or CSV file mapping class names to weights (classes it leaves out weigh 1)."""
+    if setting == "auto":
+        return inverse_frequency(labels, len(class_names))
+    given = _read_weights(Path(setting))
+    unknown = [name for name in given if name not in class_names]
+    if unknown:
+        raise ConfigError(
+            f"class_weights: {setting}: unknown classes {', '.join(map(repr, unknown))} "
+            f"(the classes are {', '.join(class_names)})"
+        )
+    weights = np.ones(len(class_names))
+    for name, value in given.items():
+        weights[list(class_names).index(name)] = value
+    return weights
+
+
+def _read_weights(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        raise ConfigError(f"class_weights: {path}: no such file (auto, or a YAML/JSON/CSV of class name -> weight)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"class_weights: {path}: cannot read it ({exc})") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+            if rows and len(rows[0]) >= 2 and _not_number(rows[0][1]):
+                rows = rows[1:]  # a header such as class,weight
+            if any(len(r) != 2 for r in rows):
+                raise ValueError("expected rows of class,weight")
+            loaded: Any = {r[0].strip(): r[1].strip() for r in rows}
+        elif suffix == ".json":
+            loaded = json.loads(text)
+        else:
+            import yaml
+
+            loaded = yaml.safe_load(text)
+    except Exception as exc:  # json, yaml and csv errors
+        raise ConfigError(f"class_weights: {path}: not readable ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict) or not loaded:
+        raise ConfigError(f"class_weights: {path}: expected a mapping of class name -> weight")
+    weights = {}
+    for name, value in loaded.items():
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if not np.isfinite(weight) or weight < 0:
+            raise ConfigError(f"class_weights: {path}: {name}: expected a weight of 0 or more, not {value!r}")
+        weights[str(name)] = weight
+    return weights
+
+
+def _not_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
+
+
+def balanced_sampler(labels: Sequence[int], num_classes: int, seed: int | None = None) -> Any:
+    """A ``WeightedRandomSampler`` drawing ``len(labels)`` items per epoch, with replacement, each with probability
+    proportional to 1 / (images of its class): every class is drawn about equally often."""
+    import torch
+    from torch.utils.data import WeightedRandomSampler
+
+    per_class = inverse_frequency(labels, num_classes)
+    weights = torch.as_tensor(per_class[np.asarray(labels, np.int64)], dtype=torch.double)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
