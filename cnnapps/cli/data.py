@@ -207,7 +207,8 @@ def show(
         None,
         "--augment",
         help="The training augmentation preset to show: detect/segment/pose: default, none; classify/retrieve: "
-        "default, alexnet, creative, none; semantic: default, none; caption: none [default: default].",
+        "default, alexnet, creative, randaugment, trivialaugment, none; semantic: default, none; caption: none "
+        "[default: default].",
     ),
     n: int = typer.Option(16, "--n", min=1, max=256, help="Samples to draw (picked at random)."),
     out: Path = typer.Option(
