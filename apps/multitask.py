@@ -70,7 +70,7 @@ class MultiTaskPredictor:
                     f"task={info.task!r}"
                 )
         self.preprocess = preprocess_of(self.model_file)
-        self.device = select_device(device)
+        self.device = select_device(device, engine)
         self.trunk = build_trunk(self.model_file)
         load_exactly(self.trunk, self.model_file.trunk_tensors(), f"{spec} (trunk)")
         self.trunk.eval()
@@ -93,6 +93,7 @@ class MultiTaskPredictor:
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self.max_pixels = max_pixels
         self._trunk_pass = TrunkRunner(self.trunk, self.preprocess.input_size, self.batch_size, self.device, engine)
+        self.engine = self._trunk_pass.engine  # the trunk's engine; the heads run in PyTorch on its maps
 
     @property
     def tasks(self) -> dict[str, str]:
@@ -116,11 +117,11 @@ class MultiTaskPredictor:
         results = []
         for name, _, answers, error in done:
             if answers is None:
-                results.append(MultiTaskResult(name, error=error))
+                results.append(MultiTaskResult(name, error=error, engine=self.engine))
                 continue
             for result in answers.values():
-                result.source = name
-            results.append(MultiTaskResult(name, results=answers))
+                result.source, result.engine = name, self.engine
+            results.append(MultiTaskResult(name, results=answers, engine=self.engine))
         return results
 
     @torch.inference_mode()
@@ -163,9 +164,14 @@ class OneHead:
         self.tasks = {name: predictor.task}
         self._takes_top_k = "top_k" in inspect.signature(predictor.predict).parameters
 
+    @property
+    def engine(self) -> str | None:
+        """The engine the predictor runs on (None for a predictor that does not say)."""
+        return getattr(self.predictor, "engine", None)
+
     def predict(self, inputs: Any, top_k: int = 5, progress: Callable[[int], None] | None = None,
                 heads: Sequence[str] | None = None) -> list[MultiTaskResult]:  # fmt: skip
         extra = {"top_k": top_k} if self._takes_top_k else {}
         results = self.predictor.predict(inputs, progress=progress, **extra)
-        return [MultiTaskResult(r.source, results={self.name: r}) if r.ok else MultiTaskResult(r.source, error=r.error)
-                for r in results]  # fmt: skip
+        return [MultiTaskResult(r.source, results={self.name: r}, engine=r.engine) if r.ok
+                else MultiTaskResult(r.source, error=r.error, engine=r.engine) for r in results]  # fmt: skip

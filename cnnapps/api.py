@@ -176,5 +176,10 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
         if heads and set(heads) != {task}:
             raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}")
     record = get_task(task)
+    engine = options.get("engine") or "auto"
+    if engine not in ("auto", "eager") and "engine" not in record.load_options:  # not a quiet run on another engine
+        from cnnapps.engines import EngineError
+
+        raise EngineError(f"--engine {engine}: {spec} is a {task} model, which runs as it is (use --engine auto)")
     chosen = {**options, **({"head": head} if head else {})}
     return OneHead(load(spec, task=task, **record.options(chosen)), head or task)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from cnnapps.quantize import Calibration
+
 OPSET = 17
 
 
@@ -34,6 +36,7 @@ class Exportable:
     dynamic: dict[str, dict[int, str]] = field(
         default_factory=lambda: {"images": {0: "batch"}, "outputs": {0: "batch"}}
     )
+    calibration: Calibration | None = None  # how `--int8` feeds and checks the graph (tasks that can be quantized)
 
 
 class ExportError(CnnappsError):
@@ -55,12 +58,17 @@ def to_onnx(model: nn.Module, example: Any, inputs: list[str], outputs: list[str
 
 
 def onnx_bytes(model: nn.Module, input_size: tuple[int, int, int]) -> bytes:
-    """An image-batch model (N, 3, H, W) -> (N, K) as ONNX with a dynamic batch size."""
+    """An image-batch model (N, 3, H, W) -> (N, ...) as ONNX with a dynamic batch size; a model with several
+    outputs (a trunk's stage maps) gives a graph with as many (``outputs0``, ``outputs1``, ...)."""
     import torch
 
     example = torch.zeros(1, *input_size)
-    dynamic = {"images": {0: "batch"}, "outputs": {0: "batch"}}
-    return to_onnx(model.eval().cpu(), example, ["images"], ["outputs"], dynamic)
+    with torch.no_grad():
+        got = model.eval().cpu()(example)
+    count = len(got) if isinstance(got, (tuple, list)) else 1
+    outputs = ["outputs"] if count == 1 else [f"outputs{i}" for i in range(count)]
+    dynamic = {name: {0: "batch"} for name in ["images", *outputs]}
+    return to_onnx(model, example, ["images"], outputs, dynamic)
 
 
 def read_onnx_metadata(path: str | os.PathLike, task: str | None = None) -> dict[str, Any]:
@@ -86,33 +94,154 @@ def read_onnx_metadata(path: str | os.PathLike, task: str | None = None) -> dict
     return meta
 
 
+def _numpy_batch(images: torch.Tensor) -> Any:
+    import numpy as np
+
+    return np.ascontiguousarray(images.detach().float().cpu().numpy())
+
+
+def _as_tensors(arrays: list[Any], device: torch.device) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A graph's outputs as tensors on ``device``: one tensor, or a tuple when the graph has several outputs."""
+    import torch
+
+    tensors = tuple(torch.from_numpy(a).to(device) for a in arrays)
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
 class OnnxRunner:
-    """``runner(images)`` -> torch tensor: an ONNX image-batch graph in onnxruntime.
+    """``runner(images)`` -> torch tensor (a tuple for a graph with several outputs): an ONNX image-batch graph in
+    onnxruntime. ``engine``: ``onnxruntime`` (the CPU provider; on a CUDA device the CUDA provider), ``onnx-cuda``
+    (the CUDA provider) or ``tensorrt`` (the TensorRT provider; nodes it does not take run on CUDA).
 
-    On a CUDA device the CUDA execution provider is required: an onnxruntime without it is an error, not a quiet
-    run on the CPU."""
+    A provider that is missing, or that onnxruntime could not start (it would quietly go on with the next one), is
+    an error, not a quiet run on the CPU. ``engine`` after loading: the engine that runs (``onnx-cuda`` when
+    ``onnxruntime`` runs on the CUDA provider)."""
 
-    def __init__(self, model: bytes | str | os.PathLike, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: bytes | str | os.PathLike, device: torch.device | str = "cpu",
+                 engine: str = "onnxruntime") -> None:  # fmt: skip
         import onnxruntime as ort
         import torch
 
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda":
+        from cnnapps.engines import PROVIDERS, EngineError, require
+
+        cuda = torch.device(device).type == "cuda"
+        if engine == "onnxruntime" and cuda:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ExportError(
+                raise EngineError(
                     "--engine onnxruntime on cuda: the installed onnxruntime has no CUDA provider "
                     "(install onnxruntime-gpu, or use --device cpu)"
                 )
-            providers.insert(0, "CUDAExecutionProvider")
-        source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, providers=providers)
+            engine = "onnx-cuda"
+        elif engine in PROVIDERS:
+            require(engine)
+            if not cuda:
+                raise EngineError(f"--engine {engine} runs on a CUDA GPU, not on {device} (use --device cuda or auto)")
+        elif engine != "onnxruntime":
+            raise EngineError(f"--engine {engine}: not an onnxruntime engine (onnxruntime, onnx-cuda, tensorrt)")
+        providers = {"onnxruntime": ["CPUExecutionProvider"], "onnx-cuda": ["CUDAExecutionProvider"],
+                     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}[engine]  # fmt: skip
+        if cuda:
+            index = torch.device(device).index or 0
+            providers = [(p, {"device_id": index}) for p in providers]
+        self.source = model
+        self.device = torch.device(device)
+        self.engine = engine
+        chain = providers if engine == "onnxruntime" else [*providers, "CPUExecutionProvider"]  # CPU: nodes they lack
+        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), providers=chain)
         self.providers = self.session.get_providers()
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if self.providers[0] != wanted:  # onnxruntime could not start it and went on with the CPU
+            raise EngineError(
+                f"--engine {engine}: onnxruntime could not start its {wanted} here (its libraries are missing or do "
+                "not match this onnxruntime); see onnxruntime's log above"
+            )
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.shape for o in self.session.get_outputs()]
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        import numpy as np
+    def __call__(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return _as_tensors(self.session.run(None, {self.input: _numpy_batch(images)}), images.device)
+
+
+class OpenVinoRunner:
+    """``runner(images)`` -> torch tensor (a tuple for several outputs): an ONNX image-batch graph compiled by
+    OpenVINO for the CPU, in fp32 (OpenVINO would otherwise pick bf16 on CPUs that have it).
+
+    ``hint``: ``latency`` (one request uses every core: what a caller sending one image at a time wants) or
+    ``throughput`` (several streams; a batch is split over the requests OpenVINO finds best and they run at once:
+    what folders and micro-batched services want). ``threads``: cores to use (default: torch's thread count, so
+    ``OMP_NUM_THREADS`` and the process's CPU affinity hold here as for the PyTorch engines)."""
+
+    engine = "openvino"
+
+    def __init__(self, model: bytes | str | os.PathLike, hint: str = "latency", threads: int | None = None) -> None:
+        import threading
+
+        from cnnapps.engines import EngineError, require
+
+        require("openvino")
+        import openvino as ov
         import torch
 
-        array = np.ascontiguousarray(images.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input: array})[0]).to(images.device)
+        if hint not in ("latency", "throughput"):
+            raise ValueError(f"hint: latency or throughput, not {hint!r}")
+        self.source, self.hint = model, hint
+        self.device = torch.device("cpu")
+        core = ov.Core()
+        try:
+            graph = core.read_model(model, b"") if isinstance(model, bytes) else core.read_model(str(model))
+            config = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32",
+                      "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}  # fmt: skip
+            self.compiled = core.compile_model(graph, "CPU", config)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise EngineError(f"--engine openvino: OpenVINO could not compile the graph ({type(exc).__name__}: "
+                              f"{first})") from None  # fmt: skip
+        self.requests = (
+            int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if hint == "throughput" else 1
+        )
+        self.outputs = [tuple(o.get_partial_shape()) for o in self.compiled.outputs]
+        self._local = threading.local()  # one set of infer requests per calling thread (video lanes run at once)
+
+    def _run_batch(self, array: Any) -> list[Any]:
+        import numpy as np
+
+        if self.requests <= 1 or len(array) < 2:
+            request = getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = self.compiled.create_infer_request()
+            request.infer({0: array})
+            return [np.array(request.get_output_tensor(i).data) for i in range(len(self.compiled.outputs))]
+        import openvino as ov
+
+        queue = getattr(self._local, "queue", None)
+        if queue is None:
+            queue = self._local.queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        chunks = np.array_split(array, min(self.requests, len(array)))
+        done: dict[int, list[Any]] = {}
+
+        def collect(request: Any, index: int) -> None:
+            done[index] = [np.array(request.get_output_tensor(i).data) for i in range(len(self.compiled.outputs))]
+
+        queue.set_callback(collect)
+        for index, chunk in enumerate(chunks):
+            queue.start_async({0: np.ascontiguousarray(chunk)}, index)
+        queue.wait_all()
+        return [np.concatenate([done[i][k] for i in range(len(chunks))]) for k in range(len(self.compiled.outputs))]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return _as_tensors(self._run_batch(_numpy_batch(images)), images.device)
+
+
+def graph_runner(model: bytes | str | os.PathLike, engine: str, device: torch.device | str = "cpu",
+                 batch_size: int = 1) -> OnnxRunner | OpenVinoRunner:  # fmt: skip
+    """An ONNX image-batch graph ready to run on ``engine`` (one of the graph engines): OpenVINO with the latency
+    hint for one image per call and the throughput hint for batches; onnxruntime with the engine's provider."""
+    import torch
+
+    from cnnapps.engines import EngineError
+
+    if engine == "openvino":
+        if torch.device(device).type != "cpu":
+            raise EngineError(f"--engine openvino runs on the CPU, not on {device} (use --device cpu or auto)")
+        return OpenVinoRunner(model, "latency" if batch_size <= 1 else "throughput")
+    return OnnxRunner(model, device, engine)

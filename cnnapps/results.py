@@ -11,10 +11,12 @@ import numpy as np
 
 @dataclass
 class Result:
-    """One input's outcome: ``source`` names it; ``error`` is set when it could not be processed."""
+    """One input's outcome: ``source`` names it; ``error`` is set when it could not be processed; ``engine`` names
+    the inference engine that gave it (metadata: not part of ``to_dict()``, whose answers do not change with it)."""
 
     source: str
     error: str | None = None
+    engine: str | None = field(default=None, kw_only=True, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -1,4 +1,5 @@
-"""Where and how models run: device choice, channels_last, fused inference graphs, torch.compile, autocast."""
+"""Where and how models run: device choice, channels_last, fused inference graphs, torch.compile, autocast, and the
+ONNX engines (onnxruntime on CPU, CUDA or TensorRT; OpenVINO). A requested engine runs, or is a one-line error."""
 
 from __future__ import annotations
 
@@ -18,19 +19,37 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from cnnapps.engines import CPU_ENGINES, GPU_ENGINES, GRAPH_ENGINES, EngineError, check_name, require
+from cnnapps.engines import ENGINES as ENGINES  # the engine names, where they always were
 from cnnapps.errors import CnnappsError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-ENGINES = ("auto", "eager", "jit", "compile", "onnxruntime")
-
 log = logging.getLogger("cnnapps")
 
 
-def select_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; asking for CUDA without one is a clear error."""
+def select_device(
+    device: str | torch.device | None = "auto", engine: str = "auto", graph: bool = False
+) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; asking for CUDA without one is a clear error.
+
+    ``engine`` narrows ``auto``: GPU engines (onnx-cuda, tensorrt) need CUDA, openvino runs on the CPU, and an ONNX
+    graph in onnxruntime (``engine="onnxruntime"``, or ``graph``: the model already is an exported graph and
+    ``engine`` is auto) goes to CUDA only where the installed onnxruntime has its CUDA provider. A device that
+    contradicts the engine is an error."""
+    check_name(engine)
+    onnx_auto = engine == "onnxruntime" or (graph and engine == "auto")
     if device is None or str(device) == "auto":
+        if engine in GPU_ENGINES:
+            require(engine)
+            return torch.device("cuda")
+        if engine in CPU_ENGINES:
+            return torch.device("cpu")
+        if onnx_auto and torch.cuda.is_available():
+            from cnnapps.engines import ort_providers
+
+            return torch.device("cuda" if "CUDAExecutionProvider" in ort_providers() else "cpu")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = torch.device(device)
@@ -38,6 +57,10 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
         raise CnnappsError(f"--device {device}: not a device (use auto, cpu, cuda or cuda:N)") from None
     if chosen.type not in ("cpu", "cuda"):
         raise CnnappsError(f"--device {device}: cnnapps runs on cpu or cuda (use auto, cpu, cuda or cuda:N)")
+    if engine in GPU_ENGINES and chosen.type != "cuda":
+        raise EngineError(f"--engine {engine} runs on a CUDA GPU, not on --device {device} (use --device cuda or auto)")
+    if engine in CPU_ENGINES and chosen.type != "cpu":
+        raise EngineError(f"--engine {engine} runs on the CPU, not on --device {device} (use --device cpu or auto)")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise CnnappsError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     return chosen
@@ -98,42 +121,58 @@ def placed_for_inference(model: nn.Module, device: torch.device, channels_last: 
 
 def prepare_for_inference(
     model: nn.Module, example: torch.Tensor, device: torch.device, engine: str = "auto", *, owned: bool = False
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Return a function computing ``model(x)`` as fast as this device allows, with fp32 accuracy on CPU.
+) -> Callable[[torch.Tensor], Any]:
+    """Return a function computing ``model(x)`` as fast as this device allows, with fp32 accuracy on CPU
+    (:func:`prepare_runner` without the name of the engine that runs)."""
+    return prepare_runner(model, example, device, engine, owned=owned)[0]
 
-    - ``auto``: on CPU ``jit``; on CUDA channels_last with fp16 autocast.
+
+def prepare_runner(
+    model: nn.Module | Any, example: torch.Tensor, device: torch.device, engine: str = "auto", *, owned: bool = False
+) -> tuple[Callable[[torch.Tensor], Any], str]:
+    """A function computing ``model(x)`` as fast as this device allows, with fp32 accuracy on CPU, and the name of
+    the engine that runs it (``auto`` resolved: ``jit``, ``eager`` or ``fp16-autocast``).
+
+    - ``auto``: on CPU ``jit`` (a model TorchScript cannot trace runs eagerly); on CUDA channels_last with fp16
+      autocast.
     - ``jit``: channels_last plus a frozen TorchScript graph (fp32), which folds batch norm into convolutions
-      (and on CPU fuses conv+activation in oneDNN: several times eager speed on small nets). A model that
-      TorchScript cannot trace runs eagerly (with a warning when ``jit`` was asked for by name).
+      (and on CPU fuses conv+activation in oneDNN: several times eager speed on small nets). A model TorchScript
+      cannot trace is an error.
     - ``compile``: channels_last and ``torch.compile`` (on CUDA under fp16 autocast); compiled here, once, for
       the example's batch shape (smaller batches are padded to it, larger ones cut into it, so nothing
       compiles again), and the time it took is logged.
-    - ``eager``: the module as it is (fp32). ``onnxruntime``: the model exported to ONNX in memory and run by
-      onnxruntime; a model that already is an exported graph runs as it is.
+    - ``eager``: the module as it is (fp32).
+    - ``onnxruntime``, ``onnx-cuda``, ``tensorrt``, ``openvino``: the model exported to ONNX in memory (a model
+      that already is an exported graph as it is) and run by that engine (see :mod:`cnnapps.engines`). An
+      exported graph runs on these only (``auto``: onnxruntime on the predictor's device).
 
-    ``model`` is left untouched unless ``owned`` (see :func:`placed_for_inference`).
+    An engine that cannot run here, or cannot run this model, is an :class:`EngineError`, never a run on another
+    engine. ``model`` is left untouched unless ``owned`` (see :func:`placed_for_inference`).
     """
-    if engine not in ENGINES:
-        raise CnnappsError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
-    if not isinstance(model, nn.Module):  # an exported graph (cnnapps.export.OnnxRunner): it runs as it is
-        return model
-    if engine == "onnxruntime":  # export to ONNX in memory and run that graph
-        from cnnapps.exported import OnnxRunner, onnx_bytes
+    check_name(engine)
+    if not isinstance(model, nn.Module):  # an exported graph (cnnapps.exported.OnnxRunner)
+        return _graph_as_asked(model, example, device, engine)
+    if engine in GRAPH_ENGINES:  # export to ONNX in memory and run that graph
+        from cnnapps.exported import graph_runner, onnx_bytes
 
+        require(engine)
         source = placed_for_inference(model, torch.device("cpu"), channels_last=False, owned=owned)
-        return OnnxRunner(onnx_bytes(source, tuple(example.shape[1:])), device)
+        runner = graph_runner(onnx_bytes(source, tuple(example.shape[1:])), engine, device, int(example.shape[0]))
+        return runner, runner.engine
+    if engine == "compile":
+        require(engine)
     model = placed_for_inference(model, device, channels_last=engine != "eager", owned=owned)
     if engine == "eager":
-        return model
+        return model, "eager"
     if engine == "compile":
-        return CompiledRunner(model, example.to(device), device)
+        return CompiledRunner(model, example.to(device), device), "compile"
     if device.type == "cuda" and engine == "auto":
 
         def run_amp(x: torch.Tensor) -> Any:
             with torch.autocast("cuda", dtype=torch.float16):
                 return _as_float(model(x.contiguous(memory_format=torch.channels_last)))
 
-        return run_amp
+        return run_amp, "fp16-autocast"
     example = example.to(device).contiguous(memory_format=torch.channels_last)
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -143,15 +182,34 @@ def prepare_for_inference(
                 graph = torch.jit.optimize_for_inference(graph)
             for _ in range(2):  # the first calls specialise the graph to the batch shape; do it before real inputs
                 graph(example)
-    except Exception as exc:  # a model TorchScript cannot trace still runs, just eagerly
-        if engine == "jit":
-            log.warning("--engine jit: %s cannot be traced (%s); it runs eagerly", type(model).__name__, exc)
-        return lambda x: model(x.contiguous(memory_format=torch.channels_last))
+    except Exception as exc:
+        if engine == "jit":  # asked for by name: an error, not a quiet eager run
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise EngineError(f"--engine jit: TorchScript cannot trace {type(model).__name__} ({type(exc).__name__}: "
+                              f"{first}); use --engine auto or eager") from None  # fmt: skip
+        return (lambda x: model(x.contiguous(memory_format=torch.channels_last))), "eager"  # auto: eager it is
 
     def run_graph(x: torch.Tensor) -> torch.Tensor:
         return graph(x.contiguous(memory_format=torch.channels_last))
 
-    return run_graph
+    return run_graph, "jit"
+
+
+def _graph_as_asked(runner: Any, example: torch.Tensor, device: torch.device, engine: str) -> tuple[Any, str]:
+    """An exported graph's runner on ``engine``: as it is when it already runs there, else the same graph on that
+    engine; a PyTorch engine is an error (there is no module to run)."""
+    from cnnapps.exported import graph_runner
+
+    if engine not in ("auto", *GRAPH_ENGINES):
+        raise EngineError(f"--engine {engine}: an exported ONNX graph runs on {', '.join(GRAPH_ENGINES)} (or auto), "
+                          f"not on a PyTorch engine")  # fmt: skip
+    asked = "onnxruntime" if engine == "auto" else engine
+    same_device = torch.device(getattr(runner, "device", "cpu")).type == device.type
+    if same_device and (runner.engine == asked or (asked == "onnxruntime" and runner.engine == "onnx-cuda")):
+        return runner, runner.engine
+    require(asked)
+    moved = graph_runner(runner.source, asked, device, int(example.shape[0]))
+    return moved, moved.engine
 
 
 def _as_float(out: Any) -> Any:

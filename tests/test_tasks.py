@@ -35,6 +35,7 @@ def test_every_part_of_every_task_resolves_and_fits_its_role(task) -> None:
     assert isinstance(head.trunk_path, str) and head.trunk_path
     assert set(task.export_formats) <= set(FORMATS)
     assert bool(task.exporter) == bool(task.export_formats)
+    assert not task.quantize or "onnx" in task.export_formats  # int8 and fp16 are ONNX graphs
     assert set(task.route_options) <= {"top_k", "draw"}
     for name in task.zoo_models():
         from cnnapps.api import task_of
@@ -84,7 +85,8 @@ def test_listing_the_commands_imports_no_torch_numpy_or_task_code() -> None:
 # -- layers -------------------------------------------------------------------------------------------------------
 
 BASE = ("cnnapps.errors", "cnnapps.files", "cnnapps.bundle", "cnnapps.results", "cnnapps.runtime",
-        "cnnapps.exported", "cnnapps.terminal", "cnnapps.backbones", "cnnapps.datasets")  # fmt: skip
+        "cnnapps.exported", "cnnapps.engines", "cnnapps.quantize", "cnnapps.terminal", "cnnapps.backbones",
+        "cnnapps.datasets")  # fmt: skip
 FRONT = ("cnnapps.api", "cnnapps.cli", "cnnapps.serve", "cnnapps.export")
 
 

@@ -42,7 +42,7 @@ class CaptionPredictor:
             model = load_captioner(spec, head)
         if beam < 1:
             raise CnnappsError(f"--beam must be at least 1, not {beam}")
-        self.device = select_device(device)
+        self.device = select_device(device, engine)
         self.model = placed_for_inference(model, self.device, channels_last=False, owned=owned)
         self.vocab, self.preprocess = model.vocab, model.preprocess
         self.beam, self.max_len = beam, max_len or model.spec.max_len
@@ -51,6 +51,7 @@ class CaptionPredictor:
 
         self._trunk = TrunkRunner(self.model.encoder.backbone, self.preprocess.input_size, self.batch_size,
                                   self.device, engine, owned=owned or self.model is not model)  # fmt: skip
+        self.engine = self._trunk.engine  # the encoder's trunk; the decoder runs in PyTorch
 
     @one_at_a_time
     def predict(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[CaptionResult]:
@@ -58,7 +59,7 @@ class CaptionPredictor:
         for name, _, result, error in map_images(inputs, self._caption, self.batch_size, progress=progress):
             if result is None:
                 result = CaptionResult(name, error=error)
-            result.source = name
+            result.source, result.engine = name, self.engine
             results.append(result)
         return results
 

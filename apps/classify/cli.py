@@ -34,7 +34,8 @@ def classify(
     engine: str = typer.Option(
         "auto",
         "--engine",
-        help="auto (fused graph on CPU, fp16 on GPU), jit, compile, eager or onnxruntime.",
+        help="auto (fused graph on CPU, fp16 on GPU), jit, compile, eager, onnxruntime, onnx-cuda, tensorrt or "
+        "openvino (which run here: cnnapps models --engines).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
 ) -> None:

@@ -129,7 +129,10 @@ def preprocess_of(model_file: Any) -> Preprocess:
 def exportable(spec: str | os.PathLike, task: str = TASK, **options: Any) -> Any:
     """The classifier of ``spec`` for ``cnnapps export``: preprocessed images (N, C, H, W) -> logits (N, classes)."""
     from cnnapps.exported import Exportable
+    from cnnapps.quantize import Calibration, preprocessed_batch
 
     loaded = load_classifier(spec, options.get("head"))
     meta = {"task": TASK, "class_names": loaded.class_names, "preprocess": loaded.preprocess.to_dict()}
-    return Exportable(loaded.model.eval(), meta, torch.zeros(1, *loaded.preprocess.input_size))
+    keeps = "ops onnxruntime has no int8 form for (the softmax is not in the graph)"
+    calibration = Calibration(preprocessed_batch(loaded.preprocess), "top1", fp32=keeps)
+    return Exportable(loaded.model.eval(), meta, torch.zeros(1, *loaded.preprocess.input_size), calibration=calibration)

@@ -18,7 +18,7 @@ from cnnapps.apps.common.batching import BatchRunner
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import ClassificationResult, Prediction
-from cnnapps.runtime import one_at_a_time, prepare_for_inference, select_device
+from cnnapps.runtime import one_at_a_time, prepare_runner, select_device
 
 # models that load_predictor read from files for its predictor: placed on the device in place (one copy of the
 # weights); any other member's model belongs to the caller and is left as it is
@@ -52,15 +52,21 @@ class ClassificationPredictor:
                     f"{member.spec}: its classes differ from {members[0].spec}'s; an ensemble needs the same classes"
                 )
         self.members = list(members)
-        self.device = select_device(device)
+        graphs = any(not isinstance(m.model, torch.nn.Module) for m in members)  # exported ONNX files
+        self.device = select_device(device, engine, graph=graphs)
         # Small batches keep a CPU's caches warm: 4 images per call ran ~2.5x faster per image than 32.
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self._runner = BatchRunner([m.preprocess for m in members], self.device, self.batch_size, workers, max_pixels)
         self._models = []
+        used = []
         for member in members:
             example = torch.zeros(self.batch_size, *member.preprocess.input_size)
             owned = isinstance(member.model, torch.nn.Module) and member.model in _FROM_FILES
-            self._models.append(prepare_for_inference(member.model, example, self.device, engine, owned=owned))
+            run, name = prepare_runner(member.model, example, self.device, engine, owned=owned)
+            self._models.append(run)
+            used.append(name)
+        #: the engine that runs the members (``jit``, ``openvino``, ...; ``a+b`` for an ensemble run on two)
+        self.engine = "+".join(dict.fromkeys(used))
 
     @property
     def class_names(self) -> list[str]:
@@ -89,12 +95,15 @@ class ClassificationPredictor:
     ) -> list[ClassificationResult]:
         """Classify paths, arrays, PIL images or encoded bytes (one, or a list). Bad inputs get ``error``."""
         names, probs, errors = self.predict_proba(inputs, batch_size, progress)
-        return [
+        results = [
             ClassificationResult(name, error=error)
             if error is not None
             else top_k_result(name, row, self.class_names, top_k)
             for name, row, error in zip(names, probs, errors, strict=True)
         ]
+        for result in results:
+            result.engine = self.engine
+        return results
 
 
 def top_k_result(name: str, probabilities: np.ndarray, class_names: list[str], top_k: int) -> ClassificationResult:

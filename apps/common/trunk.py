@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnapps.runtime import prepare_for_inference
+from cnnapps.runtime import prepare_runner
 
 
 class _TrunkPass(nn.Module):
@@ -25,14 +25,15 @@ class _TrunkPass(nn.Module):
 class TrunkRunner:
     """``runner(batch) -> (stage maps by name, last feature map)``, compiled as classifiers are (on a CPU a frozen
     TorchScript graph with batch norm folded into the convolutions: here many times eager speed; on a GPU
-    channels_last and fp16 autocast); ``engine="eager"`` runs the module as it is."""
+    channels_last and fp16 autocast); ``engine="eager"`` runs the module as it is, the ONNX engines its exported
+    graph. ``engine`` after loading: the engine that runs it."""
 
     def __init__(self, trunk: Any, input_size: tuple[int, int, int], batch_size: int, device: torch.device,
                  engine: str = "auto", owned: bool = True) -> None:  # fmt: skip
         self.names = [s.name for s in trunk.stages]
         example = torch.zeros(batch_size, *input_size)
         # a trunk the predictor loaded itself is placed in place (one copy of its weights); a caller's is copied
-        self._run = prepare_for_inference(_TrunkPass(trunk), example, device, engine, owned=owned)
+        self._run, self.engine = prepare_runner(_TrunkPass(trunk), example, device, engine, owned=owned)
 
     def __call__(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         *maps, features = self._run(batch)

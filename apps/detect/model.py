@@ -623,13 +623,25 @@ def exportable(spec: str | os.PathLike, task: str | None = None, **options: Any)
     """The detector of ``spec`` for ``cnnapps export`` (ONNX): one RGB image (3, H, W) in [0, 1] of any size ->
     boxes, labels, scores, and masks or keypoints, as torchvision's R-CNN returns them."""
     from cnnapps.exported import Exportable
+    from cnnapps.quantize import Calibration, unit_image
 
     model = load_detector(spec, options.get("head"), task)
     names = {"detect": [], "segment": ["masks"], "pose": ["keypoints", "keypoints_scores"]}[model.spec.task]
     outputs = ["boxes", "labels", "scores", *names]
     dynamic = {"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in outputs}}
     meta = {"task": model.spec.task, "detector": model.spec.to_dict()}
-    return Exportable(model, meta, ([torch.rand(3, 240, 320)],), ["image"], outputs, dynamic)
+    # int8: the convolutions (trunk, FPN, RPN head, mask and keypoint heads); fp16: the learned layers but the box
+    # predictor; what places and picks boxes stays fp32
+    calibration = Calibration(unit_image, "boxes", op_types=("Conv",), half_modules=LEARNED_LAYERS, fp32=KEPT_FP32)
+    return Exportable(model, meta, ([torch.rand(3, 240, 320)],), ["image"], outputs, dynamic, calibration)
+
+
+#: the learned layers but the box predictor: what `cnnapps export --fp16` computes in fp16 (missing ones skipped)
+LEARNED_LAYERS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.mask_head", "roi_heads.mask_predictor",
+                  "roi_heads.keypoint_head", "roi_heads.keypoint_predictor")  # fmt: skip
+#: what an int8 or fp16 detector keeps in fp32 (cnnapps export --int8, --fp16)
+KEPT_FP32 = ("the resize and normalisation, anchors and box decoding, NMS, RoI Align and the box predictor "
+             "(int8: the fully connected box head and the mask and keypoint upsampling too)")  # fmt: skip
 
 
 def load_detector(spec: str | os.PathLike, head: str | None = None, task: str | None = None) -> nn.Module:

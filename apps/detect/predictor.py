@@ -21,6 +21,7 @@ import torch
 from cnnapps.apps.common.batching import default_decode_workers, map_images
 from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window, resolve_tile, tile_advice
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
+from cnnapps.engines import EngineError
 from cnnapps.errors import CnnappsError
 from cnnapps.results import DetectionResult, Instance
 from cnnapps.runtime import one_at_a_time, placed_for_inference, select_device
@@ -73,7 +74,7 @@ class DetectionPredictor:
         if advice:
             log.warning("%s: %s", self.source, advice)
         self.task = self.spec.task
-        self.device = select_device(device)
+        self.device = select_device(device, engine)
         self.model = placed_for_inference(model, self.device, channels_last=False, owned=owned)
         if self.model.roi_heads.score_thresh != score_threshold:
             if self.model is model and not owned:  # the caller's module, already in place: its threshold stays
@@ -91,14 +92,19 @@ class DetectionPredictor:
             self._trunk = TrunkRunner(self.model.backbone.body, pre.input_size, self.batch_size, self.device, engine,
                                       owned=mine)  # fmt: skip
         # a trunk of cnnapps' own detectors is compiled for a resized input shape once that shape keeps coming
-        # (video frames, a camera's folder): the frozen graph folds batch norm into the convolutions
-        self.engine = engine
+        # (video frames, a camera's folder): the frozen graph folds batch norm into the convolutions; an engine
+        # asked for by name compiles it for each shape at once, so that every image runs on that engine
+        self._engine = engine
         self._owns_model = owned or self.model is not model  # a caller's module is copied before it is changed
         self._compiled: OrderedDict[tuple, Any] = OrderedDict()
         self._shapes_seen: Counter[tuple] = Counter()
         self._compile_lock = threading.Lock()
         self._compiles = (not self.spec.shared and engine != "eager" and not tile
                           and hasattr(getattr(self.model.backbone, "body", None), "forward_shared"))  # fmt: skip
+        if engine not in ("auto", "eager") and not self.spec.shared and not self._compiles:
+            why = ("tiled detection runs its trunk in PyTorch" if tile
+                   else f"{self.source}: its backbone (torchvision's own) runs only in PyTorch")  # fmt: skip
+            raise EngineError(f"--engine {engine}: {why}; use --engine auto or eager")
         self.max_pixels = None if tile else max_pixels  # tiling exists for images beyond the usual limit
         if embed and tile:
             raise CnnappsError("--tile: tiled detection gives no appearance embeddings; track without --tile")
@@ -106,6 +112,16 @@ class DetectionPredictor:
 
     def _trunk_for(self, shape: tuple) -> Any:
         return _compiled_trunk(self, shape)
+
+    @property
+    def engine(self) -> str:
+        """The engine the trunk runs on (the RPN, RoI heads and NMS run in PyTorch): a shared trunk's, else the one
+        of the trunk compiled last (``eager`` until a shape has been compiled)."""
+        if self._trunk is not None:
+            return self._trunk.engine
+        if self._compiled:
+            return next(reversed(self._compiled.values())).engine
+        return "eager"
 
     @property
     def class_names(self) -> list[str]:
@@ -121,12 +137,15 @@ class DetectionPredictor:
         lane a thread with its share of the CPU's cores (the model is only read; compiling is locked)."""
         workers = default_decode_workers(self.device)
         done = map_images(inputs, self._detect_images, self.batch_size, self.max_pixels, progress, workers)
-        return [
+        results = [
             DetectionResult(name, error=error)
             if rgb is None
             else to_result(name, found, rgb.shape[0], rgb.shape[1], self.spec)
             for name, rgb, found, error in done
         ]
+        for result in results:
+            result.engine = self.engine
+        return results
 
     def _detect_images(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
@@ -164,10 +183,10 @@ def _compiled_trunk(predictor: DetectionPredictor, shape: tuple) -> Any:
             predictor._compiled.move_to_end(shape)
             return predictor._compiled[shape]
         predictor._shapes_seen[shape] += 1
-        if predictor._shapes_seen[shape] < COMPILE_AFTER:
+        if predictor._shapes_seen[shape] < (COMPILE_AFTER if predictor._engine == "auto" else 1):
             return None
         body, owned = predictor.model.backbone.body, predictor._owns_model
-        runner = TrunkRunner(body, shape[1:], shape[0], predictor.device, predictor.engine, owned=owned)
+        runner = TrunkRunner(body, shape[1:], shape[0], predictor.device, predictor._engine, owned=owned)
         predictor._compiled[shape] = runner
         if len(predictor._compiled) > COMPILED_SHAPES:
             predictor._compiled.popitem(last=False)

@@ -45,6 +45,7 @@ def eval_retrieve(
 index_app = typer.Typer(help="Build and keep an image index (FAISS + SQLite) for retrieval.", no_args_is_help=True)
 
 _INDEX_HELP = "Index folder (FAISS file + SQLite database)."
+ENGINE_HELP = "auto, jit, compile, eager, onnxruntime, onnx-cuda, tensorrt or openvino (cnnapps models --engines)."
 
 
 def _embedder(model: str | None, pooling: str, device: str) -> Any:
@@ -270,7 +271,7 @@ def retrieve(
     k: int = typer.Option(10, "-k", min=1, help="Results per query."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     save_grid: Path = typer.Option(None, "--save-grid", help="Draw each query beside its top-k (one file per query)."),
-    engine: str = typer.Option("auto", "--engine", help="auto, jit, compile, eager or onnxruntime."),
+    engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
 ) -> None:
     """Rank the indexed images by cosine similarity to each query."""
     from cnnapps.apps.retrieve.index import Index
@@ -357,7 +358,7 @@ def embed(
     pooling: str = typer.Option("avg", "--pooling", help="For registry names and classifiers: avg or gem."),
     batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    engine: str = typer.Option("auto", "--engine", help="auto, jit, compile, eager or onnxruntime."),
+    engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input with its embedding."),
 ) -> None:
     """Embed images as unit vectors (cosine similarity = dot product). Exit code 0: all done; 1: some inputs

@@ -22,7 +22,7 @@ from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import DEFAULT_BACKBONE
 from cnnapps.errors import CnnappsError
 from cnnapps.results import EmbeddingResult
-from cnnapps.runtime import one_at_a_time, prepare_for_inference, select_device
+from cnnapps.runtime import one_at_a_time, prepare_runner, select_device
 
 
 class EmbeddingModel(nn.Module):
@@ -137,6 +137,7 @@ def exportable(spec: str | os.PathLike, task: str = "retrieve", **options: Any) 
     """The embedding of ``spec`` for ``cnnapps export``: preprocessed images -> unit vectors (N, dim), with the
     fingerprint of its source, so an exported embedding queries indexes built with the PyTorch model."""
     from cnnapps.exported import Exportable
+    from cnnapps.quantize import Calibration, preprocessed_batch
 
     model, preprocess, fingerprint = load_embedding_model(spec, options.get("pooling", "avg"))
     example = torch.zeros(1, *preprocess.input_size)
@@ -144,7 +145,9 @@ def exportable(spec: str | os.PathLike, task: str = "retrieve", **options: Any) 
         dim = int(model.eval()(example).shape[1])
     meta = {"task": "retrieve", "preprocess": preprocess.to_dict(), "dim": dim, "pooling": model.pooling,
             "fingerprint": fingerprint}  # fmt: skip
-    return Exportable(model, meta, example)
+    keeps = "the pooling and L2 normalisation, and ops onnxruntime has no int8 form for"
+    calibration = Calibration(preprocessed_batch(preprocess), "cosine", fp32=keeps)
+    return Exportable(model, meta, example, calibration=calibration)
 
 
 def load_embedder(specs: list[Any], task: str = "retrieve", **kwargs: Any) -> Embedder:
@@ -170,15 +173,18 @@ class Embedder:
         workers: int | None = None,
     ) -> None:
         self.spec = str(spec)
-        self.device = select_device(device)
+        exported = self.spec.endswith(".onnx")
+        self.device = select_device(device, engine, graph=exported)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
-        if self.spec.endswith(".onnx"):  # written by `cnnapps export`: same fingerprint as the model it came from
+        if exported:  # written by `cnnapps export`: same fingerprint as the model it came from
             from cnnapps.exported import OnnxRunner, read_onnx_metadata
 
             meta = read_onnx_metadata(spec, task="retrieve")  # an embedding: `cnnapps export --task retrieve`
             self.pooling, self.fingerprint, self.dim = meta["pooling"], meta["fingerprint"], int(meta["dim"])
             self.preprocess = Preprocess.from_dict(meta["preprocess"])
-            self._run = OnnxRunner(spec, self.device)
+            example = torch.zeros(self.batch_size, *self.preprocess.input_size)
+            runner = OnnxRunner(spec, self.device if engine in ("auto", "onnxruntime") else "cpu")
+            self._run, self.engine = prepare_runner(runner, example, self.device, engine)
         else:
             model, self.preprocess, self.fingerprint = load_embedding_model(spec, pooling)
             self.pooling = model.pooling
@@ -186,7 +192,7 @@ class Embedder:
             example = torch.zeros(self.batch_size, *self.preprocess.input_size)
             with torch.no_grad():
                 self.dim = int(model(example[:1]).shape[1])
-            self._run = prepare_for_inference(model, example, self.device, engine, owned=True)
+            self._run, self.engine = prepare_runner(model, example, self.device, engine, owned=True)
         self._runner = BatchRunner([self.preprocess], self.device, self.batch_size, workers)
 
     def describe(self) -> dict[str, Any]:
@@ -208,6 +214,8 @@ class Embedder:
         """One :class:`EmbeddingResult` per input, in order (a bad input's result carries ``error``)."""
         names, vectors, errors = self.embed(inputs, progress=progress)
         return [
-            EmbeddingResult(name, error=error) if error else EmbeddingResult(name, vector=vector)
+            EmbeddingResult(name, error=error, engine=self.engine)
+            if error
+            else EmbeddingResult(name, vector=vector, engine=self.engine)
             for name, vector, error in zip(names, vectors, errors, strict=True)
         ]

@@ -94,6 +94,8 @@ class SemanticPredictor:
             self.class_names, self.colours = list(self.model.spec.class_names), list(self.model.spec.colours)
         if isinstance(self.model, torch.nn.Module):
             self.model = self.model.eval().to(self.device)
+        #: the engine that runs the model: PyTorch as it is, or onnxruntime for an exported file
+        self.engine = "eager" if isinstance(self.model, torch.nn.Module) else self.model.engine
         self.batch_size = batch_size or (8 if self.device.type == "cuda" else 2)
         self.tile, self.overlap = tile, overlap
         self.max_pixels = None if tile else max_pixels  # windows exist for images beyond the usual limit
@@ -103,9 +105,11 @@ class SemanticPredictor:
         """Class maps for paths, bytes, arrays or PIL images; a bad input gets a result with ``error`` set."""
         done = map_images(inputs, self._label_images, self.batch_size, self.max_pixels, progress)
         return [
-            SemanticResult(name, error=error)
+            SemanticResult(name, error=error, engine=self.engine)
             if rgb is None
-            else SemanticResult(name, labels=labels, class_names=self.class_names, colours=self.colours)
+            else SemanticResult(
+                name, labels=labels, class_names=self.class_names, colours=self.colours, engine=self.engine
+            )
             for name, rgb, labels, error in done
         ]
 

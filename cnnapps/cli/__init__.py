@@ -59,10 +59,16 @@ def models(
         None, "--timm", help="Also list timm models with pretrained weights matching PATTERN."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    engines: bool = typer.Option(
+        False, "--engines", help="List the inference engines (--engine): available here, or why not."
+    ),
 ) -> None:
-    """List backbones and pretrained task models.
+    """List backbones, pretrained task models or engines.
 
-    Each with whether its weights are bundled, cached or downloadable."""
+    Each with whether its weights are bundled, cached or downloadable; with --engines, the inference engines."""
+    if engines:
+        _engines(as_json)
+        return
     from cnnapps.api import list_models
 
     rows = list_models(timm_pattern)
@@ -81,6 +87,25 @@ def models(
     for row in rows:
         state = row["weights"]["state"]
         table.add_row(row["name"], row["source"], styled(state, colours.get(state, "white")), row["description"])
+    console().print(table)
+
+
+def _engines(as_json: bool) -> None:
+    """The inference engines, whether each can run here and why not."""
+    from cnnapps.engines import list_engines
+
+    rows = list_engines()
+    if as_json:
+        echo_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="Inference engines (--engine)")
+    for column in ("engine", "available", "what it runs, or why not here"):
+        table.add_column(column)
+    for row in rows:
+        yes = styled("yes", "green") if row["available"] else styled("no", "red")
+        table.add_row(row["engine"], yes, row["description"] if row["available"] else row["why_not"])
     console().print(table)
 
 

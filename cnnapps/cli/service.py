@@ -10,7 +10,8 @@ from cnnapps.terminal import echo, echo_json
 
 @app.command("export")
 def export(
-    model: str = typer.Option(..., "--model", "-m", help="Model file, registry or zoo name."),
+    spec: str = typer.Argument(None, metavar="MODEL", help="Model file, registry or zoo name (or --model)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model file, registry or zoo name."),
     fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript (detection models: onnx)."),
     out: str = typer.Option(..., "--out", help="File to write (never over an existing one)."),
     task: str = typer.Option(
@@ -18,16 +19,54 @@ def export(
     ),
     head: str = typer.Option(None, "--head", help="The head of a multi-head model file to export."),
     pooling: str = typer.Option("avg", "--pooling", help="Embeddings: avg or gem."),
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="ONNX with 8-bit weights and activations (static post-training quantization, QDQ, weights per channel), "
+        "calibrated on --calibrate, for CPUs. Classification, embedding and R-CNN detection models (detectors: "
+        "convolutions in 8 bits; resize, box decoding, NMS, RoI Align and the box head stay fp32).",
+    ),
+    calibrate: str = typer.Option(
+        None, "--calibrate", metavar="DIR", help="Images like those the model will see, to calibrate --int8 on."
+    ),
+    check: str = typer.Option(
+        None,
+        "--check",
+        metavar="DIR",
+        help="Held-out images to compare the int8 or fp16 graph with fp32 on (top-1 agreement, embedding cosine, "
+        "box F1), printed and stored in the file [--int8 default: every fifth --calibrate image, held out].",
+    ),
+    fp16: bool = typer.Option(
+        False,
+        "--fp16",
+        help="ONNX in fp16 with fp32 inputs and outputs, half the size: meant for GPUs (on a CPU onnxruntime computes "
+        "most ops back in fp32: expect no speed-up there). Detectors: the learned layers in fp16, boxes in fp32.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Write a model as ONNX or TorchScript, with its metadata."""
+    """Write a model as ONNX (fp32, int8 or fp16) or TorchScript.
+
+    The file carries its metadata (task, classes, preprocessing; for int8 and fp16 also how it was made and how it
+    compared with fp32 on the check images)."""
+    from cnnapps.errors import CnnappsError
     from cnnapps.export import export_model
 
-    written = export_model(model, fmt, out, task=task, pooling=pooling, head=head)
+    if (spec is None) == (model is None):
+        raise CnnappsError("name the model once: cnnapps export MODEL --out FILE (or --model MODEL)")
+    written = export_model(spec or model, fmt, out, task=task, pooling=pooling, head=head, int8=int8,
+                           calibrate=calibrate, check=check, fp16=fp16)  # fmt: skip
     if as_json:
         echo_json(written)
-    else:
-        echo(f"wrote {written['path']} ({written['format']}, {written['task']}, {written['bytes'] / 2**20:.1f} MB)")
+        return
+    kind = f"{written['format']} {written['precision']}" if "precision" in written else written["format"]
+    size = f"{written['bytes'] / 2**20:.1f} MB"
+    if "fp32_bytes" in written:
+        size += f"; fp32 {written['fp32_bytes'] / 2**20:.1f} MB"
+    echo(f"wrote {written['path']} ({kind}, {written['task']}, {size})")
+    if written.get("check"):
+        from cnnapps.quantize import describe_check
+
+        echo(describe_check(written["check"], written["precision"]))
 
 
 @app.command("serve")
@@ -41,7 +80,9 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted request body."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     engine: str = typer.Option(
-        "auto", "--engine", help="auto, jit, compile or eager (onnxruntime: classification and embedding)."
+        "auto",
+        "--engine",
+        help="auto, eager, jit, compile, onnxruntime, onnx-cuda, tensorrt or openvino (cnnapps models --engines).",
     ),
     allowed_host: list[str] = typer.Option(
         None, "--allowed-host", help="A name clients may reach the server by (Host header); repeat; * for any."

@@ -298,7 +298,8 @@ class Served:
         """One entry per head: name (the ``model`` parameter), spec, task, route, classes or embedding size."""
         entries = []
         for route, task, head in self.routes():
-            info: dict[str, Any] = {"name": self.label(head), "spec": self.spec, "task": task, "route": route}
+            info: dict[str, Any] = {"name": self.label(head), "spec": self.spec, "task": task, "route": route,
+                                    "engine": getattr(self.predictor, "engine", None)}  # fmt: skip
             if len(self.heads) > 1:
                 info["head"] = head
             predictor = getattr(self.predictor, "predictor", None)  # a one-task model's own predictor
@@ -929,7 +930,7 @@ def create_app(
 
     @app.get("/v1/models", tags=["service"])
     async def list_models() -> dict[str, Any]:
-        """The loaded models: name (the ``model`` query parameter), spec, task, route."""
+        """The loaded models: name (the ``model`` query parameter), spec, task, route, engine."""
         models_info = [entry for s in served for entry in s.info()]
         if opened is not None:
             models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve", "items": len(opened)})

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from cnnapps.engines import EngineError
 from cnnapps.errors import CnnappsError
-from cnnapps.runtime import ENGINES, prepare_for_inference, to_channels_last
+from cnnapps.runtime import ENGINES, prepare_for_inference, prepare_runner, to_channels_last
 
 CPU = torch.device("cpu")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -82,6 +83,44 @@ def test_engine_names_are_checked() -> None:
     assert "compile" in ENGINES
     with pytest.raises(CnnappsError, match="--engine fast: choose one of auto, eager, jit, compile, onnxruntime"):
         prepare_for_inference(small_net(), torch.zeros(1, 3, 8, 8), CPU, "fast")
+
+
+class Untraceable(nn.Module):
+    """A module TorchScript cannot trace (its output is a Python list)."""
+
+    def forward(self, x: torch.Tensor) -> list:
+        return x.flatten(1).tolist()
+
+
+def test_the_engine_that_runs_is_named_and_jit_asked_for_by_name_never_runs_eagerly() -> None:
+    example = torch.zeros(2, 3, 8, 8)
+    for engine, expected in (("eager", "eager"), ("jit", "jit"), ("auto", "jit"), ("onnxruntime", "onnxruntime")):
+        run, used = prepare_runner(small_net(), example, CPU, engine)
+        assert used == expected, engine
+        torch.testing.assert_close(run(example), small_net().eval()(example), rtol=1e-4, atol=1e-5)
+    run, used = prepare_runner(Untraceable(), example, CPU, "auto")  # auto: eager, and it says so
+    assert used == "eager" and len(run(example)) == 2
+    with pytest.raises(EngineError, match=r"--engine jit: TorchScript cannot trace Untraceable .*use --engine auto"):
+        prepare_runner(Untraceable(), example, CPU, "jit")
+
+
+def test_onnx_engines_run_models_with_several_outputs() -> None:
+    class TwoMaps(nn.Module):  # a trunk's pass: stage maps, as the detection and multi-head predictors run it
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_net()[:4]
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.net(x)
+            return y, y.mean((2, 3))
+
+    module = TwoMaps().eval()
+    x = torch.randn(3, 3, 8, 8)
+    run, used = prepare_runner(module, torch.zeros(3, 3, 8, 8), CPU, "onnxruntime")
+    got = run(x)
+    assert used == "onnxruntime" and isinstance(got, tuple) and len(got) == 2
+    for a, b in zip(got, module(x), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_classification_predictor_leaves_the_callers_model_alone() -> None:
