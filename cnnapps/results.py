@@ -50,33 +50,54 @@ class Prediction:
 
 @dataclass
 class ClassificationResult(Result):
+    """The top-k classes, best first; a multi-label model's answer also has ``labels``: every class whose own
+    probability reaches its threshold, most probable first (None for a single-label model)."""
+
     predictions: list[Prediction] = field(default_factory=list)
+    labels: list[Prediction] | None = None
 
     @property
     def top1(self) -> Prediction | None:
         return self.predictions[0] if self.predictions else None
 
+    @property
+    def multilabel(self) -> bool:
+        return self.labels is not None
+
     def headline(self) -> str:
+        if self.labels is not None:
+            return ", ".join(p.label for p in self.labels)
         return self.top1.label if self.top1 else ""
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
             return {"path": self.source, "error": self.error}
-        return {"path": self.source, "predictions": [p.to_dict() for p in self.predictions]}
+        out: dict[str, Any] = {"path": self.source}
+        if self.labels is not None:
+            out["labels"] = [{"label": p.label, "score": round(float(p.score), 6)} for p in self.labels]
+        out["predictions"] = [p.to_dict() for p in self.predictions]
+        return out
 
     def draw(self, image: np.ndarray, width: int = 640) -> np.ndarray:
-        """The image with its top-k as labelled bars underneath (RGB uint8)."""
+        """The image with its top-k as labelled bars underneath (RGB uint8); a multi-label answer's bars are its
+        labels over their thresholds (then, greyed, the other top-k classes)."""
         import cv2
 
         h, w = image.shape[:2]
         scale = width / w
         img = cv2.resize(image, (width, max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        rows = max(1, len(self.predictions))
+        shown = list(self.predictions)
+        chosen: set[int] = set()
+        if self.labels is not None:
+            chosen = {p.index for p in self.labels}
+            shown = list(self.labels) + [p for p in self.predictions if p.index not in chosen]
+        rows = max(1, len(shown))
         panel = np.full((28 * rows + 12, width, 3), 255, np.uint8)
-        for i, p in enumerate(self.predictions):
+        for i, p in enumerate(shown):
             y = 8 + 28 * i
             bar = int((width - 20) * float(p.score))
-            cv2.rectangle(panel, (10, y), (10 + bar, y + 22), (66, 135, 245), -1)
+            colour = (66, 135, 245) if self.labels is None or p.index in chosen else (200, 200, 200)
+            cv2.rectangle(panel, (10, y), (10 + bar, y + 22), colour, -1)
             text = f"{p.label}  {p.score:.1%}"
             cv2.putText(panel, text, (14, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         if self.error:
@@ -309,7 +330,8 @@ class MultiTaskResult(Result):
             if isinstance(result, DetectionResult):
                 out = result.draw(out)
             elif isinstance(result, ClassificationResult) and result.predictions:
-                top = ", ".join(f"{p.label} {p.score:.0%}" for p in result.predictions[:3])
+                shown = result.predictions[:3] if result.labels is None else result.labels
+                top = ", ".join(f"{p.label} {p.score:.0%}" for p in shown) or "no label"
                 lines.append(f"{name}: {top}")
             elif isinstance(result, CaptionResult):
                 lines.append(f"{name}: {result.caption}")

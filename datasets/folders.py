@@ -10,9 +10,11 @@ import errno
 import glob
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cnnapps.datasets.io import IMAGE_SUFFIXES
 from cnnapps.errors import CnnappsError
@@ -41,8 +43,14 @@ class LabeledImages:
     def __len__(self) -> int:
         return len(self.paths)
 
+    multilabel = False
+
     def subset(self, indices: list[int]) -> LabeledImages:
         return LabeledImages([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.class_names)
+
+    def target(self, i: int) -> int:
+        """Image ``i``'s class index (what the training loss takes)."""
+        return self.labels[i]
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -161,52 +169,153 @@ def class_folders(root: str | os.PathLike, class_names: list[str] | None = None)
     return LabeledImages(paths, labels, list(class_names))
 
 
-def labeled_csv(path: str | os.PathLike, class_names: list[str] | None = None) -> LabeledImages:
-    """A CSV with ``path,label`` columns (header optional); relative paths resolve from the CSV's folder."""
-    path = Path(path)
+#: what separates the labels of one image in a CSV's label column (``cat|dog`` or ``cat;dog``)
+LABEL_SEPARATORS = re.compile(r"[|;]")
+#: a folder holding this file is a multi-label set: the file lists ``path,labels`` of the images beside it
+TAGS_FILE = "labels.csv"
+
+
+@dataclass
+class MultiLabeledImages:
+    """Image paths with any number of labels each (indices into ``class_names``; an image may have none)."""
+
+    paths: list[str]
+    labels: list[tuple[int, ...]]
+    class_names: list[str]
+    multilabel = True
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: list[int]) -> MultiLabeledImages:
+        return MultiLabeledImages([self.paths[i] for i in indices], [self.labels[i] for i in indices],
+                                  self.class_names)  # fmt: skip
+
+    def target(self, i: int) -> Any:
+        """Image ``i``'s labels as a multi-hot float32 vector (what the training loss takes)."""
+        import numpy as np
+
+        vector = np.zeros(len(self.class_names), np.float32)
+        vector[list(self.labels[i])] = 1.0
+        return vector
+
+    def counts(self) -> list[int]:
+        """Images per class."""
+        counts = [0] * len(self.class_names)
+        for labels in self.labels:
+            for k in labels:
+                counts[k] += 1
+        return counts
+
+
+def as_multilabel(items: LabeledImages | MultiLabeledImages) -> MultiLabeledImages:
+    """One label per image as a multi-label set (each image positive for its one class)."""
+    if isinstance(items, MultiLabeledImages):
+        return items
+    return MultiLabeledImages(list(items.paths), [(y,) for y in items.labels], list(items.class_names))
+
+
+def _csv_rows(path: Path, split: bool) -> list[tuple[int, str, list[str]]]:
+    """(line, path, labels) of a ``path,label(s)`` CSV; a row that cannot be used is logged (file:line and why)
+    and skipped. ``split``: the label column holds several labels separated by ``|`` or ``;``."""
     rows = []
+    first_bad = None
     with open(path, newline="") as fh:
         for i, row in enumerate(csv.reader(fh)):
-            if not row or row[0].startswith("#"):
+            if not row or not any(c.strip() for c in row) or row[0].startswith("#"):
                 continue
-            if i == 0 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+            if i == 0 and [c.strip().lower() for c in row[:2]] in (["path", "label"], ["path", "labels"]):
                 continue
-            if len(row) < 2:
-                raise DatasetError(f"{path}:{i + 1}: expected 'path,label', got {','.join(row)!r}")
-            rows.append((row[0].strip(), row[1].strip()))
+            why = None
+            if len(row) < 2 or not row[0].strip():
+                why = f"expected 'path,label', got {','.join(row)!r}"
+            else:
+                text = row[1].strip()
+                labels = [t.strip() for t in LABEL_SEPARATORS.split(text)] if split else [text]
+                labels = list(dict.fromkeys(t for t in labels if t))
+                if not labels and not split:
+                    why = f"no label for {row[0].strip()!r}"
+            if why is not None:
+                log.warning("%s:%d: %s; row skipped", path, i + 1, why)
+                first_bad = first_bad or f"{path}:{i + 1}: {why}"
+                continue
+            rows.append((i + 1, row[0].strip(), labels))
     if not rows:
-        raise DatasetError(f"{path}: no rows")
-    names = class_names or sorted({label for _, label in rows})
+        raise DatasetError(f"{path}: no usable rows" + (f" ({first_bad})" if first_bad else ""))
+    return rows
+
+
+def labeled_csv(
+    path: str | os.PathLike, class_names: list[str] | None = None, multilabel: bool | None = False
+) -> LabeledImages | MultiLabeledImages:
+    """A CSV with ``path,label`` columns (header optional); relative paths resolve from the CSV's folder.
+
+    ``multilabel``: False reads one label per row as it is written; True reads the label column as labels
+    separated by ``|`` or ``;`` (``a.jpg,cat|dog``; empty for an image with none of the classes) and gives
+    :class:`MultiLabeledImages`; None decides by the rows: multi-label when one of them has several labels.
+    Rows that cannot be used are logged with their line and skipped."""
+    path = Path(path)
+    rows = _csv_rows(path, split=multilabel is not False)
+    if multilabel is None:
+        multilabel = any(len(labels) > 1 for _, _, labels in rows)
+        if not multilabel:
+            for line, image, _ in (r for r in rows if not r[2]):
+                log.warning("%s:%d: no label for %r; row skipped (every row has one label or none: give "
+                            "--multilabel to keep images with no label)", path, line, image)  # fmt: skip
+            rows = [r for r in rows if r[2]]
+            if not rows:
+                raise DatasetError(f"{path}: no row has a label")
+    seen = {label for _, _, labels in rows for label in labels}
+    names = class_names or sorted(seen)
     index = {name: i for i, name in enumerate(names)}
-    missing = sorted({label for _, label in rows} - set(index))
+    missing = sorted(seen - set(index))
     if missing:
         raise DatasetError(f"{path}: labels {', '.join(missing)} are not among the training classes")
-    paths = [str(p if Path(p).is_absolute() else path.parent / p) for p, _ in rows]
-    return LabeledImages(paths, [index[label] for _, label in rows], list(names))
+    paths = [str(p if Path(p).is_absolute() else path.parent / p) for _, p, _ in rows]
+    if multilabel:
+        return MultiLabeledImages(paths, [tuple(index[x] for x in labels) for _, _, labels in rows], list(names))
+    return LabeledImages(paths, [index[labels[0]] for _, _, labels in rows], list(names))
 
 
-def read_labeled(data: str | os.PathLike, class_names: list[str] | None = None) -> LabeledImages:
-    """A class-per-folder tree or a CSV file."""
+def read_labeled(
+    data: str | os.PathLike, class_names: list[str] | None = None, multilabel: bool | None = False
+) -> LabeledImages | MultiLabeledImages:
+    """A class-per-folder tree or a CSV file; with ``multilabel`` True or None (decide by the data, see
+    :func:`labeled_csv`) also a folder holding a ``labels.csv`` of its images (the multi-label layout)."""
     data = Path(data)
     if data.is_file() and data.suffix.lower() in (".csv", ".txt"):
-        return labeled_csv(data, class_names)
+        return labeled_csv(data, class_names, multilabel)
     if data.is_dir():
-        return class_folders(data, class_names)
+        if multilabel is not False and (data / TAGS_FILE).is_file():
+            return labeled_csv(data / TAGS_FILE, class_names, multilabel)
+        found = class_folders(data, class_names)
+        return as_multilabel(found) if multilabel else found
     raise DatasetError(f"{data}: no such folder or CSV file")
 
 
 def train_val_split(
-    data: str | os.PathLike, val_split: float = 0.2, seed: int = 0
-) -> tuple[LabeledImages, LabeledImages]:
-    """``DIR/train`` + ``DIR/val`` when both exist; otherwise a stratified split of one tree or CSV."""
+    data: str | os.PathLike, val_split: float = 0.2, seed: int = 0, multilabel: bool | None = False
+) -> tuple[LabeledImages | MultiLabeledImages, LabeledImages | MultiLabeledImages]:
+    """``DIR/train`` + ``DIR/val`` when both exist; otherwise a stratified split of one tree or CSV.
+
+    ``multilabel`` as for :func:`read_labeled` (the validation half follows the training half); a multi-label set
+    is stratified by each image's rarest label."""
     data = Path(data)
     if (data / "train").is_dir() and (data / "val").is_dir():
-        train = class_folders(data / "train")
-        return train, class_folders(data / "val", train.class_names)
+        train = read_labeled(data / "train", None, multilabel)
+        val = read_labeled(data / "val", train.class_names, True if train.multilabel else multilabel)
+        return (as_multilabel(train), val) if val.multilabel else (train, val)
     if not 0.0 < val_split < 1.0:
         raise DatasetError(f"{data}: has no train/ and val/ folders, so --val-split must be between 0 and 1")
     from cnnapps.datasets.splits import split_indices
 
-    full = read_labeled(data)
-    train_idx, val_idx = split_indices(len(full), val_split, seed, groups=full.labels)
+    full = read_labeled(data, None, multilabel)
+    groups = rarest_labels(full) if isinstance(full, MultiLabeledImages) else full.labels
+    train_idx, val_idx = split_indices(len(full), val_split, seed, groups=groups)
     return full.subset(train_idx), full.subset(val_idx)
+
+
+def rarest_labels(items: MultiLabeledImages) -> list[int]:
+    """Each image's rarest label (-1 for an image with none): the groups a multi-label split is stratified by."""
+    counts = items.counts()
+    return [min(labels, key=lambda k: (counts[k], k)) if labels else -1 for labels in items.labels]

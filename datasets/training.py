@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cnnapps.datasets.folders import LabeledImages
+from cnnapps.datasets.folders import LabeledImages, MultiLabeledImages
 from cnnapps.datasets.io import read_image
 from cnnapps.errors import ImageError
 
@@ -49,12 +49,12 @@ class ReadableItems(Dataset):
 
 
 class LabeledImageDataset(ReadableItems):
-    """(tensor, label) pairs from labelled image paths; ``with_index`` adds the index of the item the pair came
-    from (an unreadable item's place is taken by the next readable one, whose index shows it)."""
+    """(tensor, label) pairs from labelled image paths (a multi-label set's label is a multi-hot float vector);
+    ``with_index`` adds the index of the item the pair came from (an unreadable item's place is taken by the next
+    readable one, whose index shows it)."""
 
-    def __init__(
-        self, items: LabeledImages, transform: Callable[[np.ndarray], np.ndarray], with_index: bool = False
-    ) -> None:
+    def __init__(self, items: LabeledImages | MultiLabeledImages, transform: Callable[[np.ndarray], np.ndarray],
+                 with_index: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.items = items
         self.transform = transform
@@ -67,7 +67,7 @@ class LabeledImageDataset(ReadableItems):
         return str(self.items.paths[i])
 
     def load(self, i: int, rgb: np.ndarray) -> tuple[Any, ...]:
-        pair = torch.from_numpy(self.transform(rgb)), self.items.labels[i]
+        pair = torch.from_numpy(self.transform(rgb)), self.items.target(i)
         return (*pair, i) if self.with_index else pair
 
 

@@ -1,5 +1,5 @@
-"""Imbalanced classes: per-class loss weights (``class_weights``) and a sampler by inverse class frequency
-(``sampler: balanced``). Training only."""
+"""Imbalanced classes: per-class loss weights (``class_weights``; for multi-label data the weights of each class's
+positives) and a sampler by inverse class frequency (``sampler: balanced``). Training only."""
 
 from __future__ import annotations
 
@@ -40,6 +40,18 @@ def class_weights(setting: str, labels: Sequence[int], class_names: Sequence[str
     for name, value in given.items():
         weights[list(class_names).index(name)] = value
     return weights
+
+
+def positive_weights(setting: str, labels: Sequence[Sequence[int]], class_names: Sequence[str]) -> np.ndarray:
+    """A multi-label loss's weight of each class's positives (``pos_weight`` of the binary cross-entropy): ``auto``
+    gives negatives / positives of the class in ``labels`` (each image's label indices; a class with no positive
+    counts one), a file maps class names to weights as for :func:`class_weights`."""
+    if setting != "auto":
+        return class_weights(setting, [], class_names)
+    positives = np.zeros(len(class_names))
+    for row in labels:
+        positives[list(row)] += 1
+    return (len(labels) - positives) / np.maximum(positives, 1)
 
 
 def _read_weights(path: Path) -> dict[str, float]:

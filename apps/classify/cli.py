@@ -14,6 +14,18 @@ from cnnapps.errors import CnnappsError
 from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, free, images, plural, progress, saved, styled
 
 _MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
+_THRESHOLD_HELP = (
+    "Multi-label models: a label is given when its probability reaches this, for every class [default: the "
+    "model's own threshold per class]."
+)
+_JSON_HELP = (
+    "Print JSON: one object per input (a multi-label model's also has labels: those over their thresholds, with "
+    "their scores)."
+)
+_DATA_HELP = (
+    "Class-per-folder tree, a path,label CSV, or multi-label data (a path,labels CSV with labels separated by | or ;, "
+    "or a folder holding such a labels.csv)."
+)
 
 
 def classify(
@@ -37,7 +49,8 @@ def classify(
         help="auto (fused graph on CPU, fp16 on GPU), jit, compile, eager, onnxruntime, onnx-cuda, tensorrt or "
         "openvino (which run here: cnnapps models --engines).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
+    threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0, help=_THRESHOLD_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Classify images. Exit code 0: all classified; 1: some inputs failed (reported, others done); 2: error."""
     from cnnapps.api import load
@@ -45,11 +58,17 @@ def classify(
 
     inputs = images(paths)
     predictor = load(model or [DEFAULT_BACKBONE], task="classify", device=device, engine=engine, batch_size=batch_size)
+    if threshold is not None and not getattr(predictor, "multilabel", False):
+        raise CnnappsError("--threshold: the model is single-label (one class per image); it applies to multi-label "
+                           "models")  # fmt: skip
+    extra = {"threshold": threshold} if threshold is not None else {}
     with progress(len(inputs), "classifying") as advance:
-        results = predictor.predict(inputs, top_k=top_k, progress=advance)
+        results = predictor.predict(inputs, top_k=top_k, progress=advance, **extra)
     failed = [r for r in results if not r.ok]
     if as_json:
         echo_json([r.to_dict() for r in results])
+    elif getattr(predictor, "multilabel", False):
+        _print_labels(results, top_k)
     else:
         _print_classifications(results, top_k)
     if failed:
@@ -78,20 +97,38 @@ def _print_classifications(results: list[Any], top_k: int) -> None:
     console().print(table)
 
 
+def _print_labels(results: list[Any], top_k: int) -> None:
+    """A multi-label model's answers: every label over its threshold with its probability, then the top-k."""
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("image")
+    table.add_column("labels")
+    table.add_column(f"top {top_k}")
+    for r in results:
+        if not r.ok:
+            table.add_row(r.source, styled(f"error: {r.error}", "red"), "")
+            continue
+        labels = ", ".join(f"{p.label} {p.score:.0%}" for p in r.labels or []) or styled("none", "dim")
+        table.add_row(r.source, labels, ", ".join(f"{p.label} {p.score:.0%}" for p in r.predictions))
+    console().print(table)
+
+
 def eval_classify(
     model: list[str] = typer.Option(..., "--model", "-m", help="Model file or registry name; repeat for an ensemble."),
-    data: str = typer.Option(..., "--data", help="Class-per-folder tree or a path,label CSV."),
+    data: str = typer.Option(..., "--data", help=_DATA_HELP),
     batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
 ) -> None:
-    """Top-1, top-5, per-class precision and recall, and the confusion matrix."""
+    """Top-1, top-5, per-class precision and recall, and the confusion matrix (a multi-label model: mAP, micro and
+    macro F1 at its thresholds, per-class AP, F1, precision and recall)."""
     from cnnapps.api import load
     from cnnapps.apps.classify.evaluate import evaluate
     from cnnapps.datasets.folders import read_labeled
     from cnnapps.terminal import report_failed
 
-    labelled = read_labeled(data, None)
+    labelled = read_labeled(data, None, multilabel=None)
     predictor = load(model, task="classify", device=device, batch_size=batch_size)
     with progress(len(labelled), "evaluating") as advance:
         report = evaluate(predictor, labelled, progress=advance)
@@ -100,6 +137,8 @@ def eval_classify(
         raise CnnappsError(f"{data}: none of its {len(labelled)} images could be read")
     if as_json:
         echo_json(report.to_dict())
+    elif getattr(report, "multilabel", False):
+        _print_multilabel_report(report)
     else:
         _print_report(report)
     if report.failed:
@@ -119,6 +158,22 @@ def _print_report(report: Any) -> None:
         table.add_row(name, f"{p:.3f}", f"{r:.3f}", str(n))
     out.print(table)
     out.print("\n".join(confusion_lines(report.class_names, report.confusion)))
+
+
+def _print_multilabel_report(report: Any) -> None:
+    from rich.table import Table
+
+    out = console()
+    out.print(f"{plural(report.n, 'image')}: mAP {report.map:.2%}, F1 micro {report.f1_micro:.2%}, "
+              f"macro {report.f1_macro:.2%} (at the model's thresholds)")  # fmt: skip
+    table = Table()
+    for column in ("label", "AP", "F1", "precision", "recall", "threshold", "images"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    rows = zip(report.class_names, report.ap, report.f1, report.precision, report.recall, report.thresholds,
+               report.support, strict=True)  # fmt: skip
+    for name, ap, f1, p, r, t, n in rows:
+        table.add_row(name, "-" if ap is None else f"{ap:.3f}", f"{f1:.3f}", f"{p:.3f}", f"{r:.3f}", f"{t:.3f}", str(n))
+    out.print(table)
 
 
 def confusion_lines(names: list[str], confusion: list[list[int]]) -> list[str]:

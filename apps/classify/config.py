@@ -21,9 +21,16 @@ MORE_DATA_LLRD = 0.5
 class ClassifyConfig(TrainConfig):
     """Fine-tune a backbone with a linear head on a class-per-folder tree or a path,label CSV."""
 
+    multilabel: bool = option(
+        False, "Several labels per image, each a yes/no of its own (sigmoid outputs, binary cross-entropy, a "
+        "threshold per class tuned for F1 on validation). Multi-label data is found without it: a CSV of path,labels "
+        "whose label column holds labels separated by | or ; (a.jpg,cat|dog; empty for an image with none), or a "
+        "folder holding such a labels.csv of its images; multi-label as soon as one row has several labels.",
+    )  # fmt: skip
     class_weights: str | None = option(
         None, "Weigh the cross-entropy per class: auto (inverse class frequency in the training set, mean 1) or a "
-        "YAML/JSON/CSV file of class name -> weight (classes it leaves out weigh 1).", panel=MORE_PANEL,
+        "YAML/JSON/CSV file of class name -> weight (classes it leaves out weigh 1). Multi-label: the weight of each "
+        "class's positives (auto: its negatives / positives).", panel=MORE_PANEL,
     )  # fmt: skip
     sampler: str = option(
         "shuffle", "shuffle, or balanced: draw training images by inverse class frequency (each class about "
@@ -68,9 +75,24 @@ class ClassifyConfig(TrainConfig):
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.multilabel:
+            self.check_multilabel("multilabel")
         if self.class_weights is not None and not self.class_weights.strip():
             raise ConfigError("class_weights: auto or a file of class name -> weight, not an empty value")
         return self
+
+    def check_multilabel(self, why: str) -> None:
+        """Refuse, in one line, the options that have no multi-label form (``why``: what made the run multi-label)."""
+        refused = [
+            (self.mix != "none", "mix: mixing images mixes their label sets; leave mix out for multi-label data "
+             f"({why})"),
+            (self.sampler == "balanced", "sampler: balanced draws by one class per image; use class_weights for "
+             f"multi-label data ({why})"),
+            (self.ema, f"ema: not available for multi-label training yet; leave ema out ({why})"),
+        ]  # fmt: skip
+        for bad, message in refused:
+            if bad:
+                raise ConfigError(message)
 
     @classmethod
     def of(cls, config: TrainConfig) -> ClassifyConfig:

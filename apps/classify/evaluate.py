@@ -1,4 +1,5 @@
-"""Top-1/top-5, per-class precision and recall, and the confusion matrix of a classifier on a labelled set."""
+"""Top-1/top-5, per-class precision and recall, and the confusion matrix of a classifier on a labelled set (mAP and
+F1s for a multi-label classifier: :mod:`cnnapps.apps.classify.multilabel`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.datasets.folders import LabeledImages
+from cnnapps.apps.classify.multilabel import MultiLabelReport
+from cnnapps.datasets.folders import LabeledImages, MultiLabeledImages
 
 
 @dataclass
@@ -66,9 +68,19 @@ def report_from_probs(
 
 
 def evaluate(
-    predictor: Any, data: LabeledImages, batch_size: int | None = None, progress: Any = None
-) -> ClassificationReport:
-    """Run ``predictor`` over ``data`` (class names must match); unreadable images are listed, not scored."""
+    predictor: Any, data: LabeledImages | MultiLabeledImages, batch_size: int | None = None, progress: Any = None
+) -> ClassificationReport | MultiLabelReport:
+    """Run ``predictor`` over ``data`` (class names must match); unreadable images are listed, not scored.
+
+    A multi-label model (or multi-label data) gives a :class:`MultiLabelReport` at the model's thresholds."""
+    if getattr(predictor, "multilabel", False) or data.multilabel:
+        from cnnapps.apps.classify.multilabel import evaluate_multilabel
+        from cnnapps.errors import CnnappsError
+
+        if not getattr(predictor, "multilabel", False):
+            raise CnnappsError("the data has images with several labels, the model gives one class per image: "
+                               "evaluate a model trained on multi-label data (--multilabel)")  # fmt: skip
+        return evaluate_multilabel(predictor, data, batch_size, progress)
     if list(predictor.class_names) != list(data.class_names):
         index = {name: i for i, name in enumerate(predictor.class_names)}
         unknown = [n for n in data.class_names if n not in index]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnapps.apps.classify.multilabel import DEFAULT_THRESHOLD, checked_thresholds
 from cnnapps.apps.modelfile import HeadInfo
 from cnnapps.backbones import create_backbone
 from cnnapps.backbones.features import Backbone
@@ -20,15 +21,21 @@ TASK = "classify"
 
 
 class Classifier(nn.Module):
-    """A backbone whose original head is replaced by dropout + linear on its pooled embedding."""
+    """A backbone whose original head is replaced by dropout + linear on its pooled embedding.
+
+    ``multilabel``: each class is a yes/no of its own (sigmoid of its logit, a label when it reaches its entry of
+    ``thresholds``) instead of one class among all (softmax)."""
 
     def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0,
-                 class_names: list[str] | None = None) -> None:  # fmt: skip
+                 class_names: list[str] | None = None, multilabel: bool = False,
+                 thresholds: list[float] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.backbone = backbone.drop_head() if backbone.has_head else backbone
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(backbone.embedding_dim, num_classes)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        self.multilabel = bool(multilabel)
+        self.thresholds = list(thresholds) if thresholds is not None else None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
@@ -46,10 +53,20 @@ class ClassifyHead:
     trunk_path = "backbone"
 
     def describe(self, model: Classifier) -> HeadInfo:
-        return HeadInfo(TASK, "linear", {"dropout": float(model.dropout.p)}, list(model.class_names))
+        kwargs: dict[str, Any] = {"dropout": float(model.dropout.p)}
+        if getattr(model, "multilabel", False):  # single-label heads are written as before
+            thresholds = model.thresholds or [DEFAULT_THRESHOLD] * len(model.class_names)
+            kwargs.update(multilabel=True, thresholds=[round(float(t), 6) for t in thresholds])
+        return HeadInfo(TASK, "linear", kwargs, list(model.class_names))
 
     def build(self, trunk: Backbone, info: HeadInfo, preprocess: dict[str, Any], model_file: Any) -> Classifier:
-        return Classifier(trunk, len(info.labels), float(info.kwargs.get("dropout", 0.0)), info.labels)
+        multilabel = info.kwargs.get("multilabel", False) is True  # files without the field are single-label
+        thresholds = None
+        if multilabel:
+            where = f"{getattr(model_file, 'path', 'model file')}: heads.{TASK}.kwargs"
+            thresholds = checked_thresholds(info.kwargs.get("thresholds"), len(info.labels), where)
+        return Classifier(trunk, len(info.labels), float(info.kwargs.get("dropout", 0.0)), info.labels,
+                          multilabel, thresholds)  # fmt: skip
 
     def from_v1(self, meta: dict[str, Any]) -> tuple[dict[str, Any], HeadInfo, dict[str, Any]]:
         trunk = {"name": meta["backbone"], "kwargs": meta.get("backbone_kwargs", {})}
@@ -58,11 +75,17 @@ class ClassifyHead:
         return trunk, head, meta["preprocess"]
 
     def predict_shared(self, model: Classifier, shared: Any, options: dict[str, Any]) -> list[Any]:
-        """Top-k results from a trunk pass shared with other heads."""
+        """Top-k results (and a multi-label head's labels over their thresholds) from a trunk pass shared with
+        other heads."""
         from cnnapps.apps.classify.predictor import top_k_result
 
-        probabilities = torch.softmax(model.forward_head(shared.features).float(), dim=1).cpu().numpy()
-        return [top_k_result("", row, model.class_names, options.get("top_k", 5)) for row in probabilities]
+        logits = model.forward_head(shared.features).float()
+        multilabel = getattr(model, "multilabel", False)
+        probabilities = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).cpu().numpy()
+        limits = None
+        if multilabel:
+            limits = model.thresholds if options.get("threshold") is None else options["threshold"]
+        return [top_k_result("", row, model.class_names, options.get("top_k", 5), limits) for row in probabilities]
 
 
 HEAD = ClassifyHead()
@@ -77,6 +100,8 @@ class LoadedClassifier:
     class_names: list[str]
     preprocess: Preprocess
     meta: dict[str, Any] = field(default_factory=dict)  # an exported file's metadata, or the model file's head
+    multilabel: bool = False  # sigmoid per class, labels over ``thresholds`` (see Classifier)
+    thresholds: list[float] | None = None
 
     @property
     def backbone(self) -> Backbone:
@@ -101,7 +126,10 @@ def load_classifier(spec: str | os.PathLike, head: str | None = None) -> LoadedC
         width = runner.outputs[0][-1] if runner.outputs and runner.outputs[0] else None
         if isinstance(width, int) and width != len(names):
             raise CnnappsError(f"{spec}: its graph gives {width} class scores, its metadata names {len(names)} classes")
-        return LoadedClassifier(str(spec), runner, names, preprocess, meta)  # type: ignore[arg-type]
+        multilabel = meta.get("multilabel") is True
+        thresholds = checked_thresholds(meta.get("thresholds"), len(names), str(spec)) if multilabel else None
+        return LoadedClassifier(str(spec), runner, names, preprocess, meta, multilabel,  # type: ignore[arg-type]
+                                thresholds)  # fmt: skip
     if is_bundle_path(spec):
         from cnnapps.apps.modelfile import build_model, read_model_file
 
@@ -110,7 +138,8 @@ def load_classifier(spec: str | os.PathLike, head: str | None = None) -> LoadedC
         model = build_model(model_file, name)
         info = model_file.heads[name]
         meta = {"trunk": model_file.trunk, "head": name, **info.to_dict()}
-        return LoadedClassifier(str(spec), model, info.labels, preprocess_of(model_file), meta)
+        return LoadedClassifier(str(spec), model, info.labels, preprocess_of(model_file), meta, model.multilabel,
+                                model.thresholds)  # fmt: skip
     backbone = create_backbone(str(spec), weights="imagenet")
     if not backbone.has_head or not backbone.class_names:
         raise CnnappsError(f"{spec}: its weights carry no class names; fine-tune it with `cnnapps train classify`")
@@ -133,6 +162,8 @@ def exportable(spec: str | os.PathLike, task: str = TASK, **options: Any) -> Any
 
     loaded = load_classifier(spec, options.get("head"))
     meta = {"task": TASK, "class_names": loaded.class_names, "preprocess": loaded.preprocess.to_dict()}
+    if loaded.multilabel:  # the graph gives logits: the runner applies the sigmoid and the thresholds
+        meta.update(multilabel=True, thresholds=loaded.thresholds)
     keeps = "ops onnxruntime has no int8 form for (the softmax is not in the graph)"
     calibration = Calibration(preprocessed_batch(loaded.preprocess), "top1", fp32=keeps)
     return Exportable(loaded.model.eval(), meta, torch.zeros(1, *loaded.preprocess.input_size), calibration=calibration)

@@ -206,6 +206,86 @@ class ClassificationModule(TaskModule):
         return kept["probs"][order], kept["labels"][order]
 
 
+class MultiLabelModule(TaskModule):
+    """Multi-label training: binary cross-entropy on each class's logit (``class_weights`` weigh each class's
+    positives, label smoothing pulls the targets towards 1/2), validated by the mAP (the best epoch's) and F1s at
+    0.5. The validation probabilities of the best epoch so far are kept (:attr:`best_outputs`): the thresholds are
+    tuned on them when the run ends, with no second pass. Layer-wise lr decay as for single-label training."""
+
+    def __init__(self, model: Classifier, config: TrainConfig, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__(config)
+        config = ClassifyConfig.of(config)
+        self.model = model.train()
+        weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=weight)
+        self.val_loss_fn = nn.BCEWithLogitsLoss()  # unweighted, so val_loss compares across settings
+        self.smoothing = config.label_smoothing
+        self.layer_decay = config.layer_decay
+        self.ema = None  # refused for multi-label runs (ClassifyConfig.check_multilabel)
+        self._val_loss_sum: torch.Tensor | None = None
+        self._val_count = 0
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        #: the best epoch's validation outputs: {"epoch", "val_map", "probs", "labels", "indices"}
+        self.best_outputs: dict[str, Any] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        y = y.float()
+        if self.smoothing:
+            y = y * (1 - self.smoothing) + 0.5 * self.smoothing
+        loss = self.loss(self(x), y)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.track_train_loss(loss)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x, y, *index = batch
+        logits = self(x).float()
+        loss = self.val_loss_fn(logits, y.float())
+        self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        total = loss.detach() * len(y)
+        self._val_loss_sum = total if self._val_loss_sum is None else self._val_loss_sum + total
+        self._val_count += len(y)
+        # kept on the device; read once, at the end of the epoch
+        self._val_outputs.append((logits.detach().sigmoid(), y.detach(), index[0].detach() if index else None))
+
+    def on_validation_epoch_end(self) -> None:
+        from cnnapps.apps.classify.multilabel import multilabel_report
+
+        val_loss = float(self._val_loss_sum) / max(1, self._val_count) if self._val_loss_sum is not None else 0.0
+        self._val_loss_sum, self._val_count = None, 0
+        outputs, self._val_outputs = self._val_outputs, []
+        if self.trainer.sanity_checking or not outputs:
+            return
+        probs = torch.cat([p for p, _, _ in outputs]).cpu().numpy()
+        labels = torch.cat([y for _, y, _ in outputs]).cpu().numpy()
+        names = self.model.class_names
+        at_half = multilabel_report(probs, labels, names)  # F1s at 0.5 (the mAP needs no threshold)
+        val_map = at_half.map
+        values = {"val_loss": val_loss, "val_map": val_map, "val_f1_micro": at_half.f1_micro,
+                  "val_f1_macro": at_half.f1_macro}  # fmt: skip
+        self.log("val_map", val_map, prog_bar=True)  # what the best checkpoint is chosen by
+        self.record_epoch(values)
+        # the best checkpoint is replaced only by a strictly higher val_map (ModelCheckpoint, mode "max")
+        if outputs[0][2] is not None and (self.best_outputs is None or val_map > self.best_outputs["val_map"]):
+            indices = torch.cat([i for _, _, i in outputs]).cpu().numpy()
+            self.best_outputs = {"epoch": self.current_epoch + 1, "val_map": val_map, "probs": probs,
+                                 "labels": labels, "indices": indices}  # fmt: skip
+
+    def parameter_groups(self) -> Any:
+        if self.layer_decay is None:
+            return super().parameter_groups()
+        return layer_decay_groups(self.model, self.lr, self.layer_decay)
+
+    def outputs_of_best(self, epoch: int | None, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(probabilities, multi-hot labels) of the validation set in order, from epoch ``epoch``'s validation
+        (as :meth:`ClassificationModule.outputs_of_best`)."""
+        return ClassificationModule.outputs_of_best(self, epoch, size)  # type: ignore[arg-type]
+
+
 def layer_decay_groups(model: Classifier, lr: float, decay: float) -> list[dict[str, Any]]:
     """Optimiser parameter groups of layer-wise lr decay (trainable parameters only; empty groups left out)."""
     stages = [list(group) for group in model.backbone.stage_parameters()]

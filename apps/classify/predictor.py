@@ -30,6 +30,9 @@ class ClassificationPredictor:
 
     Several members make an ensemble: their softmax probabilities are averaged (they must
     share class names; each keeps its own preprocessing).
+
+    Multi-label models (``multilabel``) give each class its own sigmoid probability, and each result's ``labels``
+    are the classes over their thresholds (the model's per-class ones, averaged over an ensemble's members).
     """
 
     task = "classify"
@@ -51,7 +54,17 @@ class ClassificationPredictor:
                 raise CnnappsError(
                     f"{member.spec}: its classes differ from {members[0].spec}'s; an ensemble needs the same classes"
                 )
+            if member.multilabel != members[0].multilabel:
+                raise CnnappsError(f"{member.spec}: an ensemble of multi-label and single-label models; use one kind")
         self.members = list(members)
+        #: each class its own sigmoid probability, labels over per-class thresholds (see :meth:`predict`)
+        self.multilabel = members[0].multilabel
+        self.thresholds: list[float] | None = None
+        if self.multilabel:
+            from cnnapps.apps.classify.multilabel import DEFAULT_THRESHOLD
+
+            per_member = [m.thresholds or [DEFAULT_THRESHOLD] * len(names) for m in members]
+            self.thresholds = [float(t) for t in np.mean(per_member, axis=0)]
         graphs = any(not isinstance(m.model, torch.nn.Module) for m in members)  # exported ONNX files
         self.device = select_device(device, engine, graph=graphs)
         # Small batches keep a CPU's caches warm: 4 images per call ran ~2.5x faster per image than 32.
@@ -76,13 +89,15 @@ class ClassificationPredictor:
     def predict_proba(
         self, inputs: Any, batch_size: int | None = None, progress: Callable[[int], None] | None = None
     ) -> tuple[list[str], np.ndarray, list[str | None]]:
-        """Names, probabilities (N, classes; NaN rows for failed inputs) and per-input errors."""
+        """Names, probabilities (N, classes; NaN rows for failed inputs; one sigmoid per class for a multi-label
+        model) and per-input errors."""
         return self._runner.run(inputs, self._forward, len(self.class_names), batch_size, progress)
 
     def _forward(self, inputs: dict) -> np.ndarray:
         total = None
         for member, run in zip(self.members, self._models, strict=True):
-            p = torch.softmax(run(inputs[member.preprocess]).float(), dim=1)
+            logits = run(inputs[member.preprocess]).float()
+            p = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
             total = p if total is None else total + p
         return (total / len(self.members)).cpu().numpy()
 
@@ -92,13 +107,24 @@ class ClassificationPredictor:
         top_k: int = 5,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        threshold: float | None = None,
     ) -> list[ClassificationResult]:
-        """Classify paths, arrays, PIL images or encoded bytes (one, or a list). Bad inputs get ``error``."""
+        """Classify paths, arrays, PIL images or encoded bytes (one, or a list). Bad inputs get ``error``.
+
+        A multi-label model's results also list every class whose probability reaches its threshold (``labels``);
+        ``threshold`` replaces the model's per-class thresholds by one for all classes."""
+        if threshold is not None:
+            if not self.multilabel:
+                raise CnnappsError("threshold: the model is single-label (one class per image); a threshold applies "
+                                   "to multi-label models")  # fmt: skip
+            if not 0 <= threshold <= 1:
+                raise CnnappsError(f"threshold: must be between 0 and 1, not {threshold}")
+        limits = (self.thresholds if threshold is None else threshold) if self.multilabel else None
         names, probs, errors = self.predict_proba(inputs, batch_size, progress)
         results = [
             ClassificationResult(name, error=error)
             if error is not None
-            else top_k_result(name, row, self.class_names, top_k)
+            else top_k_result(name, row, self.class_names, top_k, limits)
             for name, row, error in zip(names, probs, errors, strict=True)
         ]
         for result in results:
@@ -106,12 +132,19 @@ class ClassificationPredictor:
         return results
 
 
-def top_k_result(name: str, probabilities: np.ndarray, class_names: list[str], top_k: int) -> ClassificationResult:
-    """The ``top_k`` classes of one probability row, best first (ties keep class order)."""
+def top_k_result(name: str, probabilities: np.ndarray, class_names: list[str], top_k: int,
+                 thresholds: list[float] | float | None = None) -> ClassificationResult:  # fmt: skip
+    """The ``top_k`` classes of one probability row, best first (ties keep class order); with ``thresholds`` (a
+    multi-label model's, per class or one for all) also the classes that reach theirs, as ``labels``."""
     k = max(1, min(top_k, len(class_names)))
     top = np.argsort(-probabilities, kind="stable")[:k]
+    labels = None
+    if thresholds is not None:
+        from cnnapps.apps.classify.multilabel import labels_over
+
+        labels = labels_over(probabilities, class_names, thresholds)
     return ClassificationResult(
-        name, predictions=[Prediction(class_names[i], int(i), float(probabilities[i])) for i in top]
+        name, predictions=[Prediction(class_names[i], int(i), float(probabilities[i])) for i in top], labels=labels
     )
 
 

@@ -3,6 +3,11 @@
 The run folder holds ``model.safetensors`` (the self-describing model file, best validation
 top-1), ``metrics.json``, ``curves.png``, ``confusion_matrix.png``, ``config.yaml``,
 ``checkpoints/`` (best and last, for ``--resume``) and ``logs/`` (CSV and TensorBoard).
+
+Multi-label data (``multilabel``, or found in the data: see :func:`cnnapps.datasets.folders.labeled_csv`) trains
+the same trunk and linear head with a sigmoid per class; the best epoch is the one of the highest validation mAP,
+each class's threshold is tuned for its F1 on the validation set and written in the model file beside the class
+names, and ``metrics.json`` holds the mAP, the F1s and the thresholds (no confusion matrix).
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ def _prepare(config: ClassifyConfig, device: Any) -> Any:
     from cnnapps.datasets.folders import train_val_split
     from cnnapps.terminal import plural
 
-    train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
+    train_set, val_set = train_val_split(config.data, config.val_split, config.seed,
+                                         True if config.multilabel else None)  # fmt: skip
+    if train_set.multilabel:
+        return _prepare_multilabel(config, device, train_set, val_set)
     if len(train_set.class_names) < 2:
         only = train_set.class_names[0]
         raise CnnappsError(f"{config.data}: only one class ({only}); a classifier needs two or more")
@@ -63,6 +71,43 @@ def _prepare(config: ClassifyConfig, device: Any) -> Any:
                 header=tuple(header))  # fmt: skip
 
 
+def _prepare_multilabel(config: ClassifyConfig, device: Any, train_set: Any, val_set: Any) -> Any:
+    import torch
+
+    from cnnapps.apps.classify.balance import positive_weights
+    from cnnapps.apps.classify.model import Classifier
+    from cnnapps.apps.classify.module import MultiLabelModule
+    from cnnapps.apps.common.training import Plan, backbone_for, labelled_loaders
+    from cnnapps.terminal import plural
+
+    found = "multilabel" if config.multilabel else f"{config.data} has images with several labels"
+    config.check_multilabel(found)
+    names = train_set.class_names
+    if not names:
+        raise CnnappsError(f"{config.data}: no labels; a multi-label classifier needs one or more classes")
+    if len(val_set) == 0:
+        raise CnnappsError(f"{config.data}: the validation split is empty; add images or raise --val-split")
+    weights = positive_weights(config.class_weights, train_set.labels, names) if config.class_weights else None
+    backbone, spec = backbone_for(config)
+    header = _apply_preset(config, backbone)
+    model = Classifier(backbone, len(names), config.dropout, names, multilabel=True)
+    module = MultiLabelModule(model, config, None if weights is None else torch.as_tensor(weights))
+    train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device, True)
+    header += _option_lines(config, module, names, weights)
+    mean = sum(len(labels) for labels in train_set.labels) / max(1, len(train_set))
+    header.insert(0, f"multi-label ({'--multilabel' if config.multilabel else 'found in the data'}): "
+                     f"{mean:.2f} labels per training image, a sigmoid per class")  # fmt: skip
+    trunk = f"trunk {config.trunk}" if config.trunk else f"{config.backbone} ({backbone.weights})"
+    describe = (
+        f"training {trunk} on {plural(len(train_set), 'image')} with {plural(len(names), 'label')}, "
+        f"validating on {len(val_set)}"
+    )
+    return Plan(module, train_loader, val_loader, describe, "val_map", len(train_set), len(val_set),
+                curves=("val_map", "val_f1_micro", "val_f1_macro"),
+                extra={"val_set": val_set, "spec": spec, "class_names": names, "multilabel": True},
+                header=tuple(header))  # fmt: skip
+
+
 def _apply_preset(config: ClassifyConfig, backbone: Any) -> list[str]:
     """Freeze the backbone as the transfer-learning ``preset`` says; returns the header line saying so."""
     if config.preset == "small-data":
@@ -87,7 +132,8 @@ def _option_lines(config: ClassifyConfig, module: Any, names: list[str], weights
     if weights is not None:
         shown = ", ".join(f"{n} {w:.3g}" for n, w in list(zip(names, weights, strict=True))[:12])
         more = f", ... ({len(names)} classes)" if len(names) > 12 else ""
-        lines.append(f"class weights ({config.class_weights}): {shown}{more}")
+        what = "positive weights" if getattr(module.model, "multilabel", False) else "class weights"
+        lines.append(f"{what} ({config.class_weights}): {shown}{more}")
     if config.sampler == "balanced":
         lines.append("sampler balanced: training images drawn by inverse class frequency")
     if config.mix != "none":
@@ -106,6 +152,8 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
     from cnnapps.apps.common.training import trunk_identity
     from cnnapps.apps.modelfile import save_model
 
+    if plan.extra.get("multilabel"):
+        return _finish_multilabel(config, plan, result, device)
     out = Path(config.out)
     names, spec = plan.extra["class_names"], plan.extra["spec"]
     module = result.module
@@ -131,4 +179,35 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
                {**metrics, "epochs": len(result.history)})  # fmt: skip
     plot_confusion(report.confusion, names, out / "confusion_matrix.png")
     return {**metrics, **chosen, "per_class": report.to_dict()["per_class"], "confusion_matrix": report.confusion,
+            "class_names": names}  # fmt: skip
+
+
+def _finish_multilabel(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[str, Any]:
+    """Tune each class's threshold on the best epoch's validation probabilities, report mAP and F1s at those
+    thresholds (tuned and measured on the same images: optimistic), and save the model with its thresholds."""
+    from cnnapps.apps.classify.model import LoadedClassifier
+    from cnnapps.apps.classify.multilabel import multilabel_report, scores_of, tune_thresholds
+    from cnnapps.apps.classify.predictor import ClassificationPredictor
+    from cnnapps.apps.common.training import trunk_identity
+    from cnnapps.apps.modelfile import save_model
+
+    out = Path(config.out)
+    names, spec, val_set = plan.extra["class_names"], plan.extra["spec"], plan.extra["val_set"]
+    module = result.module
+    best_entry = max(result.history, key=lambda h: h.get(plan.best) or 0.0) if result.history else {}
+    model = module.model.float().eval()
+    kept = module.outputs_of_best(best_entry.get("epoch"), len(val_set))
+    if kept is not None:  # the best epoch's validation already scored every image with these weights
+        probs, targets = kept
+    else:  # e.g. resumed after the best epoch: score the validation set again
+        member = LoadedClassifier(str(out), model, names, spec, multilabel=True)
+        predictor = ClassificationPredictor([member], device=str(device), engine="eager")
+        probs, targets, _ = scores_of(predictor, val_set)
+    model.thresholds = tune_thresholds(probs, targets)
+    report = multilabel_report(probs, targets, names, model.thresholds)
+    metrics = {"val_map": report.map, "val_f1_micro": report.f1_micro, "val_f1_macro": report.f1_macro,
+               "val_loss": best_entry.get("val_loss")}  # fmt: skip
+    save_model(out / "model.safetensors", "classify", model, *trunk_identity(config), spec.to_dict(),
+               {**metrics, "epochs": len(result.history)})  # fmt: skip
+    return {**metrics, "multilabel": True, "thresholds": report.thresholds, "per_class": report.to_dict()["per_class"],
             "class_names": names}  # fmt: skip

@@ -132,7 +132,9 @@ def grad_cam(loaded: LoadedClassifier, rgb: np.ndarray, target: str | int | None
     cam = torch.relu((weights * features).sum(dim=1))[0].detach().numpy()
     cam = cv2.resize(cam, (x.shape[3], x.shape[2]), interpolation=cv2.INTER_LINEAR)
     cam = cam / cam.max() if cam.max() > 0 else cam
-    score = float(torch.softmax(logits.detach(), dim=1)[0, index])
+    # a multi-label class's own probability (sigmoid); one class among all: softmax
+    scores = torch.sigmoid(logits.detach()) if loaded.multilabel else torch.softmax(logits.detach(), dim=1)
+    score = float(scores[0, index])
     view = view_of_input(loaded.preprocess, rgb)
     geometry = loaded.preprocess.geometry(rgb.shape[0], rgb.shape[1])
     return GradCam(cam.astype(np.float32), view, index, loaded.class_names[index], score, rgb, geometry)

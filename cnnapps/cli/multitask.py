@@ -112,6 +112,8 @@ def _summary(result: Any) -> str:
     from cnnapps.results import CaptionResult, ClassificationResult, DetectionResult, EmbeddingResult
 
     if isinstance(result, ClassificationResult):
+        if result.labels is not None:  # a multi-label head: every label over its threshold
+            return ", ".join(f"{p.label} {p.score:.0%}" for p in result.labels) or "no label"
         return f"{result.top1.label} {result.top1.score:.0%}" if result.top1 else "-"
     if isinstance(result, CaptionResult):
         return result.caption
