@@ -30,6 +30,8 @@ PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
 # where colour jitter and normalisation run: on the training device, on uint8 batches ("device"), or in the
 # DataLoader workers, which then send float32 batches ("workers"); "auto": the device when it is a GPU
 AUGMENT_PLACES = ("auto", "device", "workers")
+#: experiment trackers (Lightning loggers) a run can write to; ``--logger`` takes a comma-separated list of them
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 
 #: the help panel of the options for several processes (README: Scaling out)
 SCALE_PANEL = "Scaling out"
@@ -109,6 +111,17 @@ class TrainConfig:
         1, "Average the gradients of this many batches per optimiser step (effective batch: batch size x processes x "
         "this).", panel=MORE_PANEL,
     )  # fmt: skip
+    logger: str = option(
+        "csv,tensorboard", "Experiment trackers, comma-separated: csv, tensorboard, mlflow (a file store in "
+        "OUT/mlruns unless --mlflow-uri or $MLFLOW_TRACKING_URI names a server), wandb (when installed; offline "
+        "without an API key), or none.", panel=MORE_PANEL,
+    )  # fmt: skip
+    mlflow_uri: str | None = option(
+        None, "MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else OUT/mlruns].", panel=MORE_PANEL
+    )
+    experiment: str | None = option(
+        None, "Experiment (MLflow) or project (W&B) name [default: cnnapps-<task>].", panel=MORE_PANEL
+    )
     progress: bool = option(True, cli=False)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
@@ -145,7 +158,24 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.loggers  # noqa: B018  (checks the names)
         return self
+
+    @property
+    def loggers(self) -> tuple[str, ...]:
+        """The trackers ``logger`` names, checked: known names, and installed where they are optional."""
+        names = tuple(dict.fromkeys(n.strip().lower() for n in self.logger.split(",") if n.strip()))
+        if names == ("none",):
+            return ()
+        unknown = [n for n in names if n not in LOGGERS]
+        if unknown or not names:
+            raise ConfigError(f"logger: {', '.join(unknown) or 'nothing'} is not one of {', '.join(LOGGERS)} (or none)")
+        import importlib.util
+
+        for name, package in (("mlflow", "mlflow"), ("wandb", "wandb")):
+            if name in names and importlib.util.find_spec(package) is None:
+                raise ConfigError(f"logger: {name} is not installed (pip install {package}); leave it out of --logger")
+        return names
 
     def default_lr(self) -> float:
         """The learning rate for one process when ``lr`` is not set."""

@@ -13,7 +13,9 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,20 @@ _EXPECTED_LIGHTNING_WARNINGS = (
     # every rank validates on the whole validation set, so epoch values are the same on all of them
     r".*sync_dist=True.*",
 )
+
+#: callbacks that code around a training run adds to its trainer (``tune``'s pruning): each is made from the plan
+_EXTRA_CALLBACKS: ContextVar[tuple[Callable[[Any], Any], ...]] = ContextVar("cnnapps_extra_callbacks", default=())
+
+
+@contextmanager
+def extra_callbacks(*factories: Callable[[Any], Any]) -> Iterator[None]:
+    """Within the block, every training run also gets ``factory(plan)`` for each factory among its Lightning
+    callbacks (so a search can watch any task's epochs without the task knowing)."""
+    token = _EXTRA_CALLBACKS.set(_EXTRA_CALLBACKS.get() + factories)
+    try:
+        yield
+    finally:
+        _EXTRA_CALLBACKS.reset(token)
 
 
 def backbone_for(config: TrainConfig) -> tuple[Any, Any]:
@@ -182,6 +198,7 @@ class FitResult:
     precision: str
     global_rank: int = 0  # in a distributed run, only rank 0 writes the run folder
     facts: dict[str, Any] = field(default_factory=dict)  # how the run ran, for metrics.json
+    loggers: list[Any] = field(default_factory=list)  # the Lightning loggers the run wrote to
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -228,6 +245,8 @@ def run_training(
         "best_epoch": best.get("epoch"),
         "train_images": plan.train_images,
         "val_images": plan.val_images,
+        # what chose the best epoch, and its value there (what k-fold summaries and searches compare)
+        "selected_by": {"metric": plan.best, "value": best.get(plan.best)},
         **{k: v for k, v in result.facts.items() if k != "epoch_seconds"},
         "timing": timing,
         "history": history,
@@ -240,7 +259,83 @@ def run_training(
         from cnnapps.apps.common.plots import plot_curves
 
         plot_curves(history, out / "curves.png", metrics=plan.curves)
+    publish(result.loggers, out, metrics)
     return metrics
+
+
+def make_loggers(config: TrainConfig, out: Path, version: int) -> list[Any]:
+    """The Lightning loggers ``config.logger`` names. CSV and TensorBoard write to OUT/logs/version_N; MLflow to
+    ``mlflow_uri`` or $MLFLOW_TRACKING_URI, else a file store in OUT/mlruns; W&B to OUT/wandb, offline unless an
+    API key is set."""
+    loggers: list[Any] = []
+    names = config.loggers
+    if "csv" in names:
+        from lightning.pytorch.loggers import CSVLogger
+
+        loggers.append(CSVLogger(out, name="logs", version=version))
+    if "tensorboard" in names:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(out, name="logs", version=version, default_hp_metric=False))
+    experiment = config.experiment or f"cnnapps-{config.task_name}"
+    if "mlflow" in names:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = config.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # MLflow 3 keeps its file store only on request; a database would cost seconds per run
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = (out / "mlruns").resolve().as_uri()
+        logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)  # "... Creating it."
+        loggers.append(MLFlowLogger(experiment_name=experiment, run_name=f"{out.name}-v{version}", tracking_uri=uri))
+    if "wandb" in names:
+        from lightning.pytorch.loggers import WandbLogger
+
+        offline = not _wandb_key() and os.environ.get("WANDB_MODE") != "online"
+        loggers.append(WandbLogger(project=experiment, name=out.name, save_dir=str(out), offline=offline))
+    return loggers
+
+
+def _wandb_key() -> bool:
+    """Whether a W&B API key is at hand ($WANDB_API_KEY or a ~/.netrc entry from ``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def log_params(loggers: list[Any], config: TrainConfig) -> None:
+    """The run's settings as the loggers' hyper-parameters (MLflow params, TensorBoard hparams, hparams.yaml)."""
+    params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in dataclasses.asdict(config).items()}
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
+def publish(loggers: list[Any], out: Path, metrics: dict[str, Any]) -> None:
+    """After the run: the final scores, the model file and metrics.json to the trackers that keep artifacts."""
+    scores = {f"final_{k}": float(v) for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float)}
+    files = [path for path in (out / "model.safetensors", out / "metrics.json") if path.is_file()]
+    for logger in loggers:
+        kind = type(logger).__name__
+        if kind == "MLFlowLogger":
+            client = logger.experiment
+            for key, value in scores.items():
+                client.log_metric(logger.run_id, key, value)
+            for path in files:
+                client.log_artifact(logger.run_id, str(path))
+            name = client.get_experiment(logger.experiment_id).name
+            log.info("mlflow: run %s of experiment %s in %s", logger.run_id, name, client.tracking_uri)
+        elif kind == "WandbLogger":
+            import wandb
+
+            run = logger.experiment
+            run.summary.update(scores)
+            for path in files:
+                run.save(str(path), base_path=str(out), policy="now")
+            wandb.finish()  # the next run in this process (a fold, a trial) starts its own
 
 
 def best_epoch_values(history: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -251,13 +346,12 @@ def best_epoch_values(history: list[dict[str, Any]], key: str) -> dict[str, Any]
 
 def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     """Train with checkpoints (best on the plan's value, and last), optional early stopping (on ``plan.stop_on``
-    after ``config.patience`` epochs without improvement), CSV + TensorBoard logs.
+    after ``config.patience`` epochs without improvement), the loggers ``config.logger`` names (:func:`make_loggers`).
 
     With ``config.devices``/``num_nodes`` above 1 this is Lightning's DDP: one process per device, each
     training on its shard of every global batch, gradients averaged; launched by Lightning itself, by
     ``torchrun`` or by SLURM's ``srun`` (Lightning reads their environment)."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     module, train_loader, val_loader = plan.module, plan.train_loader, plan.val_loader
     monitor = plan.logged or plan.best
@@ -276,10 +370,12 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     callbacks.append(epoch_bar() if bar else _EpochLines(config.epochs))
     if config.patience:
         callbacks.append(EarlyStopping(monitor=plan.stop_on[0], patience=config.patience, mode=plan.stop_on[1]))
+    callbacks += [factory(plan) for factory in _EXTRA_CALLBACKS.get()]
     if config.sync_batchnorm and config.world_size > 1 and device.type != "cuda":
         raise CnnappsError("sync_batchnorm: torch's SyncBatchNorm runs on GPUs only; train on cuda or leave it off")
     out.mkdir(parents=True, exist_ok=True)
     version = next(n for n in range(10_000) if not (out / "logs" / f"version_{n}").exists())
+    loggers = make_loggers(config, out, version)
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator="gpu" if device.type == "cuda" else "cpu",
@@ -290,8 +386,8 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         precision=precision,
         callbacks=callbacks,
         # logs/version_N: each run or resumption gets its own folder (CSV and TensorBoard files together),
-        # so no earlier log is replaced
-        logger=[CSVLogger(out, name="logs", version=version), TensorBoardLogger(out, name="logs", version=version)],
+        # so no earlier log is replaced; MLflow and W&B runs beside them as asked
+        logger=loggers or False,
         enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, len(train_loader) // config.world_size)),
@@ -305,6 +401,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         for line in plan.header:
             log.info("%s", line)
         write_config(config, out / "config.yaml")
+        log_params(loggers, config)
     if config.compile:
         for part in module.compile_targets():
             part.compile(**module.compile_options())
@@ -338,7 +435,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     }
     if config.compile:
         facts["compile_seconds"] = round(clock.compile_seconds, 2)
-    return FitResult(module, best, seconds, precision, trainer.global_rank, facts)
+    return FitResult(module, best, seconds, precision, trainer.global_rank, facts, loggers)
 
 
 def ddp_strategy(config: TrainConfig) -> Any:

@@ -30,6 +30,18 @@ _JSON = inspect.Parameter(
     default=typer.Option(False, "--json", help="Print the final metrics as JSON."),
     annotation=bool,
 )
+_KFOLD = inspect.Parameter(
+    "kfold",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=typer.Option(
+        None,
+        "--kfold",
+        metavar="K",
+        help="k-fold cross-validation: K runs on stratified folds of all the images, "
+        "in OUT/fold-i; the summary (mean and std) in OUT/kfold.json, the best fold's model as OUT/model.safetensors.",
+    ),
+    annotation=Optional[int],  # noqa: UP045
+)
 
 
 def _option(f: dataclasses.Field, kind: Any, config_type: type) -> inspect.Parameter:
@@ -58,12 +70,15 @@ def train_command(task: Any) -> Any:
     def command(**values: Any) -> None:
         from cnnapps.apps.common.config import check_run_folder, load_config
 
-        path, as_json = values.pop("config"), values.pop("as_json")
+        path, as_json, kfold = values.pop("config"), values.pop("as_json"), values.pop("kfold")
         if "task" in {f.name for f in dataclasses.fields(config_type)}:
             values["task"] = task.name  # one config type serves several tasks (detect, segment, pose)
         if as_json:
             values["progress"] = False  # a progress bar would mix with the JSON on stdout
         config = load_config(path, config_type, **values)
+        if kfold is not None:
+            _cross_validate(task.name, config, kfold, as_json)
+            return
         check_run_folder(config)  # before the training code (and torch) is imported: an existing run fails at once
         metrics = task.part("train")(config)
         if metrics.get("global_rank"):  # another process of a distributed run; rank 0 reports
@@ -81,7 +96,34 @@ def train_command(task: Any) -> Any:
             f"wrote {config.out}/model.safetensors, metrics.json, curves.png"
         )
 
-    command.__signature__ = inspect.Signature([*params, _CONFIG, _JSON])  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in [*params, _CONFIG, _JSON]}
+    extra = [_CONFIG, _JSON, _KFOLD]
+    command.__signature__ = inspect.Signature([*params, *extra])  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in [*params, *extra]}
     command.__name__ = f"train_{task.name}"
     return command
+
+
+def _cross_validate(task_name: str, config: Any, k: int, as_json: bool) -> None:
+    """``--kfold K``: train the folds, then print the per-fold table with the mean and std of each score."""
+    from cnnapps.apps.common.kfold import cross_validate
+
+    summary = cross_validate(task_name, config, k)
+    if summary.get("global_rank"):
+        return
+    if as_json:
+        echo_json(summary)
+        return
+    from rich.table import Table
+
+    metric, folds = summary["metric"], summary["folds"]
+    scores = list(summary["mean"])
+    table = Table(title=f"{k}-fold cross-validation of {task_name} (best epoch of each fold by {metric})")
+    for column in ("fold", *scores, "best epoch", "train", "val"):
+        table.add_column(column, justify="right")
+    for row in folds:
+        table.add_row(str(row["fold"]), *(f"{row[s]:.4f}" for s in scores), str(row.get("best_epoch")),
+                      str(row["train_images"]), str(row["val_images"]))  # fmt: skip
+    table.add_row("mean ± std", *(f"{summary['mean'][s]:.4f} ± {summary['std'][s]:.4f}" for s in scores), "", "", "")
+    console().print(table)
+    kept = f", kept as {summary['model']}" if summary.get("model") else ""
+    console().print(f"best fold {summary['best_fold']}{kept}; wrote {Path(config.out) / 'kfold.json'}")

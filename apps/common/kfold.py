@@ -1,0 +1,157 @@
+"""k-fold cross-validation of any task whose data is labelled images (``cnnapps train classify --kfold K``).
+
+The images of ``data`` (its train/ and val/ trees pooled, or the one tree or CSV) are dealt into K stratified
+folds; fold i trains on the other K-1 folds and validates on fold i, in OUT/fold-i/. Each fold's split is a
+class-per-folder tree of links to the images (OUT/fold-i/data/{train,val}/<class>/), read by the task's own
+data reader, so a fold can be retrained or evaluated alone. OUT/kfold.json holds the per-fold scores with their
+mean and standard deviation, and OUT/model.safetensors is a copy of the best fold's model file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cnnapps.apps.common.config import ConfigError, TrainConfig
+from cnnapps.errors import CnnappsError
+
+log = logging.getLogger("cnnapps")
+
+#: tasks whose data reader takes a class-per-folder tree with train/ and val/ (what a fold is written as)
+KFOLD_TASKS = ("classify", "retrieve")
+
+
+def fold_indices(labels: list[int], k: int, seed: int = 0) -> list[list[int]]:
+    """``k`` disjoint, sorted validation index lists that together cover every item: each class's items are
+    shuffled (the same for the same seed, as :func:`cnnapps.datasets.splits.split_indices` does) and dealt in
+    turn to the folds, so every fold holds about the same share of each class."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    dealt = 0  # each class starts where the last one stopped: small classes do not all land in fold 1
+    for group in sorted(set(labels)):
+        members = [i for i, g in enumerate(labels) if g == group]
+        for j in rng.permutation(len(members)):
+            folds[dealt % k].append(members[j])
+            dealt += 1
+    return [sorted(f) for f in folds]
+
+
+def pooled_images(data: str | os.PathLike) -> Any:
+    """Every labelled image of ``data``: its train/ and val/ trees together, or the one tree or CSV."""
+    from cnnapps.datasets.folders import LabeledImages, class_folders, read_labeled
+
+    root = Path(data)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train = class_folders(root / "train")
+        val = class_folders(root / "val", train.class_names)
+        return LabeledImages(train.paths + val.paths, train.labels + val.labels, train.class_names)
+    return read_labeled(root)
+
+
+def write_fold_tree(images: Any, train_idx: list[int], val_idx: list[int], root: Path) -> Path:
+    """``root``/train and ``root``/val as class folders of links to the images (copies where links are not
+    allowed); an earlier tree there is replaced (it is made from the data, nothing else is kept in it)."""
+    if root.exists():
+        shutil.rmtree(root)
+    for part, indices in (("train", train_idx), ("val", val_idx)):
+        for i in indices:
+            source = Path(images.paths[i]).resolve()
+            folder = root / part / images.class_names[images.labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{i:06d}-{source.name}"  # the index keeps same-named files of a class apart
+            try:
+                target.symlink_to(source)
+            except OSError:  # e.g. Windows without the privilege
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
+    return root
+
+
+def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any]:
+    """Train ``k`` folds of ``config`` for the task, each in OUT/fold-i; returns (and writes to OUT/kfold.json)
+    the per-fold scores, their mean and standard deviation (population), and which fold is kept as
+    OUT/model.safetensors. With ``config.resume``, finished folds are read back and an interrupted one resumed."""
+    from cnnapps.apps.tasks import get_task
+    from cnnapps.files import atomic_write
+
+    if task_name not in KFOLD_TASKS:
+        raise ConfigError(
+            f"kfold: {task_name} reads its data its own way; k-fold runs for {', '.join(KFOLD_TASKS)} "
+            "(labelled image trees)"
+        )
+    if k < 2:
+        raise ConfigError(f"kfold: must be at least 2, not {k}")
+    config.validate()
+    if getattr(config, "multilabel", False):
+        raise ConfigError("kfold: folds are stratified by one label per image; multi-label data is not split yet")
+    if config.world_size > 1:
+        raise ConfigError("kfold: folds train one after another in one process; leave devices and num_nodes at 1")
+    out = Path(config.out)
+    if not config.resume and ((out / "kfold.json").exists() or (out / "model.safetensors").exists()):
+        raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
+    images = pooled_images(config.data)
+    counts = {name: images.labels.count(i) for i, name in enumerate(images.class_names)}
+    few = [name for name, n in counts.items() if n < 2]
+    if few:
+        raise ConfigError(f"kfold: class {few[0]} has {counts[few[0]]} image; every fold must train on every class "
+                          "(two images or more per class)")  # fmt: skip
+    if k > len(images):
+        raise ConfigError(f"kfold: {k} folds of {len(images)} images leave some folds empty; use at most {len(images)}")
+    bad = [n for n in images.class_names if not n or n.startswith(".") or "/" in n or os.sep in n]
+    if bad:
+        raise ConfigError(f"kfold: class {bad[0]!r} cannot name a folder of the fold's tree")
+    train = get_task(task_name).part("train")
+    folds = fold_indices(images.labels, k, config.seed)
+    rows: list[dict[str, Any]] = []
+    metric = None
+    for i, val_idx in enumerate(folds, start=1):
+        fold_out = out / f"fold-{i}"
+        held = set(val_idx)
+        train_idx = [j for j in range(len(images)) if j not in held]
+        done = (fold_out / "metrics.json").is_file() and (fold_out / "model.safetensors").is_file()
+        if config.resume and done:
+            log.info("fold %d of %d: finished earlier, read from %s", i, k, fold_out / "metrics.json")
+            metrics = json.loads((fold_out / "metrics.json").read_text())
+        else:
+            tree = write_fold_tree(images, train_idx, val_idx, fold_out / "data")
+            resume = config.resume and (fold_out / "checkpoints" / "last.ckpt").is_file()
+            log.info("fold %d of %d: training on %d images, validating on %d", i, k, len(train_idx), len(val_idx))
+            fold_config = dataclasses.replace(config, data=str(tree), out=str(fold_out), resume=resume)
+            metrics = train(fold_config)
+            if metrics.get("global_rank"):
+                return {"global_rank": metrics["global_rank"]}
+        metric = metrics["selected_by"]["metric"]
+        scores = {key: v for key, v in metrics.items() if key.startswith("val_") and isinstance(v, float)}
+        value = metrics["selected_by"]["value"]
+        rows.append({"fold": i, "out": str(fold_out), metric: value, **scores, "best_epoch": metrics.get("best_epoch"),
+                     "train_images": len(train_idx), "val_images": len(val_idx)})  # fmt: skip
+    summary = summarize_folds(rows, metric or "")
+    summary.update(task=task_name, k=k, data=str(config.data), seed=config.seed)
+    best = summary["best_fold"]
+    best_model = out / f"fold-{best}" / "model.safetensors"
+    if best_model.is_file():
+        atomic_write(out / "model.safetensors", best_model.read_bytes(), overwrite=True)
+        summary["model"] = str(out / "model.safetensors")
+    atomic_write(out / "kfold.json", json.dumps(summary, indent=2).encode(), overwrite=True)
+    return summary
+
+
+def summarize_folds(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Mean and standard deviation (population, as numpy's ``std``) of every score the folds share, and the fold
+    with the highest ``metric``."""
+    import numpy as np
+
+    keys = [key for key in rows[0] if key.startswith("val_") and all(isinstance(r.get(key), float) for r in rows)]
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in keys}
+    std = {key: float(np.std([r[key] for r in rows])) for key in keys}
+    best = max(rows, key=lambda r: r.get(metric) or 0.0)["fold"]
+    return {"metric": metric, "folds": rows, "mean": mean, "std": std, "best_fold": best}

@@ -1,0 +1,70 @@
+"""k-fold cross-validation (``cnnapps train classify --kfold K``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cnnapps.apps.common.config import ConfigError
+from cnnapps.apps.common.kfold import cross_validate, fold_indices
+
+
+def test_folds_are_disjoint_cover_everything_and_are_stratified() -> None:
+    labels = [0] * 10 + [1] * 6 + [2] * 3
+    folds = fold_indices(labels, 3, seed=1)
+    flat = [i for fold in folds for i in fold]
+    assert sorted(flat) == list(range(len(labels)))  # disjoint and covering
+    for group, size in ((0, 10), (1, 6)):
+        counts = [sum(labels[i] == group for i in fold) for fold in folds]
+        assert max(counts) - min(counts) <= 1 and sum(counts) == size
+    assert fold_indices(labels, 3, seed=1) == folds  # repeatable
+
+
+def _images(tree: Path) -> set[str]:
+    return {os.path.realpath(p) for p in tree.rglob("*.png")}
+
+
+def test_two_folds_on_the_command_line(colour_set: Path, tmp_path: Path, run_cli) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(dict(
+        data=str(colour_set), backbone="lenet5", weights="none", epochs=1, batch_size=8, lr=0.01, workers=0,
+        augment="none", dropout=0.0, backbone_kwargs={"in_channels": 3},
+    )))  # fmt: skip
+    out = tmp_path / "cv"
+    code, stdout, stderr = run_cli("train", "classify", "--config", base, "--kfold", 2, "--out", out)
+    assert code == 0, stderr
+    assert "mean ± std" in stdout and "kfold.json" in stdout
+    folds = [json.loads((out / f"fold-{i}" / "metrics.json").read_text()) for i in (1, 2)]
+    assert [m["epochs"] for m in folds] == [1, 1]
+    val = [_images(out / f"fold-{i}" / "data" / "val") for i in (1, 2)]
+    train = [_images(out / f"fold-{i}" / "data" / "train") for i in (1, 2)]
+    everything = _images(colour_set)
+    assert len(everything) == 30 and not val[0] & val[1] and val[0] | val[1] == everything
+    assert train[0] == val[1] and train[1] == val[0]
+    assert [m["val_images"] for m in folds] == [15, 15]
+    summary = json.loads((out / "kfold.json").read_text())
+    assert summary["metric"] == "val_top1" and summary["k"] == 2
+    scores = [m["val_top1"] for m in folds]
+    assert [row["val_top1"] for row in summary["folds"]] == scores
+    assert summary["mean"]["val_top1"] == pytest.approx(np.mean(scores))
+    assert summary["std"]["val_top1"] == pytest.approx(np.std(scores))
+    best = summary["best_fold"]
+    assert scores[best - 1] == max(scores)
+    assert (out / "model.safetensors").read_bytes() == (out / f"fold-{best}" / "model.safetensors").read_bytes()
+    code, _, stderr = run_cli("train", "classify", "--config", base, "--kfold", 2, "--out", out)
+    assert code != 0 and "already holds a training run" in stderr
+
+
+def test_kfold_refusals(colour_set: Path, tmp_path: Path, tiny_config) -> None:
+    config = tiny_config(colour_set, tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"^kfold: caption reads its data its own way"):
+        cross_validate("caption", config, 2)
+    with pytest.raises(ConfigError, match=r"^kfold: must be at least 2, not 1"):
+        cross_validate("classify", config, 1)
+    with pytest.raises(ConfigError, match=r"^kfold: 31 folds of 30 images"):
+        cross_validate("classify", config, 31)

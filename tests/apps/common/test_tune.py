@@ -1,0 +1,118 @@
+"""Hyper-parameter search (``cnnapps tune``): the space, the pruning callback, a two-trial study."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from cnnapps.apps.classify.config import ClassifyConfig
+from cnnapps.apps.common.config import ConfigError, TrainConfig, load_config
+from cnnapps.apps.common.tune import PruneOnEpoch, default_space, read_space
+
+
+class FakeTrial:
+    def __init__(self, prune: bool) -> None:
+        self.prune, self.reports = prune, []
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((step, value))
+
+    def should_prune(self) -> bool:
+        return self.prune
+
+
+def test_pruning_callback_reports_each_epoch_and_prunes() -> None:
+    import optuna
+
+    module = SimpleNamespace(history=[{"epoch": 1, "val_top1": 0.5}, {"epoch": 2, "val_top1": 0.25}])
+    keep = FakeTrial(prune=False)
+    PruneOnEpoch(keep, "val_top1").on_train_epoch_end(None, module)
+    assert keep.reports == [(2, 0.25)]
+    with pytest.raises(optuna.TrialPruned, match=r"val_top1 0\.25 at epoch 2"):
+        PruneOnEpoch(FakeTrial(prune=True), "val_top1").on_train_epoch_end(None, module)
+
+
+def test_median_pruner_stops_a_trial_below_the_others() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    first = study.ask()
+    first.report(0.9, 1)
+    study.tell(first, 0.9)
+    good, bad = study.ask(), study.ask()
+    PruneOnEpoch(good, "val_top1").on_train_epoch_end(None, SimpleNamespace(history=[{"epoch": 1, "val_top1": 0.95}]))
+    with pytest.raises(optuna.TrialPruned):
+        PruneOnEpoch(bad, "val_top1").on_train_epoch_end(None, SimpleNamespace(history=[{"epoch": 1, "val_top1": 0.1}]))
+
+
+def test_default_space_follows_the_config_fields() -> None:
+    names = [d.name for d in default_space(ClassifyConfig(data="x", lr=0.01, batch_size=8))]
+    assert names == ["lr", "weight_decay", "batch_size", "augment", "label_smoothing", "dropout", "freeze", "llrd"]
+    space = {d.name: d for d in default_space(ClassifyConfig(data="x", lr=0.01, batch_size=8))}
+    assert space["lr"].low == pytest.approx(0.001) and space["lr"].log and space["batch_size"].choices == (4, 8, 16)
+    assert "llrd" not in {d.name for d in default_space(TrainConfig(data="x"))}  # only classify has llrd
+    assert not {"freeze", "llrd"} & {d.name for d in default_space(ClassifyConfig(data="x", preset="small-data"))}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lrr: {low: 0.1, high: 1}", "lrr: not a setting of this task (did you mean lr?)"),
+        ("lr: {low: 0.1, high: 0.01}", "lr: low (0.1) must be below high (0.01)"),
+        ("lr: {low: 0, high: 0.1, log: true}", "lr: a log range must start above 0"),
+        ("augment: {low: 0, high: 1}", "augment: not a number setting"),
+        ("dropout: []", "dropout: an empty list of choices"),
+        ("epochs: {low: 1.5, high: 3}", "epochs: an integer setting takes whole low and high"),
+    ],
+)
+def test_bad_space_files_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{path}: {message}")):
+        read_space(path, ClassifyConfig)
+
+
+def test_two_trials_write_a_loadable_best_recipe(colour_set: Path, tmp_path: Path, run_cli,
+                                                 caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    base, space_file, out = tmp_path / "base.yaml", tmp_path / "space.yaml", tmp_path / "study"
+    base.write_text(yaml.safe_dump(dict(
+        data=str(colour_set), backbone="lenet5", weights="none", epochs=3, batch_size=8, lr=0.01, workers=0,
+        augment="none", val_split=0.3, backbone_kwargs={"in_channels": 3},
+    )))  # fmt: skip
+    space_file.write_text(
+        "lr: {low: 0.001, high: 0.05, log: true}\ndropout: {low: 0.0, high: 0.3}\nbatch_size: [4, 8]\n"
+    )
+    args = ("tune", "classify", "--config", base, "--trials", 2, "--epochs", 1, "--space", space_file, "--out", out)
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0, stderr
+    assert "best: trial" in stdout and "trial 1 (2 of 2)" in caplog.text
+    assert (out / "trial-0" / "metrics.json").is_file() and (out / "trial-1" / "metrics.json").is_file()
+    best = load_config(out / "best.yaml", ClassifyConfig)
+    assert 0.001 <= best.lr <= 0.05 and 0.0 <= best.dropout <= 0.3 and best.batch_size in (4, 8)
+    assert best.epochs == 3 and best.out == str(out / "best") and best.data == str(colour_set)
+    assert best.weights is None and best.backbone_kwargs == {"in_channels": 3}  # the base recipe kept
+    trials = json.loads((out / "trials.json").read_text())
+    assert trials["metric"] == "val_top1" and [t["state"] for t in trials["trials"]] == ["complete", "complete"]
+    winner = max(trials["trials"], key=lambda t: t["value"])
+    assert best.lr == pytest.approx(winner["params"]["lr"])
+    code, _, stderr = run_cli(*args)  # the study is there: continue it with --resume, or choose another --out
+    assert code != 0 and "already holds a study" in stderr
+
+
+def test_a_pruned_trial_stops_its_training_run(colour_set: Path, tmp_path: Path, tiny_config) -> None:
+    import optuna
+
+    from cnnapps.apps.classify.train import train_classifier
+    from cnnapps.apps.common.training import extra_callbacks
+
+    trial = FakeTrial(prune=True)
+    with extra_callbacks(lambda plan: PruneOnEpoch(trial, plan.best)), pytest.raises(optuna.TrialPruned):
+        train_classifier(tiny_config(colour_set, tmp_path / "run", epochs=3))
+    assert [step for step, _ in trial.reports] == [1]  # stopped after the first epoch's validation
+    assert not (tmp_path / "run" / "model.safetensors").exists()
