@@ -111,6 +111,10 @@ class PanopticConfig(TrainConfig):
     seed: int = option(0, cli=False)
     compile: bool = option(False, cli=False)
     augment_on: str = option("auto", cli=False)
+    accumulate: int = option(1, cli=False)
+    logger: str = option("csv,tensorboard", cli=False)
+    mlflow_uri: str | None = option(None, cli=False)
+    experiment: str | None = option(None, cli=False)
 
     task_name = "panoptic"
 
