@@ -13,7 +13,7 @@ looks at the embeddings), so the two differ only in the tracker.
 
 The default model is trained with:
 
-    python -m cnnapps.datasets.synthetic_video data/video-shapes --coco --videos 24 --val-videos 2 --every 15
+    python -m cnnapps.datasets.synthetic_video data/video-shapes --coco --videos 40 --val-videos 2 --every 10
     cnnapps train detect --config configs/detect/video-shapes.yaml
 """
 
@@ -35,7 +35,7 @@ from recording import describe_machine, record, resolve_device  # noqa: E402
 
 DEFAULT_MODEL = "runs/video-shapes/model.safetensors"
 TRAIN_HINT = (
-    "python -m cnnapps.datasets.synthetic_video data/video-shapes --coco --videos 24 --val-videos 2 --every 15\n"
+    "python -m cnnapps.datasets.synthetic_video data/video-shapes --coco --videos 40 --val-videos 2 --every 10\n"
     "  cnnapps train detect --config configs/detect/video-shapes.yaml"
 )
 _ROW_KEYS = ("mota", "idf1", "id_switches", "false_positives", "misses")

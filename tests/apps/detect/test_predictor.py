@@ -42,7 +42,7 @@ def test_embed_gives_each_instance_its_appearance_from_the_same_pass(model_file)
     embedded = cnnapps.load(model_file, score_threshold=0.0, embed=True).predict([image])[0]
     assert np.allclose([i.box for i in plain.instances], [i.box for i in embedded.instances], atol=1e-4)  # same
     vectors = np.stack([i.embedding for i in embedded.instances])
-    assert vectors.shape == (len(embedded.instances), 16)  # the FPN's channels
+    assert vectors.shape == (len(embedded.instances), 16 * 7 * 7)  # the FPN channels x the RoI cells
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert all(i.embedding is None for i in plain.instances)
     assert "embedding" not in json.dumps(embedded.to_dict())  # for trackers, not printed
