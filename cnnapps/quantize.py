@@ -137,9 +137,14 @@ def quantize_int8(data: bytes, calibration: Calibration, images: list[str]) -> b
         quantize_static,
     )
 
+    chosen = _spread(images, MAX_CALIBRATION_IMAGES)
+    # onnxruntime folds the kept outputs into ranges every `chunk` images and once more at the end, and that last
+    # fold fails ("No data is collected") when nothing is left over: a chunk that does not divide the count
+    chunk = next((c for c in range(CALIBRATION_CHUNK, 1, -1) if len(chosen) % c), len(chosen) + 1)
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.inputs = _inputs(_spread(images, MAX_CALIBRATION_IMAGES), calibration.feed)
+            self.inputs = _inputs(chosen, calibration.feed)
 
         def get_next(self) -> dict | None:
             return next(self.inputs, None)
@@ -153,7 +158,7 @@ def quantize_int8(data: bytes, calibration: Calibration, images: list[str]) -> b
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                 op_types_to_quantize=list(calibration.op_types) if calibration.op_types else None,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"CalibMaxIntermediateOutputs": CALIBRATION_CHUNK},
+                extra_options={"CalibMaxIntermediateOutputs": chunk},
             )  # fmt: skip
         except Exception as exc:  # onnxruntime's own errors: one line
             first = (str(exc).strip().splitlines() or [""])[0][:200]
