@@ -13,6 +13,7 @@ Base layer: imports no app. Each task's exporter says how its graph is fed and c
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -129,13 +130,14 @@ def quantize_int8(data: bytes, calibration: Calibration, images: list[str]) -> b
     that changed the top-1 of a third of the images where uint8 changed none (and the same int8 graph computed
     exactly, without the saturation, agreed as well as uint8 does). Unsigned graphs give the same answers on
     every CPU."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    with _root_logger_kept():
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
     chosen = _spread(images, MAX_CALIBRATION_IMAGES)
     # onnxruntime folds the kept outputs into ranges every `chunk` images and once more at the end, and that last
@@ -193,6 +195,22 @@ def _without_unused_constants(data: bytes) -> bytes:
 
 
 @contextlib.contextmanager
+def _root_logger_kept() -> Iterator[None]:
+    """Imports under it leave the root logger as it was: onnxruntime's quantization package calls
+    ``logging.basicConfig`` when imported, which would send every library's INFO records of the embedding program
+    to the standard error of that moment (a stream that may be closed later)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
 def _quiet_quantizer() -> Iterator[None]:
     """The quantizer's notes (pre-processing advice; biases of all-but-zero channels clipped to int32) are
     logged on the root logger: kept off the terminal while it runs, other records pass."""
@@ -215,7 +233,9 @@ def to_fp16(data: bytes) -> bytes:
     """``data`` (an fp32 ONNX graph) with fp16 weights and arithmetic; its inputs and outputs stay fp32. Ops that
     need fp32 (NMS, RoI Align, TopK, index arithmetic) stay fp32 (onnxruntime's block list)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _root_logger_kept():
+        from onnxruntime.transformers.float16 import convert_float_to_float16
 
     return convert_float_to_float16(onnx.load_from_string(data), keep_io_types=True).SerializeToString()
 

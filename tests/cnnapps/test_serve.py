@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -276,36 +279,50 @@ def test_serve_runs_the_exported_graph_with_engine_onnxruntime(photo: Path) -> N
     assert np.allclose([p["score"] for p in answer["predictions"]], [p["score"] for p in expected], atol=1e-4)
 
 
-def test_serve_command_passes_host_names_and_deadlines_on(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
-    from fastapi import FastAPI
+_SERVE_COMMAND = """
+import json, sys
+import uvicorn
+from fastapi import FastAPI
+import cnnapps.serve.app as serve_app
+from cnnapps.cli import main
 
-    import cnnapps.serve.app as serve_app
+seen = {}
 
-    seen: dict = {}
+def fake_create_app(specs, *args, **kwargs):
+    seen.update(specs=specs, allowed_hosts=kwargs["allowed_hosts"], request_timeout_s=kwargs["request_timeout_s"])
+    app = FastAPI()
+    app.state.request_timeout_s = kwargs["request_timeout_s"]
+    return app
 
-    def fake_create_app(specs: list, *args: object, **kwargs: object) -> FastAPI:
-        seen.update(specs=specs, **kwargs)
-        app = FastAPI()
-        app.state.request_timeout_s = kwargs["request_timeout_s"]
-        return app
+class FakeServer:
+    def __init__(self, config):
+        seen.update(host=config.host, keep_alive=config.timeout_keep_alive, protocol=config.http.__name__)
+        self.started = False
 
-    class FakeServer:
-        def __init__(self, config: uvicorn.Config) -> None:
-            seen["config"], self.started = config, False
+    def run(self):
+        seen["ran"] = self.started = True
 
-        def run(self) -> None:
-            self.started = True
+serve_app.create_app = fake_create_app
+uvicorn.Server = FakeServer
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    seen["code"] = exc.code or 0
+print(json.dumps(seen))
+"""
 
-    monkeypatch.setattr(serve_app, "create_app", fake_create_app)
-    monkeypatch.setattr(uvicorn, "Server", FakeServer)
-    code, _, err = run_cli("serve", "--host", "0.0.0.0", "--allowed-host", "photos.lan", "--allowed-host", "gpu1",
-                           "--request-timeout", "7", "--keep-alive", "2")  # fmt: skip
-    assert code == 0, err
+
+def test_serve_command_passes_host_names_and_deadlines_on() -> None:
+    # in a process of its own: uvicorn configures the logging of the whole process it runs in
+    args = ["serve", "--host", "0.0.0.0", "--allowed-host", "photos.lan", "--allowed-host", "gpu1",
+            "--request-timeout", "7", "--keep-alive", "2"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _SERVE_COMMAND, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen.get("code", 0) == 0 and seen["ran"], done.stderr[-2000:]
     assert seen["allowed_hosts"] == ["0.0.0.0", "photos.lan", "gpu1"] and seen["request_timeout_s"] == 7
-    config = seen["config"]
-    assert (config.host, config.timeout_keep_alive) == ("0.0.0.0", 2)
-    assert config.http.__name__ == "DeadlineProtocol"
+    assert (seen["host"], seen["keep_alive"]) == ("0.0.0.0", 2)
+    assert seen["protocol"] == "DeadlineProtocol"
 
 
 def _clip(path: Path, chelsea: np.ndarray, frames: int, fps: float = 10.0) -> bytes:

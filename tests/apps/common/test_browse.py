@@ -54,7 +54,7 @@ def test_class_folder_samples_and_presets_of_the_task(tmp_path):
     samples = draw_samples(tmp_path, n=4, columns=4, cell=48, augment="creative", input_size=32)
     assert samples.task == "classify" and (samples.grid.shape[1], samples.grid.shape[0]) == grid_size(4, 4, 48)
     assert all(not np.array_equal(picture_part(a), picture_part(b)) for a, b in samples.pairs)
-    with pytest.raises(CnnappsError, match="choose from default, alexnet, creative, none"):
+    with pytest.raises(CnnappsError, match="choose from default, alexnet, creative, randaugment, trivialaugment, none"):
         draw_samples(tmp_path, augment="mosaic")
 
 
