@@ -18,29 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from cnnapps.apps.common.config import ConfigError, TrainConfig
+from cnnapps.datasets.splits import fold_indices
 from cnnapps.errors import CnnappsError
 
 log = logging.getLogger("cnnapps")
 
 #: tasks whose data reader takes a class-per-folder tree with train/ and val/ (what a fold is written as)
 KFOLD_TASKS = ("classify", "retrieve")
-
-
-def fold_indices(labels: list[int], k: int, seed: int = 0) -> list[list[int]]:
-    """``k`` disjoint, sorted validation index lists that together cover every item: each class's items are
-    shuffled (the same for the same seed, as :func:`cnnapps.datasets.splits.split_indices` does) and dealt in
-    turn to the folds, so every fold holds about the same share of each class."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    dealt = 0  # each class starts where the last one stopped: small classes do not all land in fold 1
-    for group in sorted(set(labels)):
-        members = [i for i, g in enumerate(labels) if g == group]
-        for j in rng.permutation(len(members)):
-            folds[dealt % k].append(members[j])
-            dealt += 1
-    return [sorted(f) for f in folds]
 
 
 def pooled_images(data: str | os.PathLike) -> Any:

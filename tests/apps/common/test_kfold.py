@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from cnnapps.apps.common.config import ConfigError
-from cnnapps.apps.common.kfold import cross_validate, fold_indices
+from cnnapps.apps.common.kfold import cross_validate
+from cnnapps.datasets.splits import fold_indices
 
 
 def test_folds_are_disjoint_cover_everything_and_are_stratified() -> None:
