@@ -85,9 +85,9 @@ def test_listing_the_commands_imports_no_torch_numpy_or_task_code() -> None:
 # -- layers -------------------------------------------------------------------------------------------------------
 
 BASE = ("cnnapps.errors", "cnnapps.files", "cnnapps.bundle", "cnnapps.results", "cnnapps.runtime",
-        "cnnapps.exported", "cnnapps.engines", "cnnapps.quantize", "cnnapps.terminal", "cnnapps.backbones",
-        "cnnapps.datasets")  # fmt: skip
-FRONT = ("cnnapps.api", "cnnapps.cli", "cnnapps.serve", "cnnapps.export")
+        "cnnapps.exported", "cnnapps.engines", "cnnapps.quantize", "cnnapps.terminal", "cnnapps.parts",
+        "cnnapps.backbones", "cnnapps.datasets")  # fmt: skip
+FRONT = ("cnnapps.api", "cnnapps.cli", "cnnapps.serve", "cnnapps.export", "cnnapps.batch")
 
 
 def _modules() -> dict[str, Path]:

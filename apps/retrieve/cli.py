@@ -72,15 +72,24 @@ def index_build(
         None, "--world-size", min=1, help="Processes sharing the build [default: from torchrun or SLURM, else 1]."
     ),
     part_size: int = typer.Option(10_000, "--part-size", min=1, help="Images per part file of a sharded build."),
+    on_ray: bool = typer.Option(False, "--ray", help="Embed the parts on Ray actors, then merge them."),
+    workers: int = typer.Option(None, "--workers", min=1, help="With --ray: actors [default: one per CPU]."),
+    address: str = typer.Option(None, "--address", help="With --ray: a running cluster [default: start one here]."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0, help="With --ray: GPUs per actor."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Embed every image under FOLDER into a new index (run again after an interruption, it resumes).
 
     Started on several processes (torchrun, srun, or --rank/--world-size), each embeds its share into part
-    files under INDEX/parts; `cnnapps index merge` then writes the index. A rerun skips finished parts."""
+    files under INDEX/parts; `cnnapps index merge` then writes the index. With --ray, Ray actors embed the parts
+    and the merge follows. A rerun skips finished parts."""
     from cnnapps.apps.retrieve.index import Index
     from cnnapps.apps.retrieve.sharded import launcher_rank
 
+    if on_ray:
+        _build_on_ray(folder, index, model, pooling, device, part_size, kind, as_json,
+                      address=address, workers=workers, gpus_per_worker=gpus_per_worker)  # fmt: skip
+        return
     world_size = world_size or launcher_rank()[1]
     if rank is not None or world_size > 1:
         _build_shard(folder, index, model, pooling, device, rank, world_size, part_size, as_json)
@@ -118,6 +127,23 @@ def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str
             f"embedded {report.embedded} images; when every rank is done: cnnapps index merge --index {index}"
         )
     report_failed(report.failed)
+
+
+def _build_on_ray(folder: list[str], index: Path, model: str | None, pooling: str, device: str, part_size: int,
+                  kind: str, as_json: bool, **ray_options: Any) -> None:  # fmt: skip
+    """``index build --ray``: the parts on Ray actors, each with its own embedder, then the merge."""
+    from functools import partial
+
+    from cnnapps.apps.retrieve.embedder import Embedder
+    from cnnapps.apps.retrieve.sharded import build_on_ray
+    from cnnapps.backbones.registry import DEFAULT_BACKBONE
+
+    paths = images(folder)
+    make = partial(Embedder, model or DEFAULT_BACKBONE, pooling=pooling, device=device)
+    with progress(len(paths), "embedding on Ray") as advance:
+        built, report = build_on_ray(paths, index, make(), make, part_size, kind, advance, **ray_options)
+    _index_done(built.info(), as_json, f"indexed {len(built)} images ({report.skipped} of {report.parts} parts "
+                "finished before)", report.failed)  # fmt: skip
 
 
 def _index_done(info: dict[str, Any], as_json: bool, headline: str, failed: list[dict[str, str]]) -> None:

@@ -19,7 +19,6 @@ line, and the file system is the only thing they share.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cnnapps.apps.retrieve.index import FileStat, Index, RetrievalIndexError, _index_state, embed_files, index_path
+from cnnapps.parts import agree_on_plan, make_plan, part_count, part_paths
 
 PART_SIZE = 10_000
 
@@ -66,11 +66,6 @@ def _parts_dir(index_dir: Path) -> Path:
     return Path(index_dir) / "parts"
 
 
-def _plan(paths: Sequence[str], model: dict[str, Any], part_size: int) -> dict[str, Any]:
-    digest = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
-    return {"model": model, "files": len(paths), "paths_sha256": digest, "part_size": part_size}
-
-
 def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
@@ -80,22 +75,39 @@ def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
     os.replace(tmp, path)
 
 
-def _agree_on_plan(folder: Path, plan: dict[str, Any]) -> None:
-    """Write the plan, or check that the one there (from another rank or an earlier run) is the same."""
-    file = folder / "plan.json"
-    if not file.exists():
-        _write_atomically(file, lambda fh: fh.write(json.dumps(plan, indent=2).encode()))
-    found = json.loads(file.read_text())
-    if found != plan:
-        what = [k for k in plan if found.get(k) != plan[k]]
-        raise RetrievalIndexError(
-            f"{folder}: the parts here were started with another {' and '.join(what)} "
-            f"({found.get('files')} files then, {plan['files']} now); rerun with the same inputs, or remove {folder}"
-        )
-
-
 def _part_file(folder: Path, part: int) -> Path:
     return folder / f"part-{part:05d}.npz"
+
+
+def _start_parts(paths: Sequence[str], index_dir: Path, embedder: Any, part_size: int) -> tuple[Path, list[str]]:
+    """The parts folder with its plan agreed on, and the sorted gallery it cuts into parts."""
+    if part_size < 1:
+        raise RetrievalIndexError(f"part size {part_size}: must be at least 1")
+    state, settings = _index_state(index_dir)
+    if state == "index" and settings.get("unfinished") != "merge":
+        raise RetrievalIndexError(f"{index_dir}: an index already exists here; use `cnnapps index add` or `sync`")
+    folder = _parts_dir(index_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    ordered = sorted({index_path(p) for p in paths})
+    agree_on_plan(folder / "plan.json", make_plan(ordered, part_size, model=embedder.describe()), RetrievalIndexError)
+    return folder, ordered
+
+
+def _embed_part(embedder: Any, chunk: list[str], file: Path,
+                progress: Callable[[int], None] | None = None) -> tuple[int, list[dict[str, str]]]:  # fmt: skip
+    """Embed one part's images into its file (written whole); the number embedded and the files that failed."""
+    rows, bad = embed_files(embedder, chunk, progress=progress)
+    arrays = {
+        "paths": np.array([s.path for s, _ in rows], dtype=str),
+        "sizes": np.array([s.size for s, _ in rows], dtype=np.int64),
+        "mtimes": np.array([s.mtime for s, _ in rows], dtype=np.float64),
+        "sha256": np.array([s.sha256 for s, _ in rows], dtype=str),
+        "vectors": np.asarray([v for _, v in rows], dtype=np.float32).reshape(len(rows), embedder.dim),
+        "failed_paths": np.array([b["path"] for b in bad], dtype=str),
+        "failed_errors": np.array([b["error"] for b in bad], dtype=str),
+    }
+    _write_atomically(file, lambda fh: np.savez(fh, **arrays))
+    return len(rows), bad
 
 
 def build_shard(
@@ -111,40 +123,67 @@ def build_shard(
     are skipped. ``progress(n)`` is called as images of this rank are embedded (or skipped)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise RetrievalIndexError(f"rank {rank} of {world_size}: need 0 <= rank < world size")
-    if part_size < 1:
-        raise RetrievalIndexError(f"part size {part_size}: must be at least 1")
-    index_dir = Path(index_dir)
-    state, settings = _index_state(index_dir)
-    if state == "index" and settings.get("unfinished") != "merge":
-        raise RetrievalIndexError(f"{index_dir}: an index already exists here; use `cnnapps index add` or `sync`")
-    folder = _parts_dir(index_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    ordered = sorted({index_path(p) for p in paths})
-    _agree_on_plan(folder, _plan(ordered, embedder.describe(), part_size))
+    folder, ordered = _start_parts(paths, Path(index_dir), embedder, part_size)
     mine = range(rank, -(-len(ordered) // part_size), world_size)
     report = ShardReport(rank, world_size, len(mine), 0, 0)
     for part in mine:
-        chunk = ordered[part * part_size : (part + 1) * part_size]
+        chunk = part_paths(ordered, part, part_size)
         file = _part_file(folder, part)
         if file.exists():
             report.skipped += 1
             if progress:
                 progress(len(chunk))
             continue
-        rows, bad = embed_files(embedder, chunk, progress=progress)
-        arrays = {
-            "paths": np.array([s.path for s, _ in rows], dtype=str),
-            "sizes": np.array([s.size for s, _ in rows], dtype=np.int64),
-            "mtimes": np.array([s.mtime for s, _ in rows], dtype=np.float64),
-            "sha256": np.array([s.sha256 for s, _ in rows], dtype=str),
-            "vectors": np.asarray([v for _, v in rows], dtype=np.float32).reshape(len(rows), embedder.dim),
-            "failed_paths": np.array([b["path"] for b in bad], dtype=str),
-            "failed_errors": np.array([b["error"] for b in bad], dtype=str),
-        }
-        _write_atomically(file, lambda fh, a=arrays: np.savez(fh, **a))
-        report.embedded += len(rows)
+        embedded, bad = _embed_part(embedder, chunk, file, progress)
+        report.embedded += embedded
         report.failed += bad
     return report
+
+
+def _part_worker(make_embedder: Callable[[], Any], folder: Path) -> Callable[[int, list[str]], dict[str, Any]]:
+    """In a Ray actor: the embedder, loaded once, and the work of one part with it."""
+    embedder = make_embedder()
+
+    def work(part: int, chunk: list[str]) -> dict[str, Any]:
+        embedded, bad = _embed_part(embedder, chunk, _part_file(folder, part))
+        return {"part": part, "files": len(chunk), "embedded": embedded, "failed": json.dumps(bad)}
+
+    return work
+
+
+def build_on_ray(
+    paths: Sequence[str],
+    index_dir: str | os.PathLike,
+    embedder: Any,
+    make_embedder: Callable[[], Any],
+    part_size: int = PART_SIZE,
+    kind: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    **ray_options: Any,
+) -> tuple[Index, ShardReport]:
+    """Embed every missing part on Ray actors (each builds its own embedder with ``make_embedder``, which must
+    be picklable and give the same model as ``embedder``), then merge the parts into the index. Resumes like
+    :func:`build_shard`: finished parts are skipped. ``ray_options``: ``address``, ``workers``,
+    ``gpus_per_worker`` of :func:`cnnapps.parts.run_on_ray`."""
+    from functools import partial
+
+    from cnnapps.parts import require_ray, run_on_ray
+
+    require_ray()
+    folder, ordered = _start_parts(paths, Path(index_dir), embedder, part_size)
+    total = -(-len(ordered) // part_size)
+    todo = [(p, part_paths(ordered, p, part_size)) for p in range(total) if not _part_file(folder, p).exists()]
+    report = ShardReport(0, 1, total, total - len(todo), 0)
+    if progress:
+        progress(len(ordered) - sum(len(chunk) for _, chunk in todo))
+    for done in run_on_ray(todo, partial(_part_worker, make_embedder, folder), **ray_options):
+        report.embedded += int(done["embedded"])
+        report.failed += json.loads(str(done["failed"]))
+        if progress:
+            progress(int(done["files"]))
+    index, failed = merge_parts(index_dir, kind=kind)
+    report.failed = failed
+    return index, report
 
 
 def parts_status(index_dir: str | os.PathLike) -> tuple[dict[str, Any], list[int]]:
@@ -153,8 +192,7 @@ def parts_status(index_dir: str | os.PathLike) -> tuple[dict[str, Any], list[int
     if not (folder / "plan.json").is_file():
         raise RetrievalIndexError(f"{index_dir}: no parts to merge (run `cnnapps index build` on several ranks first)")
     plan = json.loads((folder / "plan.json").read_text())
-    total = -(-plan["files"] // plan["part_size"])
-    return plan, [p for p in range(total) if not _part_file(folder, p).is_file()]
+    return plan, [p for p in range(part_count(plan)) if not _part_file(folder, p).is_file()]
 
 
 def merge_parts(index_dir: str | os.PathLike, kind: str = "auto") -> tuple[Index, list[dict[str, str]]]:
@@ -172,7 +210,7 @@ def merge_parts(index_dir: str | os.PathLike, kind: str = "auto") -> tuple[Index
     if missing:
         shown = ", ".join(str(p) for p in missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise RetrievalIndexError(
-            f"{index_dir}: {len(missing)} of {-(-plan['files'] // plan['part_size'])} parts are not finished "
+            f"{index_dir}: {len(missing)} of {part_count(plan)} parts are not finished "
             f"(parts {shown}); rerun `cnnapps index build` with the same inputs to finish them"
         )
     with Index._writing(index_dir, plan["model"], kind, "merge") as index:

@@ -172,7 +172,7 @@ def _register_tasks() -> None:
 
 _register_tasks()
 eval_app.command("track")(resolve("cnnapps.apps.track.cli:eval_track"))  # tracks of any detection task
-from cnnapps.cli import multitask, service, tune  # noqa: E402, F401  (compose, predict; serve, export; tune)
+from cnnapps.cli import batch, multitask, service, tune  # noqa: E402, F401  (their commands)
 
 
 def main(argv: list[str] | None = None) -> None:

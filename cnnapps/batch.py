@@ -1,0 +1,149 @@
+"""Any task's predictions over many files, on a Ray cluster, into Parquet or JSON Lines part files; resumable.
+
+The inputs, sorted, are cut into parts (:mod:`cnnapps.parts`); each Ray actor loads the model once
+(``cnnapps.load``, any engine) and writes part after part, each whole: ``OUT/part-00000.parquet`` ... with one
+row per input: ``source``, ``error`` (null when it was predicted) and ``result`` (the answer as JSON, what
+``cnnapps <verb> --json`` prints for it). ``OUT/_plan.json`` says what the parts belong to; a rerun of the
+same command after a crash does only the missing parts, and a rerun with other inputs, model or options is
+refused. Names starting with ``_`` are skipped by Parquet readers, so ``pandas.read_parquet(OUT)`` reads the
+whole result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from cnnapps.errors import CnnappsError
+from cnnapps.files import atomic_write
+from cnnapps.parts import agree_on_plan, make_plan, part_count, part_paths, require_ray, run_on_ray
+
+FORMATS = ("parquet", "jsonl")
+PART_SIZE = 1000
+PLAN = "_plan.json"
+
+
+@dataclass
+class BatchReport:
+    """What a run did: parts in all, parts already finished before it, inputs predicted and those that failed."""
+
+    out: str
+    parts: int
+    skipped: int
+    predicted: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def part_file(out: Path, part: int, fmt: str) -> Path:
+    return out / f"part-{part:05d}.{fmt}"
+
+
+def predict_files(
+    task: str,
+    paths: Sequence[str],
+    out: str | os.PathLike,
+    model: str | None = None,
+    fmt: str = "parquet",
+    part_size: int = PART_SIZE,
+    load_options: dict[str, Any] | None = None,
+    predict_options: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+    **ray_options: Any,
+) -> BatchReport:
+    """Predict ``task`` on every file of ``paths`` with ``model`` into part files under ``out``; see the module.
+
+    ``load_options`` go to ``cnnapps.load`` (device, engine, batch_size, the task's own), ``predict_options`` to
+    each ``predict`` call (e.g. ``top_k``); ``ray_options``: ``address``, ``workers``, ``gpus_per_worker`` of
+    :func:`cnnapps.parts.run_on_ray`. ``progress(n)`` is called as files are done (or found done)."""
+    from cnnapps.apps.tasks import get_task
+
+    record = get_task(task)
+    if fmt not in FORMATS:
+        raise CnnappsError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    load_options, predict_options = dict(load_options or {}), dict(predict_options or {})
+    unknown = sorted(set(predict_options) - set(record.route_options))
+    if unknown:
+        raise CnnappsError(f"{task} takes no {', '.join(unknown)} when predicting")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CnnappsError(f"{out}: exists and is not a folder; choose another --out")
+    ordered = sorted(set(map(str, paths)))
+    if not ordered:
+        raise CnnappsError("no inputs to predict")
+    require_ray()
+    about = {"task": task, "model": str(model) if model else record.default_model, "format": fmt,
+             "load_options": load_options, "predict_options": predict_options}  # fmt: skip
+    plan = make_plan(ordered, part_size, **json.loads(json.dumps(about)))
+    out.mkdir(parents=True, exist_ok=True)
+    agree_on_plan(out / PLAN, plan)
+    total = part_count(plan)
+    todo = [(p, part_paths(ordered, p, part_size)) for p in range(total) if not part_file(out, p, fmt).exists()]
+    report = BatchReport(str(out), total, total - len(todo))
+    if progress:
+        progress(len(ordered) - sum(len(chunk) for _, chunk in todo))
+    work = partial(_part_worker, task, model, load_options, predict_options, out, fmt)
+    for done in run_on_ray(todo, work, **ray_options):
+        report.predicted += int(done["predicted"])
+        report.failed += json.loads(str(done["failed"]))
+        if progress:
+            progress(int(done["files"]))
+    return report
+
+
+def _part_worker(task: str, model: str | None, load_options: dict[str, Any], predict_options: dict[str, Any],
+                 out: Path, fmt: str) -> Callable[[int, list[str]], dict[str, Any]]:  # fmt: skip
+    """In a Ray actor: the predictor, loaded once, and the work of one part with it."""
+    from cnnapps.api import load
+
+    predictor = load(model, task=task, **load_options)
+
+    def work(part: int, chunk: list[str]) -> dict[str, Any]:
+        results = predictor.predict(chunk, **predict_options)
+        rows = [{"source": str(r.source), "error": r.error, "result": r.to_json() if r.ok else None} for r in results]
+        write_part(part_file(out, part, fmt), rows)
+        failed = [{"path": row["source"], "error": row["error"]} for row in rows if row["error"] is not None]
+        return {"part": part, "files": len(chunk), "predicted": len(rows) - len(failed), "failed": json.dumps(failed)}
+
+    return work
+
+
+def write_part(file: Path, rows: list[dict[str, Any]]) -> None:
+    """One part's rows, written whole (under a temporary name, then renamed)."""
+    if file.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(
+            {key: pa.array([row[key] for row in rows], pa.string()) for key in ("source", "error", "result")}
+        )
+        atomic_write(file, lambda tmp: pq.write_table(table, tmp))
+    else:
+        atomic_write(file, "".join(json.dumps(row) + "\n" for row in rows).encode())
+
+
+def read_rows(out: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Every row of a finished (or partly finished) run, in input order, with ``result`` parsed."""
+    out = Path(out)
+    if not (out / PLAN).is_file():
+        raise CnnappsError(f"{out}: no {PLAN} here; not the output of `cnnapps batch`")
+    plan = json.loads((out / PLAN).read_text())
+    for part in range(part_count(plan)):
+        file = part_file(out, part, plan["format"])
+        if not file.exists():
+            continue
+        if plan["format"] == "parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(file).to_pylist()
+        else:
+            rows = [json.loads(line) for line in file.read_text().splitlines() if line]
+        for row in rows:
+            yield {**row, "result": json.loads(row["result"]) if row["result"] is not None else None}

@@ -1,0 +1,145 @@
+"""Work over many files cut into parts, each part written whole; and those parts run on a Ray cluster.
+
+The sorted inputs are cut into parts of ``part_size`` files: part ``p`` is ``paths[p * size:(p + 1) * size]``.
+A plan (the number of files, a hash of their paths, the part size and what the work is) is written once
+beside the parts; a rerun with other inputs or settings is refused instead of mixing two jobs. Each part's
+file appears whole (written under a temporary name, then renamed), so the parts missing after a crash, a
+cancelled job or a lost machine are exactly the ones still to do: a rerun does only those.
+
+:func:`run_on_ray` gives the missing parts to a pool of Ray actors through Ray Data (``map_batches`` with an
+actor pool: each actor sets up its model once, then takes part after part). With no address it starts a Ray
+cluster on this machine; ``address="auto"`` or ``"ray://host:10001"`` joins a running one, whose nodes must
+see the same files (a shared file system). Ray is optional: ``pip install 'cnnapps[ray]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from cnnapps.errors import CnnappsError
+from cnnapps.files import atomic_write
+
+#: one part's work: (part number, its paths) -> a summary of what it did (plain values: numbers, strings)
+PartWork = Callable[[int, list[str]], dict[str, Any]]
+
+
+def make_plan(paths: Sequence[str], part_size: int, **about: Any) -> dict[str, Any]:
+    """What a set of parts belongs to: ``about`` (the model, the settings), the files (count and hash), the size."""
+    if part_size < 1:
+        raise CnnappsError(f"part size {part_size}: must be at least 1")
+    digest = hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
+    return {**about, "files": len(paths), "paths_sha256": digest, "part_size": part_size}
+
+
+def agree_on_plan(file: Path, plan: dict[str, Any], error: type[CnnappsError] = CnnappsError) -> None:
+    """Write the plan to ``file``, or check that the one there (another rank's, an earlier run's) is the same."""
+    if not file.exists():
+        with contextlib.suppress(FileExistsError):  # another process wrote it first: compare with theirs
+            atomic_write(file, json.dumps(plan, indent=2).encode())
+    found = json.loads(file.read_text())
+    if found != plan:
+        what = [k for k in plan if found.get(k) != plan[k]]
+        raise error(
+            f"{file.parent}: the parts here were started with another {' and '.join(what)} "
+            f"({found.get('files')} files then, {plan['files']} now); rerun with the same inputs, or remove "
+            f"{file.parent}"
+        )
+
+
+def part_count(plan: dict[str, Any]) -> int:
+    return -(-plan["files"] // plan["part_size"])
+
+
+def part_paths(paths: Sequence[str], part: int, part_size: int) -> list[str]:
+    return list(paths[part * part_size : (part + 1) * part_size])
+
+
+def ray_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def require_ray() -> None:
+    """A one-line error, before any work, when Ray is not installed."""
+    if not ray_available():
+        raise CnnappsError("Ray is not installed: pip install 'cnnapps[ray]' (or 'ray[data]')")
+
+
+def run_on_ray(
+    parts: Sequence[tuple[int, list[str]]],
+    make_work: Callable[[], PartWork],
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+) -> Iterator[dict[str, Any]]:
+    """Run ``make_work()(part, paths)`` for every ``(part, paths)`` on Ray actors; yields each summary as it ends.
+
+    ``make_work`` runs once in each actor (load the model there), so it must be picklable (a module-level
+    function or a ``functools.partial`` of one). ``workers`` actors [default: one per CPU of the cluster, at most
+    one per part], each with ``gpus_per_worker`` GPUs. A Ray runtime already started in this process is used
+    as it is; otherwise one is started (``address``) and shut down at the end.
+    """
+    require_ray()
+    if not parts:
+        return
+    import ray
+
+    with ray_session(address):
+        yield from _run(ray, parts, make_work, workers, gpus_per_worker)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, **init: Any) -> Iterator[None]:
+    """A Ray runtime for the block: the one this process already has, or one started here (a cluster on this
+    machine, or ``address``'s) and shut down after. Ray's own notices are kept to errors."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the core's notices about actor restarts
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **init)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _run(ray: Any, parts: Sequence[tuple[int, list[str]]], make_work: Callable[[], PartWork], workers: int | None,
+         gpus_per_worker: float) -> Iterator[dict[str, Any]]:  # fmt: skip
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    size = max(1, min(len(parts), workers or cpus))
+
+    class PartWorker:
+        def __init__(self) -> None:
+            self.work = make_work()
+
+        def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+            parts = zip(batch["part"], batch["paths"], strict=True)
+            rows = [self.work(int(part), [str(path) for path in paths]) for part, paths in parts]
+            return {key: [row[key] for row in rows] for key in rows[0]}
+
+    items = [{"part": part, "paths": list(paths)} for part, paths in parts]
+    resources = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        PartWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1, **resources
+    )
+    try:
+        yield from dataset.iter_rows()
+    except ray.exceptions.RayError as exc:
+        cause = str(exc).strip().splitlines()
+        raise CnnappsError(f"a Ray worker failed: {cause[-1] if cause else type(exc).__name__}") from exc

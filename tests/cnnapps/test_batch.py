@@ -1,0 +1,127 @@
+"""Batch prediction and index building on a local Ray cluster: parts written whole, the same answers as one process,
+a rerun that does only the missing parts, and settings that do not match the parts there refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+
+from cnnapps.batch import read_rows
+from cnnapps.parts import ray_session
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster for the module (2 CPUs: two actors), shared by the commands run in-process."""
+    with ray_session(num_cpus=2, object_store_memory=80 * 1024 * 1024):
+        yield
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import cv2
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("gallery")
+    for name in ("chelsea", "coffee", "rocket", "astronaut", "horse", "camera", "moon"):
+        image = getattr(data, name)()
+        image = np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]
+        cv2.imwrite(str(root / f"{name}.jpg"), np.ascontiguousarray(image[:, :, ::-1]))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root
+
+
+def test_classify_on_ray_matches_one_process_and_resumes(cluster, run_cli, gallery: Path, tmp_path: Path) -> None:
+    import cnnapps
+
+    out = tmp_path / "out"
+    args = ("batch", "classify", gallery, "--out", out, "--part-size", "3", "--set", "top_k=2", "--json")
+    code, stdout, stderr = run_cli(*args)
+    assert code == 1, stderr  # broken.jpg failed, the rest predicted
+    report = json.loads(stdout)
+    assert (report["parts"], report["skipped"], report["predicted"]) == (3, 0, 7)
+    assert [f["path"] for f in report["failed"]] == [str(gallery / "broken.jpg")]
+    assert sorted(p.name for p in out.iterdir()) == ["_plan.json", *(f"part-0000{i}.parquet" for i in range(3))]
+
+    rows = list(read_rows(out))
+    paths = sorted(str(p) for p in gallery.iterdir())
+    assert [r["source"] for r in rows] == paths  # every input once, in sorted order
+    direct = {r.source: r.to_dict() for r in cnnapps.load().predict(paths, top_k=2) if r.ok}
+    for row in rows:
+        if row["source"].endswith("broken.jpg"):
+            assert row["result"] is None and "not an image" in row["error"]
+            continue
+        assert row["error"] is None
+        got, want = row["result"]["predictions"], direct[row["source"]]["predictions"]
+        assert [p["label"] for p in got] == [p["label"] for p in want] and len(got) == 2
+        np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-4)
+
+    import pandas as pd
+
+    assert len(pd.read_parquet(out)) == 8  # a Parquet reader takes the folder as it is (_plan.json is skipped)
+
+    # a lost part (a killed job) is redone by a rerun, the others are kept as they are
+    kept = (out / "part-00000.parquet").stat().st_mtime_ns
+    (out / "part-00001.parquet").unlink()
+    code, stdout, _ = run_cli(*args)
+    report = json.loads(stdout)
+    assert (report["parts"], report["skipped"], report["predicted"]) == (3, 2, 3)
+    assert (out / "part-00000.parquet").stat().st_mtime_ns == kept
+    assert list(read_rows(out)) == rows
+
+    # other settings than the parts there were made with: refused, nothing touched
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--part-size", "3", "--set", "top_k=3")
+    assert code == 2 and "started with another predict_options" in stderr
+    assert list(read_rows(out)) == rows
+
+
+def test_embeddings_as_json_lines_and_index_build_on_ray(cluster, run_cli, gallery: Path, tmp_path: Path) -> None:
+    from cnnapps.apps.retrieve.index import Index
+
+    code, stdout, _ = run_cli("batch", "retrieve", gallery, "--out", tmp_path / "emb", "--format", "jsonl",
+                              "--part-size", "4", "--json")  # fmt: skip
+    assert code == 1 and json.loads(stdout)["predicted"] == 7
+    lines = (tmp_path / "emb" / "part-00000.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["source"].endswith("astronaut.jpg")
+    vectors = {
+        Path(r["source"]).name: np.array(r["result"]["embedding"]) for r in read_rows(tmp_path / "emb") if r["result"]
+    }
+    assert len(vectors) == 7 and all(abs(np.linalg.norm(v) - 1) < 1e-3 for v in vectors.values())
+
+    code, stdout, stderr = run_cli("index", "build", gallery, "--index", tmp_path / "ray", "--ray", "--part-size", "3",
+                                   "--json")  # fmt: skip
+    assert code == 1 and "broken.jpg" in stderr  # indexed; the unreadable file is reported
+    assert json.loads(stdout)["items"] == 7 and not (tmp_path / "ray" / "parts").exists()
+    code, _, _ = run_cli("index", "build", gallery, "--index", tmp_path / "one", "--json")
+    with Index.open(tmp_path / "ray") as built, Index.open(tmp_path / "one") as single:
+        rows = built._db.execute(f"SELECT path, vector FROM items WHERE {built._live()}")
+        a = {Path(p).name: np.frombuffer(v, dtype=np.float32) for p, v in rows}
+        rows = single._db.execute(f"SELECT path, vector FROM items WHERE {single._live()}")
+        b = {Path(p).name: np.frombuffer(v, dtype=np.float32) for p, v in rows}
+        assert a.keys() == b.keys() == vectors.keys()
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], atol=1e-4, err_msg=name)
+            np.testing.assert_allclose(a[name], vectors[name], atol=1e-3, err_msg=name)  # the batch run's too
+
+
+def test_bad_requests_are_one_line_errors(run_cli, gallery: Path, tmp_path: Path, monkeypatch) -> None:
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "a", "--set", "beam=3")
+    assert code == 2 and stderr.strip() == "error: beam: not an option of classify's predictor"
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "b", "--format", "csv")
+    assert code == 2 and "format 'csv': choose one of parquet, jsonl" in stderr
+    (tmp_path / "file").write_text("mine")
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "file")
+    assert code == 2 and "exists and is not a folder" in stderr and (tmp_path / "file").read_text() == "mine"
+    code, _, stderr = run_cli("batch", "classify", "--out", tmp_path / "c", "--files-from", tmp_path / "none.txt")
+    assert code == 2 and "none.txt: no such file" in stderr
+
+    import cnnapps.parts
+
+    monkeypatch.setattr(cnnapps.parts, "ray_available", lambda: False)
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "d")
+    assert code == 2 and "Ray is not installed: pip install 'cnnapps[ray]'" in stderr
