@@ -31,6 +31,7 @@ class CaptionConfig(TrainConfig):
     augment: str = option("none", "none: captions describe positions, so training images are not augmented.")
     lr: float | None = option(4e-4, "Learning rate (the encoder gets --encoder-lr-scale of it).")
     dropout: float = option(0.3, "Dropout in the decoder.", panel=MORE_PANEL)
+    label_smoothing: float = option(0.0, cli=False)  # the word loss is plain cross-entropy
     out: str = option("runs/caption", "Run folder (an earlier run there is never overwritten).")
 
     task_name = "caption"

@@ -51,6 +51,8 @@ class DetectConfig(TrainConfig):
     min_size: int = option(800, "Shorter side images are resized to.")
     max_size: int = option(1333, "Longest side limit.")
     options: dict[str, Any] = option(cli=False, factory=dict)  # torchvision R-CNN keyword arguments
+    label_smoothing: float = option(0.0, cli=False)  # not used by the R-CNN losses
+    dropout: float = option(0.0, cli=False)  # no dropout in the R-CNN heads
     out: str = option("", "Run folder [default: runs/<task>].")
 
     @property

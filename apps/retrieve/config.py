@@ -19,6 +19,8 @@ class RetrieveConfig(TrainConfig):
     loss: str = option("arcface", "arcface, multisimilarity or triplet.", choices=LOSSES)
     embedding_size: int | None = option(128, "Size of the learned projection (none: the backbone's own).")
     pooling: str = option("avg", "avg or gem (generalised mean).", choices=POOLINGS)
+    label_smoothing: float = option(0.0, cli=False)  # not used by the metric losses
+    dropout: float = option(0.0, cli=False)  # no dropout before the projection
     out: str = option("runs/retrieve", "Run folder (an earlier run there is never overwritten).")
 
     task_name = "retrieve"

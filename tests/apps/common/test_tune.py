@@ -58,6 +58,11 @@ def test_default_space_follows_the_config_fields() -> None:
     assert space["lr"].low == pytest.approx(0.001) and space["lr"].log and space["batch_size"].choices == (4, 8, 16)
     assert "llrd" not in {d.name for d in default_space(TrainConfig(data="x"))}  # only classify has llrd
     assert not {"freeze", "llrd"} & {d.name for d in default_space(ClassifyConfig(data="x", preset="small-data"))}
+    from cnnapps.apps.detect.config import DetectConfig
+    from cnnapps.apps.retrieve.config import RetrieveConfig
+
+    for config in (DetectConfig(data="x", images="y"), RetrieveConfig(data="x")):  # settings their losses do not use
+        assert not {"label_smoothing", "dropout"} & {d.name for d in default_space(config)}, type(config).__name__
 
 
 @pytest.mark.parametrize(
