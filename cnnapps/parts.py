@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,13 +99,12 @@ def run_on_ray(
 @contextlib.contextmanager
 def ray_session(address: str | None = None, **init: Any) -> Iterator[None]:
     """A Ray runtime for the block: the one this process already has, or one started here (a cluster on this
-    machine, or ``address``'s) and shut down after. Ray's own notices are kept to errors."""
+    machine, or ``address``'s) and shut down after. Ray's Python logging is kept to errors."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the core's notices about actor restarts
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **init)
     try:
         yield
