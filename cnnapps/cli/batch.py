@@ -23,7 +23,9 @@ def batch(
     files_from: Path = typer.Option(None, "--files-from", help="A text file of input paths, one per line."),
     fmt: str = typer.Option("parquet", "--format", help="parquet or jsonl."),
     part_size: int = typer.Option(1000, "--part-size", min=1, help="Inputs per part file."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (in each worker)."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto, cpu or cuda, in each actor (cuda asks Ray for a GPU per actor)."
+    ),
     engine: str = typer.Option(None, "--engine", help="Inference engine, where the task has several."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Images per forward pass in each worker."),
     settings: list[str] = typer.Option(
@@ -33,7 +35,9 @@ def batch(
     address: str = typer.Option(
         None, "--address", help="A running Ray cluster (auto, ray://host:10001) [default: start one here]."
     ),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0, help="GPUs each actor asks Ray for."),
+    gpus_per_worker: float = typer.Option(
+        None, "--gpus-per-worker", min=0, help="GPUs each actor asks Ray for [default: 1 with --device cuda, else 0]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print what was done as JSON."),
 ) -> None:
     """Predict on many files with Ray; a rerun resumes.
@@ -45,6 +49,8 @@ def batch(
     from cnnapps.terminal import images
 
     record = get_task(task)
+    if gpus_per_worker is None:  # Ray hides the GPUs from actors that did not ask for one
+        gpus_per_worker = 1.0 if device.startswith("cuda") else 0.0
     inputs = images(paths) if paths else []
     if files_from is not None:
         if not files_from.is_file():
