@@ -1,8 +1,8 @@
 """INT8 and OpenVINO against today's fp32 onnxruntime path, on the CPU: images/s and agreement, one run, one process.
 
 Each model is written to a temporary folder as fp32 ONNX and as static INT8 ONNX (``cnnapps export --int8``'s code:
-QDQ, int8 weights per channel (7 bits), uint8 activations calibrated min/max on a calibration folder, fully
-connected layers fp32) and runs on four
+QDQ, int8 weights per channel (7 bits), uint8 activations calibrated (percentile) on a calibration folder,
+fully connected layers fp32) and runs on four
 engines: onnxruntime fp32 (the baseline: the graph ``--engine onnxruntime`` runs), onnxruntime INT8, OpenVINO fp32
 and OpenVINO on the INT8 file (where it loads).
 
@@ -276,8 +276,8 @@ def main() -> None:
         f"`{command}` on {describe_machine('cpu')}; onnxruntime {onnxruntime.__version__} (its default thread pool), "
         f"OpenVINO {openvino_version} (INFERENCE_NUM_THREADS {threads or torch.get_num_threads()}: torch's count). "
         "Each model exported as fp32 ONNX and as static INT8 ONNX (QDQ, int8 weights per channel using 7 bits, uint8 "
-        "activations calibrated min/max, fully connected layers fp32); the baseline is the fp32 graph in onnxruntime, "
-        "what `--engine onnxruntime` runs. "
+        "activations calibrated by percentile, fully connected layers fp32); the baseline is the fp32 graph in "
+        "onnxruntime, what `--engine onnxruntime` runs. "
         f"images/s: the engine's runner on preprocessed batches of the held-out images at batch {batch} (what "
         "`cnnapps classify` uses on a CPU) and at batch 1 (one image per call), and end to end from the image files "
         f"through `cnnapps.load(file, engine=...).predict_proba` (batch {batch}, decoding and preprocessing "

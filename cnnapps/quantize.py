@@ -1,8 +1,8 @@
 """Smaller exported graphs: post-training static INT8 and fp16, each checked against the fp32 graph.
 
 - INT8: onnxruntime's ``quantize_static`` in QDQ format, int8 weights per channel (7 bits) and uint8 activations
-  with ranges from calibration images (min/max), fed through the model's own preprocessing (its export metadata);
-  fully connected layers stay fp32.
+  with ranges from calibration images (onnxruntime's 99.999th percentile), fed through the model's own
+  preprocessing (its export metadata); fully connected layers stay fp32.
 - fp16: onnxruntime's float16 converter, inputs and outputs kept fp32 so callers do not change; meant for GPUs
   (on a CPU onnxruntime casts back to fp32 around the ops it has no fp16 kernel for, which is slower than fp32).
 - The check: fp32 and the smaller graph run on held-out images and are compared (top-1 agreement, cosine
@@ -133,7 +133,9 @@ def quantize_int8(data: bytes, calibration: Calibration, images: list[str]) -> b
     range weights (on EfficientNet-Lite0 that changed the top-1 of 36 % of held-out photos; with 7 bits, 25 %).
     The classifier in fp32 brought that to 19 % for a few % of the speed; the changed answers are near-ties of
     fp32 (where its top two probabilities were more than 0.2 apart, none changed). With 7-bit weights the sums
-    cannot saturate, so CPUs with and without VNNI give the same answers."""
+    cannot saturate, so CPUs with and without VNNI give the same answers. Activation ranges: the 99.999th
+    percentile of the calibration values rather than their min and max (one outlier no longer stretches a range):
+    the digits model's top-1 agreement with fp32 went from 98.3 % to 99.2 %, EfficientNet-Lite0's stayed 80 %."""
     with _root_logger_kept():
         from onnxruntime.quantization import (
             CalibrationDataReader,
@@ -164,7 +166,7 @@ def quantize_int8(data: bytes, calibration: Calibration, images: list[str]) -> b
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 op_types_to_quantize=list(calibration.op_types) if calibration.op_types else None,
                 nodes_to_exclude=_fully_connected(data),
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"CalibMaxIntermediateOutputs": chunk},
             )  # fmt: skip
         except Exception as exc:  # onnxruntime's own errors: one line
@@ -225,7 +227,9 @@ def _root_logger_kept() -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_quantizer() -> Iterator[None]:
     """The quantizer's notes (pre-processing advice; biases of all-but-zero channels clipped to int32) are
-    logged on the root logger: kept off the terminal while it runs, other records pass."""
+    logged on the root logger: kept off the terminal while it runs, other records pass. Its calibration's progress
+    lines (printed) do not reach stdout, which may be the command's JSON."""
+    import io
     import logging
 
     marker = os.path.join("onnxruntime", "quantization")
@@ -236,7 +240,8 @@ def _quiet_quantizer() -> Iterator[None]:
     root = logging.getLogger()
     root.addFilter(keep)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.removeFilter(keep)
 
