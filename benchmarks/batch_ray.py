@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from PIL import Image
 from torchvision import transforms
 from cnnapps.api import load
 paths = sys.argv[1:-1]
-model = load().model.eval()
+model = load().members[0].model.eval()
 tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
                          transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
 class Files(torch.utils.data.Dataset):
@@ -96,7 +95,7 @@ def main() -> None:
         f"{n} JPEGs (400-800 px) classified by EfficientNet-Lite0, each run a command timed end to end (start-up "
         f"and model loads included); the Ray run wrote {rows} Parquet parts, {len(table)} rows (first image's "
         f"top class {agree}, the plain loop's {first_plain}).\n"
-        f"Measured on {describe_machine('cpu')}; {os.cpu_count()} cores.\n\n" + "\n".join(lines) + "\n"
+        f"Measured on {describe_machine('cpu')}.\n\n" + "\n".join(lines) + "\n"
     )
     record("batch prediction on Ray", body, args.write)
 
