@@ -21,7 +21,7 @@ from typing import Any
 
 from cnnapps.errors import CnnappsError
 from cnnapps.files import atomic_write
-from cnnapps.parts import agree_on_plan, make_plan, part_count, part_paths, require_ray, run_on_ray
+from cnnapps.parts import agree_on_plan, make_plan, missing_parts, part_count, require_ray, run_on_ray
 
 FORMATS = ("parquet", "jsonl")
 PART_SIZE = 1000
@@ -84,11 +84,8 @@ def predict_files(
     plan = make_plan(ordered, part_size, **json.loads(json.dumps(about)))
     out.mkdir(parents=True, exist_ok=True)
     agree_on_plan(out / PLAN, plan)
-    total = part_count(plan)
-    todo = [(p, part_paths(ordered, p, part_size)) for p in range(total) if not part_file(out, p, fmt).exists()]
+    total, todo = missing_parts(ordered, part_size, lambda p: part_file(out, p, fmt).exists(), progress)
     report = BatchReport(str(out), total, total - len(todo))
-    if progress:
-        progress(len(ordered) - sum(len(chunk) for _, chunk in todo))
     work = partial(_part_worker, task, model, load_options, predict_options, out, fmt)
     for done in run_on_ray(todo, work, **ray_options):
         report.predicted += int(done["predicted"])
@@ -116,7 +113,8 @@ def _part_worker(task: str, model: str | None, load_options: dict[str, Any], pre
 
 
 def write_part(file: Path, rows: list[dict[str, Any]]) -> None:
-    """One part's rows, written whole (under a temporary name, then renamed)."""
+    """One part's rows, written whole (under a temporary name, then renamed; a part redone after a lost actor
+    replaces the same rows)."""
     if file.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -124,9 +122,9 @@ def write_part(file: Path, rows: list[dict[str, Any]]) -> None:
         table = pa.table(
             {key: pa.array([row[key] for row in rows], pa.string()) for key in ("source", "error", "result")}
         )
-        atomic_write(file, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(file, lambda tmp: pq.write_table(table, tmp), overwrite=True)
     else:
-        atomic_write(file, "".join(json.dumps(row) + "\n" for row in rows).encode())
+        atomic_write(file, "".join(json.dumps(row) + "\n" for row in rows).encode(), overwrite=True)
 
 
 def read_rows(out: str | os.PathLike) -> Iterator[dict[str, Any]]:

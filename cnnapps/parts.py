@@ -56,6 +56,21 @@ def part_count(plan: dict[str, Any]) -> int:
     return -(-plan["files"] // plan["part_size"])
 
 
+def missing_parts(
+    paths: Sequence[str],
+    part_size: int,
+    finished: Callable[[int], bool],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, list[tuple[int, list[str]]]]:
+    """The number of parts of ``paths`` and the ``(part, paths)`` not ``finished`` yet; ``progress`` is told
+    the files of the finished ones."""
+    total = -(-len(paths) // part_size)
+    todo = [(p, part_paths(paths, p, part_size)) for p in range(total) if not finished(p)]
+    if progress:
+        progress(len(paths) - sum(len(chunk) for _, chunk in todo))
+    return total, todo
+
+
 def part_paths(paths: Sequence[str], part: int, part_size: int) -> list[str]:
     return list(paths[part * part_size : (part + 1) * part_size])
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cnnapps.apps.retrieve.index import FileStat, Index, RetrievalIndexError, _index_state, embed_files, index_path
+from cnnapps.files import atomic_write
 from cnnapps.parts import agree_on_plan, make_plan, part_count, part_paths
 
 PART_SIZE = 10_000
@@ -66,15 +67,6 @@ def _parts_dir(index_dir: Path) -> Path:
     return Path(index_dir) / "parts"
 
 
-def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _part_file(folder: Path, part: int) -> Path:
     return folder / f"part-{part:05d}.npz"
 
@@ -106,7 +98,12 @@ def _embed_part(embedder: Any, chunk: list[str], file: Path,
         "failed_paths": np.array([b["path"] for b in bad], dtype=str),
         "failed_errors": np.array([b["error"] for b in bad], dtype=str),
     }
-    _write_atomically(file, lambda fh: np.savez(fh, **arrays))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add .npz to the temporary name
+            np.savez(fh, **arrays)
+
+    atomic_write(file, write, overwrite=True)
     return len(rows), bad
 
 
@@ -167,15 +164,12 @@ def build_on_ray(
     ``gpus_per_worker`` of :func:`cnnapps.parts.run_on_ray`."""
     from functools import partial
 
-    from cnnapps.parts import require_ray, run_on_ray
+    from cnnapps.parts import missing_parts, require_ray, run_on_ray
 
     require_ray()
     folder, ordered = _start_parts(paths, Path(index_dir), embedder, part_size)
-    total = -(-len(ordered) // part_size)
-    todo = [(p, part_paths(ordered, p, part_size)) for p in range(total) if not _part_file(folder, p).exists()]
+    total, todo = missing_parts(ordered, part_size, lambda p: _part_file(folder, p).exists(), progress)
     report = ShardReport(0, 1, total, total - len(todo), 0)
-    if progress:
-        progress(len(ordered) - sum(len(chunk) for _, chunk in todo))
     for done in run_on_ray(todo, partial(_part_worker, make_embedder, folder), **ray_options):
         report.embedded += int(done["embedded"])
         report.failed += json.loads(str(done["failed"]))
