@@ -32,6 +32,25 @@ PRESETS = {
 OUTPUTS = ("float32", "uint8")
 
 
+def seed_augmentation(transform: Any, seed: int) -> None:
+    """Seed the albumentations pipeline of a training transform (a no-op for one without). albumentations draws
+    from a random state of its own that global seeds do not reach: unseeded, two runs with the same ``--seed``
+    augment differently, and every DataLoader worker (a copy of the same pipeline) repeats the same draws."""
+    pipeline = getattr(transform, "pipeline", None)
+    if pipeline is not None:
+        pipeline.set_random_seed(int(seed) % 2**32)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker's augmentation seeded from torch's seed for it (a base seed drawn
+    from the seeded main process, plus the worker's id): the same draws under the same ``--seed``, other draws in
+    each worker."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    seed_augmentation(getattr(info.dataset, "transform", None), info.seed)
+
+
 def train_transform(preset: str, spec: Preprocess, output: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
     """RGB uint8 (H, W, 3) -> float32 (C, H, W) with random augmentation from ``preset``; with ``output="uint8"``,
     uint8 (C, H, W) from the preset's steps but its colour jitter and normalisation (see :func:`batch_transform`)."""

@@ -112,9 +112,9 @@ def draw_samples(
 
 def _seeded(transform: Any, seed: int) -> Any:
     """The transform with its albumentations pipeline seeded (the same pictures for the same seed)."""
-    pipeline = getattr(transform, "pipeline", None)
-    if pipeline is not None:
-        pipeline.set_random_seed(seed)
+    from cnnapps.datasets.transforms import seed_augmentation
+
+    seed_augmentation(transform, seed)
     if getattr(transform, "policy", None) is not None:  # RandAugment / TrivialAugment draw from torch's RNG
         import torch
 

@@ -143,9 +143,14 @@ def labelled_loaders(config: TrainConfig, model: Any, module: Any, train_set: An
 
 def loader_args(config: TrainConfig, device: torch.device, collate_fn: Any = None) -> dict[str, Any]:
     """DataLoader settings from the config: batch size, worker processes (:func:`default_workers`) kept alive
-    between epochs, pinned memory on CUDA."""
+    between epochs, each seeding its augmentation (:func:`~cnnapps.datasets.transforms.seed_worker`), pinned memory
+    on CUDA."""
     workers = default_workers(config, device) if config.workers is None else config.workers
     args = {"batch_size": config.batch_size, "num_workers": workers, "persistent_workers": workers > 0}
+    if workers > 0:
+        from cnnapps.datasets.transforms import seed_worker
+
+        args["worker_init_fn"] = seed_worker  # each worker's albumentations draws, seeded
     args["pin_memory"] = device.type == "cuda"
     if collate_fn is not None:
         args["collate_fn"] = collate_fn
@@ -166,7 +171,11 @@ def make_loaders(config: TrainConfig, train_set: Any, val_set: Any, device: torc
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
+    from cnnapps.datasets.transforms import seed_augmentation
+
     args = loader_args(config, device, collate_fn)
+    if not args["num_workers"]:  # augmented in this process: seeded from --seed (workers seed their own copies)
+        seed_augmentation(getattr(train_set, "transform", None), config.seed)
     train = DataLoader(train_set, **({"sampler": sampler} if sampler is not None else {"shuffle": True}), **args)
     whole = DistributedSampler(val_set, num_replicas=1, rank=0, shuffle=False)
     return train, DataLoader(val_set, sampler=whole, **args)
