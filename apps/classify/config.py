@@ -37,6 +37,11 @@ class ClassifyConfig(TrainConfig):
         "equally often; an epoch is still as many draws as images; with several processes each takes its share of "
         "the same seeded draws).", choices=SAMPLERS, panel=MORE_PANEL,
     )  # fmt: skip
+    logit_adjust: float = option(
+        0.0, "Logit-adjusted cross-entropy for imbalanced classes: add TAU x log(each class's share of the training "
+        "images) to the logits in the training loss, so the model's own scores come out balanced (1 is the usual "
+        "TAU; 0 off). Nothing changes at prediction time.", panel=MORE_PANEL,
+    )  # fmt: skip
     mix: str = option(
         "none", "Mix image pairs in each training batch: none, mixup, cutmix or both (either, at random per "
         "batch); the loss takes the mixed soft targets (with --label-smoothing).", choices=MIXES, panel=MORE_PANEL,
@@ -65,6 +70,10 @@ class ClassifyConfig(TrainConfig):
             (self.llrd is None or 0 < self.llrd <= 1, f"llrd: must be in (0, 1], not {self.llrd}"),
             (not (self.class_weights and self.sampler == "balanced"),
              "class_weights: the balanced sampler already draws every class about equally often; use one of them"),
+            (self.logit_adjust >= 0, f"logit_adjust: must be 0 (off) or more, not {self.logit_adjust}"),
+            (not (self.logit_adjust and (self.class_weights or self.sampler == "balanced")),
+             "logit_adjust: it already corrects for the class frequencies; leave class_weights and sampler "
+             "balanced out"),
             (not (self.preset != "none" and self.trunk), "preset: a --trunk is frozen whole; leave preset out"),
             (not (self.preset == "small-data" and self.freeze),
              "freeze: preset small-data freezes the whole trunk; leave freeze out"),
@@ -89,6 +98,8 @@ class ClassifyConfig(TrainConfig):
             (self.sampler == "balanced", "sampler: balanced draws by one class per image; use class_weights for "
              f"multi-label data ({why})"),
             (self.ema, f"ema: not available for multi-label training yet; leave ema out ({why})"),
+            (bool(self.logit_adjust), "logit_adjust: needs one class per image; use class_weights for multi-label "
+             f"data ({why})"),
         ]  # fmt: skip
         for bad, message in refused:
             if bad:

@@ -26,7 +26,8 @@ EMA_WARMUP_POWER = 0.75
 class ClassificationModule(TaskModule):
     """Cross-entropy training with top-1/top-5 validation accuracy.
 
-    Options of :class:`ClassifyConfig`: per-class loss weights (``class_weights``, given here as a tensor), MixUp /
+    Options of :class:`ClassifyConfig`: per-class loss weights (``class_weights``, given here as a tensor), the
+    logit-adjusted loss (``logit_adjust``, with ``class_prior``: the training images of each class), MixUp /
     CutMix on the batch with soft targets (``mix``), an EMA of the weights validated beside them (``ema``) and
     layer-wise learning-rate decay (``llrd``).
 
@@ -34,12 +35,22 @@ class ClassificationModule(TaskModule):
     True)``): the class probabilities of the best epoch so far are then kept (:attr:`best_outputs`), so the
     report written at the end needs no second pass over the validation images."""
 
-    def __init__(self, model: Classifier, config: TrainConfig, class_weights: torch.Tensor | None = None) -> None:
+    def __init__(self, model: Classifier, config: TrainConfig, class_weights: torch.Tensor | None = None,
+                 class_prior: torch.Tensor | None = None) -> None:  # fmt: skip
         super().__init__(config)
         config = ClassifyConfig.of(config)
         self.model = model.train()  # Lightning keeps each module's mode; frozen stages keep BN in eval
         num_classes = model.fc.out_features
         weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        # logit adjustment (Menon et al., 2021): the training loss sees logits + tau log(prior)
+        offset = torch.zeros(num_classes)
+        if config.logit_adjust:
+            if class_prior is None:
+                raise ValueError("logit_adjust needs the class prior of the training set")
+            prior = torch.as_tensor(class_prior, dtype=torch.float32).clamp_min(1e-12)
+            offset = config.logit_adjust * (prior / prior.sum()).log()
+        self.register_buffer("logit_offset", offset, persistent=False)
+        self.logit_adjust = bool(config.logit_adjust)
         # the training loss; validation's stays unweighted, so val_loss compares across settings
         self.loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
         self.val_loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -76,6 +87,10 @@ class ClassificationModule(TaskModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the training loss sees: with ``logit_adjust``, shifted by tau log(class prior)."""
+        return logits + self.logit_offset.to(logits.dtype) if self.logit_adjust else logits
+
     def mix_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """MixUp / CutMix of the batch (in place) and its soft targets (rows summing to 1, label smoothing in
         them). timm mixes even batches: an odd batch's last image keeps its own (smoothed) target."""
@@ -92,10 +107,10 @@ class ClassificationModule(TaskModule):
         if self.mixer is not None:
             x, soft = self.mix_batch(x, y)
             logits = self(x)
-            loss = self.soft_loss(logits, soft)
+            loss = self.soft_loss(self.adjusted(logits), soft)
         else:
             logits = self(x)
-            loss = self.loss(logits, y)
+            loss = self.loss(self.adjusted(logits), y)
         self.train_top1(logits, y)
         self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         self.log("train_top1", self.train_top1, on_step=False, on_epoch=True)

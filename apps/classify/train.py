@@ -32,7 +32,7 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
 def _prepare(config: ClassifyConfig, device: Any) -> Any:
     import torch
 
-    from cnnapps.apps.classify.balance import balanced_sampler, class_weights
+    from cnnapps.apps.classify.balance import balanced_sampler, class_counts, class_weights
     from cnnapps.apps.classify.model import Classifier
     from cnnapps.apps.classify.module import ClassificationModule
     from cnnapps.apps.common.training import Plan, backbone_for, labelled_loaders
@@ -53,7 +53,8 @@ def _prepare(config: ClassifyConfig, device: Any) -> Any:
     backbone, spec = backbone_for(config)
     header = _apply_preset(config, backbone)
     model = Classifier(backbone, len(names), config.dropout, names)
-    module = ClassificationModule(model, config, None if weights is None else torch.as_tensor(weights))
+    prior = torch.as_tensor(class_counts(train_set.labels, len(names))) if config.logit_adjust else None
+    module = ClassificationModule(model, config, None if weights is None else torch.as_tensor(weights), prior)
     sampler = balanced_sampler(train_set.labels, len(names), config.seed) if config.sampler == "balanced" else None
     train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device, True,
                                                 sampler=sampler)  # fmt: skip
@@ -123,7 +124,7 @@ def _apply_preset(config: ClassifyConfig, backbone: Any) -> list[str]:
 
 
 def _option_lines(config: ClassifyConfig, module: Any, names: list[str], weights: Any) -> list[str]:
-    """Header lines for the training options in force (llrd, class weights, sampler, mix, EMA)."""
+    """Header lines for the training options in force (llrd, class weights, sampler, logit adjustment, mix, EMA)."""
     lines = []
     if module.layer_decay is not None:
         groups = module.parameter_groups()
@@ -136,6 +137,11 @@ def _option_lines(config: ClassifyConfig, module: Any, names: list[str], weights
         lines.append(f"{what} ({config.class_weights}): {shown}{more}")
     if config.sampler == "balanced":
         lines.append("sampler balanced: training images drawn by inverse class frequency")
+    if config.logit_adjust:
+        offsets = module.logit_offset.tolist()
+        shown = ", ".join(f"{n} {o:+.2f}" for n, o in list(zip(names, offsets, strict=True))[:12])
+        more = f", ... ({len(names)} classes)" if len(names) > 12 else ""
+        lines.append(f"logit adjust {config.logit_adjust:g}: training logits shifted by {shown}{more}")
     if config.mix != "none":
         lines.append(f"mix {config.mix} on each training batch (soft targets)")
     if config.ema:

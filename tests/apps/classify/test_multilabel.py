@@ -256,7 +256,10 @@ def test_a_shared_trunk_pass_gives_the_labels_too(multilabel_run, tagged: Path) 
 
 
 # -- options with no multi-label form ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("option", "message"), [({"mix": "mixup"}, "mix: "), ({"sampler": "balanced"}, "sampler: ")])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"mix": "mixup"}, "mix: "), ({"sampler": "balanced"}, "sampler: "), ({"logit_adjust": 1.0}, "logit_adjust: ")],
+)
 def test_options_without_a_multilabel_form_are_refused(option: dict, message: str, tagged: Path,
                                                        tmp_path: Path) -> None:  # fmt: skip
     from cnnapps.apps.classify.train import train_classifier

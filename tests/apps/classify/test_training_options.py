@@ -1,5 +1,6 @@
-"""Training options of ``cnnapps train classify``: class weights, the balanced sampler, EMA, gradient accumulation,
-MixUp / CutMix, RandAugment / TrivialAugment, layer-wise lr decay and the transfer-learning presets."""
+"""Training options of ``cnnapps train classify``: class weights, the balanced sampler, the logit-adjusted loss,
+EMA, gradient accumulation, MixUp / CutMix, RandAugment / TrivialAugment, layer-wise lr decay and the
+transfer-learning presets."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def classify_config(data: Path | str, out: Path | str, **overrides) -> ClassifyC
     return load_config(None, ClassifyConfig, **settings)
 
 
-def tiny_module(**overrides):
+def tiny_module(class_prior: torch.Tensor | None = None, **overrides):
     from cnnapps.apps.classify.model import Classifier
     from cnnapps.apps.classify.module import ClassificationModule
     from cnnapps.backbones import create_backbone
@@ -36,7 +37,7 @@ def tiny_module(**overrides):
     torch.manual_seed(0)
     backbone = create_backbone("lenet5", weights=None, in_channels=3)
     model = Classifier(backbone, 3, 0.0, ["a", "b", "c"])
-    return ClassificationModule(model, config), config
+    return ClassificationModule(model, config, class_prior=class_prior), config
 
 
 # -- class weights and the balanced sampler ---------------------------------------------------------------------
@@ -77,6 +78,26 @@ def test_balanced_sampler_draws_minority_classes_as_often_as_majority() -> None:
     draws = np.array([labels[i] for _ in range(100) for i in sampler])  # 10,000 draws
     shares = np.bincount(draws, minlength=3) / len(draws)
     assert shares == pytest.approx([1 / 3] * 3, abs=0.03)  # shuffled, class 2 would be 1 %
+
+
+def test_logit_adjusted_loss_learns_balanced_scores() -> None:
+    """A free logit vector trained on 90/9/1 labels: plain cross-entropy learns the prior (softmax = class shares),
+    the logit-adjusted loss learns equal scores, so no class wins by its frequency alone."""
+    prior = torch.tensor([90.0, 9.0, 1.0])
+    labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
+    learned = {}
+    for tau in (0.0, 1.0):
+        module, _ = tiny_module(logit_adjust=tau, class_prior=prior)
+        assert module.logit_offset.tolist() == pytest.approx((tau * (prior / 100).log()).tolist())
+        logits = torch.zeros(3, requires_grad=True)
+        optimiser = torch.optim.SGD([logits], lr=1.0)
+        for _ in range(2000):
+            optimiser.zero_grad()
+            module.loss(module.adjusted(logits.expand(len(labels), 3)), labels).backward()
+            optimiser.step()
+        learned[tau] = logits.detach().softmax(0)
+    assert learned[0.0].tolist() == pytest.approx([0.9, 0.09, 0.01], abs=0.01)
+    assert learned[1.0].tolist() == pytest.approx([1 / 3] * 3, abs=0.01)
 
 
 # -- EMA --------------------------------------------------------------------------------------------------------
@@ -237,6 +258,9 @@ def test_automatic_augmentation_presets_build_and_change_images(preset: str) -> 
         ({"preset": "small-data", "freeze": 2}, "freeze: preset small-data freezes the whole trunk"),
         ({"class_weights": "auto", "sampler": "balanced"}, "class_weights: the balanced sampler already"),
         ({"ema": "often"}, "ema: expected true or false, not 'often'"),
+        ({"logit_adjust": -1.0}, "logit_adjust: must be 0 (off) or more, not -1.0"),
+        ({"logit_adjust": 1.0, "sampler": "balanced"}, "logit_adjust: it already corrects for the class frequencies"),
+        ({"logit_adjust": 1.0, "class_weights": "auto"}, "logit_adjust: it already corrects"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides: dict, message: str) -> None:
@@ -264,3 +288,11 @@ def test_prepare_weighs_the_loss_and_draws_by_class_from_the_training_split(tmp_
     balanced = _prepare(classify_config(data, tmp_path / "b", sampler="balanced", val_split=0.2), torch.device("cpu"))
     assert isinstance(balanced.train_loader.sampler, WeightedRandomSampler)
     assert balanced.module.loss.weight is None
+    adjusted = _prepare(classify_config(data, tmp_path / "c", logit_adjust=1.5, val_split=0.2), torch.device("cpu"))
+    labels = adjusted.train_loader.dataset.items.labels
+    counts = np.bincount(labels, minlength=3)
+    assert adjusted.module.logit_offset.tolist() == pytest.approx((1.5 * np.log(counts / counts.sum())).tolist())
+    assert adjusted.module.loss.weight is None and not isinstance(adjusted.train_loader.sampler, WeightedRandomSampler)
+    assert any(line.startswith("logit adjust 1.5: training logits shifted by blue ") for line in adjusted.header)
+    plain = _prepare(classify_config(data, tmp_path / "d", val_split=0.2), torch.device("cpu")).module
+    assert not plain.logit_adjust and plain.adjusted(torch.ones(2, 3)).tolist() == [[1.0] * 3] * 2
