@@ -98,7 +98,7 @@ class TrainConfig:
         "auto", "auto (16-mixed on a GPU, 32-true on a CPU), 32-true, 16-mixed or bf16-mixed.", choices=PRECISIONS,
         panel=MORE_PANEL,
     )  # fmt: skip
-    seed: int = option(0, "Random seed (split, initialisation, order).", panel=MORE_PANEL)
+    seed: int = option(0, "Random seed (split, initialisation, order, augmentation draws).", panel=MORE_PANEL)
     compile: bool = option(
         False, "torch.compile the model (the first steps take longer while it compiles; the time is logged).",
         panel=MORE_PANEL,
