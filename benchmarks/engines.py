@@ -115,11 +115,21 @@ def image_paths(folder: Path) -> list[str]:
     return sorted(find_images(folder))
 
 
+#: a timed round goes over the batches again until it has lasted this long (a small model's one pass takes a
+#: fraction of a second, where a scheduler's hiccup would decide the figure)
+ROUND_SECONDS = 2.0
+
+
 def rate(run: Any, batches: list[Any], n: int) -> float:
-    started = time.perf_counter()
-    for x in batches:
-        run(x)
-    return n / (time.perf_counter() - started)
+    """Images per second of ``run`` over ``batches`` (``n`` images), passes repeated for ``ROUND_SECONDS``."""
+    started, done = time.perf_counter(), 0
+    while True:
+        for x in batches:
+            run(x)
+        done += n
+        elapsed = time.perf_counter() - started
+        if elapsed >= ROUND_SECONDS:
+            return done / elapsed
 
 
 def measure(label: str, spec: str, calibrate: Path, check: Path, tmp: Path, repeats: int) -> dict[str, Any]:
@@ -281,7 +291,8 @@ def main() -> None:
         f"images/s: the engine's runner on preprocessed batches of the held-out images at batch {batch} (what "
         "`cnnapps classify` uses on a CPU) and at batch 1 (one image per call), and end to end from the image files "
         f"through `cnnapps.load(file, engine=...).predict_proba` (batch {batch}, decoding and preprocessing "
-        f"included); best of {args.repeats} rounds, engines alternating, after a warm-up; in brackets the ratio to "
+        f"included); best of {args.repeats} rounds, engines alternating, after a warm-up (the runners' rounds go "
+        f"over the images again until {ROUND_SECONDS:g} s have passed); in brackets the ratio to "
         "fp32 onnxruntime. Agreement and the largest change of any probability are against fp32 onnxruntime, on the "
         "held-out images:",
         "",
