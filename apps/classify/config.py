@@ -97,7 +97,6 @@ class ClassifyConfig(TrainConfig):
              f"({why})"),
             (self.sampler == "balanced", "sampler: balanced draws by one class per image; use class_weights for "
              f"multi-label data ({why})"),
-            (self.ema, f"ema: not available for multi-label training yet; leave ema out ({why})"),
             (bool(self.logit_adjust), "logit_adjust: needs one class per image; use class_weights for multi-label "
              f"data ({why})"),
         ]  # fmt: skip

@@ -23,7 +23,43 @@ MIX_SETTINGS = {
 EMA_WARMUP_POWER = 0.75
 
 
-class ClassificationModule(TaskModule):
+class AveragedWeights:
+    """An exponential moving average of the model's weights (timm's ModelEmaV3, with its warm-up), updated after
+    each optimiser step; the task module validates it beside the raw weights and keeps the better."""
+
+    ema: Any
+    model: nn.Module
+    trainer: Any
+
+    def make_ema(self, config: ClassifyConfig) -> None:
+        self.ema = None
+        self._ema_step = -1
+        if config.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True,
+                                  warmup_power=EMA_WARMUP_POWER)  # fmt: skip
+            self.ema.requires_grad_(False)  # averaged, never optimised
+
+    def on_fit_start(self) -> None:
+        self._ema_step = self.trainer.global_step
+        if self.ema is not None:  # the model may have been put in channels_last since the copy was made
+            fmt = torch.channels_last if _is_channels_last(self.model) else torch.contiguous_format
+            self.ema.module.to(memory_format=fmt)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.trainer.global_step  # optimiser steps: with --accumulate N, one per N batches
+        if self.ema is not None and step != self._ema_step:
+            self._ema_step = step
+            self.update_ema(step)
+
+    def update_ema(self, step: int) -> None:
+        """Move the averaged weights towards the model's: ``ema += (1 - d) (model - ema)`` with
+        ``d = min(ema_decay, 1 - (1 + t) ** -0.75)`` for ``t = step - 1`` (the first step copies the model)."""
+        self.ema.update(self.model, step=step)
+
+
+class ClassificationModule(AveragedWeights, TaskModule):
     """Cross-entropy training with top-1/top-5 validation accuracy.
 
     Options of :class:`ClassifyConfig`: per-class loss weights (``class_weights``, given here as a tensor), the
@@ -62,15 +98,10 @@ class ClassificationModule(TaskModule):
                                num_classes=num_classes)  # fmt: skip
             self.soft_loss = nn.CrossEntropyLoss(weight=weight)  # the smoothing is in the mixed targets
         self.layer_decay = config.layer_decay
-        self.ema = None
-        if config.ema:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True, warmup_power=EMA_WARMUP_POWER)
-            self.ema.requires_grad_(False)  # averaged, never optimised
+        self.make_ema(config)
+        if self.ema is not None:
             self.val_ema_top1 = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
             self.val_ema_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), validate_args=False)
-        self._ema_step = -1
         self._val_ema_loss_sum: torch.Tensor | None = None
         self._val_ema_count = 0
         self._val_ema_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -160,24 +191,7 @@ class ClassificationModule(TaskModule):
             self.best_outputs = {"epoch": self.current_epoch + 1, "val_top1": chosen, "probs": probs,
                                  "labels": labels, "indices": indices}  # fmt: skip
 
-    # -- exponential moving average of the weights -------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        self._ema_step = self.trainer.global_step
-        if self.ema is not None:  # the model may have been put in channels_last since the copy was made
-            fmt = torch.channels_last if _is_channels_last(self.model) else torch.contiguous_format
-            self.ema.module.to(memory_format=fmt)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = self.trainer.global_step  # optimiser steps: with --accumulate N, one per N batches
-        if self.ema is not None and step != self._ema_step:
-            self._ema_step = step
-            self.update_ema(step)
-
-    def update_ema(self, step: int) -> None:
-        """Move the averaged weights towards the model's: ``ema += (1 - d) (model - ema)`` with
-        ``d = min(ema_decay, 1 - (1 + t) ** -0.75)`` for ``t = step - 1`` (the first step copies the model)."""
-        self.ema.update(self.model, step=step)
-
+    # -- the averaged weights' validation -----------------------------------------------------------------------
     def _validate_ema(self, x: torch.Tensor, y: torch.Tensor, index: list[torch.Tensor]) -> None:
         logits = self.ema.module(x)
         self.val_ema_top1(logits, y)
@@ -221,11 +235,12 @@ class ClassificationModule(TaskModule):
         return kept["probs"][order], kept["labels"][order]
 
 
-class MultiLabelModule(TaskModule):
+class MultiLabelModule(AveragedWeights, TaskModule):
     """Multi-label training: binary cross-entropy on each class's logit (``class_weights`` weigh each class's
     positives, label smoothing pulls the targets towards 1/2), validated by the mAP (the best epoch's) and F1s at
     0.5. The validation probabilities of the best epoch so far are kept (:attr:`best_outputs`): the thresholds are
-    tuned on them when the run ends, with no second pass. Layer-wise lr decay as for single-label training."""
+    tuned on them when the run ends, with no second pass. Layer-wise lr decay and the EMA of the weights (its mAP
+    validated beside the raw weights', the better kept) as for single-label training."""
 
     def __init__(self, model: Classifier, config: TrainConfig, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__(config)
@@ -236,10 +251,11 @@ class MultiLabelModule(TaskModule):
         self.val_loss_fn = nn.BCEWithLogitsLoss()  # unweighted, so val_loss compares across settings
         self.smoothing = config.label_smoothing
         self.layer_decay = config.layer_decay
-        self.ema = None  # refused for multi-label runs (ClassifyConfig.check_multilabel)
+        self.make_ema(config)
         self._val_loss_sum: torch.Tensor | None = None
         self._val_count = 0
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._val_ema_probs: list[torch.Tensor] = []  # the averaged weights' sigmoids, batch by batch
         #: the best epoch's validation outputs: {"epoch", "val_map", "probs", "labels", "indices"}
         self.best_outputs: dict[str, Any] | None = None
 
@@ -258,6 +274,8 @@ class MultiLabelModule(TaskModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x, y, *index = batch
+        if self.ema is not None:
+            self._val_ema_probs.append(self.ema.module(x).float().detach().sigmoid())
         logits = self(x).float()
         loss = self.val_loss_fn(logits, y.float())
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
@@ -273,21 +291,29 @@ class MultiLabelModule(TaskModule):
         val_loss = float(self._val_loss_sum) / max(1, self._val_count) if self._val_loss_sum is not None else 0.0
         self._val_loss_sum, self._val_count = None, 0
         outputs, self._val_outputs = self._val_outputs, []
+        ema_parts, self._val_ema_probs = self._val_ema_probs, []
         if self.trainer.sanity_checking or not outputs:
             return
         probs = torch.cat([p for p, _, _ in outputs]).cpu().numpy()
         labels = torch.cat([y for _, y, _ in outputs]).cpu().numpy()
         names = self.model.class_names
         at_half = multilabel_report(probs, labels, names)  # F1s at 0.5 (the mAP needs no threshold)
-        val_map = at_half.map
+        val_map = chosen = at_half.map
         values = {"val_loss": val_loss, "val_map": val_map, "val_f1_micro": at_half.f1_micro,
                   "val_f1_macro": at_half.f1_macro}  # fmt: skip
-        self.log("val_map", val_map, prog_bar=True)  # what the best checkpoint is chosen by
+        self.log("val_map", val_map, prog_bar=True)
+        if ema_parts:
+            ema_probs = torch.cat(ema_parts).cpu().numpy()
+            values["val_ema_map"] = multilabel_report(ema_probs, labels, names).map
+            chosen = values["val_select_map"] = max(val_map, values["val_ema_map"])
+            self.log("val_select_map", chosen)  # with an EMA, what the best checkpoint is chosen by
+            if values["val_ema_map"] > val_map:
+                probs = ema_probs
         self.record_epoch(values)
-        # the best checkpoint is replaced only by a strictly higher val_map (ModelCheckpoint, mode "max")
-        if outputs[0][2] is not None and (self.best_outputs is None or val_map > self.best_outputs["val_map"]):
+        # the best checkpoint is replaced only by a strictly higher score (ModelCheckpoint, mode "max")
+        if outputs[0][2] is not None and (self.best_outputs is None or chosen > self.best_outputs["val_map"]):
             indices = torch.cat([i for _, _, i in outputs]).cpu().numpy()
-            self.best_outputs = {"epoch": self.current_epoch + 1, "val_map": val_map, "probs": probs,
+            self.best_outputs = {"epoch": self.current_epoch + 1, "val_map": chosen, "probs": probs,
                                  "labels": labels, "indices": indices}  # fmt: skip
 
     def parameter_groups(self) -> Any:

@@ -103,8 +103,9 @@ def _prepare_multilabel(config: ClassifyConfig, device: Any, train_set: Any, val
         f"training {trunk} on {plural(len(train_set), 'image')} with {plural(len(names), 'label')}, "
         f"validating on {len(val_set)}"
     )
-    return Plan(module, train_loader, val_loader, describe, "val_map", len(train_set), len(val_set),
-                curves=("val_map", "val_f1_micro", "val_f1_macro"),
+    best = "val_select_map" if config.ema else "val_map"  # with an EMA: the better of the two weights
+    curves = ("val_map", *(("val_ema_map",) if config.ema else ()), "val_f1_micro", "val_f1_macro")
+    return Plan(module, train_loader, val_loader, describe, best, len(train_set), len(val_set), curves=curves,
                 extra={"val_set": val_set, "spec": spec, "class_names": names, "multilabel": True},
                 header=tuple(header))  # fmt: skip
 
@@ -165,13 +166,7 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
     module = result.module
     best_entry = max(result.history, key=lambda h: h.get(plan.best) or 0.0) if result.history else {}
     best = best_entry.get("epoch")
-    chosen = {}
-    if module.ema is not None and best_entry:
-        use_ema = best_entry["val_ema_top1"] > best_entry["val_top1"]
-        if use_ema:  # model.safetensors holds the better of the raw and the averaged weights
-            module.model.load_state_dict(module.ema.module.state_dict())
-        chosen = {"ema": {"weights": "ema" if use_ema else "raw", "raw_val_top1": best_entry["val_top1"],
-                          "ema_val_top1": best_entry["val_ema_top1"], "decay": config.ema_decay}}  # fmt: skip
+    chosen = _keep_better_weights(config, module, best_entry, "top1")
     model = module.model.float().eval()
     val_set = plan.extra["val_set"]
     kept = module.outputs_of_best(best, len(val_set))
@@ -188,6 +183,18 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
             "class_names": names}  # fmt: skip
 
 
+def _keep_better_weights(config: ClassifyConfig, module: Any, best_entry: dict[str, Any], score: str) -> dict:
+    """With an EMA: put the better of the raw and the averaged weights of the best epoch (by ``val_<score>`` and
+    ``val_ema_<score>``) in the model that is saved; returns metrics.json's ``ema`` entry saying which."""
+    if module.ema is None or not best_entry:
+        return {}
+    raw, averaged = best_entry[f"val_{score}"], best_entry[f"val_ema_{score}"]
+    if averaged > raw:  # model.safetensors holds the better of the raw and the averaged weights
+        module.model.load_state_dict(module.ema.module.state_dict())
+    return {"ema": {"weights": "ema" if averaged > raw else "raw", f"raw_val_{score}": raw,
+                    f"ema_val_{score}": averaged, "decay": config.ema_decay}}  # fmt: skip
+
+
 def _finish_multilabel(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[str, Any]:
     """Tune each class's threshold on the best epoch's validation probabilities, report mAP and F1s at those
     thresholds (tuned and measured on the same images: optimistic), and save the model with its thresholds."""
@@ -201,6 +208,7 @@ def _finish_multilabel(config: TrainConfig, plan: Any, result: Any, device: Any)
     names, spec, val_set = plan.extra["class_names"], plan.extra["spec"], plan.extra["val_set"]
     module = result.module
     best_entry = max(result.history, key=lambda h: h.get(plan.best) or 0.0) if result.history else {}
+    chosen = _keep_better_weights(config, module, best_entry, "map")
     model = module.model.float().eval()
     kept = module.outputs_of_best(best_entry.get("epoch"), len(val_set))
     if kept is not None:  # the best epoch's validation already scored every image with these weights
@@ -215,5 +223,5 @@ def _finish_multilabel(config: TrainConfig, plan: Any, result: Any, device: Any)
                "val_loss": best_entry.get("val_loss")}  # fmt: skip
     save_model(out / "model.safetensors", "classify", model, *trunk_identity(config), spec.to_dict(),
                {**metrics, "epochs": len(result.history)})  # fmt: skip
-    return {**metrics, "multilabel": True, "thresholds": report.thresholds, "per_class": report.to_dict()["per_class"],
-            "class_names": names}  # fmt: skip
+    return {**metrics, **chosen, "multilabel": True, "thresholds": report.thresholds,
+            "per_class": report.to_dict()["per_class"], "class_names": names}  # fmt: skip

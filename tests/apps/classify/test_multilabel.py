@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import cnnapps
 from cnnapps.apps.classify.config import ClassifyConfig
@@ -276,3 +277,28 @@ def test_auto_class_weights_weigh_each_class_positives() -> None:
 
     weights = positive_weights("auto", [(0,), (0, 1), (0,), ()], ["a", "b", "c"])
     assert weights.tolist() == [1 / 3, 3.0, 4.0]  # negatives / positives; no positive counts one
+
+
+def test_ema_of_multilabel_weights_is_validated_and_the_better_kept(tagged: Path, tmp_path: Path) -> None:
+    """--ema on multi-label data: the averaged weights' mAP is validated beside the raw weights' each epoch, the
+    best checkpoint is chosen by the better of the two, and the model file holds that one's weights."""
+    from cnnapps.apps.classify.model import load_classifier
+    from cnnapps.apps.classify.train import train_classifier
+
+    out = tmp_path / "ema"
+    # one epoch at a high lr: the raw weights still swing, their average is the better (mAP 0.66 against 0.58)
+    metrics = train_classifier(multilabel_config(tagged, out, epochs=1, lr=0.3, ema=True, ema_decay=0.9))
+    written = json.loads((out / "metrics.json").read_text())
+    ema = written["ema"]
+    assert ema["weights"] == "ema" and ema["ema_val_map"] > ema["raw_val_map"] + 0.02
+    assert all({"val_map", "val_ema_map", "val_select_map"} <= set(h) for h in written["history"])
+    best = max(written["history"], key=lambda h: h["val_select_map"])
+    assert (ema["raw_val_map"], ema["ema_val_map"]) == (best["val_map"], best["val_ema_map"])
+    assert ema["weights"] == ("ema" if best["val_ema_map"] > best["val_map"] else "raw")
+    # the thresholds were tuned on the kept weights' probabilities: the final mAP is the better of the two
+    assert metrics["val_map"] == pytest.approx(best["val_select_map"], abs=1e-6)
+    state = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    raw, averaged = state["model.fc.weight"], state["ema.module.fc.weight"]
+    assert not torch.equal(raw, averaged)
+    saved = load_classifier(out / "model.safetensors").model.fc.weight
+    assert torch.equal(saved, averaged if ema["weights"] == "ema" else raw)
