@@ -1,4 +1,4 @@
-"""Experiment trackers (``--logger``): MLflow records the settings, the epochs and the final files."""
+"""Experiment trackers (``--logger``): MLflow and W&B record the settings, the epochs and the final files."""
 
 from __future__ import annotations
 
@@ -50,3 +50,36 @@ def test_wandb_asked_for_but_not_installed(colour_set: Path, tmp_path: Path, tin
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"^logger: wandb is not installed \(pip install wandb\)"):
         tiny_config(colour_set, tmp_path, logger="wandb")
+
+
+def test_wandb_run_offline_has_params_metrics_and_files(colour_set: Path, tmp_path: Path, tiny_config,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """No API key: the W&B run is written offline to OUT/wandb (``wandb sync`` uploads it later) with the settings,
+    the last epoch's metrics and the final scores in its summary, and the model file and metrics.json saved."""
+    import wandb
+
+    from cnnapps.apps.classify.train import train_classifier
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc from `wandb login`
+    seen: dict = {}
+    real_finish = wandb.finish
+
+    def finish(*args, **kwargs):  # what the run holds when cnnapps closes it
+        seen.update(summary=dict(wandb.run.summary), config=dict(wandb.run.config), offline=wandb.run.offline,
+                    project=wandb.run.project)  # fmt: skip
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "finish", finish)
+    out = tmp_path / "run"
+    metrics = train_classifier(tiny_config(colour_set, out, epochs=1, logger="csv,wandb", experiment="colours"))
+    assert seen["offline"] and seen["project"] == "colours"
+    assert seen["config"]["backbone"] == "lenet5" and float(seen["config"]["lr"]) == 0.01
+    assert seen["summary"]["val_top1"] == pytest.approx(metrics["history"][0]["val_top1"])
+    assert seen["summary"]["final_val_top1"] == pytest.approx(metrics["val_top1"])
+    (run,) = (out / "wandb").glob("offline-run-*")
+    assert list(run.glob("run-*.wandb"))
+    saved = run / "files"
+    assert json.loads((saved / "metrics.json").read_text())["val_top1"] == metrics["val_top1"]
+    assert (saved / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
