@@ -40,6 +40,7 @@ class Task:
     route_options: dict[str, tuple[type, Any, Any, Any]] = field(default_factory=dict)  # name: (type, default, lo, hi)
     verb: str = ""  # the command that predicts on images and video [default: the task's name]
     trackable: bool = False  # its results are objects with boxes: video runs can track them (--track)
+    folds: str | None = None  # folds(config) -> FoldSource: its data dealt into folds for `train --kfold K`
 
     @property
     def command(self) -> str:
@@ -87,6 +88,7 @@ TASKS: dict[str, Task] = {
             load_options=("engine", "batch_size", "workers", "max_pixels"),
             default_model="efficientnet_lite0",
             route_options={"top_k": (int, 5, 1, 20)},
+            folds="cnnapps.apps.common.kfold:labelled_folds",
         ),
         Task(
             "retrieve",
@@ -106,6 +108,7 @@ TASKS: dict[str, Task] = {
             any_trunk=True,
             default_model="efficientnet_lite0",
             verb="embed",
+            folds="cnnapps.apps.common.kfold:labelled_folds",
         ),
         *(
             Task(
@@ -126,6 +129,7 @@ TASKS: dict[str, Task] = {
                 zoo=f"{_DETECT}.zoo:zoo_models",
                 route_options={"draw": (bool, False, None, None)},
                 trackable=True,
+                folds=f"{_DETECT}.folds:coco_folds",
             )
             for name, summary, default in (
                 ("detect", "Find objects: boxes, labels and scores (Faster R-CNN).", "fasterrcnn_resnet50_fpn"),

@@ -37,6 +37,7 @@ def test_every_part_of_every_task_resolves_and_fits_its_role(task) -> None:
     assert bool(task.exporter) == bool(task.export_formats)
     assert not task.quantize or "onnx" in task.export_formats  # int8 and fp16 are ONNX graphs
     assert set(task.route_options) <= {"top_k", "draw"}
+    assert task.folds is None or callable(task.part("folds"))  # what `train --kfold` deals into folds
     for name in task.zoo_models():
         from cnnapps.api import task_of
 

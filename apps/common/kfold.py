@@ -1,10 +1,12 @@
-"""k-fold cross-validation of any task whose data is labelled images (``cnnapps train classify --kfold K``).
+"""k-fold cross-validation of any task whose table entry says how its data is dealt into folds
+(``cnnapps train TASK --kfold K``; :attr:`~cnnapps.apps.tasks.Task.folds`).
 
-The images of ``data`` (its train/ and val/ trees pooled, or the one tree or CSV) are dealt into K stratified
-folds; fold i trains on the other K-1 folds and validates on fold i, in OUT/fold-i/. Each fold's split is a
-class-per-folder tree of links to the images (OUT/fold-i/data/{train,val}/<class>/), read by the task's own
-data reader, so a fold can be retrained or evaluated alone. OUT/kfold.json holds the per-fold scores with their
-mean and standard deviation, and OUT/model.safetensors is a copy of the best fold's model file.
+The task's data (its training and validation sets pooled) is dealt into K folds, stratified by a group per item
+(an image's class; for detection data, the category most of its objects have). Fold i trains on the other K-1
+folds and validates on fold i, in OUT/fold-i/, on data written to OUT/fold-i/data/ in a form the task's own reader
+takes (class folders of links to the images; COCO JSON files naming the images), so a fold can be retrained or
+evaluated alone. OUT/kfold.json holds the per-fold scores with their mean and standard deviation, and
+OUT/model.safetensors is a copy of the best fold's model file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,36 @@ from cnnapps.errors import CnnappsError
 
 log = logging.getLogger("cnnapps")
 
-#: tasks whose data reader takes a class-per-folder tree with train/ and val/ (what a fold is written as)
-KFOLD_TASKS = ("classify", "retrieve")
+
+@dataclass
+class FoldSource:
+    """What ``--kfold`` deals into folds: one stratum (group) per item, and ``write(train, val, root)``, which
+    writes a fold's data under ``root`` and returns the settings that point the task's training at it."""
+
+    strata: list[int]
+    write: Callable[[list[int], list[int], Path], dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.strata)
+
+
+def labelled_folds(config: TrainConfig) -> FoldSource:
+    """Labelled images (class folders or a CSV; train/ and val/ pooled), stratified by class; a fold is written as
+    class folders of links (:func:`write_fold_tree`)."""
+    images = pooled_images(config.data)
+    counts = {name: images.labels.count(i) for i, name in enumerate(images.class_names)}
+    few = [name for name, n in counts.items() if n < 2]
+    if few:
+        raise ConfigError(f"kfold: class {few[0]} has {counts[few[0]]} image; every fold must train on every class "
+                          "(two images or more per class)")  # fmt: skip
+    bad = [n for n in images.class_names if not n or n.startswith(".") or "/" in n or os.sep in n]
+    if bad:
+        raise ConfigError(f"kfold: class {bad[0]!r} cannot name a folder of the fold's tree")
+
+    def write(train: list[int], val: list[int], root: Path) -> dict[str, Any]:
+        return {"data": str(write_fold_tree(images, train, val, root))}
+
+    return FoldSource(list(images.labels), write)
 
 
 def pooled_images(data: str | os.PathLike) -> Any:
@@ -64,14 +96,13 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
     """Train ``k`` folds of ``config`` for the task, each in OUT/fold-i; returns (and writes to OUT/kfold.json)
     the per-fold scores, their mean and standard deviation (population), and which fold is kept as
     OUT/model.safetensors. With ``config.resume``, finished folds are read back and an interrupted one resumed."""
-    from cnnapps.apps.tasks import get_task
+    from cnnapps.apps.tasks import TASKS, get_task
     from cnnapps.files import atomic_write
 
-    if task_name not in KFOLD_TASKS:
-        raise ConfigError(
-            f"kfold: {task_name} reads its data its own way; k-fold runs for {', '.join(KFOLD_TASKS)} "
-            "(labelled image trees)"
-        )
+    task = get_task(task_name)
+    if not task.folds:
+        able = ", ".join(t.name for t in TASKS.values() if t.folds)
+        raise ConfigError(f"kfold: {task_name} reads its data its own way; k-fold runs for {able}")
     if k < 2:
         raise ConfigError(f"kfold: must be at least 2, not {k}")
     config.validate()
@@ -82,34 +113,26 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
     out = Path(config.out)
     if not config.resume and ((out / "kfold.json").exists() or (out / "model.safetensors").exists()):
         raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
-    images = pooled_images(config.data)
-    counts = {name: images.labels.count(i) for i, name in enumerate(images.class_names)}
-    few = [name for name, n in counts.items() if n < 2]
-    if few:
-        raise ConfigError(f"kfold: class {few[0]} has {counts[few[0]]} image; every fold must train on every class "
-                          "(two images or more per class)")  # fmt: skip
-    if k > len(images):
-        raise ConfigError(f"kfold: {k} folds of {len(images)} images leave some folds empty; use at most {len(images)}")
-    bad = [n for n in images.class_names if not n or n.startswith(".") or "/" in n or os.sep in n]
-    if bad:
-        raise ConfigError(f"kfold: class {bad[0]!r} cannot name a folder of the fold's tree")
-    train = get_task(task_name).part("train")
-    folds = fold_indices(images.labels, k, config.seed)
+    items = task.part("folds")(config)
+    if k > len(items):
+        raise ConfigError(f"kfold: {k} folds of {len(items)} images leave some folds empty; use at most {len(items)}")
+    train = task.part("train")
+    folds = fold_indices(items.strata, k, config.seed)
     rows: list[dict[str, Any]] = []
     metric = None
     for i, val_idx in enumerate(folds, start=1):
         fold_out = out / f"fold-{i}"
         held = set(val_idx)
-        train_idx = [j for j in range(len(images)) if j not in held]
+        train_idx = [j for j in range(len(items)) if j not in held]
         done = (fold_out / "metrics.json").is_file() and (fold_out / "model.safetensors").is_file()
         if config.resume and done:
             log.info("fold %d of %d: finished earlier, read from %s", i, k, fold_out / "metrics.json")
             metrics = json.loads((fold_out / "metrics.json").read_text())
         else:
-            tree = write_fold_tree(images, train_idx, val_idx, fold_out / "data")
+            data = items.write(train_idx, val_idx, fold_out / "data")
             resume = config.resume and (fold_out / "checkpoints" / "last.ckpt").is_file()
             log.info("fold %d of %d: training on %d images, validating on %d", i, k, len(train_idx), len(val_idx))
-            fold_config = dataclasses.replace(config, data=str(tree), out=str(fold_out), resume=resume)
+            fold_config = dataclasses.replace(config, **data, out=str(fold_out), resume=resume)
             metrics = train(fold_config)
             if metrics.get("global_rank"):
                 return {"global_rank": metrics["global_rank"]}

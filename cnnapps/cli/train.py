@@ -37,7 +37,8 @@ _KFOLD = inspect.Parameter(
         None,
         "--kfold",
         metavar="K",
-        help="k-fold cross-validation: K runs on stratified folds of all the images, "
+        help="k-fold cross-validation: K runs on stratified folds of all the images (training and validation "
+        "sets pooled), "
         "in OUT/fold-i; the summary (mean and std) in OUT/kfold.json, the best fold's model as OUT/model.safetensors.",
     ),
     annotation=Optional[int],  # noqa: UP045
@@ -70,7 +71,7 @@ def train_command(task: Any) -> Any:
     def command(**values: Any) -> None:
         from cnnapps.apps.common.config import check_run_folder, load_config
 
-        path, as_json, kfold = values.pop("config"), values.pop("as_json"), values.pop("kfold")
+        path, as_json, kfold = values.pop("config"), values.pop("as_json"), values.pop("kfold", None)
         if "task" in {f.name for f in dataclasses.fields(config_type)}:
             values["task"] = task.name  # one config type serves several tasks (detect, segment, pose)
         if as_json:
@@ -96,7 +97,7 @@ def train_command(task: Any) -> Any:
             f"wrote {config.out}/model.safetensors, metrics.json, curves.png"
         )
 
-    extra = [_CONFIG, _JSON, _KFOLD]
+    extra = [_CONFIG, _JSON, *([_KFOLD] if task.folds else [])]  # --kfold where the table says how to fold
     command.__signature__ = inspect.Signature([*params, *extra])  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in [*params, *extra]}
     command.__name__ = f"train_{task.name}"

@@ -1,4 +1,4 @@
-"""k-fold cross-validation (``cnnapps train classify --kfold K``)."""
+"""k-fold cross-validation (``cnnapps train classify|retrieve|detect|segment|pose --kfold K``)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,49 @@ def test_kfold_refusals(colour_set: Path, tmp_path: Path, tiny_config) -> None:
         cross_validate("classify", config, 1)
     with pytest.raises(ConfigError, match=r"^kfold: 31 folds of 30 images"):
         cross_validate("classify", config, 31)
+
+
+def test_detection_folds_pool_train_and_val_and_write_coco_files(tmp_path: Path) -> None:
+    """Segmentation data in two COCO files: the folds pool both (ids renumbered, images named by absolute path,
+    every annotation kept once), train on K-1 folds, validate on the other, and summarise the mask AP."""
+    from cnnapps.apps.common.config import load_config
+    from cnnapps.apps.detect.config import DetectConfig
+    from cnnapps.datasets.synthetic import write_coco
+
+    data = tmp_path / "shapes"
+    write_coco("shapes", data, "train", 6, seed=0, size=96)
+    write_coco("shapes", data, "val", 4, seed=1, size=96)
+    sources = [json.loads((data / f"{part}.json").read_text()) for part in ("train", "val")]
+    config = load_config(
+        None, DetectConfig, task="segment", data=str(data / "train.json"), images=str(data / "train"),
+        val_data=str(data / "val.json"), val_images=str(data / "val"), backbone="resnet18", weights="none",
+        fpn_channels=16, min_size=96, max_size=96, epochs=1, batch_size=4, workers=0, progress=False,
+        augment="none", out=str(tmp_path / "cv"),
+    )  # fmt: skip
+    summary = cross_validate("segment", config, 2)
+    folds = [{part: json.loads((tmp_path / "cv" / f"fold-{i}" / "data" / f"{part}.json").read_text())
+              for part in ("train", "val")} for i in (1, 2)]  # fmt: skip
+    files = lambda coco: {im["file_name"] for im in coco["images"]}  # noqa: E731
+    everything = {str((data / part / im["file_name"]).resolve()) for part, src in zip(("train", "val"), sources,
+                                                                                       strict=True)
+                  for im in src["images"]}  # fmt: skip
+    assert len(everything) == 10 and all(Path(f).is_absolute() and Path(f).is_file() for f in everything)
+    assert files(folds[0]["val"]) | files(folds[1]["val"]) == everything
+    assert not files(folds[0]["val"]) & files(folds[1]["val"])
+    assert files(folds[0]["train"]) == files(folds[1]["val"]) and files(folds[1]["train"]) == files(folds[0]["val"])
+    total = sum(len(src["annotations"]) for src in sources)
+    assert sum(len(f["val"]["annotations"]) for f in folds) == total
+    for fold in folds:  # within a file: ids unique, each annotation on one of its images, the categories kept
+        for coco in fold.values():
+            ids = {im["id"] for im in coco["images"]}
+            assert len(ids) == len(coco["images"]) and all(a["image_id"] in ids for a in coco["annotations"])
+            assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+            assert coco["categories"] == sources[0]["categories"]
+    metric = summary["metric"]
+    assert summary["k"] == 2 and [row["val_images"] for row in summary["folds"]] == [5, 5]
+    scores = [row[metric] for row in summary["folds"]]
+    assert summary["mean"][metric] == pytest.approx(np.mean(scores))
+    best = summary["best_fold"]
+    assert (tmp_path / "cv" / "model.safetensors").read_bytes() == (
+        tmp_path / "cv" / f"fold-{best}" / "model.safetensors"
+    ).read_bytes()
