@@ -43,12 +43,26 @@ def seed_augmentation(transform: Any, seed: int) -> None:
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: the worker's augmentation seeded from torch's seed for it (a base seed drawn
-    from the seeded main process, plus the worker's id): the same draws under the same ``--seed``, other draws in
-    each worker."""
+    from the seeded main process, plus the worker's id) and the process's rank in a distributed run: the same
+    draws under the same ``--seed``, other draws in each worker of each process."""
     from torch.utils.data import get_worker_info
 
     info = get_worker_info()
-    seed_augmentation(getattr(info.dataset, "transform", None), info.seed)
+    seed_augmentation(getattr(info.dataset, "transform", None), info.seed + 1_000_003 * process_rank())
+
+
+def process_rank() -> int:
+    """A number of its own for each process of a distributed run (0 outside one): the global rank once the process
+    group is up, before that what the launcher set (torchrun's RANK; Lightning's NODE_RANK and LOCAL_RANK)."""
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("NODE_RANK", 0)) * 1024 + int(os.environ.get("LOCAL_RANK", 0))
 
 
 def train_transform(preset: str, spec: Preprocess, output: str = "float32") -> Callable[[np.ndarray], np.ndarray]:

@@ -86,3 +86,13 @@ def test_each_worker_draws_its_own_augmentation(photo) -> None:
     Copies of one unseeded pipeline would give item 0 == item 1, item 2 == item 3."""
     items = _epoch(photo[::8, ::8].copy(), 2, 0)
     assert not any(np.array_equal(items[i], items[i + 1]) for i in range(0, len(items), 2))
+
+
+def test_each_process_of_a_distributed_run_draws_its_own_augmentation(photo, monkeypatch) -> None:
+    """The same seed in two processes of a distributed run (told apart by the launcher's ranks): other draws."""
+    small = photo[::8, ::8].copy()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    first = _epoch(small, 0, 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    second = _epoch(small, 0, 0)
+    assert not any(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
