@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,17 +115,20 @@ def run_on_ray(
 @contextlib.contextmanager
 def ray_session(address: str | None = None, **init: Any) -> Iterator[None]:
     """A Ray runtime for the block: the one this process already has, or one started here (a cluster on this
-    machine, or ``address``'s) and shut down after. Ray's Python logging is kept to errors."""
+    machine, or ``address``'s) and shut down after. Ray's Python logging is kept to errors, and what Ray's own
+    threads print to stdout (the raylet's "A worker died ..." when it restarts a lost actor) goes to stderr while
+    the block runs: stdout keeps only the command's answer (``--json``)."""
     import ray
 
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **init)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    with contextlib.redirect_stdout(sys.stderr):
+        if ray.is_initialized():
+            yield
+            return
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **init)
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def _run(ray: Any, parts: Sequence[tuple[int, list[str]]], make_work: Callable[[], PartWork], workers: int | None,

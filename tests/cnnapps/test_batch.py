@@ -125,3 +125,17 @@ def test_bad_requests_are_one_line_errors(run_cli, gallery: Path, tmp_path: Path
     monkeypatch.setattr(cnnapps.parts, "ray_available", lambda: False)
     code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "d")
     assert code == 2 and "Ray is not installed: pip install 'cnnapps[ray]'" in stderr
+
+
+def test_what_ray_threads_print_stays_off_stdout(cluster, capsys) -> None:
+    """Ray's driver prints raylet messages ("A worker died ...", after it restarts a lost actor) to stdout from a
+    thread of its own; inside a session they go to stderr, so `--json` answers stay parseable."""
+    import threading
+
+    with ray_session():
+        thread = threading.Thread(target=lambda: print("(raylet) A worker died or was killed"))
+        thread.start()
+        thread.join()
+    print('{"answer": 1}')
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"answer": 1} and "(raylet) A worker died" in err
