@@ -33,12 +33,13 @@ OUTPUTS = ("float32", "uint8")
 
 
 def seed_augmentation(transform: Any, seed: int) -> None:
-    """Seed the albumentations pipeline of a training transform (a no-op for one without). albumentations draws
-    from a random state of its own that global seeds do not reach: unseeded, two runs with the same ``--seed``
-    augment differently, and every DataLoader worker (a copy of the same pipeline) repeats the same draws."""
+    """Seed the albumentations pipeline of a training transform (a no-op for one without) from ``seed`` and this
+    process's rank in a distributed run (:func:`process_rank`). albumentations draws from a random state of its
+    own that global seeds do not reach: unseeded, two runs with the same ``--seed`` augment differently, and every
+    DataLoader worker (a copy of the same pipeline) repeats the same draws."""
     pipeline = getattr(transform, "pipeline", None)
     if pipeline is not None:
-        pipeline.set_random_seed(int(seed) % 2**32)
+        pipeline.set_random_seed((int(seed) + 1_000_003 * process_rank()) % 2**32)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -48,7 +49,7 @@ def seed_worker(worker_id: int) -> None:
     from torch.utils.data import get_worker_info
 
     info = get_worker_info()
-    seed_augmentation(getattr(info.dataset, "transform", None), info.seed + 1_000_003 * process_rank())
+    seed_augmentation(getattr(info.dataset, "transform", None), info.seed)
 
 
 def process_rank() -> int:

@@ -31,7 +31,8 @@ log = logging.getLogger("cnnapps")
 @dataclass
 class FoldSource:
     """What ``--kfold`` deals into folds: one stratum (group) per item, and ``write(train, val, root)``, which
-    writes a fold's data under ``root`` and returns the settings that point the task's training at it."""
+    writes a fold's data under ``root`` (new or empty) and returns the settings that point the task's training
+    at it."""
 
     strata: list[int]
     write: Callable[[list[int], list[int], Path], dict[str, Any]]
@@ -73,9 +74,7 @@ def pooled_images(data: str | os.PathLike) -> Any:
 
 def write_fold_tree(images: Any, train_idx: list[int], val_idx: list[int], root: Path) -> Path:
     """``root``/train and ``root``/val as class folders of links to the images (copies where links are not
-    allowed); an earlier tree there is replaced (it is made from the data, nothing else is kept in it)."""
-    if root.exists():
-        shutil.rmtree(root)
+    allowed); ``root`` is new or empty (:func:`cross_validate` clears a fold's earlier data)."""
     for part, indices in (("train", train_idx), ("val", val_idx)):
         for i in indices:
             source = Path(images.paths[i]).resolve()
@@ -129,6 +128,8 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
             log.info("fold %d of %d: finished earlier, read from %s", i, k, fold_out / "metrics.json")
             metrics = json.loads((fold_out / "metrics.json").read_text())
         else:
+            if (fold_out / "data").exists():  # made from the data, nothing else is kept in it
+                shutil.rmtree(fold_out / "data")
             data = items.write(train_idx, val_idx, fold_out / "data")
             resume = config.resume and (fold_out / "checkpoints" / "last.ckpt").is_file()
             log.info("fold %d of %d: training on %d images, validating on %d", i, k, len(train_idx), len(val_idx))

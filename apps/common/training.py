@@ -171,11 +171,11 @@ def make_loaders(config: TrainConfig, train_set: Any, val_set: Any, device: torc
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    from cnnapps.datasets.transforms import process_rank, seed_augmentation
+    from cnnapps.datasets.transforms import seed_augmentation
 
     args = loader_args(config, device, collate_fn)
     if not args["num_workers"]:  # augmented in this process: seeded from --seed (workers seed their own copies)
-        seed_augmentation(getattr(train_set, "transform", None), config.seed + 1_000_003 * process_rank())
+        seed_augmentation(getattr(train_set, "transform", None), config.seed)
     train = DataLoader(train_set, **({"sampler": sampler} if sampler is not None else {"shuffle": True}), **args)
     whole = DistributedSampler(val_set, num_replicas=1, rank=0, shuffle=False)
     return train, DataLoader(val_set, sampler=whole, **args)

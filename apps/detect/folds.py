@@ -9,7 +9,6 @@ OUT/fold-i/data/{train,val}.json, COCO files whose ``file_name`` is each image's
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,9 +45,7 @@ def coco_folds(config: Any) -> FoldSource:
         strata.append(min(counts, key=lambda c: (-counts[c], c)) if counts else -1)
 
     def write(train: list[int], val: list[int], root: Path) -> dict[str, Any]:
-        if root.exists():  # made from the data, nothing else is kept in it
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
         for part, chosen in (("train", train), ("val", val)):
             anns = [dict(a, id=n) for n, a in enumerate((a for i in chosen for a in objects[i]), start=1)]
             coco = {"images": [images[i] for i in chosen], "annotations": anns, "categories": categories}
