@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
+# The pinned set is installed by uv (pinned itself), which fetches and unpacks the wheels in parallel: about a minute
+# on 2 cores where pip took two and a half; the modules are compiled to bytecode at install, as pip does.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,ray,wandb]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt uv
+	$(BIN)/python -m uv pip install --python $(BIN)/python --quiet --compile-bytecode -c constraints.txt -e '.[dev,ray,wandb]'
 	touch $@
 
 # The web page's test drives Debian's Chromium through Playwright (no browser download at run time).
