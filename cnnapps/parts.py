@@ -116,10 +116,12 @@ def run_on_ray(
 def ray_session(address: str | None = None, **init: Any) -> Iterator[None]:
     """A Ray runtime for the block: the one this process already has, or one started here (a cluster on this
     machine, or ``address``'s) and shut down after. Ray's Python logging is kept to errors, and what Ray's own
-    threads print to stdout (the raylet's "A worker died ..." when it restarts a lost actor) goes to stderr while
-    the block runs: stdout keeps only the command's answer (``--json``)."""
+    threads print to stdout goes to stderr: stdout keeps only the command's answer (``--json``). The raylet's
+    messages ("A worker died ..." when it restarts a lost actor) go to stderr whenever they come, also after the
+    block (a runtime that outlives it prints them late: one command's lost actor, the next command's stdout)."""
     import ray
 
+    _raylet_messages_to_stderr()
     with contextlib.redirect_stdout(sys.stderr):
         if ray.is_initialized():
             yield
@@ -129,6 +131,25 @@ def ray_session(address: str | None = None, **init: Any) -> Iterator[None]:
             yield
         finally:
             ray.shutdown()
+
+
+def _raylet_messages_to_stderr() -> None:
+    """Ray's driver prints the raylet's error messages from a thread of its own, through
+    ``ray._private.worker.print_to_stdstream`` marked as standard output: marked as errors instead (stderr), for as
+    long as this process lives. Ray is pinned; where that function is missing nothing changes."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "raylet_to_stderr", False):
+        return
+
+    def print_to_stdstream(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if data.get("pid") == "raylet":
+            data = {**data, "is_err": True}
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream.raylet_to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def _run(ray: Any, parts: Sequence[tuple[int, list[str]]], make_work: Callable[[], PartWork], workers: int | None,

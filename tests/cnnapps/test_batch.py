@@ -139,3 +139,21 @@ def test_what_ray_threads_print_stays_off_stdout(cluster, capsys) -> None:
     print('{"answer": 1}')
     out, err = capsys.readouterr()
     assert json.loads(out) == {"answer": 1} and "(raylet) A worker died" in err
+
+
+def test_raylet_messages_that_come_after_a_session_go_to_stderr(cluster, capsys) -> None:
+    """A runtime that outlives a command (this module's cluster, or a service's) can print a lost actor's raylet
+    message after the command's block has ended, while the next command writes its answer: it goes to stderr."""
+    import threading
+
+    from ray._private import worker
+
+    with ray_session():
+        pass
+    message = {"lines": ["A worker died or was killed (a late message)"], "pid": "raylet", "is_err": False}
+    thread = threading.Thread(target=lambda: worker.print_to_stdstream(message, ignore_prefix=False))
+    thread.start()
+    thread.join()
+    print('{"answer": 2}')
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"answer": 2} and "A worker died or was killed (a late message)" in err
