@@ -78,7 +78,7 @@ def simulate(model: Any, x: Any, cal: Any, weight_bits: int | None, activations:
 
     model = copy.deepcopy(model)
     convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    chosen = {n: m for n, m in convs.items() if (only is None or n in only) and not n.endswith(skip or ("\0",))}
+    chosen = {n: m for n, m in convs.items() if (only is None or n in only) and not n.endswith(skip)}
     with torch.no_grad():
         if weight_bits:
             for module in chosen.values():
