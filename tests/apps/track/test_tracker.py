@@ -124,6 +124,34 @@ def test_appearance_does_not_pull_a_distant_lookalike_out_of_the_gate():
     assert tracker.update(far, [0.9], [0], look[None]).tolist() == [-1]
 
 
+def test_appearance_gate_refuses_a_motion_match_that_looks_like_another_object():
+    a, b = np.eye(DIM)[0], np.eye(DIM)[1]
+    box = np.array([[100.0, 100.0, 140.0, 180.0]])
+    for gate, expected in ((0.65, -1), (2.0, 1)):
+        tracker = ByteTracker(appearance_gate=gate)
+        assert tracker.update(box, [0.9], [0], a[None]).tolist() == [1]
+        # another object where the track was predicted: it overlaps fully but looks nothing alike
+        assert tracker.update(box, [0.9], [0], b[None]).tolist() == [expected]
+    with pytest.raises(CnnappsError, match="appearance_gate"):
+        ByteTracker(appearance_gate=0.0)
+
+
+def test_appearance_learns_only_from_detections_that_overlap_no_other():
+    a, b = np.eye(DIM)[0], np.eye(DIM)[1]
+    mixed = (a + b) / np.sqrt(2)
+    tracker = ByteTracker()
+    left, right = [100.0, 100.0, 140.0, 180.0], [150.0, 100.0, 190.0, 180.0]
+    assert tracker.update([left, right], [0.9, 0.9], [0, 0], np.stack([a, b])).tolist() == [1, 2]
+    before = {t.id: t.feature.copy() for t in tracker.tracks}
+    # the two touch: each one's embedding mixes both; matched by motion, neither appearance changes
+    ids = tracker.update([left, [138.0, 100.0, 178.0, 180.0]], [0.9, 0.9], [0, 0], np.stack([mixed, mixed]))
+    assert ids.tolist() == [1, 2]
+    assert {t.id: t.feature.tolist() for t in tracker.tracks} == {k: v.tolist() for k, v in before.items()}
+    # apart again: the appearance moves towards what is seen
+    tracker.update([left, right], [0.9, 0.9], [0, 0], np.stack([mixed, b]))
+    assert not np.array_equal(next(t for t in tracker.tracks if t.id == 1).feature, before[1])
+
+
 def test_ids_increase_and_are_never_reused():
     rng = np.random.default_rng(1)
     tracker = ByteTracker()
