@@ -283,7 +283,8 @@ def main() -> None:
     body = "\n".join([
         f"## {TITLE}",
         "",
-        f"`{command}` on {describe_machine('cpu')}; onnxruntime {onnxruntime.__version__} (its default thread pool), "
+        f"`{command}` on {describe_machine('cpu')}; onnxruntime {onnxruntime.__version__} (its default thread pool, "
+        "threads sleeping between runs), "
         f"OpenVINO {openvino_version} (INFERENCE_NUM_THREADS {threads or torch.get_num_threads()}: torch's count). "
         "Each model exported as fp32 ONNX and as static INT8 ONNX (QDQ, int8 weights per channel using 7 bits, uint8 "
         "activations calibrated by percentile, fully connected layers fp32); the baseline is the fp32 graph in "

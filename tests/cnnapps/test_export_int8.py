@@ -197,7 +197,7 @@ def test_openvino_answers_like_onnxruntime_and_says_so(photos: Path, lite0: Path
     images = paths(photos)
     reference = cnnapps.load(engine="onnxruntime", device="cpu")
     _, expected, _ = reference.predict_proba(images)
-    for batch_size in (1, 4):  # one image per call: the latency hint; batches: throughput, split over requests
+    for batch_size in (1, 4):  # each compiled for its batch size (a static shape)
         openvino = cnnapps.load(engine="openvino", batch_size=batch_size)
         _, got, errors = openvino.predict_proba(images)
         assert errors == [None] * 5 and openvino.engine == "openvino" and openvino.device.type == "cpu"
@@ -213,6 +213,20 @@ def test_openvino_answers_like_onnxruntime_and_says_so(photos: Path, lite0: Path
     assert embedder.engine == "openvino"
 
 
+def test_onnxruntime_threads_sleep_between_runs() -> None:
+    from cnnapps.exported import OnnxRunner, onnx_bytes
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()  # fmt: skip
+    runner = OnnxRunner(onnx_bytes(net, (3, 16, 16)))
+    options = runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), net(x), atol=1e-5, rtol=1e-4)
+
+
 @requires_openvino
 def test_openvino_throughput_requests_answer_like_one_request() -> None:
     from cnnapps.exported import OpenVinoRunner, onnx_bytes
@@ -226,6 +240,25 @@ def test_openvino_throughput_requests_answer_like_one_request() -> None:
     with torch.no_grad():
         torch.testing.assert_close(throughput(x), net(x), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(latency(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+@requires_openvino
+def test_openvino_compiles_each_batch_size_as_a_static_shape_up_to_a_limit() -> None:
+    from cnnapps.exported import OpenVinoRunner, onnx_bytes
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()  # fmt: skip
+    runner = OpenVinoRunner(onnx_bytes(net, (3, 16, 16)), "latency", batch_size=4)
+    assert list(runner._compiled) == [4]  # the caller's batch, compiled at once
+    x = torch.randn(9, 3, 16, 16)
+    with torch.no_grad():
+        for size in (4, 1, 3, 4, 2, 9, 5):
+            torch.testing.assert_close(runner(x[:size]), net(x[:size]), atol=1e-5, rtol=1e-4)
+    # four static sizes (4, 1, 3, 2); the later sizes ran on the graph compiled with its dynamic batch
+    assert sorted(k for k in runner._compiled if k is not None) == [1, 2, 3, 4] and None in runner._compiled
+    shapes = {k: tuple(c.inputs[0].get_partial_shape().to_shape()) for k, c in runner._compiled.items() if k}
+    assert shapes == {b: (b, 3, 16, 16) for b in (1, 2, 3, 4)}
 
 
 @requires_openvino
