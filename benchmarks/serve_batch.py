@@ -6,7 +6,7 @@ either one image per request or ``--images`` images per request (repeated multip
 answers/s count images answered (every one checked to be a 200 with predictions); the two ways alternate
 (``--repeats``), best of each.
 
-    python benchmarks/serve_batch.py [--clients 1 4] [--images 8] [--seconds 15] [--write]
+    python benchmarks/serve_batch.py [--clients 1 4] [--images 8] [--seconds 15] [--engine auto] [--write]
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per request in the batched way [8]")
     parser.add_argument("--seconds", type=float, default=15.0, help="load per row [15]")
     parser.add_argument("--repeats", type=int, default=2, help="alternations of the two ways; best of each [2]")
+    parser.add_argument("--engine", default="auto", help="the server's --engine [auto]")
     parser.add_argument("--write", action="store_true", help="record in benchmarks/RESULTS.md")
     args = parser.parse_args()
     jpegs = _jpegs()
-    server, url = _serve(16, 5.0)
+    server, url = _serve(16, 5.0, args.engine)
     best: dict[tuple[int, int], dict] = {}
     try:
         asyncio.run(_load(url, 2, 1, 2.0, jpegs))  # warm the connection pool and caches
@@ -91,7 +92,8 @@ def main() -> None:
     )
     body = (
         "## HTTP service: several images per request (benchmarks/serve_batch.py)\n\n"
-        f"`cnnapps serve --max-batch 16 --max-wait-ms 5` with the bundled EfficientNet-Lite0 on loopback, "
+        f"`cnnapps serve --max-batch 16 --max-wait-ms 5{'' if args.engine == 'auto' else ' --engine ' + args.engine}` "
+        "with the bundled EfficientNet-Lite0 on loopback, "
         f"{os.cpu_count()} CPU cores shared by server and clients, no GPU; clients post scikit-image photos (JPEG) "
         f"to `/v1/classify` for {args.seconds:.0f} s per row, best of {args.repeats}, the ways alternating.\n\n"
         "| clients | images per request | answers/s | requests | errors |\n| ---: | ---: | ---: | ---: | ---: |\n"

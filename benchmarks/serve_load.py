@@ -78,12 +78,12 @@ async def _load(url: str, clients: int, seconds: float, jpegs: list[bytes]) -> d
             "p99": float(np.percentile(ms, 99))}  # fmt: skip
 
 
-def _serve(max_batch: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+def _serve(max_batch: int, max_wait_ms: float, engine: str = "auto") -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = [sys.executable, "-m", "cnnapps", "serve", "--port", str(port), "--max-batch", str(max_batch),
-            "--max-wait-ms", str(max_wait_ms)]  # fmt: skip
+            "--max-wait-ms", str(max_wait_ms), "--engine", engine]  # fmt: skip
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
