@@ -6,6 +6,7 @@ no torch, so that ``cnnapps export`` can refuse what it cannot write before torc
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -255,21 +256,20 @@ class OpenVinoRunner:
                 return self._compile(batch)
             return self._compile(None)  # the sizes kept are taken: the dynamic graph for the rest
 
-    def _request(self, compiled: Any) -> Any:
-        requests = getattr(self._local, "requests", None)
-        if requests is None:
-            requests = self._local.requests = {}
-        request = requests.get(id(compiled))
-        if request is None:
-            request = requests[id(compiled)] = compiled.create_infer_request()
-        return request
+    def _per_thread(self, kind: str, compiled: Any, make: Any) -> Any:
+        """The calling thread's ``kind`` (infer request or queue) of ``compiled``, made by ``make()`` once."""
+        made = vars(self._local).setdefault(kind, {})
+        if id(compiled) not in made:
+            made[id(compiled)] = make()
+        return made[id(compiled)]
 
     def _run_batch(self, array: Any) -> list[Any]:
         import numpy as np
 
         count = len(self.graph.outputs)
         if self.requests <= 1 or len(array) < 2:
-            request = self._request(self._for_batch(len(array)))
+            compiled = self._for_batch(len(array))
+            request = self._per_thread("request", compiled, compiled.create_infer_request)
             request.infer({0: array})
             return [np.array(request.get_output_tensor(i).data) for i in range(count)]
         import openvino as ov
@@ -282,12 +282,7 @@ class OpenVinoRunner:
 
         for size in sorted({len(c) for c in chunks}):  # chunks differ by one image at most: two shapes
             compiled = self._for_batch(size)
-            queues = getattr(self._local, "queues", None)
-            if queues is None:
-                queues = self._local.queues = {}
-            queue = queues.get(id(compiled))
-            if queue is None:
-                queue = queues[id(compiled)] = ov.AsyncInferQueue(compiled, self.requests)
+            queue = self._per_thread("queue", compiled, functools.partial(ov.AsyncInferQueue, compiled, self.requests))
             queue.set_callback(collect)
             for index, chunk in enumerate(chunks):
                 if len(chunk) == size:

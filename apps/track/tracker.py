@@ -139,13 +139,12 @@ class _Track:
         return _to_xyxy(self.mean)
 
 
-def _suppress(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Class-agnostic greedy NMS: whether each box is kept (not overlapping a higher-scoring kept box by more than
-    ``iou``); ties keep the earlier box."""
-    keep = np.ones(len(boxes), bool)
-    if iou >= 1 or len(boxes) < 2:
+def _suppress(overlap: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Class-agnostic greedy NMS on the boxes' pairwise IoU ``overlap``: whether each box is kept (not overlapping a
+    higher-scoring kept box by more than ``iou``); ties keep the earlier box."""
+    keep = np.ones(len(scores), bool)
+    if iou >= 1 or len(scores) < 2:
         return keep
-    overlap = box_iou(boxes, boxes)
     order = np.argsort(-scores, kind="stable")
     for rank, i in enumerate(order):
         if keep[i]:
@@ -334,10 +333,11 @@ class ByteTracker:
                     t.mean[7] = 0.0  # as ByteTrack: no height velocity for tracks not tracked
                 t.mean, t.cov = self.kalman.predict(t.mean, t.cov)
 
-        kept = _suppress(boxes, scores, self.nms_iou)
-        overlaps = box_iou(boxes, boxes) * kept[None, :]
-        np.fill_diagonal(overlaps, 0.0)
-        alone = ~(overlaps > 0).any(axis=1)  # detections whose embedding shows one object only
+        overlap = box_iou(boxes, boxes)
+        kept = _suppress(overlap, scores, self.nms_iou)
+        touching = (overlap > 0) & kept[None, :]
+        np.fill_diagonal(touching, False)
+        alone = ~touching.any(axis=1)  # detections whose embedding shows one object only
         high = np.flatnonzero(kept & (scores >= self.high))
         second = np.flatnonzero(kept & (scores >= self.low) & (scores < self.high))
 
@@ -351,8 +351,9 @@ class ByteTracker:
         iou = box_iou(predicted, boxes[high])
         cost = 1.0 - iou
         if features is not None and len(pool) and len(high):
-            cost = np.minimum(cost, self._appearance_cost(pool, features[high], gate=iou > 0))
-            cost[self._distance(pool, features[high]) > self.appearance_gate] = 1.0
+            distance = self._distance(pool, features[high])
+            cost = np.minimum(cost, self._appearance_cost(distance, gate=iou > 0))
+            cost[distance > self.appearance_gate] = 1.0  # NaN (no appearance yet) never exceeds it
         matches, left_tracks, left_high = _assign(cost, 1.0 - self.match_iou)
         for r, c in matches:
             track, i = pool[r], int(high[c])
@@ -368,7 +369,8 @@ class ByteTracker:
             lost = [t for t in lost if self.frame - t.last_frame <= max(self.reid_frames, self.lost_frames)]
             if lost:
                 dets = np.array(confident)
-                app = self._appearance_cost(lost, features[dets], gate=self._reid_gate(lost, boxes[dets]))
+                distance = self._distance(lost, features[dets])
+                app = self._appearance_cost(distance, gate=self._reid_gate(lost, boxes[dets]))
                 reid_matches, _, left = _assign(app, self.appearance_threshold)
                 for r, c in reid_matches:
                     track, i = lost[r], int(dets[c])
@@ -433,20 +435,18 @@ class ByteTracker:
 
     @staticmethod
     def _distance(tracks: list[_Track], features: np.ndarray) -> np.ndarray:
-        """Cosine distance (in [0, 2]) of each track's appearance to each detection's embedding; 0 where the
-        track has no appearance (nothing to tell them apart)."""
-        distance = np.zeros((len(tracks), len(features)))
+        """Cosine distance (in [0, 2]) of each track's appearance to each detection's embedding; NaN where the
+        track has no appearance (of this size) yet."""
+        distance = np.full((len(tracks), len(features)), np.nan)
         for r, t in enumerate(tracks):
             if t.feature is not None and len(t.feature) == features.shape[1]:
                 distance[r] = 1.0 - features @ t.feature
         return distance
 
-    def _appearance_cost(self, tracks: list[_Track], features: np.ndarray, gate: np.ndarray) -> np.ndarray:
-        """Cosine distance (clipped to [0, 1]) of each track's appearance to each detection's embedding; 1 where
-        the track has no appearance, outside ``gate`` and above the appearance threshold."""
-        cost = np.ones((len(tracks), len(features)))
-        known = np.array([t.feature is not None and len(t.feature) == features.shape[1] for t in tracks], bool)
-        cost[known] = np.clip(self._distance(tracks, features)[known], 0.0, 1.0)
+    def _appearance_cost(self, distance: np.ndarray, gate: np.ndarray) -> np.ndarray:
+        """:meth:`_distance` as an assignment cost, clipped to [0, 1]; 1 where the track has no appearance, outside
+        ``gate`` and above the appearance threshold."""
+        cost = np.nan_to_num(np.clip(distance, 0.0, 1.0), nan=1.0)
         cost[~gate] = 1.0
         cost[cost > self.appearance_threshold] = 1.0
         return cost
