@@ -1,9 +1,12 @@
 """Any task's predictor over video: frames in batches, one JSON line per frame, tracks, an annotated video, events.
 
-Three threads share the work. The source (:class:`cnnapps.datasets.video.VideoSource`) decodes ahead in its own;
-the predictor runs batches of frames in the caller's; drawing, encoding and writing run in a third, so the model
-never waits on them. Nothing is kept per frame: each frame's answer leaves as a JSON line as soon as it is drawn,
-so memory stays flat over a stream of any length (tracks keep a summary each, with a path thinned by motion).
+With a GPU, three threads share the work. The source (:class:`cnnapps.datasets.video.VideoSource`) decodes ahead
+in its own; the predictor runs batches of frames in the caller's; drawing, encoding and writing run in a third, so
+the model never waits on them. On a CPU the model needs every core: frames are decoded as asked and outputs written
+in turn, and batches of frames go through the model in lanes (forked processes where the system forks), each with
+its share of the cores (:class:`_Lanes`). Nothing is kept per frame: each frame's answer leaves as a JSON line as
+soon as it is drawn, so memory stays flat over a stream of any length (tracks keep a summary each, with a path
+thinned by motion).
 
 A source that fails mid-way (corrupt data, a stream that stalls or drops) ends the run with the frames read so
 far predicted, written and reported; ``VideoReport.error`` says what happened.
@@ -11,6 +14,7 @@ far predicted, written and reported; ``VideoReport.error`` says what happened.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import queue
@@ -20,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -168,9 +172,10 @@ def run_video(
     something happens (the answer's headline changes; with tracking, a new track starts or a line is crossed);
     ``save_mot``: the tracks as MOTChallenge results. Outputs are never written over existing files, and what was
     written before an error is kept. ``predict_options``: passed to ``predictor.predict`` where it takes them
-    (``top_k``). ``lanes``: on a CPU, batches of frames predicted at once in this many threads, the CPU's threads
-    shared out among them (as OpenVINO's throughput streams do), for predictors that allow it
-    (``predict_in_lane``); answers are taken in frame order all the same."""
+    (``top_k``). ``lanes``: on a CPU, batches of frames predicted at once in this many lanes (forked processes where
+    the system forks, else threads), the CPU's threads shared out among them (as OpenVINO's throughput streams do),
+    for predictors that allow it (``predict_in_lane(images, compile_now=...)``); answers are taken in frame order all
+    the same."""
     accepted = inspect.signature(predictor.predict).parameters
     options = {k: v for k, v in (predict_options or {}).items() if k in accepted}
     live = bool(getattr(source, "live", False))
@@ -230,49 +235,186 @@ def run_video(
 
 
 class _Lanes:
-    """Batches of frames through the predictor: in turn (one lane), or several at once in threads that share
-    the CPU's threads out among them; answers reach ``take`` in frame order either way."""
+    """Batches of frames through the predictor: in turn (one lane), or several at once, the CPU's threads shared
+    out among them; answers reach ``take`` in frame order either way.
 
-    def __init__(self, predictor: Any, lanes: int, options: dict[str, Any], take: Callable) -> None:
+    Where the system forks (Linux) and each lane gets one of the CPU's threads, lanes are processes forked from this
+    one once the first batch has been predicted here (compiling the trunk for the frames' shape, which the lanes then
+    share with the rest of the model's memory); each runs its batches under its own interpreter lock, with the next
+    batch already sent. A detector's pass is much Python between its convolutions (anchors, proposals, per-level RoI
+    pooling), which two threads of one process take in turn: on two cores, two forked lanes ran 1.4-1.5x the
+    frames/s of one process with both threads, two thread lanes 1.16x. Elsewhere lanes are threads: where lanes get
+    several threads each (OpenMP's pool does not survive a fork: a forked process running on more than one thread
+    hangs), and for graphs in onnxruntime or OpenVINO (their thread pools do not either)."""
+
+    def __init__(self, predictor: Any, lanes: int, options: dict[str, Any], take: Callable,
+                 processes: bool | None = None) -> None:  # fmt: skip
         self.predictor, self.lanes, self.options, self.take = predictor, max(1, int(lanes)), options, take
+        self.processes = self.lanes > 1 and (_can_fork() if processes is None else processes)
         self.inflight: deque = deque()
         self.pool: Any = None
+        self.workers: list[_LaneProcess] = []
+        self.next = 0
         self.threads: int | None = None
 
     def __enter__(self) -> _Lanes:
         if self.lanes > 1:
-            import concurrent.futures
-
             import torch
 
             self.threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, self.threads // self.lanes))
-            self.pool = concurrent.futures.ThreadPoolExecutor(self.lanes, thread_name_prefix="cnnapps-lane")
+            if not self.processes:  # else forked once the first batch has compiled what the predictor compiles
+                self._start_lanes()
         return self
+
+    def _start_lanes(self) -> None:
+        import torch
+
+        share = max(1, (self.threads or 1) // self.lanes)
+        # graphs in onnxruntime or OpenVINO keep thread pools that a forked copy would lack, and so does OpenMP (a
+        # forked process that runs PyTorch on more than one thread hangs): those lanes run in threads
+        if self.processes and share == 1 and getattr(self.predictor, "engine", "eager") in FORKABLE_ENGINES:
+            self.workers = [_LaneProcess(self.predictor, self.options) for _ in range(self.lanes)]
+            return
+        import concurrent.futures
+
+        self.processes = False
+        torch.set_num_threads(share)
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.lanes, thread_name_prefix="cnnapps-lane")
 
     def __call__(self, frames: list[Any]) -> None:
         images = [f.rgb for f in frames]
-        if self.pool is None:
+        if self.processes and not self.workers:  # the first batch, here with every thread, compiles
+            self.take(frames, self.predictor.predict_in_lane(images, compile_now=True, **self.options))
+            self._start_lanes()
+            return
+        if self.workers:
+            worker = self.workers[self.next]
+            self.next = (self.next + 1) % len(self.workers)
+            worker.send(images)
+            self.inflight.append((frames, worker.receive))
+        elif self.pool is not None:
+            future = self.pool.submit(self.predictor.predict_in_lane, images, **self.options)
+            self.inflight.append((frames, future.result))
+        else:
             self.take(frames, self.predictor.predict(images, **self.options))
             return
-        self.inflight.append((frames, self.pool.submit(self.predictor.predict_in_lane, images, **self.options)))
-        while len(self.inflight) >= self.lanes:  # at most one batch per lane in flight
+        # a lane thread holds one batch; a lane process two, so that the next is there when it finishes one
+        while len(self.inflight) >= self.lanes * (2 if self.workers else 1):
             self._take_oldest()
 
     def _take_oldest(self) -> None:
-        frames, future = self.inflight.popleft()
-        self.take(frames, future.result())
+        frames, result = self.inflight[0]
+        answers = result()  # left in place while awaited: after a Ctrl-C here, finish() takes it again
+        self.inflight.popleft()
+        self.take(frames, answers)
 
     def finish(self) -> None:
         while self.inflight:
             self._take_oldest()
 
     def __exit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            worker.close()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             import torch
 
             torch.set_num_threads(self.threads or 1)
+
+
+#: engines whose pass a forked lane can run: PyTorch's own, eager or a TorchScript graph
+FORKABLE_ENGINES = ("eager", "jit")
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+    import sys
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+class _LaneProcess:
+    """One lane of :class:`_Lanes`: a process forked with the predictor in memory, predicting the batches of
+    frames it is sent on one thread, one batch at a time; a failure there is raised here."""
+
+    def __init__(self, predictor: Any, options: dict[str, Any]) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_lane_main, args=(predictor, options, child),
+                                       name="cnnapps-lane", daemon=True)  # fmt: skip
+        self.process.start()
+        child.close()
+
+    def send(self, images: list[np.ndarray]) -> None:
+        try:
+            self.connection.send(images)
+        except OSError:
+            self._stopped()
+
+    def receive(self) -> list[Any]:
+        try:
+            kind, value = self.connection.recv()
+        except (EOFError, OSError):
+            self._stopped()
+        if kind == "error":
+            raise value
+        return value
+
+    def _stopped(self) -> NoReturn:
+        self.process.join(timeout=5)  # its end can be seen here before it is reaped
+        raise CnnappsError(f"a video lane stopped (exit code {self.process.exitcode}) before answering") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a lane that has stopped already
+            self.connection.send(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.connection.close()
+
+
+def _lane_main(predictor: Any, options: dict[str, Any], connection: Any) -> None:
+    """A lane process: batches in, answers (or the failure) out, until it is sent None or its parent goes."""
+    import pickle
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it finishes and closes lanes
+    torch.set_num_threads(1)
+    batches: queue.Queue = queue.Queue()
+
+    def receive() -> None:  # batches are taken in as they come, so that the parent's sends never wait on a pass
+        while True:
+            try:
+                batches.put(connection.recv())
+            except (EOFError, OSError):
+                batches.put(None)
+                return
+
+    threading.Thread(target=receive, name="cnnapps-lane-in", daemon=True).start()
+    while (images := batches.get()) is not None:
+        try:
+            answer: tuple[str, Any] = ("ok", predictor.predict_in_lane(images, **options))
+        except Exception as exc:  # handed to the parent, as itself where it can be rebuilt there
+            answer = ("error", exc if _survives_pickling(exc) else CnnappsError(f"{type(exc).__name__}: {exc}"))
+        try:
+            connection.send(answer)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            connection.send(("error", CnnappsError(f"a video lane's answer could not be sent back: {exc}")))
+
+
+def _survives_pickling(exc: BaseException) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # any failure means: send its message instead
+        return False
+    return True
 
 
 class _Sink:

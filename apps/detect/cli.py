@@ -60,6 +60,13 @@ def _predict_command(task: str) -> Any:
         ),
         save_dir: Path = typer.Option(None, "--save-dir", help="Write overlays here (existing files are kept)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        batch_size: int = typer.Option(
+            None,
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Images per forward pass [default: 1 on CPU, 4 for video; 4 on GPU].",
+        ),
         as_json: bool = typer.Option(
             False, "--json", help=f"Print JSON: one object per input, each instance with its {_JSON[task]}."
         ),
@@ -67,7 +74,8 @@ def _predict_command(task: str) -> Any:
         from cnnapps.api import load
 
         inputs = images(paths)
-        predictor = load(model, task=task, device=device, score_threshold=score_threshold, tile=tile, overlap=overlap)
+        predictor = load(model, task=task, device=device, score_threshold=score_threshold, tile=tile, overlap=overlap,
+                         batch_size=batch_size)  # fmt: skip
         with progress(len(inputs), f"{task}ing", minimum=4) as advance:
             results = predictor.predict(inputs, progress=advance)
         if save_dir is not None:

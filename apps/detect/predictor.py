@@ -8,6 +8,7 @@ the image. A tile far from the training size (objects shrunk or grown beyond wha
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import threading
@@ -110,9 +111,6 @@ class DetectionPredictor:
             raise CnnappsError("--tile: tiled detection gives no appearance embeddings; track without --tile")
         self.embed = embed
 
-    def _trunk_for(self, shape: tuple) -> Any:
-        return _compiled_trunk(self, shape)
-
     @property
     def engine(self) -> str:
         """The engine the trunk runs on (the RPN, RoI heads and NMS run in PyTorch): a shared trunk's, else the one
@@ -132,11 +130,16 @@ class DetectionPredictor:
         """Detect in paths, bytes, arrays or PIL images; a bad input gets a result with ``error`` set."""
         return self.predict_in_lane(inputs, progress)
 
-    def predict_in_lane(self, inputs: Any, progress: Callable[[int], None] | None = None) -> list[DetectionResult]:
+    def predict_in_lane(
+        self, inputs: Any, progress: Callable[[int], None] | None = None, compile_now: bool = False
+    ) -> list[DetectionResult]:
         """:meth:`predict` for callers that run several at once on purpose: the frames of one video in lanes, each
-        lane a thread with its share of the CPU's cores (the model is only read; compiling is locked)."""
+        lane a thread or a forked process with its share of the CPU's cores (the model is only read; compiling is
+        locked). ``compile_now``: compile the trunk for these inputs' shape at once rather than once the shape keeps
+        coming, so that lanes forked afterwards share the compiled graph."""
         workers = default_decode_workers(self.device)
-        done = map_images(inputs, self._detect_images, self.batch_size, self.max_pixels, progress, workers)
+        detect = functools.partial(self._detect_images, compile_now=compile_now)
+        done = map_images(inputs, detect, self.batch_size, self.max_pixels, progress, workers)
         results = [
             DetectionResult(name, error=error)
             if rgb is None
@@ -147,15 +150,15 @@ class DetectionPredictor:
             result.engine = self.engine
         return results
 
-    def _detect_images(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def _detect_images(self, images: Sequence[np.ndarray], compile_now: bool = False) -> list[Detections]:
         if not images:
             return []
         if self.tile:
             return [detect_tiled(rgb, lambda t: self._forward([t])[0], self.tile, self.overlap) for rgb in images]
-        return self._forward(list(images))
+        return self._forward(list(images), compile_now)
 
     @torch.inference_mode()
-    def _forward(self, images: list[np.ndarray]) -> list[Detections]:
+    def _forward(self, images: list[np.ndarray], compile_now: bool = False) -> list[Detections]:
         if self.spec.shared:  # heads on a shared trunk: the model file's preprocessing, then the trunk's pass
             from cnnapps.apps.detect.model import run_shared
 
@@ -165,7 +168,8 @@ class DetectionPredictor:
             from cnnapps.apps.detect.model import run_detector
 
             tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
-            outputs = run_detector(self.model, tensors, self.embed, self._trunk_for if self._compiles else None)
+            trunk_for = functools.partial(_compiled_trunk, self, now=compile_now) if self._compiles else None
+            outputs = run_detector(self.model, tensors, self.embed, trunk_for)
         return [to_detections(out, rgb.shape[0], rgb.shape[1]) for out, rgb in zip(outputs, images, strict=True)]
 
 
@@ -173,9 +177,10 @@ class DetectionPredictor:
 COMPILE_AFTER, COMPILED_SHAPES = 3, 4
 
 
-def _compiled_trunk(predictor: DetectionPredictor, shape: tuple) -> Any:
-    """The predictor's trunk compiled for ``shape`` (N, C, H, W) once that shape has come ``COMPILE_AFTER`` times,
-    else None (eager); the last ``COMPILED_SHAPES`` shapes are kept."""
+def _compiled_trunk(predictor: DetectionPredictor, shape: tuple, now: bool = False) -> Any:
+    """The predictor's trunk compiled for ``shape`` (N, C, H, W) once that shape has come ``COMPILE_AFTER`` times
+    (at once with ``now`` or an engine asked for by name), else None (eager); the last ``COMPILED_SHAPES`` shapes
+    are kept."""
     from cnnapps.apps.common.trunk import TrunkRunner
 
     with predictor._compile_lock:  # lanes of one video ask at once: one compiles, the others wait for it
@@ -183,7 +188,7 @@ def _compiled_trunk(predictor: DetectionPredictor, shape: tuple) -> Any:
             predictor._compiled.move_to_end(shape)
             return predictor._compiled[shape]
         predictor._shapes_seen[shape] += 1
-        if predictor._shapes_seen[shape] < (COMPILE_AFTER if predictor._engine == "auto" else 1):
+        if predictor._shapes_seen[shape] < (COMPILE_AFTER if predictor._engine == "auto" and not now else 1):
             return None
         body, owned = predictor.model.backbone.body, predictor._owns_model
         runner = TrunkRunner(body, shape[1:], shape[0], predictor.device, predictor._engine, owned=owned)

@@ -94,6 +94,19 @@ def test_detect_tracks_counts_and_writes_mot_lines(run_cli, detector, tmp_path, 
     assert VideoSource(str(annotated)).frames == 8
 
 
+def test_on_a_cpu_a_videos_frames_go_through_the_model_in_batches(run_cli, detector, tmp_path, chelsea, monkeypatch):
+    import cnnapps.api
+    from cnnapps.cli.video import VIDEO_BATCH
+
+    clip, loaded, load = write_clip(tmp_path / "scene.mp4", 9, chelsea), [], cnnapps.api.load
+    monkeypatch.setattr(cnnapps.api, "load", lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
+    for given, expected in (([], VIDEO_BATCH), (["--batch-size", "2"], 2)):
+        code, out, err = run_cli("detect", str(clip), "--model", str(detector), "--device", "cpu", "--json", *given)
+        assert code == 0, err
+        assert loaded[-1].batch_size == expected
+        assert [line["frame"] for line in lines_of(out)[:-1]] == list(range(9))
+
+
 def test_eval_track_scores_mot_files(run_cli, tmp_path):
     gt = tmp_path / "gt.txt"
     gt.write_text("1,1,10,10,20,20,1,1,1\n2,1,12,10,20,20,1,1,1\n1,2,50,50,10,10,1,1,1\n2,2,52,50,10,10,1,1,1\n")

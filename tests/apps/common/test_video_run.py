@@ -1,8 +1,10 @@
-"""run_video: lanes give the answers of one lane in frame order and give the CPU's threads back; a failing
-source ends the run with what was read; live sources go frame by frame."""
+"""run_video: lanes give the answers of one lane in frame order and give the CPU's threads back; on one thread
+each they are forked processes sharing what the first batch compiled, and their failures reach the caller; a
+failing source ends the run with what was read; live sources go frame by frame."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import cnnapps
 from cnnapps.apps.common.video import run_video
 from cnnapps.apps.detect.model import create_detector, save_detector
 from cnnapps.datasets.video import Frame, VideoError, VideoSource, VideoWriter
+from cnnapps.errors import CnnappsError
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +37,118 @@ def detector(tmp_path_factory) -> Path:
     return path
 
 
-def test_lanes_answer_as_one_lane_in_frame_order(clip, detector):
-    predictor = cnnapps.load(detector, score_threshold=0.0)
+@pytest.fixture
+def two_threads():
+    """The CPU's threads as on a 2-core machine: two lanes get one each (and so are forked processes)."""
     threads = torch.get_num_threads()
-    answers = {}
-    for lanes in (1, 2):
-        lines: list[dict] = []
-        report = run_video(predictor, VideoSource(str(clip)), on_line=lines.append, batch_size=3, lanes=lanes)
-        assert report.frames == 20 and report.error is None
-        answers[lanes] = lines
-        assert torch.get_num_threads() == threads  # the lanes' share given back
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_lanes_answer_as_one_lane_in_frame_order(clip, detector, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # 2: forked lanes of one thread each; 4: lanes of two threads are threads
+    try:
+        predictor = cnnapps.load(detector, score_threshold=0.0, batch_size=3)
+        answers = {}
+        for lanes in (1, 2):
+            lines: list[dict] = []
+            report = run_video(predictor, VideoSource(str(clip)), on_line=lines.append, batch_size=3, lanes=lanes)
+            assert report.frames == 20 and report.error is None
+            answers[lanes] = lines
+            assert torch.get_num_threads() == threads  # the lanes' share given back
+    finally:
+        torch.set_num_threads(previous)
+    assert predictor.engine == "jit"  # the first batch compiled the trunk at once (the lanes shared it)
     assert [line["frame"] for line in answers[2]] == list(range(20))
     for one, two in zip(answers[1], answers[2], strict=True):
         assert len(one["instances"]) == len(two["instances"])
         assert np.allclose([i["box"] for i in one["instances"]], [i["box"] for i in two["instances"]], atol=1e-2)
+
+
+class _Pids:
+    """A predictor that answers with the process that predicted each frame, whether it had compiled by then and the
+    frame's first pixel; ``fail`` makes it raise (or, with ``"exit"``, the process end) at a frame so marked."""
+
+    device, engine = "cpu", "jit"
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.compiled, self.fail = False, fail
+
+    def predict(self, images):
+        return self.predict_in_lane(images)
+
+    def predict_in_lane(self, images, compile_now: bool = False):
+        from cnnapps.results import ClassificationResult, Prediction
+
+        self.compiled |= compile_now
+        if self.fail and any(int(img[0, 0, 0]) == 255 for img in images):
+            if self.fail == "exit":
+                os._exit(3)
+            raise ValueError("frame 255 is bad") if self.fail == "value" else _OddError("frame 255 is bad", 1)
+        pid, compiled = f"{os.getpid()}", float(self.compiled)
+        return [ClassificationResult("", predictions=[Prediction(pid, int(img[0, 0, 0]), compiled)]) for img in images]
+
+
+class _OddError(Exception):
+    """An error that cannot be rebuilt from its arguments (as some libraries' are not)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+
+
+class _Frames:
+    """``n`` tiny frames, frame ``i`` filled with ``i`` (and 255 where ``bad``)."""
+
+    name, live, fps, dropped = "frames.mp4", False, 10.0, 0
+
+    def __init__(self, n: int, bad: int | None = None) -> None:
+        self.n, self.bad = n, bad
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield Frame(i, i / 10, np.full((8, 8, 3), 255 if i == self.bad else i, np.uint8))
+
+    def close(self) -> None:
+        pass
+
+
+def test_forked_lanes_share_what_the_first_batch_compiled_and_answer_in_order(two_threads):
+    predictor, lines = _Pids(), []
+    report = run_video(predictor, _Frames(23), on_line=lines.append, batch_size=2, lanes=2)
+    assert report.frames == 23 and [line["frame"] for line in lines] == list(range(23))
+    answers = [line["predictions"][0] for line in lines]
+    assert [a["index"] for a in answers] == list(range(23))  # each frame's own answer, in order
+    pids = [int(a["label"]) for a in answers]
+    assert pids[:2] == [os.getpid()] * 2  # the first batch here, compiling at once
+    lanes = set(pids[2:])
+    assert len(lanes) == 2 and os.getpid() not in lanes  # the rest in two forked processes
+    assert all(a["score"] == 1.0 for a in answers)  # which had the compiled state from the start
+    assert pids[2:6] == [pids[2], pids[2], pids[4], pids[4]]  # batches dealt out in turn
+    assert torch.get_num_threads() == 2
+
+
+def test_graphs_in_other_engines_run_their_lanes_in_threads(two_threads):
+    predictor, lines = _Pids(), []
+    predictor.engine = "onnxruntime"  # its thread pools would not survive a fork
+    run_video(predictor, _Frames(9), on_line=lines.append, batch_size=2, lanes=2)
+    assert {line["predictions"][0]["label"] for line in lines} == {str(os.getpid())}
+    assert [line["frame"] for line in lines] == list(range(9))
+
+
+@pytest.mark.parametrize(("fail", "error", "message"), [
+    ("value", ValueError, "frame 255 is bad"),
+    ("odd", CnnappsError, "_OddError: frame 255 is bad"),  # sent back as its message
+    ("exit", CnnappsError, "a video lane stopped \\(exit code 3\\) before answering"),
+])  # fmt: skip
+def test_a_failing_lane_raises_here_and_the_lanes_end(two_threads, fail, error, message):
+    import multiprocessing
+
+    with pytest.raises(error, match=message):
+        run_video(_Pids(fail), _Frames(12, bad=7), batch_size=2, lanes=2)
+    assert not multiprocessing.active_children()
 
 
 class _Breaking:

@@ -62,6 +62,11 @@ def test_a_shape_that_keeps_coming_gets_a_compiled_trunk_with_the_same_answers(m
         assert len(a.instances) == len(b.instances)
         assert np.allclose([i.box for i in a.instances], [i.box for i in b.instances], atol=1e-2)
     assert not eager._compiled
+    soon = DetectionPredictor(model_file, score_threshold=0.0)
+    first = soon.predict_in_lane([frames[0]], compile_now=True)[0]  # what video lanes forked afterwards share
+    assert len(soon._compiled) == 1 and first.engine == "jit"
+    assert np.allclose([i.box for i in first.instances], [i.box for i in eager.predict([frames[0]])[0].instances],
+                       atol=1e-2)  # fmt: skip
 
 
 def test_load_refuses_the_wrong_task(model_file):
