@@ -2,7 +2,8 @@
 
 A synthetic video (``datasets/synthetic_video.py``, 320x240) of ``--frames`` frames goes through
 :func:`cnnapps.apps.common.video.run_video` as ``cnnapps classify VIDEO --json`` runs it (or ``detect --track``
-with ``--model``), JSON lines written to /dev/null. Memory is flat when the resident set at the end is no larger
+with ``--model``: batches of 4 frames in two forked lanes), JSON lines written to /dev/null; the memory is the
+proportional set size (PSS) of the process and its lanes. Memory is flat when the resident set at the end is no larger
 than after the first thousand frames, beyond noise: nothing is kept per frame (the reader's queue is bounded,
 answers leave as they are made; tracks keep a summary each).
 
@@ -26,9 +27,18 @@ from recording import describe_machine, record  # noqa: E402
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return kb / 1024
+    """Resident memory of this process and its video lanes (forked processes, which share the model's pages:
+    each process's proportional share, PSS, so that shared pages count once)."""
+    import multiprocessing
+
+    total = 0
+    for pid in ["self", *(str(child.pid) for child in multiprocessing.active_children())]:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+        except (FileNotFoundError, ProcessLookupError):  # a lane that has just ended
+            continue
+    return total / 1024
 
 
 def main() -> None:
@@ -39,6 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     import cnnapps
     from cnnapps.apps.common.video import Tracking, run_video
+    from cnnapps.cli.video import VIDEO_BATCH, VIDEO_LANES
     from cnnapps.datasets.synthetic_video import tracking_video
     from cnnapps.datasets.video import VideoSource
 
@@ -46,11 +57,12 @@ def main() -> None:
         started = time.perf_counter()
         video = str(tracking_video(Path(tmp) / "video", frames=args.frames, seed=0)["video"])
         made = time.perf_counter() - started
-        tracking = None
+        tracking, lanes = None, 1
         if args.model:
             tracking = Tracking(0.5)
             predictor = cnnapps.load(args.model, task="detect", score_threshold=tracking.detector_threshold,
-                                     embed=True)  # fmt: skip
+                                     embed=True, batch_size=VIDEO_BATCH)  # fmt: skip
+            lanes = VIDEO_LANES
             what = f"`cnnapps detect VIDEO --track --json` ({args.model})"
         else:
             predictor = cnnapps.load(task="classify")
@@ -65,7 +77,8 @@ def main() -> None:
                 samples.append((done[0], rss_mb()))
 
         with open(os.devnull, "w") as out:
-            report = run_video(predictor, VideoSource(video), tracking=tracking, progress=advance,
+            report = run_video(predictor, VideoSource(video), tracking=tracking, progress=advance, lanes=lanes,
+                               batch_size=getattr(predictor, "batch_size", None),
                                on_line=lambda line: out.write(json.dumps(line) + "\n"))  # fmt: skip
     after_1000 = next(mb for n, mb in samples if n >= 1000)
     end, peak = samples[-1][1], max(mb for n, mb in samples if n >= 1000)
@@ -76,7 +89,8 @@ def main() -> None:
         f"`python benchmarks/video_memory.py --frames {args.frames}"
         f"{f' --model {args.model}' if args.model else ''}` on {describe_machine('cpu')}: {what} over a "
         f"{report.frames:,}-frame synthetic 320x240 video (made in {made:.0f} s), {report.fps:.1f} frames/s"
-        f"{tracks}.\n\n| frames done | resident memory (MB) |\n| ---: | ---: |\n{rows}\n\n"
+        f"{tracks}.\n\n| frames done | resident memory (MB, PSS of the process and its lanes) |\n"
+        f"| ---: | ---: |\n{rows}\n\n"
         f"After 1,000 frames {after_1000:.0f} MB, at the end {end:.0f} MB ({end - after_1000:+.0f} MB), highest in "
         f"between {peak:.0f} MB.\n"
     )
