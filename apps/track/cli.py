@@ -63,6 +63,7 @@ def track_video(model: str, video: str, score_threshold: float, reid: bool, devi
     from cnnapps.apps.common.video import Tracking, run_video
     from cnnapps.apps.tasks import TASKS
     from cnnapps.apps.track.mot import parse_mot_lines
+    from cnnapps.cli.video import VIDEO_LANES, video_batch_size
     from cnnapps.datasets.video import VideoSource
 
     task = task_of(model)
@@ -71,9 +72,11 @@ def track_video(model: str, video: str, score_threshold: float, reid: bool, devi
         raise CnnappsError(f"{model}: a {task or 'multi-head'} model; tracking needs a detector ({trackable})")
     source = VideoSource(video)
     tracking = Tracking(score_threshold, reid=reid, keep_mot=True)
-    predictor = cnnapps.load(model, task=task, device=device, score_threshold=tracking.detector_threshold, embed=reid)
-    with progress(source.frames, "tracking", minimum=1) as advance:
-        report = run_video(predictor, source, tracking=tracking, progress=advance)
+    predictor = cnnapps.load(model, task=task, device=device, score_threshold=tracking.detector_threshold, embed=reid,
+                             batch_size=video_batch_size({"device": device}))  # fmt: skip
+    with progress(source.frames, "tracking", minimum=1) as advance:  # as `detect VIDEO --track` runs it
+        report = run_video(predictor, source, tracking=tracking, progress=advance, batch_size=predictor.batch_size,
+                           lanes=VIDEO_LANES)  # fmt: skip
     if report.error:
         raise CnnappsError(f"{report.error}; no score for a video not read to its end")
     return parse_mot_lines(tracking.mot or [])

@@ -148,8 +148,7 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
     threshold = float(options.get("score_threshold", 0.5))
     if tracking_wanted:
         extra = {"score_threshold": Tracking(threshold).detector_threshold, "embed": bool(video["reid"])}
-    if not options.get("batch_size") and _on_cpu(options):  # a video's frames share one size, so they batch
-        extra["batch_size"] = VIDEO_BATCH
+    extra["batch_size"] = video_batch_size(options)
     predictor = load(options, extra)
     as_json = bool(options.get("as_json"))
     failed = 0
@@ -190,10 +189,16 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def _on_cpu(options: dict[str, Any]) -> bool:
+def video_batch_size(options: dict[str, Any]) -> int | None:
+    """Frames per forward pass for a video run with the verb's ``options``: ``--batch-size`` when given, else
+    ``VIDEO_BATCH`` on a CPU (a video's frames share one size, so they batch) and the predictor's own default on a
+    GPU (None)."""
     from cnnapps.runtime import select_device
 
-    return select_device(options.get("device") or "auto", options.get("engine") or "auto").type == "cpu"
+    if options.get("batch_size"):
+        return int(options["batch_size"])
+    on_cpu = select_device(options.get("device") or "auto", options.get("engine") or "auto").type == "cpu"
+    return VIDEO_BATCH if on_cpu else None
 
 
 def _source_options(video: dict[str, Any]) -> dict[str, Any]:

@@ -118,6 +118,24 @@ def test_eval_track_scores_mot_files(run_cli, tmp_path):
     assert report["misses"] == 1 and report["id_switches"] == 0 and report["mota"] == pytest.approx(0.75)
 
 
+def test_eval_track_of_a_model_scores_what_detect_track_writes(run_cli, detector, tmp_path, chelsea):
+    clip, mot = write_clip(tmp_path / "scene.mp4", 10, chelsea), tmp_path / "tracks.txt"
+    code, _, err = run_cli("detect", str(clip), "--model", str(detector), "--score-threshold", "0.0", "--track",
+                           "--save-mot", str(mot))  # fmt: skip
+    assert code == 0, err
+    rows = [r.split(",") for r in mot.read_text().splitlines()]
+    gt = tmp_path / "gt.txt"  # the first track's boxes as the ground truth: its frames match, the others do not
+    first = [r for r in rows if r[1] == rows[0][1]]
+    gt.write_text("".join(f"{r[0]},1,{','.join(r[2:6])},1,1,1\n" for r in first))
+    scored = {}
+    for way in (["--results", str(mot)], ["--model", str(detector), "--video", str(clip), "--score-threshold", "0.0"]):
+        code, out, err = run_cli("eval", "track", "--gt", str(gt), *way, "--json")
+        assert code == 0, err
+        scored[way[0]] = json.loads(out)
+    assert scored["--model"] == scored["--results"]  # the same tracks, run the way the verb runs a video
+    assert scored["--model"]["misses"] == 0 and scored["--model"]["idf1"] > 0
+
+
 def test_a_video_cut_short_keeps_the_frames_read_and_exits_1(run_cli, tmp_path, chelsea):
     clip = write_clip(tmp_path / "long.mkv", 40, chelsea)
     cut = tmp_path / "cut.mkv"
