@@ -73,7 +73,19 @@ def test_the_annotated_video_and_the_event_frames_are_written_never_over_a_file(
     assert code == 2 and "already exists" in err and copy.read_bytes() == before
 
 
-def test_detect_tracks_counts_and_writes_mot_lines(run_cli, detector, tmp_path, chelsea):
+@pytest.fixture
+def loaded(monkeypatch) -> list:
+    """The predictors the commands load."""
+    import cnnapps.api
+
+    predictors, load = [], cnnapps.api.load
+    monkeypatch.setattr(cnnapps.api, "load", lambda *a, **kw: predictors.append(load(*a, **kw)) or predictors[-1])
+    return predictors
+
+
+def test_detect_tracks_counts_and_writes_mot_lines(run_cli, detector, tmp_path, chelsea, loaded):
+    from cnnapps.cli.video import VIDEO_BATCH
+
     clip = write_clip(tmp_path / "scene.mp4", 8, chelsea)
     mot, annotated = tmp_path / "tracks.txt", tmp_path / "tracked.mp4"
     code, out, err = run_cli("detect", str(clip), "--model", str(detector), "--score-threshold", "0.0", "--track",
@@ -92,19 +104,7 @@ def test_detect_tracks_counts_and_writes_mot_lines(run_cli, detector, tmp_path, 
     rows = [r.split(",") for r in mot.read_text().splitlines()]
     assert rows and {int(r[1]) for r in rows} <= ids and {int(r[0]) for r in rows} <= set(range(1, 9))
     assert VideoSource(str(annotated)).frames == 8
-
-
-def test_on_a_cpu_a_videos_frames_go_through_the_model_in_batches(run_cli, detector, tmp_path, chelsea, monkeypatch):
-    import cnnapps.api
-    from cnnapps.cli.video import VIDEO_BATCH
-
-    clip, loaded, load = write_clip(tmp_path / "scene.mp4", 9, chelsea), [], cnnapps.api.load
-    monkeypatch.setattr(cnnapps.api, "load", lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
-    for given, expected in (([], VIDEO_BATCH), (["--batch-size", "2"], 2)):
-        code, out, err = run_cli("detect", str(clip), "--model", str(detector), "--device", "cpu", "--json", *given)
-        assert code == 0, err
-        assert loaded[-1].batch_size == expected
-        assert [line["frame"] for line in lines_of(out)[:-1]] == list(range(9))
+    assert loaded[-1].batch_size == (VIDEO_BATCH if loaded[-1].device.type == "cpu" else 4)  # frames batch
 
 
 def test_eval_track_scores_mot_files(run_cli, tmp_path):
@@ -118,11 +118,12 @@ def test_eval_track_scores_mot_files(run_cli, tmp_path):
     assert report["misses"] == 1 and report["id_switches"] == 0 and report["mota"] == pytest.approx(0.75)
 
 
-def test_eval_track_of_a_model_scores_what_detect_track_writes(run_cli, detector, tmp_path, chelsea):
+def test_eval_track_of_a_model_scores_what_detect_track_writes(run_cli, detector, tmp_path, chelsea, loaded):
     clip, mot = write_clip(tmp_path / "scene.mp4", 10, chelsea), tmp_path / "tracks.txt"
     code, _, err = run_cli("detect", str(clip), "--model", str(detector), "--score-threshold", "0.0", "--track",
-                           "--save-mot", str(mot))  # fmt: skip
+                           "--save-mot", str(mot), "--batch-size", "3")  # fmt: skip
     assert code == 0, err
+    assert loaded[-1].batch_size == 3
     rows = [r.split(",") for r in mot.read_text().splitlines()]
     gt = tmp_path / "gt.txt"  # the first track's boxes as the ground truth: its frames match, the others do not
     first = [r for r in rows if r[1] == rows[0][1]]
