@@ -242,15 +242,14 @@ class _Lanes:
     one once the first batch has been predicted here (compiling the trunk for the frames' shape, which the lanes then
     share with the rest of the model's memory); each runs its batches under its own interpreter lock, with the next
     batch already sent. A detector's pass is much Python between its convolutions (anchors, proposals, per-level RoI
-    pooling), which two threads of one process take in turn: on two cores, two forked lanes ran 1.4-1.5x the
-    frames/s of one process with both threads, two thread lanes 1.16x. Elsewhere lanes are threads: where lanes get
-    several threads each (OpenMP's pool does not survive a fork: a forked process running on more than one thread
-    hangs), and for graphs in onnxruntime or OpenVINO (their thread pools do not either)."""
+    pooling), which two threads of one process take in turn: on two cores, two forked lanes (batches of 4) ran
+    1.43-1.57x the frames/s of a loop over single frames with both threads; two thread lanes 1.16x. Elsewhere lanes
+    are threads: where lanes get several threads each (OpenMP's pool does not survive a fork: a forked process
+    running on more than one thread hangs), and for graphs in onnxruntime or OpenVINO (their pools do not either)."""
 
-    def __init__(self, predictor: Any, lanes: int, options: dict[str, Any], take: Callable,
-                 processes: bool | None = None) -> None:  # fmt: skip
+    def __init__(self, predictor: Any, lanes: int, options: dict[str, Any], take: Callable) -> None:
         self.predictor, self.lanes, self.options, self.take = predictor, max(1, int(lanes)), options, take
-        self.processes = self.lanes > 1 and (_can_fork() if processes is None else processes)
+        self.processes = self.lanes > 1 and _can_fork()  # until _start_lanes finds they cannot be
         self.inflight: deque = deque()
         self.pool: Any = None
         self.workers: list[_LaneProcess] = []
