@@ -383,6 +383,7 @@ def _lane_main(predictor: Any, options: dict[str, Any], connection: Any) -> None
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it finishes and closes lanes
+    _quiet_lane()
     torch.set_num_threads(1)
     batches: queue.Queue = queue.Queue()
 
@@ -404,6 +405,20 @@ def _lane_main(predictor: Any, options: dict[str, Any], connection: Any) -> None
             connection.send(answer)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             connection.send(("error", CnnappsError(f"a video lane's answer could not be sent back: {exc}")))
+
+
+def _quiet_lane() -> None:
+    """A lane speaks only through its answers: a thread of the command (a progress bar's) may hold the terminal's
+    lock at the fork, and a forked copy of a held lock is never released, so a lane that printed, warned or logged
+    through it would wait forever. Its streams go back to the process's own, its warnings and logs are dropped
+    (what fails reaches the command as the exception)."""
+    import logging
+    import sys
+    import warnings
+
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    warnings.simplefilter("ignore")
+    logging.disable(logging.CRITICAL)
 
 
 def _survives_pickling(exc: BaseException) -> bool:

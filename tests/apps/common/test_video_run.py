@@ -84,12 +84,49 @@ class _Pids:
         from cnnapps.results import ClassificationResult, Prediction
 
         self.compiled |= compile_now
-        if self.fail and any(int(img[0, 0, 0]) == 255 for img in images):
+        if self.fail == "speak" and not compile_now:  # in a lane: print, warn and log
+            import logging
+            import sys
+            import warnings
+
+            print("a lane speaks", file=sys.stderr)
+            warnings.warn("a lane warns", UserWarning, stacklevel=1)
+            logging.getLogger("cnnapps").warning("a lane logs")
+        elif self.fail and any(int(img[0, 0, 0]) == 255 for img in images):
             if self.fail == "exit":
                 os._exit(3)
             raise ValueError("frame 255 is bad") if self.fail == "value" else _OddError("frame 255 is bad", 1)
         pid, compiled = f"{os.getpid()}", float(self.compiled)
         return [ClassificationResult("", predictions=[Prediction(pid, int(img[0, 0, 0]), compiled)]) for img in images]
+
+
+def test_a_lane_never_waits_on_a_terminal_lock_held_at_the_fork(two_threads, monkeypatch):
+    import signal
+    import sys
+    import threading
+
+    held = threading.Lock()
+
+    class Proxy:  # as a progress bar's stand-in for stderr: every write takes the terminal's lock
+        def write(self, text):
+            with held:
+                return len(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Proxy())
+    before = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("a lane hung")))
+    signal.alarm(30)
+    held.acquire()  # held by "another thread" through the fork: the lanes' copies stay locked
+    try:
+        lines: list[dict] = []
+        report = run_video(_Pids("speak"), _Frames(8), on_line=lines.append, batch_size=2, lanes=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+        held.release()
+    assert report.frames == 8 and [line["frame"] for line in lines] == list(range(8))
 
 
 class _OddError(Exception):
