@@ -57,7 +57,7 @@ TRACK_OPTIONS: list[tuple[str, Any, Any]] = [
 VIDEO_LANES = 2
 
 #: frames per forward pass on a CPU (the predictor's batch size) unless --batch-size says otherwise: on 2 cores the
-#: detector of configs/detect/video-shapes.yaml ran 320x240 frames 1.07-1.11x faster in fours than one by one
+#: detector of configs/detect/video-shapes.yaml ran 320x240 frames 1.07-1.30x faster in fours than one by one
 VIDEO_BATCH = 4
 
 #: loads the verb's predictor from its options (and extra load options the video run needs)

@@ -38,29 +38,25 @@ def detector(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def two_threads():
-    """The CPU's threads as on a 2-core machine: two lanes get one each (and so are forked processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+def threads(request) -> int:
+    """The CPU's threads for the test (2 unless parametrized, as on a 2-core machine: two lanes get one each, and so
+    are forked processes); the earlier count is put back after."""
+    count, before = getattr(request, "param", 2), torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield count
+    torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("threads", [2, 4])
+@pytest.mark.parametrize("threads", [2, 4], indirect=True)  # 2: forked lanes of one thread each; 4: threads
 def test_lanes_answer_as_one_lane_in_frame_order(clip, detector, threads):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)  # 2: forked lanes of one thread each; 4: lanes of two threads are threads
-    try:
-        predictor = cnnapps.load(detector, score_threshold=0.0, batch_size=3)
-        answers = {}
-        for lanes in (1, 2):
-            lines: list[dict] = []
-            report = run_video(predictor, VideoSource(str(clip)), on_line=lines.append, batch_size=3, lanes=lanes)
-            assert report.frames == 20 and report.error is None
-            answers[lanes] = lines
-            assert torch.get_num_threads() == threads  # the lanes' share given back
-    finally:
-        torch.set_num_threads(previous)
+    predictor = cnnapps.load(detector, score_threshold=0.0, batch_size=3)
+    answers = {}
+    for lanes in (1, 2):
+        lines: list[dict] = []
+        report = run_video(predictor, VideoSource(str(clip)), on_line=lines.append, batch_size=3, lanes=lanes)
+        assert report.frames == 20 and report.error is None
+        answers[lanes] = lines
+        assert torch.get_num_threads() == threads  # the lanes' share given back
     assert predictor.engine == "jit"  # the first batch compiled the trunk at once (the lanes shared it)
     assert [line["frame"] for line in answers[2]] == list(range(20))
     for one, two in zip(answers[1], answers[2], strict=True):
@@ -100,7 +96,7 @@ class _Pids:
         return [ClassificationResult("", predictions=[Prediction(pid, int(img[0, 0, 0]), compiled)]) for img in images]
 
 
-def test_a_lane_never_waits_on_a_terminal_lock_held_at_the_fork(two_threads, monkeypatch):
+def test_a_lane_never_waits_on_a_terminal_lock_held_at_the_fork(threads, monkeypatch):
     import signal
     import sys
     import threading
@@ -152,7 +148,7 @@ class _Frames:
         pass
 
 
-def test_forked_lanes_share_what_the_first_batch_compiled_and_answer_in_order(two_threads):
+def test_forked_lanes_share_what_the_first_batch_compiled_and_answer_in_order(threads):
     predictor, lines = _Pids(), []
     report = run_video(predictor, _Frames(23), on_line=lines.append, batch_size=2, lanes=2)
     assert report.frames == 23 and [line["frame"] for line in lines] == list(range(23))
@@ -167,7 +163,7 @@ def test_forked_lanes_share_what_the_first_batch_compiled_and_answer_in_order(tw
     assert torch.get_num_threads() == 2
 
 
-def test_graphs_in_other_engines_run_their_lanes_in_threads(two_threads):
+def test_graphs_in_other_engines_run_their_lanes_in_threads(threads):
     predictor, lines = _Pids(), []
     predictor.engine = "onnxruntime"  # its thread pools would not survive a fork
     run_video(predictor, _Frames(9), on_line=lines.append, batch_size=2, lanes=2)
@@ -180,7 +176,7 @@ def test_graphs_in_other_engines_run_their_lanes_in_threads(two_threads):
     ("odd", CnnappsError, "_OddError: frame 255 is bad"),  # sent back as its message
     ("exit", CnnappsError, "a video lane stopped \\(exit code 3\\) before answering"),
 ])  # fmt: skip
-def test_a_failing_lane_raises_here_and_the_lanes_end(two_threads, fail, error, message):
+def test_a_failing_lane_raises_here_and_the_lanes_end(threads, fail, error, message):
     import multiprocessing
 
     with pytest.raises(error, match=message):
