@@ -209,7 +209,8 @@ def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
 
 def save_model(path: str | os.PathLike, task: str, model: nn.Module, trunk_name: str,
                trunk_kwargs: dict[str, Any] | None, preprocess: dict[str, Any],
-               metrics: dict[str, Any] | None = None, head_name: str | None = None) -> Path:  # fmt: skip
+               metrics: dict[str, Any] | None = None, head_name: str | None = None,
+               overwrite: bool = True) -> Path:  # fmt: skip
     """Write a one-head model file for ``model`` (a task model whose trunk sits at its adapter's trunk path)."""
     task_adapter = adapter(task)
     info = task_adapter.describe(model)
@@ -219,7 +220,7 @@ def save_model(path: str | os.PathLike, task: str, model: nn.Module, trunk_name:
     trunk = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     head = {k: v for k, v in state.items() if not k.startswith(prefix)}
     return write_model_file(path, {"name": trunk_name, "kwargs": dict(trunk_kwargs or {})}, trunk,
-                            {head_name or task: (info, head)}, preprocess)  # fmt: skip
+                            {head_name or task: (info, head)}, preprocess, overwrite=overwrite)  # fmt: skip
 
 
 def write_model_file(path: str | os.PathLike, trunk: dict[str, Any], trunk_state: dict[str, torch.Tensor],

@@ -283,10 +283,12 @@ def frames_dataset(
     validation frames; each is made by :func:`tracking_video` (``frames`` long, the other settings as there), and
     every ``every``-th frame of it (0-based index divisible by ``every``) is decoded from its H.264 file, so the
     detector trains on the compressed pixels a tracker gets. Each frame's annotations are its ground-truth lines:
-    full boxes of the objects at least 25 % visible (an annotation's ``visibility`` says how much); images are named
-    ``v<seed>_<frame>.png`` (frame 0-based). Seeds in :data:`HELD_OUT_SEEDS` are refused (trackers are measured
-    on those videos). Returns the two JSON paths and counts: ``train_images``, ``val_images``, ``train_boxes``,
-    ``val_boxes``. Existing files are never written over (:class:`OutputExistsError`). Deterministic for a seed.
+    full boxes of the objects at least 25 % visible (an annotation's ``visibility`` says how much, its ``track_id``
+    which object of its video it is, and an image's ``video_id`` which video: ``cnnapps train track`` learns the
+    appearance of identities from them); images are named ``v<seed>_<frame>.png`` (frame 0-based). Seeds in
+    :data:`HELD_OUT_SEEDS` are refused (trackers are measured on those videos). Returns the two JSON paths and
+    counts: ``train_images``, ``val_images``, ``train_boxes``, ``val_boxes``. Existing files are never written over
+    (:class:`OutputExistsError`). Deterministic for a seed.
     """
     import tempfile
 
@@ -335,7 +337,7 @@ def frames_dataset(
                         cv2.imwrite(str(folder / name), np.ascontiguousarray(frame.rgb[:, :, ::-1]))
                         rows, cols = frame.rgb.shape[:2]
                         images.append({"id": len(images) + 1, "file_name": name, "width": cols, "height": rows,
-                                       "video_seed": s, "frame": frame.index})  # fmt: skip
+                                       "video_id": s, "video_seed": s, "frame": frame.index})  # fmt: skip
                         for _, ident, x, y, w, h, _, cls, visibility in truth.get(frame.index, []):
                             annotations.append({"id": len(annotations) + 1, "image_id": len(images),
                                                 "category_id": int(cls), "bbox": [x, y, w, h], "area": w * h,

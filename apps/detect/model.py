@@ -58,6 +58,9 @@ class DetectorSpec:
     # the side of a square window of an image that the network sees at the scale of its training images (their
     # median, see training_window); None in files written before it was recorded
     train_size: int | None = None
+    # a learned appearance for tracking (``cnnapps train track``): the size of the box embeddings it projects
+    # (``dims``) and of its output (``components``), and what it was fitted on (identities, boxes, data)
+    appearance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,6 +276,27 @@ def retarget(
     return model
 
 
+class AppearanceProjection(nn.Module):
+    """A learned linear map of :func:`box_embeddings` (unit vectors of ``dims`` numbers) to ``components`` numbers
+    where views of one object lie close and different objects far apart: ``unit((e - mean) @ matrix)``. Fitted by
+    ``cnnapps train track`` (:mod:`cnnapps.apps.track.appearance`); kept with the detector in its model file."""
+
+    def __init__(self, dims: int, components: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dims))
+        self.register_buffer("matrix", torch.zeros(dims, components))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        projected = (embeddings.float() - self.mean) @ self.matrix
+        return torch.nn.functional.normalize(projected, dim=1)
+
+
+def attach_appearance(model: nn.Module, spec: DetectorSpec) -> None:
+    """Give ``model`` the appearance projection ``spec.appearance`` describes (zeros until loaded or fitted)."""
+    if spec.appearance:
+        model.appearance = AppearanceProjection(int(spec.appearance["dims"]), int(spec.appearance["components"]))
+
+
 def build_detector(spec: DetectorSpec, trunk: Backbone | None = None) -> nn.Module:
     """The detector ``spec`` describes, on ``trunk`` (a new randomly initialised backbone when None)."""
     from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
@@ -345,6 +369,7 @@ def build_detector(spec: DetectorSpec, trunk: Backbone | None = None) -> nn.Modu
             **common,
         )
     model.spec = spec
+    attach_appearance(model, spec)
     return model
 
 
@@ -581,6 +606,9 @@ def box_embeddings(
         return [torch.zeros((0, width), device=b.device) for b in boxes]
     pooled = model.roi_heads.box_roi_pool(features, boxes, sizes).float().flatten(1)
     pooled = torch.nn.functional.normalize(pooled, dim=1)
+    learned = getattr(model, "appearance", None)
+    if learned is not None:  # a projection fitted to identities (cnnapps train track)
+        pooled = learned(pooled)
     return list(pooled.split([len(b) for b in boxes]))
 
 

@@ -1,7 +1,9 @@
-"""``cnnapps eval track``: MOT metrics of tracks against MOTChallenge ground truth.
+"""``cnnapps eval track``: MOT metrics of tracks against MOTChallenge ground truth; ``cnnapps train track``: a
+detector's learned appearance for re-identification.
 
-Either of tracks already written (``--results``, e.g. from ``cnnapps detect clip.mp4 --track --save-mot``) or of a
-detector tracking a video here and now (``--model`` and ``--video``). Imports typer only.
+``eval track`` scores tracks already written (``--results``, e.g. from ``cnnapps detect clip.mp4 --track
+--save-mot``) or a detector tracking a video here and now (``--model`` and ``--video``). ``train track`` fits
+:mod:`cnnapps.apps.track.appearance` on annotations with track ids. Imports typer only.
 """
 
 from __future__ import annotations
@@ -80,3 +82,29 @@ def track_video(model: str, video: str, score_threshold: float, reid: bool, devi
     if report.error:
         raise CnnappsError(f"{report.error}; no score for a video not read to its end")
     return parse_mot_lines(tracking.mot or [])
+
+
+def train_track(
+    model: str = typer.Option(..., "--model", "-m", help="The detector (a model file) to learn the appearance of."),
+    data: Path = typer.Option(..., "--data", help="COCO annotations whose boxes carry track_id (images: video_id)."),
+    images: Path = typer.Option(..., "--images", help="Folder of the annotated images."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Model file to write: the detector with its learned appearance (never written over)."
+    ),
+    components: int = typer.Option(32, "--components", min=1, help="Numbers in the learned appearance of a box."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was fitted as JSON."),
+) -> None:
+    """Learn the appearance a tracker re-identifies objects by: a linear map of the detector's own box embeddings
+    fitted to the identities of annotated boxes (track_id). `detect VIDEO --track` and `eval track --model` use it."""
+    from cnnapps.apps.track.appearance import identity_boxes, train_appearance
+
+    _, boxes = identity_boxes(data)  # a file without track ids fails before the model loads
+    with progress(len(boxes), "appearance", minimum=1) as advance:
+        fitted = train_appearance(model, data, images, out, components=components, device=device, progress=advance)
+    if as_json:
+        echo_json(fitted)
+        return
+    skipped = f", {len(fitted['skipped'])} unreadable images skipped" if fitted["skipped"] else ""
+    console().print(f"{fitted['out']}: learned appearance of {fitted['components']} numbers from {fitted['boxes']} "
+                    f"boxes of {fitted['identities']} objects in {fitted['images']} images{skipped}")  # fmt: skip

@@ -172,6 +172,7 @@ def _register_tasks() -> None:
 
 _register_tasks()
 eval_app.command("track")(resolve("cnnapps.apps.track.cli:eval_track"))  # tracks of any detection task
+train_app.command("track")(resolve("cnnapps.apps.track.cli:train_track"))  # a detector's learned appearance
 from cnnapps.cli import batch, multitask, service, tune  # noqa: E402, F401  (their commands)
 
 

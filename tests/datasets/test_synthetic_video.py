@@ -132,6 +132,7 @@ def test_frames_dataset_is_coco_with_the_videos_ground_truth(frames: tuple[Path,
     assert [c["name"] for c in train["categories"]] == list(SHAPES) == ["circle", "square", "triangle"]
     assert sorted(p.name for p in (out / "train").iterdir()) == sorted(i["file_name"] for i in train["images"])
     assert {i["video_seed"] for i in train["images"]} == {1000, 1001}
+    assert all(i["video_id"] == i["video_seed"] for i in train["images"])  # which video: train track's identities
     assert {i["video_seed"] for i in json.loads(made["val"].read_text())["images"]} == {1002}
     coco = COCO(str(made["train"]))  # pycocotools reads it
     assert len(coco.getAnnIds()) == made["train_boxes"] > 0
