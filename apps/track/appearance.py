@@ -23,6 +23,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,19 @@ def fit_projection(
     return mean.astype(np.float32), (principal @ discriminant).astype(np.float32)
 
 
-def identity_boxes(data: str | os.PathLike) -> tuple[dict[int, dict[str, Any]], dict[int, list[tuple[Any, list]]]]:
-    """The images of a COCO file and, for each image id, its boxes with their identity ``(video_id, track_id)``
-    (x0, y0, x1, y1 pixels); annotations without ``track_id``, crowds and empty boxes are left out."""
+@dataclass
+class Identities:
+    """Boxes whose objects are known, from a COCO file (``path``): its images by id, and for each image id its
+    boxes (x0, y0, x1, y1 pixels) with their identity ``(video_id, track_id)``."""
+
+    path: Path
+    images: dict[int, dict[str, Any]]
+    boxes: dict[int, list[tuple[Any, list[float]]]]
+
+
+def identity_boxes(data: str | os.PathLike) -> Identities:
+    """The :class:`Identities` of a COCO file; annotations without ``track_id``, crowds and empty boxes are left
+    out, and a file with none left is a one-line error."""
     from cnnapps.datasets.coco import read_annotation_file
 
     path = Path(data)
@@ -117,7 +128,7 @@ def identity_boxes(data: str | os.PathLike) -> tuple[dict[int, dict[str, Any]], 
     if not boxes:
         raise AppearanceError(f"{path}: no annotation has a track_id (which object of its video a box is); "
                               "a learned appearance needs them")  # fmt: skip
-    return images, boxes
+    return Identities(path, images, boxes)
 
 
 def box_views(model: Any, images: list[Any], boxes: list[list[list[float]]]) -> list[np.ndarray]:
@@ -139,7 +150,7 @@ def box_views(model: Any, images: list[Any], boxes: list[list[list[float]]]) -> 
 
 def train_appearance(
     model_path: str | os.PathLike,
-    data: str | os.PathLike,
+    annotated: Identities,
     images: str | os.PathLike,
     out: str | os.PathLike,
     *,
@@ -148,9 +159,10 @@ def train_appearance(
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Fit the learned appearance of the detector in ``model_path`` on the boxes of ``data`` (COCO with
-    ``track_id``; images in ``images``) and write the detector with it to ``out`` (never over an existing file).
-    Returns what was fitted: identities, boxes, images used and skipped, components, and the output path."""
+    """Fit the learned appearance of the detector in ``model_path`` on the boxes of ``annotated``
+    (:func:`identity_boxes`; images in ``images``) and write the detector with it to ``out`` (never over an
+    existing file). ``progress(n)`` is called as images are done. Returns what was fitted: identities and boxes
+    (those the fit learned from), images used and skipped, components, and the output path."""
     import torch
 
     from cnnapps.apps.detect.model import AppearanceProjection, load_detector
@@ -174,7 +186,7 @@ def train_appearance(
     model.appearance = None  # fit on the raw embeddings, also when the file has a learned appearance already
     model = model.to(select_device(device)).eval()
     folder = Path(images)
-    records, boxes = identity_boxes(data)
+    records, boxes = annotated.images, annotated.boxes
     order = sorted(boxes)
     vectors, identities, skipped = [], [], []
     for start in range(0, len(order), batch_size):
@@ -203,7 +215,7 @@ def train_appearance(
     views = Counter(identities)
     used = [n for n in views.values() if n >= MIN_VIEWS]  # the objects the fit learned from, and their boxes
     spec.appearance = {"dims": int(matrix.shape[0]), "components": int(matrix.shape[1]), "identities": len(used),
-                       "boxes": sum(used), "data": str(data)}  # fmt: skip
+                       "boxes": sum(used), "data": str(annotated.path)}  # fmt: skip
     model.spec = spec
     model.appearance = AppearanceProjection(*matrix.shape)
     model.appearance.mean.copy_(torch.from_numpy(mean))

@@ -99,9 +99,10 @@ def train_track(
     fitted to the identities of annotated boxes (track_id). `detect VIDEO --track` and `eval track --model` use it."""
     from cnnapps.apps.track.appearance import identity_boxes, train_appearance
 
-    _, boxes = identity_boxes(data)  # a file without track ids fails before the model loads
-    with progress(len(boxes), "appearance", minimum=1) as advance:
-        fitted = train_appearance(model, data, images, out, components=components, device=device, progress=advance)
+    annotated = identity_boxes(data)  # a file without track ids fails before the model loads
+    with progress(len(annotated.boxes), "appearance", minimum=1) as advance:
+        fitted = train_appearance(model, annotated, images, out, components=components, device=device,
+                                  progress=advance)  # fmt: skip
     if as_json:
         echo_json(fitted)
         return
