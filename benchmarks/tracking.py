@@ -99,6 +99,7 @@ def detect(predictor: Any, video: Path) -> list[tuple[Any, Any]]:
 def track(frames: list[tuple[Any, Any]], threshold: float, way: str, learned: Any) -> dict[int, list]:
     """The MOTChallenge tracks of ``frames`` (from :func:`detect`) by a fresh ``Tracking``, re-identifying ``way``
     (a key of :data:`WAYS`); ``learned``: the appearance projection for ``"learned"``."""
+    import numpy as np
     import torch
 
     from cnnapps.apps.common.video import Tracking
@@ -107,10 +108,11 @@ def track(frames: list[tuple[Any, Any]], threshold: float, way: str, learned: An
     tracking = Tracking(threshold, reid=way != "none", keep_mot=True)
     for frame, result in frames:
         result = copy.deepcopy(result)
-        if way == "learned":
-            for inst in result.instances:
-                with torch.inference_mode():
-                    inst.embedding = learned(torch.from_numpy(inst.embedding[None]))[0].numpy()
+        if way == "learned" and result.instances:  # the frame's boxes projected at once, as box_embeddings does
+            with torch.inference_mode():
+                projected = learned(torch.from_numpy(np.stack([i.embedding for i in result.instances]))).numpy()
+            for inst, vector in zip(result.instances, projected, strict=True):
+                inst.embedding = vector
         tracking.update(frame, result)
     return parse_mot_lines(tracking.mot or [])
 

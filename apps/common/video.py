@@ -243,7 +243,7 @@ class _Lanes:
     share with the rest of the model's memory); each runs its batches under its own interpreter lock, with the next
     batch already sent. A detector's pass is much Python between its convolutions (anchors, proposals, per-level RoI
     pooling), which two threads of one process take in turn: on two cores, two forked lanes (batches of 4) ran
-    1.43-1.57x the frames/s of a loop over single frames with both threads; two thread lanes 1.16x. Elsewhere lanes
+    1.43-1.72x the frames/s of a loop over single frames with both threads; two thread lanes 1.16x. Elsewhere lanes
     are threads: where lanes get several threads each (OpenMP's pool does not survive a fork: a forked process
     running on more than one thread hangs), and for graphs in onnxruntime or OpenVINO (their pools do not either)."""
 
