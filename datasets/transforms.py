@@ -232,7 +232,7 @@ def detection_transform(
             pad = A.PadIfNeeded(height, width, border_mode=cv2.BORDER_CONSTANT, fill=0)
             steps += [A.SmallestMaxSize(max_size=fit.resize), pad, A.CenterCrop(height, width)]
     pipeline = A.Compose(
-        steps,
+        steps or [A.NoOp()],  # the same answers; an empty list makes albumentations warn on every run
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["instance"], min_visibility=0.3, clip=True),
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
         save_applied_params=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import albumentations as A
 import numpy as np
 
@@ -74,3 +76,15 @@ def test_default_preset_keeps_targets_consistent():
         for box, mask in zip(out.boxes, out.masks, strict=True):
             ys, xs = np.nonzero(mask)
             assert abs(xs.min() - box[0]) <= 2 and abs(ys.max() + 1 - box[3]) <= 2
+
+
+def test_no_augmentation_leaves_the_target_as_it_is_and_warns_nothing():
+    image = np.zeros((80, 100, 3), np.uint8)
+    target = _target()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # albumentations warned of processors without a transform on every run
+        transform = detection_transform("none", [1, 0, 2])
+        out_image, out = transform(image, target)
+    assert out_image is image or np.array_equal(out_image, image)
+    assert np.allclose(out.boxes, target.boxes) and np.array_equal(out.labels, target.labels)
+    assert np.array_equal(out.masks, target.masks) and np.allclose(out.keypoints, target.keypoints, atol=1e-4)
