@@ -374,7 +374,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     # last.ckpt after every epoch, for --resume (ModelCheckpoint's own save_last follows only improving epochs)
     last_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
     clock = _Clock(config.compile)
-    callbacks: list[Any] = [clock, checkpoint, last_epoch]
+    callbacks: list[Any] = [clock, checkpoint, last_epoch, _ConfigFile(config, out / "config.yaml")]
     bar = config.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per epoch instead
     callbacks.append(epoch_bar() if bar else _EpochLines(config.epochs))
     if config.patience:
@@ -409,7 +409,6 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         log.info("%s", config.scaling_report())
         for line in plan.header:
             log.info("%s", line)
-        write_config(config, out / "config.yaml")
         log_params(loggers, config)
     if config.compile:
         for part in module.compile_targets():
@@ -518,6 +517,18 @@ class _EpochLines(L.Callback):
                             isinstance(v, float))  # fmt: skip
         log.info("epoch %d of %d: %s (%.0f s)", module.history[-1]["epoch"], self.epochs, figures,
                  time.perf_counter() - self._started)  # fmt: skip
+
+
+class _ConfigFile(L.Callback):
+    """Writes the run's settings to ``path`` once training starts: after a --resume has loaded its checkpoint, so
+    a resumption with settings the checkpoint does not fit fails with the run's own settings still in the file."""
+
+    def __init__(self, config: Any, path: Path) -> None:
+        self.config, self.path = config, path
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        if trainer.is_global_zero:
+            write_config(self.config, self.path)
 
 
 class _Clock(L.Callback):

@@ -58,12 +58,15 @@ def test_resume_continues_from_the_last_checkpoint(colour_set: Path, tmp_path: P
     second = train_classifier(tiny_config(colour_set, out, epochs=2, resume=True))
     assert [h["epoch"] for h in second["history"]] == [1, 2]
     assert len(list((out / "logs").rglob("metrics.csv"))) == 2  # the first run's log is kept
+    settings = (out / "config.yaml").read_text()
+    assert "epochs: 2" in settings  # the resumption's settings, once its checkpoint loaded
     with pytest.raises(CnnappsError, match="nothing to resume"):
         train_classifier(tiny_config(colour_set, tmp_path / "empty", resume=True))
     other = tiny_config(colour_set, out, epochs=3, resume=True, backbone="timm:test_resnet", backbone_kwargs={})
     with pytest.raises(CnnappsError) as caught:  # another backbone: one line, not torch's list of every tensor
         train_classifier(other)
     assert "--resume with settings of another model" in str(caught.value) and "\n" not in str(caught.value)
+    assert (out / "config.yaml").read_text() == settings  # the file the error points to keeps the run's settings
 
 
 def test_csv_and_train_val_layouts(colour_set: Path, tmp_path: Path, tiny_config) -> None:
