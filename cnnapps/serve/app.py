@@ -778,7 +778,8 @@ def create_app(
 
     async def clip_lines(request: Request, model: Served, options: dict[str, Any], stride: int) -> list[dict]:
         """One line per frame of the uploaded clip (a frame's answer as the route gives it for one image); a clip
-        that fails part way ends with ``{"error": ...}`` after the frames read before it."""
+        that fails part way (a frame that cannot be read, or that the model fails on) ends with ``{"error": ...}`` after
+        the frames answered before it."""
         import tempfile
 
         from cnnapps.datasets.video import VideoError, VideoSource, probe
@@ -805,20 +806,27 @@ def create_app(
             source = await run_in_threadpool(lambda: VideoSource(str(path), stride=stride, end=max_clip_s))
             frames = iter(source)
             lines: list[dict] = []
+            failed: dict[str, Any] | None = None
 
             def chunk() -> list[Any]:
                 return list(itertools.islice(frames, 8))
 
             try:
-                while got := await run_in_threadpool(chunk):
-                    answers = await asyncio.gather(*(model.batcher.submit((f.rgb, options)) for f in got))
-                    for frame, (payload, _) in zip(got, answers, strict=True):
-                        payload = {k: v for k, v in payload.items() if k != "path"}
+                while failed is None and (got := await run_in_threadpool(chunk)):
+                    outputs = await model.batcher.submit_many([(f.rgb, options) for f in got])
+                    for frame, output in zip(got, outputs, strict=True):
+                        found = outcome(model, output)  # a frame the model failed on ends the clip's lines
+                        if isinstance(found, RequestError):
+                            failed = {"frame": frame.index, "error": found.message}
+                            break
+                        payload = {k: v for k, v in output[0].items() if k != "path"}
                         lines.append(json_safe({"frame": frame.index, "time": round(frame.time, 3), **payload}))
             except VideoError as exc:
-                lines.append({"error": f"video: {str(exc).split(': ', 1)[-1]}"})
+                failed = {"error": f"video: {str(exc).split(': ', 1)[-1]}"}
             finally:
                 source.close()
+            if failed is not None:
+                lines.append(failed)
         if not lines:
             raise RequestError(422, "video: no frame could be read")
         return lines

@@ -355,6 +355,30 @@ def test_a_short_clip_is_answered_with_a_json_line_per_frame(client: TestClient,
     assert detected.status_code == 200 and all("instances" in json.loads(x) for x in detected.text.splitlines())
 
 
+def test_a_frame_the_model_fails_on_ends_the_clip_after_the_frames_answered(
+    client: TestClient, chelsea, tmp_path, monkeypatch
+) -> None:
+    import json
+
+    from cnnapps.apps.multitask import OneHead  # how the server runs the bundled classifier
+
+    predict, alone = OneHead.predict, []
+
+    def third_frame_runs_out_of_memory(self, images, *args, **kwargs):  # batches fail, then frames run one by one
+        if len(images) > 1 or len(alone) >= 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        alone.append(images)
+        return predict(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(OneHead, "predict", third_frame_runs_out_of_memory)
+    answer = client.post("/v1/classify/video", content=_clip(tmp_path / "clip.mp4", chelsea, 6),
+                         headers={"content-type": "video/mp4"})  # fmt: skip
+    assert answer.status_code == 200, answer.text  # not a 500 that loses the frames answered
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert [line["frame"] for line in lines] == [0, 1, 2] and all("predictions" in line for line in lines[:2])
+    assert lines[2]["error"].startswith("out of memory") and "predictions" not in lines[2]
+
+
 def test_clips_too_long_too_big_or_not_video_are_refused(chelsea, tmp_path) -> None:
     app = create_app(["efficientnet_lite0"], max_clip_mb=0.05, max_clip_s=1.0, warm_up=False)
     with TestClient(app, base_url="http://localhost") as c:
