@@ -576,12 +576,9 @@ def run_detector(
         return model(images)
     sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     batch, _ = model.transform(images)
-    trunk = trunk_for(tuple(batch.tensors.shape)) if trunk_for is not None else None
-    if trunk is None:
-        features = model.backbone(batch.tensors)
-    else:
-        x = batch.tensors.mean(1, keepdim=True) if model.backbone.grey else batch.tensors
-        features = model.backbone.from_stages(trunk(x)[0])
+    x = batch.tensors.mean(1, keepdim=True) if model.backbone.grey else batch.tensors  # what the trunk is fed
+    trunk = trunk_for(tuple(x.shape)) if trunk_for is not None else None
+    features = model.backbone(batch.tensors) if trunk is None else model.backbone.from_stages(trunk(x)[0])
     proposals, _ = model.rpn(batch, features)
     detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
     if embed:

@@ -69,6 +69,26 @@ def test_a_shape_that_keeps_coming_gets_a_compiled_trunk_with_the_same_answers(m
                        atol=1e-2)  # fmt: skip
 
 
+def test_a_grey_trunk_is_compiled_for_the_one_channel_it_reads():
+    import torch
+
+    from cnnapps.apps.detect.model import create_detector
+    from cnnapps.apps.detect.predictor import DetectionPredictor
+
+    torch.manual_seed(0)
+    model = create_detector("detect", backbone="lenet5", backbone_weights=None, num_classes=3, min_size=64,
+                            max_size=64)  # fmt: skip
+    assert model.backbone.grey
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    eager = DetectionPredictor(model=model, engine="eager", score_threshold=0.0).predict([frame])[0]
+    jit = DetectionPredictor(model=model, engine="jit", score_threshold=0.0)
+    found = jit.predict([frame])[0]  # the trunk was traced on three channels: every prediction failed
+    assert found.ok and found.engine == "jit", found.error
+    assert [shape[1] for shape in jit._compiled] == [1]
+    assert len(found.instances) == len(eager.instances)
+    assert np.allclose([i.box for i in found.instances], [i.box for i in eager.instances], atol=1e-2)
+
+
 def test_load_refuses_the_wrong_task(model_file):
     with pytest.raises(CnnappsError, match="a segment model, not a pose model"):
         cnnapps.load(model_file, task="pose")
