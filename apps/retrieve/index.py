@@ -752,14 +752,15 @@ class Index:
         from cnnapps.datasets.folders import expand_inputs
 
         on_disk = {index_path(p) for p in expand_inputs([str(root)])}
-        prefix = os.path.join(index_path(root), "")
+        top = index_path(root)  # a folder (what lies under it) or one file
+        prefix = os.path.join(top, "")
         with self._write_lock():
             known = {
                 _from_db(path): (size, mtime, sha)
                 for path, size, mtime, sha in self._db.execute(
                     f"SELECT path, size, mtime, sha256 FROM items WHERE {self._live()}"
                 )
-                if _from_db(path).startswith(prefix)
+                if _from_db(path) == top or _from_db(path).startswith(prefix)
             }
             changed = []
             for path in sorted(on_disk & known.keys()):

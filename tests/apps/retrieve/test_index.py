@@ -117,6 +117,8 @@ def test_add_remove_info_and_sync(small_index, embedder: Embedder) -> None:
     assert len(index) == len(list(folder.glob("*.png")))
     hit = retrieve(index, [str(folder / "camera.png")], k=2, embedder=embedder)[0].hits
     assert {Path(h.path).name for h in hit} == {"camera.png", "rocket.png"}  # rocket.png now holds the camera
+    one = index.sync(folder / "chelsea.png", embedder=embedder)  # one file: known, unchanged
+    assert (one["added"], one["changed"], one["removed"], one["items"]) == (0, 0, 0, len(index))
 
 
 def test_readers_keep_their_snapshot(small_index, embedder: Embedder) -> None:
