@@ -6,6 +6,7 @@ Base layer: imports nothing from the apps.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import threading
@@ -16,11 +17,17 @@ from cnnapps.errors import CnnappsError
 
 
 class OutputExistsError(CnnappsError, FileExistsError):
-    """An output path that already exists and may not be replaced; the message names it."""
+    """An output path that already exists and may not be replaced; the message names it (and ``kept``, where what
+    was written went when the name was taken while it was being written)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, kept: str | os.PathLike | None = None) -> None:
         self.path = os.fspath(path)
-        super().__init__(f"{self.path}: already exists; choose another output path")
+        self.kept = os.fspath(kept) if kept is not None else None
+        if self.kept is None:
+            super().__init__(f"{self.path}: already exists; choose another output path")
+        else:
+            super().__init__(f"{self.path}: another file took this name while it was written; what was written is "
+                             f"kept in {self.kept}")  # fmt: skip
 
     def __str__(self) -> str:  # FileExistsError would print its errno tuple
         return str(self.args[0])
@@ -39,9 +46,9 @@ def atomic_write(
     (for libraries that save to a path themselves). The temporary file is created next to ``path`` with
     an unpredictable name and ``O_EXCL`` (``tempfile.mkstemp``), so a planted file or symlink is never
     followed; it is removed if anything fails (a full disk leaves no partial file behind), then renamed
-    into place. An existing ``path`` is refused with :class:`OutputExistsError` unless ``overwrite=True``;
-    a symlink at ``path`` is then replaced, never written through. The file gets ``mode`` less the
-    process umask (0644 under the usual umask 022). Missing parent folders are created. Returns ``path``.
+    into place (:func:`publish`). An existing ``path`` is refused with :class:`OutputExistsError` unless
+    ``overwrite=True``; a symlink at ``path`` is then replaced, never written through. The file gets ``mode``
+    less the process umask (0644 under the usual umask 022). Missing parent folders are created. Returns ``path``.
     """
     path = Path(path)
     if not overwrite and os.path.lexists(path):
@@ -62,7 +69,10 @@ def atomic_write(
                 fh.flush()
                 os.fsync(fh.fileno())
         os.chmod(tmp, mode & ~current_umask())
-        _move_into_place(tmp, path, overwrite)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            publish(tmp, path)
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -73,20 +83,33 @@ def atomic_write(
     return path
 
 
-def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move the finished file ``tmp`` (written beside ``path``) to ``path``, never replacing what took that name
+    while it was written: then it goes to the first free ``name-N.suffix`` beside ``path`` instead, and
+    :class:`OutputExistsError` names both (nothing the user had is replaced, and nothing written is lost)."""
+    tmp, path = Path(tmp), Path(path)
+    if _linked(tmp, path):
+        return path
+    for n in itertools.count(1):
+        kept = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if _linked(tmp, kept):
+            raise OutputExistsError(path, kept)
+    raise AssertionError("unreachable")
+
+
+def _linked(tmp: Path, path: Path) -> bool:
+    """``tmp`` renamed to ``path`` if nothing is there (True), else left as it is (False)."""
     try:
         os.link(tmp, path)  # fails if anything (a file, a symlink) took the name meanwhile
     except FileExistsError:
-        raise OutputExistsError(path) from None
+        return False
     except OSError:  # a file system without hard links: check, then rename (a narrow race remains)
         if os.path.lexists(path):
-            raise OutputExistsError(path) from None
+            return False
         os.replace(tmp, path)
-        return
+        return True
     tmp.unlink()
+    return True
 
 
 def _sync_file(path: Path) -> None:

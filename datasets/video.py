@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from cnnapps.errors import CnnappsError
-from cnnapps.files import OutputExistsError, current_umask
+from cnnapps.files import OutputExistsError, current_umask, publish
 
 #: File suffixes read as videos.
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
@@ -861,7 +861,7 @@ class VideoWriter:
             finally:
                 container.close()
             os.chmod(tmp, 0o644 & ~current_umask())
-            _link_into_place(tmp, self.path)
+            publish(tmp, self.path)
         except (av.error.FFmpegError, OSError) as exc:
             tmp.unlink(missing_ok=True)
             if isinstance(exc, OutputExistsError):
@@ -876,17 +876,3 @@ class VideoWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _link_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path`` unless something took that name meanwhile (as ``atomic_write`` does)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise OutputExistsError(path) from None
-    except OSError:  # no hard links on this file system: check, then rename
-        if os.path.lexists(path):
-            raise OutputExistsError(path) from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()

@@ -557,7 +557,7 @@ class _Sink:
 
 class _LineFile:
     """A text file written line by line into a hidden temporary file and renamed into place when closed (what was
-    written before an error is kept; an existing file is never replaced)."""
+    written before an error is kept; an existing file is never replaced: :func:`~cnnapps.files.publish`)."""
 
     def __init__(self, path: Path) -> None:
         import tempfile
@@ -576,14 +576,11 @@ class _LineFile:
             self.fh.write(line.rstrip("\n") + "\n")
 
     def close(self) -> None:
-        from cnnapps.files import OutputExistsError
+        from cnnapps.files import current_umask, publish
 
         self.fh.close()
-        if os.path.lexists(self.path):
-            os.unlink(self.tmp)
-            raise OutputExistsError(self.path)
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
+        os.chmod(self.tmp, 0o644 & ~current_umask())
+        publish(self.tmp, self.path)
 
 
 def _draw_counter(picture: np.ndarray, counter: Any, thick: int) -> None:

@@ -73,10 +73,21 @@ def test_a_file_appearing_meanwhile_is_not_replaced(tmp_path: Path) -> None:
         tmp.write_bytes(b"mine")
         path.write_bytes(b"someone else's")  # another process takes the name while we write
 
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError) as info:
         atomic_write(path, slow_writer)
-    assert path.read_bytes() == b"someone else's"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    assert path.read_bytes() == b"someone else's"  # theirs is not replaced, and ours is not lost
+    kept = tmp_path / "out-1.bin"
+    assert kept.read_bytes() == b"mine"
+    assert (
+        str(info.value)
+        == f"{path}: another file took this name while it was written; what was written is kept in {kept}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-1.bin", "out.bin"]
+    path.unlink()
+    (tmp_path / "out-2.bin").write_bytes(b"")  # the next free name is taken
+    with pytest.raises(OutputExistsError, match=r"kept in .*out-3\.bin$"):
+        atomic_write(path, slow_writer)
+    assert (tmp_path / "out-3.bin").read_bytes() == b"mine" and (tmp_path / "out-2.bin").read_bytes() == b""
 
 
 def test_symlinks_are_never_written_through(tmp_path: Path) -> None:

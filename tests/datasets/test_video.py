@@ -120,6 +120,25 @@ def test_writer_keeps_frames_after_an_error(tmp_path: Path) -> None:
         VideoWriter(tmp_path / "f.mp4", FPS).write(np.zeros((8, 8, 3), np.float32))
 
 
+def test_frames_and_lines_are_kept_beside_a_name_taken_while_they_were_written(tmp_path: Path) -> None:
+    from cnnapps.apps.common.video import _LineFile
+
+    writer, lines = VideoWriter(tmp_path / "out.mp4", FPS), _LineFile(tmp_path / "out.txt")
+    for i in range(3):
+        writer.write(picture(i))
+    lines.write(["1,1,10,10,20,20,1,-1,-1,-1"])
+    for name in ("out.mp4", "out.txt"):
+        (tmp_path / name).write_text("theirs")  # another program takes the names meanwhile
+    with pytest.raises(OutputExistsError, match=r"out\.mp4: another file took .* kept in .*out-1\.mp4$"):
+        writer.close()
+    with pytest.raises(OutputExistsError, match=r"kept in .*out-1\.txt$"):
+        lines.close()
+    assert (tmp_path / "out.mp4").read_text() == "theirs" == (tmp_path / "out.txt").read_text()
+    assert len(read_all(VideoSource(str(tmp_path / "out-1.mp4")))) == 3
+    assert (tmp_path / "out-1.txt").read_text() == "1,1,10,10,20,20,1,-1,-1,-1\n"
+    assert sorted(os.listdir(tmp_path)) == ["out-1.mp4", "out-1.txt", "out.mp4", "out.txt"]
+
+
 def test_unopenable_sources(tmp_path: Path) -> None:
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_text("not a video\n" * 100)
