@@ -267,7 +267,7 @@ def apply_detection_pipeline(pipeline: Any, image: np.ndarray, target: Any, flip
     if target.masks is not None:
         new.masks = np.asarray(out["masks"])[kept] if n else np.zeros((0, out_h, out_w), np.uint8)
     if kps is not None:
-        xy = np.asarray(out["keypoints"], np.float32)[:, :2].reshape(n, -1, 2) + 0.5
+        xy = np.asarray(out["keypoints"], np.float32)[:, :2].reshape(n, kps.shape[1], 2) + 0.5  # n may be 0
         vis = kps[..., 2].copy()
         flips = sum(name == "HorizontalFlip" for name, _ in out.get("applied_transforms", []))
         if flips % 2 and flip_index is not None:

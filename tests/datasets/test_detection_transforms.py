@@ -6,6 +6,7 @@ import warnings
 
 import albumentations as A
 import numpy as np
+import pytest
 
 from cnnapps.apps.detect.zoo import COCO_KEYPOINTS, flip_index
 from cnnapps.datasets.coco import Target
@@ -88,3 +89,10 @@ def test_no_augmentation_leaves_the_target_as_it_is_and_warns_nothing():
     assert out_image is image or np.array_equal(out_image, image)
     assert np.allclose(out.boxes, target.boxes) and np.array_equal(out.labels, target.labels)
     assert np.array_equal(out.masks, target.masks) and np.allclose(out.keypoints, target.keypoints, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["none", "default"])
+def test_an_image_without_people_keeps_an_empty_pose_target(preset):
+    empty = Target(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), keypoints=np.zeros((0, 17, 3), np.float32))
+    image, out = detection_transform(preset, list(range(17)))(np.zeros((40, 50, 3), np.uint8), empty)
+    assert image.shape == (40, 50, 3) and out.boxes.shape == (0, 4) and out.keypoints.shape == (0, 17, 3)
