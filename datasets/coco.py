@@ -111,6 +111,14 @@ def read_collection(path: Path, images: Path | None, fmt: str) -> Any:
     return data
 
 
+def labelled_keypoints(ann: dict[str, Any]) -> int:
+    """An annotation's labelled keypoints: its ``num_keypoints``, or where a file leaves that out, the keypoints
+    marked visible (v > 0) in its ``keypoints`` triplets."""
+    if "num_keypoints" in ann:
+        return int(ann["num_keypoints"])
+    return sum(1 for v in (ann.get("keypoints") or [])[2::3] if v > 0)
+
+
 class CocoDataset:
     """An annotation file and its image folder for one task (``detect``, ``segment`` or ``pose``): a COCO JSON, or
     any format :mod:`cnnapps.datasets.formats` reads. Without ``images`` the images are found where the format keeps
@@ -172,7 +180,7 @@ class CocoDataset:
             if not a.get("iscrowd", 0) and a["category_id"] in self.label_of and a["bbox"][2] > 1 and a["bbox"][3] > 1
         ]
         if self.task == "pose":
-            anns = [a for a in anns if a.get("num_keypoints", 0) > 0]
+            anns = [a for a in anns if labelled_keypoints(a) > 0]
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32).reshape(-1, 4)
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)

@@ -61,6 +61,18 @@ def test_people_keypoints(tmp_path):
     assert (k[:, 5, 0] > k[:, 6, 0]).all()
 
 
+def test_people_without_a_num_keypoints_field_count_their_visible_keypoints(tmp_path):
+    path = write_coco("people", tmp_path, "val", 2, seed=1, size=128)
+    coco = json.loads(path.read_text())
+    for ann in coco["annotations"]:
+        del ann["num_keypoints"]  # optional in files other tools write
+    path.write_text(json.dumps(coco))
+    for images in (tmp_path / "val", None):  # read as it is (--images given) or through the format readers
+        data = CocoDataset(path, images, "pose")
+        people = sum(1 for a in coco["annotations"] if a["image_id"] == data.image_ids[0])
+        assert people and len(data.target(0).keypoints) == people
+
+
 def test_people_scene_keypoints_lie_on_drawn_pixels():
     rng = np.random.default_rng(0)
     image, people = people_scene(rng, 128)
