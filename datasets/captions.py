@@ -19,6 +19,8 @@ class CaptionedImage:
     path: Path
     captions: list[str]
     image_id: int
+    #: the image's split in a Karpathy file (train, restval, val, test; "" if unsaid); None in COCO captions
+    split: str | None = None
 
 
 def read_captions(
@@ -43,6 +45,7 @@ def read_captions(
                 root / img.get("filepath", "") / img["filename"],
                 [s.get("raw") or " ".join(s["tokens"]) for s in img["sentences"]],
                 int(img.get("cocoid", img.get("imgid", i))),
+                str(img.get("split") or ""),
             )
             for i, img in enumerate(data["images"])
             if img["sentences"] and (wanted is None or img.get("split") in wanted)

@@ -6,6 +6,7 @@ The run folder holds ``model.safetensors`` (best validation BLEU-4; vocabulary i
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,15 @@ def _prepare(config: CaptionConfig, device: Any) -> Any:
 
     karpathy_split = "train" if not config.val_data else None
     items = read_captions(config.data, config.images, karpathy_split)
+    train_items, val_items = items, None
     if config.val_data:
-        train_items, val_items = items, read_captions(config.val_data, config.val_images or config.images)
-    else:
-        try:
-            train_items, val_items = items, read_captions(config.data, config.images, "val")
-        except CnnappsError:  # not a Karpathy file: hold out a share of the images
-            train_idx, val_idx = split_indices(len(items), config.val_split, config.seed)
-            train_items, val_items = [items[i] for i in train_idx], [items[i] for i in val_idx]
+        val_items = read_captions(config.val_data, config.val_images or config.images)
+    elif items[0].split is not None:  # a Karpathy file: its val split validates, where it has one
+        with contextlib.suppress(CnnappsError):
+            val_items = read_captions(config.data, config.images, "val")
+    if val_items is None:  # COCO captions are one split (or a Karpathy file has no val): hold out a share
+        train_idx, val_idx = split_indices(len(items), config.val_split, config.seed)
+        train_items, val_items = [items[i] for i in train_idx], [items[i] for i in val_idx]
     if not train_items:
         raise CnnappsError(f"{config.data}: no training images left after the validation split")
     vocab = Vocabulary.build((c for item in train_items for c in item.captions), config.min_count)

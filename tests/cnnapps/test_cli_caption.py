@@ -67,6 +67,19 @@ def test_karpathy_and_coco_formats(tmp_path):
         read_captions(tmp_path / "bad.json", tmp_path)
 
 
+def test_a_coco_captions_file_alone_holds_out_a_share_to_validate_on(data, tmp_path):
+    from cnnapps.apps.caption.config import CaptionConfig
+    from cnnapps.apps.caption.train import train_captioner
+
+    out = tmp_path / "run"
+    config = CaptionConfig(data=str(data / "train.json"), images=str(data / "train"), out=str(out),
+                           backbone="resnet18", weights="none", grid=2, input_size=48, epochs=1, batch_size=8,
+                           workers=0, val_split=0.25)  # fmt: skip
+    metrics = train_captioner(config)
+    assert (metrics["train_images"], metrics["val_images"]) == (12, 4)  # not validated on its own training images
+    assert [i.split for i in read_captions(data / "train.json", data / "train")] == [None] * 16
+
+
 def test_train_writes_the_run_folder(captioner):
     for name in ("model.safetensors", "metrics.json", "curves.png", "config.yaml"):
         assert (captioner / name).is_file(), name
