@@ -77,18 +77,20 @@ class TimmBackbone(Backbone):
         return self
 
     def stage_parameters(self) -> list[list[nn.Parameter]]:
-        """Group parameters by the last stage module that comes at or after their owner in module order."""
+        """Group parameters by the last stage module that comes at or after their owner in module order. Those after
+        the last stage that still make the feature map (EfficientNet's ``conv_head`` and ``bn2``) go with the last
+        stage, so freezing every stage freezes the whole trunk; the classifier belongs to no stage."""
         order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
         bounds = []
         for prefix in self._stage_modules:
             bounds.append(max(i for n, i in order.items() if n == prefix or n.startswith(prefix + ".")))
+        classifier = {id(p) for p in self.model.get_classifier().parameters()}
         groups: list[list[nn.Parameter]] = [[] for _ in bounds]
         for pname, param in self.model.named_parameters():
+            if id(param) in classifier:
+                continue
             owner = order[pname.rpartition(".")[0]]
-            for i, bound in enumerate(bounds):
-                if owner <= bound:
-                    groups[i].append(param)
-                    break
+            groups[next((i for i, bound in enumerate(bounds) if owner <= bound), len(bounds) - 1)].append(param)
         return groups
 
 

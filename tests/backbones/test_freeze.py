@@ -49,6 +49,18 @@ def test_freeze_timm_backbone_by_stage_modules() -> None:
     assert backbone.frozen_stages == 2
 
 
+def test_freezing_every_timm_stage_freezes_the_layers_after_the_last_stage_too() -> None:
+    backbone = create_backbone("efficientnet_lite0", weights=None)
+    backbone.freeze(len(backbone.stages)).train()
+    model = backbone.model
+    assert not any(p.requires_grad for p in [*model.conv_head.parameters(), *model.bn2.parameters()])
+    assert all(p.requires_grad for p in model.classifier.parameters())  # the head still learns
+    assert not model.bn2.training  # its running statistics are kept
+    before = model.bn2.running_mean.clone()
+    backbone.forward_features(torch.randn(2, 3, 64, 64))
+    assert torch.equal(before, model.bn2.running_mean)
+
+
 def test_freeze_rejects_more_stages_than_the_net_has() -> None:
     with pytest.raises(ValueError, match=r"0\.\.4"):
         create_backbone("resnet18").freeze(5)
