@@ -168,3 +168,16 @@ def test_panoptic_join_refuses_other_trunks_and_self_resizing_detectors(heads, t
         join(heads["stuff"], tmp_path / "own.safetensors")
     with pytest.raises(Exception, match=r"has no segment head"):
         join(heads["stuff"], heads["stuff"])
+
+
+def test_an_instance_wholly_under_earlier_ones_is_left_out_at_any_overlap_threshold(panoptic_run):
+    from cnnapps.apps.semantic.panoptic import Instances, PanopticPredictor
+
+    model = PanopticPredictor(panoptic_run / "model.safetensors", device="cpu").model
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, :4, :4] = masks[1, 1:3, 1:3] = True  # the second lies wholly inside the first
+    instances = Instances(masks, np.array([0.9, 0.8], np.float32), np.array([1, 2]))
+    for overlap in (0.5, 1.0):  # at 1.0 the covered instance passed the test and its empty mask broke the merge
+        result = model.combine(instances, np.zeros((8, 8), np.int64), {"overlap": overlap, "score_threshold": 0.5})
+        things = [s for s in result.segments if s.isthing]
+        assert len(things) == 1 and things[0].area == 16 and things[0].score == pytest.approx(0.9)

@@ -127,6 +127,8 @@ class PanopticModel(nn.Module):
             if taken.sum() / area > settings["overlap"]:
                 continue
             mask = mask & (ids == 0)
+            if not mask.any():  # wholly under earlier instances (an overlap threshold of 1 lets it through)
+                continue
             category = int(self.thing_index[int(instances.labels[i])])
             segments.append(self._segment(len(segments) + 1, category, mask, float(instances.scores[i])))
             ids[mask] = len(segments)
