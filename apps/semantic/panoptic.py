@@ -312,28 +312,35 @@ def score(results: list[PanopticResult], panoptic: Any, indices: list[int], clas
     quality = PanopticQuality(panoptic.categories)
     category = _category_ids(class_names, panoptic)
     for result, i in zip(results, indices, strict=True):
-        gt_ids, gt_segments = panoptic.ground_truth(i)
-        segments = [{"id": s.id, "category_id": category[s.label]} for s in result.segments]
-        quality.add(gt_ids, gt_segments, result.ids, segments, str(panoptic.entries[i]["png"]))
+        _add(quality, category, result, panoptic, i)
     return quality.summary()
+
+
+def _add(quality: Any, category: dict[str, int], result: PanopticResult, panoptic: Any, i: int) -> None:
+    """One image's result scored against the set's image ``i``."""
+    gt_ids, gt_segments = panoptic.ground_truth(i)
+    segments = [{"id": s.id, "category_id": category[s.label]} for s in result.segments]
+    quality.add(gt_ids, gt_segments, result.ids, segments, str(panoptic.entries[i]["png"]))
 
 
 def evaluate_panoptic(predictor: PanopticPredictor, panoptic: Any, progress: Callable[[int], None] | None = None,
                       chunk: int = 8) -> dict[str, Any]:  # fmt: skip
-    """PQ, SQ and RQ of a panoptic predictor on a COCO panoptic set; unreadable images are listed, not scored."""
-    _category_ids(predictor.class_names, panoptic)
-    results, indices, failed = [], [], []
+    """PQ, SQ and RQ of a panoptic predictor on a COCO panoptic set; unreadable images are listed, not scored.
+    Each chunk's results are scored as they come (a set's segment maps are not all kept)."""
+    from cnnapps.apps.semantic.pq import PanopticQuality
+
+    category = _category_ids(predictor.class_names, panoptic)
+    quality, failed = PanopticQuality(panoptic.categories), []
     for start in range(0, len(panoptic), chunk):
         part = list(range(start, min(len(panoptic), start + chunk)))
         for i, result in zip(part, predictor.predict([panoptic.entries[i]["image"] for i in part]), strict=True):
             if result.ok:
-                results.append(result)
-                indices.append(i)
+                _add(quality, category, result, panoptic, i)
             else:
                 failed.append({"path": str(panoptic.entries[i]["image"]), "error": result.error})
         if progress is not None:
             progress(len(part))
-    return {**score(results, panoptic, indices, predictor.class_names), "failed": failed}
+    return {**quality.summary(), "failed": failed}
 
 
 # -- making a panoptic model -----------------------------------------------------------------------------------------
