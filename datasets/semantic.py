@@ -20,6 +20,7 @@ Plain Python and numpy at import; albumentations (training) and torch are import
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -286,16 +287,48 @@ class SemanticSet:
         return out
 
 
-def _image_files(folder: Path, leave_out: Path | None = None) -> dict[str, Path]:
-    """Image files under ``folder`` by file stem (those under ``leave_out``, the mask folder, are not images)."""
+def _image_paths(folder: Path, leave_out: Path | None = None) -> list[Path]:
+    """Image files under ``folder``, sorted (those under ``leave_out``, the mask folder, are not images)."""
     skip = leave_out.resolve() if leave_out is not None else None
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            if skip is not None and skip in path.resolve().parents:
-                continue
-            found[path.stem] = path
-    return found
+    return [
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and path.is_file()
+        and not (skip is not None and skip in path.resolve().parents)
+    ]
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    """Image files under ``folder`` by file stem (VOC's JPEGImages: one flat folder)."""
+    return {path.stem: path for path in _image_paths(folder)}
+
+
+def _paired(images: list[Path], masks: list[Path], image_dir: Path,
+            mask_dir: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:  # fmt: skip
+    """(image, mask) pairs and the images without a mask. A mask pairs with the image at the same place under its
+    folder (``images/a/1.jpg`` with ``masks/a/1.png``), else with the image of its name where that name is found
+    once among the images and once among the masks (subfolders on one side only): images of one name in two
+    subfolders are never given each other's masks."""
+    key = lambda path, root: path.relative_to(root).with_suffix("").as_posix()  # noqa: E731
+    by_place = {key(m, mask_dir): m for m in masks}
+    pairs, unplaced = [], []
+    for image in images:
+        mask = by_place.pop(key(image, image_dir), None)
+        if mask is not None:
+            pairs.append((image, mask))
+        else:
+            unplaced.append(image)
+    stems = collections.Counter(i.stem for i in images)
+    mask_stems = collections.Counter(m.stem for m in masks)
+    by_name = {m.stem: m for m in by_place.values()}
+    missing = []
+    for image in unplaced:
+        if stems[image.stem] == 1 and mask_stems[image.stem] == 1 and image.stem in by_name:
+            pairs.append((image, by_name[image.stem]))
+        else:
+            missing.append(image)
+    return sorted(pairs), missing
 
 
 def _class_list(classes: str | os.PathLike | None, *places: Path) -> ClassList | None:
@@ -336,10 +369,9 @@ def read_semantic_data(data: str | os.PathLike, *, masks: str | os.PathLike | No
     class_list = _class_list(classes, root, mask_dir)
     if class_list is None:
         raise SemanticDataError(f"{root}: no class list (classes.txt beside the data, or --classes FILE)")
-    found = _image_files(image_dir, leave_out=mask_dir)
-    mask_files = {p.stem: p for p in sorted(mask_dir.rglob("*.png"))}
-    items = [SemanticItem(path, mask_files[stem]) for stem, path in found.items() if stem in mask_files]
-    missing = [path for stem, path in found.items() if stem not in mask_files]
+    pairs, missing = _paired(_image_paths(image_dir, leave_out=mask_dir), sorted(mask_dir.rglob("*.png")), image_dir,
+                             mask_dir)  # fmt: skip
+    items = [SemanticItem(image, mask) for image, mask in pairs]
     if missing:
         log.warning("%d images of %s have no mask in %s (e.g. %s); left out", len(missing), image_dir, mask_dir,
                     missing[0].name)  # fmt: skip

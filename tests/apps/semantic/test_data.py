@@ -173,3 +173,24 @@ def test_a_mask_folder_inside_the_image_folder_is_not_read_as_images(tmp_path):
     data = read_semantic_data(tmp_path, masks=tmp_path / "masks")
     assert [(i.image.name, i.mask.parent.name) for i in data.items] == [("photo.png", "masks")]
     assert data.load(0)[1].sum() == 36
+
+
+def test_images_of_one_name_in_two_subfolders_keep_their_own_masks(tmp_path, caplog):
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    for label, kind in enumerate(("cats", "dogs"), start=1):
+        for folder in ("images", "masks"):
+            (tmp_path / folder / kind).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "images" / kind / "000.png"), np.full((6, 6, 3), 40 * label, np.uint8))
+        cv2.imwrite(str(tmp_path / "masks" / kind / "000.png"), np.full((6, 6), label, np.uint8))
+    (tmp_path / "images" / "other").mkdir()  # a name found once on each side pairs across layouts
+    cv2.imwrite(str(tmp_path / "images" / "other" / "lone.png"), np.zeros((6, 6, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "masks" / "lone.png"), np.zeros((6, 6), np.uint8))
+    data = read_semantic_data(tmp_path)
+    pairs = [(i.image.relative_to(tmp_path).as_posix(), i.mask.relative_to(tmp_path).as_posix()) for i in data.items]
+    assert pairs == [("images/cats/000.png", "masks/cats/000.png"), ("images/dogs/000.png", "masks/dogs/000.png"),
+                     ("images/other/lone.png", "masks/lone.png")]  # fmt: skip
+    assert [int(data.load(i)[1].max()) for i in range(3)] == [1, 2, 0]
+    (tmp_path / "masks" / "dogs" / "000.png").rename(tmp_path / "masks" / "000.png")  # now ambiguous: not guessed
+    with caplog.at_level(logging.WARNING, logger="cnnapps"):
+        data = read_semantic_data(tmp_path)
+    assert [i.image.parent.name for i in data.items] == ["cats", "other"] and "have no mask" in caplog.text
