@@ -467,14 +467,17 @@ class _Sink:
             self.thread.start()
 
     def put(self, frame: Any, result: Any, event: bool, mot: list[str]) -> None:
+        # the counts as of this frame: the caller's thread goes on counting later frames while this one is drawn
+        drawn = self.tracking is not None and (self.save_video is not None or self.save_frames is not None)
+        counts = [counter.to_dict() for counter in self.tracking.counters] if drawn else []
         if not self.threaded:
-            self._write(frame, result, event, mot)
+            self._write(frame, result, event, mot, counts)
             return
         while True:
             if self.failure is not None:
                 raise self.failure
             try:
-                self.queue.put((frame, result, event, mot), timeout=0.5)
+                self.queue.put((frame, result, event, mot, counts), timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -499,7 +502,7 @@ class _Sink:
             while self.queue.get() is not None:  # let the caller's puts and close go through
                 pass
 
-    def _write(self, frame: Any, result: Any, event: bool, mot: list[str]) -> None:
+    def _write(self, frame: Any, result: Any, event: bool, mot: list[str], counts: list[dict[str, Any]]) -> None:
         if self.on_line is not None:
             answer = {k: v for k, v in result.to_dict().items() if k != "path"}
             self.on_line({"source": self.report.source, "frame": frame.index, "time": round(frame.time, 3), **answer})
@@ -507,7 +510,7 @@ class _Sink:
             self.mot.write(mot)
         if self.save_video is None and not (event and self.save_frames is not None):
             return
-        picture = self._draw(frame, result)
+        picture = self._draw(frame, result, counts)
         if self.save_video is not None:
             if self.video is None:
                 from cnnapps.datasets.video import VideoWriter
@@ -523,8 +526,9 @@ class _Sink:
             write_image(path, picture)
             self.report.written.append(str(path))
 
-    def _draw(self, frame: Any, result: Any) -> np.ndarray:
-        """The frame with the answer drawn over it (``result.overlay``), track trails, counting lines and zones."""
+    def _draw(self, frame: Any, result: Any, counts: list[dict[str, Any]]) -> np.ndarray:
+        """The frame with the answer drawn over it (``result.overlay``), track trails, counting lines and zones
+        with ``counts``, theirs as of this frame."""
         import cv2
 
         if not hasattr(result, "draw"):
@@ -550,8 +554,8 @@ class _Sink:
             if len(points) > 1:
                 colour = PALETTE[track_id % len(PALETTE)]
                 cv2.polylines(picture, [np.array(points, np.int32)], False, colour, thick, cv2.LINE_AA)
-        for counter in self.tracking.counters:
-            _draw_counter(picture, counter, thick)
+        for counter, counted in zip(self.tracking.counters, counts, strict=True):
+            _draw_counter(picture, counter, counted, thick)
         return picture
 
 
@@ -583,11 +587,10 @@ class _LineFile:
         publish(self.tmp, self.path)
 
 
-def _draw_counter(picture: np.ndarray, counter: Any, thick: int) -> None:
-    """A counting line or zone on the frame, with its counts so far."""
+def _draw_counter(picture: np.ndarray, counter: Any, counts: dict[str, Any], thick: int) -> None:
+    """A counting line or zone on the frame, with its counts (``counter.to_dict()`` as of the frame)."""
     import cv2
 
-    counts = counter.to_dict()
     if hasattr(counter, "polygon"):
         points = np.round(np.array(counter.polygon, np.float32)).astype(np.int32)
         text = f"{counter.name}: {counts.get('inside', 0)} inside, {counts.get('entered', 0)} entered"

@@ -231,3 +231,34 @@ def test_live_sources_go_frame_by_frame(chelsea):
     predictor.calls.clear()
     run_video(predictor, source, batch_size=4)
     assert predictor.calls == [4, 2]
+
+
+def test_a_frame_drawn_in_the_writer_thread_shows_the_counts_of_its_own_frame(tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import cnnapps.apps.common.video as video
+    from cnnapps.apps.track.book import ZoneCounter
+
+    zone = ZoneCounter("z", [(0, 0), (100, 0), (100, 100), (0, 100)])
+    drawn, truth = {}, {}
+    monkeypatch.setattr(video, "_draw_counter", lambda picture, counter, counts, thick: drawn.setdefault(
+        len(drawn), counts["entered"]))  # fmt: skip
+
+    class Answer:
+        ok, instances = True, []
+
+        def overlay(self, rgb):
+            return rgb
+
+        draw = overlay
+
+    source = SimpleNamespace(name="clip", fps=25)
+    sink = video._Sink(video.VideoReport("clip"), None, None, tmp_path / "events", None, source,
+                       SimpleNamespace(counters=[zone]), threaded=True)  # fmt: skip
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    for f in range(40):
+        zone.update(f, [f], np.array([[10.0, 10.0]]), ["car"])  # one more object enters on every frame
+        truth[f] = zone.entered
+        sink.put(SimpleNamespace(index=f, time=f / 25, rgb=rgb), Answer(), True, [])
+    sink.close()
+    assert drawn == truth  # the thread drew frame N after later frames were counted: it showed their counts
