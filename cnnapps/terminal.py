@@ -16,8 +16,9 @@ from typing import Any
 
 from cnnapps.errors import CnnappsError
 
-# Exit codes of commands that take many inputs.
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+# Exit codes: every input done; some failed (the others done); nothing ran (bad input to the command); an
+# unexpected failure (a fault of the program, told apart from the others so that a pipeline never reads it as them).
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_UNEXPECTED = 0, 1, 2, 3
 
 
 def console(stderr: bool = False) -> Any:

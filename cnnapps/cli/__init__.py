@@ -16,7 +16,7 @@ from cnnapps.apps.tasks import resolve
 from cnnapps.cli.data import data_app
 from cnnapps.cli.helpformat import plain_help
 from cnnapps.errors import CnnappsError
-from cnnapps.terminal import console, echo, echo_json, styled
+from cnnapps.terminal import EXIT_UNEXPECTED, console, echo, echo_json, styled
 
 plain_help()
 app = typer.Typer(
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             echo(f"error: {type(exc).__name__}: {exc}", err=True)
         else:
             echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_UNEXPECTED)
 
 
 def _traceback_if(debug: bool) -> bool:

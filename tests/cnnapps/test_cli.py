@@ -70,6 +70,18 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(run_cli) -> None:
     assert code == 2 and "Traceback" not in err
 
 
+def test_an_unexpected_failure_has_its_own_exit_code(run_cli, monkeypatch) -> None:
+    import cnnapps.backbones
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(cnnapps.backbones, "summarize", broken)
+    code, _, err = run_cli("summary", "vgg16")
+    assert code == 3  # not 1 (some inputs failed, the rest done) nor 2 (bad input to the command)
+    assert err.strip() == "error: RuntimeError: something inside broke (run with --debug for the traceback)"
+
+
 def test_console_script_exit_code() -> None:
     result = subprocess.run([sys.executable, "-m", "cnnapps", "summary", "nope_net"], capture_output=True, text=True)
     assert result.returncode == 2
