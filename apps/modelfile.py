@@ -7,7 +7,9 @@ The container and its checks are ``cnnapps.bundle``'s; what a head is for each t
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,8 +102,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     trunk, heads, preprocess = meta.get("trunk"), meta.get("heads"), meta.get("preprocess")
     if not isinstance(trunk, dict) or not isinstance(trunk.get("name"), str):
         raise BundleError(f"{path}: trunk: expected {{name, kwargs, fingerprint}}, found {_short(trunk)}")
-    if not isinstance(trunk.get("kwargs", {}), dict):
-        raise BundleError(f"{path}: trunk.kwargs: expected a mapping, found {_short(trunk.get('kwargs'))}")
+    _check_trunk_kwargs(path, trunk.get("kwargs", {}))
     if not isinstance(heads, dict) or not heads:
         raise BundleError(f"{path}: heads: expected a mapping of one or more heads, found {_short(heads)}")
     if not isinstance(preprocess, dict):
@@ -111,6 +112,34 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
         infos[name] = _head_info(path, name, head)
     extra = {k: v for k, v in meta.items() if k not in ("format", "version", "trunk", "heads", "preprocess")}
     return ModelFile(path, {"kwargs": {}, **trunk}, infos, preprocess, meta["format"], str(meta.get("version")), extra)
+
+
+#: a trunk setting read from a model file is a plain value (no mapping: library settings that load other files or
+#: fetch weights are mappings or paths), under a name that names no file, download or pretrained weights
+#: (drop_path_rate is a plain setting)
+_FILE_LIKE_SETTING = re.compile(r"checkpoint|pretrained|cache|cfg|overlay|weights|url|file|(^|_)(path|dir)$", re.I)
+#: the largest number a trunk setting may hold (channels, classes, sizes): a file cannot ask for unbounded memory
+MAX_TRUNK_SETTING = 100_000
+
+
+def _check_trunk_kwargs(path: Path, kwargs: Any) -> None:
+    """The trunk's settings (passed to the network's constructor) as a model file may hold them, else a one-line
+    error naming the file and the key: a crafted file must not make the constructor read a file it names, fetch
+    weights or allocate without bound."""
+    where = f"{path}: trunk.kwargs"
+    if not isinstance(kwargs, dict):
+        raise BundleError(f"{where}: expected a mapping, found {_short(kwargs)}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or _FILE_LIKE_SETTING.search(key):
+            raise BundleError(f"{where}.{key}: a model file may not set where or whether weights are loaded")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not (v is None or isinstance(v, (bool, str)) or (number and math.isfinite(v))):
+                raise BundleError(f"{where}.{key}: expected a number, text, true/false or a list of them, found "
+                                  f"{_short(value)}")  # fmt: skip
+            if number and abs(v) > MAX_TRUNK_SETTING:
+                raise BundleError(f"{where}.{key}: {v} is beyond the {MAX_TRUNK_SETTING:,} a setting may hold")
 
 
 def _head_info(path: Path, name: str, head: Any) -> HeadInfo:
@@ -166,8 +195,10 @@ def build_trunk(model_file: ModelFile, tensors: dict[str, torch.Tensor] | None =
     name, kwargs = model_file.trunk["name"], model_file.trunk.get("kwargs", {})
     try:
         trunk = create_backbone(name, weights=None, **kwargs)
-    except TypeError as exc:
-        raise BundleError(f"{model_file.path}: trunk.kwargs do not fit {name} ({exc})") from None
+    except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        why = f"{type(exc).__name__}: {first}"
+        raise BundleError(f"{model_file.path}: trunk.kwargs do not fit {name} ({why})") from None
     if trunk.has_head:
         trunk.drop_head()
     return trunk

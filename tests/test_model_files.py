@@ -126,6 +126,17 @@ def current_file(tmp_path_factory) -> Path:
         (lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "labels": ["a", "b"]}}}, "has shape (3"),
         (lambda m: {**m, "preprocess": {**m["preprocess"], "input_size": [3, 100000, 100000]}}, "preprocess"),
         (lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {"wings": 2}}}, "trunk.kwargs do not fit lenet5"),
+        # a crafted file may not make the constructor read a file it names, fetch weights or take unbounded memory
+        (
+            lambda m: {**m, "trunk": {"name": "timm:test_resnet", "kwargs": {"checkpoint_path": "/etc/passwd"}}},
+            "trunk.kwargs.checkpoint_path: a model file may not set where or whether weights are loaded",
+        ),
+        (
+            lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {"pretrained_cfg_overlay": {"file": "/x"}}}},
+            "trunk.kwargs.pretrained_cfg_overlay",
+        ),
+        (lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {"num_classes": 10**10}}}, "beyond the 100,000"),
+        (lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {"in_channels": {"a": 1}}}}, "expected a number, text"),
     ],
 )
 def test_damaged_metadata_gives_one_line_naming_file_and_key(current_file, tmp_path, edit, message) -> None:
