@@ -56,7 +56,7 @@ class ClassifyHead:
         kwargs: dict[str, Any] = {"dropout": float(model.dropout.p)}
         if getattr(model, "multilabel", False):  # single-label heads are written as before
             thresholds = model.thresholds or [DEFAULT_THRESHOLD] * len(model.class_names)
-            kwargs.update(multilabel=True, thresholds=[round(float(t), 6) for t in thresholds])
+            kwargs.update(multilabel=True, thresholds=[float(t) for t in thresholds])  # not rounded: 0.9999998 is no 1
         return HeadInfo(TASK, "linear", kwargs, list(model.class_names))
 
     def build(self, trunk: Backbone, info: HeadInfo, preprocess: dict[str, Any], model_file: Any) -> Classifier:

@@ -51,16 +51,19 @@ def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
 def average_precisions(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Each class's average precision (NaN for a class with no positive image), with torchmetrics."""
     import torch
-    from torchmetrics.functional.classification import multilabel_average_precision
+    from torchmetrics.functional.classification import binary_average_precision, multilabel_average_precision
 
     probs, targets = np.asarray(probs, np.float32), np.asarray(targets) > 0.5
     c = probs.shape[1]
     if len(probs) == 0:
         return np.full(c, np.nan)
+    scores, truth = torch.from_numpy(probs), torch.from_numpy(targets.astype(np.int64))
     with warnings.catch_warnings():  # "no positive samples": those classes are NaN here, left out of the mean
         warnings.simplefilter("ignore", UserWarning)
-        ap = multilabel_average_precision(torch.from_numpy(probs), torch.from_numpy(targets.astype(np.int64)), c,
-                                          average=None).numpy().astype(np.float64)  # fmt: skip
+        if c == 1:  # one tag (present or not): torchmetrics' multi-label form needs two or more
+            ap = binary_average_precision(scores[:, 0], truth[:, 0]).reshape(1).numpy().astype(np.float64)
+        else:
+            ap = multilabel_average_precision(scores, truth, c, average=None).numpy().astype(np.float64)
     ap[targets.sum(0) == 0] = np.nan
     return ap
 

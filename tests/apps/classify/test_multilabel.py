@@ -146,6 +146,22 @@ def test_thresholds_are_each_class_best_f1() -> None:
     assert report.support == [3, 2, 0]
 
 
+def test_one_tag_is_scored_like_several() -> None:
+    probs, targets = np.array([[0.9], [0.4], [0.35], [0.1]]), np.array([[1], [0], [1], [0]])
+    report = multilabel_report(probs, targets, ["defect"], tune_thresholds(probs, targets))
+    assert report.ap == pytest.approx([(1 + 2 / 3) / 2]) and report.map == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_thresholds_are_kept_as_tuned_in_the_model_file() -> None:
+    from cnnapps.apps.classify.model import HEAD, Classifier
+    from cnnapps.backbones import create_backbone
+
+    tuned = [0.9999998211860657, 0.45]  # rounded to 6 decimals the first became 1.0: the class was never called
+    model = Classifier(create_backbone("lenet5", weights=None, in_channels=3), 2, class_names=["a", "b"],
+                       multilabel=True, thresholds=tuned)  # fmt: skip
+    assert HEAD.describe(model).kwargs["thresholds"] == tuned
+
+
 # -- training, model files, prediction ----------------------------------------------------------------------------
 def test_training_writes_thresholds_and_predicts_several_labels(multilabel_run, tagged: Path) -> None:
     from cnnapps.bundle import read_metadata
