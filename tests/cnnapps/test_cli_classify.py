@@ -71,6 +71,10 @@ def test_train_eval_and_visualize_commands(run_cli, colour_set: Path, tmp_path: 
     assert code == 2 and "already exists" in err
     code, _, _ = run_cli("visualize", "filters", "--model", model, "--out", tmp_path / "f.png")
     assert code == 0 and cv2.imread(str(tmp_path / "f.png")) is not None
+    (tmp_path / "m.onnx").write_bytes(b"")  # refused by name, before anything is read
+    for verb in (["gradcam", image], ["filters"]):
+        code, _, err = run_cli("visualize", *verb, "--model", tmp_path / "m.onnx", "--out", tmp_path / "o.png")
+        assert code == 2 and "no layers to look inside; give the model file it was exported from" in err
 
 
 def test_train_config_errors_are_one_line(run_cli, tmp_path: Path) -> None:
