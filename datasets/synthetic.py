@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.terminal import article
+from cnnapps.errors import CnnappsError
+from cnnapps.files import OutputExistsError, atomic_write
+from cnnapps.terminal import EXIT_ERROR, article
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
@@ -210,9 +213,7 @@ def write_captions(out: str | os.PathLike, split: str, n: int, seed: int = 0, si
     """Write ``n`` captioned scenes as ``out/<split>/*.png`` and COCO captions JSON ``out/<split>.json``."""
     import cv2
 
-    out = Path(out)
-    folder = out / split
-    folder.mkdir(parents=True, exist_ok=True)
+    folder, path = _fresh(out, split)
     rng = np.random.default_rng(seed)
     images, annotations = [], []
     for i in range(n):
@@ -222,8 +223,7 @@ def write_captions(out: str | os.PathLike, split: str, n: int, seed: int = 0, si
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
         for caption in captions:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "caption": caption})
-    path = out / f"{split}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    atomic_write(path, json.dumps({"images": images, "annotations": annotations}).encode())
     return path
 
 
@@ -267,9 +267,7 @@ def write_coco(
     centres, so each mask loses about half a pixel at its edge, as COCO's own polygons do)."""
     import cv2
 
-    out = Path(out)
-    folder = out / split
-    folder.mkdir(parents=True, exist_ok=True)
+    folder, path = _fresh(out, split)
     cats = categories(kind)
     cat_ids = {c["name"]: c["id"] for c in cats}
     images, annotations = [], []
@@ -295,9 +293,19 @@ def write_coco(
                 ann["keypoints"] = [round(float(v), 2) for v in inst.keypoints.reshape(-1)]
                 ann["num_keypoints"] = int((inst.keypoints[:, 2] > 0).sum())
             annotations.append(ann)
-    path = out / f"{split}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))
+    atomic_write(path, json.dumps({"images": images, "annotations": annotations, "categories": cats}).encode())
     return path
+
+
+def _fresh(out: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """(``out/<split>/``, ``out/<split>.json``), refused when either holds something already (a data set the user
+    has is never written over)."""
+    folder, path = Path(out) / split, Path(out) / f"{split}.json"
+    for taken in (path, folder):
+        if os.path.lexists(taken) and not (taken.is_dir() and not any(taken.iterdir())):
+            raise OutputExistsError(taken)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -311,10 +319,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--polygons", action="store_true", help="Write masks as polygons instead of exact RLE.")
     args = parser.parse_args(argv)
     for split, n, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):
-        if args.kind == "captions":
-            path = write_captions(args.out, split, n, seed, args.size)
-        else:
-            path = write_coco(args.kind, args.out, split, n, seed, args.size, rle=not args.polygons)
+        try:
+            if args.kind == "captions":
+                path = write_captions(args.out, split, n, seed, args.size)
+            else:
+                path = write_coco(args.kind, args.out, split, n, seed, args.size, rle=not args.polygons)
+        except CnnappsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_ERROR) from None
         print(f"{path}: {n} images in {Path(args.out) / split}")
 
 
