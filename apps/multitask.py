@@ -111,7 +111,8 @@ class MultiTaskPredictor:
         """Every head's answer (or those of ``heads``) for paths, arrays, PIL images or encoded bytes (one, or a
         list), in input order; an input that cannot be read gets a result with ``error``."""
         options = {**self.options, "top_k": top_k}
-        chosen = list(self.heads) if heads is None else [h for h in self.heads if h in heads]
+        asked = set(self.heads) if heads is None else set(pick_heads(self.tasks, heads, str(self.model_file.path)))
+        chosen = [h for h in self.heads if h in asked]  # an unknown name is an error, never an empty answer
         done = map_images(inputs, lambda images: self._run(images, options, chosen), self.batch_size,
                           self.max_pixels, progress)  # fmt: skip
         results = []
@@ -142,12 +143,18 @@ def chosen_heads(model_file: Any, wanted: Sequence[str] | None) -> list[str]:
     """Head names from names or task names; an unknown one is a one-line error naming what the file has."""
     if not wanted:
         return list(model_file.heads)
+    return pick_heads({n: h.task for n, h in model_file.heads.items()}, wanted, str(model_file.path))
+
+
+def pick_heads(tasks: dict[str, str], wanted: Sequence[str], where: str) -> list[str]:
+    """The heads of ``tasks`` (head name -> task) that ``wanted`` names by head or task name, in the order asked;
+    an unknown name is a one-line error naming what there is."""
     chosen = []
     for item in wanted:
-        matches = [n for n, h in model_file.heads.items() if item in (n, h.task)]
+        matches = [n for n, task in tasks.items() if item in (n, task)]
         if not matches:
-            have = ", ".join(f"{n} ({h.task})" for n, h in model_file.heads.items())
-            raise BundleError(f"{model_file.path}: no head or task {item!r} (it has {have})")
+            have = ", ".join(f"{n} ({task})" for n, task in tasks.items())
+            raise BundleError(f"{where}: no head or task {item!r} (it has {have})")
         chosen += [m for m in matches if m not in chosen]
     return chosen
 

@@ -164,13 +164,21 @@ def test_compose_refuses_different_preprocessing(heads, tmp_path) -> None:
 
 
 def test_loading_one_head_and_asking_for_a_missing_one(multi) -> None:
+    from cnnapps.apps.multitask import MultiTaskPredictor
+
     classifier = cnnapps.load(multi, task="classify", engine="eager")
     assert type(classifier).__name__ == "ClassificationPredictor" and classifier.class_names == ["blue", "green", "red"]
     assert cnnapps.load(multi, task="caption").beam == 1
     with pytest.raises(CnnappsError, match="a caption, classify, retrieve, segment model, not a pose model"):
         cnnapps.load(multi, task="pose")
     with pytest.raises(CnnappsError, match="no head or task 'pose'"):
-        cnnapps.apps.multitask.MultiTaskPredictor(multi, heads=["pose"])
+        MultiTaskPredictor(multi, heads=["pose"])
+    predictor = MultiTaskPredictor(multi, engine="eager")
+    image = np.zeros((32, 32, 3), np.uint8)
+    (by_task,) = predictor.predict([image], heads=["classify"])  # a task's name picks its head, as at load
+    assert by_task.ok and [type(r).__name__ for r in by_task.results.values()] == ["ClassificationResult"]
+    with pytest.raises(CnnappsError, match="no head or task 'clasify'"):  # a typo was an empty answer
+        predictor.predict([image], heads=["clasify"])
 
 
 def test_predict_command_prints_one_object_per_image_with_a_key_per_head(run_cli, multi, photos, tmp_path) -> None:
