@@ -144,6 +144,8 @@ def _check_trunk_kwargs(path: Path, kwargs: Any) -> None:
 
 def _head_info(path: Path, name: str, head: Any) -> HeadInfo:
     where = f"{path}: heads.{name}"
+    if not isinstance(name, str) or not name or "." in name:
+        raise BundleError(f"{path}: heads: {_short(name)} is not a head name (empty, or with a dot)")
     if not isinstance(head, dict):
         raise BundleError(f"{where}: expected a mapping, found {_short(head)}")
     task = head.get("task")
@@ -347,7 +349,10 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
                 )
             label = wanted.pop(0) if wanted else name
             if label in heads:
-                label = f"{label}-{file_label(model_file.path)}"
+                label = f"{label}-{file_label(model_file.path).replace('.', '-')}"
+            if not label or "." in label:
+                raise BundleError(f"--names {label!r}: a head's name is not empty and holds no dot (the dot "
+                                  "separates the parts of its tensors' names)")  # fmt: skip
             if label in heads:
                 raise BundleError(f"{model_file.path}: a second head named {label!r}; name the heads with --names")
             heads[label] = (info, model_file.head_tensors(name))

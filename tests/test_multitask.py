@@ -150,6 +150,10 @@ def test_compose_refuses_other_trunks_other_preprocessing_and_existing_files(hea
     with pytest.raises(CnnappsError, match="already exists"):
         compose([heads["colours"], heads["embed"]], existing)
     assert existing.read_bytes() == b"mine"
+    # heads load by the prefix heads.<name>.: "cls" would take "cls.v2"'s tensors too, so a dot is refused
+    with pytest.raises(CnnappsError, match=r"--names 'cls\.v2': a head's name is not empty and holds no dot"):
+        compose([heads["colours"], heads["embed"]], tmp_path / "dots.safetensors", names=["cls", "cls.v2"])
+    assert not (tmp_path / "dots.safetensors").exists()
 
 
 def test_compose_refuses_different_preprocessing(heads, tmp_path) -> None:
