@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,10 @@ class Result:
         raise NotImplementedError
 
     def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+        """The answer as valid JSON (NaN and infinities as null, as the command line prints them)."""
+        from cnnapps.terminal import json_safe
+
+        return json.dumps(json_safe(self.to_dict()), **kwargs)
 
     def headline(self) -> str:
         """What the answer says in a few words (the top class, the objects found, the caption), "" for nothing:
@@ -95,7 +99,7 @@ class ClassificationResult(Result):
         panel = np.full((28 * rows + 12, width, 3), 255, np.uint8)
         for i, p in enumerate(shown):
             y = 8 + 28 * i
-            bar = int((width - 20) * float(p.score))
+            bar = int((width - 20) * min(max(float(p.score), 0.0), 1.0)) if math.isfinite(p.score) else 0
             colour = (66, 135, 245) if self.labels is None or p.index in chosen else (200, 200, 200)
             cv2.rectangle(panel, (10, y), (10 + bar, y + 22), colour, -1)
             text = f"{p.label}  {p.score:.1%}"

@@ -116,3 +116,14 @@ def test_pil_image_input_keeps_orientation(predictor, chelsea) -> None:
     buf = io.BytesIO()
     Image.fromarray(chelsea).save(buf, format="PNG")
     assert predictor.predict(buf.getvalue())[0].top1.label in CATS
+
+
+def test_a_score_that_is_not_a_number_is_null_in_json_and_an_empty_bar_in_pictures() -> None:
+    import json
+
+    from cnnapps.results import ClassificationResult, Prediction
+
+    result = ClassificationResult("x", predictions=[Prediction("a", 0, float("nan")), Prediction("b", 1, 0.25)])
+    assert json.loads(result.to_json())["predictions"][0]["score"] is None  # "NaN" is not JSON
+    picture = result.draw(np.zeros((20, 30, 3), np.uint8))  # int(NaN) failed
+    assert picture.ndim == 3 and picture.dtype == np.uint8
