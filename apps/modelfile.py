@@ -174,7 +174,7 @@ def _migrate_v1(path: Path, meta: dict[str, Any]) -> ModelFile:
         raise BundleError(f"{path}: task: {task!r} is not a task this cnnapps knows ({', '.join(TASKS)})")
     try:
         trunk, head, preprocess = adapter(task).from_v1(meta)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BundleError(f"{path}: a {FORMAT_V1} {task} file without a usable {exc} entry") from None
     head.metrics = meta.get("metrics", {}) if isinstance(meta.get("metrics"), dict) else {}
     _head_info(path, task, head.to_dict())  # the same checks as for the current format
@@ -212,7 +212,13 @@ def build_model(model_file: ModelFile, head: str | None = None, task: str | None
     info = model_file.heads[name]
     task_adapter = adapter(info.task)
     trunk_state = model_file.trunk_tensors()
-    model = task_adapter.build(build_trunk(model_file), info, model_file.preprocess, model_file)
+    trunk = build_trunk(model_file)
+    try:
+        model = task_adapter.build(trunk, info, model_file.preprocess, model_file)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:  # settings a head cannot take
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise BundleError(f"{model_file.path}: heads.{name}: its settings do not build a {info.task} head "
+                          f"({type(exc).__name__}: {first})") from None  # fmt: skip
     prefix = task_adapter.trunk_path + "."
     state = {prefix + k: v for k, v in trunk_state.items()}
     state.update(model_file.head_tensors(name))

@@ -6,6 +6,8 @@ sizes or normalisation.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
@@ -41,6 +43,11 @@ class Preprocess:
             raise ValueError(f"resize_mode must be 'crop' or 'squash', not {self.resize_mode!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, not {self.interpolation!r}")
+        sizes, values = (*self.input_size, self.resize), (*self.mean, *self.std)
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sizes):
+            raise ValueError(f"input_size {self.input_size} / resize {self.resize}: whole numbers of pixels")
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"mean {self.mean} / std {self.std}: numbers")
         if len(self.input_size) != 3 or self.input_size[0] not in (1, 3):
             raise ValueError(f"input_size must be (channels 1 or 3, height, width), not {self.input_size}")
         if not all(1 <= int(side) <= MAX_SIDE for side in (*self.input_size[1:], self.resize)):

@@ -95,7 +95,8 @@ def _header_text(path: Path) -> str:
         parsed = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise BundleError(f"{path}: not a safetensors model file (its header is not JSON)") from None
-    raw = parsed.get("__metadata__", {}).get(_META_KEY) if isinstance(parsed, dict) else None
+    metadata = parsed.get("__metadata__") if isinstance(parsed, dict) else None
+    raw = metadata.get(_META_KEY) if isinstance(metadata, dict) else None
     if not isinstance(raw, str):
         raise BundleError(f"{path}: a safetensors file without cnnapps metadata (not written by cnnapps)")
     return raw

@@ -137,6 +137,12 @@ def current_file(tmp_path_factory) -> Path:
         ),
         (lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {"num_classes": 10**10}}}, "beyond the 100,000"),
         (lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {"in_channels": {"a": 1}}}}, "expected a number, text"),
+        (
+            lambda m: {**m, "heads": {"classify": {**m["heads"]["classify"], "kwargs": {"dropout": "x"}}}},
+            "heads.classify: its settings do not build a classify head",
+        ),
+        (lambda m: {**m, "preprocess": {**m["preprocess"], "input_size": [3, 32.5, 32]}}, "whole numbers of pixels"),
+        (lambda m: {**m, "preprocess": {**m["preprocess"], "mean": ["a", "b", "c"]}}, "preprocess: mean"),
     ],
 )
 def test_damaged_metadata_gives_one_line_naming_file_and_key(current_file, tmp_path, edit, message) -> None:
