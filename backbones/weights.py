@@ -109,7 +109,7 @@ def cached_download(url: str, filename: str | None = None, *, progress: bool = T
         reason = getattr(exc, "reason", None) or exc
         raise WeightsUnavailableError(
             f"{filename}: cannot download {url} ({reason}); place the file at {dest} "
-            "(training can start from a file of your own instead: --weights PATH)"
+            "(or use weights of your own: a model file to predict with, --weights PATH to train from)"
         ) from None
     return dest
 
