@@ -131,7 +131,7 @@ def multilabel_report(probs: np.ndarray, targets: np.ndarray, class_names: list[
         f1_micro=float(_f1(tp.sum(), fp.sum(), fn.sum())),
         f1_macro=float(f1.mean()) if c else 0.0,
         class_names=list(class_names),
-        thresholds=[round(float(t), 6) for t in limits],
+        thresholds=[float(t) for t in limits],  # as tuned: they are what the model file keeps
         ap=[None if np.isnan(v) else round(float(v), 6) for v in ap],
         f1=[round(float(v), 6) for v in f1],
         precision=[round(float(v), 6) for v in np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)],
