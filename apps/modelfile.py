@@ -24,6 +24,7 @@ from cnnapps.bundle import (
     save_bundle,
     tensor_fingerprint,
 )
+from cnnapps.errors import in_one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -198,9 +199,7 @@ def build_trunk(model_file: ModelFile, tensors: dict[str, torch.Tensor] | None =
     try:
         trunk = create_backbone(name, weights=None, **kwargs)
     except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        why = f"{type(exc).__name__}: {first}"
-        raise BundleError(f"{model_file.path}: trunk.kwargs do not fit {name} ({why})") from None
+        raise BundleError(f"{model_file.path}: trunk.kwargs do not fit {name} ({in_one_line(exc)})") from None
     if trunk.has_head:
         trunk.drop_head()
     return trunk
@@ -216,9 +215,8 @@ def build_model(model_file: ModelFile, head: str | None = None, task: str | None
     try:
         model = task_adapter.build(trunk, info, model_file.preprocess, model_file)
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:  # settings a head cannot take
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise BundleError(f"{model_file.path}: heads.{name}: its settings do not build a {info.task} head "
-                          f"({type(exc).__name__}: {first})") from None  # fmt: skip
+                          f"({in_one_line(exc)})") from None  # fmt: skip
     prefix = task_adapter.trunk_path + "."
     state = {prefix + k: v for k, v in trunk_state.items()}
     state.update(model_file.head_tensors(name))

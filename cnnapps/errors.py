@@ -18,6 +18,12 @@ class UnknownModelError(CnnappsError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def in_one_line(exc: BaseException) -> str:
+    """``"Kind: first line of the message"`` (200 characters at most): a library's own error inside a one-line one."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}"
+
+
 def did_you_mean(name: str, known: Iterable[str], cutoff: float = 0.6) -> str:
     """``"; did you mean a, b?"`` with up to three of ``known`` closest to ``name``, or ``""`` when none is close."""
     import difflib

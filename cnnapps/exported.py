@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, in_one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -232,9 +232,7 @@ class OpenVinoRunner:
         try:
             return make()
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise EngineError(f"--engine openvino: OpenVINO could not compile the graph ({type(exc).__name__}: "
-                              f"{first})") from None  # fmt: skip
+            raise EngineError(f"--engine openvino: OpenVINO could not compile the graph ({in_one_line(exc)})") from None
 
     def _compile(self, batch: int | None) -> Any:
         """The graph compiled for ``batch`` images a call (None: its dynamic batch), compiled once."""

@@ -6,7 +6,6 @@ Base layer: imports nothing from the apps.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import tempfile
 import threading
@@ -87,14 +86,14 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Move the finished file ``tmp`` (written beside ``path``) to ``path``, never replacing what took that name
     while it was written: then it goes to the first free ``name-N.suffix`` beside ``path`` instead, and
     :class:`OutputExistsError` names both (nothing the user had is replaced, and nothing written is lost)."""
+    from cnnapps.terminal import free_name
+
     tmp, path = Path(tmp), Path(path)
     if _linked(tmp, path):
         return path
-    for n in itertools.count(1):
-        kept = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if _linked(tmp, kept):
-            raise OutputExistsError(path, kept)
-    raise AssertionError("unreachable")
+    while not _linked(tmp, kept := free_name(path.parent, path.stem, path.suffix)):
+        pass  # taken between the look and the link: the next free name
+    raise OutputExistsError(path, kept)
 
 
 def _linked(tmp: Path, path: Path) -> bool:

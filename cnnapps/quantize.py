@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, in_one_line
 
 #: calibration images used at most (spread evenly over the folder): min/max ranges settle long before this
 MAX_CALIBRATION_IMAGES = 256
@@ -170,9 +170,7 @@ def quantize_int8(data: bytes, calibration: Calibration, images: list[str]) -> b
                 extra_options={"CalibMaxIntermediateOutputs": chunk},
             )  # fmt: skip
         except Exception as exc:  # onnxruntime's own errors: one line
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise QuantizeError(f"--int8: onnxruntime could not quantize this graph ({type(exc).__name__}: "
-                                f"{first})") from None  # fmt: skip
+            raise QuantizeError(f"--int8: onnxruntime could not quantize this graph ({in_one_line(exc)})") from None
         return _without_unused_constants(target.read_bytes())
 
 

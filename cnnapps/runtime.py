@@ -21,7 +21,7 @@ from torch import nn
 
 from cnnapps.engines import CPU_ENGINES, GPU_ENGINES, GRAPH_ENGINES, EngineError, check_name, require
 from cnnapps.engines import ENGINES as ENGINES  # the engine names, where they always were
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, in_one_line
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -184,9 +184,8 @@ def prepare_runner(
                 graph(example)
     except Exception as exc:
         if engine == "jit":  # asked for by name: an error, not a quiet eager run
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise EngineError(f"--engine jit: TorchScript cannot trace {type(model).__name__} ({type(exc).__name__}: "
-                              f"{first}); use --engine auto or eager") from None  # fmt: skip
+            raise EngineError(f"--engine jit: TorchScript cannot trace {type(model).__name__} ({in_one_line(exc)}); "
+                              "use --engine auto or eager") from None  # fmt: skip
         return (lambda x: model(x.contiguous(memory_format=torch.channels_last))), "eager"  # auto: eager it is
 
     def run_graph(x: torch.Tensor) -> torch.Tensor:

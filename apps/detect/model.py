@@ -576,7 +576,8 @@ def run_detector(
         return model(images)
     sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     batch, _ = model.transform(images)
-    x = batch.tensors.mean(1, keepdim=True) if model.backbone.grey else batch.tensors  # what the trunk is fed
+    grey = model.backbone.grey and trunk_for is not None  # the eager backbone makes its one channel itself
+    x = batch.tensors.mean(1, keepdim=True) if grey else batch.tensors  # what a compiled trunk is fed
     trunk = trunk_for(tuple(x.shape)) if trunk_for is not None else None
     features = model.backbone(batch.tensors) if trunk is None else model.backbone.from_stages(trunk(x)[0])
     proposals, _ = model.rpn(batch, features)
