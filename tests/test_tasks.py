@@ -83,6 +83,43 @@ def test_listing_the_commands_imports_no_torch_numpy_or_task_code() -> None:
     assert out.strip() == "[]"
 
 
+def test_inference_of_every_task_imports_no_training_stack(tmp_path: Path) -> None:
+    """One process answers with a model of each task (the bundled classifier, the model files kept in
+    tests/fixtures, a semantic model made here) and builds and searches an index: none of it imports Lightning,
+    albumentations or pytorch-metric-learning (panoptic runs these same predictors)."""
+    import cv2
+    import numpy as np
+
+    from cnnapps.apps.semantic.model import create_semantic, save_semantic
+    from cnnapps.backbones.preprocess import Preprocess
+
+    semantic = create_semantic("fpn", "timm:test_resnet", class_names=["a", "b"], backbone_weights=None,
+                               head_channels=8).eval()  # fmt: skip
+    save_semantic(tmp_path / "semantic.safetensors", semantic, Preprocess(input_size=(3, 64, 64), resize=64))
+    photo = tmp_path / "photo.jpg"
+    cv2.imwrite(str(photo), np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    files = ROOT / "tests" / "fixtures" / "model_files_v1"
+    code = (
+        "import sys, cnnapps\n"
+        "from cnnapps.apps.retrieve.embedder import Embedder\n"
+        "from cnnapps.apps.retrieve.index import Index\n"
+        "from cnnapps.apps.retrieve.search import retrieve\n"
+        f"photo, files = {str(photo)!r}, {str(files)!r}\n"
+        "models = [None, *(f'{files}/{t}.safetensors' for t in ('classify', 'segment', 'pose', 'caption')),\n"
+        f"          {str(tmp_path / 'semantic.safetensors')!r}]\n"
+        "said = lambda r: f'{type(r).__name__} {r.ok}'\n"
+        "answered = [said(cnnapps.load(m).predict([photo])[0]) for m in models]\n"
+        f"e = Embedder(files + '/retrieve.safetensors'); i = Index.create({str(tmp_path / 'idx')!r}, e.describe())\n"
+        "i.add([photo], embedder=e)\n"
+        "answered.append(said(retrieve(Index.open(i.path), [photo], 1)[0]))\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'albumentations', 'pytorch_metric_learning')\n"
+        "print(answered, sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    kinds = ("Classification", "Classification", "Detection", "Detection", "Caption", "Semantic", "Retrieval")
+    assert out.strip() == f"{[f'{kind}Result True' for kind in kinds]} []"
+
+
 # -- layers -------------------------------------------------------------------------------------------------------
 
 BASE = ("cnnapps.errors", "cnnapps.files", "cnnapps.bundle", "cnnapps.results", "cnnapps.runtime",

@@ -274,19 +274,3 @@ def test_ivfpq_index_with_reranking_adds_removes_and_finds(tmp_path: Path) -> No
     assert index.search(query, k=1)[0][0].score == pytest.approx(1.0, abs=1e-4)  # exact score after re-ranking
     index.remove([str(tmp_path / "files" / "7.bin")])  # rebuilt from the stored vectors
     assert len(index) == 1199 and not index.search(query, k=1)[0][0].path.endswith("/7.bin")
-
-
-def test_retrieval_imports_no_training_stack(gallery: Path, tmp_path: Path) -> None:
-    code = (
-        "import sys\n"
-        "from cnnapps.apps.retrieve.embedder import Embedder\n"
-        "from cnnapps.apps.retrieve.index import Index\n"
-        "from cnnapps.apps.retrieve.search import retrieve\n"
-        f"e = Embedder(); i = Index.create({str(tmp_path / 'idx')!r}, e.describe())\n"
-        f"i.add([{str(gallery / 'chelsea.png')!r}], embedder=e)\n"
-        f"assert retrieve(Index.open(i.path), [{str(gallery / 'chelsea.png')!r}], 1)[0].ok\n"
-        "heavy = ('lightning', 'pytorch_lightning', 'albumentations', 'pytorch_metric_learning')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

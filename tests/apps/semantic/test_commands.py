@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,18 +166,6 @@ def test_sliding_windows_sum_each_window_where_they_fall():
     assert tiled.labels.shape == (90, 77) and np.array_equal(tiled.labels, expected)
     with pytest.raises(cnnapps.errors.CnnappsError, match="--tile 32 must be larger than --overlap 32"):
         SemanticPredictor(model=model, preprocess=fit, tile=32, overlap=32)
-
-
-def test_inference_imports_neither_lightning_nor_albumentations(run):
-    code = (
-        "import sys, numpy as np, cnnapps\n"
-        f"r = cnnapps.load({str(run / 'model.safetensors')!r}).predict([np.zeros((50, 60, 3), np.uint8)])\n"
-        "assert r[0].ok and r[0].labels.shape == (50, 60)\n"
-        "heavy = ('lightning', 'pytorch_lightning', 'albumentations')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
 
 
 def test_no_model_means_torchvisions_deeplabv3_and_offline_says_where_its_file_goes(run_cli, photos):
