@@ -48,6 +48,21 @@ def test_embed_gives_each_instance_its_appearance_from_the_same_pass(model_file)
         cnnapps.load(model_file, embed=True, tile=96)
 
 
+def same_instances(a, b) -> bool:
+    """The same detections up to float rounding: as many, and each one clear of the lowest score kept (an untrained
+    detector's near-ties there may swap places or which of them is kept) found on the other side, same label,
+    box within 0.01 px, score within 1e-3."""
+    if len(a.instances) != len(b.instances):
+        return False
+    cut = min((i.score for i in a.instances), default=0.0) + 1e-3
+    return all(
+        any(i.label == j.label and np.allclose(i.box, j.box, atol=1e-2) and abs(i.score - j.score) < 1e-3
+            for j in b.instances)
+        for i in a.instances
+        if i.score > cut
+    )  # fmt: skip
+
+
 def test_a_shape_that_keeps_coming_gets_a_compiled_trunk_with_the_same_answers(model_file):
     from cnnapps.apps.detect.predictor import COMPILE_AFTER, DetectionPredictor
 
@@ -57,14 +72,12 @@ def test_a_shape_that_keeps_coming_gets_a_compiled_trunk_with_the_same_answers(m
     for n, frame in enumerate(frames, 1):
         a, b = eager.predict([frame])[0], compiled.predict([frame])[0]
         assert len(compiled._compiled) == (n >= COMPILE_AFTER)  # compiled on the third frame of one size
-        assert len(a.instances) == len(b.instances)
-        assert np.allclose([i.box for i in a.instances], [i.box for i in b.instances], atol=1e-2)
+        assert a.instances and same_instances(a, b)
     assert not eager._compiled
     soon = DetectionPredictor(model_file, score_threshold=0.0)
     first = soon.predict_in_lane([frames[0]], compile_now=True)[0]  # what video lanes forked afterwards share
     assert len(soon._compiled) == 1 and first.engine == "jit"
-    assert np.allclose([i.box for i in first.instances], [i.box for i in eager.predict([frames[0]])[0].instances],
-                       atol=1e-2)  # fmt: skip
+    assert same_instances(first, eager.predict([frames[0]])[0])
 
 
 def test_a_grey_trunk_is_compiled_for_the_one_channel_it_reads():
@@ -83,8 +96,7 @@ def test_a_grey_trunk_is_compiled_for_the_one_channel_it_reads():
     found = jit.predict([frame])[0]  # the trunk was traced on three channels: every prediction failed
     assert found.ok and found.engine == "jit", found.error
     assert [shape[1] for shape in jit._compiled] == [1]
-    assert len(found.instances) == len(eager.instances)
-    assert np.allclose([i.box for i in found.instances], [i.box for i in eager.instances], atol=1e-2)
+    assert eager.instances and same_instances(found, eager)
 
 
 def test_load_refuses_the_wrong_task(model_file):
