@@ -63,6 +63,7 @@ def predict_files(
     ``load_options`` go to ``cnnapps.load`` (device, engine, batch_size, the task's own), ``predict_options`` to
     each ``predict`` call (e.g. ``top_k``); ``ray_options``: ``address``, ``workers``, ``gpus_per_worker`` of
     :func:`cnnapps.parts.run_on_ray`. ``progress(n)`` is called as files are done (or found done)."""
+    from cnnapps.api import check_serves
     from cnnapps.apps.tasks import get_task
 
     record = get_task(task)
@@ -78,6 +79,8 @@ def predict_files(
     ordered = sorted(set(map(str, paths)))
     if not ordered:
         raise CnnappsError("no inputs to predict")
+    if model:  # here, in one line, not as each worker's traceback (and before anything is written)
+        check_serves(model, record.name)
     require_ray()
     about = {"task": task, "model": str(model) if model else record.default_model, "format": fmt,
              "load_options": load_options, "predict_options": predict_options}  # fmt: skip

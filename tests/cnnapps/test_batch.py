@@ -119,6 +119,13 @@ def test_bad_requests_are_one_line_errors(run_cli, gallery: Path, tmp_path: Path
     assert code == 2 and "exists and is not a folder" in stderr and (tmp_path / "file").read_text() == "mine"
     code, _, stderr = run_cli("batch", "classify", "--out", tmp_path / "c", "--files-from", tmp_path / "none.txt")
     assert code == 2 and "none.txt: no such file" in stderr
+    # a model the workers could not load is refused here, in one line, before Ray starts or anything is written
+    segment = Path(__file__).parents[1] / "fixtures" / "model_files_v1" / "segment.safetensors"
+    for model, said in ((tmp_path / "missing.safetensors", "missing.safetensors: model file not found"),
+                        (segment, "segment.safetensors: a segment model, not a classify model")):  # fmt: skip
+        code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "e", "--model", model)
+        assert code == 2 and stderr.strip() == f"error: {model.parent}/{said}", stderr
+        assert not (tmp_path / "e").exists()
 
     import cnnapps.parts
 
