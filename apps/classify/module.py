@@ -23,6 +23,14 @@ MIX_SETTINGS = {
 EMA_WARMUP_POWER = 0.75
 
 
+def top_k_accuracy(num_classes: int, k: int) -> MulticlassAccuracy:
+    """The share of images whose class is among the top ``k`` (at most every class), as metrics.json and
+    ``eval`` report it: ``average="micro"`` (torchmetrics' default, macro, is the mean of the classes' recalls:
+    another number whenever the classes differ in size). validate_args=False: the checks call torch.unique and
+    read its size, a host sync on every step."""
+    return MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro", validate_args=False)
+
+
 class AveragedWeights:
     """An exponential moving average of the model's weights (timm's ModelEmaV3, with its warm-up), updated after
     each optimiser step; the task module validates it beside the raw weights and keeps the better."""
@@ -100,15 +108,14 @@ class ClassificationModule(AveragedWeights, TaskModule):
         self.layer_decay = config.layer_decay
         self.make_ema(config)
         if self.ema is not None:
-            self.val_ema_top1 = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
-            self.val_ema_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), validate_args=False)
+            self.val_ema_top1 = top_k_accuracy(num_classes, 1)
+            self.val_ema_top5 = top_k_accuracy(num_classes, 5)
         self._val_ema_loss_sum: torch.Tensor | None = None
         self._val_ema_count = 0
         self._val_ema_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        # validate_args=False: the checks call torch.unique and read its size, a host sync on every step
-        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
-        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, validate_args=False)
-        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), validate_args=False)
+        self.train_top1 = top_k_accuracy(num_classes, 1)
+        self.val_top1 = top_k_accuracy(num_classes, 1)
+        self.val_top5 = top_k_accuracy(num_classes, 5)
         self._val_loss_sum: torch.Tensor | None = None  # summed on the device, read once per epoch
         self._val_count = 0
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []

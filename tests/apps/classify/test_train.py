@@ -112,3 +112,19 @@ def test_a_run_without_a_terminal_logs_a_line_per_epoch(colour_set: Path, tmp_pa
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert [line.split(":")[0] for line in lines] == ["epoch 1 of 2", "epoch 2 of 2"]
     assert all("train_loss" in line and "val_top1" in line for line in lines)
+
+
+def test_the_epochs_top1_is_the_share_of_images_right_as_in_metrics_json(tmp_path: Path, tiny_config) -> None:
+    """Validation classes of 3, 3 and 1 images: the top-1 each epoch is logged with (and the best epoch chosen by)
+    is the share of images right, the number metrics.json reports, not the mean over classes."""
+    from tests.conftest import write_colour_set
+
+    write_colour_set(tmp_path / "data" / "train", per_class=6, seed=0)
+    write_colour_set(tmp_path / "data" / "val", per_class=3, seed=1)
+    for name in ("01.png", "02.png"):
+        (tmp_path / "data" / "val" / "red" / name).unlink()
+    metrics = train_classifier(tiny_config(tmp_path / "data", tmp_path / "run", epochs=2, lr=1e-4))
+    best = metrics["history"][metrics["best_epoch"] - 1]
+    assert metrics["val_images"] == 7
+    assert best["val_top1"] == pytest.approx(metrics["val_top1"], abs=1e-6)
+    assert metrics["selected_by"]["value"] == pytest.approx(metrics["val_top1"], abs=1e-6)
