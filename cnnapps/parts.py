@@ -38,8 +38,11 @@ def make_plan(paths: Sequence[str], part_size: int, **about: Any) -> dict[str, A
     return {**about, "files": len(paths), "paths_sha256": digest, "part_size": part_size}
 
 
-def agree_on_plan(file: Path, plan: dict[str, Any], error: type[CnnappsError] = CnnappsError) -> None:
-    """Write the plan to ``file``, or check that the one there (another rank's, an earlier run's) is the same."""
+def agree_on_plan(
+    file: Path, plan: dict[str, Any], error: type[CnnappsError] = CnnappsError, parts: str = "parts"
+) -> None:
+    """Write the plan to ``file``, or check that the one there (another rank's, an earlier run's) is the same;
+    ``parts``: what the error calls the pieces of work (the folds of a cross-validation...)."""
     if not file.exists():
         with contextlib.suppress(FileExistsError):  # another process wrote it first: compare with theirs
             atomic_write(file, json.dumps(plan, indent=2).encode())
@@ -47,7 +50,7 @@ def agree_on_plan(file: Path, plan: dict[str, Any], error: type[CnnappsError] = 
     if found != plan:
         what = [k for k in plan if found.get(k) != plan[k]]
         raise error(
-            f"{file.parent}: the parts here were started with another {' and '.join(what)} "
+            f"{file.parent}: the {parts} here were started with another {' and '.join(what)} "
             f"({found.get('files')} files then, {plan['files']} now); rerun with the same inputs, or remove "
             f"{file.parent}"
         )

@@ -6,7 +6,8 @@ The task's data (its training and validation sets pooled) is dealt into K folds,
 folds and validates on fold i, in OUT/fold-i/, on data written to OUT/fold-i/data/ in a form the task's own reader
 takes (class folders of links to the images; COCO JSON files naming the images), so a fold can be retrained or
 evaluated alone. OUT/kfold.json holds the per-fold scores with their mean and standard deviation, and
-OUT/model.safetensors is a copy of the best fold's model file.
+OUT/model.safetensors is a copy of the best fold's model file. OUT/kfold-plan.json records what the folds were made
+from: a --resume with other data, k or seed is refused rather than reading back folds of another split.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from typing import Any
 from cnnapps.apps.common.config import ConfigError, TrainConfig
 from cnnapps.datasets.splits import fold_indices
 from cnnapps.errors import CnnappsError
+from cnnapps.parts import agree_on_plan, make_plan
 
 log = logging.getLogger("cnnapps")
+#: what the folds were made from (task, data, k, seed, the images' groups), kept to check a --resume against
+PLAN = "kfold-plan.json"
+MULTILABEL = "kfold: folds are stratified by one label per image; multi-label data is not split yet"
 
 
 @dataclass
@@ -62,14 +67,17 @@ def labelled_folds(config: TrainConfig) -> FoldSource:
 
 def pooled_images(data: str | os.PathLike) -> Any:
     """Every labelled image of ``data``: its train/ and val/ trees together, or the one tree or CSV."""
-    from cnnapps.datasets.folders import LabeledImages, class_folders, read_labeled
+    from cnnapps.datasets.folders import LabeledImages, MultiLabeledImages, class_folders, read_labeled
 
     root = Path(data)
     if (root / "train").is_dir() and (root / "val").is_dir():
         train = class_folders(root / "train")
         val = class_folders(root / "val", train.class_names)
         return LabeledImages(train.paths + val.paths, train.labels + val.labels, train.class_names)
-    return read_labeled(root)
+    found = read_labeled(root, multilabel=None)  # what training would read: multi-label data is found by itself
+    if isinstance(found, MultiLabeledImages):
+        raise ConfigError(MULTILABEL)
+    return found
 
 
 def write_fold_tree(images: Any, train_idx: list[int], val_idx: list[int], root: Path) -> Path:
@@ -106,7 +114,7 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
         raise ConfigError(f"kfold: must be at least 2, not {k}")
     config.validate()
     if getattr(config, "multilabel", False):
-        raise ConfigError("kfold: folds are stratified by one label per image; multi-label data is not split yet")
+        raise ConfigError(MULTILABEL)
     if config.world_size > 1:
         raise ConfigError("kfold: folds train one after another in one process; leave devices and num_nodes at 1")
     out = Path(config.out)
@@ -115,6 +123,10 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
     items = task.part("folds")(config)
     if k > len(items):
         raise ConfigError(f"kfold: {k} folds of {len(items)} images leave some folds empty; use at most {len(items)}")
+    # the folds an earlier run made (what --resume reads back) are these folds: the same data, k and seed
+    about = {"task": task_name, "data": str(config.data), "k": k, "seed": config.seed}
+    out.mkdir(parents=True, exist_ok=True)
+    agree_on_plan(out / PLAN, make_plan([str(s) for s in items.strata], 1, **about), ConfigError, parts="folds")
     train = task.part("train")
     folds = fold_indices(items.strata, k, config.seed)
     rows: list[dict[str, Any]] = []

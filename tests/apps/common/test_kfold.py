@@ -59,6 +59,11 @@ def test_two_folds_on_the_command_line(colour_set: Path, tmp_path: Path, run_cli
     assert (out / "model.safetensors").read_bytes() == (out / f"fold-{best}" / "model.safetensors").read_bytes()
     code, _, stderr = run_cli("train", "classify", "--config", base, "--kfold", 2, "--out", out)
     assert code != 0 and "already holds a training run" in stderr
+    # a resume with another k (or seed, or data) would read back folds of another split as its own: refused
+    kept = (out / "kfold.json").read_bytes()
+    code, _, stderr = run_cli("train", "classify", "--config", base, "--kfold", 3, "--out", out, "--resume")
+    assert code == 2 and "the folds here were started with another k" in stderr, stderr
+    assert (out / "kfold.json").read_bytes() == kept and not (out / "fold-3").exists()
 
 
 def test_kfold_refusals(colour_set: Path, tmp_path: Path, tiny_config) -> None:
@@ -69,6 +74,14 @@ def test_kfold_refusals(colour_set: Path, tmp_path: Path, tiny_config) -> None:
         cross_validate("classify", config, 1)
     with pytest.raises(ConfigError, match=r"^kfold: 31 folds of 30 images"):
         cross_validate("classify", config, 31)
+    # multi-label data found by itself (a row with two labels), as training finds it: refused, not read as one
+    # class per label combination
+    rows = ["path,labels"] + [f"{p},{p.parent.name}" for p in sorted(colour_set.rglob("*.png"))]
+    rows[1] += "|red"
+    (tmp_path / "tags.csv").write_text("\n".join(rows))
+    with pytest.raises(ConfigError, match=r"^kfold: folds are stratified by one label per image"):
+        cross_validate("classify", tiny_config(tmp_path / "tags.csv", tmp_path / "y"), 2)
+    assert not (tmp_path / "y").exists()
 
 
 def test_detection_folds_pool_train_and_val_and_write_coco_files(tmp_path: Path) -> None:
