@@ -217,6 +217,10 @@ def tune(
     # a resumed study draws on from where it stopped instead of proposing its first trials again
     study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for cut in [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]:  # a run stopped mid-trial
+        study.tell(cut.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(cut.params)  # its settings run again, first
+        log.info("trial %d was cut short by the run that stopped: failed, and its settings run again", cut.number)
     left = trials - len([t for t in study.trials if t.state in finished])
     log.info("tuning %s: %s; %d trials (%d to run) in %s", task_name, "; ".join(d.describe() for d in space),
              trials, max(0, left), out)  # fmt: skip
@@ -227,7 +231,8 @@ def tune(
         config = apply(base, {**values, "progress": False, **({"epochs": epochs} if epochs else {})},
                        out / f"trial-{trial.number}")  # fmt: skip
         shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        log.info("trial %d (%d of %d): %s", trial.number, trial.number + 1, trials, shown)
+        done = sum(t.state in finished for t in study.get_trials(deepcopy=False))
+        log.info("trial %d (%d of %d): %s", trial.number, done + 1, trials, shown)
         started = time.perf_counter()
 
         def pruning(plan: Any) -> Any:

@@ -109,6 +109,27 @@ def test_two_trials_write_a_loadable_best_recipe(colour_set: Path, tmp_path: Pat
     code, _, stderr = run_cli(*args)  # the study is there: continue it with --resume, or choose another --out
     assert code != 0 and "already holds a study" in stderr
 
+    # a run killed mid-trial leaves that trial running in the study: a resume fails it and runs its settings again
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from cnnapps.apps.common.tune import STUDY_NAME
+
+    study = optuna.load_study(
+        study_name=STUDY_NAME, storage=JournalStorage(JournalFileBackend(str(out / "study.jsonl")))
+    )
+    cut = study.ask()
+    cut_params = {"lr": cut.suggest_float("lr", 0.001, 0.05, log=True), "dropout": cut.suggest_float("dropout", 0, 0.3),
+                  "batch_size": cut.suggest_categorical("batch_size", [4, 8])}  # fmt: skip
+    caplog.clear()
+    code, _, stderr = run_cli(*args[:5], 3, *args[6:], "--resume")
+    assert code == 0, stderr
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete", "fail", "complete"]
+    assert trials[3]["params"] == pytest.approx(cut_params)
+    assert "trial 2 was cut short" in caplog.text and "trial 3 (3 of 3)" in caplog.text
+
 
 def test_a_pruned_trial_stops_its_training_run(colour_set: Path, tmp_path: Path, tiny_config) -> None:
     import optuna
