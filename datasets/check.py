@@ -471,8 +471,12 @@ def _read_labelled(path: Path, task: str, split: str, images: Path | None) -> _D
 
 
 def _read_csv(path: Path, task: str, split: str) -> _Data:
-    """A ``path,label`` CSV as training reads it (header optional, ``#`` comments, paths from the CSV's folder)."""
+    """A ``path,label`` CSV as training reads it (header ``path,label`` or ``path,labels`` optional, ``#``
+    comments, paths from the CSV's folder; multi-label when a row has several labels separated by ``|`` or ``;``,
+    each image then counted under each of its labels)."""
     import csv
+
+    from cnnapps.datasets.folders import LABEL_SEPARATORS
 
     data = _Data("csv", task, [], [])
     try:
@@ -483,15 +487,17 @@ def _read_csv(path: Path, task: str, split: str) -> _Data:
     for i, row in enumerate(rows):
         if not row or row[0].startswith("#"):
             continue
-        if i == 0 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+        if i == 0 and [c.strip().lower() for c in row[:2]] in (["path", "label"], ["path", "labels"]):
             continue
         where = f"{path}:{i + 1}"
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             data.problems.append(Problem("bad_annotation", where, f"expected 'path,label', got {','.join(row)!r}"))
             continue
-        file, label = Path(row[0].strip()), row[1].strip()
-        data.images.append(_Image(file if file.is_absolute() else path.parent / file, where, split, labels=[label]))
-    data.class_names = sorted({i.labels[0] for i in data.images})
+        file = Path(row[0].strip())
+        labels = list(dict.fromkeys(t.strip() for t in LABEL_SEPARATORS.split(row[1]) if t.strip()))
+        data.images.append(_Image(file if file.is_absolute() else path.parent / file, where, split,
+                                  labels=labels or [row[1].strip()]))  # fmt: skip
+    data.class_names = sorted({label for i in data.images for label in i.labels})
     data.annotations = len(data.images)
     return data
 

@@ -193,6 +193,17 @@ def test_csv_rows_are_named_by_line_and_same_image_two_labels(tmp_path):
     assert where == f"{tmp_path / 'labels.csv'}:4" and "(labelled 'dog' here, 'cat' there)" in message
 
 
+def test_a_multi_label_csv_counts_each_image_under_each_of_its_labels(tmp_path):
+    """The ``path,labels`` header and ``cat|dog`` rows training reads as multi-label data: two classes, no error
+    (they were read as a class 'cat|dog', and the header as an image 'path' of a class 'labels')."""
+    for i, name in enumerate(("a", "b", "c")):
+        picture(tmp_path / f"{name}.png", seed=i)
+    (tmp_path / "tags.csv").write_text("path,labels\na.png,cat|dog\nb.png,cat\nc.png,dog; cat\n")
+    report = check_data(tmp_path / "tags.csv", min_images=1)
+    assert {c.name: c.images for c in report.classes} == {"cat": 3, "dog": 2}
+    assert not kinds(report)
+
+
 def test_near_duplicates_only_when_asked(tmp_path):
     root = class_folders(tmp_path / "d", {"a": 3, "b": 3})
     rgb = np.asarray(Image.open(root / "a" / "0.png")).astype(int)
