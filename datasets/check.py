@@ -327,7 +327,8 @@ def _read_annotations(path: Path, task: str | None, split: str, images: Path | N
     for image in coco["images"]:
         file = collection.files.get(image["id"]) or (root / image["file_name"] if root else Path(image["file_name"]))
         where = collection.origins.get(("image", image["id"])) or str(file)
-        item = _Image(file, where, _split_of(image["file_name"], split), (image["width"], image["height"]))
+        told = collection.splits.get(image["id"]) or _split_of(image["file_name"], split)  # as the source says
+        item = _Image(file, where, told, (image["width"], image["height"]))
         item.labels = labels.get(image["id"], [])
         data.images.append(item)
     return data

@@ -48,12 +48,14 @@ class Collection:
     """A COCO dict and the image files it names: ``files[image_id]`` is the image on disk (it may be missing);
     ``images_root`` is the folder the ``file_name`` entries are relative to, when there is one. ``origins`` says
     where each image and annotation was read (``("image", id)`` / ``("annotation", id)`` -> file and line or
-    element), for reports that name the line to fix."""
+    element), for reports that name the line to fix. ``splits``: the split (train, val, test) the source put
+    each image in, where it says (a YOLO data.yaml's entries)."""
 
     coco: dict[str, Any]
     files: dict[int, Path] = field(default_factory=dict)
     images_root: Path | None = None
     origins: dict[tuple[str, int], str] = field(default_factory=dict)
+    splits: dict[int, str] = field(default_factory=dict)
 
     @property
     def categories(self) -> dict[int, dict[str, Any]]:
@@ -78,6 +80,7 @@ class Builder:
         self.coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
         self.files: dict[int, Path] = {}
         self.origins: dict[tuple[str, int], str] = {}
+        self.splits: dict[int, str] = {}
         self._ids: dict[str, int] = {}
         for name in names or []:
             self.category(name)
@@ -144,7 +147,7 @@ class Builder:
         return ann
 
     def result(self, images_root: Path | None = None) -> Collection:
-        return Collection(self.coco, self.files, images_root, self.origins)
+        return Collection(self.coco, self.files, images_root, self.origins, self.splits)
 
 
 def _tidy(value: float) -> float | int:

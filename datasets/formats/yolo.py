@@ -60,7 +60,8 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
             if pose["classes"] is None or i in pose["classes"]:
                 cat["keypoints"], cat["skeleton"] = pose["names"], pose["skeleton"]
     base = _base(config, root)
-    image_files = _image_files(config, base, yaml_path, report) or walk(
+    listed = _image_files(config, base, yaml_path, report)  # image -> the YAML entry (train, val, test) naming it
+    image_files = list(listed) or walk(
         root, lambda p: is_image(p) and "labels" not in p.relative_to(root).parts
     )  # no train/val/test entry found: every image under the dataset's folder
     img_root = root / "images" if (root / "images").is_dir() else root
@@ -76,6 +77,8 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
             )
             continue
         image_id = build.image(_relative(file, img_root, root), width, height, file, where=file)
+        if file in listed:
+            build.splits[image_id] = listed[file]
         if label.is_file():
             _read_labels(label, image_id, width, height, names, pose, build, report)
     for orphan in walk(root, lambda p: p.suffix == ".txt" and "labels" in p.relative_to(root).parts):
@@ -150,21 +153,23 @@ def _base(config: dict[str, Any], root: Path) -> Path:
     return root
 
 
-def _image_files(config: dict[str, Any], base: Path, yaml_path: Path | None, report: Report) -> list[Path]:
-    """The images the YAML's ``train``/``val``/``test`` entries name (folders, lists of folders or .txt lists)."""
-    found: list[Path] = []
+def _image_files(config: dict[str, Any], base: Path, yaml_path: Path | None, report: Report) -> dict[Path, str]:
+    """The images the YAML's ``train``/``val``/``test`` entries name (folders, lists of folders or .txt lists),
+    each with the entry that named it first."""
+    found: dict[Path, str] = {}
     missing: list[tuple[str, Path]] = []
     for key in ("train", "val", "test"):
         value = config.get(key)
         for entry in value if isinstance(value, list) else [value] if isinstance(value, str) else []:
             path = base / entry
             if path.is_dir():
-                found.extend(walk(path, is_image))
+                for image in walk(path, is_image):
+                    found.setdefault(image, key)
             elif path.is_file() and path.suffix == ".txt":
                 for line in path.read_text(encoding="utf-8").splitlines():
                     line = line.strip()
                     if line:
-                        found.append(path.parent / line[2:] if line.startswith("./") else base / line)
+                        found.setdefault(path.parent / line[2:] if line.startswith("./") else base / line, key)
             else:
                 missing.append((key, path))
     for key, path in missing:
@@ -172,8 +177,7 @@ def _image_files(config: dict[str, Any], base: Path, yaml_path: Path | None, rep
             report.skip(f"{yaml_path}: {key}", f"{path} not found; its images were not converted")
         else:
             report.note(f"{yaml_path}: {key}: {path} not found; every image under {yaml_path.parent} was converted")
-    seen: set[Path] = set()
-    return [p for p in found if not (p in seen or seen.add(p))]
+    return found
 
 
 def _read_labels(

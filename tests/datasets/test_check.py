@@ -116,31 +116,34 @@ def test_unreadable_missing_and_duplicate_images(tmp_path):
     assert where == f"{path}: images[3]" and f"is the same bytes as {tmp_path / 'images' / 'im0.png'}" in message
 
 
-def yolo_set(root: Path) -> Path:
-    """A YOLO folder with train and val splits: two classes, good lines, a bad class index, a box outside 0..1."""
+def yolo_set(root: Path, train: str = "train", val: str = "val") -> Path:
+    """A YOLO folder with train and val splits (in folders of these names): two classes, good lines, a bad class
+    index, a box outside 0..1."""
     root.mkdir()
-    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [cat, dog]\n")
-    for split, seeds in (("train", range(4)), ("val", range(10, 12))):
+    (root / "data.yaml").write_text(f"train: images/{train}\nval: images/{val}\nnames: [cat, dog]\n")
+    for split, seeds in ((train, range(4)), (val, range(10, 12))):
         for s in seeds:
             picture(root / "images" / split / f"im{s}.png", seed=s)
             (root / "labels" / split).mkdir(parents=True, exist_ok=True)
             (root / "labels" / split / f"im{s}.txt").write_text(f"{s % 2} 0.5 0.5 0.25 0.25\n")
-    (root / "labels" / "train" / "im1.txt").write_text("1 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n0 1.4 0.5 0.2 0.2\n")
+    (root / "labels" / train / "im1.txt").write_text("1 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n0 1.4 0.5 0.2 0.2\n")
     return root
 
 
-def test_yolo_lines_are_named_by_file_and_line_and_leakage_across_its_splits(tmp_path):
-    root = yolo_set(tmp_path / "yolo")
-    shutil.copy(root / "images" / "train" / "im2.png", root / "images" / "val" / "im12.png")
+# the split of an image is the data.yaml entry naming it, whatever its folder is called (ultralytics' COCO: *2017)
+@pytest.mark.parametrize("train, val", [("train", "val"), ("train2017", "val2017")])
+def test_yolo_lines_are_named_by_file_and_line_and_leakage_across_its_splits(tmp_path, train, val):
+    root = yolo_set(tmp_path / "yolo", train, val)
+    shutil.copy(root / "images" / train / "im2.png", root / "images" / val / "im12.png")
     report = check_data(root, min_images=1)
     assert report.format == "yolo" and report.task == "detect" and (report.images, report.val_images) == (4, 3)
     found = kinds(report)
-    label = root / "labels" / "train" / "im1.txt"
+    label = root / "labels" / train / "im1.txt"
     assert [w for w, _ in found["bad_annotation"]] == [f"{label}:2"]
     assert [w for w, _ in found["box_outside_image"]] == [f"{label}:3"]
     ((where, message),) = found["leakage"]
-    assert where == str(root / "images" / "val" / "im12.png") and "(val) has the same bytes as" in message
-    assert "im2.png (train)" in message
+    assert where == str(root / "images" / val / "im12.png") and "(val) has the same bytes as" in message
+    assert "im2.png (train)" in message and "duplicate_image" not in found
 
 
 def test_voc_box_past_the_image_names_the_xml_line(tmp_path):
