@@ -49,6 +49,7 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     """A YOLO dataset (its folder or its YAML): every image with its label file; bad lines reported one by one."""
     if not src.exists():
         raise FormatError(f"{src}: no such file or folder")
+    src = Path(os.path.abspath(src))  # label_path swaps a "/images/" of the path: "." or "data.yaml" has none
     yaml_path = dataset_yaml(src)
     config = _load_yaml(yaml_path) if yaml_path else {}
     root = yaml_path.parent if yaml_path else src

@@ -240,6 +240,21 @@ def test_yolo_bad_lines_are_reported_and_the_rest_converted(tmp_path):
     assert len(back["images"]) == 2 and not done.ok
 
 
+@pytest.mark.parametrize("given", [".", "data.yaml"])
+def test_a_yolo_set_named_from_inside_its_folder_keeps_its_labels(tmp_path, monkeypatch, given):
+    """Labels are found by swapping the image path's last /images/ for /labels/: "." and "data.yaml" (relative,
+    no folder in front) found none, in conversion and in training alike (the same reader)."""
+    from cnnapps.datasets.coco import CocoDataset
+
+    root = yolo_dataset(tmp_path / "yolo", {"im0.txt": "0 0.5 0.5 0.25 0.5\n", "im1.txt": "1 0.5 0.5 0.5 0.5\n"})
+    monkeypatch.chdir(root)
+    done = convert(given, tmp_path / "out.json", to="coco")
+    assert done.ok and [a["bbox"] for a in json.loads((tmp_path / "out.json").read_text())["annotations"]] == [
+        [24, 12, 16, 24], [20, 15, 40, 30]]  # fmt: skip
+    read = CocoDataset(given, task="detect")
+    assert sum(len(read.target(i).boxes) for i in range(len(read))) == 2
+
+
 def test_yolo_without_names_needs_them(tmp_path):
     root = yolo_dataset(tmp_path / "yolo", {"im0.txt": "1 0.5 0.5 0.25 0.5\n"})
     (root / "data.yaml").unlink()
