@@ -123,6 +123,8 @@ def _image(path: Path, root: Path, image_path: Any, images: Path | None) -> tupl
         name = file.name
     if images is not None and not file.is_file():
         file = images / rel_dir / Path(name).name
+    elif not file.is_file() and (path.parent / Path(name).name).is_file():  # a path of another machine (C:\...\a.jpg)
+        file = path.parent / Path(name).name
     try:
         return file, file.relative_to(root).as_posix()
     except ValueError:

@@ -37,6 +37,9 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
         raise FormatError(f"{src}: no .xml files")
     voc_root = ann_root.parent if ann_root.name == "Annotations" else ann_root
     records = [r for r in (_parse(x, ann_root, report) for x in xmls) if r]
+    if not records:
+        first = f" ({report.skipped[0]})" if report.skipped else ""
+        raise FormatError(f"{src}: no VOC file could be read{first}")
     root = images_root(
         [images, voc_root / "JPEGImages", voc_root / "images", ann_root], [r["file_name"] for r in records]
     )

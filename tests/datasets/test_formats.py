@@ -308,6 +308,12 @@ def test_voc_missing_size_degenerate_box_and_unsafe_xml(tmp_path):
         ("im1.png", 80, 60),
     ]
     assert [a["bbox"] for a in back["annotations"]] == [[0, 0, 10, 10], [1, 2, 19, 28]]
+    # nothing readable: an error (exit 2), not an empty output, as for the other formats
+    for name in ("im0.xml", "im1.xml", "gone.xml"):
+        (ann / name).unlink()
+    with pytest.raises(FormatError, match=r"voc: no VOC file could be read \(.*bomb.xml: XML refused"):
+        convert(root, tmp_path / "none.json", to="coco")
+    assert not (tmp_path / "none.json").exists()
 
 
 CVAT = """<?xml version="1.0" encoding="utf-8"?>
@@ -357,6 +363,11 @@ def test_labelme_unreadable_file_and_lone_point(tmp_path):
     )
     assert done.skipped[1].startswith(f"{tmp_path / 'lm' / 'im1.json'}: not a readable JSON file")
     assert len(done.skipped) == 2 and done.annotations == 1 and done.images == 1
+    # a file saved on another machine names its image by that machine's path: the image beside it is the one
+    (tmp_path / "lm" / "im1.json").write_text(json.dumps({**good, "imagePath": "C:\\Users\\me\\im1.png"}))
+    done = convert(tmp_path / "lm", tmp_path / "again.json", to="coco")
+    back = json.loads((tmp_path / "again.json").read_text())
+    assert sorted(im["file_name"] for im in back["images"]) == ["im0.png", "im1.png"] and done.images == 2
 
 
 # -- outputs: never over anything, nothing half-written -----------------------------------------------------------
