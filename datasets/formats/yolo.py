@@ -287,9 +287,9 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
     targets: dict[int, Path] = {}
     for image in data.coco["images"]:
         rel = safe_relative(image["file_name"])
-        label = at / "labels" / rel.with_suffix(".txt")
+        label = label_path(at / "images" / rel)  # where ultralytics (and read) look, an images/ in rel or not
         if label.exists():
-            report.skip(image["file_name"], f"another image already wrote labels/{rel.with_suffix('.txt')}; skipped")
+            report.skip(image["file_name"], f"another image already wrote {label.relative_to(at)}; skipped")
             continue
         targets[image["id"]] = at / "images" / rel
         lines = [
@@ -345,13 +345,17 @@ def _line(ann: dict[str, Any], cls: int, image: dict[str, Any], kind: str, k: in
     return " ".join([str(cls), *(str(v) if isinstance(v, int) else f"{v:.6f}" for v in values)])
 
 
+SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
+
+
 def _write_yaml(
     path: Path, cats: list[dict[str, Any]], kpt_cats: list[dict[str, Any]], k: int, rel_names: set[str]
 ) -> None:
     import yaml
 
     splits = {name.split("/")[0] for name in rel_names if "/" in name}
-    nested = all("/" in name for name in rel_names) and "train" in splits
+    # split folders only when every image is in one (an images/extra/ beside train/ would be left out)
+    nested = all("/" in name for name in rel_names) and "train" in splits and splits <= set(SPLIT_FOLDERS)
     config: dict[str, Any] = {"train": "images/train" if nested else "images"}
     config["val"] = (
         next((f"images/{s}" for s in ("val", "valid", "validation") if s in splits), config["train"])

@@ -159,6 +159,24 @@ def test_keypoints_survive_a_round_trip(tmp_path, fmt):
             assert close(a["bbox"], b["bbox"], tol)
 
 
+@pytest.mark.parametrize("folders", [("images", "images", "images"), ("train", "val", "extra")])
+def test_yolo_output_keeps_every_image_and_its_labels_whatever_the_folders(tmp_path, folders):
+    """Images in an images/ folder of their own (labels go where ultralytics looks: the last /images/ of the path
+    swapped for /labels/), or in a folder beside train/ and val/ (data.yaml then names them all)."""
+    entries = write_images(tmp_path / "src")
+    for entry, folder in zip(entries, folders, strict=True):
+        (tmp_path / "src" / folder).mkdir(exist_ok=True)
+        (tmp_path / "src" / entry["file_name"]).rename(tmp_path / "src" / folder / entry["file_name"])
+        entry["file_name"] = f"{folder}/{entry['file_name']}"
+    anns = [{"id": e["id"], "image_id": e["id"], "category_id": 1, "bbox": [2, 3, 20, 10], "area": 200, "iscrowd": 0}
+            for e in entries]  # fmt: skip
+    coco = {"images": entries, "annotations": anns, "categories": [{"id": 1, "name": "cat"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert convert(tmp_path / "coco.json", tmp_path / "yolo", to="yolo", images=tmp_path / "src").ok
+    back = convert(tmp_path / "yolo", tmp_path / "back.json", to="coco")
+    assert back.ok and back.images == 3 and back.annotations == 3, back.skipped
+
+
 def test_yolo_pose_files_follow_ultralytics(tmp_path):
     path, images = source(tmp_path, people)
     convert(path, tmp_path / "pose", to="yolo", images=images)
