@@ -9,6 +9,7 @@ skeleton's keypoint order and edges come from its label in ``meta``; points mark
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
@@ -175,7 +176,9 @@ def _objects(image: Any, path: Path, lines: dict[Any, int], report: Report) -> l
         try:
             if shape.tag == "box":
                 xtl, ytl, xbr, ybr = (float(shape.get(k, "")) for k in ("xtl", "ytl", "xbr", "ybr"))
-                geometry: Any = [xtl, ytl, xbr - xtl, ybr - ytl]
+                geometry: Any = upright([xtl, ytl, xbr - xtl, ybr - ytl], float(shape.get("rotation") or 0))
+                if geometry[2] != xbr - xtl or geometry[3] != ybr - ytl:
+                    report.note("rotated boxes were written as the upright boxes around them")
             elif shape.tag == "skeleton":
                 geometry = {p.get("label", ""): _keypoint(p) for p in shape.iter("points")}
             else:
@@ -203,6 +206,8 @@ def _objects(image: Any, path: Path, lines: dict[Any, int], report: Report) -> l
             report.skip(where, f"<{shape.tag}> {label!r}: {problem}; skipped", kind)
             continue
         key = (n,) if group is None else (group, label)
+        if shape.tag == "box" and key in objects and objects[key]["box"] is not None:
+            key = (group, label, n)  # a second box of one group and label: another object, not a replacement
         obj = objects.setdefault(key, {"label": label, "box": None, "polygons": [], "points": {}, "where": where})
         if shape.tag == "box":
             obj["box"] = geometry
@@ -217,6 +222,17 @@ def _objects(image: Any, path: Path, lines: dict[Any, int], report: Report) -> l
         else:
             objects[key]["points"][label] = point
     return list(objects.values())
+
+
+def upright(box: list[float], degrees: float) -> list[float]:
+    """The upright box around ``box`` (x, y, w, h) turned by ``degrees`` about its centre (CVAT's ``rotation``)."""
+    if not degrees % 180:
+        return box
+    x, y, w, h = box
+    turn = math.radians(degrees)
+    c, s = abs(math.cos(turn)), abs(math.sin(turn))
+    width, height = w * c + h * s, w * s + h * c
+    return [x + w / 2 - width / 2, y + h / 2 - height / 2, width, height]
 
 
 def _keypoint(element: Any) -> list[float]:

@@ -162,6 +162,8 @@ def _objects(path: Path, shapes: list[Any], report: Report) -> list[dict[str, An
             report.skip(where, f"shape_type {kind!r} is not converted (only rectangles, polygons, circles, points)")
             continue
         key = (i,) if group is None else (group, label)
+        if kind == "rectangle" and key in objects and objects[key]["box"] is not None:
+            key = (group, label, i)  # a second rectangle of one group and label: another object, not a replacement
         obj = objects.setdefault(key, {"label": label, "box": None, "polygons": [], "points": {}, "where": where})
         first_of_group.setdefault(group, key)
         if kind == "rectangle":

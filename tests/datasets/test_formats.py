@@ -361,6 +361,31 @@ def test_cvat_short_polygon_and_degenerate_box_are_reported_by_line(tmp_path):
     assert [(a["category_id"], a["bbox"]) for a in back["annotations"]] == [(1, [1, 1, 19, 14.25]), (2, [5, 5, 10, 4])]
 
 
+def test_cvat_rotated_and_grouped_boxes(tmp_path):
+    """A rotated box becomes the upright box around it (said in a note); two boxes of one group and label are two
+    objects, not the last of them."""
+    (tmp_path / "annotations.xml").write_text(
+        '<annotations><image id="0" name="im0.png" width="100" height="80">'
+        '<box label="car" xtl="40" ytl="30" xbr="60" ybr="40" rotation="90.0"></box>'
+        '<box label="car" xtl="1" ytl="2" xbr="11" ybr="12" group_id="3"></box>'
+        '<box label="car" xtl="50" ytl="40" xbr="70" ybr="60" group_id="3"></box></image></annotations>'
+    )
+    done = convert(tmp_path / "annotations.xml", tmp_path / "out.json", to="coco")
+    back = json.loads((tmp_path / "out.json").read_text())
+    assert [a["bbox"] for a in back["annotations"]] == [[45, 25, 10, 20], [1, 2, 10, 10], [50, 40, 20, 20]]
+    assert done.ok and "rotated boxes were written as the upright boxes around them" in done.notes
+
+
+def test_labelme_two_rectangles_of_one_group_are_two_objects(tmp_path):
+    write_images(tmp_path / "lm")
+    box = {"label": "car", "shape_type": "rectangle", "group_id": 1}
+    shapes = [{**box, "points": [[1, 2], [11, 12]]}, {**box, "points": [[20, 20], [40, 30]]}]
+    (tmp_path / "lm" / "im0.json").write_text(json.dumps({"shapes": shapes, "imagePath": "im0.png"}))
+    assert convert(tmp_path / "lm", tmp_path / "out.json", to="coco").ok
+    back = json.loads((tmp_path / "out.json").read_text())
+    assert [a["bbox"] for a in back["annotations"]] == [[1, 2, 10, 10], [20, 20, 20, 10]]
+
+
 def test_labelme_unreadable_file_and_lone_point(tmp_path):
     write_images(tmp_path / "lm")
     good = {
