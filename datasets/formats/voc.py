@@ -3,7 +3,9 @@
 Boxes only. VOC counts pixels from 1 and its box names the first and last pixel inside, so the box covers
 [xmin - 1, xmax] in COCO's continuous coordinates (as Detectron reads VOC); writing inverts this exactly for boxes on
 whole pixels. ``difficult`` is kept as an annotation key (``"difficult": 1``) and written back; COCO crowd regions
-are written as difficult objects (both are ignored by their evaluations).
+are written as difficult objects (both are ignored by their evaluations). The class list is written to
+``labels.txt`` in the VOC root (one name per line, in category order), and read from there when it is present, so
+the categories keep their order and those without objects across a round trip; without it, names sort.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from cnnapps.datasets.formats.disk import (
     is_image,
     parse_xml,
     place_images,
+    read_names,
     safe_relative,
     walk,
 )
 from cnnapps.datasets.formats.hub import Builder, Collection, FormatError, Report, box_problem, polygons_of
+
+#: the class list beside Annotations/ (written; read when present)
+LABELS = "labels.txt"
 
 
 def read(src: Path, report: Report, names: list[str] | None = None, images: Path | None = None) -> Collection:
@@ -43,7 +49,9 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     root = images_root(
         [images, voc_root / "JPEGImages", voc_root / "images", ann_root], [r["file_name"] for r in records]
     )
-    build = Builder(names or sorted({o["name"] for r in records for o in r["objects"]}))
+    found = sorted({o["name"] for r in records for o in r["objects"]})
+    listed = read_names(voc_root / LABELS) if not names and (voc_root / LABELS).is_file() else []
+    build = Builder(names or [*listed, *(n for n in found if n not in listed)])  # the list's order, then the rest
     for record in records:
         file = _image_file(record, root)
         size = record["size"]
@@ -159,6 +167,7 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
         tree = _tree(image, rel.name, [a for a in by_image[image["id"]] if a["category_id"] in cats], cats, report)
         ET.indent(tree)
         tree.write(xml, encoding="utf-8", xml_declaration=False)
+    (at / LABELS).write_text("".join(f"{c['name']}\n" for _, c in sorted(cats.items())), "utf-8")
     where = {"annotations": str(out / "Annotations")}
     if images_mode != "none":
         place_images(data.files, targets, images_mode, report)

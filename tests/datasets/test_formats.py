@@ -201,6 +201,19 @@ def test_voc_boxes_round_trip_with_its_one_based_pixels(tmp_path):
     assert "keypoints" not in json.dumps(back["annotations"])
 
 
+def test_voc_keeps_the_category_order_and_categories_without_objects(tmp_path):
+    entries = write_images(tmp_path / "src")
+    cats = [{"id": 1, "name": "zebra"}, {"id": 2, "name": "apple"}, {"id": 3, "name": "unseen"}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [2, 3, 20, 10], "area": 200, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0}]  # fmt: skip
+    (tmp_path / "coco.json").write_text(json.dumps({"images": entries, "annotations": anns, "categories": cats}))
+    convert(tmp_path / "coco.json", tmp_path / "voc", to="voc", images=tmp_path / "src")
+    convert(tmp_path / "voc", tmp_path / "back.json", to="coco")
+    back = json.loads((tmp_path / "back.json").read_text())
+    assert [c["name"] for c in back["categories"]] == ["zebra", "apple", "unseen"]  # they sorted, unseen was lost
+    assert [(a["image_id"], a["category_id"]) for a in back["annotations"]] == [(1, 2), (2, 1)]
+
+
 def test_every_written_format_is_told_by_its_path(tmp_path):
     path, images = source(tmp_path, instances)
     for fmt in FORMATS:
