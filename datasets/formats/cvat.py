@@ -338,7 +338,7 @@ def _shapes(image: ET.Element, ann: dict[str, Any], cat: dict[str, Any], group: 
         points = ann.get("keypoints") or []
         report.note(
             "CVAT skeletons have no box: pose objects were written as skeletons only (read back, a box is "
-            "the extent of the labelled keypoints)"
+            "the extent of the labelled keypoints, and an object with fewer than two labelled keypoints has none)"
         )
         if len(points) != 3 * len(names):
             report.skip(

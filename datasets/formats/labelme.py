@@ -264,7 +264,10 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
     labels = [c["name"] for c in cats.values()]
-    labels += [n for c in cats.values() for n in c.get("keypoints") or [] if n not in labels]
+    # a name in labels.txt that no point carries reads back as a category: keypoints never labelled are left out
+    for cat in cats.values():
+        never = _never_labelled(cat, data.coco["annotations"])
+        labels += [n for n in cat.get("keypoints") or [] if n not in labels and n not in never]
     (at / "labels.txt").write_text("".join(f"{n}\n" for n in ["__ignore__", "_background_", *labels]), "utf-8")
     if images_mode != "none":
         place_images(data.files, targets, images_mode, report)

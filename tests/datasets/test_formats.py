@@ -177,6 +177,18 @@ def test_yolo_output_keeps_every_image_and_its_labels_whatever_the_folders(tmp_p
     assert back.ok and back.images == 3 and back.annotations == 3, back.skipped
 
 
+def test_a_keypoint_labelled_nowhere_does_not_come_back_from_labelme_as_a_category(tmp_path):
+    def unlabelled_third(images: list[dict]) -> dict:
+        data = people(images)
+        for ann in data["annotations"]:
+            ann["keypoints"][6:9] = [0, 0, 0]  # the third keypoint labelled in no image
+        return data
+
+    _, back = round_trip(tmp_path, unlabelled_third, "labelme")
+    assert [c["name"] for c in back["categories"]] == ["person"]  # the third keypoint's name was a second category
+    assert back["categories"][0]["keypoints"] == [n for i, n in enumerate(KEYPOINTS) if i != 2]
+
+
 def test_yolo_pose_files_follow_ultralytics(tmp_path):
     path, images = source(tmp_path, people)
     convert(path, tmp_path / "pose", to="yolo", images=images)
