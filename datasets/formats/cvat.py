@@ -9,6 +9,7 @@ skeleton's keypoint order and edges come from its label in ``meta``; points mark
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -120,25 +121,27 @@ def _meta_labels(root: Any) -> dict[str, dict[str, Any]]:
     """The label list of ``meta`` (task, job or project): type, parent, and for skeletons their keypoint names in
     order with the edges as 1-based pairs."""
     labels: dict[str, dict[str, Any]] = {}
+    children: dict[str, list[str]] = {}  # a skeleton's points by parent: two skeletons may name theirs alike
     meta = root.find("meta")
     for label in meta.iter("label") if meta is not None else []:
         name = (label.findtext("name") or "").strip()
-        if name and name not in labels:
-            labels[name] = {
-                "type": (label.findtext("type") or "any").strip(),
-                "parent": (label.findtext("parent") or "").strip(),
-                "svg": label.findtext("svg") or "",
-            }
+        parent = (label.findtext("parent") or "").strip()
+        if name and parent:
+            children.setdefault(parent, []).append(name)
+        elif name and name not in labels:
+            labels[name] = {"type": (label.findtext("type") or "any").strip(), "parent": "",
+                            "svg": label.findtext("svg") or ""}  # fmt: skip
     for name, info in labels.items():
         if info["type"] == "skeleton":
-            info["keypoints"] = [n for n, sub in labels.items() if sub["parent"] == name]
+            info["keypoints"] = list(dict.fromkeys(children.get(name, [])))
             info["skeleton"] = _edges(info["svg"], info["keypoints"])
     return labels
 
 
 def _edges(svg: str, names: list[str]) -> list[list[int]]:
     """A skeleton label's edges from its SVG (``data-node-from``/``-to`` over ``data-node-id``/``data-label-name``)."""
-    attrs = [dict(re.findall(r'([\w-]+)="([^"]*)"', tag)) for tag in re.findall(r"<(?:circle|line)\b[^>]*>", svg)]
+    tags = re.findall(r"<(?:circle|line)\b[^>]*>", svg)
+    attrs = [{k: html.unescape(v) for k, v in re.findall(r'([\w-]+)="([^"]*)"', tag)} for tag in tags]  # &amp; ...
     node_name = {a["data-node-id"]: a.get("data-label-name") for a in attrs if "data-node-id" in a}
     index = {n: i + 1 for i, n in enumerate(names)}
     edges = []

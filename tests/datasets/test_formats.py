@@ -401,6 +401,21 @@ def test_cvat_rotated_and_grouped_boxes(tmp_path):
     assert done.ok and "rotated boxes were written as the upright boxes around them" in done.notes
 
 
+def test_cvat_skeletons_keep_their_edges_with_shared_or_escaped_point_names(tmp_path):
+    """Two skeleton labels naming their points alike (the second lost its edges), and names XML escapes."""
+    entries = write_images(tmp_path / "src")
+    names = ["nose & ear", 'tail "end"']
+    cats = [{"id": i, "name": n, "keypoints": names, "skeleton": [[1, 2]]} for i, n in ((1, "cat"), (2, "dog"))]
+    anns = [{"id": i, "image_id": i, "category_id": i, "bbox": [2, 2, 20, 20], "area": 400, "iscrowd": 0,
+             "keypoints": [4, 4, 2, 18, 18, 2], "num_keypoints": 2} for i in (1, 2)]  # fmt: skip
+    (tmp_path / "coco.json").write_text(json.dumps({"images": entries, "annotations": anns, "categories": cats}))
+    convert(tmp_path / "coco.json", tmp_path / "cvat.xml", to="cvat", images=tmp_path / "src")
+    convert(tmp_path / "cvat.xml", tmp_path / "back.json", to="coco", images=tmp_path / "src")
+    back = json.loads((tmp_path / "back.json").read_text())
+    assert [(c["name"], c["keypoints"], c["skeleton"]) for c in back["categories"]] == [
+        ("cat", names, [[1, 2]]), ("dog", names, [[1, 2]])]  # fmt: skip
+
+
 def test_labelme_two_rectangles_of_one_group_are_two_objects(tmp_path):
     write_images(tmp_path / "lm")
     box = {"label": "car", "shape_type": "rectangle", "group_id": 1}
