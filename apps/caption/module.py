@@ -40,6 +40,7 @@ class CaptionModule(TaskModule):
         ]
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         if self.fine_tune_after is not None and self.current_epoch >= self.fine_tune_after:
             self.backbone.unfreeze()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -582,6 +583,27 @@ class _Clock(L.Callback):
         self._end("val", trainer)
 
 
+def replan_schedule(checkpoint: dict[str, Any], epochs: int) -> None:
+    """A resumed run given more (or fewer) epochs than its checkpoint was planned for: its cosine or step schedule
+    (saved with the old length: the added epochs trained at lr 0, or back at the full lr) is made the one a run of
+    ``epochs`` would be at this point, lrs included; other schedules, and the same length, are left as they are."""
+    optimizers = checkpoint.get("optimizer_states") or []
+    for state in checkpoint.get("lr_schedulers") or []:
+        t, bases = int(state.get("last_epoch", 0)), list(state.get("base_lrs") or [])
+        if "T_max" in state and state["T_max"] != max(1, epochs):  # CosineAnnealingLR
+            state["T_max"], low = max(1, epochs), float(state.get("eta_min", 0.0))
+            lrs = [low + (base - low) * (1 + math.cos(math.pi * t / state["T_max"])) / 2 for base in bases]
+        elif "step_size" in state and "gamma" in state and state["step_size"] != max(1, epochs // 3):  # StepLR
+            state["step_size"] = max(1, epochs // 3)
+            lrs = [base * state["gamma"] ** (t // state["step_size"]) for base in bases]
+        else:
+            continue
+        state["_last_lr"] = lrs
+        for optimizer in optimizers[:1]:
+            for group, lr in zip(optimizer.get("param_groups", []), lrs, strict=False):
+                group["lr"] = lr
+
+
 class TaskModule(L.LightningModule):
     """Optimiser and schedule from the config, training-loss averaging, and an epoch history kept in
     checkpoints (so a resumed run's curves cover every epoch). Subclasses add steps and metrics."""
@@ -593,6 +615,7 @@ class TaskModule(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self._loss_sum: torch.Tensor | None = None  # on the training device: no host sync per step
         self._loss_steps = 0
+        self._epoch_lr = float("nan")
         # uint8 batches from the workers become the model's input here, on the device (augment_on_device)
         self.batch_transform: torch.nn.Module | None = None
         self._grads_in_buckets = False
@@ -656,10 +679,14 @@ class TaskModule(L.LightningModule):
                 "epoch": self.current_epoch + 1,
                 "train_loss": train_loss,
                 **values,
-                "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+                "lr": self._epoch_lr,
             }
         )
         self._loss_sum, self._loss_steps = None, 0
+
+    def on_train_epoch_start(self) -> None:
+        # the lr this epoch trains at: by validation an epoch's scheduler (cosine, step) has stepped to the next one's
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def parameter_groups(self) -> Any:
         """What the optimiser updates: the trainable parameters (subclasses may give groups with own lrs)."""
@@ -689,3 +716,4 @@ class TaskModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("cnnapps_history", []))
+        replan_schedule(checkpoint, self.epochs)

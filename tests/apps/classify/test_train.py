@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,19 @@ def test_resume_continues_from_the_last_checkpoint(colour_set: Path, tmp_path: P
         train_classifier(other)
     assert "--resume with settings of another model" in str(caught.value) and "\n" not in str(caught.value)
     assert (out / "config.yaml").read_text() == settings  # the file the error points to keeps the run's settings
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_a_resume_given_more_epochs_follows_the_longer_schedule(colour_set, tmp_path, tiny_config, schedule) -> None:
+    """1 epoch, then --resume with --epochs 4: the epochs added train at the lrs of a 4-epoch run (the schedule
+    was kept at 1 epoch: cosine trained them at 0, 0.01, 0), and each epoch's history lr is the one it trained at."""
+    fresh = train_classifier(tiny_config(colour_set, tmp_path / "fresh", epochs=4, schedule=schedule))
+    want = {"cosine": [0.01, 0.01 * (1 + math.cos(math.pi / 4)) / 2, 0.005, 0.01 * (1 + math.cos(3 * math.pi / 4)) / 2],
+            "step": [0.01, 0.001, 0.0001, 0.00001]}[schedule]  # fmt: skip
+    assert [h["lr"] for h in fresh["history"]] == pytest.approx(want)
+    train_classifier(tiny_config(colour_set, tmp_path / "run", epochs=1, schedule=schedule))
+    longer = train_classifier(tiny_config(colour_set, tmp_path / "run", epochs=4, schedule=schedule, resume=True))
+    assert [h["lr"] for h in longer["history"]] == pytest.approx(want)
 
 
 def test_csv_and_train_val_layouts(colour_set: Path, tmp_path: Path, tiny_config) -> None:
