@@ -75,7 +75,7 @@ def _read_weights(path: Path) -> dict[str, float]:
         else:
             import yaml
 
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=yaml.BaseLoader)  # every key a string: class "yes" or "01" stays so
     except Exception as exc:  # json, yaml and csv errors
         raise ConfigError(f"class_weights: {path}: not readable ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict) or not loaded:

@@ -49,8 +49,10 @@ class AveragedWeights:
                                   warmup_power=EMA_WARMUP_POWER)  # fmt: skip
             self.ema.requires_grad_(False)  # averaged, never optimised
 
-    def on_fit_start(self) -> None:
+    def on_train_start(self) -> None:  # a resumed run's step is restored by now (at on_fit_start it still read 0)
         self._ema_step = self.trainer.global_step
+
+    def on_fit_start(self) -> None:
         if self.ema is not None:  # the model may have been put in channels_last since the copy was made
             fmt = torch.channels_last if _is_channels_last(self.model) else torch.contiguous_format
             self.ema.module.to(memory_format=fmt)

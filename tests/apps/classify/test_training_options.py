@@ -51,12 +51,14 @@ def test_auto_class_weights_are_inverse_frequency_with_mean_one() -> None:
 
 @pytest.mark.parametrize(
     ("name", "text"),
-    [("w.yaml", "b: 3\na: 0.5\n"), ("w.json", '{"b": 3, "a": 0.5}'), ("w.csv", "class,weight\nb,3\na,0.5\n")],
-)
+    [("w.yaml", "b: 3\na: 0.5\n"), ("w.json", '{"b": 3, "a": 0.5}'), ("w.csv", "class,weight\nb,3\na,0.5\n"),
+     ("w.yml", "yes: 3\n01: 0.5\n")],  # names YAML would read as a boolean and a number
+)  # fmt: skip
 def test_class_weight_files(tmp_path: Path, name: str, text: str) -> None:
     path = tmp_path / name
     path.write_text(text)
-    assert class_weights(str(path), [0, 1, 2], ["a", "b", "c"]).tolist() == [0.5, 3.0, 1.0]  # c: left out, 1
+    names = ["01", "yes", "c"] if name == "w.yml" else ["a", "b", "c"]
+    assert class_weights(str(path), [0, 1, 2], names).tolist() == [0.5, 3.0, 1.0]  # c: left out, 1
 
 
 def test_class_weight_file_errors_are_one_line(tmp_path: Path) -> None:
@@ -151,6 +153,28 @@ def test_accumulate_ema_mix_llrd_class_weights_and_randaugment_train_together(
     raw, averaged = state["model.fc.weight"], state["ema.module.fc.weight"]
     assert not torch.equal(raw, averaged)
     assert torch.equal(saved, averaged if ema["weights"] == "ema" else raw)
+
+
+def test_a_resumed_run_moves_the_ema_only_on_optimiser_steps(colour_set: Path, tmp_path: Path) -> None:
+    """At the first batch after --resume the EMA has seen every optimiser step so far (it read step 0 then, so the
+    first accumulating batch, which steps nothing, moved the averaged weights)."""
+    import lightning as L
+
+    from cnnapps.apps.classify.train import train_classifier
+    from cnnapps.apps.common.training import extra_callbacks
+
+    seen: list[tuple[int, int]] = []
+
+    class FirstBatch(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if not seen:
+                seen.append((module._ema_step, trainer.global_step))
+
+    train_classifier(classify_config(colour_set, tmp_path / "run", epochs=1, accumulate=2, ema=True))
+    with extra_callbacks(lambda plan: FirstBatch()):
+        train_classifier(classify_config(colour_set, tmp_path / "run", epochs=2, accumulate=2, ema=True, resume=True))
+    ((ema_step, step),) = seen
+    assert step > 0 and ema_step == step
 
 
 # -- accumulate (every task) ------------------------------------------------------------------------------------
