@@ -219,8 +219,14 @@ def _finish_multilabel(config: TrainConfig, plan: Any, result: Any, device: Any)
         probs, targets, _ = scores_of(predictor, val_set)
     model.thresholds = tune_thresholds(probs, targets)
     report = multilabel_report(probs, targets, names, model.thresholds)
+    # the loss of the weights kept (the history's val_loss is the raw weights' even when the averaged ones win)
+    import numpy as np
+
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(targets, dtype=np.float64)
+    val_loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if y.size else float("nan")
     metrics = {"val_map": report.map, "val_f1_micro": report.f1_micro, "val_f1_macro": report.f1_macro,
-               "val_loss": best_entry.get("val_loss")}  # fmt: skip
+               "val_loss": val_loss}  # fmt: skip
     save_model(out / "model.safetensors", "classify", model, *trunk_identity(config), spec.to_dict(),
                {**metrics, "epochs": len(result.history)})  # fmt: skip
     return {**metrics, **chosen, "multilabel": True, "thresholds": report.thresholds,

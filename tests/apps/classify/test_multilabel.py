@@ -163,6 +163,25 @@ def test_thresholds_are_kept_as_tuned_in_the_model_file() -> None:
 
 
 # -- training, model files, prediction ----------------------------------------------------------------------------
+def test_the_val_loss_reported_is_that_of_the_weights_kept(tagged: Path, tmp_path: Path) -> None:
+    """With --ema the saved weights may be the averaged ones: metrics.json's val_loss is theirs (the BCE of the
+    model file's probabilities on the validation images), not the raw weights' of the history."""
+    from cnnapps.apps.classify.train import train_classifier
+    from cnnapps.datasets.folders import train_val_split
+
+    config = multilabel_config(tagged, tmp_path / "run", ema=True, ema_decay=0.9, lr=0.05)
+    metrics = train_classifier(config)
+    assert metrics["ema"]["weights"] == "ema"  # the case: the averaged weights kept (here, on this seed)
+    _, val_set = train_val_split(config.data, config.val_split, config.seed, None)
+    _, probs, _ = cnnapps.load(tmp_path / "run" / "model.safetensors", engine="eager").predict_proba(val_set.paths)
+    targets = np.zeros_like(probs)
+    for row, labels in zip(targets, val_set.labels, strict=True):
+        row[list(labels)] = 1
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    bce = -np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    assert metrics["val_loss"] == pytest.approx(bce, abs=1e-4)
+
+
 def test_training_writes_thresholds_and_predicts_several_labels(multilabel_run, tagged: Path) -> None:
     from cnnapps.bundle import read_metadata
 
