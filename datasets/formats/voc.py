@@ -2,10 +2,11 @@
 
 Boxes only. VOC counts pixels from 1 and its box names the first and last pixel inside, so the box covers
 [xmin - 1, xmax] in COCO's continuous coordinates (as Detectron reads VOC); writing inverts this exactly for boxes on
-whole pixels. ``difficult`` is kept as an annotation key (``"difficult": 1``) and written back; COCO crowd regions
-are written as difficult objects (both are ignored by their evaluations). The class list is written to
-``labels.txt`` in the VOC root (one name per line, in category order), and read from there when it is present, so
-the categories keep their order and those without objects across a round trip; without it, names sort.
+whole pixels. ``difficult`` and ``truncated`` are kept as annotation keys (``"difficult": 1``) and written back;
+COCO crowd regions are written as difficult objects (both are ignored by their evaluations). The class list is
+written to ``labels.txt`` in the VOC root (one name per line, in category order), and read from there when it is
+present, so the categories keep their order and those without objects across a round trip; without it, names
+sort.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cnnapps.datasets.formats.hub import Builder, Collection, FormatError, Repor
 
 #: the class list beside Annotations/ (written; read when present)
 LABELS = "labels.txt"
+FLAGS = ("difficult", "truncated")  # an object's VOC flags, kept as annotation keys
 
 
 def read(src: Path, report: Report, names: list[str] | None = None, images: Path | None = None) -> Collection:
@@ -73,7 +75,7 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
             if category is None:
                 report.skip(obj["where"], f"label {obj['name']!r} is not one of the --names; skipped")
                 continue
-            extra = {"difficult": 1} if obj["difficult"] else {}
+            extra = {key: 1 for key in ("difficult", "truncated") if obj[key]}
             build.annotation(image_id, category, bbox=obj["bbox"], where=obj["where"], **extra)
     return build.result(root)
 
@@ -128,8 +130,9 @@ def _parse(xml: Path, ann_root: Path, report: Report) -> dict[str, Any] | None:
         if problem:
             report.skip(where, f"{problem}; skipped", "degenerate_box")
             continue
-        difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
-        record["objects"].append({"name": name, "bbox": bbox, "difficult": difficult, "where": where})
+        difficult, truncated = ((obj.findtext(k) or "0").strip() in ("1", "true", "True") for k in FLAGS)
+        record["objects"].append({"name": name, "bbox": bbox, "difficult": difficult, "truncated": truncated,
+                                  "where": where})  # fmt: skip
     return record
 
 
@@ -198,7 +201,7 @@ def _tree(
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = cats[ann["category_id"]]["name"]
         ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "truncated").text = "1" if ann.get("truncated") else "0"
         ET.SubElement(obj, "difficult").text = "1" if ann.get("difficult") or ann.get("iscrowd") else "0"
         box = ET.SubElement(obj, "bndbox")
         for key, value in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):

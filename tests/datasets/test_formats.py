@@ -224,6 +224,12 @@ def test_voc_keeps_the_category_order_and_categories_without_objects(tmp_path):
     back = json.loads((tmp_path / "back.json").read_text())
     assert [c["name"] for c in back["categories"]] == ["zebra", "apple", "unseen"]  # they sorted, unseen was lost
     assert [(a["image_id"], a["category_id"]) for a in back["annotations"]] == [(1, 2), (2, 1)]
+    # VOC's object flags come back (truncated was written 0 whatever it was)
+    xml = tmp_path / "voc" / "Annotations" / "im0.xml"
+    xml.write_text(xml.read_text().replace("<truncated>0</truncated>", "<truncated>1</truncated>"))
+    convert(tmp_path / "voc", tmp_path / "voc-again", to="voc")
+    again = (tmp_path / "voc-again" / "Annotations" / "im0.xml").read_text()
+    assert "<truncated>1</truncated>" in again and "<difficult>0</difficult>" in again
 
 
 def test_every_written_format_is_told_by_its_path(tmp_path):
