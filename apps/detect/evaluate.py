@@ -27,8 +27,11 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def to_coco_results(image_id: int, instances: Sequence[Any], category_of_label: dict[int, int]) -> list[dict]:
-    """COCO results entries for one image's :class:`~cnnapps.results.Instance` list."""
+def to_coco_results(
+    image_id: int, instances: Sequence[Any], category_of_label: dict[int, int], keypoint_order: Sequence[int] = ()
+) -> list[dict]:
+    """COCO results entries for one image's :class:`~cnnapps.results.Instance` list; ``keypoint_order``: the
+    model's keypoint for each of the annotation file's, when they are listed otherwise (:func:`keypoint_order`)."""
     out = []
     for inst in instances:
         x0, y0, x1, y1 = inst.box
@@ -41,16 +44,31 @@ def to_coco_results(image_id: int, instances: Sequence[Any], category_of_label: 
         if inst.mask is not None:
             entry["segmentation"] = inst.mask
         if inst.keypoints is not None:
-            entry["keypoints"] = [round(float(v), 2) for xy in inst.keypoints for v in (xy[0], xy[1], 1)]
+            points = [inst.keypoints[i] for i in keypoint_order] if keypoint_order else inst.keypoints
+            entry["keypoints"] = [round(float(v), 2) for xy in points for v in (xy[0], xy[1], 1)]
         out.append(entry)
     return out
 
 
+def keypoint_order(model_names: Sequence[str], file_names: Sequence[str], source: object) -> list[int]:
+    """Which of the model's keypoints is each of the annotation file's, matched by name (results are scored in
+    the file's order); a keypoint of the file the model does not have is a one-line error."""
+    from cnnapps.errors import CnnappsError
+
+    index = {name: i for i, name in enumerate(model_names)}
+    missing = [name for name in file_names if name not in index]
+    if missing:
+        raise CnnappsError(f"{source}: keypoints {', '.join(missing[:5])} are not the model's (it has "
+                           f"{', '.join(list(model_names)[:5])}{'...' if len(model_names) > 5 else ''})")  # fmt: skip
+    if len(index) < len(model_names) or len(set(file_names)) < len(file_names):
+        raise CnnappsError(f"{source}: keypoint names repeat; they cannot be matched to the model's")
+    return [index[name] for name in file_names]
+
+
 def oks_sigmas(keypoint_names: Sequence[str]) -> np.ndarray:
-    """COCO's per-keypoint sigmas for its 17 person keypoints; 0.07 for each keypoint of other layouts."""
-    if tuple(keypoint_names) == COCO_KEYPOINTS:
-        return np.array(COCO_OKS_SIGMAS)
-    return np.full(len(keypoint_names), 0.07)
+    """COCO's per-keypoint sigmas for its person keypoints, by name (in any order); 0.07 for other keypoints."""
+    sigma = dict(zip(COCO_KEYPOINTS, COCO_OKS_SIGMAS, strict=True))
+    return np.array([sigma.get(name, 0.07) for name in keypoint_names])
 
 
 def coco_evaluate(
@@ -116,6 +134,8 @@ def evaluate_detector(
             f"{dataset.path}: none of its categories ({', '.join(dataset.class_names[1:6])}...) is a class of the "
             f"model ({', '.join(predictor.class_names[1:6])}...)"
         )
+    order = keypoint_order(predictor.spec.keypoint_names, dataset.keypoint_names, dataset.path) if (
+        predictor.task == "pose") else []  # fmt: skip
     paths = [dataset.image_path(i) for i in range(len(dataset))]
     results, failed, evaluated = [], [], []
     for image_id, result in zip(dataset.image_ids, predictor.predict(paths, progress=progress), strict=True):
@@ -124,7 +144,7 @@ def evaluate_detector(
             continue
         evaluated.append(image_id)
         known = [i for i in result.instances if i.label_index in category_of_label]
-        results.extend(to_coco_results(image_id, known, category_of_label))
+        results.extend(to_coco_results(image_id, known, category_of_label, order))
     metrics = coco_evaluate(dataset.coco, results, IOU_TYPES[predictor.task], evaluated, dataset.keypoint_names)
     report = {"task": predictor.task, "images": len(evaluated), "detections": len(results), "metrics": metrics,
               "failed": failed}  # fmt: skip

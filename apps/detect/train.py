@@ -39,6 +39,9 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
         val_coco = CocoDataset(config.val_data, config.val_images or config.images, config.task)
         if val_coco.class_names != train_coco.class_names:
             raise CnnappsError(f"{config.val_data}: its categories differ from {config.data}'s")
+        if val_coco.keypoint_names != train_coco.keypoint_names:  # validation scores keypoints in the model's order
+            raise CnnappsError(f"{config.val_data}: its keypoints ({', '.join(val_coco.keypoint_names[:5])}...) "
+                               f"differ from {config.data}'s, or are in another order")  # fmt: skip
         train_idx, val_idx = list(range(len(train_coco))), list(range(len(val_coco)))
     else:
         val_coco = train_coco

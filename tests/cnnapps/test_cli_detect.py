@@ -111,6 +111,21 @@ def test_eval_json_and_results_file(run_cli, shapes, segmenter, tmp_path):
     assert code == 2 and "missing.json" in err  # the data is read first: no model was loaded to say so
 
 
+def test_validation_keypoints_listed_otherwise_are_refused(run_cli, tmp_path):
+    """Validation scores keypoints in the model's (the training file's) order: a --val-data listing them
+    otherwise is refused in one line before training."""
+    write_coco("people", tmp_path, "train", 2, seed=0, size=96)
+    val = write_coco("people", tmp_path, "val", 2, seed=1, size=96)
+    data = json.loads(val.read_text())
+    data["categories"][0]["keypoints"] = data["categories"][0]["keypoints"][::-1]
+    val.write_text(json.dumps(data))
+    args = ("--data", tmp_path / "train.json", "--images", tmp_path / "train", "--val-data", val, "--val-images",
+            tmp_path / "val", "--out", tmp_path / "run", *TINY)  # fmt: skip
+    code, _, err = run_cli("train", "pose", *args)
+    assert code == 2 and "val.json: its keypoints (right_ankle, left_ankle" in err and "another order" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_and_run_pose(run_cli, tmp_path):
     write_coco("people", tmp_path, "train", 8, seed=0, size=96)
     code, out, err = run_cli("train", "pose", "--data", tmp_path / "train.json", "--images", tmp_path / "train",

@@ -93,6 +93,35 @@ def test_evaluate_detector_matches_classes_by_name(tmp_path):
         evaluate_detector(Fixed(), CocoDataset(coco_path, tmp_path, "detect"))
 
 
+def test_pose_eval_matches_keypoints_by_name(tmp_path):
+    """A model whose keypoints are listed b, a scored against a file listing a, b: the same points, AP 1 (they
+    were scored by position: 0); a file with a keypoint the model lacks is a one-line error, not numpy's."""
+    import cv2
+
+    from cnnapps.datasets.coco import CocoDataset
+    from cnnapps.errors import CnnappsError
+    from cnnapps.results import DetectionResult
+
+    _gt(tmp_path, keypoints=True)
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((100, 100, 3), np.uint8))
+
+    class Truth:  # the file's two people, its keypoints listed the other way round
+        task, class_names = "pose", ("__background__", "thing")
+        spec = type("Spec", (), {"keypoint_names": ["b", "a"]})
+
+        def predict(self, paths, progress=None):
+            people = [Instance("thing", 1, 0.9, (x, y, x + w, y + w), keypoints=[(x + 20, y + 20, 1.0),
+                                                                                 (x + 5, y + 5, 1.0)])
+                      for x, y, w in ((10, 10, 30), (50, 50, 40))]  # fmt: skip
+            return [DetectionResult(str(p), instances=people, width=100, height=100) for p in paths]
+
+    report, _ = evaluate_detector(Truth(), CocoDataset(tmp_path / "gt.json", tmp_path, "pose"))
+    assert report["metrics"]["keypoints_ap"] == pytest.approx(1.0)
+    Truth.spec.keypoint_names = ["b", "c"]
+    with pytest.raises(CnnappsError, match=r"gt.json: keypoints a are not the model's \(it has b, c\)"):
+        evaluate_detector(Truth(), CocoDataset(tmp_path / "gt.json", tmp_path, "pose"))
+
+
 # Size classes: COCO calls an object small below 32² pixels of area, large above 96², medium between. An
 # unmatched detection counts in the class of its own area, which must come from what is scored: its mask for
 # segm, the extent of its keypoints for keypoints (as pycocotools' loadRes gives results without boxes).
