@@ -245,6 +245,24 @@ def detection_transform(
     return apply
 
 
+_RESIZES = ("Resize", "SmallestMaxSize", "LongestMaxSize")
+
+
+def _resize_shift(out: dict[str, Any]) -> tuple[float, float]:
+    """What albumentations' resizes leave out of keypoints given about pixel centres (as flips and affines take
+    them): they scale ``x * s``, where about pixel centres a resize is ``(x + 0.5) * s - 0.5``. The shift is
+    carried through later resizes; the steps after a resize here only crop and pad (the fit runs last)."""
+    applied = out.get("applied_transforms", [])
+    shapes = [params.get("shape") for _, params in applied] + [out["image"].shape]
+    dx = dy = 0.0
+    for k, (name, params) in enumerate(applied):
+        if name in _RESIZES and shapes[k] is not None and shapes[k + 1] is not None:
+            (h0, w0), (h1, w1) = shapes[k][:2], shapes[k + 1][:2]
+            sx, sy = (params["scale"], params["scale"]) if "scale" in params else (w1 / w0, h1 / h0)
+            dx, dy = dx * sx + 0.5 * (sx - 1), dy * sy + 0.5 * (sy - 1)
+    return dx, dy
+
+
 def apply_detection_pipeline(pipeline: Any, image: np.ndarray, target: Any, flip_index: list[int] | None) -> Any:
     import dataclasses
 
@@ -268,6 +286,7 @@ def apply_detection_pipeline(pipeline: Any, image: np.ndarray, target: Any, flip
         new.masks = np.asarray(out["masks"])[kept] if n else np.zeros((0, out_h, out_w), np.uint8)
     if kps is not None:
         xy = np.asarray(out["keypoints"], np.float32)[:, :2].reshape(n, kps.shape[1], 2) + 0.5  # n may be 0
+        xy += np.asarray(_resize_shift(out), np.float32)
         vis = kps[..., 2].copy()
         flips = sum(name == "HorizontalFlip" for name, _ in out.get("applied_transforms", []))
         if flips % 2 and flip_index is not None:

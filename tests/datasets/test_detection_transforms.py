@@ -53,6 +53,27 @@ def test_horizontal_flip_moves_everything_and_swaps_left_right():
         assert np.allclose(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
 
 
+@pytest.mark.parametrize("steps", [
+    (A.Resize(320, 400),),  # x4
+    (A.Resize(40, 50),),  # x0.5
+    (A.SmallestMaxSize(max_size=160), A.PadIfNeeded(160, 160), A.CenterCrop(160, 160)),  # x2, cropped 20 px
+    (A.HorizontalFlip(p=1), A.Resize(160, 200)),  # flipped, then x2
+])  # fmt: skip
+def test_keypoints_scale_with_their_boxes_through_resizes(steps):
+    """Continuous coordinates scale as x * s, as boxes do: each keypoint keeps its place in its box, scaled (they
+    moved (s - 1) / 2 px off, 1.5 px at x4, when albumentations' pixel-centre placement went through a resize)."""
+    target = _target()
+    _, out = apply_detection_pipeline(_pipeline(*steps), np.zeros((80, 100, 3), np.uint8), target, [1, 0, 2])
+    scale = (out.boxes[1, 3] - out.boxes[1, 1]) / 30  # the second box: x 60..95, y 40..70
+    old, new = target.keypoints[1], out.keypoints[1]
+    if isinstance(steps[0], A.HorizontalFlip):  # mirrored in its box, left and right swapped
+        expected_x = (95 - old[[1, 0, 2], 0]) * scale
+    else:
+        expected_x = (old[:, 0] - 60) * scale
+    assert np.allclose(new[:2, 0] - out.boxes[1, 0], expected_x[:2], atol=1e-3)
+    assert np.allclose(new[:2, 1] - out.boxes[1, 1], (old[:2, 1] - 40) * scale, atol=1e-3)
+
+
 def test_boxes_leaving_the_image_are_clipped_or_dropped():
     image = np.zeros((80, 100, 3), np.uint8)
     target = _target()
