@@ -133,10 +133,19 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, overwrite: bool = Fals
     path = Path(path)
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(path)
+    if not writes_images(path):
+        raise ImageError(str(path), f"cannot encode an image as {path.suffix}; use .png or .jpg")
     ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
         raise ImageError(str(path), f"cannot encode an image as {path.suffix or '.png'}")
     return atomic_write(path, encoded.tobytes(), overwrite=overwrite)
+
+
+def writes_images(path: str | os.PathLike) -> bool:
+    """Whether :func:`write_image` can write a picture with this name's suffix (none: PNG), to ask before work."""
+    import cv2
+
+    return bool(cv2.haveImageWriter(f"x{Path(path).suffix or '.png'}"))
 
 
 def decode_bytes(

@@ -309,6 +309,11 @@ def retrieve(
             if len(query) == 1
             else [save_grid.with_stem(f"{save_grid.stem}-{i}") for i in range(len(query))]
         )
+        from cnnapps.datasets.io import writes_images
+
+        if not writes_images(save_grid):
+            raise CnnappsError(f"--save-grid {save_grid}: no picture format is written as {save_grid.suffix}; "
+                               "use .png or .jpg")  # fmt: skip
         for target in targets:
             free(target)
     opened = Index.open(index)

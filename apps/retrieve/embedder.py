@@ -172,7 +172,8 @@ class Embedder:
         batch_size: int | None = None,
         workers: int | None = None,
     ) -> None:
-        self.spec = str(spec)
+        # a model file by its absolute path: an index records it, and is searched from other folders
+        self.spec = os.path.abspath(spec) if os.path.isfile(spec) else str(spec)
         exported = self.spec.endswith(".onnx")
         self.device = select_device(device, engine, graph=exported)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)

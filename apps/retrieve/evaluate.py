@@ -47,6 +47,12 @@ def evaluate_retrieval(embedder: Any, data: LabeledImages, progress: Any = None)
     """Embed ``data`` and score it; unreadable images are listed and left out."""
     names, vectors, errors = embedder.embed(data.paths, progress=progress)
     ok = np.array([e is None for e in errors], dtype=bool)
+    if ok.sum() < 2:  # a query needs another image to be retrieved among
+        from cnnapps.errors import CnnappsError
+
+        first = next((f"; {n}: {e}" for n, e in zip(names, errors, strict=True) if e), "")
+        raise CnnappsError(f"{int(ok.sum())} of {len(names)} images could be read: retrieval is scored on 2 or "
+                           f"more{first}")  # fmt: skip
     metrics = retrieval_metrics(vectors[ok], np.asarray(data.labels)[ok])
     failed = [{"path": n, "error": e} for n, e in zip(names, errors, strict=True) if e is not None]
     return {"n": int(ok.sum()), **metrics, "failed": failed}

@@ -585,6 +585,8 @@ class Index:
 
     def search(self, queries: Any, k: int = 10) -> list[list[Hit]]:
         """Top-``k`` hits per query: queries are unit vectors (N, dim) or images (embedded first)."""
+        if k < 1:
+            raise RetrievalIndexError(f"k: at least 1 hit per query, not {k}")
         if isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype.kind == "f":
             vectors = queries
         else:
@@ -735,7 +737,9 @@ class Index:
         if progress is not None and len(keys) < len(paths):
             progress(len(paths) - len(keys))
         with self._write_lock():
-            added, failed, _ = self._apply(keys, [], embedder, progress)
+            indexed = {_from_db(p) for (p,) in self._db.execute(f"SELECT path FROM items WHERE {self._live()}")}
+            # an indexed file that no longer reads loses its old entry, as sync does: no vector of content gone
+            added, failed, _ = self._apply(keys, [], embedder, progress, drop_failed=indexed & set(keys))
         return added, failed
 
     def remove(self, paths: Sequence[str]) -> int:
@@ -751,6 +755,8 @@ class Index:
         removed: the index keeps no vector of content that is gone."""
         from cnnapps.datasets.folders import expand_inputs
 
+        if not os.path.exists(root):  # a typo or an unmounted drive: not "every file under it was deleted"
+            raise RetrievalIndexError(f"{root}: no such file or folder; nothing synced")
         on_disk = {index_path(p) for p in expand_inputs([str(root)])}
         top = index_path(root)  # a folder (what lies under it) or one file
         prefix = os.path.join(top, "")
@@ -773,9 +779,12 @@ class Index:
                     if digest != sha:
                         changed.append(path)
             new = sorted(on_disk - known.keys())
-            gone = sorted(known.keys() - on_disk)
+            # gone: deleted, not merely skipped by the walk (a file added by name may have no image suffix)
+            gone = sorted(p for p in known.keys() - on_disk if not os.path.lexists(p))
             _, failed, removed = self._apply([*new, *changed], gone, embedder, progress, drop_failed=set(changed))
-        return {"added": len(new), "changed": len(changed), "removed": removed, "failed": failed, "items": len(self)}
+        bad = {f["path"] for f in failed}
+        return {"added": len(set(new) - bad), "changed": len(set(changed) - bad), "removed": removed,
+                "failed": failed, "items": len(self)}  # fmt: skip
 
     def add_embedded(self, stats: Sequence[FileStat], vectors: np.ndarray) -> int:
         """Add files embedded elsewhere (the parts of a sharded build) in one generation; returns the count."""

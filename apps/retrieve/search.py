@@ -46,6 +46,9 @@ def perceptual_hash(rgb: np.ndarray) -> np.ndarray:
     return np.packbits(imagehash.phash(Image.fromarray(rgb)).hash.ravel())
 
 
+SIMILARITY_TOLERANCE = 1e-6  # float32 rounding of a cosine that is 1 (or the threshold) in exact arithmetic
+
+
 def find_duplicates(
     paths: Sequence[str],
     embedder: Any,
@@ -62,9 +65,14 @@ def find_duplicates(
     """
     import faiss
 
+    from cnnapps.apps.retrieve.index import index_path
     from cnnapps.datasets.io import read_for_batch
 
-    names, vectors, errors = embedder.embed(list(paths), progress=progress)
+    first: dict[str, str] = {}
+    for path in paths:  # a file named twice (or by two names) is one image, not its own duplicate
+        first.setdefault(index_path(path), path)
+    paths = list(first.values())
+    names, vectors, errors = embedder.embed(paths, progress=progress)
     failed = [{"path": n, "error": e} for n, e in zip(names, errors, strict=True) if e]
     keep = [i for i, e in enumerate(errors) if e is None]
     vectors = np.ascontiguousarray(vectors[keep], dtype=np.float32)
@@ -73,7 +81,8 @@ def find_duplicates(
         return [], failed
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(vectors)
-    pairs = [flat.range_search(vectors, float(threshold))]
+    # FAISS keeps scores above the radius, and a copy's cosine is 1 - 6e-8 in float32: "reaches" has a tolerance
+    pairs = [flat.range_search(vectors, float(threshold) - SIMILARITY_TOLERANCE)]
     if hash_bits is not None and hash_bits >= 0:
         hashes = np.zeros((len(names), 8), dtype=np.uint8)
         hashed = np.zeros(len(names), dtype=bool)  # False: unreadable since it was embedded (changed meanwhile)

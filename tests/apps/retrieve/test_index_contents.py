@@ -62,7 +62,7 @@ def test_a_file_rewritten_while_sync_embeds_it_is_embedded_again_next_time(
     index, _, _ = Index.build(tmp_path / "idx", [a, b], tiny_embedder)
     stand_ins.write_png(a, seed=10)  # a changes; sync reads it, then it changes again before sync hashes it
     report = index.sync(folder, embedder=Meddling(tiny_embedder, lambda: stand_ins.write_png(a, seed=11, size=30)))
-    assert report["changed"] == 1 and [f["path"] for f in report["failed"]] == [a]
+    assert report["changed"] == 0 and [f["path"] for f in report["failed"]] == [a]  # counts what was done
     assert "changed while it was being indexed" in report["failed"][0]["error"]
 
     report = index.sync(folder, embedder=tiny_embedder)  # the next sync finds it and embeds what is there now
@@ -86,7 +86,7 @@ def test_a_changed_file_that_no_longer_reads_loses_its_entry_on_sync(stand_ins, 
     old = _vector(index, files[0]).copy()
     Path(files[0]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
     report = index.sync(folder, embedder=tiny_embedder)
-    assert report["changed"] == 1 and report["removed"] == 1 and report["items"] == 2
+    assert report["changed"] == 0 and report["removed"] == 1 and report["items"] == 2  # removed, not re-embedded
     assert [f["path"] for f in report["failed"]] == [files[0]]
     assert report["failed"][0]["error"].endswith("its old entry was removed from the index")
     assert index.paths() == files[1:]
@@ -99,7 +99,7 @@ def test_a_file_deleted_while_sync_runs_fails_alone(stand_ins, tmp_path: Path) -
     embedder = stand_ins.PixelEmbedder()
     index, _, _ = Index.build(tmp_path / "idx", files[:2], embedder)
     report = index.sync(folder, embedder=Meddling(embedder, lambda: os.remove(files[3])))
-    assert report["added"] == 2 and [f["path"] for f in report["failed"]] == [files[3]]
+    assert report["added"] == 1 and [f["path"] for f in report["failed"]] == [files[3]]  # files[2] only
     assert index.paths() == files[:3]
 
 
