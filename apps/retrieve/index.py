@@ -737,9 +737,10 @@ class Index:
         if progress is not None and len(keys) < len(paths):
             progress(len(paths) - len(keys))
         with self._write_lock():
-            indexed = {_from_db(p) for (p,) in self._db.execute(f"SELECT path FROM items WHERE {self._live()}")}
+            live = "SELECT 1 FROM items WHERE path = ? AND removed_gen IS NULL"  # by the live-path index
+            indexed = {k for k in keys if _storable(k) and self._db.execute(live, (_db_path(k),)).fetchone()}
             # an indexed file that no longer reads loses its old entry, as sync does: no vector of content gone
-            added, failed, _ = self._apply(keys, [], embedder, progress, drop_failed=indexed & set(keys))
+            added, failed, _ = self._apply(keys, [], embedder, progress, drop_failed=indexed)
         return added, failed
 
     def remove(self, paths: Sequence[str]) -> int:
