@@ -38,8 +38,10 @@ def test_the_epoch_loss_is_reduced_on_the_modules_device(steps: int) -> None:
     strategy = RecordingStrategy()
     optimizer = SimpleNamespace(param_groups=[{"lr": 0.5}])
     module._trainer = SimpleNamespace(strategy=strategy, optimizers=[optimizer], current_epoch=0)  # as Lightning
+    module.on_train_epoch_start()
     for loss in [1.0, 2.0, 6.0][:steps]:
         module.track_train_loss(torch.tensor(loss, device="meta"))  # each step's loss, where the step ran
+    optimizer.param_groups[0]["lr"] = 0.25  # an epoch's scheduler steps before validation: the next epoch's lr
     module.record_epoch({"val_loss": 0.1})
     (reduced,) = strategy.seen  # one collective per epoch
     assert reduced.device == module.device == torch.device("meta") and reduced.dim() == 0

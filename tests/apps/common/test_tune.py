@@ -126,7 +126,8 @@ def test_two_trials_write_a_loadable_best_recipe(colour_set: Path, tmp_path: Pat
     code, _, stderr = run_cli(*args[:5], 3, *args[6:], "--resume")
     assert code == 0, stderr
     trials = json.loads((out / "trials.json").read_text())["trials"]
-    assert [t["state"] for t in trials] == ["complete", "complete", "fail", "complete"]
+    assert [t["state"] for t in trials][:3] == ["complete", "complete", "fail"]
+    assert trials[3]["state"] in ("complete", "pruned")  # the median pruner may stop it (both happen here)
     assert trials[3]["params"] == pytest.approx(cut_params)
     assert "trial 2 was cut short" in caplog.text and "trial 3 (3 of 3)" in caplog.text
 
