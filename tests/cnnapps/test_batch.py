@@ -14,6 +14,11 @@ pytest.importorskip("ray")
 from cnnapps.batch import read_rows
 from cnnapps.parts import ray_session
 
+# small model files (LeNet-5, random weights) the actors load in a fraction of EfficientNet-Lite0's time: what is
+# tested is the parts, the rows and the resume, the same for any model
+FILES = Path(__file__).parents[1] / "fixtures" / "model_files_v1"
+CLASSIFIER, EMBEDDER = FILES / "classify.safetensors", FILES / "retrieve.safetensors"
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -40,7 +45,8 @@ def test_classify_on_ray_matches_one_process_and_resumes(cluster, run_cli, galle
     import cnnapps
 
     out = tmp_path / "out"
-    args = ("batch", "classify", gallery, "--out", out, "--part-size", "3", "--set", "top_k=2", "--json")
+    args = ("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER, "--part-size", "3", "--set", "top_k=2",
+            "--json")  # fmt: skip
     code, stdout, stderr = run_cli(*args)
     assert code == 1, stderr  # broken.jpg failed, the rest predicted
     report = json.loads(stdout)
@@ -51,7 +57,7 @@ def test_classify_on_ray_matches_one_process_and_resumes(cluster, run_cli, galle
     rows = list(read_rows(out))
     paths = sorted(str(p) for p in gallery.iterdir())
     assert [r["source"] for r in rows] == paths  # every input once, in sorted order
-    direct = {r.source: r.to_dict() for r in cnnapps.load().predict(paths, top_k=2) if r.ok}
+    direct = {r.source: r.to_dict() for r in cnnapps.load(CLASSIFIER).predict(paths, top_k=2) if r.ok}
     for row in rows:
         if row["source"].endswith("broken.jpg"):
             assert row["result"] is None and "not an image" in row["error"]
@@ -75,7 +81,8 @@ def test_classify_on_ray_matches_one_process_and_resumes(cluster, run_cli, galle
     assert list(read_rows(out)) == rows
 
     # other settings than the parts there were made with: refused, nothing touched
-    code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--part-size", "3", "--set", "top_k=3")
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER, "--part-size", "3",
+                              "--set", "top_k=3")  # fmt: skip
     assert code == 2 and "started with another predict_options" in stderr
     assert list(read_rows(out)) == rows
 
@@ -83,8 +90,8 @@ def test_classify_on_ray_matches_one_process_and_resumes(cluster, run_cli, galle
 def test_embeddings_as_json_lines_and_index_build_on_ray(cluster, run_cli, gallery: Path, tmp_path: Path) -> None:
     from cnnapps.apps.retrieve.index import Index
 
-    code, stdout, _ = run_cli("batch", "retrieve", gallery, "--out", tmp_path / "emb", "--format", "jsonl",
-                              "--part-size", "4", "--json")  # fmt: skip
+    code, stdout, _ = run_cli("batch", "retrieve", gallery, "--out", tmp_path / "emb", "--model", EMBEDDER,
+                              "--format", "jsonl", "--part-size", "4", "--json")  # fmt: skip
     assert code == 1 and json.loads(stdout)["predicted"] == 7
     lines = (tmp_path / "emb" / "part-00000.jsonl").read_text().splitlines()
     assert len(lines) == 4 and json.loads(lines[0])["source"].endswith("astronaut.jpg")
@@ -93,11 +100,11 @@ def test_embeddings_as_json_lines_and_index_build_on_ray(cluster, run_cli, galle
     }
     assert len(vectors) == 7 and all(abs(np.linalg.norm(v) - 1) < 1e-3 for v in vectors.values())
 
-    code, stdout, stderr = run_cli("index", "build", gallery, "--index", tmp_path / "ray", "--ray", "--part-size", "3",
-                                   "--json")  # fmt: skip
+    code, stdout, stderr = run_cli("index", "build", gallery, "--index", tmp_path / "ray", "--model", EMBEDDER,
+                                   "--ray", "--part-size", "3", "--json")  # fmt: skip
     assert code == 1 and "broken.jpg" in stderr  # indexed; the unreadable file is reported
     assert json.loads(stdout)["items"] == 7 and not (tmp_path / "ray" / "parts").exists()
-    code, _, _ = run_cli("index", "build", gallery, "--index", tmp_path / "one", "--json")
+    code, _, _ = run_cli("index", "build", gallery, "--index", tmp_path / "one", "--model", EMBEDDER, "--json")
     with Index.open(tmp_path / "ray") as built, Index.open(tmp_path / "one") as single:
         rows = built._db.execute(f"SELECT path, vector FROM items WHERE {built._live()}")
         a = {Path(p).name: np.frombuffer(v, dtype=np.float32) for p, v in rows}
