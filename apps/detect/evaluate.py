@@ -134,8 +134,9 @@ def evaluate_detector(
             f"{dataset.path}: none of its categories ({', '.join(dataset.class_names[1:6])}...) is a class of the "
             f"model ({', '.join(predictor.class_names[1:6])}...)"
         )
+    scored = IOU_TYPES[predictor.task]
     order = keypoint_order(predictor.spec.keypoint_names, dataset.keypoint_names, dataset.path) if (
-        predictor.task == "pose") else []  # fmt: skip
+        "keypoints" in scored) else []  # fmt: skip
     paths = [dataset.image_path(i) for i in range(len(dataset))]
     results, failed, evaluated = [], [], []
     for image_id, result in zip(dataset.image_ids, predictor.predict(paths, progress=progress), strict=True):
@@ -145,7 +146,7 @@ def evaluate_detector(
         evaluated.append(image_id)
         known = [i for i in result.instances if i.label_index in category_of_label]
         results.extend(to_coco_results(image_id, known, category_of_label, order))
-    metrics = coco_evaluate(dataset.coco, results, IOU_TYPES[predictor.task], evaluated, dataset.keypoint_names)
+    metrics = coco_evaluate(dataset.coco, results, scored, evaluated, dataset.keypoint_names)
     report = {"task": predictor.task, "images": len(evaluated), "detections": len(results), "metrics": metrics,
               "failed": failed}  # fmt: skip
     return report, results
