@@ -135,8 +135,9 @@ def evaluate_detector(
             f"model ({', '.join(predictor.class_names[1:6])}...)"
         )
     scored = IOU_TYPES[predictor.task]
-    order = keypoint_order(predictor.spec.keypoint_names, dataset.keypoint_names, dataset.path) if (
-        "keypoints" in scored) else []  # fmt: skip
+    order: list[int] = []
+    if "keypoints" in scored:  # results in the file's keypoint order
+        order = keypoint_order(predictor.spec.keypoint_names, dataset.keypoint_names, dataset.path)
     paths = [dataset.image_path(i) for i in range(len(dataset))]
     results, failed, evaluated = [], [], []
     for image_id, result in zip(dataset.image_ids, predictor.predict(paths, progress=progress), strict=True):
