@@ -115,11 +115,12 @@ def timed_module(module: Any, device: Any, warmup: int, steps: int) -> Any:
 
 
 def cnnapps_config(out: Path, device: Any, batch_size: int, epochs: int, workers: int | None, **extra: Any) -> Any:
+    from cnnapps.apps.classify.config import ClassifyConfig
     from cnnapps.apps.common.config import load_config
 
     return load_config(
-        None, data=str(out / "data"), out=str(out / "run"), weights="none", epochs=epochs, batch_size=batch_size,
-        optimizer="sgd", lr=0.01, schedule="none", dropout=0.0, workers=workers, progress=False,
+        None, ClassifyConfig, data=str(out / "data"), out=str(out / "run"), weights="none", epochs=epochs,
+        batch_size=batch_size, optimizer="sgd", lr=0.01, schedule="none", dropout=0.0, workers=workers, progress=False,
         device=str(device), **extra,
     )  # fmt: skip
 

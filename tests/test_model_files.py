@@ -40,7 +40,7 @@ def test_first_format_files_read_as_one_head_files() -> None:
 
 
 def test_classifier_of_the_first_format_answers_as_before(images) -> None:
-    results = cnnapps.load(V1 / "classify.safetensors", engine="eager").predict(images, top_k=3)
+    results = cnnapps.load(V1 / "classify.safetensors", engine="eager", device="cpu").predict(images, top_k=3)
     for result, expected in zip(results, ANSWERS["classify"], strict=True):
         got = result.to_dict()["predictions"]
         assert [p["label"] for p in got] == [p["label"] for p in expected["predictions"]]
@@ -48,13 +48,13 @@ def test_classifier_of_the_first_format_answers_as_before(images) -> None:
 
 
 def test_embedder_of_the_first_format_answers_as_before(images) -> None:
-    results = cnnapps.load(V1 / "retrieve.safetensors", task="retrieve", engine="eager").predict(images)
+    results = cnnapps.load(V1 / "retrieve.safetensors", task="retrieve", engine="eager", device="cpu").predict(images)
     assert np.allclose([r.vector for r in results], ANSWERS["retrieve"], atol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["segment", "pose"])
 def test_detectors_of_the_first_format_answer_as_before(images, task) -> None:
-    results = cnnapps.load(V1 / f"{task}.safetensors", score_threshold=0.0).predict(images)
+    results = cnnapps.load(V1 / f"{task}.safetensors", score_threshold=0.0, device="cpu").predict(images)
     for result, expected in zip(results, ANSWERS[task], strict=True):
         got = result.to_dict()["instances"]
         assert len(got) == len(expected["instances"])
@@ -69,7 +69,7 @@ def test_detectors_of_the_first_format_answer_as_before(images, task) -> None:
 
 
 def test_captioner_of_the_first_format_answers_as_before(images) -> None:
-    results = cnnapps.load(V1 / "caption.safetensors", beam=2).predict(images)
+    results = cnnapps.load(V1 / "caption.safetensors", beam=2, device="cpu").predict(images)
     assert [r.to_dict() for r in results] == ANSWERS["caption"]
 
 

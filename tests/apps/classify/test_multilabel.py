@@ -169,11 +169,13 @@ def test_the_val_loss_reported_is_that_of_the_weights_kept(tagged: Path, tmp_pat
     from cnnapps.apps.classify.train import train_classifier
     from cnnapps.datasets.folders import train_val_split
 
-    config = multilabel_config(tagged, tmp_path / "run", ema=True, ema_decay=0.9, lr=0.05)
+    config = multilabel_config(tagged, tmp_path / "run", ema=True, ema_decay=0.9, lr=0.05, device="cpu")
     metrics = train_classifier(config)
     assert metrics["ema"]["weights"] == "ema"  # the case: the averaged weights kept (here, on this seed)
     _, val_set = train_val_split(config.data, config.val_split, config.seed, None)
-    _, probs, _ = cnnapps.load(tmp_path / "run" / "model.safetensors", engine="eager").predict_proba(val_set.paths)
+    _, probs, _ = cnnapps.load(tmp_path / "run" / "model.safetensors", engine="eager", device="cpu").predict_proba(
+        val_set.paths
+    )
     targets = np.zeros_like(probs)
     for row, labels in zip(targets, val_set.labels, strict=True):
         row[list(labels)] = 1
@@ -322,7 +324,7 @@ def test_ema_of_multilabel_weights_is_validated_and_the_better_kept(tagged: Path
 
     out = tmp_path / "ema"
     # one epoch at a high lr: the raw weights still swing, their average is the better (mAP 0.66 against 0.58)
-    metrics = train_classifier(multilabel_config(tagged, out, epochs=1, lr=0.3, ema=True, ema_decay=0.9))
+    metrics = train_classifier(multilabel_config(tagged, out, epochs=1, lr=0.3, ema=True, ema_decay=0.9, device="cpu"))
     written = json.loads((out / "metrics.json").read_text())
     ema = written["ema"]
     assert ema["weights"] == "ema" and ema["ema_val_map"] > ema["raw_val_map"] + 0.02

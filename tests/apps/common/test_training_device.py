@@ -177,7 +177,7 @@ def test_compile_trains_like_eager(colour_set: Path, tmp_path: Path, tiny_config
     from cnnapps.apps.classify.train import train_classifier
 
     # one batch per epoch (21 training, 9 validation images): one shape each, so one compilation each
-    settings = {"epochs": 2, "batch_size": 32}
+    settings = {"epochs": 2, "batch_size": 32, "device": "cpu"}  # fp32 on a GPU too
     eager = train_classifier(tiny_config(colour_set, tmp_path / "eager", **settings))
     with caplog.at_level("INFO", logger="cnnapps"):
         compiled = train_classifier(tiny_config(colour_set, tmp_path / "compiled", compile=True, **settings))
@@ -198,7 +198,7 @@ def _retrieve(data: Path, out: Path, **extra) -> dict:
     return train_retrieval(load_config(
         None, RetrieveConfig, data=str(data), backbone="lenet5", weights="none", backbone_kwargs={"in_channels": 3},
         loss="arcface", embedding_size=8, epochs=1, batch_size=8, workers=0, progress=False, augment="none",
-        out=str(out), val_split=0.3, **extra,
+        out=str(out), val_split=0.3, device="cpu", **extra,
     ))  # fmt: skip
 
 
@@ -209,7 +209,7 @@ def _caption(data: Path, out: Path, **extra) -> dict:
     return train_captioner(load_config(
         None, CaptionConfig, data=str(data / "train.json"), images=str(data / "train"), backbone="resnet18",
         weights="none", grid=2, input_size=48, epochs=1, batch_size=8, workers=0, progress=False, out=str(out),
-        embed_dim=16, hidden_dim=16, attention_dim=16, **extra,
+        embed_dim=16, hidden_dim=16, attention_dim=16, device="cpu", **extra,
     ))  # fmt: skip
 
 
@@ -220,7 +220,7 @@ def _segment(data: Path, out: Path, **extra) -> dict:
     return train_detector(load_config(
         None, DetectConfig, task="segment", data=str(data / "train.json"), images=str(data / "train"),
         backbone="resnet18", weights="none", fpn_channels=16, min_size=96, max_size=96, epochs=1, batch_size=4,
-        workers=0, progress=False, augment="none", out=str(out), **extra,
+        workers=0, progress=False, augment="none", out=str(out), device="cpu", **extra,
     ))  # fmt: skip
 
 

@@ -67,14 +67,14 @@ def test_a_shape_that_keeps_coming_gets_a_compiled_trunk_with_the_same_answers(m
     from cnnapps.apps.detect.predictor import COMPILE_AFTER, DetectionPredictor
 
     frames = [np.random.default_rng(i).integers(0, 255, (90, 120, 3), dtype=np.uint8) for i in range(5)]
-    eager = DetectionPredictor(model_file, score_threshold=0.0, engine="eager")
-    compiled = DetectionPredictor(model_file, score_threshold=0.0)
+    eager = DetectionPredictor(model_file, score_threshold=0.0, engine="eager", device="cpu")
+    compiled = DetectionPredictor(model_file, score_threshold=0.0, device="cpu")
     for n, frame in enumerate(frames, 1):
         a, b = eager.predict([frame])[0], compiled.predict([frame])[0]
         assert len(compiled._compiled) == (n >= COMPILE_AFTER)  # compiled on the third frame of one size
         assert a.instances and same_instances(a, b)
     assert not eager._compiled
-    soon = DetectionPredictor(model_file, score_threshold=0.0)
+    soon = DetectionPredictor(model_file, score_threshold=0.0, device="cpu")
     first = soon.predict_in_lane([frames[0]], compile_now=True)[0]  # what video lanes forked afterwards share
     assert len(soon._compiled) == 1 and first.engine == "jit"
     assert same_instances(first, eager.predict([frames[0]])[0])

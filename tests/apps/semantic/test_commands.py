@@ -116,9 +116,9 @@ def test_onnx_export_answers_like_pytorch(run, photos, run_cli, tmp_path):
     larger = torch.nn.functional.interpolate(batch, size=(80, 96))  # any input size
     with torch.no_grad():
         assert float((OnnxRunner(onnx_file)(larger) - model(larger)).abs().max()) < 1e-4
-    code, out, err = run_cli("semantic", *photos, "--model", onnx_file, "--json")
+    code, out, err = run_cli("semantic", *photos, "--model", onnx_file, "--json", "--device", "cpu")
     assert code == 0, err
-    _, torch_out, _ = run_cli("semantic", *photos, "--model", run / "model.safetensors", "--json")
+    _, torch_out, _ = run_cli("semantic", *photos, "--model", run / "model.safetensors", "--json", "--device", "cpu")
     assert json.loads(out) == json.loads(torch_out)
 
 

@@ -132,7 +132,7 @@ def test_a_real_photo_runs_end_to_end_with_a_torchvision_checkpoint_from_the_hub
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(reference.state_dict(), path)
     photo = data.astronaut()[::2, ::2].copy()  # 256 x 256; both resize its shorter side to 520
-    (result,) = cnnapps.load("lraspp_mobilenet_v3_large").predict([photo])
+    (result,) = cnnapps.load("lraspp_mobilenet_v3_large", device="cpu").predict([photo])
     assert result.labels.shape == (256, 256) and result.class_names[:2] == ["__background__", "aeroplane"]
     assert sum(a.pixels for a in result.areas()) == 256 * 256
     with torch.no_grad():

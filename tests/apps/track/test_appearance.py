@@ -110,7 +110,8 @@ def test_train_track_writes_the_detector_with_its_learned_appearance(run_cli, tr
     vectors = np.stack([i.embedding for i in result.instances])
     assert vectors.shape == (len(result.instances), 3) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     projection = learned.model.appearance
-    expected = (np.stack([i.embedding for i in raw.instances]) - projection.mean.numpy()) @ projection.matrix.numpy()
+    mean, matrix = projection.mean.cpu().numpy(), projection.matrix.cpu().numpy()
+    expected = (np.stack([i.embedding for i in raw.instances]) - mean) @ matrix
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     assert np.allclose(vectors, expected, atol=1e-4)  # the raw RoI embedding, projected
 
