@@ -316,11 +316,16 @@ def _not_created(folder: Path) -> RetrievalIndexError:
     return RetrievalIndexError(f"{folder}: {_not_created_reason(folder)}")
 
 
+def _check_kind(kind: str) -> None:
+    """Refuse an unknown index kind before anything is made on disk."""
+    if kind not in KINDS:
+        raise RetrievalIndexError(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+
+
 def _create(folder: Path, model: dict[str, Any], kind: str, unfinished: str | None) -> sqlite3.Connection:
     """Write generation 0 of a new index (the write lock is held): the FAISS file, then the schema and the
     settings in one transaction. Returns the open database."""
-    if kind not in KINDS:
-        raise RetrievalIndexError(f"--kind {kind}: choose one of {', '.join(KINDS)}")
+    _check_kind(kind)
     state, _ = _index_state(folder)
     if state == "index":
         raise RetrievalIndexError(f"{folder}: an index already exists here; use `cnnapps index add` or `sync`")
@@ -372,6 +377,7 @@ class Index:
         """A new empty index for embeddings described by ``model`` (model, fingerprint, pooling, dim), created
         whole or not at all; a second process creating one at ``path`` meanwhile gets ``IndexLockedError``."""
         path = Path(path)
+        _check_kind(kind)
         path.mkdir(parents=True, exist_ok=True)
         with _WriteLock(path):
             db = _create(path, model, kind, None)
@@ -431,6 +437,7 @@ class Index:
         """The index a ``task`` ("build" or "merge") writes, under its write lock from start to end: a new
         one marked unfinished, or the one an interrupted run of the same task left. The mark goes when the
         block completes."""
+        _check_kind(kind)
         path.mkdir(parents=True, exist_ok=True)
         with _WriteLock(path) as lock:
             state, settings = _index_state(path)

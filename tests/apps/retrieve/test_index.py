@@ -143,6 +143,14 @@ def test_second_writer_gets_a_clear_error(small_index) -> None:
     assert index.remove([str(folder / "coffee.png")]) == 1
 
 
+def test_an_unknown_kind_is_refused_before_anything_is_made(embedder: Embedder, gallery: Path, tmp_path: Path) -> None:
+    with pytest.raises(RetrievalIndexError, match="--kind bogus: choose one of auto, flat"):
+        Index.build(tmp_path / "built", [str(gallery / "chelsea.png")], embedder, kind="bogus")
+    with pytest.raises(RetrievalIndexError, match="--kind bogus"):
+        Index.create(tmp_path / "created", embedder.describe(), kind="bogus")
+    assert not (tmp_path / "built").exists() and not (tmp_path / "created").exists()  # no folder, no write.lock
+
+
 def test_queries_with_another_model_are_refused(small_index) -> None:
     index, folder = small_index
     other = Embedder(pooling="gem")
