@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.errors import CnnappsError, ImageError
+from cnnapps.errors import CnnappsError
 
 log = logging.getLogger("cnnapps")
 
@@ -482,49 +482,3 @@ def semantic_transform(preset: str, fit: Any, ignore_index: int = IGNORE_INDEX) 
 
     apply.pipeline = pipeline  # type: ignore[attr-defined]  # for seeding (pipeline.set_random_seed)
     return apply
-
-
-class SemanticDataset:
-    """Training and validation examples (a map-style data set for torch's DataLoader).
-
-    With ``transform`` (training): ``(image (C, h, w), mask (h, w))`` at the model's input size. Without it
-    (validation, scored as the model will answer): the image through ``preprocess`` and the mask at the image's own
-    size. An unreadable image or a mask that does not fit is reported once (a warning naming it and why) and
-    replaced by the next good item, so one bad file never ends a run."""
-
-    def __init__(self, data: SemanticSet, transform: Callable[..., Any] | None = None,
-                 preprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> None:  # fmt: skip
-        self.data, self.transform, self.preprocess = data, transform, preprocess
-        self.skipped: dict[str, str] = {}
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        import torch
-
-        n = len(self.data)
-        for step in range(n):
-            i = (index + step) % n
-            try:
-                rgb, mask = self.data.load(i)
-            except (ImageError, MaskError) as exc:
-                key = str(self.data.items[i].image)
-                if key not in self.skipped:
-                    self.skipped[key] = str(exc)
-                    log.warning("skipping %s", exc)
-                continue
-            if self.transform is not None:
-                image, mask = self.transform(rgb, mask)
-            else:
-                image = self.preprocess(rgb) if self.preprocess is not None else rgb
-            return torch.from_numpy(image), torch.from_numpy(np.ascontiguousarray(mask))
-        raise SemanticDataError(f"{self.data.source}: no image with a usable mask in the whole data set")
-
-
-def collate_semantic(batch: list[Any]) -> tuple[Any, list[Any]]:
-    """Images stacked; masks kept as a list (validation masks keep each image's own size)."""
-    import torch
-
-    images, masks = zip(*batch, strict=True)
-    return torch.stack(images), list(masks)

@@ -1,4 +1,5 @@
-"""Torch datasets for training and validation loaders: labelled images, COCO detection targets, captions."""
+"""Torch datasets for training and validation loaders: labelled images, COCO detection targets, captions,
+semantic masks."""
 
 from __future__ import annotations
 
@@ -12,40 +13,66 @@ from torch.utils.data import Dataset
 
 from cnnapps.datasets.folders import LabeledImages, MultiLabeledImages
 from cnnapps.datasets.io import read_image
+from cnnapps.datasets.semantic import MaskError, SemanticDataError, SemanticSet
 from cnnapps.errors import ImageError
 
 log = logging.getLogger("cnnapps")
 
 
 class ReadableItems(Dataset):
-    """A dataset of items that each need an image read from disk: an item whose image cannot be read is reported
-    once (a warning naming it and why) and replaced by the next readable one, so one bad file never ends a run.
+    """A dataset of items that each need an image read from disk. An item that cannot be read is reported once
+    (a warning naming it and why). In a training set it is replaced by the next readable one, so one bad file never
+    ends a run; a validation set (``substitute = False``, as :func:`~cnnapps.apps.common.training.make_loaders`
+    sets it) gives None in its place, which :func:`readable_only` drops from the batch: every image is scored once.
 
-    Subclasses give ``__len__``, ``source(i)`` (the image's path) and ``load(i, rgb)`` (the training example)."""
+    Subclasses give ``__len__``, ``source(i)`` (the image's path) and ``load(i, raw)`` (the example from what
+    ``read(i)`` returned: the decoded image unless they read more)."""
+
+    substitute = True
+    #: what ``read`` raises for an item that is skipped (anything else ends the run)
+    skippable: tuple[type[Exception], ...] = (ImageError,)
 
     def __init__(self) -> None:
-        self._reported: set[str] = set()
+        self.skipped: dict[str, str] = {}  # source -> why, each reported once
 
     def source(self, i: int) -> str:
         raise NotImplementedError
 
-    def load(self, i: int, rgb: np.ndarray) -> Any:
+    def read(self, i: int) -> Any:
+        return read_image(self.source(i))
+
+    def load(self, i: int, raw: Any) -> Any:
         raise NotImplementedError
+
+    def nothing_readable(self) -> Exception:
+        return ImageError(self.source(0), "no readable image in the whole dataset")
 
     def __getitem__(self, index: int) -> Any:
         n = len(self)
-        for step in range(n):
+        for step in range(n if self.substitute else 1):
             i = (index + step) % n
-            path = self.source(i)
             try:
-                image = read_image(path)
-            except ImageError as exc:
-                if path not in self._reported:
-                    self._reported.add(path)
+                raw = self.read(i)
+            except self.skippable as exc:
+                if self.source(i) not in self.skipped:
+                    self.skipped[self.source(i)] = str(exc)
                     log.warning("skipping %s", exc)
                 continue
-            return self.load(i, image)
-        raise ImageError(self.source(index), "no readable image in the whole dataset")
+            return self.load(i, raw)
+        if not self.substitute:
+            return None
+        raise self.nothing_readable()
+
+
+def readable_only(collate: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+    """``collate`` over the items of a batch that were read (a validation set gives None for the others); None
+    for a batch of which none was."""
+
+    def collate_read(batch: list[Any]) -> Any:
+        kept = [item for item in batch if item is not None]
+        return collate(kept) if kept else None
+
+    return collate_read
 
 
 class LabeledImageDataset(ReadableItems):
@@ -150,3 +177,43 @@ def collate_captions(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list
     """Images stacked, captions padded with 0 (``<pad>``) to the longest."""
     images, captions, indices = zip(*batch, strict=True)
     return torch.stack(images), torch.nn.utils.rnn.pad_sequence(captions, batch_first=True), list(indices)
+
+
+class SemanticDataset(ReadableItems):
+    """Semantic segmentation examples. With ``transform`` (training): ``(image (C, h, w), mask (h, w))`` at the
+    model's input size. Without it (validation, scored as the model will answer): the image through ``preprocess``
+    and the mask at the image's own size. A mask that does not fit its image or class list is skipped as an
+    unreadable image is."""
+
+    skippable = (ImageError, MaskError)
+
+    def __init__(self, data: SemanticSet, transform: Callable[..., Any] | None = None,
+                 preprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.data, self.transform, self.preprocess = data, transform, preprocess
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def source(self, i: int) -> str:
+        return str(self.data.items[i].image)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.load(i)
+
+    def nothing_readable(self) -> Exception:
+        return SemanticDataError(f"{self.data.source}: no image with a usable mask in the whole data set")
+
+    def load(self, i: int, raw: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb, mask = raw
+        if self.transform is not None:
+            image, mask = self.transform(rgb, mask)
+        else:
+            image = self.preprocess(rgb) if self.preprocess is not None else rgb
+        return torch.from_numpy(image), torch.from_numpy(np.ascontiguousarray(mask))
+
+
+def collate_semantic(batch: list[Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Images stacked; masks kept as a list (validation masks keep each image's own size)."""
+    images, masks = zip(*batch, strict=True)
+    return torch.stack(images), list(masks)

@@ -57,7 +57,7 @@ class CaptionModule(TaskModule):
         self.track_train_loss(loss)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, list[int]], batch_idx: int) -> None:
+    def validate_batch(self, batch: tuple[torch.Tensor, torch.Tensor, list[int]]) -> None:
         images, tokens, indices = batch
         self._val_losses.append(self._loss(images, tokens).detach().float())
         features = self.model.encoder(images)

@@ -157,7 +157,7 @@ class ClassificationModule(AveragedWeights, TaskModule):
         self.track_train_loss(loss)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+    def validate_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         x, y, *index = batch
         if self.ema is not None:
             self._validate_ema(x, y, index)
@@ -234,7 +234,7 @@ class ClassificationModule(AveragedWeights, TaskModule):
 
     def outputs_of_best(self, epoch: int | None, size: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(probabilities, labels) of the validation set in order, from epoch ``epoch``'s validation, when this
-        run kept them and every image of the set was read (an unreadable one's place was taken by another)."""
+        run kept them and every image of the set was read (an unreadable one is left out of validation)."""
         kept = self.best_outputs
         if kept is None or kept["epoch"] != epoch or len(kept["indices"]) != size:
             return None
@@ -281,7 +281,7 @@ class MultiLabelModule(AveragedWeights, TaskModule):
         self.track_train_loss(loss)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+    def validate_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         x, y, *index = batch
         if self.ema is not None:
             self._val_ema_probs.append(self.ema.module(x).float().detach().sigmoid())

@@ -162,6 +162,9 @@ def make_loaders(config: TrainConfig, train_set: Any, val_set: Any, device: torc
                  collate_fn: Any = None, sampler: Any = None) -> tuple[Any, Any]:  # fmt: skip
     """The training loader (shuffled, or drawn by ``sampler``) and a loader over the whole validation set in order.
 
+    Unreadable validation images are left out of their batches (a batch of none readable is None, which
+    :class:`TaskModule` skips); the training set puts the next readable image in an unreadable one's place.
+
     A training ``sampler`` in a distributed run is wrapped by Lightning (``DistributedSamplerWrapper``): every
     process draws the sampler's indices and takes its own share of them.
 
@@ -169,9 +172,10 @@ def make_loaders(config: TrainConfig, train_set: Any, val_set: Any, device: torc
     to equal length); a sampler that is already a ``DistributedSampler`` is left alone, so one over a single
     replica keeps the whole set. Every rank then computes the same, exact validation figures, and checkpoint
     choice and early stopping agree across ranks without gathering predictions."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, default_collate
     from torch.utils.data.distributed import DistributedSampler
 
+    from cnnapps.datasets.training import readable_only
     from cnnapps.datasets.transforms import seed_augmentation
 
     args = loader_args(config, device, collate_fn)
@@ -179,7 +183,9 @@ def make_loaders(config: TrainConfig, train_set: Any, val_set: Any, device: torc
         seed_augmentation(getattr(train_set, "transform", None), config.seed)
     train = DataLoader(train_set, **({"sampler": sampler} if sampler is not None else {"shuffle": True}), **args)
     whole = DistributedSampler(val_set, num_replicas=1, rank=0, shuffle=False)
-    return train, DataLoader(val_set, sampler=whole, **args)
+    val_set.substitute = False  # an unreadable validation image is left out, not scored twice in another's place
+    val_args = {**args, "collate_fn": readable_only(collate_fn or default_collate)}
+    return train, DataLoader(val_set, sampler=whole, **val_args)
 
 
 @dataclass
@@ -621,7 +627,7 @@ class TaskModule(L.LightningModule):
         self._grads_in_buckets = False
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.batch_transform is None:
+        if self.batch_transform is None or batch is None:
             return batch
         return self.transform_batch(batch, train=self.trainer.training)
 
@@ -630,6 +636,14 @@ class TaskModule(L.LightningModule):
         are laid out otherwise override this)."""
         images, *rest = batch
         return (self.batch_transform(images, train=train), *rest)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is not None:  # None: not one image of the batch could be read (make_loaders)
+            self.validate_batch(batch)
+
+    def validate_batch(self, batch: Any) -> None:
+        """One validation batch of images that were read: the task's outputs and metrics."""
+        raise NotImplementedError
 
     def compile_targets(self) -> list[torch.nn.Module]:
         """The parts ``--compile`` compiles in place (their state-dict keys stay the same): the model."""

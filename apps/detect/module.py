@@ -43,7 +43,7 @@ class DetectionModule(TaskModule):
         self.track_train_loss(loss)
         return loss
 
-    def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> None:
+    def validate_batch(self, batch: tuple[list[torch.Tensor], list[dict]]) -> None:
         images, targets = batch
         if self.model.spec.shared:  # scored as it will answer: through the trunk's preprocessing, in image frames
             from cnnapps.apps.detect.model import run_shared
@@ -56,8 +56,6 @@ class DetectionModule(TaskModule):
             height, width = image.shape[-2:]
             result = to_result("", to_detections(output, height, width), height, width, spec)
             image_id = int(target["image_id"])
-            if image_id in self._image_ids:  # an unreadable image's place is taken by the next one: scored once
-                continue
             self._image_ids[image_id] = None
             self._results.extend(to_coco_results(image_id, result.instances, self.category_of_label))
 

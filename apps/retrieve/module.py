@@ -50,7 +50,7 @@ class MetricLearningModule(TaskModule):
         self.track_train_loss(loss)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validate_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
         embeddings = self(x)
         self._val.append((embeddings.detach().float(), y.detach(), self._loss(embeddings, y).detach().float()))

@@ -49,7 +49,7 @@ class SemanticModule(TaskModule):
         self.track_train_loss(loss)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, list[torch.Tensor]], batch_idx: int) -> None:
+    def validate_batch(self, batch: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
         images, masks = batch
         k = self.model.spec.num_classes
         if self._confusion is None:

@@ -57,7 +57,8 @@ def model_preprocess(config: SemanticConfig, trunk_preprocess: Any) -> Any:
 def _prepare(config: SemanticConfig, device: Any) -> Any:
     from cnnapps.apps.common.training import Plan, make_loaders
     from cnnapps.apps.semantic.module import SemanticModule
-    from cnnapps.datasets.semantic import SemanticDataset, collate_semantic, semantic_transform
+    from cnnapps.datasets.semantic import semantic_transform
+    from cnnapps.datasets.training import SemanticDataset, collate_semantic
 
     train, val = read_data(config)
     names = train.class_names

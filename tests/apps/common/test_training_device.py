@@ -170,6 +170,29 @@ def test_kept_outputs_are_used_only_when_every_image_was_read() -> None:
     assert module.outputs_of_best(2, 3) is None
 
 
+def test_an_unreadable_validation_image_is_left_out_of_the_epochs_scores(tmp_path: Path, tiny_config) -> None:
+    """Its place went to the next readable image, scored twice in the epoch's val_loss and val_top1."""
+    import cnnapps
+    from cnnapps.apps.classify.train import train_classifier
+    from tests.conftest import write_colour_set
+
+    write_colour_set(tmp_path / "data" / "train", per_class=4, seed=0)
+    write_colour_set(tmp_path / "data" / "val", per_class=2, seed=1)
+    broken = sorted((tmp_path / "data" / "val").rglob("*.png"))[0]
+    broken.write_bytes(b"not an image")
+    metrics = train_classifier(tiny_config(tmp_path / "data", tmp_path / "run", epochs=1, device="cpu"))
+    readable = sorted(p for p in (tmp_path / "data" / "val").rglob("*.png") if p != broken)
+    names = sorted(p.name for p in (tmp_path / "data" / "train").iterdir())
+    labels = np.array([names.index(p.parent.name) for p in readable])
+    _, probs, _ = cnnapps.load(tmp_path / "run" / "model.safetensors", engine="eager", device="cpu").predict_proba(
+        [str(p) for p in readable]
+    )
+    epoch = metrics["history"][0]
+    loss = -np.log(probs[np.arange(len(labels)), labels]).mean()
+    assert epoch["val_loss"] == pytest.approx(loss, abs=1e-4)
+    assert epoch["val_top1"] == pytest.approx((probs.argmax(1) == labels).mean())
+
+
 @pytest.mark.skipif(
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile needs a C++ compiler on a CPU"
 )

@@ -244,27 +244,28 @@ def test_keypoint_size_classes_use_keypoint_extent(tmp_path):
 
 
 def test_validation_scores_each_image_once_when_one_cannot_be_read(tmp_path):
-    """The validation set puts the next readable image in an unreadable one's place: its detections were added
-    twice (false positives) under its id. A model answering the ground truth scores AP 1.0 on what was read, as
-    `eval` does."""
+    """A validation set leaves an unreadable image out of its batch (it put the next readable image in its
+    place, whose detections were added twice under its id: false positives). A model answering the ground truth
+    scores AP 1.0 on what was read, as `eval` does."""
     from types import SimpleNamespace
 
     from cnnapps.apps.detect.module import DetectionModule
     from cnnapps.datasets.coco import CocoDataset
     from cnnapps.datasets.synthetic import write_coco
-    from cnnapps.datasets.training import DetectionDataset, collate_detection
+    from cnnapps.datasets.training import DetectionDataset, collate_detection, readable_only
 
     path = write_coco("shapes", tmp_path, "val", 4, size=96)
     first = json.loads(path.read_text())["images"][0]["file_name"]
     (tmp_path / "val" / first).write_bytes(b"not a png")
     dataset = CocoDataset(path, tmp_path / "val", "detect")
     val = DetectionDataset(dataset, list(range(len(dataset))))
+    val.substitute = False  # as make_loaders leaves a validation set
 
     class Truth(torch.nn.Module):  # each image's ground truth as its detections
         spec = SimpleNamespace(shared=False, task="detect", class_names=dataset.class_names, skeleton=[])
 
         def forward(self, images):
-            pairs = [val[i] for i in range(len(val))]
+            pairs = [pair for pair in (val[i] for i in range(len(val))) if pair is not None]
             targets = [next(t for image, t in pairs if torch.equal(image, x)) for x in images]
             return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.full((len(t["boxes"]),), 0.9)}
                     for t in targets]  # fmt: skip
@@ -274,7 +275,7 @@ def test_validation_scores_each_image_once_when_one_cannot_be_read(tmp_path):
     module.model, module.val_coco, module._results, module._image_ids = Truth(), dataset, [], {}
     module.category_of_label = {i + 1: c for i, c in enumerate(dataset.category_ids)}
     for i in range(len(val)):
-        module.validation_step(collate_detection([val[i]]), i)
+        module.validation_step(readable_only(collate_detection)([val[i]]), i)  # None for the unreadable first
     assert list(module._image_ids) == [2, 3, 4]
     metrics = coco_evaluate(dataset.coco, module._results, ("bbox",), list(module._image_ids))
     assert metrics["bbox_ap"] == pytest.approx(1.0)

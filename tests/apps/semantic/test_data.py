@@ -14,7 +14,6 @@ from cnnapps.datasets.semantic import (
     ClassList,
     MaskError,
     SemanticDataError,
-    SemanticDataset,
     read_class_list,
     read_mask,
     read_semantic_data,
@@ -22,6 +21,7 @@ from cnnapps.datasets.semantic import (
     voc_colormap,
     write_mask,
 )
+from cnnapps.datasets.training import SemanticDataset
 
 CLASSES = ClassList(["sky", "grass", "dot"], [(70, 130, 180), (107, 142, 35), (220, 20, 60)], (224, 224, 192), "c.txt")
 
