@@ -337,6 +337,12 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
                 f"{first.path} ({first.trunk['name']}, {first_print[:19]}); heads join only on one trunk: train each "
                 "with --trunk naming the same trunk"
             )
+        if other.trunk.get("kwargs", {}) != first.trunk.get("kwargs", {}):  # the same weights built otherwise
+            raise BundleError(
+                f"{other.path}: its trunk ({other.trunk['name']}, {_short(other.trunk.get('kwargs', {}))}) is built "
+                f"otherwise than {first.path}'s ({_short(first.trunk.get('kwargs', {}))}); heads join only on one "
+                "trunk: train each with --trunk naming the same trunk"
+            )
         if _plain(other.preprocess) != _plain(first.preprocess):
             raise BundleError(
                 f"{other.path}: its preprocessing ({_short(other.preprocess)}) differs from {first.path}'s "

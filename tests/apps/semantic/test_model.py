@@ -105,6 +105,22 @@ def test_model_file_round_trip_keeps_outputs_and_dilation(tmp_path):
         assert torch.equal(model(x), loaded(x))
 
 
+def test_compose_refuses_the_same_trunk_weights_built_otherwise(tmp_path):
+    """A dilated trunk holds the same tensors as the plain one: joined under one build, the file never loaded."""
+    from cnnapps.apps.modelfile import compose
+    from cnnapps.errors import CnnappsError
+
+    fit = Preprocess(input_size=(3, 64, 64), resize=64, resize_mode="squash")
+    for name, stride in (("plain", None), ("dilated", 8)):
+        torch.manual_seed(0)
+        model = create_semantic("fpn", "timm:test_resnet", class_names=["a", "b"], backbone_weights=None,
+                                output_stride=stride, head_channels=16)  # fmt: skip
+        save_semantic(tmp_path / f"{name}.safetensors", model, fit)
+    with pytest.raises(CnnappsError, match=r"dilated.safetensors: its trunk .*output_stride.* is built otherwise"):
+        compose([tmp_path / "plain.safetensors", tmp_path / "dilated.safetensors"], tmp_path / "both.safetensors")
+    assert not (tmp_path / "both.safetensors").exists()
+
+
 def test_torchvision_model_names_offline_name_the_file_url_and_place():
     from cnnapps.errors import WeightsUnavailableError
 
