@@ -37,6 +37,10 @@ class Result:
         a video's frames are kept as events where it changes."""
         return ""
 
+    def summary(self) -> str:
+        """The answer in one table cell, with its scores where it has them ("" for nothing)."""
+        return self.headline()
+
     def overlay(self, image: np.ndarray) -> np.ndarray:
         """The answer drawn on one video frame (RGB uint8); frames of one video come out the same size."""
         return self.draw(image)  # type: ignore[attr-defined]
@@ -72,6 +76,11 @@ class ClassificationResult(Result):
         if self.labels is not None:
             return ", ".join(p.label for p in self.labels)
         return self.top1.label if self.top1 else ""
+
+    def summary(self) -> str:
+        if self.labels is not None:  # a multi-label head: every label over its threshold
+            return ", ".join(f"{p.label} {p.score:.0%}" for p in self.labels) or "no label"
+        return f"{self.top1.label} {self.top1.score:.0%}" if self.top1 else ""
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
@@ -114,6 +123,9 @@ class EmbeddingResult(Result):
     """One input's L2-normalised embedding (cosine similarity of two images is the dot product of theirs)."""
 
     vector: np.ndarray | None = None
+
+    def summary(self) -> str:
+        return "" if self.vector is None else f"{len(self.vector)}-d vector"
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None or self.vector is None:

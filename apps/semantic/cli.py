@@ -93,8 +93,7 @@ def _print_classes(results: list[Any]) -> None:
         if not r.ok:
             table.add_row(r.source, "", styled(f"error: {r.error}", "red"))
             continue
-        found = ", ".join(f"{a.label} {a.fraction:.0%}" for a in r.areas()[:6])
-        table.add_row(r.source, f"{r.width}x{r.height}", found or "-")
+        table.add_row(r.source, f"{r.width}x{r.height}", r.summary() or "-")
     console().print(table)
 
 

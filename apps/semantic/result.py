@@ -94,6 +94,10 @@ class SemanticResult(Result):
         """The classes covering at least 1 % of the image, largest first."""
         return ", ".join(a.label for a in self.areas() if a.fraction >= 0.01)
 
+    def summary(self) -> str:
+        """The six largest classes with their share of the pixels: ``"sky 54%, grass 46%"``."""
+        return ", ".join(f"{a.label} {a.fraction:.0%}" for a in self.areas()[:6])
+
     def palette(self) -> np.ndarray:
         from cnnapps.datasets.semantic import voc_colormap
 

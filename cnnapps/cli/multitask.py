@@ -101,25 +101,5 @@ def _print_answers(results: list[Any], heads: list[str]) -> None:
         if not r.ok:
             table.add_row(r.source, styled(f"error: {r.error}", "red"), *[""] * (len(heads) - 1))
             continue
-        table.add_row(r.source, *(_summary(r.results[h]) for h in heads))
+        table.add_row(r.source, *(r.results[h].summary() or "-" for h in heads))
     console().print(table)
-
-
-def _summary(result: Any) -> str:
-    """One cell: the top class, the caption, the objects found, or the embedding's size."""
-    from collections import Counter
-
-    from cnnapps.results import CaptionResult, ClassificationResult, DetectionResult, EmbeddingResult
-
-    if isinstance(result, ClassificationResult):
-        if result.labels is not None:  # a multi-label head: every label over its threshold
-            return ", ".join(f"{p.label} {p.score:.0%}" for p in result.labels) or "no label"
-        return f"{result.top1.label} {result.top1.score:.0%}" if result.top1 else "-"
-    if isinstance(result, CaptionResult):
-        return result.caption
-    if isinstance(result, DetectionResult):
-        counts = Counter(i.label for i in result.instances)
-        return ", ".join(f"{n}x {label}" for label, n in counts.most_common()) or "nothing found"
-    if isinstance(result, EmbeddingResult) and result.vector is not None:
-        return f"{len(result.vector)}-d vector"
-    return str(result.to_dict())

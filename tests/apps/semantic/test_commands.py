@@ -173,3 +173,15 @@ def test_no_model_means_torchvisions_deeplabv3_and_offline_says_where_its_file_g
     assert code == 2
     assert "deeplabv3_resnet50_coco-cd0a2569.pth: cannot download https://download.pytorch.org/models/" in err
     assert "place the file at" in err and "hub/checkpoints/deeplabv3_resnet50_coco-cd0a2569.pth" in err
+
+
+def test_predict_shows_a_semantic_head_as_classes_and_their_shares(run, photos, run_cli):
+    """The multi-head table's cell for a semantic head is what `cnnapps semantic` shows, not a Python dict."""
+    import cnnapps
+
+    (result,) = cnnapps.load(run / "model.safetensors", device="cpu").predict([photos[0]])
+    code, out, err = run_cli("predict", run / "model.safetensors", photos[0], "--device", "cpu")
+    assert code == 0, err
+    expected = result.summary()
+    assert expected.split(", ")[0] in out and "%" in expected and "fraction" not in out
+    assert expected == ", ".join(f"{a.label} {a.fraction:.0%}" for a in result.areas()[:6])
