@@ -142,6 +142,9 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
             raise CnnappsError(f"{path}: one file for {plural(len(sources), 'video')}; give {_flag(name)} a folder")
         if _is_file_name(path) and path.exists():
             raise CnnappsError(f"{path}: already exists; choose another {_flag(name)}")
+        if not _is_file_name(path) and path.exists() and not path.is_dir():  # a name with no suffix is a folder
+            raise CnnappsError(f"{path}: a file, not a folder; choose another {_flag(name)} (a folder, or a file name "
+                               "with its suffix)")  # fmt: skip
     counters = _counters(video) if tracking_wanted else []
     opened = VideoSource(sources[0], **_source_options(video))  # a bad first source fails before the model loads
     extra: dict[str, Any] = {}

@@ -71,6 +71,11 @@ def test_the_annotated_video_and_the_event_frames_are_written_never_over_a_file(
     before = copy.read_bytes()
     code, _, err = run_cli("classify", str(cat_clip), "--save-video", str(copy))
     assert code == 2 and "already exists" in err and copy.read_bytes() == before
+    plain = tmp_path / "notes"  # no suffix: taken for a folder, but a file is there
+    plain.write_text("mine")
+    code, _, err = run_cli("classify", str(cat_clip), "--save-video", str(plain))
+    assert code == 2 and f"{plain}: a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert plain.read_text() == "mine"
 
 
 @pytest.fixture
