@@ -42,6 +42,7 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     records = [r for r in (_parse(f, root, images, report) for f in files) if r]
     if not records and files:
         raise FormatError(f"{src}: no LabelMe file could be read")
+    images_root = _images_root(records, root, images)  # may rename the images relative to it
     order: dict[str, list[list[str]]] = {}
     for record in records:
         for obj in record["objects"]:
@@ -72,7 +73,25 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
                     flat.extend(obj["points"].get(name, [0, 0, 0]))
             polygons = obj["polygons"] or None
             build.annotation(image_id, category, bbox=obj["box"], polygons=polygons, keypoints=flat, where=obj["where"])
-    return build.result(root)
+    return build.result(images_root)
+
+
+def _images_root(records: list[dict[str, Any]], root: Path, images: Path | None) -> Path:
+    """The folder the images' ``file_name`` entries are relative to: the LabelMe folder when they lie beside their
+    JSON files, ``--images`` when they lie there; else the folder the images share, their names made relative to it
+    (``imagePath`` entries such as ``../images/a.jpg``)."""
+    for folder in (root, images):
+        if folder is not None and all(_same(folder / r["file_name"], r["file"]) for r in records):
+            return folder
+    files = [Path(os.path.abspath(r["file"])) for r in records]
+    common = Path(os.path.commonpath([f.parent for f in files])) if files else root
+    for record, file in zip(records, files, strict=True):
+        record["file_name"] = file.relative_to(common).as_posix()
+    return common
+
+
+def _same(a: Path, b: Path) -> bool:
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
 def _labels_file(root: Path) -> list[str] | None:

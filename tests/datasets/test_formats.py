@@ -624,3 +624,20 @@ def test_rle_masks_that_trace_to_nothing_are_reported(tmp_path, run_cli):
 
     code, _, err = run_cli("data", "convert", path, tmp_path / "cli", "--to", "yolo", "--images", images)
     assert code == 1 and f"{path}: annotations[0] (id 1) segmentation: RLE mask traces to no polygon" in err
+
+
+def test_labelme_images_in_another_folder_are_named_from_theirs(tmp_path):
+    """The summary and the COCO file_names point where the images are: beside the JSON files, --images, or the
+    folder an imagePath such as ../imgs/a.png leads to (the LabelMe folder was named, where no image is)."""
+    write_images(tmp_path / "imgs")
+    box = {"label": "car", "shape_type": "rectangle", "group_id": None, "points": [[1, 2], [11, 12]]}
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "im0.json").write_text(json.dumps({"shapes": [box], "imagePath": "../imgs/im0.png"}))
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "im0.json").write_text(json.dumps({"shapes": [box], "imagePath": "im0.png"}))
+    for src, images in (("up", None), ("flat", tmp_path / "imgs")):
+        done = convert(tmp_path / src, tmp_path / f"{src}.json", to="coco", images=images, image_files="none")
+        coco = json.loads((tmp_path / f"{src}.json").read_text())
+        folder = Path(done.written["images"])
+        assert folder.resolve() == (tmp_path / "imgs").resolve(), src
+        assert [(folder / im["file_name"]).is_file() for im in coco["images"]] == [True], src
