@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -595,24 +596,25 @@ def test_rle_masks_are_written_as_the_polygons_traced_round_them(tmp_path, fmt):
         traced = decoded(after[file]["segmentation"], height, width)
         iou = (mask & traced).sum() / (mask | traced).sum()
         assert iou >= 0.9, (fmt, file, iou)
+        rows, cols = np.nonzero(mask)  # the outline runs along the pixels' outer edges: the mask's own box
+        box = [cols.min(), rows.min(), cols.max() + 1 - cols.min(), rows.max() + 1 - rows.min()]
+        assert after[file]["bbox"] == pytest.approx(box, abs=0.01), (fmt, file)
 
 
 def test_rle_masks_that_trace_to_nothing_are_reported(tmp_path, run_cli):
     path, images = source(tmp_path, rle_masks)
     coco = json.loads(path.read_text())
     empty = {"size": [48, 64], "counts": [48 * 64]}
-    dot = {"size": [60, 80], "counts": [60 * 30 + 20, 1, 60 * 50 - 21]}  # one pixel: no outline of 3 points
+    dot = {"size": [60, 80], "counts": [60 * 30 + 20, 1, 60 * 50 - 21]}  # one pixel: its own 1 px square
     short = {"size": [48, 64], "counts": [10, 5]}  # runs that do not cover the image
     coco["annotations"][0]["segmentation"], coco["annotations"][1]["segmentation"] = empty, dot
     coco["annotations"].append({**coco["annotations"][0], "id": 9, "segmentation": short})
     path.write_text(json.dumps(coco))
 
     done = convert(path, tmp_path / "out", to="yolo", images=images)
-    assert done.polygons == 0 and done.boxes == 4
+    assert done.polygons == 1 and done.boxes == 4
     assert done.skipped == [
         f"{path}: annotations[0] (id 1) segmentation: RLE mask traces to no polygon (empty, or only parts under "
-        "1 px); mask left out (its box kept)",
-        f"{path}: annotations[1] (id 2) segmentation: RLE mask traces to no polygon (empty, or only parts under "
         "1 px); mask left out (its box kept)",
         f"{path}: annotations[3] (id 9) segmentation: RLE counts cover 15 pixels, its size 48 x 64 = 3072; "
         "mask left out (its box kept)",
