@@ -49,13 +49,16 @@ class Calibration:
     ``check``: ``top1`` (classifier logits), ``cosine`` (embeddings) or ``boxes`` (detector boxes, labels, scores);
     ``op_types``: the ops to quantize (None: every op onnxruntime quantizes); ``half_modules``: for fp16, the
     submodules made fp16 in PyTorch before export (:func:`with_half_layers`; None: onnxruntime's float16 converter
-    on the whole graph); ``fp32``: what stays fp32, in words."""
+    on the whole graph); ``fp32``: what stays fp32, in words; ``varying_shapes``: the graph's tensors change shape
+    from image to image (a detector takes any image size and runs its heads once per detection), so its images
+    are calibrated one at a time (onnxruntime stacks the values it collects from several images into one array)."""
 
     feed: Callable[[np.ndarray], dict[str, np.ndarray]]
     check: str
     op_types: tuple[str, ...] | None = None
     half_modules: tuple[str, ...] | None = None
     fp32: str = ""
+    varying_shapes: bool = False
 
 
 def preprocessed_batch(preprocess: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
@@ -96,8 +99,8 @@ def split_held_out(images: list[str], check: list[str] | None) -> tuple[list[str
     """(calibration images, check images, whether the check images are held out from calibration). Without a
     check folder every ``HOLD_OUT_EVERY``-th image is held out (at least one when there are two or more); a
     single image calibrates and checks."""
-    if check is not None:
-        return images, check, not set(images) & set(check)
+    if check is not None:  # the same files however they are spelled (cal/a.jpg, /abs/cal/a.jpg)
+        return images, check, not {os.path.realpath(p) for p in images} & {os.path.realpath(p) for p in check}
     if len(images) < 2:
         return images, images, False
     held = [p for i, p in enumerate(images) if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1] or [images[-1]]
@@ -154,8 +157,18 @@ def quantize_int8(data: bytes, calibration: Calibration, images: list[str]) -> b
         def __init__(self) -> None:
             self.inputs = _inputs(chosen, calibration.feed)
 
+        def __len__(self) -> int:
+            return len(chosen)
+
+        def set_range(self, start_index: int, end_index: int) -> None:  # one stride of CalibStridedMinMax
+            self.inputs = _inputs(chosen[start_index:end_index], calibration.feed)
+
         def get_next(self) -> dict | None:
             return next(self.inputs, None)
+
+    options: dict[str, Any] = {"CalibMaxIntermediateOutputs": chunk}
+    if calibration.varying_shapes:
+        options["CalibStridedMinMax"] = 1  # each image's values folded into the ranges on their own
 
     with tempfile.TemporaryDirectory(prefix="cnnapps-int8-") as tmp, _quiet_quantizer():
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -167,7 +180,7 @@ def quantize_int8(data: bytes, calibration: Calibration, images: list[str]) -> b
                 op_types_to_quantize=list(calibration.op_types) if calibration.op_types else None,
                 nodes_to_exclude=_fully_connected(data),
                 calibrate_method=CalibrationMethod.Percentile,
-                extra_options={"CalibMaxIntermediateOutputs": chunk},
+                extra_options=options,
             )  # fmt: skip
         except Exception as exc:  # onnxruntime's own errors: one line
             raise QuantizeError(f"--int8: onnxruntime could not quantize this graph ({in_one_line(exc)})") from None

@@ -663,7 +663,8 @@ def exportable(spec: str | os.PathLike, task: str | None = None, **options: Any)
     meta = {"task": model.spec.task, "detector": model.spec.to_dict()}
     # int8: the convolutions (trunk, FPN, RPN head, mask and keypoint heads); fp16: the learned layers but the box
     # predictor; what places and picks boxes stays fp32
-    calibration = Calibration(unit_image, "boxes", op_types=("Conv",), half_modules=LEARNED_LAYERS, fp32=KEPT_FP32)
+    calibration = Calibration(unit_image, "boxes", op_types=("Conv",), half_modules=LEARNED_LAYERS, fp32=KEPT_FP32,
+                              varying_shapes=True)  # fmt: skip
     return Exportable(model, meta, ([torch.rand(3, 240, 320)],), ["image"], outputs, dynamic, calibration)
 
 

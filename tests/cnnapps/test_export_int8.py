@@ -136,9 +136,9 @@ def test_detector_int8_and_fp16_keep_box_decisions_in_fp32(detector: Path, photo
 
     calibrate = tmp_path / "calibrate"
     calibrate.mkdir()
-    for name in PHOTOS[:3]:  # small images: the graph resizes them to 64-96 pixels anyway
-        rgb = cv2.imread(str(photos / f"{name}.jpg"))
-        cv2.imwrite(str(calibrate / f"{name}.png"), cv2.resize(rgb, (96, 72)))
+    for k, name in enumerate(PHOTOS[:4]):  # small images: the graph resizes them to 64-96 pixels anyway
+        rgb = cv2.imread(str(photos / f"{name}.jpg"))  # sizes differ: so do the trunk's and the heads' tensors
+        cv2.imwrite(str(calibrate / f"{name}.png"), cv2.resize(rgb, (96 - 8 * k, 72 + 4 * k)))
     fp32 = export_model(detector, "onnx", tmp_path / "seg.onnx")
     int8 = export_model(detector, "onnx", tmp_path / "seg8.onnx", int8=True, calibrate=calibrate)
     assert int8["bytes"] < 0.4 * fp32["bytes"] and int8["check"]["metric"] == "box_f1"
@@ -155,7 +155,7 @@ def test_detector_int8_and_fp16_keep_box_decisions_in_fp32(detector: Path, photo
 
     fp16 = export_model(detector, "onnx", tmp_path / "seg16.onnx", fp16=True, check=calibrate)
     assert 0.4 < fp16["bytes"] / fp32["bytes"] < 0.6
-    assert fp16["check"]["images"] == 3 and fp16["check"]["fp32_boxes"] > 0
+    assert fp16["check"]["images"] == 4 and fp16["check"]["fp32_boxes"] > 0
     assert fp16["check"]["value"] == 1.0  # the same boxes as fp32
 
 
@@ -343,3 +343,15 @@ def test_tensorrt_answers_like_the_cpu(photos: Path) -> None:
     _, got, _ = predictor.predict_proba(images)
     assert predictor.engine == "tensorrt"
     np.testing.assert_allclose(got, expected, atol=5e-3)
+
+
+def test_check_images_spelled_otherwise_than_the_calibration_ones_are_not_held_out(tmp_path: Path, monkeypatch) -> None:
+    from cnnapps.quantize import split_held_out
+
+    (tmp_path / "cal").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "cal" / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    absolute = [str(tmp_path / "cal" / n) for n in ("a.png", "b.png")]
+    assert split_held_out(absolute, ["cal/a.png"])[2] is False  # the same file, named from here
+    assert split_held_out(absolute[:1], ["cal/b.png"])[2] is True
