@@ -133,6 +133,14 @@ def free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:
     return path
 
 
+def output_folder(path: Path | None, option: str) -> Path | None:
+    """``path``, a folder outputs go into (made when they are written), checked before any work: a file there is
+    refused in one line."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise CnnappsError(f"{path}: a file, not a folder; choose another {option}")
+    return path
+
+
 def save_drawings(results: list[Any], folder: Path, suffix: str = "") -> None:
     """Each readable input's result drawn over its image (``result.draw``) into ``folder``, named after the input
     (plus ``suffix``), never over an existing file; one line on stderr per picture."""

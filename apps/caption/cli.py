@@ -12,7 +12,17 @@ import typer
 
 from cnnapps.errors import CnnappsError
 from cnnapps.files import atomic_write
-from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, images, plural, progress, report_failed, save_drawings
+from cnnapps.terminal import (
+    EXIT_SOME_FAILED,
+    echo,
+    echo_json,
+    images,
+    output_folder,
+    plural,
+    progress,
+    report_failed,
+    save_drawings,
+)
 
 
 def caption(
@@ -27,6 +37,7 @@ def caption(
     """Describe images in words. Exit code 0: all done; 1: some inputs failed (reported, others done); 2: error."""
     from cnnapps.api import load
 
+    save_attention = output_folder(save_attention, "--save-attention")
     inputs = images(paths)
     predictor = load(model, task="caption", device=device, beam=beam, max_len=max_len)
     with progress(len(inputs), "captioning") as advance:

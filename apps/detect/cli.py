@@ -20,6 +20,7 @@ from cnnapps.terminal import (
     echo,
     echo_json,
     images,
+    output_folder,
     plural,
     progress,
     report_failed,
@@ -73,6 +74,7 @@ def _predict_command(task: str) -> Any:
     ) -> None:
         from cnnapps.api import load
 
+        save_dir = output_folder(save_dir, "--save-dir")
         inputs = images(paths)
         predictor = load(model, task=task, device=device, score_threshold=score_threshold, tile=tile, overlap=overlap,
                          batch_size=batch_size)  # fmt: skip

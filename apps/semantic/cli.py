@@ -19,6 +19,7 @@ from cnnapps.terminal import (
     free,
     free_name,
     images,
+    output_folder,
     plural,
     progress,
     report_failed,
@@ -76,6 +77,7 @@ def semantic(
     done); 2: error."""
     from cnnapps.api import load
 
+    save_dir, save_masks = output_folder(save_dir, "--save-dir"), output_folder(save_masks, "--save-masks")
     inputs = images(paths)
     predictor = load(model, task="semantic", device=device, tile=tile, overlap=overlap, batch_size=batch_size)
     with progress(len(inputs), "segmenting", minimum=4) as advance:
@@ -171,6 +173,7 @@ def panoptic(
     failed (reported, others done); 2: error."""
     from cnnapps.api import load
 
+    save_dir, save_masks = output_folder(save_dir, "--save-dir"), output_folder(save_masks, "--save-masks")
     inputs = images(paths)
     predictor = load(model, task="panoptic", device=device, batch_size=batch_size)
     with progress(len(inputs), "segmenting", minimum=4) as advance:

@@ -10,7 +10,17 @@ import typer
 
 from cnnapps.cli import app
 from cnnapps.cli.video import with_video
-from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, images, progress, save_drawings, styled
+from cnnapps.terminal import (
+    EXIT_SOME_FAILED,
+    console,
+    echo,
+    echo_json,
+    images,
+    output_folder,
+    progress,
+    save_drawings,
+    styled,
+)
 
 
 @app.command("compose")
@@ -58,6 +68,7 @@ def predict(
     failed (reported, others done); 2: error."""
     from cnnapps.api import load_heads
 
+    save_dir = output_folder(save_dir, "--save-dir")
     inputs = images(paths)
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     predictor = load_heads(model, chosen, device=device, batch_size=batch_size, score_threshold=score_threshold,

@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from cnnapps.errors import CnnappsError
-from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, plural, progress
+from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, output_folder, plural, progress
 
 _SOURCES = "video files, webcam:N, rtsp:// or http:// streams, or frame patterns such as frames/%05d.png"
 
@@ -142,9 +142,8 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
             raise CnnappsError(f"{path}: one file for {plural(len(sources), 'video')}; give {_flag(name)} a folder")
         if _is_file_name(path) and path.exists():
             raise CnnappsError(f"{path}: already exists; choose another {_flag(name)}")
-        if not _is_file_name(path) and path.exists() and not path.is_dir():  # a name with no suffix is a folder
-            raise CnnappsError(f"{path}: a file, not a folder; choose another {_flag(name)} (a folder, or a file name "
-                               "with its suffix)")  # fmt: skip
+        if not _is_file_name(path):  # a name with no suffix is a folder
+            output_folder(path, _flag(name))
     counters = _counters(video) if tracking_wanted else []
     opened = VideoSource(sources[0], **_source_options(video))  # a bad first source fails before the model loads
     extra: dict[str, Any] = {}

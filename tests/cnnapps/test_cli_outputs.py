@@ -1,0 +1,31 @@
+"""Output folders named by the commands: a file of that name is refused in one line before any model loads, and
+kept as it was."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["segment"], "--save-dir"),
+        (["pose"], "--save-dir"),
+        (["caption"], "--save-attention"),
+        (["semantic"], "--save-dir"),
+        (["semantic"], "--save-masks"),
+        (["predict"], "--save-dir"),
+    ],
+)
+def test_an_output_folder_that_is_a_file_is_refused_before_the_model_loads(command, option, run_cli, tmp_path) -> None:
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    missing_model = tmp_path / "no-such-model.safetensors"  # the folder is checked first: no model is loaded
+    model = [missing_model] if command == ["predict"] else ["--model", missing_model]  # predict MODEL IMAGES
+    code, out, err = run_cli(*command, *model, image, option, taken)
+    assert code == 2 and err.strip() == f"error: {taken}: a file, not a folder; choose another {option}", err
+    assert taken.read_text() == "mine" and out == ""
