@@ -10,6 +10,7 @@ import torch
 
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, read_for_batch
+from cnnapps.errors import ImageError
 from cnnapps.runtime import available_cores, batched, prefetch_map
 
 #: forward(inputs per preprocessing spec) -> (batch, width) numpy array
@@ -140,7 +141,8 @@ def map_images(
     """Decode inputs batch by batch and ``run`` each batch's readable RGB images (one output per image).
 
     Returns ``(name, rgb, output, None)`` per input in order, or ``(name, None, None, reason)`` for one
-    that could not be read: the predictors of tasks whose outputs are not fixed-width vectors use this.
+    that could not be read, or whose output ``run`` gave as an :class:`~cnnapps.errors.ImageError` (an image the
+    model cannot take): the predictors of tasks whose outputs are not fixed-width vectors use this.
     ``workers`` threads decode ahead of the batch that runs (:func:`default_decode_workers`)."""
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     out: list[tuple[str, np.ndarray | None, Any, str | None]] = []
@@ -151,7 +153,11 @@ def map_images(
     for loaded in batched(prefetch_map(read, items, workers, depth=2 * batch_size + workers), batch_size):
         good = [rgb for _, rgb, _ in loaded if rgb is not None]
         outputs = iter(run(good) if good else [])
-        out.extend((name, rgb, None if rgb is None else next(outputs), error) for name, rgb, error in loaded)
+        for name, rgb, error in loaded:
+            output = None if rgb is None else next(outputs)
+            if isinstance(output, ImageError):
+                rgb, output, error = None, None, output.detail
+            out.append((name, rgb, output, error))
         if progress is not None:
             progress(len(loaded))
     return out

@@ -23,7 +23,7 @@ from cnnapps.apps.common.batching import default_decode_workers, map_images
 from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window, resolve_tile, tile_advice
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.engines import EngineError
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, ImageError
 from cnnapps.results import DetectionResult, Instance
 from cnnapps.runtime import one_at_a_time, placed_for_inference, select_device
 
@@ -150,12 +150,39 @@ class DetectionPredictor:
             result.engine = self.engine
         return results
 
-    def _detect_images(self, images: Sequence[np.ndarray], compile_now: bool = False) -> list[Detections]:
+    def _detect_images(self, images: Sequence[np.ndarray], compile_now: bool = False) -> list[Any]:
+        """One output per image: its detections, or an ``ImageError`` for an image the model cannot take. Images of
+        one size run together: the model pads a batch to its largest image, and the padding would find objects of
+        its own in the smaller ones (an image's answer must not depend on the others in its batch)."""
         if not images:
             return []
         if self.tile:
             return [detect_tiled(rgb, lambda t: self._forward([t])[0], self.tile, self.overlap) for rgb in images]
-        return self._forward(list(images), compile_now)
+        found: list[Any] = [None] * len(images)
+        sizes: dict[tuple[int, int], list[int]] = {}
+        for i, rgb in enumerate(images):
+            reason = self._cannot_take(rgb)
+            if reason:
+                found[i] = ImageError("<input>", reason)
+            else:
+                sizes.setdefault(rgb.shape[:2], []).append(i)
+        for members in sizes.values():
+            for i, detections in zip(members, self._forward([images[i] for i in members], compile_now), strict=True):
+                found[i] = detections
+        return found
+
+    def _cannot_take(self, rgb: np.ndarray) -> str | None:
+        """Why the detector's own resize cannot take ``rgb`` (its short side would shrink under 1 px), or None."""
+        transform = getattr(self.model, "transform", None)
+        if self.spec.shared or transform is None:
+            return None
+        height, width = rgb.shape[:2]
+        short, long = min(height, width), max(height, width)
+        scale = min(float(transform.min_size[-1]) / short, float(transform.max_size) / long)
+        if int(short * scale) >= 1:
+            return None
+        return (f"{width}x{height} image is more elongated than this detector takes ({transform.max_size}:1 at most: "
+                f"it resizes the long side to {transform.max_size} px); use --tile")  # fmt: skip
 
     @torch.inference_mode()
     def _forward(self, images: list[np.ndarray], compile_now: bool = False) -> list[Detections]:

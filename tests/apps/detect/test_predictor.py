@@ -48,6 +48,39 @@ def test_embed_gives_each_instance_its_appearance_from_the_same_pass(model_file)
         cnnapps.load(model_file, embed=True, tile=96)
 
 
+def test_an_image_s_answer_does_not_depend_on_the_others_in_its_batch(model_file):
+    """The model pads a batch to its largest image: a small image run beside a large one found objects in the
+    padding (boxes along its right edge). Images of one size still run together."""
+    rng = np.random.default_rng(2)
+    small = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    large = rng.integers(0, 255, (90, 200, 3), dtype=np.uint8)
+    alone = cnnapps.load(model_file, score_threshold=0.0, device="cpu", batch_size=1).predict([small, large])
+    together = cnnapps.load(model_file, score_threshold=0.0, device="cpu", batch_size=2).predict([small, large])
+    for a, b in zip(alone, together, strict=True):
+        assert a.instances and [i.to_dict() for i in a.instances] == [i.to_dict() for i in b.instances]
+
+
+def test_an_image_the_detector_would_flatten_fails_alone(run_cli, tmp_path):
+    """Within the general aspect limit (100:1) but beyond this detector's (its long side resized to 64 px): the
+    short side would become 0 px. That image gets its error; the batch goes on."""
+    import cv2
+
+    small = tmp_path / "small.safetensors"
+    save_detector(small, create_detector("segment", "resnet18", num_classes=2, class_names=["__background__", "a"],
+                                         backbone_weights=None, fpn_channels=16, min_size=48, max_size=64))  # fmt: skip
+    strip, photo = tmp_path / "strip.png", tmp_path / "photo.png"
+    cv2.imwrite(str(strip), np.full((20, 1500, 3), 128, np.uint8))
+    cv2.imwrite(str(photo), np.random.default_rng(3).integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    flat, good = cnnapps.load(small, score_threshold=0.0, device="cpu", batch_size=2).predict([strip, photo])
+    assert good.ok and good.instances
+    assert flat.error == (
+        "1500x20 image is more elongated than this detector takes (64:1 at most: it resizes the long side to 64 px); "
+        "use --tile"
+    )
+    code, out, _ = run_cli("segment", strip, photo, "--model", small, "--device", "cpu", "--json")
+    assert code == 1 and [bool(r.get("error")) for r in json.loads(out)] == [True, False]
+
+
 def same_instances(a, b) -> bool:
     """The same detections up to float rounding: as many, and each one clear of the lowest score kept (an untrained
     detector's near-ties there may swap places or which of them is kept) found on the other side, same label,
