@@ -72,6 +72,8 @@ def expand_inputs(args: list[str]) -> list[str]:
             for match in sorted(glob.glob(arg, recursive=True)):
                 if os.path.isfile(match):
                     matches.append(match)
+                elif os.path.isdir(match):  # walked as a folder named by itself is
+                    matches += find_images(match)
                 elif os.path.islink(match) and not os.path.exists(match):
                     _skip(match, _dangling(match))
             found += matches or [arg]

@@ -54,9 +54,13 @@ def _kind(text: str) -> str | None:
     if url:
         scheme = url.group(1).lower()
         return "stream" if scheme in _STREAM_SCHEMES else "http" if scheme in _HTTP_SCHEMES else None
+    from cnnapps.datasets.io import IMAGE_SUFFIXES
+
+    path, suffix = Path(text), Path(text).suffix.lower()
+    if path.is_dir() or (suffix in IMAGE_SUFFIXES and path.is_file()):  # a folder named webcam, a file a%d.jpg
+        return None
     if _WEBCAM.fullmatch(text):
         return "webcam"
-    suffix = Path(text).suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return "file"
     if _sequence_field(text):

@@ -93,6 +93,16 @@ def test_walks_say_what_they_skip_and_why(tmp_path: Path, caplog: pytest.LogCapt
     assert len(messages) == 5
 
 
+def test_a_glob_walks_the_folders_it_matches(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"a": 1, "b": 2})
+    (tmp_path / "top.jpg").write_bytes(b"")
+    found = expand_inputs([str(tmp_path / "*")])  # quoted: the shell left it to us
+    assert sorted(found) == sorted(
+        [str(tmp_path / "top.jpg"), *expand_inputs([str(tmp_path / "a"), str(tmp_path / "b")])]
+    )
+    assert len(found) == 4
+
+
 def test_globs_report_dangling_links(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     make_tree(tmp_path, {"a": 1})
     (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")

@@ -247,6 +247,17 @@ def test_is_video_source() -> None:
     assert [s for s in no if is_video_source(s)] == []
 
 
+def test_existing_folders_and_image_files_are_never_video_sources(tmp_path: Path, monkeypatch) -> None:
+    """A folder of photos named webcam and a photo named 50%d.jpg are images; the same names with nothing there
+    are a camera and a frame pattern."""
+    monkeypatch.chdir(tmp_path)
+    assert is_video_source("webcam") and is_video_source("50%d.jpg")
+    (tmp_path / "webcam").mkdir()
+    (tmp_path / "50%d.jpg").write_bytes(b"")
+    assert not is_video_source("webcam") and not is_video_source("50%d.jpg")
+    assert is_video_source("frames/%05d.png")  # a pattern: no such file
+
+
 def test_closing_early_does_not_hang(clip: Path) -> None:
     source = VideoSource(str(clip), queue=2)
     started = time.monotonic()
