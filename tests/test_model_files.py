@@ -162,3 +162,15 @@ def test_not_a_model_file(tmp_path) -> None:
     shutil.copy(V1 / "inputs.npz", tmp_path / "x.safetensors")  # a zip archive: said to be one
     with pytest.raises(BundleError, match=r"x\.safetensors: a zip archive .*, not a model file"):
         read_model_file(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("task", ["segment", "pose"])
+def test_a_detector_s_file_embeds_its_trunk(task: str, images: list[np.ndarray]) -> None:
+    """A file without an embedding head embeds its trunk's pooled map; a detector's file resizes images itself, so
+    its trunk's own preprocessing is used (the file's failed to load as a classifier's: exit 2)."""
+    from cnnapps.apps.modelfile import load_trunk
+
+    results = cnnapps.load(V1 / f"{task}.safetensors", task="retrieve", device="cpu").predict(images[:2])
+    trunk, _ = load_trunk(V1 / f"{task}.safetensors")
+    assert all(r.ok for r in results) and len(results[0].vector) == trunk.stages[-1].channels
+    assert np.allclose([np.linalg.norm(r.vector) for r in results], 1.0, atol=1e-5)

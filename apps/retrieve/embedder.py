@@ -112,10 +112,9 @@ def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg") -> tuple
         backbone = create_backbone(str(spec), weights="imagenet")
         return EmbeddingModel(backbone, pooling), backbone.preprocess, f"{spec}:{backbone.weights}:{pooling}"
     from cnnapps.apps.classify.model import preprocess_of
-    from cnnapps.apps.modelfile import build_model, build_trunk, load_exactly, read_model_file, trunk_fingerprint
+    from cnnapps.apps.modelfile import build_model, load_trunk, read_model_file, trunk_fingerprint
 
     model_file = read_model_file(spec)
-    preprocess = preprocess_of(model_file)
     heads = [n for n, h in model_file.heads.items() if h.task == "retrieve"]
     if model_file.format == FORMAT_V1:  # as this file's embeddings were always fingerprinted: by its bytes
         from cnnapps.backbones.weights import sha256_of
@@ -127,9 +126,8 @@ def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg") -> tuple
         base = trunk_fingerprint(model_file)
     if heads:
         model = build_model(model_file, heads[0])
-        return model, preprocess, f"{base}:{model.pooling}"
-    trunk = build_trunk(model_file)
-    load_exactly(trunk, model_file.trunk_tensors(), f"{spec} (trunk)")
+        return model, preprocess_of(model_file), f"{base}:{model.pooling}"
+    trunk, preprocess = load_trunk(spec)  # a detector's file resizes itself: its trunk's registry preprocessing then
     return EmbeddingModel(trunk, pooling), preprocess, f"{base}:{pooling}"
 
 
