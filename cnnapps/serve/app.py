@@ -375,6 +375,14 @@ def load_models(specs: Sequence[str], index: str | None, max_batch: int, max_wai
     for s in served:
         if names.count(s.name) > 1:  # two specs with one name: tell them apart by their tasks
             s.name = f"{s.name}-{'-'.join(sorted(set(s.heads.values())))}"
+    given, taken = {s.name for s in served}, set()
+    for s in served:  # still alike (a file and its ONNX export, one task): the later ones get -2, -3, ...
+        if s.name in taken:
+            n = 2
+            while f"{s.name}-{n}" in taken | given:
+                n += 1
+            s.name = f"{s.name}-{n}"
+        taken.add(s.name)
         s.batcher = MicroBatcher(_runner(s.predictor), max_batch, max_wait_ms, s.name)
     return served, opened
 
@@ -556,10 +564,11 @@ def create_app(
     ``localhost``, or one of ``allowed_hosts`` (``"*"``: any name).
 
     With ``api_keys`` (see ``operations.load_api_keys``), every route but the page, the docs, ``/livez``,
-    ``/readyz``, ``/healthz`` and ``/metrics`` (unless ``metrics_need_key``) needs one of them (401). ``cors_origins``
-    lets pages from those origins call the API (none by default); ``max_concurrent_per_client`` caps the
-    requests one client address has running at once (429; 0: no cap); ``log_format="json"`` writes one JSON
-    line per request. ``/metrics`` answers Prometheus metrics from a registry of this app's own."""
+    ``/readyz``, ``/healthz`` and ``/metrics`` (unless ``metrics_need_key``, which needs ``api_keys``) needs one of
+    them (401). ``cors_origins`` lets pages from those origins call the API (none by default);
+    ``max_concurrent_per_client`` caps the requests one client address has running at once (429; 0: no cap);
+    ``log_format="json"`` writes one JSON line per request. ``/metrics`` answers Prometheus metrics from a registry
+    of this app's own."""
     if request_timeout_s <= 0:
         raise CnnappsError(f"serve: the request timeout must be positive, not {request_timeout_s}")
     if max_images < 1 or max_concurrent_per_client < 0:
@@ -567,6 +576,9 @@ def create_app(
                            f"{max_concurrent_per_client} >= 0")  # fmt: skip
     if log_format not in ("text", "json"):
         raise CnnappsError(f"serve: --log-format {log_format!r}: text or json")
+    if metrics_need_key and not api_keys:
+        raise CnnappsError("serve: --metrics-need-key without any API key: give --api-key, --api-keys-file or "
+                           "$CNNAPPS_API_KEYS (with none, every route would be open)")  # fmt: skip
     served, opened = load_models(models, index, max_batch, max_wait_ms, device, engine)
     if not served:
         raise CnnappsError("serve: give at least one --model (or an --index)")
@@ -582,10 +594,10 @@ def create_app(
         probe = np.full((64, 64, 3), 127, np.uint8)
         for s in served:
             s.batcher.run([(probe, {"heads": list(s.heads)})])
+    lifecycle.ready = True  # loaded and warmed: ready also where no lifespan runs (an app mounted in another)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        lifecycle.ready = True  # loaded and warmed above
         yield
         lifecycle.draining = True
         for s in served:
@@ -616,7 +628,7 @@ def create_app(
     app.add_middleware(HostCheck, allowed=[*LOOPBACK_NAMES, *allowed_hosts])
     if log_format == "json":
         use_json_logs()
-    app.add_middleware(RequestLog, metrics=metrics, log=log_format == "json")
+    app.add_middleware(RequestLog, metrics=metrics, log=log_format == "json", router=app.router)
     docs_files = {p.name: p for p in STATIC.glob("swagger-ui*")}  # swagger-ui-dist, with its licence
 
     @app.get("/docs/assets/{name}", include_in_schema=False)

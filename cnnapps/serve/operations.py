@@ -47,7 +47,8 @@ def route_path(scope: dict) -> str:
 def load_api_keys(keys: Iterable[str] = (), file: str | os.PathLike | None = None,
                   environ: dict[str, str] | None = None) -> list[str]:  # fmt: skip
     """The API keys given as ``keys``, in ``file`` (one a line; blank lines and ``#`` comments skipped) and in
-    ``$CNNAPPS_API_KEYS`` (comma-separated), without repeats. A key must be printable ASCII without spaces."""
+    ``$CNNAPPS_API_KEYS`` (comma-separated), without repeats. A key must be printable ASCII without spaces; a file
+    or a set ``$CNNAPPS_API_KEYS`` without any key is an error (the server would need none)."""
     environ = os.environ if environ is None else environ
     found = [k.strip() for k in keys]
     if file is not None:
@@ -56,8 +57,15 @@ def load_api_keys(keys: Iterable[str] = (), file: str | os.PathLike | None = Non
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise CnnappsError(f"--api-keys-file {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
-        found += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    found += [k.strip() for k in environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+        listed = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if not listed:  # an empty file would leave the server open to all
+            raise CnnappsError(f"--api-keys-file {path}: no API keys in it (one a line; # comments)")
+        found += listed
+    if API_KEYS_ENV in environ:
+        listed = [k.strip() for k in environ[API_KEYS_ENV].split(",") if k.strip()]
+        if not listed:
+            raise CnnappsError(f"${API_KEYS_ENV} is set but holds no API keys: give them comma-separated, or unset it")
+        found += listed
     for n, key in enumerate(found, 1):
         if not _KEY.fullmatch(key):  # said by number: a key, even a malformed one, is not printed
             raise CnnappsError(f"API key {n} of {len(found)}: keys must be 1-4096 printable ASCII characters without "
@@ -96,7 +104,7 @@ class ApiKeyCheck:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket") or not self.guarded(route_path(scope)):
             return await self.app(scope, receive, send)
-        given = _header(scope, b"x-api-key")
+        given = (_header(scope, b"x-api-key") or b"").strip() or None  # an empty X-API-Key is no key
         if given is None:
             scheme, _, token = (_header(scope, b"authorization") or b"").strip().partition(b" ")
             given = token.strip() if scheme.lower() == b"bearer" and token.strip() else None
@@ -228,11 +236,32 @@ class RequestLog:
     """ASGI middleware, outermost: gives every request an id (a sane ``X-Request-ID`` sent by the client, else a new
     one) echoed in the answer's ``X-Request-ID``, counts it in the metrics and, with ``log`` on, writes one JSON
     line when it is answered: request_id, method, route, path, status, latency_ms, images, client.
-    Routes note how many images a request carried in ``scope["cnnapps"]["images"]``."""
+    Routes note how many images a request carried in ``scope["cnnapps"]["images"]``.
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, log: bool = False) -> None:
-        self.app, self.metrics, self.log = app, metrics, log
+    The route is the template of the app's route the path asks for, also when a middleware refused the request
+    before it reached the route (401, 429, a wrong Host); ``unmatched`` for paths no route answers (``router``: the
+    app's router, to match paths against)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, log: bool = False, router: Any = None) -> None:
+        self.app, self.metrics, self.log, self.router = app, metrics, log, router
         self.logger = logging.getLogger(ACCESS_LOG)
+
+    def route(self, scope: dict) -> str:
+        """The template of the route that answered ``scope``, or would have: like the router, a route matching the
+        path and method first, then one matching the path alone (405)."""
+        answered = getattr(scope.get("route"), "path", None)
+        if answered or self.router is None:
+            return answered or "unmatched"
+        from starlette.routing import Match
+
+        partial = None
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return getattr(route, "path", None) or "unmatched"
+            if match is Match.PARTIAL and partial is None:
+                partial = route
+        return getattr(partial, "path", None) or "unmatched"
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -257,7 +286,7 @@ class RequestLog:
         finally:
             self.metrics.in_progress.dec()
             elapsed = time.perf_counter() - start
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = self.route(scope)
             self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
             self.metrics.latency.labels(route=route).observe(elapsed)
             if status >= 400:

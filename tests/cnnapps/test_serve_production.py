@@ -169,6 +169,11 @@ def test_api_keys_guard_every_v1_route_and_leave_probes_open(pictures: dict[str,
         for headers in ({"authorization": "Bearer second-key-0002"}, {"authorization": "bearer first-key-0001"},
                         {"x-api-key": "first-key-0001"}):  # fmt: skip
             assert c.post("/v1/classify", headers=headers, **upload).status_code == 200, headers
+        # an empty X-API-Key is no key: the Bearer one is taken, and with none the server asks for one
+        both = c.post("/v1/classify", headers={"x-api-key": "", "authorization": "Bearer first-key-0001"}, **upload)
+        assert both.status_code == 200, both.text
+        blank = c.post("/v1/classify", headers={"x-api-key": " "}, **upload)
+        assert blank.status_code == 401 and "needs an API key" in blank.json()["error"]
         for path in ("/v1/models", "/v1/nothing-here", "/elsewhere"):  # closed by default, even unknown paths
             assert c.get(path).status_code == 401, path
         for path in ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/openapi.json", "/"):
@@ -207,6 +212,28 @@ def test_api_keys_come_from_options_a_file_and_the_environment(tmp_path: Path) -
         load_api_keys(["fine", "with space"], environ={})
     with pytest.raises(CnnappsError, match=r"--api-keys-file .*missing\.txt: cannot read it"):
         load_api_keys([], tmp_path / "missing.txt", environ={})
+
+
+def test_a_keys_file_or_variable_without_keys_and_metrics_need_key_without_keys_are_errors(
+    run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# rotated monthly\n\n   \n# next: none yet\n")
+    with pytest.raises(CnnappsError, match=r"^--api-keys-file .*keys\.txt: no API keys in it \(one a line; #"):
+        load_api_keys(["opt-key"], empty, environ={})
+    for value in (",", " , ,", ""):
+        with pytest.raises(CnnappsError, match=r"^\$CNNAPPS_API_KEYS is set but holds no API keys"):
+            load_api_keys([], None, environ={"CNNAPPS_API_KEYS": value})
+    with pytest.raises(CnnappsError, match=r"^serve: --metrics-need-key without any API key: give --api-key"):
+        create_app([LENET], warm_up=False, metrics_need_key=True)
+    monkeypatch.delenv("CNNAPPS_API_KEYS", raising=False)
+    for options in (["--api-keys-file", empty], ["--metrics-need-key"]):  # refused before any model is loaded
+        code, _, err = run_cli("serve", "--model", LENET, *options)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "no API keys in it" in err or "--metrics-need-key without any API key" in err
+    monkeypatch.setenv("CNNAPPS_API_KEYS", ",")
+    code, _, err = run_cli("serve", "--model", LENET)
+    assert code == 2 and "$CNNAPPS_API_KEYS is set but holds no API keys" in err, err
 
 
 # --- CORS -------------------------------------------------------------------------------------------------------
@@ -264,15 +291,94 @@ def test_metrics_count_requests_latency_batches_queue_and_errors(pictures: dict[
 
 def test_liveness_and_readiness(client: TestClient) -> None:
     app = create_app([LENET], warm_up=False)
-    bare = TestClient(app, base_url="http://localhost")  # no lifespan: never started
+    bare = TestClient(app, base_url="http://localhost")  # no lifespan: the models are loaded all the same
     assert bare.get("/livez").json() == {"status": "ok"}
+    assert bare.get("/readyz").json() == {"status": "ready", "models": 1}
+    app.state.lifecycle.ready = False  # not loaded yet
     assert bare.get("/readyz").status_code == 503 and "loading" in bare.get("/readyz").json()["error"]
+    app.state.lifecycle.ready = True
     with TestClient(app, base_url="http://localhost") as c:
         assert c.get("/readyz").json() == {"status": "ready", "models": 1}
         app.state.lifecycle.draining = True  # what SIGTERM does
         gone = c.get("/readyz")
         assert gone.status_code == 503 and gone.json() == {"error": "shutting down: answering the requests in flight"}
         assert c.get("/livez").status_code == 200
+
+
+def test_an_app_mounted_in_another_is_ready_and_counts_its_routes(pictures: dict[str, bytes]) -> None:
+    """Starlette runs no lifespan of a mounted app: the models are loaded and warm when ``create_app`` returns."""
+    from fastapi import FastAPI
+
+    ml = create_app([LENET], api_keys=["k-1"])
+    parent = FastAPI()
+    parent.mount("/ml", ml)
+    with TestClient(parent, base_url="http://localhost") as c:
+        assert c.get("/ml/readyz").json() == {"status": "ready", "models": 1}
+        upload = {"files": _files("image", pictures["cat"])}
+        assert c.post("/ml/v1/classify", headers={"x-api-key": "k-1"}, **upload).status_code == 200
+        assert c.post("/ml/v1/classify", **upload).status_code == 401
+        m = _metrics(c.get("/ml/metrics").text)
+    route = ("route", "/v1/classify")
+    assert m[("cnnapps_requests_total", (("method", "POST"), route, ("status", "200")))] == 1
+    assert m[("cnnapps_requests_total", (("method", "POST"), route, ("status", "401")))] == 1
+
+
+def test_requests_refused_before_their_route_are_counted_under_it(pictures: dict[str, bytes]) -> None:
+    app = create_app([LENET], warm_up=False, api_keys=["k-1"])
+    upload = {"files": _files("image", pictures["cat"])}
+    with TestClient(app, base_url="http://localhost") as c:
+        assert c.post("/v1/classify", **upload).status_code == 401  # no key
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/classify").status_code == 401  # the route's path, another method
+        assert c.get("/v1/retrieve/thumbnail?id=1").status_code == 401  # not a route here (no index)
+        assert c.post("/v1/classify", headers={"host": "evil.example", "x-api-key": "k-1"}, **upload).status_code == 400
+        m = _metrics(c.get("/metrics").text)
+
+    def count(method: str, route: str, status: int) -> float:
+        return m.get(("cnnapps_requests_total", (("method", method), ("route", route), ("status", str(status)))), 0)
+
+    assert count("POST", "/v1/classify", 401) == 1 and count("POST", "/v1/classify", 400) == 1
+    assert count("GET", "/v1/models", 401) == 1 and count("GET", "/v1/classify", 401) == 1
+    assert count("GET", "unmatched", 401) == 1  # a path no route answers: unmatched, whatever it was
+    assert m[("cnnapps_request_duration_seconds_count", (("route", "/v1/classify"),))] == 3
+
+
+# --- several models of one name ---------------------------------------------------------------------------------
+
+
+def test_models_alike_in_name_and_task_get_names_of_their_own(
+    tmp_path: Path, pictures: dict[str, bytes], chelsea: np.ndarray
+) -> None:
+    from cnnapps.apps.retrieve.embedder import Embedder
+    from cnnapps.apps.retrieve.index import Index
+
+    (tmp_path / "export").mkdir()
+    copy = tmp_path / "export" / "classify.safetensors"  # like a file and its ONNX export: one name, one task
+    copy.write_bytes(Path(LENET).read_bytes())
+    app = create_app([LENET, str(copy)], warm_up=False)
+    upload = {"files": _files("image", pictures["cat"])}
+    with TestClient(app, base_url="http://localhost") as c:
+        names = [m["name"] for m in c.get("/v1/models").json()["models"]]
+        assert names == ["classify-classify", "classify-classify-2"]
+        for name in names:
+            answer = c.post(f"/v1/classify?model={name}", **upload)
+            assert answer.status_code == 200 and answer.json()["model"] == name
+        m = _metrics(c.get("/metrics").text)
+    assert {labels for name, labels in m if name == "cnnapps_queue_length"} == {
+        (("model", "classify-classify"),), (("model", "classify-classify-2"),)
+    }  # fmt: skip
+    retriever = str(FIXTURES / "retrieve.safetensors")
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(_png(chelsea[::8, ::8]))
+    Index.build(tmp_path / "idx", [str(photo)], Embedder(retriever))
+    app = create_app([retriever], index=str(tmp_path / "idx"), warm_up=False)  # the index's own model too
+    with TestClient(app, base_url="http://localhost") as c:
+        names = [m["name"] for m in c.get("/v1/models").json()["models"] if m["route"] == "/v1/embed"]
+        assert len(names) == 2 and len(set(names)) == 2, names
+        for name in names:
+            answer = c.post(f"/v1/embed?model={name}", **upload)
+            assert answer.status_code == 200 and answer.json()["model"] == name
+        assert c.post("/v1/retrieve", **upload).json()["model"] == names[1]
 
 
 # --- per-client limit, request ids, JSON logs -------------------------------------------------------------------
