@@ -124,6 +124,15 @@ def free(path: Path, option: str = "--out") -> Path:
     return path
 
 
+def free_picture(path: Path, option: str = "--out") -> Path:
+    """:func:`free`, and a name whose suffix a picture can be written as (none: PNG), asked before any work."""
+    from cnnapps.datasets.io import writes_images
+
+    if not writes_images(path):
+        raise CnnappsError(f"{option} {path}: no picture format is written as {path.suffix}; use .png or .jpg")
+    return free(path, option)
+
+
 def free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:
     """``folder/stem.png``, or ``stem-1.png``, ``stem-2.png``... when that exists: nothing is overwritten."""
     path, n = folder / f"{stem}{suffix}", 0

@@ -11,7 +11,18 @@ from typing import Any
 import typer
 
 from cnnapps.errors import CnnappsError
-from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, echo_json, free, images, plural, progress, saved, styled
+from cnnapps.terminal import (
+    EXIT_SOME_FAILED,
+    console,
+    echo,
+    echo_json,
+    free_picture,
+    images,
+    plural,
+    progress,
+    saved,
+    styled,
+)
 
 _MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
 _THRESHOLD_HELP = (
@@ -212,7 +223,7 @@ def visualize_gradcam(
     out: Path = typer.Option(Path("gradcam.png"), "--out", "-o", help="Picture to write (never overwritten)."),
 ) -> None:
     """Grad-CAM: where in the image the evidence for a class lies."""
-    free(out)
+    free_picture(out)
     from cnnapps.apps.classify.visualize import grad_cam
     from cnnapps.datasets.io import read_image
 
@@ -228,7 +239,7 @@ def visualize_filters(
     out: Path = typer.Option(Path("filters.png"), "--out", "-o", help="Picture to write (never overwritten)."),
 ) -> None:
     """The first convolution layer's filters as a grid."""
-    free(out)
+    free_picture(out)
     from cnnapps.apps.classify.visualize import first_layer_filters
 
     saved(out, first_layer_filters(_load_classifier(model).model))
@@ -242,7 +253,7 @@ def visualize_activations(
     out: Path = typer.Option(Path("activations.png"), "--out", "-o", help="Picture to write (never overwritten)."),
 ) -> None:
     """Activation maps of one stage for one image (first 64 channels)."""
-    free(out)
+    free_picture(out)
     from cnnapps.apps.classify.visualize import activation_maps
     from cnnapps.datasets.io import read_image
 
@@ -260,7 +271,7 @@ def visualize_patches(
     out: Path = typer.Option(Path("patches.png"), "--out", "-o", help="Picture to write (never overwritten)."),
 ) -> None:
     """The image patches that excite one channel most (Zeiler & Fergus), strongest first."""
-    free(out)
+    free_picture(out)
     from cnnapps.apps.classify.visualize import tile, top_patches
 
     paths = images(folder)

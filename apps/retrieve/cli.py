@@ -11,7 +11,16 @@ from typing import Any
 import typer
 
 from cnnapps.errors import CnnappsError
-from cnnapps.terminal import EXIT_SOME_FAILED, echo, echo_json, free, images, plural, progress, report_failed
+from cnnapps.terminal import (
+    EXIT_SOME_FAILED,
+    echo,
+    echo_json,
+    free_picture,
+    images,
+    plural,
+    progress,
+    report_failed,
+)
 
 _MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
 
@@ -309,13 +318,8 @@ def retrieve(
             if len(query) == 1
             else [save_grid.with_stem(f"{save_grid.stem}-{i}") for i in range(len(query))]
         )
-        from cnnapps.datasets.io import writes_images
-
-        if not writes_images(save_grid):
-            raise CnnappsError(f"--save-grid {save_grid}: no picture format is written as {save_grid.suffix}; "
-                               "use .png or .jpg")  # fmt: skip
         for target in targets:
-            free(target)
+            free_picture(target, "--save-grid")
     opened = Index.open(index)
     results = retrieve(opened, query, k, embedder=opened.embedder(engine=engine))
     if as_json:

@@ -16,8 +16,8 @@ from cnnapps.terminal import (
     console,
     echo,
     echo_json,
-    free,
     free_name,
+    free_picture,
     images,
     output_folder,
     plural,
@@ -121,7 +121,7 @@ def eval_semantic(
     from cnnapps.datasets.semantic import read_semantic_data
 
     if save_confusion is not None:
-        free(save_confusion, "--save-confusion")
+        free_picture(save_confusion, "--save-confusion")
     dataset = read_semantic_data(data, masks=masks, images=images_dir, classes=classes, split=split,
                                  ignore_index=ignore_index)  # fmt: skip
     predictor = load(model, task="semantic", device=device, tile=tile)

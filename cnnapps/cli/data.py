@@ -233,9 +233,9 @@ def show(
     """
     from cnnapps.apps.common.browse import draw_samples
     from cnnapps.datasets.io import write_image
-    from cnnapps.terminal import free, free_name
+    from cnnapps.terminal import free_name, free_picture
 
-    target = free(out) if out is not None else free_name(Path.cwd(), "samples")
+    target = free_picture(out) if out is not None else free_name(Path.cwd(), "samples")
     samples = draw_samples(
         path,
         task=task,
