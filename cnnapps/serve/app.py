@@ -928,13 +928,14 @@ def create_app(
 
     @app.get("/livez", tags=["service"])
     async def livez() -> dict[str, Any]:
-        """Liveness: the process answers (while it starts and while it shuts down too). Never needs a key."""
+        """Liveness: the process answers (while it shuts down too; `cnnapps serve` opens its port once the models
+        are loaded and warm). Never needs a key."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["service"])
     async def readyz() -> Any:
-        """Readiness: 200 once the models are loaded and warm, 503 before, and 503 from the moment shutdown
-        begins (SIGTERM), so a load balancer stops sending requests. Never needs a key."""
+        """Readiness: 200 once the models are loaded and warm (when ``create_app`` returns), and 503 from the
+        moment shutdown begins (SIGTERM), so a load balancer stops sending requests. Never needs a key."""
         if lifecycle.draining:
             return JSONResponse({"error": "shutting down: answering the requests in flight"}, status_code=503)
         if not lifecycle.ready:
