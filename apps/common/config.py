@@ -289,13 +289,22 @@ def _type_word(kind: Any) -> str:
 
 def check_run_folder(config: TrainConfig) -> Path:
     """The run folder, refusing to overwrite an earlier run unless resuming it; returns last.ckpt's path."""
-    out = Path(config.out)
+    out = check_out_folder(config.out)
     last = out / "checkpoints" / "last.ckpt"
     if config.resume and not last.is_file():
         raise CnnappsError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if not config.resume and ((out / "model.safetensors").exists() or last.exists()):
         raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
     return last
+
+
+def check_out_folder(out: str | os.PathLike) -> Path:
+    """``out`` as a run folder's path, refusing one that is a file (or lies under a file)."""
+    out = Path(out)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise CnnappsError(f"{out}: {blocking} is a file, not a folder; pass another --out")
+    return out
 
 
 def write_config(config: Any, path: Path) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnapps.apps.common.config import ConfigError, TrainConfig
+from cnnapps.apps.common.config import ConfigError, TrainConfig, check_out_folder
 from cnnapps.datasets.splits import fold_indices
 from cnnapps.errors import CnnappsError
 from cnnapps.parts import agree_on_plan, make_plan
@@ -117,9 +117,13 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
         raise ConfigError(MULTILABEL)
     if config.world_size > 1:
         raise ConfigError("kfold: folds train one after another in one process; leave devices and num_nodes at 1")
-    out = Path(config.out)
-    if not config.resume and ((out / "kfold.json").exists() or (out / "model.safetensors").exists()):
+    out = check_out_folder(config.out)
+    plain = (out / "model.safetensors").exists() or (out / "checkpoints" / "last.ckpt").exists()
+    if not config.resume and ((out / "kfold.json").exists() or plain):
         raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
+    if config.resume and plain and not (out / PLAN).exists():  # a run of one model, not of folds: kept as it is
+        raise CnnappsError(f"{out}: holds a training run that is not a k-fold one (no {PLAN}); --kfold --resume "
+                           "continues only a k-fold run; pass another --out")  # fmt: skip
     items = task.part("folds")(config)
     if k > len(items):
         raise ConfigError(f"kfold: {k} folds of {len(items)} images leave some folds empty; use at most {len(items)}")

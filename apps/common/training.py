@@ -25,7 +25,7 @@ import lightning as L
 import torch
 
 from cnnapps.apps.common.config import ConfigError, TrainConfig, check_run_folder, write_config
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, in_one_line
 from cnnapps.terminal import plural
 
 log = logging.getLogger("cnnapps")
@@ -71,13 +71,21 @@ def backbone_for(config: TrainConfig) -> tuple[Any, Any]:
         return backbone.freeze_all(), spec
     from cnnapps.backbones import create_backbone
 
-    backbone = create_backbone(config.backbone, weights=config.weights, **config.backbone_kwargs)
+    try:
+        backbone = create_backbone(config.backbone, weights=config.weights, **config.backbone_kwargs)
+    except TypeError as exc:  # an argument the backbone's constructor does not take, or a value of the wrong kind
+        raise ConfigError(f"backbone_kwargs: {config.backbone} does not take {config.backbone_kwargs} "
+                          f"({in_one_line(exc)})") from None  # fmt: skip
     spec = backbone.preprocess
     if config.input_size:
         s = config.input_size
         resize = s if spec.resize_mode == "squash" else round(s / 0.875)
         spec = dataclasses.replace(spec, input_size=(spec.input_size[0], s, s), resize=resize)
     if config.freeze:
+        stages = len(backbone.stage_parameters())
+        if config.freeze > stages:
+            raise ConfigError(f"freeze: {config.backbone} has {plural(stages, 'stage')}; freeze takes 0..{stages}, "
+                              f"not {config.freeze}")  # fmt: skip
         backbone.freeze(config.freeze)
     return backbone, spec
 
@@ -380,6 +388,11 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max")
     # last.ckpt after every epoch, for --resume (ModelCheckpoint's own save_last follows only improving epochs)
     last_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
+    saved = read_resume_checkpoint(last) if config.resume else None
+    # a run that stopped early is finished, as one that trained all its epochs is: a --resume trains nothing more
+    stopped = stopped_early_at(saved) if saved else None
+    epochs = stopped or config.epochs
+    moved = bool(saved) and point_into(saved, checkpoint.dirpath)  # a run folder moved or copied since it was saved
     clock = _Clock(config.compile)
     callbacks: list[Any] = [clock, checkpoint, last_epoch, _ConfigFile(config, out / "config.yaml")]
     bar = config.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per epoch instead
@@ -393,7 +406,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     version = next(n for n in range(10_000) if not (out / "logs" / f"version_{n}").exists())
     loggers = make_loggers(config, out, version)
     trainer = L.Trainer(
-        max_epochs=config.epochs,
+        max_epochs=epochs,
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=config.devices,
         num_nodes=config.num_nodes,
@@ -416,23 +429,35 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         log.info("%s", config.scaling_report())
         for line in plan.header:
             log.info("%s", line)
+        if stopped:
+            log.info("%s: the run stopped early at epoch %d (patience); it is finished, nothing more to train",
+                     out, stopped)  # fmt: skip
         log_params(loggers, config)
     if config.compile:
         for part in module.compile_targets():
             part.compile(**module.compile_options())
+    resume_from = last if config.resume else None
+    if moved:  # resumed from a copy of last.ckpt that names this folder's files; last.ckpt itself is kept as it is
+        resume_from = last.with_name(f".last-moved-{trainer.global_rank}.ckpt")
+        torch.save(saved, resume_from)
+    saved = None
     started = time.perf_counter()
     with warnings.catch_warnings():
         for message in _EXPECTED_LIGHTNING_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         try:
-            trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if config.resume else None)
-        except RuntimeError as exc:
-            if config.resume and "loading state_dict" in str(exc):  # torch's many-line list of every tensor
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+        except (RuntimeError, ValueError) as exc:
+            # torch's many-line list of every tensor, or the optimiser's groups of another set of trained parameters
+            if config.resume and ("loading state_dict" in str(exc) or "parameter group" in str(exc)):
                 raise CnnappsError(
                     f"{last}: --resume with settings of another model (the checkpoint's tensors do not fit); "
                     f"resume with the settings the run was started with: {out / 'config.yaml'}"
                 ) from None
             raise
+        finally:
+            if resume_from is not None and resume_from != last:
+                resume_from.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     best = checkpoint.best_model_path
     if trainer.is_global_zero and best and Path(best).is_file():
@@ -451,6 +476,48 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     if config.compile:
         facts["compile_seconds"] = round(clock.compile_seconds, 2)
     return FitResult(module, best, seconds, precision, trainer.global_rank, facts, loggers)
+
+
+def read_resume_checkpoint(last: Path) -> dict[str, Any]:
+    """``last`` (OUT/checkpoints/last.ckpt) as --resume reads it, or a one-line error when it cannot be read."""
+    try:
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a truncated or overwritten file: torch's zip reader, unpickler or the OS says why
+        raise CnnappsError(f"{last} is damaged ({in_one_line(exc)}); cannot resume") from None
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise CnnappsError(f"{last} is damaged (not a training checkpoint); cannot resume")
+    return saved
+
+
+def stopped_early_at(saved: dict[str, Any]) -> int | None:
+    """The epoch (from 1) at which the run that saved this checkpoint stopped early (``patience``), or None."""
+    for key, state in (saved.get("callbacks") or {}).items():
+        if key.startswith("EarlyStopping") and (state.get("stopping_reason") or state.get("stopped_epoch", 0) > 0):
+            return int(saved.get("epoch", state.get("stopped_epoch", 0))) + 1
+    return None
+
+
+def point_into(saved: dict[str, Any], dirpath: str) -> bool:
+    """Make the checkpoint callbacks' state in ``saved`` name files in ``dirpath`` where it names another folder
+    (a run folder moved or copied since it was saved), so the resumed run keeps its best checkpoint and score and
+    replaces only files of its own folder. Returns whether anything changed."""
+    changed = False
+    for key, state in (saved.get("callbacks") or {}).items():
+        old = state.get("dirpath") if key.startswith("ModelCheckpoint") else None
+        if not old or old == dirpath:
+            continue
+
+        def here(path: str, old: str = old) -> str:
+            return str(Path(dirpath) / Path(path).name) if path and Path(path).parent == Path(old) else path
+
+        state["dirpath"] = dirpath
+        for name in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if name in state:
+                state[name] = here(state[name])
+        if state.get("best_k_models"):
+            state["best_k_models"] = {here(path): score for path, score in state["best_k_models"].items()}
+        changed = True
+    return changed
 
 
 def ddp_strategy(config: TrainConfig) -> Any:
@@ -620,7 +687,8 @@ class TaskModule(L.LightningModule):
         self.weight_decay, self.schedule, self.epochs = config.weight_decay, config.schedule, config.epochs
         self.history: list[dict[str, float]] = []
         self._loss_sum: torch.Tensor | None = None  # on the training device: no host sync per step
-        self._loss_steps = 0
+        self._loss_images = 0  # the images those losses were of
+        self._batch_images = 1
         self._epoch_lr = float("nan")
         # uint8 batches from the workers become the model's input here, on the device (augment_on_device)
         self.batch_transform: torch.nn.Module | None = None
@@ -675,16 +743,23 @@ class TaskModule(L.LightningModule):
         DDP's buckets."""
         super().zero_grad(set_to_none=set_to_none and not self._grads_in_buckets)
 
-    def track_train_loss(self, loss: torch.Tensor) -> None:
-        """Add a step's loss to the epoch's mean (kept on the device; read once per epoch)."""
-        value = loss.detach().float()
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # the batch's images (its first element): what a step's loss is weighted by in the epoch's mean
+        first = batch[0] if isinstance(batch, (tuple, list)) and batch else None
+        self._batch_images = len(first) if isinstance(first, (torch.Tensor, list, tuple)) else 1
+
+    def track_train_loss(self, loss: torch.Tensor, batch_size: int | None = None) -> None:
+        """Add a step's loss to the epoch's mean (kept on the device; read once per epoch), weighted by the step's
+        images (``batch_size``, else the training batch's), as Lightning's logged epoch ``train_loss`` is."""
+        images = batch_size if batch_size is not None else self._batch_images
+        value = loss.detach().float() * images
         self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
-        self._loss_steps += 1
+        self._loss_images += images
 
     def record_epoch(self, values: dict[str, float]) -> None:
         """Append this epoch's validation values with the mean training loss and current learning rate."""
-        steps = max(1, self._loss_steps)
-        mean = self._loss_sum / steps if self._loss_sum is not None else torch.zeros((), device=self.device)
+        images = max(1, self._loss_images)
+        mean = self._loss_sum / images if self._loss_sum is not None else torch.zeros((), device=self.device)
         # each process saw its own shard: the mean over processes (every rank calls this, so the collective
         # matches); the tensor stays on the module's device, which NCCL needs
         train_loss = float(self.trainer.strategy.reduce(mean.to(self.device), reduce_op="mean"))
@@ -696,7 +771,7 @@ class TaskModule(L.LightningModule):
                 "lr": self._epoch_lr,
             }
         )
-        self._loss_sum, self._loss_steps = None, 0
+        self._loss_sum, self._loss_images = None, 0
 
     def on_train_epoch_start(self) -> None:
         # the lr this epoch trains at: by validation an epoch's scheduler (cosine, step) has stepped to the next one's

@@ -49,7 +49,7 @@ def _finish(config: RetrieveConfig, plan: Any, result: Any, device: Any) -> dict
     best = best_epoch_values(history, "val_recall@1")
     metrics = {k: best.get(f"val_{k}") for k in ("recall@1", "recall@5", "recall@10", "map@r")}
     metrics = {f"val_{k}": v for k, v in metrics.items()}
-    metrics["val_loss"] = history[-1].get("val_loss") if history else None
+    metrics["val_loss"] = best.get("val_loss")  # the best epoch's, as every other value here
     model = result.module.model.float().eval()
     save_model(Path(config.out) / "model.safetensors", "retrieve", model, *trunk_identity(config),
                plan.extra["spec"].to_dict(), {k: metrics[k] for k in ("val_recall@1", "val_map@r")})  # fmt: skip
