@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 from cnnapps.backbones.preprocess import Preprocess
+from cnnapps.errors import CnnappsError
+
+
+class FreezeError(CnnappsError, ValueError):
+    """More stages to freeze than the backbone has (a setting's error: one line, exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,8 @@ class Backbone(nn.Module):
         """
         groups = self.stage_parameters()
         if not 0 <= n_stages <= len(groups):
-            raise ValueError(f"{self.name}: freeze takes 0..{len(groups)} stages, not {n_stages}")
+            raise FreezeError(f"freeze: {self.name} has {len(groups)} stages; freeze takes 0..{len(groups)}, not "
+                              f"{n_stages}")  # fmt: skip
         for i, group in enumerate(groups):
             for p in group:
                 p.requires_grad_(i >= n_stages)

@@ -82,10 +82,6 @@ def backbone_for(config: TrainConfig) -> tuple[Any, Any]:
         resize = s if spec.resize_mode == "squash" else round(s / 0.875)
         spec = dataclasses.replace(spec, input_size=(spec.input_size[0], s, s), resize=resize)
     if config.freeze:
-        stages = len(backbone.stage_parameters())
-        if config.freeze > stages:
-            raise ConfigError(f"freeze: {config.backbone} has {plural(stages, 'stage')}; freeze takes 0..{stages}, "
-                              f"not {config.freeze}")  # fmt: skip
         backbone.freeze(config.freeze)
     return backbone, spec
 
@@ -394,7 +390,8 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     epochs = stopped or config.epochs
     moved = bool(saved) and point_into(saved, checkpoint.dirpath)  # a run folder moved or copied since it was saved
     clock = _Clock(config.compile)
-    callbacks: list[Any] = [clock, checkpoint, last_epoch, _ConfigFile(config, out / "config.yaml")]
+    callbacks: list[Any] = [_SomethingValidated(), clock, checkpoint, last_epoch,
+                            _ConfigFile(config, out / "config.yaml")]  # fmt: skip
     bar = config.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per epoch instead
     callbacks.append(epoch_bar() if bar else _EpochLines(config.epochs))
     if config.patience:
@@ -603,6 +600,27 @@ class _ConfigFile(L.Callback):
     def on_train_start(self, trainer: Any, module: Any) -> None:
         if trainer.is_global_zero:
             write_config(self.config, self.path)
+
+
+class _SomethingValidated(L.Callback):
+    """A validation epoch of which no image could be read is the validation set's one-line error (its batches are
+    empty, :func:`make_loaders`), before the module scores nothing and the best checkpoint finds no score."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_validation_epoch_start(self, trainer: Any, module: Any) -> None:
+        self.batches = 0
+
+    def on_validation_batch_start(self, trainer: Any, module: Any, batch: Any, *args: Any) -> None:
+        self.batches += batch is not None
+
+    def on_validation_epoch_end(self, trainer: Any, module: Any) -> None:
+        if self.batches or trainer.sanity_checking:
+            return
+        dataset = getattr(trainer.val_dataloaders, "dataset", None)
+        nothing = getattr(dataset, "nothing_readable", None)
+        raise nothing() if nothing is not None else CnnappsError("validation: no image could be read")
 
 
 class _Clock(L.Callback):

@@ -64,3 +64,12 @@ def test_freezing_every_timm_stage_freezes_the_layers_after_the_last_stage_too()
 def test_freeze_rejects_more_stages_than_the_net_has() -> None:
     with pytest.raises(ValueError, match=r"0\.\.4"):
         create_backbone("resnet18").freeze(5)
+
+
+def test_freezing_more_stages_than_there_are_is_a_setting_s_one_line_error() -> None:
+    from cnnapps.backbones.features import FreezeError
+    from cnnapps.errors import CnnappsError
+
+    with pytest.raises(FreezeError, match=r"^freeze: lenet5 has 3 stages; freeze takes 0\.\.3, not 9$") as caught:
+        create_backbone("lenet5").freeze(9)
+    assert isinstance(caught.value, CnnappsError) and isinstance(caught.value, ValueError)  # exit 2, as before

@@ -193,6 +193,19 @@ def test_an_unreadable_validation_image_is_left_out_of_the_epochs_scores(tmp_pat
     assert epoch["val_top1"] == pytest.approx((probs.argmax(1) == labels).mean())
 
 
+def test_a_validation_set_with_no_readable_image_is_one_error(tmp_path: Path, tiny_config) -> None:
+    from cnnapps.apps.classify.train import train_classifier
+    from cnnapps.errors import ImageError
+    from tests.conftest import write_colour_set
+
+    write_colour_set(tmp_path / "data" / "train", per_class=4, seed=0)
+    write_colour_set(tmp_path / "data" / "val", per_class=1, seed=1)
+    for path in (tmp_path / "data" / "val").rglob("*.png"):
+        path.write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="no readable image in the whole dataset"):
+        train_classifier(tiny_config(tmp_path / "data", tmp_path / "run", epochs=1, device="cpu"))
+
+
 @pytest.mark.skipif(
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile needs a C++ compiler on a CPU"
 )
