@@ -76,7 +76,7 @@ def expand_inputs(args: list[str]) -> list[str]:
                     matches += find_images(match)
                 elif os.path.islink(match) and not os.path.exists(match):
                     _skip(match, _dangling(match))
-            found += matches or [arg]
+            found += list(dict.fromkeys(matches)) or [arg]  # data/** names a folder and the files in it
         else:
             found.append(arg)
     return found

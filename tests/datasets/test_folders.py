@@ -101,6 +101,8 @@ def test_a_glob_walks_the_folders_it_matches(tmp_path: Path) -> None:
         [str(tmp_path / "top.jpg"), *expand_inputs([str(tmp_path / "a"), str(tmp_path / "b")])]
     )
     assert len(found) == 4
+    everything = expand_inputs([str(tmp_path / "**")])  # the root, each folder and each file: every file once
+    assert sorted(everything) == sorted(found)
 
 
 def test_globs_report_dangling_links(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
