@@ -145,8 +145,13 @@ def free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:
 def output_folder(path: Path | None, option: str) -> Path | None:
     """``path``, a folder outputs go into (made when they are written), checked before any work: a file there is
     refused in one line."""
-    if path is not None and path.exists() and not path.is_dir():
+    if path is None:
+        return None
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking == path:
         raise CnnappsError(f"{path}: a file, not a folder; choose another {option}")
+    if blocking is not None:
+        raise CnnappsError(f"{path}: {blocking} is a file, not a folder; choose another {option}")
     return path
 
 

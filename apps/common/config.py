@@ -300,11 +300,9 @@ def check_run_folder(config: TrainConfig) -> Path:
 
 def check_out_folder(out: str | os.PathLike) -> Path:
     """``out`` as a run folder's path, refusing one that is a file (or lies under a file)."""
-    out = Path(out)
-    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise CnnappsError(f"{out}: {blocking} is a file, not a folder; pass another --out")
-    return out
+    from cnnapps.terminal import output_folder
+
+    return output_folder(Path(out), "--out")
 
 
 def write_config(config: Any, path: Path) -> None:

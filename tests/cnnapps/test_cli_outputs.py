@@ -29,6 +29,11 @@ def test_an_output_folder_that_is_a_file_is_refused_before_the_model_loads(comma
     code, out, err = run_cli(*command, *model, image, option, taken)
     assert code == 2 and err.strip() == f"error: {taken}: a file, not a folder; choose another {option}", err
     assert taken.read_text() == "mine" and out == ""
+    code, _, err = run_cli(*command, *model, image, option, taken / "inside")  # under a file
+    assert (
+        code == 2
+        and err.strip() == f"error: {taken / 'inside'}: {taken} is a file, not a folder; choose another {option}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,7 @@ def test_out_naming_a_file_is_refused(colour_set: Path, tmp_path: Path, run_cli)
                                   "none", "--workers", 0, "--epochs", 1, "--out", out)  # fmt: skip
         assert code == 2, stderr
         lines = [line for line in stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and "is a file" in lines[0] and "Traceback" not in stderr
+        assert len(lines) == 1 and "a file, not a folder" in lines[0] and "Traceback" not in stderr
     assert taken.read_text() == "mine"
 
 
