@@ -236,10 +236,11 @@ def trace_masks(data: Collection, report: Report) -> None:
 
 def rle_polygons(rle: dict[str, Any], height: int | None = None, width: int | None = None) -> list[list[float]]:
     """The outer outlines of a COCO RLE mask as flat polygons in pixels, along the pixels' outer edges: OpenCV's
-    outer contours (CHAIN_APPROX_SIMPLE) of the grid of pixel corners that touch the mask, so an outline's box is
-    its mask's box (ultralytics' JSON2YOLO traces the pixels' centres, a box 1 px smaller); parts of fewer than 3
-    points or under 1 px of area dropped. ``height``/``width``: the image's, which the mask's ``size`` must
-    match. Raises ``ValueError`` for a mask that is not a valid RLE (checked before the decoder sees it)."""
+    outer contours (CHAIN_APPROX_SIMPLE) on a half-pixel grid of the mask, so an outline's box is its mask's box
+    and parts one pixel apart stay apart (ultralytics' JSON2YOLO traces the pixels' centres, a box 1 px smaller);
+    parts of fewer than 3 points or under 1 px of area dropped. ``height``/``width``: the image's, which the
+    mask's ``size`` must match. Raises ``ValueError`` for a mask that is not a valid RLE (checked before the
+    decoder sees it)."""
     size, counts = rle.get("size"), rle.get("counts")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         raise ValueError(f"RLE size {size!r} is not [height, width]")
@@ -256,14 +257,16 @@ def rle_polygons(rle: dict[str, Any], height: int | None = None, width: int | No
     from pycocotools import mask as mask_api
 
     mask = mask_api.decode(mask_api.frPyObjects({"size": [h, w], "counts": runs}, h, w)).astype(bool)
-    corners = np.zeros((h + 1, w + 1), np.uint8)  # corner (y, x) is the top-left one of pixel (y, x)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            corners[dy : dy + h, dx : dx + w] |= mask
-    contours, _ = cv2.findContours(corners, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # on a half-pixel grid, pixel (y, x) covers cells 2y..2y+2 x 2x..2x+2: its edges and corners are cells, and
+    # parts one pixel apart stay apart (an empty cell between them)
+    grid = np.zeros((2 * h + 1, 2 * w + 1), np.uint8)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            grid[dy : dy + 2 * h : 2, dx : dx + 2 * w : 2] |= mask
+    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in contours:
-        flat = [float(v) for v in contour.reshape(-1)]
+        flat = [float(v) / 2 for v in contour.reshape(-1)]
         if len(flat) >= 6 and polygon_area(flat) >= 1:
             polygons.append(flat)
     return polygons

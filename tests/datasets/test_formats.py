@@ -601,6 +601,20 @@ def test_rle_masks_are_written_as_the_polygons_traced_round_them(tmp_path, fmt):
         assert after[file]["bbox"] == pytest.approx(box, abs=0.01), (fmt, file)
 
 
+def test_rle_outlines_run_along_the_pixels_edges_and_keep_parts_apart():
+    """Two blocks one pixel apart stay two outlines, each exactly its block (on a grid of pixel corners they
+    joined into one rectangle over the gap)."""
+    from pycocotools import mask as mask_api
+
+    from cnnapps.datasets.formats.hub import rle_polygons
+
+    mask = np.zeros((12, 12), np.uint8)
+    mask[2:8, 1:5] = mask[2:8, 6:10] = 1
+    encoded = mask_api.encode(np.asfortranarray(mask))
+    polygons = rle_polygons({"size": [12, 12], "counts": encoded["counts"].decode()})
+    assert sorted(polygons) == [[1, 2, 1, 8, 5, 8, 5, 2], [6, 2, 6, 8, 10, 8, 10, 2]]
+
+
 def test_rle_masks_that_trace_to_nothing_are_reported(tmp_path, run_cli):
     path, images = source(tmp_path, rle_masks)
     coco = json.loads(path.read_text())
