@@ -206,6 +206,9 @@ class DetectionResult(Result):
 
         return ", ".join(f"{n} {label}" for label, n in Counter(i.label for i in self.instances).most_common())
 
+    def summary(self) -> str:
+        return self.headline() or "nothing found"
+
     def draw(self, image: np.ndarray, mask_alpha: float = 0.45) -> np.ndarray:
         """The image (RGB uint8) with translucent masks, boxes, labels with scores and keypoint skeletons; tracked
         objects are coloured by their id and labelled ``#id``."""

@@ -48,7 +48,8 @@ def load_api_keys(keys: Iterable[str] = (), file: str | os.PathLike | None = Non
                   environ: dict[str, str] | None = None) -> list[str]:  # fmt: skip
     """The API keys given as ``keys``, in ``file`` (one a line; blank lines and ``#`` comments skipped) and in
     ``$CNNAPPS_API_KEYS`` (comma-separated), without repeats. A key must be printable ASCII without spaces; a file
-    or a set ``$CNNAPPS_API_KEYS`` without any key is an error (the server would need none)."""
+    or a set ``$CNNAPPS_API_KEYS`` without any key is an error (a source of keys that holds none is a mistake to
+    say, even where other sources give keys)."""
     environ = os.environ if environ is None else environ
     found = [k.strip() for k in keys]
     if file is not None:
