@@ -384,11 +384,9 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max")
     # last.ckpt after every epoch, for --resume (ModelCheckpoint's own save_last follows only improving epochs)
     last_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
-    saved = read_resume_checkpoint(last) if config.resume else None
     # a run that stopped early is finished, as one that trained all its epochs is: a --resume trains nothing more
-    stopped = stopped_early_at(saved) if saved else None
+    stopped = stopped_early_at(read_resume_checkpoint(last)) if config.resume else None
     epochs = stopped or config.epochs
-    moved = bool(saved) and point_into(saved, checkpoint.dirpath)  # a run folder moved or copied since it was saved
     clock = _Clock(config.compile)
     callbacks: list[Any] = [_SomethingValidated(), clock, checkpoint, last_epoch,
                             _ConfigFile(config, out / "config.yaml")]  # fmt: skip
@@ -433,17 +431,12 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     if config.compile:
         for part in module.compile_targets():
             part.compile(**module.compile_options())
-    resume_from = last if config.resume else None
-    if moved:  # resumed from a copy of last.ckpt that names this folder's files; last.ckpt itself is kept as it is
-        resume_from = last.with_name(f".last-moved-{trainer.global_rank}.ckpt")
-        torch.save(saved, resume_from)
-    saved = None
     started = time.perf_counter()
     with warnings.catch_warnings():
         for message in _EXPECTED_LIGHTNING_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         try:
-            trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if config.resume else None)
         except (RuntimeError, ValueError) as exc:
             # torch's many-line list of every tensor, or the optimiser's groups of another set of trained parameters
             if config.resume and ("loading state_dict" in str(exc) or "parameter group" in str(exc)):
@@ -452,9 +445,6 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
                     f"resume with the settings the run was started with: {out / 'config.yaml'}"
                 ) from None
             raise
-        finally:
-            if resume_from is not None and resume_from != last:
-                resume_from.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     best = checkpoint.best_model_path
     if trainer.is_global_zero and best and Path(best).is_file():
@@ -494,11 +484,10 @@ def stopped_early_at(saved: dict[str, Any]) -> int | None:
     return None
 
 
-def point_into(saved: dict[str, Any], dirpath: str) -> bool:
+def point_into(saved: dict[str, Any], dirpath: str) -> None:
     """Make the checkpoint callbacks' state in ``saved`` name files in ``dirpath`` where it names another folder
     (a run folder moved or copied since it was saved), so the resumed run keeps its best checkpoint and score and
-    replaces only files of its own folder. Returns whether anything changed."""
-    changed = False
+    replaces only files of its own folder."""
     for key, state in (saved.get("callbacks") or {}).items():
         old = state.get("dirpath") if key.startswith("ModelCheckpoint") else None
         if not old or old == dirpath:
@@ -513,8 +502,6 @@ def point_into(saved: dict[str, Any], dirpath: str) -> bool:
                 state[name] = here(state[name])
         if state.get("best_k_models"):
             state["best_k_models"] = {here(path): score for path, score in state["best_k_models"].items()}
-        changed = True
-    return changed
 
 
 def ddp_strategy(config: TrainConfig) -> Any:
@@ -766,13 +753,12 @@ class TaskModule(L.LightningModule):
         first = batch[0] if isinstance(batch, (tuple, list)) and batch else None
         self._batch_images = len(first) if isinstance(first, (torch.Tensor, list, tuple)) else 1
 
-    def track_train_loss(self, loss: torch.Tensor, batch_size: int | None = None) -> None:
+    def track_train_loss(self, loss: torch.Tensor) -> None:
         """Add a step's loss to the epoch's mean (kept on the device; read once per epoch), weighted by the step's
-        images (``batch_size``, else the training batch's), as Lightning's logged epoch ``train_loss`` is."""
-        images = batch_size if batch_size is not None else self._batch_images
-        value = loss.detach().float() * images
+        images, as Lightning's logged epoch ``train_loss`` is."""
+        value = loss.detach().float() * self._batch_images
         self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
-        self._loss_images += images
+        self._loss_images += self._batch_images
 
     def record_epoch(self, values: dict[str, float]) -> None:
         """Append this epoch's validation values with the mean training loss and current learning rate."""
@@ -824,3 +810,5 @@ class TaskModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("cnnapps_history", []))
         replan_schedule(checkpoint, self.epochs)
+        if self.trainer.checkpoint_callback is not None:  # read before the callbacks restore their state from it
+            point_into(checkpoint, str(self.trainer.checkpoint_callback.dirpath))

@@ -22,7 +22,7 @@ class DetectionModule(TaskModule):
         self.val_coco = val_coco
         self.category_of_label = {i + 1: c for i, c in enumerate(val_coco.category_ids)}
         self._results: list[dict[str, Any]] = []
-        self._image_ids: dict[int, None] = {}  # the images scored this epoch, in order
+        self._image_ids: list[int] = []
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Images that crossed as uint8 (``DetectionDataset(uint8=True)``) become floats in [0, 1] here."""
@@ -56,15 +56,15 @@ class DetectionModule(TaskModule):
             height, width = image.shape[-2:]
             result = to_result("", to_detections(output, height, width), height, width, spec)
             image_id = int(target["image_id"])
-            self._image_ids[image_id] = None
+            self._image_ids.append(image_id)
             self._results.extend(to_coco_results(image_id, result.instances, self.category_of_label))
 
     def on_validation_epoch_end(self) -> None:
         task = self.model.spec.task
         metrics = coco_evaluate(
-            self.val_coco.coco, self._results, IOU_TYPES[task], list(self._image_ids), self.val_coco.keypoint_names
+            self.val_coco.coco, self._results, IOU_TYPES[task], self._image_ids, self.val_coco.keypoint_names
         )
-        self._results, self._image_ids = [], {}
+        self._results, self._image_ids = [], []
         if self.trainer.sanity_checking:
             return
         values = {f"val_{k}": v for k, v in metrics.items()}  # None: no objects of that size

@@ -272,7 +272,7 @@ def test_validation_scores_each_image_once_when_one_cannot_be_read(tmp_path):
 
     module = DetectionModule.__new__(DetectionModule)
     torch.nn.Module.__init__(module)
-    module.model, module.val_coco, module._results, module._image_ids = Truth(), dataset, [], {}
+    module.model, module.val_coco, module._results, module._image_ids = Truth(), dataset, [], []
     module.category_of_label = {i + 1: c for i, c in enumerate(dataset.category_ids)}
     for i in range(len(val)):
         module.validation_step(readable_only(collate_detection)([val[i]]), i)  # None for the unreadable first
