@@ -744,8 +744,12 @@ class Index:
         if progress is not None and len(keys) < len(paths):
             progress(len(paths) - len(keys))
         with self._write_lock():
-            live = "SELECT 1 FROM items WHERE path = ? AND removed_gen IS NULL"  # by the live-path index
-            indexed = {k for k in keys if _storable(k) and self._db.execute(live, (_db_path(k),)).fetchone()}
+            stored = {_db_path(k): k for k in keys if _storable(k)}
+            names, indexed = list(stored), set()
+            for start in range(0, len(names), 500):  # which are indexed: a query per 500 files, by the live-path index
+                part = names[start : start + 500]
+                live = f"SELECT path FROM items WHERE removed_gen IS NULL AND path IN ({','.join('?' * len(part))})"
+                indexed |= {stored[row[0]] for row in self._db.execute(live, part)}
             # an indexed file that no longer reads loses its old entry, as sync does: no vector of content gone
             added, failed, _ = self._apply(keys, [], embedder, progress, drop_failed=indexed)
         return added, failed
