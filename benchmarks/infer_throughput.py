@@ -3,7 +3,10 @@
 - ``tensors``: preprocessed batches already on the device. Plain: torchvision's model, eager fp32 under
   ``no_grad``. cnnapps: the same weights in its Classifier through ``prepare_for_inference`` with each engine
   (``eager`` fp32; ``auto``: the fused TorchScript graph on a CPU, fp16 autocast + channels_last on a GPU;
-  ``jit``; ``compile``: torch.compile, its compile time reported).
+  ``jit``; ``compile``: torch.compile, its compile time reported; ``onnx-cuda``: the graph exported in memory in
+  onnxruntime's CUDA provider, the batch bound where it is). Two more ways for ONNX rows: ``onnx-cuda-fp16`` (the
+  graph as ``cnnapps export --fp16`` converts it) and ``onnx-cuda-host`` (onnxruntime's plain run, the batch copied
+  to the host and back: what I/O binding saves).
 - ``files``: end to end from JPEG files to class probabilities. Plain: PIL + torchvision transforms (resize,
   centre crop, normalise) in DataLoader workers, float32 batches to the device, eager fp32. cnnapps:
   ``ClassificationPredictor.predict_proba(paths)`` with its defaults there (on a GPU: OpenCV decode in threads,
@@ -77,6 +80,29 @@ def plain_files(model: Any, paths: list[str], spec: Any, batch_size: int, worker
     return len(paths) / (time.perf_counter() - started)
 
 
+#: ways to run the ONNX graph besides the engines themselves, for the rows that say what each part is worth
+ONNX_WAYS = {
+    "onnx-cuda-fp16": "engine `onnx-cuda` on the `--fp16` export",
+    "onnx-cuda-host": "engine `onnx-cuda`, the batch through the host (onnxruntime's plain run, no I/O binding)",
+}
+
+
+def onnx_way(way: str, backbone: Any, x: Any, device: Any) -> tuple[Any, str]:
+    """A runner for one of :data:`ONNX_WAYS` and its row's words."""
+    from cnnapps.exported import OnnxRunner, _as_tensors, _numpy_batch, onnx_bytes
+    from cnnapps.quantize import to_fp16
+
+    graph = onnx_bytes(backbone, tuple(x.shape[1:]))
+    runner = OnnxRunner(to_fp16(graph) if way == "onnx-cuda-fp16" else graph, device, "onnx-cuda")
+    if way == "onnx-cuda-fp16":
+        return runner, ONNX_WAYS[way]
+
+    def through_host(batch: Any) -> Any:
+        return _as_tensors(runner.session.run(None, {runner.input: _numpy_batch(batch)}), batch.device)
+
+    return through_host, ONNX_WAYS[way]
+
+
 GPU_DEFAULTS = {"batch_size": 256, "steps": 20, "images": 2000, "engines": ["eager", "auto", "jit", "compile"]}
 CPU_DEFAULTS = {"batch_size": 16, "steps": 3, "images": 128, "engines": ["eager", "auto"]}
 
@@ -88,7 +114,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--images", type=int, help="JPEG files for the end-to-end rows")
-    parser.add_argument("--engines", nargs="+")
+    parser.add_argument("--engines", nargs="+", help="engines (`cnnapps models --engines`) and " + ", ".join(ONNX_WAYS))
     parser.add_argument("--sources", nargs="+", default=["tensors", "files"], choices=["tensors", "files"])
     parser.add_argument("--write", action="store_true", help="record the result in benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -123,9 +149,10 @@ def main() -> None:
         base = per_second(plain.to(device), x, device, args.steps)
         rows.append(f"| tensors on the device | plain: torchvision eager fp32 | {base:.1f} | 1.00x |")
         for engine in args.engines:
-            run = prepare_for_inference(backbone, torch.zeros_like(x), device, engine)
+            run, way = onnx_way(engine, backbone, x, device) if engine in ONNX_WAYS else (None, f"engine `{engine}`")
+            run = run or prepare_for_inference(backbone, torch.zeros_like(x), device, engine)
             got = per_second(run, x, device, args.steps)
-            rows.append(f"| tensors on the device | cnnapps engine `{engine}` | {got:.1f} | **{got / base:.2f}x** |")
+            rows.append(f"| tensors on the device | cnnapps {way} | {got:.1f} | **{got / base:.2f}x** |")
             if hasattr(run, "compile_seconds"):
                 notes.append(f"`compile` compiled in {run.compile_seconds:.1f} s (not counted in its images/s).")
             del run

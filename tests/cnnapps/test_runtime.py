@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnapps.engines import EngineError
+from cnnapps.engines import EngineError, why_unavailable
 from cnnapps.errors import CnnappsError
 from cnnapps.runtime import ENGINES, prepare_for_inference, prepare_runner, to_channels_last
 
@@ -168,3 +168,58 @@ def test_on_cuda_jit_is_a_graph_and_the_callers_module_stays_on_the_cpu() -> Non
         expected = net(x)
     assert same(snapshot(net), before)
     torch.testing.assert_close(got, expected, rtol=1e-2, atol=2e-3)  # fp32 with TF32 convolutions
+
+
+def _bound_graphs() -> list[tuple[bytes, torch.Tensor]]:
+    """Graphs for the I/O binding: one output of fixed size past the batch, two outputs, and a map whose height and
+    width only the run knows (onnxruntime allocates that one)."""
+    from cnnapps.exported import onnx_bytes, to_onnx
+
+    class TwoMaps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_net()[:4]
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.net(x)
+            return y, y.mean((2, 3))
+
+    any_size = {"images": {0: "batch", 2: "h", 3: "w"}, "outputs": {0: "batch", 2: "h", 3: "w"}}
+    maps = to_onnx(small_net()[:4].eval(), torch.zeros(1, 3, 8, 8), ["images"], ["outputs"], any_size)
+    return [
+        (onnx_bytes(small_net().eval(), (3, 8, 8)), torch.randn(3, 3, 8, 8)),
+        (onnx_bytes(TwoMaps().eval(), (3, 8, 8)), torch.randn(2, 3, 8, 8)),
+        (maps, torch.randn(2, 3, 12, 10)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_onnx_io_binding_answers_as_the_plain_run(case: int) -> None:
+    from cnnapps.exported import OnnxRunner
+
+    graph, x = _bound_graphs()[case]
+    runner = OnnxRunner(graph)
+    plain, bound = runner(x), runner.run_bound(x)
+    plain = plain if isinstance(plain, tuple) else (plain,)
+    bound = bound if isinstance(bound, tuple) else (bound,)
+    assert len(plain) == len(bound)
+    for a, b in zip(plain, bound, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.skipif(why_unavailable("onnx-cuda") is not None, reason=f"onnx-cuda: {why_unavailable('onnx-cuda')}")
+@pytest.mark.parametrize("case", range(3))
+def test_onnx_cuda_keeps_a_gpu_batch_on_the_gpu(case: int) -> None:
+    from cnnapps.exported import OnnxRunner
+
+    graph, x = _bound_graphs()[case]
+    cpu = OnnxRunner(graph)(x)
+    runner = OnnxRunner(graph, device="cuda", engine="onnx-cuda")
+    got = runner(x.cuda())
+    cpu, got = (cpu, got) if isinstance(cpu, tuple) else ((cpu,), (got,))
+    for a, b in zip(cpu, got, strict=True):
+        assert b.is_cuda
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-3)
