@@ -284,7 +284,7 @@ def test_unavailable_engines_are_one_line_errors_never_another_engine(run_cli, p
             continue
         code, out, err = run_cli("classify", image, "--engine", engine)
         assert code == 2 and out == "" and err.strip() == f"error: --engine {engine}: {why}"
-        assert "no CUDA GPU here" in why or "ExecutionProvider" in why
+        assert "no CUDA GPU here" in why or "ExecutionProvider" in why or "TensorRT libraries" in why
     code, _, err = run_cli("classify", image, "--engine", "openvino", "--device", "cuda")
     assert code == 2 and "--engine openvino runs on the CPU, not on --device cuda" in err
     code, _, err = run_cli("classify", image, "--engine", "tensorrt", "--device", "cpu")
@@ -325,13 +325,14 @@ def test_server_lists_the_engine_of_each_model(trained) -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(why_unavailable("onnx-cuda") is not None, reason=f"onnx-cuda: {why_unavailable('onnx-cuda')}")
-def test_onnx_cuda_answers_like_the_cpu(photos: Path) -> None:
+def test_onnx_cuda_answers_like_pytorch_on_the_gpu(photos: Path) -> None:
     images = paths(photos)
-    _, expected, _ = cnnapps.load(engine="onnxruntime", device="cpu").predict_proba(images)
+    # the same images resized on the GPU both ways (a CPU resizes otherwise: up to 0.01 apart in probability)
+    _, expected, _ = cnnapps.load(engine="eager", device="cuda").predict_proba(images)
     predictor = cnnapps.load(engine="onnx-cuda")
     _, got, _ = predictor.predict_proba(images)
     assert predictor.engine == "onnx-cuda" and predictor.device.type == "cuda"
-    np.testing.assert_allclose(got, expected, atol=2e-3)  # cuDNN's convolutions may use TF32
+    np.testing.assert_allclose(got, expected, atol=3e-3)  # both may run their convolutions in TF32
 
 
 @pytest.mark.cuda
