@@ -31,6 +31,18 @@ def small_net() -> nn.Module:
     )  # fmt: skip
 
 
+class TwoMaps(nn.Module):
+    """A trunk's pass: stage maps, as the detection and multi-head predictors run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_net()[:4]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.net(x)
+        return y, y.mean((2, 3))
+
+
 def snapshot(module: nn.Module) -> list[tuple]:
     return [(t.device, t.stride(), t.clone()) for t in [*module.parameters(), *module.buffers()]] + [
         tuple(m.training for m in module.modules())
@@ -105,15 +117,6 @@ def test_the_engine_that_runs_is_named_and_jit_asked_for_by_name_never_runs_eage
 
 
 def test_onnx_engines_run_models_with_several_outputs() -> None:
-    class TwoMaps(nn.Module):  # a trunk's pass: stage maps, as the detection and multi-head predictors run it
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = small_net()[:4]
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            y = self.net(x)
-            return y, y.mean((2, 3))
-
     module = TwoMaps().eval()
     x = torch.randn(3, 3, 8, 8)
     run, used = prepare_runner(module, torch.zeros(3, 3, 8, 8), CPU, "onnxruntime")
@@ -174,15 +177,6 @@ def _bound_graphs() -> list[tuple[bytes, torch.Tensor]]:
     """Graphs for the I/O binding: one output of fixed size past the batch, two outputs, and a map whose height and
     width only the run knows (onnxruntime allocates that one)."""
     from cnnapps.exported import onnx_bytes, to_onnx
-
-    class TwoMaps(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = small_net()[:4]
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            y = self.net(x)
-            return y, y.mean((2, 3))
 
     any_size = {"images": {0: "batch", 2: "h", 3: "w"}, "outputs": {0: "batch", 2: "h", 3: "w"}}
     maps = to_onnx(small_net()[:4].eval(), torch.zeros(1, 3, 8, 8), ["images"], ["outputs"], any_size)
