@@ -154,14 +154,31 @@ class CocoDataset:
                 raise CocoError(f"{self.path}: no category with keypoints (needed for pose)")
             self.keypoint_names = list(cats[0]["keypoints"])
             self.skeleton = [list(p) for p in cats[0].get("skeleton", [])]
+            self.flip_index = _flip_index(cats[0], len(self.keypoint_names), self.path)
         else:
-            self.keypoint_names, self.skeleton = [], []
+            self.keypoint_names, self.skeleton, self.flip_index = [], [], None
         if not cats:
             raise CocoError(f"{self.path}: no categories")
         self.category_ids = [c["id"] for c in cats]
         self.class_names = ["__background__", *(c["name"] for c in cats)]
         self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.image_ids = sorted(self.coco.getImgIds())
+        if task == "pose":
+            self._check_keypoints()
+
+    def _check_keypoints(self) -> None:
+        """Every annotation a target can hold has 3 numbers per keypoint (else one line: file, annotation, counts)."""
+        k = len(self.keypoint_names)
+        for ann in self.coco.dataset["annotations"]:
+            if ann.get("category_id") not in self.label_of or ann.get("iscrowd", 0):
+                continue
+            points = ann.get("keypoints")
+            if points is None and not labelled_keypoints(ann):
+                continue  # no keypoints: left out of the targets
+            found = f"has {len(points)} values" if isinstance(points, list) else f"is {points!r}"
+            if not isinstance(points, list) or len(points) != 3 * k:
+                raise CocoError(f"{self.path}: annotation {ann.get('id')}: keypoints {found}; expected 3 x {k} = "
+                                f"{3 * k} values (x, y, visibility per keypoint)")  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -193,6 +210,18 @@ class CocoDataset:
             k = len(self.keypoint_names)
             target.keypoints = np.array([a["keypoints"] for a in anns], np.float32).reshape(-1, k, 3)
         return target
+
+
+def _flip_index(cat: dict[str, Any], k: int, path: Path) -> list[int] | None:
+    """The category's ``flip_index`` (ultralytics' ``flip_idx``: for each keypoint, the one it becomes in a mirrored
+    image), checked; ``None`` when it has none (the keypoint names then say which swap)."""
+    from cnnapps.datasets.formats.yolo import is_permutation
+
+    flips = cat.get("flip_index")
+    if flips is not None and not is_permutation(flips, k):
+        raise CocoError(f"{path}: category {cat['name']!r}: flip_index: expected a permutation of 0..{k - 1}, "
+                        f"not {flips!r}")  # fmt: skip
+    return flips
 
 
 def _box_mask(bbox: list[float], height: int, width: int) -> np.ndarray:

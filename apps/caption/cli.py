@@ -93,12 +93,20 @@ def eval_caption(
 
 
 def _split_items(read, data: str, images: str, split: str | None) -> list:
+    """The images to score: ``split`` of a Karpathy file, else its test split; a COCO captions file is one split."""
     if split is not None:
         return read(data, images, split)
-    try:  # a Karpathy file: its test split; a COCO captions file is one split
-        return read(data, images, "test")
-    except CnnappsError:
-        return read(data, images)
+    items = read(data, images)
+    if items[0].split is None:  # COCO captions
+        return items
+    test = [item for item in items if item.split == "test"]
+    if not test:
+        from cnnapps.datasets.captions import CaptionDataError
+
+        splits = ", ".join(sorted({item.split or "(none)" for item in items}))
+        raise CaptionDataError(f"{data}: a Karpathy file without a 'test' split (it has {splits}); "
+                               "choose one with --split")  # fmt: skip
+    return test
 
 
 def register(app: typer.Typer, eval_app: typer.Typer, task: str) -> None:

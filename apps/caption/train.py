@@ -35,8 +35,7 @@ def _prepare(config: CaptionConfig, device: Any) -> Any:
     from cnnapps.datasets.transforms import batch_transform, eval_transform
     from cnnapps.runtime import to_channels_last
 
-    karpathy_split = "train" if not config.val_data else None
-    items = read_captions(config.data, config.images, karpathy_split)
+    items = read_captions(config.data, config.images, "train")  # a Karpathy file: train + restval, never val, test
     train_items, val_items = items, None
     if config.val_data:
         val_items = read_captions(config.val_data, config.val_images or config.images)

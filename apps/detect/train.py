@@ -57,7 +57,7 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
         "num_keypoints": len(keypoints) or None,
         "skeleton": train_coco.skeleton or None,
     }
-    flips = flip_index(train_coco.keypoint_names) if config.task == "pose" else None
+    flips = (train_coco.flip_index or flip_index(keypoints)) if config.task == "pose" else None  # data's word first
     fit = None
     if config.trunk:  # new heads on a frozen trunk, reading its pass over its own preprocessing
         from cnnapps.apps.common.training import backbone_for, trunk_identity

@@ -59,7 +59,7 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     if pose:
         for i, cat in enumerate(build.coco["categories"]):
             if pose["classes"] is None or i in pose["classes"]:
-                cat["keypoints"], cat["skeleton"] = pose["names"], pose["skeleton"]
+                _pose_category(cat, pose)
     base = _base(config, root)
     listed = _image_files(config, base, yaml_path, report)  # image -> the YAML entry (train, val, test) naming it
     image_files = list(listed) or walk(
@@ -140,7 +140,29 @@ def _pose_spec(config: dict[str, Any], yaml_path: Path | None) -> dict[str, Any]
     names = [str(n) for n in names] if isinstance(names, list) and len(names) == k else [f"kp{i + 1}" for i in range(k)]
     skeleton = config.get("skeleton") or []
     skeleton = [list(p) for p in skeleton if isinstance(p, list) and len(p) == 2 and all(1 <= int(v) <= k for v in p)]
-    return {"k": k, "ndim": int(shape[1]), "names": names, "skeleton": skeleton, "classes": classes}
+    flip = _flip_idx(config.get("flip_idx"), k, yaml_path)
+    return {"k": k, "ndim": int(shape[1]), "names": names, "skeleton": skeleton, "classes": classes, "flip": flip}
+
+
+def _flip_idx(value: Any, k: int, yaml_path: Path | None) -> list[int] | None:
+    """ultralytics' ``flip_idx`` (for each keypoint, the one it becomes in a mirrored image), checked: a permutation
+    of 0..k-1."""
+    if value is not None and not is_permutation(value, k):
+        raise FormatError(f"{yaml_path}: flip_idx: expected a permutation of 0..{k - 1} (kpt_shape), not {value!r}")
+    return value
+
+
+def is_permutation(value: Any, k: int) -> bool:
+    """Whether ``value`` is a list of the integers 0..k-1, each once."""
+    ints = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return ints and sorted(value) == list(range(k))
+
+
+def _pose_category(cat: dict[str, Any], pose: dict[str, Any]) -> None:
+    """Give a category the data's keypoints: names, skeleton and (when data.yaml has one) flip index."""
+    cat["keypoints"], cat["skeleton"] = list(pose["names"]), [list(p) for p in pose["skeleton"]]
+    if pose["flip"] is not None:
+        cat["flip_index"] = list(pose["flip"])
 
 
 def _base(config: dict[str, Any], root: Path) -> Path:
@@ -240,7 +262,7 @@ def _read_labels(
             keypoints = _keypoints(coords[4:], pose, width, height) if pose else None
             if keypoints and not build.coco["categories"][category - 1].get("keypoints"):
                 if any(keypoints[2::3]):  # a class kpt_names did not list, with keypoints all the same
-                    build.category(names[category - 1], pose["names"], pose["skeleton"])
+                    _pose_category(build.coco["categories"][category - 1], pose)
                 else:
                     keypoints = None
             build.annotation(image_id, category, bbox=bbox, keypoints=keypoints, where=where)
@@ -278,6 +300,8 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
                 f"category {cat['name']!r} has {len(cat['keypoints'])} keypoints and YOLO one count for all "
                 f"({k}): its keypoints were not written"
             )
+        elif cat.get("flip_index") is not None and not is_permutation(cat["flip_index"], k):
+            report.note(f"category {cat['name']!r}: flip_index is not a permutation of 0..{k - 1}; not written")
     if kind == "pose" and any(polygons_of(a) for a in anns):
         report.note("YOLO pose labels hold boxes and keypoints: polygons were not written")
     crowd = sum(1 for a in anns if a.get("iscrowd"))
@@ -366,9 +390,9 @@ def _write_yaml(
         config["test"] = "images/test"
     config["names"] = {i: c["name"] for i, c in enumerate(cats)}
     if k:
-        names = next(c["keypoints"] for c in kpt_cats if len(c["keypoints"]) == k)
+        first = next(c for c in kpt_cats if len(c["keypoints"]) == k)
         config["kpt_shape"] = [k, 3]
-        flip = flip_pairs(names)
+        flip = first.get("flip_index") if is_permutation(first.get("flip_index"), k) else flip_pairs(first["keypoints"])
         if flip:
             config["flip_idx"] = flip
         config["kpt_names"] = {

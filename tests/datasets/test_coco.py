@@ -100,3 +100,38 @@ def test_pose_needs_a_keypoint_category(tmp_path):
     path = write_coco("shapes", tmp_path, "train", 1, size=64)
     with pytest.raises(CocoError, match="no category with keypoints"):
         CocoDataset(path, tmp_path / "train", "pose")
+
+
+@pytest.mark.parametrize("keypoints", [lambda k: k[:-3], lambda k: [*k, 1, 2, 2], lambda k: "left_eye"])
+def test_keypoints_of_the_wrong_length_are_refused_in_one_line_naming_the_annotation(tmp_path, keypoints):
+    path = write_coco("people", tmp_path, "train", 2, seed=1, size=128)
+    coco = json.loads(path.read_text())
+    bad = coco["annotations"][1]
+    bad["keypoints"] = keypoints(bad["keypoints"])
+    path.write_text(json.dumps(coco))
+    found = f"has {len(bad['keypoints'])} values" if isinstance(bad["keypoints"], list) else "is 'left_eye'"
+    message = f"{path}: annotation {bad['id']}: keypoints {found}; expected 3 x 17 = 51 values"
+    with pytest.raises(CocoError) as caught:
+        CocoDataset(path, tmp_path / "train", "pose")  # read as it is: checked once, when the file is loaded
+    assert str(caught.value) == f"{message} (x, y, visibility per keypoint)"
+    data = CocoDataset(path, None, "pose")  # through the COCO reader: the annotation's keypoints are left out
+    assert sum(len(data.target(i).keypoints) for i in range(len(data))) == len(coco["annotations"]) - 1
+
+
+def test_a_detection_task_does_not_look_at_keypoints(tmp_path):
+    path = write_coco("people", tmp_path, "train", 1, seed=1, size=128)
+    coco = json.loads(path.read_text())
+    coco["annotations"][0]["keypoints"] = [1, 2]
+    path.write_text(json.dumps(coco))
+    assert len(CocoDataset(path, tmp_path / "train", "detect").target(0).boxes) == len(coco["annotations"])
+
+
+def test_an_annotation_counting_keypoints_it_does_not_have_is_refused(tmp_path):
+    path = write_coco("people", tmp_path, "train", 1, seed=1, size=128)
+    coco = json.loads(path.read_text())
+    bad = coco["annotations"][0]
+    del bad["keypoints"]  # num_keypoints > 0 stays
+    path.write_text(json.dumps(coco))
+    for images in (tmp_path / "train", None):
+        with pytest.raises(CocoError, match=rf"annotation {bad['id']}: keypoints is None; expected 3 x 17 = 51"):
+            CocoDataset(path, images, "pose")
