@@ -123,7 +123,7 @@ def _seeded(transform: Any, seed: int) -> Any:
 
 
 def _annotations(path: Path, task: str | None, augment: str, images: Path | None, size: int, seed: int) -> Any:
-    from cnnapps.apps.detect.zoo import flip_index
+    from cnnapps.apps.detect.zoo import data_flip_index
     from cnnapps.datasets.check import annotation_task
     from cnnapps.datasets.coco import CocoDataset
     from cnnapps.datasets.io import read_image
@@ -135,7 +135,7 @@ def _annotations(path: Path, task: str | None, augment: str, images: Path | None
         if task == "pose":
             data = CocoDataset(path, images, task)
     data.task = task
-    flips = flip_index(data.keypoint_names) if task == "pose" else None
+    flips = data_flip_index(data) if task == "pose" else None
     with warnings.catch_warnings():  # "none": box and keypoint processors with no step to run are fine
         warnings.simplefilter("ignore", UserWarning)
         transform = _seeded(detection_transform(augment, flips), seed)

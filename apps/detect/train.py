@@ -28,7 +28,7 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
     from cnnapps.apps.detect.evaluate import MAIN_METRIC
     from cnnapps.apps.detect.model import training_window
     from cnnapps.apps.detect.module import DetectionModule
-    from cnnapps.apps.detect.zoo import flip_index
+    from cnnapps.apps.detect.zoo import data_flip_index
     from cnnapps.datasets.coco import CocoDataset
     from cnnapps.datasets.splits import split_indices
     from cnnapps.datasets.training import DetectionDataset, collate_detection
@@ -57,7 +57,7 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
         "num_keypoints": len(keypoints) or None,
         "skeleton": train_coco.skeleton or None,
     }
-    flips = (train_coco.flip_index or flip_index(keypoints)) if config.task == "pose" else None  # data's word first
+    flips = data_flip_index(train_coco) if config.task == "pose" else None
     fit = None
     if config.trunk:  # new heads on a frozen trunk, reading its pass over its own preprocessing
         from cnnapps.apps.common.training import backbone_for, trunk_identity

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cnnapps.apps.detect.config import TASKS
 from cnnapps.datasets.coco import COCO_KEYPOINTS, COCO_OKS_SIGMAS, COCO_SKELETON
 
@@ -54,3 +56,9 @@ def flip_index(names: list[str] | tuple[str, ...]) -> list[int]:
         else:
             out.append(i)
     return out
+
+
+def data_flip_index(data: Any) -> list[int]:
+    """A pose data set's flip index: its own (a YOLO ``flip_idx``, a COCO category's ``flip_index``), else the one
+    its keypoint names give."""
+    return data.flip_index or flip_index(data.keypoint_names)

@@ -55,3 +55,21 @@ def flips_trained_with(data, monkeypatch, tmp_path):
 def test_pose_training_flips_keypoints_by_flip_idx_before_names(tmp_path, monkeypatch, flip_idx, names, expected):
     data = write_pose_set(tmp_path / "data", flip_idx, names)
     assert flips_trained_with(data, monkeypatch, tmp_path) == expected
+
+
+def test_data_show_flips_keypoints_as_training_does(tmp_path, monkeypatch):
+    """`cnnapps data show` draws the training augmentation with the same flip index training takes."""
+    import cnnapps.datasets.transforms as transforms
+    from cnnapps.apps.common.browse import _annotations
+
+    seen = []
+    real = transforms.detection_transform
+
+    def recording(preset, flip_index=None, fit=None):
+        seen.append(flip_index)
+        return real(preset, flip_index, fit)
+
+    monkeypatch.setattr(transforms, "detection_transform", recording)
+    data = write_pose_set(tmp_path / "data", "[1, 0, 2]")
+    task, count, _ = _annotations(data, "pose", "default", None, 64, 0)
+    assert (task, count, seen) == ("pose", 1, [[1, 0, 2]])
