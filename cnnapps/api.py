@@ -40,8 +40,12 @@ def load(
     returns one result per input, in order: ``ClassificationResult`` (classify), ``EmbeddingResult`` (retrieve),
     ``DetectionResult`` (detect, segment, pose), ``CaptionResult`` (caption). A model file with several heads and
     no ``task`` gives a ``MultiTaskPredictor``, whose ``predict`` runs the trunk once per batch and returns, per
-    input, every head's result. ``kwargs``: device, engine, batch_size, workers, and the task's own options
-    (``score_threshold``, ``tile``, ``beam``, ...); ``head=NAME`` picks one head of a multi-head file.
+    input, every head's result. ``kwargs``: the options the task's predictor takes (``device``, ``head=NAME`` to pick
+    one head of a multi-head file, and the task's ``load_options`` in the task table): ``engine``, ``batch_size`` and
+    ``workers`` for classify and retrieve; ``score_threshold``, ``tile``, ``engine``, ``embed``, ... for detect,
+    segment and pose; ``beam``, ``max_len``, ``engine`` for caption; ``tile``, ``batch_size`` for semantic. Any
+    other option is a one-line error naming what the task takes; ``engine="auto"`` or ``"eager"`` is taken by every
+    task (semantic and panoptic models run only in PyTorch, as they are).
 
     Predictors are safe to call from several threads (calls take turns), are ready to run when returned
     (graphs compiled at load), batch their inputs, and loading the same spec with the same options again
@@ -95,6 +99,7 @@ def _load(specs: list[Any], task: str | None, **kwargs: Any) -> Any:
                 raise CnnappsError(f"{specs[found.index(None)]}: a multi-head file answers alone, not in an ensemble")
             from cnnapps.apps.multitask import MultiTaskPredictor
 
+            _refuse_others(str(specs[0]), kwargs, "a file with several heads", ("heads", *MULTI_HEAD_OPTIONS))
             return MultiTaskPredictor(specs[0], **kwargs)
         if len(set(found)) != 1:
             raise CnnappsError(f"models serve different tasks ({', '.join(sorted(set(found)))}); load them separately")
@@ -102,9 +107,42 @@ def _load(specs: list[Any], task: str | None, **kwargs: Any) -> Any:
     record = get_task(task)
     if len(specs) > 1 and not record.ensemble:
         raise CnnappsError(f"{task} takes one model, not an ensemble")
+    label = ", ".join(str(s) for s in specs)
+    options = task_options(label, record, kwargs)
     for spec in specs:
         check_serves(spec, record.name)
-    return record.part("predictor")(specs, task=record.name, **kwargs)
+    return record.part("predictor")(specs, task=record.name, **options)
+
+
+#: what a predictor of several heads on one trunk pass (``MultiTaskPredictor``) takes when loaded
+MULTI_HEAD_OPTIONS = ("device", "engine", "batch_size", "score_threshold", "beam", "max_len", "max_pixels")
+
+#: the engines every task takes: those of a predictor that runs only in PyTorch, as it is
+EAGER_ENGINES = (None, "auto", "eager")
+
+
+def task_options(label: str, record: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` as the task's predictor takes them (the task table's ``load_options``, device and head): an
+    engine of ``EAGER_ENGINES`` is dropped for a task whose predictor runs only in PyTorch, as ``load_heads`` does;
+    any other option it does not take is a one-line error naming the model (``label``), the option and what the
+    task takes."""
+    takes = ("device", "head", *record.load_options)
+    given = {k: v for k, v in options.items() if not (k == "engine" and k not in takes and v in EAGER_ENGINES)}
+    _refuse_others(label, given, f"{record.name} models", takes, task=record.name)
+    return given
+
+
+def _refuse_others(label: str, options: dict[str, Any], what: str, takes: Sequence[str], task: str = "it") -> None:
+    """A one-line error for the first of ``options`` not among ``takes`` (an engine: an ``EngineError``)."""
+    for name, value in options.items():
+        if name in takes:
+            continue
+        listed = f"{task} takes {', '.join(takes)}"
+        if name == "engine":
+            from cnnapps.engines import EngineError
+
+            raise EngineError(f"{label}: engine={value!r}: {what} run as they are (engine auto or eager); {listed}")
+        raise CnnappsError(f"{label}: {name}={value!r} is not an option of {what} ({listed})")
 
 
 def check_serves(spec: str | os.PathLike, task: str) -> None:
@@ -166,8 +204,8 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
         names = chosen_heads(model_file, heads)
         if all(getattr(adapter(model_file.heads[n].task), "shareable", lambda _: True)(model_file.heads[n])
                for n in names):  # fmt: skip
-            keep = ("device", "engine", "batch_size", "score_threshold", "beam", "max_len", "max_pixels")
-            return MultiTaskPredictor(spec, heads=names, **{k: v for k, v in options.items() if k in keep})
+            chosen = {k: v for k, v in options.items() if k in MULTI_HEAD_OPTIONS}
+            return MultiTaskPredictor(spec, heads=names, **chosen)
         if len(names) > 1:
             raise BundleError(f"{spec}: some of its heads resize images themselves; run them one at a time")
         task, head = model_file.heads[names[0]].task, names[0]

@@ -69,7 +69,10 @@ def read_image(
     """Return ``src`` as a contiguous RGB uint8 array (H, W, 3).
 
     ``src`` may be a path, encoded bytes, a numpy array (H, W), (H, W, 1|3|4) in RGB(A) order, or a
-    PIL image. Limits, checked from the header before any pixel is decoded:
+    PIL image. 16-bit pixels are scaled by 1/257. Float pixels (arrays, PIL "F" images, float TIFFs) hold
+    0..255 values when their largest finite value is above 1, else 0..1 values; either way they are clipped to
+    that range and rounded (NaN reads as 0, +inf as the top, -inf as 0), so a ``uint8`` image cast to float
+    reads the same as the image itself. Limits, checked from the header before any pixel is decoded:
 
     - ``max_pixels``: the memory budget, in 8-bit pixels (default 8192 x 8192; decoding peaks at about
       6 bytes per such pixel, so about 400 MB). 16-bit (12 bytes) and float images (24) cost more per
@@ -585,7 +588,7 @@ def _bgr_to_rgb(decoded: np.ndarray, name: str) -> np.ndarray:
 
 
 def _to_uint8(arr: np.ndarray, name: str, owned: bool = False) -> np.ndarray:
-    """8-bit values: 16-bit scaled by 1/257 (rounded), floats clipped to [0, 1] then scaled by 255.
+    """8-bit values: 16-bit scaled by 1/257 (rounded), floats as :func:`_float_to_uint8` reads them.
     ``owned`` lets a float array be converted in place (no extra copy of a large decode)."""
     if arr.dtype == np.uint8:
         return arr
@@ -598,13 +601,29 @@ def _to_uint8(arr: np.ndarray, name: str, owned: bool = False) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
     if np.issubdtype(arr.dtype, np.floating):
-        work = arr if owned and arr.flags.writeable else arr.copy()
-        np.nan_to_num(work, copy=False)
-        np.clip(work, 0.0, 1.0, out=work)
-        work *= 255.0
-        work += 0.5
-        return work.astype(np.uint8)
+        return _float_to_uint8(arr if owned and arr.flags.writeable else arr.copy())
     raise UnsupportedInputError(name, f"unsupported pixel type {arr.dtype}")
+
+
+def _float_to_uint8(work: np.ndarray) -> np.ndarray:
+    """Float pixels (converted in place) as 8-bit: 0..255 values when the largest finite value is above 1, else
+    0..1 values; then clipped to that range (+inf is white, -inf black, NaN 0) and rounded. The one rule for
+    float arrays, float images from files and PIL's float ("F") images."""
+    scale = 255.0 if _finite_max(work) > 1.0 else 1.0
+    np.nan_to_num(work, copy=False)
+    np.clip(work, 0.0, scale, out=work)
+    if scale == 1.0:
+        work *= 255.0
+    work += 0.5
+    return work.astype(np.uint8)
+
+
+def _finite_max(arr: np.ndarray) -> float:
+    """The largest finite value of ``arr`` (0 when it has none); NaN and infinities never set an image's scale."""
+    peak = float(np.fmax.reduce(arr, axis=None, initial=-np.inf))  # NaN skipped, without a mask
+    if math.isfinite(peak):
+        return peak
+    return float(np.max(arr, where=np.isfinite(arr), initial=0.0))  # +inf somewhere: look past it
 
 
 def _from_array(
@@ -637,9 +656,8 @@ def _from_pil(
         arr = np.asarray(img)
         big = arr.max(initial=0) > 255
         return _from_array(np.clip(arr, 0, 65535 if big else 255).astype(np.uint16 if big else np.uint8), name)
-    if img.mode == "F":  # float grey: 0..1, or 0..255 as convert("F") gives
-        arr = np.asarray(img).astype(np.float32)
-        return _from_array(arr / (255.0 if arr.max(initial=0) > 1 else 1.0), name)
+    if img.mode == "F":  # float grey: 0..1, or 0..255 as convert("F") gives; read as float arrays are
+        return _from_array(np.asarray(img, np.float32), name)
     return _from_array(np.asarray(img.convert("RGB")), name)
 
 

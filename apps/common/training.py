@@ -79,11 +79,53 @@ def backbone_for(config: TrainConfig) -> tuple[Any, Any]:
     spec = backbone.preprocess
     if config.input_size:
         s = config.input_size
+        check_input_size(backbone, s)
         resize = s if spec.resize_mode == "squash" else round(s / 0.875)
         spec = dataclasses.replace(spec, input_size=(spec.input_size[0], s, s), resize=resize)
     if config.freeze:
         backbone.freeze(config.freeze)
     return backbone, spec
+
+
+def check_input_size(backbone: Any, size: int) -> None:
+    """Refuse, in one line, a side length below the backbone's own that its kernels and pools cannot take (a torch
+    error in the first training step otherwise), naming the smallest it takes. One zero image through the trunk, in
+    eval mode and without gradients, costs less than the pass at its own size; only a refused size searches more."""
+    default = backbone.preprocess.input_size[1]
+    if size >= default:
+        return
+    why = _why_not(backbone, size)
+    if why is None:
+        return
+    smallest = _smallest_size(backbone, size, default)
+    hint = f"; the smallest size it takes is {smallest}" if smallest else ""
+    raise ConfigError(f"input_size {size}: {backbone.name} cannot take images this small ({why}){hint}")
+
+
+def _why_not(backbone: Any, size: int) -> str | None:
+    """Why one zero image of ``size`` x ``size`` cannot pass through ``backbone`` (None when it can)."""
+    training = backbone.training
+    backbone.eval()  # batch norm over one image of 1 x 1 pixels would fail for another reason
+    try:
+        with torch.no_grad():
+            backbone.embed(torch.zeros(1, backbone.preprocess.input_size[0], size, size))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        return in_one_line(exc)
+    finally:
+        backbone.train(training)
+    return None
+
+
+def _smallest_size(backbone: Any, refused: int, default: int) -> int | None:
+    """The smallest side between ``refused`` (which fails) and ``default`` that passes (by bisection: sizes pass
+    from some side up), or None when even ``default`` fails."""
+    if _why_not(backbone, default) is not None:
+        return None
+    low, high = refused, default
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _why_not(backbone, middle) is None else (middle, high)
+    return high
 
 
 def trunk_identity(config: TrainConfig) -> tuple[str, dict[str, Any]]:

@@ -114,7 +114,8 @@ class DetectionPredictor:
     @property
     def engine(self) -> str:
         """The engine the trunk runs on (the RPN, RoI heads and NMS run in PyTorch): a shared trunk's, else the one
-        of the trunk compiled last (``eager`` until a shape has been compiled)."""
+        of the trunk compiled last (``eager`` until a shape has been compiled). Each result names the engine its own
+        image's trunk ran on: an image whose shape has no compiled trunk (yet) runs eager."""
         if self._trunk is not None:
             return self._trunk.engine
         if self._compiled:
@@ -140,24 +141,28 @@ class DetectionPredictor:
         workers = default_decode_workers(self.device)
         detect = functools.partial(self._detect_images, compile_now=compile_now)
         done = map_images(inputs, detect, self.batch_size, self.max_pixels, progress, workers)
-        results = [
-            DetectionResult(name, error=error)
-            if rgb is None
-            else to_result(name, found, rgb.shape[0], rgb.shape[1], self.spec)
-            for name, rgb, found, error in done
-        ]
-        for result in results:
-            result.engine = self.engine
+        results = []
+        for name, rgb, found, error in done:
+            if rgb is None:  # no trunk ran: the predictor's engine
+                results.append(DetectionResult(name, error=error, engine=self.engine))
+                continue
+            detections, engine = found
+            result = to_result(name, detections, rgb.shape[0], rgb.shape[1], self.spec)
+            result.engine = engine  # the engine this image's trunk ran on (a shape not compiled runs eager)
+            results.append(result)
         return results
 
     def _detect_images(self, images: Sequence[np.ndarray], compile_now: bool = False) -> list[Any]:
-        """One output per image: its detections, or an ``ImageError`` for an image the model cannot take. Images of
-        one size run together: the model pads a batch to its largest image, and the padding would find objects of
-        its own in the smaller ones (an image's answer must not depend on the others in its batch)."""
+        """One output per image: its detections and the engine its trunk ran on, or an ``ImageError`` for an image the
+        model cannot take. Images of one size run together: the model pads a batch to its largest image, and the
+        padding would find objects of its own in the smaller ones (an image's answer must not depend on the others
+        in its batch)."""
         if not images:
             return []
-        if self.tile:
-            return [detect_tiled(rgb, lambda t: self._forward([t])[0], self.tile, self.overlap) for rgb in images]
+        if self.tile:  # tiles run their trunk in PyTorch, or on a shared trunk's engine
+            engine = self._trunk.engine if self._trunk is not None else "eager"
+            tiled = [detect_tiled(rgb, lambda t: self._forward([t])[0][0], self.tile, self.overlap) for rgb in images]
+            return [(found, engine) for found in tiled]
         found: list[Any] = [None] * len(images)
         sizes: dict[tuple[int, int], list[int]] = {}
         for i, rgb in enumerate(images):
@@ -167,8 +172,9 @@ class DetectionPredictor:
             else:
                 sizes.setdefault(rgb.shape[:2], []).append(i)
         for members in sizes.values():
-            for i, detections in zip(members, self._forward([images[i] for i in members], compile_now), strict=True):
-                found[i] = detections
+            detections, engine = self._forward([images[i] for i in members], compile_now)
+            for i, one in zip(members, detections, strict=True):
+                found[i] = (one, engine)
         return found
 
     def _cannot_take(self, rgb: np.ndarray) -> str | None:
@@ -185,19 +191,27 @@ class DetectionPredictor:
                 f"it resizes the long side to {transform.max_size} px); use --tile")  # fmt: skip
 
     @torch.inference_mode()
-    def _forward(self, images: list[np.ndarray], compile_now: bool = False) -> list[Detections]:
+    def _forward(self, images: list[np.ndarray], compile_now: bool = False) -> tuple[list[Detections], str]:
+        """The detections of images of one size, and the engine their trunk ran on."""
         if self.spec.shared:  # heads on a shared trunk: the model file's preprocessing, then the trunk's pass
             from cnnapps.apps.detect.model import run_shared
 
             tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) for rgb in images]
-            outputs = run_shared(self.model, tensors, self._trunk, embed=self.embed)
+            outputs, engine = run_shared(self.model, tensors, self._trunk, embed=self.embed), self._trunk.engine
         else:
             from cnnapps.apps.detect.model import run_detector
 
             tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0) for rgb in images]
-            trunk_for = functools.partial(_compiled_trunk, self, now=compile_now) if self._compiles else None
-            outputs = run_detector(self.model, tensors, self.embed, trunk_for)
-        return [to_detections(out, rgb.shape[0], rgb.shape[1]) for out, rgb in zip(outputs, images, strict=True)]
+            ran: list[Any] = []  # the compiled trunk the batch's shape got, or None (eager)
+
+            def trunk_for(shape: tuple) -> Any:
+                ran.append(_compiled_trunk(self, shape, now=compile_now))
+                return ran[-1]
+
+            outputs = run_detector(self.model, tensors, self.embed, trunk_for if self._compiles else None)
+            engine = ran[-1].engine if ran and ran[-1] is not None else "eager"
+        found = [to_detections(out, rgb.shape[0], rgb.shape[1]) for out, rgb in zip(outputs, images, strict=True)]
+        return found, engine
 
 
 #: how often a resized input shape is seen before the trunk is compiled for it, and how many compiled shapes are kept

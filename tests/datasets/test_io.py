@@ -216,18 +216,43 @@ def test_sixteen_bit_grey_reads_the_same_from_a_path_and_as_a_pil_image(tmp_path
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_float_tiff_decodes_scaled_like_float_arrays(dtype: type, tmp_path: Path) -> None:
+@pytest.mark.parametrize("peak", [1.0, 255.0])
+def test_float_tiff_decodes_scaled_like_float_arrays(dtype: type, peak: float, tmp_path: Path) -> None:
     import tifffile
 
-    rgb = np.random.default_rng(0).random((9, 7, 3)).astype(dtype)
-    rgb[0, 0] = [1.5, -0.5, np.nan]  # clipped to [0, 1]; NaN becomes 0
+    rgb = np.random.default_rng(0).random((9, 7, 3)).astype(dtype) * peak
+    rgb[0, 0] = [np.inf, -0.5, np.nan]  # +inf is white, below 0 is black, NaN is 0: none of them sets the scale
+    rgb[0, 1] = [300.0 if peak > 1 else 1.0, -np.inf, peak]  # 0..255 values above 255: clipped to white
     path = tmp_path / "float.tif"
     tifffile.imwrite(path, rgb, photometric="rgb")
-    expected = (np.clip(np.nan_to_num(rgb), 0, 1) * 255 + 0.5).astype(np.uint8)
+    expected = (np.clip(np.nan_to_num(rgb / peak), 0, 1) * 255 + 0.5).astype(np.uint8)
+    assert expected[0, :2].tolist() == [[255, 0, 0], [255, 0, 255]]
     assert np.array_equal(read_image(path), expected)
     assert np.array_equal(read_image(rgb), expected)
     tifffile.imwrite(path, rgb[:, :, 1], photometric="minisblack")
     assert np.array_equal(read_image(path), np.repeat(expected[:, :, 1:2], 3, axis=2))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_arrays_of_0_to_255_read_like_their_uint8_pixels(photo: np.ndarray, dtype: type) -> None:
+    """A float array whose finite values reach above 1 holds 0..255 values (``photo.astype(np.float32)``): it was
+    clipped to [0, 1] and came out all white."""
+    assert np.array_equal(read_image(photo.astype(dtype)), photo)
+    assert np.array_equal(read_image(photo[:, :, 0].astype(dtype)), np.repeat(photo[:, :, :1], 3, axis=2))
+    assert np.array_equal(read_image(photo.astype(dtype) / 255), photo)  # 0..1 as before
+
+
+def test_float_arrays_and_float_pil_images_follow_one_rule(photo: np.ndarray) -> None:
+    """The same float pixels read the same as an array and as a PIL "F" image, whichever scale they are in."""
+    grey = photo[:, :, 0].astype(np.float32)
+    bright = grey > 200
+    for pixels in (grey, grey / 255, grey * 1.2, np.where(bright, np.inf, grey), np.where(bright, np.nan, grey)):
+        from_array, from_pil = read_image(pixels), read_image(Image.fromarray(pixels))
+        assert Image.fromarray(pixels).mode == "F"
+        assert np.array_equal(from_array, from_pil)
+    brighter = read_image(grey * 1.2)  # 0..306: a 0..255 image whose brightest pixels are clipped, not divided twice
+    assert np.array_equal(brighter[:, :, 0], np.clip(grey * 1.2 + 0.5, 0, 255).astype(np.uint8))
+    assert read_image(np.full((2, 2), np.inf, np.float32)).tolist() == [[[255] * 3] * 2] * 2  # no finite pixel: 0..1
 
 
 def test_tiff_with_tiles_larger_than_the_image_falls_back_to_pillow(photo: np.ndarray, tmp_path: Path) -> None:

@@ -113,6 +113,21 @@ def test_a_shape_that_keeps_coming_gets_a_compiled_trunk_with_the_same_answers(m
     assert same_instances(first, eager.predict([frames[0]])[0])
 
 
+def test_each_result_names_the_engine_its_own_trunk_ran_on(model_file):
+    """Results were stamped with the engine of the shape compiled last, also images of other sizes that ran eager."""
+    from cnnapps.apps.detect.predictor import COMPILE_AFTER, DetectionPredictor
+
+    rng = np.random.default_rng(7)
+    common = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    other = rng.integers(0, 255, (120, 90, 3), dtype=np.uint8)  # another resized shape: not compiled
+    predictor = DetectionPredictor(model_file, score_threshold=0.0, device="cpu", batch_size=2)
+    engines = [predictor.predict([common])[0].engine for _ in range(COMPILE_AFTER)]
+    assert engines == ["eager"] * (COMPILE_AFTER - 1) + ["jit"] and predictor.engine == "jit"
+    alone = predictor.predict([other])[0]
+    assert alone.ok and alone.engine == "eager"
+    assert [r.engine for r in predictor.predict([other, common, b"not an image"])][:2] == ["eager", "jit"]
+
+
 def test_a_grey_trunk_is_compiled_for_the_one_channel_it_reads():
     import torch
 

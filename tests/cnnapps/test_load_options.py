@@ -1,0 +1,53 @@
+"""``cnnapps.load`` checks its options against the task table: an option the task's predictor does not take is a
+one-line error naming the model, the option and what the task takes (it was a raw TypeError from the predictor)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import cnnapps
+from cnnapps.errors import CnnappsError
+
+
+@pytest.fixture(scope="module")
+def semantic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cnnapps.apps.semantic.model import create_semantic, save_semantic
+    from cnnapps.backbones.preprocess import Preprocess
+
+    path = tmp_path_factory.mktemp("semantic") / "scenes.safetensors"
+    model = create_semantic("fpn", "timm:test_resnet", class_names=["a", "b"], backbone_weights=None, head_channels=8)
+    save_semantic(path, model.eval(), Preprocess(input_size=(3, 64, 64), resize=64))
+    return path
+
+
+def test_an_engine_a_task_does_not_run_on_is_refused_in_one_line(semantic_file: Path) -> None:
+    from cnnapps.engines import EngineError
+
+    with pytest.raises(EngineError) as caught:
+        cnnapps.load(semantic_file, engine="jit")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{semantic_file}: engine='jit'")
+    assert "semantic models run as they are (engine auto or eager)" in message
+    assert "semantic takes device, head, batch_size, tile, overlap, max_pixels" in message
+    with pytest.raises(EngineError, match=re.escape("deeplabv3_resnet50: engine='onnxruntime'")):
+        cnnapps.load("deeplabv3_resnet50", engine="onnxruntime")  # refused before its weights are looked for
+
+
+def test_an_option_a_task_does_not_take_is_refused_in_one_line(semantic_file: Path) -> None:
+    with pytest.raises(CnnappsError) as caught:
+        cnnapps.load(semantic_file, workers=1)
+    assert str(caught.value) == (
+        f"{semantic_file}: workers=1 is not an option of semantic models "
+        "(semantic takes device, head, batch_size, tile, overlap, max_pixels)"
+    )
+    with pytest.raises(CnnappsError, match=r"^efficientnet_lite0: score_threshold=0\.3 is not an option of classify "):
+        cnnapps.load("efficientnet_lite0", score_threshold=0.3)
+
+
+@pytest.mark.parametrize("engine", ["auto", "eager"])
+def test_auto_and_eager_load_a_model_that_only_runs_eagerly(semantic_file: Path, engine: str) -> None:
+    predictor = cnnapps.load(semantic_file, engine=engine, device="cpu", batch_size=2)
+    assert predictor.task == "semantic" and predictor.engine == "eager" and predictor.batch_size == 2
