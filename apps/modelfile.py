@@ -24,7 +24,7 @@ from cnnapps.bundle import (
     save_bundle,
     tensor_fingerprint,
 )
-from cnnapps.errors import in_one_line
+from cnnapps.errors import UnknownModelError, in_one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -101,9 +101,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     if meta["format"] == FORMAT_V1:
         return _migrate_v1(path, meta)
     trunk, heads, preprocess = meta.get("trunk"), meta.get("heads"), meta.get("preprocess")
-    if not isinstance(trunk, dict) or not isinstance(trunk.get("name"), str):
-        raise BundleError(f"{path}: trunk: expected {{name, kwargs, fingerprint}}, found {_short(trunk)}")
-    _check_trunk_kwargs(path, trunk.get("kwargs", {}))
+    _check_trunk(path, trunk)
     if not isinstance(heads, dict) or not heads:
         raise BundleError(f"{path}: heads: expected a mapping of one or more heads, found {_short(heads)}")
     if not isinstance(preprocess, dict):
@@ -121,6 +119,13 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
 _FILE_LIKE_SETTING = re.compile(r"checkpoint|pretrained|cache|cfg|overlay|weights|url|file|(^|_)(path|dir)$", re.I)
 #: the largest number a trunk setting may hold (channels, classes, sizes): a file cannot ask for unbounded memory
 MAX_TRUNK_SETTING = 100_000
+
+
+def _check_trunk(path: Path, trunk: Any) -> None:
+    """A trunk's description (a registry name and the settings its constructor takes), else a one-line error."""
+    if not isinstance(trunk, dict) or not isinstance(trunk.get("name"), str):
+        raise BundleError(f"{path}: trunk: expected {{name, kwargs, fingerprint}}, found {_short(trunk)}")
+    _check_trunk_kwargs(path, trunk.get("kwargs", {}))
 
 
 def _check_trunk_kwargs(path: Path, kwargs: Any) -> None:
@@ -178,7 +183,8 @@ def _migrate_v1(path: Path, meta: dict[str, Any]) -> ModelFile:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BundleError(f"{path}: a {FORMAT_V1} {task} file without a usable {exc} entry") from None
     head.metrics = meta.get("metrics", {}) if isinstance(meta.get("metrics"), dict) else {}
-    _head_info(path, task, head.to_dict())  # the same checks as for the current format
+    _check_trunk(path, trunk)  # the same checks as for the current format
+    _head_info(path, task, head.to_dict())
     return ModelFile(path, trunk, {task: head}, preprocess, FORMAT_V1, str(meta.get("version")))
 
 
@@ -198,11 +204,34 @@ def build_trunk(model_file: ModelFile, tensors: dict[str, torch.Tensor] | None =
     name, kwargs = model_file.trunk["name"], model_file.trunk.get("kwargs", {})
     try:
         trunk = create_backbone(name, weights=None, **kwargs)
-    except (TypeError, ValueError, RuntimeError, MemoryError) as exc:
+    except UnknownModelError as exc:
+        raise BundleError(f"{model_file.path}: trunk.name: {in_one_line(exc).split(': ', 1)[1]}") from None
+    except _CONSTRUCTOR_ERRORS as exc:
         raise BundleError(f"{model_file.path}: trunk.kwargs do not fit {name} ({in_one_line(exc)})") from None
     if trunk.has_head:
         trunk.drop_head()
+    _check_channels(model_file, trunk)
     return trunk
+
+
+#: what a network's constructor raises for settings it cannot take (timm asserts, looks names up, reads attributes)
+_CONSTRUCTOR_ERRORS = (TypeError, ValueError, RuntimeError, MemoryError, AssertionError, KeyError, AttributeError,
+                       IndexError, NotImplementedError)  # fmt: skip
+
+
+def _check_channels(model_file: ModelFile, trunk: Backbone) -> None:
+    """The file's preprocessing gives as many channels as the trunk's first convolution takes, else a one-line
+    error (a raw convolution error at the first image otherwise)."""
+    from torch import nn
+
+    size = model_file.preprocess.get("input_size") if isinstance(model_file.preprocess, dict) else None
+    channels = size[0] if isinstance(size, list) and size and isinstance(size[0], int) else None  # else Preprocess's
+    first = next((m for m in trunk.modules() if isinstance(m, nn.Conv2d)), None)
+    if channels is None or first is None or channels == first.in_channels:
+        return
+    plural = "" if channels == 1 else "s"
+    raise BundleError(f"{model_file.path}: preprocess.input_size: {channels} channel{plural}, its trunk takes "
+                      f"{first.in_channels}")  # fmt: skip
 
 
 def build_model(model_file: ModelFile, head: str | None = None, task: str | None = None) -> nn.Module:
@@ -256,8 +285,20 @@ def save_model(path: str | os.PathLike, task: str, model: nn.Module, trunk_name:
     state = model.state_dict()
     trunk = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     head = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    return write_model_file(path, {"name": trunk_name, "kwargs": dict(trunk_kwargs or {})}, trunk,
-                            {head_name or task: (info, head)}, preprocess, overwrite=overwrite)  # fmt: skip
+    kwargs = _trunk_settings(model.get_submodule(task_adapter.trunk_path), trunk_kwargs)
+    return write_model_file(path, {"name": trunk_name, "kwargs": kwargs}, trunk, {head_name or task: (info, head)},
+                            preprocess, overwrite=overwrite)  # fmt: skip
+
+
+def _trunk_settings(trunk: nn.Module, trunk_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The trunk's constructor settings as given, with GoogLeNet's input transform when the trunk has it (torchvision's
+    weights turn it on; no tensor holds it, so a file that did not say so would rebuild the trunk without it)."""
+    from cnnapps.backbones.torchvision_nets import GoogLeNetInput
+
+    kwargs = dict(trunk_kwargs or {})
+    if any(isinstance(m, GoogLeNetInput) for m in trunk.modules()):
+        kwargs.setdefault("transform_input", True)
+    return kwargs
 
 
 def write_model_file(path: str | os.PathLike, trunk: dict[str, Any], trunk_state: dict[str, torch.Tensor],
@@ -294,7 +335,6 @@ def load_trunk(spec: str | os.PathLike, weights: str | None = "imagenet") -> tup
     """A trunk to train new heads on, and its preprocessing: a registry name (seeded with ``weights``) or a model
     file, whose trunk is taken exactly as it is stored."""
     from cnnapps.backbones import create_backbone
-    from cnnapps.backbones.preprocess import Preprocess
     from cnnapps.bundle import is_bundle_path
 
     if not is_bundle_path(spec):
@@ -306,11 +346,26 @@ def load_trunk(spec: str | os.PathLike, weights: str | None = "imagenet") -> tup
     trunk = build_trunk(model_file)
     load_exactly(trunk, model_file.trunk_tensors(), f"{spec} (trunk)")
     trunk.weights = f"trunk of {spec}"
+    return trunk, _trunk_preprocess(model_file, trunk)
+
+
+def _trunk_preprocess(model_file: ModelFile, trunk: Backbone) -> Any:
+    """A model file's preprocessing for its trunk; a detector's or a segmenter's own resizing (no
+    :class:`Preprocess`) gives the trunk's registry sizes with the file's mean and std (cut to the trunk's
+    channels): the normalisation the trunk was trained with."""
+    import dataclasses
+
+    from cnnapps.backbones.preprocess import Preprocess
+
+    stored = model_file.preprocess
     try:
-        preprocess = Preprocess.from_dict(model_file.preprocess)
-    except (TypeError, ValueError):  # a detector's own resizing: the trunk's registry preprocessing instead
-        preprocess = trunk.preprocess
-    return trunk, preprocess
+        if stored.get("resize_mode", "crop") in ("crop", "squash"):
+            return Preprocess.from_dict(stored)
+        channels = trunk.preprocess.input_size[0]
+        mean, std = (tuple(stored[key])[:channels] for key in ("mean", "std"))
+        return dataclasses.replace(trunk.preprocess, mean=mean, std=std)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{model_file.path}: preprocess: {in_one_line(exc)}") from None
 
 
 def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[str] | None = None) -> Path:
@@ -318,7 +373,7 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
 
     The trunks must hold the same weights (fingerprints computed from the tensors, not trusted from the headers)
     and the files the same preprocessing; heads keep their names, a clash is resolved by the file's name (the
-    run folder for a ``model.safetensors``). ``names`` renames the heads in order."""
+    run folder for a ``model.safetensors``). ``names`` renames the heads in order: one distinct name per head."""
     from cnnapps.files import OutputExistsError
 
     out = Path(out)
@@ -327,6 +382,8 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
     if len(paths) < 2:
         raise BundleError("compose: give two or more model files to join")
     files = [read_model_file(p) for p in paths]
+    if names is not None:
+        _check_names(files, names)
     first = files[0]
     first_print = tensor_fingerprint(first.trunk_tensors())
     for other in files[1:]:
@@ -357,17 +414,28 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
                     f"{model_file.path}: its {name} head resizes images itself (trained with its trunk); only heads "
                     "trained with --trunk share a trunk pass"
                 )
-            label = wanted.pop(0) if wanted else name
-            if label in heads:
+            label = wanted.pop(0) if names is not None else name
+            if label in heads and names is None:
                 label = f"{label}-{file_label(model_file.path).replace('.', '-')}"
-            if not label or "." in label:
-                raise BundleError(f"--names {label!r}: a head's name is not empty and holds no dot (the dot "
-                                  "separates the parts of its tensors' names)")  # fmt: skip
             if label in heads:
                 raise BundleError(f"{model_file.path}: a second head named {label!r}; name the heads with --names")
             heads[label] = (info, model_file.head_tensors(name))
     trunk = {"name": first.trunk["name"], "kwargs": first.trunk.get("kwargs", {})}
     return write_model_file(out, trunk, first.trunk_tensors(), heads, first.preprocess, overwrite=False)
+
+
+def _check_names(files: list[ModelFile], names: list[str]) -> None:
+    """``--names``: one distinct, dot-free name per head of ``files``, in order, else a one-line error."""
+    heads = [name for model_file in files for name in model_file.heads]
+    if len(names) != len(heads):
+        raise BundleError(f"--names: {len(names)} name{'' if len(names) == 1 else 's'} for {len(heads)} heads "
+                          f"({', '.join(heads)}); give one name per head")  # fmt: skip
+    for i, label in enumerate(names):
+        if not isinstance(label, str) or not label or "." in label:
+            raise BundleError(f"--names {label!r}: a head's name is not empty and holds no dot (the dot "
+                              "separates the parts of its tensors' names)")  # fmt: skip
+        if label in names[:i]:
+            raise BundleError(f"--names: {label!r} twice; each head needs a name of its own")
 
 
 def file_label(path: str | os.PathLike) -> str:

@@ -125,6 +125,8 @@ class Backbone(nn.Module):
             for p in group:
                 p.requires_grad_(i >= n_stages)
         self._frozen_stages = n_stages
+        # after freeze_all(), stages left trainable train again; freezing every stage keeps the trunk whole
+        self._frozen_all = self._frozen_all and n_stages == len(groups)
         return self.train(self.training)
 
     def freeze_all(self) -> Backbone:

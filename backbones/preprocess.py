@@ -52,6 +52,8 @@ class Preprocess:
             raise ValueError(f"input_size must be (channels 1 or 3, height, width), not {self.input_size}")
         if not all(1 <= int(side) <= MAX_SIDE for side in (*self.input_size[1:], self.resize)):
             raise ValueError(f"input_size {self.input_size} / resize {self.resize}: sides must be 1..{MAX_SIDE} pixels")
+        if not all(v > 0 for v in self.std):
+            raise ValueError(f"std {self.std}: every value must be above 0 (it divides)")
         channels = self.input_size[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"mean and std need {channels} values for {channels} input channels")

@@ -143,6 +143,25 @@ def current_file(tmp_path_factory) -> Path:
         ),
         (lambda m: {**m, "preprocess": {**m["preprocess"], "input_size": [3, 32.5, 32]}}, "whole numbers of pixels"),
         (lambda m: {**m, "preprocess": {**m["preprocess"], "mean": ["a", "b", "c"]}}, "preprocess: mean"),
+        (lambda m: {**m, "preprocess": {**m["preprocess"], "std": [0.5, 0.0, 0.5]}}, "preprocess: std"),
+        (
+            lambda m: {**m, "preprocess": {**m["preprocess"], "input_size": [1, 32, 32], "mean": [0.5], "std": [0.5]}},
+            "preprocess.input_size: 1 channel, its trunk takes 3",
+        ),
+        (lambda m: {**m, "trunk": {**m["trunk"], "name": "resnet9000"}}, "trunk.name: resnet9000: unknown backbone"),
+        # the library's own complaints about settings it cannot take: an assertion, a missing key, a missing attribute
+        (
+            lambda m: {**m, "trunk": {"name": "timm:test_resnet", "kwargs": {"output_stride": 7}}},
+            "trunk.kwargs do not fit timm:test_resnet (AssertionError",
+        ),
+        (
+            lambda m: {**m, "trunk": {"name": "timm:test_resnet", "kwargs": {"act_layer": "nope"}}},
+            "trunk.kwargs do not fit timm:test_resnet (KeyError",
+        ),
+        (
+            lambda m: {**m, "trunk": {"name": "timm:test_resnet", "kwargs": {"features_only": True}}},
+            "trunk.kwargs do not fit timm:test_resnet (AttributeError",
+        ),
     ],
 )
 def test_damaged_metadata_gives_one_line_naming_file_and_key(current_file, tmp_path, edit, message) -> None:
@@ -174,3 +193,91 @@ def test_a_detector_s_file_embeds_its_trunk(task: str, images: list[np.ndarray])
     trunk, _ = load_trunk(V1 / f"{task}.safetensors")
     assert all(r.ok for r in results) and len(results[0].vector) == trunk.stages[-1].channels
     assert np.allclose([np.linalg.norm(r.vector) for r in results], 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # a first-format file's trunk settings get the checks a current file's get: no file it names is opened
+        (
+            lambda m: {**m, "backbone": "timm:test_resnet", "backbone_kwargs": {"checkpoint_path": "/etc/passwd"}},
+            "trunk.kwargs.checkpoint_path: a model file may not set where or whether weights are loaded",
+        ),
+        (lambda m: {**m, "backbone_kwargs": {"num_classes": 10**10}}, "beyond the 100,000"),
+        (lambda m: {**m, "backbone_kwargs": ["in_channels"]}, "trunk.kwargs: expected a mapping"),
+        (lambda m: {**m, "backbone": 5}, "trunk: expected"),
+    ],
+)
+def test_a_first_format_file_s_trunk_is_checked_as_a_current_one_s(tmp_path, edit, message) -> None:
+    damaged = _rewrite_metadata(V1 / "classify.safetensors", tmp_path / "damaged.safetensors", edit)
+    with pytest.raises(BundleError) as caught:
+        read_model_file(damaged)
+    text = str(caught.value)
+    assert message in text and str(damaged) in text and "\n" not in text
+
+
+def test_the_trunk_of_a_detector_s_file_keeps_the_file_s_normalisation(tmp_path) -> None:
+    """A detector resizes images itself (its preprocessing is no Preprocess): ``--trunk`` on its file takes the
+    trunk's registry sizes with the mean and std the trunk was trained with."""
+    from cnnapps.apps.modelfile import load_trunk
+    from cnnapps.backbones import create_backbone
+
+    def normalised(meta: dict) -> dict:
+        return {**meta, "detector": {**meta["detector"], "image_mean": [0.25, 0.5, 0.75], "image_std": [0.2] * 3}}
+
+    path = _rewrite_metadata(V1 / "segment.safetensors", tmp_path / "segment.safetensors", normalised)
+    assert read_model_file(path).preprocess["mean"] == [0.25, 0.5, 0.75]
+    _, preprocess = load_trunk(path)
+    registry = create_backbone("timm:test_convnext", weights=None).preprocess
+    assert (preprocess.mean, preprocess.std) == ((0.25, 0.5, 0.75), (0.2, 0.2, 0.2)) != (registry.mean, registry.std)
+    assert (preprocess.input_size, preprocess.resize) == (registry.input_size, registry.resize)
+
+
+def _grey_file_with(path: Path, preprocess: dict) -> Path:
+    from cnnapps.apps.classify.model import Classifier
+    from cnnapps.apps.modelfile import save_model
+    from cnnapps.backbones import create_backbone
+
+    save_model(path, "classify", Classifier(create_backbone("lenet5"), 2), "lenet5", {}, preprocess)
+    return path
+
+
+def test_a_detector_s_normalisation_is_cut_to_a_grey_trunk_s_channel(tmp_path) -> None:
+    from cnnapps.apps.modelfile import load_trunk
+
+    rcnn = {"resize_mode": "rcnn", "min_size": 64, "max_size": 96, "mean": [0.2, 0.3, 0.4], "std": [0.6, 0.7, 0.8]}
+    _, preprocess = load_trunk(_grey_file_with(tmp_path / "grey.safetensors", rcnn))
+    assert (preprocess.input_size[0], preprocess.mean, preprocess.std) == (1, (0.2,), (0.6,))
+
+
+@pytest.mark.parametrize("mean", [None, "a", ["x", 0.5, 0.5]])
+def test_a_detector_s_file_without_a_usable_normalisation_is_a_one_line_error(tmp_path, mean) -> None:
+    from cnnapps.apps.modelfile import load_trunk
+
+    rcnn = {"resize_mode": "rcnn", "min_size": 64, "max_size": 96, "std": [0.5, 0.5, 0.5]}
+    path = _grey_file_with(tmp_path / "grey.safetensors", {**rcnn, **({"mean": mean} if mean is not None else {})})
+    with pytest.raises(BundleError, match=rf"^{tmp_path}/grey\.safetensors: preprocess: [^\n]*mean"):
+        load_trunk(path)
+
+
+def test_a_googlenet_trunk_with_torchvision_s_input_transform_keeps_it_in_its_file(tmp_path) -> None:
+    """No tensor holds GoogLeNet's input transform: the file says so, or the rebuilt trunk computes otherwise."""
+    import torch
+    import torchvision
+
+    from cnnapps.apps.classify.model import Classifier, load_classifier
+    from cnnapps.apps.modelfile import save_model
+    from cnnapps.backbones import create_backbone
+
+    torch.manual_seed(0)
+    weights = tmp_path / "googlenet.pth"
+    torch.save(torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False).state_dict(), weights)
+    trunk = create_backbone("googlenet", weights=str(weights))
+    model = Classifier(trunk, 2).eval()
+    save_model(tmp_path / "g.safetensors", "classify", model, "googlenet", {}, trunk.preprocess.to_dict())
+    assert read_model_file(tmp_path / "g.safetensors").trunk["kwargs"] == {"transform_input": True}
+    loaded = load_classifier(tmp_path / "g.safetensors").model
+    assert "transform_input" in loaded.backbone.body["C2"]._modules
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)

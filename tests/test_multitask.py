@@ -236,3 +236,48 @@ def test_index_build_uses_a_multi_head_files_embedding(run_cli, multi, heads, ph
     index.check_embedder(alone)  # an index built with the joined file takes queries from the head's own file
     hits = index.search(alone.embed(photos[:1])[1], k=1)[0]
     assert hits[0].path == str(Path(photos[0]).resolve()) or Path(hits[0].path).name == Path(photos[0]).name
+
+
+@pytest.fixture(scope="module")
+def two_lenet_heads(tmp_path_factory) -> list[Path]:
+    """Two one-head classifier files (both heads named ``classify``) on one LeNet-5 trunk: cheap files to compose."""
+    import torch
+
+    from cnnapps.apps.classify.model import Classifier
+    from cnnapps.apps.modelfile import save_model
+    from cnnapps.backbones import create_backbone
+
+    torch.manual_seed(0)
+    root, trunk = tmp_path_factory.mktemp("lenet"), create_backbone("lenet5")
+    paths = [root / "digits.safetensors", root / "letters.safetensors"]
+    for path, classes in zip(paths, (3, 2), strict=True):
+        save_model(path, "classify", Classifier(trunk, classes), "lenet5", {}, trunk.preprocess.to_dict())
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a", "b", "c"], r"^--names: 3 names for 2 heads \(classify, classify\); give one name per head$"),
+        (["a"], r"^--names: 1 name for 2 heads \(classify, classify\); give one name per head$"),
+        (["a", "a"], r"^--names: 'a' twice; each head needs a name of its own$"),
+    ],
+)
+def test_compose_takes_one_distinct_name_per_head(two_lenet_heads, tmp_path, monkeypatch, names, message) -> None:
+    import cnnapps.apps.modelfile as modelfile
+
+    def unread(*args, **kwargs):  # the names are checked before any tensor is read
+        raise AssertionError("tensors read before the names were checked")
+
+    monkeypatch.setattr(modelfile, "tensor_fingerprint", unread)
+    with pytest.raises(CnnappsError, match=message):
+        compose(two_lenet_heads, tmp_path / "out.safetensors", names=names)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_compose_names_heads_as_asked_and_resolves_clashes_only_unasked(two_lenet_heads, tmp_path) -> None:
+    compose(two_lenet_heads, tmp_path / "named.safetensors", names=["digits", "letters"])
+    named = read_model_file(tmp_path / "named.safetensors")
+    assert {name: len(info.labels) for name, info in named.heads.items()} == {"digits": 3, "letters": 2}
+    compose(two_lenet_heads, tmp_path / "unnamed.safetensors")
+    assert list(read_model_file(tmp_path / "unnamed.safetensors").heads) == ["classify", "classify-letters"]

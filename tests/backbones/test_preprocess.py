@@ -36,3 +36,9 @@ def test_round_trip_and_validation() -> None:
         Preprocess(resize_mode="stretch")
     with pytest.raises(ValueError, match="3 values"):
         Preprocess(mean=(0.5,))
+
+
+@pytest.mark.parametrize("std", [(0.0,), (-0.5,)])
+def test_a_std_that_is_not_positive_is_refused(std) -> None:
+    with pytest.raises(ValueError, match="std"):
+        Preprocess(input_size=(1, 32, 32), resize=32, mean=(0.5,), std=std)
