@@ -127,7 +127,7 @@ def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg") -> tuple
     if heads:
         model = build_model(model_file, heads[0])
         return model, preprocess_of(model_file), f"{base}:{model.pooling}"
-    trunk, preprocess = load_trunk(spec)  # a detector's file resizes itself: its trunk's registry preprocessing then
+    trunk, preprocess = load_trunk(spec)  # a detector's file resizes itself: the registry's sizes, the file's mean/std
     return EmbeddingModel(trunk, pooling), preprocess, f"{base}:{pooling}"
 
 
