@@ -73,7 +73,9 @@ class Tracking:
     (from the detector's own forward pass), a book of tracks, and line and zone counters.
 
     ``threshold`` is the score the user asked for: the detector runs lower (ByteTrack's second association needs
-    the weak boxes), and instances under ``threshold`` are kept only when they continue a track."""
+    the weak boxes), and instances under ``threshold`` are kept only when they continue a track. It is the
+    tracker's first-association score (``high``), and a new track needs 0.1 more (``new_track``), as ByteTrack's
+    0.5 and 0.6 at the default 0.5; ``tracker`` options given override them."""
 
     def __init__(
         self,
@@ -86,6 +88,9 @@ class Tracking:
         from cnnapps.apps.track.book import TrackBook
         from cnnapps.apps.track.tracker import ByteTracker
 
+        tracker.setdefault("high", threshold)
+        tracker.setdefault("new_track", min(1.0, threshold + 0.1))
+        tracker.setdefault("low", min(0.1, tracker["high"]))
         self.tracker = ByteTracker(reid=reid, **tracker)
         self.book = TrackBook()
         self.counters = list(counters or [])

@@ -379,7 +379,8 @@ class ByteTracker:
                     track.score, track.label = float(scores[i]), int(labels[i])
                     track.last_frame, track.last_box = self.frame, boxes[i]
                     track.hits += 1
-                    self._smooth(track, features[i])
+                    if alone[i]:  # a box over another mixes both appearances
+                        self._smooth(track, features[i])
                     track.state = TRACKED
                     owner[i] = track
                 taken = {int(dets[c]) for c in range(len(dets))} - {int(dets[c]) for c in left}
@@ -403,7 +404,7 @@ class ByteTracker:
         matches, left_tent, left_new = _assign(1.0 - iou, 1.0 - TENTATIVE_MATCH_IOU)
         for r, c in matches:
             track, i = tentative[r], left_high_idx[c]
-            self._take(track, boxes[i], float(scores[i]), int(labels[i]), feature(i))
+            self._take(track, boxes[i], float(scores[i]), int(labels[i]), feature(i) if alone[i] else None)
             self._confirm(track)
             owner[i] = track
         gone = {id(tentative[r]) for r in left_tent}
@@ -421,7 +422,7 @@ class ByteTracker:
                 first_frame=self.frame,
                 last_frame=self.frame,
                 last_box=boxes[i],
-                feature=feature(i),
+                feature=feature(i) if alone[i] else None,
             )
             if first_frame:
                 self._confirm(track)
