@@ -56,6 +56,7 @@ def test_retrieval_metrics_are_the_best_epochs(colour_set: Path, tmp_path: Path)
         None, RetrieveConfig,
         data=str(colour_set), backbone="lenet5", weights="none", embedding_size=16, epochs=3, batch_size=8,
         workers=0, progress=False, augment="none", out=str(tmp_path / "run"), val_split=0.3, lr=0.01,
+        device="cpu",  # the epochs' figures recorded on a CPU (a GPU's fp16 training takes another path)
     )  # fmt: skip
     metrics = train_retrieval(config)
     best = metrics["history"][metrics["best_epoch"] - 1]
@@ -109,10 +110,11 @@ def test_resuming_a_run_that_stopped_early_trains_nothing_more(tmp_path: Path, t
     for i, path in enumerate(files):  # labels that mean nothing: validation stops improving after a few epochs
         path.rename(data / ["blue", "green", "red"][i % 3] / f"x{i:02d}.png")
     out = tmp_path / "run"
-    first = train_classifier(tiny_config(data, out, epochs=12, patience=1))
+    # on a CPU: the finish's figures are measured again, and a GPU's fp16 gives other last digits in the file's header
+    first = train_classifier(tiny_config(data, out, epochs=12, patience=1, device="cpu"))
     assert first["epochs"] < 12  # stopped early
     model, best = (out / "model.safetensors").read_bytes(), (out / "checkpoints" / "best.ckpt").read_bytes()
-    again = train_classifier(tiny_config(data, out, epochs=12, patience=1, resume=True))
+    again = train_classifier(tiny_config(data, out, epochs=12, patience=1, resume=True, device="cpu"))
     assert again["history"] == first["history"] and again["best_epoch"] == first["best_epoch"]
     assert (out / "model.safetensors").read_bytes() == model
     assert (out / "checkpoints" / "best.ckpt").read_bytes() == best

@@ -49,7 +49,7 @@ def threads(request) -> int:
 
 @pytest.mark.parametrize("threads", [2, 4], indirect=True)  # 2: forked lanes of one thread each; 4: threads
 def test_lanes_answer_as_one_lane_in_frame_order(clip, detector, threads):
-    predictor = cnnapps.load(detector, score_threshold=0.0, batch_size=3)
+    predictor = cnnapps.load(detector, score_threshold=0.0, batch_size=3, device="cpu")  # lanes: a CPU's way
     answers = {}
     for lanes in (1, 2):
         lines: list[dict] = []

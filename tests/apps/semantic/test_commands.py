@@ -127,7 +127,7 @@ def test_the_http_route_answers_as_python_does(run, photos):
 
     from cnnapps.serve.app import create_app
 
-    app = create_app([str(run / "model.safetensors")], warm_up=False)
+    app = create_app([str(run / "model.safetensors")], warm_up=False, device="cpu")  # exact: fp32 both ways
     with TestClient(app, base_url="http://localhost") as client:
         listed = client.get("/v1/models").json()["models"]
         assert [m["route"] for m in listed] == ["/v1/semantic"]
@@ -136,7 +136,7 @@ def test_the_http_route_answers_as_python_does(run, photos):
         assert answer["overlay"].startswith("data:image/png;base64,")
         bad = client.post("/v1/semantic", files={"image": ("x.png", b"junk", "image/png")})
         assert bad.status_code == 422
-    expected = cnnapps.load(run / "model.safetensors").predict(photos[0])[0].to_dict()
+    expected = cnnapps.load(run / "model.safetensors", device="cpu").predict(photos[0])[0].to_dict()
     assert answer["classes"] == expected["classes"] and answer["width"] == 64
 
 
