@@ -97,7 +97,8 @@ def detect_tiled(
     Objects a tile edge cuts (boxes touching an edge inside the image) are fragments: one that lies mostly
     inside a whole detection from another tile is dropped; fragments of one class that touch across tiles
     (an object larger than the overlap, which no tile holds whole) are joined, boxes and masks, into one.
-    Whole detections go through class-wise NMS."""
+    Whole detections go through class-wise NMS, and one object that two tiles saw whole under two labels keeps
+    the stronger."""
     parts: list[Detections] = []
     cut_flags: list[np.ndarray] = []
     tiles: list[np.ndarray] = []
@@ -113,7 +114,7 @@ def detect_tiled(
         return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
     found = _concat(parts)
     cut, tile_of = np.concatenate(cut_flags), np.concatenate(tiles)
-    whole = _nms(found, np.flatnonzero(~cut), iou_threshold)
+    whole = _one_label_across_tiles(found, _nms(found, np.flatnonzero(~cut), iou_threshold), tile_of, iou_threshold)
     fragments = [i for i in np.flatnonzero(cut) if not _inside_any(found, i, whole)]
     kept = _take(found, whole)
     if not fragments:
@@ -192,6 +193,24 @@ def _nms(found: Detections, index: np.ndarray, iou_threshold: float) -> np.ndarr
         torch.from_numpy(found.labels[index]).long(), iou_threshold,
     ).numpy()  # fmt: skip
     return index[keep]
+
+
+def _one_label_across_tiles(found: Detections, whole: np.ndarray, tile_of: np.ndarray, iou: float) -> np.ndarray:
+    """``whole`` without the detections that another tile saw as the same object under another label (boxes
+    overlapping by ``iou`` or more; the stronger one is kept): class-wise NMS keeps both, so one object counted
+    twice. Two labels from one tile are the detector's own answer and stay."""
+    kept: list[int] = []
+    for i in sorted(whole, key=lambda j: -found.scores[j]):
+        others = [j for j in kept if tile_of[j] != tile_of[i] and found.labels[j] != found.labels[i]]
+        if others:
+            box, boxes = found.boxes[i], found.boxes[others]
+            inter = _intersection(box, boxes)
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            union = area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+            if (inter / np.maximum(union, 1e-6) >= iou).any():
+                continue
+        kept.append(int(i))
+    return np.array(sorted(kept), np.int64)
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -77,6 +77,32 @@ def test_tiled_detection_finds_each_object_once_with_its_full_mask():
         assert np.array_equal(decoded, mask)
 
 
+def _unsure_detector(labels_per_call: list[list[int]]):
+    """A detector that finds the marked pixels as one box per label it is given for that call (tile)."""
+    calls = iter(labels_per_call)
+
+    def detect(tile: np.ndarray) -> Detections:
+        labels = next(calls)
+        ys, xs = np.nonzero(tile[..., 0])
+        if not len(xs) or not labels:
+            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        scores = [0.9 - 0.1 * k for k in range(len(labels))]
+        return Detections(np.array([box] * len(labels), np.float32), np.array(scores, np.float32), np.array(labels))
+
+    return detect
+
+
+def test_an_object_two_tiles_label_differently_is_counted_once():
+    image = np.zeros((100, 300, 3), np.uint8)
+    image[10:30, 100:120, 0] = 1  # whole in the overlap of the tiles [0, 128) and [96, 224)
+    found = detect_tiled(image, _unsure_detector([[1], [2], []]), 128, 32)
+    assert found.labels.tolist() == [1] and found.boxes.tolist() == [[100, 10, 120, 30]]
+    # two labels from one tile are the detector's own answer (class-wise, as without tiles): both stay
+    found = detect_tiled(image, _unsure_detector([[1, 2], [], []]), 128, 32)
+    assert sorted(found.labels.tolist()) == [1, 2]
+
+
 def test_predictor_tiles_large_images(tmp_path):
     from cnnapps.apps.detect.model import create_detector
     from cnnapps.apps.detect.predictor import DetectionPredictor
