@@ -69,6 +69,8 @@ class ModelFile:
         if name is not None:
             if name not in self.heads:
                 raise BundleError(f"{self.path}: no head named {name!r} (heads: {', '.join(self.heads)})")
+            if task is not None and self.heads[name].task != task:
+                raise BundleError(f"{self.path}: its head {name!r} is a {self.heads[name].task} head, not a {task} one")
             return name
         matching = [n for n, h in self.heads.items() if task is None or h.task == task]
         if len(matching) == 1:

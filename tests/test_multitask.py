@@ -185,6 +185,15 @@ def test_loading_one_head_and_asking_for_a_missing_one(multi) -> None:
         predictor.predict([image], heads=["clasify"])
 
 
+def test_a_head_asked_for_by_name_is_of_the_task_asked_for(multi) -> None:
+    embedder = cnnapps.load(multi, task="retrieve", head="retrieve", engine="eager")
+    assert embedder.predict([np.zeros((32, 32, 3), np.uint8)])[0].ok
+    with pytest.raises(CnnappsError, match="its head 'classify' is a classify head, not a retrieve one"):
+        cnnapps.load(multi, task="retrieve", head="classify")
+    with pytest.raises(CnnappsError, match="its head 'retrieve' is a retrieve head, not a classify one"):
+        cnnapps.load(multi, task="classify", head="retrieve")
+
+
 def test_predict_command_prints_one_object_per_image_with_a_key_per_head(run_cli, multi, photos, tmp_path) -> None:
     code, out, err = run_cli("predict", multi, *photos[:2], "--tasks", "classify,caption", "--json")
     assert code == 0, err

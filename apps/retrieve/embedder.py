@@ -101,10 +101,11 @@ def save_embedding_model(
     save_model(path, "retrieve", model, trunk_name, trunk_kwargs, preprocess.to_dict(), metrics)
 
 
-def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg") -> tuple[EmbeddingModel, Preprocess, str]:
+def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg",
+                         head: str | None = None) -> tuple[EmbeddingModel, Preprocess, str]:  # fmt: skip
     """An embedding model with a fingerprint that changes whenever its weights or its pooling do: a model file's
-    embedding head (or, for a file without one, its trunk with ``pooling``), or a registry name with pretrained
-    weights."""
+    embedding head (``head`` names one; else its first, or for a file without one its trunk with ``pooling``), or a
+    registry name with pretrained weights."""
     from cnnapps.backbones import create_backbone
     from cnnapps.bundle import FORMAT_V1, is_bundle_path, tensor_fingerprint
 
@@ -116,6 +117,8 @@ def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg") -> tuple
 
     model_file = read_model_file(spec)
     heads = [n for n, h in model_file.heads.items() if h.task == "retrieve"]
+    if head is not None:
+        heads = [model_file.head_named(head, "retrieve")]
     if model_file.format == FORMAT_V1:  # as this file's embeddings were always fingerprinted: by its bytes
         from cnnapps.backbones.weights import sha256_of
 
@@ -169,6 +172,7 @@ class Embedder:
         engine: str = "auto",
         batch_size: int | None = None,
         workers: int | None = None,
+        head: str | None = None,
     ) -> None:
         # a model file by its absolute path: an index records it, and is searched from other folders
         self.spec = os.path.abspath(spec) if os.path.isfile(spec) else str(spec)
@@ -185,7 +189,7 @@ class Embedder:
             runner = OnnxRunner(spec, self.device if engine in ("auto", "onnxruntime") else "cpu")
             self._run, self.engine = prepare_runner(runner, example, self.device, engine)
         else:
-            model, self.preprocess, self.fingerprint = load_embedding_model(spec, pooling)
+            model, self.preprocess, self.fingerprint = load_embedding_model(spec, pooling, head)
             self.pooling = model.pooling
             model = model.eval()
             example = torch.zeros(self.batch_size, *self.preprocess.input_size)
