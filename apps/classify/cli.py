@@ -205,14 +205,10 @@ visualize_app = typer.Typer(help="Look inside a classifier (Grad-CAM, filters, a
 
 
 def _load_classifier(model: str | None) -> Any:
-    """The network to look inside: a model file or a registry name (an exported graph has no layers to look at)."""
-    from cnnapps.apps.classify.model import load_classifier
-    from cnnapps.backbones.registry import DEFAULT_BACKBONE
+    """The network to look inside: a classify model file or a backbone with published weights."""
+    from cnnapps.apps.classify.visualize import classifier_to_look_inside
 
-    if model is not None and str(model).endswith(".onnx"):
-        raise CnnappsError(f"--model {model}: an exported ONNX graph has no layers to look inside; give the model "
-                           "file it was exported from")  # fmt: skip
-    return load_classifier(model or DEFAULT_BACKBONE)
+    return classifier_to_look_inside(model)
 
 
 @visualize_app.command("gradcam")

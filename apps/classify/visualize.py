@@ -6,6 +6,7 @@ Every function returns an RGB uint8 picture (numpy), ready for ``write_image``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,19 +32,55 @@ def view_of_input(spec: Preprocess, rgb: np.ndarray) -> np.ndarray:
     return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else np.ascontiguousarray(x)
 
 
+def classifier_to_look_inside(model: str | os.PathLike | None) -> LoadedClassifier:
+    """The network ``cnnapps visualize`` looks inside (``--model``): a classify model file, or a registry backbone
+    with published weights (default: the bundled one). Another task's named model, a backbone with no weights to
+    show and an exported graph are each a one-line error saying what to give ``--model`` instead."""
+    from cnnapps.apps.classify.model import load_classifier
+    from cnnapps.apps.tasks import TASKS
+    from cnnapps.backbones.registry import DEFAULT_BACKBONE, TIMM_PREFIX, get_spec
+    from cnnapps.backbones.weights import status_of
+    from cnnapps.bundle import is_bundle_path
+
+    spec = str(model or DEFAULT_BACKBONE)
+    if spec.endswith(".onnx"):
+        raise CnnappsError(f"--model {spec}: an exported ONNX graph has no layers to look inside; give the model "
+                           "file it was exported from")  # fmt: skip
+    if is_bundle_path(spec):
+        return load_classifier(spec)
+    for task in TASKS.values():
+        if task.name != "classify" and spec in task.zoo_models():
+            raise CnnappsError(f"--model {spec}: a {task.name} model, not a classifier; visualize looks inside "
+                               "classifiers (a classify model file, or a backbone `cnnapps models` lists)")  # fmt: skip
+    get_spec(spec)  # an unknown name: the registry's own error, with the closest names
+    if not spec.startswith(TIMM_PREFIX) and status_of(spec).state == "none":
+        raise CnnappsError(f"--model {spec}: no published weights, so nothing learned to look at; give --model a "
+                           f"model file trained from it (`cnnapps train classify --backbone {spec}`)")  # fmt: skip
+    return load_classifier(spec)
+
+
 def resolve_class(loaded: LoadedClassifier, target: str | int | None) -> int | None:
-    """A class given by name or index, checked against the model's classes."""
+    """A class given by name or index, checked against the model's classes.
+
+    A string is a class name first: classes trained from folders are often named by numbers ('0', '1', '10',
+    ... in text order), so ``"10"`` is the class named 10 wherever there is one. A string of digits that names no
+    class is an index; an ``int`` is always an index."""
     if target is None:
         return None
     names = loaded.class_names
-    if isinstance(target, int) or str(target).isdigit():
-        index = int(target)
+    if isinstance(target, int):
+        if not 0 <= target < len(names):
+            raise CnnappsError(f"--class {target}: not a class index of this model (0..{len(names) - 1})")
+        return target
+    text = str(target)
+    if text in names:
+        return names.index(text)
+    if text.isascii() and text.isdigit():
+        index = int(text)
         if not 0 <= index < len(names):
-            raise CnnappsError(f"--class {target}: the model has classes 0..{len(names) - 1}")
+            raise CnnappsError(f"--class {target}: not a class of this model, nor an index 0..{len(names) - 1}")
         return index
-    if target in names:
-        return names.index(target)
-    raise CnnappsError(f"--class {target}: not a class of this model{did_you_mean(str(target), names)}")
+    raise CnnappsError(f"--class {target}: not a class of this model{did_you_mean(text, names)}")
 
 
 @dataclass

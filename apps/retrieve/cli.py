@@ -365,9 +365,8 @@ def dedup(
     Two images join a group when their embeddings are similar (crops, edits) or their perceptual hashes are
     (rescaled or re-encoded copies)."""
     from cnnapps.apps.retrieve.search import find_duplicates
-    from cnnapps.datasets.folders import expand_inputs
 
-    paths = expand_inputs(folder)
+    paths = images(folder)
     hashes = hash_bits if hash_bits >= 0 else None
     with progress(len(paths), "embedding") as advance:
         groups, failed = find_duplicates(

@@ -113,3 +113,13 @@ def test_index_build_skips_bad_files_and_load_embeds(run_cli, pictures: Path, tm
     assert names == [str(pictures / "chelsea.jpg"), "<bytes>"]
     assert vectors.shape == (2, 1280) and errors[0] is None and "not an image" in errors[1]
     assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-5
+
+
+def test_dedup_with_no_images_is_a_one_line_error(run_cli, tmp_path: Path) -> None:
+    """Like ``embed``: nothing to look at is an error (exit 2), not a failed file (exit 1) nor empty groups."""
+    code, out, err = run_cli("dedup", tmp_path / "nowhere")
+    assert (code, out) == (2, "") and err.strip() == f"error: {tmp_path / 'nowhere'}: no such file or folder"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = run_cli("dedup", empty, "--json")
+    assert (code, out) == (2, "") and err.strip() == f"error: {empty}: no images found"
