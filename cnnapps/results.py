@@ -256,7 +256,12 @@ class CaptionResult(Result):
     caption: str = ""
     words: list[str] = field(default_factory=list)
     score: float = 0.0
-    attention: list[np.ndarray] = field(default_factory=list)  # (grid, grid) per word
+    attention: list[np.ndarray] = field(default_factory=list)  # (grid, grid) per word, over the network's input
+    # how the preprocessing moved the photo's pixels into the network's input (``Preprocess.geometry``: ``x_in =
+    # x * sx - ox``), and that input's (height, width): where in the photo each grid cell looked. None: the whole
+    # photo squashed into the input
+    geometry: tuple[float, float, float, float] | None = field(default=None, kw_only=True, repr=False)
+    input_size: tuple[int, int] | None = field(default=None, kw_only=True, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
@@ -278,11 +283,12 @@ class CaptionResult(Result):
         return out
 
     def draw(self, image: np.ndarray, panel: int = 224, columns: int = 5) -> np.ndarray:
-        """The caption as a title, then the image and one panel per word with its attention map over the image
-        (RGB uint8)."""
+        """The caption as a title, then the image as the network saw it (resized and, for a cropping preprocessing,
+        centre-cropped: what the attention grid covers) and one panel per word with its attention map over that
+        view (RGB uint8)."""
         import cv2
 
-        base = cv2.resize(image, (panel, panel), interpolation=cv2.INTER_AREA)
+        base = _network_view(image, self.geometry, self.input_size, panel)
         tiles = [_titled(base, "")]
         for word, grid in zip(self.words, self.attention, strict=False):
             heat = cv2.resize(grid.astype(np.float32), (panel, panel), interpolation=cv2.INTER_CUBIC)
@@ -294,6 +300,35 @@ class CaptionResult(Result):
         rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
         grid = np.vstack(rows)
         return np.vstack([_title(self.caption, grid.shape[1]), grid])
+
+
+def _network_view(
+    image: np.ndarray,
+    geometry: tuple[float, float, float, float] | None,
+    input_size: tuple[int, int] | None,
+    panel: int,
+) -> np.ndarray:
+    """The part of ``image`` the network's input holds (``geometry``: ``x_in = x * sx - ox``, ``y_in = y * sy - oy``
+    in continuous coordinates, corners at 0; ``input_size``: its height and width), drawn ``panel`` x ``panel``;
+    where a crop is larger than the resized photo, black as the network's padding. None: the whole photo."""
+    import cv2
+
+    if geometry is None or input_size is None:
+        return cv2.resize(image, (panel, panel), interpolation=cv2.INTER_AREA)
+    sx, sy, ox, oy = geometry
+    in_h, in_w = input_size
+    height, width = image.shape[:2]
+    # shrink by area first where the panel is smaller than the photo (a warp alone would alias fine detail)
+    fx, fy = sx * panel / in_w, sy * panel / in_h  # photo pixels to panel pixels
+    small = (min(width, max(1, round(width * fx))), min(height, max(1, round(height * fy))))
+    if small != (width, height):
+        image = cv2.resize(image, small, interpolation=cv2.INTER_AREA)
+    # panel pixel centre u + 0.5 = ((i + 0.5) * width / small_w * sx - ox) * panel / in_w, for pixel i of ``image``
+    ax, ay = width / small[0] * fx, height / small[1] * fy
+    bx, by = -ox * panel / in_w, -oy * panel / in_h
+    matrix = np.array([[ax, 0.0, 0.5 * ax + bx - 0.5], [0.0, ay, 0.5 * ay + by - 0.5]])
+    return cv2.warpAffine(image, matrix, (panel, panel), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(0, 0, 0))  # fmt: skip
 
 
 def _title(text: str, width: int, scale: float = 0.7, line: int = 28) -> np.ndarray:

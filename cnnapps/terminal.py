@@ -125,12 +125,32 @@ def free(path: Path, option: str = "--out") -> Path:
 
 
 def free_picture(path: Path, option: str = "--out") -> Path:
-    """:func:`free`, and a name whose suffix a picture can be written as (none: PNG), asked before any work."""
+    """:func:`free`, and a name whose suffix a colour picture can be written as (none: PNG), asked before any work.
+    Every picture a command writes (matplotlib's figures too) is written by ``write_image``, so what is accepted
+    here is what is written."""
     from cnnapps.datasets.io import writes_images
 
     if not writes_images(path):
         raise CnnappsError(f"{option} {path}: no picture format is written as {path.suffix}; use .png or .jpg")
+    if not _encodes_colour(path.suffix or ".png"):  # OpenCV's .pgm and .pbm writers take grey pictures only
+        raise CnnappsError(f"{option} {path}: a colour picture cannot be written as {path.suffix}; use .png or .jpg")
     return free(path, option)
+
+
+def _encodes_colour(suffix: str) -> bool:
+    """Whether OpenCV encodes a small colour picture as ``suffix`` (its own complaint, if not, left unprinted)."""
+    import cv2
+    import numpy as np
+
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        return bool(cv2.imencode(suffix, np.zeros((64, 64, 3), np.uint8))[0])
+    except cv2.error:
+        return False
+    finally:
+        logging.setLogLevel(level)
 
 
 def free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:

@@ -111,6 +111,8 @@ def test_one_pass_answers_equal_each_head_alone(multi, heads, photos) -> None:
         assert np.allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-5)
         assert np.allclose(result.results["retrieve"].vector, alone["retrieve"][i].vector, atol=1e-5)
         assert answers["caption"] == {k: v for k, v in alone["caption"][i].to_dict().items() if k != "path"}
+        shared_caption, caption = result.results["caption"], alone["caption"][i]  # attention drawn where it looked
+        assert shared_caption.geometry == caption.geometry and shared_caption.input_size == caption.input_size
         found, expected = answers["segment"]["instances"], alone["segment"][i].to_dict()["instances"]
         assert len(found) == len(expected)
         assert np.allclose([d["box"] for d in found], [d["box"] for d in expected], atol=1e-3)

@@ -272,7 +272,8 @@ class CaptionHead:
         from cnnapps.apps.caption.predictor import caption_grid
 
         beam, max_len = options.get("beam", 1), options.get("max_len") or model.spec.max_len
-        return caption_grid(model, model.encoder.from_features(shared.features), beam, max_len)
+        grid = model.encoder.from_features(shared.features)
+        return caption_grid(model, grid, beam, max_len, shared.geometries, tuple(shared.images.shape[-2:]))
 
 
 HEAD = CaptionHead()

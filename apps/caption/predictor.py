@@ -70,22 +70,34 @@ class CaptionPredictor:
         else:
             batch = torch.from_numpy(np.stack([self.preprocess(rgb) for rgb in images]))
         _, features = self._trunk(batch)
-        return caption_grid(self.model, self.model.encoder.from_features(features), self.beam, self.max_len)
+        geometries = [self.preprocess.geometry(*rgb.shape[:2]) for rgb in images]
+        return caption_grid(self.model, self.model.encoder.from_features(features), self.beam, self.max_len,
+                            geometries, tuple(self.preprocess.input_size[1:]))  # fmt: skip
 
 
-def caption_grid(model: Any, grid: torch.Tensor, beam: int, max_len: int) -> list[CaptionResult]:
+def caption_grid(
+    model: Any,
+    grid: torch.Tensor,
+    beam: int,
+    max_len: int,
+    geometries: list[tuple[float, float, float, float]] | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> list[CaptionResult]:
     """Captions (greedy when ``beam`` is 1) for encoded grids (N, cells, channels), as results whose ``source``
-    the caller sets."""
+    the caller sets. ``geometries`` (each image's :meth:`Preprocess.geometry`) and ``input_size`` (the network's
+    input height and width) let a result draw its attention over the part of the photo the network saw."""
     vocab, side = model.vocab, model.spec.grid
     if beam == 1:
         found = greedy(model.decoder, grid, vocab, max_len)
     else:
         found = [beam_search(model.decoder, g[None], vocab, beam, max_len) for g in grid]
     results = []
-    for hyp in found:
+    for i, hyp in enumerate(found):
         words = hyp.words(vocab)
         maps = [a.reshape(side, side) for a in hyp.attention]
-        results.append(CaptionResult("", caption=" ".join(words), words=words, score=hyp.score, attention=maps))
+        geometry = geometries[i] if geometries is not None else None
+        results.append(CaptionResult("", caption=" ".join(words), words=words, score=hyp.score, attention=maps,
+                                     geometry=geometry, input_size=input_size))  # fmt: skip
     return results
 
 

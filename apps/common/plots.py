@@ -1,4 +1,9 @@
-"""Training pictures: loss/accuracy curves and the confusion matrix (matplotlib, no display needed)."""
+"""Training pictures: loss/accuracy curves and the confusion matrix (matplotlib, no display needed).
+
+Each is written exactly at the path given (no suffix: PNG), in any format the project's pictures are written in
+(:func:`~cnnapps.datasets.io.write_image`, so the suffixes ``free_picture`` accepts), all at once and never through a
+symlink. ``overwrite=False`` refuses a file already there (:class:`~cnnapps.files.OutputExistsError`): for a path
+the user chose. The default replaces it, as a resumed training run draws its own pictures again."""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,11 +20,30 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: str | Path, overwrite: bool = False, dpi: int = 110) -> Path:
+    """Write a matplotlib figure at ``path`` as :func:`~cnnapps.datasets.io.write_image` writes pictures, and close
+    it. matplotlib would add ``.png`` to a name without a suffix (another file than the one asked for, possibly one
+    the user has) and knows fewer formats than OpenCV: the figure is drawn to PNG bytes, then written from those."""
+    import io
+
+    from cnnapps.datasets.io import decode_bytes, write_image
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
+    return write_image(path, decode_bytes(buffer.getvalue(), max_pixels=None, max_aspect=None), overwrite=overwrite)
+
+
 def plot_curves(
-    history: list[dict[str, float]], path: str | Path, metrics: tuple[str, ...] = ("val_top1", "val_top5")
+    history: list[dict[str, float]],
+    path: str | Path,
+    metrics: tuple[str, ...] = ("val_top1", "val_top5"),
+    overwrite: bool = True,
 ) -> None:
     """Loss (train and val) and validation quality (``metrics``) per epoch, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -35,15 +59,16 @@ def plot_curves(
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, overwrite)
 
 
-def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str | Path) -> None:
+def plot_confusion(
+    confusion: list[list[int]], class_names: list[str], path: str | Path, overwrite: bool = True
+) -> None:
     """Row-normalised confusion matrix with counts; rows are true classes."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     counts = np.asarray(confusion, dtype=float)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
@@ -60,5 +85,4 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str
                     colour = "white" if rates[i, j] > 0.5 else "black"
                     ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8, color=colour)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, overwrite)

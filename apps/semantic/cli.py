@@ -110,7 +110,9 @@ def eval_semantic(
     split: str = typer.Option("val", "--split", help="VOC split list to score."),
     ignore_index: int = typer.Option(255, "--ignore-index", help="Mask value left out of the scores."),
     tile: int = typer.Option(None, "--tile", min=16, help="Sliding window of this many pixels."),
-    save_confusion: Path = typer.Option(None, "--save-confusion", help="Draw the confusion matrix to this PNG."),
+    save_confusion: Path = typer.Option(
+        None, "--save-confusion", help="Draw the confusion matrix to this picture (no suffix: PNG)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print all scores as JSON."),
 ) -> None:
@@ -131,7 +133,7 @@ def eval_semantic(
     if save_confusion is not None:
         from cnnapps.apps.common.plots import plot_confusion
 
-        plot_confusion(report.confusion, report.class_names, save_confusion)
+        plot_confusion(report.confusion, report.class_names, save_confusion, overwrite=False)
         echo(f"wrote {save_confusion}", err=True)
     if as_json:
         echo_json(found)

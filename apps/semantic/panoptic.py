@@ -398,11 +398,9 @@ def train_panoptic(config: Any) -> dict[str, Any]:
 
 def _plot_grid(grid: list[dict[str, Any]], path: Path) -> None:
     """PQ, SQ and RQ for each merge setting tried."""
-    import matplotlib
+    from cnnapps.apps.common.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [
         f"s{g['merge']['score_threshold']:g} o{g['merge']['overlap']:g} a{g['merge']['stuff_area']:g}" for g in grid
     ]
@@ -414,5 +412,4 @@ def _plot_grid(grid: list[dict[str, Any]], path: Path) -> None:
     ax.set(ylim=(0, 1.02), title="panoptic quality per merge setting (score, overlap, stuff area)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, overwrite=True)  # the run folder's own picture, drawn again by a rerun

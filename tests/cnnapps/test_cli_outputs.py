@@ -51,3 +51,56 @@ def test_a_picture_name_no_format_writes_is_refused_before_the_work(command, run
     )
     assert code == 2 and err.strip() == f"error: --out {out}: no picture format is written as .txt; use .png or .jpg"
     assert stdout == "" and not out.exists()
+
+
+@pytest.fixture
+def fake_semantic_eval(monkeypatch):
+    """``eval semantic`` with the data, model and evaluation stubbed out: a fixed 2-class report; ``calls`` counts
+    the evaluations run (0 when the command refused its input first)."""
+    import cnnapps.api
+    import cnnapps.apps.semantic.evaluate
+    import cnnapps.datasets.semantic
+    from cnnapps.apps.semantic.evaluate import SemanticReport
+
+    calls = []
+    monkeypatch.setattr(cnnapps.datasets.semantic, "read_semantic_data", lambda *a, **k: [1, 2, 3])
+    monkeypatch.setattr(cnnapps.api, "load", lambda *a, **k: object())
+
+    def evaluate(predictor, dataset, progress=None):
+        calls.append(dataset)
+        return SemanticReport(images=3, class_names=["sky", "water"], confusion=[[50, 5], [10, 35]])
+
+    monkeypatch.setattr(cnnapps.apps.semantic.evaluate, "evaluate_semantic", evaluate)
+    return calls
+
+
+def test_save_confusion_without_a_suffix_writes_that_name_and_keeps_name_png(fake_semantic_eval, run_cli, tmp_path):
+    """matplotlib wrote NAME.png over the user's file while the command said it wrote NAME."""
+    theirs = tmp_path / "confusion.png"
+    theirs.write_bytes(b"mine")
+    target = tmp_path / "confusion"
+    code, _, err = run_cli("eval", "semantic", "--model", "m", "--data", "d", "--json", "--save-confusion", target)
+    assert code == 0, err
+    assert theirs.read_bytes() == b"mine" and f"wrote {target}\n" in err
+    assert target.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion", "confusion.png"]
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".bmp", b"BM"), (".ppm", b"P6"), (".jp2", b"\x00\x00\x00\x0cjP")])
+def test_save_confusion_in_a_format_opencv_writes(fake_semantic_eval, run_cli, tmp_path, suffix, magic) -> None:
+    """The suffixes --save-confusion accepts are written, not a ValueError from matplotlib after the evaluation."""
+    target = tmp_path / f"confusion{suffix}"
+    code, _, err = run_cli("eval", "semantic", "--model", "m", "--data", "d", "--json", "--save-confusion", target)
+    assert code == 0, err
+    assert target.read_bytes().startswith(magic) and f"wrote {target}" in err
+
+
+@pytest.mark.parametrize("suffix", [".pgm", ".pbm"])
+def test_save_confusion_in_a_grey_only_format_is_refused_before_the_work(fake_semantic_eval, run_cli, tmp_path, suffix):
+    """OpenCV has a writer for .pgm and .pbm, but only of grey pictures: a colour one failed after the evaluation."""
+    target = tmp_path / f"confusion{suffix}"
+    code, out, err = run_cli("eval", "semantic", "--model", "m", "--data", "d", "--save-confusion", target)
+    assert code == 2 and fake_semantic_eval == [] and not target.exists() and out == ""
+    assert err.strip() == (
+        f"error: --save-confusion {target}: a colour picture cannot be written as {suffix}; use .png or .jpg"
+    )

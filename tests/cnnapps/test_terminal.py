@@ -23,3 +23,25 @@ def test_plural(n: int, word: str, said: str) -> None:
 )  # fmt: skip
 def test_article_follows_the_first_sound(word: str, said: str) -> None:
     assert article(word) == said
+
+
+@pytest.mark.parametrize("suffix", [".png", "", ".jpg", ".JPG", ".bmp", ".ppm", ".tif", ".webp", ".jp2"])
+def test_free_picture_takes_a_name_a_colour_picture_can_be_written_as(suffix: str, tmp_path) -> None:
+    from cnnapps.terminal import free_picture
+
+    assert free_picture(tmp_path / f"p{suffix}") == tmp_path / f"p{suffix}"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "why"),
+    [(".txt", "no picture format is written as .txt"), (".pgm", "a colour picture cannot be written as .pgm"),
+     (".pbm", "a colour picture cannot be written as .pbm")],
+)  # fmt: skip
+def test_free_picture_refuses_a_name_no_colour_picture_is_written_as(suffix: str, why: str, tmp_path) -> None:
+    """OpenCV has writers for .pgm and .pbm, but of grey pictures only: a colour one failed after the work."""
+    from cnnapps.errors import CnnappsError
+    from cnnapps.terminal import free_picture
+
+    with pytest.raises(CnnappsError) as caught:
+        free_picture(tmp_path / f"p{suffix}", "--save-grid")
+    assert str(caught.value) == f"--save-grid {tmp_path / f'p{suffix}'}: {why}; use .png or .jpg"
