@@ -149,27 +149,24 @@ def _split_vgg_like(model: nn.Module) -> tuple[list[tuple[StageInfo, nn.Module]]
 
 
 def _split_resnet(model: nn.Module) -> tuple[list[tuple[StageInfo, nn.Module]], nn.Module]:
-    """The stem and ``layer1`` to ``layer4`` as stages C2 to C5, with the strides of their maps: a stage built with
-    ``replace_stride_with_dilation`` keeps the stride of its input (the names stay, as model files name stages)."""
+    """The stem and ``layer1`` to ``layer4`` as stages C2 to C5 with their nominal strides 4, 8, 16, 32. A ResNet
+    built with ``replace_stride_with_dilation`` keeps these numbers here: detectors size their anchors from them, and
+    files trained that way rebuild as they were trained; semantic segmentation reads the true strides
+    (``cnnapps.apps.semantic.model.true_stages``)."""
 
     def channels(layer: nn.Sequential) -> int:
         block = layer[-1]
         return (block.conv3 if hasattr(block, "conv3") else block.conv2).out_channels
 
     stem = [("conv1", model.conv1), ("bn1", model.bn1), ("relu", model.relu), ("maxpool", model.maxpool)]
-    stride = _step(model.conv1.stride) * _step(model.maxpool.stride)
-    stages = []
-    for i, layer in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
-        stride *= _step(layer[0].stride)
-        modules = [*stem, ("layer1", layer)] if i == 0 else [(f"layer{i + 1}", layer)]
-        stages.append((StageInfo(f"C{i + 2}", channels(layer), stride), _seq(modules)))
+    stages = [
+        (StageInfo("C2", channels(model.layer1), 4), _seq([*stem, ("layer1", model.layer1)])),
+        (StageInfo("C3", channels(model.layer2), 8), _seq([("layer2", model.layer2)])),
+        (StageInfo("C4", channels(model.layer3), 16), _seq([("layer3", model.layer3)])),
+        (StageInfo("C5", channels(model.layer4), 32), _seq([("layer4", model.layer4)])),
+    ]
     head = _seq([("avgpool", model.avgpool), ("flatten", nn.Flatten(1)), ("fc", model.fc)])
     return stages, head
-
-
-def _step(stride: int | tuple[int, ...]) -> int:
-    """A layer's stride as one number (its first side's)."""
-    return stride if isinstance(stride, int) else stride[0]
 
 
 class GoogLeNetInput(nn.Module):

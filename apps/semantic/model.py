@@ -261,6 +261,20 @@ def dilation_kwargs(backbone: str, output_stride: int | None) -> dict[str, Any]:
     )
 
 
+def true_stages(trunk: Backbone, kwargs: dict[str, Any]) -> Backbone:
+    """A torchvision ResNet built with ``replace_stride_with_dilation`` keeps strides 4, 8, 16, 32 in its stage
+    information; put the true ones there (a dilated stage keeps its input's stride). timm reports them itself."""
+    flags = kwargs.get("replace_stride_with_dilation")
+    if not flags or not isinstance(trunk, SequentialBackbone) or len(trunk.stages) != len(flags) + 1:
+        return trunk
+    stages, stride = [trunk.stages[0]], trunk.stages[0].stride
+    for info, dilated in zip(trunk.stages[1:], flags, strict=True):
+        stride = stride if dilated else stride * 2
+        stages.append(StageInfo(info.name, info.channels, stride))
+    trunk.stages = tuple(stages)
+    return trunk
+
+
 def default_stages(head: str, trunk: Backbone) -> tuple[list[str], str | None]:
     """The stages a head reads on ``trunk``, and the stage an auxiliary FCN head would read (the one before last)."""
     stages = list(trunk.stages)
@@ -342,6 +356,7 @@ def _build(head: str, backbone: str, class_names: list[str], backbone_weights: A
             trunk = create_backbone(backbone, weights=backbone_weights, **kwargs)
         except (TypeError, NotImplementedError) as exc:
             raise SemanticError(f"{backbone}: cannot be built with {kwargs} ({exc})") from None
+        true_stages(trunk, kwargs)
     spec = new_spec(head, backbone, trunk, class_names, output_stride, aux_loss, head_channels, ignore_index, colours)
     if torchvision_layout:  # torchvision's own choices: DeepLab's rates (12, 24, 36), LR-ASPP's and the aux stage
         spec.atrous_rates = [12, 24, 36]
@@ -493,6 +508,7 @@ class SemanticHead:
             )
         spec.backbone = model_file.trunk["name"]
         kwargs = dict(model_file.trunk.get("kwargs", {}))
+        true_stages(trunk, kwargs)
         model = SemanticModel(trunk, spec)
         model.trunk_kwargs = kwargs
         return model

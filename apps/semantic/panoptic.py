@@ -167,11 +167,13 @@ class PanopticHead:
 
     def build(self, trunk: nn.Module, info: Any, preprocess: dict[str, Any], model_file: Any) -> PanopticModel:
         from cnnapps.apps.modelfile import HeadInfo, adapter
+        from cnnapps.apps.semantic.model import true_stages
 
         try:
             things_info, stuff_info = (HeadInfo(**info.kwargs[part]) for part in ("things", "stuff"))
         except (KeyError, TypeError) as exc:
             raise PanopticError(f"{model_file.path}: its panoptic head lacks a usable {exc} entry") from None
+        true_stages(trunk, dict(model_file.trunk.get("kwargs", {})))
         stuff = adapter("semantic").build(trunk, stuff_info, preprocess, model_file)
         things = adapter("segment").build(trunk, things_info, preprocess, model_file)
         return PanopticModel(trunk, things, stuff, dict(info.kwargs.get("merge", {})))

@@ -1,5 +1,5 @@
-"""Stage strides as the forward pass has them (dilated ResNets included), GoogLeNet's input transform whatever file
-its weights come from, and freezing after a whole-trunk freeze."""
+"""Stage strides of dilated ResNets (nominal for detectors, true for semantic segmentation), GoogLeNet's input
+transform whatever file its weights come from, and freezing after a whole-trunk freeze."""
 
 from __future__ import annotations
 
@@ -20,27 +20,18 @@ def measured_strides(backbone, size: int) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("name", "flags", "strides"),
-    [
-        ("resnet50", [False, True, True], [4, 8, 8, 8]),
-        ("resnet50", [False, False, True], [4, 8, 16, 16]),
-        ("resnet50", None, [4, 8, 16, 32]),
-    ],
+    ("flags", "strides"),
+    [([False, True, True], [4, 8, 8, 8]), ([False, False, True], [4, 8, 16, 16]), (None, [4, 8, 16, 32])],
 )
-def test_a_dilated_resnet_reports_the_strides_of_its_maps(name, flags, strides) -> None:
+def test_a_dilated_resnet_keeps_nominal_strides_and_semantic_reads_the_true_ones(flags, strides) -> None:
+    """Detectors size their anchors from the stage strides: a dilated trunk keeps 4, 8, 16, 32 (files trained on one
+    rebuild as trained); semantic segmentation, which reads the maps' real scale, corrects them."""
+    from cnnapps.apps.semantic.model import true_stages
+
     kwargs = {"replace_stride_with_dilation": flags} if flags else {}
-    backbone = create_backbone(name, weights=None, **kwargs)
-    assert [s.stride for s in backbone.stages] == strides
-    assert measured_strides(backbone, 128) == strides
-    assert [s.name for s in backbone.stages] == ["C2", "C3", "C4", "C5"]  # names kept: model files name stages
-
-
-def test_a_model_file_s_dilated_trunk_reports_true_strides(tmp_path) -> None:
-    from cnnapps.apps.modelfile import ModelFile, build_trunk
-
-    kwargs = {"replace_stride_with_dilation": [False, True, True]}
-    model_file = ModelFile(tmp_path / "m.safetensors", {"name": "resnet50", "kwargs": kwargs}, {}, {}, "x", "1")
-    assert [s.stride for s in build_trunk(model_file).stages] == [4, 8, 8, 8]
+    backbone = create_backbone("resnet50", weights=None, **kwargs)
+    assert [s.stride for s in backbone.stages] == [4, 8, 16, 32]
+    assert [s.stride for s in true_stages(backbone, kwargs).stages] == strides == measured_strides(backbone, 128)
 
 
 def test_googlenet_from_a_local_torchvision_file_transforms_its_input_as_from_imagenet(tmp_path: Path) -> None:
