@@ -74,8 +74,8 @@ class Tracking:
 
     ``threshold`` is the score the user asked for: the detector runs lower (ByteTrack's second association needs
     the weak boxes), and instances under ``threshold`` are kept only when they continue a track. It is the
-    tracker's first-association score (``high``), and a new track needs 0.1 more (``new_track``), as ByteTrack's
-    0.5 and 0.6 at the default 0.5; ``tracker`` options given override them."""
+    tracker's first-association score (``high``), and a new track needs 0.1 more (``new_track``; half the way to 1
+    above 0.8), as ByteTrack's 0.5 and 0.6 at the default 0.5; ``tracker`` options given override them."""
 
     def __init__(
         self,
@@ -89,7 +89,7 @@ class Tracking:
         from cnnapps.apps.track.tracker import ByteTracker
 
         tracker.setdefault("high", threshold)
-        tracker.setdefault("new_track", min(1.0, threshold + 0.1))
+        tracker.setdefault("new_track", threshold + min(0.1, (1.0 - threshold) / 2))  # reachable near 1 too
         tracker.setdefault("low", min(0.1, tracker["high"]))
         self.tracker = ByteTracker(reid=reid, **tracker)
         self.book = TrackBook()

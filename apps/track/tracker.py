@@ -379,8 +379,7 @@ class ByteTracker:
                     track.score, track.label = float(scores[i]), int(labels[i])
                     track.last_frame, track.last_box = self.frame, boxes[i]
                     track.hits += 1
-                    if alone[i]:  # a box over another mixes both appearances
-                        self._smooth(track, features[i])
+                    self._smooth(track, features[i])
                     track.state = TRACKED
                     owner[i] = track
                 taken = {int(dets[c]) for c in range(len(dets))} - {int(dets[c]) for c in left}
@@ -404,7 +403,7 @@ class ByteTracker:
         matches, left_tent, left_new = _assign(1.0 - iou, 1.0 - TENTATIVE_MATCH_IOU)
         for r, c in matches:
             track, i = tentative[r], left_high_idx[c]
-            self._take(track, boxes[i], float(scores[i]), int(labels[i]), feature(i) if alone[i] else None)
+            self._take(track, boxes[i], float(scores[i]), int(labels[i]), feature(i))
             self._confirm(track)
             owner[i] = track
         gone = {id(tentative[r]) for r in left_tent}
@@ -422,7 +421,7 @@ class ByteTracker:
                 first_frame=self.frame,
                 last_frame=self.frame,
                 last_box=boxes[i],
-                feature=feature(i) if alone[i] else None,
+                feature=feature(i),  # even over another box: a mixed appearance re-identified better than none
             )
             if first_frame:
                 self._confirm(track)
