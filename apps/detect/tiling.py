@@ -196,21 +196,28 @@ def _nms(found: Detections, index: np.ndarray, iou_threshold: float) -> np.ndarr
 
 
 def _one_label_across_tiles(found: Detections, whole: np.ndarray, tile_of: np.ndarray, iou: float) -> np.ndarray:
-    """``whole`` without the detections that another tile saw as the same object under another label (boxes
+    """``whole`` without the detections that another tile saw as the same object under another label only (boxes
     overlapping by ``iou`` or more; the stronger one is kept): class-wise NMS keeps both, so one object counted
-    twice. Two labels from one tile are the detector's own answer and stay."""
+    twice. A label that its own tile also gave the object is the detector's own answer and stays, as without tiles."""
     kept: list[int] = []
     for i in sorted(whole, key=lambda j: -found.scores[j]):
-        others = [j for j in kept if tile_of[j] != tile_of[i] and found.labels[j] != found.labels[i]]
-        if others:
-            box, boxes = found.boxes[i], found.boxes[others]
-            inter = _intersection(box, boxes)
-            area = (box[2] - box[0]) * (box[3] - box[1])
-            union = area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
-            if (inter / np.maximum(union, 1e-6) >= iou).any():
-                continue
-        kept.append(int(i))
+        rivals = [j for j in kept if tile_of[j] != tile_of[i] and found.labels[j] != found.labels[i]]
+        if not any(_iou(found.boxes[i], found.boxes[j]) >= iou and not _also_said(found, i, j, tile_of, iou)
+                   for j in rivals):  # fmt: skip
+            kept.append(int(i))
     return np.array(sorted(kept), np.int64)
+
+
+def _also_said(found: Detections, i: int, j: int, tile_of: np.ndarray, iou: float) -> bool:
+    """Whether detection ``i``'s tile also found its object under ``j``'s label."""
+    same = np.flatnonzero((tile_of == tile_of[i]) & (found.labels == found.labels[j]))
+    return any(_iou(found.boxes[i], found.boxes[k]) >= iou for k in same)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = float(_intersection(a, b[None])[0])
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / max(float(union), 1e-6)
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -101,6 +101,9 @@ def test_an_object_two_tiles_label_differently_is_counted_once():
     # two labels from one tile are the detector's own answer (class-wise, as without tiles): both stay
     found = detect_tiled(image, _unsure_detector([[1, 2], [], []]), 128, 32)
     assert sorted(found.labels.tolist()) == [1, 2]
+    # both tiles give it both labels: both stay, once each
+    found = detect_tiled(image, _unsure_detector([[1, 2], [2, 1], []]), 128, 32)
+    assert sorted(found.labels.tolist()) == [1, 2]
 
 
 def test_predictor_tiles_large_images(tmp_path):
