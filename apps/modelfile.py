@@ -223,9 +223,14 @@ _CONSTRUCTOR_ERRORS = (TypeError, ValueError, RuntimeError, MemoryError, Asserti
 
 def _check_channels(model_file: ModelFile, trunk: Backbone) -> None:
     """The file's preprocessing gives as many channels as the trunk's first convolution takes, else a one-line
-    error (a raw convolution error at the first image otherwise)."""
+    error (a raw convolution error at the first image otherwise). torchvision's and the seed nets' first convolution
+    reads the image; a timm net may rearrange it first (TResNet's space-to-depth: 48 channels), so it is not asked."""
     from torch import nn
 
+    from cnnapps.backbones.features import SequentialBackbone
+
+    if not isinstance(trunk, SequentialBackbone):
+        return
     size = model_file.preprocess.get("input_size") if isinstance(model_file.preprocess, dict) else None
     channels = size[0] if isinstance(size, list) and size and isinstance(size[0], int) else None  # else Preprocess's
     first = next((m for m in trunk.modules() if isinstance(m, nn.Conv2d)), None)

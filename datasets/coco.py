@@ -173,8 +173,8 @@ class CocoDataset:
             if ann.get("category_id") not in self.label_of or ann.get("iscrowd", 0):
                 continue
             points = ann.get("keypoints")
-            if points is None and not labelled_keypoints(ann):
-                continue  # no keypoints: left out of the targets
+            if not points and not labelled_keypoints(ann):
+                continue  # no keypoints (missing or an empty list): left out of the targets
             found = f"has {len(points)} values" if isinstance(points, list) else f"is {points!r}"
             if not isinstance(points, list) or len(points) != 3 * k:
                 raise CocoError(f"{self.path}: annotation {ann.get('id')}: keypoints {found}; expected 3 x {k} = "

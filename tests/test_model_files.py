@@ -281,3 +281,16 @@ def test_a_googlenet_trunk_with_torchvision_s_input_transform_keeps_it_in_its_fi
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_a_timm_trunk_that_rearranges_its_input_is_not_refused_for_its_first_convolution() -> None:
+    """TResNet's first convolution reads 48 channels (space-to-depth of the 3 the file gives): the channel check asks
+    only trunks whose first convolution reads the image."""
+    from types import SimpleNamespace
+
+    from cnnapps.apps.modelfile import _check_channels
+    from cnnapps.backbones import create_backbone
+
+    trunk = create_backbone("timm:tresnet_m", weights=None)
+    model_file = SimpleNamespace(path="tresnet.safetensors", preprocess={"input_size": [3, 224, 224]})
+    _check_channels(model_file, trunk)  # raised "3 channels, its trunk takes 48"

@@ -135,3 +135,13 @@ def test_an_annotation_counting_keypoints_it_does_not_have_is_refused(tmp_path):
     for images in (tmp_path / "train", None):
         with pytest.raises(CocoError, match=rf"annotation {bad['id']}: keypoints is None; expected 3 x 17 = 51"):
             CocoDataset(path, images, "pose")
+
+
+def test_a_box_with_an_empty_keypoint_list_and_none_counted_is_left_out_as_before(tmp_path):
+    """A person box nobody labelled (``keypoints: []``, ``num_keypoints: 0``) is not a broken annotation."""
+    path = write_coco("people", tmp_path, "train", 2, seed=1, size=128)
+    coco = json.loads(path.read_text())
+    coco["annotations"][1].update(keypoints=[], num_keypoints=0)
+    path.write_text(json.dumps(coco))
+    data = CocoDataset(path, tmp_path / "train", "pose")
+    assert sum(len(data.target(i).keypoints) for i in range(len(data))) == len(coco["annotations"]) - 1
