@@ -72,7 +72,9 @@ def read_image(
     PIL image. 16-bit pixels are scaled by 1/257. Float pixels (arrays, PIL "F" images, float TIFFs) hold
     0..255 values when their largest finite value is above 1, else 0..1 values; either way they are clipped to
     that range and rounded (NaN reads as 0, +inf as the top, -inf as 0), so a ``uint8`` image cast to float
-    reads the same as the image itself. Limits, checked from the header before any pixel is decoded:
+    reads the same as the image itself unless all its pixels are 0 or 1 (then read as 0..1), and a 0..1 image with a
+    value above 1 (a resize's overshoot) reads as 0..255: clip such an image to 0..1 first. Limits, checked from the
+    header before any pixel is decoded:
 
     - ``max_pixels``: the memory budget, in 8-bit pixels (default 8192 x 8192; decoding peaks at about
       6 bytes per such pixel, so about 400 MB). 16-bit (12 bytes) and float images (24) cost more per
