@@ -58,8 +58,11 @@ def _coco_items(data: dict[str, Any], path: Path, root: Path) -> list[CaptionedI
 
 
 def _karpathy_items(data: dict[str, Any], path: Path, root: Path, split: str | None) -> list[CaptionedImage]:
-    """The captioned images of a Karpathy file in ``split`` (``train`` includes ``restval``; ``None``: all)."""
+    """The captioned images of a Karpathy file in ``split`` (``train`` includes ``restval``; ``None``: all). A file
+    whose images say no split is one split, as a COCO captions file is: all of it, whatever ``split``."""
     wanted = {"train", "restval"} if split == "train" else ({split} if split else None)
+    if not any(isinstance(img, dict) and img.get("split") for img in data["images"]):
+        wanted = None
     items = []
     for i, img in enumerate(data["images"]):
         sentences = _sentences(img, f"{path}: images[{i}]")

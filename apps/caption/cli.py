@@ -97,7 +97,7 @@ def _split_items(read, data: str, images: str, split: str | None) -> list:
     if split is not None:
         return read(data, images, split)
     items = read(data, images)
-    if items[0].split is None:  # COCO captions
+    if not any(item.split for item in items):  # COCO captions, or a Karpathy file that says no split: one split
         return items
     test = [item for item in items if item.split == "test"]
     if not test:

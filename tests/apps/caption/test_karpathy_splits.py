@@ -91,3 +91,14 @@ def test_eval_of_a_karpathy_file_without_test_asks_for_a_split(data, run_cli):
     code, _, err = run_cli("eval", "caption", "--model", data / "none.safetensors", "--data", path,
                            "--images", data / "train")  # fmt: skip
     assert code == 2 and message in err  # the data is read before the model
+
+
+def test_a_karpathy_file_that_says_no_split_is_one_split(tmp_path):
+    from cnnapps.apps.caption.cli import _split_items
+    from cnnapps.datasets.captions import read_captions
+
+    data = {"images": [{"filename": f"{i}.jpg", "sentences": [{"raw": "a red circle"}]} for i in range(4)]}
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps(data))
+    assert len(read_captions(path, tmp_path, "train")) == 4  # training reads it whole, --val-data or not
+    assert len(_split_items(read_captions, str(path), str(tmp_path), None)) == 4  # eval scores it whole
