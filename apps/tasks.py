@@ -51,9 +51,19 @@ class Task:
         """Import and return one of the parts (``"config"``, ``"train"``, ``"predictor"``, ...)."""
         return resolve(getattr(self, which))
 
+    @property
+    def takes(self) -> tuple[str, ...]:
+        """The options this task's predictor takes when loaded: device, head and its own."""
+        return ("device", "head", *self.load_options)
+
+    @property
+    def runs_as_it_is(self) -> bool:
+        """Whether its predictor runs only in PyTorch, as it is (takes no ``engine``: only auto or eager fit)."""
+        return "engine" not in self.load_options
+
     def options(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The options of ``given`` that this task's predictor takes (device, head and its own)."""
-        return {k: v for k, v in given.items() if k in ("device", "head", *self.load_options)}
+        """The options of ``given`` that this task's predictor takes (:attr:`takes`)."""
+        return {k: v for k, v in given.items() if k in self.takes}
 
     def zoo_models(self, weights: bool = False) -> dict[str, dict[str, Any]]:
         """The task's named ready models, each with its description (and the state of its weights when asked)."""

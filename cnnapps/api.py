@@ -97,6 +97,11 @@ def _load(specs: list[Any], task: str | None, **kwargs: Any) -> Any:
         if None in found:  # a file with several heads: all of them, in one pass
             if len(specs) != 1:
                 raise CnnappsError(f"{specs[found.index(None)]}: a multi-head file answers alone, not in an ensemble")
+            if kwargs.get("head") is not None:  # one head, by name: its task's predictor
+                from cnnapps.apps.modelfile import read_model_file
+
+                model_file = read_model_file(specs[0])
+                return _load(specs, model_file.heads[model_file.head_named(kwargs["head"])].task, **kwargs)
             from cnnapps.apps.multitask import MultiTaskPredictor
 
             _refuse_others(str(specs[0]), kwargs, "a file with several heads", ("heads", *MULTI_HEAD_OPTIONS))
@@ -126,9 +131,9 @@ def task_options(label: str, record: Any, options: dict[str, Any]) -> dict[str, 
     engine of ``EAGER_ENGINES`` is dropped for a task whose predictor runs only in PyTorch, as ``load_heads`` does;
     any other option it does not take is a one-line error naming the model (``label``), the option and what the
     task takes."""
-    takes = ("device", "head", *record.load_options)
-    given = {k: v for k, v in options.items() if not (k == "engine" and k not in takes and v in EAGER_ENGINES)}
-    _refuse_others(label, given, f"{record.name} models", takes, task=record.name)
+    eager = record.runs_as_it_is and options.get("engine") in EAGER_ENGINES
+    given = {k: v for k, v in options.items() if not (k == "engine" and eager)}
+    _refuse_others(label, given, f"{record.name} models", record.takes, task=record.name)
     return given
 
 
@@ -215,7 +220,7 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
             raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}")
     record = get_task(task)
     engine = options.get("engine") or "auto"
-    if engine not in ("auto", "eager") and "engine" not in record.load_options:  # not a quiet run on another engine
+    if engine not in EAGER_ENGINES and record.runs_as_it_is:  # not a quiet run on another engine
         from cnnapps.engines import EngineError
 
         raise EngineError(f"--engine {engine}: {spec} is a {task} model, which runs as it is (use --engine auto)")

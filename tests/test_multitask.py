@@ -194,6 +194,10 @@ def test_a_head_asked_for_by_name_is_of_the_task_asked_for(multi) -> None:
         cnnapps.load(multi, task="retrieve", head="classify")
     with pytest.raises(CnnappsError, match="its head 'retrieve' is a retrieve head, not a classify one"):
         cnnapps.load(multi, task="classify", head="retrieve")
+    classifier = cnnapps.load(multi, head="classify", engine="eager")  # no task: the named head's
+    assert type(classifier).__name__ == "ClassificationPredictor"
+    with pytest.raises(CnnappsError, match="no head named 'nope'"):
+        cnnapps.load(multi, head="nope")
 
 
 def test_predict_command_prints_one_object_per_image_with_a_key_per_head(run_cli, multi, photos, tmp_path) -> None:
