@@ -20,13 +20,9 @@ def write_pose_set(root, flip_idx, names=None):
     return root / "data.yaml"
 
 
-def flips_trained_with(data, monkeypatch, tmp_path):
-    """The flip index ``_prepare`` hands the training augmentation."""
-    import torch
-
+def recorded_flips(monkeypatch) -> list:
+    """The flip index of every detection augmentation built from now on (the list fills as they are built)."""
     import cnnapps.datasets.transforms as transforms
-    from cnnapps.apps.detect.config import DetectConfig
-    from cnnapps.apps.detect.train import _prepare
 
     seen = []
     real = transforms.detection_transform
@@ -36,6 +32,17 @@ def flips_trained_with(data, monkeypatch, tmp_path):
         return real(preset, flip_index, fit)
 
     monkeypatch.setattr(transforms, "detection_transform", recording)
+    return seen
+
+
+def flips_trained_with(data, monkeypatch, tmp_path):
+    """The flip index ``_prepare`` hands the training augmentation."""
+    import torch
+
+    from cnnapps.apps.detect.config import DetectConfig
+    from cnnapps.apps.detect.train import _prepare
+
+    seen = recorded_flips(monkeypatch)
     config = DetectConfig(task="pose", data=str(data), val_data=str(data), backbone="resnet18", weights=None,
                           fpn_channels=16, min_size=64, max_size=64, workers=0, batch_size=1,
                           out=str(tmp_path / "run")).validate()  # fmt: skip
@@ -59,17 +66,9 @@ def test_pose_training_flips_keypoints_by_flip_idx_before_names(tmp_path, monkey
 
 def test_data_show_flips_keypoints_as_training_does(tmp_path, monkeypatch):
     """`cnnapps data show` draws the training augmentation with the same flip index training takes."""
-    import cnnapps.datasets.transforms as transforms
     from cnnapps.apps.common.browse import _annotations
 
-    seen = []
-    real = transforms.detection_transform
-
-    def recording(preset, flip_index=None, fit=None):
-        seen.append(flip_index)
-        return real(preset, flip_index, fit)
-
-    monkeypatch.setattr(transforms, "detection_transform", recording)
+    seen = recorded_flips(monkeypatch)
     data = write_pose_set(tmp_path / "data", "[1, 0, 2]")
     task, count, _ = _annotations(data, "pose", "default", None, 64, 0)
     assert (task, count, seen) == ("pose", 1, [[1, 0, 2]])
