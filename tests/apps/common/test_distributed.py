@@ -42,7 +42,9 @@ def test_two_gloo_processes_end_equal_and_match_one_process(split_set: Path, tmp
     root = Path(__file__).parents[3]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     _run([*torchrun, str(WORKER), str(split_set), str(tmp_path / "ddp"), "2", "6"], cwd=root)
-    _run([sys.executable, str(WORKER), str(split_set), str(tmp_path / "one"), "1", "12"], cwd=root)
+    from tests.apps.common.ddp_worker import main as one_process  # the reference, in this process: no start-up
+
+    one_process(str(split_set), str(tmp_path / "one"), 1, 12)
 
     ddp_last, rank1 = _last_weights(tmp_path / "ddp"), load_file(tmp_path / "ddp" / "final-rank1.safetensors")
     single = _last_weights(tmp_path / "one")

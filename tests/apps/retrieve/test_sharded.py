@@ -35,9 +35,14 @@ def _vectors(index: Index) -> dict[str, np.ndarray]:
     return {Path(p).name: np.frombuffer(v, dtype=np.float32) for p, v in rows}
 
 
+# a small model file (LeNet-5, random weights) the processes load and run in a fraction of EfficientNet-Lite0's
+# time: what is tested is the parts, the ranks and the merge, the same for any model
+EMBEDDER = Path(__file__).parents[2] / "fixtures" / "model_files_v1" / "retrieve.safetensors"
+
+
 def _shard(gallery: Path, index: Path, rank: int) -> subprocess.Popen:
-    args = [sys.executable, "-m", "cnnapps", "index", "build", str(gallery), "--index", str(index),
-            "--rank", str(rank), "--world-size", "2", "--part-size", "2", "--json"]  # fmt: skip
+    args = [sys.executable, "-m", "cnnapps", "index", "build", str(gallery), "--index", str(index), "--model",
+            str(EMBEDDER), "--rank", str(rank), "--world-size", "2", "--part-size", "2", "--json"]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -59,8 +64,8 @@ def test_two_processes_build_parts_and_the_merge_equals_one_process(run_cli, gal
     (sharded / "parts" / "part-00003.npz").unlink()
     with pytest.raises(RetrievalIndexError, match=r"1 of 5 parts are not finished \(parts 3\)"):
         merge_parts(sharded)
-    code, out, err = run_cli("index", "build", gallery, "--index", sharded, "--rank", "1", "--world-size", "2",
-                             "--part-size", "2", "--json")  # fmt: skip
+    code, out, err = run_cli("index", "build", gallery, "--index", sharded, "--model", EMBEDDER, "--rank", "1",
+                             "--world-size", "2", "--part-size", "2", "--json")  # fmt: skip
     assert code == 0, err[-2000:]
     report = json.loads(out)
     assert (report["parts"], report["skipped"], report["embedded"]) == (2, 1, 2)
@@ -69,7 +74,7 @@ def test_two_processes_build_parts_and_the_merge_equals_one_process(run_cli, gal
     assert code == 1 and "broken.jpg" in err  # merged; the unreadable file is reported
     assert json.loads(out)["items"] == 9 and not (sharded / "parts").exists()
 
-    code, _, _ = run_cli("index", "build", gallery, "--index", tmp_path / "single", "--json")
+    code, _, _ = run_cli("index", "build", gallery, "--index", tmp_path / "single", "--model", EMBEDDER, "--json")
     with Index.open(sharded) as merged, Index.open(tmp_path / "single") as single:
         a, b = _vectors(merged), _vectors(single)
         assert a.keys() == b.keys() and len(a) == 9
