@@ -166,8 +166,8 @@ class OnnxRunner:
             )
         first = self.session.get_inputs()[0]
         self.input = first.name
-        self._input_type = _torch_type(first.type)
-        self._output_types = [(o.name, _torch_type(o.type)) for o in self.session.get_outputs()]
+        self._input_type = _bound_type(first.type)
+        self._output_types = [(o.name, _bound_type(o.type)) for o in self.session.get_outputs()]
         self.outputs = [o.shape for o in self.session.get_outputs()]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -183,15 +183,15 @@ class OnnxRunner:
 
         device = images.device
         kind, index = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
-        types = _element_types()
-        batch = images.detach().to(self._input_type).contiguous()
+        dtype, element = self._input_type
+        batch = images.detach().to(dtype).contiguous()
         binding = self.session.io_binding()
-        binding.bind_input(self.input, kind, index, types[self._input_type], tuple(batch.shape), batch.data_ptr())
+        binding.bind_input(self.input, kind, index, element, tuple(batch.shape), batch.data_ptr())
         made: list[torch.Tensor | None] = []
-        for (name, dtype), shape in zip(self._output_types, self.outputs, strict=True):
-            if dtype is not None and all(isinstance(d, int) for d in shape[1:]):
-                out = torch.empty((batch.shape[0], *shape[1:]), dtype=dtype, device=device)
-                binding.bind_output(name, kind, index, types[dtype], tuple(out.shape), out.data_ptr())
+        for (name, bound), shape in zip(self._output_types, self.outputs, strict=True):
+            if bound is not None and all(isinstance(d, int) for d in shape[1:]):
+                out = torch.empty((batch.shape[0], *shape[1:]), dtype=bound[0], device=device)
+                binding.bind_output(name, kind, index, bound[1], tuple(out.shape), out.data_ptr())
                 made.append(out)
             else:  # a size that only the run knows: onnxruntime allocates it
                 binding.bind_output(name, kind, index)
@@ -206,21 +206,15 @@ class OnnxRunner:
         return tensors[0] if len(tensors) == 1 else tensors
 
 
-@functools.cache
-def _element_types() -> dict[Any, Any]:
-    """torch dtype -> numpy type, for the graph element types that onnxruntime's I/O binding takes here."""
+def _bound_type(onnx_type: str) -> tuple[Any, Any] | None:
+    """The (torch dtype, numpy type) of an onnxruntime input/output type (``tensor(float)``) that I/O binding takes
+    here; None for others."""
     import numpy as np
     import torch
 
-    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.uint8: np.uint8}
-
-
-def _torch_type(onnx_type: str) -> Any:
-    """The torch dtype of an onnxruntime input/output type (``tensor(float)``), None for others."""
-    import torch
-
-    return {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64,
-            "tensor(uint8)": torch.uint8}.get(onnx_type)  # fmt: skip
+    types = {"tensor(float)": (torch.float32, np.float32), "tensor(float16)": (torch.float16, np.float16),
+             "tensor(int64)": (torch.int64, np.int64), "tensor(uint8)": (torch.uint8, np.uint8)}  # fmt: skip
+    return types.get(onnx_type)
 
 
 class OpenVinoRunner:
