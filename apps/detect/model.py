@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnapps.apps.detect.zoo import COCO_SKELETON, TASKS, ZOO, flip_index
+from cnnapps.apps.detect.zoo import COCO_SKELETON, TASKS, ZOO
 from cnnapps.backbones.features import Backbone
+from cnnapps.datasets.formats.hub import flip_index_from_names
 from cnnapps.errors import CnnappsError
 
 #: backbone families read at one scale (no FPN); anchors are sized from their stride instead
@@ -72,7 +73,7 @@ class DetectorSpec:
 
     @property
     def flip_index(self) -> list[int]:
-        return flip_index(self.keypoint_names)
+        return flip_index_from_names(self.keypoint_names)
 
     @property
     def training_size(self) -> int:

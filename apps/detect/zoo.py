@@ -6,8 +6,9 @@ from typing import Any
 
 from cnnapps.apps.detect.config import TASKS
 from cnnapps.datasets.coco import COCO_KEYPOINTS, COCO_OKS_SIGMAS, COCO_SKELETON
+from cnnapps.datasets.formats.hub import flip_index_from_names
 
-__all__ = ["COCO_KEYPOINTS", "COCO_OKS_SIGMAS", "COCO_SKELETON", "TASKS", "ZOO", "flip_index",
+__all__ = ["COCO_KEYPOINTS", "COCO_OKS_SIGMAS", "COCO_SKELETON", "TASKS", "ZOO",
            "zoo_models"]  # fmt: skip
 
 #: name -> (task, head style, torchvision weights enum, enum member). Each loads COCO weights through the hub cache.
@@ -44,21 +45,7 @@ def zoo_models(task: str, weights: bool = False) -> dict[str, dict]:
     return rows
 
 
-def flip_index(names: list[str] | tuple[str, ...]) -> list[int]:
-    """For each keypoint, the one it becomes under a horizontal flip: ``left_*`` <-> ``right_*``, others stay."""
-    position = {n: i for i, n in enumerate(names)}
-    out = []
-    for i, name in enumerate(names):
-        for a, b in (("left", "right"), ("right", "left"), ("l_", "r_"), ("r_", "l_")):
-            if name.startswith(a) and name.replace(a, b, 1) in position:
-                out.append(position[name.replace(a, b, 1)])
-                break
-        else:
-            out.append(i)
-    return out
-
-
 def data_flip_index(data: Any) -> list[int]:
     """A pose data set's flip index: its own (a YOLO ``flip_idx``, a COCO category's ``flip_index``), else the one
     its keypoint names give."""
-    return data.flip_index or flip_index(data.keypoint_names)
+    return data.flip_index or flip_index_from_names(data.keypoint_names)

@@ -342,18 +342,20 @@ def merged_order(sequences: list[list[str]]) -> list[str]:
     return order
 
 
-def flip_pairs(names: list[str]) -> list[int] | None:
-    """ultralytics' ``flip_idx`` from ``left_*``/``right_*`` names (``None`` when no name has a side)."""
-    index = {n: i for i, n in enumerate(names)}
-    swap = {"left": "right", "right": "left", "l_": "r_", "r_": "l_"}
-    out, paired = [], False
-    for name in names:
-        other = name
-        for a, b in swap.items():
-            if name.lower().startswith(a):
-                other = b + name[len(a) :]
-                break
-        other = other if other in index else name
-        paired |= other != name
-        out.append(index[other])
-    return out if paired else None
+#: name patterns of a left/right keypoint pair, as prefixes and as suffixes (matched whatever their case)
+_SIDE_PREFIXES = (("left", "right"), ("right", "left"), ("l_", "r_"), ("r_", "l_"))
+_SIDE_SUFFIXES = (("_left", "_right"), ("_right", "_left"), ("_l", "_r"), ("_r", "_l"))
+
+
+def flip_index_from_names(names: list[str] | tuple[str, ...]) -> list[int]:
+    """For each keypoint, the one it becomes under a horizontal flip, from the names: ``left_eye`` <-> ``right_eye``
+    (also ``Left Eye``/``Right Eye``, ``l_knee``/``r_knee``, ``eye_left``/``eye_right``, ``hip_l``/``hip_r``:
+    compared lower-case); a keypoint without a counterpart stays where it is."""
+    position = {str(n).lower(): i for i, n in enumerate(names)}
+    out = []
+    for i, name in enumerate(names):
+        low = str(name).lower()
+        mates = [b + low[len(a) :] for a, b in _SIDE_PREFIXES if low.startswith(a)]
+        mates += [low[: -len(a)] + b for a, b in _SIDE_SUFFIXES if low.endswith(a)]
+        out.append(next((position[m] for m in mates if m in position and position[m] != i), i))
+    return [j if out[j] == i else i for i, j in enumerate(out)]  # pairs only: both ends name each other

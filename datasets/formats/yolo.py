@@ -25,7 +25,7 @@ from cnnapps.datasets.formats.hub import (
     FormatError,
     Report,
     box_problem,
-    flip_pairs,
+    flip_index_from_names,
     joined,
     polygon_problem,
     polygons_of,
@@ -392,8 +392,9 @@ def _write_yaml(
     if k:
         first = next(c for c in kpt_cats if len(c["keypoints"]) == k)
         config["kpt_shape"] = [k, 3]
-        flip = first.get("flip_index") if is_permutation(first.get("flip_index"), k) else flip_pairs(first["keypoints"])
-        if flip:
+        flip = first.get("flip_index")
+        flip = flip if is_permutation(flip, k) else flip_index_from_names(first["keypoints"])
+        if flip != list(range(k)):  # some keypoints swap sides
             config["flip_idx"] = flip
         config["kpt_names"] = {
             i: list(c["keypoints"]) for i, c in enumerate(cats) if len(c.get("keypoints") or []) == k

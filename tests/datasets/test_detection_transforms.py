@@ -8,8 +8,9 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from cnnapps.apps.detect.zoo import COCO_KEYPOINTS, flip_index
+from cnnapps.apps.detect.zoo import COCO_KEYPOINTS
 from cnnapps.datasets.coco import Target
+from cnnapps.datasets.formats.hub import flip_index_from_names as flip_index
 from cnnapps.datasets.transforms import apply_detection_pipeline, detection_transform
 
 
@@ -37,6 +38,10 @@ def test_flip_index_from_names():
     assert flip_index(["left_eye", "right_eye", "nose"]) == [1, 0, 2]
     coco = flip_index(COCO_KEYPOINTS)
     assert coco[:5] == [0, 2, 1, 4, 3] and coco[15:] == [16, 15]
+    # the same rule for every spelling (the YOLO export wrote a flip_idx for none of these before)
+    assert flip_index(["Left Eye", "Right Eye", "Nose"]) == [1, 0, 2]
+    assert flip_index(["eye_left", "eye_right", "hip_L", "hip_R", "l_knee", "r_knee"]) == [1, 0, 3, 2, 5, 4]
+    assert flip_index(["left_hand", "right_foot", "leftover"]) == [0, 1, 2]  # no counterpart: stays
 
 
 def test_horizontal_flip_moves_everything_and_swaps_left_right():
