@@ -32,7 +32,8 @@ def read_mot(path: str | Path, *, gt: bool | None = None) -> MotFrames:
 
     In a ground-truth file (``gt=True``; by default a file named ``gt.txt``) lines whose conf column is 0 are
     left out, as MOTChallenge does (they mark objects not to be scored). Blank lines and ``#`` comments are
-    skipped; any other line that is not at least six numbers raises :class:`CnnappsError` naming file and line.
+    skipped; any other line that is not at least six numbers, or that repeats the frame and id of a line kept
+    before (an id is one object, seen at most once a frame), raises :class:`CnnappsError` naming file and line.
     """
     path = Path(path)
     if gt is None:
@@ -52,6 +53,7 @@ def parse_mot_lines(lines: Sequence[str], *, gt: bool = False, name: str = "trac
     """:func:`read_mot` of lines already in memory (errors name ``name`` and the line number)."""
     path = name
     frames: MotFrames = {}
+    seen: dict[tuple[int, int], int] = {}  # (frame, id) -> the line that gave it
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -76,6 +78,11 @@ def parse_mot_lines(lines: Sequence[str], *, gt: bool = False, name: str = "trac
             raise CnnappsError(f"{where}: width and height must be >= 0, got {fields[4]}, {fields[5]}")
         if gt and len(values) > 6 and values[6] == 0:
             continue
+        earlier = seen.setdefault((int(frame), int(ident)), number)
+        if earlier != number:
+            raise CnnappsError(
+                f"{where}: frame {int(frame)} has id {int(ident)} twice (also line {earlier}); an id is one object"
+            )
         frames.setdefault(int(frame), []).append((int(ident), (x, y, x + w, y + h)))
     return frames
 

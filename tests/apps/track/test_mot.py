@@ -97,3 +97,28 @@ def test_missing_file(tmp_path: Path):
         read_mot(tmp_path / "nope.txt")
     with pytest.raises(CnnappsError, match="no such file"):
         evaluate(tmp_path / "nope.txt", {})
+
+
+def test_an_id_twice_in_a_frame_is_an_error(tmp_path: Path):
+    path = tmp_path / "results.txt"
+    path.write_text("1,1,10,10,20,20,1,-1,-1,-1\n1,2,50,50,20,20,1,-1,-1,-1\n2,1,12,10,20,20\n1,2,60,50,20,20\n")
+    with pytest.raises(CnnappsError, match=r"results\.txt:4: frame 1 has id 2 twice \(also line 2\)") as info:
+        read_mot(path)
+    assert "\n" not in str(info.value)
+    gt = tmp_path / "gt.txt"  # a line left out of the ground truth (conf 0) takes no id
+    gt.write_text("1,1,10,10,20,20,0,1,1\n1,1,12,10,20,20,1,1,1\n1,1,14,10,20,20,0,1,1\n")
+    assert read_mot(gt) == {1: [(1, (12.0, 10.0, 32.0, 30.0))]}
+    with pytest.raises(CnnappsError, match=r"gt\.txt:2: frame 1 has id 1 twice \(also line 1\)"):
+        read_mot(gt, gt=False)
+
+
+@pytest.mark.parametrize("twice", ["gt", "results"])
+def test_eval_track_stops_at_an_id_twice_in_a_frame(run_cli, tmp_path: Path, twice: str):
+    files = {name: tmp_path / f"{name}.txt" for name in ("gt", "results")}
+    for name, path in files.items():
+        again = "2,1,40,10,20,20,1,1,1\n" if name == twice else ""
+        path.write_text("1,1,10,10,20,20,1,1,1\n2,1,12,10,20,20,1,1,1\n" + again)
+    code, out, err = run_cli("eval", "track", "--gt", files["gt"], "--results", files["results"])
+    assert code == 2 and out == ""
+    message = f"{files[twice]}:3: frame 2 has id 1 twice (also line 2); an id is one object"
+    assert err.strip().splitlines() == [f"error: {message}"]
