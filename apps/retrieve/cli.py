@@ -196,10 +196,9 @@ def index_add(
 ) -> None:
     """Embed and add images (re-embeds ones already indexed)."""
     from cnnapps.apps.retrieve.index import Index
-    from cnnapps.datasets.folders import expand_inputs
 
+    files = images(paths)  # no image at all is an error (exit 2) before the index is opened
     opened = Index.open(index)
-    files = expand_inputs(paths)
     with progress(len(files), "embedding") as advance:
         added, failed = opened.add(files, progress=advance)
     _index_done(opened.info(), as_json, f"added {added} images", failed)

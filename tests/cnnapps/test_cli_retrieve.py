@@ -27,6 +27,13 @@ def test_index_commands_and_retrieve(run_cli, pictures: Path, tmp_path: Path) ->
     assert code == 0 and json.loads(out)["items"] == 5
     code, _, err = run_cli("index", "build", folder, "--index", index)
     assert code == 2 and "already exists" in err
+    before = _files(index)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for given, message in [(tmp_path / "nowhere", "no such file or folder"), (empty, "no images found")]:
+        code, out, err = run_cli("index", "add", given, "--index", index)  # as dedup: exit 2 before any work
+        assert (code, out) == (2, "") and err.strip() == f"error: {given}: {message}"
+    assert _files(index) == before
 
     grid = tmp_path / "grid.png"
     code, out, _ = run_cli(
@@ -63,6 +70,11 @@ def test_index_commands_and_retrieve(run_cli, pictures: Path, tmp_path: Path) ->
     assert code == 1 and json.loads(out)[0]["error"] == "no such file"
     code, _, err = run_cli("index", "info", "--index", tmp_path / "nothing")
     assert code == 2 and "no index here" in err
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and time of change."""
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_dedup(run_cli, pictures: Path) -> None:
