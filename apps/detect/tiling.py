@@ -96,9 +96,9 @@ def detect_tiled(
 
     Objects a tile edge cuts (boxes touching an edge inside the image) are fragments: one that lies mostly
     inside a whole detection from another tile is dropped; fragments of one class that touch across tiles
-    (an object larger than the overlap, which no tile holds whole) are joined, boxes and masks, into one.
-    Whole detections go through class-wise NMS, and one object that two tiles saw whole under two labels keeps
-    the stronger."""
+    (an object larger than the overlap, which no tile holds whole) are joined, boxes, masks and keypoints, into
+    one. Whole detections go through class-wise NMS, and one object that two tiles saw whole under two labels
+    keeps the stronger."""
     parts: list[Detections] = []
     cut_flags: list[np.ndarray] = []
     tiles: list[np.ndarray] = []
@@ -261,8 +261,11 @@ def _groups(found: Detections, fragments: list[int], tile_of: np.ndarray, gap: f
 
 
 def _join(found: Detections, group: list[int]) -> Detections:
-    """One detection from fragments: the union of boxes and masks, the best score and its keypoints."""
-    best = max(group, key=lambda i: found.scores[i])
+    """One detection from fragments: the union of boxes and masks, the best score, and each keypoint from the
+    fragment that scored it highest (a tile that does not see a keypoint still places it, with a low score; ties
+    go to the stronger fragment)."""
+    group = sorted(group, key=lambda i: -found.scores[i])
+    best = group[0]
     boxes = found.boxes[group]
     box = np.array([[*boxes[:, :2].min(0), *boxes[:, 2:].max(0)]], np.float32)
     masks = None
@@ -276,7 +279,10 @@ def _join(found: Detections, group: list[int]) -> Detections:
             crop, x, y = found.masks[i]
             canvas[y - y0 : y - y0 + crop.shape[0], x - x0 : x - x0 + crop.shape[1]] |= crop
         masks = [(canvas, x0, y0)]
-    keypoints = found.keypoints[[best]] if found.keypoints is not None else None
+    keypoints = None
+    if found.keypoints is not None:
+        points = found.keypoints[group]  # (fragments, K, 3): x, y, score
+        keypoints = points[points[..., 2].argmax(0), np.arange(points.shape[1])][None]
     return Detections(box, found.scores[[best]], found.labels[[best]], masks, keypoints)
 
 

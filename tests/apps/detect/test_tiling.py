@@ -106,6 +106,28 @@ def test_an_object_two_tiles_label_differently_is_counted_once():
     assert sorted(found.labels.tolist()) == [1, 2]
 
 
+def test_a_person_cut_by_tiles_keeps_each_keypoint_its_best_tile_saw():
+    """Tiles [0, 600) and [400, 1000) each see part of a person at x 300..800 (wider than the overlap): the joined
+    person takes each keypoint (x, y, score) from the piece that scored it highest, not all from the best piece."""
+    image = np.zeros((300, 1000, 3), np.uint8)
+    left = Detections(
+        np.array([[300, 50, 600, 250]], np.float32),
+        np.array([0.9], np.float32),
+        np.array([1]),
+        keypoints=np.array([[[350, 100, 5.0], [590, 100, -2.0], [500, 150, 1.0]]], np.float32),
+    )
+    right = Detections(
+        np.array([[0, 50, 400, 250]], np.float32),
+        np.array([0.8], np.float32),
+        np.array([1]),
+        keypoints=np.array([[[5, 100, -1.5], [350, 100, 4.0], [102, 150, 3.0]]], np.float32),
+    )
+    pieces = iter([left, right])  # in tile coordinates, one call per tile
+    found = detect_tiled(image, lambda tile: next(pieces), 600, 200)
+    assert found.boxes.tolist() == [[300, 50, 800, 250]] and found.scores.tolist() == pytest.approx([0.9])
+    assert found.keypoints.tolist() == [[[350, 100, 5.0], [750, 100, 4.0], [502, 150, 3.0]]]
+
+
 def test_predictor_tiles_large_images(tmp_path):
     from cnnapps.apps.detect.model import create_detector
     from cnnapps.apps.detect.predictor import DetectionPredictor
