@@ -1,13 +1,14 @@
 """Semantic segmentation data: a class for every pixel, read from three layouts.
 
 - an image folder and a mask folder (``images/`` + ``masks/``, or ``--masks DIR``): masks are PNGs with the
-  image's file stem, holding class indices (grey or palette PNGs) or class colours (RGB, with colours in the class
-  list);
+  image's file stem, holding class indices (grey or palette PNGs; an alpha channel is left out) or class colours
+  (RGB, with colours in the class list);
 - Pascal VOC's layout: ``JPEGImages/``, ``SegmentationClass/`` (palette PNGs) and
   ``ImageSets/Segmentation/{train,val}.txt``;
 - a COCO JSON: instance (and stuff) annotations painted into one class map per image; with stuff categories
   (``"isthing": 0``, COCO-stuff and panoptic style) every class is a category and unannotated pixels are ignored,
-  otherwise class 0 is ``background``.
+  otherwise class 0 is ``background`` (unannotated pixels, and a category named ``background`` when there is one).
+  Two categories of one name are an error.
 
 A class list file names one class per line, optionally with its colour (``sky 70 130 180`` or ``sky #4682b4``); a
 line named ``ignore`` or ``void`` gives the colour of ignored pixels. Pixels equal to the ignore index (255) are
@@ -44,6 +45,8 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 _IGNORE_NAMES = ("ignore", "void")
+#: COCO category names (lower case) that are the background class of a file without stuff categories
+_BACKGROUND_NAMES = ("background", "__background__")
 
 
 class SemanticDataError(CnnappsError):
@@ -170,11 +173,16 @@ def read_mask(path: str | os.PathLike, classes: ClassList, ignore_index: int = I
     if size is not None and pixels.shape[:2] != tuple(size):
         h, w = pixels.shape[:2]
         raise MaskError(path, f"mask is {w}x{h} but its image is {size[1]}x{size[0]}")
+    if mode in ("LA", "La", "PA"):  # grey or palette with alpha: the alpha says nothing about the class
+        pixels, mode = pixels[..., 0], mode[0]
     if mode == "P" and classes.colours is not None and palette is not None:
         table = np.array(palette + [0] * (768 - len(palette)), np.int64).reshape(-1, 3)
         used = np.unique(pixels)
         return _by_colour(path, pixels, {int(i): tuple(int(v) for v in table[i]) for i in used}, classes, ignore_index)
     if pixels.ndim == 3:
+        if pixels.shape[2] < 3:
+            raise MaskError(path, f"a {mode} mask with {pixels.shape[2]} channels: neither class indices (grey or "
+                            "palette) nor colours (RGB)")  # fmt: skip
         if classes.colours is None:
             raise MaskError(path, f"a colour ({mode}) mask, but {classes.source} gives no class colours")
         rgb = pixels[..., :3].astype(np.int64)
@@ -340,6 +348,17 @@ def _class_list(classes: str | os.PathLike | None, *places: Path) -> ClassList |
     return None
 
 
+def own_masks(root: str | os.PathLike) -> str | None:
+    """The layout of a data folder that holds its own masks (read with no mask folder given): ``"voc"``
+    (``JPEGImages/`` + ``SegmentationClass/``), ``"folders"`` (``images/`` + ``masks/``), else None."""
+    root = Path(root)
+    if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
+        return "voc"
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "folders"
+    return None
+
+
 def read_semantic_data(data: str | os.PathLike, *, masks: str | os.PathLike | None = None,
                        images: str | os.PathLike | None = None, classes: str | os.PathLike | None = None,
                        split: str | None = None, ignore_index: int = IGNORE_INDEX) -> SemanticSet:  # fmt: skip
@@ -353,11 +372,12 @@ def read_semantic_data(data: str | os.PathLike, *, masks: str | os.PathLike | No
         raise SemanticDataError(f"{root}: no such folder or file")
     if not root.is_dir():
         raise SemanticDataError(f"{root}: expected a folder (VOC root or images) or a COCO JSON")
-    if masks is None and (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
+    layout = own_masks(root) if masks is None else None
+    if layout == "voc":
         return read_voc(root, split or "train", classes, ignore_index)
     image_dir = root
     if masks is None:
-        if not ((root / "images").is_dir() and (root / "masks").is_dir()):
+        if layout is None:
             raise SemanticDataError(
                 f"{root}: not a VOC root (JPEGImages/, SegmentationClass/) nor images/ + masks/; give the mask "
                 "folder with --masks, or a COCO JSON"
@@ -411,17 +431,42 @@ def read_coco_semantic(path: Path, images: str | os.PathLike | None, classes: st
     if not cats:
         raise SemanticDataError(f"{path}: no categories")
     stuff = any(c.get("isthing", 1) == 0 for c in cats)
-    names = [str(c["name"]) for c in cats] if stuff else ["background", *(str(c["name"]) for c in cats)]
+    names, labels = _coco_classes(path, cats, stuff)
     given = _class_list(classes)
     if given is not None and given.names != names:
         raise SemanticDataError(f"{given.source}: its classes differ from {path}'s categories ({', '.join(names[:6])})")
-    labels = {int(c["id"]): i + (0 if stuff else 1) for i, c in enumerate(cats)}
     folder = Path(images)
     items = [SemanticItem(folder / coco.imgs[i]["file_name"], None, i) for i in sorted(coco.getImgIds())]
     if not items:
         raise SemanticDataError(f"{path}: no images")
     class_list = given or ClassList(names, None, None, str(path))
     return SemanticSet(class_list, items, ignore_index, str(path), coco, labels, ignore_index if stuff else 0)
+
+
+def _coco_classes(path: Path, cats: list[dict[str, Any]], stuff: bool) -> tuple[list[str], dict[int, int]]:
+    """Class names and category id -> class index. Without stuff categories class 0 is ``background``: unannotated
+    pixels, and the category named background (or ``__background__``) when the file has one. Two categories of one
+    name are an error: classes meet by name."""
+    seen: dict[str, tuple[Any, str]] = {}
+    for cat in cats:
+        name = str(cat["name"])
+        key = "background" if not stuff and name.lower() in _BACKGROUND_NAMES else name
+        if key in seen:
+            first, first_name = seen[key]
+            both = f"named {name!r}" if first_name == name else f"background ({first_name!r}, {name!r})"
+            raise SemanticDataError(f"{path}: categories {first} and {cat['id']} are both {both}; classes meet by "
+                                    "name, so give each category a name of its own")  # fmt: skip
+        seen[key] = (cat["id"], name)
+    if stuff:
+        return [str(c["name"]) for c in cats], {int(c["id"]): i for i, c in enumerate(cats)}
+    names, labels = ["background"], {}
+    for cat in cats:
+        if str(cat["name"]).lower() in _BACKGROUND_NAMES:
+            labels[int(cat["id"])] = 0
+        else:
+            labels[int(cat["id"])] = len(names)
+            names.append(str(cat["name"]))
+    return names, labels
 
 
 def split_set(data: SemanticSet, fraction: float, seed: int = 0) -> tuple[SemanticSet, SemanticSet]:

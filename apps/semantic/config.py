@@ -25,7 +25,9 @@ class SemanticConfig(TrainConfig):
         "VOC's 21 classes for a VOC root]."
     )  # fmt: skip
     val_data: str | None = option(None, "Validation data [default: VOC's val list, or hold out --val-split].")
-    val_masks: str | None = option(None, "Validation mask folder [default: --masks].")
+    val_masks: str | None = option(
+        None, "Mask folder of --val-data [default: the masks it holds: images/ + masks/, or a VOC root]."
+    )
     val_images: str | None = option(None, "Validation image folder of a COCO JSON [default: --images].")
     ignore_index: int = option(255, "Mask value left out of the loss and the scores.", panel=MORE_PANEL)
     head: str = option("fpn", "fcn, deeplabv3, lraspp or fpn (Panoptic FPN's semantic branch).", choices=HEAD_KINDS)

@@ -68,9 +68,17 @@ class SemanticReport:
                 "confusion": self.confusion, "class_names": self.class_names, "failed": self.failed}  # fmt: skip
 
 
-def class_lookup(model_classes: list[str], data_classes: list[str], ignore_index: int) -> np.ndarray:
+def class_lookup(model_classes: list[str], data_classes: list[str], ignore_index: int, *,
+                 model_source: str = "the model", data_source: str = "the data") -> np.ndarray:  # fmt: skip
     """Data class index -> model class index, matched by name (the ignore index stays); data classes the model does
-    not know are a one-line error naming them."""
+    not know, and a name given twice on either side (it would join two classes), are one-line errors naming them."""
+    for source, names in ((model_source, model_classes), (data_source, data_classes)):
+        first: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in first:
+                raise CnnappsError(f"{source}: classes {first[name]} and {i} are both named {name!r}; classes meet "
+                                   "by name, so each needs a name of its own")  # fmt: skip
+            first[name] = i
     index = {name: i for i, name in enumerate(model_classes)}
     unknown = [n for n in data_classes if n not in index]
     if unknown:
@@ -92,7 +100,9 @@ def evaluate_semantic(predictor: Any, data: Any, progress: Callable[[int], None]
 
     names = list(predictor.class_names)
     k = len(names)
-    lut = torch.from_numpy(class_lookup(names, data.class_names, data.ignore_index))
+    lut = torch.from_numpy(class_lookup(names, data.class_names, data.ignore_index,
+                                        model_source=str(getattr(predictor, "source", "the model")),
+                                        data_source=str(getattr(data, "source", "") or "the data")))  # fmt: skip
     total = torch.zeros((k, k), dtype=torch.int64)
     failed, scored = [], 0
     for start in range(0, len(data), chunk):

@@ -25,14 +25,19 @@ def train_semantic(config: SemanticConfig) -> dict[str, Any]:
 
 
 def read_data(config: SemanticConfig) -> tuple[Any, Any]:
-    """The training and validation sets the config names (VOC's val list, a validation set, or a held-out split)."""
-    from cnnapps.datasets.semantic import read_semantic_data, split_set
+    """The training and validation sets the config names (VOC's val list, a validation set, or a held-out split).
+    A validation set finds its masks as the training set does (``--val-masks``, or its own VOC or images/ + masks/
+    layout), never in the training ``--masks`` folder."""
+    from cnnapps.datasets.semantic import SemanticDataError, own_masks, read_semantic_data, split_set
 
     common = {"classes": config.classes, "ignore_index": config.ignore_index}
     train = read_semantic_data(config.data, masks=config.masks, images=config.images, split="train", **common)
     if config.val_data:
-        val = read_semantic_data(config.val_data, masks=config.val_masks or config.masks,
-                                 images=config.val_images or config.images, split="val", **common)  # fmt: skip
+        if config.val_masks is None and Path(config.val_data).is_dir() and own_masks(config.val_data) is None:
+            raise SemanticDataError(f"{config.val_data}: no masks for the validation images (not a VOC root nor "
+                                    "images/ + masks/); give their folder with --val-masks")  # fmt: skip
+        val = read_semantic_data(config.val_data, masks=config.val_masks, images=config.val_images or config.images,
+                                 split="val", **common)  # fmt: skip
     elif Path(config.data, "ImageSets", "Segmentation", "val.txt").is_file() and config.masks is None:
         val = read_semantic_data(config.data, split="val", **common)
     else:

@@ -11,6 +11,7 @@ import torch
 
 from cnnapps.apps.semantic.evaluate import class_lookup, confusion_matrix, scores
 from cnnapps.apps.semantic.pq import PanopticDataError, PanopticQuality, id_to_rgb, rgb_to_id
+from cnnapps.errors import CnnappsError
 
 
 def test_scores_match_torchmetrics_and_numpy():
@@ -52,6 +53,44 @@ def test_classes_meet_by_name():
     assert lut[0] == 1 and lut[1] == 0 and lut[255] == 255
     with pytest.raises(Exception, match="the data has classes the model does not know: cloud"):
         class_lookup(["sky"], ["sky", "cloud"], 255)
+
+
+def test_a_class_name_given_twice_is_refused_on_either_side():
+    with pytest.raises(CnnappsError, match=r"^m\.safetensors: classes 0 and 2 are both named 'sky'; classes meet"):
+        class_lookup(["sky", "grass", "sky"], ["sky"], 255, model_source="m.safetensors")
+    with pytest.raises(CnnappsError, match=r"^the data: classes 0 and 1 are both named 'background'"):
+        class_lookup(["background", "cat"], ["background", "background", "cat"], 255)
+
+
+def test_a_perfect_prediction_of_coco_data_with_a_background_category_scores_one(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from cnnapps.apps.semantic.evaluate import evaluate_semantic
+    from cnnapps.apps.semantic.result import SemanticResult
+    from cnnapps.datasets.semantic import read_semantic_data
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "img" / "a.png")
+    square = {"bbox": [12, 5, 5, 5], "area": 25, "iscrowd": 0, "segmentation": [[12, 5, 17, 5, 17, 10, 12, 10]]}
+    half = {"bbox": [0, 0, 10, 20], "area": 200, "iscrowd": 0, "segmentation": [[0, 0, 10, 0, 10, 20, 0, 20]]}
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 20}],
+            "categories": [{"id": 1, "name": "background"}, {"id": 2, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, **half},
+                            {"id": 2, "image_id": 1, "category_id": 2, **square}]}  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    data = read_semantic_data(tmp_path / "a.json", images=tmp_path / "img")
+    truth = data.mask(0, (20, 20)).astype(np.uint8)
+
+    class Perfect:
+        class_names = tuple(data.class_names)
+
+        def predict(self, paths):
+            return [SemanticResult(str(p), labels=truth, class_names=self.class_names) for p in paths]
+
+    report = evaluate_semantic(Perfect(), data).to_dict()
+    assert report["class_names"] == ["background", "cat"] and report["miou"] == pytest.approx(1.0)
 
 
 def test_panoptic_png_ids_round_trip():
