@@ -14,6 +14,7 @@ by :data:`PAD` pixels; pairs are ``columns`` to a row. Drawing is OpenCV's, as t
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import warnings
@@ -23,8 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.errors import CnnappsError
+from cnnapps.datasets.semantic import MaskError
+from cnnapps.errors import CnnappsError, ImageError
 from cnnapps.results import PALETTE
+from cnnapps.terminal import plural
+
+log = logging.getLogger("cnnapps")
 
 #: title line above each picture, and the frame around each picture (pixels)
 TITLE, PAD = 22, 3
@@ -33,13 +38,15 @@ TITLE, PAD = 22, 3
 @dataclass
 class Samples:
     """What :func:`draw_samples` drew: the grid (RGB uint8), each sample's (before, after) pictures, and which
-    items of the data they are."""
+    items of the data they are; ``skipped``: the samples whose image or mask could not be read (one line each),
+    drawn over by others."""
 
     grid: np.ndarray
     pairs: list[tuple[np.ndarray, np.ndarray]]
     task: str
     augment: str
     sources: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # samples that could not be read, one line each (others drawn)
 
 
 def augment_presets(task: str) -> dict[str, str]:
@@ -98,13 +105,27 @@ def draw_samples(
         )
     reader = {"annotations": _annotations, "labelled": _labelled, "semantic": _semantic, "captions": _captions}[kind]
     task, count, pair = reader(path, task, augment, Path(images) if images else None, input_size, seed)
-    picked = sorted(random.Random(seed).sample(range(count), min(n, count)))
-    pairs, sources = [], []
-    for index in picked:
-        source, before, after = pair(index)
+    rng = random.Random(seed)
+    picked = sorted(rng.sample(range(count), min(n, count)))
+    spare = sorted(set(range(count)) - set(picked))
+    rng.shuffle(spare)  # drawn in place of samples that cannot be read
+    pairs, sources, skipped = [], [], []
+    while picked:
+        index = picked.pop(0)
+        try:
+            source, before, after = pair(index)
+        except (ImageError, MaskError) as exc:
+            log.warning("skipping %s", exc)
+            skipped.append(str(exc))
+            if spare:
+                picked.append(spare.pop(0))
+            continue
         pairs.append((_tile(before, Path(source).name, cell), _tile(after, f"after: {augment}", cell)))
         sources.append(source)
-    return Samples(_grid(pairs, columns), pairs, task, augment, sources)
+    if not pairs:
+        why = f"{plural(len(skipped), 'sample')} skipped, the first: {skipped[0]}" if skipped else "no samples"
+        raise DataCheckError(f"{path}: nothing to draw ({why})")
+    return Samples(_grid(pairs, columns), pairs, task, augment, sources, skipped)
 
 
 # -- one reader per kind of data: (task, count, pair(index) -> (source, before, after)) ------------------------------

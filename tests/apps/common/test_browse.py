@@ -71,6 +71,26 @@ def test_semantic_masks_are_painted(tmp_path):
     assert samples.task == "semantic" and len(np.unique(before.reshape(-1, 3), axis=0)) >= 3  # grey, two classes
 
 
+def test_a_sample_that_cannot_be_read_is_skipped_and_another_drawn(tmp_path, caplog):
+    import logging
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "classes.txt").write_text("background\nroad\n")
+    for i in range(3):
+        Image.new("RGB", (8, 6)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(np.full((6, 8), 9 if i == 1 else 1, np.uint8)).save(tmp_path / "masks" / f"{i}.png")
+    with caplog.at_level(logging.WARNING, logger="cnnapps"):
+        samples = draw_samples(tmp_path, n=2, cell=32, augment="none", input_size=8, seed=0)
+    assert sorted(Path(s).name for s in samples.sources) == ["0.png", "2.png"]  # two drawn, 1.png in neither
+    assert len(samples.skipped) == 1 and "1.png: class index 9 at 48 pixels" in samples.skipped[0]
+    assert "skipping " in caplog.text and "1.png: class index 9" in caplog.text
+    for i in (0, 2):
+        (tmp_path / "masks" / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(CnnappsError, match=r"nothing to draw \(3 samples skipped, the first: .*1\.png: class index 9"):
+        draw_samples(tmp_path, n=2, cell=32, augment="none", input_size=8)
+
+
 def test_the_command_writes_a_new_png_and_never_over_a_file(shapes, tmp_path, run_cli, monkeypatch):
     out = tmp_path / "grid.png"
     code, stdout, _ = run_cli("data", "show", shapes, "--n", "2", "--cell", "64", "--columns", "2", "--out", out)
