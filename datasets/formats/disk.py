@@ -154,6 +154,31 @@ def safe_relative(file_name: str) -> PurePosixPath:
     return PurePosixPath(*parts) if parts else PurePosixPath("image")
 
 
+def images_in_place(files: dict[int, Path], names: dict[int, str], report: Report) -> dict[int, Path]:
+    """The image files an output that leaves the images where they are can name (those on disk, by image id); the
+    others are said in one note (``names``: each image's ``file_name``): the output names them as the source does."""
+    found = {image_id: file for image_id, file in files.items() if file.is_file()}
+    missing = [name for image_id, name in names.items() if image_id not in found]
+    if missing:
+        listed = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        report.note(
+            f"{len(missing)} image{'s' if len(missing) > 1 else ''} not found where the source names "
+            f"{'them' if len(missing) > 1 else 'it'} ({listed}): written with the source's file names"
+        )
+    return found
+
+
+def path_from(folder: Path, file: Path) -> str:
+    """``file`` as an annotation file in ``folder`` names it: the relative path from there (``/``-separated), up
+    from the folder as it is on disk (``..`` climbs real folders, not symlinks) and down by the path the image was
+    found at (a symlinked image folder keeps its name); absolute where no relative path exists (another drive)."""
+    target = file.parent.resolve() / file.name if ".." in file.parts else file.absolute()
+    try:
+        return Path(os.path.relpath(target, folder.resolve())).as_posix()
+    except ValueError:
+        return target.as_posix()
+
+
 def place_images(files: dict[int, Path], targets: dict[int, Path], mode: str, report: Report) -> int:
     """Copy or hard-link each image to its target path (a link falls back to a copy across drives); an image that
     is not there is reported. Returns how many were placed."""

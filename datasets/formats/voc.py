@@ -6,20 +6,25 @@ whole pixels. ``difficult`` and ``truncated`` are kept as annotation keys (``"di
 COCO crowd regions are written as difficult objects (both are ignored by their evaluations). The class list is
 written to ``labels.txt`` in the VOC root (one name per line, in category order), and read from there when it is
 present, so the categories keep their order and those without objects across a round trip; without it, names
-sort.
+sort. An image is where ``<path>`` leads (from the XML's folder, or absolute as LabelImg writes it), else found by
+``<filename>`` in ``JPEGImages/`` (or ``images/``, or beside the XML); written with the images left where they are,
+``<path>`` and ``<folder>`` lead to them.
 """
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cnnapps.datasets.formats.disk import (
     image_size,
+    images_in_place,
     images_root,
     is_image,
     parse_xml,
+    path_from,
     place_images,
     read_names,
     safe_relative,
@@ -54,8 +59,9 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     found = sorted({o["name"] for r in records for o in r["objects"]})
     listed = read_names(voc_root / LABELS) if not names and (voc_root / LABELS).is_file() else []
     build = Builder(names or [*listed, *(n for n in found if n not in listed)])  # the list's order, then the rest
-    for record in records:
-        file = _image_file(record, root)
+    files = [_image_file(record, root, images) for record in records]
+    root = _root_of_paths(records, files) or root
+    for record, file in zip(records, files, strict=True):
         size = record["size"]
         if size is None:
             try:
@@ -80,13 +86,32 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     return build.result(root)
 
 
-def _image_file(record: dict[str, Any], root: Path | None) -> Path | None:
+def _image_file(record: dict[str, Any], root: Path | None, images: Path | None) -> Path | None:
+    """The record's image: where its ``<path>`` leads (from the XML's folder; LabelImg writes it absolute), else in
+    the images folder or beside the XML (by ``file_name``, then by its last part); ``--images`` comes first."""
     folders = [f for f in (root, record["xml"].parent) if f]
-    for folder in folders:
-        for candidate in (folder / record["file_name"], folder / Path(record["file_name"]).name):
-            if candidate.is_file():
-                return candidate
+    candidates = [c for f in folders for c in (f / record["file_name"], f / Path(record["file_name"]).name)]
+    if record["path"]:
+        candidates.insert(2 if images else 0, record["xml"].parent / record["path"])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
     return folders[0] / record["file_name"] if folders else None
+
+
+def _root_of_paths(records: list[dict[str, Any]], files: list[Path | None]) -> Path | None:
+    """The folder every image is found below by its ``file_name`` when every one was found by its ``<path>`` (a
+    set written beside images left where they were): what the names are relative to; else ``None``."""
+    roots = set()
+    for record, file in zip(records, files, strict=True):
+        name = PurePosixPath(record["file_name"]).parts
+        if not record["path"] or file != record["xml"].parent / record["path"] or not file.is_file():
+            return None
+        parts = Path(os.path.normpath(file)).parts
+        if parts[-len(name) :] != name:
+            return None
+        roots.add(Path(*parts[: -len(name)]))
+    return roots.pop() if len(roots) == 1 else None
 
 
 def _parse(xml: Path, ann_root: Path, report: Report) -> dict[str, Any] | None:
@@ -107,6 +132,7 @@ def _parse(xml: Path, ann_root: Path, report: Report) -> dict[str, Any] | None:
         "xml": xml,
         "where": f"{xml}:{lines[root]}",
         "file_name": (rel / filename).as_posix(),
+        "path": (root.findtext("path") or "").strip(),
         "size": _size(root),
         "objects": [],
     }
@@ -145,7 +171,8 @@ def _size(root: Any) -> tuple[int, int] | None:
 
 
 def write(data: Collection, out: Path, at: Path, report: Report, images_mode: str) -> dict[str, str]:
-    """``out/Annotations/<name>.xml`` per image (and ``out/JPEGImages/`` when images are copied or linked)."""
+    """``out/Annotations/<name>.xml`` per image (and ``out/JPEGImages/`` when images are copied or linked, else
+    ``<path>`` leads from the XML's folder to the image where it is, ``<folder>`` to its folder)."""
     at.mkdir(parents=True)
     cats = data.categories
     anns = data.coco["annotations"]
@@ -156,6 +183,9 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
     if any(a.get("iscrowd") for a in anns):
         report.note("crowd regions (iscrowd) were written as difficult objects")
     by_image = data.by_image()
+    found: dict[int, Path] = {}
+    if images_mode == "none":
+        found = images_in_place(data.files, {im["id"]: im["file_name"] for im in data.coco["images"]}, report)
     written: set[Path] = set()
     targets: dict[int, Path] = {}
     for image in data.coco["images"]:
@@ -167,7 +197,9 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
         written.add(xml)
         targets[image["id"]] = at / "JPEGImages" / rel
         xml.parent.mkdir(parents=True, exist_ok=True)
-        tree = _tree(image, rel.name, [a for a in by_image[image["id"]] if a["category_id"] in cats], cats, report)
+        path = path_from((out / "Annotations" / rel).parent, found[image["id"]]) if image["id"] in found else None
+        objects = [a for a in by_image[image["id"]] if a["category_id"] in cats]
+        tree = _tree(image, rel.name, path, objects, cats, report)
         ET.indent(tree)
         tree.write(xml, encoding="utf-8", xml_declaration=False)
     (at / LABELS).write_text("".join(f"{c['name']}\n" for _, c in sorted(cats.items())), "utf-8")
@@ -181,12 +213,20 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
 
 
 def _tree(
-    image: dict[str, Any], filename: str, anns: list[dict[str, Any]], cats: dict[int, dict[str, Any]], report: Report
+    image: dict[str, Any],
+    filename: str,
+    path: str | None,
+    anns: list[dict[str, Any]],
+    cats: dict[int, dict[str, Any]],
+    report: Report,
 ) -> ET.ElementTree:
+    """One image's XML; ``path``: the image from the XML's folder, when it stays where it is (else in JPEGImages/)."""
     width, height = image["width"], image["height"]
     root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "folder").text = str(PurePosixPath(path).parent) if path else "JPEGImages"
     ET.SubElement(root, "filename").text = filename
+    if path:
+        ET.SubElement(root, "path").text = path
     size = ET.SubElement(root, "size")
     for key, value in (("width", width), ("height", height), ("depth", 3)):
         ET.SubElement(size, key).text = str(value)
