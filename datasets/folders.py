@@ -219,54 +219,82 @@ def as_multilabel(items: LabeledImages | MultiLabeledImages) -> MultiLabeledImag
 
 def _csv_rows(path: Path, split: bool) -> list[tuple[int, str, list[str]]]:
     """(line, path, labels) of a ``path,label(s)`` CSV; a row that cannot be used is logged (file:line and why)
-    and skipped. ``split``: the label column holds several labels separated by ``|`` or ``;``."""
+    and skipped. ``split``: the label column holds several labels separated by ``|`` or ``;``. Read as UTF-8, with
+    or without the byte-order mark that Excel's "CSV UTF-8" writes."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            table = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save it as CSV UTF-8") from None
+    except (OSError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot read this CSV ({getattr(exc, 'strerror', None) or exc})") from None
     rows = []
     first_bad = None
-    with open(path, newline="") as fh:
-        for i, row in enumerate(csv.reader(fh)):
-            if not row or not any(c.strip() for c in row) or row[0].startswith("#"):
-                continue
-            if i == 0 and [c.strip().lower() for c in row[:2]] in (["path", "label"], ["path", "labels"]):
-                continue
-            why = None
-            if len(row) < 2 or not row[0].strip():
-                why = f"expected 'path,label', got {','.join(row)!r}"
-            else:
-                text = row[1].strip()
-                labels = [t.strip() for t in LABEL_SEPARATORS.split(text)] if split else [text]
-                labels = list(dict.fromkeys(t for t in labels if t))
-                if not labels and not split:
-                    why = f"no label for {row[0].strip()!r}"
-            if why is not None:
-                log.warning("%s:%d: %s; row skipped", path, i + 1, why)
-                first_bad = first_bad or f"{path}:{i + 1}: {why}"
-                continue
-            rows.append((i + 1, row[0].strip(), labels))
+    for i, row in enumerate(table):
+        if not row or not any(c.strip() for c in row) or row[0].startswith("#"):
+            continue
+        if i == 0 and [c.strip().lower() for c in row[:2]] in (["path", "label"], ["path", "labels"]):
+            continue
+        why = None
+        if len(row) < 2 or not row[0].strip():
+            why = f"expected 'path,label', got {','.join(row)!r}"
+        else:
+            text = row[1].strip()
+            labels = [t.strip() for t in LABEL_SEPARATORS.split(text)] if split else [text]
+            labels = list(dict.fromkeys(t for t in labels if t))
+            if not labels and not split:
+                why = f"no label for {row[0].strip()!r}"
+        if why is not None:
+            log.warning("%s:%d: %s; row skipped", path, i + 1, why)
+            first_bad = first_bad or f"{path}:{i + 1}: {why}"
+            continue
+        rows.append((i + 1, row[0].strip(), labels))
     if not rows:
         raise DatasetError(f"{path}: no usable rows" + (f" ({first_bad})" if first_bad else ""))
     return rows
 
 
+#: why a row with no label is dropped from data found single-label (``no_label_hint``: a command with no
+#: --multilabel option gives its own)
+NO_LABEL_HINT = "every row has one label or none: give --multilabel to keep images with no label"
+
+
 def labeled_csv(
-    path: str | os.PathLike, class_names: list[str] | None = None, multilabel: bool | None = False
+    path: str | os.PathLike,
+    class_names: list[str] | None = None,
+    multilabel: bool | None = False,
+    *,
+    no_label_hint: str = NO_LABEL_HINT,
 ) -> LabeledImages | MultiLabeledImages:
     """A CSV with ``path,label`` columns (header optional); relative paths resolve from the CSV's folder.
 
     ``multilabel``: False reads one label per row as it is written; True reads the label column as labels
     separated by ``|`` or ``;`` (``a.jpg,cat|dog``; empty for an image with none of the classes) and gives
     :class:`MultiLabeledImages`; None decides by the rows: multi-label when one of them has several labels.
-    Rows that cannot be used are logged with their line and skipped."""
+    Rows that cannot be used are logged with their line and skipped (with None and single-label rows, those with
+    no label too, saying ``no_label_hint``)."""
     path = Path(path)
     rows = _csv_rows(path, split=multilabel is not False)
     if multilabel is None:
-        multilabel = any(len(labels) > 1 for _, _, labels in rows)
-        if not multilabel:
-            for line, image, _ in (r for r in rows if not r[2]):
-                log.warning("%s:%d: no label for %r; row skipped (every row has one label or none: give "
-                            "--multilabel to keep images with no label)", path, line, image)  # fmt: skip
-            rows = [r for r in rows if r[2]]
-            if not rows:
-                raise DatasetError(f"{path}: no row has a label")
+        multilabel = _has_several_labels(rows)
+    return _images_of_rows(path, rows, class_names, multilabel, no_label_hint)
+
+
+def _has_several_labels(rows: list[tuple[int, str, list[str]]]) -> bool:
+    return any(len(labels) > 1 for _, _, labels in rows)
+
+
+def _images_of_rows(
+    path: Path, rows: list[tuple[int, str, list[str]]], class_names: list[str] | None, multilabel: bool,
+    no_label_hint: str,
+) -> LabeledImages | MultiLabeledImages:  # fmt: skip
+    """The images of ``path``'s rows (:func:`_csv_rows`); single-label, a row with no label is logged and dropped."""
+    if not multilabel and any(not labels for _, _, labels in rows):
+        for line, image, _ in (r for r in rows if not r[2]):
+            log.warning("%s:%d: no label for %r; row skipped (%s)", path, line, image, no_label_hint)
+        rows = [r for r in rows if r[2]]
+        if not rows:
+            raise DatasetError(f"{path}: no row has a label")
     seen = {label for _, _, labels in rows for label in labels}
     names = class_names or sorted(seen)
     index = {name: i for i, name in enumerate(names)}
@@ -280,19 +308,32 @@ def labeled_csv(
 
 
 def read_labeled(
-    data: str | os.PathLike, class_names: list[str] | None = None, multilabel: bool | None = False
+    data: str | os.PathLike,
+    class_names: list[str] | None = None,
+    multilabel: bool | None = False,
+    *,
+    no_label_hint: str = NO_LABEL_HINT,
 ) -> LabeledImages | MultiLabeledImages:
     """A class-per-folder tree or a CSV file; with ``multilabel`` True or None (decide by the data, see
     :func:`labeled_csv`) also a folder holding a ``labels.csv`` of its images (the multi-label layout)."""
     data = Path(data)
-    if data.is_file() and data.suffix.lower() in (".csv", ".txt"):
-        return labeled_csv(data, class_names, multilabel)
+    table = _labels_table(data, multilabel)
+    if table is not None:
+        return labeled_csv(table, class_names, multilabel, no_label_hint=no_label_hint)
     if data.is_dir():
-        if multilabel is not False and (data / TAGS_FILE).is_file():
-            return labeled_csv(data / TAGS_FILE, class_names, multilabel)
         found = class_folders(data, class_names)
         return as_multilabel(found) if multilabel else found
     raise DatasetError(f"{data}: no such folder or CSV file")
+
+
+def _labels_table(data: Path, multilabel: bool | None) -> Path | None:
+    """The CSV :func:`read_labeled` reads for ``data``: ``data`` itself, or with ``multilabel`` True or None a
+    folder's labels.csv; None for a class-per-folder tree."""
+    if data.is_file() and data.suffix.lower() in (".csv", ".txt"):
+        return data
+    if multilabel is not False and data.is_dir() and (data / TAGS_FILE).is_file():
+        return data / TAGS_FILE
+    return None
 
 
 def train_val_split(
@@ -300,13 +341,11 @@ def train_val_split(
 ) -> tuple[LabeledImages | MultiLabeledImages, LabeledImages | MultiLabeledImages]:
     """``DIR/train`` + ``DIR/val`` when both exist; otherwise a stratified split of one tree or CSV.
 
-    ``multilabel`` as for :func:`read_labeled` (the validation half follows the training half); a multi-label set
-    is stratified by each image's rarest label."""
+    ``multilabel`` as for :func:`read_labeled` (None: the two folders are multi-label when either is); a multi-label
+    set is stratified by each image's rarest label."""
     data = Path(data)
     if (data / "train").is_dir() and (data / "val").is_dir():
-        train = read_labeled(data / "train", None, multilabel)
-        val = read_labeled(data / "val", train.class_names, True if train.multilabel else multilabel)
-        return (as_multilabel(train), val) if val.multilabel else (train, val)
+        return _train_and_val(data / "train", data / "val", multilabel)
     if not 0.0 < val_split < 1.0:
         raise DatasetError(f"{data}: has no train/ and val/ folders, so --val-split must be between 0 and 1")
     from cnnapps.datasets.splits import split_indices
@@ -315,6 +354,29 @@ def train_val_split(
     groups = rarest_labels(full) if isinstance(full, MultiLabeledImages) else full.labels
     train_idx, val_idx = split_indices(len(full), val_split, seed, groups=groups)
     return full.subset(train_idx), full.subset(val_idx)
+
+
+def _train_and_val(
+    train_dir: Path, val_dir: Path, multilabel: bool | None
+) -> tuple[LabeledImages | MultiLabeledImages, LabeledImages | MultiLabeledImages]:
+    """Both folders read alike, the validation one with the training one's classes. With ``multilabel`` None the
+    set is multi-label when a row of either labels.csv has several labels, decided before rows with no label are
+    dropped: a validation file may be what makes it multi-label, and then the training images with no label stay."""
+    if multilabel is not None:
+        train = read_labeled(train_dir, None, multilabel)
+        return train, read_labeled(val_dir, train.class_names, multilabel)
+    folders = (train_dir, val_dir)
+    tables = [_labels_table(folder, None) for folder in folders]
+    rows = [None if table is None else _csv_rows(table, split=True) for table in tables]
+    several = any(found is not None and _has_several_labels(found) for found in rows)
+
+    def read(i: int, class_names: list[str] | None) -> LabeledImages | MultiLabeledImages:
+        if tables[i] is None:  # a class-per-folder tree
+            return read_labeled(folders[i], class_names, several)
+        return _images_of_rows(tables[i], rows[i], class_names, several, NO_LABEL_HINT)
+
+    train = read(0, None)
+    return train, read(1, train.class_names)
 
 
 def rarest_labels(items: MultiLabeledImages) -> list[int]:

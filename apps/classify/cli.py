@@ -139,8 +139,12 @@ def eval_classify(
     from cnnapps.datasets.folders import read_labeled
     from cnnapps.terminal import report_failed
 
-    labelled = read_labeled(data, None, multilabel=None)
     predictor = load(model, task="classify", device=device, batch_size=batch_size)
+    # the model says how the data is read: a multi-label model's images with no label are negatives it is scored on
+    if getattr(predictor, "multilabel", False):
+        labelled = read_labeled(data, None, multilabel=True)
+    else:
+        labelled = read_labeled(data, None, multilabel=None, no_label_hint="the model gives each image one class")
     with progress(len(labelled), "evaluating") as advance:
         report = evaluate(predictor, labelled, progress=advance)
     if report.n == 0:

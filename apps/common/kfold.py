@@ -66,16 +66,18 @@ def labelled_folds(config: TrainConfig) -> FoldSource:
 
 
 def pooled_images(data: str | os.PathLike) -> Any:
-    """Every labelled image of ``data``: its train/ and val/ trees together, or the one tree or CSV."""
-    from cnnapps.datasets.folders import LabeledImages, MultiLabeledImages, class_folders, read_labeled
+    """Every labelled image of ``data``, read as training reads it: its train/ and val/ folders together (class
+    trees or labels.csv files), or the one tree or CSV. Multi-label data is refused (:data:`MULTILABEL`)."""
+    from cnnapps.datasets.folders import LabeledImages, read_labeled, train_val_split
 
     root = Path(data)
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train = class_folders(root / "train")
-        val = class_folders(root / "val", train.class_names)
+        train, val = train_val_split(root, multilabel=None)  # multi-label data is found by itself, as in training
+        if train.multilabel:
+            raise ConfigError(MULTILABEL)
         return LabeledImages(train.paths + val.paths, train.labels + val.labels, train.class_names)
-    found = read_labeled(root, multilabel=None)  # what training would read: multi-label data is found by itself
-    if isinstance(found, MultiLabeledImages):
+    found = read_labeled(root, multilabel=None)
+    if found.multilabel:
         raise ConfigError(MULTILABEL)
     return found
 

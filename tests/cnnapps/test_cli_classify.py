@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 
@@ -80,3 +81,39 @@ def test_train_eval_and_visualize_commands(run_cli, colour_set: Path, tmp_path: 
 def test_train_config_errors_are_one_line(run_cli, tmp_path: Path) -> None:
     code, _, err = run_cli("train", "classify", "--data", tmp_path / "nowhere", "--out", tmp_path / "r")
     assert code == 2 and err.strip().count("\n") == 0 and "nowhere" in err
+
+
+def _tiny_images(root: Path, n: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(root / f"{i}.png"), np.full((40, 40, 3), 40 * i, np.uint8))
+    return root
+
+
+def test_eval_reads_the_data_as_the_model_reads_it(run_cli, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A multi-label model scores the images with no label too (its negatives), even where no row has two labels;
+    a single-label model skips them, and neither names an option that eval does not have."""
+    from cnnapps.apps.modelfile import read_model_file, write_model_file
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "model_files_v1" / "classify.safetensors"  # red, green, blue
+    model_file = read_model_file(fixture)
+    info = model_file.heads["classify"]
+    info.kwargs = {**info.kwargs, "multilabel": True, "thresholds": [0.5, 0.5, 0.5]}
+    tagger = tmp_path / "tagger.safetensors"
+    write_model_file(tagger, model_file.trunk, model_file.trunk_tensors(),
+                     {"classify": (info, model_file.head_tensors("classify"))}, model_file.preprocess)  # fmt: skip
+    data = _tiny_images(tmp_path / "data", 4)
+    (data / "labels.csv").write_text("path,labels\n0.png,red\n1.png,blue\n2.png,\n3.png,\n")
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        code, out, err = run_cli("eval", "classify", "--model", tagger, "--data", data / "labels.csv", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["multilabel"] is True and report["n"] == 4, err
+    assert not [r for r in caplog.records if "row skipped" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        code, out, err = run_cli("eval", "classify", "--model", fixture, "--data", data, "--json")
+    assert code == 0 and json.loads(out)["n"] == 2, err
+    skipped = [r.getMessage() for r in caplog.records if "row skipped" in r.getMessage()]
+    assert len(skipped) == 2 and skipped[0].endswith("no label for '2.png'; row skipped (the model gives each image "
+                                                     "one class)")  # fmt: skip
+    assert "--multilabel" not in err + "".join(skipped)

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from cnnapps.datasets.folders import DatasetError, class_folders, expand_inputs, labeled_csv, train_val_split
+from cnnapps.datasets.folders import (
+    DatasetError,
+    class_folders,
+    expand_inputs,
+    labeled_csv,
+    read_labeled,
+    train_val_split,
+)
 
 
 def make_tree(root: Path, counts: dict[str, int]) -> Path:
@@ -53,6 +60,43 @@ def test_split_is_stratified_and_uses_train_val_folders(tmp_path: Path) -> None:
     make_tree(tmp_path / "two" / "val", {"b": 1})
     train, val = train_val_split(tmp_path / "two")
     assert val.class_names == ["a", "b"] and val.labels == [1]
+
+
+def test_train_and_val_labels_csv_are_multilabel_together(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only val/ has a row with two labels: train/ is multi-label too, read so before any row is dropped, and its
+    images with no label stay (they are the negatives), with no "row skipped" said of them."""
+    for part, text in (("train", "a.png,red\nb.png,\nc.png,green\nd.png,\n"), ("val", "e.png,red|green\nf.png,\n")):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "labels.csv").write_text("path,labels\n" + text)
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        train, val = train_val_split(tmp_path, multilabel=None)
+    assert (train.multilabel, val.multilabel) == (True, True) and not caplog.records
+    assert train.class_names == val.class_names == ["green", "red"]
+    assert [Path(p).name for p in train.paths] == ["a.png", "b.png", "c.png", "d.png"]
+    assert train.labels == [(1,), (), (0,), ()] and val.labels == [(1, 0), ()]
+    # neither file has a row with two labels: single-label, rows with no label dropped and said so
+    (tmp_path / "val" / "labels.csv").write_text("path,labels\ne.png,red\nf.png,\n")
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        train, val = train_val_split(tmp_path, multilabel=None)
+    assert (train.multilabel, val.multilabel) == (False, False) and (train.labels, val.labels) == ([1, 0], [1])
+    assert sum("row skipped" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a BOM: the header is still a header, not an image of class labels."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "tags.csv").write_bytes(bom + b"path,labels\na.png,red|green\nb.png,\n")
+    tags = labeled_csv(tmp_path / "tags.csv", multilabel=None)
+    assert tags.class_names == ["green", "red"] and tags.labels == [(1, 0), ()]
+    (tmp_path / "one.csv").write_bytes(bom + "a.png,chat\nb.png,café\n".encode())  # no header: a path first
+    one = labeled_csv(tmp_path / "one.csv")
+    assert one.paths == [str(tmp_path / "a.png"), str(tmp_path / "b.png")] and one.class_names == ["café", "chat"]
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "labels.csv").write_bytes(bom + b"path,labels\na.png,red\n")
+    assert read_labeled(tmp_path / "ml", multilabel=True).class_names == ["red"]
+    (tmp_path / "latin1.csv").write_bytes("a.png,café\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin1\.csv: not UTF-8 text; save it as CSV UTF-8$"):
+        labeled_csv(tmp_path / "latin1.csv")
 
 
 def test_walks_say_what_they_skip_and_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cnnapps.apps.common.config import ConfigError
-from cnnapps.apps.common.kfold import cross_validate
+from cnnapps.apps.common.kfold import MULTILABEL, cross_validate, pooled_images
 from cnnapps.datasets.splits import fold_indices
 
 
@@ -82,6 +82,20 @@ def test_kfold_refusals(colour_set: Path, tmp_path: Path, tiny_config) -> None:
     with pytest.raises(ConfigError, match=r"^kfold: folds are stratified by one label per image"):
         cross_validate("classify", tiny_config(tmp_path / "tags.csv", tmp_path / "y"), 2)
     assert not (tmp_path / "y").exists()
+
+
+def test_train_and_val_with_labels_csv_are_pooled_as_training_reads_them(tmp_path: Path) -> None:
+    """train/ + val/ each holding a labels.csv (which plain training takes): pooled; multi-label ones refused with
+    the multi-label message, also when only val/ has a row with two labels."""
+    for part, text in (("train", "a.png,cat\nb.png,dog\nc.png,cat\n"), ("val", "d.png,dog\n")):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "labels.csv").write_text("path,label\n" + text)
+    pooled = pooled_images(tmp_path)
+    assert not pooled.multilabel and pooled.class_names == ["cat", "dog"] and pooled.labels == [0, 1, 0, 1]
+    assert [Path(p).name for p in pooled.paths] == ["a.png", "b.png", "c.png", "d.png"]
+    (tmp_path / "val" / "labels.csv").write_text("path,labels\nd.png,cat|dog\n")
+    with pytest.raises(ConfigError, match=f"^{MULTILABEL}$"):
+        pooled_images(tmp_path)
 
 
 def test_detection_folds_pool_train_and_val_and_write_coco_files(tmp_path: Path) -> None:
