@@ -481,7 +481,7 @@ def _read_csv(path: Path, task: str, split: str) -> _Data:
 
     data = _Data("csv", task, [], [])
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # with or without Excel's byte-order mark
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError) as exc:
         raise DataCheckError(f"{path}: cannot read this CSV ({getattr(exc, 'strerror', None) or exc})") from None

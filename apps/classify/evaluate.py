@@ -79,7 +79,7 @@ def evaluate(
 
         if not getattr(predictor, "multilabel", False):
             raise CnnappsError("the data has images with several labels, the model gives one class per image: "
-                               "evaluate a model trained on multi-label data (--multilabel)")  # fmt: skip
+                               "evaluate a model trained as multi-label (train classify --multilabel)")  # fmt: skip
         return evaluate_multilabel(predictor, data, batch_size, progress)
     if list(predictor.class_names) != list(data.class_names):
         index = {name: i for i, name in enumerate(predictor.class_names)}

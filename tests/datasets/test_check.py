@@ -205,6 +205,10 @@ def test_a_multi_label_csv_counts_each_image_under_each_of_its_labels(tmp_path):
     report = check_data(tmp_path / "tags.csv", min_images=1)
     assert {c.name: c.images for c in report.classes} == {"cat": 3, "dog": 2}
     assert not kinds(report)
+    # saved by Excel as "CSV UTF-8" (a byte-order mark first): the header is still the header, as training reads it
+    (tmp_path / "tags.csv").write_bytes("path,labels\na.png,cat|dog\nb.png,cat\n".encode("utf-8-sig"))
+    report = check_data(tmp_path / "tags.csv", min_images=1)
+    assert {c.name: c.images for c in report.classes} == {"cat": 2, "dog": 1} and not kinds(report)
 
 
 def test_near_duplicates_only_when_asked(tmp_path):
