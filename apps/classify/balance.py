@@ -26,7 +26,7 @@ def inverse_frequency(labels: Sequence[int], num_classes: int) -> np.ndarray:
 
 def class_weights(setting: str, labels: Sequence[int], class_names: Sequence[str]) -> np.ndarray:
     """The cross-entropy's weight per class: ``auto`` (:func:`inverse_frequency` of ``labels``), or a YAML, JSON
-    or CSV file mapping class names to weights (classes it leaves out weigh 1)."""
+    or CSV file mapping class names to weights above 0 (classes it leaves out weigh 1)."""
     if setting == "auto":
         return inverse_frequency(labels, len(class_names))
     given = _read_weights(Path(setting))
@@ -86,8 +86,12 @@ def _read_weights(path: Path) -> dict[str, float]:
             weight = float(value)
         except (TypeError, ValueError):
             weight = float("nan")
-        if not np.isfinite(weight) or weight < 0:
-            raise ConfigError(f"class_weights: {path}: {name}: expected a weight of 0 or more, not {value!r}")
+        if not np.isfinite(weight) or weight <= 0:
+            # a weight of 0 makes the loss of a batch of that class alone 0/0: NaN, and a model of NaNs
+            raise ConfigError(
+                f"class_weights: {path}: {name}: expected a weight above 0, not {value!r} "
+                "(to train without a class, leave its images out of the data)"
+            )
         weights[str(name)] = weight
     return weights
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from cnnapps.apps.classify.config import ClassifyConfig
 from cnnapps.apps.classify.model import Classifier
 from cnnapps.apps.common.training import TaskModule, TrainConfig
+
+log = logging.getLogger("cnnapps")
 
 #: timm's Mixup settings per ``mix`` (the DeiT recipe's alphas; "both" picks MixUp or CutMix per batch)
 MIX_SETTINGS = {
@@ -69,7 +72,41 @@ class AveragedWeights:
         self.ema.update(self.model, step=step)
 
 
-class ClassificationModule(AveragedWeights, TaskModule):
+class LossOfThisRun:
+    """The loss settings (class weights, logit adjustment) are the run's own, never a checkpoint's: the loss's
+    weight buffers stay out of checkpoints (and out of older checkpoints that hold them, when they are loaded),
+    so a ``--resume`` trains with the weights its settings give now. A checkpoint records the settings it was
+    trained with (``cnnapps_loss``), and a resumed run whose settings differ says so."""
+
+    model: Classifier
+    trainer: Any
+
+    def loss_settings(self) -> dict[str, Any]:
+        """The loss settings in force, as a checkpoint records them (name -> value)."""
+        raise NotImplementedError
+
+    def loss_settings_in(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The settings a checkpoint of an older version, which recorded none, kept in its state dict."""
+        return {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint["cnnapps_loss"] = self.loss_settings()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        before = checkpoint.get("cnnapps_loss") or self.loss_settings_in(checkpoint.get("state_dict") or {})
+        now = self.loss_settings()
+        if not self.trainer.is_global_zero:
+            return
+        for name, value in now.items():
+            if name in before and not _same(before[name], value):
+                names = self.model.class_names
+                log.info("--resume: training on with the %s the settings give now (%s), not the checkpoint's (%s)",
+                         name, _shown(value, names), _shown(before[name], names))  # fmt: skip
+
+
+class ClassificationModule(LossOfThisRun, AveragedWeights, TaskModule):
     """Cross-entropy training with top-1/top-5 validation accuracy.
 
     Options of :class:`ClassifyConfig`: per-class loss weights (``class_weights``, given here as a tensor), the
@@ -97,16 +134,18 @@ class ClassificationModule(AveragedWeights, TaskModule):
             offset = config.logit_adjust * (prior / prior.sum()).log()
         self.register_buffer("logit_offset", offset, persistent=False)
         self.logit_adjust = bool(config.logit_adjust)
-        # the training loss; validation's stays unweighted, so val_loss compares across settings
-        self.loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-        self.val_loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.logit_tau = float(config.logit_adjust or 0.0)
+        # the training loss; validation's stays unweighted and unsmoothed, so val_loss compares across settings
+        # (and is the cross-entropy metrics.json reports)
+        self.loss = _unsaved(nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing))
+        self.val_loss_fn = nn.CrossEntropyLoss()
         self.mixer = None
         if config.mix != "none":
             from timm.data import Mixup
 
             self.mixer = Mixup(**MIX_SETTINGS[config.mix], label_smoothing=config.label_smoothing,
                                num_classes=num_classes)  # fmt: skip
-            self.soft_loss = nn.CrossEntropyLoss(weight=weight)  # the smoothing is in the mixed targets
+            self.soft_loss = _unsaved(nn.CrossEntropyLoss(weight=weight))  # the smoothing is in the mixed targets
         self.layer_decay = config.layer_decay
         self.make_ema(config)
         if self.ema is not None:
@@ -126,6 +165,14 @@ class ClassificationModule(AveragedWeights, TaskModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def loss_settings(self) -> dict[str, Any]:
+        weight = self.loss.weight
+        return {"class weights": None if weight is None else weight.tolist(), "logit adjust": self.logit_tau}
+
+    def loss_settings_in(self, state: dict[str, Any]) -> dict[str, Any]:
+        weight = state.get("loss.weight")
+        return {"class weights": None if weight is None else weight.tolist()}
 
     def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits the training loss sees: with ``logit_adjust``, shifted by tau log(class prior)."""
@@ -244,7 +291,7 @@ class ClassificationModule(AveragedWeights, TaskModule):
         return kept["probs"][order], kept["labels"][order]
 
 
-class MultiLabelModule(AveragedWeights, TaskModule):
+class MultiLabelModule(LossOfThisRun, AveragedWeights, TaskModule):
     """Multi-label training: binary cross-entropy on each class's logit (``class_weights`` weigh each class's
     positives, label smoothing pulls the targets towards 1/2), validated by the mAP (the best epoch's) and F1s at
     0.5. The validation probabilities of the best epoch so far are kept (:attr:`best_outputs`): the thresholds are
@@ -256,7 +303,7 @@ class MultiLabelModule(AveragedWeights, TaskModule):
         config = ClassifyConfig.of(config)
         self.model = model.train()
         weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
-        self.loss = nn.BCEWithLogitsLoss(pos_weight=weight)
+        self.loss = _unsaved(nn.BCEWithLogitsLoss(pos_weight=weight))
         self.val_loss_fn = nn.BCEWithLogitsLoss()  # unweighted, so val_loss compares across settings
         self.smoothing = config.label_smoothing
         self.layer_decay = config.layer_decay
@@ -270,6 +317,14 @@ class MultiLabelModule(AveragedWeights, TaskModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def loss_settings(self) -> dict[str, Any]:
+        weight = self.loss.pos_weight
+        return {"positive weights": None if weight is None else weight.tolist()}
+
+    def loss_settings_in(self, state: dict[str, Any]) -> dict[str, Any]:
+        weight = state.get("loss.pos_weight")
+        return {"positive weights": None if weight is None else weight.tolist()}
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -355,3 +410,34 @@ def layer_decay_groups(model: Classifier, lr: float, decay: float) -> list[dict[
 def _is_channels_last(model: nn.Module) -> bool:
     return any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                for p in model.parameters())  # fmt: skip
+
+
+def _unsaved(loss: nn.Module) -> nn.Module:
+    """``loss`` with its buffers (class weights) out of its state dict: not saved in checkpoints, and left out
+    when a checkpoint that holds them (saved by an older version) is loaded (:class:`LossOfThisRun`)."""
+    names = [name for name, _ in loss.named_buffers(recurse=False)]
+    for name in names:
+        loss.register_buffer(name, getattr(loss, name), persistent=False)
+
+    def drop_saved(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        for name in names:
+            state.pop(prefix + name, None)
+
+    loss.register_load_state_dict_pre_hook(drop_saved)
+    return loss
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None or isinstance(a, (int, float)) or isinstance(b, (int, float)):
+        return a == b
+    return len(a) == len(b) and bool(np.allclose(a, b))
+
+
+def _shown(value: Any, names: list[str]) -> str:
+    """A loss setting as the run header shows it: each class's weight (the first 12), or a number."""
+    if value is None:
+        return "none"
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    shown = ", ".join(f"{n} {w:.3g}" for n, w in list(zip(names, value, strict=False))[:12])
+    return shown + (f", ... ({len(value)} classes)" if len(value) > 12 else "")

@@ -67,7 +67,7 @@ def test_class_weight_file_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^class_weights: .*w.yaml: unknown classes 'zebra' \(the classes are a, b"):
         class_weights(str(path), [0, 1], ["a", "b"])
     path.write_text("a: heavy\n")
-    with pytest.raises(ConfigError, match=r"class_weights: .*a: expected a weight of 0 or more, not 'heavy'"):
+    with pytest.raises(ConfigError, match=r"class_weights: .*a: expected a weight above 0, not 'heavy'"):
         class_weights(str(path), [0, 1], ["a", "b"])
     with pytest.raises(ConfigError, match=r"class_weights: .*missing\.yaml: no such file"):
         class_weights(str(tmp_path / "missing.yaml"), [0, 1], ["a", "b"])
