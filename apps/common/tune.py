@@ -31,6 +31,8 @@ from cnnapps.terminal import plural
 log = logging.getLogger("cnnapps")
 
 STUDY_NAME = "cnnapps-tune"
+#: the study's user attribute that records the space it searches (setting -> Optuna distribution, as JSON)
+SPACE_ATTR = "cnnapps_space"
 #: what fails one trial but not the search: settings the task refuses, a batch too large for the GPU
 FAILURES: tuple[type[BaseException], ...] = (CnnappsError, torch.cuda.OutOfMemoryError)
 
@@ -52,6 +54,16 @@ class Dimension:
         if self.integer:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def distribution(self) -> Any:
+        """The Optuna distribution :meth:`suggest` draws from (what the study records for each trial)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.choices:
+            return CategoricalDistribution(list(self.choices))
+        if self.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log)
+        return FloatDistribution(self.low, self.high, log=self.log)
 
     def contains(self, value: Any) -> bool:
         if self.choices:
@@ -156,6 +168,40 @@ class PruneOnEpoch(L.Callback):
             raise optuna.TrialPruned(f"{self.metric} {value:.4g} at epoch {epoch}")
 
 
+def check_same_space(study: Any, space: list[Dimension], out: str | Path) -> None:
+    """Refuse to go on with ``study`` over another ``space`` than the one it was made with (recorded in its user
+    attributes; for a study of an older version, the distributions of its trials): a base recipe with another
+    batch size or lr, or another space file, gives other ranges and choices than its trials were drawn from."""
+    from optuna.distributions import json_to_distribution
+
+    recorded = study.user_attrs.get(SPACE_ATTR)
+    if recorded is not None:
+        before = {name: json_to_distribution(text) for name, text in recorded.items()}
+    else:
+        before = {}
+        for trial in study.get_trials(deepcopy=False):
+            before.update(trial.distributions)
+        if not before:  # no trial drew anything yet: nothing to compare with
+            return
+    now = {d.name: d.distribution() for d in space}
+    for name in [*before, *(n for n in now if n not in before)]:
+        if before.get(name) != now.get(name):
+            raise ConfigError(
+                f"{out}: --resume: {name}: the study searched {_described(before.get(name))}, the settings now "
+                f"give {_described(now.get(name))} (the base recipe or space changed); resume with the ones it "
+                "was made with, or start a new study in another --out"
+            )
+
+
+def _described(distribution: Any) -> str:
+    """A space's range or list of choices as the run header shows it."""
+    if distribution is None:
+        return "nothing (not searched)"
+    if hasattr(distribution, "choices"):
+        return f"{{{', '.join(str(c) for c in distribution.choices)}}}"
+    return f"{distribution.low:g}..{distribution.high:g}{' (log)' if distribution.log else ''}"
+
+
 def apply(base: TrainConfig, values: dict[str, Any], out: str | Path) -> TrainConfig:
     """``base`` with the trial's ``values`` (each checked against its field's type) and run folder, validated."""
     from cnnapps.apps.common.config import _checked
@@ -181,6 +227,7 @@ def tune(
     ``{"metric", "best", "trials", "best_yaml"}``. With ``resume``, the study in ``out``/study.jsonl continues
     until it holds ``trials`` finished trials."""
     import optuna
+    from optuna.distributions import distribution_to_json
 
     from cnnapps.apps.common.training import extra_callbacks
     from cnnapps.apps.tasks import get_task
@@ -210,10 +257,18 @@ def tune(
     from optuna.storages.journal import JournalFileBackend
 
     storage = JournalStorage(JournalFileBackend(str(journal)))  # a text file: no database to set up
-    study = optuna.create_study(
-        study_name=STUDY_NAME, storage=storage, load_if_exists=True, direction="maximize",
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-    )  # fmt: skip
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    try:  # read, not created again (creating writes to the journal even when the study is there)
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=pruner) if resume else None
+    except KeyError:  # a journal the stopped run had not written its study to yet
+        study = None
+    if study is not None:
+        check_same_space(study, space, out)  # before anything in the study changes
+    else:
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
+                                    direction="maximize", pruner=pruner)  # fmt: skip
+    if SPACE_ATTR not in study.user_attrs:  # a new study, or one of an older version (its trials agreed)
+        study.set_user_attr(SPACE_ATTR, {d.name: distribution_to_json(d.distribution()) for d in space})
     # a resumed study draws on from where it stopped instead of proposing its first trials again
     study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
