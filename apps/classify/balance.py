@@ -58,7 +58,7 @@ def _read_weights(path: Path) -> dict[str, float]:
     if not path.is_file():
         raise ConfigError(f"class_weights: {path}: no such file (auto, or a YAML/JSON/CSV of class name -> weight)")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # with or without a byte-order mark
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"class_weights: {path}: cannot read it ({exc})") from None
     suffix = path.suffix.lower()

@@ -52,11 +52,12 @@ def test_auto_class_weights_are_inverse_frequency_with_mean_one() -> None:
 @pytest.mark.parametrize(
     ("name", "text"),
     [("w.yaml", "b: 3\na: 0.5\n"), ("w.json", '{"b": 3, "a": 0.5}'), ("w.csv", "class,weight\nb,3\na,0.5\n"),
-     ("w.yml", "yes: 3\n01: 0.5\n")],  # names YAML would read as a boolean and a number
+     ("w.yml", "yes: 3\n01: 0.5\n"),  # names YAML would read as a boolean and a number
+     ("bom.csv", "\ufeffb,3\na,0.5\n")],  # Excel's "CSV UTF-8": a byte-order mark first
 )  # fmt: skip
 def test_class_weight_files(tmp_path: Path, name: str, text: str) -> None:
     path = tmp_path / name
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     names = ["01", "yes", "c"] if name == "w.yml" else ["a", "b", "c"]
     assert class_weights(str(path), [0, 1, 2], names).tolist() == [0.5, 3.0, 1.0]  # c: left out, 1
 
