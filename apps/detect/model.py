@@ -653,11 +653,20 @@ def detect_on_stages(
 
 def exportable(spec: str | os.PathLike, task: str | None = None, **options: Any) -> Any:
     """The detector of ``spec`` for ``cnnapps export`` (ONNX): one RGB image (3, H, W) in [0, 1] of any size ->
-    boxes, labels, scores, and masks or keypoints, as torchvision's R-CNN returns them."""
+    boxes, labels, scores, and masks or keypoints, as torchvision's R-CNN returns them. Heads on a shared trunk are
+    refused: they see images through the model file's preprocessing (:func:`run_shared`), not R-CNN resizing."""
     from cnnapps.exported import Exportable
     from cnnapps.quantize import Calibration, unit_image
 
     model = load_detector(spec, options.get("head"), task)
+    if model.spec.shared:  # its graph would be torchvision's own resizing path: other answers than the model file's
+        from cnnapps.exported import ExportError
+
+        head = f" {options['head']!r}" if options.get("head") else ""
+        raise ExportError(f"{spec}: its {model.spec.task} head{head} is on a shared trunk (trained with --trunk) and "
+                          "sees images through the file's antialiased resize, which an ONNX graph (opset 17) cannot "
+                          f"reproduce; run the model file itself (cnnapps {model.spec.task} --model {spec}, or "
+                          "cnnapps.load)")  # fmt: skip
     names = {"detect": [], "segment": ["masks"], "pose": ["keypoints", "keypoints_scores"]}[model.spec.task]
     outputs = ["boxes", "labels", "scores", *names]
     dynamic = {"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in outputs}}

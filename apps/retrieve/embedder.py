@@ -104,20 +104,27 @@ def save_embedding_model(
 def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg",
                          head: str | None = None) -> tuple[EmbeddingModel, Preprocess, str]:  # fmt: skip
     """An embedding model with a fingerprint that changes whenever its weights or its pooling do: a model file's
-    embedding head (``head`` names one; else its first, or for a file without one its trunk with ``pooling``), or a
-    registry name with pretrained weights."""
+    embedding head (``head`` names one; else its only one, a file with several being a one-line error; for a file
+    without one its trunk with ``pooling``), or a registry name with pretrained weights."""
+    model, preprocess, fingerprint, _ = _embedding_model(spec, pooling, head)
+    return model, preprocess, fingerprint
+
+
+def _embedding_model(spec: str | os.PathLike, pooling: str,
+                     head: str | None) -> tuple[EmbeddingModel, Preprocess, str, str | None]:  # fmt: skip
+    """:func:`load_embedding_model` and the name of the model file's head it built (None: a trunk or a name)."""
     from cnnapps.backbones import create_backbone
     from cnnapps.bundle import FORMAT_V1, is_bundle_path, tensor_fingerprint
 
     if not is_bundle_path(spec):
         backbone = create_backbone(str(spec), weights="imagenet")
-        return EmbeddingModel(backbone, pooling), backbone.preprocess, f"{spec}:{backbone.weights}:{pooling}"
+        return EmbeddingModel(backbone, pooling), backbone.preprocess, f"{spec}:{backbone.weights}:{pooling}", None
     from cnnapps.apps.classify.model import preprocess_of
     from cnnapps.apps.modelfile import build_model, load_trunk, read_model_file, trunk_fingerprint
 
     model_file = read_model_file(spec)
     heads = [n for n, h in model_file.heads.items() if h.task == "retrieve"]
-    if head is not None:
+    if head is not None or len(heads) > 1:  # a head of another task, or several and none named: one-line errors
         heads = [model_file.head_named(head, "retrieve")]
     if model_file.format == FORMAT_V1:  # as this file's embeddings were always fingerprinted: by its bytes
         from cnnapps.backbones.weights import sha256_of
@@ -129,23 +136,24 @@ def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg",
         base = trunk_fingerprint(model_file)
     if heads:
         model = build_model(model_file, heads[0])
-        return model, preprocess_of(model_file), f"{base}:{model.pooling}"
+        return model, preprocess_of(model_file), f"{base}:{model.pooling}", heads[0]
     trunk, preprocess = load_trunk(spec)  # a detector's file resizes itself: the registry's sizes, the file's mean/std
-    return EmbeddingModel(trunk, pooling), preprocess, f"{base}:{pooling}"
+    return EmbeddingModel(trunk, pooling), preprocess, f"{base}:{pooling}", None
 
 
 def exportable(spec: str | os.PathLike, task: str = "retrieve", **options: Any) -> Any:
     """The embedding of ``spec`` for ``cnnapps export``: preprocessed images -> unit vectors (N, dim), with the
-    fingerprint of its source, so an exported embedding queries indexes built with the PyTorch model."""
+    fingerprint of its source, so an exported embedding queries indexes built with the PyTorch model (``head``: a
+    model file's embedding head, named in the metadata)."""
     from cnnapps.exported import Exportable
     from cnnapps.quantize import Calibration, preprocessed_batch
 
-    model, preprocess, fingerprint = load_embedding_model(spec, options.get("pooling", "avg"))
+    model, preprocess, fingerprint, head = _embedding_model(spec, options.get("pooling", "avg"), options.get("head"))
     example = torch.zeros(1, *preprocess.input_size)
     with torch.no_grad():
         dim = int(model.eval()(example).shape[1])
     meta = {"task": "retrieve", "preprocess": preprocess.to_dict(), "dim": dim, "pooling": model.pooling,
-            "fingerprint": fingerprint}  # fmt: skip
+            "fingerprint": fingerprint, **({"head": head} if head else {})}  # fmt: skip
     keeps = "the pooling and L2 normalisation, and ops onnxruntime has no int8 form for"
     calibration = Calibration(preprocessed_batch(preprocess), "cosine", fp32=keeps)
     return Exportable(model, meta, example, calibration=calibration)
