@@ -45,7 +45,8 @@ def load(
     ``workers`` for classify and retrieve; ``score_threshold``, ``tile``, ``engine``, ``embed``, ... for detect,
     segment and pose; ``beam``, ``max_len``, ``engine`` for caption; ``tile``, ``batch_size`` for semantic. Any
     other option is a one-line error naming what the task takes; ``engine="auto"`` or ``"eager"`` is taken by every
-    task (semantic and panoptic models run only in PyTorch, as they are).
+    task's model files (semantic and panoptic models run only in PyTorch, as they are), and an exported semantic
+    graph runs on onnxruntime (``engine="auto"`` or ``"onnxruntime"``; any other engine is a one-line error).
 
     Predictors are safe to call from several threads (calls take turns), are ready to run when returned
     (graphs compiled at load), batch their inputs, and loading the same spec with the same options again
@@ -113,7 +114,7 @@ def _load(specs: list[Any], task: str | None, **kwargs: Any) -> Any:
     if len(specs) > 1 and not record.ensemble:
         raise CnnappsError(f"{task} takes one model, not an ensemble")
     label = ", ".join(str(s) for s in specs)
-    options = task_options(label, record, kwargs)
+    options = task_options(label, record, kwargs, graph=all(str(s).endswith(".onnx") for s in specs))
     for spec in specs:
         check_serves(spec, record.name)
     return record.part("predictor")(specs, task=record.name, **options)
@@ -124,17 +125,34 @@ MULTI_HEAD_OPTIONS = ("device", "engine", "batch_size", "score_threshold", "beam
 
 #: the engines every task takes: those of a predictor that runs only in PyTorch, as it is
 EAGER_ENGINES = (None, "auto", "eager")
+#: the engines an exported graph takes where its task's predictor takes no engine (it runs the graph in onnxruntime)
+GRAPH_AS_IT_IS = (None, "auto", "onnxruntime")
 
 
-def task_options(label: str, record: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` as the task's predictor takes them (the task table's ``load_options``, device and head): an
-    engine of ``EAGER_ENGINES`` is dropped for a task whose predictor runs only in PyTorch, as ``load_heads`` does;
-    any other option it does not take is a one-line error naming the model (``label``), the option and what the
-    task takes."""
-    eager = record.runs_as_it_is and options.get("engine") in EAGER_ENGINES
-    given = {k: v for k, v in options.items() if not (k == "engine" and eager)}
+def task_options(label: str, record: Any, options: dict[str, Any], graph: bool = False) -> dict[str, Any]:
+    """``options`` as the task's predictor takes them (the task table's ``load_options``, device and head): for a
+    task whose predictor takes no engine, an engine that fits it (:func:`_fits_as_it_is`; ``graph``: the models are
+    exported ONNX files) is dropped, as ``load_heads`` does; any other option it does not take is a one-line error
+    naming the model (``label``), the option and what the task takes."""
+    fits = record.runs_as_it_is and _fits_as_it_is(label, record, options.get("engine"), graph)
+    given = {k: v for k, v in options.items() if not (k == "engine" and fits)}
     _refuse_others(label, given, f"{record.name} models", record.takes, task=record.name)
     return given
+
+
+def _fits_as_it_is(label: str, record: Any, engine: str | None, graph: bool) -> bool:
+    """Whether ``engine`` is what a predictor that takes no engine runs on: for a model file PyTorch as it is
+    (``EAGER_ENGINES``); for an exported ONNX file of a task that runs them, onnxruntime (``GRAPH_AS_IT_IS``), any
+    other engine being a one-line error rather than a quiet run on onnxruntime."""
+    if not (graph and record.runs_onnx):
+        return engine in EAGER_ENGINES
+    if engine not in GRAPH_AS_IT_IS:
+        from cnnapps.engines import EngineError
+
+        pytorch = ", not on a PyTorch engine" if engine in ("eager", "jit", "compile") else ""
+        raise EngineError(f"{label}: engine={engine!r}: an exported {record.name} graph runs on onnxruntime "
+                          f"(engine auto or onnxruntime){pytorch}")  # fmt: skip
+    return True
 
 
 def _refuse_others(label: str, options: dict[str, Any], what: str, takes: Sequence[str], task: str = "it") -> None:
@@ -220,7 +238,8 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
             raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}")
     record = get_task(task)
     engine = options.get("engine") or "auto"
-    if engine not in EAGER_ENGINES and record.runs_as_it_is:  # not a quiet run on another engine
+    graph = str(spec).endswith(".onnx")
+    if record.runs_as_it_is and not _fits_as_it_is(str(spec), record, engine, graph):  # not a quiet run elsewhere
         from cnnapps.engines import EngineError
 
         raise EngineError(f"--engine {engine}: {spec} is a {task} model, which runs as it is (use --engine auto)")

@@ -51,3 +51,34 @@ def test_an_option_a_task_does_not_take_is_refused_in_one_line(semantic_file: Pa
 def test_auto_and_eager_load_a_model_that_only_runs_eagerly(semantic_file: Path, engine: str) -> None:
     predictor = cnnapps.load(semantic_file, engine=engine, device="cpu", batch_size=2)
     assert predictor.task == "semantic" and predictor.engine == "eager" and predictor.batch_size == 2
+
+
+@pytest.fixture(scope="module")
+def semantic_onnx(semantic_file: Path) -> Path:
+    from cnnapps.export import export_model
+
+    out = semantic_file.with_suffix(".onnx")
+    export_model(semantic_file, "onnx", out)
+    return out
+
+
+@pytest.mark.parametrize("engine", ["eager", "jit", "compile", "openvino", "tensorrt"])
+def test_an_exported_semantic_graph_refuses_engines_it_does_not_run_on(semantic_onnx: Path, engine: str) -> None:
+    """It ran on onnxruntime whatever was asked (eager) or was refused as a model that runs "as it is"."""
+    from cnnapps.api import load_heads
+    from cnnapps.engines import EngineError
+
+    expected = f"{semantic_onnx}: engine={engine!r}: an exported semantic graph runs on onnxruntime (engine auto or "
+    for load in (cnnapps.load, load_heads):
+        with pytest.raises(EngineError) as caught:
+            load(semantic_onnx, engine=engine, device="cpu")
+        assert "\n" not in str(caught.value) and str(caught.value).startswith(expected)
+
+
+@pytest.mark.parametrize("engine", ["auto", "onnxruntime"])
+def test_an_exported_semantic_graph_runs_on_onnxruntime(semantic_onnx: Path, engine: str) -> None:
+    from cnnapps.api import load_heads
+
+    predictor = cnnapps.load(semantic_onnx, engine=engine, device="cpu")
+    assert predictor.task == "semantic" and predictor.engine == "onnxruntime"
+    assert load_heads(semantic_onnx, engine=engine, device="cpu").engine == "onnxruntime"
