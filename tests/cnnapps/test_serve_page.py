@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pytest
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "model_files_v1"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (make test installs Debian's chromium)")
+
+
+KEY = "page-key-7f3a"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, chelsea: np.ndarray) -> str:
+def gallery(tmp_path_factory: pytest.TempPathFactory, chelsea: np.ndarray) -> str:
+    """An index of two photos (chelsea.jpg, coffee.png), shared by the servers below."""
+    return str(_index(tmp_path_factory.mktemp("gallery"), chelsea))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, gallery: str) -> str:
     """``cnnapps serve`` with two classifiers (the bundled one and a small LeNet file), a small captioner and an
     index of two photos, on a free loopback port."""
     from cnnapps.serve.app import create_app, running
@@ -24,9 +39,46 @@ def server(tmp_path_factory: pytest.TempPathFactory, chelsea: np.ndarray) -> str
         str(FIXTURES / "classify.safetensors"),
         str(_captioner(tmp_path_factory.mktemp("cap"))),
     ]
-    app = create_app(models, index=str(_index(tmp_path_factory.mktemp("gallery"), chelsea)), max_wait_ms=2)
+    app = create_app(models, index=gallery, max_wait_ms=2)
     with running(app) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def mounted(gallery: str) -> str:
+    """Another app that mounts the service twice (the LeNet file and the index): at ``/ml`` open, and at
+    ``/locked`` with an API key (``KEY``)."""
+    from fastapi import FastAPI
+
+    from cnnapps.serve.app import create_app, running
+
+    def service(**options: object) -> FastAPI:
+        return create_app([str(FIXTURES / "classify.safetensors")], index=gallery, warm_up=False, max_wait_ms=2,
+                          **options)  # fmt: skip
+
+    parent = FastAPI()
+    parent.mount("/ml", service())
+    parent.mount("/locked", service(api_keys=[KEY]))
+    with running(parent) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the tests of this file (each test opens its own context: its own storage)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless=new"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def photo(chelsea: np.ndarray, tmp_path: Path) -> Path:
+    photo = tmp_path / "chelsea.jpg"
+    cv2.imwrite(str(photo), chelsea[:, :, ::-1])
+    return photo
 
 
 def _index(folder: Path, chelsea: np.ndarray) -> Path:
@@ -57,17 +109,11 @@ def _captioner(folder: Path) -> Path:
     return folder / "captioner.safetensors"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (make test installs Debian's chromium)")
 def test_page_shows_the_top5_a_chosen_model_a_caption_and_thumbnails(
-    server: str, chelsea: np.ndarray, tmp_path: Path
+    server: str, browser: Browser, photo: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
-    photo = tmp_path / "chelsea.jpg"
-    cv2.imwrite(str(photo), chelsea[:, :, ::-1])
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless=new"])
-        page = browser.new_page()
+    with browser.new_context() as context:
+        page = context.new_page()
         page.goto(server)
         page.wait_for_selector("#task option[value='/v1/caption']", state="attached")
         assert "efficientnet_lite0 (classify)" in page.inner_text("#served")
@@ -101,4 +147,69 @@ def test_page_shows_the_top5_a_chosen_model_a_caption_and_thumbnails(
         assert page.locator(".hit .name").all_inner_texts() == ["chelsea.jpg", "coffee.png"]
         widths = page.eval_on_selector_all(".hit img", "(imgs) => imgs.map((i) => i.naturalWidth)")
         assert widths == [160, 160]  # thumbnails served by the index, not bare paths
-        browser.close()
+
+
+def _retrieve(page: Page, photo: Path) -> None:
+    """Run the retrieve route on ``photo`` and wait for both thumbnails to be drawn."""
+    page.set_input_files("#file", str(photo))
+    page.select_option("#task", "/v1/retrieve")
+    page.click("#run")
+    page.wait_for_function("document.querySelectorAll('.hit img').length === 2")
+    page.wait_for_function("[...document.querySelectorAll('.hit img')].every((i) => i.naturalWidth > 0)")
+    assert page.locator(".hit .name").all_inner_texts() == ["chelsea.jpg", "coffee.png"]
+    assert page.eval_on_selector_all(".hit img", "(imgs) => imgs.map((i) => i.naturalWidth)") == [160, 160]
+
+
+def test_page_mounted_under_a_prefix_calls_the_routes_under_it(mounted: str, browser: Browser, photo: Path) -> None:
+    """Mounted at /ml, the page asks /ml/v1/models, /ml/v1/<task> and /ml/v1/retrieve/thumbnail, not the root's."""
+    with browser.new_context() as context:
+        page = context.new_page()
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(request.url))
+        page.goto(mounted + "/ml/")
+        page.wait_for_selector("#task option[value='/v1/retrieve']", state="attached")
+        assert "classify (classify)" in page.inner_text("#served")
+        assert page.locator("#keyform").is_hidden()  # no key asked where none is needed
+
+        page.set_input_files("#file", str(photo))
+        page.select_option("#task", "/v1/classify")
+        page.click("#run")
+        page.wait_for_function("document.querySelectorAll('.bar').length === 3")
+        assert page.inner_text("#status").startswith("200")
+        _retrieve(page, photo)
+        routes = [u[len(mounted) :] for u in asked if u.startswith(mounted)]
+        assert routes and all(u.startswith("/ml/") for u in routes), routes
+        assert any(u.startswith("/ml/v1/retrieve/thumbnail?") for u in routes), routes
+
+
+def test_page_with_api_keys_asks_for_one_and_sends_it_as_a_header(mounted: str, browser: Browser, photo: Path) -> None:
+    """With keys configured, the page shows a key field on 401, keeps the key for the tab (sessionStorage), sends
+    it as X-API-Key on every call (thumbnails too, fetched) and never in a URL."""
+    with browser.new_context() as context:
+        page = context.new_page()
+        sent: list[tuple[str, str | None]] = []
+        page.on("request", lambda request: sent.append((request.url, request.headers.get("x-api-key"))))
+        page.goto(mounted + "/locked/")
+        page.wait_for_selector("#keyform", state="visible")
+        assert "could not list models" in page.inner_text("#served")
+        assert "needs an API key" in page.inner_text("#keystatus")
+
+        page.fill("#key", "not-the-key")
+        page.click("#usekey")
+        page.wait_for_function("document.querySelector('#keystatus').textContent.includes('refused')")
+        page.fill("#key", KEY)
+        page.click("#usekey")
+        page.wait_for_selector("#task option[value='/v1/retrieve']", state="attached")
+        assert "classify (classify)" in page.inner_text("#served")
+        assert page.locator("#keyform").is_hidden()
+        _retrieve(page, photo)
+        assert page.inner_text("#status").startswith("200")
+
+        page.reload()  # the key is kept for the tab: no asking again
+        page.wait_for_selector("#task option[value='/v1/retrieve']", state="attached")
+        assert page.locator("#keyform").is_hidden()
+
+        calls = [(u, key) for u, key in sent if "/v1/" in u]
+        assert {u.split("?")[0][len(mounted) :] for u, key in calls if key == KEY} == {
+            "/locked/v1/models", "/locked/v1/retrieve", "/locked/v1/retrieve/thumbnail"}  # fmt: skip
+        assert not any(KEY in u or "not-the-key" in u for u, _ in sent)  # never in a URL
