@@ -263,6 +263,22 @@ def _held_by_other(folder: Path) -> bool:
         os.close(fd)  # closing drops a lock we took
 
 
+def _writer(folder: Path) -> str | None:
+    """Who holds ``write.lock`` now ("pid 123" as the holder wrote it, else "another process"), or None: the
+    kernel drops the lock of a process that dies, so a holder is a live process."""
+    if not _held_by_other(folder):
+        return None
+    with contextlib.suppress(OSError):
+        return (folder / "write.lock").read_text(errors="replace").strip() or "another process"
+    return "another process"
+
+
+def _in_progress(folder: Path, what: str) -> str | None:
+    """A problem sentence when a live process is writing the index (a ``what`` in progress), else None."""
+    holder = _writer(folder)
+    return None if holder is None else f"{what} is in progress ({holder}); check again when it is done"
+
+
 def _index_state(folder: Path) -> tuple[str, dict[str, str]]:
     """("none" | "interrupted" | "unreadable" | "index", settings) of the database in ``folder``.
 
@@ -353,6 +369,12 @@ def _create(folder: Path, model: dict[str, Any], kind: str, unfinished: str | No
     return db
 
 
+def _unit_rows(array: np.ndarray) -> bool:
+    """Whether every row of ``array`` is a unit vector (embeddings are; the rows of an image are not)."""
+    norms = np.linalg.norm(np.atleast_2d(array).astype(np.float64), axis=-1)
+    return bool(norms.size) and bool(np.all(np.abs(norms - 1.0) < 1e-3))
+
+
 class Index:
     """An opened index: ``search`` reads the snapshot taken at open (``refresh()`` takes a newer one);
     ``add``, ``remove`` and ``sync`` write a new generation under the write lock."""
@@ -417,7 +439,9 @@ class Index:
         with cls._writing(Path(path), embedder.describe(), kind, "build") as index:
             unchanged = index._unchanged()
             keys = list(dict.fromkeys(index_path(p) for p in paths))
-            todo = [k for k in keys if unchanged.get(k) != _size_mtime(k)]
+            # skipped: indexed by the run this one resumes and unchanged since (a file missing now is not)
+            todo = [k for k in keys if k not in unchanged or unchanged[k] != _size_mtime(k)]
+            known = {k for k in todo if k in unchanged}  # changed or deleted since: one that fails loses its entry
             if progress is not None and len(todo) < len(paths):
                 progress(len(paths) - len(todo))  # named twice, or indexed by the run this one resumes
             exact = index.kind in ("flat", "hnsw") or (
@@ -426,7 +450,7 @@ class Index:
             step = max(1, checkpoint) if exact else max(1, len(todo))
             added, failed = 0, []
             for start in range(0, len(todo), step):
-                more, bad, _ = index._apply(todo[start : start + step], [], embedder, progress)
+                more, bad, _ = index._apply(todo[start : start + step], [], embedder, progress, drop_failed=known)
                 added += more
                 failed += bad
         return index, added, failed
@@ -591,11 +615,14 @@ class Index:
             raise RetrievalIndexError(f"{self.path}: the index was built with {mine}; the query uses {theirs}")
 
     def search(self, queries: Any, k: int = 10) -> list[list[Hit]]:
-        """Top-``k`` hits per query: queries are unit vectors (N, dim) or images (embedded first)."""
+        """Top-``k`` hits per query: queries are unit vectors, (N, dim) or one (dim,), or images (embedded first).
+        A float array is taken for vectors by that shape, or when its rows are unit vectors (another model's: refused
+        below); a float grayscale image (H, W) is an image."""
         if k < 1:
             raise RetrievalIndexError(f"k: at least 1 hit per query, not {k}")
-        if isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype.kind == "f":
-            vectors = queries
+        is_float = isinstance(queries, np.ndarray) and queries.dtype.kind == "f"
+        if is_float and queries.ndim in (1, 2) and (queries.shape[-1] == self.dim or _unit_rows(queries)):
+            vectors = queries.reshape(-1, queries.shape[-1])
         else:
             _, vectors, errors = self.embedder().embed(queries)
             bad = [e for e in errors if e]
@@ -632,7 +659,7 @@ class Index:
             report["problems"].append(_UNREADABLE)
             return report
         if state == "interrupted":
-            report["problems"].append(_not_created_reason(path))
+            report["problems"].append(_in_progress(path, "its creation") or _not_created_reason(path))
             return report
         index = cls(path, _connect(path / "index.sqlite"), strict=False)
         try:
@@ -653,7 +680,9 @@ class Index:
                 if kept != live:
                     problems.append(f"vectors-{index.generation}.faiss and the database list other images: {repair}")
             unfinished = index._settings.get("unfinished")
-            if unfinished == "build":
+            if unfinished and (running := _in_progress(path, f"its {unfinished}")):
+                problems.append(running)  # not interrupted: the process writing it holds the lock now
+            elif unfinished == "build":
                 problems.append(
                     "its build was interrupted: run `cnnapps index build` with the same inputs to finish it"
                 )
@@ -791,8 +820,9 @@ class Index:
                     if digest != sha:
                         changed.append(path)
             new = sorted(on_disk - known.keys())
-            # gone: deleted, not merely skipped by the walk (a file added by name may have no image suffix)
-            gone = sorted(p for p in known.keys() - on_disk if not os.path.lexists(p))
+            # gone: deleted (or a link whose target was), not merely skipped by the walk (a file added by name
+            # may have no image suffix)
+            gone = sorted(p for p in known.keys() - on_disk if not os.path.exists(p))
             _, failed, removed = self._apply([*new, *changed], gone, embedder, progress, drop_failed=set(changed))
         bad = {f["path"] for f in failed}
         return {"added": len(set(new) - bad), "changed": len(set(changed) - bad), "removed": removed,

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 
@@ -135,3 +136,15 @@ def test_dedup_with_no_images_is_a_one_line_error(run_cli, tmp_path: Path) -> No
     empty.mkdir()
     code, out, err = run_cli("dedup", empty, "--json")
     assert (code, out) == (2, "") and err.strip() == f"error: {empty}: no images found"
+
+
+def test_index_build_reports_a_missing_input_as_index_add_does(run_cli, tmp_path: Path) -> None:
+    from tests.apps.retrieve.conftest import TINY_MODEL
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), (np.arange(16 * 16 * 3) % 251).astype(np.uint8).reshape(16, 16, 3))
+    missing = tmp_path / "missing.png"
+    for command in (["build", "--model", TINY_MODEL, "--device", "cpu"], ["add"]):
+        code, out, err = run_cli("index", *command, image, missing, "--index", tmp_path / "idx", "--json")
+        assert code == 1 and json.loads(out)["items"] == 1  # build was: exit 0, the missing file not mentioned
+        assert f"{missing}: no such file" in err

@@ -102,3 +102,31 @@ def test_a_model_given_by_a_relative_path_is_found_from_any_folder(run_cli, stan
     code, _, err = run_cli("retrieve", "--index", "../gallery.idx", "--query", "../photos/a.png",
                            "--save-grid", "grid.xyz")  # fmt: skip
     assert code == 2 and "--save-grid grid.xyz: no picture format is written as .xyz" in err  # before searching
+
+
+def test_sync_drops_a_link_whose_target_was_deleted(indexed, stand_ins, tmp_path: Path) -> None:
+    index, folder, embedder = indexed
+    target = stand_ins.write_png(tmp_path / "store" / "cat.png", seed=9)
+    (folder / "cat.png").symlink_to(target)
+    assert index.sync(folder, embedder=embedder)["added"] == 1
+    os.remove(target)  # folder/cat.png now dangles: the walk skips it, and its old vector must not stay searchable
+    report = index.sync(folder, embedder=embedder)
+    assert (report["removed"], report["failed"], report["items"]) == (1, [], 3)
+    assert str(folder / "cat.png") not in index.paths()
+
+
+def test_search_takes_a_float_grayscale_image_as_an_image_and_one_vector_as_one_query(
+    stand_ins, tiny_embedder, tmp_path: Path
+) -> None:
+    import cv2
+
+    paths = [stand_ins.write_png(tmp_path / f"{i}.png", seed=i, size=16) for i in range(2)]
+    index = Index.create(tmp_path / "idx", tiny_embedder.describe())
+    index.add(paths, embedder=tiny_embedder)
+    gray = cv2.cvtColor(cv2.imread(paths[1]), cv2.COLOR_BGR2GRAY).astype(np.float32) / 255  # as rgb2gray gives
+    hits = index.search(gray, k=2)  # was: "queries have 16 dimensions, the index 8"
+    assert len(hits) == 1 and len(hits[0]) == 2
+    vector = tiny_embedder.embed([paths[1]])[1][0]
+    assert vector.shape == (index.dim,)
+    assert [h.path for h in index.search(vector, k=1)[0]] == [paths[1]]  # was: "not an image"
+    assert [[h.path for h in q] for q in index.search(np.stack([vector, vector]), k=1)] == [[paths[1]]] * 2

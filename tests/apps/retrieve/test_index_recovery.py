@@ -278,3 +278,51 @@ def test_a_second_writer_is_still_told_the_index_is_locked(stand_ins, built) -> 
         for write in (lambda: Index.repair(folder), lambda: Index.open(folder).remove(files[:1])):
             with pytest.raises(IndexLockedError, match="index is locked by a writer"):
                 write()
+
+
+def test_a_resumed_build_drops_a_file_deleted_since_and_reports_a_missing_input(stand_ins, tmp_path: Path) -> None:
+    class Killed(stand_ins.PixelEmbedder):
+        def embed(self, paths, progress=None):
+            if self.embedded:  # killed after the first checkpoint
+                raise KeyboardInterrupt
+            return super().embed(paths, progress)
+
+    files = _gallery(stand_ins, tmp_path / "images", 4)
+    with pytest.raises(KeyboardInterrupt):
+        Index.build(tmp_path / "idx", files, Killed(), checkpoint=2)
+    assert len(Index.open(tmp_path / "idx")) == 2
+    os.remove(files[0])  # indexed by the first run, deleted before the second
+    missing = str(tmp_path / "images" / "missing.png")  # never there: reported, as `index add` does
+    index, added, failed = Index.build(tmp_path / "idx", [*files, missing], stand_ins.PixelEmbedder(), checkpoint=2)
+    assert added == 2 and {f["path"]: f["error"] for f in failed} == {
+        files[0]: "no such file; its old entry was removed from the index",
+        missing: "no such file",
+    }
+    assert index.paths() == files[1:] and Index.check(tmp_path / "idx")["ok"]
+
+
+def test_check_during_a_build_says_it_is_in_progress_not_interrupted(stand_ins, tmp_path: Path) -> None:
+    folder = tmp_path / "idx"
+    seen = []
+
+    class Checking(stand_ins.PixelEmbedder):
+        def embed(self, paths, progress=None):
+            seen.append(Index.check(folder)["problems"])  # the build holds the write lock meanwhile
+            return super().embed(paths, progress)
+
+    Index.build(folder, _gallery(stand_ins, tmp_path / "images", 2), Checking())
+    assert seen == [[f"its build is in progress (pid {os.getpid()}); check again when it is done"]]
+    assert Index.check(folder)["ok"]
+
+    import fcntl
+
+    creating = tmp_path / "creating"  # a database without settings yet, its creator alive
+    creating.mkdir()
+    db = sqlite3.connect(creating / "index.sqlite")
+    db.execute("CREATE TABLE settings (key TEXT, value TEXT)")
+    db.close()
+    with open(creating / "write.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        problems = Index.check(creating)["problems"]
+    assert problems == ["its creation is in progress (another process); check again when it is done"]
+    assert "was interrupted" in Index.check(creating)["problems"][0]  # its creator gone
