@@ -32,7 +32,8 @@ def eval_retrieve(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """recall@1/5/10 and mAP@R with every image querying all the others."""
+    """recall@1/5/10 and mAP@R with every image querying all the others (an image alone in its class is searched
+    among but not scored as a query)."""
     from cnnapps.apps.retrieve.evaluate import evaluate_retrieval
     from cnnapps.datasets.folders import read_labeled
 
@@ -46,6 +47,9 @@ def eval_retrieve(
             f"{report['n']} images: recall@1 {report['recall@1']:.2%}, recall@5 {report['recall@5']:.2%}, "
             f"recall@10 {report['recall@10']:.2%}, mAP@R {report['map@r']:.3f}"
         )
+        if report["left_out"]:
+            left = plural(report["left_out"], "image")
+            echo(f"  left out as queries (alone in their class, still searched among): {left}")
     report_failed(report["failed"] if not as_json else [])
     if report["failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -112,7 +116,8 @@ def index_build(
 
 def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str, device: str, rank: int | None,
                  world_size: int, part_size: int, as_json: bool) -> None:  # fmt: skip
-    """One rank of a sharded ``index build``: its parts, a line on what it did, the merge hint."""
+    """One rank of a sharded ``index build``: its parts, a line on what it did, the merge hint; exit 1 when some
+    of its images failed."""
     from cnnapps.apps.retrieve.sharded import build_shard, launcher_rank
 
     env_rank, _, local_rank = launcher_rank()
@@ -136,6 +141,8 @@ def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str
             f"embedded {report.embedded} images; when every rank is done: cnnapps index merge --index {index}"
         )
     report_failed(report.failed)
+    if report.failed:  # as a single-process build: the merge still takes the parts, without those files
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def _build_on_ray(folder: list[str], index: Path, model: str | None, pooling: str, device: str, part_size: int,

@@ -26,8 +26,7 @@ def _prepare(config: RetrieveConfig, device: Any) -> Any:
     from cnnapps.terminal import plural
 
     train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
-    if len(val_set) < 2:
-        raise CnnappsError(f"{config.data}: the validation split needs at least 2 images; raise --val-split")
+    _check_val_classes(config, val_set.labels, len(val_set))
     backbone, spec = backbone_for(config)
     model = EmbeddingModel(backbone, config.pooling, config.embedding_size)
     module = MetricLearningModule(model, config, config.loss, len(train_set.class_names))
@@ -39,6 +38,26 @@ def _prepare(config: RetrieveConfig, device: Any) -> Any:
     )
     return Plan(module, train_loader, val_loader, describe, "val_recall@1", len(train_set), len(val_set),
                 curves=("val_recall@1", "val_map@r"), logged="val_recall_at_1", extra={"spec": spec})  # fmt: skip
+
+
+def _check_val_classes(config: RetrieveConfig, labels: Any, n: int) -> None:
+    """Refuse a validation split in which no class has 2 images: recall@k and mAP@R would have no query to score
+    (a stratified split gives each class about --val-split of its images, so small classes give it one each)."""
+    import numpy as np
+
+    from cnnapps.apps.retrieve.evaluate import same_class_others
+
+    if n and (same_class_others(np.asarray(labels)) > 0).any():
+        return
+    data = Path(config.data)
+    if (data / "train").is_dir() and (data / "val").is_dir():
+        fix = f"put 2 or more images of a class in {data / 'val'}"
+    else:
+        fix = "raise --val-split, or give train/ and val/ folders with 2 or more images of a class in val/"
+    raise CnnappsError(
+        f"{config.data}: no class has 2 or more of the validation split's {n} images, so retrieval cannot be "
+        f"scored; {fix}"
+    )
 
 
 def _finish(config: RetrieveConfig, plan: Any, result: Any, device: Any) -> dict[str, Any]:
