@@ -17,15 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cnnapps.datasets.formats.disk import (
-    image_size,
-    images_in_place,
-    images_root,
-    parse_xml,
-    path_from,
-    place_images,
-    safe_relative,
-)
+from cnnapps.datasets.formats.disk import image_size, images_root, parse_xml, place_images, safe_relative
 from cnnapps.datasets.formats.hub import (
     Builder,
     Collection,
@@ -254,12 +246,7 @@ def _keypoint(element: Any) -> list[float]:
 
 
 def write(data: Collection, out: Path, at: Path, report: Report, images_mode: str) -> dict[str, str]:
-    """``out.xml``, or ``out/annotations.xml`` (with ``out/images/`` when images are copied or linked, else each
-    image's name is the path from the XML's folder to the image where it is)."""
-    single = out.suffix.lower() == ".xml"
-    found: dict[int, Path] = {}
-    if images_mode == "none":
-        found = images_in_place(data.files, {im["id"]: im["file_name"] for im in data.coco["images"]}, report)
+    """``out.xml``, or ``out/annotations.xml`` (with ``out/images/`` when images are copied or linked)."""
     cats = dict(sorted(data.categories.items()))
     if any(a.get("iscrowd") for a in data.coco["annotations"]):
         report.note("crowd regions (iscrowd) left out: CVAT has no crowd marks")
@@ -269,11 +256,7 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
     by_image = data.by_image()
     targets: dict[int, Path] = {}
     for n, image in enumerate(data.coco["images"]):
-        name = image["file_name"]
-        if images_mode != "none":
-            name = str(safe_relative(name))
-        elif image["id"] in found:
-            name = path_from(out.parent if single else out, found[image["id"]])
+        name = str(safe_relative(image["file_name"])) if images_mode != "none" else image["file_name"]
         targets[image["id"]] = at / "images" / name
         element = ET.SubElement(
             root, "image", id=str(n), name=name, width=str(image["width"]), height=str(image["height"])
@@ -284,10 +267,10 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
                 group += 1
                 _shapes(element, ann, cats[ann["category_id"]], group, report)
     ET.indent(root)
-    xml = at if single else at / "annotations.xml"
+    xml = at if out.suffix.lower() == ".xml" else at / "annotations.xml"
     xml.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(xml, encoding="utf-8", xml_declaration=True)
-    where = {"annotations": str(out if single else out / "annotations.xml")}
+    where = {"annotations": str(out if out.suffix.lower() == ".xml" else out / "annotations.xml")}
     if images_mode != "none":
         place_images(data.files, targets, images_mode, report)
         where["images"] = str(out / "images")

@@ -1,7 +1,8 @@
 """``data convert`` with the images left where they are (``--image-files none``, the default for every format but
-YOLO): VOC and CVAT files name each image by the path from where their reader looks, so reading them back (and
-``data check``, and training) finds every image; a COCO file keeps COCO's way, names under the images folder the
-summary gives (``--images``); copied or linked images are named inside the output as before."""
+YOLO): VOC files name each image by a ``<path>`` from where their reader looks, so reading them back (and
+``data check``, and training) finds every image; CVAT and COCO files keep their tools' way, names under the images
+folder the summary gives (``--images``: CVAT matches frames by those names); copied or linked images are named
+inside the output as before."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def same_images(files: list[Path], tmp_path: Path) -> bool:
 
 @pytest.mark.parametrize(
     ("fmt", "out"),
-    [("voc", "out_voc"), ("cvat", "out_cvat"), ("cvat", "out.xml")],
+    [("voc", "out_voc")],
 )
 def test_outputs_without_their_images_name_them_where_they_are(tmp_path, fmt, out):
     done = convert(coco_set(tmp_path), tmp_path / out, to=fmt)
@@ -54,19 +55,19 @@ def test_outputs_without_their_images_name_them_where_they_are(tmp_path, fmt, ou
 
 
 def test_the_names_lead_from_the_files_folder(tmp_path):
-    """What each format writes: a relative path that survives moving the images and annotations together."""
+    """What VOC writes: a relative path that survives moving the images and annotations together; CVAT keeps the
+    source's names, by which CVAT matches its frames."""
     path = coco_set(tmp_path)
     convert(path, tmp_path / "voc", to="voc")
     convert(path, tmp_path / "cvat", to="cvat")
     xml = (tmp_path / "voc" / "Annotations" / "c d" / "y.xml").read_text()
     assert "<folder>../../../data/c d</folder>" in xml and "<filename>y.png</filename>" in xml
     assert "<path>../../../data/c d/y.png</path>" in xml
-    assert 'name="../data/a/x.png"' in (tmp_path / "cvat" / "annotations.xml").read_text()
+    assert 'name="a/x.png"' in (tmp_path / "cvat" / "annotations.xml").read_text()
     (tmp_path / "moved").mkdir()
-    for name in ("data", "voc", "cvat"):
+    for name in ("data", "voc"):
         (tmp_path / name).rename(tmp_path / "moved" / name)
-    for name in ("voc", "cvat"):
-        assert all(f.is_file() for f in found_images(tmp_path / "moved" / name)), name
+    assert all(f.is_file() for f in found_images(tmp_path / "moved" / "voc"))
     data, _, _ = read(tmp_path / "moved" / "voc")
     assert [im["file_name"] for im in data.coco["images"]] == NAMES  # VOC keeps the names; <path> finds the file
     assert data.images_root == tmp_path / "moved" / "data"
@@ -83,10 +84,10 @@ def test_names_climb_real_folders_and_keep_symlinked_ones(tmp_path):
         (tmp_path / "outs").symlink_to(tmp_path / "store" / "x" / "y", target_is_directory=True)
     except OSError:
         pytest.skip("no symlinks here")
-    for fmt, out in (("cvat", "c.xml"), ("voc", "voc")):
-        convert(tmp_path / "data" / "train.json", tmp_path / "outs" / out, to=fmt)
-        assert same_images(found_images(tmp_path / "outs" / out), tmp_path), fmt
-    assert 'name="../../../data/a/x.png"' in (tmp_path / "outs" / "c.xml").read_text()
+    convert(tmp_path / "data" / "train.json", tmp_path / "outs" / "voc", to="voc")
+    assert same_images(found_images(tmp_path / "outs" / "voc"), tmp_path)
+    xml = (tmp_path / "outs" / "voc" / "Annotations" / "a" / "x.xml").read_text()  # in store/x/y/voc/Annotations/a
+    assert "<path>../../../../../../data/a/x.png</path>" in xml
 
 
 @pytest.mark.parametrize("fmt", ["voc", "cvat", "coco"])
@@ -98,11 +99,10 @@ def test_copied_images_are_named_inside_the_output(tmp_path, fmt):
     assert "<path>" not in "".join(p.read_text() for p in (tmp_path / "out").rglob("*.xml"))
 
 
-@pytest.mark.parametrize("fmt", ["voc", "cvat"])
-def test_images_that_are_nowhere_keep_the_sources_names(tmp_path, fmt):
+def test_images_that_are_nowhere_keep_the_sources_names(tmp_path):
     path = coco_set(tmp_path)
     (tmp_path / "data" / "b" / "x.png").unlink()
-    done = convert(path, tmp_path / "out", to=fmt)
+    done = convert(path, tmp_path / "out", to="voc")
     assert (
         done.notes[-1] == "1 image not found where the source names it (b/x.png): written with the source's file names"
     )
