@@ -140,9 +140,8 @@ def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str
             f"rank {rank} of {world_size}: {report.parts} parts ({report.skipped} already finished), "
             f"embedded {report.embedded} images; when every rank is done: cnnapps index merge --index {index}"
         )
-    report_failed(report.failed)
-    if report.failed:  # as a single-process build: the merge still takes the parts, without those files
-        raise typer.Exit(EXIT_SOME_FAILED)
+    report_failed(report.failed)  # exit 0 all the same: a launcher (torchrun) stops every rank when one exits
+    # non-zero; `index merge` lists every rank's failed files and exits 1 for them
 
 
 def _build_on_ray(folder: list[str], index: Path, model: str | None, pooling: str, device: str, part_size: int,

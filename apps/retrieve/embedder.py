@@ -104,15 +104,18 @@ def save_embedding_model(
 def load_embedding_model(spec: str | os.PathLike, pooling: str = "avg",
                          head: str | None = None) -> tuple[EmbeddingModel, Preprocess, str]:  # fmt: skip
     """An embedding model with a fingerprint that changes whenever its weights or its pooling do: a model file's
-    embedding head (``head`` names one; else its only one, a file with several being a one-line error; for a file
-    without one its trunk with ``pooling``), or a registry name with pretrained weights."""
+    embedding head (``head`` names one, a head of another task being a one-line error; else its first, as the
+    index commands, which name no head, and indexes built with the file use it; for a file without one its trunk
+    with ``pooling``), or a registry name with pretrained weights."""
     model, preprocess, fingerprint, _ = _embedding_model(spec, pooling, head)
     return model, preprocess, fingerprint
 
 
-def _embedding_model(spec: str | os.PathLike, pooling: str,
-                     head: str | None) -> tuple[EmbeddingModel, Preprocess, str, str | None]:  # fmt: skip
-    """:func:`load_embedding_model` and the name of the model file's head it built (None: a trunk or a name)."""
+def _embedding_model(spec: str | os.PathLike, pooling: str, head: str | None,
+                     one: bool = False) -> tuple[EmbeddingModel, Preprocess, str, str | None]:  # fmt: skip
+    """:func:`load_embedding_model` and the name of the model file's head it built (None: a trunk or a name);
+    ``one``: a file with several embedding heads and none named is a one-line error (what an export writes must be
+    the head asked for)."""
     from cnnapps.backbones import create_backbone
     from cnnapps.bundle import FORMAT_V1, is_bundle_path, tensor_fingerprint
 
@@ -124,7 +127,7 @@ def _embedding_model(spec: str | os.PathLike, pooling: str,
 
     model_file = read_model_file(spec)
     heads = [n for n, h in model_file.heads.items() if h.task == "retrieve"]
-    if head is not None or len(heads) > 1:  # a head of another task, or several and none named: one-line errors
+    if head is not None or (one and len(heads) > 1):  # a head of another task, or several and none: one line
         heads = [model_file.head_named(head, "retrieve")]
     if model_file.format == FORMAT_V1:  # as this file's embeddings were always fingerprinted: by its bytes
         from cnnapps.backbones.weights import sha256_of
@@ -148,7 +151,9 @@ def exportable(spec: str | os.PathLike, task: str = "retrieve", **options: Any) 
     from cnnapps.exported import Exportable
     from cnnapps.quantize import Calibration, preprocessed_batch
 
-    model, preprocess, fingerprint, head = _embedding_model(spec, options.get("pooling", "avg"), options.get("head"))
+    model, preprocess, fingerprint, head = _embedding_model(
+        spec, options.get("pooling", "avg"), options.get("head"), one=True
+    )
     example = torch.zeros(1, *preprocess.input_size)
     with torch.no_grad():
         dim = int(model.eval()(example).shape[1])

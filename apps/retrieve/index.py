@@ -369,6 +369,16 @@ def _create(folder: Path, model: dict[str, Any], kind: str, unfinished: str | No
     return db
 
 
+def _gone(path: str) -> bool:
+    """Whether an indexed file was deleted: it is not there, or it is a link whose target was deleted from a folder
+    that is there (a link into a folder that cannot be reached now, a mount that is down, is kept)."""
+    if not os.path.lexists(path):
+        return True
+    if os.path.exists(path):
+        return False
+    return os.path.isdir(os.path.dirname(os.path.realpath(path)))
+
+
 def _unit_rows(array: np.ndarray) -> bool:
     """Whether every row of ``array`` is a unit vector (embeddings are; the rows of an image are not)."""
     norms = np.linalg.norm(np.atleast_2d(array).astype(np.float64), axis=-1)
@@ -616,12 +626,12 @@ class Index:
 
     def search(self, queries: Any, k: int = 10) -> list[list[Hit]]:
         """Top-``k`` hits per query: queries are unit vectors, (N, dim) or one (dim,), or images (embedded first).
-        A float array is taken for vectors by that shape, or when its rows are unit vectors (another model's: refused
-        below); a float grayscale image (H, W) is an image."""
+        A float array is taken for vectors when its rows are unit vectors (of another width: another model's, refused);
+        any other array, a float grayscale image (H, W) included, is an image."""
         if k < 1:
             raise RetrievalIndexError(f"k: at least 1 hit per query, not {k}")
         is_float = isinstance(queries, np.ndarray) and queries.dtype.kind == "f"
-        if is_float and queries.ndim in (1, 2) and (queries.shape[-1] == self.dim or _unit_rows(queries)):
+        if is_float and queries.ndim in (1, 2) and _unit_rows(queries):  # embeddings are unit vectors, images' rows not
             vectors = queries.reshape(-1, queries.shape[-1])
         else:
             _, vectors, errors = self.embedder().embed(queries)
@@ -822,7 +832,7 @@ class Index:
             new = sorted(on_disk - known.keys())
             # gone: deleted (or a link whose target was), not merely skipped by the walk (a file added by name
             # may have no image suffix)
-            gone = sorted(p for p in known.keys() - on_disk if not os.path.exists(p))
+            gone = sorted(p for p in known.keys() - on_disk if _gone(p))
             _, failed, removed = self._apply([*new, *changed], gone, embedder, progress, drop_failed=set(changed))
         bad = {f["path"] for f in failed}
         return {"added": len(set(new) - bad), "changed": len(set(changed) - bad), "removed": removed,

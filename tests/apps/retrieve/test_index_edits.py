@@ -113,6 +113,11 @@ def test_sync_drops_a_link_whose_target_was_deleted(indexed, stand_ins, tmp_path
     report = index.sync(folder, embedder=embedder)
     assert (report["removed"], report["failed"], report["items"]) == (1, [], 3)
     assert str(folder / "cat.png") not in index.paths()
+    # a link into a folder that cannot be reached now (a mount that is down) is kept: its target may come back
+    (folder / "dog.png").symlink_to(stand_ins.write_png(tmp_path / "mount" / "dog.png", seed=8))
+    assert index.sync(folder, embedder=embedder)["added"] == 1
+    (tmp_path / "mount").rename(tmp_path / "unmounted")
+    assert index.sync(folder, embedder=embedder)["removed"] == 0 and str(folder / "dog.png") in index.paths()
 
 
 def test_search_takes_a_float_grayscale_image_as_an_image_and_one_vector_as_one_query(
@@ -130,3 +135,5 @@ def test_search_takes_a_float_grayscale_image_as_an_image_and_one_vector_as_one_
     assert vector.shape == (index.dim,)
     assert [h.path for h in index.search(vector, k=1)[0]] == [paths[1]]  # was: "not an image"
     assert [[h.path for h in q] for q in index.search(np.stack([vector, vector]), k=1)] == [[paths[1]]] * 2
+    raw = np.full((index.dim, index.dim), 0.5, np.float32)  # a grey image as wide as the vectors: an image all the same
+    assert len(index.search(raw, k=1)) == 1

@@ -53,7 +53,7 @@ def test_two_processes_build_parts_and_the_merge_equals_one_process(run_cli, gal
     for proc in ranks:
         out, err = proc.communicate(timeout=300)
         reports.append(json.loads(out))
-        assert proc.returncode == (1 if reports[-1]["failed"] else 0), err[-2000:]  # exit 1 as a single build
+        assert proc.returncode == 0, err[-2000:]  # also the rank whose part held broken.jpg: merge reports it
     # 10 files in parts of 2: parts 0, 2, 4 for rank 0 and 1, 3 for rank 1; broken.jpg fails in one of them
     assert [(r["rank"], r["parts"], r["skipped"]) for r in reports] == [(0, 3, 0), (1, 2, 0)]
     assert sum(r["embedded"] for r in reports) == 9
@@ -216,16 +216,3 @@ def test_a_file_deleted_while_a_rank_embeds_fails_alone(tmp_path: Path) -> None:
     assert report.embedded == 4 and [f["path"] for f in report.failed] == [paths[2], paths[5]]
     index, failed = merge_parts(tmp_path / "idx")
     assert len(index) == 4 and [f["error"] for f in failed] == ["no such file"] * 2
-
-
-def test_a_rank_with_a_failed_image_exits_1(run_cli, tmp_path: Path) -> None:
-    import cv2
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    cv2.imwrite(str(folder / "a.png"), np.full((16, 16, 3), 90, np.uint8))
-    (folder / "broken.png").write_bytes(b"not a png")
-    code, out, err = run_cli("index", "build", folder, "--index", tmp_path / "idx", "--model", EMBEDDER, "--rank", "0",
-                             "--world-size", "1", "--device", "cpu", "--json")  # fmt: skip
-    report = json.loads(out)
-    assert code == 1 and report["embedded"] == 1 and "broken.png" in err  # was exit 0
