@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnapps.datasets.formats.hub import is_left
 from cnnapps.datasets.semantic import MaskError
 from cnnapps.errors import CnnappsError, ImageError
 from cnnapps.results import PALETTE
@@ -278,7 +279,7 @@ def _objects(rgb: np.ndarray, target: Any, data: Any, alpha: float = 0.45) -> np
             for j, p in enumerate(seen):
                 if p is not None:  # the person's left side in white, right in the class colour: a bad flip shows
                     name = data.keypoint_names[j] if j < len(data.keypoint_names) else ""
-                    fill = (255, 255, 255) if name.startswith(("left", "l_")) else colour
+                    fill = (255, 255, 255) if is_left(name) else colour
                     cv2.circle(out, p, thick + 2, fill, -1, cv2.LINE_AA)
                     cv2.circle(out, p, thick + 2, (0, 0, 0), 1, cv2.LINE_AA)
     return out

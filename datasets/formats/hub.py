@@ -347,6 +347,12 @@ _SIDE_PREFIXES = (("left", "right"), ("right", "left"), ("l_", "r_"), ("r_", "l_
 _SIDE_SUFFIXES = (("_left", "_right"), ("_right", "_left"), ("_l", "_r"), ("_r", "_l"))
 
 
+def is_left(name: str) -> bool:
+    """Whether a keypoint name says left (the spellings :func:`flip_index_from_names` reads)."""
+    low = str(name).lower()
+    return low.startswith(("left", "l_")) or low.endswith(("_left", "_l"))
+
+
 def flip_index_from_names(names: list[str] | tuple[str, ...]) -> list[int]:
     """For each keypoint, the one it becomes under a horizontal flip, from the names: ``left_eye`` <-> ``right_eye``
     (also ``Left Eye``/``Right Eye``, ``l_knee``/``r_knee``, ``eye_left``/``eye_right``, ``hip_l``/``hip_r``:

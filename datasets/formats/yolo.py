@@ -392,9 +392,11 @@ def _write_yaml(
     if k:
         first = next(c for c in kpt_cats if len(c["keypoints"]) == k)
         config["kpt_shape"] = [k, 3]
-        flip = first.get("flip_index")
-        flip = flip if is_permutation(flip, k) else flip_index_from_names(first["keypoints"])
-        if flip != list(range(k)):  # some keypoints swap sides
+        flip = first.get("flip_index")  # the data's own, even where no keypoint swaps (then flips are right too)
+        if not is_permutation(flip, k):
+            flip = flip_index_from_names(first["keypoints"])
+            flip = flip if flip != list(range(k)) else None  # derived: only where some keypoints swap sides
+        if flip:
             config["flip_idx"] = flip
         config["kpt_names"] = {
             i: list(c["keypoints"]) for i, c in enumerate(cats) if len(c.get("keypoints") or []) == k

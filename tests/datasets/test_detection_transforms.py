@@ -11,6 +11,7 @@ import pytest
 from cnnapps.apps.detect.zoo import COCO_KEYPOINTS
 from cnnapps.datasets.coco import Target
 from cnnapps.datasets.formats.hub import flip_index_from_names as flip_index
+from cnnapps.datasets.formats.hub import is_left
 from cnnapps.datasets.transforms import apply_detection_pipeline, detection_transform
 
 
@@ -42,6 +43,8 @@ def test_flip_index_from_names():
     assert flip_index(["Left Eye", "Right Eye", "Nose"]) == [1, 0, 2]
     assert flip_index(["eye_left", "eye_right", "hip_L", "hip_R", "l_knee", "r_knee"]) == [1, 0, 3, 2, 5, 4]
     assert flip_index(["left_hand", "right_foot", "leftover"]) == [0, 1, 2]  # no counterpart: stays
+    sides = [is_left(n) for n in ("Left Eye", "eye_left", "hip_L", "l_knee", "right_eye", "nose")]
+    assert sides == [True, True, True, True, False, False]  # data show draws the left side white
 
 
 def test_horizontal_flip_moves_everything_and_swaps_left_right():
