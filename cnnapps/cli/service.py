@@ -119,6 +119,13 @@ def serve(
         "--log-format",
         help="text, or json: one JSON line per request (request_id, route, status, latency_ms, images).",
     ),
+    forwarded_allow_ips: str = typer.Option(
+        None,
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="The proxies trusted to say who the client is (X-Forwarded-For): comma-separated addresses or networks, "
+        "* for any. Off by default: the client is the peer that connected.",
+    ),
     shutdown_delay: float = typer.Option(
         0.0,
         "--shutdown-delay",
@@ -151,7 +158,7 @@ def serve(
     routes = sorted({r.path for r in service.routes if "POST" in getattr(r, "methods", ())})
     guarded = f", {len(keys)} API key{'s' if len(keys) != 1 else ''}" if keys else ""
     echo(f"serving {', '.join(routes)} on http://{host}:{port} (page at /, API docs at /docs{guarded})", err=True)
-    server = create_server(service, host, port, keep_alive, shutdown_delay)
+    server = create_server(service, host, port, keep_alive, shutdown_delay, forwarded_allow_ips=forwarded_allow_ips)
     server.run()
     if not server.started:  # uvicorn said why (e.g. the port is taken)
         raise typer.Exit(1)

@@ -208,9 +208,15 @@ def _deadline_protocol(request_timeout_s: float, linger_s: float) -> type:
 
 
 def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_alive_s: float = 5.0,
-                  log_level: str = "warning") -> uvicorn.Config:  # fmt: skip
+                  log_level: str = "warning",
+                  forwarded_allow_ips: str | Sequence[str] | None = None) -> uvicorn.Config:  # fmt: skip
     """uvicorn's ``Config`` for ``app``: idle kept-alive connections close after ``keep_alive_s``, and a request
-    must arrive whole within the app's ``request_timeout_s`` (what ``cnnapps serve`` and ``running`` use)."""
+    must arrive whole within the app's ``request_timeout_s`` (what ``cnnapps serve`` and ``running`` use).
+
+    The client of a request is the peer that connected, whatever ``X-Forwarded-For`` says (a client could name
+    any address there, and so escape the per-client limit), unless ``forwarded_allow_ips`` names the proxies
+    trusted to set it (addresses or networks, comma-separated or a list; ``"*"``: any peer): then the address
+    they forward is the client, as uvicorn's ``--forwarded-allow-ips`` does."""
     import uvicorn
 
     request_timeout_s = getattr(app.state, "request_timeout_s", 60.0)
@@ -219,15 +225,20 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_
     if getattr(app.state, "log_format", "text") == "json":  # uvicorn's own messages as JSON lines too
         use_json_logs("uvicorn")
         logs["log_config"] = None
+    proxies: dict[str, Any] = {"proxy_headers": False}
+    if forwarded_allow_ips:
+        trusted = forwarded_allow_ips if isinstance(forwarded_allow_ips, str) else ",".join(forwarded_allow_ips)
+        proxies = {"proxy_headers": True, "forwarded_allow_ips": trusted}
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
-                          timeout_keep_alive=keep_alive_s, **logs)  # type: ignore[arg-type]  # fmt: skip
+                          timeout_keep_alive=keep_alive_s, **proxies, **logs)  # type: ignore[arg-type]  # fmt: skip
 
 
 def create_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_alive_s: float = 5.0,
-                  shutdown_delay_s: float = 0.0, log_level: str = "warning") -> uvicorn.Server:  # fmt: skip
-    """uvicorn's ``Server`` for ``app`` (``server_config``'s deadlines) that shuts down gracefully. On SIGTERM or
-    SIGINT, ``/readyz`` answers 503 at once; the server goes on serving for ``shutdown_delay_s`` (time for a load
-    balancer to see it), then stops accepting connections, answers every request it has (those waiting in a
+                  shutdown_delay_s: float = 0.0, log_level: str = "warning",
+                  forwarded_allow_ips: str | Sequence[str] | None = None) -> uvicorn.Server:  # fmt: skip
+    """uvicorn's ``Server`` for ``app`` (``server_config``'s deadlines and proxies) that shuts down gracefully. On
+    SIGTERM or SIGINT, ``/readyz`` answers 503 at once; the server goes on serving for ``shutdown_delay_s`` (time for
+    a load balancer to see it), then stops accepting connections, answers every request it has (those waiting in a
     micro-batcher too), closes the models and returns, so the process exits 0. A second signal cuts the delay
     short; Ctrl+C once more stops without waiting for requests (uvicorn's force exit)."""
     import signal
@@ -273,7 +284,7 @@ def create_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
-    return GracefulServer(server_config(app, host, port, keep_alive_s, log_level))
+    return GracefulServer(server_config(app, host, port, keep_alive_s, log_level, forwarded_allow_ips))
 
 
 @dataclass
@@ -302,13 +313,26 @@ class Served:
                                     "engine": getattr(self.predictor, "engine", None)}  # fmt: skip
             if len(self.heads) > 1:
                 info["head"] = head
-            predictor = getattr(self.predictor, "predictor", None)  # a one-task model's own predictor
-            if predictor is not None and hasattr(predictor, "class_names"):
-                info["classes"] = len(predictor.class_names)
-            if predictor is not None and hasattr(predictor, "dim"):
-                info["dim"] = predictor.dim
-            entries.append(info)
+            entries.append({**info, **self.sizes(head)})
         return entries
+
+    def sizes(self, head: str) -> dict[str, int]:
+        """``classes`` (how many a head tells apart) or ``dim`` (an embedding's size) of one head, where known."""
+        heads = getattr(self.predictor, "heads", None)  # a model file's heads on one trunk: (info, adapter, model)
+        if isinstance(heads, dict) and head in heads:
+            model = heads[head][2]
+            if hasattr(model, "embed_features"):  # an embedding: its projection's size, or the trunk's pooled map's
+                projection = getattr(model, "projection", None)
+                return {"dim": int(projection.out_features if projection is not None else model.backbone.embedding_dim)}
+            names = getattr(model, "class_names", None) or getattr(getattr(model, "spec", None), "class_names", None)
+            return {"classes": len(names)} if names else {}  # a captioner has words, not classes
+        predictor = getattr(self.predictor, "predictor", None)  # a one-task model's own predictor
+        found = {}
+        if predictor is not None and hasattr(predictor, "class_names"):
+            found["classes"] = len(predictor.class_names)
+        if predictor is not None and hasattr(predictor, "dim"):
+            found["dim"] = int(predictor.dim)
+        return found
 
     def label(self, head: str) -> str:
         """How requests name one head: the model's name, or ``name/head`` when it has two of one task."""
@@ -481,6 +505,35 @@ def _images_from_json(body: bytes, max_images: int) -> tuple[list[Image], bool]:
     return [_from_base64(text) for text in texts], True
 
 
+def _still_image(path: str) -> str | None:
+    """What the file at ``path`` is when FFmpeg reads it as one still picture (an image demuxer, or a GIF of one
+    frame): ``"a still JPEG image"``, ``"a still PNG image"``, ...; else None: a video."""
+    import av
+
+    with av.open(path) as container:
+        demuxer = container.format.name
+        frames = container.streams.video[0].frames if container.streams.video else 0
+    if demuxer.endswith("_pipe"):  # jpeg_pipe, png_pipe, webp_pipe, ...: one picture each
+        return f"a still {demuxer.removesuffix('_pipe').upper()} image"
+    if demuxer == "gif" and frames <= 1:
+        return "a still GIF image"
+    return "a still image" if demuxer == "image2" else None
+
+
+def _check_frame_size(width: int | None, height: int | None) -> None:
+    """A clip's frames within the limits an image has (pixels, and sides' ratio), from the header: 422 otherwise."""
+    from cnnapps.datasets import io
+
+    if not width or not height:
+        raise RequestError(422, "video: its header does not say the frame size")
+    if io.DEFAULT_MAX_PIXELS is not None and width * height > io.DEFAULT_MAX_PIXELS:
+        raise RequestError(422, f"video: {width}x{height} frames have {width * height:,} pixels, over the limit of "
+                           f"{io.DEFAULT_MAX_PIXELS:,} an image may have")  # fmt: skip
+    if io.DEFAULT_MAX_ASPECT is not None and max(width, height) > io.DEFAULT_MAX_ASPECT * min(width, height):
+        raise RequestError(422, f"video: {width}x{height} frames are more elongated than the limit of "
+                           f"{io.DEFAULT_MAX_ASPECT:g}:1 an image may have")  # fmt: skip
+
+
 def _thumbnail(path: str, size: int) -> bytes:
     """The image file at ``path`` (read with the image reader's limits), its longer side at most ``size``, as JPEG."""
     import cv2
@@ -510,17 +563,18 @@ def _overlay(image: bytes, result: Any) -> str:
 
 
 @contextlib.contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, keep_alive_s: float = 5.0) -> Iterator[str]:
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, keep_alive_s: float = 5.0,
+            forwarded_allow_ips: str | Sequence[str] | None = None) -> Iterator[str]:  # fmt: skip
     """Serve ``app`` with uvicorn on a background thread (port 0: a free one) and yield its URL; stops on exit.
     For tests, scripts and notebooks; ``cnnapps serve`` runs uvicorn in the foreground (both with
-    ``server_config``'s deadlines)."""
+    ``server_config``'s deadlines and proxies)."""
     import socket
 
     if port == 0:
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    server = create_server(app, host, port, keep_alive_s)
+    server = create_server(app, host, port, keep_alive_s, forwarded_allow_ips=forwarded_allow_ips)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -598,6 +652,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lifecycle.draining = False  # served again after a shutdown (the batchers start again when asked)
         yield
         lifecycle.draining = True
         for s in served:
@@ -670,7 +725,11 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _failed(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        """What escaped the request log (which answers the routes' exceptions itself): nothing of it is told."""
+        request_id = request.scope.get("cnnapps", {}).get("request_id")
+        headers = {"x-request-id": request_id} if request_id else None
+        message = "internal error; see the server log" + (f", request id {request_id}" if request_id else "")
+        return JSONResponse({"error": message}, status_code=500, headers=headers)
 
     async def read_body(request: Request, limit: int = limit) -> bytes:
         """The body as it streams in (any framing, chunked too): 413 as soon as it passes the limit, 408 when
@@ -812,6 +871,11 @@ def create_app(
                 info = await run_in_threadpool(probe, str(path))
             except VideoError as exc:
                 raise RequestError(422, f"video: {str(exc).split(': ', 1)[-1]}") from None
+            still = await run_in_threadpool(_still_image, str(path))
+            if still is not None:
+                route = request.url.path.removesuffix("/video")
+                raise RequestError(422, f"video: {still}, not a video: send it to {route}")
+            _check_frame_size(info.get("width"), info.get("height"))  # before a frame is decoded
             duration = info.get("duration") or 0.0
             if duration > max_clip_s:
                 raise RequestError(413, f"video of {duration:.1f} s is over the {max_clip_s:g}-second limit")
@@ -910,6 +974,8 @@ def create_app(
                 raise RequestError(422, f"size {size}: must be between 16 and {MAX_THUMBNAIL}")
 
             def find() -> str | None:
+                if not 0 <= id < 2**63:  # no row has it (and SQLite cannot even be asked past 64 bits)
+                    return None
                 with index_lock:
                     return opened.item_path(id)
 

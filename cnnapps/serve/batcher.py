@@ -4,7 +4,8 @@ A batch closes when it holds ``max_batch`` items or ``max_wait_ms`` after its fi
 whichever comes first; it then runs on the model's own thread while the next batch gathers.
 ``max_batch=1`` is one request at a time. When a batch fails, its items run again one by one, so a
 bad input fails its own request only and the others of its batch get their answers. ``submit_many`` queues
-all the images of one request at once, so they fill batches together.
+all the images of one request at once, so they fill batches together. The queue and its worker belong to the event
+loop that submits: an app served again (a second ``TestClient`` or ``running`` block, after ``close``) gets new ones.
 """
 
 from __future__ import annotations
@@ -33,19 +34,29 @@ class MicroBatcher:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch {max_batch} / max_wait_ms {max_wait_ms}: need >= 1 and >= 0")
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
-        self.on_batch = on_batch
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"cnnapps-{name}")
+        self.on_batch, self.name = on_batch, name
+        self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] | None = None
         self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.items = 0
         self.pending = 0
 
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A worker on ``loop``, and a queue if the last one is another loop's (the items of a loop gone are lost)."""
+        if self._queue is None or self._loop is not loop:
+            self._queue, self.pending = asyncio.Queue(), 0
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"cnnapps-{self.name}")
+        self._loop = loop
+        self._worker = loop.create_task(self._serve(self._queue, self._executor))
+
     def _enqueue(self, item: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._serve())
+        if self._queue is None or self._loop is not loop or self._worker is None or self._worker.done():
+            self._start(loop)
+        assert self._queue is not None
         future: asyncio.Future = loop.create_future()
         self._queue.put_nowait((item, future))  # unbounded: never waits
         self.pending += 1
@@ -60,32 +71,31 @@ class MicroBatcher:
         futures = [self._enqueue(item) for item in items]
         return await asyncio.gather(*futures, return_exceptions=True)
 
-    async def _serve(self) -> None:
-        assert self._queue is not None
+    async def _serve(self, queue: asyncio.Queue[tuple[Any, asyncio.Future]], executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = [await queue.get()]
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    while len(batch) < self.max_batch and not self._queue.empty():
-                        batch.append(self._queue.get_nowait())  # already waiting: no reason to leave them
+                    while len(batch) < self.max_batch and not queue.empty():
+                        batch.append(queue.get_nowait())  # already waiting: no reason to leave them
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                    batch.append(await asyncio.wait_for(queue.get(), left))
                 except asyncio.TimeoutError:  # a distinct class before Python 3.11
                     break
             items = [item for item, _ in batch]
             self.pending -= len(batch)
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+                outputs = await loop.run_in_executor(executor, self._run_batch, items)
             except Exception as exc:
                 if len(batch) == 1:
                     self._answer(batch, [_Failed(exc)])
                     continue
                 # which item broke it? each runs alone: the culprits hear why, the others get their answer
-                self._answer(batch, await loop.run_in_executor(self._executor, self._run_alone, items))
+                self._answer(batch, await loop.run_in_executor(executor, self._run_alone, items))
                 continue
             self._count(len(items))
             self._answer(batch, outputs)
@@ -125,6 +135,10 @@ class MicroBatcher:
                 future.set_result(output)
 
     def close(self) -> None:
+        """Stop the worker and its thread; the next ``submit`` (on any event loop) starts new ones."""
         if self._worker is not None:
             self._worker.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._worker = self._executor = self._queue = self._loop = None
+        self.pending = 0

@@ -123,7 +123,8 @@ class ApiKeyCheck:
 
 class ClientLimit:
     """ASGI middleware: at most ``limit`` requests at once to ``/v1`` routes from one client address (429 past it).
-    The address is the peer's, or the ``X-Forwarded-For`` one uvicorn takes from a trusted proxy."""
+    The address is the peer's, or the ``X-Forwarded-For`` one uvicorn takes from a proxy trusted with
+    ``--forwarded-allow-ips`` (none by default: a client could name any address there)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -144,6 +145,16 @@ class ClientLimit:
             self.active[client] -= 1
             if self.active[client] <= 0:
                 del self.active[client]
+
+
+#: the methods counted under their own name in the metrics; any other is ``other`` (a label per made-up method
+#: would let any client add series without end)
+METHODS = ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH")
+
+
+def method_label(method: str) -> str:
+    """The metrics label of an HTTP method: one of :data:`METHODS`, or ``other``."""
+    return method if method in METHODS else "other"
 
 
 #: errors counted by kind: a refused request's status, or ``image`` for one bad image among good ones
@@ -220,11 +231,13 @@ class JsonLines(logging.Handler):
 
 
 ACCESS_LOG = "cnnapps.serve.access"
+#: where a request that failed with an unexpected exception is logged, with its traceback and request id
+ERROR_LOG = "cnnapps.serve.error"
 
 
 def use_json_logs(*names: str) -> None:
-    """Send the named loggers (the access log, uvicorn's own) to standard error as JSON lines."""
-    for name in (ACCESS_LOG, *names):
+    """Send the named loggers (the access and error logs, uvicorn's own) to standard error as JSON lines."""
+    for name in (ACCESS_LOG, ERROR_LOG, *names):
         logger = logging.getLogger(name)
         if not any(isinstance(h, JsonLines) for h in logger.handlers):
             logger.addHandler(JsonLines())
@@ -237,7 +250,9 @@ class RequestLog:
     """ASGI middleware, outermost: gives every request an id (a sane ``X-Request-ID`` sent by the client, else a new
     one) echoed in the answer's ``X-Request-ID``, counts it in the metrics and, with ``log`` on, writes one JSON
     line when it is answered: request_id, method, route, path, status, latency_ms, images, client.
-    Routes note how many images a request carried in ``scope["cnnapps"]["images"]``.
+    Routes note how many images a request carried in ``scope["cnnapps"]["images"]``. A request that fails with an
+    unexpected exception is answered 500 with its id and a message that tells nothing of the exception, which is
+    logged (``ERROR_LOG``) with its traceback and the request id.
 
     The route is the template of the app's route the path asks for, also when a middleware refused the request
     before it reached the route (401, 429, a wrong Host); ``unmatched`` for paths no route answers (``router``: the
@@ -282,13 +297,32 @@ class RequestLog:
             await send(message)
 
         self.metrics.in_progress.inc()
+        started = False
+
+        async def send_noted(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_noted)
+        except Exception:
+            logging.getLogger(ERROR_LOG).error(
+                {"request_id": request_id, "method": scope["method"], "path": scope["path"],
+                 "message": "unhandled exception"} if self.log
+                else f"request {request_id} ({scope['method']} {scope['path']}) failed: unhandled exception",
+                exc_info=True,
+            )  # fmt: skip
+            if started:  # part of the answer is gone: the server cuts the connection
+                raise
+            message = f"internal error; see the server log, request id {request_id}"
+            await JSONResponse({"error": message}, status_code=500)(scope, receive, send_with_id)
         finally:
             self.metrics.in_progress.dec()
             elapsed = time.perf_counter() - start
             route = self.route(scope)
-            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            method = method_label(scope["method"])
+            self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()
             self.metrics.latency.labels(route=route).observe(elapsed)
             if status >= 400:
                 self.metrics.errors.labels(kind=ERROR_KINDS.get(status, str(status))).inc()

@@ -182,6 +182,9 @@ def test_thumbnails_come_only_from_the_index_s_own_rows(gallery: TestClient, pho
     ids = [h["id"] for h in hits]
     cases = [
         ("/v1/retrieve/thumbnail?id=9999", 404, "no image with id 9999 in the index"),
+        ("/v1/retrieve/thumbnail?id=-1", 404, "no image with id -1 in the index"),
+        ("/v1/retrieve/thumbnail?id=99999999999999999999999", 404, "no image with id 99999999999999999999999 in"),
+        (f"/v1/retrieve/thumbnail?id={2**63}", 404, f"no image with id {2**63} in the index"),
         (f"/v1/retrieve/thumbnail?id={ids[0]}&size=5000", 422, "size 5000: must be between 16 and 512"),
         ("/v1/retrieve/thumbnail?path=/etc/passwd", 422, "id"),
         ("/v1/retrieve/thumbnail?id=../../etc/passwd", 422, "id"),

@@ -387,7 +387,7 @@ def test_models_alike_in_name_and_task_get_names_of_their_own(
 def test_a_client_over_its_concurrency_limit_gets_429_and_others_are_served(pictures: dict[str, bytes]) -> None:
     app = create_app([LENET], max_batch=64, max_wait_ms=3000, warm_up=False, max_concurrent_per_client=2)
     upload = _files("image", pictures["cat"])
-    with running(app) as url:
+    with running(app, forwarded_allow_ips="127.0.0.1") as url:  # a proxy on this machine
         answers: dict[int, httpx.Response] = {}
 
         def ask(k: int) -> None:
