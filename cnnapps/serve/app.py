@@ -370,6 +370,24 @@ def _runner(predictor: Any) -> Any:
     return run
 
 
+#: how a key is sent (operations.ApiKeyCheck takes either), as OpenAPI security schemes
+KEY_SCHEMES = {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+               "bearer": {"type": "http", "scheme": "bearer"}}  # fmt: skip
+
+
+def _schema_with_keys(app: FastAPI) -> None:
+    """``app``'s OpenAPI schema with the API-key schemes, asked of every operation (either one)."""
+    made = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = made()
+        schema.setdefault("components", {})["securitySchemes"] = KEY_SCHEMES
+        schema["security"] = [{name: []} for name in KEY_SCHEMES]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _name(spec: str) -> str:
     from cnnapps.apps.modelfile import file_label
 
@@ -667,6 +685,8 @@ def create_app(
         docs_url=None,  # served below with local Swagger UI files
         redoc_url=None,  # ReDoc would come from a CDN
     )
+    if api_keys:  # the schema says so: /docs then has an "Authorize" button that sends the key
+        _schema_with_keys(app)
     app.state.request_timeout_s = request_timeout_s
     app.state.lifecycle, app.state.metrics, app.state.log_format = lifecycle, metrics, log_format
     # the last added is the outermost: request log -> Host check -> CORS -> API key -> per-client limit -> routes

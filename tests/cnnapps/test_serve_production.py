@@ -178,9 +178,13 @@ def test_api_keys_guard_every_v1_route_and_leave_probes_open(pictures: dict[str,
             assert c.get(path).status_code == 401, path
         for path in ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/openapi.json", "/"):
             assert c.get(path).status_code == 200, path
+        schema = c.get("/openapi.json").json()  # /docs offers to send a key ("Authorize")
+        assert set(schema["components"]["securitySchemes"]) == {"apiKey", "bearer"}
+        assert schema["security"] == [{"apiKey": []}, {"bearer": []}]
     closed = create_app([LENET], warm_up=False, api_keys=["k-1"], metrics_need_key=True)
     with TestClient(closed, base_url="http://localhost") as c:
         assert c.get("/metrics").status_code == 401
+        assert "securitySchemes" in c.get("/openapi.json").json()["components"]
         assert c.get("/metrics", headers={"x-api-key": "k-1"}).status_code == 200
 
 
