@@ -100,12 +100,22 @@ def test_caption_json_beam_and_attention_pictures(run_cli, data, captioner, tmp_
 
 
 def test_eval_caption_json(run_cli, data, captioner, tmp_path, monkeypatch):
+    from cnnapps.apps.caption import evaluate
+
+    class Meteor:  # pycocoevalcap's own runs a JVM that loads its paraphrase table (8 s): what is tested is the wiring
+        def compute_score(self, gts, res):
+            assert gts.keys() == res.keys() and all(isinstance(c, str) for v in res.values() for c in v)
+            return 0.25, [0.25] * len(res)
+
+    monkeypatch.setattr("pycocoevalcap.meteor.meteor.Meteor", Meteor)
     code, out, err = run_cli("eval", "caption", "--model", captioner / "model.safetensors", "--data",
                              data / "val.json", "--images", data / "val", "--json",
                              "--save-results", tmp_path / "res.json")  # fmt: skip
     assert code == 0, err
     report = json.loads(out)
     assert report["images"] == 4 and {"bleu1", "bleu4", "cider"} <= set(report["scores"])
+    # with Java: captions tokenised by PTB's tokenizer and METEOR scored (the stand-in's 0.25)
+    assert report["scores"].get("meteor") == (0.25 if evaluate.java_available() else None)
     assert len(json.loads((tmp_path / "res.json").read_text())) == 4
     # the table: without Java (its tokenizer and METEOR cost seconds, and the JSON run above had them)
     monkeypatch.setattr("cnnapps.apps.caption.evaluate.java_available", lambda: False)
