@@ -30,6 +30,10 @@ def read_data(config: SemanticConfig) -> tuple[Any, Any]:
     layout), never in the training ``--masks`` folder."""
     from cnnapps.datasets.semantic import SemanticDataError, own_masks, read_semantic_data, split_set
 
+    for name in ("val_masks", "val_images"):  # said of --val-data: without it they would be left unused, unsaid
+        if getattr(config, name) and not config.val_data:
+            raise SemanticDataError(f"--{name.replace('_', '-')} {getattr(config, name)}: it belongs to --val-data, "
+                                    "which is not given (the validation images)")  # fmt: skip
     common = {"classes": config.classes, "ignore_index": config.ignore_index}
     train = read_semantic_data(config.data, masks=config.masks, images=config.images, split="train", **common)
     if config.val_data:

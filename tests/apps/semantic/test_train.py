@@ -37,3 +37,6 @@ def test_validation_masks_are_the_validation_datas_own(tmp_path):
     _pairs(tmp_path / "flat", None, 0)
     with pytest.raises(SemanticDataError, match=r"flat: no masks for the validation images .* with --val-masks$"):
         read_data(SemanticConfig(**common, val_data=str(tmp_path / "flat")))
+    for name in ("val_masks", "val_images"):  # without --val-data they were ignored, not a word said
+        with pytest.raises(SemanticDataError, match=rf"^--{name.replace('_', '-')} .*: it belongs to --val-data"):
+            read_data(SemanticConfig(**common, **{name: str(tmp_path / "val" / "masks")}))
