@@ -15,7 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cnnapps.datasets.formats.disk import image_size, is_image, place_images, read_names, safe_relative, walk
+from cnnapps.datasets.formats.disk import (
+    image_size,
+    is_image,
+    path_from,
+    place_images,
+    read_names,
+    safe_relative,
+    walk,
+)
 from cnnapps.datasets.formats.hub import (
     Builder,
     Collection,
@@ -264,8 +272,7 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
             targets[image["id"]] = at / rel
             image_path = rel.name
         elif image["id"] in data.files:
-            image_path = Path(os.path.relpath(data.files[image["id"]].absolute(), (out / rel).parent.absolute()))
-            image_path = image_path.as_posix()
+            image_path = path_from((out / rel).parent, data.files[image["id"]])
         else:
             image_path = rel.name
         shapes = []
