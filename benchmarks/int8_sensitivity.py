@@ -12,7 +12,10 @@ calibration photos, the same preprocessing): the bundled model with its batch no
 - each convolution alone rounded (its weights and its input), everything else fp32: the top-1 answers it changes.
 
 Top-1 agreement with the fp32 model on the held-out images, and among the images whose fp32 top two probabilities
-are at least 0.05 apart (near-ties change with any rounding).
+are at least 0.05 apart (near-ties change with any rounding). Beside them, how far these answers move without any
+quantization (the floor any 8-bit model is judged against): the fp32 model on the same photos with noise of one grey
+level added (Gaussian, sigma 1/255 of the pixel range, before normalisation) or saved once more as JPEG (quality 95),
+and the whole model in fp16.
 
     python benchmarks/int8_sensitivity.py [--check-images 100] [--calibration-images 64] [--write]
 """
@@ -112,6 +115,18 @@ def simulate(model: Any, x: Any, cal: Any, weight_bits: int | None, activations:
         return torch.cat([model(x[i : i + 16]) for i in range(0, len(x), 16)])
 
 
+def resave(images: list[Any], folder: Path) -> list[Path]:
+    """``images`` (RGB uint8) written to ``folder`` as JPEG, quality 95: the files to read back."""
+    import cv2
+    import numpy as np
+
+    out = []
+    for k, rgb in enumerate(images):
+        out.append(folder / f"{k:04d}.jpg")
+        cv2.imwrite(str(out[-1]), np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check-images", type=int, default=100)
@@ -133,6 +148,7 @@ def main() -> None:
         write_variants(tmp / "cal", CALIBRATION_PHOTOS, args.calibration_images, seed=1)
         x, cal = (torch.from_numpy(np.stack([member.preprocess(read_image(p)) for p in image_paths(tmp / part)]))
                   for part in ("check", "cal"))  # fmt: skip
+        photos = [read_image(p) for p in image_paths(tmp / "check")]
     model = folded(member.model.eval())
     with torch.no_grad():
         reference = model(x)
@@ -147,6 +163,19 @@ def main() -> None:
         return same.float().mean().item(), same[clear].float().mean().item()
 
     rows = []
+    std = torch.tensor(member.preprocess.std).reshape(1, 3, 1, 1)
+    noisy = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * (1 / 255) / std
+    with tempfile.TemporaryDirectory(prefix="cnnapps-int8-") as name:
+        resaved = torch.from_numpy(np.stack([member.preprocess(read_image(p)) for p in resave(photos, Path(name))]))
+    with torch.no_grad():
+        for label, logits in (
+            ("nothing: fp32, one grey level of noise on the input", model(noisy)),
+            ("nothing: fp32, the photos saved once more as JPEG (quality 95)", model(resaved)),
+            ("everything in fp16 (weights and activations)", model.half()(x.half()).float()),
+        ):
+            rows.append((label, *agreement(logits)))
+            print(f"{label}: {rows[-1][1]:.1%} ({rows[-1][2]:.1%} of the clear ones)", flush=True)
+            model.float()
     for label, kwargs in (
         ("weights 8 bits per channel, activations fp32", dict(weight_bits=8, activations=False)),
         ("weights 7 bits per channel (the export's), activations fp32", dict(weight_bits=7, activations=False)),

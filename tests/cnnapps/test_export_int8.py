@@ -356,3 +356,15 @@ def test_check_images_spelled_otherwise_than_the_calibration_ones_are_not_held_o
     absolute = [str(tmp_path / "cal" / n) for n in ("a.png", "b.png")]
     assert split_held_out(absolute, ["cal/a.png"])[2] is False  # the same file, named from here
     assert split_held_out(absolute[:1], ["cal/b.png"])[2] is True
+
+
+def test_top1_check_also_scores_the_images_where_fp32_is_clear() -> None:
+    from cnnapps.quantize import _top1, describe_check
+
+    fp32 = np.log(np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.41, 0.40, 0.19], [0.2, 0.5, 0.3]]))
+    int8 = fp32.copy()
+    int8[2] = np.log([0.40, 0.41, 0.19])  # a near-tie swaps
+    check = _top1([([fp32[i : i + 1]], [int8[i : i + 1]]) for i in range(4)])
+    assert check["value"] == 0.75 and check["clear_images"] == 3 and check["clear_agreement"] == 1.0
+    said = describe_check({**check, "images": 4, "held_out": True}, "int8")
+    assert "on 75.0%" in said and "on 100.0% of the 3 whose fp32 top two probabilities are 0.05 or more apart" in said
