@@ -115,6 +115,25 @@ def read_for_batch(
         return name, None, f"{type(exc).__name__}: {exc}"
 
 
+def decoded_pixels(src: object) -> int:
+    """What decoding ``src`` costs at its peak, in the 8-bit pixels ``max_pixels`` counts (a 16-bit image's count
+    twice), from the header alone; an array's own pixels; 0 for an input whose header cannot be read (it fails
+    before a pixel is decoded) and for paths and PIL images."""
+    if isinstance(src, np.ndarray):
+        return int(src.shape[0] * src.shape[1]) if src.ndim >= 2 else 0
+    if not isinstance(src, (bytes, bytearray, memoryview)):
+        return 0
+    data = src if isinstance(src, bytes) else bytes(src)
+    fmt = sniff_format(data)
+    if fmt is None:
+        return 0
+    try:
+        header = _read_header(data, fmt, "<bytes>")
+    except ImageError:
+        return 0
+    return max(0, header.width) * max(0, header.height) * header.decode_bytes_per_pixel // _BYTES_PER_8BIT_PIXEL
+
+
 def describe_input(src: object) -> str:
     """How an input is named in results and messages: its path, or ``<bytes>``/``<array>``/``<PIL image>``."""
     if isinstance(src, (str, os.PathLike)):

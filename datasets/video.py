@@ -202,9 +202,16 @@ class VideoSource:
     on from the wall clock. ``fps`` is the frame rate of image sequences (25 by default) and of sources
     that do not state one.
 
+    ``max_pixels`` and ``max_aspect`` (None: no limit) bound the frames' size as :func:`~cnnapps.datasets.io.read_image`
+    bounds an image's: a header whose frames go over them (or that does not say their size) is a :class:`VideoError`
+    from the constructor, before a frame is decoded; a later frame that goes over them (larger than the header said)
+    ends the video with a :class:`VideoError` before it is converted to RGB.
+
     Attributes: ``name`` (the spec), ``live``, ``fps``, ``width``, ``height``, ``duration`` (seconds, when
     known), ``frames`` (the number of frames expected after start, end and stride, when the container says),
-    ``frames_read`` (frames read after start, end and stride, those dropped included) and ``dropped``.
+    ``frames_read`` (frames read after start, end and stride, those dropped included), ``dropped``,
+    ``container_format`` (FFmpeg's demuxer: ``mov,mp4,m4a,3gp,3g2,mj2``, ``png_pipe``...; None for an image
+    sequence) and ``still`` (FFmpeg reads the source as one still picture: an image demuxer, or a GIF of one frame).
     A source is read once; ``close()`` (or leaving a ``with`` block, or breaking out of the loop) stops the
     reader. Nothing is kept per frame, so memory does not grow with the video's length.
     """
@@ -223,9 +230,12 @@ class VideoSource:
         retries: int | None = None,
         fps: float | None = None,
         on_event: Callable[[str], None] | None = None,
+        max_pixels: int | None = None,
+        max_aspect: float | None = None,
     ) -> None:
         self.name = os.fspath(spec) if not isinstance(spec, str) else spec
-        self._check_options(stride, start, end, queue, timeout, retries, fps)
+        self._check_options(stride, start, end, queue, timeout, retries, fps, max_pixels, max_aspect)
+        self.max_pixels, self.max_aspect = max_pixels, max_aspect
         self._kind = _kind(self.name) or "file"
         self._remote = self._kind in ("webcam", "stream", "http")  # the end of the data is a disconnect
         self.live = bool(live) if live is not None else self._remote
@@ -237,6 +247,8 @@ class VideoSource:
         self.height: int | None = None
         self.frames: int | None = None
         self.duration: float | None = None
+        self.container_format: str | None = None
+        self.still = False
         self.frames_read = 0
         self.dropped = 0
         self._fps_given = fps
@@ -258,12 +270,17 @@ class VideoSource:
             self._open_sequence()
         else:
             self._open_av()
-            self._describe_av()
+            try:
+                self._describe_av()
+                self._check_header_size()
+            except BaseException:
+                self._close_container()
+                raise
 
     @staticmethod
     def _check_options(
         stride: int, start: float | None, end: float | None, queue: int, timeout: float, retries: int | None,
-        fps: float | None,
+        fps: float | None, max_pixels: int | None, max_aspect: float | None,
     ) -> None:  # fmt: skip
         problems = []
         if not isinstance(stride, int) or stride < 1:
@@ -280,6 +297,10 @@ class VideoSource:
             problems.append(f"retries must be >= 0, not {retries!r}")
         if fps is not None and not (fps > 0 and math.isfinite(fps)):
             problems.append(f"fps must be > 0, not {fps!r}")
+        if max_pixels is not None and not (isinstance(max_pixels, int) and max_pixels >= 1):
+            problems.append(f"max_pixels must be a whole number >= 1, not {max_pixels!r}")
+        if max_aspect is not None and not (max_aspect >= 1 and math.isfinite(max_aspect)):
+            problems.append(f"max_aspect must be >= 1, not {max_aspect!r}")
         if problems:
             raise CnnappsError("video options: " + "; ".join(problems))
 
@@ -316,10 +337,34 @@ class VideoSource:
 
         path = _sequence_path(prefix, width, suffix, first)
         try:
-            rgb = read_image(path)
+            rgb = read_image(path, **self._image_limits())
         except ImageError as exc:
             raise VideoError(f"{self.name}: first image {exc}") from None
         self.height, self.width = rgb.shape[:2]
+
+    def _image_limits(self) -> dict[str, Any]:
+        """The limits given, as :func:`~cnnapps.datasets.io.read_image` takes them (its own defaults otherwise)."""
+        limits = {"max_pixels": self.max_pixels, "max_aspect": self.max_aspect}
+        return {k: v for k, v in limits.items() if v is not None}
+
+    def _size_problem(self, width: int, height: int, frames: str, plural: bool) -> str | None:
+        """Why frames of ``width`` x ``height`` go over ``max_pixels`` or ``max_aspect`` (None when they do not)."""
+        have, are = ("have", "are") if plural else ("has", "is")
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            return f"{frames} {have} {width * height:,} pixels, over the limit of {self.max_pixels:,} a frame may have"
+        if self.max_aspect is not None and max(width, height) > self.max_aspect * min(width, height):
+            return f"{frames} {are} more elongated than the limit of {self.max_aspect:g}:1 a frame may have"
+        return None
+
+    def _check_header_size(self) -> None:
+        """The frame size the header states, against the limits given."""
+        if self.max_pixels is None and self.max_aspect is None:
+            return
+        if not self.width or not self.height:
+            raise VideoError(f"{self.name}: its header does not say the frame size")
+        problem = self._size_problem(self.width, self.height, f"{self.width}x{self.height} frames", True)
+        if problem:
+            raise VideoError(f"{self.name}: {problem}")
 
     def _target(self) -> tuple[str, str | None, dict[str, str]]:
         """What FFmpeg opens: (file or URL, input format, options)."""
@@ -384,6 +429,9 @@ class VideoSource:
 
     def _describe_av(self) -> None:
         stream, container = self._stream, self._container
+        demuxer = self.container_format = container.format.name
+        one_gif = demuxer == "gif" and (stream.frames or 0) <= 1
+        self.still = demuxer.endswith("_pipe") or demuxer == "image2" or one_gif  # jpeg_pipe, png_pipe, ...
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate and 0 < float(rate) < 1000 else self._fps_given
         self.width = stream.codec_context.width or None
@@ -525,8 +573,9 @@ class VideoSource:
             return True
         return False
 
-    def _offer(self, time_s: float, convert: Callable[[], np.ndarray]) -> bool:
-        """Pass one decoded frame through start, end and stride into the queue; False once past ``end``."""
+    def _offer(self, time_s: float, convert: Callable[[], np.ndarray], size: tuple[int, int] | None = None) -> bool:
+        """Pass one decoded frame (of ``size``, width and height, when known before ``convert``) through start, end
+        and stride into the queue; False once past ``end``. A frame over the size limits ends the video."""
         index = self._next_index
         self._next_index += 1
         self._tries = 0  # frames flow: the next disconnect starts its count again
@@ -534,6 +583,10 @@ class VideoSource:
             return True
         if self.end is not None and time_s >= self.end - _EPS:
             return False
+        if size is not None and all(size):
+            problem = self._size_problem(*size, f"frame {index} ({size[0]}x{size[1]})", False)
+            if problem:
+                raise VideoError(f"{self.name}: {problem} after {self.frames_read} frames")
         keep = self._passed % self.stride == 0
         self._passed += 1
         self._last_time = time_s
@@ -561,7 +614,7 @@ class VideoSource:
 
             def load(path: str = path) -> np.ndarray:
                 try:
-                    return read_image(path)
+                    return read_image(path, **self._image_limits())
                 except ImageError as exc:
                     raise VideoError(f"{self.name}: {exc} after {self.frames_read} frames") from None
 
@@ -600,7 +653,7 @@ class VideoSource:
             if seeked:
                 self._next_index = round(t * (self.fps or 25.0))
                 seeked = False
-            return self._offer(t, lambda: frame.to_ndarray(format="rgb24"))
+            return self._offer(t, lambda: frame.to_ndarray(format="rgb24"), (frame.width, frame.height))
 
         try:
             for packet in self._container.demux(stream):

@@ -340,18 +340,40 @@ class Served:
         return self.name if len(same_task) == 1 else f"{self.name}/{head}"
 
 
+def _pixel_groups(images: Sequence[Any], budget: int) -> list[list[Any]]:
+    """``images`` (encoded bytes or arrays) in order, cut into runs whose decoded pixels (read from the headers) add
+    up to at most ``budget``; an image over it alone makes a run."""
+    from cnnapps.datasets.io import decoded_pixels
+
+    groups: list[list[Any]] = []
+    total = budget + 1  # the first image starts a run
+    for image in images:
+        pixels = decoded_pixels(image)
+        if total + pixels > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(image)
+        total += pixels
+    return groups
+
+
 def _runner(predictor: Any) -> Any:
     """The batch function of a served model: (image bytes, options) items -> one (answer, result) per item.
 
-    The items of a batch may ask for different heads (and ``top_k``): the batch runs their union once."""
+    The items of a batch may ask for different heads (and ``top_k``): the batch runs their union once. The model
+    decodes at most the pixels one image may have at a time (``datasets.io.DEFAULT_MAX_PIXELS``): a batch of large
+    images runs a few images, or one, at a time, so memory does not grow with the number of images."""
+    from cnnapps.datasets import io
     from cnnapps.results import ClassificationResult, MultiTaskResult
 
     def run(items: list[tuple[bytes, dict[str, Any]]]) -> list[tuple[dict[str, Any], Any]]:
-        images = [image for image, _ in items]
         heads = sorted({h for _, options in items for h in options.get("heads", predictor.tasks)})
         top = max(options.get("top_k", 5) for _, options in items)
+        budget = io.DEFAULT_MAX_PIXELS or 8192 * 8192
+        found_all = [found for group in _pixel_groups([image for image, _ in items], budget)
+                     for found in predictor.predict(group, top_k=top, heads=heads)]  # fmt: skip
         answers = []
-        for found, (_, options) in zip(predictor.predict(images, top_k=top, heads=heads), items, strict=True):
+        for found, (_, options) in zip(found_all, items, strict=True):
             if not found.ok:
                 answers.append(({"path": found.source, "error": found.error}, found))
                 continue
@@ -523,33 +545,15 @@ def _images_from_json(body: bytes, max_images: int) -> tuple[list[Image], bool]:
     return [_from_base64(text) for text in texts], True
 
 
-def _still_image(path: str) -> str | None:
-    """What the file at ``path`` is when FFmpeg reads it as one still picture (an image demuxer, or a GIF of one
-    frame): ``"a still JPEG image"``, ``"a still PNG image"``, ...; else None: a video."""
-    import av
-
-    with av.open(path) as container:
-        demuxer = container.format.name
-        frames = container.streams.video[0].frames if container.streams.video else 0
+def _still_image(source: Any) -> str | None:
+    """What an opened video source is when FFmpeg reads it as one still picture (``source.still``): ``"a still JPEG
+    image"``, ``"a still PNG image"``, ...; else None: a video."""
+    if not source.still:
+        return None
+    demuxer = source.container_format or ""
     if demuxer.endswith("_pipe"):  # jpeg_pipe, png_pipe, webp_pipe, ...: one picture each
         return f"a still {demuxer.removesuffix('_pipe').upper()} image"
-    if demuxer == "gif" and frames <= 1:
-        return "a still GIF image"
-    return "a still image" if demuxer == "image2" else None
-
-
-def _check_frame_size(width: int | None, height: int | None) -> None:
-    """A clip's frames within the limits an image has (pixels, and sides' ratio), from the header: 422 otherwise."""
-    from cnnapps.datasets import io
-
-    if not width or not height:
-        raise RequestError(422, "video: its header does not say the frame size")
-    if io.DEFAULT_MAX_PIXELS is not None and width * height > io.DEFAULT_MAX_PIXELS:
-        raise RequestError(422, f"video: {width}x{height} frames have {width * height:,} pixels, over the limit of "
-                           f"{io.DEFAULT_MAX_PIXELS:,} an image may have")  # fmt: skip
-    if io.DEFAULT_MAX_ASPECT is not None and max(width, height) > io.DEFAULT_MAX_ASPECT * min(width, height):
-        raise RequestError(422, f"video: {width}x{height} frames are more elongated than the limit of "
-                           f"{io.DEFAULT_MAX_ASPECT:g}:1 an image may have")  # fmt: skip
+    return "a still GIF image" if demuxer == "gif" else "a still image"
 
 
 def _thumbnail(path: str, size: int) -> bytes:
@@ -869,11 +873,13 @@ def create_app(
 
     async def clip_lines(request: Request, model: Served, options: dict[str, Any], stride: int) -> list[dict]:
         """One line per frame of the uploaded clip (a frame's answer as the route gives it for one image); a clip
-        that fails part way (a frame that cannot be read, or that the model fails on) ends with ``{"error": ...}`` after
-        the frames answered before it."""
+        that fails part way (a frame that cannot be read, larger than the header said, or that the model fails on)
+        ends with ``{"error": ...}`` after the frames answered before it. The clip is opened once: its header gives
+        the checks (a still image, the frame size within an image's limits, the length) before a frame is decoded."""
         import tempfile
 
-        from cnnapps.datasets.video import VideoError, VideoSource, probe
+        from cnnapps.datasets import io
+        from cnnapps.datasets.video import VideoError, VideoSource
 
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data" and not kind.startswith("video/") and kind != "application/octet-stream":
@@ -887,29 +893,37 @@ def create_app(
         with tempfile.TemporaryDirectory(prefix="cnnapps-clip-") as folder:
             path = Path(folder) / "clip"
             path.write_bytes(body)
-            try:
-                info = await run_in_threadpool(probe, str(path))
+            try:  # frames within an image's limits, from the header before a frame is decoded
+                source = await run_in_threadpool(lambda: VideoSource(
+                    str(path), stride=stride, end=max_clip_s, max_pixels=io.DEFAULT_MAX_PIXELS,
+                    max_aspect=io.DEFAULT_MAX_ASPECT))  # fmt: skip
             except VideoError as exc:
                 raise RequestError(422, f"video: {str(exc).split(': ', 1)[-1]}") from None
-            still = await run_in_threadpool(_still_image, str(path))
-            if still is not None:
-                route = request.url.path.removesuffix("/video")
-                raise RequestError(422, f"video: {still}, not a video: send it to {route}")
-            _check_frame_size(info.get("width"), info.get("height"))  # before a frame is decoded
-            duration = info.get("duration") or 0.0
-            if duration > max_clip_s:
-                raise RequestError(413, f"video of {duration:.1f} s is over the {max_clip_s:g}-second limit")
-            source = await run_in_threadpool(lambda: VideoSource(str(path), stride=stride, end=max_clip_s))
-            frames = iter(source)
             lines: list[dict] = []
             failed: dict[str, Any] | None = None
-
-            def chunk() -> list[Any]:
-                return list(itertools.islice(frames, 8))
-
             try:
-                while failed is None and (got := await run_in_threadpool(chunk)):
-                    outputs = await model.batcher.submit_many([(f.rgb, options) for f in got])
+                still = _still_image(source)
+                if still is not None:
+                    route = request.url.path.removesuffix("/video")
+                    raise RequestError(422, f"video: {still}, not a video: send it to {route}")
+                duration = source.duration or 0.0
+                if duration > max_clip_s:
+                    raise RequestError(413, f"video of {duration:.1f} s is over the {max_clip_s:g}-second limit")
+                frames = iter(source)
+
+                def chunk() -> tuple[list[Any], VideoError | None]:
+                    """The next frames (8 at most), and the error that ended the clip after them."""
+                    got: list[Any] = []
+                    try:
+                        for frame in itertools.islice(frames, 8):
+                            got.append(frame)
+                    except VideoError as exc:
+                        return got, exc
+                    return got, None
+
+                while failed is None:
+                    got, error = await run_in_threadpool(chunk)
+                    outputs = await model.batcher.submit_many([(f.rgb, options) for f in got]) if got else []
                     for frame, output in zip(got, outputs, strict=True):
                         found = outcome(model, output)  # a frame the model failed on ends the clip's lines
                         if isinstance(found, RequestError):
@@ -917,8 +931,10 @@ def create_app(
                             break
                         payload = {k: v for k, v in output[0].items() if k != "path"}
                         lines.append(json_safe({"frame": frame.index, "time": round(frame.time, 3), **payload}))
-            except VideoError as exc:
-                failed = {"error": f"video: {str(exc).split(': ', 1)[-1]}"}
+                    if failed is None and error is not None:
+                        failed = {"error": f"video: {str(error).split(': ', 1)[-1]}"}
+                    if not got and error is None:
+                        break
             finally:
                 source.close()
             if failed is not None:

@@ -63,13 +63,13 @@ def test_a_clip_whose_frames_pass_the_image_limits_is_refused_before_a_frame_is_
     monkeypatch.setattr(io, "DEFAULT_MAX_PIXELS", 3000)  # a 64 x 48 frame has 3,072
     answer = _video(client, clip)
     assert answer.status_code == 422 and answer.json() == {
-        "error": "video: 64x48 frames have 3,072 pixels, over the limit of 3,000 an image may have"
+        "error": "video: 64x48 frames have 3,072 pixels, over the limit of 3,000 a frame may have"
     }
     monkeypatch.setattr(io, "DEFAULT_MAX_PIXELS", 64 * 48)
     monkeypatch.setattr(io, "DEFAULT_MAX_ASPECT", 1.3)  # 64 / 48 = 1.33
     answer = _video(client, clip)
     assert answer.status_code == 422 and answer.json() == {
-        "error": "video: 64x48 frames are more elongated than the limit of 1.3:1 an image may have"
+        "error": "video: 64x48 frames are more elongated than the limit of 1.3:1 a frame may have"
     }
     assert not decoded
 
@@ -92,6 +92,55 @@ def test_a_still_image_sent_to_a_video_route_is_a_422(client: TestClient, clip: 
             assert answer.json() == {"error": f"video: a still {name} image, not a video: send it to /v1/classify"}
     frames = [line for line in _video(client, clip).text.splitlines() if line]
     assert len(frames) == 5  # a clip is still a clip
+
+
+def test_a_clip_is_opened_once_per_request(client: TestClient, clip: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One container header read for the checks (still image, frame size, length) and the frames alike."""
+    import av
+
+    opened = []
+    open_container = av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: opened.append(args[0]) or open_container(*args, **kwargs))
+    answer = _video(client, clip)
+    assert answer.status_code == 200 and len(answer.text.splitlines()) == 5
+    assert len(opened) == 1
+    opened.clear()
+    still = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+    assert _video(client, still).status_code == 422 and len(opened) == 1
+
+
+def _growing_clip() -> bytes:
+    """MPEG-4 in MPEG-TS: three 64 x 48 frames, then three 128 x 96 ones (the header says 64 x 48)."""
+    import io
+
+    import av
+
+    data = io.BytesIO()
+    for width, height in ((64, 48), (128, 96)):
+        with av.open(data, "w", format="mpegts") as container:
+            stream = container.add_stream("mpeg4", rate=10)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(3):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((height, width, 3), 40 * i, np.uint8))):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+    return data.getvalue()
+
+
+def test_a_clip_whose_frames_grow_past_the_limit_ends_with_one_error_after_the_frames_before(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import cnnapps.datasets.io as io
+
+    monkeypatch.setattr(io, "DEFAULT_MAX_PIXELS", 64 * 48)  # the header's size passes, the later frames do not
+    answer = _video(client, _growing_clip(), "video/mp2t")
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert answer.status_code == 200 and [line.get("frame") for line in lines] == [0, 1, 2, None]
+    assert lines[-1] == {"model": "classify", "error": "video: frame 3 (128x96) has 12,288 pixels, over the limit of "
+                         "3,072 a frame may have after 3 frames"}  # fmt: skip
 
 
 # --- an app served twice -----------------------------------------------------------------------------------------
@@ -258,3 +307,44 @@ def test_models_lists_the_classes_or_embedding_size_of_every_head_of_a_model_fil
     for name, answer in embedded.items():
         assert models[name]["dim"] == len(answer.json()["embedding"]), name
     assert models["multi/embed"]["dim"] == 6
+
+
+# --- memory: the images of a request ------------------------------------------------------------------------------
+
+
+def test_a_request_of_large_images_holds_one_decoded_image_at_a_time(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images as large as the limit allows, many in one request: the model decodes (and resizes) them one after
+    another, so the memory a request takes does not grow with its number of images; the answers are the same."""
+    import weakref
+
+    import cnnapps.apps.common.batching as batching
+    import cnnapps.datasets.io as io
+
+    rng = np.random.default_rng(1)
+    files = [("images", (f"{i}.png", cv2.imencode(".png", rng.integers(0, 255, (80, 80, 3), np.uint8))[1].tobytes(),
+                         "image/png")) for i in range(6)]  # fmt: skip
+    alone = [client.post("/v1/classify", files={"image": file}).json() for _, file in files]
+    live: set[int] = set()
+    most = [0]
+    decode = batching.read_for_batch
+
+    def counted(item: object, *args: object, **kwargs: object) -> tuple:
+        name, rgb, error = decode(item, *args, **kwargs)
+        if rgb is not None:
+            live.add(id(rgb))
+            most[0] = max(most[0], len(live))
+            weakref.finalize(rgb, live.discard, id(rgb))
+        return name, rgb, error
+
+    monkeypatch.setattr(batching, "read_for_batch", counted)
+    monkeypatch.setattr(io, "DEFAULT_MAX_PIXELS", 100 * 100)  # an 80 x 80 image has 6,400 pixels: two are over
+    together = client.post("/v1/classify", files=files)
+    assert together.status_code == 200 and together.json() == alone
+    assert most[0] == 1, f"{most[0]} decoded images alive at once"
+    small = [("images", (f"{i}.png", cv2.imencode(".png", np.full((40, 40, 3), 9 * i, np.uint8))[1].tobytes(),
+                         "image/png")) for i in range(6)]  # fmt: skip
+    most[0] = 0
+    assert client.post("/v1/classify", files=small).status_code == 200
+    assert most[0] > 1  # small ones (1,600 pixels each) still share the model's batches

@@ -163,6 +163,69 @@ def test_bad_options_are_refused(clip: Path) -> None:
         VideoSource(str(clip), start=2, end=1)
 
 
+# --- frame-size limits ---------------------------------------------------------------------------------------------
+
+
+def growing_clip(path: Path) -> Path:
+    """MPEG-4 in MPEG-TS: three 64 x 48 frames, then three 128 x 96 ones (the header says 64 x 48)."""
+    import av
+
+    with path.open("wb") as out:
+        for width, height in ((64, 48), (128, 96)):
+            with av.open(out, "w", format="mpegts") as container:
+                stream = container.add_stream("mpeg4", rate=FPS)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                for i in range(3):
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(picture(i, width, height), "rgb24")):
+                        container.mux(packet)
+                for packet in stream.encode(None):
+                    container.mux(packet)
+    return path
+
+
+def test_frames_over_the_size_limits_are_refused_from_the_header(clip: Path, tmp_path: Path, monkeypatch) -> None:
+    """A 96 x 64 clip: refused before a frame is decoded, one line naming the clip and the limit."""
+    decoded = []
+    monkeypatch.setattr(VideoSource, "__iter__", lambda source: decoded.append(source) or iter(()))
+    with pytest.raises(VideoError) as caught:
+        VideoSource(str(clip), max_pixels=96 * 64 - 1)
+    assert str(caught.value) == f"{clip}: 96x64 frames have 6,144 pixels, over the limit of 6,143 a frame may have"
+    with pytest.raises(VideoError) as caught:
+        VideoSource(str(clip), max_aspect=1.4)
+    assert str(caught.value) == f"{clip}: 96x64 frames are more elongated than the limit of 1.4:1 a frame may have"
+    assert not decoded
+    with VideoSource(str(clip), max_pixels=96 * 64, max_aspect=1.5) as source:  # at the limits: read
+        assert (source.width, source.height, source.still) == (96, 64, False) and "mp4" in source.container_format
+    with pytest.raises(CnnappsError, match="max_pixels must be a whole number >= 1"):
+        VideoSource(str(clip), max_pixels=0)
+    cv2.imwrite(str(tmp_path / "00001.png"), picture(1))
+    with pytest.raises(VideoError, match=r"first image .*96x64 image has 6,144 pixels, over the limit of 6,143"):
+        VideoSource(str(tmp_path / "%05d.png"), max_pixels=96 * 64 - 1)  # an image sequence: its first image's header
+
+
+def test_frames_growing_past_the_size_limit_end_the_video_with_one_error(tmp_path: Path) -> None:
+    path = growing_clip(tmp_path / "grows.ts")
+    assert [f.rgb.shape[:2] for f in read_all(VideoSource(str(path)))] == [(48, 64)] * 3 + [(96, 128)] * 3  # no limit
+    source = VideoSource(str(path), max_pixels=64 * 48)
+    assert (source.width, source.height) == (64, 48)
+    got = []
+    with pytest.raises(VideoError) as caught:
+        for frame in source:
+            got.append(frame)
+    assert [f.index for f in got] == [0, 1, 2] and caught.value.frames_read == 3
+    assert str(caught.value) == (f"{path}: frame 3 (128x96) has 12,288 pixels, over the limit of 3,072 a frame may "
+                                 "have after 3 frames")  # fmt: skip
+
+
+def test_still_pictures_are_told_from_videos(tmp_path: Path, clip: Path) -> None:
+    png = tmp_path / "still"
+    png.write_bytes(cv2.imencode(".png", picture(0))[1].tobytes())
+    with VideoSource(str(png)) as source:
+        assert (source.still, source.container_format) == (True, "png_pipe")
+    with VideoSource(str(clip)) as source:
+        assert not source.still
+
+
 def test_truncated_files(tmp_path: Path) -> None:
     """A Matroska or faststart MP4 file cut in half yields its first frames, then a VideoError."""
     for suffix in (".mkv", ".mp4"):
