@@ -294,3 +294,22 @@ def test_a_timm_trunk_that_rearranges_its_input_is_not_refused_for_its_first_con
     trunk = create_backbone("timm:tresnet_m", weights=None)
     model_file = SimpleNamespace(path="tresnet.safetensors", preprocess={"input_size": [3, 224, 224]})
     _check_channels(model_file, trunk)  # raised "3 channels, its trunk takes 48"
+
+
+def test_a_model_file_that_runs_as_it_is_refuses_the_first_option_it_does_not_take_in_the_order_given(
+    tmp_path: Path,
+) -> None:
+    """An engine it does not run on and another option it does not take: the error names the one given first."""
+    from cnnapps.apps.semantic.model import create_semantic, save_semantic
+    from cnnapps.backbones.preprocess import Preprocess
+    from cnnapps.engines import EngineError
+    from cnnapps.errors import CnnappsError
+
+    path = tmp_path / "scenes.safetensors"
+    model = create_semantic("fpn", "timm:test_resnet", class_names=["a", "b"], backbone_weights=None, head_channels=8)
+    save_semantic(path, model.eval(), Preprocess(input_size=(3, 64, 64), resize=64))
+    with pytest.raises(EngineError, match=rf"^{path}: engine='jit': semantic models run as they are "):
+        cnnapps.load(path, engine="jit", workers=1)
+    with pytest.raises(CnnappsError, match=rf"^{path}: workers=1 is not an option of semantic models ") as caught:
+        cnnapps.load(path, workers=1, engine="jit")
+    assert not isinstance(caught.value, EngineError)

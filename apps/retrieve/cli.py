@@ -23,6 +23,7 @@ from cnnapps.terminal import (
 )
 
 _MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
+_HEAD_HELP = "The embedding head of a multi-head model file to index with [default: its first]."
 
 
 def eval_retrieve(
@@ -61,11 +62,11 @@ _INDEX_HELP = "Index folder (FAISS file + SQLite database)."
 ENGINE_HELP = "auto, jit, compile, eager, onnxruntime, onnx-cuda, tensorrt or openvino (cnnapps models --engines)."
 
 
-def _embedder(model: str | None, pooling: str, device: str) -> Any:
+def _embedder(model: str | None, pooling: str, device: str, head: str | None = None) -> Any:
     from cnnapps.apps.retrieve.embedder import Embedder
     from cnnapps.backbones.registry import DEFAULT_BACKBONE
 
-    return Embedder(model or DEFAULT_BACKBONE, pooling=pooling, device=device)
+    return Embedder(model or DEFAULT_BACKBONE, pooling=pooling, device=device, head=head)
 
 
 @index_app.command("build")
@@ -73,6 +74,7 @@ def index_build(
     folder: list[str] = typer.Argument(..., help="Images: folders (recursive), files or globs."),
     index: Path = typer.Option(..., "--index", help=_INDEX_HELP),
     model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    head: str = typer.Option(None, "--head", help=_HEAD_HELP),
     kind: str = typer.Option(
         "auto", "--kind", help="auto (exact below 100,000 images, then IVF-PQ), flat, ivfpq, hnsw."
     ),
@@ -95,27 +97,28 @@ def index_build(
 
     Started on several processes (torchrun, srun, or --rank/--world-size), each embeds its share into part
     files under INDEX/parts; `cnnapps index merge` then writes the index. With --ray, Ray actors embed the parts
-    and the merge follows. A rerun skips finished parts."""
+    and the merge follows. A rerun skips finished parts. The index remembers the model (and its --head): `index add`,
+    `sync` and `cnnapps retrieve` embed with it."""
     from cnnapps.apps.retrieve.index import Index
     from cnnapps.apps.retrieve.sharded import launcher_rank
 
     if on_ray:
-        _build_on_ray(folder, index, model, pooling, device, part_size, kind, as_json,
+        _build_on_ray(folder, index, model, head, pooling, device, part_size, kind, as_json,
                       address=address, workers=workers, gpus_per_worker=gpus_per_worker)  # fmt: skip
         return
     world_size = world_size or launcher_rank()[1]
     if rank is not None or world_size > 1:
-        _build_shard(folder, index, model, pooling, device, rank, world_size, part_size, as_json)
+        _build_shard(folder, index, model, head, pooling, device, rank, world_size, part_size, as_json)
         return
     paths = images(folder)
-    embedder = _embedder(model, pooling, device)
+    embedder = _embedder(model, pooling, device, head)
     with progress(len(paths), "embedding") as advance:
         built, added, failed = Index.build(index, paths, embedder, kind=kind, progress=advance)
     _index_done(built.info(), as_json, f"indexed {added} images", failed)
 
 
-def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str, device: str, rank: int | None,
-                 world_size: int, part_size: int, as_json: bool) -> None:  # fmt: skip
+def _build_shard(folder: list[str], index: Path, model: str | None, head: str | None, pooling: str, device: str,
+                 rank: int | None, world_size: int, part_size: int, as_json: bool) -> None:  # fmt: skip
     """One rank of a sharded ``index build``: its parts, a line on what it did, the merge hint; exit 1 when some
     of its images failed."""
     from cnnapps.apps.retrieve.sharded import build_shard, launcher_rank
@@ -129,7 +132,7 @@ def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str
 
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # one GPU per local process
     paths = images(folder)
-    embedder = _embedder(model, pooling, device)
+    embedder = _embedder(model, pooling, device, head)
     share = -(-len(paths) // world_size)
     with progress(share, f"rank {rank} embedding") as advance:
         report = build_shard(paths, index, embedder, rank, world_size, part_size, progress=advance)
@@ -144,8 +147,8 @@ def _build_shard(folder: list[str], index: Path, model: str | None, pooling: str
     # non-zero; `index merge` lists every rank's failed files and exits 1 for them
 
 
-def _build_on_ray(folder: list[str], index: Path, model: str | None, pooling: str, device: str, part_size: int,
-                  kind: str, as_json: bool, **ray_options: Any) -> None:  # fmt: skip
+def _build_on_ray(folder: list[str], index: Path, model: str | None, head: str | None, pooling: str, device: str,
+                  part_size: int, kind: str, as_json: bool, **ray_options: Any) -> None:  # fmt: skip
     """``index build --ray``: the parts on Ray actors, each with its own embedder, then the merge."""
     from functools import partial
 
@@ -154,7 +157,7 @@ def _build_on_ray(folder: list[str], index: Path, model: str | None, pooling: st
     from cnnapps.backbones.registry import DEFAULT_BACKBONE
 
     paths = images(folder)
-    make = partial(Embedder, model or DEFAULT_BACKBONE, pooling=pooling, device=device)
+    make = partial(Embedder, model or DEFAULT_BACKBONE, pooling=pooling, device=device, head=head)
     with progress(len(paths), "embedding on Ray") as advance:
         built, report = build_on_ray(paths, index, make(), make, part_size, kind, advance, **ray_options)
     _index_done(built.info(), as_json, f"indexed {len(built)} images ({report.skipped} of {report.parts} parts "

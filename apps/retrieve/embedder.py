@@ -120,6 +120,8 @@ def _embedding_model(spec: str | os.PathLike, pooling: str, head: str | None,
     from cnnapps.bundle import FORMAT_V1, is_bundle_path, tensor_fingerprint
 
     if not is_bundle_path(spec):
+        if head is not None:
+            raise CnnappsError(f"head {head!r}: {spec} is not a model file (a head is one of a model file's heads)")
         backbone = create_backbone(str(spec), weights="imagenet")
         return EmbeddingModel(backbone, pooling), backbone.preprocess, f"{spec}:{backbone.weights}:{pooling}", None
     from cnnapps.apps.classify.model import preprocess_of
@@ -190,8 +192,12 @@ class Embedder:
         # a model file by its absolute path: an index records it, and is searched from other folders
         self.spec = os.path.abspath(spec) if os.path.isfile(spec) else str(spec)
         exported = self.spec.endswith(".onnx")
+        #: the model file's embedding head named when loading (None: its first, or no model file)
+        self.head: str | None = None
         self.device = select_device(device, engine, graph=exported)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
+        if exported and head is not None:
+            raise CnnappsError(f"head {head!r}: {spec} is an exported graph (a head is one of a model file's heads)")
         if exported:  # written by `cnnapps export`: same fingerprint as the model it came from
             from cnnapps.exported import OnnxRunner, read_onnx_metadata
 
@@ -203,6 +209,7 @@ class Embedder:
             self._run, self.engine = prepare_runner(runner, example, self.device, engine)
         else:
             model, self.preprocess, self.fingerprint = load_embedding_model(spec, pooling, head)
+            self.head = head
             self.pooling = model.pooling
             model = model.eval()
             example = torch.zeros(self.batch_size, *self.preprocess.input_size)
@@ -212,7 +219,9 @@ class Embedder:
         self._runner = BatchRunner([self.preprocess], self.device, self.batch_size, workers)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.spec, "fingerprint": self.fingerprint, "pooling": self.pooling, "dim": self.dim}
+        """What an index records of its embedder (``head``: only when one was named): enough to load it again."""
+        described = {"model": self.spec, "fingerprint": self.fingerprint, "pooling": self.pooling, "dim": self.dim}
+        return {**described, "head": self.head} if self.head is not None else described
 
     @one_at_a_time
     def embed(

@@ -440,7 +440,8 @@ class Index:
         progress: Callable[[int], None] | None = None,
         checkpoint: int = BUILD_CHECKPOINT,
     ) -> tuple[Index, int, list[dict[str, str]]]:
-        """A new index of ``paths``: returns (index, images added, files that failed).
+        """A new index of ``paths``: returns (index, images added, files that failed). The index records the
+        embedder (:meth:`Embedder.describe`: its model file's head too, when one was named) to load it again.
 
         A generation is committed every ``checkpoint`` images (one at the end for an IVF-PQ index, trained
         on all of them), and the index is marked unfinished until the last. Run again after a kill, a full
@@ -600,6 +601,7 @@ class Index:
             "path": str(self.path),
             "items": len(self),
             "model": self.model["model"],
+            **({"head": self.model["head"]} if "head" in self.model else {}),
             "pooling": self.model.get("pooling", "avg"),
             "dim": self.dim,
             "kind": self.kind,
@@ -609,11 +611,12 @@ class Index:
         }
 
     def embedder(self, **kwargs: Any) -> Any:
-        """The embedder the index was built with (loaded once)."""
+        """The embedder the index was built with (loaded once; a model file's head, when one was named)."""
         if self._embedder is None:
             from cnnapps.apps.retrieve.embedder import Embedder
 
-            self._embedder = Embedder(self.model["model"], pooling=self.model.get("pooling", "avg"), **kwargs)
+            model, pooling, head = self.model["model"], self.model.get("pooling", "avg"), self.model.get("head")
+            self._embedder = Embedder(model, pooling=pooling, head=head, **kwargs)
             self.check_embedder(self._embedder)
         return self._embedder
 
@@ -980,7 +983,8 @@ class Index:
 
 
 def _describe(model: dict[str, Any]) -> str:
-    return f"{model['model']} ({model['dim']}-d, {model.get('pooling', 'avg')} pooling)"
+    head = f"head {model['head']}, " if model.get("head") is not None else ""
+    return f"{model['model']} ({head}{model['dim']}-d, {model.get('pooling', 'avg')} pooling)"
 
 
 def _size_mtime(path: str) -> tuple[int, float] | None:

@@ -72,7 +72,8 @@ def _part_file(folder: Path, part: int) -> Path:
 
 
 def _start_parts(paths: Sequence[str], index_dir: Path, embedder: Any, part_size: int) -> tuple[Path, list[str]]:
-    """The parts folder with its plan agreed on, and the sorted gallery it cuts into parts."""
+    """The parts folder with its plan agreed on (the embedder as an index records it), and the sorted gallery it
+    cuts into parts."""
     if part_size < 1:
         raise RetrievalIndexError(f"part size {part_size}: must be at least 1")
     state, settings = _index_state(index_dir)
