@@ -1,7 +1,11 @@
 """Caption metrics by pycocoevalcap: BLEU-1..4 and CIDEr (and METEOR when Java is present).
 
 Captions are tokenised with pycocoevalcap's PTB tokenizer when Java is available (as its reference
-evaluation does), else with the vocabulary's tokenizer, which gives the same tokens on plain captions.
+evaluation does), else with :func:`~cnnapps.apps.caption.vocab.ptb_tokens`, which gives PTB's tokens on plain
+captions (hyphenated words, decimals and initialisms whole, contractions split; symbols such as ``$ % &``, which
+PTB keeps, dropped). In-training validation always uses the latter. A vocabulary's words are those tokens with
+contractions whole (``t-shirt``, ``3.5``, ``man's``), so a captioner can say a reference word for word and score
+the same with either tokenizer.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from cnnapps.apps.caption.vocab import tokenize
+from cnnapps.apps.caption.vocab import ptb_tokens
 
 
 def java_available() -> bool:
@@ -25,7 +29,7 @@ def _tokenized(captions: dict[Any, list[str]], ptb: bool) -> dict[Any, list[str]
 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
-    return {k: [" ".join(tokenize(c)) for c in v] for k, v in captions.items()}
+    return {k: [" ".join(ptb_tokens(c)) for c in v] for k, v in captions.items()}
 
 
 #: the names people read: the same as the README and the training docs (BLEU-1..4, CIDEr)

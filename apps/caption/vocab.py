@@ -9,12 +9,49 @@ from dataclasses import dataclass
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# a word: letters and digits, joined inside by - . / (t-shirt, 3.5, and/or), by ' before a letter (o'clock, man's)
+# and, between digits, by , and : (10,000, 3:30), as PTB tokenisation keeps them
+_WORD = re.compile(r"[^\W_]+(?:(?:[-./]|'(?=[^\W\d_]))[^\W_]+|(?<=\d)[,:]\d+)*")
+# words PTB writes with their full stop: single letters and initialisms (u.s., p.m.), these, and no. before a number
+_INITIALS = re.compile(r"[^\W\d_](?:\.[^\W\d_])*")
+_NUMBER_NEXT = re.compile(r"\.\s*\d")
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "etc", "vs", "inc", "co", "ave", "mt", "ft",
+                            "jan", "feb", "aug", "sep", "sept", "oct", "nov", "dec"})  # fmt: skip
+# PTB's contractions, split off the word in front: man's -> man 's, don't -> do n't, he'd've -> he 'd 've
+_CLITIC = re.compile(r"(?<=[^\W_])(n't|'(?:s|re|ll|d|ve|m))(?![^\W_])-?")
+_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"), "wanna": ("wan", "na"),
+                "gimme": ("gim", "me"), "lemme": ("lem", "me")}  # fmt: skip
 
 
 def tokenize(caption: str) -> list[str]:
-    """Lower-case words and numbers, punctuation dropped (what PTB tokenisation plus COCO's clean-up leaves)."""
-    return _WORD.findall(caption.lower())
+    """The caption's words, lower-cased, punctuation around them dropped: what a vocabulary holds and a captioner says.
+
+    Words are PTB tokenisation's (``t-shirt``, ``3.5``, ``u.s.``), except that a contraction stays whole
+    (``man's``, ``don't``); :func:`ptb_tokens` splits those the way PTB does."""
+    text = caption.lower().replace("\u2019", "'")  # a typographic apostrophe is one too, as PTB reads it
+    words = []
+    for match in _WORD.finditer(text):
+        word = match.group()
+        if text.startswith(".", match.end()) and (
+            word in _ABBREVIATIONS
+            or _INITIALS.fullmatch(word)
+            or (word == "no" and _NUMBER_NEXT.match(text, match.end()))
+        ):
+            word += "."
+        words.append(word)
+    return words
+
+
+def ptb_tokens(caption: str) -> list[str]:
+    """The tokens pycocoevalcap's PTB tokenizer gives on plain captions (the words of :func:`tokenize`, with
+    ``man's`` as ``man 's``, ``don't`` as ``do n't`` and ``cannot`` as ``can not``), so that scores computed
+    without Java match those with it. Symbols such as ``$ % &`` are dropped here; PTB keeps them."""
+    tokens = []
+    for word in tokenize(caption):
+        for piece in _CLITIC.split(word):
+            if piece:
+                tokens.extend(_SPLIT_WORDS.get(piece, (piece,)))
+    return tokens
 
 
 @dataclass(frozen=True)

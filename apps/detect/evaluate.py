@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from cnnapps.apps.detect.zoo import COCO_KEYPOINTS, COCO_OKS_SIGMAS
+
+log = logging.getLogger("cnnapps")
 
 #: which COCOeval iouTypes each task reports
 IOU_TYPES = {"detect": ("bbox",), "segment": ("bbox", "segm"), "pose": ("bbox", "keypoints")}
@@ -77,24 +80,28 @@ def coco_evaluate(
     iou_types: Sequence[str],
     image_ids: Sequence[int] | None = None,
     keypoint_names: Sequence[str] = (),
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, float | None]:
-    """``{iou_type}_{ap, ap50, ap75, ap_small, ap_medium, ap_large}`` over ``image_ids`` (all by default).
+    """``{iou_type}_{ap, ap50, ap75, ap_small, ap_medium, ap_large}`` over ``image_ids`` (all by default) and
+    ``category_ids``, the categories the model is scored on (by default the file's, those with keypoints when
+    ``keypoints`` is scored, as :class:`~cnnapps.datasets.coco.CocoDataset` keeps them for pose).
 
-    No detections at all scores 0 (pycocotools refuses an empty result list); sizes without objects give None."""
+    No detections at all score 0 where there are objects; sizes without objects give None (pycocotools' -1)."""
     from pycocotools.cocoeval import COCOeval
 
-    metrics: dict[str, float] = {}
+    if category_ids is None:
+        cats = coco_gt.loadCats(coco_gt.getCatIds())
+        category_ids = [c["id"] for c in cats if c.get("keypoints") or "keypoints" not in iou_types]
+    metrics: dict[str, float | None] = {}
     for iou_type in iou_types:
         names = _KEYPOINT_STAT_NAMES if iou_type == "keypoints" else _STAT_NAMES
         usable = [_scored_part(r, iou_type) for r in results if _key(iou_type) in r]
-        if not usable:
-            metrics.update({f"{iou_type}_{n}": 0.0 for n in names})
-            continue
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(usable)
+            coco_dt = coco_gt.loadRes(usable) if usable else _no_results(coco_gt)  # loadRes refuses an empty list
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             if image_ids is not None:
                 evaluator.params.imgIds = list(image_ids)
+            evaluator.params.catIds = list(category_ids)
             if iou_type == "keypoints":
                 evaluator.params.kpt_oks_sigmas = oks_sigmas(keypoint_names)
             evaluator.evaluate()
@@ -103,6 +110,17 @@ def coco_evaluate(
         for name, value in zip(names, evaluator.stats, strict=False):
             metrics[f"{iou_type}_{name}"] = float(value) if value >= 0 else None  # -1: no such objects
     return metrics
+
+
+def _no_results(coco_gt: Any) -> Any:
+    """An empty results set on ``coco_gt``'s images, for COCOeval to score (AP 0 where there are objects)."""
+    from pycocotools.coco import COCO
+
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                       "categories": list(coco_gt.dataset.get("categories", []))}  # fmt: skip
+    coco_dt.createIndex()
+    return coco_dt
 
 
 def _key(iou_type: str) -> str:
@@ -123,8 +141,10 @@ def evaluate_detector(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run ``predictor`` over a :class:`~cnnapps.datasets.coco.CocoDataset` and score it with pycocotools.
 
-    Model classes are matched to the file's categories by name. Returns the report (metrics, counts,
-    unreadable images) and the COCO results list (what ``--save-results`` writes)."""
+    Model classes are matched to the file's categories by name, and AP is averaged over the categories matched:
+    the file's categories the model does not know are left out (listed in the report's ``categories_left_out``
+    and in a warning), as they would otherwise count as AP 0. Returns the report (metrics, counts, categories
+    left out, unreadable images) and the COCO results list (what ``--save-results`` writes)."""
     from cnnapps.errors import CnnappsError
 
     by_name = {name: cid for name, cid in zip(dataset.class_names[1:], dataset.category_ids, strict=True)}
@@ -134,6 +154,12 @@ def evaluate_detector(
             f"{dataset.path}: none of its categories ({', '.join(dataset.class_names[1:6])}...) is a class of the "
             f"model ({', '.join(predictor.class_names[1:6])}...)"
         )
+    category_ids = sorted(set(category_of_label.values()))
+    left_out = [name for name, cid in zip(dataset.class_names[1:], dataset.category_ids, strict=True)
+                if cid not in category_ids]  # fmt: skip
+    if left_out:
+        log.warning("%s: categories left out of the AP (no class of the model has the name): %s", dataset.path,
+                    ", ".join(left_out))  # fmt: skip
     scored = IOU_TYPES[predictor.task]
     order: list[int] = []
     if "keypoints" in scored:  # results in the file's keypoint order
@@ -147,7 +173,7 @@ def evaluate_detector(
         evaluated.append(image_id)
         known = [i for i in result.instances if i.label_index in category_of_label]
         results.extend(to_coco_results(image_id, known, category_of_label, order))
-    metrics = coco_evaluate(dataset.coco, results, scored, evaluated, dataset.keypoint_names)
+    metrics = coco_evaluate(dataset.coco, results, scored, evaluated, dataset.keypoint_names, category_ids)
     report = {"task": predictor.task, "images": len(evaluated), "detections": len(results), "metrics": metrics,
-              "failed": failed}  # fmt: skip
+              "categories_left_out": left_out, "failed": failed}  # fmt: skip
     return report, results

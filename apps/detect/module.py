@@ -61,9 +61,8 @@ class DetectionModule(TaskModule):
 
     def on_validation_epoch_end(self) -> None:
         task = self.model.spec.task
-        metrics = coco_evaluate(
-            self.val_coco.coco, self._results, IOU_TYPES[task], self._image_ids, self.val_coco.keypoint_names
-        )
+        metrics = coco_evaluate(self.val_coco.coco, self._results, IOU_TYPES[task], self._image_ids,
+                                self.val_coco.keypoint_names, sorted(set(self.category_of_label.values())))  # fmt: skip
         self._results, self._image_ids = [], []
         if self.trainer.sanity_checking:
             return

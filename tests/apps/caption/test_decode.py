@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnnapps.apps.caption.decode import beam_search, greedy
-from cnnapps.apps.caption.vocab import Vocabulary, tokenize
+from cnnapps.apps.caption.vocab import Vocabulary, ptb_tokens, tokenize
 
 
 def test_vocabulary_build_encode_decode():
@@ -19,9 +19,38 @@ def test_vocabulary_build_encode_decode():
     assert ids == [1, 4, 5, 5, 3, 2]
     assert vocab.decode(ids[1:]) == ["a", "red", "red"]  # <unk> dropped, stops at <end>
     assert vocab.encode("a red square", max_len=2) == [1, 4, 5, 2]
-    assert tokenize("It's a Red-circle.") == ["it's", "a", "red", "circle"]
+    assert tokenize("It's a Red-circle.") == ["it's", "a", "red-circle"]
     with pytest.raises(ValueError):
         Vocabulary(("a", "b"))
+
+
+def test_tokenize_keeps_the_words_ptb_keeps():
+    # hyphenated words, decimals, grouped digits and initialisms are one word each, as PTB tokenisation has them
+    assert tokenize("A man in a T-shirt riding a skate-board.") == ["a", "man", "in", "a", "t-shirt", "riding", "a",
+                                                                   "skate-board"]  # fmt: skip
+    assert tokenize("A 3.5-inch disk, 2.0 and 10,000 people at 3:30 -- in the U.S.") == [
+        "a", "3.5-inch", "disk", "2.0", "and", "10,000", "people", "at", "3:30", "in", "the", "u.s."]  # fmt: skip
+    assert tokenize("x--y, t-shirt-, 3. and/or mr. smith on main st.") == ["x", "y", "t-shirt", "3", "and/or", "mr.",
+                                                                           "smith", "on", "main", "st."]  # fmt: skip
+    # a contraction is one word of the vocabulary; scoring splits it as PTB does
+    assert tokenize("The man's dog isn't o'neil's. Dogs' 5'11") == ["the", "man's", "dog", "isn't", "o'neil's",
+                                                                    "dogs", "5", "11"]  # fmt: skip
+    assert ptb_tokens("The man's dog isn't o'neil's; they can't, he'd've, cannot, o'clock") == [
+        "the", "man", "'s", "dog", "is", "n't", "o'neil", "'s", "they", "ca", "n't", "he", "'d", "'ve", "can", "not",
+        "o'clock"]  # fmt: skip
+    assert ptb_tokens("his cat's-eye") == ["his", "cat", "'s", "eye"]
+    assert tokenize("the man\u2019s hat") == ["the", "man's", "hat"]
+
+
+def test_vocabulary_says_hyphenated_words_whole():
+    vocab = Vocabulary.build(["A man in a t-shirt.", "A 2-story house"])
+    assert {"t-shirt", "2-story"} <= set(vocab.tokens) and "shirt" not in vocab.tokens
+    caption = " ".join(vocab.decode(vocab.encode("a man in a T-shirt")[1:]))  # the predictor's caption: words joined
+    assert caption == "a man in a t-shirt"
+    # a vocabulary of an older model file (hyphens split, contractions whole) keeps encoding and decoding
+    old = Vocabulary(("<pad>", "<start>", "<end>", "<unk>", "a", "t", "shirt", "man's"))
+    assert " ".join(old.decode(old.encode("a man's shirt")[1:])) == "a man's shirt"
+    assert ptb_tokens("a t shirt") == ["a", "t", "shirt"]
 
 
 VOCAB = Vocabulary(("<pad>", "<start>", "<end>", "<unk>", "x", "y"))

@@ -279,3 +279,109 @@ def test_validation_scores_each_image_once_when_one_cannot_be_read(tmp_path):
     assert list(module._image_ids) == [2, 3, 4]
     metrics = coco_evaluate(dataset.coco, module._results, ("bbox",), list(module._image_ids))
     assert metrics["bbox_ap"] == pytest.approx(1.0)
+
+
+def test_no_detections_give_none_for_sizes_without_objects():
+    """No detections at all: AP 0 for the sizes that have objects, None (pycocotools' -1) for those that have
+    none, as one false positive far from the object gives."""
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 400, "height": 400}],
+          "categories": [{"id": 1, "name": "box", "keypoints": ["a"]}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 200, 200], "area": 40000,
+                           "iscrowd": 0, "keypoints": [50, 50, 2], "num_keypoints": 1},
+                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [300, 300, 10, 10], "area": 100,
+                           "iscrowd": 1, "keypoints": [0, 0, 0], "num_keypoints": 0}]}  # fmt: skip
+    coco = load_coco(gt)
+    empty = coco_evaluate(coco, [], ("bbox", "keypoints"), [1], ["a"])
+    assert empty == {"bbox_ap": 0.0, "bbox_ap50": 0.0, "bbox_ap75": 0.0, "bbox_ap_small": None,
+                     "bbox_ap_medium": None, "bbox_ap_large": 0.0, "keypoints_ap": 0.0, "keypoints_ap50": 0.0,
+                     "keypoints_ap75": 0.0, "keypoints_ap_medium": None, "keypoints_ap_large": 0.0}  # fmt: skip
+    far_off = [{"image_id": 1, "category_id": 1, "bbox": [350, 350, 5, 5], "score": 0.9, "keypoints": [352, 352, 1]}]
+    assert coco_evaluate(coco, far_off, ("bbox", "keypoints"), [1], ["a"]) == empty
+
+
+def _person_and_ball(tmp_path, ball_num_keypoints: bool):
+    """A pose file with a keypoint category (person) and one without keypoints (ball), one of each in a.png."""
+    import cv2
+
+    kps = [v for i in range(3) for v in (110.0 + 20 * i, 120.0 + 40 * i, 2)]
+    extra = {"num_keypoints": 0, "keypoints": []} if ball_num_keypoints else {}
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 400, "height": 400}],
+          "categories": [{"id": 1, "name": "person", "keypoints": ["a", "b", "c"], "skeleton": []},
+                         {"id": 2, "name": "ball"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [100, 100, 80, 150], "area": 12000,
+                           "iscrowd": 0, "keypoints": kps, "num_keypoints": 3},
+                          {"id": 2, "image_id": 1, "category_id": 2, "bbox": [300, 300, 40, 40], "area": 1600,
+                           "iscrowd": 0, **extra}]}  # fmt: skip
+    (tmp_path / "pose.json").write_text(json.dumps(gt))
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((400, 400, 3), np.uint8))
+    person = Instance("person", 1, 0.9, (100, 100, 180, 250), None, [(kps[i], kps[i + 1], 1.0) for i in (0, 3, 6)])
+    return tmp_path / "pose.json", person
+
+
+@pytest.mark.parametrize("ball_num_keypoints", [False, True])
+def test_pose_scores_only_the_keypoint_categories(tmp_path, ball_num_keypoints):
+    """A category without keypoints (which the pose dataset leaves out, so the model never learns it) is not
+    scored: no KeyError for its missing num_keypoints, no AP 0 for its box averaged in; in `eval pose` and in
+    training's validation alike."""
+    from types import SimpleNamespace
+
+    from cnnapps.apps.common.training import TrainConfig
+    from cnnapps.apps.detect.module import DetectionModule
+    from cnnapps.datasets.coco import CocoDataset
+    from cnnapps.results import DetectionResult
+
+    path, person = _person_and_ball(tmp_path, ball_num_keypoints)
+    dataset = CocoDataset(path, tmp_path, "pose")
+    assert dataset.category_ids == [1]
+
+    class Truth:
+        task, class_names = "pose", ("__background__", "person")
+        spec = SimpleNamespace(keypoint_names=["a", "b", "c"])
+
+        def predict(self, paths, progress=None):
+            return [DetectionResult(str(p), instances=[person], width=400, height=400) for p in paths]
+
+    report, _ = evaluate_detector(Truth(), dataset)
+    assert report["metrics"]["bbox_ap"] == pytest.approx(1.0) and report["metrics"]["keypoints_ap"] == pytest.approx(1)
+    assert report["categories_left_out"] == []
+
+    model = torch.nn.Module()
+    model.spec = SimpleNamespace(task="pose")
+    module = DetectionModule(model, TrainConfig(), dataset)
+    module.trainer = SimpleNamespace(sanity_checking=False)
+    recorded = []
+    module.log, module.record_epoch = (lambda *args, **kwargs: None), recorded.append
+    module._results, module._image_ids = to_coco_results(1, [person], module.category_of_label), [1]
+    module.on_validation_epoch_end()
+    assert recorded[0]["val_bbox_ap"] == pytest.approx(1.0) and recorded[0]["val_keypoints_ap"] == pytest.approx(1)
+
+
+def test_eval_detect_scores_the_categories_the_model_knows(tmp_path, caplog):
+    """A file category that is no class of the model is left out of the AP (not averaged in as 0), listed in the
+    report and warned of."""
+    import cv2
+
+    from cnnapps.datasets.coco import CocoDataset
+    from cnnapps.results import DetectionResult
+
+    path, person = _person_and_ball(tmp_path, ball_num_keypoints=False)
+    dataset = CocoDataset(path, tmp_path, "detect")
+    assert dataset.category_ids == [1, 2]
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((400, 400, 3), np.uint8))
+
+    class Boxes:
+        task, class_names = "detect", ("__background__", "person", "dog")
+
+        def predict(self, paths, progress=None):
+            found = [Instance("person", 1, 0.9, person.box), Instance("dog", 2, 0.8, (300, 300, 340, 340))]
+            return [DetectionResult(str(p), instances=found, width=400, height=400) for p in paths]
+
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        report, results = evaluate_detector(Boxes(), dataset)
+    assert report["metrics"]["bbox_ap"] == pytest.approx(1.0)  # ball's AP 0 is not averaged in
+    assert report["categories_left_out"] == ["ball"] and [r["category_id"] for r in results] == [1]
+    assert "categories left out of the AP" in caplog.text and "ball" in caplog.text
+    # the model knowing both: the ball it misses counts
+    Boxes.class_names = ("__background__", "person", "ball")
+    report, _ = evaluate_detector(Boxes(), dataset)
+    assert report["categories_left_out"] == [] and 0.0 < report["metrics"]["bbox_ap"] < 1.0
