@@ -6,11 +6,12 @@ lose no frame (the reader waits for the consumer), live sources (webcams, networ
 waiting frame so the consumer always gets recent ones. Failures are :class:`VideoError`, one line naming the
 source; a failure mid-way comes after every frame decoded before it. :class:`VideoWriter` writes RGB frames to a
 hidden temporary file next to its target and renames it at ``close()``, keeping what was written even after an
-error. FFmpeg (PyAV) is imported only when a video is opened.
+error; given the frames' times, it writes them at the source's pace. FFmpeg (PyAV) is imported only when a video
+is opened.
 
     with VideoSource("clip.mp4", stride=2) as source, VideoWriter("out.mp4", source.fps / 2) as out:
         for frame in source:
-            out.write(frame.rgb)
+            out.write(frame.rgb, time=frame.time)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpe
 
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "udp", "tcp", "srt")
 _HTTP_SCHEMES = ("http", "https")
+_LIVE_DEMUXERS = ("hls", "mpjpeg", "dash")  # read over http(s) as live streams, whatever duration they state
 _URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _WEBCAM = re.compile(r"webcam(?::(\d+))?")
 _SEQUENCE_FIELD = re.compile(r"%%|%(0?)(\d*)d")  # ffmpeg's image2 pattern: frames/%05d.png (%% is a %)
@@ -190,14 +192,23 @@ class VideoSource:
     the lowest number present to the first number missing after it), ``webcam`` / ``webcam:N`` (``/dev/videoN``
     through v4l2 on Linux, avfoundation device N on macOS), or an rtsp(s), rtmp, udp, tcp, srt or http(s) URL.
 
+    An http(s) URL whose demuxer states the video's length (MP4, Matroska, WebM, AVI...: a video file on a web
+    server) is read as a file: its end is the end, and data that stops coming for ``timeout`` seconds an error;
+    HLS, MJPEG and http streams of no stated length are live.
+
     ``stride`` keeps every stride-th frame (the others are decoded but never converted); ``start`` and
-    ``end`` (seconds) bound the frames read (files seek to the keyframe before ``start``). ``live`` (default:
-    webcams and URLs) makes the queue of ``queue`` frames drop its oldest frame when the consumer is slow
-    (counted in ``dropped``) instead of making the reader wait; a file read live is decoded as fast as it can
-    be, and still ends at its end. For webcams and URLs the end of the stream, an error or a stall (no
-    frame for ``timeout`` seconds) is a disconnect: a :class:`VideoError`, or with ``reconnect`` an event
-    (``on_event(message)``, called from the reader thread; default: printed on stderr), a wait (0.5 s,
-    doubling up to 5 s) and a new connection; ``retries`` bounds the tries in a row (None: forever); the
+    ``end`` (seconds) bound the frames read. Files seek to the keyframe before ``start``, and a frame's index
+    stays its position from the beginning: from the container's index where it lists every frame at even
+    intervals (MP4, MOV, AVI at a constant frame rate), else by counting the packets before ``start``, demuxed
+    from the beginning without decoding (variable frame rates, Matroska, MPEG-TS), which also finds the keyframe
+    to seek to; only a source that cannot be opened a second time, or frames without timestamps, get indices
+    estimated from the frame rate. A ``start`` at or after the last frame gives no frame (and no error).
+    ``live`` (default: webcams, network streams and live http sources) makes the queue of ``queue`` frames drop
+    its oldest frame when the consumer is slow (counted in ``dropped``) instead of making the reader wait; a file
+    read live is decoded as fast as it can be, and still ends at its end. For webcams and live URLs the end of the
+    stream, an error or a stall (no frame for ``timeout`` seconds) is a disconnect: a :class:`VideoError`, or with
+    ``reconnect`` an event (``on_event(message)``, called from the reader thread; default: printed on stderr), a
+    wait (0.5 s, doubling up to 5 s) and a new connection; ``retries`` bounds the tries in a row (None: forever); the
     count starts again once frames flow. Frame indices keep increasing across reconnections and times go
     on from the wall clock. ``fps`` is the frame rate of image sequences (25 by default) and of sources
     that do not state one.
@@ -237,7 +248,9 @@ class VideoSource:
         self._check_options(stride, start, end, queue, timeout, retries, fps, max_pixels, max_aspect)
         self.max_pixels, self.max_aspect = max_pixels, max_aspect
         self._kind = _kind(self.name) or "file"
-        self._remote = self._kind in ("webcam", "stream", "http")  # the end of the data is a disconnect
+        self._network = self._kind in ("webcam", "stream", "http")  # reads that can stall: FFmpeg's timeouts
+        self._remote = self._network  # the end of the data is a disconnect (an http(s) video file: no)
+        self._live_given = live
         self.live = bool(live) if live is not None else self._remote
         self.stride, self.start, self.end = int(stride), start, end
         self.timeout, self.reconnect, self.retries = float(timeout), bool(reconnect), retries
@@ -262,6 +275,7 @@ class VideoSource:
         self._next_index = 0
         self._passed = 0  # frames at or after start, for the stride
         self._last_time: float | None = None
+        self._decoded_time: float | None = None  # the last frame decoded, before start filters it
         self._tries = 0
         self._time_offset = 0.0  # added to a reconnected stream's timestamps
         self._born = time.monotonic()
@@ -400,7 +414,7 @@ class VideoSource:
         import av
 
         target, fmt, options = self._target()
-        timeout = (self.timeout, self.timeout) if self._remote else None
+        timeout = (self.timeout, self.timeout) if self._network else None
         try:
             container = av.open(target, format=fmt, options=options, timeout=timeout)
         except av.error.ExitError:
@@ -430,6 +444,12 @@ class VideoSource:
     def _describe_av(self) -> None:
         stream, container = self._stream, self._container
         demuxer = self.container_format = container.format.name
+        if self._kind == "http" and self._is_remote_file():  # a video file on a web server, not a live stream
+            self._remote = False
+            if self._live_given is None:
+                self.live = False
+                with contextlib.suppress(Exception):  # decoded as fast as it can be, as a local file is
+                    stream.thread_type = "AUTO"
         one_gif = demuxer == "gif" and (stream.frames or 0) <= 1
         self.still = demuxer.endswith("_pipe") or demuxer == "image2" or one_gif  # jpeg_pipe, png_pipe, ...
         rate = stream.average_rate or stream.guessed_rate
@@ -445,6 +465,16 @@ class VideoSource:
             self.duration = container.duration / 1_000_000
         if stream.frames and stream.frames > 0:
             self.frames = self._expected(int(stream.frames))
+
+    def _is_remote_file(self) -> bool:
+        """Whether an http(s) source is a video file (MP4, Matroska, WebM, AVI...: a demuxer that states the
+        length) rather than a live stream (HLS, MJPEG, or a stream of no known length)."""
+        stream, container = self._stream, self._container
+        if any(name in _LIVE_DEMUXERS for name in container.format.name.split(",")):
+            return False
+        if stream.duration and stream.time_base and stream.duration > 0:
+            return True
+        return bool(container.duration and container.duration > 0)
 
     def _declared_duration(self) -> float | None:
         """The video stream's length as the container declares it (MP4/MOV, Matroska/WebM), else None."""
@@ -579,6 +609,7 @@ class VideoSource:
         index = self._next_index
         self._next_index += 1
         self._tries = 0  # frames flow: the next disconnect starts its count again
+        self._decoded_time = time_s
         if self.start is not None and time_s < self.start - _EPS:
             return True
         if self.end is not None and time_s >= self.end - _EPS:
@@ -628,12 +659,18 @@ class VideoSource:
         stream = self._stream
         tb = stream.time_base
         first_pts: int | None = None
+        seeked = False  # the next frame is the first after a seek: its index is to be found
+        scan: tuple[np.ndarray, int | None] | None = None  # the frames before the start, when counted
+        step: float | None = None  # the frames' even step, when the index says
+        target = 0  # the start, in stream units
         if not self._remote:
             first_pts = stream.start_time or 0
-            if self.start:
-                self._seek(self.start)
+            if self.start and tb:
+                target = int(self.start / tb) + first_pts
+                step = self._even_step()
+                scan = None if step else self._scan(target)
+                seeked = self._seek(scan[1] if scan is not None and scan[1] is not None else target)
         offset = self._time_offset
-        seeked = bool(self.start) and not self._remote
         last_packet = last_frame = time.monotonic()
         ended = False
 
@@ -651,7 +688,7 @@ class VideoSource:
             if self._remote and self._last_time is not None and t <= self._last_time:
                 t = max(time.monotonic() - self._born, self._last_time + _EPS)  # timestamps went back: wall clock
             if seeked:
-                self._next_index = round(t * (self.fps or 25.0))
+                self._next_index = self._index_after_seek(frame.pts, first_pts, t, step, target, scan)
                 seeked = False
             return self._offer(t, lambda: frame.to_ndarray(format="rgb24"), (frame.width, frame.height))
 
@@ -678,21 +715,90 @@ class VideoSource:
                 if isinstance(exc, av.error.ExitError) or waited >= 0.9 * self.timeout:
                     raise _Disconnected(f"stream stalled (no frame for {self.timeout:g} s)") from None
                 raise _Disconnected(f"disconnected ({_reason(exc)})") from None
-            raise VideoError(f"{self.name}: {_reason(exc)} after {self.frames_read} frames") from None
+            reason = _reason(exc)
+            if self._network and (isinstance(exc, av.error.ExitError) or waited >= 0.9 * self.timeout):
+                reason = f"no data for {self.timeout:g} s"
+            raise VideoError(f"{self.name}: {reason} after {self.frames_read} frames") from None
         if ended and self._remote and not self._stop.is_set():
             raise _Disconnected("disconnected")
         if ended:  # the end of the data came before ``end``: was the file cut short?
             self._check_complete()
 
-    def _seek(self, seconds: float) -> None:
+    def _seek(self, position: int) -> bool:
+        """Seek to the keyframe at or before ``position`` (stream units); False when the file is read from its
+        start instead."""
         import av
 
+        try:
+            self._container.seek(position, stream=self._stream, backward=True, any_frame=False)
+        except (av.error.FFmpegError, OSError):  # not seekable: decode from the start
+            return False
+        return True
+
+    def _index_after_seek(
+        self, pts: int | None, first_pts: int | None, seconds: float, step: float | None, target: int,
+        scan: tuple[np.ndarray, int | None] | None,
+    ) -> int:  # fmt: skip
+        """The index of the first frame decoded after a seek (at ``pts``, ``seconds`` from the start): from the
+        frame step of an index that lists every frame at even intervals, else the frames counted before it (the
+        scan up to ``target``, or one up to the frame); from the frame rate if neither can tell."""
+        if pts is not None:
+            if step:
+                return round((pts - (first_pts or 0)) / step)
+            if scan is None or pts > target:
+                scan = self._scan(pts)
+            if scan is not None:
+                return int(np.searchsorted(scan[0], pts))
+        return round(seconds * (self.fps or 25.0))
+
+    def _even_step(self) -> float | None:
+        """The time between frames (stream units) when the container's index lists every frame (MP4, MOV,
+        AVI) at even intervals, to within a unit of rounding; None for variable frame rates or no full index."""
         stream = self._stream
-        if not stream.time_base:
-            return
-        target = int(seconds / stream.time_base) + (stream.start_time or 0)
-        with contextlib.suppress(av.error.FFmpegError, OSError):  # not seekable: decode from the start
-            self._container.seek(target, stream=stream, backward=True, any_frame=False)
+        try:
+            entries = stream.index_entries
+            count = len(entries)
+            if count < 2 or count != stream.frames:
+                return None
+            stamps = np.fromiter((entry.timestamp for entry in entries), np.int64, count)
+        except Exception:  # an older PyAV without index_entries
+            return None
+        gaps = np.diff(stamps)
+        if gaps.min() <= 0 or gaps.max() - gaps.min() > 1:
+            return None
+        return float(stamps[-1] - stamps[0]) / (count - 1)
+
+    def _scan(self, until: int) -> tuple[np.ndarray, int | None] | None:
+        """The file's packets up to ``until`` (stream units), demuxed from its start without decoding on a second
+        handle on the source: the sorted pts of the frames before it (a frame a packet), and where to seek to
+        start decoding at the last keyframe at or before it (its dts, else its pts; None if none is marked).
+        None when the source cannot be opened again."""
+        import av
+
+        target, fmt, options = self._target()
+        timeout = (self.timeout, self.timeout) if self._network else None
+        stamps: list[int] = []
+        keyframe, later_keyframes = None, 0
+        try:
+            with av.open(target, format=fmt, options=options, timeout=timeout) as container:
+                for packet in container.demux(container.streams.video[0]):  # the stream read, as _open_av chose it
+                    if self._stop.is_set():
+                        return None
+                    if packet.dts is not None and packet.dts > until:
+                        break  # this packet and the later ones come after until
+                    if packet.pts is None or not packet.size:
+                        continue
+                    if packet.is_keyframe and packet.pts <= until:
+                        keyframe = packet.dts if packet.dts is not None else packet.pts
+                    elif packet.is_keyframe:
+                        later_keyframes += 1  # frames before until may still follow it (an open group)
+                        if later_keyframes == 2:
+                            break
+                    if packet.pts < until:
+                        stamps.append(packet.pts)
+        except (av.error.FFmpegError, OSError, VideoError, IndexError):
+            return None
+        return np.sort(np.array(stamps, np.int64)), keyframe
 
     def _check_complete(self) -> None:
         """A file that ends well before its declared length was cut short: say so after its frames."""
@@ -700,7 +806,7 @@ class VideoSource:
         if declared is None or declared <= 0:
             return
         step = 1 / (self.fps or 25.0)
-        reached = (self._last_time + step) if self._last_time is not None else 0.0
+        reached = (self._decoded_time + step) if self._decoded_time is not None else 0.0
         if reached < declared - max(2.5 * step, 0.1):
             raise VideoError(
                 f"{self.name}: the video stops at {reached:.2f} s of {declared:.2f} s (truncated or damaged file) "
@@ -771,6 +877,12 @@ _WRITE_FORMATS = {
 }
 
 
+#: Time bases (1/N s) tried, finest first, for frames written at given times, by muxer: Matroska and WebM count
+#: milliseconds; an encoder that takes none of them (MPEG-4 part 2: 1/65535 at the finest), and AVI (a tick a
+#: frame, gaps filled with empty frames), put the frames in the writer's frame slots (1/fps).
+_TIMED_BASES = {"mp4": (90000, 1000), "mov": (90000, 1000), "matroska": (1000,), "webm": (1000,), "avi": ()}
+
+
 def _encoder(names: tuple[str, ...]) -> str | None:
     import av
 
@@ -796,10 +908,17 @@ class VideoWriter:
     another FFmpeg encoder. The size is the first frame's, padded to even sides (yuv420p needs them); later
     frames of another size are resized to it. (H, W) grey and (H, W, 4) RGBA frames are accepted.
 
+    Frames follow each other at ``fps``, or at the times given to :meth:`write` (seconds, as
+    :attr:`Frame.time` gives them), so that a copy of every fifth frame, or of a variable-frame-rate video,
+    plays at the source's pace: the first frame written is at 0 s, each later one at its time's distance from
+    the first's, to 1/90000 s in MP4 and MOV, 1 ms in Matroska and WebM, the nearest frame slot (1/fps) in AVI.
+    The last frame lasts as long as the gap before it.
+
     An existing ``path`` is refused at once (:class:`~cnnapps.files.OutputExistsError`). Frames go to a hidden
     temporary file in the target's folder, renamed to ``path`` by :meth:`close`; closing after an error (and
-    leaving a ``with`` block on an exception) keeps the frames written so far. Nothing is written without a
-    frame. MP4 and MOV files get their index at the front (faststart), so they play while downloading.
+    leaving a ``with`` block on an exception, a Ctrl-C in :meth:`write` included) keeps the frames written so far.
+    Nothing is written without a frame. MP4 and MOV files get their index at the front (faststart), so they play
+    while downloading.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, *, codec: str | None = None) -> None:
@@ -825,6 +944,13 @@ class VideoWriter:
         self._stream: Any = None
         self._tmp: Path | None = None
         self._closed = False
+        self._time_base = 1 / self._rate  # of the frames' pts: finer when the first frame comes with a time
+        self._ticks = 1  # time-base units between frames at fps
+        self._origin: float | None = None  # the given time that is 0 s in the file
+        self._last_pts: int | None = None
+        self._durations: dict[int, int] = {}  # pts -> the frame's duration (to the next frame), for its packet
+        self._gap = 1  # the last frame's duration, should no frame follow it: the gap before it
+        self._pending: collections.deque[Any] = collections.deque()  # packets out of the encoder, not yet muxed
 
     def _frame(self, rgb: np.ndarray) -> np.ndarray:
         a = np.asarray(rgb)
@@ -847,7 +973,7 @@ class VideoWriter:
             a = np.pad(a, ((0, self.height - sh), (0, self.width - sw), (0, 0)), mode="edge")
         return np.ascontiguousarray(a)
 
-    def _open(self) -> None:
+    def _open(self, timed: bool) -> None:
         import av
 
         codec = _encoder(self._codecs)
@@ -863,12 +989,14 @@ class VideoWriter:
             try:
                 stream = container.add_stream(codec, rate=self._rate)
                 stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
-                if codec == "libx264":
-                    stream.options = {"crf": "20", "preset": "veryfast"}
+                if codec == "libx264":  # frames at given times: no B-frames (MP4 sums their decoding times)
+                    stream.options = {"crf": "20", "preset": "veryfast", **({"bf": "0"} if timed else {})}
                 elif codec.startswith("libvpx"):
                     stream.options = {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8"}
                 else:
                     stream.bit_rate = max(400_000, int(self.width * self.height * self.fps * 0.25))
+                if timed:
+                    self._set_time_base(stream, _TIMED_BASES.get(self._format, ()))
             except BaseException:
                 container.close()
                 raise
@@ -880,25 +1008,86 @@ class VideoWriter:
             raise
         self._container, self._stream, self.codec = container, stream, codec
 
-    def write(self, rgb: np.ndarray) -> None:
-        """Append one RGB frame."""
+    def _set_time_base(self, stream: Any, denominators: tuple[int, ...]) -> None:
+        """Open the encoder at the finest of these time bases it takes; else the frames keep 1/fps."""
+        import av
+
+        for denominator in denominators:
+            base = Fraction(1, denominator)
+            stream.codec_context.time_base = stream.time_base = base
+            try:
+                stream.codec_context.open()
+            except av.error.FFmpegError:  # not this encoder's: try the next
+                continue
+            self._time_base = base
+            self._ticks = max(1, round(1 / (self._rate * base)))
+            return
+        if denominators:
+            stream.codec_context.time_base = stream.time_base = 1 / self._rate
+
+    def _next_pts(self, time: float | None) -> int:
+        """The pts of the next frame: at ``time`` from the origin, or a frame at fps after the last one; always
+        after the last one (a time not after it is moved a tick after it)."""
+        last = self._last_pts
+        after = 0 if last is None else last + self._ticks
+        if time is None:
+            pts = after
+        else:
+            if self._origin is None:
+                self._origin = time - float(after * self._time_base)
+            pts = round((time - self._origin) / self._time_base)
+        if last is not None and pts <= last:
+            pts = last + 1
+        if last is not None:
+            self._durations[last] = pts - last
+        self._gap = self._ticks if last is None else pts - last
+        self._last_pts = pts
+        return pts
+
+    def _mux_pending(self, container: Any, final: bool = False) -> None:
+        """Put the packets out of the encoder into the file, each with its frame's duration; a packet whose
+        frame has no frame after it yet waits for the next frame (or, ``final``, lasts the gap before it)."""
+        if final and self._last_pts is not None:
+            self._durations.setdefault(self._last_pts, self._gap)
+        while self._pending:
+            packet = self._pending[0]
+            duration = self._durations.get(packet.pts) if packet.pts is not None else None
+            if duration is None and packet.pts == self._last_pts and not final:
+                return
+            self._pending.popleft()
+            if duration is not None:
+                packet.duration = duration
+                del self._durations[packet.pts]
+            container.mux(packet)
+
+    def write(self, rgb: np.ndarray, time: float | None = None) -> None:
+        """Append one RGB frame; ``time`` (seconds, the frame's time in its source) places it in the video: a time
+        not after the last frame's puts it just after it, None a frame at ``fps`` after it. The first frame's
+        time (given or not) decides the time base: pass times from the first frame on."""
         import av
 
         if self._closed:
             raise CnnappsError(f"{self.path}: the video writer is closed")
+        if time is not None:
+            try:
+                time = float(time)
+            except (TypeError, ValueError):
+                time = math.nan
+            if not math.isfinite(time):
+                raise CnnappsError(f"{self.path}: a frame's time must be a finite number of seconds")
         frame = self._frame(rgb)
         if self._container is None:
-            self._open()
+            self._open(timed=time is not None)
         picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        picture.pts = self.frames_written
-        picture.time_base = 1 / self._rate
+        picture.pts = self._next_pts(time)  # taken before encoding: a write stopped part way leaves no pts twice
+        picture.time_base = self._time_base
+        written = self.frames_written
         try:
-            for packet in self._stream.encode(picture):
-                self._container.mux(packet)
+            self._pending.extend(self._stream.encode(picture))
+            self.frames_written = written + 1
+            self._mux_pending(self._container)
         except (av.error.FFmpegError, OSError) as exc:
-            reason = f"cannot write ({_reason(exc)}) after {self.frames_written} frames"
-            raise CnnappsError(f"{self.path}: {reason}") from None
-        self.frames_written += 1
+            raise CnnappsError(f"{self.path}: cannot write ({_reason(exc)}) after {written} frames") from None
 
     def close(self) -> None:
         """Finish the file and move it into place (keeping every frame written); nothing without frames."""
@@ -913,9 +1102,11 @@ class VideoWriter:
         self._container = None
         try:
             try:
-                for packet in self._stream.encode(None):
-                    container.mux(packet)
+                self._pending.extend(self._stream.encode(None))  # after what a write stopped part way left
+                self._mux_pending(container, final=True)
             finally:
+                self._pending.clear()
+                self._durations.clear()
                 container.close()
             os.chmod(tmp, 0o644 & ~current_umask())
             publish(tmp, self.path)

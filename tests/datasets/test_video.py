@@ -120,6 +120,77 @@ def test_writer_keeps_frames_after_an_error(tmp_path: Path) -> None:
         VideoWriter(tmp_path / "f.mp4", FPS).write(np.zeros((8, 8, 3), np.float32))
 
 
+def test_a_write_stopped_part_way_leaves_a_video_that_closes_with_every_frame(tmp_path: Path) -> None:
+    """A Ctrl-C landing in write once the frame reached the encoder: the next frames and close() go on."""
+
+    class Interrupted:
+        def __init__(self, stream: object) -> None:
+            self.stream = stream
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.stream, name)
+
+        def encode(self, frame: object) -> Iterator[object]:
+            yield from self.stream.encode(frame)
+            raise KeyboardInterrupt  # the signal handler runs here
+
+    path = tmp_path / "stopped.mp4"
+    writer = VideoWriter(path, FPS)
+    for i in range(12):
+        if i == 6:
+            writer._stream = Interrupted(writer._stream)
+            with pytest.raises(KeyboardInterrupt):
+                writer.write(picture(i))
+            writer._stream = writer._stream.stream
+        else:
+            writer.write(picture(i))
+    writer.close()
+    frames = read_all(VideoSource(str(path)))
+    assert [f.index for f in frames] == list(range(12)) and os.listdir(tmp_path) == ["stopped.mp4"]
+    assert np.abs(frames[6].rgb.astype(int) - picture(6)).mean() < 8
+
+
+def written_times(path: Path) -> tuple[list[float], float]:
+    """The frames' times (seconds) and the stream's length, as PyAV reads them back."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times = [float(f.pts * f.time_base) for f in container.decode(stream)]
+        length = float(stream.duration * stream.time_base) if stream.duration else container.duration / 1e6
+    return times, length
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".avi"])
+def test_frames_written_at_their_times_play_at_the_source_pace(tmp_path: Path, suffix: str) -> None:
+    """Every fifth frame of a 10 fps clip from 60 s: 0.5 s apart from 0 s, the last lasting 0.5 s too."""
+    path = tmp_path / f"strided{suffix}"
+    with VideoWriter(path, 10) as writer:
+        for i in range(12):
+            writer.write(picture(i), time=60 + i * 0.5)
+    times, length = written_times(path)
+    assert times == pytest.approx([i * 0.5 for i in range(12)], abs=1e-6) and length == pytest.approx(6.0, abs=1e-3)
+    assert writer.frames_written == 12
+
+
+def test_frame_times_keep_uneven_gaps_and_go_forward(tmp_path: Path) -> None:
+    path = tmp_path / "vfr.mp4"
+    with VideoWriter(path, 10) as writer:
+        for i, t in enumerate([0.0, 0.1, 1.3, 1.3, 1.2, None, 3.5, 3.6]):  # a repeat, a step back, no time
+            writer.write(picture(i), time=t)
+        with pytest.raises(CnnappsError, match="a frame's time must be a finite number of seconds"):
+            writer.write(picture(8), time=float("nan"))
+    times, length = written_times(path)
+    assert times == pytest.approx([0.0, 0.1, 1.3, 1.3, 1.3, 1.4, 3.5, 3.6], abs=1e-4)
+    assert times == sorted(set(times))  # the repeat and the step back just after the frame before them
+    assert length == pytest.approx(3.7, abs=1e-3)
+    untimed = tmp_path / "untimed.mp4"
+    with VideoWriter(untimed, 10) as writer:  # no time: evenly spaced at fps, as before
+        for i in range(3):
+            writer.write(picture(i))
+    assert written_times(untimed) == (pytest.approx([0.0, 0.1, 0.2]), pytest.approx(0.3, abs=1e-3))
+
+
 def test_frames_and_lines_are_kept_beside_a_name_taken_while_they_were_written(tmp_path: Path) -> None:
     from cnnapps.apps.common.video import _LineFile
 
@@ -286,6 +357,58 @@ def test_corrupt_middle_ends_cleanly(tmp_path: Path) -> None:
     assert 0 < got <= 60 and time.monotonic() - started < 10
 
 
+def vfr_clip(path: Path, times_ms: list[int]) -> Path:
+    """A variable-frame-rate H.264 clip with a keyframe every 3 frames, frames at ``times_ms``."""
+    from fractions import Fraction
+
+    import av
+
+    base = Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = base
+        stream.options = {"g": "3", "preset": "veryfast"}
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            frame.pts, frame.time_base = t, base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
+def test_frame_indices_after_start_on_a_variable_frame_rate_file(tmp_path: Path, suffix: str) -> None:
+    """Six frames 40 ms apart, four 1 s apart, eight 40 ms apart: after --start a frame keeps the index it has
+    when the file is read from its beginning, and no frame after the start is missing (MP4 seeks by decoding
+    time, MPEG-TS by searching: both can land after the start's keyframe)."""
+    times_ms = [40 * i for i in range(6)] + [1200, 2200, 3200, 4200] + [4240 + 40 * i for i in range(8)]
+    path = vfr_clip(tmp_path / f"vfr{suffix}", times_ms)
+    whole = [(f.index, round(f.time, 3)) for f in read_all(VideoSource(str(path)))]
+    assert whole == [(i, t / 1000) for i, t in enumerate(times_ms)]
+    for start in (0.1, 2.0, 4.3, 4.5):
+        after = [(f.index, round(f.time, 3)) for f in read_all(VideoSource(str(path), start=start))]
+        assert after == [(i, t) for i, t in whole if t >= start], start
+
+
+def test_start_at_or_past_the_end_gives_no_frame_and_no_error(clip: Path) -> None:
+    """A start after the last frame (2 s clip, last frame at 1.95 s) is no sign of a damaged file."""
+    for start in (1.97, 5.0, 100.0):
+        source = VideoSource(str(clip), start=start)
+        assert read_all(source) == [] and source.frames == 0 and source.frames_read == 0
+    assert [f.index for f in read_all(VideoSource(str(clip), start=1.95))] == [39]
+
+
+def test_truncated_file_read_from_a_start_still_says_so(tmp_path: Path) -> None:
+    data = write_clip(tmp_path / "full.mkv", n=120).read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match=r"the video stops at .* of 6\.00 s \(truncated or damaged file\) after 0 "):
+        read_all(VideoSource(str(cut), start=5.0))
+
+
 def test_image_sequence(tmp_path: Path) -> None:
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -363,6 +486,58 @@ def test_live_queue_drops_the_oldest_frames(clip: Path) -> None:
 # -- live streams from a local server ------------------------------------------------------------------------
 
 
+@pytest.fixture()
+def web_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on localhost (files with their length, as a web server serves them)."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_a_video_file_over_http_is_read_as_a_file(web_folder: tuple[Path, str]) -> None:
+    """Not live: no frame dropped for a slow consumer, its length known, its end the end (no reconnection)."""
+    folder, base = web_folder
+    write_clip(folder / "clip.mp4")
+    url = f"{base}/clip.mp4"
+    for options in ({}, {"reconnect": True, "retries": 1}):
+        source = VideoSource(url, **options)
+        assert (source.live, source.frames, source.duration) == (False, 40, pytest.approx(2.0, abs=0.06))
+        got = []
+        with source:
+            for frame in source:
+                got.append(frame.index)
+                time.sleep(0.005)  # slower than decoding, as a model is
+        assert got == list(range(40)) and source.dropped == 0
+    assert [f.index for f in read_all(VideoSource(url, start=1.0))] == list(range(20, 40))
+    assert probe(url)["live"] is False
+    assert VideoSource(url, live=True).live  # said live: its queue drops frames
+
+
+def test_a_video_file_over_http_that_stops_coming_is_one_error(clip: Path) -> None:
+    data = clip.read_bytes()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: %d\r\n\r\n" % len(data)
+    server = StreamServer(head + data[: len(data) // 2], stall=True, raw=True)
+    try:
+        source = VideoSource(server.url, timeout=0.5)
+        assert not source.live
+        got = []
+        with pytest.raises(VideoError) as caught, source:
+            for frame in source:
+                got.append(frame)
+        assert str(caught.value) == f"{server.url}: no data for 0.5 s after {len(got)} frames" and 0 < len(got) < 40
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="module")
 def ts_clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     import av
@@ -384,8 +559,9 @@ class StreamServer:
     """An HTTP server on localhost that sends ``data`` to each of its first ``serves`` connections, then either
     keeps the connection open without a byte more (``stall``) or closes it; later connections are refused."""
 
-    def __init__(self, data: bytes, *, stall: bool, serves: int = 1) -> None:
+    def __init__(self, data: bytes, *, stall: bool, serves: int = 1, raw: bool = False) -> None:
         self.data, self.stall, self.serves = data, stall, serves
+        self.head = b"" if raw else b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n"  # raw: data has its own
         self.done = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/live.ts"
@@ -400,7 +576,7 @@ class StreamServer:
                 return
             with conn:
                 conn.recv(65536)
-                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + self.data)
+                conn.sendall(self.head + self.data)
                 if self.stall:
                     self.done.wait(30)
         self.sock.close()  # further connections are refused
