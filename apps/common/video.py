@@ -9,7 +9,9 @@ soon as it is drawn, so memory stays flat over a stream of any length (tracks ke
 thinned by motion).
 
 A source that fails mid-way (corrupt data, a stream that stalls or drops) ends the run with the frames read so
-far predicted, written and reported; ``VideoReport.error`` says what happened.
+far predicted, written and reported; ``VideoReport.error`` says what happened. Ctrl-C (and, where asked, SIGTERM)
+stops the run after the batches in hand in the same way (``VideoReport.interrupted``); a second one stops it at
+once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import inspect
 import os
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -44,9 +47,11 @@ class VideoReport:
     seconds: float = 0.0
     error: str | None = None
     interrupted: bool = False
+    signal: str | None = None  # the signal that interrupted it: SIGINT (Ctrl-C) or SIGTERM
     events: int = 0  # frames where the answer changed (written with --save-frames)
     tracks: list[dict[str, Any]] = field(default_factory=list)
     counts: list[dict[str, Any]] = field(default_factory=list)
+    track_totals: dict[str, Any] = field(default_factory=dict)  # every track: the list keeps the latest finished
     written: list[str] = field(default_factory=list)
 
     @property
@@ -60,9 +65,12 @@ class VideoReport:
             out["error"] = self.error
         if self.interrupted:
             out["interrupted"] = True
-        if self.tracks or self.counts:
+            if self.signal:
+                out["signal"] = self.signal
+        if self.tracks or self.counts or self.track_totals:
             out["tracks"] = self.tracks
             out["counts"] = self.counts
+            out["track_totals"] = self.track_totals
         if self.written:
             out["written"] = self.written
         return out
@@ -75,7 +83,13 @@ class Tracking:
     ``threshold`` is the score the user asked for: the detector runs lower (ByteTrack's second association needs
     the weak boxes), and instances under ``threshold`` are kept only when they continue a track. It is the
     tracker's first-association score (``high``), and a new track needs 0.1 more (``new_track``; half the way to 1
-    above 0.8), as ByteTrack's 0.5 and 0.6 at the default 0.5; ``tracker`` options given override them."""
+    above 0.8), as ByteTrack's 0.5 and 0.6 at the default 0.5; ``tracker`` options given override them.
+
+    Memory stays bounded over a stream of any length: every :data:`RETIRE_EVERY` frames tracked, the tracks not
+    seen for longer than the tracker can bring a lost one back (``horizon`` frames tracked) are retired from the
+    book (whose summary keeps the latest ``keep_finished`` of them, its totals every track) and from ``seen``.
+    Counters and the book count the frames tracked, not the source's frame numbers, so a stride or dropped live
+    frames do not make them forget an id the tracker still knows (and count it again)."""
 
     def __init__(
         self,
@@ -83,19 +97,25 @@ class Tracking:
         reid: bool = True,
         counters: list[Any] | None = None,
         keep_mot: bool = False,
+        keep_finished: int | None = None,
         **tracker: Any,
     ) -> None:
-        from cnnapps.apps.track.book import TrackBook
+        from cnnapps.apps.track.book import KEEP_FINISHED, TrackBook
         from cnnapps.apps.track.tracker import ByteTracker
 
         tracker.setdefault("high", threshold)
         tracker.setdefault("new_track", threshold + min(0.1, (1.0 - threshold) / 2))  # reachable near 1 too
         tracker.setdefault("low", min(0.1, tracker["high"]))
         self.tracker = ByteTracker(reid=reid, **tracker)
-        self.book = TrackBook()
+        self.book = TrackBook(keep_finished=KEEP_FINISHED if keep_finished is None else keep_finished)
+        #: frames tracked after which a lost track can no longer come back
+        self.horizon = max(self.tracker.lost_frames, self.tracker.reid_frames if self.tracker.reid else 0)
         self.counters = list(counters or [])
+        for counter in self.counters:  # an id forgotten while the tracker can still bring it back counts again
+            if hasattr(counter, "forget"):
+                counter.forget = max(counter.forget, self.horizon)
         self.threshold = threshold
-        self.seen: set[int] = set()
+        self.seen: set[int] = set()  # ids not retired yet
         self._sized = False
         self.mot: list[str] | None = [] if keep_mot else None  # every frame's MOTChallenge lines, when asked
 
@@ -134,13 +154,16 @@ class Tracking:
         t_ids = np.array([i.track_id for i in tracked], np.int64)
         t_boxes = np.array([i.box for i in tracked], np.float32).reshape(-1, 4)
         names = [i.label for i in tracked]
-        self.book.add(frame.index, frame.time, t_ids, t_boxes, names)
+        step = self.tracker.frame  # frames tracked: the tracker's clock, whatever the stride or frames dropped
+        self.book.add(frame.index, frame.time, t_ids, t_boxes, names, step=step)
         before = [_total(c) for c in self.counters]
         centres = np.stack([(t_boxes[:, 0] + t_boxes[:, 2]) / 2, (t_boxes[:, 1] + t_boxes[:, 3]) / 2], 1)
         for counter in self.counters:
-            counter.update(frame.index, t_ids, centres, names)
+            counter.update(step, t_ids, centres, names)
         new = set(t_ids.tolist()) - self.seen
         self.seen |= new
+        if step % RETIRE_EVERY == 0:  # ids are never reused: a retired one cannot be new again
+            self.seen.difference_update(self.book.retire(step, self.horizon))
         crossed = [_total(c) for c in self.counters] != before
         lines = mot_lines(frame.index, t_ids, t_boxes, np.array([i.score for i in tracked], np.float32))
         if self.mot is not None:
@@ -150,6 +173,11 @@ class Tracking:
     def finish(self, report: VideoReport) -> None:
         report.tracks = self.book.summary()
         report.counts = [c.to_dict() for c in self.counters]
+        report.track_totals = self.book.totals()
+
+
+#: frames tracked between two retirements of finished tracks (:class:`Tracking`)
+RETIRE_EVERY = 32
 
 
 def _total(counter: Any) -> str:
@@ -169,6 +197,7 @@ def run_video(
     save_mot: Path | None = None,
     progress: Callable[[int], None] | None = None,
     lanes: int = 1,
+    stop_signals: tuple[str, ...] = ("SIGINT",),
 ) -> VideoReport:
     """Run ``predictor`` over every frame ``source`` yields; returns the :class:`VideoReport`.
 
@@ -180,7 +209,12 @@ def run_video(
     (``top_k``). ``lanes``: on a CPU, batches of frames predicted at once in this many lanes (forked processes where
     the system forks, else threads), the CPU's threads shared out among them (as OpenVINO's throughput streams do),
     for predictors that allow it (``predict_in_lane(images, compile_now=...)``); answers are taken in frame order all
-    the same."""
+    the same.
+
+    ``stop_signals`` (names; run from the main thread): the first such signal stops the run after the batches in
+    hand, every one of them predicted and written, the outputs finished, ``interrupted`` and ``signal`` set in the
+    report; a second one acts as the signal would have (Ctrl-C raises KeyboardInterrupt at once, the outputs
+    still closed with what they hold; SIGTERM ends the process). A signal ignored when the run starts stays so."""
     accepted = inspect.signature(predictor.predict).parameters
     options = {k: v for k, v in (predict_options or {}).items() if k in accepted}
     live = bool(getattr(source, "live", False))
@@ -214,29 +248,100 @@ def run_video(
     from cnnapps.datasets.video import VideoError
 
     pending: list[Any] = []
-    with _Lanes(predictor, lanes, options, take) as run:
+    with _StopSignals(stop_signals) as stop, _Lanes(predictor, lanes, options, take) as run:
         try:
             try:
-                for frame in source:
+                frames_in = iter(source)
+                while stop.signal is None:
+                    with stop.waiting():  # a wait for the source (a stalled stream) ends at once
+                        frame = next(frames_in, None)
+                    if frame is None:
+                        break
                     pending.append(frame)
                     if len(pending) >= size:
                         frames, pending = pending, []
                         run(frames)
             except VideoError as exc:
                 report.error = str(exc)
-            except KeyboardInterrupt:
-                report.interrupted = True
+            except _Interrupted:  # stop.signal says which
+                pass
             if pending:  # frames read before the source ended, failed or was interrupted
                 run(pending)
             run.finish()
         finally:
-            source.close()
-            report.seconds = time.perf_counter() - started
-            report.dropped = int(getattr(source, "dropped", 0))
-            sink.close()
+            try:
+                source.close()
+            finally:
+                report.seconds = time.perf_counter() - started
+                report.dropped = int(getattr(source, "dropped", 0))
+                sink.close()
+        report.interrupted, report.signal = stop.signal is not None, stop.signal
     if tracking is not None:
         tracking.finish(report)
     return report
+
+
+class _Interrupted(BaseException):
+    """A stop signal received while the run waited for the source's next frame (:meth:`_StopSignals.waiting`)."""
+
+
+class _StopSignals:
+    """While a run goes: the first of ``names`` (signals) received asks it to stop (``signal``: its name), the
+    batch being handled finished, rather than interrupting whatever runs at that moment (a frame half written, a
+    batch half taken); only a wait for the source (:meth:`waiting`) is cut short. A second one is handled as it
+    would have been without this (the handlers before are put back and it is raised again). Handlers are set only
+    in the main thread, and not for signals that are ignored."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.signal: str | None = None
+        self.previous: dict[int, Any] = {}
+        self._waiting = False
+
+    @contextlib.contextmanager
+    def waiting(self) -> Any:
+        """A stretch where the first signal raises :class:`_Interrupted` (reading the source: nothing is half
+        done there, and a stalled or reconnecting stream could keep the run waiting long)."""
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in self.names:
+            number = getattr(signal, name, None)
+            if number is None:  # not on this system
+                continue
+            before = signal.getsignal(number)
+            if before is signal.SIG_IGN or before is None:  # ignored (a background job), or not set from Python
+                continue
+            self.previous[number] = before
+            signal.signal(number, self._received)
+        return self
+
+    def _received(self, number: int, frame: Any) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(number).name
+            if self._waiting:
+                raise _Interrupted
+            return
+        before = self.previous.get(number, signal.SIG_DFL)
+        self._restore()
+        if callable(before):
+            before(number, frame)  # Ctrl-C: KeyboardInterrupt, here and now
+        else:
+            signal.raise_signal(number)  # its default: the process ends
+
+    def _restore(self) -> None:
+        for number, before in self.previous.items():
+            signal.signal(number, before)
+        self.previous = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
 
 
 class _Lanes:
@@ -383,11 +488,13 @@ class _LaneProcess:
 def _lane_main(predictor: Any, options: dict[str, Any], connection: Any) -> None:
     """A lane process: batches in, answers (or the failure) out, until it is sent None or its parent goes."""
     import pickle
-    import signal
 
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it finishes and closes lanes
+    # Ctrl-C and SIGTERM (sent to the whole process group by a terminal, `timeout`) are the parent's to handle: it
+    # takes the batches in flight and closes the lanes; a lane whose parent is gone ends with its connection
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _quiet_lane()
     torch.set_num_threads(1)
     batches: queue.Queue = queue.Queue()
@@ -461,6 +568,10 @@ class _Sink:
         self.fps = float(getattr(source, "fps", None) or 25.0)
         self.stem = Path(str(source.name).rstrip("/")).stem or "frame"
         self.video: Any = None
+        if save_video is not None:  # refuses an unknown suffix before anything is written; the file opens with a frame
+            from cnnapps.datasets.video import VideoWriter
+
+            self.video = VideoWriter(save_video, self.fps)
         self.mot = _LineFile(save_mot) if save_mot is not None else None
         self.trails: dict[int, deque] = {}
         self.last_seen: dict[int, int] = {}
@@ -488,15 +599,26 @@ class _Sink:
                 continue
 
     def close(self) -> None:
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
-        for closing, path in ((self.video, self.save_video), (self.mot, self.mot and self.mot.path)):
-            if closing is not None:
-                closing.close()
-                self.report.written.append(str(path))
-        if self.failure is not None:
-            raise self.failure
+        """Every output finished and in place, each whatever happens to the others (a video that cannot be finished
+        leaves the MOT file written); then the first failure, of the writing or the closing, is raised."""
+        try:
+            if self.thread.is_alive():
+                self.queue.put(None)
+                self.thread.join()
+        finally:
+            failure = self.failure
+            for closing, path in ((self.video, self.save_video), (self.mot, self.mot and self.mot.path)):
+                if closing is None:
+                    continue
+                try:
+                    closing.close()
+                except BaseException as exc:
+                    failure = failure or exc
+                else:
+                    if os.path.lexists(path):  # a video with no frame is not written
+                        self.report.written.append(str(path))
+            if failure is not None:
+                raise failure
 
     def _work(self) -> None:
         try:
@@ -516,12 +638,8 @@ class _Sink:
         if self.save_video is None and not (event and self.save_frames is not None):
             return
         picture = self._draw(frame, result, counts)
-        if self.save_video is not None:
-            if self.video is None:
-                from cnnapps.datasets.video import VideoWriter
-
-                self.video = VideoWriter(self.save_video, self.fps)
-            self.video.write(picture)
+        if self.video is not None:
+            self.video.write(picture, time=frame.time)  # at the source's pace, whatever the stride
         if event and self.save_frames is not None:
             from cnnapps.datasets.io import write_image
             from cnnapps.terminal import free_name

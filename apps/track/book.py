@@ -1,9 +1,12 @@
 """What a run over a video reports about its tracks, in memory bounded over long streams.
 
 :class:`TrackBook` keeps, per track id, its class votes, when it was first and last seen and a thinned path of
-its box centre; :meth:`TrackBook.pop_finished` hands over the summaries of tracks not seen for a while so a
-10,000-frame stream holds only the tracks still around. :class:`LineCounter` counts ids whose centre crosses a
-segment, each way; :class:`ZoneCounter` counts ids that entered a polygon and how many are in it now.
+its box centre; :meth:`TrackBook.retire` sets aside the summaries of tracks not seen for a while (the latest
+:data:`KEEP_FINISHED` of them, with exact totals of every track), so a stream of any length holds only the tracks
+still around. :class:`LineCounter` counts ids whose centre crosses a segment, each way; :class:`ZoneCounter` counts
+ids that entered a polygon and how many are in it now. Their ``frame`` arguments are the frames tracked (the
+tracker's count, not the source's frame numbers): with a stride or dropped live frames, an id is forgotten only
+once the tracker can no longer bring it back.
 :func:`parse_line` and :func:`parse_zone` read their geometry from text, in pixels or as fractions of the frame.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +33,11 @@ class _Entry:
     votes: Counter = field(default_factory=Counter)
     path: list[list[float]] = field(default_factory=list)  # kept points
     last: list[float] | None = None  # the latest point, kept or not
+    last_step: int = 0  # the frame it was last seen, in the steps ``add`` was given
+
+
+#: finished tracks whose summaries a :class:`TrackBook` keeps (the most recent ones); its totals count every track
+KEEP_FINISHED = 1000
 
 
 class TrackBook:
@@ -40,19 +48,35 @@ class TrackBook:
             point (the first and the latest point are always in the path).
         max_points: when a path grows past this many points every other point is dropped (the first stays), so
             a track that jitters for hours stays small.
+        keep_finished: the summaries of this many tracks set aside by :meth:`retire` are kept, the most recent
+            ones; older ones are let go (counted in :meth:`totals`, which stay exact).
     """
 
-    def __init__(self, min_step: float = 4.0, max_points: int = 1000) -> None:
+    def __init__(self, min_step: float = 4.0, max_points: int = 1000, keep_finished: int = KEEP_FINISHED) -> None:
         self.min_step = float(min_step)
         self.max_points = max(int(max_points), 2)
+        self.keep_finished = max(int(keep_finished), 0)
         self._tracks: dict[int, _Entry] = {}
+        self._finished: deque[dict] = deque()
+        self._finished_labels: Counter = Counter()  # label of every track retired, kept or not
+        self.dropped = 0  # summaries of retired tracks let go past keep_finished
 
     def __len__(self) -> int:
+        """The tracks held (still around: not retired)."""
         return len(self._tracks)
 
-    def add(self, frame: int, time: float, ids: Iterable[int], boxes: np.ndarray, labels: Sequence[str]) -> None:
+    def add(
+        self,
+        frame: int,
+        time: float,
+        ids: Iterable[int],
+        boxes: np.ndarray,
+        labels: Sequence[str],
+        step: int | None = None,
+    ) -> None:
         """Record one frame: ``ids`` from the tracker (-1 is ignored), ``boxes`` (N, 4) x0 y0 x1 y1, one label
-        name per box."""
+        name per box. ``step`` counts the frames tracked (``frame`` when not given): :meth:`retire` and
+        :meth:`pop_finished` measure idleness in it."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         ids = [int(i) for i in ids]
         if not len(ids) == len(boxes) == len(labels):
@@ -67,6 +91,7 @@ class TrackBook:
             if entry is None:
                 entry = self._tracks[ident] = _Entry(frame, float(time), frame, float(time))
             entry.last_frame, entry.last_time = frame, float(time)
+            entry.last_step = frame if step is None else int(step)
             entry.frames += 1
             entry.votes[str(label)] += 1
             point = [frame, round(float(box[0] + box[2]) / 2, 1), round(float(box[1] + box[3]) / 2, 1)]
@@ -94,16 +119,38 @@ class TrackBook:
         }
 
     def summary(self) -> list[dict]:
-        """A summary per track held, by id: id, label (the majority of the class votes; ties go to the label
-        seen first), votes {label: n}, first_frame, last_frame, first_time, last_time (seconds), frames (how
-        many frames it was seen in) and path ([frame, cx, cy] rounded to 0.1 pixel)."""
-        return [self._summary(i, self._tracks[i]) for i in sorted(self._tracks)]
+        """A summary per track held and per retired track kept, by id: id, label (the majority of the class votes;
+        ties go to the label seen first), votes {label: n}, first_frame, last_frame, first_time, last_time
+        (seconds), frames (how many frames it was seen in) and path ([frame, cx, cy] rounded to 0.1 pixel)."""
+        held = [self._summary(i, self._tracks[i]) for i in self._tracks]
+        return sorted([*self._finished, *held], key=lambda track: track["id"])
+
+    def totals(self) -> dict:
+        """Every track recorded, retired ones included: ``tracks``, ``by_label`` (by each track's label) and
+        ``summaries_dropped`` (retired tracks whose summaries were let go past ``keep_finished``)."""
+        labels = self._finished_labels + Counter(e.votes.most_common(1)[0][0] for e in self._tracks.values())
+        return {"tracks": sum(labels.values()), "by_label": dict(sorted(labels.items())),
+                "summaries_dropped": self.dropped}  # fmt: skip
 
     def pop_finished(self, frame: int, idle: int = 300) -> list[dict]:
-        """Summaries of the tracks not seen for more than ``idle`` frames before ``frame``, which the book then
-        forgets (tracker ids are never reused, so such a track does not come back)."""
-        done = sorted(i for i, e in self._tracks.items() if frame - e.last_frame > idle)
+        """Summaries of the tracks not seen for more than ``idle`` frames before ``frame`` (in the steps ``add``
+        was given), which the book then forgets (tracker ids are never reused, so such a track does not come
+        back)."""
+        done = sorted(i for i, e in self._tracks.items() if frame - e.last_step > idle)
         return [self._summary(i, self._tracks.pop(i)) for i in done]
+
+    def retire(self, step: int, idle: int) -> list[int]:
+        """Set aside the tracks not seen for more than ``idle`` steps before ``step`` (:meth:`pop_finished`): their
+        summaries stay in :meth:`summary` (the latest ``keep_finished``) and in :meth:`totals`; returns their
+        ids."""
+        done = self.pop_finished(step, idle)
+        for track in done:
+            self._finished_labels[track["label"]] += 1
+            self._finished.append(track)
+        while len(self._finished) > self.keep_finished:
+            self._finished.popleft()
+            self.dropped += 1
+        return [track["id"] for track in done]
 
 
 def _side(x0: float, y0: float, x1: float, y1: float, px: float, py: float) -> float:
@@ -128,7 +175,8 @@ class LineCounter:
     downwards): for a line drawn left to right, "in" is moving down across it; for a line drawn top to bottom,
     "in" is moving right to left. "out" is the other way. An id counts at most once per direction (crossing
     back counts "out"; crossing in again after that counts nothing more). Ids not seen for ``forget`` frames
-    are forgotten, so memory follows the ids around now.
+    are forgotten, so memory follows the ids around now (frames as :meth:`update` is given them: in a run, the
+    frames tracked, and ``forget`` at least as long as the tracker can bring a lost id back).
     """
 
     kind = "line"
@@ -216,7 +264,7 @@ class ZoneCounter:
     """Counts the ids whose box centre entered a polygon (each id once; a track that starts inside counts as
     having entered), per label, and how many are inside now: ids whose latest centre is inside and that were
     seen within the last ``hold`` frames (a short occlusion does not empty the zone). Ids not seen for
-    ``forget`` frames are forgotten.
+    ``forget`` frames are forgotten (frames as :class:`LineCounter` counts them).
     """
 
     kind = "zone"

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from cnnapps.errors import CnnappsError
-from cnnapps.terminal import console, echo_json, progress
+from cnnapps.terminal import console, echo, echo_json, plural, progress
 
 _METRICS = (("MOTA", "mota"), ("IDF1", "idf1"), ("IDP", "idp"), ("IDR", "idr"), ("MOTP (IoU)", "motp"))
 _COUNTS = (("ID switches", "id_switches"), ("false positives", "false_positives"), ("misses", "misses"),
@@ -59,13 +59,14 @@ def _percent(value: Any) -> str:
 
 
 def track_video(model: str, video: str, score_threshold: float, reid: bool, device: str) -> dict[int, list]:
-    """Track ``video`` with the detector ``model``: tracks by frame (1-based, as MOTChallenge files)."""
+    """Track ``video`` with the detector ``model``: tracks by frame (1-based, as MOTChallenge files). A video not
+    read to its end (an error, Ctrl-C or SIGTERM) gets no score."""
     import cnnapps
     from cnnapps.api import task_of
     from cnnapps.apps.common.video import Tracking, run_video
     from cnnapps.apps.tasks import TASKS
     from cnnapps.apps.track.mot import parse_mot_lines
-    from cnnapps.cli.video import VIDEO_LANES, video_batch_size
+    from cnnapps.cli.video import STOP_SIGNALS, VIDEO_LANES, interrupted_exit_code, video_batch_size
     from cnnapps.datasets.video import VideoSource
 
     task = task_of(model)
@@ -78,9 +79,13 @@ def track_video(model: str, video: str, score_threshold: float, reid: bool, devi
                              batch_size=video_batch_size({"device": device}))  # fmt: skip
     with progress(source.frames, "tracking", minimum=1) as advance:  # as `detect VIDEO --track` runs it
         report = run_video(predictor, source, tracking=tracking, progress=advance, batch_size=predictor.batch_size,
-                           lanes=VIDEO_LANES)  # fmt: skip
+                           lanes=VIDEO_LANES, stop_signals=STOP_SIGNALS)  # fmt: skip
     if report.error:
         raise CnnappsError(f"{report.error}; no score for a video not read to its end")
+    if report.interrupted:
+        echo(f"{video}: interrupted by {report.signal or 'SIGINT'} after {plural(report.frames, 'frame')}; no score "
+             "for a video not read to its end", err=True)  # fmt: skip
+        raise typer.Exit(interrupted_exit_code(report))
     return parse_mot_lines(tracking.mot or [])
 
 

@@ -63,6 +63,9 @@ VIDEO_BATCH = 4
 #: loads the verb's predictor from its options (and extra load options the video run needs)
 Loader = Callable[[dict[str, Any], dict[str, Any]], Any]
 
+#: signals that stop a video run after the batches in hand, its outputs finished (a second one stops it at once)
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
 
 def with_video(command: Callable[..., Any], load: Loader, trackable: bool = False) -> Callable[..., Any]:
     """``command`` (a verb taking ``paths``) that also takes video sources, with the video options added."""
@@ -127,9 +130,11 @@ def _flag(name: str) -> str:
 
 def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, Any], load: Loader) -> None:
     """Every source in turn with one predictor: JSON Lines on stdout with ``--json``, else a summary per video;
-    exit code 1 when a source failed (its frames read before the failure are still predicted and written)."""
+    exit code 1 when a source failed (its frames read before the failure are still predicted and written; the
+    other sources still run). Ctrl-C or SIGTERM stops the run after the frames in hand, the outputs finished and
+    the summary printed: exit code 130 or 143 (128 + the signal)."""
     from cnnapps.apps.common.video import Tracking, run_video
-    from cnnapps.datasets.video import VideoError, VideoSource
+    from cnnapps.datasets.video import VideoError, VideoSource, VideoWriter
 
     tracking_wanted = bool(video.get("track"))
     if not tracking_wanted:
@@ -142,10 +147,22 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
             raise CnnappsError(f"{path}: one file for {plural(len(sources), 'video')}; give {_flag(name)} a folder")
         if _is_file_name(path) and path.exists():
             raise CnnappsError(f"{path}: already exists; choose another {_flag(name)}")
+        if _is_file_name(path) and name == "save_video":
+            VideoWriter(path, 25.0)  # an unknown suffix is refused before any work (the writer writes nothing yet)
         if not _is_file_name(path):  # a name with no suffix is a folder
             output_folder(path, _flag(name))
     counters = _counters(video) if tracking_wanted else []
-    opened = VideoSource(sources[0], **_source_options(video))  # a bad first source fails before the model loads
+    failed, opened = 0, None
+    for name in sources:  # bad sources before the first good one fail before the model loads
+        try:
+            opened = VideoSource(name, **_source_options(video))
+            break
+        except VideoError as exc:
+            echo(f"error: {exc}", err=True)
+            failed += 1
+    if opened is None:
+        raise typer.Exit(EXIT_SOME_FAILED)
+    first = failed  # the index of the source opened
     extra: dict[str, Any] = {}
     threshold = float(options.get("score_threshold", 0.5))
     if tracking_wanted:
@@ -153,10 +170,9 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
     extra["batch_size"] = video_batch_size(options)
     predictor = load(options, extra)
     as_json = bool(options.get("as_json"))
-    failed = 0
-    for i, name in enumerate(sources):
+    for i, name in enumerate(sources[first:], first):
         try:
-            source = opened if i == 0 else VideoSource(name, **_source_options(video))
+            source = opened if i == first else VideoSource(name, **_source_options(video))
         except VideoError as exc:
             echo(f"error: {exc}", err=True)
             failed += 1
@@ -177,6 +193,7 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
                 save_mot=_output(video.get("save_mot"), name, ".txt"),
                 progress=advance,
                 lanes=VIDEO_LANES,
+                stop_signals=STOP_SIGNALS,
             )
         if as_json:
             _print_line({"source": report.source, "summary": report.to_dict()})
@@ -186,9 +203,19 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
             echo(f"error: {report.error} (the frames before it were predicted and written)", err=True)
             failed += 1
         if report.interrupted:
-            raise typer.Exit(130)
+            echo(f"{report.source}: interrupted by {report.signal or 'SIGINT'} after {plural(report.frames, 'frame')}"
+                 " (each predicted and written)", err=True)  # fmt: skip
+            raise typer.Exit(interrupted_exit_code(report))
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def interrupted_exit_code(report: Any) -> int:
+    """The exit code of a command whose video run a signal stopped: 128 + the signal (130 for Ctrl-C, 143 for
+    SIGTERM), as a shell reports a process the signal ended."""
+    import signal
+
+    return 128 + int(getattr(signal, report.signal or "SIGINT", signal.SIGINT))
 
 
 def video_batch_size(options: dict[str, Any]) -> int | None:
@@ -261,7 +288,11 @@ def _print_report(report: Any) -> None:
     if report.tracks:
         from rich.table import Table
 
-        table = Table(title=f"{plural(len(report.tracks), 'track')}")
+        totals = report.track_totals or {"tracks": len(report.tracks), "summaries_dropped": 0}
+        title = plural(totals["tracks"], "track")
+        if totals["summaries_dropped"]:
+            title += f" (the {totals['summaries_dropped']} earliest finished ones not kept)"
+        table = Table(title=title)
         for column in ("id", "label", "frames", "first", "last", "from", "to"):
             table.add_column(column, justify="left" if column in ("label", "from", "to") else "right")
         for t in report.tracks[:50]:

@@ -78,6 +78,16 @@ def test_the_annotated_video_and_the_event_frames_are_written_never_over_a_file(
     assert plain.read_text() == "mine"
 
 
+def test_the_annotated_copy_of_every_third_frame_plays_at_the_source_pace(run_cli, cat_clip, tmp_path):
+    copy = tmp_path / "strided.mp4"
+    code, _, err = run_cli("classify", str(cat_clip), "--vid-stride", "3", "--save-video", str(copy))
+    assert code == 0, err
+    with VideoSource(str(copy)) as written:
+        times = [frame.time for frame in written]
+        assert written.duration == pytest.approx(1.2, abs=0.05)  # 12 frames at 10 fps, not 4 at 10 fps
+    assert times == pytest.approx([0.0, 0.3, 0.6, 0.9], abs=1e-3)
+
+
 @pytest.fixture
 def loaded(monkeypatch) -> list:
     """The predictors the commands load."""
@@ -188,3 +198,87 @@ def test_the_multi_head_verb_takes_video(run_cli, cat_clip):
     assert code == 0, err
     frames = lines_of(out)[:-1]
     assert [f["frame"] for f in frames] == [0, 1] and "cat" in frames[0]["classify"]["predictions"][0]["label"]
+
+
+@pytest.fixture
+def signal_at(monkeypatch):
+    """``signal_at(module, name, frames)``: the progress bar of ``module`` sends this process the signal ``name`` once
+    ``frames`` frames were taken (in the middle of the run); SIGTERM raises here where nothing else handles it,
+    instead of ending the tests."""
+    import contextlib
+    import os
+    import signal
+
+    def unhandled(*_):
+        raise RuntimeError("SIGTERM reached the process's own handler")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+
+    def arm(module, name: str, frames: int) -> None:
+        @contextlib.contextmanager
+        def progress(total, label, minimum=16):
+            done = [0]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                if done[0] >= frames > done[0] - n:
+                    os.kill(os.getpid(), getattr(signal, name))
+
+            yield advance
+
+        monkeypatch.setattr(module, "progress", progress)
+
+    yield arm
+    signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_stops_the_run_with_every_output_finished(run_cli, detector, tmp_path, chelsea, signal_at,
+                                                                    name, code):  # fmt: skip
+    import cnnapps.cli.video
+
+    clip, out = write_clip(tmp_path / "long.mp4", 60, chelsea), tmp_path / "out"
+    signal_at(cnnapps.cli.video, name, 8)
+    got, printed, err = run_cli("detect", clip, "--model", detector, "--score-threshold", "0.0", "--track",
+                                "--save-video", out / "a.mp4", "--save-mot", out / "t.txt", "--json")  # fmt: skip
+    assert got == code, err
+    lines = lines_of(printed)
+    frames, summary = [line["frame"] for line in lines[:-1]], lines[-1]["summary"]
+    assert summary["interrupted"] is True and summary["signal"] == name
+    assert frames == list(range(len(frames))) and summary["frames"] == len(frames) and 8 <= len(frames) < 60
+    assert f"interrupted by {name} after {len(frames)} frames" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "t.txt"]  # in place, no temporary file left
+    assert VideoSource(str(out / "a.mp4")).frames == len(frames)
+    assert max(int(row.split(",")[0]) for row in (out / "t.txt").read_text().splitlines()) == len(frames)
+
+
+def test_eval_track_of_a_model_interrupted_gives_no_score(run_cli, detector, tmp_path, chelsea, signal_at):
+    import cnnapps.apps.track.cli
+
+    clip, gt = write_clip(tmp_path / "long.mp4", 40, chelsea), tmp_path / "gt.txt"
+    gt.write_text("1,1,10,10,20,20,1,1,1\n")
+    signal_at(cnnapps.apps.track.cli, "SIGINT", 8)
+    code, out, err = run_cli("eval", "track", "--gt", str(gt), "--model", str(detector), "--video", str(clip),
+                             "--device", "cpu", "--json")  # fmt: skip
+    assert code == 130 and out == "" and "no score for a video not read to its end" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_bad_first_source_does_not_stop_the_others(run_cli, detector, tmp_path, chelsea):
+    clip, missing = write_clip(tmp_path / "good.mp4", 3, chelsea), tmp_path / "missing.mp4"
+    code, out, err = run_cli("detect", str(missing), str(clip), "--model", str(detector), "--json")
+    assert code == 1 and err.strip() == f"error: {missing}: no such file"
+    lines = lines_of(out)
+    assert [line["frame"] for line in lines[:-1]] == [0, 1, 2] and lines[-1]["summary"]["frames"] == 3
+    code, out, err = run_cli("detect", str(missing), str(tmp_path / "gone.mkv"), "--model", str(detector))
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 2
+
+
+def test_an_unknown_video_suffix_is_refused_before_the_model_loads(run_cli, detector, tmp_path, chelsea, loaded):
+    clip = write_clip(tmp_path / "scene.mp4", 3, chelsea)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli("detect", str(clip), "--model", str(detector), "--track", "--save-video",
+                           str(out / "a.gif"), "--save-mot", str(out / "t.txt"))  # fmt: skip
+    assert code == 2 and err.strip().startswith(f"error: {out / 'a.gif'}: unknown video suffix .gif")
+    assert len(err.strip().splitlines()) == 1 and not loaded and list(out.iterdir()) == []

@@ -262,3 +262,118 @@ def test_a_frame_drawn_in_the_writer_thread_shows_the_counts_of_its_own_frame(tm
         sink.put(SimpleNamespace(index=f, time=f / 25, rgb=rgb), Answer(), True, [])
     sink.close()
     assert drawn == truth  # the thread drew frame N after later frames were counted: it showed their counts
+
+
+class _Signalling:
+    """An ``on_line`` that sends this process ``signals`` (names) as the lines of the ``at`` frames are written, in
+    the middle of taking a batch; the lines it got are in ``lines``."""
+
+    def __init__(self, at: dict[int, str]) -> None:
+        self.at, self.lines = at, []
+
+    def __call__(self, line: dict) -> None:
+        import signal
+
+        self.lines.append(line)
+        if line["frame"] in self.at:
+            os.kill(os.getpid(), getattr(signal, self.at[line["frame"]]))
+
+
+@pytest.fixture
+def sigterm_guard():
+    """SIGTERM raises here instead of ending the tests, where nothing else handles it."""
+    import signal
+
+    def unhandled(*_):
+        raise RuntimeError("SIGTERM reached the process's own handler")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_the_middle_of_a_batch_stops_the_run_after_it_every_frame_written(threads, sigterm_guard,
+                                                                                      name, lanes):  # fmt: skip
+    import signal
+
+    on_line = _Signalling({5: name})
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    asked = {"stop_signals": ("SIGINT", "SIGTERM")} if name == "SIGTERM" else {}  # Ctrl-C: by default
+    report = run_video(_Pids(), _Frames(60), on_line=on_line, batch_size=4, lanes=lanes, **asked)
+    frames = [line["frame"] for line in on_line.lines]
+    assert frames == list(range(len(frames))) and report.frames == len(frames)  # no batch cut short, none skipped
+    assert report.interrupted and report.signal == name and report.to_dict()["signal"] == name
+    assert 8 <= len(frames) < 60 and len(frames) % 4 == 0  # the batch at hand and those in flight, then no more
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers put back
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_video_still_holds_its_frames(tmp_path):
+    on_line = _Signalling({5: "SIGINT", 6: "SIGINT"})
+    with pytest.raises(KeyboardInterrupt):
+        run_video(_Pids(), _Frames(40), on_line=on_line, batch_size=4, save_video=tmp_path / "a.mp4")
+    assert [line["frame"] for line in on_line.lines] == list(range(7))  # frame 6's line went out, its picture not
+    assert VideoSource(str(tmp_path / "a.mp4")).frames == 6 and os.listdir(tmp_path) == ["a.mp4"]
+
+
+def test_an_output_that_cannot_be_finished_leaves_the_others_in_place(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import cnnapps.apps.common.video as video
+    from cnnapps.datasets.video import VideoWriter
+
+    def broken(self):
+        raise CnnappsError(f"{self.path}: cannot finish the video (invalid argument)")
+
+    monkeypatch.setattr(VideoWriter, "close", broken)
+
+    class Answer:
+        ok, instances = True, []
+
+        def overlay(self, rgb):
+            return rgb
+
+        draw = overlay
+
+    report = video.VideoReport("clip")
+    sink = video._Sink(report, None, tmp_path / "a.mp4", None, tmp_path / "t.txt", SimpleNamespace(name="clip", fps=10),
+                       SimpleNamespace(counters=[]), threaded=False)  # fmt: skip
+    for f in range(3):
+        sink.put(SimpleNamespace(index=f, time=f / 10, rgb=np.zeros((16, 16, 3), np.uint8)), Answer(), False,
+                 [f"{f + 1},1,0,0,4,4,0.9,-1,-1,-1"])  # fmt: skip
+    with pytest.raises(CnnappsError, match="cannot finish the video"):
+        sink.close()
+    assert (tmp_path / "t.txt").read_text().count("\n") == 3 and report.written == [str(tmp_path / "t.txt")]
+
+
+def test_an_unknown_video_suffix_is_refused_before_a_frame_is_predicted(tmp_path):
+    from cnnapps.apps.common.video import Tracking
+
+    predictor = _Pids()
+    predictor.predict = lambda images: pytest.fail("a frame was predicted")
+    with pytest.raises(CnnappsError, match=r"out\.gif: unknown video suffix \.gif"):
+        run_video(predictor, _Frames(4), tracking=Tracking(0.5), save_video=tmp_path / "out.gif",
+                  save_mot=tmp_path / "t.txt")  # fmt: skip
+    assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_while_waiting_on_a_stalled_source_stops_the_run_at_once():
+    import signal
+    import threading
+    import time
+
+    class Stalled(_Frames):
+        live = True
+
+        def __iter__(self):
+            yield from super().__iter__()
+            time.sleep(30)  # a stream that gives nothing more (and does not drop)
+
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started, lines = time.monotonic(), []
+    report = run_video(_Pids(), Stalled(6), on_line=lines.append)
+    timer.join()
+    assert time.monotonic() - started < 10 and report.interrupted and report.signal == "SIGINT"
+    assert report.frames == len(lines) == 6

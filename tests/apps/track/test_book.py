@@ -57,6 +57,17 @@ def test_pop_finished():
     assert book.summary() == []
 
 
+def test_retired_tracks_stay_listed_up_to_a_cap_and_counted_in_the_totals():
+    book = TrackBook(keep_finished=2)
+    for ident in range(1, 5):  # frames 100 apart in the source, one step apart as tracked (a stride of 100)
+        book.add(ident * 100, ident * 4.0, [ident], [box_at(10, 10)], ["car" if ident % 2 else "bus"], step=ident)
+    book.add(1000, 40.0, [4], [box_at(12, 10)], ["bus"], step=10)
+    assert book.retire(10, idle=6) == [1, 2, 3] and book.retire(10, idle=6) == []  # idle in steps, not frames
+    assert len(book) == 1 and [t["id"] for t in book.summary()] == [2, 3, 4]  # the latest two retired, and 4
+    assert book.summary()[0]["last_frame"] == 200
+    assert book.totals() == {"tracks": 4, "by_label": {"bus": 2, "car": 2}, "summaries_dropped": 1}
+
+
 def test_line_counted_both_ways_once_each():
     line = LineCounter("door", 0, 100, 200, 100)  # drawn left to right: "in" is moving down
     track = [(1, 80), (1, 95), (1, 105), (1, 120), (1, 90), (1, 110)]  # down, up, down again
