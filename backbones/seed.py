@@ -107,7 +107,9 @@ def _finish(backbone: SequentialBackbone, weights: WeightsArg) -> SequentialBack
         return backbone
     local = as_local_file(weights)
     if local is None:
-        raise WeightsError(f"{backbone.name}: no published weights; pass weights=None or a local file")
+        raise WeightsError(
+            f"{backbone.name}: no published weights; use --weights none (weights=None in Python) or a local file"
+        )
     load_into(backbone, load_state_dict_file(local), str(local))
     backbone.weights = str(local)
     return backbone
