@@ -114,7 +114,7 @@ def index_build(
     embedder = _embedder(model, pooling, device, head)
     with progress(len(paths), "embedding") as advance:
         built, added, failed = Index.build(index, paths, embedder, kind=kind, progress=advance)
-    _index_done(built.info(), as_json, f"indexed {added} images", failed)
+    _index_done(built.info(), as_json, f"indexed {plural(added, 'image')}", failed)
 
 
 def _build_shard(folder: list[str], index: Path, model: str | None, head: str | None, pooling: str, device: str,
@@ -194,7 +194,7 @@ def index_merge(
     from cnnapps.apps.retrieve.sharded import merge_parts
 
     built, failed = merge_parts(index, kind=kind)
-    _index_done(built.info(), as_json, f"merged {len(built)} images", failed)
+    _index_done(built.info(), as_json, f"merged {plural(len(built), 'image')}", failed)
 
 
 @index_app.command("add")
@@ -210,7 +210,7 @@ def index_add(
     opened = Index.open(index)
     with progress(len(files), "embedding") as advance:
         added, failed = opened.add(files, progress=advance)
-    _index_done(opened.info(), as_json, f"added {added} images", failed)
+    _index_done(opened.info(), as_json, f"added {plural(added, 'image')}", failed)
 
 
 @index_app.command("remove")
@@ -384,7 +384,7 @@ def dedup(
         echo_json({"groups": groups, "failed": failed})
     else:
         rule = f"threshold {threshold}" + (f", or hashes at most {hash_bits} bits apart" if hashes is not None else "")
-        echo(f"{len(groups)} groups of near-duplicates among {len(paths)} images ({rule})")
+        echo(f"{plural(len(groups), 'group')} of near-duplicates among {plural(len(paths), 'image')} ({rule})")
         for n, group in enumerate(groups, start=1):
             echo(f"group {n} (similarity >= {group['min_similarity']:.3f}):")
             for path in group["images"]:

@@ -73,8 +73,9 @@ def test_index_build_with_head_indexes_that_head_and_keeps_using_it(run_cli, mul
         with pytest.raises(RetrievalIndexError, match=built_with):
             index.add(photos[3:], embedder=near)  # the same model file, another head: refused as another model
 
-    code, _, err = run_cli("index", "add", photos[3], "--index", folder)  # embeds with the head that built it
+    code, out, err = run_cli("index", "add", photos[3], "--index", folder)  # embeds with the head that built it
     assert code == 0, err
+    assert "added 1 image" in out and "added 1 images" not in out
     code, out, err = run_cli("retrieve", "--query", photos[3], "--index", folder, "-k", "1", "--json")
     assert code == 0, err
     hit = json.loads(out)[0]["results"][0]
