@@ -877,6 +877,10 @@ _WRITE_FORMATS = {
 }
 
 
+#: the longest a frame written at a given time stays on screen, and the furthest a time may go back before the
+#: times after it count from the last frame (:meth:`VideoWriter._next_pts`)
+MAX_GAP_S, MAX_BACK_S = 60.0, 1.0
+
 #: Time bases (1/N s) tried, finest first, for frames written at given times, by muxer: Matroska and WebM count
 #: milliseconds; an encoder that takes none of them (MPEG-4 part 2: 1/65535 at the finest), and AVI (a tick a
 #: frame, gaps filled with empty frames), put the frames in the writer's frame slots (1/fps).
@@ -1026,8 +1030,12 @@ class VideoWriter:
             stream.codec_context.time_base = stream.time_base = 1 / self._rate
 
     def _next_pts(self, time: float | None) -> int:
-        """The pts of the next frame: at ``time`` from the origin, or a frame at fps after the last one; always
-        after the last one (a time not after it is moved a tick after it)."""
+        """The pts of the next frame: at ``time`` from the origin, or a frame at fps after the last one. A time
+        that goes back more than ``MAX_BACK_S`` (timestamps starting again: joined recordings, a camera's restart)
+        or jumps more than ``MAX_GAP_S`` ahead (a stream back after an outage) puts the frame a frame at fps after
+        the last one, and later times count from there: the frames after it keep their pace, and no gap is more
+        than the containers take (AVI fills a gap with empty frames; MP4 keeps each gap in 32 bits). A smaller
+        step back, or a repeat, is moved a tick after the last frame."""
         last = self._last_pts
         after = 0 if last is None else last + self._ticks
         if time is None:
@@ -1036,6 +1044,9 @@ class VideoWriter:
             if self._origin is None:
                 self._origin = time - float(after * self._time_base)
             pts = round((time - self._origin) / self._time_base)
+            if last is not None and not -MAX_BACK_S <= (pts - last) * float(self._time_base) <= MAX_GAP_S:
+                pts = after
+                self._origin = time - float(pts * self._time_base)
         if last is not None and pts <= last:
             pts = last + 1
         if last is not None:

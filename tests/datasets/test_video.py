@@ -191,6 +191,18 @@ def test_frame_times_keep_uneven_gaps_and_go_forward(tmp_path: Path) -> None:
     assert written_times(untimed) == (pytest.approx([0.0, 0.1, 0.2]), pytest.approx(0.3, abs=1e-3))
 
 
+def test_times_that_start_again_or_jump_an_hour_keep_the_pace_after_them(tmp_path: Path) -> None:
+    for suffix in (".mp4", ".avi"):
+        path = tmp_path / f"joined{suffix}"
+        joined = [0.0, 0.1, 2.0, 0.0, 0.1, 2.0, 3602.0, 3602.1]  # two recordings joined, then an outage of an hour
+        with VideoWriter(path, 10) as writer:
+            for i, t in enumerate(joined):
+                writer.write(picture(i), time=t)
+        times, length = written_times(path)
+        assert times == pytest.approx([0.0, 0.1, 2.0, 2.1, 2.2, 4.1, 4.2, 4.3], abs=2e-3), suffix
+        assert length == pytest.approx(4.4, abs=2e-3), suffix
+
+
 def test_frames_and_lines_are_kept_beside_a_name_taken_while_they_were_written(tmp_path: Path) -> None:
     from cnnapps.apps.common.video import _LineFile
 
