@@ -214,7 +214,8 @@ def run_video(
     ``stop_signals`` (names; run from the main thread): the first such signal stops the run after the batches in
     hand, every one of them predicted and written, the outputs finished, ``interrupted`` and ``signal`` set in the
     report; a second one acts as the signal would have (Ctrl-C raises KeyboardInterrupt at once, the outputs
-    still closed with what they hold; SIGTERM ends the process). A signal ignored when the run starts stays so."""
+    still closed with what they hold; SIGTERM ends the process). A signal ignored or handled by the program
+    itself when the run starts is left as it is."""
     accepted = inspect.signature(predictor.predict).parameters
     options = {k: v for k, v in (predict_options or {}).items() if k in accepted}
     live = bool(getattr(source, "live", False))
@@ -227,7 +228,11 @@ def run_video(
     if on_cpu and hasattr(source, "read_in_lockstep"):
         source.read_in_lockstep()
     lanes = lanes if on_cpu and not live and hasattr(predictor, "predict_in_lane") else 1
-    sink = _Sink(report, on_line, save_video, save_frames, save_mot, source, tracking, threaded=not on_cpu)
+    try:
+        sink = _Sink(report, on_line, save_video, save_frames, save_mot, source, tracking, threaded=not on_cpu)
+    except BaseException:  # an output refused (a file there, an unknown suffix): the source is not read
+        source.close()
+        raise
     previous = [""]
     started = time.perf_counter()
 
@@ -290,7 +295,8 @@ class _StopSignals:
     batch being handled finished, rather than interrupting whatever runs at that moment (a frame half written, a
     batch half taken); only a wait for the source (:meth:`waiting`) is cut short. A second one is handled as it
     would have been without this (the handlers before are put back and it is raised again). Handlers are set only
-    in the main thread, and not for signals that are ignored."""
+    in the main thread, and only over Python's defaults: a signal ignored, or one the program handles itself
+    (a service's own SIGINT handler, asyncio's), is left to it."""
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
@@ -316,7 +322,7 @@ class _StopSignals:
             if number is None:  # not on this system
                 continue
             before = signal.getsignal(number)
-            if before is signal.SIG_IGN or before is None:  # ignored (a background job), or not set from Python
+            if before not in (signal.default_int_handler, signal.SIG_DFL):  # ignored, or the program's own handler
                 continue
             self.previous[number] = before
             signal.signal(number, self._received)
