@@ -40,6 +40,9 @@ def test_tokenize_keeps_the_words_ptb_keeps():
         "o'clock"]  # fmt: skip
     assert ptb_tokens("his cat's-eye") == ["his", "cat", "'s", "eye"]
     assert tokenize("the man\u2019s hat") == ["the", "man's", "hat"]
+    # a single letter closing the caption loses its full stop, as PTB splits it off ("I." excepted)
+    assert tokenize("A bottle of vitamin C.") == ["a", "bottle", "of", "vitamin", "c"]
+    assert tokenize("Grade B. ") == ["grade", "b"] and tokenize("Me and I.") == ["me", "and", "i."]
 
 
 def test_vocabulary_says_hyphenated_words_whole():
