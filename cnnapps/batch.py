@@ -4,9 +4,10 @@ The inputs, sorted, are cut into parts (:mod:`cnnapps.parts`); each Ray actor lo
 (``cnnapps.load``, any engine) and writes part after part, each whole: ``OUT/part-00000.parquet`` ... with one
 row per input: ``source``, ``error`` (null when it was predicted) and ``result`` (the answer as JSON, what
 ``cnnapps <verb> --json`` prints for it). ``OUT/_plan.json`` says what the parts belong to; a rerun of the
-same command after a crash does only the missing parts, and a rerun with other inputs, model or options is
-refused. Names starting with ``_`` are skipped by Parquet readers, so ``pandas.read_parquet(OUT)`` reads the
-whole result.
+same command after a crash does only the missing parts, and once a part is there a rerun with other inputs, model
+or options is refused. A named model (or the task's default) is loaded once here before Ray starts, so one the
+actors could not load is a one-line error and nothing is written. Names starting with ``_`` are skipped by
+Parquet readers, so ``pandas.read_parquet(OUT)`` reads the whole result.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from cnnapps.bundle import is_bundle_path
 from cnnapps.errors import CnnappsError
 from cnnapps.files import atomic_write
 from cnnapps.parts import agree_on_plan, make_plan, missing_parts, part_count, require_ray, run_on_ray
@@ -82,10 +84,14 @@ def predict_files(
     if model:  # here, in one line, not as each worker's traceback (and before anything is written)
         check_serves(model, record.name)
     require_ray()
+    if not model or not (str(model).endswith(".onnx") or is_bundle_path(model)):
+        _check_name_loads(task, model, load_options)
     about = {"task": task, "model": str(model) if model else record.default_model, "format": fmt,
              "load_options": load_options, "predict_options": predict_options}  # fmt: skip
     plan = make_plan(ordered, part_size, **json.loads(json.dumps(about)))
     out.mkdir(parents=True, exist_ok=True)
+    if not _finished_parts(out):  # a plan no part was written for (its workers failed) holds the folder to nothing
+        (out / PLAN).unlink(missing_ok=True)
     agree_on_plan(out / PLAN, plan)
     total, todo = missing_parts(ordered, part_size, lambda p: part_file(out, p, fmt).exists(), progress)
     report = BatchReport(str(out), total, total - len(todo))
@@ -96,6 +102,20 @@ def predict_files(
         if progress:
             progress(int(done["files"]))
     return report
+
+
+def _check_name_loads(task: str, model: str | None, load_options: dict[str, Any]) -> None:
+    """Load a named model (a registry or zoo name, or the task's default) once here, on the CPU in PyTorch, and
+    release it: an unknown name or weights neither cached nor downloadable are refused in one line, the loader's,
+    before Ray starts (a download lands in the cache the actors on this machine read)."""
+    from cnnapps.api import load
+
+    options = {k: v for k, v in load_options.items() if k not in ("device", "engine")}
+    load(model, task=task, device="cpu", engine="eager", **options)
+
+
+def _finished_parts(out: Path) -> bool:
+    return any(next(out.glob(f"part-*.{fmt}"), None) for fmt in FORMATS)
 
 
 def _part_worker(task: str, model: str | None, load_options: dict[str, Any], predict_options: dict[str, Any],

@@ -141,6 +141,56 @@ def test_bad_requests_are_one_line_errors(run_cli, gallery: Path, tmp_path: Path
     assert code == 2 and "Ray is not installed: pip install 'cnnapps[ray]'" in stderr
 
 
+def test_a_named_model_the_workers_could_not_load_is_refused_before_ray(
+    run_cli, gallery: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """An unknown registry name, and registry weights neither cached nor downloadable (offline), are refused in the
+    line `cnnapps classify` gives, before Ray starts or anything is written."""
+    import ray
+    import torch
+
+    import cnnapps.batch
+
+    def no_ray(*args, **kwargs):
+        pytest.fail("Ray was started for a model no worker could load")
+
+    def offline(url, *args, **kwargs):
+        raise OSError("no network here")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", no_ray)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    image = gallery / "chelsea.jpg"
+    for model, said in (("nosuch", "nosuch: unknown backbone"), ("resnet50", "resnet50-11ad3fa6.pth: cannot download")):
+        _, _, alone = run_cli("classify", image, "--model", model)
+        code, stdout, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "out", "--model", model)
+        assert code == 2 and stderr == alone and stderr.startswith(f"error: {said}") and len(stderr.splitlines()) == 1
+        assert stdout == "" and not (tmp_path / "out").exists()
+    assert "place the file at" in stderr
+
+
+def test_a_plan_no_part_was_written_for_holds_nothing(run_cli, gallery: Path, tmp_path: Path, monkeypatch) -> None:
+    """A run whose workers wrote no part (they could not load its model) does not keep the folder for that model: a
+    rerun with another model goes ahead; once a part is there, other settings are refused as before."""
+    import cnnapps.batch
+
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", lambda *args, **kwargs: iter([]))
+    out = tmp_path / "out"
+    args = ("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER)
+    assert run_cli(*args)[0] == 0
+    plan = json.loads((out / "_plan.json").read_text())
+    (out / "_plan.json").write_text(json.dumps({**plan, "model": "nosuch"}))  # what a run of "nosuch" left
+    code, _, stderr = run_cli(*args)
+    assert code == 0, stderr
+    assert json.loads((out / "_plan.json").read_text()) == plan
+
+    (out / "part-00000.parquet").write_bytes(b"a part")
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER, "--set", "top_k=3")
+    assert code == 2 and "started with another predict_options" in stderr
+    assert json.loads((out / "_plan.json").read_text())["predict_options"] == {}
+
+
 def test_what_ray_threads_print_stays_off_stdout(cluster, capsys) -> None:
     """Ray's driver prints raylet messages ("A worker died ...", after it restarts a lost actor) to stdout from a
     thread of its own; inside a session they go to stderr, so `--json` answers stay parseable."""
