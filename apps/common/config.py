@@ -82,7 +82,10 @@ class TrainConfig:
     val_split: float = option(0.2, "Validation fraction when the data has no separate validation set.")
     patience: int | None = option(None, "Stop after this many epochs without improvement.")
     out: str = option("runs/classify", "Run folder (an earlier run there is never overwritten).")
-    resume: bool = option(False, "Continue the run in --out from its last checkpoint.")
+    resume: bool = option(
+        False, "Continue the run in --out from its last checkpoint, with its own settings for those not given (a "
+        "larger --epochs trains on).",
+    )  # fmt: skip
     workers: int | None = option(None, "Data-loading processes [default: up to 4].")
     device: str = option("auto", "auto, cpu or cuda.")
     devices: int = option(1, "Processes per node: GPUs, or CPU processes.", panel=SCALE_PANEL)
@@ -218,25 +221,12 @@ def fields_of(config_type: type) -> dict[str, dataclasses.Field]:
 
 def load_config(path: str | os.PathLike | None = None, config_type: type = TrainConfig, **overrides: Any) -> Any:
     """Fields from a YAML file, then ``overrides`` (None values are ignored); unknown keys and values of the
-    wrong type are errors that name the setting."""
+    wrong type are errors that name the setting. With ``resume``, the settings neither gives are the run's own
+    (:func:`resumed_settings`)."""
     values: dict[str, Any] = {}
     source = str(path) if path is not None else "config"
     if path is not None:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read it ({exc})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings, not a {type(loaded).__name__}")
-        values.update(loaded)
+        values.update(_read_settings(Path(path)))
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = fields_of(config_type)
     unknown = sorted(str(k) for k in set(values) - set(known))
@@ -249,7 +239,66 @@ def load_config(path: str | os.PathLike | None = None, config_type: type = Train
         values["weights"] = None
     hints = typing.get_type_hints(config_type)
     checked = {name: _checked(source, name, value, hints[name]) for name, value in values.items()}
-    return config_type(**checked).validate()
+    config = config_type(**checked)
+    if config.resume:
+        config = resumed_settings(config, given=set(checked))
+    return config.validate()
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """The settings a YAML file holds, or a ConfigError naming the file."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, not a {type(loaded).__name__}")
+    return loaded
+
+
+#: settings a --resume may give otherwise than the run it continues: where and how it runs, how long it trains (a
+#: larger epochs trains on), where its data lies, and the loss settings a resumed classification run trains with as
+#: given (its module says where they differ from the checkpoint's); every other setting changes what is trained
+RESUME_MAY_CHANGE = frozenset({
+    "out", "resume", "progress", "workers", "device", "devices", "num_nodes", "strategy", "sync_batchnorm",
+    "precision", "compile", "augment_on", "logger", "mlflow_uri", "experiment", "epochs", "patience",
+    "data", "images", "masks", "val_data", "val_images", "val_masks", "class_weights", "logit_adjust",
+})  # fmt: skip
+#: settings of the resumption itself, never the run's: the folder it was found in, and the progress display
+_OF_THE_RESUMPTION = ("out", "resume", "progress")
+
+
+def resumed_settings(config: Any, given: set[str] | None = None) -> Any:
+    """``config`` of a --resume, held to the settings of the run it continues (OUT/config.yaml): the settings not
+    ``given`` (None: every one is) are the run's, and one given otherwise that changes what is trained (not in
+    :data:`RESUME_MAY_CHANGE`) is a ConfigError naming it with both values. A folder without config.yaml is left to
+    the checks of its checkpoint."""
+    out = Path(config.out or f"runs/{config.task_name}")
+    path = out / "config.yaml"
+    if not path.is_file():
+        return config
+    known, hints = fields_of(type(config)), typing.get_type_hints(type(config))
+    taken: dict[str, Any] = {}
+    for name, value in _read_settings(path).items():
+        if name not in known or name in _OF_THE_RESUMPTION:  # a setting of an older version, or of this call
+            continue
+        run = _checked(str(path), name, value, hints[name])
+        if given is not None and name not in given:
+            taken[name] = run
+        elif name not in RESUME_MAY_CHANGE and getattr(config, name) != run:
+            raise ConfigError(
+                f"{name}: the run in {out} trains with {run!r}, not {getattr(config, name)!r}; --resume keeps the "
+                f"run's settings ({path}): leave {name} out, or pass another --out to train anew"
+            )
+    return dataclasses.replace(config, **taken) if taken else config
 
 
 def _checked(source: str, name: str, value: Any, annotation: Any) -> Any:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnapps.apps.common.config import ConfigError, TrainConfig, check_out_folder
+from cnnapps.apps.common.config import ConfigError, TrainConfig, check_out_folder, write_config
 from cnnapps.datasets.splits import fold_indices
 from cnnapps.errors import CnnappsError
 from cnnapps.parts import agree_on_plan, make_plan
@@ -133,6 +133,7 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
     about = {"task": task_name, "data": str(config.data), "k": k, "seed": config.seed}
     out.mkdir(parents=True, exist_ok=True)
     agree_on_plan(out / PLAN, make_plan([str(s) for s in items.strata], 1, **about), ConfigError, parts="folds")
+    write_config(config, out / "config.yaml")  # what a --resume takes the settings it is not given from
     train = task.part("train")
     folds = fold_indices(items.strata, k, config.seed)
     rows: list[dict[str, Any]] = []

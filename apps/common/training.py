@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from cnnapps.apps.common.config import ConfigError, TrainConfig, check_run_folder, write_config
+from cnnapps.apps.common.config import ConfigError, TrainConfig, check_run_folder, resumed_settings, write_config
 from cnnapps.errors import CnnappsError, in_one_line
 from cnnapps.terminal import plural
 
@@ -282,6 +282,8 @@ def run_training(
     started = time.perf_counter()
     config.validate()
     check_run_folder(config)
+    if config.resume:  # a setting that changes what is trained is the run's own (load_config took the rest from it)
+        config = resumed_settings(config)
     L.seed_everything(config.seed, verbose=False)
     device = select_device(config.device)
     plan = prepare(config, device)
@@ -427,8 +429,10 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     # last.ckpt after every epoch, for --resume (ModelCheckpoint's own save_last follows only improving epochs)
     last_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
     # a run that stopped early is finished, as one that trained all its epochs is: a --resume trains nothing more
-    stopped = stopped_early_at(read_resume_checkpoint(last)) if config.resume else None
+    saved = read_resume_checkpoint(last) if config.resume else None
+    stopped = stopped_early_at(saved) if saved is not None else None
     epochs = stopped or config.epochs
+    trained = int(saved.get("epoch", -1)) + 1 if saved is not None else 0  # the epochs the checkpoint has done
     clock = _Clock(config.compile)
     callbacks: list[Any] = [_SomethingValidated(), clock, checkpoint, last_epoch,
                             _ConfigFile(config, out / "config.yaml")]  # fmt: skip
@@ -469,6 +473,9 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         if stopped:
             log.info("%s: the run stopped early at epoch %d (patience); it is finished, nothing more to train",
                      out, stopped)  # fmt: skip
+        elif config.resume and trained >= epochs:
+            log.info("%s: the run has trained its %s; it is finished, nothing more to train (a larger --epochs "
+                     "trains on)", out, plural(epochs, "epoch"))  # fmt: skip
         log_params(loggers, config)
     if config.compile:
         for part in module.compile_targets():

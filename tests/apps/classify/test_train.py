@@ -63,10 +63,10 @@ def test_resume_continues_from_the_last_checkpoint(colour_set: Path, tmp_path: P
     assert "epochs: 2" in settings  # the resumption's settings, once its checkpoint loaded
     with pytest.raises(CnnappsError, match="nothing to resume"):
         train_classifier(tiny_config(colour_set, tmp_path / "empty", resume=True))
-    other = tiny_config(colour_set, out, epochs=3, resume=True, backbone="timm:test_resnet", backbone_kwargs={})
-    with pytest.raises(CnnappsError) as caught:  # another backbone: one line, not torch's list of every tensor
-        train_classifier(other)
-    assert "--resume with settings of another model" in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:  # another backbone: one line naming it, not torch's list of tensors
+        train_classifier(tiny_config(colour_set, out, epochs=3, resume=True, backbone="timm:test_resnet"))
+    assert str(caught.value).startswith(f"backbone: the run in {out} trains with 'lenet5', not 'timm:test_resnet'")
+    assert "\n" not in str(caught.value)
     assert (out / "config.yaml").read_text() == settings  # the file the error points to keeps the run's settings
 
 

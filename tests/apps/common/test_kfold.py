@@ -66,6 +66,20 @@ def test_two_folds_on_the_command_line(colour_set: Path, tmp_path: Path, run_cli
     assert (out / "kfold.json").read_bytes() == kept and not (out / "fold-3").exists()
 
 
+def test_a_kfold_resume_keeps_the_settings_the_run_was_given(colour_set: Path, tmp_path: Path, run_cli) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(dict(data=str(colour_set), backbone="lenet5", weights="none", epochs=1,
+                                        batch_size=8, workers=0, backbone_kwargs={"in_channels": 3})))  # fmt: skip
+    out = tmp_path / "cv"
+    code, _, stderr = run_cli("train", "classify", "--config", base, "--augment", "none", "--kfold", 2, "--out", out)
+    assert code == 0, stderr
+    (out / "fold-2" / "metrics.json").unlink()  # as if stopped in the second fold
+    code, _, stderr = run_cli("train", "classify", "--config", base, "--kfold", 2, "--out", out, "--resume")
+    assert code == 0, stderr  # --augment none is the run's: not a change to refuse
+    assert yaml.safe_load((out / "fold-2" / "config.yaml").read_text())["augment"] == "none"
+    assert (out / "fold-2" / "metrics.json").is_file()
+
+
 def test_kfold_refusals(colour_set: Path, tmp_path: Path, tiny_config) -> None:
     config = tiny_config(colour_set, tmp_path / "x")
     with pytest.raises(ConfigError, match=r"^kfold: caption reads its data its own way"):

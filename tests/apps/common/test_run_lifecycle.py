@@ -100,6 +100,10 @@ def test_resume_with_other_trained_parameters_is_one_line(colour_set: Path, tmp_
     train_classifier(tiny_config(colour_set, out, epochs=1))
     with pytest.raises(CnnappsError) as caught:  # --freeze changes what the optimiser's state is for
         train_classifier(tiny_config(colour_set, out, epochs=2, freeze=1, resume=True))
+    assert _one_line(caught).startswith(f"freeze: the run in {out} trains with 0, not 1")
+    (out / "config.yaml").unlink()  # without the run's settings, the checkpoint's tensors tell
+    with pytest.raises(CnnappsError) as caught:
+        train_classifier(tiny_config(colour_set, out, epochs=2, freeze=1, resume=True))
     assert "--resume with settings of another model" in _one_line(caught)
 
 

@@ -1,0 +1,78 @@
+"""A --resume continues a run with its own settings: those not given are the run's (a finished run trains nothing
+more), one given otherwise that changes what is trained is a one-line error, a larger --epochs trains on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnapps.apps.classify.train import train_classifier
+from cnnapps.apps.common.config import ConfigError
+
+TINY = ("--backbone", "lenet5", "--weights", "none", "--batch-size", "8", "--workers", "0", "--device", "cpu")
+
+
+def _settings(out: Path) -> dict:
+    return yaml.safe_load((out / "config.yaml").read_text())
+
+
+def test_a_resume_takes_the_settings_it_is_not_given_from_the_run(
+    run_cli, colour_set: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1 epoch with creative augmentation, then --resume without --epochs and --augment: the finished run trains
+    nothing more (not the command line's default of 10 epochs, with the default augmentation)."""
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", "classify", "--data", colour_set, *TINY, "--input-size", "32", "--epochs", "1",
+                           "--augment", "creative", "--out", out)  # fmt: skip
+    assert code == 0, err
+    model = (out / "model.safetensors").read_bytes()
+    with caplog.at_level(logging.INFO, logger="cnnapps"):
+        code, _, err = run_cli("train", "classify", "--data", colour_set, "--input-size", "32", "--resume",
+                               "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert f"{out}: the run has trained its 1 epoch; it is finished, nothing more to train" in caplog.text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and [h["epoch"] for h in metrics["history"]] == [1]
+    settings = _settings(out)
+    assert (settings["epochs"], settings["augment"], settings["backbone"]) == (1, "creative", "lenet5")
+    assert (out / "model.safetensors").read_bytes() == model
+
+
+def test_a_resume_given_other_settings_of_what_is_trained_is_one_line(run_cli, colour_set, tmp_path) -> None:
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", "classify", "--data", colour_set, *TINY, "--epochs", "1", "--augment", "creative",
+                           "--out", out)  # fmt: skip
+    assert code == 0, err
+    before = (out / "config.yaml").read_text()
+    refused = [("--augment", "default", "augment", "'creative'"), ("--lr", "0.5", "lr", "None"),
+               ("--input-size", "48", "input_size", "None")]  # fmt: skip
+    for option, given, name, run in refused:
+        code, _, err = run_cli("train", "classify", option, given, "--resume", "--out", out)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert f"{name}: the run in {out} trains with {run}, not " in lines[0]
+        assert given in lines[0] and "--resume keeps the run's settings" in lines[0]
+    assert (out / "config.yaml").read_text() == before and len(list((out / "logs").iterdir())) == 1
+    # a larger --epochs trains on, with the run's other settings
+    code, _, err = run_cli("train", "classify", "--epochs", "2", "--resume", "--out", out, "--json")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert (_settings(out)["epochs"], _settings(out)["augment"]) == (2, "creative")
+
+
+def test_training_a_config_of_other_settings_on_resume_is_refused(colour_set: Path, tmp_path: Path,
+                                                                  tiny_config) -> None:  # fmt: skip
+    """Every value of a config made otherwise than by load_config counts as given: training checks it too."""
+    out = tmp_path / "run"
+    train_classifier(tiny_config(colour_set, out, epochs=1))
+    config = dataclasses.replace(tiny_config(colour_set, out, epochs=1, resume=True), augment="default")
+    with pytest.raises(ConfigError) as caught:
+        train_classifier(config)
+    assert str(caught.value).startswith(f"augment: the run in {out} trains with 'none', not 'default'")
+    assert len(list((out / "logs").iterdir())) == 1
