@@ -203,14 +203,14 @@ def test_the_multi_head_verb_takes_video(run_cli, cat_clip):
 @pytest.fixture
 def signal_at(monkeypatch):
     """``signal_at(module, name, frames)``: the progress bar of ``module`` sends this process the signal ``name`` once
-    ``frames`` frames were taken (in the middle of the run); SIGTERM at its default action meanwhile, as in a
-    command (the run takes over only Python's defaults; were it not to, the signal would end the test process: a
-    loud failure)."""
+    ``frames`` frames were taken (in the middle of the run); SIGINT and SIGTERM at Python's defaults meanwhile, as
+    in a command (a test runner's workers set their own; the run takes over only the defaults: were it not to,
+    SIGTERM would end the test process, a loud failure)."""
     import contextlib
     import os
     import signal
 
-    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def arm(module, name: str, frames: int) -> None:
         @contextlib.contextmanager
@@ -227,7 +227,8 @@ def signal_at(monkeypatch):
         monkeypatch.setattr(module, "progress", progress)
 
     yield arm
-    signal.signal(signal.SIGTERM, before)
+    signal.signal(signal.SIGINT, before[0])
+    signal.signal(signal.SIGTERM, before[1])
 
 
 @pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])

@@ -280,19 +280,21 @@ class _Signalling:
 
 
 @pytest.fixture
-def sigterm_guard():
-    """SIGTERM at its default action during the test, as in a command (run_video takes over only Python's
-    defaults; were it not to, the signal would end the test process: a loud failure), put back after."""
+def python_signals():
+    """SIGINT and SIGTERM at Python's defaults during the test, as in a command (a test runner's workers set their
+    own; run_video takes over only the defaults: were it not to, SIGTERM would end the test process, a loud
+    failure), put back after."""
     import signal
 
-    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGTERM, signal.SIG_DFL)
     yield
-    signal.signal(signal.SIGTERM, before)
+    signal.signal(signal.SIGINT, before[0])
+    signal.signal(signal.SIGTERM, before[1])
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
-def test_a_signal_in_the_middle_of_a_batch_stops_the_run_after_it_every_frame_written(threads, sigterm_guard,
+def test_a_signal_in_the_middle_of_a_batch_stops_the_run_after_it_every_frame_written(threads, python_signals,
                                                                                       name, lanes):  # fmt: skip
     import signal
 
@@ -321,7 +323,7 @@ def test_a_program_s_own_ctrl_c_handler_is_left_to_it(threads):
         signal.signal(signal.SIGINT, mine)
 
 
-def test_a_second_ctrl_c_stops_at_once_and_the_video_still_holds_its_frames(tmp_path):
+def test_a_second_ctrl_c_stops_at_once_and_the_video_still_holds_its_frames(tmp_path, python_signals):
     on_line = _Signalling({5: "SIGINT", 6: "SIGINT"})
     with pytest.raises(KeyboardInterrupt):
         run_video(_Pids(), _Frames(40), on_line=on_line, batch_size=4, save_video=tmp_path / "a.mp4")
@@ -373,7 +375,7 @@ def test_an_unknown_video_suffix_is_refused_before_a_frame_is_predicted(tmp_path
     assert os.listdir(tmp_path) == [] and closed == [True]  # the source closed too
 
 
-def test_ctrl_c_while_waiting_on_a_stalled_source_stops_the_run_at_once():
+def test_ctrl_c_while_waiting_on_a_stalled_source_stops_the_run_at_once(python_signals):
     import signal
     import threading
     import time
