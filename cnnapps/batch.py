@@ -4,10 +4,11 @@ The inputs, sorted, are cut into parts (:mod:`cnnapps.parts`); each Ray actor lo
 (``cnnapps.load``, any engine) and writes part after part, each whole: ``OUT/part-00000.parquet`` ... with one
 row per input: ``source``, ``error`` (null when it was predicted) and ``result`` (the answer as JSON, what
 ``cnnapps <verb> --json`` prints for it). ``OUT/_plan.json`` says what the parts belong to; a rerun of the
-same command after a crash does only the missing parts, and once a part is there a rerun with other inputs, model
-or options is refused. A named model (or the task's default) is loaded once here before Ray starts, so one the
-actors could not load is a one-line error and nothing is written. Names starting with ``_`` are skipped by
-Parquet readers, so ``pandas.read_parquet(OUT)`` reads the whole result.
+same command after a crash does only the missing parts, and a rerun with other inputs, model or options is
+refused (a run whose workers failed before any part was written leaves no plan behind). A named model (or the
+task's default) is loaded once here before Ray starts, so one the actors could not load is a one-line error and
+nothing is written. Names starting with ``_`` are skipped by Parquet readers, so ``pandas.read_parquet(OUT)``
+reads the whole result.
 """
 
 from __future__ import annotations
@@ -90,17 +91,21 @@ def predict_files(
              "load_options": load_options, "predict_options": predict_options}  # fmt: skip
     plan = make_plan(ordered, part_size, **json.loads(json.dumps(about)))
     out.mkdir(parents=True, exist_ok=True)
-    if not _finished_parts(out):  # a plan no part was written for (its workers failed) holds the folder to nothing
-        (out / PLAN).unlink(missing_ok=True)
+    fresh = not (out / PLAN).exists()
     agree_on_plan(out / PLAN, plan)
     total, todo = missing_parts(ordered, part_size, lambda p: part_file(out, p, fmt).exists(), progress)
     report = BatchReport(str(out), total, total - len(todo))
     work = partial(_part_worker, task, model, load_options, predict_options, out, fmt)
-    for done in run_on_ray(todo, work, **ray_options):
-        report.predicted += int(done["predicted"])
-        report.failed += json.loads(str(done["failed"]))
-        if progress:
-            progress(int(done["files"]))
+    try:
+        for done in run_on_ray(todo, work, **ray_options):
+            report.predicted += int(done["predicted"])
+            report.failed += json.loads(str(done["failed"]))
+            if progress:
+                progress(int(done["files"]))
+    except BaseException:  # a plan this run wrote and no part came of (its workers failed) holds the folder to nothing
+        if fresh and not _finished_parts(out):
+            (out / PLAN).unlink(missing_ok=True)
+        raise
     return report
 
 

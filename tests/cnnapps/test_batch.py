@@ -170,25 +170,31 @@ def test_a_named_model_the_workers_could_not_load_is_refused_before_ray(
     assert "place the file at" in stderr
 
 
-def test_a_plan_no_part_was_written_for_holds_nothing(run_cli, gallery: Path, tmp_path: Path, monkeypatch) -> None:
-    """A run whose workers wrote no part (they could not load its model) does not keep the folder for that model: a
-    rerun with another model goes ahead; once a part is there, other settings are refused as before."""
+def test_a_run_whose_workers_failed_before_any_part_leaves_no_plan(run_cli, gallery: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:  # fmt: skip
+    """A run whose workers wrote no part (they failed) does not keep the folder for its settings: a rerun with other
+    ones goes ahead; a plan of a run still going (no part yet) or with a part refuses other settings as before."""
     import cnnapps.batch
+    from cnnapps.errors import CnnappsError
 
-    monkeypatch.setattr(cnnapps.batch, "run_on_ray", lambda *args, **kwargs: iter([]))
+    def failing(*args, **kwargs):
+        raise CnnappsError("a Ray worker failed: it could not load the model")
+        yield
+
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", failing)
     out = tmp_path / "out"
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER, "--set", "top_k=3")
+    assert code == 2 and "could not load the model" in stderr and not (out / "_plan.json").exists()
+
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", lambda *args, **kwargs: iter([]))  # workers at it, no part yet
     args = ("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER)
     assert run_cli(*args)[0] == 0
     plan = json.loads((out / "_plan.json").read_text())
-    (out / "_plan.json").write_text(json.dumps({**plan, "model": "nosuch"}))  # what a run of "nosuch" left
-    code, _, stderr = run_cli(*args)
-    assert code == 0, stderr
-    assert json.loads((out / "_plan.json").read_text()) == plan
-
-    (out / "part-00000.parquet").write_bytes(b"a part")
-    code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER, "--set", "top_k=3")
+    code, _, stderr = run_cli(*args, "--set", "top_k=3")
     assert code == 2 and "started with another predict_options" in stderr
-    assert json.loads((out / "_plan.json").read_text())["predict_options"] == {}
+    assert json.loads((out / "_plan.json").read_text()) == plan
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", failing)  # a rerun of the same that fails keeps the plan
+    assert run_cli(*args)[0] == 2 and json.loads((out / "_plan.json").read_text()) == plan
 
 
 def test_what_ray_threads_print_stays_off_stdout(cluster, capsys) -> None:
