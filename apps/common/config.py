@@ -293,7 +293,7 @@ def resumed_settings(config: Any, given: set[str] | None = None) -> Any:
         run = _checked(str(path), name, value, hints[name])
         if given is not None and name not in given:
             taken[name] = run
-        elif name not in RESUME_MAY_CHANGE and getattr(config, name) != run:
+        elif name not in RESUME_MAY_CHANGE and _as_saved(getattr(config, name)) != _as_saved(run):
             raise ConfigError(
                 f"{name}: the run in {out} trains with {run!r}, not {getattr(config, name)!r}; --resume keeps the "
                 f"run's settings ({path}): leave {name} out, or pass another --out to train anew"
@@ -359,4 +359,15 @@ def write_config(config: Any, path: Path) -> None:
 
     from cnnapps.files import atomic_write
 
-    atomic_write(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode(), overwrite=True)
+    atomic_write(path, yaml.safe_dump(_as_saved(dataclasses.asdict(config)), sort_keys=False).encode(), overwrite=True)
+
+
+def _as_saved(value: Any) -> Any:
+    """``value`` as config.yaml holds it: paths as text, tuples as lists, in dicts and lists too."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: _as_saved(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_saved(v) for v in value]
+    return value

@@ -76,3 +76,17 @@ def test_training_a_config_of_other_settings_on_resume_is_refused(colour_set: Pa
         train_classifier(config)
     assert str(caught.value).startswith(f"augment: the run in {out} trains with 'none', not 'default'")
     assert len(list((out / "logs").iterdir())) == 1
+
+
+def test_settings_as_python_gives_them_resume_as_written(colour_set: Path, tmp_path: Path, tiny_config) -> None:
+    """Paths and tuples (config.yaml holds text and lists) are the same settings on a resume from Python."""
+    from cnnapps.apps.common.config import resumed_settings, write_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = dataclasses.replace(tiny_config(colour_set, out), data=Path(colour_set), out=out,
+                                 backbone_kwargs={"in_channels": 3, "sizes": (1, 2)})  # fmt: skip
+    write_config(config, out / "config.yaml")
+    assert _settings(out)["data"] == str(colour_set) and _settings(out)["backbone_kwargs"]["sizes"] == [1, 2]
+    again = resumed_settings(dataclasses.replace(config, resume=True))
+    assert again.backbone_kwargs == {"in_channels": 3, "sizes": (1, 2)}  # nothing refused, nothing taken
