@@ -32,10 +32,10 @@ def tokenize(caption: str) -> list[str]:
     words = []
     for match in _WORD.finditer(text):
         word = match.group()
-        last = not text[match.end() + 1 :].strip()  # the caption's closing full stop
+        last = not text[match.end() + 1 :].strip(" \t\n\"')]}")  # the caption's closing full stop
         if text.startswith(".", match.end()) and (
             word in _ABBREVIATIONS
-            or (_INITIALS.fullmatch(word) and not (last and len(word) == 1 and word != "i"))  # "vitamin c." ends
+            or (_INITIALS.fullmatch(word) and not (last and len(word) == 1))  # "vitamin c." ends the caption
             or (word == "no" and _NUMBER_NEXT.match(text, match.end()))
         ):
             word += "."

@@ -40,9 +40,11 @@ def test_tokenize_keeps_the_words_ptb_keeps():
         "o'clock"]  # fmt: skip
     assert ptb_tokens("his cat's-eye") == ["his", "cat", "'s", "eye"]
     assert tokenize("the man\u2019s hat") == ["the", "man's", "hat"]
-    # a single letter closing the caption loses its full stop, as PTB splits it off ("I." excepted)
+    # a single letter closing the caption loses its full stop, as PTB splits it off
     assert tokenize("A bottle of vitamin C.") == ["a", "bottle", "of", "vitamin", "c"]
-    assert tokenize("Grade B. ") == ["grade", "b"] and tokenize("Me and I.") == ["me", "and", "i."]
+    assert tokenize("Grade B. ") == ["grade", "b"] and tokenize("Me and I.") == ["me", "and", "i"]
+    assert tokenize('A sign saying "vitamin C."') == ["a", "sign", "saying", "vitamin", "c"]
+    assert tokenize("(Plan B.) A dog") == ["plan", "b.", "a", "dog"]  # not the caption's end
 
 
 def test_vocabulary_says_hyphenated_words_whole():
