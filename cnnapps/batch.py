@@ -85,7 +85,8 @@ def predict_files(
     if model:  # here, in one line, not as each worker's traceback (and before anything is written)
         check_serves(model, record.name)
     require_ray()
-    if not model or not (str(model).endswith(".onnx") or is_bundle_path(model)):
+    named = not model or not (str(model).endswith(".onnx") or is_bundle_path(model))
+    if named and not ray_options.get("address"):  # a cluster's nodes may hold weights this machine has not
         _check_name_loads(task, model, load_options)
     about = {"task": task, "model": str(model) if model else record.default_model, "format": fmt,
              "load_options": load_options, "predict_options": predict_options}  # fmt: skip
