@@ -227,3 +227,14 @@ def test_raylet_messages_that_come_after_a_session_go_to_stderr(cluster, capsys)
     print('{"answer": 2}')
     out, err = capsys.readouterr()
     assert json.loads(out) == {"answer": 2} and "A worker died or was killed (a late message)" in err
+
+
+def test_a_named_model_is_left_to_the_cluster_given_by_address(gallery: Path, tmp_path: Path, monkeypatch) -> None:
+    import cnnapps.batch
+
+    monkeypatch.setattr(cnnapps.batch, "_check_name_loads", lambda *a: pytest.fail("loaded on this machine"))
+    asked = {}
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", lambda todo, work, **options: asked.update(options) or iter([]))
+    cnnapps.batch.predict_files("classify", [str(p) for p in gallery.iterdir()], tmp_path / "out",
+                                model="nosuch", address="ray://head:10001")  # fmt: skip
+    assert asked["address"] == "ray://head:10001"
