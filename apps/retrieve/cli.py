@@ -23,11 +23,12 @@ from cnnapps.terminal import (
 )
 
 _MODEL_HELP = "Registry name or trained model file [default: efficientnet_lite0]."
-_HEAD_HELP = "The embedding head of a multi-head model file to index with [default: its first]."
+_HEAD_HELP = "The embedding head of a multi-head model file to embed with [default: its first]."
 
 
 def eval_retrieve(
     model: str = typer.Option(..., "--model", "-m", help="Model file or registry name."),
+    head: str = typer.Option(None, "--head", help=_HEAD_HELP),
     data: str = typer.Option(..., "--data", help="Class-per-folder tree or a path,label CSV."),
     pooling: str = typer.Option("avg", "--pooling", help="For registry names and classifiers: avg or gem."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -40,7 +41,7 @@ def eval_retrieve(
 
     labelled = read_labeled(data)
     with progress(len(labelled), "embedding") as advance:
-        report = evaluate_retrieval(_embedder(model, pooling, device), labelled, progress=advance)
+        report = evaluate_retrieval(_embedder(model, pooling, device, head), labelled, progress=advance)
     if as_json:
         echo_json(report)
     else:
@@ -366,6 +367,7 @@ def dedup(
         "re-encoded copies, which embeddings can miss); -1: embeddings only.",
     ),
     model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    head: str = typer.Option(None, "--head", help=_HEAD_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Groups of near-duplicate images.
@@ -378,7 +380,7 @@ def dedup(
     hashes = hash_bits if hash_bits >= 0 else None
     with progress(len(paths), "embedding") as advance:
         groups, failed = find_duplicates(
-            paths, _embedder(model, "avg", "auto"), threshold, progress=advance, hash_bits=hashes
+            paths, _embedder(model, "avg", "auto", head), threshold, progress=advance, hash_bits=hashes
         )
     if as_json:
         echo_json({"groups": groups, "failed": failed})
@@ -397,6 +399,7 @@ def dedup(
 def embed(
     paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
     model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    head: str = typer.Option(None, "--head", help=_HEAD_HELP),
     pooling: str = typer.Option("avg", "--pooling", help="For registry names and classifiers: avg or gem."),
     batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -408,7 +411,9 @@ def embed(
     from cnnapps.api import load
 
     inputs = images(paths)
-    embedder = load(model, task="retrieve", pooling=pooling, batch_size=batch_size, device=device, engine=engine)
+    options = {"head": head} if head is not None else {}
+    embedder = load(model, task="retrieve", pooling=pooling, batch_size=batch_size, device=device, engine=engine,
+                    **options)  # fmt: skip
     with progress(len(inputs), "embedding") as advance:
         results = embedder.predict(inputs, progress=advance)
     if as_json:

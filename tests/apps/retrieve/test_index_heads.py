@@ -142,3 +142,13 @@ def test_an_index_built_in_python_remembers_the_head_its_embedder_was_loaded_wit
         assert built.embedder(device="cpu").head == "far"
         built.add(photos[2:3])  # embeds with the far head again: no refusal
         assert len(built) == 3
+
+
+def test_embed_and_dedup_take_a_head_too(run_cli, multi, photos) -> None:
+    code, out, err = run_cli("embed", photos[0], "--model", multi, "--head", "far", "--json", "--device", "cpu")
+    assert code == 0, err
+    vector = np.array(json.loads(out)[0]["embedding"], np.float32)
+    np.testing.assert_allclose(vector, _embedded(Embedder(multi, device="cpu", head="far"), photos[:1])[photos[0]],
+                               atol=1e-5)  # fmt: skip
+    code, out, err = run_cli("dedup", *photos, "--model", multi, "--head", "nope", "--json")
+    assert code == 2 and "no head named 'nope'" in err
