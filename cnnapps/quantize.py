@@ -339,8 +339,9 @@ def _top1(pairs: list[tuple[list, list]]) -> dict[str, Any]:
     ref = np.concatenate([a[0] for a, _ in pairs]).astype(np.float64)
     got = np.concatenate([b[0] for _, b in pairs]).astype(np.float64)
     same = ref.argmax(1) == got.argmax(1)
-    diff = float(np.abs(softmax(ref) - softmax(got)).max())
-    top2 = np.sort(softmax(ref), axis=1)[:, -2:] if ref.shape[1] > 1 else np.ones((len(ref), 2))
+    probs = softmax(ref)
+    diff = float(np.abs(probs - softmax(got)).max())
+    top2 = np.sort(probs, axis=1)[:, -2:] if ref.shape[1] > 1 else np.ones((len(ref), 2))
     clear = top2[:, 1] - top2[:, 0] >= CLEAR_MARGIN
     return {"metric": "top1_agreement", "value": round(float(same.mean()), 4), "max_probability_diff": round(diff, 4),
             "clear_images": int(clear.sum()),
