@@ -7,6 +7,7 @@ command line is built from the dataclass instead of declaring every option again
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
@@ -225,10 +226,13 @@ def load_config(path: str | os.PathLike | None = None, config_type: type = Train
     (:func:`resumed_settings`)."""
     values: dict[str, Any] = {}
     source = str(path) if path is not None else "config"
+    known = fields_of(config_type)
     if path is not None:
         values.update(_read_settings(Path(path)))
+        task = values.pop("task", None) if "task" not in known else None  # a run's config.yaml names its task
+        if task is not None and task != config_type.task_name:
+            raise ConfigError(f"{source}: the settings of a {task} run, not of a {config_type.task_name} one")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = fields_of(config_type)
     unknown = sorted(str(k) for k in set(values) - set(known))
     if unknown:
         import difflib
@@ -264,30 +268,33 @@ def _read_settings(path: Path) -> dict[str, Any]:
     return loaded
 
 
+#: settings that say where a run's data lies: a --resume may give them anew (the data moved); a k-fold run's folds
+#: point them at their own copies of it (OUT/fold-i/data)
+_DATA_PLACES = ("data", "images", "masks", "val_data", "val_images", "val_masks")
 #: settings a --resume may give otherwise than the run it continues: where and how it runs, how long it trains (a
-#: larger epochs trains on), where its data lies, and the loss settings a resumed classification run trains with as
-#: given (its module says where they differ from the checkpoint's); every other setting changes what is trained
+#: larger epochs trains on), where its data lies (a semantic run's class list too: a list of another length does not
+#: fit the checkpoint), and the loss settings a resumed classification run trains with as given (its module says
+#: where they differ from the checkpoint's); every other setting changes what is trained
 RESUME_MAY_CHANGE = frozenset({
     "out", "resume", "progress", "workers", "device", "devices", "num_nodes", "strategy", "sync_batchnorm",
     "precision", "compile", "augment_on", "logger", "mlflow_uri", "experiment", "epochs", "patience",
-    "data", "images", "masks", "val_data", "val_images", "val_masks", "class_weights", "logit_adjust",
+    *_DATA_PLACES, "classes", "class_weights", "logit_adjust",
 })  # fmt: skip
 #: settings of the resumption itself, never the run's: the folder it was found in, and the progress display
 _OF_THE_RESUMPTION = ("out", "resume", "progress")
 
 
 def resumed_settings(config: Any, given: set[str] | None = None) -> Any:
-    """``config`` of a --resume, held to the settings of the run it continues (OUT/config.yaml): the settings not
-    ``given`` (None: every one is) are the run's, and one given otherwise that changes what is trained (not in
-    :data:`RESUME_MAY_CHANGE`) is a ConfigError naming it with both values. A folder without config.yaml is left to
-    the checks of its checkpoint."""
+    """``config`` of a --resume, held to the settings of the run it continues (:func:`_run_settings`): the settings
+    not ``given`` (None: every one is) are the run's, and one given otherwise that changes what is trained (not in
+    :data:`RESUME_MAY_CHANGE`) is a ConfigError naming it with both values. The run of another task is a ConfigError
+    too. A folder without the run's settings is left to the checks of its checkpoint."""
     out = Path(config.out or f"runs/{config.task_name}")
-    path = out / "config.yaml"
-    if not path.is_file():
-        return config
+    path, settings = _run_settings(out)
+    _check_task(out, settings, config.task_name)
     known, hints = fields_of(type(config)), typing.get_type_hints(type(config))
     taken: dict[str, Any] = {}
-    for name, value in _read_settings(path).items():
+    for name, value in settings.items():
         if name not in known or name in _OF_THE_RESUMPTION:  # a setting of an older version, or of this call
             continue
         run = _checked(str(path), name, value, hints[name])
@@ -299,6 +306,34 @@ def resumed_settings(config: Any, given: set[str] | None = None) -> Any:
                 f"run's settings ({path}): leave {name} out, or pass another --out to train anew"
             )
     return dataclasses.replace(config, **taken) if taken else config
+
+
+def _run_settings(out: Path) -> tuple[Path, dict[str, Any]]:
+    """The settings of the run in ``out`` and the file holding them: OUT/config.yaml or, for a k-fold run of an
+    older version (which wrote none beside its folds), its first fold's but where that fold's data lies; no
+    settings where neither is there."""
+    path = out / "config.yaml"
+    if path.is_file():
+        return path, _read_settings(path)
+    fold = out / "fold-1" / "config.yaml"
+    if fold.is_file():
+        return fold, {k: v for k, v in _read_settings(fold).items() if k not in _DATA_PLACES}
+    return path, {}
+
+
+def _check_task(out: Path, settings: dict[str, Any], task: str) -> None:
+    """A ConfigError when the run in ``out`` is of another task than ``task``: its settings name its task (those an
+    older version wrote did so for detection runs alone; else the task of its model file's head, once it has one)."""
+    ran = settings.get("task")
+    if ran is None and (out / "model.safetensors").is_file():
+        from cnnapps.apps.modelfile import read_model_file
+
+        with contextlib.suppress(CnnappsError):  # a damaged model file says nothing; training writes it anew
+            tasks = read_model_file(out / "model.safetensors").tasks
+            ran = tasks[0] if len(tasks) == 1 else None
+    if ran is not None and ran != task:
+        raise ConfigError(f"{out}: holds a {ran} run, not a {task} one; resume it with `cnnapps train {ran} --resume "
+                          f"--out {out}`, or pass another --out")  # fmt: skip
 
 
 def _checked(source: str, name: str, value: Any, annotation: Any) -> Any:
@@ -359,7 +394,8 @@ def write_config(config: Any, path: Path) -> None:
 
     from cnnapps.files import atomic_write
 
-    atomic_write(path, yaml.safe_dump(_as_saved(dataclasses.asdict(config)), sort_keys=False).encode(), overwrite=True)
+    settings = {"task": config.task_name, **dataclasses.asdict(config)}  # the task: a --resume of another is refused
+    atomic_write(path, yaml.safe_dump(_as_saved(settings), sort_keys=False).encode(), overwrite=True)
 
 
 def _as_saved(value: Any) -> Any:

@@ -80,6 +80,32 @@ def test_a_kfold_resume_keeps_the_settings_the_run_was_given(colour_set: Path, t
     assert (out / "fold-2" / "metrics.json").is_file()
 
 
+def test_a_kfold_run_of_an_older_version_resumes_with_its_first_folds_settings(colour_set: Path, tmp_path: Path,
+                                                                               run_cli) -> None:  # fmt: skip
+    """A k-fold run of an older version holds config.yaml in its folds alone: a --resume takes the settings it is
+    not given from the first fold's (but its data, which that fold reads from its own copy); one given otherwise is
+    refused naming that file, before anything is written."""
+    out = tmp_path / "cv"
+    tiny = ("--backbone", "lenet5", "--weights", "none", "--epochs", 1, "--batch-size", 8, "--workers", 0,
+            "--augment", "none")  # fmt: skip
+    code, _, stderr = run_cli("train", "classify", "--data", colour_set, *tiny, "--kfold", 2, "--out", out)
+    assert code == 0, stderr
+    (out / "config.yaml").unlink()
+    (out / "fold-2" / "metrics.json").unlink()  # as if stopped in the second fold
+    code, _, stderr = run_cli("train", "classify", "--data", colour_set, "--backbone", "resnet18", "--kfold", 2,
+                              "--out", out, "--resume")  # fmt: skip
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith(f"error: backbone: the run in {out} trains with 'lenet5', not 'resnet18'")
+    assert f"({out / 'fold-1' / 'config.yaml'}): leave backbone out" in lines[0]
+    assert not (out / "config.yaml").exists() and not (out / "fold-2" / "metrics.json").exists()
+    code, _, stderr = run_cli("train", "classify", "--data", colour_set, "--kfold", 2, "--out", out, "--resume")
+    assert code == 0, stderr
+    assert (out / "fold-2" / "metrics.json").is_file()
+    settings = yaml.safe_load((out / "config.yaml").read_text())
+    assert (settings["data"], settings["backbone"], settings["augment"]) == (str(colour_set), "lenet5", "none")
+
+
 def test_kfold_refusals(colour_set: Path, tmp_path: Path, tiny_config) -> None:
     config = tiny_config(colour_set, tmp_path / "x")
     with pytest.raises(ConfigError, match=r"^kfold: caption reads its data its own way"):

@@ -90,3 +90,47 @@ def test_settings_as_python_gives_them_resume_as_written(colour_set: Path, tmp_p
     assert _settings(out)["data"] == str(colour_set) and _settings(out)["backbone_kwargs"]["sizes"] == [1, 2]
     again = resumed_settings(dataclasses.replace(config, resume=True))
     assert again.backbone_kwargs == {"in_channels": 3, "sizes": (1, 2)}  # nothing refused, nothing taken
+
+
+def test_a_resume_of_another_tasks_run_is_refused_up_front(run_cli, colour_set: Path, tmp_path: Path) -> None:
+    """The run's config.yaml names its task (an older version's names none: its model file's head tells): a
+    resume as another task is one line naming the folder and both tasks, and leaves the folder as it was."""
+    from cnnapps.apps.classify.config import ClassifyConfig
+    from cnnapps.apps.common.config import load_config
+    from cnnapps.apps.retrieve.config import RetrieveConfig
+
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", "classify", "--data", colour_set, *TINY, "--epochs", "1", "--out", out)
+    assert code == 0, err
+    written = _settings(out)
+    older = {k: v for k, v in written.items() if k != "task"}
+    message = (f"error: {out}: holds a classify run, not a retrieve one; resume it with `cnnapps train classify "
+               f"--resume --out {out}`, or pass another --out")  # fmt: skip
+    for settings in (older, written):
+        (out / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        for given in ((), ("--data", colour_set)):
+            code, _, err = run_cli("train", "retrieve", *given, "--resume", "--out", out)
+            assert code == 2 and [line for line in err.splitlines() if line.strip()] == [message], err
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert written["task"] == "classify"
+    # as a recipe, the run's config.yaml serves its own task (its task: is no setting), not another
+    assert load_config(out / "config.yaml", ClassifyConfig).backbone == "lenet5"
+    with pytest.raises(ConfigError, match=r"config.yaml: the settings of a classify run, not of a retrieve one$"):
+        load_config(out / "config.yaml", RetrieveConfig)
+
+
+def test_a_resume_may_give_a_semantic_runs_class_list_anew(tmp_path: Path) -> None:
+    """The class list is a file of the data, as --data is a folder: where the data moved, a resume gives both anew
+    (a list of another length is refused by the checkpoint, whose head does not fit it)."""
+    from cnnapps.apps.common.config import load_config, write_config
+    from cnnapps.apps.semantic.config import SemanticConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    old = tmp_path / "old"
+    write_config(SemanticConfig(data=str(old), classes=str(old / "classes.txt"), backbone="lenet5", epochs=1,
+                                out=str(out)), out / "config.yaml")  # fmt: skip
+    moved = {"data": str(tmp_path / "new"), "classes": str(tmp_path / "new" / "classes.txt")}
+    again = load_config(None, SemanticConfig, **moved, out=str(out), resume=True)
+    assert (again.data, again.classes, again.backbone, again.epochs) == (*moved.values(), "lenet5", 1)
