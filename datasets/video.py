@@ -220,11 +220,16 @@ class VideoSource:
 
     Attributes: ``name`` (the spec), ``live``, ``fps``, ``width``, ``height``, ``duration`` (seconds, when
     known), ``frames`` (the number of frames expected after start, end and stride, when the container says),
-    ``frames_read`` (frames read after start, end and stride, those dropped included), ``dropped``,
+    ``frames_read`` (frames read after start, end and stride, those dropped included), ``dropped``, ``skipped``,
     ``container_format`` (FFmpeg's demuxer: ``mov,mp4,m4a,3gp,3g2,mj2``, ``png_pipe``...; None for an image
     sequence) and ``still`` (FFmpeg reads the source as one still picture: an image demuxer, or a GIF of one frame).
     A source is read once; ``close()`` (or leaving a ``with`` block, or breaking out of the loop) stops the
     reader. Nothing is kept per frame, so memory does not grow with the video's length.
+
+    A frame the decoder finds damaged (FFmpeg's invalid data) is skipped and the frames after it are read, as
+    FFmpeg's tools do: it keeps its index (the frames after it keep theirs), counts in ``skipped``, and the count is
+    said once, at the end, through ``on_event``. Damage with no frame after it (a file cut short in a frame), damage
+    the demuxer cannot read past, and a file that ends before its stated length end with a :class:`VideoError`.
     """
 
     def __init__(
@@ -264,6 +269,9 @@ class VideoSource:
         self.still = False
         self.frames_read = 0
         self.dropped = 0
+        self.skipped = 0
+        self._lost = 0  # frames skipped whose indices are not counted yet (:meth:`_count_lost`)
+        self._damage = ""  # FFmpeg's words for the last damaged frame
         self._fps_given = fps
         self._buffer = _Buffer(int(queue))
         self._stop = threading.Event()
@@ -569,13 +577,22 @@ class VideoSource:
                     raise VideoError(f"{self.name}: {reason} after {self.frames_read} frames; --reconnect retries")
                 if not self._reopen(reason):
                     return
+            self._tell_skipped()
             self._buffer.put(_END, False, self._stop)
         except BaseException as exc:  # handed to the consumer, raised there
             if isinstance(exc, VideoError):
                 exc.frames_read = self.frames_read
+            with contextlib.suppress(Exception):
+                self._tell_skipped()
             self._buffer.put(exc, False, self._stop)
         finally:
             self._close_container()
+
+    def _tell_skipped(self) -> None:
+        """Say how many damaged frames were skipped (``on_event``), when the reading ends."""
+        if self.skipped:
+            frames = "frame" if self.skipped == 1 else "frames"
+            self.on_event(f"{self.name}: skipped {self.skipped} damaged {frames} ({self._damage})")
 
     def _reopen(self, reason: str) -> bool:
         """Wait and reconnect until it works (True), close() is called (False) or the tries run out (VideoError)."""
@@ -673,10 +690,12 @@ class VideoSource:
         offset = self._time_offset
         last_packet = last_frame = time.monotonic()
         ended = False
+        skipped_before_frame, self._lost = self.skipped, 0  # damaged frames before the last frame decoded
 
         def take(frame: Any) -> bool:
-            nonlocal first_pts, seeked, last_frame
+            nonlocal first_pts, seeked, last_frame, skipped_before_frame
             last_frame = time.monotonic()
+            skipped_before_frame = self.skipped
             if frame.pts is not None and tb is not None:
                 if first_pts is None:
                     first_pts = frame.pts
@@ -689,7 +708,9 @@ class VideoSource:
                 t = max(time.monotonic() - self._born, self._last_time + _EPS)  # timestamps went back: wall clock
             if seeked:
                 self._next_index = self._index_after_seek(frame.pts, first_pts, t, step, target, scan)
-                seeked = False
+                seeked, self._lost = False, 0
+            elif self._lost:
+                self._count_lost(t if frame.pts is not None else None)
             return self._offer(t, lambda: frame.to_ndarray(format="rgb24"), (frame.width, frame.height))
 
         try:
@@ -699,7 +720,7 @@ class VideoSource:
                     return
                 now = time.monotonic()
                 self._heartbeat = last_packet = now
-                for frame in packet.decode():
+                for frame in self._decode(packet):
                     if not take(frame):
                         return
                 if self.live and self._remote and time.monotonic() - last_frame > self.timeout:
@@ -721,8 +742,36 @@ class VideoSource:
             raise VideoError(f"{self.name}: {reason} after {self.frames_read} frames") from None
         if ended and self._remote and not self._stop.is_set():
             raise _Disconnected("disconnected")
+        if ended and self.skipped > skipped_before_frame:  # no frame after the damage: the file breaks there
+            self.skipped = skipped_before_frame
+            raise VideoError(f"{self.name}: {self._damage} after {self.frames_read} frames")
         if ended:  # the end of the data came before ``end``: was the file cut short?
             self._check_complete()
+
+    def _decode(self, packet: Any) -> list[Any]:
+        """The frames of one packet; a packet the decoder finds damaged gives none, and counts in ``skipped``."""
+        import av
+
+        try:
+            return packet.decode()
+        except av.error.InvalidDataError as exc:
+            self.skipped += 1
+            self._lost += 1
+            self._damage = _reason(exc)
+            return []
+
+    def _count_lost(self, time_s: float | None) -> None:
+        """Give the frames skipped so far their indices, those of the frame steps missing before the frame decoded
+        at ``time_s`` (frames come out of the decoder in time order; None, no timestamp: the steps just before it),
+        so that the frames after the damage keep theirs; the stride goes on counting them too."""
+        fps = self.fps or 25.0
+        before = self._decoded_time if self._decoded_time is not None else -1 / fps
+        missing = self._lost if time_s is None else round((time_s - before) * fps) - 1
+        missing = max(0, min(self._lost, missing))
+        self._lost -= missing
+        self._next_index += missing
+        if self.start is None or before >= self.start - _EPS:
+            self._passed += missing
 
     def _seek(self, position: int) -> bool:
         """Seek to the keyframe at or before ``position`` (stream units); False when the file is read from its
@@ -877,9 +926,16 @@ _WRITE_FORMATS = {
 }
 
 
-#: the longest a frame written at a given time stays on screen, and the furthest a time may go back before the
+#: a gap between frames written at given times that is always kept, and the furthest a time may go back before the
 #: times after it count from the last frame (:meth:`VideoWriter._next_pts`)
 MAX_GAP_S, MAX_BACK_S = 60.0, 1.0
+#: a longer gap is an outage when it is over this many times the source's usual gap (the median of the last
+#: ``CADENCE_GAPS`` gaps kept): a steady time-lapse keeps its timing, a stream back after an hour does not
+OUTAGE_RATIO, CADENCE_GAPS = 10, 16
+#: the longest gap a container takes, in time-base units: AVI fills a gap with up to 60000 empty frames, MP4 and MOV
+#: keep a frame's duration in 31 bits (6.6 hours at 1/90000 s)
+_MAX_GAP_TICKS = {"avi": 60_000}
+_MAX_GAP_TICKS_DEFAULT = 2**31 - 1
 
 #: Time bases (1/N s) tried, finest first, for frames written at given times, by muxer: Matroska and WebM count
 #: milliseconds; an encoder that takes none of them (MPEG-4 part 2: 1/65535 at the finest), and AVI (a tick a
@@ -899,10 +955,13 @@ def _encoder(names: tuple[str, ...]) -> str | None:
 
 
 def _rate(fps: float) -> Fraction:
-    """fps as a fraction, with NTSC rates (29.97, 59.94, 23.976) exact."""
+    """fps as a fraction, with NTSC rates (29.97, 59.94, 23.976) exact, and a time-lapse's (a frame every so many
+    seconds) from its interval."""
     for base in (24, 30, 48, 60, 120):
         if abs(fps - base * 1000 / 1001) < 1e-3:
             return Fraction(base * 1000, 1001)
+    if fps < 1:
+        return 1 / Fraction(1 / fps).limit_denominator(1000)
     return Fraction(fps).limit_denominator(1000)
 
 
@@ -916,7 +975,9 @@ class VideoWriter:
     :attr:`Frame.time` gives them), so that a copy of every fifth frame, or of a variable-frame-rate video,
     plays at the source's pace: the first frame written is at 0 s, each later one at its time's distance from
     the first's, to 1/90000 s in MP4 and MOV, 1 ms in Matroska and WebM, the nearest frame slot (1/fps) in AVI.
-    The last frame lasts as long as the gap before it.
+    The last frame lasts as long as the gap before it. Times that start again, and a jump of over a minute and of
+    many times the source's usual gap (an outage), go on a frame after the last; a steady time-lapse keeps its
+    timing.
 
     An existing ``path`` is refused at once (:class:`~cnnapps.files.OutputExistsError`). Frames go to a hidden
     temporary file in the target's folder, renamed to ``path`` by :meth:`close`; closing after an error (and
@@ -954,6 +1015,7 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._durations: dict[int, int] = {}  # pts -> the frame's duration (to the next frame), for its packet
         self._gap = 1  # the last frame's duration, should no frame follow it: the gap before it
+        self._cadence: collections.deque[int] = collections.deque(maxlen=CADENCE_GAPS)  # recent gaps kept
         self._pending: collections.deque[Any] = collections.deque()  # packets out of the encoder, not yet muxed
 
     def _frame(self, rgb: np.ndarray) -> np.ndarray:
@@ -1032,10 +1094,9 @@ class VideoWriter:
     def _next_pts(self, time: float | None) -> int:
         """The pts of the next frame: at ``time`` from the origin, or a frame at fps after the last one. A time
         that goes back more than ``MAX_BACK_S`` (timestamps starting again: joined recordings, a camera's restart)
-        or jumps more than ``MAX_GAP_S`` ahead (a stream back after an outage) puts the frame a frame at fps after
-        the last one, and later times count from there: the frames after it keep their pace, and no gap is more
-        than the containers take (AVI fills a gap with empty frames; MP4 keeps each gap in 32 bits). A smaller
-        step back, or a repeat, is moved a tick after the last frame."""
+        or jumps ahead by an outage (:meth:`_outage`: a stream back after an hour) puts the frame a frame at fps
+        after the last one, and later times count from there: the frames after it keep their pace, and no gap is
+        more than the containers take. A smaller step back, or a repeat, is moved a tick after the last frame."""
         last = self._last_pts
         after = 0 if last is None else last + self._ticks
         if time is None:
@@ -1044,9 +1105,11 @@ class VideoWriter:
             if self._origin is None:
                 self._origin = time - float(after * self._time_base)
             pts = round((time - self._origin) / self._time_base)
-            if last is not None and not -MAX_BACK_S <= (pts - last) * float(self._time_base) <= MAX_GAP_S:
+            if last is not None and ((pts - last) * float(self._time_base) < -MAX_BACK_S or self._outage(pts - last)):
                 pts = after
                 self._origin = time - float(pts * self._time_base)
+            elif last is not None and pts > last:
+                self._cadence.append(pts - last)
         if last is not None and pts <= last:
             pts = last + 1
         if last is not None:
@@ -1054,6 +1117,16 @@ class VideoWriter:
         self._gap = self._ticks if last is None else pts - last
         self._last_pts = pts
         return pts
+
+    def _outage(self, ticks: int) -> bool:
+        """Whether a gap of ``ticks`` ahead is an outage rather than the source's pace: more than the container takes,
+        or over ``MAX_GAP_S`` and over ``OUTAGE_RATIO`` times the usual gap of the frames before it (none before it:
+        the first gap sets the pace). A time-lapse of a frame every two minutes keeps its timing."""
+        if ticks > _MAX_GAP_TICKS.get(self._format, _MAX_GAP_TICKS_DEFAULT):
+            return True
+        if ticks * float(self._time_base) <= MAX_GAP_S or not self._cadence:
+            return False
+        return ticks > OUTAGE_RATIO * float(np.median(self._cadence))
 
     def _mux_pending(self, container: Any, final: bool = False) -> None:
         """Put the packets out of the encoder into the file, each with its frame's duration; a packet whose

@@ -8,10 +8,10 @@ its share of the cores (:class:`_Lanes`). Nothing is kept per frame: each frame'
 soon as it is drawn, so memory stays flat over a stream of any length (tracks keep a summary each, with a path
 thinned by motion).
 
-A source that fails mid-way (corrupt data, a stream that stalls or drops) ends the run with the frames read so
-far predicted, written and reported; ``VideoReport.error`` says what happened. Ctrl-C (and, where asked, SIGTERM)
-stops the run after the batches in hand in the same way (``VideoReport.interrupted``); a second one stops it at
-once.
+A source that fails mid-way (damage it cannot read past, a stream that stalls or drops) ends the run with the frames
+read so far predicted, written and reported; ``VideoReport.error`` says what happened (a damaged frame the source
+skips does not end it). Ctrl-C (and, where asked, SIGTERM) stops the run after the batches in hand in the same way
+(``VideoReport.interrupted``); a second one stops it at once.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -203,6 +204,57 @@ def test_times_that_start_again_or_jump_an_hour_keep_the_pace_after_them(tmp_pat
         assert length == pytest.approx(4.4, abs=2e-3), suffix
 
 
+def timed_clip(path: Path, times_s: list[float], rate: float | Fraction = 25) -> Path:
+    """An H.264 clip whose header says ``rate`` fps, frames at ``times_s`` (to the millisecond)."""
+    import av
+
+    base = Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = base
+        for i, t in enumerate(times_s):
+            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".avi"])
+def test_a_time_lapse_copy_keeps_its_timing_and_still_skips_an_outage(tmp_path: Path, suffix: str) -> None:
+    """A camera shooting a frame every 2 minutes (a Matroska file whose header says 25 fps), off for five hours,
+    then on again: the copy keeps the 2-minute gaps, and the five hours go on a frame (at 25 fps) after the last."""
+    lapse = [120.0 * i for i in range(6)]
+    times_s = [*lapse, 600 + 5 * 3600, 600 + 5 * 3600 + 120]
+    source = VideoSource(str(timed_clip(tmp_path / "lapse.mkv", times_s)))
+    frames = read_all(source)
+    assert [f.time for f in frames] == pytest.approx(times_s)
+    path = tmp_path / f"copy{suffix}"
+    with VideoWriter(path, source.fps) as writer:
+        for frame in frames:
+            writer.write(frame.rgb, time=frame.time)
+    times, length = written_times(path)
+    assert times == pytest.approx([*lapse, 600.04, 720.04], abs=2e-3)
+    assert length == pytest.approx(840.04, abs=2e-3)
+
+
+def test_an_hourly_time_lapse_is_copied_at_its_own_rate(tmp_path: Path) -> None:
+    """An MP4 whose frames are an hour apart states a rate of a frame an hour: written at that rate, or at the
+    frames' times, each frame lasts its hour."""
+    source = VideoSource(str(timed_clip(tmp_path / "hourly.mp4", [3600.0 * i for i in range(4)], Fraction(1, 3600))))
+    frames = read_all(source)
+    assert source.fps == pytest.approx(1 / 3600, rel=0.01)
+    for name, timed in (("timed.mp4", True), ("untimed.mkv", False)):
+        with VideoWriter(tmp_path / name, source.fps) as writer:
+            for frame in frames:
+                writer.write(frame.rgb, time=frame.time if timed else None)
+        times, _ = written_times(tmp_path / name)
+        assert times == pytest.approx([0.0, 3600.0, 7200.0, 10800.0], abs=2), name
+
+
 def test_frames_and_lines_are_kept_beside_a_name_taken_while_they_were_written(tmp_path: Path) -> None:
     from cnnapps.apps.common.video import _LineFile
 
@@ -367,6 +419,82 @@ def test_corrupt_middle_ends_cleanly(tmp_path: Path) -> None:
     except VideoError as exc:
         assert str(exc).startswith(f"{ts}: ") and "after" in str(exc)
     assert 0 < got <= 60 and time.monotonic() - started < 10
+
+
+def packet_spans(path: Path) -> list[tuple[int, int]]:
+    """Where each video packet of a file lies: (offset, size)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def damaged_clip(path: Path, codec: str, packets: list[int], at: float) -> Path:
+    """30 frames (MJPEG, or H.264 with B-frames and a keyframe every 10), then the bytes of the ``packets`` listed
+    overwritten from ``at`` (a fraction of the packet) on, a quarter of the packet long."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height = 96, 64
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if codec == "libx264":
+            stream.options = {"g": "10", "bf": "2", "preset": "veryfast"}
+        for i in range(30):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture(i), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    spans = packet_spans(path)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    for k in packets:
+        pos, size = spans[k]
+        start = pos + int(size * at)
+        data[start : start + size // 4] = rng.integers(0, 256, size // 4, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(("name", "codec", "at"), [("mjpeg.avi", "mjpeg", 0.3), ("h264.mp4", "libx264", 0.05)])
+def test_a_damaged_frame_is_skipped_and_the_frames_after_it_keep_their_indices(
+    tmp_path: Path, name: str, codec: str, at: float
+) -> None:
+    """The 13th packet damaged: the decoder refuses it; the 29 other frames are read, each with its own index (the
+    one missing among them is the damaged frame's: H.264 puts its frames in another order), the count said once."""
+    path = damaged_clip(tmp_path / name, codec, [12], at)
+    events: list[str] = []
+    source = VideoSource(str(path), on_event=events.append)
+    frames = read_all(source)
+    indices = [f.index for f in frames]
+    (lost,) = set(range(30)) - set(indices)
+    assert len(frames) == 29 and indices == sorted(indices) and source.skipped == 1
+    assert lost == 12 if codec == "mjpeg" else 10 <= lost <= 13
+    assert all(abs(f.time - f.index / FPS) < 1e-3 for f in frames)
+    clean = [f for f in frames if codec == "mjpeg" or not 10 <= f.index < 20]  # H.264: its group is concealed
+    assert all(np.abs(f.rgb.astype(int) - picture(f.index)).mean() < 8 for f in clean)
+    assert events == [f"{path}: skipped 1 damaged frame (invalid data found when processing input)"]
+    strided = read_all(VideoSource(str(path), stride=2, on_event=events.append))
+    assert [f.index for f in strided] == [i for i in range(0, 30, 2) if i != lost]
+
+
+def test_damage_with_no_frame_after_it_still_ends_the_video_with_an_error(tmp_path: Path) -> None:
+    """An MJPEG AVI cut in its 21st frame, and one whose frames are all damaged: the frames before the break, then
+    the error of a file that breaks part way (the frame at the break is no skipped frame)."""
+    whole = damaged_clip(tmp_path / "whole.avi", "mjpeg", [], 0)
+    pos, size = packet_spans(whole)[20]
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: pos + size // 2])
+    everywhere = damaged_clip(tmp_path / "everywhere.avi", "mjpeg", list(range(30)), 0.3)
+    for path, read in ((cut, 20), (everywhere, 0)):
+        events: list[str] = []
+        source, got = VideoSource(str(path), on_event=events.append), []
+        with pytest.raises(VideoError) as caught:
+            for frame in source:
+                got.append(frame.index)
+        assert got == list(range(read)) and caught.value.frames_read == read and source.skipped == 0
+        assert str(caught.value) == f"{path}: invalid data found when processing input after {read} frames"
+        assert events == []
 
 
 def vfr_clip(path: Path, times_ms: list[int]) -> Path:
