@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from cnnapps.apps.tasks import TASKS, get_task
@@ -134,41 +134,30 @@ def task_options(label: str, record: Any, options: dict[str, Any], graph: bool =
     task whose predictor takes no engine, an engine that fits it (:func:`_runs_as_it_is`; ``graph``: the models are
     exported ONNX files) is dropped, as ``load_heads`` does; any other option it does not take is a one-line error
     naming the model (``label``), the option and what the task takes."""
-    what, given = f"{record.name} models", dict(options)
-    if record.runs_as_it_is:
-        _runs_as_it_is(label, record, given.pop("engine", None), graph,
-                       lambda: _option_error(label, options, what, record.takes, record.name))  # fmt: skip
-    _refuse_others(label, given, what, record.takes, task=record.name)
+    given = dict(options)
+    if record.runs_as_it_is and _runs_as_it_is(label, record, given.get("engine"), graph):
+        given.pop("engine", None)  # one that does not fit stays, to be refused with the rest
+    _refuse_others(label, given, f"{record.name} models", record.takes, task=record.name)
     return given
 
 
-def _runs_as_it_is(label: str, record: Any, engine: str | None, graph: bool, refusal: Callable[[], Exception]) -> None:
-    """Refuse, in one line, an engine that a predictor which takes no engine does not run on: for a model file any
-    but PyTorch as it is (``EAGER_ENGINES``), with the caller's ``refusal``; for an exported ONNX file of a task that
-    runs them any but onnxruntime (``GRAPH_AS_IT_IS``), rather than a quiet run on onnxruntime."""
+def _runs_as_it_is(label: str, record: Any, engine: str | None, graph: bool) -> bool:
+    """Whether a predictor which takes no engine runs on ``engine``: for a model file only PyTorch as it is
+    (``EAGER_ENGINES``; the caller refuses any other); for an exported ONNX file of a task that runs them only
+    onnxruntime (``GRAPH_AS_IT_IS``): any other is refused here, in one line, rather than a quiet run on onnxruntime."""
     if not (graph and record.runs_onnx):
-        if engine not in EAGER_ENGINES:
-            raise refusal()
-        return
+        return engine in EAGER_ENGINES
     if engine not in GRAPH_AS_IT_IS:
         from cnnapps.engines import EngineError
 
         pytorch = ", not on a PyTorch engine" if engine in ("eager", "jit", "compile") else ""
         raise EngineError(f"{label}: engine={engine!r}: an exported {record.name} graph runs on onnxruntime "
                           f"(engine auto or onnxruntime){pytorch}")  # fmt: skip
+    return True
 
 
 def _refuse_others(label: str, options: dict[str, Any], what: str, takes: Sequence[str], task: str = "it") -> None:
     """A one-line error for the first of ``options`` not among ``takes`` (an engine: an ``EngineError``)."""
-    error = _option_error(label, options, what, takes, task)
-    if error is not None:
-        raise error
-
-
-def _option_error(
-    label: str, options: dict[str, Any], what: str, takes: Sequence[str], task: str = "it"
-) -> CnnappsError | None:
-    """What :func:`_refuse_others` raises: the error for the first of ``options`` not among ``takes``, or None."""
     for name, value in options.items():
         if name in takes:
             continue
@@ -176,9 +165,8 @@ def _option_error(
         if name == "engine":
             from cnnapps.engines import EngineError
 
-            return EngineError(f"{label}: engine={value!r}: {what} run as they are (engine auto or eager); {listed}")
-        return CnnappsError(f"{label}: {name}={value!r} is not an option of {what} ({listed})")
-    return None
+            raise EngineError(f"{label}: engine={value!r}: {what} run as they are (engine auto or eager); {listed}")
+        raise CnnappsError(f"{label}: {name}={value!r} is not an option of {what} ({listed})")
 
 
 def check_serves(spec: str | os.PathLike, task: str) -> None:
@@ -252,10 +240,9 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
     record = get_task(task)
     engine = options.get("engine") or "auto"
     graph = str(spec).endswith(".onnx")
-    if record.runs_as_it_is:  # not a quiet run elsewhere
+    if record.runs_as_it_is and not _runs_as_it_is(str(spec), record, engine, graph):  # not a quiet run elsewhere
         from cnnapps.engines import EngineError
 
-        _runs_as_it_is(str(spec), record, engine, graph, lambda: EngineError(
-            f"--engine {engine}: {spec} is a {task} model, which runs as it is (use --engine auto)"))  # fmt: skip
+        raise EngineError(f"--engine {engine}: {spec} is a {task} model, which runs as it is (use --engine auto)")
     chosen = {**options, **({"head": head} if head else {})}
     return OneHead(load(spec, task=task, **record.options(chosen)), head or task)

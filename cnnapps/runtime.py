@@ -11,9 +11,7 @@ import os
 import threading
 import time
 import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -262,36 +260,6 @@ class CompiledRunner:
         if isinstance(outputs[0], tuple):  # a model with several outputs (a trunk's stage maps)
             return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
         return torch.cat(outputs)
-
-
-def prefetch_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[R]:
-    """``map(fn, items)`` in order on a thread pool, keeping at most ``depth`` results in flight.
-
-    Lets decoding (OpenCV releases the GIL) overlap the forward pass without holding a
-    whole folder of decoded images in memory.
-    """
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    pending: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnapps-decode") as pool:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= depth:
-                yield pending.popleft().result()
-        for future in pending:
-            yield future.result()
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def one_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -106,32 +106,64 @@ def read_for_batch(
 ) -> tuple[str, np.ndarray | None, str | None]:
     """``(name, rgb, None)``, or ``(name, None, reason)`` when the input cannot be read: what batch jobs use
     to report a bad input and go on (a decoder crash on one file must not end the batch either)."""
+    return decode_opened(open_for_batch(src, max_pixels, max_aspect))
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """An input read as far as its header, no pixel decoded yet (:func:`open_for_batch`): what decoding it will cost,
+    so that a batch can be cut before its images are all decoded, and what :func:`decode_opened` decodes."""
+
+    name: str
+    src: object = None  # encoded bytes (a file's, read once), or the array or PIL image as given
+    header: _Header | None = None  # of encoded bytes (read once, checked against the limits); an array's size
+    limits: dict[str, float | None] | None = None  # max_pixels and max_aspect, checked as an array is read
+    error: str | None = None  # why it cannot be read (it fails before a pixel is decoded)
+
+    @property
+    def pixels(self) -> int:
+        """What decoding costs at its peak, in the 8-bit pixels ``max_pixels`` counts (a 16-bit image's count twice;
+        an array's or PIL image's own pixels); 0 for an input that fails before a pixel is decoded."""
+        return 0 if self.header is None else self.header.decode_bytes // _BYTES_PER_8BIT_PIXEL
+
+
+def open_for_batch(
+    src: ImageInput,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect: float | None = DEFAULT_MAX_ASPECT,
+) -> OpenedImage:
+    """The first half of :func:`read_for_batch`: a file read (once) and its header checked against the limits, or
+    the reason the input cannot be read."""
     name = describe_input(src)
+    limits = {"max_pixels": max_pixels, "max_aspect": max_aspect}
     try:
-        return name, read_image(src, max_pixels=max_pixels, max_aspect=max_aspect, name=name), None
-    except ImageError as exc:
-        return name, None, exc.detail
+        if isinstance(src, (str, os.PathLike)):
+            src = _read_file(Path(src), name)
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            data = bytes(src)
+            return OpenedImage(name, data, _checked_header(data, name, **limits))
+        if isinstance(src, np.ndarray):
+            return OpenedImage(name, src, _Header(src.shape[1], src.shape[0]) if src.ndim >= 2 else None, limits)
+        return OpenedImage(name, src, _Header(src.width, src.height) if _is_pil_image(src) else None, limits)
     except Exception as exc:
-        return name, None, f"{type(exc).__name__}: {exc}"
+        return OpenedImage(name, error=_reason(exc))
 
 
-def decoded_pixels(src: object) -> int:
-    """What decoding ``src`` costs at its peak, in the 8-bit pixels ``max_pixels`` counts (a 16-bit image's count
-    twice), from the header alone; an array's own pixels; 0 for an input whose header cannot be read (it fails
-    before a pixel is decoded) and for paths and PIL images."""
-    if isinstance(src, np.ndarray):
-        return int(src.shape[0] * src.shape[1]) if src.ndim >= 2 else 0
-    if not isinstance(src, (bytes, bytearray, memoryview)):
-        return 0
-    data = src if isinstance(src, bytes) else bytes(src)
-    fmt = sniff_format(data)
-    if fmt is None:
-        return 0
+def decode_opened(opened: OpenedImage) -> tuple[str, np.ndarray | None, str | None]:
+    """The second half of :func:`read_for_batch`: ``(name, rgb, None)``, or ``(name, None, reason)``."""
+    if opened.error is not None:
+        return opened.name, None, opened.error
     try:
-        header = _read_header(data, fmt, "<bytes>")
-    except ImageError:
-        return 0
-    return max(0, header.width) * max(0, header.height) * header.decode_bytes_per_pixel // _BYTES_PER_8BIT_PIXEL
+        if isinstance(opened.src, bytes):
+            return opened.name, _decode(opened.src, opened.header, opened.name), None
+        return opened.name, read_image(opened.src, name=opened.name, **(opened.limits or {})), None
+    except Exception as exc:
+        return opened.name, None, _reason(exc)
+
+
+def _reason(exc: Exception) -> str:
+    """An input's error as a batch reports it: an :class:`ImageError`'s detail, any other exception's type and text."""
+    return exc.detail if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
 
 
 def describe_input(src: object) -> str:
@@ -181,6 +213,11 @@ def decode_bytes(
 ) -> np.ndarray:
     """Decode an encoded image (JPEG/PNG/WebP/BMP/TIFF/GIF's first frame) to RGB uint8, applying EXIF
     orientation; the limits are those of :func:`read_image`."""
+    return _decode(data, _checked_header(data, name, max_pixels, max_aspect), name)
+
+
+def _checked_header(data: bytes, name: str, max_pixels: int | None, max_aspect: float | None) -> _Header:
+    """The header of encoded bytes, checked against the limits before any pixel is decoded."""
     if len(data) == 0:
         raise EmptyImageError(name)
     fmt = sniff_format(data)
@@ -188,6 +225,12 @@ def decode_bytes(
         raise NotAnImageError(name, _NOT_AN_IMAGE)
     header = _read_header(data, fmt, name)
     _check_size(header, name, max_pixels, max_aspect)
+    return header
+
+
+def _decode(data: bytes, header: _Header, name: str) -> np.ndarray:
+    """Encoded bytes whose header :func:`_checked_header` read and checked, decoded."""
+    fmt = sniff_format(data)
     if fmt == "JPEG":
         _check_jpeg_length(data, header, name)
     if _looks_truncated(data, fmt):
@@ -274,6 +317,11 @@ class _Header:
         """OpenCV's decoders peak at twice their output (measured: 6.3 bytes a pixel for 8-bit RGB, 12.3 for
         16-bit, 24.5 for 32-bit float); converting to RGB uint8 happens in place or after that peak."""
         return 2 * max(self.samples, 3) * self.bytes_per_sample
+
+    @property
+    def decode_bytes(self) -> int:
+        """What decoding the image costs at its peak, in bytes (``max_pixels`` allows that many 8-bit pixels' worth)."""
+        return self.width * self.height * self.decode_bytes_per_pixel
 
 
 def _read_header(data: bytes, fmt: str, name: str) -> _Header:
@@ -457,7 +505,7 @@ def _check_size(header: _Header, name: str, max_pixels: int | None, max_aspect: 
     if width <= 0 or height <= 0:
         raise EmptyImageError(name, f"{width}x{height} image has no pixels")
     if max_pixels is not None:
-        cost, budget = width * height * header.decode_bytes_per_pixel, max_pixels * _BYTES_PER_8BIT_PIXEL
+        cost, budget = header.decode_bytes, max_pixels * _BYTES_PER_8BIT_PIXEL
         if cost > budget and header.decode_bytes_per_pixel <= _BYTES_PER_8BIT_PIXEL:
             raise ImageTooLargeError(
                 name,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from cnnapps.backbones.preprocess import Preprocess
-from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, read_for_batch
+from cnnapps.datasets import io
+from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, OpenedImage, decode_opened, open_for_batch
 from cnnapps.errors import ImageError
-from cnnapps.runtime import available_cores, batched, prefetch_map
+from cnnapps.runtime import available_cores
+
+T = TypeVar("T")
 
 #: forward(inputs per preprocessing spec) -> (batch, width) numpy array
 Forward = Callable[[dict[Preprocess, torch.Tensor]], np.ndarray]
@@ -61,8 +65,8 @@ class BatchRunner:
         self.max_pixels = max_pixels
         self.on_device = preprocess_on == "device" or (preprocess_on == "auto" and device.type == "cuda")
 
-    def _load(self, item: Any) -> tuple[str, Any, str | None]:
-        name, rgb, error = read_for_batch(item, self.max_pixels)
+    def _load(self, item: OpenedImage) -> tuple[str, Any, str | None]:
+        name, rgb, error = decode_opened(item)
         if rgb is None or self.on_device:
             return name, rgb, error
         return name, [spec(rgb) for spec in self.specs], error
@@ -83,15 +87,19 @@ class BatchRunner:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> tuple[list[str], np.ndarray, list[str | None]]:
-        """Names, outputs (N, width; NaN rows where an input failed) and per-input errors (None when fine)."""
+        """Names, outputs (N, width; NaN rows where an input failed) and per-input errors (None when fine).
+
+        Preprocessed on the device, decoded images wait for their batch, which then holds at most
+        :data:`~cnnapps.datasets.io.DEFAULT_MAX_PIXELS` of them (:func:`run_in_batches`); on the CPU each image is
+        resized as it is decoded, so only ``batch_size`` cuts the batches."""
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         size = batch_size or self.batch_size
         names: list[str] = []
         errors: list[str | None] = []
         outputs = np.full((len(items), width), np.nan, dtype=np.float32)
-        loaded = prefetch_map(self._load, items, self.workers, depth=2 * size + self.workers)
-        offset = 0
-        for batch in batched(loaded, size):
+
+        def run_batch(batch: list[tuple[str, Any, str | None]]) -> None:
+            offset = len(names)
             good = [i for i, (_, decoded, _) in enumerate(batch) if decoded is not None]
             if good:
                 with torch.inference_mode():
@@ -99,10 +107,62 @@ class BatchRunner:
             for name, _, error in batch:
                 names.append(name)
                 errors.append(error)
-            offset += len(batch)
             if progress is not None:
                 progress(len(batch))
+
+        budget = io.DEFAULT_MAX_PIXELS if self.on_device else None
+        run_in_batches(items, size, self._load, run_batch, self.workers, self.max_pixels, budget)
         return names, outputs, errors
+
+
+def run_in_batches(
+    items: Sequence[Any],
+    size: int,
+    decode: Callable[[OpenedImage], T],
+    run: Callable[[list[T]], None],
+    workers: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    budget: int | None = None,
+) -> None:
+    """``run`` the inputs in order, in batches of at most ``size`` ``decode``\\ d inputs whose decoding costs at most
+    ``budget`` pixels together (an image over it alone; None: no such bound), so that a batch of large images does not
+    hold them all decoded at once while small images still share a batch.
+
+    Each input is read as far as its header here (:func:`~cnnapps.datasets.io.open_for_batch`: a file's bytes once,
+    checked against ``max_pixels``), before any of its batch is decoded. ``workers`` threads decode the next batch
+    while one runs (none: each batch is decoded here, when its turn comes); a batch is let go when ``run`` returns."""
+    batches = _cut((open_for_batch(item, max_pixels) for item in items), size, budget)
+    if workers <= 0:
+        for batch in batches:
+            run([decode(item) for item in batch])
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnapps-decode") as pool:
+        ahead: list[Future[T]] = []
+        for batch in batches:
+            decoding = [pool.submit(decode, item) for item in batch]
+            if ahead:
+                run([future.result() for future in ahead])
+            ahead = decoding
+        if ahead:
+            run([future.result() for future in ahead])
+
+
+def _cut(opened: Iterable[OpenedImage], size: int, budget: int | None) -> Iterator[list[OpenedImage]]:
+    """Runs of at most ``size`` inputs whose :attr:`~cnnapps.datasets.io.OpenedImage.pixels` add up to at most
+    ``budget``; an input over it alone makes a run."""
+    batch: list[OpenedImage] = []
+    total = 0
+    for item in opened:
+        if batch and budget is not None and total + item.pixels > budget:
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += item.pixels
+        if len(batch) == size:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
 
 
 def preprocess_on_device(
@@ -137,27 +197,28 @@ def map_images(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
     workers: int = 0,
-) -> list[tuple[str, np.ndarray | None, Any, str | None]]:
+) -> list[tuple[str, tuple[int, int] | None, Any, str | None]]:
     """Decode inputs batch by batch and ``run`` each batch's readable RGB images (one output per image).
 
-    Returns ``(name, rgb, output, None)`` per input in order, or ``(name, None, None, reason)`` for one
+    Returns ``(name, (height, width), output, None)`` per input in order, or ``(name, None, None, reason)`` for one
     that could not be read, or whose output ``run`` gave as an :class:`~cnnapps.errors.ImageError` (an image the
-    model cannot take): the predictors of tasks whose outputs are not fixed-width vectors use this.
-    ``workers`` threads decode ahead of the batch that runs (:func:`default_decode_workers`)."""
+    model cannot take): the predictors of tasks whose outputs are not fixed-width vectors use this. A batch's images
+    are let go once it has run, and a batch holds at most :data:`~cnnapps.datasets.io.DEFAULT_MAX_PIXELS` decoded
+    pixels (an image over it alone, :func:`run_in_batches`). ``workers`` threads decode ahead of the batch that runs
+    (:func:`default_decode_workers`)."""
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    out: list[tuple[str, np.ndarray | None, Any, str | None]] = []
+    out: list[tuple[str, tuple[int, int] | None, Any, str | None]] = []
 
-    def read(item: Any) -> tuple[str, np.ndarray | None, str | None]:
-        return read_for_batch(item, max_pixels)
-
-    for loaded in batched(prefetch_map(read, items, workers, depth=2 * batch_size + workers), batch_size):
+    def run_batch(loaded: list[tuple[str, np.ndarray | None, str | None]]) -> None:
         good = [rgb for _, rgb, _ in loaded if rgb is not None]
         outputs = iter(run(good) if good else [])
         for name, rgb, error in loaded:
             output = None if rgb is None else next(outputs)
             if isinstance(output, ImageError):
                 rgb, output, error = None, None, output.detail
-            out.append((name, rgb, output, error))
+            out.append((name, None if rgb is None else (int(rgb.shape[0]), int(rgb.shape[1])), output, error))
         if progress is not None:
             progress(len(loaded))
+
+    run_in_batches(items, batch_size, decode_opened, run_batch, workers, max_pixels, io.DEFAULT_MAX_PIXELS)
     return out

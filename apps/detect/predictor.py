@@ -142,12 +142,12 @@ class DetectionPredictor:
         detect = functools.partial(self._detect_images, compile_now=compile_now)
         done = map_images(inputs, detect, self.batch_size, self.max_pixels, progress, workers)
         results = []
-        for name, rgb, found, error in done:
-            if rgb is None:  # no trunk ran: the predictor's engine
+        for name, size, found, error in done:
+            if size is None:  # no trunk ran: the predictor's engine
                 results.append(DetectionResult(name, error=error, engine=self.engine))
                 continue
             detections, engine = found
-            result = to_result(name, detections, rgb.shape[0], rgb.shape[1], self.spec)
+            result = to_result(name, detections, *size, self.spec)
             result.engine = engine  # the engine this image's trunk ran on (a shape not compiled runs eager)
             results.append(result)
         return results

@@ -106,11 +106,11 @@ class SemanticPredictor:
         done = map_images(inputs, self._label_images, self.batch_size, self.max_pixels, progress)
         return [
             SemanticResult(name, error=error, engine=self.engine)
-            if rgb is None
+            if size is None
             else SemanticResult(
                 name, labels=labels, class_names=self.class_names, colours=self.colours, engine=self.engine
             )
-            for name, rgb, labels, error in done
+            for name, size, labels, error in done
         ]
 
     def _label_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

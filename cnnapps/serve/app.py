@@ -340,40 +340,21 @@ class Served:
         return self.name if len(same_task) == 1 else f"{self.name}/{head}"
 
 
-def _pixel_groups(images: Sequence[Any], budget: int) -> list[list[Any]]:
-    """``images`` (encoded bytes or arrays) in order, cut into runs whose decoded pixels (read from the headers) add
-    up to at most ``budget``; an image over it alone makes a run."""
-    from cnnapps.datasets.io import decoded_pixels
-
-    groups: list[list[Any]] = []
-    total = budget + 1  # the first image starts a run
-    for image in images:
-        pixels = decoded_pixels(image)
-        if total + pixels > budget:
-            groups.append([])
-            total = 0
-        groups[-1].append(image)
-        total += pixels
-    return groups
-
-
 def _runner(predictor: Any) -> Any:
     """The batch function of a served model: (image bytes, options) items -> one (answer, result) per item.
 
     The items of a batch may ask for different heads (and ``top_k``): the batch runs their union once. The model
-    decodes at most the pixels one image may have at a time (``datasets.io.DEFAULT_MAX_PIXELS``): a batch of large
-    images runs a few images, or one, at a time, so memory does not grow with the number of images."""
-    from cnnapps.datasets import io
+    decodes at most the pixels one image may have at a time (``datasets.io.DEFAULT_MAX_PIXELS``, as every predictor
+    does): a batch of large images runs a few images, or one, at a time, so memory does not grow with the number of
+    images."""
     from cnnapps.results import ClassificationResult, MultiTaskResult
 
     def run(items: list[tuple[bytes, dict[str, Any]]]) -> list[tuple[dict[str, Any], Any]]:
         heads = sorted({h for _, options in items for h in options.get("heads", predictor.tasks)})
         top = max(options.get("top_k", 5) for _, options in items)
-        budget = io.DEFAULT_MAX_PIXELS or 8192 * 8192
-        found_all = [found for group in _pixel_groups([image for image, _ in items], budget)
-                     for found in predictor.predict(group, top_k=top, heads=heads)]  # fmt: skip
+        images = [image for image, _ in items]
         answers = []
-        for found, (_, options) in zip(found_all, items, strict=True):
+        for found, (_, options) in zip(predictor.predict(images, top_k=top, heads=heads), items, strict=True):
             if not found.ok:
                 answers.append(({"path": found.source, "error": found.error}, found))
                 continue

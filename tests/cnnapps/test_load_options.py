@@ -82,3 +82,15 @@ def test_an_exported_semantic_graph_runs_on_onnxruntime(semantic_onnx: Path, eng
     predictor = cnnapps.load(semantic_onnx, engine=engine, device="cpu")
     assert predictor.task == "semantic" and predictor.engine == "onnxruntime"
     assert load_heads(semantic_onnx, engine=engine, device="cpu").engine == "onnxruntime"
+
+
+def test_load_heads_refuses_an_engine_a_named_model_does_not_run_on_in_its_own_words() -> None:
+    from cnnapps.api import load_heads
+    from cnnapps.engines import EngineError
+
+    with pytest.raises(EngineError) as caught:
+        load_heads("deeplabv3_resnet50", engine="jit")  # refused before its weights are looked for
+    assert (
+        str(caught.value)
+        == "--engine jit: deeplabv3_resnet50 is a semantic model, which runs as it is (use --engine auto)"
+    )

@@ -409,3 +409,29 @@ def test_written_images_get_the_usual_mode(photo: np.ndarray, tmp_path: Path) ->
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_input_opened_for_a_batch_says_what_decoding_it_costs_and_decodes_as_read_image(
+    photo: np.ndarray, tmp_path: Path
+) -> None:
+    """A file is read once, its header checked, before any pixel is decoded; the cost counts 16-bit pixels twice
+    and an array's own pixels; what cannot be read costs nothing and gives the error ``read_image`` gives."""
+    from cnnapps.datasets.io import decode_opened, open_for_batch
+
+    path = tmp_path / "photo.png"
+    assert cv2.imwrite(str(path), photo[:, :, ::-1])
+    deep = encode_image(Image.fromarray(np.zeros((30, 40), np.uint16)))
+    opened = {src if isinstance(src, str) else type(src).__name__: open_for_batch(src)
+              for src in (str(path), deep, photo, Image.fromarray(photo), str(tmp_path / "gone.png"))}  # fmt: skip
+    assert [o.pixels for o in opened.values()] == [101 * 77, 2 * 30 * 40, 101 * 77, 101 * 77, 0]
+    assert isinstance(opened[str(path)].src, bytes)
+    for src, one in opened.items():
+        name, rgb, error = decode_opened(one)
+        if src.endswith("gone.png"):
+            with pytest.raises(ImageNotFoundError) as caught:
+                read_image(src)
+            assert rgb is None and error == caught.value.detail and name == src
+            continue
+        np.testing.assert_array_equal(rgb, read_image(one.src if src == "bytes" else photo))
+    small = open_for_batch(str(path), max_pixels=100)
+    assert small.pixels == 0 and small.error.startswith("77x101 image has 7,777 pixels, over the limit of 100")
