@@ -247,17 +247,22 @@ def build_model(model_file: ModelFile, head: str | None = None, task: str | None
     info = model_file.heads[name]
     task_adapter = adapter(info.task)
     trunk_state = model_file.trunk_tensors()
-    trunk = build_trunk(model_file)
-    try:
-        model = task_adapter.build(trunk, info, model_file.preprocess, model_file)
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:  # settings a head cannot take
-        raise BundleError(f"{model_file.path}: heads.{name}: its settings do not build a {info.task} head "
-                          f"({in_one_line(exc)})") from None  # fmt: skip
+    model = build_head(model_file, name, build_trunk(model_file))
     prefix = task_adapter.trunk_path + "."
     state = {prefix + k: v for k, v in trunk_state.items()}
     state.update(model_file.head_tensors(name))
     load_exactly(model, state, f"{model_file.path} ({name} head)")
     return model.eval()
+
+
+def build_head(model_file: ModelFile, name: str, trunk: nn.Module) -> nn.Module:
+    """The task model of head ``name`` around ``trunk`` (weights not loaded); settings it cannot take are one line."""
+    info = model_file.heads[name]
+    try:
+        return adapter(info.task).build(trunk, info, model_file.preprocess, model_file)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:  # settings a head cannot take
+        raise BundleError(f"{model_file.path}: heads.{name}: its settings do not build a {info.task} head "
+                          f"({in_one_line(exc)})") from None  # fmt: skip
 
 
 def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from cnnapps.apps.common.batching import map_images
 from cnnapps.apps.common.trunk import TrunkRunner
-from cnnapps.apps.modelfile import adapter, build_trunk, load_exactly, read_model_file
+from cnnapps.apps.modelfile import adapter, build_head, build_trunk, load_exactly, read_model_file
 from cnnapps.bundle import BundleError
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.results import MultiTaskResult
@@ -78,7 +78,7 @@ class MultiTaskPredictor:
         for name in chosen:
             info = self.model_file.heads[name]
             task_adapter = adapter(info.task)
-            model = task_adapter.build(self.trunk, info, self.model_file.preprocess, self.model_file)
+            model = build_head(self.model_file, name, self.trunk)
             prefix = task_adapter.trunk_path + "."
             state = {prefix + k: v for k, v in self.trunk.state_dict().items()}
             state.update(self.model_file.head_tensors(name))
@@ -90,6 +90,8 @@ class MultiTaskPredictor:
         for _, _, model in self.heads.values():
             model.to(self.device)
         self.options = {"beam": beam, "max_len": max_len, "score_threshold": score_threshold}
+        for _, task_adapter, model in self.heads.values():  # options a head cannot work with: a one-line error
+            getattr(task_adapter, "check_options", lambda *_: None)(model, self.options)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self.max_pixels = max_pixels
         self._trunk_pass = TrunkRunner(self.trunk, self.preprocess.input_size, self.batch_size, self.device, engine)

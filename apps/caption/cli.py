@@ -24,12 +24,15 @@ from cnnapps.terminal import (
     save_drawings,
 )
 
+_HEAD_HELP = "The caption head of a multi-head model file to caption with [default: its only one]."
+
 
 def caption(
     paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
     model: str = typer.Option(..., "--model", "-m", help="Trained captioner (model file)."),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam width; 1 is greedy decoding."),
     max_len: int = typer.Option(None, "--max-len", min=1, help="Most words per caption [default: the model's]."),
+    head: str = typer.Option(None, "--head", help=_HEAD_HELP),
     save_attention: Path = typer.Option(None, "--save-attention", help="Write a picture of each word's attention."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
@@ -39,7 +42,7 @@ def caption(
 
     save_attention = output_folder(save_attention, "--save-attention")
     inputs = images(paths)
-    predictor = load(model, task="caption", device=device, beam=beam, max_len=max_len)
+    predictor = load(model, task="caption", device=device, beam=beam, max_len=max_len, head=head)
     with progress(len(inputs), "captioning") as advance:
         results = predictor.predict(inputs, progress=advance)
     if save_attention is not None:
@@ -62,6 +65,7 @@ def eval_caption(
     images: str = typer.Option(..., "--images", help="Folder the file's image names are relative to."),
     split: str = typer.Option(None, "--split", help="Karpathy split to score [default: test if present]."),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam width; 1 is greedy decoding."),
+    head: str = typer.Option(None, "--head", help=_HEAD_HELP),
     save_results: Path = typer.Option(None, "--save-results", help="Write the captions as COCO results JSON."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
@@ -74,7 +78,7 @@ def eval_caption(
     if save_results is not None and save_results.exists():
         raise CnnappsError(f"{save_results}: already exists; choose another --save-results")
     items = _split_items(read_captions, data, images, split)
-    predictor = load(model, task="caption", device=device, beam=beam)
+    predictor = load(model, task="caption", device=device, beam=beam, head=head)
     with progress(len(items), "captioning") as advance:
         report, results = evaluate_captioner(predictor, items, progress=advance)
     if save_results is not None:

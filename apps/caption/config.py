@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from cnnapps.apps.common.config import MORE_PANEL, ConfigError, TrainConfig, option
 
 DECODERS = ("lstm", "transformer")
+TRANSFORMER_HEADS = 4  # attention heads of each Transformer decoder layer
 
 
 @dataclass
@@ -45,6 +46,11 @@ class CaptionConfig(TrainConfig):
             (self.grid >= 1, f"grid: must be at least 1, not {self.grid}"),
             (1 <= self.max_len <= 200, f"max_len: must be between 1 and 200, not {self.max_len}"),
             (self.min_count >= 1, f"min_count: must be at least 1, not {self.min_count}"),
+            (
+                self.decoder != "transformer" or self.embed_dim % TRANSFORMER_HEADS == 0,
+                f"embed_dim: the Transformer decoder splits it over {TRANSFORMER_HEADS} attention heads, so it must be "
+                f"a multiple of {TRANSFORMER_HEADS}, not {self.embed_dim}",
+            ),
             (
                 not (self.trunk and self.fine_tune_after is not None),
                 "fine_tune_after: a --trunk stays frozen (other heads share it); leave fine_tune_after out",

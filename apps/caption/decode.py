@@ -64,10 +64,15 @@ def greedy(decoder: torch.nn.Module, features: torch.Tensor, vocab: Vocabulary, 
 def beam_search(
     decoder: torch.nn.Module, features: torch.Tensor, vocab: Vocabulary, beam: int, max_len: int
 ) -> Hypothesis:
-    """The highest-scoring caption for one feature grid (1, cells, C) found with ``beam`` hypotheses.
+    """The highest-scoring caption for one feature grid (1, cells, C) found with ``beam`` open hypotheses.
 
-    Search stops when no open hypothesis can still beat the best finished one (scores only fall as
-    words are added), so with a beam as wide as the choices it returns the best sequence of all."""
+    Each step ranks the top ``2 * beam`` extensions: an ``<end>`` among the first ``beam`` of them finishes a
+    caption, and the best ``beam`` others stay open, so a finished caption is replaced (``beam`` 1 is greedy).
+    Search stops when no open hypothesis can still beat the best finished one (scores only fall as words are
+    added). It is a search, not an enumeration: the best caption of all is certain only when ``beam`` is at least the
+    number of captions of up to ``max_len`` words; a narrower beam may miss it."""
+    if beam < 1 or max_len < 0:
+        raise ValueError(f"beam search needs beam >= 1 and max_len >= 0, not beam {beam} and max_len {max_len}")
     state = decoder.init_state(features)
     tokens = torch.full((1,), vocab.start, dtype=torch.long, device=features.device)
     scores = torch.zeros(1, device=features.device)
@@ -78,19 +83,19 @@ def beam_search(
         logits, state, alpha = decoder.step(state, tokens)
         logp = _allowed(torch.log_softmax(logits.float(), -1), vocab, force_end=t == max_len) + scores[:, None]
         vocab_size = logp.shape[1]
-        top, flat = logp.reshape(-1).topk(min(beam, int(torch.isfinite(logp).sum())))
+        top, flat = logp.reshape(-1).topk(min(2 * beam, int(torch.isfinite(logp).sum())))
         keep_rows, keep_tokens, keep_scores, new_seqs, new_maps = [], [], [], [], []
-        for score, index in zip(top.tolist(), flat.tolist(), strict=True):
+        for rank, (score, index) in enumerate(zip(top.tolist(), flat.tolist(), strict=True)):
             row, word = divmod(index, vocab_size)
-            attention = [*maps[row], alpha[row].float().cpu().numpy()]
             if word == vocab.end:
-                finished.append(Hypothesis(list(seqs[row]), score, maps[row]))
-            else:
+                if rank < beam:
+                    finished.append(Hypothesis(list(seqs[row]), score, maps[row]))
+            elif len(keep_rows) < beam:
                 keep_rows.append(row)
                 keep_tokens.append(word)
                 keep_scores.append(score)
                 new_seqs.append([*seqs[row], word])
-                new_maps.append(attention)
+                new_maps.append([*maps[row], alpha[row].float().cpu().numpy()])
         best_done = max((h.score for h in finished), default=-np.inf)
         if not keep_rows or max(keep_scores) <= best_done:
             break

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cnnapps.apps.caption.config import DECODERS
+from cnnapps.apps.caption.config import DECODERS, TRANSFORMER_HEADS
 from cnnapps.apps.caption.vocab import Vocabulary
 from cnnapps.backbones.features import Backbone
 from cnnapps.backbones.preprocess import Preprocess
@@ -125,7 +125,7 @@ class TransformerCaptionDecoder(nn.Module):
         feature_dim: int,
         cells: int,
         d_model: int = 256,
-        heads: int = 4,
+        heads: int = TRANSFORMER_HEADS,
         layers: int = 2,
         max_len: int = 40,
         dropout: float = 0.1,
@@ -140,6 +140,11 @@ class TransformerCaptionDecoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.out = nn.Linear(d_model, vocab_size)
         nn.init.normal_(self.cell_pos, std=0.02)
+
+    @property
+    def max_words(self) -> int:
+        """The longest caption with a trained position for every step (training fed <start> and max_len words)."""
+        return self.pos.num_embeddings - 2
 
     def _decode(self, memory: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         positions = torch.arange(tokens.shape[1], device=tokens.device).clamp(max=self.pos.num_embeddings - 1)
@@ -253,9 +258,12 @@ class CaptionHead:
         if info.kind not in DECODERS:
             raise BundleError(f"{model_file.path}: a caption head of kind {info.kind!r} (known: {', '.join(DECODERS)})")
         kw = info.kwargs
-        spec = CaptionSpec(model_file.trunk["name"], info.kind, int(kw.get("grid", 14)), int(kw.get("max_len", 20)),
-                           tokens=list(info.labels), preprocess=dict(preprocess),
-                           decoder_kwargs=dict(kw.get("decoder_kwargs", {})))  # fmt: skip
+        grid, max_len = kw.get("grid", 14), kw.get("max_len", 20)
+        for key, value in (("grid", grid), ("max_len", max_len)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be a whole number of at least 1, not {value!r}")
+        spec = CaptionSpec(model_file.trunk["name"], info.kind, grid, max_len, tokens=list(info.labels),
+                           preprocess=dict(preprocess), decoder_kwargs=dict(kw.get("decoder_kwargs", {})))  # fmt: skip
         return Captioner(CaptionEncoder(trunk, spec.grid), spec)
 
     def from_v1(self, meta: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -267,11 +275,18 @@ class CaptionHead:
         head = HeadInfo("caption", c["decoder"], kwargs, c["tokens"])
         return {"name": c["backbone"], "kwargs": {}}, head, c["preprocess"]
 
+    def check_options(self, model: Captioner, options: dict[str, Any]) -> None:
+        """A one-line error for a ``beam`` or ``max_len`` this head cannot decode with."""
+        from cnnapps.apps.caption.predictor import decoding_length
+
+        decoding_length(model, options.get("beam", 1), options.get("max_len"))
+
     def predict_shared(self, model: Captioner, shared: Any, options: dict[str, Any]) -> list[Any]:
         """Captions from a trunk pass shared with other heads (``beam``, ``max_len`` from the options)."""
-        from cnnapps.apps.caption.predictor import caption_grid
+        from cnnapps.apps.caption.predictor import caption_grid, decoding_length
 
-        beam, max_len = options.get("beam", 1), options.get("max_len") or model.spec.max_len
+        beam = options.get("beam", 1)
+        max_len = decoding_length(model, beam, options.get("max_len"))
         grid = model.encoder.from_features(shared.features)
         return caption_grid(model, grid, beam, max_len, shared.geometries, tuple(shared.images.shape[-2:]))
 

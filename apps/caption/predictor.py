@@ -40,12 +40,11 @@ class CaptionPredictor:
             if spec is None:
                 raise CnnappsError("captioning needs a trained model file (--model)")
             model = load_captioner(spec, head)
-        if beam < 1:
-            raise CnnappsError(f"--beam must be at least 1, not {beam}")
+        max_len = decoding_length(model, beam, max_len)
         self.device = select_device(device, engine)
         self.model = placed_for_inference(model, self.device, channels_last=False, owned=owned)
         self.vocab, self.preprocess = model.vocab, model.preprocess
-        self.beam, self.max_len = beam, max_len or model.spec.max_len
+        self.beam, self.max_len = beam, max_len
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
         from cnnapps.apps.common.trunk import TrunkRunner
 
@@ -73,6 +72,22 @@ class CaptionPredictor:
         geometries = [self.preprocess.geometry(*rgb.shape[:2]) for rgb in images]
         return caption_grid(self.model, self.model.encoder.from_features(features), self.beam, self.max_len,
                             geometries, tuple(self.preprocess.input_size[1:]))  # fmt: skip
+
+
+def decoding_length(model: Any, beam: int, max_len: int | None) -> int:
+    """The most words per caption (``max_len``, or the model's own) after checking that ``model`` can decode with
+    ``beam`` and ``max_len``; a one-line error when it cannot."""
+    if beam < 1:
+        raise CnnappsError(f"--beam must be at least 1, not {beam}")
+    if max_len is None:
+        return model.spec.max_len
+    if max_len < 1:
+        raise CnnappsError(f"--max-len must be at least 1, not {max_len}")
+    limit = getattr(model.decoder, "max_words", None)  # a Transformer has trained positions for so many words
+    if limit is not None and max_len > limit:
+        raise CnnappsError(f"--max-len must be at most {limit} for this Transformer captioner (it has trained "
+                           f"positions for {limit} words), not {max_len}")  # fmt: skip
+    return max_len
 
 
 def caption_grid(

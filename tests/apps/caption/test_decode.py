@@ -72,7 +72,12 @@ TABLE = {
 
 
 class TableDecoder(torch.nn.Module):
-    """A decoder whose next-word distribution is looked up from the words so far."""
+    """A decoder whose next-word distribution is looked up from the words so far (in ``table``); ``rows`` records
+    how many hypotheses each step extends."""
+
+    def __init__(self, table=None):
+        super().__init__()
+        self.table, self.rows = table or TABLE, []
 
     def init_state(self, features):
         return (torch.zeros(features.shape[0], 0, dtype=torch.long),)
@@ -80,9 +85,10 @@ class TableDecoder(torch.nn.Module):
     def step(self, state, tokens):
         (seen,) = state
         seen = torch.cat([seen, tokens[:, None]], 1)
+        self.rows.append(len(seen))
         logits = torch.full((len(seen), len(VOCAB)), -30.0)
         for row, seq in enumerate(seen.tolist()):
-            for word, p in TABLE.get(tuple(w for w in seq if w != VOCAB.start), {END: 1.0}).items():
+            for word, p in self.table.get(tuple(w for w in seq if w != VOCAB.start), {END: 1.0}).items():
                 logits[row, word] = math.log(p)
         return logits, (seen,), torch.full((len(seen), 4), 0.25)
 
@@ -118,3 +124,49 @@ def test_beam_search_returns_the_best_scoring_sequence_greedy_misses():
 def test_length_limit_forces_the_end():
     h = beam_search(TableDecoder(), torch.zeros(1, 4, 8), VOCAB, beam=2, max_len=1)
     assert len(h.tokens) == 1 and h.tokens == [X]  # "y" alone must end at 0.1; "x" ends at 0.35
+
+
+# ``x`` ends (0.33) in the second step, below ``y y`` (0.405): ``x x`` (0.1375) must take its place in the beam
+REPLACED = {
+    (): {X: 0.55, Y: 0.45},
+    (X,): {END: 0.6, X: 0.25, Y: 0.15},
+    (Y,): {Y: 0.9, END: 0.1},
+    (Y, Y): {Y: 0.95, END: 0.05},
+}
+
+
+def test_beam_search_keeps_beam_hypotheses_open_when_one_finishes():
+    decoder = TableDecoder(REPLACED)
+    h = beam_search(decoder, torch.zeros(1, 4, 8), VOCAB, beam=2, max_len=3)
+    assert decoder.rows == [1, 2, 2, 2]  # never fewer than 2 open after the first step
+    assert h.tokens == [Y, Y, Y] and h.score == pytest.approx(math.log(0.45 * 0.9 * 0.95), abs=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["lstm", "transformer"])
+def test_beam_one_is_greedy_and_a_batch_is_captioned_as_one_by_one(decoder):
+    from cnnapps.apps.caption.model import AttentionLSTMDecoder, TransformerCaptionDecoder
+    from cnnapps.apps.caption.predictor import caption_grid
+
+    torch.manual_seed(0)
+    for _ in range(5):
+        net = (AttentionLSTMDecoder(len(VOCAB), 8, 8, 8, 8, dropout=0.0) if decoder == "lstm"
+               else TransformerCaptionDecoder(len(VOCAB), 8, 4, d_model=8, heads=2, layers=1, max_len=4))  # fmt: skip
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(3.0)  # sharp distributions
+        net.eval()
+        features = torch.randn(3, 4, 8)
+        for i, g in enumerate(greedy(net, features, VOCAB, 4)):
+            b = beam_search(net, features[i : i + 1], VOCAB, beam=1, max_len=4)
+            assert b.tokens == g.tokens and b.score == pytest.approx(g.score, abs=1e-5)
+        model = type("Model", (), {"decoder": net, "vocab": VOCAB, "spec": type("Spec", (), {"grid": 2})})()
+        together = caption_grid(model, features, 3, 4)
+        alone = [caption_grid(model, features[i : i + 1], 3, 4)[0] for i in range(3)]
+        assert [(r.words, r.score) for r in together] == [(r.words, r.score) for r in alone]
+
+
+def test_beam_search_refuses_a_search_without_hypotheses():
+    for beam, max_len in ((0, 3), (2, -1)):
+        message = f"needs beam >= 1 and max_len >= 0, not beam {beam} and max_len {max_len}"
+        with pytest.raises(ValueError, match=message):
+            beam_search(TableDecoder(), torch.zeros(1, 4, 8), VOCAB, beam=beam, max_len=max_len)
