@@ -84,7 +84,9 @@ class MultiTaskPredictor:
             state.update(self.model_file.head_tensors(name))
             load_exactly(model, state, f"{spec} ({name} head)")
             if hasattr(model, "roi_heads"):
-                model.roi_heads.score_thresh = score_threshold
+                from cnnapps.apps.detect.predictor import kept_from
+
+                model.roi_heads.score_thresh = kept_from(score_threshold)  # scores >= the threshold stay
             self.heads[name] = (info, task_adapter, model.eval())
         self.trunk.to(self.device)
         for _, _, model in self.heads.values():

@@ -123,15 +123,17 @@ def run_in_batches(
     workers: int = 0,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     budget: int | None = None,
+    max_aspect: float | None = io.DEFAULT_MAX_ASPECT,
 ) -> None:
     """``run`` the inputs in order, in batches of at most ``size`` ``decode``\\ d inputs whose decoding costs at most
     ``budget`` pixels together (an image over it alone; None: no such bound), so that a batch of large images does not
     hold them all decoded at once while small images still share a batch.
 
     Each input is read as far as its header here (:func:`~cnnapps.datasets.io.open_for_batch`: a file's bytes once,
-    checked against ``max_pixels``), before any of its batch is decoded. ``workers`` threads decode the next batch
-    while one runs (none: each batch is decoded here, when its turn comes); a batch is let go when ``run`` returns."""
-    batches = _cut((open_for_batch(item, max_pixels) for item in items), size, budget)
+    checked against ``max_pixels`` and ``max_aspect``), before any of its batch is decoded. ``workers`` threads decode
+    the next batch while one runs (none: each batch is decoded here, when its turn comes); a batch is let go when
+    ``run`` returns."""
+    batches = _cut((open_for_batch(item, max_pixels, max_aspect) for item in items), size, budget)
     if workers <= 0:
         for batch in batches:
             run([decode(item) for item in batch])
@@ -197,6 +199,7 @@ def map_images(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
     workers: int = 0,
+    max_aspect: float | None = io.DEFAULT_MAX_ASPECT,
 ) -> list[tuple[str, tuple[int, int] | None, Any, str | None]]:
     """Decode inputs batch by batch and ``run`` each batch's readable RGB images (one output per image).
 
@@ -205,7 +208,7 @@ def map_images(
     model cannot take): the predictors of tasks whose outputs are not fixed-width vectors use this. A batch's images
     are let go once it has run, and a batch holds at most :data:`~cnnapps.datasets.io.DEFAULT_MAX_PIXELS` decoded
     pixels (an image over it alone, :func:`run_in_batches`). ``workers`` threads decode ahead of the batch that runs
-    (:func:`default_decode_workers`)."""
+    (:func:`default_decode_workers`). ``max_pixels`` and ``max_aspect`` (None: no limit) bound each input's size."""
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     out: list[tuple[str, tuple[int, int] | None, Any, str | None]] = []
 
@@ -220,5 +223,5 @@ def map_images(
         if progress is not None:
             progress(len(loaded))
 
-    run_in_batches(items, batch_size, decode_opened, run_batch, workers, max_pixels, io.DEFAULT_MAX_PIXELS)
+    run_in_batches(items, batch_size, decode_opened, run_batch, workers, max_pixels, io.DEFAULT_MAX_PIXELS, max_aspect)
     return out

@@ -48,6 +48,7 @@ class DetectConfig(TrainConfig):
     fpn_channels: int = option(256, "FPN width; the heads scale with it.")
     heads: str = option("v1", "v1 or v2 (torchvision's conv heads with batch norm).", choices=HEAD_STYLES,
                         panel=MORE_PANEL)  # fmt: skip
+    input_size: int | None = option(None, "Not taken by R-CNN models: --min-size and --max-size set their resize.")
     min_size: int = option(800, "Shorter side images are resized to.")
     max_size: int = option(1333, "Longest side limit.")
     options: dict[str, Any] = option(cli=False, factory=dict)  # torchvision R-CNN keyword arguments
@@ -65,6 +66,9 @@ class DetectConfig(TrainConfig):
         if self.data and not self.images and _coco_file(self.data):
             raise ConfigError("images: required (the folder the COCO file's file_name entries are relative to)")
         super().validate()
+        if self.input_size is not None:  # R-CNN models resize images themselves
+            how = "a --trunk brings its own preprocessing" if self.trunk else "--min-size and --max-size set the resize"
+            raise ConfigError(f"input_size: {self.task} models do not take it ({how}); leave input_size out")
         if not 32 <= self.min_size <= self.max_size <= 4096:
             raise ConfigError(
                 f"min_size/max_size: need 32 <= min_size <= max_size <= 4096, not {self.min_size}/{self.max_size}"

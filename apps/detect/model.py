@@ -507,7 +507,8 @@ class DetectionHead:
         """Detections in each image's frame from a trunk pass shared with other heads."""
         from cnnapps.apps.detect.predictor import to_detections, to_result
 
-        found = detect_on_stages(model, shared.stages, shared.images, shared.sizes, shared.geometries)
+        found = detect_on_stages(model, shared.stages, shared.images, shared.sizes, shared.geometries,
+                                 full_masks=False)  # fmt: skip
         return [to_result("", to_detections(out, h, w), h, w, model.spec) for out, (h, w) in zip(found, shared.sizes,
                                                                                               strict=True)]  # fmt: skip
 
@@ -556,24 +557,27 @@ def create_shared_detector(task: str, trunk: Backbone, trunk_name: str, preproce
     return model
 
 
-def run_shared(model: nn.Module, images: list[torch.Tensor], trunk_pass: Any = None, embed: bool = False) -> list[dict]:
+def run_shared(model: nn.Module, images: list[torch.Tensor], trunk_pass: Any = None, embed: bool = False,
+               full_masks: bool = True) -> list[dict]:  # fmt: skip
     """A detector on a shared trunk, on uint8 (3, H, W) images: the model file's preprocessing, the trunk's pass
     (``trunk_pass``, e.g. a compiled ``TrunkRunner``, or the module itself), the heads; outputs in each image's own
-    frame, as torchvision's R-CNN gives them (with ``embed``, each box's appearance too: :func:`box_embeddings`)."""
+    frame, as torchvision's R-CNN gives them (with ``embed``, each box's appearance too: :func:`box_embeddings`;
+    ``full_masks=False``: masks as ``"box_masks"``, see :func:`keep_box_masks`)."""
     pre = model.shared_preprocess
     batch = torch.stack([pre.apply_tensor(img) for img in images])
     stages = trunk_pass(batch)[0] if trunk_pass is not None else model.backbone.body.forward_stages(batch)
     sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-    return detect_on_stages(model, stages, batch, sizes, [pre.geometry(*size) for size in sizes], embed)
+    return detect_on_stages(model, stages, batch, sizes, [pre.geometry(*size) for size in sizes], embed, full_masks)
 
 
 def run_detector(
-    model: nn.Module, images: list[torch.Tensor], embed: bool = False, trunk_for: Any = None
+    model: nn.Module, images: list[torch.Tensor], embed: bool = False, trunk_for: Any = None, full_masks: bool = True
 ) -> list[dict]:
     """A torchvision R-CNN on float (3, H, W) images in [0, 1]: what ``model(images)`` returns, and with ``embed``
     each box's appearance from the same forward pass (:func:`box_embeddings`). ``trunk_for(shape)``: a compiled
-    pass of the trunk for the resized batch's shape (a ``TrunkRunner``), or None to run the module as it is."""
-    if not embed and trunk_for is None:
+    pass of the trunk for the resized batch's shape (a ``TrunkRunner``), or None to run the module as it is.
+    ``full_masks=False``: masks stay as the RoI heads give them (``"box_masks"``, see :func:`keep_box_masks`)."""
+    if not embed and trunk_for is None and full_masks:
         return model(images)
     sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     batch, _ = model.transform(images)
@@ -586,7 +590,16 @@ def run_detector(
     if embed:
         vectors = box_embeddings(model, features, [d["boxes"] for d in detections], batch.image_sizes)
         detections = [{**found, "embeddings": v} for found, v in zip(detections, vectors, strict=True)]
+    if not full_masks:
+        detections = keep_box_masks(detections)
     return model.transform.postprocess(detections, batch.image_sizes, sizes)
+
+
+def keep_box_masks(detections: list[dict]) -> list[dict]:
+    """Detections whose masks (N, 1, 28, 28 probabilities over each box) are kept as ``"box_masks"`` rather than
+    pasted into an image-sized mask each (N x H x W floats: gigabytes for a photo with many objects); the predictor
+    pastes each into a window around its box (:func:`~cnnapps.apps.detect.predictor.paste_in_windows`)."""
+    return [{("box_masks" if k == "masks" else k): v for k, v in found.items()} for found in detections]
 
 
 def box_embeddings(
@@ -618,10 +631,12 @@ def detect_on_stages(
     sizes: list[tuple[int, int]],
     geometries: list[tuple[float, float, float, float]],
     embed: bool = False,
+    full_masks: bool = True,
 ) -> list[dict]:
     """A shared detector's outputs from a trunk pass already made over ``batch`` (the preprocessed images), in
     each original image's frame (``sizes``: height, width; ``geometries``: how the preprocessing moved pixels);
-    with ``embed``, each box's appearance too (``"embeddings"``: :func:`box_embeddings`)."""
+    with ``embed``, each box's appearance too (``"embeddings"``: :func:`box_embeddings`); ``full_masks=False``:
+    masks as ``"box_masks"`` (:func:`keep_box_masks`)."""
     from torchvision.models.detection.image_list import ImageList
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
@@ -640,8 +655,10 @@ def detect_on_stages(
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         found = {**found, "boxes": boxes}
-        if "masks" in found:
+        if "masks" in found and full_masks:
             found["masks"] = paste_masks_in_image(found["masks"], boxes, (height, width))
+        elif "masks" in found:
+            found = keep_box_masks([found])[0]
         if "keypoints" in found:
             points = found["keypoints"].clone()
             points[..., 0] = (points[..., 0] + ox) / sx
@@ -655,10 +672,12 @@ def exportable(spec: str | os.PathLike, task: str | None = None, **options: Any)
     """The detector of ``spec`` for ``cnnapps export`` (ONNX): one RGB image (3, H, W) in [0, 1] of any size ->
     boxes, labels, scores, and masks or keypoints, as torchvision's R-CNN returns them. Heads on a shared trunk are
     refused: they see images through the model file's preprocessing (:func:`run_shared`), not R-CNN resizing."""
+    from cnnapps.apps.detect.predictor import kept_from
     from cnnapps.exported import Exportable
     from cnnapps.quantize import Calibration, unit_image
 
     model = load_detector(spec, options.get("head"), task)
+    model.roi_heads.score_thresh = kept_from(model.roi_heads.score_thresh)  # scores at it kept, as the predictor does
     if model.spec.shared:  # its graph would be torchvision's own resizing path: other answers than the model file's
         from cnnapps.exported import ExportError
 

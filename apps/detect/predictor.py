@@ -21,7 +21,7 @@ import torch
 
 from cnnapps.apps.common.batching import default_decode_workers, map_images
 from cnnapps.apps.detect.tiling import Detections, crop_to_rle, detect_tiled, mask_window, resolve_tile, tile_advice
-from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
+from cnnapps.datasets.io import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 from cnnapps.engines import EngineError
 from cnnapps.errors import CnnappsError, ImageError
 from cnnapps.results import DetectionResult, Instance
@@ -77,10 +77,10 @@ class DetectionPredictor:
         self.task = self.spec.task
         self.device = select_device(device, engine)
         self.model = placed_for_inference(model, self.device, channels_last=False, owned=owned)
-        if self.model.roi_heads.score_thresh != score_threshold:
+        if self.model.roi_heads.score_thresh != kept_from(score_threshold):
             if self.model is model and not owned:  # the caller's module, already in place: its threshold stays
                 self.model = copy.deepcopy(model)
-            self.model.roi_heads.score_thresh = score_threshold
+            self.model.roi_heads.score_thresh = kept_from(score_threshold)
         self.score_threshold = score_threshold
         self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.tile, self.overlap = tile, overlap
@@ -106,7 +106,8 @@ class DetectionPredictor:
             why = ("tiled detection runs its trunk in PyTorch" if tile
                    else f"{self.source}: its backbone (torchvision's own) runs only in PyTorch")  # fmt: skip
             raise EngineError(f"--engine {engine}: {why}; use --engine auto or eager")
-        self.max_pixels = None if tile else max_pixels  # tiling exists for images beyond the usual limit
+        # tiling exists for images beyond the usual limits: larger, or more elongated than a whole image may be
+        self.max_pixels, self.max_aspect = (None, None) if tile else (max_pixels, DEFAULT_MAX_ASPECT)
         if embed and tile:
             raise CnnappsError("--tile: tiled detection gives no appearance embeddings; track without --tile")
         self.embed = embed
@@ -140,7 +141,7 @@ class DetectionPredictor:
         coming, so that lanes forked afterwards share the compiled graph."""
         workers = default_decode_workers(self.device)
         detect = functools.partial(self._detect_images, compile_now=compile_now)
-        done = map_images(inputs, detect, self.batch_size, self.max_pixels, progress, workers)
+        done = map_images(inputs, detect, self.batch_size, self.max_pixels, progress, workers, self.max_aspect)
         results = []
         for name, size, found, error in done:
             if size is None:  # no trunk ran: the predictor's engine
@@ -197,7 +198,8 @@ class DetectionPredictor:
             from cnnapps.apps.detect.model import run_shared
 
             tensors = [torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) for rgb in images]
-            outputs, engine = run_shared(self.model, tensors, self._trunk, embed=self.embed), self._trunk.engine
+            outputs = run_shared(self.model, tensors, self._trunk, embed=self.embed, full_masks=False)
+            engine = self._trunk.engine
         else:
             from cnnapps.apps.detect.model import run_detector
 
@@ -208,10 +210,22 @@ class DetectionPredictor:
                 ran.append(_compiled_trunk(self, shape, now=compile_now))
                 return ran[-1]
 
-            outputs = run_detector(self.model, tensors, self.embed, trunk_for if self._compiles else None)
+            outputs = run_detector(self.model, tensors, self.embed, trunk_for if self._compiles else None,
+                                   full_masks=False)  # fmt: skip
             engine = ran[-1].engine if ran and ran[-1] is not None else "eager"
         found = [to_detections(out, rgb.shape[0], rgb.shape[1]) for out, rgb in zip(outputs, images, strict=True)]
         return found, engine
+
+
+def kept_from(threshold: float) -> float:
+    """The RoI heads' ``score_thresh`` that keeps scores >= ``threshold``: torchvision keeps float32 scores above it,
+    so it is the float32 just below the smallest float32 at or above ``threshold`` (0 stays 0: scores above it)."""
+    if threshold <= 0:
+        return float(threshold)
+    least = np.float32(threshold)
+    if float(least) < threshold:
+        least = np.nextafter(least, np.float32(np.inf))
+    return float(np.nextafter(least, np.float32(-np.inf)))
 
 
 #: how often a resized input shape is seen before the trunk is compiled for it, and how many compiled shapes are kept
@@ -276,10 +290,13 @@ def to_result(name: str, found: Detections, height: int, width: int, spec: Any) 
 
 
 def to_detections(output: dict[str, torch.Tensor], height: int, width: int) -> Detections:
-    """A torchvision R-CNN output in numpy, masks thresholded at 0.5 and cut to a window around their box."""
+    """A torchvision R-CNN output in numpy, masks thresholded at 0.5 and cut to a window around their box (masks
+    at the RoI heads' resolution, ``"box_masks"``, are pasted into that window alone: :func:`paste_in_windows`)."""
     boxes = output["boxes"].float().cpu().numpy()
     found = Detections(boxes, output["scores"].float().cpu().numpy(), output["labels"].cpu().numpy())
-    if "masks" in output:
+    if "box_masks" in output:
+        found.masks = paste_in_windows(output["box_masks"], output["boxes"], height, width)
+    elif "masks" in output:
         crops = []
         for i, box in enumerate(boxes):
             x0, y0, x1, y1 = mask_window(box, height, width)
@@ -292,3 +309,30 @@ def to_detections(output: dict[str, torch.Tensor], height: int, width: int) -> D
     if "embeddings" in output:
         found.embeddings = output["embeddings"].float().cpu().numpy()
     return found
+
+
+def paste_in_windows(
+    masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int
+) -> list[tuple[np.ndarray, int, int]]:
+    """The RoI heads' masks (N, 1, M, M probabilities over their boxes, in an image of ``height`` x ``width``) as
+    ``(crop, x0, y0)`` over the window :func:`to_detections` keeps (:func:`mask_window`), thresholded at 0.5: the
+    pixels torchvision's ``paste_masks_in_image`` gives there (the same padded mask, integer box and bilinear
+    resize), without an image-sized mask per instance."""
+    import torch.nn.functional as F
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+
+    padded, scale = expand_masks(masks, padding=1)
+    pasted = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
+    crops = []
+    for mask, box, (px0, py0, px1, py1) in zip(padded, boxes.float().cpu().numpy(), pasted, strict=True):
+        x0, y0, x1, y1 = mask_window(box, height, width)
+        crop = np.zeros((y1 - y0, x1 - x0), bool)
+        # the part of the pasted mask (its box's corners included) inside the window, which lies inside the image
+        ax0, ay0, ax1, ay1 = max(px0, x0), max(py0, y0), min(px1 + 1, x1), min(py1 + 1, y1)
+        if ax1 > ax0 and ay1 > ay0:
+            size = (max(py1 - py0 + 1, 1), max(px1 - px0 + 1, 1))
+            resized = F.interpolate(mask[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+            part = resized[ay0 - py0 : ay1 - py0, ax0 - px0 : ax1 - px0] > 0.5
+            crop[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = part.cpu().numpy()
+        crops.append((crop, x0, y0))
+    return crops
