@@ -20,6 +20,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 #: the largest input side a model may ask for (a larger one is a damaged or hostile file, not a model)
 MAX_SIDE = 8192
+#: the largest input a model may ask for, in pixels (4096 x 4096: one such image in float32 is 200 MB, and a
+#: network's first feature maps many times that)
+MAX_INPUT_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Preprocess:
             raise ValueError(f"input_size must be (channels 1 or 3, height, width), not {self.input_size}")
         if not all(1 <= int(side) <= MAX_SIDE for side in (*self.input_size[1:], self.resize)):
             raise ValueError(f"input_size {self.input_size} / resize {self.resize}: sides must be 1..{MAX_SIDE} pixels")
+        if self.input_size[1] * self.input_size[2] > MAX_INPUT_PIXELS:
+            raise ValueError(f"input_size {self.input_size}: at most {MAX_INPUT_PIXELS:,} pixels (4096 x 4096)")
         if not all(v > 0 for v in self.std):
             raise ValueError(f"std {self.std}: every value must be above 0 (it divides)")
         channels = self.input_size[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -63,18 +65,58 @@ def load(
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     if not specs:
         raise CnnappsError("no model given")
+    for one in specs:
+        _check_file(one)
+    if "batch_size" in kwargs:
+        from cnnapps.runtime import check_batch_size
+
+        check_batch_size(kwargs["batch_size"])
     key = _cache_key(specs, task, kwargs)
-    cached = _LOADED.get(key) if key is not None else None
-    if cached is None:
-        cached = _load(specs, task, **kwargs)
-        if key is not None:
-            _LOADED[key] = cached
+    if key is None:
+        return _load(specs, task, **kwargs)
+    cached = _LOADED.get(key)
+    if cached is not None:
+        return cached
+    with _LOADING_GUARD:
+        lock = _LOADING.setdefault(key, threading.Lock())
+    try:
+        with lock:  # threads loading the same model wait for the first one's predictor
+            cached = _LOADED.get(key)
+            if cached is None:
+                cached = _load(specs, task, **kwargs)
+                _LOADED[key] = cached
+    finally:
+        with _LOADING_GUARD:
+            if _LOADING.get(key) is lock:
+                del _LOADING[key]
     return cached
 
 
 # Predictors alive somewhere in the process, by what they were loaded from: loading the same model with the
 # same options again returns the same (thread-safe) predictor instead of a second copy of its weights.
 _LOADED: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
+# A lock per model being loaded (by cache key): one load of it at a time, while other models load alongside.
+_LOADING: dict[tuple, threading.Lock] = {}
+_LOADING_GUARD = threading.Lock()
+
+#: the suffixes of files of weights: a spec ending in one names a file, not a model of the registry
+WEIGHTS_SUFFIXES = (".safetensors", ".onnx", ".pt", ".pth", ".ckpt", ".bin", ".pkl", ".h5", ".tflite")
+
+
+def _check_file(spec: Any) -> None:
+    """A one-line error for a spec that names a file (it has a folder separator or a weights suffix) which is not
+    there, or names a folder (a run folder holds its model file)."""
+    name = str(spec) if isinstance(spec, (str, os.PathLike)) else ""
+    if not name or re.match(r"[\w.-]+:(?![\\/])", name):  # a registry name such as timm:NAME or hf-hub:ORG/NAME
+        return
+    if os.path.isdir(name):
+        raise CnnappsError(f"{name}: a folder, not a model file; pass {os.path.join(name, 'model.safetensors')}")
+    if ("/" in name or os.sep in name or name.lower().endswith(WEIGHTS_SUFFIXES)) and not os.path.exists(name):
+        if any(name in task.zoo_models() for task in TASKS.values()):
+            return
+        from cnnapps.bundle import BundleError
+
+        raise BundleError(f"{name}: model file not found")
 
 
 def _cache_key(specs: list[Any], task: str | None, kwargs: dict[str, Any]) -> tuple | None:

@@ -66,7 +66,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     raw = _header_text(path)
     try:
         meta = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also a number of more digits than Python converts
         raise BundleError(f"{path}: its cnnapps metadata is not valid JSON (a damaged model file)") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{path}: its cnnapps metadata is not a JSON object (a damaged model file)")
@@ -93,7 +93,7 @@ def _header_text(path: Path) -> str:
         raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         parsed = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # bad JSON or text, or a number of more digits than Python converts
         raise BundleError(f"{path}: not a safetensors model file (its header is not JSON)") from None
     metadata = parsed.get("__metadata__") if isinstance(parsed, dict) else None
     raw = metadata.get(_META_KEY) if isinstance(metadata, dict) else None

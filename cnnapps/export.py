@@ -91,13 +91,12 @@ def export_model(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, task
         graph.metadata_props.add(key="cnnapps", value=json.dumps(meta))
         atomic_write(out, graph.SerializeToString())
     else:
-        import warnings
-
         import torch
 
+        import cnnapps.runtime  # noqa: F401  (its warning filters quiet TorchScript's deprecation notes)
+
         extra = {"cnnapps.json": json.dumps(meta)}
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notes (trace and save)
+        with torch.no_grad():
             traced = torch.jit.freeze(torch.jit.trace(exportable.module.eval(), exportable.example))
             atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
     return {

@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,15 +45,18 @@ class ExportError(CnnappsError):
     """A model that cannot be exported as asked, or an exported file that cannot be used."""
 
 
+# torch's TorchScript-based ONNX exporter keeps its state in module globals: one export at a time in a process
+_EXPORTING = threading.Lock()
+
+
 def to_onnx(model: nn.Module, example: Any, inputs: list[str], outputs: list[str], dynamic: dict) -> bytes:
     """``model`` traced on ``example`` as ONNX bytes (opset 17) with the given input/output names and dynamic axes."""
-    import warnings
-
     import torch
 
+    import cnnapps.runtime  # noqa: F401  (its warning filters quiet the tracer's notes on Python values in the graph)
+
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the tracer's notes on Python values in the graph
+    with _EXPORTING, torch.no_grad():
         torch.onnx.export(model, example, buffer, dynamo=False, opset_version=OPSET, input_names=inputs,
                           output_names=outputs, dynamic_axes=dynamic)  # fmt: skip
     return buffer.getvalue()
@@ -86,7 +90,7 @@ def read_onnx_metadata(path: str | os.PathLike, task: str | None = None) -> dict
         raise ExportError(f"{path}: an ONNX file without cnnapps metadata; export it with `cnnapps export`")
     try:
         meta = json.loads(found[0])
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also a number of more digits than Python converts
         raise ExportError(f"{path}: its cnnapps metadata is not valid JSON") from None
     if not isinstance(meta, dict):
         raise ExportError(f"{path}: its cnnapps metadata is not a JSON object")

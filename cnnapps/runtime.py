@@ -7,6 +7,7 @@ import copy
 import functools
 import itertools
 import logging
+import numbers
 import os
 import threading
 import time
@@ -25,6 +26,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger("cnnapps")
+
+# torch's notes while tracing and exporting the models cnnapps runs (TorchScript's deprecation notices, the tracer's
+# notes on Python values in a graph), ignored once for the process: a catch_warnings block in each load would swap
+# the process's one filter list under other threads (it is not thread-safe) and could leave "ignore every warning"
+# in place for good.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"(cnnapps|timm|torchvision|torch)\b")
+warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based", category=DeprecationWarning)
 
 
 def select_device(
@@ -62,6 +71,27 @@ def select_device(
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise CnnappsError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     return chosen
+
+
+#: the largest example (batch x channels x height x width) the graph is warmed on whole: 4 images of 3 x 512 x 512
+_WARM_ELEMENTS = 4 * 3 * 512 * 512
+
+
+def check_batch_size(batch_size: Any) -> int | None:
+    """``batch_size`` as an int (None: the predictor's default), or a one-line error for anything but a whole
+    number of at least 1."""
+    if batch_size is None:
+        return None
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise CnnappsError(f"batch_size={batch_size!r}: images per forward pass, a whole number of at least 1")
+    return int(batch_size)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed allocation (PyTorch's on the CPU or a GPU, or Python's)."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
 
 
 def available_cores() -> int:
@@ -171,18 +201,24 @@ def prepare_runner(
                 return _as_float(model(x.contiguous(memory_format=torch.channels_last)))
 
         return run_amp, "fp16-autocast"
-    example = example.to(device).contiguous(memory_format=torch.channels_last)
+    # one image traces the graph, which runs any batch size; the first calls specialise it to the shape they see, so
+    # it is warmed on the whole batch where that is small, else on the one image (a large input size's batch would
+    # cost its activations' memory at load)
+    warm = example if example.numel() <= _WARM_ELEMENTS else example[:1]
+    warm = warm.to(device).contiguous(memory_format=torch.channels_last)
+    example = warm[:1]
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with torch.no_grad():
             # check_trace traces a second time and compares: for a model in eval mode that only finds randomness
             # (none here), and it more than doubled the load (Lite0: 2.4 s against 0.7 s on 2 cores)
             graph = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
             if device.type == "cpu":
                 graph = torch.jit.optimize_for_inference(graph)
-            for _ in range(2):  # the first calls specialise the graph to the batch shape; do it before real inputs
-                graph(example)
+            for _ in range(2):  # the first calls specialise the graph; do it before real inputs
+                graph(warm)
     except Exception as exc:
+        if out_of_memory(exc):  # not a model TorchScript cannot trace: running it eagerly needs the memory too
+            raise
         if engine == "jit":  # asked for by name: an error, not a quiet eager run
             raise EngineError(f"--engine jit: TorchScript cannot trace {type(model).__name__} ({in_one_line(exc)}); "
                               "use --engine auto or eager") from None  # fmt: skip

@@ -52,6 +52,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 _BYTES_PER_8BIT_PIXEL = 6  # decoding peak: the decoder's 3-channel buffer and its output
 _NOT_AN_IMAGE = "not an image (expected JPEG, PNG, WebP, BMP, TIFF or GIF)"
 
+# Pillow's notes on the damaged metadata of images it decodes here (EXIF and TIFF tags, APNG chunks, MPO data) and
+# on the palette conversion of GIFs, ignored once for the process: a catch_warnings block in each decode thread
+# would swap the process's one filter list under other threads (it is not thread-safe) and could leave "ignore
+# every warning" in place for good. Each damaged input still gets its own error.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.(Tiff|Png|Jpeg)ImagePlugin\b")
+warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning, module=r"PIL\.")
+
 
 class ElongatedImageError(ImageError):
     """An image whose sides are further apart than the aspect-ratio limit allows."""
@@ -558,10 +565,8 @@ def _verify_with_pil(data: bytes, name: str) -> None:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
     except Image.DecompressionBombError:
         return  # beyond Pillow's own limit, which the caller lifted: let OpenCV judge the data
     except Exception:
@@ -605,11 +610,9 @@ def _decode_tiff(data: bytes, header: _Header, name: str) -> np.ndarray:
 
     what = f"cannot decode this {header.depth} TIFF: corrupt data, or a layout neither OpenCV nor Pillow reads"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return _from_pil(img, name, max_pixels=None, max_aspect=None)
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return _from_pil(img, name, max_pixels=None, max_aspect=None)
     except ImageError:
         raise
     except Exception:
@@ -622,14 +625,12 @@ def _decode_gif(data: bytes, name: str) -> np.ndarray:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                if img.mode not in ("P", "L"):
-                    return _from_pil(img, name)
-                indices = np.asarray(img)
-                palette = img.getpalette("RGB") if img.mode == "P" else None
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.mode not in ("P", "L"):
+                return _from_pil(img, name)
+            indices = np.asarray(img)
+            palette = img.getpalette("RGB") if img.mode == "P" else None
     except Image.DecompressionBombError:
         raise ImageTooLargeError(name, "GIF is larger than Pillow's own pixel limit") from None
     except Exception:

@@ -217,20 +217,29 @@ def _by_colour(path: Path, codes: np.ndarray, colours: dict[int, tuple[int, int,
     return out
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray, colours: list[tuple[int, int, int]] | None = None) -> Path:
+def write_mask(path: str | os.PathLike, mask: np.ndarray, colours: list[tuple[int, int, int]] | None = None,
+               overwrite: bool = False) -> Path:  # fmt: skip
     """Write class indices as a palette PNG (pixel values are the indices; ``colours`` or VOC's colour map show
-    them), or as a 16-bit grey PNG when an index is above 255."""
+    them), or as a 16-bit grey PNG when an index is above 255. Written atomically: an existing file is refused
+    (:class:`~cnnapps.files.OutputExistsError`) unless ``overwrite``, and a symlink is never written through."""
+    import io
+
     from PIL import Image
 
+    from cnnapps.files import OutputExistsError, atomic_write
+
     path = Path(path)
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(path)
     if int(mask.max(initial=0)) > 255:
-        Image.fromarray(mask.astype(np.uint16)).save(path)
-        return path
-    img = Image.fromarray(mask.astype(np.uint8), mode="P")
-    palette = list(colours or []) + voc_colormap()[len(colours or []) :]
-    img.putpalette([v for c in palette[:256] for v in c])
-    img.save(path)
-    return path
+        img = Image.fromarray(mask.astype(np.uint16))
+    else:
+        img = Image.fromarray(mask.astype(np.uint8), mode="P")
+        palette = list(colours or []) + voc_colormap()[len(colours or []) :]
+        img.putpalette([v for c in palette[:256] for v in c])
+    encoded = io.BytesIO()
+    img.save(encoded, "PNG")
+    return atomic_write(path, encoded.getvalue(), overwrite=overwrite)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from cnnapps.apps.common.batching import BatchRunner
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import ClassificationResult, Prediction
-from cnnapps.runtime import one_at_a_time, prepare_runner, select_device
+from cnnapps.runtime import check_batch_size, one_at_a_time, out_of_memory, prepare_runner, select_device
 
 # models that load_predictor read from files for its predictor: placed on the device in place (one copy of the
 # weights); any other member's model belongs to the caller and is left as it is
@@ -68,14 +68,21 @@ class ClassificationPredictor:
         graphs = any(not isinstance(m.model, torch.nn.Module) for m in members)  # exported ONNX files
         self.device = select_device(device, engine, graph=graphs)
         # Small batches keep a CPU's caches warm: 4 images per call ran ~2.5x faster per image than 32.
-        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
+        self.batch_size = check_batch_size(batch_size) or (32 if self.device.type == "cuda" else 4)
         self._runner = BatchRunner([m.preprocess for m in members], self.device, self.batch_size, workers, max_pixels)
         self._models = []
         used = []
         for member in members:
-            example = torch.zeros(self.batch_size, *member.preprocess.input_size)
+            # the batch's shape without its memory: a graph is traced on one image (a compiled model runs batches)
+            example = torch.zeros(1, *member.preprocess.input_size).expand(self.batch_size, -1, -1, -1)
             owned = isinstance(member.model, torch.nn.Module) and member.model in _FROM_FILES
-            run, name = prepare_runner(member.model, example, self.device, engine, owned=owned)
+            try:
+                run, name = prepare_runner(member.model, example, self.device, engine, owned=owned)
+            except (MemoryError, RuntimeError) as exc:
+                if not out_of_memory(exc):
+                    raise
+                raise CnnappsError(f"{member.spec}: not enough memory for its input size "
+                                   f"{member.preprocess.input_size} on {self.device}") from None  # fmt: skip
             self._models.append(run)
             used.append(name)
         #: the engine that runs the members (``jit``, ``openvino``, ...; ``a+b`` for an ensemble run on two)

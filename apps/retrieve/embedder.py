@@ -22,7 +22,7 @@ from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import DEFAULT_BACKBONE
 from cnnapps.errors import CnnappsError
 from cnnapps.results import EmbeddingResult
-from cnnapps.runtime import one_at_a_time, prepare_runner, select_device
+from cnnapps.runtime import check_batch_size, one_at_a_time, out_of_memory, prepare_runner, select_device
 
 
 class EmbeddingModel(nn.Module):
@@ -195,7 +195,7 @@ class Embedder:
         #: the model file's embedding head named when loading (None: its first, or no model file)
         self.head: str | None = None
         self.device = select_device(device, engine, graph=exported)
-        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
+        self.batch_size = check_batch_size(batch_size) or (32 if self.device.type == "cuda" else 4)
         if exported and head is not None:
             raise CnnappsError(f"head {head!r}: {spec} is an exported graph (a head is one of a model file's heads)")
         if exported:  # written by `cnnapps export`: same fingerprint as the model it came from
@@ -204,7 +204,7 @@ class Embedder:
             meta = read_onnx_metadata(spec, task="retrieve")  # an embedding: `cnnapps export --task retrieve`
             self.pooling, self.fingerprint, self.dim = meta["pooling"], meta["fingerprint"], int(meta["dim"])
             self.preprocess = Preprocess.from_dict(meta["preprocess"])
-            example = torch.zeros(self.batch_size, *self.preprocess.input_size)
+            example = torch.zeros(1, *self.preprocess.input_size).expand(self.batch_size, -1, -1, -1)
             runner = OnnxRunner(spec, self.device if engine in ("auto", "onnxruntime") else "cpu")
             self._run, self.engine = prepare_runner(runner, example, self.device, engine)
         else:
@@ -212,10 +212,17 @@ class Embedder:
             self.head = head
             self.pooling = model.pooling
             model = model.eval()
-            example = torch.zeros(self.batch_size, *self.preprocess.input_size)
-            with torch.no_grad():
-                self.dim = int(model(example[:1]).shape[1])
-            self._run, self.engine = prepare_runner(model, example, self.device, engine, owned=True)
+            # the batch's shape without its memory: a graph is traced on one image (a compiled model runs batches)
+            example = torch.zeros(1, *self.preprocess.input_size).expand(self.batch_size, -1, -1, -1)
+            try:
+                with torch.no_grad():
+                    self.dim = int(model(example[:1]).shape[1])
+                self._run, self.engine = prepare_runner(model, example, self.device, engine, owned=True)
+            except (MemoryError, RuntimeError) as exc:
+                if not out_of_memory(exc):
+                    raise
+                raise CnnappsError(f"{spec}: not enough memory for its input size {self.preprocess.input_size} "
+                                   f"on {self.device}") from None  # fmt: skip
         self._runner = BatchRunner([self.preprocess], self.device, self.batch_size, workers)
 
     def describe(self) -> dict[str, Any]:

@@ -116,11 +116,12 @@ class SemanticResult(Result):
         entries = [(a.label, tuple(palette[a.index])) for a in self.areas() if a.index not in background]
         return _legend(out, entries)
 
-    def save_mask(self, path: str | os.PathLike) -> Path:
-        """Write the class map as an index PNG (a palette PNG whose pixel values are the class indices)."""
+    def save_mask(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the class map as an index PNG (a palette PNG whose pixel values are the class indices); an existing
+        file is refused (:class:`~cnnapps.files.OutputExistsError`) unless ``overwrite``."""
         from cnnapps.datasets.semantic import write_mask
 
-        return write_mask(path, self.labels, [tuple(c) for c in self.colours])
+        return write_mask(path, self.labels, [tuple(c) for c in self.colours], overwrite=overwrite)
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 
 from cnnapps.datasets.semantic import ClassList, write_class_list, write_mask
 from cnnapps.datasets.synthetic import SHAPES, shapes_scene
+from cnnapps.files import OutputExistsError
 
 STUFF = ("sky", "water", "grass")
 CLASSES = (*STUFF, *SHAPES)
@@ -140,6 +141,9 @@ def write_voc(out: str | os.PathLike, split: str, n: int, seed: int = 0, size: i
     from cnnapps.apps.semantic.pq import id_to_rgb
 
     root = Path(out)
+    for taken in (root / "ImageSets" / "Segmentation" / f"{split}.txt", root / "JPEGImages" / f"{split}_00000.jpg"):
+        if os.path.lexists(taken):  # the split is there already: a data set the user has is never written over
+            raise OutputExistsError(taken)
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation", f"annotations/panoptic_{split}"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     write_class_list(root / "classes.txt", class_list())
@@ -187,6 +191,8 @@ def write_folders(out: str | os.PathLike, split: str, n: int, seed: int = 0, siz
     import cv2
 
     folder = Path(out) / split
+    if os.path.lexists(folder) and not (folder.is_dir() and not any(folder.iterdir())):
+        raise OutputExistsError(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     write_class_list(folder / "classes.txt", class_list())
@@ -209,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     write = write_voc if args.format == "voc" else write_folders
     for split, n, seed in (("train", args.train, args.seed), ("val", args.val, args.seed + 1)):
-        where = write(args.out, split, n, seed, args.size)
+        try:
+            where = write(args.out, split, n, seed, args.size)
+        except OutputExistsError as exc:
+            raise SystemExit(f"error: {exc}") from None
         print(f"{split}: {n} scenes in {where}")
 
 

@@ -42,3 +42,10 @@ def test_round_trip_and_validation() -> None:
 def test_a_std_that_is_not_positive_is_refused(std) -> None:
     with pytest.raises(ValueError, match="std"):
         Preprocess(input_size=(1, 32, 32), resize=32, mean=(0.5,), std=std)
+
+
+def test_an_input_larger_than_4096x4096_is_refused() -> None:
+    assert Preprocess(input_size=(3, 4096, 4096), resize=4096).input_size == (3, 4096, 4096)
+    for size in ((3, 4097, 4096), (3, 8192, 8192)):
+        with pytest.raises(ValueError, match=r"at most 16,777,216 pixels \(4096 x 4096\)"):
+            Preprocess(input_size=size, resize=8192)
