@@ -138,6 +138,28 @@ class Backbone(nn.Module):
         self._frozen_all = True
         return self.train(self.training)
 
+    def freeze_past_stages(self) -> Backbone:
+        """Stop training the parameters no stage map depends on (layers after the last stage, such as EfficientNet's
+        ``conv_head`` and ``bn2``, and a classification head), for a task that reads only :meth:`forward_stages`:
+        they would never get a gradient, which plain DDP refuses. Their weights stay as they are.
+
+        Found by one pass of a zero image in eval mode (no batch-norm statistics change, no random draws)."""
+        trained = [p for p in self.parameters() if p.requires_grad]
+        if not trained:
+            return self
+        training = self.training
+        self.eval()
+        try:
+            x = torch.zeros(1, *self.preprocess.input_size, dtype=trained[0].dtype, device=trained[0].device)
+            maps = [m.sum() for m in self.forward_stages(x).values() if m.requires_grad]
+            grads = torch.autograd.grad(maps, trained, allow_unused=True) if maps else (None,) * len(trained)
+        finally:
+            self.train(training)
+        for p, grad in zip(trained, grads, strict=True):
+            if grad is None:
+                p.requires_grad_(False)
+        return self
+
     def unfreeze(self) -> Backbone:
         for p in self.parameters():
             p.requires_grad_(True)

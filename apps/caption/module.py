@@ -53,7 +53,9 @@ class CaptionModule(TaskModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, list[int]], batch_idx: int) -> torch.Tensor:
         images, tokens, _ = batch
         loss = self._loss(images, tokens)
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(images))
+        # each process's mean over its shard, averaged over the processes (as the history's train_loss)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(images),
+                 sync_dist=True)  # fmt: skip
         self.track_train_loss(loss)
         return loss
 

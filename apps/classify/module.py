@@ -199,7 +199,7 @@ class ClassificationModule(LossOfThisRun, AveragedWeights, TaskModule):
             logits = self(x)
             loss = self.loss(self.adjusted(logits), y)
         self.train_top1(logits, y)
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
         self.log("train_top1", self.train_top1, on_step=False, on_epoch=True)
         self.track_train_loss(loss)
         return loss
@@ -332,7 +332,7 @@ class MultiLabelModule(LossOfThisRun, AveragedWeights, TaskModule):
         if self.smoothing:
             y = y * (1 - self.smoothing) + 0.5 * self.smoothing
         loss = self.loss(self(x), y)
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
         self.track_train_loss(loss)
         return loss
 

@@ -23,7 +23,12 @@ SCHEDULES = ("cosine", "step", "plateau", "none")
 #: classification augmentation presets (described in cnnapps.datasets.transforms.PRESETS)
 AUGMENT_PRESETS = ("default", "alexnet", "creative", "randaugment", "trivialaugment", "none")
 # Lightning strategies offered for several processes (one per GPU, or CPU processes with the gloo backend)
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+# values once offered, and what to use instead
+RETIRED_CHOICES = {
+    # spawned processes get the run pickled, which its closures cannot be, and send no history back
+    ("strategy", "ddp_spawn"): "; use ddp (one process per device, started for you)",
+}
 # how the learning rate follows the number of processes: "linear" (Goyal et al. 2017) or "sqrt" (for Adam-like
 # optimisers); "none" keeps the given rate for the larger global batch
 LR_SCALING = ("none", "linear", "sqrt")
@@ -92,7 +97,7 @@ class TrainConfig:
     devices: int = option(1, "Processes per node: GPUs, or CPU processes.", panel=SCALE_PANEL)
     num_nodes: int = option(1, "Machines.", panel=SCALE_PANEL)
     strategy: str = option(
-        "auto", "auto, ddp, ddp_spawn or ddp_find_unused_parameters_true.", choices=STRATEGIES, panel=SCALE_PANEL
+        "auto", "auto, ddp or ddp_find_unused_parameters_true.", choices=STRATEGIES, panel=SCALE_PANEL
     )
     sync_batchnorm: bool = option(False, "Batch-norm statistics over all GPUs.", panel=SCALE_PANEL)
     lr_scaling: str = option(
@@ -141,7 +146,8 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+                hint = RETIRED_CHOICES.get((f.name, value), "")
+                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}{hint}")
         checks = [
             (self.epochs >= 1, f"epochs: must be at least 1, not {self.epochs}"),
             (self.batch_size >= 1, f"batch_size: must be at least 1, not {self.batch_size}"),

@@ -37,8 +37,8 @@ _EXPECTED_LIGHTNING_WARNINGS = (
     r".*does not have many workers.*",
     r"Found \d+ module\(s\) in eval mode",
     r".*LeafSpec.*",
-    # every rank validates on the whole validation set, so epoch values are the same on all of them
-    r".*sync_dist=True.*",
+    # every rank validates on the whole validation set, so validation values are the same on all of them
+    r"It is recommended to use `self\.log\('val_.*sync_dist=True",
 )
 
 #: callbacks that code around a training run adds to its trainer (``tune``'s pruning): each is made from the plan
@@ -281,6 +281,14 @@ def run_training(
 
     started = time.perf_counter()
     config.validate()
+    try:
+        check_launched_processes(config)
+    except ConfigError:
+        from cnnapps.datasets.transforms import process_rank
+
+        if process_rank():
+            leave_it_to_rank_zero(os.getppid())
+        raise
     check_run_folder(config)
     if config.resume:  # a setting that changes what is trained is the run's own (load_config took the rest from it)
         config = resumed_settings(config)
@@ -325,6 +333,43 @@ def run_training(
         plot_curves(history, out / "curves.png", metrics=plan.curves)
     publish(result.loggers, out, metrics)
     return metrics
+
+
+def launched_processes() -> int:
+    """The processes a launcher started for this run, as Lightning reads them: SLURM's ``srun`` (SLURM_NTASKS),
+    ``torchrun`` (WORLD_SIZE); 1 when none did (Lightning then starts ``devices`` x ``num_nodes`` itself)."""
+    if "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        return int(os.environ["SLURM_NTASKS"])
+    if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
+        return int(os.environ.get("WORLD_SIZE", 1))
+    return 1
+
+
+def check_launched_processes(config: TrainConfig) -> None:
+    """Refuse, in one line and before anything is written, processes started by a launcher that ``devices`` x
+    ``num_nodes`` does not account for: each would train the whole run on its own, into the same run folder."""
+    started = launched_processes()
+    if started > 1 and started != config.world_size:
+        variable = "SLURM_NTASKS" if "SLURM_NTASKS" in os.environ else "WORLD_SIZE"
+        raise ConfigError(f"devices: the launcher started {started} processes ({variable}={started}) but devices x "
+                          f"num_nodes is {config.devices} x {config.num_nodes}; pass --devices (and --num-nodes) so "
+                          f"that they make {started}")  # fmt: skip
+
+
+#: how long a process other than rank 0 that failed waits for rank 0 to say why and end the run (seconds)
+RANK_ZERO_GRACE = 10.0
+
+
+def leave_it_to_rank_zero(parent: int, grace: float = RANK_ZERO_GRACE) -> None:
+    """On a process other than rank 0 that failed: an error every process meets is rank 0's to report. Rank 0 says it
+    and ends, and so does its launcher (Lightning's, whose children this process is among; ``torchrun`` ends the
+    other processes itself): this process then leaves without a word. Returns, for the caller to report its own
+    error, when ``grace`` seconds pass without that (the error is this process's alone)."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if os.getppid() != parent:
+            raise SystemExit(1)
+        time.sleep(0.1)
 
 
 def make_loggers(config: TrainConfig, out: Path, version: int) -> list[Any]:
@@ -434,7 +479,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     epochs = stopped or config.epochs
     trained = int(saved.get("epoch", -1)) + 1 if saved is not None else 0  # the epochs the checkpoint has done
     clock = _Clock(config.compile)
-    callbacks: list[Any] = [_SomethingValidated(), clock, checkpoint, last_epoch,
+    callbacks: list[Any] = [_RankSeed(config.seed), _SomethingValidated(), clock, checkpoint, last_epoch,
                             _ConfigFile(config, out / "config.yaml")]  # fmt: skip
     bar = config.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per epoch instead
     callbacks.append(epoch_bar() if bar else _EpochLines(config.epochs))
@@ -481,18 +526,25 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         for part in module.compile_targets():
             part.compile(**module.compile_options())
     started = time.perf_counter()
+    parent = os.getppid()
     with warnings.catch_warnings():
         for message in _EXPECTED_LIGHTNING_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         try:
             trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if config.resume else None)
-        except (RuntimeError, ValueError) as exc:
+        except Exception as exc:
             # torch's many-line list of every tensor, or the optimiser's groups of another set of trained parameters
-            if config.resume and ("loading state_dict" in str(exc) or "parameter group" in str(exc)):
+            if (
+                config.resume
+                and isinstance(exc, (RuntimeError, ValueError))
+                and ("loading state_dict" in str(exc) or "parameter group" in str(exc))
+            ):
                 raise CnnappsError(
                     f"{last}: --resume with settings of another model (the checkpoint's tensors do not fit); "
                     f"resume with the settings the run was started with: {out / 'config.yaml'}"
                 ) from None
+            if trainer.global_rank:  # said once, by rank 0
+                leave_it_to_rank_zero(parent)
             raise
     seconds = time.perf_counter() - started
     best = checkpoint.best_model_path
@@ -561,7 +613,6 @@ def ddp_strategy(config: TrainConfig) -> Any:
     DDP warn "grad strides do not match bucket view strides" and copy such gradients each step."""
     names = {
         "ddp": {},
-        "ddp_spawn": {"start_method": "spawn"},
         "ddp_find_unused_parameters_true": {"find_unused_parameters": True},
     }
     # "auto" over several processes is what Lightning would make "ddp"
@@ -624,6 +675,28 @@ class _EpochLines(L.Callback):
                             isinstance(v, float))  # fmt: skip
         log.info("epoch %d of %d: %s (%.0f s)", module.history[-1]["epoch"], self.epochs, figures,
                  time.perf_counter() - self._started)  # fmt: skip
+
+
+class _RankSeed(L.Callback):
+    """In a distributed run, each process other than rank 0 draws random numbers of its own once the process group is
+    up (colour jitter on the device, dropout masks, torchvision's augmentation without workers, its workers' seeds):
+    seeded from ``seed`` and its rank, as albumentations is (:func:`~cnnapps.datasets.transforms.seed_augmentation`).
+    Rank 0, like a single process, goes on with the draws seeded at the start; Lightning's shuffling of each
+    process's share keeps its own seed, the same on every rank."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+        if trainer.global_rank:
+            import random
+
+            import numpy as np
+
+            seed = (self.seed + 1_000_003 * trainer.global_rank) % 2**32
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
 
 
 class _ConfigFile(L.Callback):
@@ -747,6 +820,7 @@ class TaskModule(L.LightningModule):
         # uint8 batches from the workers become the model's input here, on the device (augment_on_device)
         self.batch_transform: torch.nn.Module | None = None
         self._grads_in_buckets = False
+        self._past_stages: list[torch.nn.Parameter] = []  # what setup stopped training (stage_readers)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.batch_transform is None or batch is None:
@@ -774,9 +848,18 @@ class TaskModule(L.LightningModule):
     def compile_options(self) -> dict[str, Any]:
         return {}
 
+    def stage_readers(self) -> list[Any]:
+        """The backbones of which the training step reads only the stage maps (``forward_stages``): their layers past
+        the last stage are not trained (:meth:`setup`). None here; a task whose heads read only the stages says so."""
+        return []
+
     def setup(self, stage: str) -> None:
         from lightning.pytorch.strategies import DDPStrategy
 
+        trained = [p for p in self.parameters() if p.requires_grad]
+        for backbone in self.stage_readers():  # before DDP wraps the model: every trained parameter gets a gradient
+            backbone.freeze_past_stages()
+        self._past_stages = [p for p in trained if not p.requires_grad]
         strategy = self.trainer.strategy
         kwargs = getattr(strategy, "_ddp_kwargs", {}) if isinstance(strategy, DDPStrategy) else {}
         self._grads_in_buckets = bool(kwargs.get("gradient_as_bucket_view")) and not kwargs.get(
@@ -858,6 +941,11 @@ class TaskModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("cnnapps_history", []))
+        groups = (checkpoint.get("optimizer_states") or [{}])[0].get("param_groups", [])
+        saved = sum(len(group.get("params", ())) for group in groups)
+        if self._past_stages and saved == sum(p.requires_grad for p in self.parameters()) + len(self._past_stages):
+            for p in self._past_stages:  # a checkpoint from before they stopped training: its optimiser holds them
+                p.requires_grad_(True)
         replan_schedule(checkpoint, self.epochs)
         if self.trainer.checkpoint_callback is not None:  # read before the callbacks restore their state from it
             point_into(checkpoint, str(self.trainer.checkpoint_callback.dirpath))

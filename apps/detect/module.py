@@ -31,6 +31,10 @@ class DetectionModule(TaskModule):
             images = [to_unit_float(image) for image in images]
         return images, targets
 
+    def stage_readers(self) -> list[nn.Module]:
+        """The trunk, when an FPN reads its stage maps (without one the heads read its last feature map)."""
+        return [self.model.backbone.body] if self.model.backbone.fpn is not None else []
+
     def compile_targets(self) -> list[nn.Module]:
         """The backbone (trunk and FPN); the proposal and RoI heads, with their data-dependent shapes, stay eager."""
         return [self.model.backbone]
@@ -39,7 +43,9 @@ class DetectionModule(TaskModule):
         images, targets = batch
         losses = self.model(images, targets)
         loss = sum(losses.values())
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(images))
+        # each process's mean over its shard, averaged over the processes (as the history's train_loss)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(images),
+                 sync_dist=True)  # fmt: skip
         self.track_train_loss(loss)
         return loss
 

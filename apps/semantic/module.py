@@ -30,6 +30,10 @@ class SemanticModule(TaskModule):
         self._val_loss: torch.Tensor | float = 0.0
         self._val_pixels: torch.Tensor | int = 0
 
+    def stage_readers(self) -> list[torch.nn.Module]:
+        """The trunk: every head reads its stage maps."""
+        return [self.model.backbone]
+
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # The mean over the pixels that count, written as sum / count so that a batch whose pixels are all
         # ignored gives 0 rather than NaN without asking the device (no host sync per step).
@@ -45,7 +49,9 @@ class SemanticModule(TaskModule):
         loss = self._loss(out["out"], target)
         if "aux" in out:
             loss = loss + AUX_WEIGHT * self._loss(out["aux"], target)
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(images))
+        # each process's mean over its shard, averaged over the processes (as the history's train_loss)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(images),
+                 sync_dist=True)  # fmt: skip
         self.track_train_loss(loss)
         return loss
 

@@ -51,7 +51,7 @@ def test_the_epoch_loss_is_reduced_on_the_modules_device(steps: int) -> None:
 def test_ddp_strategies_keep_gradients_in_their_buckets() -> None:
     from lightning.pytorch.strategies import DDPStrategy
 
-    for name, unused in (("ddp", False), ("ddp_find_unused_parameters_true", True), ("ddp_spawn", False)):
+    for name, unused in (("ddp", False), ("ddp_find_unused_parameters_true", True)):
         strategy = ddp_strategy(load_config(None, data="x", strategy=name))
         assert isinstance(strategy, DDPStrategy)
         assert strategy._ddp_kwargs["gradient_as_bucket_view"] is True
