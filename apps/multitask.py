@@ -96,7 +96,8 @@ class MultiTaskPredictor:
             getattr(task_adapter, "check_options", lambda *_: None)(model, self.options)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self.max_pixels = max_pixels
-        self._trunk_pass = TrunkRunner(self.trunk, self.preprocess.input_size, self.batch_size, self.device, engine)
+        self._trunk_pass = TrunkRunner(self.trunk, self.preprocess.input_size, self.batch_size, self.device, engine,
+                                       name=str(self.model_file.path))  # fmt: skip
         self.engine = self._trunk_pass.engine  # the trunk's engine; the heads run in PyTorch on its maps
 
     @property

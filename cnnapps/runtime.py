@@ -3,6 +3,7 @@ ONNX engines (onnxruntime on CPU, CUDA or TensorRT; OpenVINO). A requested engin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -13,7 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,9 +22,6 @@ from torch import nn
 from cnnapps.engines import CPU_ENGINES, GPU_ENGINES, GRAPH_ENGINES, EngineError, check_name, require
 from cnnapps.engines import ENGINES as ENGINES  # the engine names, where they always were
 from cnnapps.errors import CnnappsError, in_one_line
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 log = logging.getLogger("cnnapps")
 
@@ -85,6 +83,23 @@ def check_batch_size(batch_size: Any) -> int | None:
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
         raise CnnappsError(f"batch_size={batch_size!r}: images per forward pass, a whole number of at least 1")
     return int(batch_size)
+
+
+def example_batch(input_size: tuple[int, ...], batch_size: int) -> torch.Tensor:
+    """A batch of ``batch_size`` images of ``input_size`` without its memory (one image, expanded): the example a
+    runner is prepared on (:func:`prepare_runner` traces a graph on one image; a compiled model runs batches)."""
+    return torch.zeros(1, *input_size).expand(batch_size, *input_size)
+
+
+@contextlib.contextmanager
+def memory_for_input(name: str, input_size: tuple[int, ...], device: torch.device) -> Any:
+    """Running out of memory inside the block (preparing a model) is a one-line error naming ``name``."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        raise CnnappsError(f"{name}: not enough memory for its input size {tuple(input_size)} on {device}") from None
 
 
 def out_of_memory(exc: BaseException) -> bool:

@@ -1016,6 +1016,7 @@ class VideoWriter:
         self._durations: dict[int, int] = {}  # pts -> the frame's duration (to the next frame), for its packet
         self._gap = 1  # the last frame's duration, should no frame follow it: the gap before it
         self._cadence: collections.deque[int] = collections.deque(maxlen=CADENCE_GAPS)  # recent gaps kept
+        self._cut: int | None = None  # the last long gap taken for an outage before any gap was kept
         self._pending: collections.deque[Any] = collections.deque()  # packets out of the encoder, not yet muxed
 
     def _frame(self, rgb: np.ndarray) -> np.ndarray:
@@ -1120,13 +1121,20 @@ class VideoWriter:
 
     def _outage(self, ticks: int) -> bool:
         """Whether a gap of ``ticks`` ahead is an outage rather than the source's pace: more than the container takes,
-        or over ``MAX_GAP_S`` and over ``OUTAGE_RATIO`` times the usual gap of the frames before it (none before it:
-        the first gap sets the pace). A time-lapse of a frame every two minutes keeps its timing."""
+        or over ``MAX_GAP_S`` and over ``OUTAGE_RATIO`` times the usual gap of the frames before it. Before any gap
+        is known, the usual gap is a frame at fps, and a long gap met twice running is the pace (a time-lapse whose
+        header states another rate keeps its timing from its second gap on; a stream that stalls after its first
+        frame is not kept frozen for the stall)."""
         if ticks > _MAX_GAP_TICKS.get(self._format, _MAX_GAP_TICKS_DEFAULT):
             return True
-        if ticks * float(self._time_base) <= MAX_GAP_S or not self._cadence:
+        if ticks * float(self._time_base) <= MAX_GAP_S:
             return False
-        return ticks > OUTAGE_RATIO * float(np.median(self._cadence))
+        if self._cadence:
+            return ticks > OUTAGE_RATIO * float(np.median(self._cadence))
+        cut, self._cut = self._cut, ticks
+        if cut is not None and cut / 2 <= ticks <= 2 * cut:
+            return False
+        return ticks > OUTAGE_RATIO * self._ticks
 
     def _mux_pending(self, container: Any, final: bool = False) -> None:
         """Put the packets out of the encoder into the file, each with its frame's duration; a packet whose

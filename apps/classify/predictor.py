@@ -18,7 +18,14 @@ from cnnapps.apps.common.batching import BatchRunner
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.results import ClassificationResult, Prediction
-from cnnapps.runtime import check_batch_size, one_at_a_time, out_of_memory, prepare_runner, select_device
+from cnnapps.runtime import (
+    check_batch_size,
+    example_batch,
+    memory_for_input,
+    one_at_a_time,
+    prepare_runner,
+    select_device,
+)
 
 # models that load_predictor read from files for its predictor: placed on the device in place (one copy of the
 # weights); any other member's model belongs to the caller and is left as it is
@@ -73,16 +80,10 @@ class ClassificationPredictor:
         self._models = []
         used = []
         for member in members:
-            # the batch's shape without its memory: a graph is traced on one image (a compiled model runs batches)
-            example = torch.zeros(1, *member.preprocess.input_size).expand(self.batch_size, -1, -1, -1)
+            example = example_batch(member.preprocess.input_size, self.batch_size)
             owned = isinstance(member.model, torch.nn.Module) and member.model in _FROM_FILES
-            try:
+            with memory_for_input(str(member.spec), member.preprocess.input_size, self.device):
                 run, name = prepare_runner(member.model, example, self.device, engine, owned=owned)
-            except (MemoryError, RuntimeError) as exc:
-                if not out_of_memory(exc):
-                    raise
-                raise CnnappsError(f"{member.spec}: not enough memory for its input size "
-                                   f"{member.preprocess.input_size} on {self.device}") from None  # fmt: skip
             self._models.append(run)
             used.append(name)
         #: the engine that runs the members (``jit``, ``openvino``, ...; ``a+b`` for an ensemble run on two)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnapps.runtime import prepare_runner
+from cnnapps.runtime import example_batch, memory_for_input, prepare_runner
 
 
 class _TrunkPass(nn.Module):
@@ -29,11 +29,12 @@ class TrunkRunner:
     graph. ``engine`` after loading: the engine that runs it."""
 
     def __init__(self, trunk: Any, input_size: tuple[int, int, int], batch_size: int, device: torch.device,
-                 engine: str = "auto", owned: bool = True) -> None:  # fmt: skip
+                 engine: str = "auto", owned: bool = True, name: str = "the backbone") -> None:  # fmt: skip
         self.names = [s.name for s in trunk.stages]
-        example = torch.zeros(batch_size, *input_size)
+        example = example_batch(input_size, batch_size)
         # a trunk the predictor loaded itself is placed in place (one copy of its weights); a caller's is copied
-        self._run, self.engine = prepare_runner(_TrunkPass(trunk), example, device, engine, owned=owned)
+        with memory_for_input(name, input_size, device):
+            self._run, self.engine = prepare_runner(_TrunkPass(trunk), example, device, engine, owned=owned)
 
     def __call__(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         *maps, features = self._run(batch)

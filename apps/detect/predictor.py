@@ -91,7 +91,7 @@ class DetectionPredictor:
             pre = self.model.shared_preprocess
             mine = owned or self.model is not model
             self._trunk = TrunkRunner(self.model.backbone.body, pre.input_size, self.batch_size, self.device, engine,
-                                      owned=mine)  # fmt: skip
+                                      owned=mine, name=self.source)  # fmt: skip
         # a trunk of cnnapps' own detectors is compiled for a resized input shape once that shape keeps coming
         # (video frames, a camera's folder): the frozen graph folds batch norm into the convolutions; an engine
         # asked for by name compiles it for each shape at once, so that every image runs on that engine

@@ -22,7 +22,14 @@ from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import DEFAULT_BACKBONE
 from cnnapps.errors import CnnappsError
 from cnnapps.results import EmbeddingResult
-from cnnapps.runtime import check_batch_size, one_at_a_time, out_of_memory, prepare_runner, select_device
+from cnnapps.runtime import (
+    check_batch_size,
+    example_batch,
+    memory_for_input,
+    one_at_a_time,
+    prepare_runner,
+    select_device,
+)
 
 
 class EmbeddingModel(nn.Module):
@@ -204,7 +211,7 @@ class Embedder:
             meta = read_onnx_metadata(spec, task="retrieve")  # an embedding: `cnnapps export --task retrieve`
             self.pooling, self.fingerprint, self.dim = meta["pooling"], meta["fingerprint"], int(meta["dim"])
             self.preprocess = Preprocess.from_dict(meta["preprocess"])
-            example = torch.zeros(1, *self.preprocess.input_size).expand(self.batch_size, -1, -1, -1)
+            example = example_batch(self.preprocess.input_size, self.batch_size)
             runner = OnnxRunner(spec, self.device if engine in ("auto", "onnxruntime") else "cpu")
             self._run, self.engine = prepare_runner(runner, example, self.device, engine)
         else:
@@ -212,17 +219,10 @@ class Embedder:
             self.head = head
             self.pooling = model.pooling
             model = model.eval()
-            # the batch's shape without its memory: a graph is traced on one image (a compiled model runs batches)
-            example = torch.zeros(1, *self.preprocess.input_size).expand(self.batch_size, -1, -1, -1)
-            try:
-                with torch.no_grad():
-                    self.dim = int(model(example[:1]).shape[1])
+            example = example_batch(self.preprocess.input_size, self.batch_size)
+            with memory_for_input(str(spec), self.preprocess.input_size, self.device), torch.no_grad():
+                self.dim = int(model(example[:1]).shape[1])
                 self._run, self.engine = prepare_runner(model, example, self.device, engine, owned=True)
-            except (MemoryError, RuntimeError) as exc:
-                if not out_of_memory(exc):
-                    raise
-                raise CnnappsError(f"{spec}: not enough memory for its input size {self.preprocess.input_size} "
-                                   f"on {self.device}") from None  # fmt: skip
         self._runner = BatchRunner([self.preprocess], self.device, self.batch_size, workers)
 
     def describe(self) -> dict[str, Any]:

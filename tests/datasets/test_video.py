@@ -226,7 +226,8 @@ def timed_clip(path: Path, times_s: list[float], rate: float | Fraction = 25) ->
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".avi"])
 def test_a_time_lapse_copy_keeps_its_timing_and_still_skips_an_outage(tmp_path: Path, suffix: str) -> None:
     """A camera shooting a frame every 2 minutes (a Matroska file whose header says 25 fps), off for five hours,
-    then on again: the copy keeps the 2-minute gaps, and the five hours go on a frame (at 25 fps) after the last."""
+    then on again: the copy keeps the 2-minute gaps from the second on (the first, 3,000 frames at the stated rate,
+    could as well be a stall after the first frame), and the five hours go on a frame (at 25 fps) after the last."""
     lapse = [120.0 * i for i in range(6)]
     times_s = [*lapse, 600 + 5 * 3600, 600 + 5 * 3600 + 120]
     source = VideoSource(str(timed_clip(tmp_path / "lapse.mkv", times_s)))
@@ -237,8 +238,17 @@ def test_a_time_lapse_copy_keeps_its_timing_and_still_skips_an_outage(tmp_path: 
         for frame in frames:
             writer.write(frame.rgb, time=frame.time)
     times, length = written_times(path)
-    assert times == pytest.approx([*lapse, 600.04, 720.04], abs=2e-3)
-    assert length == pytest.approx(840.04, abs=2e-3)
+    kept = [0.0, *(t - 120 + 0.04 for t in lapse[1:])]
+    assert times == pytest.approx([*kept, 480.08, 600.08], abs=2e-3)
+    assert length == pytest.approx(720.08, abs=2e-3)
+
+
+def test_a_stream_that_stalls_after_its_first_frame_is_not_kept_frozen(tmp_path: Path) -> None:
+    with VideoWriter(tmp_path / "stall.mp4", 25) as writer:
+        for t in (0.0, 3600.0, 3600.04, 3600.08):
+            writer.write(picture(int(t)), time=t)
+    times, _ = written_times(tmp_path / "stall.mp4")
+    assert times == pytest.approx([0.0, 0.04, 0.08, 0.12], abs=2e-3)
 
 
 def test_an_hourly_time_lapse_is_copied_at_its_own_rate(tmp_path: Path) -> None:
