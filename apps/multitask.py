@@ -83,17 +83,13 @@ class MultiTaskPredictor:
             state = {prefix + k: v for k, v in self.trunk.state_dict().items()}
             state.update(self.model_file.head_tensors(name))
             load_exactly(model, state, f"{spec} ({name} head)")
-            if hasattr(model, "roi_heads"):
-                from cnnapps.apps.detect.predictor import kept_from
-
-                model.roi_heads.score_thresh = kept_from(score_threshold)  # scores >= the threshold stay
             self.heads[name] = (info, task_adapter, model.eval())
         self.trunk.to(self.device)
         for _, _, model in self.heads.values():
             model.to(self.device)
         self.options = {"beam": beam, "max_len": max_len, "score_threshold": score_threshold}
-        for _, task_adapter, model in self.heads.values():  # options a head cannot work with: a one-line error
-            getattr(task_adapter, "check_options", lambda *_: None)(model, self.options)
+        for _, task_adapter, model in self.heads.values():  # a head's own options (one line for one it cannot take)
+            getattr(task_adapter, "apply_options", lambda *_: None)(model, self.options)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
         self.max_pixels = max_pixels
         self._trunk_pass = TrunkRunner(self.trunk, self.preprocess.input_size, self.batch_size, self.device, engine,

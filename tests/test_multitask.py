@@ -90,6 +90,14 @@ def test_compose_writes_one_trunk_and_every_head(multi, heads) -> None:
     assert multi.stat().st_size < sum(sizes.values()) - 3 * trunk_bytes + 64_000
 
 
+def test_a_detection_head_keeps_scores_equal_to_the_threshold(multi) -> None:
+    from cnnapps.apps.detect.predictor import kept_from
+
+    predictor = cnnapps.load(multi, score_threshold=0.7)
+    (model,) = [model for info, _, model in predictor.heads.values() if info.task == "segment"]
+    assert model.roi_heads.score_thresh == kept_from(0.7) < 0.7  # torchvision keeps scores above it
+
+
 def test_one_pass_answers_equal_each_head_alone(multi, heads, photos) -> None:
     predictor = cnnapps.load(multi, score_threshold=0.0, beam=1)
     assert type(predictor).__name__ == "MultiTaskPredictor" and len(predictor.heads) == 4

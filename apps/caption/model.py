@@ -275,8 +275,8 @@ class CaptionHead:
         head = HeadInfo("caption", c["decoder"], kwargs, c["tokens"])
         return {"name": c["backbone"], "kwargs": {}}, head, c["preprocess"]
 
-    def check_options(self, model: Captioner, options: dict[str, Any]) -> None:
-        """A one-line error for a ``beam`` or ``max_len`` this head cannot decode with."""
+    def apply_options(self, model: Captioner, options: dict[str, Any]) -> None:
+        """A one-line error for a ``beam`` or ``max_len`` this head cannot decode with (they are read per call)."""
         from cnnapps.apps.caption.predictor import decoding_length
 
         decoding_length(model, options.get("beam", 1), options.get("max_len"))

@@ -470,6 +470,12 @@ class DetectionHead:
 
     trunk_path = "backbone.body"
 
+    def apply_options(self, model: nn.Module, options: dict[str, Any]) -> None:
+        """The RoI heads keep scores at or above ``score_threshold``."""
+        from cnnapps.apps.detect.predictor import kept_from
+
+        model.roi_heads.score_thresh = kept_from(options["score_threshold"])
+
     def describe(self, model: nn.Module) -> Any:
         from cnnapps.apps.modelfile import HeadInfo
 
