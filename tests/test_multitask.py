@@ -126,7 +126,7 @@ def test_one_pass_answers_equal_each_head_alone(multi, heads, photos) -> None:
         assert np.allclose([d["box"] for d in found], [d["box"] for d in expected], atol=1e-3)
 
 
-def test_adding_or_retraining_a_head_leaves_the_others_bit_identical(heads, photos, tmp_path) -> None:
+def test_adding_or_retraining_a_head_leaves_the_others_bit_identical(heads, photos, tmp_path, run_cli) -> None:
     compose([heads["colours"], heads["embed"]], tmp_path / "two.safetensors")
     compose([heads["colours"], heads["embed"], heads["words"]], tmp_path / "three.safetensors")
     compose([tmp_path / "two.safetensors", heads["recoloured"]], tmp_path / "retrained.safetensors",
@@ -141,6 +141,16 @@ def test_adding_or_retraining_a_head_leaves_the_others_bit_identical(heads, phot
             assert results["classify"].predictions == base["classify"].predictions
             assert np.array_equal(results["retrieve"].vector, base["retrieve"].vector)
     assert set(answers["retrained"][0].results) == {"classify", "retrieve", "classify2"}
+    # the command names one classify head of the two
+    code, out, err = run_cli("classify", photos[0], "--model", tmp_path / "retrained.safetensors", "--json")
+    assert code == 2 and "name the one to use" in err
+    code, out, err = run_cli("classify", photos[0], "--model", tmp_path / "retrained.safetensors", "--head",
+                             "classify2", "--json")  # fmt: skip
+    alone = run_cli("classify", photos[0], "--model", heads["recoloured"], "--json")
+    assert code == 0 and alone[0] == 0, err
+    assert json.loads(out)[0]["predictions"] == json.loads(alone[1])[0]["predictions"]
+    code, out, err = run_cli("classify", photos[0], "--head", "classify2")  # the default model has one head
+    assert code == 2 and "a registry name (a head is one of a model file's heads)" in err
 
 
 def test_compose_refuses_other_trunks_other_preprocessing_and_existing_files(heads, colour_set, tmp_path) -> None:

@@ -61,6 +61,9 @@ def classify(
         "openvino (which run here: cnnapps models --engines).",
     ),
     threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0, help=_THRESHOLD_HELP),
+    head: str = typer.Option(
+        None, "--head", help="The classify head of a multi-head model file to use [default: its only one]."
+    ),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Classify images. Exit code 0: all classified; 1: some inputs failed (reported, others done); 2: error."""
@@ -68,7 +71,9 @@ def classify(
     from cnnapps.backbones.registry import DEFAULT_BACKBONE
 
     inputs = images(paths)
-    predictor = load(model or [DEFAULT_BACKBONE], task="classify", device=device, engine=engine, batch_size=batch_size)
+    chosen = {"head": head} if head is not None else {}
+    predictor = load(model or [DEFAULT_BACKBONE], task="classify", device=device, engine=engine, batch_size=batch_size,
+                     **chosen)  # fmt: skip
     if threshold is not None and not getattr(predictor, "multilabel", False):
         raise CnnappsError("--threshold: the model is single-label (one class per image); it applies to multi-label "
                            "models")  # fmt: skip

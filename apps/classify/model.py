@@ -110,7 +110,10 @@ class LoadedClassifier:
 
 def load_classifier(spec: str | os.PathLike, head: str | None = None) -> LoadedClassifier:
     """A model file's classification head on its trunk, an exported ONNX file, or a registry name with
-    pretrained weights."""
+    pretrained weights. ``head``: one classify head of a model file (a one-line error for any other spec)."""
+    if head is not None and not is_bundle_path(spec):
+        kind = "an exported graph" if str(spec).endswith(".onnx") else "a registry name"
+        raise CnnappsError(f"head {head!r}: {spec} is {kind} (a head is one of a model file's heads)")
     if str(spec).endswith(".onnx"):  # written by `cnnapps export`: runs in onnxruntime
         from cnnapps.exported import OnnxRunner, read_onnx_metadata
 
