@@ -52,9 +52,18 @@ def seed_worker(worker_id: int) -> None:
     seed_augmentation(getattr(info.dataset, "transform", None), info.seed)
 
 
+def slurm_launched() -> bool:
+    """Whether SLURM's ``srun`` started this process as one task of a run, as Lightning tells (an interactive
+    allocation's shell is not such a task)."""
+    import os
+
+    return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
 def process_rank() -> int:
     """A number of its own for each process of a distributed run (0 outside one): the global rank once the process
-    group is up, before that what the launcher set (torchrun's RANK; Lightning's NODE_RANK and LOCAL_RANK)."""
+    group is up, before that what the launcher set (torchrun's RANK, srun's SLURM_PROCID; Lightning's NODE_RANK and
+    LOCAL_RANK)."""
     import os
 
     import torch.distributed as dist
@@ -63,6 +72,8 @@ def process_rank() -> int:
         return dist.get_rank()
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
+    if slurm_launched():
+        return int(os.environ.get("SLURM_PROCID", 0))
     return int(os.environ.get("NODE_RANK", 0)) * 1024 + int(os.environ.get("LOCAL_RANK", 0))
 
 

@@ -286,8 +286,8 @@ def run_training(
     except ConfigError:
         from cnnapps.datasets.transforms import process_rank
 
-        if process_rank():
-            leave_it_to_rank_zero(os.getppid())
+        if process_rank():  # every process meets this one: rank 0 says it
+            leave_it_to_rank_zero(os.getppid(), said_by_all=True)
         raise
     check_run_folder(config)
     if config.resume:  # a setting that changes what is trained is the run's own (load_config took the rest from it)
@@ -338,7 +338,9 @@ def run_training(
 def launched_processes() -> int:
     """The processes a launcher started for this run, as Lightning reads them: SLURM's ``srun`` (SLURM_NTASKS),
     ``torchrun`` (WORLD_SIZE); 1 when none did (Lightning then starts ``devices`` x ``num_nodes`` itself)."""
-    if "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+    from cnnapps.datasets.transforms import slurm_launched
+
+    if slurm_launched():
         return int(os.environ["SLURM_NTASKS"])
     if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
         return int(os.environ.get("WORLD_SIZE", 1))
@@ -360,16 +362,19 @@ def check_launched_processes(config: TrainConfig) -> None:
 RANK_ZERO_GRACE = 10.0
 
 
-def leave_it_to_rank_zero(parent: int, grace: float = RANK_ZERO_GRACE) -> None:
+def leave_it_to_rank_zero(parent: int, grace: float | None = None, said_by_all: bool = False) -> None:
     """On a process other than rank 0 that failed: an error every process meets is rank 0's to report. Rank 0 says it
     and ends, and so does its launcher (Lightning's, whose children this process is among; ``torchrun`` ends the
-    other processes itself): this process then leaves without a word. Returns, for the caller to report its own
-    error, when ``grace`` seconds pass without that (the error is this process's alone)."""
-    deadline = time.monotonic() + grace
+    other processes itself): this process then leaves without a word. When ``grace`` seconds pass without that (a
+    launcher such as ``srun`` leaves the other tasks running), it leaves without a word too if the error is one
+    every process meets (``said_by_all``); else it returns, for the caller to report the error as its own."""
+    deadline = time.monotonic() + (RANK_ZERO_GRACE if grace is None else grace)
     while time.monotonic() < deadline:
         if os.getppid() != parent:
             raise SystemExit(1)
         time.sleep(0.1)
+    if said_by_all:
+        raise SystemExit(1)
 
 
 def make_loggers(config: TrainConfig, out: Path, version: int) -> list[Any]:

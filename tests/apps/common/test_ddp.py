@@ -153,6 +153,29 @@ def test_processes_a_launcher_started_must_be_devices_times_nodes(tmp_path: Path
                                  backbone="lenet5"), prepare, prepare)  # fmt: skip
 
 
+def test_srun_tasks_have_ranks_of_their_own_and_a_refusal_is_said_by_rank_zero_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from cnnapps.apps.common import training
+    from cnnapps.datasets.transforms import process_rank
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation's shell: not a task of a run
+    assert process_rank() == 0
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    assert process_rank() == 1  # seeds its augmentation apart from task 0 before the process group is up
+    monkeypatch.setattr(training, "RANK_ZERO_GRACE", 0.2)  # srun leaves the other tasks running: no launcher ends it
+    config = load_config(None, data=str(tmp_path), out=str(tmp_path / "run"), backbone="lenet5", weights="none")
+    with pytest.raises(SystemExit) as left:  # task 0 says the one line; task 1 leaves without a word
+        training.run_training(config, print, print)
+    assert left.value.code == 1
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    with pytest.raises(ConfigError, match=r"started 2 processes \(SLURM_NTASKS=2\)"):
+        training.run_training(config, print, print)
+
+
 def test_ddp_spawn_is_refused_naming_the_strategies_taken() -> None:
     with pytest.raises(ConfigError) as refused:
         load_config(None, data="x", out="y", strategy="ddp_spawn").validate()
