@@ -21,7 +21,7 @@ from cnnapps.apps.modelfile import adapter, build_head, build_trunk, load_exactl
 from cnnapps.bundle import BundleError
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.results import MultiTaskResult
-from cnnapps.runtime import one_at_a_time, select_device
+from cnnapps.runtime import check_batch_size, one_at_a_time, select_device
 
 
 @dataclass
@@ -90,7 +90,7 @@ class MultiTaskPredictor:
         self.options = {"beam": beam, "max_len": max_len, "score_threshold": score_threshold}
         for _, task_adapter, model in self.heads.values():  # a head's own options (one line for one it cannot take)
             getattr(task_adapter, "apply_options", lambda *_: None)(model, self.options)
-        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 4)
+        self.batch_size = check_batch_size(batch_size) or (32 if self.device.type == "cuda" else 4)
         self.max_pixels = max_pixels
         self._trunk_pass = TrunkRunner(self.trunk, self.preprocess.input_size, self.batch_size, self.device, engine,
                                        name=str(self.model_file.path))  # fmt: skip

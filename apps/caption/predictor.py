@@ -13,7 +13,7 @@ from cnnapps.apps.caption.decode import beam_search, greedy
 from cnnapps.apps.common.batching import map_images, preprocess_on_device
 from cnnapps.errors import CnnappsError
 from cnnapps.results import CaptionResult
-from cnnapps.runtime import one_at_a_time, placed_for_inference, select_device
+from cnnapps.runtime import check_batch_size, one_at_a_time, placed_for_inference, select_device
 
 
 class CaptionPredictor:
@@ -45,7 +45,7 @@ class CaptionPredictor:
         self.model = placed_for_inference(model, self.device, channels_last=False, owned=owned)
         self.vocab, self.preprocess = model.vocab, model.preprocess
         self.beam, self.max_len = beam, max_len
-        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
+        self.batch_size = check_batch_size(batch_size) or (32 if self.device.type == "cuda" else 8)
         from cnnapps.apps.common.trunk import TrunkRunner
 
         self._trunk = TrunkRunner(self.model.encoder.backbone, self.preprocess.input_size, self.batch_size,

@@ -13,7 +13,7 @@ from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.datasets import io
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS, OpenedImage, decode_opened, open_for_batch
 from cnnapps.errors import ImageError
-from cnnapps.runtime import available_cores
+from cnnapps.runtime import available_cores, check_batch_size
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ class BatchRunner:
         :data:`~cnnapps.datasets.io.DEFAULT_MAX_PIXELS` of them (:func:`run_in_batches`); on the CPU each image is
         resized as it is decoded, so only ``batch_size`` cuts the batches."""
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        size = batch_size or self.batch_size
+        size = check_batch_size(batch_size) or self.batch_size
         names: list[str] = []
         errors: list[str | None] = []
         outputs = np.full((len(items), width), np.nan, dtype=np.float32)

@@ -25,7 +25,7 @@ from cnnapps.datasets.io import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 from cnnapps.engines import EngineError
 from cnnapps.errors import CnnappsError, ImageError
 from cnnapps.results import DetectionResult, Instance
-from cnnapps.runtime import one_at_a_time, placed_for_inference, select_device
+from cnnapps.runtime import check_batch_size, one_at_a_time, placed_for_inference, select_device
 
 log = logging.getLogger("cnnapps")
 
@@ -82,7 +82,7 @@ class DetectionPredictor:
                 self.model = copy.deepcopy(model)
             self.model.roi_heads.score_thresh = kept_from(score_threshold)
         self.score_threshold = score_threshold
-        self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
+        self.batch_size = check_batch_size(batch_size) or (4 if self.device.type == "cuda" else 1)
         self.tile, self.overlap = tile, overlap
         self._trunk = None
         if self.spec.shared:  # heads on a shared trunk: its pass compiled as classifiers' are

@@ -29,7 +29,7 @@ from torch import nn
 from cnnapps.apps.semantic.result import PanopticResult, PanopticSegment
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
-from cnnapps.runtime import one_at_a_time
+from cnnapps.runtime import check_batch_size, one_at_a_time
 
 TASK = "panoptic"
 #: Panoptic FPN's merge settings (``stuff_area`` is for COCO-sized images: 4096 pixels at 800 px)
@@ -258,7 +258,7 @@ class PanopticPredictor:
         self.source = str(spec) if spec is not None else "<model>"
         self.device = select_device(device)
         self.model, self.preprocess = model.eval().to(self.device), preprocess
-        self.batch_size = batch_size or (8 if self.device.type == "cuda" else 2)
+        self.batch_size = check_batch_size(batch_size) or (8 if self.device.type == "cuda" else 2)
         self.max_pixels = max_pixels
 
     @property

@@ -19,7 +19,7 @@ from cnnapps.apps.common.batching import map_images
 from cnnapps.apps.semantic.result import SemanticResult
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
-from cnnapps.runtime import one_at_a_time, select_device
+from cnnapps.runtime import check_batch_size, one_at_a_time, select_device
 
 
 def to_image_frame(logits: torch.Tensor, size: tuple[int, int], geometry: tuple[float, float, float, float]
@@ -96,7 +96,7 @@ class SemanticPredictor:
             self.model = self.model.eval().to(self.device)
         #: the engine that runs the model: PyTorch as it is, or onnxruntime for an exported file
         self.engine = "eager" if isinstance(self.model, torch.nn.Module) else self.model.engine
-        self.batch_size = batch_size or (8 if self.device.type == "cuda" else 2)
+        self.batch_size = check_batch_size(batch_size) or (8 if self.device.type == "cuda" else 2)
         self.tile, self.overlap = tile, overlap
         self.max_pixels = None if tile else max_pixels  # windows exist for images beyond the usual limit
 

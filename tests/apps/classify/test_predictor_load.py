@@ -63,6 +63,14 @@ def test_a_batch_size_that_is_not_a_whole_number_of_at_least_1_is_one_line(batch
     assert str(caught.value) == f"batch_size={batch_size!r}: images per forward pass, a whole number of at least 1"
 
 
+def test_a_batch_size_given_to_one_call_is_checked_too() -> None:
+    predictor = ClassificationPredictor([_member()], device="cpu", engine="eager")
+    image = np.zeros((20, 24, 3), np.uint8)
+    with pytest.raises(CnnappsError, match=r"batch_size=0: images per forward pass"):  # it ran at the default
+        predictor.predict([image], batch_size=0)
+    assert predictor.predict([image, image, image], batch_size=2)[2].ok
+
+
 @pytest.mark.parametrize("task", ["classify", "retrieve"])
 def test_load_refuses_a_bad_batch_size_before_loading(task) -> None:
     with pytest.raises(CnnappsError, match=r"batch_size=0: images per forward pass"):

@@ -233,3 +233,12 @@ def test_the_command_line_tiles_at_the_training_size_or_warns(trained_at_256, ru
     assert code == 0 and "try --tile 256" in caplog.text
     code, _, err = run_cli("detect", image, "--model", trained_at_256, "--tile", "huge")
     assert code == 2 and "auto or a size in pixels" in err
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 1.5])
+def test_a_predictor_built_directly_refuses_a_batch_size_below_1_in_one_line(model_file, batch_size):
+    from cnnapps.apps.detect.predictor import DetectionPredictor
+
+    with pytest.raises(CnnappsError) as caught:  # it was taken as "the default" (0) or failed deep inside (-2, 1.5)
+        DetectionPredictor(model_file, device="cpu", batch_size=batch_size)
+    assert str(caught.value) == f"batch_size={batch_size!r}: images per forward pass, a whole number of at least 1"
