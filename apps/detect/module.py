@@ -9,6 +9,7 @@ from torch import nn
 
 from cnnapps.apps.common.training import TaskModule, TrainConfig
 from cnnapps.apps.detect.evaluate import IOU_TYPES, MAIN_METRIC, coco_evaluate, to_coco_results
+from cnnapps.apps.detect.model import run_detector, run_shared
 from cnnapps.apps.detect.predictor import to_detections, to_result
 from cnnapps.datasets.training import to_unit_float
 
@@ -51,12 +52,12 @@ class DetectionModule(TaskModule):
 
     def validate_batch(self, batch: tuple[list[torch.Tensor], list[dict]]) -> None:
         images, targets = batch
+        # masks pasted into a window around their box, as the predictor does (not one image-sized mask each)
         if self.model.spec.shared:  # scored as it will answer: through the trunk's preprocessing, in image frames
-            from cnnapps.apps.detect.model import run_shared
-
-            outputs = run_shared(self.model, [image.mul(255).round_().to(torch.uint8) for image in images])
+            outputs = run_shared(self.model, [image.mul(255).round_().to(torch.uint8) for image in images],
+                                 full_masks=False)  # fmt: skip
         else:
-            outputs = self.model(images)
+            outputs = run_detector(self.model, images, full_masks=False)
         spec = self.model.spec
         for image, target, output in zip(images, targets, outputs, strict=True):
             height, width = image.shape[-2:]

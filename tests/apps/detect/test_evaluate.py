@@ -243,7 +243,7 @@ def test_keypoint_size_classes_use_keypoint_extent(tmp_path):
     assert tuple(boxed[3:5]) != tuple(reference[3:5])
 
 
-def test_validation_scores_each_image_once_when_one_cannot_be_read(tmp_path):
+def test_validation_scores_each_image_once_when_one_cannot_be_read(tmp_path, monkeypatch):
     """A validation set leaves an unreadable image out of its batch (it put the next readable image in its
     place, whose detections were added twice under its id: false positives). A model answering the ground truth
     scores AP 1.0 on what was read, as `eval` does."""
@@ -270,6 +270,7 @@ def test_validation_scores_each_image_once_when_one_cannot_be_read(tmp_path):
             return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.full((len(t["boxes"]),), 0.9)}
                     for t in targets]  # fmt: skip
 
+    monkeypatch.setattr("cnnapps.apps.detect.module.run_detector", lambda model, images, **options: model(images))
     module = DetectionModule.__new__(DetectionModule)
     torch.nn.Module.__init__(module)
     module.model, module.val_coco, module._results, module._image_ids = Truth(), dataset, [], []
@@ -385,3 +386,40 @@ def test_eval_detect_scores_the_categories_the_model_knows(tmp_path, caplog):
     Boxes.class_names = ("__background__", "person", "ball")
     report, _ = evaluate_detector(Boxes(), dataset)
     assert report["categories_left_out"] == [] and 0.0 < report["metrics"]["bbox_ap"] < 1.0
+
+
+def test_validation_pastes_masks_into_their_box_windows_and_scores_as_the_full_masks_did(tmp_path, monkeypatch):
+    """Training's validation of a Mask R-CNN keeps each mask as a window around its box (an image-sized float mask
+    per detection, 100 per image, took gigabytes on large validation images): the same RLE masks as pasting them
+    whole, so the same AP."""
+    from cnnapps.apps.common.training import TrainConfig
+    from cnnapps.apps.detect.model import create_detector
+    from cnnapps.apps.detect.module import DetectionModule
+    from cnnapps.apps.detect.predictor import to_detections, to_result
+    from cnnapps.datasets.coco import CocoDataset
+    from cnnapps.datasets.synthetic import write_coco
+
+    path = write_coco("shapes", tmp_path, "val", 2, size=96)
+    dataset = CocoDataset(path, tmp_path / "val", "segment")
+    torch.manual_seed(0)
+    model = create_detector("segment", "resnet18", num_classes=len(dataset.class_names),
+                            class_names=dataset.class_names, backbone_weights=None, fpn_channels=16, min_size=96,
+                            max_size=128).eval()  # fmt: skip
+    model.roi_heads.score_thresh = 0.0
+    images = [torch.rand(3, 90, 120, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.no_grad():
+        whole = [to_result("", to_detections(out, 90, 120), 90, 120, model.spec) for out in model(images)]
+    expected = [r for i, result in enumerate(whole) for r in to_coco_results(i + 1, result.instances,
+                {k + 1: c for k, c in enumerate(dataset.category_ids)})]  # fmt: skip
+    assert len(expected) > 10 and all("segmentation" in r for r in expected)
+
+    def no_image_sized_masks(*args, **kwargs):
+        raise AssertionError("a mask pasted at the image's size")
+
+    monkeypatch.setattr("torchvision.models.detection.transform.paste_masks_in_image", no_image_sized_masks)
+    module = DetectionModule(model, TrainConfig(), dataset).eval()  # as Lightning validates
+    with torch.no_grad():
+        module.validate_batch((images, [{"image_id": torch.tensor(1)}, {"image_id": torch.tensor(2)}]))
+    assert module._image_ids == [1, 2] and len(module._results) == len(expected)
+    for got, want in zip(module._results, expected, strict=True):
+        assert got["segmentation"] == want["segmentation"] and got["score"] == pytest.approx(want["score"])
