@@ -143,7 +143,8 @@ class Backbone(nn.Module):
         ``conv_head`` and ``bn2``, and a classification head), for a task that reads only :meth:`forward_stages`:
         they would never get a gradient, which plain DDP refuses. Their weights stay as they are.
 
-        Found by one pass of a zero image in eval mode (no batch-norm statistics change, no random draws)."""
+        Found by one pass of a zero image in eval mode (no batch-norm statistics change, no random draws): the
+        parameters its autograd graph reaches, read from the graph without a backward pass."""
         trained = [p for p in self.parameters() if p.requires_grad]
         if not trained:
             return self
@@ -151,12 +152,11 @@ class Backbone(nn.Module):
         self.eval()
         try:
             x = torch.zeros(1, *self.preprocess.input_size, dtype=trained[0].dtype, device=trained[0].device)
-            maps = [m.sum() for m in self.forward_stages(x).values() if m.requires_grad]
-            grads = torch.autograd.grad(maps, trained, allow_unused=True) if maps else (None,) * len(trained)
+            reached = _graph_leaves([m for m in self.forward_stages(x).values() if m.requires_grad])
         finally:
             self.train(training)
-        for p, grad in zip(trained, grads, strict=True):
-            if grad is None:
+        for p in trained:
+            if id(p) not in reached:
                 p.requires_grad_(False)
         return self
 
@@ -256,3 +256,19 @@ class SequentialBackbone(Backbone):
 
     def stage_parameters(self) -> list[list[nn.Parameter]]:
         return [list(stage.parameters()) for stage in self.body.values()]
+
+
+def _graph_leaves(outputs: list[torch.Tensor]) -> set[int]:
+    """The ids of the leaf tensors (parameters) the autograd graphs of ``outputs`` reach."""
+    seen, found = set(), set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        leaf = getattr(node, "variable", None)  # an AccumulateGrad node: where a parameter's gradient would go
+        if leaf is not None:
+            found.add(id(leaf))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
