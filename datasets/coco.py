@@ -123,7 +123,8 @@ class CocoDataset:
     """An annotation file and its image folder for one task (``detect``, ``segment`` or ``pose``): a COCO JSON, or
     any format :mod:`cnnapps.datasets.formats` reads. Without ``images`` the images are found where the format keeps
     them (and the entries of a COCO JSON are checked by its reader: those that cannot be used are logged and left
-    out)."""
+    out). ``splits``: the split (train, val, test) the source puts each image id in, where it says (a YOLO data.yaml's
+    entries, Pascal VOC's ImageSets/Main lists, CVAT subsets); empty for a COCO JSON."""
 
     def __init__(
         self, annotation_file: str | os.PathLike, images: str | os.PathLike | None = None, task: str = "segment"
@@ -133,6 +134,7 @@ class CocoDataset:
         self.path = Path(annotation_file)
         self.task = task
         self.files: dict[int, Path] = {}
+        self.splits: dict[int, str] = {}
         try:
             fmt = other_format(self.path)
         except FormatError as exc:
@@ -146,6 +148,7 @@ class CocoDataset:
             data = read_collection(self.path, Path(images) if images else None, fmt)
             self.images = Path(images) if images else data.images_root or self.path.parent
             self.files = dict(data.files)
+            self.splits = dict(data.splits)
             self.coco = load_coco(data.coco)
         cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
         if task == "pose":
@@ -182,6 +185,10 @@ class CocoDataset:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def split(self, name: str | None) -> list[int]:
+        """The indices of the images the source puts in split ``name`` (``None``: in no split)."""
+        return [i for i, image_id in enumerate(self.image_ids) if self.splits.get(image_id) == name]
 
     def image_path(self, index: int) -> Path:
         image_id = self.image_ids[index]

@@ -31,7 +31,9 @@ class DetectConfig(TrainConfig):
         "", "Folder the JSON's file_name entries are in [default for the other formats: where the format keeps them]."
     )
     val_data: str | None = option(
-        None, "Validation annotations, any of --data's formats [default: hold out --val-split]."
+        None,
+        "Validation annotations, any of --data's formats [default: the data's own val split, else hold out "
+        "--val-split].",
     )
     val_images: str | None = option(None, "Validation image folder [default: --images].")
     backbone: str = option("resnet50", "Registry name, e.g. resnet50 or timm:convnext_tiny.")

@@ -30,7 +30,6 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
     from cnnapps.apps.detect.module import DetectionModule
     from cnnapps.apps.detect.zoo import data_flip_index
     from cnnapps.datasets.coco import CocoDataset
-    from cnnapps.datasets.splits import split_indices
     from cnnapps.datasets.training import DetectionDataset, collate_detection
     from cnnapps.datasets.transforms import detection_transform
 
@@ -43,11 +42,12 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
             raise CnnappsError(f"{config.val_data}: its keypoints ({', '.join(val_coco.keypoint_names[:5])}...) "
                                f"differ from {config.data}'s, or are in another order")  # fmt: skip
         train_idx, val_idx = list(range(len(train_coco))), list(range(len(val_coco)))
+        source = f"the images of {config.val_data}"
     else:
         val_coco = train_coco
-        train_idx, val_idx = split_indices(len(train_coco), config.val_split, config.seed)
+        train_idx, val_idx, source = _own_split(train_coco, config)
     if not train_idx:
-        raise CnnappsError(f"{config.data}: no training images left after the validation split")
+        raise CnnappsError(f"{config.data}: no training images left ({source})")
 
     keypoints = train_coco.keypoint_names
     labels = {
@@ -82,11 +82,33 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
     trunk_name = config.trunk or config.backbone
     describe = (
         f"training a {config.task} model on {trunk_name} ({plural(len(train_coco.class_names) - 1, 'class')}) with "
-        f"{plural(len(train_idx), 'image')}, validating on {len(val_idx)}"
+        f"{plural(len(train_idx), 'image')}, validating on {len(val_idx)} ({source})"
     )
     return Plan(DetectionModule(model, config, val_coco), train_loader, val_loader, describe, f"val_{main}",
                 len(train_idx), len(val_idx), curves=(f"val_{main}", f"val_{main}50", f"val_{main}75"),
                 stop_on=(f"val_{main}", "max"), extra={"class_names": train_coco.class_names})  # fmt: skip
+
+
+def _own_split(coco: Any, config: DetectConfig) -> tuple[list[int], list[int], str]:
+    """``(train, val)`` indices and what they are: the data's own train and val images where its source names
+    them (test images, and those in no split, left out), else ``--val-split`` of the images (of the train split,
+    where that is the only one named) held out at random."""
+    from cnnapps.datasets.splits import split_indices
+
+    pool = coco.split("train") if coco.splits else list(range(len(coco)))
+    val = coco.split("val") if coco.splits else []
+    if val:
+        train, source = pool, "the data's val split"
+    else:
+        held_train, held_val = split_indices(len(pool), config.val_split, config.seed)
+        train, val = [pool[i] for i in held_train], [pool[i] for i in held_val]
+        source = f"{config.val_split:.0%} of {'its train split' if coco.splits else 'them'} held out at random"
+    left = len(coco) - len(train) - len(val)
+    if left:
+        test = len(coco.split("test"))
+        source += f"; {plural(left, 'test image' if left == test else 'image')} left out"
+        source += "" if left == test else f" ({test} of the test split, {left - test} in no split)"
+    return train, val, source
 
 
 def _image_sizes(coco: Any, indices: list[int]) -> list[tuple[int, int]]:

@@ -4,7 +4,7 @@ holding ``box``, ``polygon`` and ``skeleton`` shapes (pixel coordinates, two dec
 Shapes with one ``group_id`` and label are one object (a box and a skeleton, or a multi-part polygon); single
 ``points`` with the object's ``group_id`` are keypoints named by their label (CVAT's way before skeletons). A
 skeleton's keypoint order and edges come from its label in ``meta``; points marked ``outside`` are unlabelled
-(visibility 0) and ``occluded`` ones hidden (1).
+(visibility 0) and ``occluded`` ones hidden (1). An image's ``subset`` (Train, Validation, Test) is its split.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from cnnapps.datasets.formats.hub import (
 )
 
 _NOT_CONVERTED = ("polyline", "mask", "ellipse", "cuboid")
+#: the splits an image's ``subset`` names (CVAT's Train, Validation, Test; any other subset is no split)
+_SUBSETS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
 def annotation_file(src: Path) -> Path:
@@ -76,7 +78,8 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
                 report.skip(where, why, "unreadable_image")
                 continue
         objects = _objects(element, path, lines, report)
-        records.append({"file": file, "name": name, "size": size, "where": where, "objects": objects})
+        split = _SUBSETS.get((element.get("subset") or "").strip().lower())
+        records.append({"file": file, "name": name, "size": size, "where": where, "objects": objects, "split": split})
     order: dict[str, list[list[str]]] = {}
     for record in records:
         for obj in record["objects"]:
@@ -96,6 +99,8 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
         build.category(label, kp_names, labels.get(label, {}).get("skeleton"))
     for record in records:
         image_id = build.image(record["name"], *record["size"], record["file"], where=record["where"])
+        if record["split"]:
+            build.splits[image_id] = record["split"]
         for obj in record["objects"]:
             category = build.category(obj["label"])
             if category is None:

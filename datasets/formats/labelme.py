@@ -1,5 +1,7 @@
 """LabelMe JSON: one file per image (``imagePath``, ``imageWidth``/``imageHeight``, ``shapes`` of ``label``,
 ``points``, ``shape_type``, ``group_id``), and the label list ``labels.txt`` beside them (``labelme --labels``).
+Images in the folder that no JSON names (LabelMe writes none for an image never labelled) are read as images
+without objects.
 
 One object is a rectangle, a polygon (or circle), or several of them with one ``group_id``; ``point`` shapes with the
 object's ``group_id`` are its keypoints, named by their label (a point flagged ``occluded`` is labelled but hidden,
@@ -35,6 +37,7 @@ from cnnapps.datasets.formats.hub import (
     polygon_problem,
     polygons_of,
 )
+from cnnapps.terminal import plural
 
 _REGIONS = ("rectangle", "polygon", "circle")
 
@@ -50,6 +53,8 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     records = [r for r in (_parse(f, root, images, report) for f in files) if r]
     if not records and files:
         raise FormatError(f"{src}: no LabelMe file could be read")
+    if src.is_dir():
+        records += _images_without_json(root, files, records, report)
     images_root = _images_root(records, root, images)  # may rename the images relative to it
     order: dict[str, list[list[str]]] = {}
     for record in records:
@@ -96,6 +101,29 @@ def _images_root(records: list[dict[str, Any]], root: Path, images: Path | None)
     for record, file in zip(records, files, strict=True):
         record["file_name"] = file.relative_to(common).as_posix()
     return common
+
+
+def _images_without_json(
+    root: Path, files: list[Path], records: list[dict[str, Any]], report: Report
+) -> list[dict[str, Any]]:
+    """The images in the folder that no JSON names nor shares a name with (LabelMe writes none for an image never
+    labelled; the image of a JSON that could not be read is not one without objects), as records without objects."""
+    named = {os.path.normcase(os.path.abspath(r["file"])) for r in records}
+    named |= {os.path.normcase(os.path.abspath(f.with_suffix(""))) for f in files}
+    found = []
+    for file in walk(root, is_image):
+        if {os.path.normcase(os.path.abspath(f)) for f in (file, file.with_suffix(""))} & named:
+            continue
+        try:
+            width, height = image_size(file)
+        except OSError as exc:
+            report.skip(file, f"image without a JSON could not be read ({exc}); skipped", "unreadable_image")
+            continue
+        found.append({"where": file, "file": file, "file_name": file.relative_to(root).as_posix(),
+                      "size": (width, height), "objects": []})  # fmt: skip
+    if found:
+        report.note(f"{plural(len(found), 'image')} in {root} without a JSON read as images without objects")
+    return found
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -3,7 +3,10 @@
 Boxes only. VOC counts pixels from 1 and its box names the first and last pixel inside, so the box covers
 [xmin - 1, xmax] in COCO's continuous coordinates (as Detectron reads VOC); writing inverts this exactly for boxes on
 whole pixels. ``difficult`` and ``truncated`` are kept as annotation keys (``"difficult": 1``) and written back;
-COCO crowd regions are written as difficult objects (both are ignored by their evaluations). The class list is
+COCO crowd regions are written as difficult objects and difficult objects read as crowd regions (``"iscrowd": 1``):
+both evaluations ignore them, and training leaves them out. Images in ``JPEGImages/`` without an XML are read as
+images without objects. The split lists ``ImageSets/Main/{train,val,trainval,test}.txt`` (one image name, the XML's
+name without ``.xml``, per line) put each image they name in its split (``trainval``: train). The class list is
 written to ``labels.txt`` in the VOC root (one name per line, in category order), and read from there when it is
 present, so the categories keep their order and those without objects across a round trip; without it, names
 sort. An image is where ``<path>`` leads (from the XML's folder, or absolute as LabelImg writes it), else found by
@@ -31,6 +34,7 @@ from cnnapps.datasets.formats.disk import (
     walk,
 )
 from cnnapps.datasets.formats.hub import Builder, Collection, FormatError, Report, box_problem, polygons_of
+from cnnapps.terminal import plural
 
 #: the class list beside Annotations/ (written; read when present)
 LABELS = "labels.txt"
@@ -60,7 +64,9 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     listed = read_names(voc_root / LABELS) if not names and (voc_root / LABELS).is_file() else []
     build = Builder(names or [*listed, *(n for n in found if n not in listed)])  # the list's order, then the rest
     files = [_image_file(record, root, images) for record in records]
+    folder = root if src.is_dir() and root in (images, voc_root / "JPEGImages") else None  # its images without XML
     root = _root_of_paths(records, files) or root
+    splits = _splits(voc_root)
     for record, file in zip(records, files, strict=True):
         size = record["size"]
         if size is None:
@@ -76,14 +82,56 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
                 )
                 continue
         image_id = build.image(record["file_name"], *size, file, where=record["where"])
+        _split(build, image_id, splits, record["xml"].relative_to(ann_root).with_suffix(""))
         for obj in record["objects"]:
             category = build.category(obj["name"])
             if category is None:
                 report.skip(obj["where"], f"label {obj['name']!r} is not one of the --names; skipped")
                 continue
             extra = {key: 1 for key in ("difficult", "truncated") if obj[key]}
+            if obj["difficult"]:
+                extra["iscrowd"] = 1  # as a crowd region: ignored by evaluation, left out of training
             build.annotation(image_id, category, bbox=obj["bbox"], where=obj["where"], **extra)
+    added = 0
+    for file in _images_without_xml(folder, files, [x.relative_to(ann_root) for x in xmls]) if folder else []:
+        try:
+            size = image_size(file)
+        except OSError as exc:
+            report.skip(file, f"image without an XML could not be read ({exc}); skipped", "unreadable_image")
+            continue
+        name = file.relative_to(root if file.is_relative_to(root) else folder)
+        image_id = build.image(name.as_posix(), *size, file, where=file)
+        _split(build, image_id, splits, file.relative_to(folder).with_suffix(""))
+        added += 1
+    if added:
+        report.note(f"{plural(added, 'image')} in {folder} without an XML read as images without objects")
     return build.result(root)
+
+
+def _splits(voc_root: Path) -> dict[str, str]:
+    """The split of each image that ``ImageSets/Main`` lists, by its name (its XML's name without ``.xml``)."""
+    found: dict[str, str] = {}
+    for split, file in (("train", "train"), ("val", "val"), ("train", "trainval"), ("test", "test")):
+        path = voc_root / "ImageSets" / "Main" / f"{file}.txt"
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.split():
+                    found.setdefault(line.split()[0], split)
+    return found
+
+
+def _split(build: Builder, image_id: int, splits: dict[str, str], name: Path) -> None:
+    if name.as_posix() in splits:
+        build.splits[image_id] = splits[name.as_posix()]
+
+
+def _images_without_xml(folder: Path, files: list[Path | None], xmls: list[Path]) -> list[Path]:
+    """The images in ``folder`` (``JPEGImages/``, or ``--images``) that no XML leads to nor shares a name with (the
+    image of an XML that could not be read is not one without objects)."""
+    named = {os.path.normcase(os.path.abspath(f)) for f in files if f}
+    stems = {x.with_suffix("").as_posix() for x in xmls}
+    return [f for f in walk(folder, is_image) if os.path.normcase(os.path.abspath(f)) not in named
+            and f.relative_to(folder).with_suffix("").as_posix() not in stems]  # fmt: skip
 
 
 def _image_file(record: dict[str, Any], root: Path | None, images: Path | None) -> Path | None:

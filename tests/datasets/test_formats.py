@@ -365,6 +365,7 @@ def test_voc_missing_size_degenerate_box_and_unsafe_xml(tmp_path):
     assert [(im["file_name"], im["width"], im["height"]) for im in back["images"]] == [
         ("im0.png", 64, 48),
         ("im1.png", 80, 60),
+        ("im2.png", 50, 40),  # no XML: an image without objects
     ]
     assert [a["bbox"] for a in back["annotations"]] == [[0, 0, 10, 10], [1, 2, 19, 28]]
     # nothing readable: an error (exit 2), not an empty output, as for the other formats
@@ -461,12 +462,12 @@ def test_labelme_unreadable_file_and_lone_point(tmp_path):
         "an object; skipped"
     )
     assert done.skipped[1].startswith(f"{tmp_path / 'lm' / 'im1.json'}: not a readable JSON file")
-    assert len(done.skipped) == 2 and done.annotations == 1 and done.images == 1
+    assert len(done.skipped) == 2 and done.annotations == 1 and done.images == 2  # im2.png, named by no JSON, too
     # a file saved on another machine names its image by that machine's path: the image beside it is the one
     (tmp_path / "lm" / "im1.json").write_text(json.dumps({**good, "imagePath": "C:\\Users\\me\\im1.png"}))
     done = convert(tmp_path / "lm", tmp_path / "again.json", to="coco")
     back = json.loads((tmp_path / "again.json").read_text())
-    assert sorted(im["file_name"] for im in back["images"]) == ["im0.png", "im1.png"] and done.images == 2
+    assert sorted(im["file_name"] for im in back["images"]) == ["im0.png", "im1.png", "im2.png"] and done.images == 3
 
 
 # -- outputs: never over anything, nothing half-written -----------------------------------------------------------
