@@ -12,6 +12,7 @@ from typing import Any
 from cnnapps.apps.tasks import TASKS, get_task
 from cnnapps.bundle import is_bundle_path
 from cnnapps.errors import CnnappsError, UnknownModelError, did_you_mean
+from cnnapps.exported import is_onnx_file
 
 
 def task_of(spec: str | os.PathLike) -> str | None:
@@ -21,7 +22,7 @@ def task_of(spec: str | os.PathLike) -> str | None:
     for task in TASKS.values():
         if name in task.zoo_models():
             return task.name
-    if name.endswith(".onnx"):
+    if is_onnx_file(name):
         from cnnapps.exported import read_onnx_metadata
 
         return str(read_onnx_metadata(spec).get("task", "classify"))
@@ -156,7 +157,7 @@ def _load(specs: list[Any], task: str | None, **kwargs: Any) -> Any:
     if len(specs) > 1 and not record.ensemble:
         raise CnnappsError(f"{task} takes one model, not an ensemble")
     label = ", ".join(str(s) for s in specs)
-    options = task_options(label, record, kwargs, graph=all(str(s).endswith(".onnx") for s in specs))
+    options = task_options(label, record, kwargs, graph=all(is_onnx_file(s) for s in specs))
     for spec in specs:
         check_serves(spec, record.name)
     return record.part("predictor")(specs, task=record.name, **options)
@@ -221,9 +222,10 @@ def check_serves(spec: str | os.PathLike, task: str) -> None:
         if zoo[name] != task:
             raise CnnappsError(f"{name}: a {zoo[name]} model, not a {task} model")
         return
-    if name.endswith(".onnx") or is_bundle_path(spec):
+    graph = is_onnx_file(name)
+    if graph or is_bundle_path(spec):
         tasks = set()
-        if name.endswith(".onnx"):
+        if graph:
             from cnnapps.exported import read_onnx_metadata
 
             tasks = {str(read_onnx_metadata(spec).get("task", "classify"))}
@@ -236,7 +238,7 @@ def check_serves(spec: str | os.PathLike, task: str) -> None:
             from cnnapps.apps.modelfile import read_model_file
 
             tasks = set(read_model_file(spec).tasks)
-        any_trunk = record.any_trunk and not name.endswith(".onnx")  # e.g. any trunk can embed
+        any_trunk = record.any_trunk and not graph  # e.g. any trunk can embed
         if task not in tasks and not any_trunk:
             raise CnnappsError(f"{name}: a {', '.join(sorted(tasks))} model, not a {task} model")
         return
@@ -265,7 +267,8 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
     from cnnapps.apps.multitask import MultiTaskPredictor, OneHead, chosen_heads
     from cnnapps.bundle import BundleError
 
-    if is_bundle_path(spec) and not str(spec).endswith(".onnx"):
+    graph = is_onnx_file(spec)
+    if is_bundle_path(spec) and not graph:
         model_file = read_model_file(spec)
         names = chosen_heads(model_file, heads)
         if all(getattr(adapter(model_file.heads[n].task), "shareable", lambda _: True)(model_file.heads[n])
@@ -281,7 +284,6 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
             raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}")
     record = get_task(task)
     engine = options.get("engine") or "auto"
-    graph = str(spec).endswith(".onnx")
     if record.runs_as_it_is and not _runs_as_it_is(str(spec), record, engine, graph):  # not a quiet run elsewhere
         from cnnapps.engines import EngineError
 

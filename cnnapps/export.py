@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cnnapps.exported import ExportError, read_onnx_metadata, to_onnx
+from cnnapps.exported import ExportError, is_onnx_file, read_onnx_metadata, to_onnx
 
 __all__ = ["FORMATS", "ExportError", "export_model", "read_onnx_metadata"]
 
@@ -41,6 +41,8 @@ def export_model(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, task
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     precision = _precision(fmt, int8, fp16, calibrate, check)
+    if is_onnx_file(spec):  # its graph has no module to trace again
+        raise ExportError(f"{spec}: an exported ONNX file: export the model file it came from")
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise ExportError(f"{out}: already exists; choose another --out")

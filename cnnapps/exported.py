@@ -76,6 +76,23 @@ def onnx_bytes(model: nn.Module, input_size: tuple[int, int, int]) -> bytes:
     return to_onnx(model, example, ["images"], outputs, dynamic)
 
 
+def is_onnx_file(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names an ONNX file: its name ends in ``.onnx`` (any case), or it is a file whose bytes are
+    an ONNX protobuf (field 1, ``ir_version``, first) rather than a safetensors file (an 8-byte little-endian
+    header length, then its JSON header's ``{``)."""
+    name = str(spec)
+    if name.lower().endswith(".onnx"):
+        return True
+    if name.lower().endswith(".safetensors") or not os.path.isfile(name):
+        return False
+    try:
+        with open(name, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[0] == 0x08 and head[8:9] != b"{"
+
+
 def read_onnx_metadata(path: str | os.PathLike, task: str | None = None) -> dict[str, Any]:
     """The ``cnnapps`` metadata of an exported ONNX file (without loading the weights into a session);
     with ``task``, a file exported for another task is refused."""
@@ -97,6 +114,16 @@ def read_onnx_metadata(path: str | os.PathLike, task: str | None = None) -> dict
     if task is not None and meta.get("task") != task:
         raise ExportError(f"{path}: exported as a {meta.get('task')} model, not a {task} model")
     return meta
+
+
+def check_graph_input(runner: Any, input_size: Any, path: str | os.PathLike) -> None:
+    """A one-line error when the fixed sizes of ``runner``'s graph input (past the batch) differ from the
+    metadata's ``preprocess.input_size`` (C, H, W): the file's metadata was written for another graph."""
+    shape = runner.session.get_inputs()[0].shape[1:]
+    size = list(input_size)
+    if len(shape) != len(size) or any(isinstance(d, int) and d != s for d, s in zip(shape, size, strict=False)):
+        takes = "x".join(str(d) if isinstance(d, int) else "?" for d in shape)
+        raise ExportError(f"{path}: preprocess.input_size {size} in its cnnapps metadata, but its graph takes {takes}")
 
 
 def _numpy_batch(images: torch.Tensor) -> Any:

@@ -49,7 +49,9 @@ class Calibration:
     """How ``cnnapps export --int8`` feeds a task's graph and checks it.
 
     ``feed``: one decoded RGB uint8 image (H, W, 3) -> the graph's inputs (a batch of one for batch graphs);
-    ``check``: ``top1`` (classifier logits), ``cosine`` (embeddings) or ``boxes`` (detector boxes, labels, scores);
+    ``check``: ``top1`` (classifier logits), ``labels`` (a multi-label classifier's logits, a class a label when
+    its sigmoid reaches its entry of ``thresholds``), ``cosine`` (embeddings) or ``boxes`` (detector boxes, labels,
+    scores);
     ``op_types``: the ops to quantize (None: every op onnxruntime quantizes); ``half_modules``: for fp16, the
     submodules made fp16 in PyTorch before export (:func:`with_half_layers`; None: onnxruntime's float16 converter
     on the whole graph); ``fp32``: what stays fp32, in words; ``varying_shapes``: the graph's tensors change shape
@@ -62,6 +64,7 @@ class Calibration:
     half_modules: tuple[str, ...] | None = None
     fp32: str = ""
     varying_shapes: bool = False
+    thresholds: tuple[float, ...] | None = None
 
 
 def preprocessed_batch(preprocess: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
@@ -327,6 +330,8 @@ def compare(reference: bytes, smaller: bytes, calibration: Calibration, images: 
     pairs = [tuple(s.run(None, inputs) for s in sessions) for inputs in _inputs(images, calibration.feed)]
     if not pairs:
         raise QuantizeError("the check images could not be read")
+    if calibration.check == "labels":
+        return {"images": len(pairs), **_labels(pairs, calibration.thresholds or ())}
     check = {"top1": _top1, "cosine": _cosine, "boxes": _boxes}[calibration.check]
     return {"images": len(pairs), **check(pairs)}
 
@@ -346,6 +351,17 @@ def _top1(pairs: list[tuple[list, list]]) -> dict[str, Any]:
     return {"metric": "top1_agreement", "value": round(float(same.mean()), 4), "max_probability_diff": round(diff, 4),
             "clear_images": int(clear.sum()),
             "clear_agreement": round(float(same[clear].mean()), 4) if clear.any() else None}  # fmt: skip
+
+
+def _labels(pairs: list[tuple[list, list]], thresholds: Sequence[float]) -> dict[str, Any]:
+    """A multi-label head's label sets (sigmoid >= the class's threshold) compared, and its largest sigmoid change."""
+    ref = np.concatenate([a[0] for a, _ in pairs]).astype(np.float64)
+    got = np.concatenate([b[0] for _, b in pairs]).astype(np.float64)
+    probs, changed = 1 / (1 + np.exp(-ref)), 1 / (1 + np.exp(-got))
+    limits = np.asarray(thresholds, np.float64)
+    same = ((probs >= limits) == (changed >= limits)).all(axis=1)
+    return {"metric": "label_set_agreement", "value": round(float(same.mean()), 4),
+            "max_probability_diff": round(float(np.abs(probs - changed).max()), 4)}  # fmt: skip
 
 
 def _cosine(pairs: list[tuple[list, list]]) -> dict[str, Any]:
@@ -388,6 +404,9 @@ def _boxes(pairs: list[tuple[list, list]]) -> dict[str, Any]:
                 taken[best] = True
                 matched += 1
                 ious.append(float(row[best]))
+    if not reference and not found:  # no box on either side: nothing was compared
+        return {"metric": "box_f1", "value": None, "precision": None, "recall": None, "mean_iou": None,
+                "fp32_boxes": 0, "score_threshold": BOX_SCORE, "iou_threshold": BOX_IOU}  # fmt: skip
     precision = matched / found if found else 1.0
     recall = matched / reference if reference else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -405,8 +424,13 @@ def describe_check(check: dict[str, Any], precision: str) -> str:
         if check.get("clear_agreement") is not None and check["clear_images"] < check["images"]:
             said += (f"; on {check['clear_agreement']:.1%} of the {check['clear_images']} whose fp32 top two "
                      f"probabilities are {CLEAR_MARGIN} or more apart")  # fmt: skip
+    elif metric == "label_set_agreement":
+        said = (f"label sets agree with fp32's on {value:.1%} (largest probability change "
+                f"{check['max_probability_diff']:.3f})")  # fmt: skip
     elif metric == "cosine":
         said = f"cosine similarity to fp32 embeddings {value:.4f} on average (lowest {check['min']:.4f})"
+    elif value is None:
+        said = f"nothing to compare: neither graph found a box with score >= {check['score_threshold']}"
     else:
         said = (f"boxes agree with fp32's: F1 {value:.3f} (precision {check['precision']:.3f}, recall "
                 f"{check['recall']:.3f}; {check['fp32_boxes']} fp32 boxes, "

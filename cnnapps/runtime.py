@@ -32,6 +32,14 @@ log = logging.getLogger("cnnapps")
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"(cnnapps|timm|torchvision|torch)\b")
 warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based", category=DeprecationWarning)
+# exporting torchvision's detectors: its post-processing makes tensors of traced sizes with torch.tensor(), and
+# torch.onnx notes the slices it cannot fold and the label indexing of the mask and keypoint heads (never negative)
+warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                        module=r"(torchvision|torch\.nn\.functional)\b")  # fmt: skip
+warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning,
+                        module=r"torch\.onnx\b")  # fmt: skip
+warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing", category=UserWarning,
+                        module=r"torch\.onnx\b")  # fmt: skip
 
 
 def select_device(

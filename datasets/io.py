@@ -517,14 +517,14 @@ def _check_size(header: _Header, name: str, max_pixels: int | None, max_aspect: 
             raise ImageTooLargeError(
                 name,
                 f"{width}x{height} image has {width * height:,} pixels, over the limit of {max_pixels:,} "
-                "(raise max_pixels to allow it)",
+                "(downscale it; in Python, max_pixels of cnnapps.load raises the limit)",
             )
         if cost > budget:
             raise ImageTooLargeError(
                 name,
                 f"{width}x{height} {header.depth} image needs about {cost / 1e6:,.0f} MB to decode, over the "
-                f"budget of {budget / 1e6:,.0f} MB that max_pixels={max_pixels:,} allows (raise max_pixels to "
-                "allow it)",
+                f"budget of {budget / 1e6:,.0f} MB that max_pixels={max_pixels:,} allows (downscale it; in Python, "
+                "max_pixels of cnnapps.load raises the limit)",
             )
     if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
         raise ElongatedImageError(

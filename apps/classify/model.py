@@ -111,21 +111,25 @@ class LoadedClassifier:
 def load_classifier(spec: str | os.PathLike, head: str | None = None) -> LoadedClassifier:
     """A model file's classification head on its trunk, an exported ONNX file, or a registry name with
     pretrained weights. ``head``: one classify head of a model file (a one-line error for any other spec)."""
+    from cnnapps.exported import is_onnx_file
+
+    graph = is_onnx_file(spec)
     if head is not None and not is_bundle_path(spec):
-        kind = "an exported graph" if str(spec).endswith(".onnx") else "a registry name"
+        kind = "an exported graph" if graph else "a registry name"
         raise CnnappsError(f"head {head!r}: {spec} is {kind} (a head is one of a model file's heads)")
-    if str(spec).endswith(".onnx"):  # written by `cnnapps export`: runs in onnxruntime
-        from cnnapps.exported import OnnxRunner, read_onnx_metadata
+    if graph:  # written by `cnnapps export`: runs in onnxruntime
+        from cnnapps.exported import OnnxRunner, check_graph_input, read_onnx_metadata
 
         meta = read_onnx_metadata(spec, task=TASK)
         names = meta.get("class_names")
-        if not isinstance(names, list) or not names:
-            raise CnnappsError(f"{spec}: class_names: expected a list of names in its cnnapps metadata")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise CnnappsError(f"{spec}: class_names: expected a list of names (strings) in its cnnapps metadata")
         try:
             preprocess = Preprocess.from_dict(meta["preprocess"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CnnappsError(f"{spec}: preprocess: {exc}") from None
         runner = OnnxRunner(spec)
+        check_graph_input(runner, preprocess.input_size, spec)
         width = runner.outputs[0][-1] if runner.outputs and runner.outputs[0] else None
         if isinstance(width, int) and width != len(names):
             raise CnnappsError(f"{spec}: its graph gives {width} class scores, its metadata names {len(names)} classes")
@@ -168,5 +172,8 @@ def exportable(spec: str | os.PathLike, task: str = TASK, **options: Any) -> Any
     if loaded.multilabel:  # the graph gives logits: the runner applies the sigmoid and the thresholds
         meta.update(multilabel=True, thresholds=loaded.thresholds)
     keeps = "ops onnxruntime has no int8 form for (the softmax is not in the graph)"
-    calibration = Calibration(preprocessed_batch(loaded.preprocess), "top1", fp32=keeps)
+    check, thresholds = "top1", None
+    if loaded.multilabel:  # a label per class over its threshold: the check compares label sets
+        check, thresholds = "labels", tuple(loaded.thresholds or [DEFAULT_THRESHOLD] * len(loaded.class_names))
+    calibration = Calibration(preprocessed_batch(loaded.preprocess), check, fp32=keeps, thresholds=thresholds)
     return Exportable(loaded.model.eval(), meta, torch.zeros(1, *loaded.preprocess.input_size), calibration=calibration)

@@ -138,7 +138,8 @@ class HostCheck:
     """ASGI middleware: requests whose ``Host`` is neither an IP address nor one of ``allowed`` get 400.
 
     A page on another site that rebinds its DNS name to this machine sends its own name as the Host, so
-    it cannot read the answers (which hold gallery paths); ``"*"`` in ``allowed`` accepts any host."""
+    it cannot read the answers (which hold gallery paths); ``"*"`` in ``allowed`` accepts any host. A request
+    without a Host header passes (HTTP/1.0 health probes send none; browsers always send one)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], allowed: Sequence[str]) -> None:
         self.app = app
@@ -148,7 +149,9 @@ class HostCheck:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if self.any or scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+        if header is None:  # HTTP/1.0 health probes send none; a browser always sends its page's host
+            return await self.app(scope, receive, send)
         name = _host_name(header)
         if name in self.allowed or _is_ip(name):
             return await self.app(scope, receive, send)
@@ -453,13 +456,15 @@ async def _images_from_multipart(request: Request, body: bytes, max_images: int)
         yield body
 
     try:
-        form = await MultiPartParser(request.headers, replay(), max_files=max_images, max_fields=16).parse()
+        form = await MultiPartParser(request.headers, replay(), max_files=max_images + 16, max_fields=16).parse()
     except MultiPartException as exc:
-        if exc.message.startswith("Too many files"):
+        if exc.message.startswith("Too many files"):  # --max-images and 16 other files: more are taken as images
             raise _too_many(max_images) from None
         raise RequestError(422, f"multipart body: {exc.message}") from None
     try:
         fields = [(name, value) for name, value in form.multi_items() if name in ("image", "images")]
+        if len(fields) > max_images:  # only the image fields count: a request may carry other files too
+            raise _too_many(max_images)
         many = len(fields) > 1 or any(name == "images" for name, _ in fields)
         if not many:
             upload = fields[0][1] if fields else None
