@@ -15,6 +15,7 @@ Plain Python, numpy and OpenCV; no torch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -188,12 +189,14 @@ def check_data(
     max_imbalance: float = 10.0,
     near_duplicates: int | None = None,
     progress: Callable[[int], None] | None = None,
+    from_: str | None = None,
 ) -> CheckReport:
     """Check the training data at ``path`` (and the validation data at ``val``) for ``task`` (told by the data when
     not given). ``images``, ``val_images``: the image folders, when not where the format keeps them (validation
     images are not looked for in ``images``: the two sets often share file names). ``near_duplicates``: the largest
     perceptual-hash distance (of 64 bits) at which two images count as near-duplicates; ``None`` skips the check.
-    ``progress(n)`` is called as images are read."""
+    ``progress(n)`` is called as images are read. ``from_``: the annotation format of ``path`` and ``val``
+    (coco, yolo, voc, labelme, cvat), when the paths do not tell it."""
     path = Path(path)
     if not path.exists():
         raise DataCheckError(f"{path}: no such file or folder")
@@ -202,12 +205,16 @@ def check_data(
 
         raise DataCheckError(f"--task {task!r}: not one of {', '.join(TASK_DATA)}{did_you_mean(task, TASK_DATA)}")
     guessed = task is None
-    task = task or guess_task(path)
+    task = task or ("detect" if from_ else guess_task(path))
     kind = TASK_DATA[task]
-    if val is None and kind == "labelled" and (path / "train").is_dir() and (path / "val").is_dir():
-        path, val = path / "train", path / "val"  # the layout training reads: train/ and val/ class folders
+    if from_ and kind != "annotations":
+        raise DataCheckError(f"--from {from_}: annotation formats are read for detect, segment and pose, not {task}")
+    if val is None and kind == "labelled" and path.is_dir():
+        from cnnapps.datasets.folders import split_folders
+
+        path, val = split_folders(path) or (path, None)  # the layout training reads: train/ and val/ class folders
     read = {
-        "annotations": _read_annotations,
+        "annotations": functools.partial(_read_annotations, from_=from_),
         "labelled": _read_labelled,
         "captions": _read_captions,
         "semantic": _read_semantic,
@@ -224,6 +231,9 @@ def check_data(
         if not Path(val).exists():
             raise DataCheckError(f"{val}: no such file or folder (--val)")
         valid = read(Path(val), train.task, "val", Path(val_images) if val_images else None)
+        for data, split in ((train, "train"), (valid, "val")):
+            for item in data.images:
+                item.split = split  # each file's split is the one it was given as, whatever its folders say
         report.val_source, report.val_annotations = str(val), valid.annotations
         report.problems += valid.problems
         report.notes += [f"val: {n}" for n in valid.notes]
@@ -294,10 +304,10 @@ def _split_of(file_name: str, default: str) -> str:
 # -- annotations: detect, segment, pose -------------------------------------------------------------------------------
 
 
-def _read_annotations(path: Path, task: str | None, split: str, images: Path | None) -> _Data:
+def _read_annotations(path: Path, task: str | None, split: str, images: Path | None, from_: str | None = None) -> _Data:
     from cnnapps.datasets.formats import read
 
-    collection, report, fmt = read(path, images=images)
+    collection, report, fmt = read(path, from_, images=images)
     coco = collection.coco
     anns = coco["annotations"]
     task = task or annotation_task(coco)
@@ -453,11 +463,12 @@ def _check_skeleton(cat: dict[str, Any], where: str) -> list[Problem]:
 def _read_labelled(path: Path, task: str, split: str, images: Path | None) -> _Data:
     if path.is_file():
         return _read_csv(path, task, split)
-    from cnnapps.datasets.folders import find_images, is_image_file
+    from cnnapps.datasets.folders import find_images, is_image_file, refuse_split_names
 
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataCheckError(f"{path}: no class sub-folders (expected {path}/<class>/<image>)")
+    refuse_split_names(path, [f.name for f in folders])
     data = _Data("folders", task, [f.name for f in folders], [])
     loose = [p for p in path.iterdir() if p.is_file() and is_image_file(p)]
     if loose:

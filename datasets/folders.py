@@ -153,6 +153,7 @@ def class_folders(root: str | os.PathLike, class_names: list[str] | None = None)
             _skip(str(entry), _dangling(str(entry)))
     defines_classes = class_names is None  # a training tree: each of its folders is a class to learn
     if class_names is None:
+        refuse_split_names(root, folders)
         class_names = folders
     unknown = sorted(set(folders) - set(class_names))
     if unknown:
@@ -339,13 +340,15 @@ def _labels_table(data: Path, multilabel: bool | None) -> Path | None:
 def train_val_split(
     data: str | os.PathLike, val_split: float = 0.2, seed: int = 0, multilabel: bool | None = False
 ) -> tuple[LabeledImages | MultiLabeledImages, LabeledImages | MultiLabeledImages]:
-    """``DIR/train`` + ``DIR/val`` when both exist; otherwise a stratified split of one tree or CSV.
+    """``DIR/train`` + ``DIR/val`` when both exist (see :func:`split_folders`); otherwise a stratified split of one
+    tree or CSV.
 
     ``multilabel`` as for :func:`read_labeled` (None: the two folders are multi-label when either is); a multi-label
     set is stratified by each image's rarest label."""
     data = Path(data)
-    if (data / "train").is_dir() and (data / "val").is_dir():
-        return _train_and_val(data / "train", data / "val", multilabel)
+    folders = split_folders(data)
+    if folders:
+        return _train_and_val(*folders, multilabel)
     if not 0.0 < val_split < 1.0:
         raise DatasetError(f"{data}: has no train/ and val/ folders, so --val-split must be between 0 and 1")
     from cnnapps.datasets.splits import split_indices
@@ -354,6 +357,30 @@ def train_val_split(
     groups = rarest_labels(full) if isinstance(full, MultiLabeledImages) else full.labels
     train_idx, val_idx = split_indices(len(full), val_split, seed, groups=groups)
     return full.subset(train_idx), full.subset(val_idx)
+
+
+#: folders that hold a split of the data (``DIR/train/<class>/``), not a class; validation is the first of
+#: val/, valid/, validation/ there is, else test/
+SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
+
+
+def split_folders(data: str | os.PathLike) -> tuple[Path, Path] | None:
+    """The training and validation folders of the train/ + val/ layout (also valid/ or validation/ as ultralytics
+    and Roboflow name it, or test/ when there is no other split), or ``None`` when ``data`` is not laid out so."""
+    data = Path(data)
+    if not (data / "train").is_dir():
+        return None
+    return next(((data / "train", data / name) for name in SPLIT_FOLDERS[1:] if (data / name).is_dir()), None)
+
+
+def refuse_split_names(root: Path, folders: list[str]) -> None:
+    """Refuse class folders that are all split names (``DIR/train/`` alone, ``DIR/val/`` + ``DIR/test/``): their
+    images would be learned as classes named after the splits."""
+    if folders and set(folders) <= set(SPLIT_FOLDERS):
+        raise DatasetError(
+            f"{root}: its folders ({', '.join(folders)}) are splits, not classes; give train/ with val/ (or valid/, "
+            f"test/) beside it, each holding <class>/<image>, or give the one split's folder"
+        )
 
 
 def _train_and_val(

@@ -94,10 +94,15 @@ def check(
     val: Path = typer.Option(
         None,
         "--val",
-        help="Validation data, to check too and against PATH (leakage, classes) [default: PATH's own "
-        "split: train/ and val/ class folders, YOLO's images/val/, VOC's val list, Karpathy's split].",
+        help="Validation data, to check too and against PATH (leakage, classes) [default: PATH's own split: "
+        "train/ and val/ (or valid/, test/) class folders, YOLO's images/val/, VOC's val list, Karpathy's split].",
     ),
     task: str = typer.Option(None, "--task", help=_TASK_HELP),
+    from_: str = typer.Option(
+        None,
+        "--from",
+        help="Annotation format of PATH and --val: coco, yolo, voc, labelme or cvat [default: told by the path].",
+    ),
     images: Path = typer.Option(None, "--images", help="Image folder [default: where the format keeps its images]."),
     val_images: Path = typer.Option(None, "--val-images", help="Image folder of --val [default: where it keeps them]."),
     min_images: int = typer.Option(10, "--min-images", min=0, help="Warn of classes with fewer training images."),
@@ -142,6 +147,7 @@ def check(
             max_imbalance=max_imbalance,
             near_duplicates=near,
             progress=advance,
+            from_=from_,
         )
     if as_json:
         echo_json(report.to_dict(strict))

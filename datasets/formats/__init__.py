@@ -9,6 +9,7 @@ OpenCV and pycocotools) only to trace the polygons of RLE masks for a target tha
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -154,6 +155,9 @@ def convert(
     if "polygons" in target.holds and "masks" not in target.holds:
         trace_masks(data, report)  # RLE masks (COCO's) become the polygons traced round them
     counts = _counts(data, target)
+    ids = [im["id"] for im in data.coco["images"]]
+    if target.name != "coco" and ids != list(range(1, len(ids) + 1)):
+        report.note(f"image ids were not kept: {target.name} has none, so read back the images are numbered 1, 2, ...")
     with staged(dst) as at:
         written = target.write(data, dst, at, report, mode)
     return Conversion(
@@ -244,10 +248,51 @@ def _file_format(path: Path) -> str | None:
         return None
     try:
         with path.open("rb") as fh:
-            head = fh.read(65536).decode("utf-8", "replace")
+            raw = fh.read(65536)
     except OSError:
         return None
+    head = raw.decode("utf-8", "replace")
     if suffix == ".json":
-        return "labelme" if '"shapes"' in head else "coco" if '"images"' in head else None
+        return _json_format(path, head, whole=len(raw) < 65536)
     tag = re.search(r"<\s*([A-Za-z_][\w.-]*)", re.sub(r"<\?.*?\?>|<!--.*?-->|<!.*?>", "", head, flags=re.S))
     return {"annotations": "cvat", "annotation": "voc"}.get(tag.group(1) if tag else "")
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:]')
+
+
+def _json_format(path: Path, head: str, whole: bool) -> str | None:
+    """COCO or LabelMe by the keys of the file's top-level object (COCO: ``images`` or ``annotations``; LabelMe:
+    ``shapes``), read from its first bytes; the whole file is parsed only when those do not tell."""
+    keys = _top_level_keys(head)
+    if not keys & {"images", "annotations", "shapes"} and not whole:
+        try:
+            with path.open("rb") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        keys = set(data) if isinstance(data, dict) else set()
+    return "coco" if keys & {"images", "annotations"} else "labelme" if "shapes" in keys else None
+
+
+def _top_level_keys(text: str) -> set[str]:
+    """The keys of the JSON object ``text`` begins with, as far as ``text`` goes (strings and brackets only)."""
+    keys: set[str] = set()
+    if not text.lstrip("\ufeff \t\r\n").startswith("{"):
+        return keys
+    depth, last = 0, None
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            last = token
+            continue
+        if token == ":" and depth == 1 and last is not None:
+            keys.add(last[1:-1])
+        elif token in "{[":
+            depth += 1
+        elif token in "}]":
+            depth -= 1
+            if depth == 0:
+                break
+        last = None
+    return keys

@@ -59,7 +59,8 @@ class Collection:
 
     @property
     def categories(self) -> dict[int, dict[str, Any]]:
-        return {c["id"]: c for c in self.coco["categories"]}
+        """The categories by id, in id order: the class order every writer gives (whatever the file's order)."""
+        return {c["id"]: c for c in sorted(self.coco["categories"], key=lambda c: c["id"])}
 
     def by_image(self) -> dict[int, list[dict[str, Any]]]:
         """The annotations of each image id, in file order (images without any have an empty list)."""
@@ -170,10 +171,27 @@ def bounds(polygons: list[list[float]]) -> list[float]:
 
 
 def polygon_area(flat: list[float]) -> float:
-    """Shoelace area of a flat [x0, y0, x1, y1, ...] polygon."""
-    xs, ys = flat[0::2], flat[1::2]
-    n = len(xs)
-    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
+    """Area of a flat [x0, y0, x1, y1, ...] polygon: the shoelace area of each loop it closes by coming back to a
+    point, added, so parts joined into one outline (:func:`joined`, a YOLO segment line) count whichever way each
+    winds (opposite windings would subtract), as pycocotools counts them."""
+    points = list(zip(flat[0::2], flat[1::2], strict=False))
+    area, path, at = 0.0, [], {}
+    for point in points + points[:1]:  # back to the first point: the outline's last loop closes
+        if point in at:  # a loop closes here: its area counts on its own
+            start = at[point]
+            area += _shoelace(path[start:])
+            for p in path[start + 1 :]:
+                del at[p]
+            del path[start + 1 :]
+        else:
+            at[point] = len(path)
+            path.append(point)
+    return area
+
+
+def _shoelace(points: list[tuple[float, float]]) -> float:
+    n = len(points)
+    return abs(sum(points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1] for i in range(n))) / 2
 
 
 def box_problem(bbox: list[float]) -> str | None:

@@ -278,3 +278,31 @@ def test_unusable_input_raises(tmp_path):
     (tmp_path / "notes.bin").write_bytes(b"?")
     with pytest.raises(DataCheckError, match="cannot tell what data this is"):
         check_data(tmp_path / "notes.bin")
+
+
+def test_train_and_test_class_folders_are_splits_not_classes(tmp_path, run_cli):
+    for split, seed in (("train", 0), ("test", 10)):
+        for k, name in enumerate(("cat", "dog")):
+            for i in range(2):
+                picture(tmp_path / "cls" / split / name / f"{i}.png", seed=seed + 2 * k + i)
+    report = check_data(tmp_path / "cls", min_images=0)
+    assert report.task == "classify" and report.val_source == str(tmp_path / "cls" / "test")
+    assert {c.name: (c.images, c.val_images) for c in report.classes} == {"cat": (2, 2), "dog": (2, 2)}
+    picture(tmp_path / "only" / "train" / "cat" / "0.png")
+    code, _, err = run_cli("data", "check", tmp_path / "only", "--task", "classify")
+    assert code == 2 and "are splits, not classes" in err
+
+
+def test_with_val_given_each_file_is_the_split_it_was_given_as(tmp_path):
+    """A file_name's first folder tells the split only of a source that holds its own splits."""
+    for i in range(4):
+        picture(tmp_path / "images" / "train" / f"{i}.png", seed=i)
+    files = [[0, 1, 2], [3]]
+    for name, ids in zip(("train", "val"), files, strict=True):
+        images = [{"id": i + 1, "file_name": f"train/{i}.png", "width": 64, "height": 48} for i in ids]
+        anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [5, 5, 20, 20]} for i in ids]
+        coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cat"}]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(coco))
+    report = check_data(tmp_path / "train.json", val=tmp_path / "val.json", min_images=0)
+    assert (report.images, report.val_images) == (3, 1)
+    assert [(c.images, c.val_images) for c in report.classes] == [(3, 1)]

@@ -158,3 +158,29 @@ def test_globs_report_dangling_links(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert [r.getMessage() for r in caplog.records] == [
         f"skipping {gone}: dangling symlink (its target {nowhere} does not exist)"
     ]
+
+
+@pytest.mark.parametrize(("other", "val"), [("valid", "valid"), ("validation", "validation"), ("test", "test")])
+def test_split_folders_of_ultralytics_and_roboflow_are_splits_not_classes(tmp_path: Path, other: str, val: str) -> None:
+    make_tree(tmp_path / "train", {"cat": 2, "dog": 2})
+    make_tree(tmp_path / other, {"cat": 1, "dog": 1})
+    train, valid = train_val_split(tmp_path)
+    assert train.class_names == ["cat", "dog"] and valid.class_names == ["cat", "dog"]
+    assert len(train) == 4 and all(Path(p).parts[-3] == val for p in valid.paths)
+
+
+def test_val_is_chosen_over_test(tmp_path: Path) -> None:
+    for split in ("train", "val", "test"):
+        make_tree(tmp_path / split, {"cat": 1, "dog": 1})
+    _, valid = train_val_split(tmp_path)
+    assert {Path(p).parts[-3] for p in valid.paths} == {"val"}
+
+
+def test_folders_that_are_all_split_names_are_refused_as_classes(tmp_path: Path) -> None:
+    make_tree(tmp_path / "only" / "train", {"cat": 1})
+    with pytest.raises(DatasetError, match=r"only: its folders \(train\) are splits, not classes"):
+        train_val_split(tmp_path / "only")
+    make_tree(tmp_path / "two" / "val", {"cat": 1})
+    make_tree(tmp_path / "two" / "test", {"cat": 1})
+    with pytest.raises(DatasetError, match=r"\(test, val\) are splits, not classes"):
+        read_labeled(tmp_path / "two")
