@@ -116,9 +116,11 @@ def _apply_preset(config: ClassifyConfig, backbone: Any) -> list[str]:
         backbone.freeze_all()
         return ["preset small-data: the whole trunk frozen (batch norm included); only the new head trains"]
     if config.preset == "more-data":
-        if not config.freeze:
+        if config.freeze is None:  # a freeze given beside the preset (0 included) wins
             backbone.freeze(len(backbone.stages) // 2)
         frozen = backbone.frozen_stages
+        if not frozen:
+            return [f"preset more-data: nothing frozen (freeze 0), llrd {config.layer_decay:g} on every stage"]
         return [f"preset more-data: stem and {frozen} of {len(backbone.stages)} stages frozen, "
                 f"llrd {config.layer_decay:g} on the rest"]  # fmt: skip
     return []

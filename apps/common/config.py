@@ -70,7 +70,7 @@ class TrainConfig:
         "Train only a new head on this frozen trunk: a registry name or a model file (its trunk is taken as it "
         "is); heads trained on one trunk can be joined by `cnnapps compose`.",
     )
-    freeze: int = option(0, "Freeze the stem and this many stages.")
+    freeze: int | None = option(None, "Freeze the stem and this many stages [default: 0].")
     epochs: int = option(10, "Passes over the training set.")
     batch_size: int = option(32, "Images per step on each process.")
     lr: float | None = option(None, "Learning rate [default: 1e-3 for adamw, 1e-2 for sgd].")
@@ -154,7 +154,7 @@ class TrainConfig:
             (self.lr is None or self.lr > 0, f"lr: must be positive, not {self.lr}"),
             (0 <= self.dropout < 1, f"dropout: must be in [0, 1), not {self.dropout}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing: must be in [0, 1), not {self.label_smoothing}"),
-            (self.freeze >= 0, f"freeze: must be 0 or more, not {self.freeze}"),
+            (self.freeze is None or self.freeze >= 0, f"freeze: must be 0 or more, not {self.freeze}"),
             (not (self.trunk and self.freeze), "freeze: a --trunk is frozen whole; leave freeze out"),
             (0 < self.val_split < 1, f"val_split: must be between 0 and 1, not {self.val_split}"),
             (self.input_size is None or 8 <= self.input_size <= 4096,
@@ -168,6 +168,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.freeze is None and getattr(self, "preset", "none") != "more-data":
+            self.freeze = 0  # not given: nothing frozen, unless a preset that freezes decides (classify's more-data)
         self.loggers  # noqa: B018  (checks the names)
         return self
 
@@ -277,15 +279,16 @@ def _read_settings(path: Path) -> dict[str, Any]:
 #: settings that say where a run's data lies: a --resume may give them anew (the data moved); a k-fold run's folds
 #: point them at their own copies of it (OUT/fold-i/data)
 _DATA_PLACES = ("data", "images", "masks", "val_data", "val_images", "val_masks")
+#: settings of where and how a run runs (its folder, processes, devices, trackers), not of what it trains
+HOW_IT_RUNS = frozenset({
+    "out", "resume", "progress", "workers", "device", "devices", "num_nodes", "strategy", "sync_batchnorm",
+    "precision", "compile", "augment_on", "logger", "mlflow_uri", "experiment",
+})  # fmt: skip
 #: settings a --resume may give otherwise than the run it continues: where and how it runs, how long it trains (a
 #: larger epochs trains on), where its data lies (a semantic run's class list too: a list of another length does not
 #: fit the checkpoint), and the loss settings a resumed classification run trains with as given (its module says
 #: where they differ from the checkpoint's); every other setting changes what is trained
-RESUME_MAY_CHANGE = frozenset({
-    "out", "resume", "progress", "workers", "device", "devices", "num_nodes", "strategy", "sync_batchnorm",
-    "precision", "compile", "augment_on", "logger", "mlflow_uri", "experiment", "epochs", "patience",
-    *_DATA_PLACES, "classes", "class_weights", "logit_adjust",
-})  # fmt: skip
+RESUME_MAY_CHANGE = HOW_IT_RUNS | {"epochs", "patience", *_DATA_PLACES, "classes", "class_weights", "logit_adjust"}
 #: settings of the resumption itself, never the run's: the folder it was found in, and the progress display
 _OF_THE_RESUMPTION = ("out", "resume", "progress")
 

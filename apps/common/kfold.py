@@ -121,7 +121,9 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
         raise ConfigError("kfold: folds train one after another in one process; leave devices and num_nodes at 1")
     out = check_out_folder(config.out)
     plain = (out / "model.safetensors").exists() or (out / "checkpoints" / "last.ckpt").exists()
-    if not config.resume and ((out / "kfold.json").exists() or plain):
+    # any trace of an earlier run (a started k-fold run writes its plan, its settings and its folds first)
+    started = ("kfold.json", PLAN, "config.yaml")
+    if not config.resume and (plain or any((out / name).exists() for name in started) or any(out.glob("fold-*"))):
         raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
     if config.resume and plain and not (out / PLAN).exists():  # a run of one model, not of folds: kept as it is
         raise CnnappsError(f"{out}: holds a training run that is not a k-fold one (no {PLAN}); --kfold --resume "

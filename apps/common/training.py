@@ -428,9 +428,15 @@ def log_params(loggers: list[Any], config: TrainConfig) -> None:
         logger.log_hyperparams(params)
 
 
+def tracker_name(key: str) -> str:
+    """A metric's name as every tracker takes it (MLflow takes no "@", as in val_recall@1)."""
+    return key.replace("@", "_at_")
+
+
 def publish(loggers: list[Any], out: Path, metrics: dict[str, Any]) -> None:
     """After the run: the final scores, the model file and metrics.json to the trackers that keep artifacts."""
-    scores = {f"final_{k}": float(v) for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float)}
+    scores = {f"final_{tracker_name(k)}": float(v) for k, v in metrics.items()
+              if k.startswith("val_") and isinstance(v, float)}  # fmt: skip
     files = [path for path in (out / "model.safetensors", out / "metrics.json") if path.is_file()]
     for logger in loggers:
         kind = type(logger).__name__
@@ -826,6 +832,7 @@ class TaskModule(L.LightningModule):
         self.batch_transform: torch.nn.Module | None = None
         self._grads_in_buckets = False
         self._past_stages: list[torch.nn.Parameter] = []  # what setup stopped training (stage_readers)
+        self._logged: set[str] = set()  # the names the task logged itself since the last epoch's record
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.batch_transform is None or batch is None:
@@ -897,22 +904,29 @@ class TaskModule(L.LightningModule):
         self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
         self._loss_images += self._batch_images
 
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        self._logged.add(name)
+        super().log(name, value, *args, **kwargs)
+
     def record_epoch(self, values: dict[str, float]) -> None:
-        """Append this epoch's validation values with the mean training loss and current learning rate."""
+        """Append this epoch's validation values with the mean training loss and current learning rate, and log
+        those of them the task did not log itself, so the experiment trackers get every value of the history."""
         images = max(1, self._loss_images)
         mean = self._loss_sum / images if self._loss_sum is not None else torch.zeros((), device=self.device)
         # each process saw its own shard: the mean over processes (every rank calls this, so the collective
         # matches); the tensor stays on the module's device, which NCCL needs
         train_loss = float(self.trainer.strategy.reduce(mean.to(self.device), reduce_op="mean"))
-        self.history.append(
-            {
-                "epoch": self.current_epoch + 1,
-                "train_loss": train_loss,
-                **values,
-                "lr": self._epoch_lr,
-            }
-        )
+        entry = {"epoch": self.current_epoch + 1, "train_loss": train_loss, **values, "lr": self._epoch_lr}
+        self.history.append(entry)
+        for key, value in entry.items():
+            name = tracker_name(key)
+            if key == "epoch" or name in self._logged or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            # the same on every rank (each validates on the whole set; train_loss is reduced above): sync_dist's
+            # mean keeps it so, as Lightning asks of a value logged per epoch in a distributed run
+            super().log(name, float(value), sync_dist=True)
         self._loss_sum, self._loss_images = None, 0
+        self._logged = set()
 
     def on_train_epoch_start(self) -> None:
         # the lr this epoch trains at: by validation an epoch's scheduler (cosine, step) has stepped to the next one's

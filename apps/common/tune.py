@@ -33,6 +33,8 @@ log = logging.getLogger("cnnapps")
 STUDY_NAME = "cnnapps-tune"
 #: the study's user attribute that records the space it searches (setting -> Optuna distribution, as JSON)
 SPACE_ATTR = "cnnapps_space"
+#: the study's user attribute that records the base recipe its trials share (setting -> value, as JSON)
+BASE_ATTR = "cnnapps_base"
 #: what fails one trial but not the search: settings the task refuses, a batch too large for the GPU
 FAILURES: tuple[type[BaseException], ...] = (CnnappsError, torch.cuda.OutOfMemoryError)
 
@@ -193,6 +195,30 @@ def check_same_space(study: Any, space: list[Dimension], out: str | Path) -> Non
             )
 
 
+def base_settings(base: TrainConfig, space: list[Dimension], epochs: int | None) -> dict[str, Any]:
+    """What every trial of a study trains with: ``base``'s settings (``epochs`` where given) but the searched ones
+    and those of where and how a run runs, as JSON holds them."""
+    from cnnapps.apps.common.config import HOW_IT_RUNS, _as_saved
+
+    searched = {d.name for d in space}
+    settings = dataclasses.asdict(dataclasses.replace(base, epochs=epochs) if epochs else base)
+    kept = {k: v for k, v in settings.items() if k not in searched and k not in HOW_IT_RUNS}
+    return json.loads(json.dumps(_as_saved(kept)))
+
+
+def check_same_base(study: Any, settings: dict[str, Any], out: str | Path) -> None:
+    """Refuse to go on with ``study`` from another base recipe (other data, task options or epochs) than its trials
+    ran with: their scores and the new ones could not be compared. A study of an older version records none."""
+    recorded = study.user_attrs.get(BASE_ATTR) or {}
+    for name, before in recorded.items():
+        if name in settings and settings[name] != before:
+            raise ConfigError(
+                f"{out}: --resume: {name}: the study's trials ran with {before!r}, the settings now give "
+                f"{settings[name]!r} (the base recipe changed); resume with the one it was made with, or start a "
+                "new study in another --out"
+            )
+
+
 def _described(distribution: Any) -> str:
     """A space's range or list of choices as the run header shows it."""
     if distribution is None:
@@ -262,13 +288,17 @@ def tune(
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=pruner) if resume else None
     except KeyError:  # a journal the stopped run had not written its study to yet
         study = None
-    if study is not None:
-        check_same_space(study, space, out)  # before anything in the study changes
+    settings = base_settings(base, space, epochs)
+    if study is not None:  # checked before anything in the study changes
+        check_same_space(study, space, out)
+        check_same_base(study, settings, out)
     else:
         study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
                                     direction="maximize", pruner=pruner)  # fmt: skip
     if SPACE_ATTR not in study.user_attrs:  # a new study, or one of an older version (its trials agreed)
         study.set_user_attr(SPACE_ATTR, {d.name: distribution_to_json(d.distribution()) for d in space})
+    if BASE_ATTR not in study.user_attrs:
+        study.set_user_attr(BASE_ATTR, settings)
     # a resumed study draws on from where it stopped instead of proposing its first trials again
     study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -61,3 +61,54 @@ def test_a_study_without_a_recorded_space_is_compared_with_its_trials(colour_set
     with pytest.raises(ConfigError, match=re.escape(changed)):
         tune("classify", base, 2, out, space=[batch], resume=True)
     assert (out / "study.jsonl").read_bytes() == journal
+
+
+def test_a_resume_with_another_base_recipe_is_refused_before_any_trial(colour_set: Path, tmp_path: Path) -> None:
+    """Other data or task options than the study's trials ran with: one line naming the setting and both values,
+    and the study is left as it was; where and how the trials run (workers, trackers) may change."""
+    import dataclasses
+
+    out = tmp_path / "study"
+    space = [Dimension("lr", 1e-3, 0.1, log=True)]
+    base = dataclasses.replace(_base(colour_set, 8), ema=True)
+    tune("classify", base, 1, out, space=space)
+    journal = (out / "study.jsonl").read_bytes()
+    other = str(tmp_path / "other")
+    with pytest.raises(ConfigError) as caught:
+        tune("classify", dataclasses.replace(base, data=other), 2, out, space=space, resume=True)
+    assert str(caught.value) == (
+        f"{out}: --resume: data: the study's trials ran with {str(colour_set)!r}, the settings now give {other!r} "
+        "(the base recipe changed); resume with the one it was made with, or start a new study in another --out"
+    )
+    with pytest.raises(ConfigError, match=re.escape("ema: the study's trials ran with True, the settings now give "
+                                                    "False")):  # fmt: skip
+        tune("classify", dataclasses.replace(base, ema=False), 2, out, space=space, resume=True)
+    with pytest.raises(ConfigError, match=re.escape("epochs: the study's trials ran with 1, the settings now give 2")):
+        tune("classify", base, 2, out, space=space, epochs=2, resume=True)
+    assert (out / "study.jsonl").read_bytes() == journal
+    assert not (out / "trial-1").exists()
+    result = tune("classify", dataclasses.replace(base, workers=1, logger="csv"), 1, out, space=space, resume=True)
+    assert [row["trial"] for row in result["trials"]] == [0]
+
+
+def test_a_study_without_a_recorded_base_recipe_resumes_and_records_it(colour_set: Path, tmp_path: Path) -> None:
+    """A study of an older version (no base recipe recorded) goes on; the recipe it goes on with is kept from then."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from cnnapps.apps.common.tune import BASE_ATTR
+
+    out = tmp_path / "study"
+    out.mkdir()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(out / "study.jsonl")))
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="maximize")
+    trial = study.ask()
+    trial.suggest_categorical("batch_size", [4, 8, 16])
+    study.tell(trial, 0.5)
+    space = [Dimension("batch_size", choices=(4, 8, 16))]
+    result = tune("classify", _base(colour_set, 8), 2, out, space=space, resume=True)
+    assert [row["state"] for row in result["trials"]] == ["complete", "complete"]
+    recorded = optuna.load_study(study_name=STUDY_NAME, storage=storage).user_attrs[BASE_ATTR]
+    assert recorded["data"] == str(colour_set) and "batch_size" not in recorded and "workers" not in recorded
