@@ -4,8 +4,10 @@ The inputs, sorted, are cut into parts (:mod:`cnnapps.parts`); each Ray actor lo
 (``cnnapps.load``, any engine) and writes part after part, each whole: ``OUT/part-00000.parquet`` ... with one
 row per input: ``source``, ``error`` (null when it was predicted) and ``result`` (the answer as JSON, what
 ``cnnapps <verb> --json`` prints for it). ``OUT/_plan.json`` says what the parts belong to; a rerun of the
-same command after a crash does only the missing parts, and a rerun with other inputs, model or options is
-refused (a run whose workers failed before any part was written leaves no plan behind). A named model (or the
+same command after a crash does only the missing parts, and a rerun with other inputs, model (or other weights in
+the same model file) or options is refused (a run whose workers failed before any part was written leaves no plan
+behind). The failures a run reports are those of every part, also of the parts an earlier run finished. GPUs asked
+for and not in the cluster are refused before anything is written. A named model (or the
 task's default) is loaded once here before Ray starts, so one the actors could not load is a one-line error and
 nothing is written. Names starting with ``_`` are skipped by Parquet readers, so ``pandas.read_parquet(OUT)``
 reads the whole result.
@@ -13,6 +15,7 @@ reads the whole result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +26,19 @@ from typing import Any
 
 from cnnapps.bundle import is_bundle_path
 from cnnapps.errors import CnnappsError
+from cnnapps.exported import is_onnx_file
 from cnnapps.files import atomic_write
-from cnnapps.parts import agree_on_plan, make_plan, missing_parts, part_count, require_ray, run_on_ray
+from cnnapps.parts import (
+    agree_on_plan,
+    input_name,
+    make_plan,
+    missing_parts,
+    part_count,
+    ray_session,
+    require_gpus,
+    require_ray,
+    run_on_ray,
+)
 
 FORMATS = ("parquet", "jsonl")
 PART_SIZE = 1000
@@ -79,35 +93,47 @@ def predict_files(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CnnappsError(f"{out}: exists and is not a folder; choose another --out")
-    ordered = sorted(set(map(str, paths)))
+    ordered = sorted(set(map(input_name, paths)))
     if not ordered:
         raise CnnappsError("no inputs to predict")
     if model:  # here, in one line, not as each worker's traceback (and before anything is written)
         check_serves(model, record.name)
     require_ray()
-    named = not model or not (str(model).endswith(".onnx") or is_bundle_path(model))
+    named = not model or not (is_onnx_file(model) or is_bundle_path(model))
     if named and not ray_options.get("address"):  # a cluster's nodes may hold weights this machine has not
         _check_name_loads(task, model, load_options)
-    about = {"task": task, "model": str(model) if model else record.default_model, "format": fmt,
-             "load_options": load_options, "predict_options": predict_options}  # fmt: skip
+    about = {"task": task, "model": str(model) if model else record.default_model, "model_sha256": _content(model),
+             "format": fmt, "load_options": load_options, "predict_options": predict_options}  # fmt: skip
     plan = make_plan(ordered, part_size, **json.loads(json.dumps(about)))
-    out.mkdir(parents=True, exist_ok=True)
-    fresh = not (out / PLAN).exists()
-    agree_on_plan(out / PLAN, plan)
-    total, todo = missing_parts(ordered, part_size, lambda p: part_file(out, p, fmt).exists(), progress)
-    report = BatchReport(str(out), total, total - len(todo))
-    work = partial(_part_worker, task, model, load_options, predict_options, out, fmt)
-    try:
-        for done in run_on_ray(todo, work, **ray_options):
-            report.predicted += int(done["predicted"])
-            report.failed += json.loads(str(done["failed"]))
-            if progress:
-                progress(int(done["files"]))
-    except BaseException:  # a plan this run wrote and no part came of (its workers failed) holds the folder to nothing
-        if fresh and not _finished_parts(out):
-            (out / PLAN).unlink(missing_ok=True)
-        raise
+    gpus = ray_options.get("gpus_per_worker")  # asked for before anything is written: a cluster without is refused
+    with ray_session(ray_options.get("address")) if gpus else contextlib.nullcontext():
+        require_gpus(ray_options.get("workers"), gpus or 0.0)
+        out.mkdir(parents=True, exist_ok=True)
+        fresh = not (out / PLAN).exists()
+        agree_on_plan(out / PLAN, plan)
+        total, todo = missing_parts(ordered, part_size, lambda p: part_file(out, p, fmt).exists(), progress)
+        report = BatchReport(str(out), total, total - len(todo))
+        work = partial(_part_worker, task, model, load_options, predict_options, out, fmt)
+        try:
+            for done in run_on_ray(todo, work, **ray_options):
+                report.predicted += int(done["predicted"])
+                if progress:
+                    progress(int(done["files"]))
+        except BaseException:  # a plan this run wrote and no part came of (its workers failed) holds nothing
+            if fresh and not _finished_parts(out):
+                (out / PLAN).unlink(missing_ok=True)
+            raise
+    # the failures of every part, also those finished by an earlier run
+    report.failed = [{"path": r["source"], "error": r["error"]} for r in _rows(out, plan, ("source", "error"))
+                     if r["error"] is not None]  # fmt: skip
     return report
+
+
+def _content(model: str | os.PathLike | None) -> str | None:
+    """The sha256 of a model file (the same name may hold other weights on a rerun); None for a name."""
+    from cnnapps.backbones.weights import sha256_of
+
+    return sha256_of(Path(model)) if model and Path(model).is_file() else None
 
 
 def _check_name_loads(task: str, model: str | None, load_options: dict[str, Any]) -> None:
@@ -135,8 +161,8 @@ def _part_worker(task: str, model: str | None, load_options: dict[str, Any], pre
         results = predictor.predict(chunk, **predict_options)
         rows = [{"source": str(r.source), "error": r.error, "result": r.to_json() if r.ok else None} for r in results]
         write_part(part_file(out, part, fmt), rows)
-        failed = [{"path": row["source"], "error": row["error"]} for row in rows if row["error"] is not None]
-        return {"part": part, "files": len(chunk), "predicted": len(rows) - len(failed), "failed": json.dumps(failed)}
+        failed = sum(row["error"] is not None for row in rows)
+        return {"part": part, "files": len(chunk), "predicted": len(rows) - failed}
 
     return work
 
@@ -161,7 +187,13 @@ def read_rows(out: str | os.PathLike) -> Iterator[dict[str, Any]]:
     out = Path(out)
     if not (out / PLAN).is_file():
         raise CnnappsError(f"{out}: no {PLAN} here; not the output of `cnnapps batch`")
-    plan = json.loads((out / PLAN).read_text())
+    for row in _rows(out, json.loads((out / PLAN).read_text())):
+        yield {**row, "result": json.loads(row["result"]) if row["result"] is not None else None}
+
+
+def _rows(out: Path, plan: dict[str, Any], columns: Sequence[str] = ("source", "error", "result")) -> Iterator[dict]:
+    """The rows of the finished parts of ``plan`` under ``out``, in input order, with only ``columns`` (of
+    Parquet parts, only those are read)."""
     for part in range(part_count(plan)):
         file = part_file(out, part, plan["format"])
         if not file.exists():
@@ -169,8 +201,8 @@ def read_rows(out: str | os.PathLike) -> Iterator[dict[str, Any]]:
         if plan["format"] == "parquet":
             import pyarrow.parquet as pq
 
-            rows = pq.read_table(file).to_pylist()
+            rows = pq.read_table(file, columns=list(columns)).to_pylist()
         else:
             rows = [json.loads(line) for line in file.read_text().splitlines() if line]
         for row in rows:
-            yield {**row, "result": json.loads(row["result"]) if row["result"] is not None else None}
+            yield {key: row[key] for key in columns}

@@ -107,7 +107,9 @@ def _what_else(path: Path, size: int) -> str:
     import zipfile
 
     runs = "cnnapps runs model files (.safetensors) and the ONNX files `cnnapps export` writes"
-    if str(path).endswith(".onnx"):
+    from cnnapps.exported import is_onnx_file
+
+    if is_onnx_file(path):
         return f"{path}: an ONNX file, not a model file; {runs}"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:

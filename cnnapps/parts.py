@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,18 @@ from cnnapps.files import atomic_write
 
 #: one part's work: (part number, its paths) -> a summary of what it did (plain values: numbers, strings)
 PartWork = Callable[[int, list[str]], dict[str, Any]]
+
+
+def input_name(path: str | os.PathLike) -> str:
+    """The name a file is planned (and indexed) under: absolute, ``.`` and ``..`` taken out (``d/../a.jpg`` is
+    ``a.jpg``), symbolic links kept as named; only where a ``..`` follows a linked folder is the name resolved, to
+    the file the system opens. One file named several ways is one input."""
+    text = os.fsdecode(os.fspath(path))
+    name = os.path.abspath(text)
+    crosses_link = ".." in Path(text).parts and os.path.exists(text)
+    if crosses_link and not (os.path.exists(name) and os.path.samefile(text, name)):
+        return os.path.realpath(text)
+    return name
 
 
 def make_plan(paths: Sequence[str], part_size: int, **about: Any) -> dict[str, Any]:
@@ -49,10 +62,32 @@ def agree_on_plan(
     found = json.loads(file.read_text())
     if found != plan:
         what = [k for k in plan if found.get(k) != plan[k]]
+        values = "; ".join(f"{k} {_shown(found.get(k))} then, {_shown(plan[k])} now" for k in what)
         raise error(
-            f"{file.parent}: the {parts} here were started with another {' and '.join(what)} "
-            f"({found.get('files')} files then, {plan['files']} now); rerun with the same inputs, or remove "
-            f"{file.parent}"
+            f"{file.parent}: the {parts} here were started with another {' and '.join(what)} ({values}); rerun "
+            f"with the same inputs and settings, or remove {file.parent}"
+        )
+
+
+def _shown(value: Any) -> str:
+    """A plan's value in an error: JSON, a hash cut to its first 12 digits."""
+    text = json.dumps(value)
+    return text[:13] + '..."' if isinstance(value, str) and len(value) == 64 else text
+
+
+def require_gpus(workers: int | None, gpus_per_worker: float) -> None:
+    """In a Ray session: a one-line error when the cluster has fewer GPUs than ``workers`` actors (at least one)
+    of ``gpus_per_worker`` each ask for (Ray would wait for them for ever)."""
+    if not gpus_per_worker:
+        return
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if (workers or 1) * gpus_per_worker > gpus:
+        asked = f"{workers or 1} worker{'s' if (workers or 1) > 1 else ''} x {gpus_per_worker:g} GPU"
+        raise CnnappsError(
+            f"{asked} asked for, the Ray cluster has {gpus:g} GPUs; use --device cpu, or fewer --workers or "
+            "--gpus-per-worker"
         )
 
 
@@ -162,8 +197,11 @@ def _run(ray: Any, parts: Sequence[tuple[int, list[str]]], make_work: Callable[[
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    size = max(1, min(len(parts), workers or cpus))
+    require_gpus(workers, gpus_per_worker)
+    resources = ray.cluster_resources()
+    size = max(1, min(len(parts), workers or int(resources.get("CPU", 1))))
+    if gpus_per_worker:  # no more actors than the GPUs hold: Ray would wait for the others' for ever
+        size = min(size, max(1, int(resources.get("GPU", 0) // gpus_per_worker)))
 
     class PartWorker:
         def __init__(self) -> None:

@@ -41,9 +41,10 @@ def classifier_to_look_inside(model: str | os.PathLike | None) -> LoadedClassifi
     from cnnapps.backbones.registry import DEFAULT_BACKBONE, TIMM_PREFIX, get_spec
     from cnnapps.backbones.weights import status_of
     from cnnapps.bundle import is_bundle_path
+    from cnnapps.exported import is_onnx_file
 
     spec = str(model or DEFAULT_BACKBONE)
-    if spec.endswith(".onnx"):
+    if is_onnx_file(spec):
         raise CnnappsError(f"--model {spec}: an exported ONNX graph has no layers to look inside; give the model "
                            "file it was exported from")  # fmt: skip
     if is_bundle_path(spec):

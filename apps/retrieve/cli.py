@@ -107,7 +107,10 @@ def index_build(
         _build_on_ray(folder, index, model, head, pooling, device, part_size, kind, as_json,
                       address=address, workers=workers, gpus_per_worker=gpus_per_worker)  # fmt: skip
         return
-    world_size = world_size or launcher_rank()[1]
+    launched = launcher_rank()[1]
+    if world_size is not None and world_size > 1 and rank is None and launched == 1:
+        raise CnnappsError(f"--world-size {world_size}: give this process's --rank too (or start it with torchrun)")
+    world_size = world_size or launched
     if rank is not None or world_size > 1:
         _build_shard(folder, index, model, head, pooling, device, rank, world_size, part_size, as_json)
         return

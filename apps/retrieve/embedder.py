@@ -21,6 +21,7 @@ from cnnapps.backbones.features import Backbone
 from cnnapps.backbones.preprocess import Preprocess
 from cnnapps.backbones.registry import DEFAULT_BACKBONE
 from cnnapps.errors import CnnappsError
+from cnnapps.exported import is_onnx_file
 from cnnapps.results import EmbeddingResult
 from cnnapps.runtime import (
     check_batch_size,
@@ -198,7 +199,7 @@ class Embedder:
     ) -> None:
         # a model file by its absolute path: an index records it, and is searched from other folders
         self.spec = os.path.abspath(spec) if os.path.isfile(spec) else str(spec)
-        exported = self.spec.endswith(".onnx")
+        exported = is_onnx_file(self.spec)
         #: the model file's embedding head named when loading (None: its first, or no model file)
         self.head: str | None = None
         self.device = select_device(device, engine, graph=exported)

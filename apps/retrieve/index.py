@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from cnnapps.errors import CnnappsError
+from cnnapps.parts import input_name as index_path
 
 KINDS = ("auto", "flat", "ivfpq", "hnsw")
 #: ``auto`` switches from exact search to IVF-PQ at this many vectors.
@@ -73,18 +74,6 @@ class FileStat:
     size: int
     mtime: float
     sha256: str
-
-
-def index_path(path: str | os.PathLike) -> str:
-    """The name a file is indexed under: absolute, ``.`` and ``..`` taken out (``d/../a.jpg`` is ``a.jpg``),
-    symbolic links kept as named; only where a ``..`` follows a linked folder is the name resolved, to the
-    file the system opens."""
-    text = os.fsdecode(os.fspath(path))
-    name = os.path.abspath(text)
-    crosses_link = ".." in Path(text).parts and os.path.exists(text)
-    if crosses_link and not (os.path.exists(name) and os.path.samefile(text, name)):
-        return os.path.realpath(text)
-    return name
 
 
 def file_stat(path: str) -> FileStat:
@@ -332,15 +321,25 @@ def _not_created(folder: Path) -> RetrievalIndexError:
     return RetrievalIndexError(f"{folder}: {_not_created_reason(folder)}")
 
 
+def _make_folder(folder: Path) -> None:
+    """The index folder, made where missing; anything else under its name is refused in one line."""
+    if folder.exists() and not folder.is_dir():
+        raise RetrievalIndexError(f"{folder}: exists and is not a folder; choose another index folder")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def _check_kind(kind: str) -> None:
     """Refuse an unknown index kind before anything is made on disk."""
     if kind not in KINDS:
         raise RetrievalIndexError(f"--kind {kind}: choose one of {', '.join(KINDS)}")
 
 
-def _create(folder: Path, model: dict[str, Any], kind: str, unfinished: str | None) -> sqlite3.Connection:
+def _create(
+    folder: Path, model: dict[str, Any], kind: str, unfinished: str | None, inputs: str | None = None
+) -> sqlite3.Connection:
     """Write generation 0 of a new index (the write lock is held): the FAISS file, then the schema and the
-    settings in one transaction. Returns the open database."""
+    settings (``inputs``: the hash of what an unfinished build or merge writes) in one transaction. Returns the
+    open database."""
     _check_kind(kind)
     state, _ = _index_state(folder)
     if state == "index":
@@ -355,6 +354,8 @@ def _create(folder: Path, model: dict[str, Any], kind: str, unfinished: str | No
     settings = {"model": json.dumps(model), "kind": kind, "generation": "0", "next_id": "1"}
     if unfinished:
         settings["unfinished"] = unfinished
+    if inputs:
+        settings["inputs_sha256"] = inputs
     db = _connect(folder / "index.sqlite")
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -410,7 +411,7 @@ class Index:
         whole or not at all; a second process creating one at ``path`` meanwhile gets ``IndexLockedError``."""
         path = Path(path)
         _check_kind(kind)
-        path.mkdir(parents=True, exist_ok=True)
+        _make_folder(path)
         with _WriteLock(path):
             db = _create(path, model, kind, None)
         return cls(path, db)
@@ -446,10 +447,26 @@ class Index:
         A generation is committed every ``checkpoint`` images (one at the end for an IVF-PQ index, trained
         on all of them), and the index is marked unfinished until the last. Run again after a kill, a full
         disk or a crash, with the same model, it resumes (with the kind it started with): files already indexed
-        and unchanged are skipped. A complete index at ``path`` is refused, as by ``create``."""
-        with cls._writing(Path(path), embedder.describe(), kind, "build") as index:
+        and unchanged are skipped; one indexed by then and not among ``paths`` is refused (other inputs) unless it
+        was deleted since (its entry goes). A complete index at ``path`` is refused, as by ``create``, and so are the
+        parts of a sharded build (``cnnapps index merge`` writes their index)."""
+        path = Path(path)
+        if (path / "parts" / "plan.json").is_file():
+            raise RetrievalIndexError(
+                f"{path}: the parts of a sharded build are here; finish it with `cnnapps index build` on ranks "
+                f"(--rank, --world-size) or --ray, then `cnnapps index merge --index {path}`, or remove {path}"
+            )
+        keys = list(dict.fromkeys(index_path(p) for p in paths))
+        with cls._writing(path, embedder.describe(), kind, "build") as index:
             unchanged = index._unchanged()
-            keys = list(dict.fromkeys(index_path(p) for p in paths))
+            named = set(keys)
+            others = [k for k in unchanged if k not in named]  # indexed by the run this one resumes, not named now
+            kept = [k for k in others if not _gone(k)]
+            if kept:
+                raise RetrievalIndexError(
+                    f"{path}: the interrupted build here indexed {len(kept)} files not among these inputs (such as "
+                    f"{kept[0]}); resume it with the same inputs, or remove {path}"
+                )
             # skipped: indexed by the run this one resumes and unchanged since (a file missing now is not)
             todo = [k for k in keys if k not in unchanged or unchanged[k] != _size_mtime(k)]
             known = {k for k in todo if k in unchanged}  # changed or deleted since: one that fails loses its entry
@@ -460,20 +477,24 @@ class Index:
             )
             step = max(1, checkpoint) if exact else max(1, len(todo))
             added, failed = 0, []
-            for start in range(0, len(todo), step):
-                more, bad, _ = index._apply(todo[start : start + step], [], embedder, progress, drop_failed=known)
+            for start in range(0, max(len(todo), len(others) and 1), step):  # deleted since: gone with the first
+                chunk, gone = todo[start : start + step], others if start == 0 else []
+                more, bad, _ = index._apply(chunk, gone, embedder, progress, drop_failed=known)
                 added += more
                 failed += bad
         return index, added, failed
 
     @classmethod
     @contextlib.contextmanager
-    def _writing(cls, path: Path, model: dict[str, Any], kind: str, task: str) -> Iterator[Index]:
+    def _writing(
+        cls, path: Path, model: dict[str, Any], kind: str, task: str, inputs: str | None = None
+    ) -> Iterator[Index]:
         """The index a ``task`` ("build" or "merge") writes, under its write lock from start to end: a new
-        one marked unfinished, or the one an interrupted run of the same task left. The mark goes when the
+        one marked unfinished, or the one an interrupted run of the same task left, with the same model (and
+        ``inputs``, the hash of what it writes, where one is given: kept in the settings). The mark goes when the
         block completes."""
         _check_kind(kind)
-        path.mkdir(parents=True, exist_ok=True)
+        _make_folder(path)
         with _WriteLock(path) as lock:
             state, settings = _index_state(path)
             if state == "index":
@@ -492,9 +513,14 @@ class Index:
                         f"{path}: an interrupted {task} with {_describe(theirs)} is here, not {_describe(model)}; "
                         "resume it with the same model and pooling, or remove the folder"
                     )
+                if inputs and settings.get("inputs_sha256", inputs) != inputs:
+                    raise RetrievalIndexError(
+                        f"{path}: an interrupted {task} of other inputs is here; resume it with the same inputs, "
+                        "or remove the folder"
+                    )
                 db = _connect(path / "index.sqlite")
             else:
-                db = _create(path, model, kind, task)
+                db = _create(path, model, kind, task, inputs)
             try:
                 index = cls(path, db)
             except BaseException:
@@ -521,6 +547,15 @@ class Index:
                 f"run `cnnapps index repair --index {self.path}` to rebuild it from the database"
             )
         return self
+
+    def refresh_if_changed(self) -> bool:
+        """Load the newest committed generation when another process committed one since (one read of the
+        settings: cheap enough before every search); whether it did."""
+        row = self._db.execute("SELECT value FROM settings WHERE key = 'generation'").fetchone()
+        if row is None or int(row[0]) == self.generation:
+            return False
+        self.refresh()
+        return True
 
     def _load(self) -> str | None:
         """Read the newest generation; returns what is wrong with its FAISS file, or None."""
@@ -628,21 +663,36 @@ class Index:
             raise RetrievalIndexError(f"{self.path}: the index was built with {mine}; the query uses {theirs}")
 
     def search(self, queries: Any, k: int = 10) -> list[list[Hit]]:
-        """Top-``k`` hits per query: queries are unit vectors, (N, dim) or one (dim,), or images (embedded first).
-        A float array is taken for vectors when its rows are unit vectors (of another width: another model's, refused);
-        any other array, a float grayscale image (H, W) included, is an image."""
+        """Top-``k`` hits per query: queries are vectors or images (embedded first). A float array is taken for
+        vectors when it is one vector, (dim,), or its rows are unit vectors, (N, dim) (of another width: another
+        model's, refused); any other array, a float grayscale image (H, W) included, is an image. Vectors of any
+        length: :meth:`search_vectors`."""
         if k < 1:
             raise RetrievalIndexError(f"k: at least 1 hit per query, not {k}")
         is_float = isinstance(queries, np.ndarray) and queries.dtype.kind == "f"
-        if is_float and queries.ndim in (1, 2) and _unit_rows(queries):  # embeddings are unit vectors, images' rows not
-            vectors = queries.reshape(-1, queries.shape[-1])
-        else:
-            _, vectors, errors = self.embedder().embed(queries)
-            bad = [e for e in errors if e]
-            if bad:
-                raise RetrievalIndexError(f"query could not be read: {bad[0]}")
-        if vectors.shape[1] != self.dim:
-            raise RetrievalIndexError(f"{self.path}: queries have {vectors.shape[1]} dimensions, the index {self.dim}")
+        one = is_float and queries.ndim == 1 and queries.shape[0] == self.dim  # an image has two dimensions or more
+        if one or (is_float and queries.ndim in (1, 2) and _unit_rows(queries)):  # embeddings are unit vectors
+            return self.search_vectors(queries, k)
+        _, vectors, errors = self.embedder().embed(queries)
+        bad = [e for e in errors if e]
+        if bad:
+            raise RetrievalIndexError(f"query could not be read: {bad[0]}")
+        return self.search_vectors(vectors, k)
+
+    def search_vectors(self, vectors: Any, k: int = 10) -> list[list[Hit]]:
+        """Top-``k`` hits per query vector, (N, dim) or one (dim,), each scaled to unit length first (a sum or mean
+        of embeddings queries by what they share); a zero vector is refused."""
+        if k < 1:
+            raise RetrievalIndexError(f"k: at least 1 hit per query, not {k}")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = vectors.reshape(-1, vectors.shape[-1]) if vectors.ndim in (1, 2) else vectors
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            width = vectors.shape[-1] if vectors.ndim else 0
+            raise RetrievalIndexError(f"{self.path}: queries have {width} dimensions, the index {self.dim}")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise RetrievalIndexError("query vectors: a zero (or not finite) vector has no direction to search")
+        vectors = vectors / norms
         if len(self) == 0:
             return [[] for _ in range(len(vectors))]
         scores, ids = self._faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(self)))

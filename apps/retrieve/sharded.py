@@ -28,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.apps.retrieve.index import FileStat, Index, RetrievalIndexError, _index_state, embed_files, index_path
+from cnnapps.apps.retrieve.index import (
+    FileStat,
+    Index,
+    RetrievalIndexError,
+    _index_state,
+    _make_folder,
+    embed_files,
+    index_path,
+)
 from cnnapps.files import atomic_write
 from cnnapps.parts import agree_on_plan, make_plan, part_count, part_paths
 
@@ -79,8 +87,9 @@ def _start_parts(paths: Sequence[str], index_dir: Path, embedder: Any, part_size
     state, settings = _index_state(index_dir)
     if state == "index" and settings.get("unfinished") != "merge":
         raise RetrievalIndexError(f"{index_dir}: an index already exists here; use `cnnapps index add` or `sync`")
+    _make_folder(index_dir)
     folder = _parts_dir(index_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
     ordered = sorted({index_path(p) for p in paths})
     agree_on_plan(folder / "plan.json", make_plan(ordered, part_size, model=embedder.describe()), RetrievalIndexError)
     return folder, ordered
@@ -199,8 +208,20 @@ def merge_parts(index_dir: str | os.PathLike, kind: str = "auto") -> tuple[Index
     if state == "index" and settings.get("unfinished") != "merge":
         if not folder.is_dir():
             raise RetrievalIndexError(f"{index_dir}: an index already exists here and there are no parts to merge")
-        _remove_parts(folder)  # a merge killed while it removed them: the index holds every vector
-        return Index.open(index_dir), []
+        plan_file = folder / "plan.json"
+        if plan_file.is_file():  # the index a merge of these very parts committed
+            plan = json.loads(plan_file.read_text())
+            merged = settings.get("unfinished") is None and settings.get("inputs_sha256") == plan["paths_sha256"]
+        else:  # the plan goes after the part files: without it, what a merge removing them left
+            merged = next(folder.glob("part-*.npz"), None) is None
+        if merged:
+            _remove_parts(folder)  # a merge killed while it removed them: the index holds every vector
+            return Index.open(index_dir), []
+        what = "an unfinished build" if settings.get("unfinished") == "build" else "an index"
+        raise RetrievalIndexError(
+            f"{index_dir}: {what} not merged from the parts under {folder} is here beside them; move the parts or "
+            "the index files away"
+        )
     plan, missing = parts_status(index_dir)
     if missing:
         shown = ", ".join(str(p) for p in missing[:10]) + (" ..." if len(missing) > 10 else "")
@@ -208,7 +229,7 @@ def merge_parts(index_dir: str | os.PathLike, kind: str = "auto") -> tuple[Index
             f"{index_dir}: {len(missing)} of {part_count(plan)} parts are not finished "
             f"(parts {shown}); rerun `cnnapps index build` with the same inputs to finish them"
         )
-    with Index._writing(index_dir, plan["model"], kind, "merge") as index:
+    with Index._writing(index_dir, plan["model"], kind, "merge", plan["paths_sha256"]) as index:
         stats: list[FileStat] = []
         vectors: list[np.ndarray] = []
         failed: list[dict[str, str]] = []

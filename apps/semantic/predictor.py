@@ -19,6 +19,7 @@ from cnnapps.apps.common.batching import map_images
 from cnnapps.apps.semantic.result import SemanticResult
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
+from cnnapps.exported import is_onnx_file
 from cnnapps.runtime import check_batch_size, one_at_a_time, select_device
 
 
@@ -82,7 +83,7 @@ class SemanticPredictor:
         if model is not None:
             self.model, self.preprocess = model, preprocess
             self.class_names, self.colours = list(model.spec.class_names), list(model.spec.colours)
-        elif str(spec).endswith(".onnx"):
+        elif is_onnx_file(spec):
             from cnnapps.apps.semantic.model import preprocessing
             from cnnapps.exported import OnnxRunner, read_onnx_metadata
 

@@ -46,6 +46,7 @@ def batch(
     result as JSON). Exit code 0: all predicted; 1: some inputs failed (listed); 2: error."""
     from cnnapps.apps.tasks import get_task
     from cnnapps.batch import predict_files
+    from cnnapps.parts import input_name
     from cnnapps.terminal import images
 
     record = get_task(task)
@@ -65,7 +66,7 @@ def batch(
     ignored = sorted(set(given) - set(load_options) - set(predict_options))
     if ignored:
         raise CnnappsError(f"{', '.join(ignored)}: not an option of {task}'s predictor")
-    with progress(len(set(inputs)), f"{task} on Ray") as advance:
+    with progress(len(set(map(input_name, inputs))), f"{task} on Ray") as advance:
         report = predict_files(task, inputs, out, model, fmt, part_size, load_options, predict_options, advance,
                                address=address, workers=workers, gpus_per_worker=gpus_per_worker)  # fmt: skip
     if as_json:

@@ -982,7 +982,8 @@ def create_app(
             def search() -> list[Any]:
                 vectors = np.stack([answers[i][1].vector for i in found])  # type: ignore[index]
                 with index_lock:
-                    return opened.search(vectors, k)
+                    opened.refresh_if_changed()  # what another process added or removed since
+                    return opened.search_vectors(vectors, k)
 
             for i, hits in zip(found, await run_in_threadpool(search) if found else [], strict=True):
                 answers[i] = ({"results": [{**h.to_dict(), "id": h.id} for h in hits]}, None)
@@ -999,6 +1000,7 @@ def create_app(
                 if not 0 <= id < 2**63:  # no row has it (and SQLite cannot even be asked past 64 bits)
                     return None
                 with index_lock:
+                    opened.refresh_if_changed()  # a removed image is not served
                     return opened.item_path(id)
 
             path = await run_in_threadpool(find)
@@ -1042,7 +1044,14 @@ def create_app(
         """The loaded models: name (the ``model`` query parameter), spec, task, route, engine."""
         models_info = [entry for s in served for entry in s.info()]
         if opened is not None:
-            models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve", "items": len(opened)})
+
+            def items() -> int:
+                with index_lock:
+                    opened.refresh_if_changed()
+                    return len(opened)
+
+            models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve",
+                                "items": await run_in_threadpool(items)})  # fmt: skip
         return {
             "models": models_info,
             "max_batch": max_batch,
