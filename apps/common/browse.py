@@ -173,12 +173,11 @@ def _annotations(path: Path, task: str | None, augment: str, images: Path | None
 
 def _labelled(path: Path, task: str | None, augment: str, images: Path | None, size: int, seed: int) -> Any:
     from cnnapps.backbones.preprocess import Preprocess
-    from cnnapps.datasets.folders import read_labeled
+    from cnnapps.datasets.folders import read_labeled, split_folders
     from cnnapps.datasets.io import read_image
     from cnnapps.datasets.transforms import train_transform
 
-    if (path / "train").is_dir() and (path / "val").is_dir():
-        path = path / "train"  # the training half of the train/ + val/ layout
+    path = (split_folders(path) or (path,))[0]  # the training half of a train/ + val/ layout
     data = read_labeled(path)
     spec = Preprocess(input_size=(3, size, size), resize=round(size / 0.875))
     transform = _seeded(train_transform(augment, spec), seed)

@@ -68,10 +68,10 @@ def labelled_folds(config: TrainConfig) -> FoldSource:
 def pooled_images(data: str | os.PathLike) -> Any:
     """Every labelled image of ``data``, read as training reads it: its train/ and val/ folders together (class
     trees or labels.csv files), or the one tree or CSV. Multi-label data is refused (:data:`MULTILABEL`)."""
-    from cnnapps.datasets.folders import LabeledImages, read_labeled, train_val_split
+    from cnnapps.datasets.folders import LabeledImages, read_labeled, split_folders, train_val_split
 
     root = Path(data)
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    if split_folders(root):
         train, val = train_val_split(root, multilabel=None)  # multi-label data is found by itself, as in training
         if train.multilabel:
             raise ConfigError(MULTILABEL)

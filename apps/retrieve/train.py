@@ -49,9 +49,11 @@ def _check_val_classes(config: RetrieveConfig, labels: Any, n: int) -> None:
 
     if n and (same_class_others(np.asarray(labels)) > 0).any():
         return
-    data = Path(config.data)
-    if (data / "train").is_dir() and (data / "val").is_dir():
-        fix = f"put 2 or more images of a class in {data / 'val'}"
+    from cnnapps.datasets.folders import split_folders
+
+    folders = split_folders(config.data)
+    if folders:
+        fix = f"put 2 or more images of a class in {folders[1]}"
     else:
         fix = "raise --val-split, or give train/ and val/ folders with 2 or more images of a class in val/"
     raise CnnappsError(

@@ -41,3 +41,14 @@ def test_an_interrupted_kfold_run_is_refused_without_resume(colour_set: Path, tm
     assert str(caught.value) == f"{out}: already holds a training run; pass another --out, or --resume to continue it"
     assert {path: path.read_bytes() for path in files} == files
     assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(files)
+
+
+def test_the_kfold_pool_takes_train_and_valid_folders_as_splits(tmp_path: Path) -> None:
+    from cnnapps.apps.common.kfold import pooled_images
+    from tests.conftest import write_colour_set
+
+    write_colour_set(tmp_path / "data" / "train", per_class=3)
+    write_colour_set(tmp_path / "data" / "valid", per_class=2, seed=1)  # Roboflow's name for the validation split
+    pool = pooled_images(tmp_path / "data")
+    assert "valid" not in pool.class_names and "train" not in pool.class_names  # it was refused: "are splits"
+    assert len(pool.paths) == len(pool.class_names) * 5
