@@ -238,6 +238,7 @@ def load_config(path: str | os.PathLike | None = None, config_type: type = Train
     if path is not None:
         values.update(_read_settings(Path(path)))
         task = values.pop("task", None) if "task" not in known else None  # a run's config.yaml names its task
+        values.pop(SETTINGS_FORMAT, None)
         if task is not None and task != config_type.task_name:
             raise ConfigError(f"{source}: the settings of a {task} run, not of a {config_type.task_name} one")
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -289,6 +290,8 @@ HOW_IT_RUNS = frozenset({
 #: fit the checkpoint), and the loss settings a resumed classification run trains with as given (its module says
 #: where they differ from the checkpoint's); every other setting changes what is trained
 RESUME_MAY_CHANGE = HOW_IT_RUNS | {"epochs", "patience", *_DATA_PLACES, "classes", "class_weights", "logit_adjust"}
+#: the key of a run's config.yaml that says how its settings are read (2: a freeze not given is saved as null)
+SETTINGS_FORMAT = "settings_format"
 #: settings of the resumption itself, never the run's: the folder it was found in, and the progress display
 _OF_THE_RESUMPTION = ("out", "resume", "progress")
 
@@ -323,11 +326,19 @@ def _run_settings(out: Path) -> tuple[Path, dict[str, Any]]:
     settings where neither is there."""
     path = out / "config.yaml"
     if path.is_file():
-        return path, _read_settings(path)
+        return path, _as_now(_read_settings(path))
     fold = out / "fold-1" / "config.yaml"
     if fold.is_file():
-        return fold, {k: v for k, v in _read_settings(fold).items() if k not in _DATA_PLACES}
+        return fold, {k: v for k, v in _as_now(_read_settings(fold)).items() if k not in _DATA_PLACES}
     return path, {}
+
+
+def _as_now(settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings as this version reads them. Runs written before :data:`SETTINGS_FORMAT` 2 saved ``freeze: 0``
+    when no freeze was given, which beside ``preset: more-data`` meant the preset's (half the stages frozen)."""
+    if settings.get(SETTINGS_FORMAT, 1) < 2 and settings.get("preset") == "more-data" and settings.get("freeze") == 0:
+        return {**settings, "freeze": None}
+    return settings
 
 
 def _check_task(out: Path, settings: dict[str, Any], task: str) -> None:
@@ -403,7 +414,8 @@ def write_config(config: Any, path: Path) -> None:
 
     from cnnapps.files import atomic_write
 
-    settings = {"task": config.task_name, **dataclasses.asdict(config)}  # the task: a --resume of another is refused
+    # the task: a --resume of another is refused; the format: how this version's settings are read back
+    settings = {"task": config.task_name, SETTINGS_FORMAT: 2, **dataclasses.asdict(config)}
     atomic_write(path, yaml.safe_dump(_as_saved(settings), sort_keys=False).encode(), overwrite=True)
 
 
