@@ -60,13 +60,20 @@ def agree_on_plan(
         with contextlib.suppress(FileExistsError):  # another process wrote it first: compare with theirs
             atomic_write(file, json.dumps(plan, indent=2).encode())
     found = json.loads(file.read_text())
-    if found != plan:
-        what = [k for k in plan if found.get(k) != plan[k]]
-        values = "; ".join(f"{k} {_shown(found.get(k))} then, {_shown(plan[k])} now" for k in what)
+    if found == plan:
+        return
+    newer = sorted(set(plan) - set(found))
+    if newer:  # a plan an older version wrote records less (and may name the same files otherwise)
         raise error(
-            f"{file.parent}: the {parts} here were started with another {' and '.join(what)} ({values}); rerun "
-            f"with the same inputs and settings, or remove {file.parent}"
+            f"{file.parent}: the {parts} here were started by an older version of cnnapps (its plan has no "
+            f"{', '.join(newer)}); remove {file.parent} and run again"
         )
+    what = [k for k in plan if found.get(k) != plan[k]] or sorted(set(found) - set(plan))
+    values = "; ".join(f"{k} {_shown(found.get(k))} then, {_shown(plan.get(k))} now" for k in what)
+    raise error(
+        f"{file.parent}: the {parts} here were started with another {' and '.join(what)} ({values}); rerun "
+        f"with the same inputs and settings, or remove {file.parent}"
+    )
 
 
 def _shown(value: Any) -> str:

@@ -59,13 +59,16 @@ class ShardReport:
 
 
 def launcher_rank() -> tuple[int, int, int | None]:
-    """(rank, world size, local rank) from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM (SLURM_PROCID,
-    SLURM_NTASKS, SLURM_LOCALID); (0, 1, None) for a process started alone."""
+    """(rank, world size, local rank) from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM's ``srun`` (SLURM_PROCID,
+    SLURM_NTASKS, SLURM_LOCALID; not an interactive allocation's shell, as training tells); (0, 1, None) for a
+    process started alone."""
+    from cnnapps.datasets.transforms import slurm_launched
+
     env = os.environ
     if "WORLD_SIZE" in env and "RANK" in env:
         local = env.get("LOCAL_RANK")
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(local) if local is not None else None
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
+    if slurm_launched() and "SLURM_PROCID" in env:
         local = env.get("SLURM_LOCALID")
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(local) if local is not None else None
     return 0, 1, None

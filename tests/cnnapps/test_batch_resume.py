@@ -96,3 +96,18 @@ def test_gpus_the_cluster_lacks_are_refused_before_anything_is_written(cluster, 
     code, _, err = run_cli("batch", "retrieve", gallery, "--out", out, "--model", EMBEDDER, "--workers", "2",
                            "--gpus-per-worker", "0.5")  # fmt: skip
     assert code == 2 and "2 workers x 0.5 GPU" in err and not out.exists()
+
+
+def test_a_plan_an_older_version_wrote_is_refused_saying_so(tmp_path: Path) -> None:
+    from cnnapps.errors import CnnappsError
+    from cnnapps.parts import agree_on_plan, make_plan
+
+    plan = make_plan(["/a.png", "/b.png"], 10, task="classify", model="m.safetensors", model_sha256=None)
+    old = {k: v for k, v in plan.items() if k != "model_sha256"}  # what a plan of an older version holds
+    (tmp_path / "_plan.json").write_text(json.dumps(old))
+    with pytest.raises(CnnappsError) as refused:  # it said "started with another  ()"
+        agree_on_plan(tmp_path / "_plan.json", plan)
+    assert "started by an older version of cnnapps (its plan has no model_sha256)" in str(refused.value)
+    (tmp_path / "_plan.json").write_text(json.dumps({**plan, "extra": 1}))
+    with pytest.raises(CnnappsError, match=r"started with another extra \(extra 1 then, null now\)"):
+        agree_on_plan(tmp_path / "_plan.json", plan)

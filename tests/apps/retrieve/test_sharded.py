@@ -135,6 +135,9 @@ def test_ranks_come_from_torchrun_or_slurm(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("SLURM_PROCID", "5")
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # `salloc`'s shell: one process, as training takes it
+    assert launcher_rank() == (0, 1, None)
+    monkeypatch.setenv("SLURM_JOB_NAME", "gallery")  # a task srun started
     assert launcher_rank() == (5, 8, 1)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
