@@ -26,6 +26,7 @@ from cnnapps.datasets.formats.hub import (
     bounds,
     box_problem,
     merged_order,
+    note_crowd_left_out,
     polygon_problem,
     polygons_of,
 )
@@ -253,8 +254,7 @@ def _keypoint(element: Any) -> list[float]:
 def write(data: Collection, out: Path, at: Path, report: Report, images_mode: str) -> dict[str, str]:
     """``out.xml``, or ``out/annotations.xml`` (with ``out/images/`` when images are copied or linked)."""
     cats = dict(sorted(data.categories.items()))
-    if any(a.get("iscrowd") for a in data.coco["annotations"]):
-        report.note("crowd regions (iscrowd) left out: CVAT has no crowd marks")
+    note_crowd_left_out(data.coco["annotations"], report, "CVAT")
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
     root.append(_meta(cats, data, len(data.coco["images"])))

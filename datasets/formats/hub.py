@@ -171,27 +171,54 @@ def bounds(polygons: list[list[float]]) -> list[float]:
 
 
 def polygon_area(flat: list[float]) -> float:
-    """Area of a flat [x0, y0, x1, y1, ...] polygon: the shoelace area of each loop it closes by coming back to a
-    point, added, so parts joined into one outline (:func:`joined`, a YOLO segment line) count whichever way each
-    winds (opposite windings would subtract), as pycocotools counts them."""
+    """Area of a flat [x0, y0, x1, y1, ...] polygon, as pycocotools fills it (even-odd): the outline is cut into the
+    loops it closes by coming back to a point (the parts :func:`joined` bridges into one outline, a YOLO segment
+    line), and each loop's area counts whichever way it winds, added, or taken away where it lies inside another
+    loop (a hole reached by a bridge)."""
     points = list(zip(flat[0::2], flat[1::2], strict=False))
-    area, path, at = 0.0, [], {}
+    loops, path, at = [], [], {}
     for point in points + points[:1]:  # back to the first point: the outline's last loop closes
-        if point in at:  # a loop closes here: its area counts on its own
+        if point in at:  # a loop closes here
             start = at[point]
-            area += _shoelace(path[start:])
+            loops.append(path[start:])
             for p in path[start + 1 :]:
                 del at[p]
             del path[start + 1 :]
         else:
             at[point] = len(path)
             path.append(point)
+    area = 0.0
+    for i, loop in enumerate(loops):
+        depth = sum(_inside(loop, other) for j, other in enumerate(loops) if j != i and len(other) > 2)
+        area += _shoelace(loop) * (-1 if depth % 2 else 1)
     return area
+
+
+def _inside(loop: list[tuple[float, float]], other: list[tuple[float, float]]) -> bool:
+    """Whether ``loop`` lies inside ``other``, told by one of its points that is not a point of ``other``."""
+    shared = set(other)
+    x, y = next((p for p in loop if p not in shared), (math.nan, math.nan))
+    inside = False
+    for (x0, y0), (x1, y1) in zip(other, other[1:] + other[:1], strict=True):
+        if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
+            inside = not inside
+    return inside
 
 
 def _shoelace(points: list[tuple[float, float]]) -> float:
     n = len(points)
     return abs(sum(points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1] for i in range(n))) / 2
+
+
+def note_crowd_left_out(annotations: list[dict[str, Any]], report: Report, target: str) -> None:
+    """Say, for a target with no crowd marks, how many crowd regions it leaves out: COCO's, and the difficult
+    objects Pascal VOC marks (read as crowd regions)."""
+    crowd = [a for a in annotations if a.get("iscrowd")]
+    difficult = sum(1 for a in crowd if a.get("difficult"))
+    said = [f"{len(crowd) - difficult} crowd regions (iscrowd)"] if len(crowd) > difficult else []
+    said += [f"{difficult} difficult objects (Pascal VOC's, read as crowd regions)"] if difficult else []
+    if said:
+        report.note(f"{' and '.join(said)} left out: {target} has no crowd marks")
 
 
 def box_problem(bbox: list[float]) -> str | None:

@@ -34,6 +34,7 @@ from cnnapps.datasets.formats.hub import (
     bounds,
     box_problem,
     merged_order,
+    note_crowd_left_out,
     polygon_problem,
     polygons_of,
 )
@@ -277,8 +278,7 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
     cats = data.categories
     if any(c.get("skeleton") for c in cats.values()):
         report.note("LabelMe has no skeletons: the keypoint pairs were not written")
-    if any(a.get("iscrowd") for a in data.coco["annotations"]):
-        report.note("crowd regions (iscrowd) left out: LabelMe has no crowd marks")
+    note_crowd_left_out(data.coco["annotations"], report, "LabelMe")
     for cat in cats.values():
         never = _never_labelled(cat, data.coco["annotations"])
         if never:

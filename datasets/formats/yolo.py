@@ -27,6 +27,7 @@ from cnnapps.datasets.formats.hub import (
     box_problem,
     flip_index_from_names,
     joined,
+    note_crowd_left_out,
     polygon_problem,
     polygons_of,
 )
@@ -304,9 +305,7 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
             report.note(f"category {cat['name']!r}: flip_index is not a permutation of 0..{k - 1}; not written")
     if kind == "pose" and any(polygons_of(a) for a in anns):
         report.note("YOLO pose labels hold boxes and keypoints: polygons were not written")
-    crowd = sum(1 for a in anns if a.get("iscrowd"))
-    if crowd:
-        report.note(f"{crowd} crowd regions (iscrowd) left out: YOLO has no crowd marks")
+    note_crowd_left_out(anns, report, "YOLO")
     by_image = data.by_image()
     targets: dict[int, Path] = {}
     for image in data.coco["images"]:

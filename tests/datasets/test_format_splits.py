@@ -119,6 +119,8 @@ def test_voc_difficult_objects_are_crowd_regions_and_round_trip(tmp_path):
     assert [a["iscrowd"] for a in anns] == [1, 0]  # ignored by COCOeval
     convert(tmp_path / "back.json", tmp_path / "voc2", to="voc", image_files="none")
     assert "<difficult>1</difficult>" in (tmp_path / "voc2" / "Annotations" / "a.xml").read_text()
+    done = convert(root, tmp_path / "yolo", to="yolo", image_files="none")  # left out, as ultralytics' VOC script does
+    assert "1 difficult objects (Pascal VOC's, read as crowd regions) left out: YOLO has no crowd marks" in done.notes
 
 
 def test_labelme_images_without_a_json_are_images_without_objects(tmp_path):

@@ -34,3 +34,15 @@ def test_a_two_part_polygon_keeps_its_area_through_yolo(tmp_path):
     convert(tmp_path / "yolo", tmp_path / "back.json", to="coco", image_files="none")
     (back,) = json.loads((tmp_path / "back.json").read_text())["annotations"]
     assert back["area"] == 1700
+
+
+def test_a_hole_reached_by_a_bridge_is_taken_away_as_pycocotools_fills_it():
+    from pycocotools import mask as mask_utils
+
+    outer = [0, 0, 10, 0, 10, 10, 0, 10]
+    hole = [3, 3, 3, 7, 7, 7, 7, 3]
+    keyhole = joined([outer, hole])  # outer ring, a bridge to the hole, round it, back: one outline
+    filled = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects([keyhole], 20, 20))))
+    assert polygon_area(keyhole) == 100 - 16 == filled  # it was 116: the hole added
+    apart = joined([outer, [12, 0, 12, 4, 16, 4, 16, 0]])  # a second part beside it, not inside: added
+    assert polygon_area(apart) == 116
