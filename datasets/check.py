@@ -483,32 +483,18 @@ def _read_labelled(path: Path, task: str, split: str, images: Path | None) -> _D
 
 
 def _read_csv(path: Path, task: str, split: str) -> _Data:
-    """A ``path,label`` CSV as training reads it (header ``path,label`` or ``path,labels`` optional, ``#``
-    comments, paths from the CSV's folder; multi-label when a row has several labels separated by ``|`` or ``;``,
-    each image then counted under each of its labels)."""
-    import csv
-
-    from cnnapps.datasets.folders import LABEL_SEPARATORS
+    """A ``path,label`` CSV as training reads it (:func:`~cnnapps.datasets.folders.csv_rows`; each row it leaves out
+    is a problem at its line, and a CSV it refuses raises); multi-label when a row has several labels separated by
+    ``|`` or ``;``, each image then counted under each of its labels."""
+    from cnnapps.datasets.folders import csv_rows, image_path
 
     data = _Data("csv", task, [], [])
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:  # with or without Excel's byte-order mark
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataCheckError(f"{path}: cannot read this CSV ({getattr(exc, 'strerror', None) or exc})") from None
-    for i, row in enumerate(rows):
-        if not row or row[0].startswith("#"):
-            continue
-        if i == 0 and [c.strip().lower() for c in row[:2]] in (["path", "label"], ["path", "labels"]):
-            continue
-        where = f"{path}:{i + 1}"
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            data.problems.append(Problem("bad_annotation", where, f"expected 'path,label', got {','.join(row)!r}"))
-            continue
-        file = Path(row[0].strip())
-        labels = list(dict.fromkeys(t.strip() for t in LABEL_SEPARATORS.split(row[1]) if t.strip()))
-        data.images.append(_Image(file if file.is_absolute() else path.parent / file, where, split,
-                                  labels=labels or [row[1].strip()]))  # fmt: skip
+    skipped: list[tuple[int, str]] = []
+    rows = csv_rows(path, split=True, skipped=skipped)
+    skipped += [(line, f"no label for {file!r}") for line, file, labels in rows if not labels]
+    data.problems += [Problem("bad_annotation", f"{path}:{line}", why) for line, why in sorted(skipped)]
+    data.images += [_Image(image_path(path, file), f"{path}:{line}", split, labels=labels)
+                    for line, file, labels in rows if labels]  # fmt: skip
     data.class_names = sorted({label for i in data.images for label in i.labels})
     data.annotations = len(data.images)
     return data

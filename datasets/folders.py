@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnapps.datasets.io import IMAGE_SUFFIXES
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, did_you_mean
 
 log = logging.getLogger("cnnapps")
 
@@ -218,10 +218,20 @@ def as_multilabel(items: LabeledImages | MultiLabeledImages) -> MultiLabeledImag
     return MultiLabeledImages(list(items.paths), [(y,) for y in items.labels], list(items.class_names))
 
 
-def _csv_rows(path: Path, split: bool) -> list[tuple[int, str, list[str]]]:
-    """(line, path, labels) of a ``path,label(s)`` CSV; a row that cannot be used is logged (file:line and why)
-    and skipped. ``split``: the label column holds several labels separated by ``|`` or ``;``. Read as UTF-8, with
-    or without the byte-order mark that Excel's "CSV UTF-8" writes."""
+#: a CSV's first row is its header when its cells name the columns so (any case) and its first cell names no file: a
+#: first row whose image exists is always data
+PATH_HEADERS = frozenset(("path", "file", "filename", "file_name", "filepath", "image", "images", "img", "image_path",
+                          "image_id", "id"))  # fmt: skip
+LABEL_HEADERS = frozenset(("label", "labels", "class", "classes", "class_name", "category", "tag", "tags", "target"))
+
+
+def csv_rows(path: Path, split: bool, skipped: list[tuple[int, str]] | None = None) -> list[tuple[int, str, list[str]]]:
+    """(line, path, labels) of a ``path,label(s)`` CSV, its header (:data:`PATH_HEADERS`) left out; a row that cannot
+    be used, or that lists an image listed before with the same labels, is logged (file:line and why) and skipped, or
+    with ``skipped`` added to it as (line, why). ``split``: the label column holds several labels separated by ``|`` or
+    ``;``. Refused (:class:`DatasetError`, naming the line): a third column (its labels would be lost) and an image
+    listed again with other labels. Read as UTF-8, with or without the byte-order mark that Excel's "CSV UTF-8"
+    writes."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             table = list(csv.reader(fh))
@@ -229,30 +239,61 @@ def _csv_rows(path: Path, split: bool) -> list[tuple[int, str, list[str]]]:
         raise DatasetError(f"{path}: not UTF-8 text; save it as CSV UTF-8") from None
     except (OSError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read this CSV ({getattr(exc, 'strerror', None) or exc})") from None
+    table = [(i + 1, row) for i, row in enumerate(table) if any(c.strip() for c in row) and not row[0].startswith("#")]
+    for line, row in table:
+        if any(c.strip() for c in row[2:]):
+            why = f"{len(row)} columns; expected path,label (join several labels with | or ;)"
+            raise DatasetError(f"{path}:{line}: {why}")
+    if table and _is_header(path, table[0][1]):
+        table = table[1:]
     rows = []
     first_bad = None
-    for i, row in enumerate(table):
-        if not row or not any(c.strip() for c in row) or row[0].startswith("#"):
-            continue
-        if i == 0 and [c.strip().lower() for c in row[:2]] in (["path", "label"], ["path", "labels"]):
-            continue
+    listed: dict[str, tuple[int, list[str]]] = {}  # each image by its absolute path: its line and labels
+    for line, row in table:
         why = None
         if len(row) < 2 or not row[0].strip():
             why = f"expected 'path,label', got {','.join(row)!r}"
         else:
-            text = row[1].strip()
+            image, text = row[0].strip(), row[1].strip()
             labels = [t.strip() for t in LABEL_SEPARATORS.split(text)] if split else [text]
             labels = list(dict.fromkeys(t for t in labels if t))
             if not labels and not split:
-                why = f"no label for {row[0].strip()!r}"
+                why = f"no label for {image!r}"
+            else:
+                first, before = listed.setdefault(os.path.abspath(image_path(path, image)), (line, labels))
+                if first != line and set(before) != set(labels):
+                    there, here = ("|".join(found) or "no label" for found in (before, labels))
+                    raise DatasetError(
+                        f"{path}:{line}: {image} already listed at line {first} with other labels ({there!r} there, "
+                        f"{here!r} here); give each image one row (join several labels with | or ;)"
+                    )
+                if first != line:
+                    why = f"{image} already listed at line {first}"
         if why is not None:
-            log.warning("%s:%d: %s; row skipped", path, i + 1, why)
-            first_bad = first_bad or f"{path}:{i + 1}: {why}"
+            if skipped is None:
+                log.warning("%s:%d: %s; row skipped", path, line, why)
+            else:
+                skipped.append((line, why))
+            first_bad = first_bad or f"{path}:{line}: {why}"
             continue
-        rows.append((i + 1, row[0].strip(), labels))
+        rows.append((line, image, labels))
     if not rows:
         raise DatasetError(f"{path}: no usable rows" + (f" ({first_bad})" if first_bad else ""))
     return rows
+
+
+def _is_header(path: Path, row: list[str]) -> bool:
+    """Whether ``path``'s first row names its columns (:data:`PATH_HEADERS`)."""
+    names = [c.strip().lower() for c in row]
+    return (
+        len(names) > 1 and names[0] in PATH_HEADERS and names[1] in LABEL_HEADERS
+        and not image_path(path, row[0].strip()).exists()
+    )  # fmt: skip
+
+
+def image_path(table: Path, image: str) -> Path:
+    """An image a CSV lists, as given when absolute, else from the CSV's folder."""
+    return Path(image) if Path(image).is_absolute() else table.parent / image
 
 
 #: why a row with no label is dropped from data found single-label (``no_label_hint``: a command with no
@@ -275,7 +316,7 @@ def labeled_csv(
     Rows that cannot be used are logged with their line and skipped (with None and single-label rows, those with
     no label too, saying ``no_label_hint``)."""
     path = Path(path)
-    rows = _csv_rows(path, split=multilabel is not False)
+    rows = csv_rows(path, split=multilabel is not False)
     if multilabel is None:
         multilabel = _has_several_labels(rows)
     return _images_of_rows(path, rows, class_names, multilabel, no_label_hint)
@@ -289,7 +330,7 @@ def _images_of_rows(
     path: Path, rows: list[tuple[int, str, list[str]]], class_names: list[str] | None, multilabel: bool,
     no_label_hint: str,
 ) -> LabeledImages | MultiLabeledImages:  # fmt: skip
-    """The images of ``path``'s rows (:func:`_csv_rows`); single-label, a row with no label is logged and dropped."""
+    """The images of ``path``'s rows (:func:`csv_rows`); single-label, a row with no label is logged and dropped."""
     if not multilabel and any(not labels for _, _, labels in rows):
         for line, image, _ in (r for r in rows if not r[2]):
             log.warning("%s:%d: no label for %r; row skipped (%s)", path, line, image, no_label_hint)
@@ -299,10 +340,18 @@ def _images_of_rows(
     seen = {label for _, _, labels in rows for label in labels}
     names = class_names or sorted(seen)
     index = {name: i for i, name in enumerate(names)}
-    missing = sorted(seen - set(index))
-    if missing:
-        raise DatasetError(f"{path}: labels {', '.join(missing)} are not among the training classes")
-    paths = [str(p if Path(p).is_absolute() else path.parent / p) for _, p, _ in rows]
+    unknown: dict[str, int] = {}  # each label not among the classes: its first line
+    for line, _, labels in rows:
+        for label in labels:
+            if label not in index:
+                unknown.setdefault(label, line)
+    if unknown:
+        (label, line), *more = unknown.items()
+        also = "".join(f", {x} (line {n})" for x, n in more)
+        raise DatasetError(
+            f"{path}:{line}: labels {label}{also} are not among the training classes{did_you_mean(label, names)}"
+        )
+    paths = [str(image_path(path, p)) for _, p, _ in rows]
     if multilabel:
         return MultiLabeledImages(paths, [tuple(index[x] for x in labels) for _, _, labels in rows], list(names))
     return LabeledImages(paths, [index[labels[0]] for _, _, labels in rows], list(names))
@@ -394,7 +443,7 @@ def _train_and_val(
         return train, read_labeled(val_dir, train.class_names, multilabel)
     folders = (train_dir, val_dir)
     tables = [_labels_table(folder, None) for folder in folders]
-    rows = [None if table is None else _csv_rows(table, split=True) for table in tables]
+    rows = [None if table is None else csv_rows(table, split=True) for table in tables]
     several = any(found is not None and _has_several_labels(found) for found in rows)
 
     def read(i: int, class_names: list[str] | None) -> LabeledImages | MultiLabeledImages:
