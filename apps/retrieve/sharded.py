@@ -214,7 +214,11 @@ def merge_parts(index_dir: str | os.PathLike, kind: str = "auto") -> tuple[Index
         plan_file = folder / "plan.json"
         if plan_file.is_file():  # the index a merge of these very parts committed
             plan = json.loads(plan_file.read_text())
-            merged = settings.get("unfinished") is None and settings.get("inputs_sha256") == plan["paths_sha256"]
+            inputs = settings.get("inputs_sha256")
+            if inputs is None and settings.get("unfinished") is None:  # merged by an older version: by its files
+                with Index.open(index_dir) as merged_index:
+                    inputs = make_plan(sorted(merged_index.paths()), 1)["paths_sha256"]
+            merged = settings.get("unfinished") is None and inputs == plan["paths_sha256"]
         else:  # the plan goes after the part files: without it, what a merge removing them left
             merged = next(folder.glob("part-*.npz"), None) is None
         if merged:

@@ -77,6 +77,24 @@ def test_a_merge_killed_while_removing_its_parts_is_finished_by_a_rerun(stand_in
     again.close()
 
 
+def test_a_merge_an_older_version_left_removing_its_parts_is_finished_by_a_rerun(stand_ins, pngs, tmp_path) -> None:
+    import sqlite3
+
+    index = tmp_path / "idx"
+    build_shard(pngs, index, stand_ins.PixelEmbedder(), 0, 1, part_size=5)
+    saved = {f.name: f.read_bytes() for f in (index / "parts").iterdir()}
+    merge_parts(index)[0].close()
+    with sqlite3.connect(index / "index.sqlite") as db:  # an index merged before its settings kept the inputs' hash
+        db.execute("DELETE FROM settings WHERE key = 'inputs_sha256'")
+    db.close()
+    (index / "parts").mkdir()
+    for name, data in saved.items():
+        (index / "parts" / name).write_bytes(data)
+    again, failed = merge_parts(index)  # told by the files it holds: those of the parts
+    assert len(again) == 12 and failed == [] and not (index / "parts").exists()
+    again.close()
+
+
 def test_a_resumed_build_with_other_inputs_is_refused(stand_ins, pngs, tmp_path: Path) -> None:
     index = tmp_path / "idx"
     with pytest.raises(KeyboardInterrupt):  # killed after the first checkpoint of 4 images
