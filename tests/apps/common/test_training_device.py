@@ -31,9 +31,13 @@ class RecordingStrategy:
 
 
 @pytest.mark.parametrize("steps", [3, 0])
-def test_the_epoch_loss_is_reduced_on_the_modules_device(steps: int) -> None:
+def test_the_epoch_loss_is_reduced_on_the_modules_device(steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The module lives on the meta device here, so a tensor made on the CPU (as the per-epoch reduce once did)
     shows as such, as it would next to a GPU."""
+    import lightning as L
+
+    logged: list[str] = []  # what the trackers get: every value of the epoch's history
+    monkeypatch.setattr(L.LightningModule, "log", lambda self, name, value, *args, **kwargs: logged.append(name))
     module = TaskModule(load_config(None, data="x")).to("meta")
     strategy = RecordingStrategy()
     optimizer = SimpleNamespace(param_groups=[{"lr": 0.5}])
@@ -46,6 +50,7 @@ def test_the_epoch_loss_is_reduced_on_the_modules_device(steps: int) -> None:
     (reduced,) = strategy.seen  # one collective per epoch
     assert reduced.device == module.device == torch.device("meta") and reduced.dim() == 0
     assert module.history == [{"epoch": 1, "train_loss": 3.0, "val_loss": 0.1, "lr": 0.5}]
+    assert logged == ["train_loss", "val_loss", "lr"]
 
 
 def test_ddp_strategies_keep_gradients_in_their_buckets() -> None:
