@@ -12,7 +12,8 @@
 
 A class list file names one class per line, optionally with its colour (``sky 70 130 180`` or ``sky #4682b4``); a
 line named ``ignore`` or ``void`` gives the colour of ignored pixels. Pixels equal to the ignore index (255) are
-left out of losses and scores. A mask that does not fit (another size than its image, a class beyond the list, a
+left out of losses and scores; in a palette mask read by colour, index 255 is ignored whatever colour its palette
+gives it (Pascal VOC's convention). A mask that does not fit (another size than its image, a class beyond the list, a
 colour the list does not have) is a one-line :class:`MaskError` naming the file; training skips it with a warning
 and goes on.
 
@@ -176,9 +177,18 @@ def read_mask(path: str | os.PathLike, classes: ClassList, ignore_index: int = I
     if mode in ("LA", "La", "PA"):  # grey or palette with alpha: the alpha says nothing about the class
         pixels, mode = pixels[..., 0], mode[0]
     if mode == "P" and classes.colours is not None and palette is not None:
-        table = np.array(palette + [0] * (768 - len(palette)), np.int64).reshape(-1, 3)
-        used = np.unique(pixels)
-        return _by_colour(path, pixels, {int(i): tuple(int(v) for v in table[i]) for i in used}, classes, ignore_index)
+        # the ignore index is ignored whatever colour the palette gives it (Pascal VOC's convention)
+        table = np.array(palette[: len(palette) - len(palette) % 3], np.int64).reshape(-1, 3)
+        ignored = pixels == ignore_index
+        used = [int(i) for i in np.unique(pixels[~ignored])]
+        beyond = [i for i in used if i >= len(table)]
+        if beyond:
+            count = int(np.isin(pixels, beyond).sum())
+            raise MaskError(path, f"palette index {beyond[0]} at {count} pixels is beyond the {len(table)} colours "
+                            "of its palette")  # fmt: skip
+        out = _by_colour(path, pixels, {i: tuple(int(v) for v in table[i]) for i in used}, classes, ignore_index)
+        out[ignored] = ignore_index
+        return out
     if pixels.ndim == 3:
         if pixels.shape[2] < 3:
             raise MaskError(path, f"a {mode} mask with {pixels.shape[2]} channels: neither class indices (grey or "

@@ -975,9 +975,9 @@ class VideoWriter:
     :attr:`Frame.time` gives them), so that a copy of every fifth frame, or of a variable-frame-rate video,
     plays at the source's pace: the first frame written is at 0 s, each later one at its time's distance from
     the first's, to 1/90000 s in MP4 and MOV, 1 ms in Matroska and WebM, the nearest frame slot (1/fps) in AVI.
-    The last frame lasts as long as the gap before it. Times that start again, and a jump of over a minute and of
-    many times the source's usual gap (an outage), go on a frame after the last; a steady time-lapse keeps its
-    timing.
+    The last frame lasts as long as the gap before it, or until :attr:`end` (the source's end) when that is sooner.
+    Times that start again, and a jump of over a minute and of many times the source's usual gap (an outage), go on
+    a frame after the last; a steady time-lapse keeps its timing.
 
     An existing ``path`` is refused at once (:class:`~cnnapps.files.OutputExistsError`). Frames go to a hidden
     temporary file in the target's folder, renamed to ``path`` by :meth:`close`; closing after an error (and
@@ -1004,6 +1004,9 @@ class VideoWriter:
         self.width: int | None = None
         self.height: int | None = None
         self.frames_written = 0
+        #: where the source ends (seconds, as the frames' times), when known: the last frame lasts until it when that
+        #: is sooner than the gap before it (a copy of every fourth frame lasts as long as its source)
+        self.end: float | None = None
         self._source_size: tuple[int, int] | None = None  # (w, h) of the first frame
         self._container: Any = None
         self._stream: Any = None
@@ -1188,6 +1191,11 @@ class VideoWriter:
         self._closed = True
         if self._container is None or self._tmp is None:
             return
+        end = self.end
+        if end is not None and math.isfinite(end) and self._origin is not None and self._last_pts is not None:
+            ticks = round((end - self._origin) / self._time_base) - self._last_pts
+            if 0 < ticks < self._gap:
+                self._gap = ticks
         import av
 
         tmp, container = self._tmp, self._container

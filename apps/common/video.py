@@ -573,6 +573,7 @@ class _Sink:
         self.save_video, self.save_frames, self.tracking = save_video, save_frames, tracking
         self.fps = float(getattr(source, "fps", None) or 25.0)
         self.stem = Path(str(source.name).rstrip("/")).stem or "frame"
+        self.source = source  # its end (duration, or --end) is known once it is read: the copy's last frame ends there
         self.video: Any = None
         if save_video is not None:  # refuses an unknown suffix before anything is written; the file opens with a frame
             from cnnapps.datasets.video import VideoWriter
@@ -617,6 +618,8 @@ class _Sink:
                 if closing is None:
                     continue
                 try:
+                    if closing is self.video:
+                        closing.end = self._source_end()
                     closing.close()
                 except BaseException as exc:
                     failure = failure or exc
@@ -625,6 +628,14 @@ class _Sink:
                         self.report.written.append(str(path))
             if failure is not None:
                 raise failure
+
+    def _source_end(self) -> float | None:
+        """Where the source ends (seconds, as its frames' times): its duration or ``end``, the sooner; None live."""
+        if getattr(self.source, "live", False):
+            return None
+        known = [t for t in (getattr(self.source, "duration", None), getattr(self.source, "end", None))
+                 if isinstance(t, (int, float)) and t > 0]  # fmt: skip
+        return min(known) if known else None
 
     def _work(self) -> None:
         try:

@@ -115,7 +115,8 @@ def evaluate_semantic(predictor: Any, data: Any, progress: Callable[[int], None]
             try:
                 truth = data.mask(i, result.labels.shape)
             except (MaskError, ImageError) as exc:
-                failed.append({"path": str(data.items[i].mask or data.items[i].image), "error": str(exc)})
+                path, reason = (exc.path, exc.reason) if isinstance(exc, MaskError) else (exc.source, exc.detail)
+                failed.append({"path": str(path), "error": reason})  # the file that failed, and why
                 continue
             target = lut[torch.from_numpy(truth).clamp_(0, len(lut) - 1)]
             total += confusion_matrix(torch.from_numpy(result.labels.astype(np.int64)), target, k, data.ignore_index)

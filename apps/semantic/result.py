@@ -105,16 +105,23 @@ class SemanticResult(Result):
         colours += voc_colormap(max(256, len(self.class_names)))[len(colours) :]
         return np.array(colours, np.uint8)
 
+    def _background(self) -> list[int]:
+        return [i for i, n in enumerate(self.class_names) if n in _BACKGROUND]
+
+    def overlay(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """The frame (RGB uint8) with each class's colour laid over its pixels (background left clear), at the
+        frame's own size and without a legend: every frame of a video comes out its source's size."""
+        if self.labels is None:
+            return image.copy()
+        return _blend(image, self.palette()[self.labels], ~np.isin(self.labels, self._background()), alpha)
+
     def draw(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         """The image (RGB uint8) with each class's colour laid over its pixels (background left clear) and a legend."""
         if self.labels is None:
             return image.copy()
-        palette = self.palette()
-        background = [i for i, n in enumerate(self.class_names) if n in _BACKGROUND]
-        painted = ~np.isin(self.labels, background)
-        out = _blend(image, palette[self.labels], painted, alpha)
+        palette, background = self.palette(), self._background()
         entries = [(a.label, tuple(palette[a.index])) for a in self.areas() if a.index not in background]
-        return _legend(out, entries)
+        return _legend(self.overlay(image, alpha), entries)
 
     def save_mask(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the class map as an index PNG (a palette PNG whose pixel values are the class indices); an existing
@@ -168,15 +175,27 @@ class PanopticResult(Result):
         return {"path": self.source, "width": int(width), "height": int(height),
                 "segments": [s.to_dict() for s in self.segments]}  # fmt: skip
 
+    def _palette(self) -> list[tuple[int, int, int]]:
+        from cnnapps.datasets.semantic import voc_colormap
+
+        return [tuple(c) for c in self.colours] or voc_colormap(256)
+
     def draw(self, image: np.ndarray, alpha: float = 0.55) -> np.ndarray:
         """Stuff in its class colour, each thing in a shade of its class colour with its outline, and a legend."""
+        if self.ids is None:
+            return image.copy()
+        palette = self._palette()
+        names = dict.fromkeys((s.label, s.category) for s in self.segments)
+        return _legend(self.overlay(image, alpha), [(name, palette[c % len(palette)]) for name, c in names])
+
+    def overlay(self, image: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+        """Stuff in its class colour, each thing in a shade of its class colour with its outline, at the frame's own
+        size and without a legend: every frame of a video comes out its source's size."""
         import cv2
 
         if self.ids is None:
             return image.copy()
-        from cnnapps.datasets.semantic import voc_colormap
-
-        palette = [tuple(c) for c in self.colours] or voc_colormap(256)
+        palette = self._palette()
         colour_map = np.zeros_like(image)
         rng = np.random.default_rng(0)
         for s in self.segments:
@@ -189,8 +208,7 @@ class PanopticResult(Result):
                 contours, _ = cv2.findContours((self.ids == s.id).astype(np.uint8), cv2.RETR_EXTERNAL,
                                                cv2.CHAIN_APPROX_SIMPLE)  # fmt: skip
                 cv2.drawContours(out, contours, -1, (255, 255, 255), 1, cv2.LINE_AA)
-        names = dict.fromkeys((s.label, s.category) for s in self.segments)
-        return _legend(out, [(name, palette[c % len(palette)]) for name, c in names])
+        return out
 
     def save_png(self, path: str | os.PathLike) -> Path:
         """Write the segment map as a COCO panoptic PNG (id = R + 256 G + 256^2 B)."""
