@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from cnnapps.apps.common.config import MORE_PANEL, ConfigError, TrainConfig, option
+from cnnapps.apps.common.config import MORE_PANEL, SETTINGS_FORMAT, ConfigError, TrainConfig, option
 
 #: how training images are drawn: shuffled, or by inverse class frequency (every class about equally often)
 SAMPLERS = ("shuffle", "balanced")
@@ -110,6 +111,20 @@ class ClassifyConfig(TrainConfig):
         if isinstance(config, cls):
             return config
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+    @property
+    def preset_decides_freeze(self) -> bool:
+        """more-data freezes the stem and the first half of the stages when no freeze is given."""
+        return self.preset == "more-data"
+
+    @classmethod
+    def settings_as_now(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """Runs written before :data:`SETTINGS_FORMAT` 2 saved ``freeze: 0`` when no freeze was given, which beside
+        ``preset: more-data`` meant the preset's (half the stages frozen)."""
+        older = settings.get(SETTINGS_FORMAT, 1) < 2
+        if older and settings.get("preset") == "more-data" and settings.get("freeze") == 0:
+            return {**settings, "freeze": None}
+        return settings
 
     @property
     def layer_decay(self) -> float | None:

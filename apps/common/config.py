@@ -168,10 +168,20 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.freeze is None and getattr(self, "preset", "none") != "more-data":
-            self.freeze = 0  # not given: nothing frozen, unless a preset that freezes decides (classify's more-data)
+        if self.freeze is None and not self.preset_decides_freeze:
+            self.freeze = 0  # not given: nothing frozen
         self.loggers  # noqa: B018  (checks the names)
         return self
+
+    @property
+    def preset_decides_freeze(self) -> bool:
+        """Whether a freeze not given is left to a preset of the task's (else it is 0: nothing frozen)."""
+        return False
+
+    @classmethod
+    def settings_as_now(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """A run's saved settings as this version reads them (a task's config reads its older formats here)."""
+        return settings
 
     @property
     def loggers(self) -> tuple[str, ...]:
@@ -302,7 +312,7 @@ def resumed_settings(config: Any, given: set[str] | None = None) -> Any:
     :data:`RESUME_MAY_CHANGE`) is a ConfigError naming it with both values. The run of another task is a ConfigError
     too. A folder without the run's settings is left to the checks of its checkpoint."""
     out = Path(config.out or f"runs/{config.task_name}")
-    path, settings = _run_settings(out)
+    path, settings = _run_settings(out, type(config))
     _check_task(out, settings, config.task_name)
     known, hints = fields_of(type(config)), typing.get_type_hints(type(config))
     taken: dict[str, Any] = {}
@@ -320,25 +330,18 @@ def resumed_settings(config: Any, given: set[str] | None = None) -> Any:
     return dataclasses.replace(config, **taken) if taken else config
 
 
-def _run_settings(out: Path) -> tuple[Path, dict[str, Any]]:
+def _run_settings(out: Path, config_type: type) -> tuple[Path, dict[str, Any]]:
     """The settings of the run in ``out`` and the file holding them: OUT/config.yaml or, for a k-fold run of an
     older version (which wrote none beside its folds), its first fold's but where that fold's data lies; no
-    settings where neither is there."""
+    settings where neither is there. Both as ``config_type`` reads them now (:meth:`TrainConfig.settings_as_now`)."""
     path = out / "config.yaml"
     if path.is_file():
-        return path, _as_now(_read_settings(path))
+        return path, config_type.settings_as_now(_read_settings(path))
     fold = out / "fold-1" / "config.yaml"
     if fold.is_file():
-        return fold, {k: v for k, v in _as_now(_read_settings(fold)).items() if k not in _DATA_PLACES}
+        settings = config_type.settings_as_now(_read_settings(fold))
+        return fold, {k: v for k, v in settings.items() if k not in _DATA_PLACES}
     return path, {}
-
-
-def _as_now(settings: dict[str, Any]) -> dict[str, Any]:
-    """A run's settings as this version reads them. Runs written before :data:`SETTINGS_FORMAT` 2 saved ``freeze: 0``
-    when no freeze was given, which beside ``preset: more-data`` meant the preset's (half the stages frozen)."""
-    if settings.get(SETTINGS_FORMAT, 1) < 2 and settings.get("preset") == "more-data" and settings.get("freeze") == 0:
-        return {**settings, "freeze": None}
-    return settings
 
 
 def _check_task(out: Path, settings: dict[str, Any], task: str) -> None:
