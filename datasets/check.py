@@ -286,7 +286,9 @@ def guess_task(path: Path) -> str:
             return "detect"
         except FormatError:
             pass
-        if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+        from cnnapps.datasets.folders import TAGS_FILE
+
+        if (path / TAGS_FILE).is_file() or any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
             return "classify"
     elif path.suffix.lower() in (".yaml", ".yml", ".xml"):
         return "detect"
@@ -461,9 +463,12 @@ def _check_skeleton(cat: dict[str, Any], where: str) -> list[Problem]:
 
 
 def _read_labelled(path: Path, task: str, split: str, images: Path | None) -> _Data:
+    from cnnapps.datasets.folders import TAGS_FILE, find_images, is_image_file, refuse_split_names
+
     if path.is_file():
         return _read_csv(path, task, split)
-    from cnnapps.datasets.folders import find_images, is_image_file, refuse_split_names
+    if (path / TAGS_FILE).is_file():  # the multi-label layout: a folder of images and their labels.csv
+        return _read_csv(path / TAGS_FILE, task, split)
 
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:

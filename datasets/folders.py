@@ -330,13 +330,22 @@ def _images_of_rows(
     path: Path, rows: list[tuple[int, str, list[str]]], class_names: list[str] | None, multilabel: bool,
     no_label_hint: str,
 ) -> LabeledImages | MultiLabeledImages:  # fmt: skip
-    """The images of ``path``'s rows (:func:`csv_rows`); single-label, a row with no label is logged and dropped."""
+    """The images of ``path``'s rows (:func:`csv_rows`); a row whose image is not there, and single-label a row with
+    no label, is logged with its line and dropped."""
     if not multilabel and any(not labels for _, _, labels in rows):
         for line, image, _ in (r for r in rows if not r[2]):
             log.warning("%s:%d: no label for %r; row skipped (%s)", path, line, image, no_label_hint)
         rows = [r for r in rows if r[2]]
         if not rows:
             raise DatasetError(f"{path}: no row has a label")
+    there = [r for r in rows if image_path(path, r[1]).is_file()]
+    if len(there) < len(rows):
+        for line, image, _ in (r for r in rows if not image_path(path, r[1]).is_file()):
+            log.warning("%s:%d: %s: no such file; row skipped", path, line, image_path(path, image))
+        if not there:
+            raise DatasetError(f"{path}: none of the images it lists is there (the first: {rows[0][1]}, line "
+                               f"{rows[0][0]}; relative paths are read from the CSV's folder)")  # fmt: skip
+        rows = there
     seen = {label for _, _, labels in rows for label in labels}
     names = class_names or sorted(seen)
     index = {name: i for i, name in enumerate(names)}

@@ -111,3 +111,40 @@ def test_labels_not_among_the_training_classes_are_named_with_their_line(tmp_pat
     (tmp_path / "val" / "labels.csv").write_text("0.png,Even|odd\n1.png,Odd\n")
     with pytest.raises(DatasetError, match=r"val/labels\.csv:1: labels Even, Odd \(line 2\) are not among"):
         train_val_split(tmp_path, multilabel=True)
+
+
+def test_a_missing_image_is_named_with_its_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An image the CSV lists that is not there is left out when the CSV is read, said with the CSV's line; its
+    label alone makes no class."""
+    pictures(tmp_path, 4)
+    table = tmp_path / "list.csv"
+    table.write_text("path,label\n0.png,a\n1.png,b\ngone.png,c\n2.png,a\n3.png,b\n")
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        found = read_labeled(table)
+    assert [Path(p).name for p in found.paths] == ["0.png", "1.png", "2.png", "3.png"]
+    assert found.class_names == ["a", "b"]
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"{table}:4: {tmp_path / 'gone.png'}: no such file; row skipped"]
+    table.write_text("gone.png,a\nalso-gone.png,b\n")
+    with pytest.raises(DatasetError, match=r"list\.csv: none of the images it lists is there \(the first: gone\.png, "
+                       r"line 1;"):  # fmt: skip
+        read_labeled(table)
+
+
+def test_data_check_reads_train_and_val_folders_with_their_labels_csv(tmp_path: Path) -> None:
+    """The multi-label layout training reads (train/ and val/, each its images and a labels.csv), and one such
+    folder alone: checked as training reads them, a missing image and train/val leakage named at their lines."""
+    for part, n in (("train", 6), ("val", 3)):
+        names = pictures(tmp_path / part, n)
+        rows = [f"{name},{'red|green' if i % 2 else 'red'}" for i, name in enumerate(names)]
+        (tmp_path / part / "labels.csv").write_text("path,labels\n" + "\n".join(rows) + "\n")
+    (tmp_path / "val" / "0.png").unlink()  # val/0.png is listed at line 2 and gone
+    report = check_data(tmp_path, min_images=1)
+    assert (report.format, report.task, report.images, report.val_images) == ("csv", "classify", 6, 3)
+    assert [c.name for c in report.classes] == ["green", "red"]
+    found, val_csv = problems(report), tmp_path / "val" / "labels.csv"
+    assert found["unreadable_image"] == [(f"{val_csv}:2", f"image not found: {tmp_path / 'val' / '0.png'}")]
+    # the same noise pictures in both folders: val's 1.png and 2.png leak from train, named at their lines
+    assert [where for where, _ in found["leakage"]] == [f"{val_csv}:3", f"{val_csv}:4"]
+    alone = check_data(tmp_path / "train", min_images=1)
+    assert (alone.task, alone.images, alone.val_images) == ("classify", 6, 0)

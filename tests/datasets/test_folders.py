@@ -44,9 +44,13 @@ def test_class_folders_and_errors(tmp_path: Path) -> None:
 
 
 def test_csv_with_header_and_relative_paths(tmp_path: Path) -> None:
-    (tmp_path / "list.csv").write_text("path,label\nimgs/a.jpg,cat\n/abs/b.jpg,dog\n")
+    elsewhere = tmp_path / "elsewhere" / "b.jpg"
+    for image in (tmp_path / "imgs" / "a.jpg", elsewhere):
+        image.parent.mkdir()
+        image.write_bytes(b"")
+    (tmp_path / "list.csv").write_text(f"path,label\nimgs/a.jpg,cat\n{elsewhere},dog\n")
     data = labeled_csv(tmp_path / "list.csv")
-    assert data.paths == [str(tmp_path / "imgs" / "a.jpg"), "/abs/b.jpg"] and data.labels == [0, 1]
+    assert data.paths == [str(tmp_path / "imgs" / "a.jpg"), str(elsewhere)] and data.labels == [0, 1]
     (tmp_path / "bad.csv").write_text("just-a-path.jpg\n")
     with pytest.raises(DatasetError, match=r"bad\.csv:1: expected 'path,label'"):
         labeled_csv(tmp_path / "bad.csv")
@@ -68,6 +72,8 @@ def test_train_and_val_labels_csv_are_multilabel_together(tmp_path: Path, caplog
     for part, text in (("train", "a.png,red\nb.png,\nc.png,green\nd.png,\n"), ("val", "e.png,red|green\nf.png,\n")):
         (tmp_path / part).mkdir()
         (tmp_path / part / "labels.csv").write_text("path,labels\n" + text)
+        for row in text.splitlines():
+            (tmp_path / part / row.split(",")[0]).write_bytes(b"")
     with caplog.at_level("WARNING", logger="cnnapps"):
         train, val = train_val_split(tmp_path, multilabel=None)
     assert (train.multilabel, val.multilabel) == (True, True) and not caplog.records
@@ -85,13 +91,16 @@ def test_train_and_val_labels_csv_are_multilabel_together(tmp_path: Path, caplog
 def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
     """Excel's "CSV UTF-8" starts the file with a BOM: the header is still a header, not an image of class labels."""
     bom = b"\xef\xbb\xbf"
+    for image in ("a.png", "b.png", "ml/a.png"):
+        (tmp_path / image).parent.mkdir(exist_ok=True)
+        (tmp_path / image).write_bytes(b"")
     (tmp_path / "tags.csv").write_bytes(bom + b"path,labels\na.png,red|green\nb.png,\n")
     tags = labeled_csv(tmp_path / "tags.csv", multilabel=None)
     assert tags.class_names == ["green", "red"] and tags.labels == [(1, 0), ()]
     (tmp_path / "one.csv").write_bytes(bom + "a.png,chat\nb.png,café\n".encode())  # no header: a path first
     one = labeled_csv(tmp_path / "one.csv")
     assert one.paths == [str(tmp_path / "a.png"), str(tmp_path / "b.png")] and one.class_names == ["café", "chat"]
-    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml").mkdir(exist_ok=True)
     (tmp_path / "ml" / "labels.csv").write_bytes(bom + b"path,labels\na.png,red\n")
     assert read_labeled(tmp_path / "ml", multilabel=True).class_names == ["red"]
     (tmp_path / "latin1.csv").write_bytes("a.png,café\n".encode("latin-1"))

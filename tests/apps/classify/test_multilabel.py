@@ -75,6 +75,8 @@ def test_csv_with_several_labels_and_bad_rows(tmp_path: Path, caplog: pytest.Log
         "c.jpg,\n"  # an image with none of the labels
         "d.jpg,cat|cat\n"
     )
+    for name in "abcd":
+        (tmp_path / f"{name}.jpg").write_bytes(b"")  # listed images are there (their content is read later)
     with caplog.at_level(logging.WARNING, logger="cnnapps"):
         data = labeled_csv(tmp_path / "tags.csv", multilabel=None)
     assert isinstance(data, MultiLabeledImages) and data.multilabel
@@ -94,6 +96,8 @@ def test_csv_with_several_labels_and_bad_rows(tmp_path: Path, caplog: pytest.Log
 
 def test_one_label_per_row_stays_single_label_unless_asked(tmp_path: Path) -> None:
     (tmp_path / "one.csv").write_text("path,label\na.jpg,cat\nb.jpg,dog\n")
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(b"")
     single = labeled_csv(tmp_path / "one.csv", multilabel=None)
     assert not single.multilabel and single.labels == [0, 1]
     forced = read_labeled(tmp_path / "one.csv", multilabel=True)
@@ -115,6 +119,8 @@ def test_train_and_val_folders_with_labels_csv(tmp_path: Path) -> None:
     for part, text in (("train", "a.png,cat|dog\nb.png,dog\n"), ("val", "c.png,dog\n")):
         (tmp_path / part).mkdir()
         (tmp_path / part / "labels.csv").write_text(text)
+        for row in text.splitlines():
+            (tmp_path / part / row.split(",")[0]).write_bytes(b"")
     train, val = train_val_split(tmp_path, multilabel=None)
     assert (train.multilabel, val.multilabel) == (True, True)  # val has one label per row: it follows train
     assert train.class_names == val.class_names == ["cat", "dog"] and val.labels == [(1,)]

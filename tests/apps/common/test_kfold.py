@@ -130,6 +130,8 @@ def test_train_and_val_with_labels_csv_are_pooled_as_training_reads_them(tmp_pat
     for part, text in (("train", "a.png,cat\nb.png,dog\nc.png,cat\n"), ("val", "d.png,dog\n")):
         (tmp_path / part).mkdir()
         (tmp_path / part / "labels.csv").write_text("path,label\n" + text)
+        for row in text.splitlines():
+            (tmp_path / part / row.split(",")[0]).write_bytes(b"")
     pooled = pooled_images(tmp_path)
     assert not pooled.multilabel and pooled.class_names == ["cat", "dog"] and pooled.labels == [0, 1, 0, 1]
     assert [Path(p).name for p in pooled.paths] == ["a.png", "b.png", "c.png", "d.png"]
