@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,11 +64,11 @@ FORMATS: dict[str, Format] = {
         "yolo",
         yolo.read,
         yolo.write,
-        ("boxes", "polygons", "keypoints"),
+        ("boxes", "polygons", "keypoints", "splits"),
         "a folder: images/, labels/, data.yaml (ultralytics)",
         "link",
     ),
-    "voc": Format("voc", voc.read, voc.write, ("boxes",), "a folder: Annotations/ (and JPEGImages/)", "none"),
+    "voc": Format("voc", voc.read, voc.write, ("boxes", "splits"), "a folder: Annotations/ (and JPEGImages/)", "none"),
     "labelme": Format(
         "labelme",
         labelme.read,
@@ -80,7 +81,7 @@ FORMATS: dict[str, Format] = {
         "cvat",
         cvat.read,
         cvat.write,
-        ("boxes", "polygons", "keypoints"),
+        ("boxes", "polygons", "keypoints", "splits"),
         "a .xml file, or a folder for annotations.xml (and images/)",
         "none",
         ".xml",
@@ -154,6 +155,10 @@ def convert(
     data = source.read(src, report, names=names, images=Path(images) if images else None)
     if "polygons" in target.holds and "masks" not in target.holds:
         trace_masks(data, report)  # RLE masks (COCO's) become the polygons traced round them
+    if data.splits and "splits" not in target.holds:
+        counts = Counter(data.splits.values())
+        named = ", ".join(f"{counts[split]} {split}" for split in ("train", "val", "test") if counts[split])
+        report.note(f"{target.name} names no splits: the source's ({named} images) were written together")
     counts = _counts(data, target)
     ids = [im["id"] for im in data.coco["images"]]
     if target.name != "coco" and ids != list(range(1, len(ids) + 1)):

@@ -34,6 +34,8 @@ from cnnapps.datasets.formats.hub import (
 _NOT_CONVERTED = ("polyline", "mask", "ellipse", "cuboid")
 #: the splits an image's ``subset`` names (CVAT's Train, Validation, Test; any other subset is no split)
 _SUBSETS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+#: the subset each split is written as (CVAT's names)
+SUBSET_NAMES = {"train": "Train", "val": "Validation", "test": "Test"}
 
 
 def annotation_file(src: Path) -> Path:
@@ -263,9 +265,11 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
     for n, image in enumerate(data.coco["images"]):
         name = str(safe_relative(image["file_name"])) if images_mode != "none" else image["file_name"]
         targets[image["id"]] = at / "images" / name
-        element = ET.SubElement(
-            root, "image", id=str(n), name=name, width=str(image["width"]), height=str(image["height"])
-        )
+        element = ET.SubElement(root, "image", id=str(n), name=name)
+        if image["id"] in data.splits:
+            element.set("subset", SUBSET_NAMES[data.splits[image["id"]]])
+        element.set("width", str(image["width"]))
+        element.set("height", str(image["height"]))
         group = 0
         for ann in by_image[image["id"]]:
             if ann["category_id"] in cats and not ann.get("iscrowd"):

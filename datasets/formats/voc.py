@@ -11,7 +11,7 @@ written to ``labels.txt`` in the VOC root (one name per line, in category order)
 present, so the categories keep their order and those without objects across a round trip; without it, names
 sort. An image is where ``<path>`` leads (from the XML's folder, or absolute as LabelImg writes it), else found by
 ``<filename>`` in ``JPEGImages/`` (or ``images/``, or beside the XML); written with the images left where they are,
-``<path>`` and ``<folder>`` lead to them.
+``<path>`` and ``<folder>`` lead to them; the source's splits are written as ``ImageSets/Main`` lists.
 """
 
 from __future__ import annotations
@@ -236,6 +236,7 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
         found = images_in_place(data.files, {im["id"]: im["file_name"] for im in data.coco["images"]}, report)
     written: set[Path] = set()
     targets: dict[int, Path] = {}
+    lists: dict[str, list[str]] = {}  # each split's images by their XML's name without .xml (ImageSets/Main)
     for image in data.coco["images"]:
         rel = safe_relative(image["file_name"])
         xml = at / "Annotations" / rel.with_suffix(".xml")
@@ -243,6 +244,8 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
             report.skip(image["file_name"], f"another image already wrote {rel.with_suffix('.xml')}; not written")
             continue
         written.add(xml)
+        if image["id"] in data.splits:
+            lists.setdefault(data.splits[image["id"]], []).append(rel.with_suffix("").as_posix())
         targets[image["id"]] = at / "JPEGImages" / rel
         xml.parent.mkdir(parents=True, exist_ok=True)
         path = path_from((out / "Annotations" / rel).parent, found[image["id"]]) if image["id"] in found else None
@@ -251,6 +254,7 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
         ET.indent(tree)
         tree.write(xml, encoding="utf-8", xml_declaration=False)
     (at / LABELS).write_text("".join(f"{c['name']}\n" for _, c in sorted(cats.items())), "utf-8")
+    _write_splits(at / "ImageSets" / "Main", lists)
     where = {"annotations": str(out / "Annotations")}
     if images_mode != "none":
         place_images(data.files, targets, images_mode, report)
@@ -258,6 +262,18 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
     elif data.images_root:
         where["images"] = str(data.images_root)
     return where
+
+
+def _write_splits(folder: Path, lists: dict[str, list[str]]) -> None:
+    """``train.txt``, ``val.txt``, ``test.txt`` (and ``trainval.txt``, both first ones) of the images each split
+    holds, as VOC lists them; nothing where the source names no split."""
+    if not lists:
+        return
+    folder.mkdir(parents=True)
+    if "train" in lists or "val" in lists:
+        lists = {**lists, "trainval": lists.get("train", []) + lists.get("val", [])}
+    for split, names in lists.items():
+        (folder / f"{split}.txt").write_text("".join(f"{name}\n" for name in names), "utf-8")
 
 
 def _tree(

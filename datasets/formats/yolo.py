@@ -31,6 +31,7 @@ from cnnapps.datasets.formats.hub import (
     polygon_problem,
     polygons_of,
 )
+from cnnapps.terminal import plural
 
 #: how far outside 0..1 a coordinate may be (float noise) before the line is refused
 _SLACK = 1e-3
@@ -85,8 +86,18 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
             _read_labels(label, image_id, width, height, names, pose, build, report)
     for orphan in walk(root, lambda p: p.suffix == ".txt" and "labels" in p.relative_to(root).parts):
         if os.path.normcase(os.path.abspath(orphan)) not in used:
-            report.skip(orphan, "label file without an image (the image gives the size); skipped", "unreadable_image")
+            image = _unlisted_image(orphan) if listed else None
+            why = (f"its image {image.name} is in none of {yaml_path.name}'s train, val and test" if image else
+                   "label file without an image (the image gives the size)")  # fmt: skip
+            report.skip(orphan, f"{why}; skipped", "unreadable_image")
     return build.result(img_root)
+
+
+def _unlisted_image(label: Path) -> Path | None:
+    """The image whose label file ``label`` is (by :func:`label_path`'s rule), where there is one."""
+    sa, sb = f"{os.sep}labels{os.sep}", f"{os.sep}images{os.sep}"
+    folder = Path(sb.join(f"{label.parent}{os.sep}".rsplit(sa, 1)))
+    return next((f for f in sorted(folder.glob(f"{label.stem}.*")) if is_image(f)), None)
 
 
 def label_path(image: Path) -> Path:
@@ -327,9 +338,8 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
     else:
         (at / "images").mkdir(exist_ok=True)
         report.note(f"images were not placed: ultralytics finds them in {out / 'images'} (same paths as labels/)")
-    _write_yaml(
-        at / "data.yaml", cats, kpt_cats, k, {str(safe_relative(im["file_name"])) for im in data.coco["images"]}
-    )
+    rel_names = {safe_relative(im["file_name"]).as_posix(): data.splits.get(im["id"]) for im in data.coco["images"]}
+    _write_yaml(at, cats, kpt_cats, k, rel_names, report)
     return {
         "annotations": str(out / "labels"),
         "images": str(out / "images"),
@@ -372,8 +382,16 @@ SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
 
 
 def _write_yaml(
-    path: Path, cats: list[dict[str, Any]], kpt_cats: list[dict[str, Any]], k: int, rel_names: set[str]
+    at: Path,
+    cats: list[dict[str, Any]],
+    kpt_cats: list[dict[str, Any]],
+    k: int,
+    rel_names: dict[str, str | None],
+    report: Report,
 ) -> None:
+    """``at/data.yaml``; its train/val/test are split folders where every image is in one (``images/train/``...),
+    else the lists ``train.txt``, ``val.txt``, ``test.txt`` of the splits the source named (``rel_names``: each
+    image's path under images/ and its split), else ``images`` for both train and val."""
     import yaml
 
     splits = {name.split("/")[0] for name in rel_names if "/" in name}
@@ -387,6 +405,21 @@ def _write_yaml(
     )
     if nested and "test" in splits:
         config["test"] = "images/test"
+    lists: dict[str, list[str]] = {}
+    for name, split in rel_names.items():
+        if split and not nested:
+            lists.setdefault(split, []).append(f"./images/{name}")
+    if "train" in lists:  # the source's own splits, as ultralytics' lists of images (each line from the list's folder)
+        for split in ("train", "val", "test"):
+            if split in lists:
+                (at / f"{split}.txt").write_text("".join(f"{line}\n" for line in lists[split]), encoding="utf-8")
+        config = {split: f"{split}.txt" for split in ("train", "val", "test") if split in lists}
+        config.setdefault("val", "train.txt")
+        left = len(rel_names) - sum(len(listed) for listed in lists.values())
+        if left:
+            report.note(f"{plural(left, 'image')} in no split of the source's are in no list (train.txt, val.txt)")
+    elif lists:
+        report.note("the source names no train split: its splits were not written (data.yaml trains on every image)")
     config["names"] = {i: c["name"] for i, c in enumerate(cats)}
     if k:
         first = next(c for c in kpt_cats if len(c["keypoints"]) == k)
@@ -406,4 +439,4 @@ def _write_yaml(
     header = "# written by cnnapps data convert; paths are relative to this file's folder\n"
     if k:
         header += "# skeleton: pairs of 1-based keypoint indices, as COCO's categories (not read by ultralytics)\n"
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (at / "data.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "utf-8")

@@ -164,3 +164,44 @@ def test_the_image_of_an_unreadable_annotation_file_is_not_read_as_one_without_o
         image(voc / "JPEGImages" / f"{name}.jpg")
     done = convert(voc, tmp_path / "voc.json", to="coco")
     assert done.images == 2 and len(done.skipped) == 1  # a.jpg and c.jpg; b.xml reported
+
+
+def splits_by_name(path: Path) -> dict[str, str | None]:
+    collection, _, _ = read(path)
+    return {Path(im["file_name"]).stem: collection.splits.get(im["id"]) for im in collection.coco["images"]}
+
+
+def test_the_splits_survive_conversion_to_every_format_that_names_them(tmp_path):
+    """A VOC set's ImageSets split (d in trainval only: train; f in none) converted to CVAT (subsets), to YOLO
+    (train.txt, val.txt, test.txt: its images are not in split folders) and back to VOC (ImageSets/Main): each
+    image keeps its split; COCO and LabelMe, which name none, say so."""
+    root = tmp_path / "voc"
+    for name in "abcdef":
+        voc_xml(root / "Annotations" / f"{name}.xml", f"{name}.jpg")
+        image(root / "JPEGImages" / f"{name}.jpg")
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for split, names in (("train", "a b"), ("val", "c"), ("trainval", "a b c d"), ("test", "e")):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names.split()) + "\n")
+    expected = {"a": "train", "b": "train", "c": "val", "d": "train", "e": "test", "f": None}
+    assert splits_by_name(root) == expected
+    convert(root, tmp_path / "cvat.xml", to="cvat", image_files="none")
+    assert 'subset="Validation"' in (tmp_path / "cvat.xml").read_text()
+    assert splits_by_name(tmp_path / "cvat.xml") == expected
+    yolo = convert(root, tmp_path / "yolo", to="yolo")
+    assert (tmp_path / "yolo" / "train.txt").read_text().split() == [f"./images/{n}.jpg" for n in "abd"]
+    assert yolo.notes[-1] == "1 image in no split of the source's are in no list (train.txt, val.txt)"
+    assert splits_by_name(tmp_path / "yolo") == {k: v for k, v in expected.items() if v}  # f is in no list
+    _, report, _ = read(tmp_path / "yolo")
+    why = "its image f.jpg is in none of data.yaml's train, val and test; skipped"
+    assert report.skipped == [f"{tmp_path / 'yolo' / 'labels' / 'f.txt'}: {why}"]
+    data = CocoDataset(tmp_path / "yolo", None, "detect")
+    train, val, _ = _own_split(data, CONFIG)
+    assert (names_of(data, train), names_of(data, val)) == (["a.jpg", "b.jpg", "d.jpg"], ["c.jpg"])
+    convert(tmp_path / "cvat.xml", tmp_path / "voc2", to="voc", images=root / "JPEGImages", image_files="copy")
+    lists = tmp_path / "voc2" / "ImageSets" / "Main"
+    assert sorted(p.name for p in lists.iterdir()) == ["test.txt", "train.txt", "trainval.txt", "val.txt"]
+    assert (lists / "trainval.txt").read_text().split() == ["a", "b", "d", "c"]
+    assert splits_by_name(tmp_path / "voc2") == expected
+    for target, out in (("coco", tmp_path / "all.json"), ("labelme", tmp_path / "labelme")):
+        said = convert(root, out, to=target).notes
+        assert f"{target} names no splits: the source's (3 train, 1 val, 1 test images) were written together" in said
