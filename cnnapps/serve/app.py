@@ -55,6 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_TOP_K = 20
 #: images one request may carry, unless ``max_images`` says otherwise
 MAX_IMAGES = 64
+#: the files a multipart request may carry beside its images
+OTHER_FILES = 16
 #: the names a Host header may always carry (IP addresses are accepted too: DNS rebinding needs a name)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).with_name("static")
@@ -456,10 +458,15 @@ async def _images_from_multipart(request: Request, body: bytes, max_images: int)
         yield body
 
     try:
-        form = await MultiPartParser(request.headers, replay(), max_files=max_images + 16, max_fields=16).parse()
+        parser = MultiPartParser(request.headers, replay(), max_files=max_images + OTHER_FILES, max_fields=16)
+        form = await parser.parse()
     except MultiPartException as exc:
-        if exc.message.startswith("Too many files"):  # --max-images and 16 other files: more are taken as images
-            raise _too_many(max_images) from None
+        if exc.message.startswith("Too many files"):  # the parser counts every file, images or not
+            raise RequestError(
+                413,
+                f"more than {max_images + OTHER_FILES:,} files in one request: send at most "
+                f"{max_images:,} images (--max-images) and {OTHER_FILES} other files",
+            ) from None
         raise RequestError(422, f"multipart body: {exc.message}") from None
     try:
         fields = [(name, value) for name, value in form.multi_items() if name in ("image", "images")]

@@ -62,9 +62,14 @@ def test_only_image_fields_count_towards_max_images(app) -> None:
     with TestClient(app, base_url="http://localhost") as c:
         at_limit = c.post("/v1/classify", files=images + other)
         over = c.post("/v1/classify", files=[*images, images[0], *other])
+        many_others = c.post("/v1/classify", files=images + other * 17)
     assert at_limit.status_code == 200 and len(at_limit.json()) == 4, at_limit.text[:300]
     assert over.status_code == 413
     assert over.json() == {"error": "more than 4 images in one request: send at most 4 (--max-images)"}
+    assert many_others.status_code == 413  # 4 images and 17 other files: not "more than 4 images"
+    assert many_others.json() == {
+        "error": "more than 20 files in one request: send at most 4 images (--max-images) and 16 other files"
+    }
 
 
 def test_an_image_over_the_pixel_limit_says_what_the_client_can_do(app) -> None:

@@ -129,8 +129,11 @@ def test_too_many_images_in_one_request_is_a_one_line_413(pictures: dict[str, by
         assert c.get("/v1/models").json()["max_images"] == 64
     for answer in (listed, uploaded):
         assert answer.status_code == 413, answer.text[:200]
-        assert answer.json() == {"error": "more than 64 images in one request: send at most 64 (--max-images)"}
         assert "\n" not in answer.text
+    assert listed.json() == {"error": "more than 64 images in one request: send at most 64 (--max-images)"}
+    assert uploaded.json() == {  # the multipart parser counts every file
+        "error": "more than 80 files in one request: send at most 64 images (--max-images) and 16 other files"
+    }
     assert at_limit.status_code == 200 and len(at_limit.json()) == 64
 
 
