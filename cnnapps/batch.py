@@ -6,7 +6,8 @@ row per input: ``source``, ``error`` (null when it was predicted) and ``result``
 ``cnnapps <verb> --json`` prints for it). ``OUT/_plan.json`` says what the parts belong to; a rerun of the
 same command after a crash does only the missing parts, and a rerun with other inputs, model (or other weights in
 the same model file) or options is refused (a run whose workers failed before any part was written leaves no plan
-behind). The failures a run reports are those of every part, also of the parts an earlier run finished. GPUs asked
+behind). The inputs predicted and failed that a run reports are those of every part, also of the parts an earlier
+run finished (and apart, those it predicted itself). GPUs asked
 for and not in the cluster are refused before anything is written. A named model (or the
 task's default) is loaded once here before Ray starts, so one the actors could not load is a one-line error and
 nothing is written. Names starting with ``_`` are skipped by Parquet readers, so ``pandas.read_parquet(OUT)``
@@ -47,13 +48,15 @@ PLAN = "_plan.json"
 
 @dataclass
 class BatchReport:
-    """What a run did: parts in all, parts already finished before it, inputs predicted and those that failed."""
+    """What the parts in ``out`` hold after a run: parts in all, those finished before it, the inputs predicted and
+    those that failed (in every part, also those an earlier run finished), and the inputs this run predicted."""
 
     out: str
     parts: int
     skipped: int
     predicted: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
+    predicted_now: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -116,16 +119,17 @@ def predict_files(
         work = partial(_part_worker, task, model, load_options, predict_options, out, fmt)
         try:
             for done in run_on_ray(todo, work, **ray_options):
-                report.predicted += int(done["predicted"])
+                report.predicted_now += int(done["predicted"])
                 if progress:
                     progress(int(done["files"]))
         except BaseException:  # a plan this run wrote and no part came of (its workers failed) holds nothing
             if fresh and not _finished_parts(out):
                 (out / PLAN).unlink(missing_ok=True)
             raise
-    # the failures of every part, also those finished by an earlier run
-    report.failed = [{"path": r["source"], "error": r["error"]} for r in _rows(out, plan, ("source", "error"))
-                     if r["error"] is not None]  # fmt: skip
+    # every part's rows, also those finished by an earlier run
+    rows = list(_rows(out, plan, ("source", "error")))
+    report.failed = [{"path": r["source"], "error": r["error"]} for r in rows if r["error"] is not None]
+    report.predicted = len(rows) - len(report.failed)
     return report
 
 

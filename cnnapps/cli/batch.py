@@ -72,8 +72,8 @@ def batch(
     if as_json:
         echo_json(report.to_dict())
     else:
-        echo(f"{out}: {plural(report.parts, 'part')} ({report.skipped} already finished), predicted "
-             f"{plural(report.predicted, 'input')}")  # fmt: skip
+        echo(f"{out}: {plural(report.parts, 'part')} ({report.skipped} already finished), "
+             f"{plural(report.predicted, 'input')} predicted ({report.predicted_now} by this run)")  # fmt: skip
     if report.failed:
         echo(f"{plural(len(report.failed), 'input')} failed:", err=True)
         for item in report.failed[:20]:

@@ -76,7 +76,7 @@ def test_classify_on_ray_matches_one_process_and_resumes(cluster, run_cli, galle
     (out / "part-00001.parquet").unlink()
     code, stdout, _ = run_cli(*args)
     report = json.loads(stdout)
-    assert (report["parts"], report["skipped"], report["predicted"]) == (3, 2, 3)
+    assert (report["parts"], report["skipped"], report["predicted"], report["predicted_now"]) == (3, 2, 7, 3)
     assert (out / "part-00000.parquet").stat().st_mtime_ns == kept
     assert list(read_rows(out)) == rows
 

@@ -68,13 +68,16 @@ def test_a_rerun_reports_the_failures_of_parts_an_earlier_run_finished(cluster, 
     out = tmp_path / "out"
     args = ("batch", "retrieve", gallery, "--out", out, "--model", EMBEDDER, "--part-size", "4", "--json")
     code, stdout, err = run_cli(*args)
-    assert code == 1 and [f["path"] for f in json.loads(stdout)["failed"]] == [str(gallery / "broken.jpg")]
-    code, stdout, err = run_cli(*args)  # every part finished: nothing predicted, the failure still reported
+    first = json.loads(stdout)
+    assert code == 1 and [f["path"] for f in first["failed"]] == [str(gallery / "broken.jpg")]
+    assert first["predicted"] == first["predicted_now"] == 5
+    code, stdout, err = run_cli(*args)  # every part finished: nothing predicted now, the parts' counts reported
     report = json.loads(stdout)
-    assert code == 1 and (report["skipped"], report["predicted"]) == (2, 0)
+    assert code == 1 and (report["skipped"], report["predicted"], report["predicted_now"]) == (2, 5, 0)
     assert [f["path"] for f in report["failed"]] == [str(gallery / "broken.jpg")]
-    code, _, err = run_cli(*args[:-1])
+    code, said, err = run_cli(*args[:-1])
     assert code == 1 and "broken.jpg" in err
+    assert said.strip() == f"{out}: 2 parts (2 already finished), 5 inputs predicted (0 by this run)"
 
 
 def test_one_file_named_several_ways_is_one_input(cluster, run_cli, gallery, tmp_path, monkeypatch) -> None:
