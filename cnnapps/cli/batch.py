@@ -73,7 +73,7 @@ def batch(
         echo_json(report.to_dict())
     else:
         echo(f"{out}: {plural(report.parts, 'part')} ({report.skipped} already finished), "
-             f"{plural(report.predicted, 'input')} predicted ({report.predicted_now:,} by this run)")  # fmt: skip
+             f"{plural(report.predicted, 'input')} predicted ({report.predicted_now} by this run)")  # fmt: skip
     if report.failed:
         echo(f"{plural(len(report.failed), 'input')} failed:", err=True)
         for item in report.failed[:20]:
