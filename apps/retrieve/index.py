@@ -179,8 +179,7 @@ def build_faiss(kind: str, vectors: np.ndarray, ids: np.ndarray, dim: int) -> An
     elif kind == "ivfpq":
         if n < 1000:
             raise RetrievalIndexError(f"an IVF-PQ index needs at least 1,000 images to train, not {n}; use --kind flat")
-        # about sqrt(n) lists, trained on 64 vectors per list: minutes, not hours, for a million images
-        nlist = int(min(4096, max(16, np.sqrt(n)), n // 39))
+        nlist = ivf_lists(n)
         m = max(d for d in range(1, 65) if dim % d == 0)
         ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
         sample = vectors[np.random.default_rng(0).permutation(n)[: min(n, 64 * nlist)]]
@@ -641,6 +640,7 @@ class Index:
             "dim": self.dim,
             "kind": self.kind,
             "faiss": "IVF-PQ + exact re-rank" if _is_ivf(self._faiss) else type(self._faiss).__name__,
+            **({"ivf_lists": _lists(self._faiss)} if _is_ivf(self._faiss) else {}),
             "generation": self.generation,
             "bytes_on_disk": sum(f.stat().st_size for f in files if f.exists()),
         }
@@ -998,6 +998,7 @@ class Index:
             wants_ivfpq = self.kind == "ivfpq" or (self.kind == "auto" and total_after >= AUTO_IVFPQ_FROM)
             # HNSW graphs and re-ranked IVF-PQ cannot delete in place: those are rebuilt from the stored vectors
             rebuild = (wants_ivfpq and not is_ivfpq) or bool(gone_ids and (self.kind == "hnsw" or is_ivfpq))
+            rebuild = rebuild or (is_ivfpq and _outgrown(self._faiss, total_after))
         if rebuild:
             skip = set(gone_ids)
             live = self._db.execute(
@@ -1043,6 +1044,25 @@ def _size_mtime(path: str) -> tuple[int, float] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime
+
+
+def ivf_lists(n: int) -> int:
+    """The inverted lists of an IVF-PQ index of ``n`` vectors: about sqrt(n), trained on 64 vectors per list
+    (minutes, not hours, for a million images)."""
+    return int(min(4096, max(16, np.sqrt(n)), n // 39))
+
+
+def _outgrown(index: Any, n: int) -> bool:
+    """Whether an IVF-PQ index grown to ``n`` vectors wants twice the lists it was trained with or more (its
+    coarse centroids and PQ codebooks learnt on the first images: retrained, from the stored vectors, each time the
+    index about quadruples)."""
+    return ivf_lists(n) >= 2 * _lists(index)
+
+
+def _lists(index: Any) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).nlist)
 
 
 def _is_ivf(index: Any) -> bool:

@@ -283,3 +283,28 @@ def test_ivfpq_index_with_reranking_adds_removes_and_finds(tmp_path: Path) -> No
     assert index.search(query, k=1)[0][0].score == pytest.approx(1.0, abs=1e-4)  # exact score after re-ranking
     index.remove([str(tmp_path / "files" / "7.bin")])  # rebuilt from the stored vectors
     assert len(index) == 1199 and not index.search(query, k=1)[0][0].path.endswith("/7.bin")
+
+
+def test_a_grown_ivfpq_index_is_trained_again_on_all_its_vectors(tmp_path: Path) -> None:
+    """Trained on its first 1,000 images (25 lists), an IVF-PQ index grown past twice the lists it wants is trained
+    again from the stored vectors (the new images' clusters get lists of their own); smaller additions are added."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32))
+    table = {}
+    for i in range(2600):
+        path = tmp_path / "files" / f"{i}.bin"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(str(i).encode())
+        v = centres[(i % 20) + (20 if i >= 1000 else 0)] + 0.3 * rng.normal(size=32)  # new clusters after 1,000
+        table[str(path)] = v / np.linalg.norm(v)
+    names = sorted(table, key=lambda p: int(Path(p).stem))
+    embedder = VectorEmbedder(table)
+    index = Index.create(tmp_path / "idx", embedder.describe(), kind="ivfpq")
+    index.add(names[:1000], embedder=embedder)
+    assert index.info()["ivf_lists"] == 25
+    index.add(names[1000:1900], embedder=embedder)  # 1,900 want 44 lists: added to the 25
+    assert index.info()["ivf_lists"] == 25
+    index.add(names[1900:], embedder=embedder)  # 2,600 want 50: trained again
+    assert len(index) == 2600 and index.info()["ivf_lists"] == 50
+    query = np.stack([table[names[2500]]])
+    assert index.search(query, k=1)[0][0].path == names[2500]
