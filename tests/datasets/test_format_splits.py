@@ -74,14 +74,19 @@ def test_data_without_splits_is_held_out_at_random(tmp_path):
     assert source == "50% of them held out at random"
 
 
-def test_voc_image_sets_give_the_splits(tmp_path):
-    root = tmp_path / "voc"
-    for name in "abcde":
+def voc_split(root: Path, names: str) -> Path:
+    """A VOC set of the images ``names`` (a.jpg ...), listed: a, b train; c val; a-d trainval; e test."""
+    for name in names:
         voc_xml(root / "Annotations" / f"{name}.xml", f"{name}.jpg")
         image(root / "JPEGImages" / f"{name}.jpg")
     (root / "ImageSets" / "Main").mkdir(parents=True)
-    for split, names in (("train", "a b"), ("val", "c"), ("trainval", "a b c d"), ("test", "e")):
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names.split()) + "\n")
+    for split, listed in (("train", "a b"), ("val", "c"), ("trainval", "a b c d"), ("test", "e")):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(listed.split()) + "\n")
+    return root
+
+
+def test_voc_image_sets_give_the_splits(tmp_path):
+    root = voc_split(tmp_path / "voc", "abcde")
     data = CocoDataset(root, None, "detect")
     assert [data.splits.get(i) for i in data.image_ids] == ["train", "train", "val", "train", "test"]
     train, val, _ = _own_split(data, CONFIG)
@@ -175,13 +180,7 @@ def test_the_splits_survive_conversion_to_every_format_that_names_them(tmp_path)
     """A VOC set's ImageSets split (d in trainval only: train; f in none) converted to CVAT (subsets), to YOLO
     (train.txt, val.txt, test.txt: its images are not in split folders) and back to VOC (ImageSets/Main): each
     image keeps its split; COCO and LabelMe, which name none, say so."""
-    root = tmp_path / "voc"
-    for name in "abcdef":
-        voc_xml(root / "Annotations" / f"{name}.xml", f"{name}.jpg")
-        image(root / "JPEGImages" / f"{name}.jpg")
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    for split, names in (("train", "a b"), ("val", "c"), ("trainval", "a b c d"), ("test", "e")):
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names.split()) + "\n")
+    root = voc_split(tmp_path / "voc", "abcdef")
     expected = {"a": "train", "b": "train", "c": "val", "d": "train", "e": "test", "f": None}
     assert splits_by_name(root) == expected
     convert(root, tmp_path / "cvat.xml", to="cvat", image_files="none")

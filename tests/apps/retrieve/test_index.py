@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -264,16 +265,21 @@ class VectorEmbedder:
         return [os.path.abspath(p) for p in paths], vectors, [None] * len(paths)
 
 
-def test_ivfpq_index_with_reranking_adds_removes_and_finds(tmp_path: Path) -> None:
+def clustered_files(folder: Path, n: int, cluster: Callable[[int], int]) -> dict[str, np.ndarray]:
+    """``n`` small files 0.bin.. in ``folder``, each with a unit 32-d vector near centre ``cluster(i)``."""
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(20, 32))
+    centres = rng.normal(size=(64, 32))
+    folder.mkdir(exist_ok=True)
     table = {}
-    for i in range(1200):
-        path = tmp_path / "files" / f"{i}.bin"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(str(i).encode())
-        v = centres[i % 20] + 0.3 * rng.normal(size=32)
-        table[str(path)] = v / np.linalg.norm(v)
+    for i in range(n):
+        (folder / f"{i}.bin").write_bytes(str(i).encode())
+        v = centres[cluster(i)] + 0.3 * rng.normal(size=32)
+        table[str(folder / f"{i}.bin")] = v / np.linalg.norm(v)
+    return table
+
+
+def test_ivfpq_index_with_reranking_adds_removes_and_finds(tmp_path: Path) -> None:
+    table = clustered_files(tmp_path / "files", 1200, lambda i: i % 20)
     embedder = VectorEmbedder(table)
     index = Index.create(tmp_path / "idx", embedder.describe(), kind="ivfpq")
     index.add(sorted(table), embedder=embedder)
@@ -288,15 +294,7 @@ def test_ivfpq_index_with_reranking_adds_removes_and_finds(tmp_path: Path) -> No
 def test_a_grown_ivfpq_index_is_trained_again_on_all_its_vectors(tmp_path: Path) -> None:
     """Trained on its first 1,000 images (25 lists), an IVF-PQ index grown past twice the lists it wants is trained
     again from the stored vectors (the new images' clusters get lists of their own); smaller additions are added."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(40, 32))
-    table = {}
-    for i in range(2600):
-        path = tmp_path / "files" / f"{i}.bin"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(str(i).encode())
-        v = centres[(i % 20) + (20 if i >= 1000 else 0)] + 0.3 * rng.normal(size=32)  # new clusters after 1,000
-        table[str(path)] = v / np.linalg.norm(v)
+    table = clustered_files(tmp_path / "files", 2600, lambda i: i % 20 + (20 if i >= 1000 else 0))  # new clusters
     names = sorted(table, key=lambda p: int(Path(p).stem))
     embedder = VectorEmbedder(table)
     index = Index.create(tmp_path / "idx", embedder.describe(), kind="ivfpq")
