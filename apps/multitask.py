@@ -21,7 +21,7 @@ from cnnapps.apps.modelfile import adapter, build_head, build_trunk, load_exactl
 from cnnapps.bundle import BundleError
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.results import MultiTaskResult
-from cnnapps.runtime import check_batch_size, one_at_a_time, select_device
+from cnnapps.runtime import check_batch_size, check_count, one_at_a_time, select_device
 
 
 @dataclass
@@ -111,7 +111,7 @@ class MultiTaskPredictor:
     ) -> list[MultiTaskResult]:
         """Every head's answer (or those of ``heads``) for paths, arrays, PIL images or encoded bytes (one, or a
         list), in input order; an input that cannot be read gets a result with ``error``."""
-        options = {**self.options, "top_k": top_k}
+        options = {**self.options, "top_k": check_count("top_k", top_k, "classes per image")}
         asked = set(self.heads) if heads is None else set(pick_heads(self.tasks, heads, str(self.model_file.path)))
         chosen = [h for h in self.heads if h in asked]  # an unknown name is an error, never an empty answer
         done = map_images(inputs, lambda images: self._run(images, options, chosen), self.batch_size,

@@ -32,6 +32,12 @@ def did_you_mean(name: str, known: Iterable[str], cutoff: float = 0.6) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+def none_read(failed: list[dict[str, str]]) -> CnnappsError:
+    """The error of an evaluation none of whose images could be read (``failed``: each image's path and error)."""
+    path, error = failed[0]["path"], failed[0]["error"]
+    return CnnappsError(f"none of the {len(failed)} images could be read (the first, {path}: {error})")
+
+
 class WeightsError(CnnappsError):
     """Weights could not be found, downloaded, verified or loaded."""
 

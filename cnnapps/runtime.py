@@ -86,11 +86,15 @@ _WARM_ELEMENTS = 4 * 3 * 512 * 512
 def check_batch_size(batch_size: Any) -> int | None:
     """``batch_size`` as an int (None: the predictor's default), or a one-line error for anything but a whole
     number of at least 1."""
-    if batch_size is None:
-        return None
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise CnnappsError(f"batch_size={batch_size!r}: images per forward pass, a whole number of at least 1")
-    return int(batch_size)
+    return None if batch_size is None else check_count("batch_size", batch_size, "images per forward pass")
+
+
+def check_count(name: str, value: Any, what: str) -> int:
+    """``value`` of the option ``name`` as an int, or a one-line error saying ``what`` it counts for anything but a
+    whole number of at least 1."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise CnnappsError(f"{name}={value!r}: {what}, a whole number of at least 1")
+    return int(value)
 
 
 def example_batch(input_size: tuple[int, ...], batch_size: int) -> torch.Tensor:

@@ -70,6 +70,10 @@ def evaluate_captioner(
     results = predictor.predict([item.path for item in items], progress=progress)
     failed = [{"path": r.source, "error": r.error} for r in results if not r.ok]
     candidates = {item.image_id: r.caption for item, r in zip(items, results, strict=True) if r.ok}
+    if failed and not candidates:
+        from cnnapps.errors import none_read
+
+        raise none_read(failed)
     references = {item.image_id: item.captions for item in items}
     scores = caption_scores(references, candidates, meteor=meteor) if candidates else {}
     report = {"images": len(candidates), "scores": scores, "tokenizer": "ptb" if java_available() else "simple",

@@ -13,7 +13,7 @@ from cnnapps.apps.caption.decode import beam_search, greedy
 from cnnapps.apps.common.batching import map_images, preprocess_on_device
 from cnnapps.errors import CnnappsError
 from cnnapps.results import CaptionResult
-from cnnapps.runtime import check_batch_size, one_at_a_time, placed_for_inference, select_device
+from cnnapps.runtime import check_batch_size, check_count, one_at_a_time, placed_for_inference, select_device
 
 
 class CaptionPredictor:
@@ -77,12 +77,10 @@ class CaptionPredictor:
 def decoding_length(model: Any, beam: int, max_len: int | None) -> int:
     """The most words per caption (``max_len``, or the model's own) after checking that ``model`` can decode with
     ``beam`` and ``max_len``; a one-line error when it cannot."""
-    if beam < 1:
-        raise CnnappsError(f"--beam must be at least 1, not {beam}")
+    check_count("beam", beam, "captions kept at each step of the search")
     if max_len is None:
         return model.spec.max_len
-    if max_len < 1:
-        raise CnnappsError(f"--max-len must be at least 1, not {max_len}")
+    max_len = check_count("max_len", max_len, "the most words per caption")
     limit = getattr(model.decoder, "max_words", None)  # a Transformer has trained positions for so many words
     if limit is not None and max_len > limit:
         raise CnnappsError(f"--max-len must be at most {limit} for this Transformer captioner (it has trained "

@@ -92,6 +92,16 @@ def evaluate(
     else:
         labels = np.array(data.labels)
     names, probs, errors = predictor.predict_proba(data.paths, batch_size=batch_size, progress=progress)
+    ok, failed = readable(names, errors)
+    return report_from_probs(probs[ok], labels[ok], list(predictor.class_names), failed)
+
+
+def readable(names: list[str], errors: list[str | None]) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Which images were read (a mask) and the others with their errors; a CnnappsError when none was."""
     ok = np.array([e is None for e in errors], dtype=bool)
     failed = [{"path": n, "error": e} for n, e in zip(names, errors, strict=True) if e is not None]
-    return report_from_probs(probs[ok], labels[ok], list(predictor.class_names), failed)
+    if failed and not ok.any():
+        from cnnapps.errors import none_read
+
+        raise none_read(failed)
+    return ok, failed

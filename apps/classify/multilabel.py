@@ -164,9 +164,10 @@ def scores_of(predictor: Any, data: Any, batch_size: int | None = None,
         raise CnnappsError(f"the data has classes the model does not know: {', '.join(unknown[:5])}")
     moved = [tuple(index[data.class_names[k]] for k in row) for row in data.labels]
     targets = multi_hot(moved, len(names))
+    from cnnapps.apps.classify.evaluate import readable
+
     found, probs, errors = predictor.predict_proba(data.paths, batch_size=batch_size, progress=progress)
-    ok = np.array([e is None for e in errors], dtype=bool)
-    failed = [{"path": n, "error": e} for n, e in zip(found, errors, strict=True) if e is not None]
+    ok, failed = readable(found, errors)
     return probs[ok], targets[ok], failed
 
 

@@ -20,6 +20,7 @@ from cnnapps.errors import CnnappsError
 from cnnapps.results import ClassificationResult, Prediction
 from cnnapps.runtime import (
     check_batch_size,
+    check_count,
     example_batch,
     memory_for_input,
     one_at_a_time,
@@ -128,6 +129,7 @@ class ClassificationPredictor:
             if not 0 <= threshold <= 1:
                 raise CnnappsError(f"threshold: must be between 0 and 1, not {threshold}")
         limits = (self.thresholds if threshold is None else threshold) if self.multilabel else None
+        top_k = check_count("top_k", top_k, "classes per image")
         names, probs, errors = self.predict_proba(inputs, batch_size, progress)
         results = [
             ClassificationResult(name, error=error)

@@ -67,10 +67,14 @@ def test_the_caption_commands_take_one_head_of_a_file_with_several(run_cli, file
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"beam": 0}, "--beam must be at least 1, not 0"),
-        ({"beam": -1}, "--beam must be at least 1, not -1"),
-        ({"max_len": 0}, "--max-len must be at least 1, not 0"),
-        ({"max_len": -3, "beam": 2}, "--max-len must be at least 1, not -3"),
+        ({"beam": 0}, "beam=0: captions kept at each step of the search, a whole number of at least 1"),
+        ({"beam": -1}, "beam=-1: captions kept at each step of the search, a whole number of at least 1"),
+        ({"beam": 2.5}, "beam=2.5: captions kept at each step of the search, a whole number of at least 1"),
+        ({"beam": "3"}, "beam='3': captions kept at each step of the search, a whole number of at least 1"),
+        ({"beam": True}, "beam=True: captions kept at each step of the search, a whole number of at least 1"),
+        ({"max_len": 0}, "max_len=0: the most words per caption, a whole number of at least 1"),
+        ({"max_len": -3, "beam": 2}, "max_len=-3: the most words per caption, a whole number of at least 1"),
+        ({"max_len": 4.0}, "max_len=4.0: the most words per caption, a whole number of at least 1"),
         (
             {"max_len": 5},
             "--max-len must be at most 4 for this Transformer captioner (it has trained positions for 4 words), not 5",

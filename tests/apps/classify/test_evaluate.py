@@ -48,3 +48,26 @@ def test_the_text_confusion_matrix_has_a_header_row(capsys) -> None:
     assert header.split() == ["true", "\\", "predicted", "cat", "dog", "tiger", "ca"]  # names cut to 8 characters
     assert [row.split()[-3:] for row in rows] == [["1", "0", "0"], ["1", "1", "0"], ["0", "0", "1"]]
     assert len({len(line) for line in (header, *rows)}) == 1  # columns line up under their names
+
+
+class Unreadable:
+    """A predictor that reads none of its images."""
+
+    def __init__(self, multilabel: bool) -> None:
+        self.class_names = ["a", "b"]
+        self.multilabel = multilabel
+        self.thresholds = [0.5, 0.5]
+
+    def predict_proba(self, paths, batch_size=None, progress=None):
+        return list(paths), np.zeros((0, 2), np.float32), ["not an image"] * len(paths)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_no_readable_image_is_one_line(multilabel: bool) -> None:
+    """Nothing to score: one line naming the first failure (torchmetrics was given empty tensors: a traceback)."""
+    from cnnapps.datasets.folders import LabeledImages, as_multilabel
+    from cnnapps.errors import CnnappsError
+
+    data = LabeledImages(["x.png", "y.png"], [0, 1], ["a", "b"])
+    with pytest.raises(CnnappsError, match=r"^none of the 2 images could be read \(the first, x\.png: not an image\)$"):
+        evaluate(Unreadable(multilabel), as_multilabel(data) if multilabel else data)
