@@ -259,6 +259,21 @@ def list_models(timm_pattern: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def _trunk_task(spec: str | os.PathLike, heads: Sequence[str] | None, graph: bool) -> str | None:
+    """The task asked for when ``heads`` is one task that any model's trunk does (``any_trunk``) and ``spec`` has
+    no head of that name or task: it runs on the trunk as ``load(spec, task=...)`` does."""
+    if graph or not heads or len(heads) != 1 or heads[0] not in TASKS or not TASKS[heads[0]].any_trunk:
+        return None
+    if is_bundle_path(spec):
+        from cnnapps.apps.modelfile import read_model_file
+
+        if any(heads[0] in (name, head.task) for name, head in read_model_file(spec).heads.items()):
+            return None
+    elif task_of(spec) == heads[0]:
+        return None
+    return heads[0]
+
+
 def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **options: Any) -> Any:
     """Whatever ``spec`` is, a predictor whose ``predict`` gives one :class:`MultiTaskResult` per input: a model
     file's heads in one trunk pass, or a one-task model (registry or zoo name, exported file, a detector with its
@@ -268,6 +283,10 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
     from cnnapps.bundle import BundleError
 
     graph = is_onnx_file(spec)
+    embeds = _trunk_task(spec, heads, graph)
+    if embeds:  # a task any trunk does without a head of its own, asked for alone (e.g. retrieve)
+        record = get_task(embeds)
+        return OneHead(load(spec, task=embeds, **record.options(options)), embeds)
     if is_bundle_path(spec) and not graph:
         model_file = read_model_file(spec)
         names = chosen_heads(model_file, heads)
@@ -281,7 +300,9 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
     else:
         task, head = task_of(spec) or "classify", None
         if heads and set(heads) != {task}:
-            raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}")
+            alone = [h for h in heads if h in TASKS and TASKS[h].any_trunk and not graph]
+            hint = f" (any trunk can {alone[0]}: ask for it alone, --tasks {alone[0]})" if alone else ""
+            raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}{hint}")
     record = get_task(task)
     engine = options.get("engine") or "auto"
     if record.runs_as_it_is and not _runs_as_it_is(str(spec), record, engine, graph):  # not a quiet run elsewhere

@@ -237,6 +237,21 @@ def test_predict_command_takes_one_task_files_too(run_cli, heads, photos) -> Non
     assert set(answer) == {"path", "classify"} and answer["classify"]["predictions"][0]["label"]
 
 
+def test_predict_embeds_with_any_trunk_when_retrieve_is_asked_for_alone(run_cli, heads, photos) -> None:
+    """Any trunk embeds (``load(spec, task="retrieve")``): ``predict --tasks retrieve`` did too little, refusing a
+    classifier file or registry name as having no retrieve head."""
+    alone = cnnapps.load(heads["colours"], task="retrieve", engine="eager").predict([photos[0]])[0].vector
+    code, out, err = run_cli("predict", heads["colours"], photos[0], "--tasks", "retrieve", "--json")
+    assert code == 0, err
+    (answer,) = json.loads(out)
+    assert set(answer) == {"path", "retrieve"}
+    np.testing.assert_allclose(answer["retrieve"]["embedding"], alone, atol=1e-5)
+    code, _, err = run_cli("predict", "efficientnet_lite0", photos[0], "--tasks", "classify,retrieve")
+    assert code == 2 and "ask for it alone, --tasks retrieve" in err
+    code, out, err = run_cli("predict", "efficientnet_lite0", photos[0], "--tasks", "retrieve", "--json")
+    assert code == 0 and len(json.loads(out)[0]["retrieve"]["embedding"]) > 0, err
+
+
 def test_serve_holds_one_trunk_and_answers_every_route(multi, photos) -> None:
     from fastapi.testclient import TestClient
 
