@@ -21,6 +21,14 @@ from cnnapps.errors import CnnappsError
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_UNEXPECTED = 0, 1, 2, 3
 
 
+def head_option(task: str) -> Any:
+    """``--head NAME``: which of a model file's heads of ``task`` a command runs (a file made by ``cnnapps compose``
+    may hold several of one task); its only one when not given."""
+    import typer
+
+    return typer.Option(None, "--head", help=f"The {task} head of a multi-head model file [default: its only one].")
+
+
 def console(stderr: bool = False) -> Any:
     """A Rich console that prints user text as it is; pipes and CI get 120 columns so tables stay unwrapped."""
     from rich.console import Console

@@ -329,3 +329,35 @@ def test_compose_names_heads_as_asked_and_resolves_clashes_only_unasked(two_lene
     assert {name: len(info.labels) for name, info in named.heads.items()} == {"digits": 3, "letters": 2}
     compose(two_lenet_heads, tmp_path / "unnamed.safetensors")
     assert list(read_model_file(tmp_path / "unnamed.safetensors").heads) == ["classify", "classify-letters"]
+
+
+def test_eval_classify_and_segment_take_the_head_of_a_file_with_several(two_lenet_heads, multi, heads, photos,
+                                                                        run_cli, tmp_path) -> None:  # fmt: skip
+    """``--head`` on ``eval classify`` and on ``segment``/``eval segment`` (detect and pose share their commands):
+    before, a file with two heads of one task could not be evaluated, and these commands had no ``--head``."""
+    import cv2
+
+    two = compose(two_lenet_heads, tmp_path / "two.safetensors", names=["digits", "letters"])
+    for label in ("0", "1"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(
+                str(tmp_path / "data" / label / f"{i}.png"), np.full((32, 32), 60 * i + 100 * int(label), "uint8")
+            )
+    code, _, err = run_cli("eval", "classify", "--model", two, "--data", tmp_path / "data")
+    assert code == 2 and "several heads (digits, letters)" in err and "--head" in err
+    code, out, err = run_cli("eval", "classify", "--model", two, "--head", "letters", "--data", tmp_path / "data",
+                             "--json")  # fmt: skip
+    assert code == 0, err
+    _, alone, _ = run_cli("eval", "classify", "--model", two_lenet_heads[1], "--data", tmp_path / "data", "--json")
+    assert json.loads(out)["top1"] == json.loads(alone)["top1"] and json.loads(out)["class_names"] == ["0", "1"]
+    code, _, err = run_cli("segment", photos[0], "--model", multi, "--head", "classify")
+    assert code == 2 and "its head 'classify' is a classify head, not a segment one" in err
+    code, out, err = run_cli("segment", photos[0], "--model", multi, "--head", "segment", "--json")
+    assert code == 0, err
+    (answer,) = json.loads(out)
+    assert answer["path"] == photos[0] and "instances" in answer
+    data = heads["images"].parent / "val.json"
+    code, _, err = run_cli("eval", "segment", "--model", multi, "--head", "nope", "--data", data, "--images",
+                           heads["images"])  # fmt: skip
+    assert code == 2 and "no head named 'nope'" in err

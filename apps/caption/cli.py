@@ -16,6 +16,7 @@ from cnnapps.terminal import (
     EXIT_SOME_FAILED,
     echo,
     echo_json,
+    head_option,
     images,
     output_folder,
     plural,
@@ -24,15 +25,13 @@ from cnnapps.terminal import (
     save_drawings,
 )
 
-_HEAD_HELP = "The caption head of a multi-head model file to caption with [default: its only one]."
-
 
 def caption(
     paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
     model: str = typer.Option(..., "--model", "-m", help="Trained captioner (model file)."),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam width; 1 is greedy decoding."),
     max_len: int = typer.Option(None, "--max-len", min=1, help="Most words per caption [default: the model's]."),
-    head: str = typer.Option(None, "--head", help=_HEAD_HELP),
+    head: str = head_option("caption"),
     save_attention: Path = typer.Option(None, "--save-attention", help="Write a picture of each word's attention."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input."),
@@ -65,7 +64,7 @@ def eval_caption(
     images: str = typer.Option(..., "--images", help="Folder the file's image names are relative to."),
     split: str = typer.Option(None, "--split", help="Karpathy split to score [default: test if present]."),
     beam: int = typer.Option(1, "--beam", min=1, help="Beam width; 1 is greedy decoding."),
-    head: str = typer.Option(None, "--head", help=_HEAD_HELP),
+    head: str = head_option("caption"),
     save_results: Path = typer.Option(None, "--save-results", help="Write the captions as COCO results JSON."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),

@@ -17,6 +17,7 @@ from cnnapps.terminal import (
     echo,
     echo_json,
     free_picture,
+    head_option,
     images,
     plural,
     progress,
@@ -61,9 +62,7 @@ def classify(
         "openvino (which run here: cnnapps models --engines).",
     ),
     threshold: float = typer.Option(None, "--threshold", min=0.0, max=1.0, help=_THRESHOLD_HELP),
-    head: str = typer.Option(
-        None, "--head", help="The classify head of a multi-head model file to use [default: its only one]."
-    ),
+    head: str = head_option("classify"),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Classify images. Exit code 0: all classified; 1: some inputs failed (reported, others done); 2: error."""
@@ -71,9 +70,8 @@ def classify(
     from cnnapps.backbones.registry import DEFAULT_BACKBONE
 
     inputs = images(paths)
-    chosen = {"head": head} if head is not None else {}
     predictor = load(model or [DEFAULT_BACKBONE], task="classify", device=device, engine=engine, batch_size=batch_size,
-                     **chosen)  # fmt: skip
+                     head=head)  # fmt: skip
     if threshold is not None and not getattr(predictor, "multilabel", False):
         raise CnnappsError("--threshold: the model is single-label (one class per image); it applies to multi-label "
                            "models")  # fmt: skip
@@ -135,6 +133,7 @@ def eval_classify(
     data: str = typer.Option(..., "--data", help=_DATA_HELP),
     batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    head: str = head_option("classify"),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
 ) -> None:
     """Top-1, top-5, per-class precision and recall, and the confusion matrix (a multi-label model: mAP, micro and
@@ -144,7 +143,7 @@ def eval_classify(
     from cnnapps.datasets.folders import read_labeled
     from cnnapps.terminal import report_failed
 
-    predictor = load(model, task="classify", device=device, batch_size=batch_size)
+    predictor = load(model, task="classify", device=device, batch_size=batch_size, head=head)
     # the model says how the data is read: a multi-label model's images with no label are negatives it is scored on
     if getattr(predictor, "multilabel", False):
         labelled = read_labeled(data, None, multilabel=True)

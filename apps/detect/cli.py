@@ -19,6 +19,7 @@ from cnnapps.terminal import (
     console,
     echo,
     echo_json,
+    head_option,
     images,
     output_folder,
     plural,
@@ -68,6 +69,7 @@ def _predict_command(task: str) -> Any:
             min=1,
             help="Images per forward pass [default: 1 on CPU, 4 for video; 4 on GPU].",
         ),
+        head: str = head_option(task),
         as_json: bool = typer.Option(
             False, "--json", help=f"Print JSON: one object per input, each instance with its {_JSON[task]}."
         ),
@@ -77,7 +79,7 @@ def _predict_command(task: str) -> Any:
         save_dir = output_folder(save_dir, "--save-dir")
         inputs = images(paths)
         predictor = load(model, task=task, device=device, score_threshold=score_threshold, tile=tile, overlap=overlap,
-                         batch_size=batch_size)  # fmt: skip
+                         batch_size=batch_size, head=head)  # fmt: skip
         with progress(len(inputs), f"{task}ing", minimum=4) as advance:
             results = predictor.predict(inputs, progress=advance)
         if save_dir is not None:
@@ -134,6 +136,7 @@ def _eval_command(task: str) -> Any:
         images: str = typer.Option(..., "--images", help="Folder the JSON's file_name entries are in."),
         save_results: Path = typer.Option(None, "--save-results", help="Write the detections as COCO results JSON."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        head: str = head_option(task),
         as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
     ) -> None:
         from cnnapps.api import load
@@ -146,7 +149,7 @@ def _eval_command(task: str) -> Any:
             raise CnnappsError(f"{images}: no such image folder (--images)")
         dataset = CocoDataset(data, images, task)  # the data first: a wrong path fails before the model loads
         _check_images_there(dataset, data, images)
-        predictor = load(model, task=task, device=device, score_threshold=0.05)
+        predictor = load(model, task=task, device=device, score_threshold=0.05, head=head)
         with progress(len(dataset), "evaluating", minimum=4) as advance:
             report, results = evaluate_detector(predictor, dataset, progress=advance)
         if report["failed"] and not report["images"]:

@@ -18,6 +18,7 @@ from cnnapps.terminal import (
     echo_json,
     free_name,
     free_picture,
+    head_option,
     images,
     output_folder,
     plural,
@@ -71,6 +72,7 @@ def semantic(
     save_masks: Path = typer.Option(None, "--save-masks", help="Write index PNGs (pixel value = class) here."),
     batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    head: str = head_option("semantic"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input with each class's area."),
 ) -> None:
     """Label every pixel of images with a class. Exit code 0: all done; 1: some inputs failed (reported, others
@@ -79,7 +81,8 @@ def semantic(
 
     save_dir, save_masks = output_folder(save_dir, "--save-dir"), output_folder(save_masks, "--save-masks")
     inputs = images(paths)
-    predictor = load(model, task="semantic", device=device, tile=tile, overlap=overlap, batch_size=batch_size)
+    predictor = load(model, task="semantic", device=device, tile=tile, overlap=overlap, batch_size=batch_size,
+                     head=head)  # fmt: skip
     with progress(len(inputs), "segmenting", minimum=4) as advance:
         results = predictor.predict(inputs, progress=advance)
     _finish(results, save_dir, save_masks, as_json, _print_classes)
@@ -114,6 +117,7 @@ def eval_semantic(
         None, "--save-confusion", help="Draw the confusion matrix to this picture (no suffix: PNG)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    head: str = head_option("semantic"),
     as_json: bool = typer.Option(False, "--json", help="Print all scores as JSON."),
 ) -> None:
     """mIoU, per-class IoU, pixel accuracy, mean accuracy and frequency-weighted IoU of a semantic model (classes
@@ -126,7 +130,7 @@ def eval_semantic(
         free_picture(save_confusion, "--save-confusion")
     dataset = read_semantic_data(data, masks=masks, images=images_dir, classes=classes, split=split,
                                  ignore_index=ignore_index)  # fmt: skip
-    predictor = load(model, task="semantic", device=device, tile=tile)
+    predictor = load(model, task="semantic", device=device, tile=tile, head=head)
     with progress(len(dataset), "evaluating", minimum=4) as advance:
         report = evaluate_semantic(predictor, dataset, progress=advance)
     found = report.to_dict()
@@ -167,6 +171,7 @@ def panoptic(
     save_masks: Path = typer.Option(None, "--save-masks", help="Write COCO panoptic PNGs (segment ids) here."),
     batch_size: int = typer.Option(None, "--batch-size", "-b", min=1, help="Images per trunk pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    head: str = head_option("panoptic"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per input with its segments."),
 ) -> None:
     """Things and stuff: a segment for every pixel.
@@ -177,7 +182,7 @@ def panoptic(
 
     save_dir, save_masks = output_folder(save_dir, "--save-dir"), output_folder(save_masks, "--save-masks")
     inputs = images(paths)
-    predictor = load(model, task="panoptic", device=device, batch_size=batch_size)
+    predictor = load(model, task="panoptic", device=device, batch_size=batch_size, head=head)
     with progress(len(inputs), "segmenting", minimum=4) as advance:
         results = predictor.predict(inputs, progress=advance)
     _finish(results, save_dir, save_masks, as_json, _print_segments)
@@ -208,6 +213,7 @@ def eval_panoptic(
     images_dir: str = typer.Option(..., "--images", help="Image folder of the panoptic JSON."),
     pngs: str = typer.Option(None, "--pngs", help="Folder of its ground-truth PNGs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    head: str = head_option("panoptic"),
     as_json: bool = typer.Option(False, "--json", help="Print all scores as JSON."),
 ) -> None:
     """Panoptic quality PQ = SQ x RQ over all, things and stuff (panopticapi's matching: IoU > 0.5)."""
@@ -216,7 +222,7 @@ def eval_panoptic(
     from cnnapps.apps.semantic.pq import read_panoptic
 
     dataset = read_panoptic(data, images_dir, pngs)
-    predictor = load(model, task="panoptic", device=device)
+    predictor = load(model, task="panoptic", device=device, head=head)
     with progress(len(dataset), "evaluating", minimum=4) as advance:
         found = evaluate_panoptic(predictor, dataset, progress=advance)
     if as_json:

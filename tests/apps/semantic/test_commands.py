@@ -185,3 +185,20 @@ def test_predict_shows_a_semantic_head_as_classes_and_their_shares(run, photos, 
     expected = result.summary()
     assert expected.split(", ")[0] in out and "%" in expected and "fraction" not in out
     assert expected == ", ".join(f"{a.label} {a.fraction:.0%}" for a in result.areas()[:6])
+
+
+def test_semantic_commands_take_the_head_of_a_file_with_two(run, scenes, photos, run_cli, tmp_path):
+    """``--head`` on ``semantic`` and ``eval semantic`` (before, a file with two semantic heads could not be run)."""
+    from cnnapps.apps.modelfile import compose
+
+    two = compose([run / "model.safetensors"] * 2, tmp_path / "two.safetensors", names=["coast", "fields"])
+    code, _, err = run_cli("semantic", photos[0], "--model", two)
+    assert code == 2 and "several heads (coast, fields)" in err
+    code, out, err = run_cli("semantic", photos[0], "--model", two, "--head", "fields", "--json")
+    assert code == 0, err
+    _, alone, _ = run_cli("semantic", photos[0], "--model", run / "model.safetensors", "--json")
+    assert json.loads(out) == json.loads(alone)
+    code, out, err = run_cli("eval", "semantic", "--model", two, "--head", "coast", "--data", scenes, "--json")
+    assert code == 0 and json.loads(out)["images"] == 3, err
+    code, _, err = run_cli("eval", "semantic", "--model", two, "--head", "nope", "--data", scenes)
+    assert code == 2 and "no head named 'nope'" in err
