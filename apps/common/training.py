@@ -529,7 +529,11 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         if stopped:
             log.info("%s: the run stopped early at epoch %d (patience); it is finished, nothing more to train",
                      out, stopped)  # fmt: skip
-        elif config.resume and trained >= epochs:
+        elif saved is not None and (before := lr_trained_at(saved, config.learning_rate)) is not None:
+            log.info("%s: trained at lr %g, resumed at lr %g (%s scaling for %s): the optimiser's and schedule's "
+                     "rates are scaled by %g", out, before, config.learning_rate, config.lr_scaling,
+                     plural(config.world_size, "process"), config.learning_rate / before)  # fmt: skip
+        if config.resume and trained >= epochs and not stopped:
             log.info("%s: the run has trained its %s; it is finished, nothing more to train (a larger --epochs "
                      "trains on)", out, plural(epochs, "epoch"))  # fmt: skip
         log_params(loggers, config)
@@ -794,6 +798,40 @@ class _Clock(L.Callback):
         self._end("val", trainer)
 
 
+#: the key of a training checkpoint that holds the learning rate its run trained at (scaled for its processes)
+LR_KEY = "cnnapps_lr"
+
+
+def lr_trained_at(checkpoint: dict[str, Any], lr: float) -> float | None:
+    """The learning rate a checkpoint's run trained at, when it is not ``lr`` (else None, as for a checkpoint from
+    before the rate was kept in it)."""
+    saved = checkpoint.get(LR_KEY)
+    if not isinstance(saved, (int, float)) or saved <= 0 or math.isclose(saved, lr, rel_tol=1e-9):
+        return None
+    return float(saved)
+
+
+def rescale_lrs(checkpoint: dict[str, Any], lr: float) -> float | None:
+    """A run resumed at learning rate ``lr`` where its checkpoint trained at another (``--lr-scaling`` on another
+    number of processes): every rate its optimiser and schedule hold (group rates, the schedule's base and last
+    rates) is scaled by ``lr`` over the checkpoint's, so the run trains at the rate it reports. Returns the
+    checkpoint's rate when it differed (None: the same, or a checkpoint from before the rate was kept in it)."""
+    saved = lr_trained_at(checkpoint, lr)
+    if saved is None:
+        return None
+    ratio = lr / saved
+    for optimizer in checkpoint.get("optimizer_states") or []:
+        for group in optimizer.get("param_groups", []):
+            for key in ("lr", "initial_lr"):
+                if isinstance(group.get(key), (int, float)):
+                    group[key] *= ratio
+    for state in checkpoint.get("lr_schedulers") or []:
+        for key in ("base_lrs", "_last_lr"):
+            if isinstance(state.get(key), list):
+                state[key] = [value * ratio for value in state[key]]
+    return float(saved)
+
+
 def replan_schedule(checkpoint: dict[str, Any], epochs: int) -> None:
     """A resumed run given more (or fewer) epochs than its checkpoint was planned for: its cosine or step schedule
     (saved with the old length: the added epochs trained at lr 0, or back at the full lr) is made the one a run of
@@ -957,6 +995,7 @@ class TaskModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cnnapps_history"] = list(self.history)
+        checkpoint[LR_KEY] = self.lr
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("cnnapps_history", []))
@@ -965,6 +1004,7 @@ class TaskModule(L.LightningModule):
         if self._past_stages and saved == sum(p.requires_grad for p in self.parameters()) + len(self._past_stages):
             for p in self._past_stages:  # a checkpoint from before they stopped training: its optimiser holds them
                 p.requires_grad_(True)
+        rescale_lrs(checkpoint, self.lr)  # before the schedule is replanned from its base rates
         replan_schedule(checkpoint, self.epochs)
         if self.trainer.checkpoint_callback is not None:  # read before the callbacks restore their state from it
             point_into(checkpoint, str(self.trainer.checkpoint_callback.dirpath))
