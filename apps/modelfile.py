@@ -20,13 +20,15 @@ from cnnapps.bundle import (
     MAX_LABELS,
     BundleError,
     load_tensors,
-    read_metadata,
+    read_header,
     save_bundle,
     tensor_fingerprint,
 )
 from cnnapps.errors import UnknownModelError, in_one_line
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     import torch
     from torch import nn
 
@@ -78,7 +80,8 @@ class ModelFile:
         if not matching:
             have = ", ".join(f"{n} ({h.task})" for n, h in self.heads.items())
             raise BundleError(f"{self.path}: has no {task} head (heads: {have})")
-        raise BundleError(f"{self.path}: has several heads ({', '.join(matching)}); name the one to use")
+        raise BundleError(f"{self.path}: has several heads ({', '.join(matching)}); name the one to use (--head NAME; "
+                         "in Python head=NAME)")  # fmt: skip
 
     def trunk_tensors(self) -> dict[str, torch.Tensor]:
         if self.format == FORMAT_V1:
@@ -97,9 +100,12 @@ def adapter(task: str) -> Any:
 
 
 def read_model_file(path: str | os.PathLike) -> ModelFile:
-    """The checked description of a model file of either format; one-line errors name the file and the key."""
+    """The checked description of a model file of either format; one-line errors name the file and the key.
+
+    A current file's tensors are ``trunk.*`` and ``heads.<a head its header declares>.*``: another tensor (a head
+    the header does not declare, a stray name) is refused here, from the file header alone."""
     path = Path(path)
-    meta = read_metadata(path)
+    meta, names = read_header(path)
     if meta["format"] == FORMAT_V1:
         return _migrate_v1(path, meta)
     trunk, heads, preprocess = meta.get("trunk"), meta.get("heads"), meta.get("preprocess")
@@ -111,6 +117,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     infos = {}
     for name, head in heads.items():
         infos[name] = _head_info(path, name, head)
+    _check_tensor_names(path, names, infos)
     extra = {k: v for k, v in meta.items() if k not in ("format", "version", "trunk", "heads", "preprocess")}
     return ModelFile(path, {"kwargs": {}, **trunk}, infos, preprocess, meta["format"], str(meta.get("version")), extra)
 
@@ -148,6 +155,18 @@ def _check_trunk_kwargs(path: Path, kwargs: Any) -> None:
                                   f"{_short(value)}")  # fmt: skip
             if number and abs(v) > MAX_TRUNK_SETTING:
                 raise BundleError(f"{where}.{key}: {v} is beyond the {MAX_TRUNK_SETTING:,} a setting may hold")
+
+
+def _check_tensor_names(path: Path, names: list[str], heads: dict[str, HeadInfo]) -> None:
+    """Every tensor of a current file belongs to its trunk or to a head its header declares, else a one-line error
+    naming the first other one (it was ignored: a head left out of the header, or a damaged name)."""
+    for name in sorted(names):
+        part, _, rest = name.partition(".")
+        head, dot, key = rest.partition(".")
+        if (part == "trunk" and rest) or (part == "heads" and head in heads and dot and key):
+            continue
+        raise BundleError(f"{path}: tensor {name} is outside the trunk and the heads its header declares "
+                          f"(trunk.*, {', '.join(f'heads.{h}.*' for h in heads)})")  # fmt: skip
 
 
 def _head_info(path: Path, name: str, head: Any) -> HeadInfo:
@@ -256,8 +275,13 @@ def build_model(model_file: ModelFile, head: str | None = None, task: str | None
 
 
 def build_head(model_file: ModelFile, name: str, trunk: nn.Module) -> nn.Module:
-    """The task model of head ``name`` around ``trunk`` (weights not loaded); settings it cannot take are one line."""
+    """The task model of head ``name`` around ``trunk`` (weights not loaded); a kind its task does not build and
+    settings it cannot take are one line."""
     info = model_file.heads[name]
+    kinds = head_kinds(info.task)
+    if kinds is not None and info.kind not in kinds:
+        raise BundleError(f"{model_file.path}: heads.{name}.kind: {info.kind!r} is not a kind of {info.task} head "
+                          f"this cnnapps builds ({', '.join(kinds)})")  # fmt: skip
     try:
         return adapter(info.task).build(trunk, info, model_file.preprocess, model_file)
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:  # settings a head cannot take
@@ -265,10 +289,44 @@ def build_head(model_file: ModelFile, name: str, trunk: nn.Module) -> nn.Module:
                           f"({in_one_line(exc)})") from None  # fmt: skip
 
 
+def _import_attr(module: str, name: str) -> Any:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def _detection_kinds() -> tuple[str, ...]:
+    return tuple(f"rcnn-{style}" for style in _import_attr("cnnapps.apps.detect.config", "HEAD_STYLES"))
+
+
+#: the head kinds each task's model files are written with, for adapters that do not list them as ``kinds``
+_WRITTEN_KINDS: dict[str, Callable[[], tuple[str, ...]]] = {
+    "classify": lambda: ("linear",),
+    "retrieve": lambda: ("embedding",),
+    **dict.fromkeys(("detect", "segment", "pose"), _detection_kinds),
+    "caption": lambda: _import_attr("cnnapps.apps.caption.config", "DECODERS"),
+    "semantic": lambda: _import_attr("cnnapps.apps.semantic.config", "HEAD_KINDS"),
+    "panoptic": lambda: ("panoptic-fpn",),
+}
+
+
+def head_kinds(task: str) -> tuple[str, ...] | None:
+    """The kinds of head ``task``'s adapter builds (its ``kinds``, else those its files are written with); None when
+    neither says."""
+    declared = getattr(adapter(task), "kinds", None)
+    if declared is not None:
+        return tuple(declared)
+    written = _WRITTEN_KINDS.get(task)
+    return tuple(written()) if written is not None else None
+
+
 def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load every tensor of ``state`` into ``model`` with matching names and shapes, or a one-line error.
+    """Load every tensor of ``state`` into ``model`` with matching names, shapes and dtypes, or a one-line error.
 
     Batch-norm step counters (``num_batches_tracked``) may be missing on either side: they do not change outputs.
+    A stored dtype must be the model's own: cnnapps writes weights as the model holds them (float32; mixed-precision
+    training keeps them so), and an integer tensor where the model holds floats (or float64) is a damaged file, not
+    weights to convert silently.
     """
     ours = model.state_dict()
     harmless = "num_batches_tracked"
@@ -282,7 +340,14 @@ def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
             raise BundleError(
                 f"{source}: {key} has shape {tuple(value.shape)}, the described model needs {tuple(ours[key].shape)}"
             )
+        if key in ours and ours[key].dtype != value.dtype:
+            raise BundleError(f"{source}: {key} is stored as {_dtype_name(value)}, the described model holds "
+                              f"{_dtype_name(ours[key])}")  # fmt: skip
     model.load_state_dict({k: v for k, v in state.items() if k in ours}, strict=False)
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def save_model(path: str | os.PathLike, task: str, model: nn.Module, trunk_name: str,
@@ -338,9 +403,16 @@ def _plain(value: Any) -> Any:
 
 
 def trunk_fingerprint(model_file: ModelFile) -> str:
-    """The trunk's fingerprint: stored in the file, or computed from its tensors (first-format files)."""
+    """The trunk's fingerprint, computed from its tensors; the one a current file's header stores must agree, else a
+    one-line error (tensors changed after the file was written would otherwise pass for the trunk an index was built
+    with). It names the weights of an embedding (``cnnapps.apps.retrieve``); joining heads (``compose``, a panoptic
+    join) compares fingerprints computed from the tensors, never the stored ones."""
+    computed = tensor_fingerprint(model_file.trunk_tensors())
     stored = model_file.trunk.get("fingerprint")
-    return stored if isinstance(stored, str) else tensor_fingerprint(model_file.trunk_tensors())
+    if model_file.format != FORMAT_V1 and isinstance(stored, str) and stored != computed:
+        raise BundleError(f"{model_file.path}: its trunk does not match the fingerprint in its header (its tensors "
+                          "were changed after it was written)")  # fmt: skip
+    return computed
 
 
 def load_trunk(spec: str | os.PathLike, weights: str | None = "imagenet") -> tuple[Backbone, Any]:

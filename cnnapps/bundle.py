@@ -60,10 +60,16 @@ def save_bundle(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata alone (reads only the file header), checked to be a known format."""
+    return read_header(path)[0]
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """The JSON metadata, checked to be a known format, and the names of the tensors the file holds (both from the
+    file header: no tensor is read)."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path}: model file not found")
-    raw = _header_text(path)
+    raw, names = _header_text(path)
     try:
         meta = json.loads(raw)
     except (ValueError, RecursionError):  # ValueError: also a number of more digits than Python converts
@@ -75,11 +81,12 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: unsupported model file format {meta.get('format')!r} (this cnnapps reads {', '.join(FORMATS)}; "
             "a newer cnnapps may have written it)"
         )
-    return meta
+    return meta, names
 
 
-def _header_text(path: Path) -> str:
-    """The metadata string of a safetensors file, read from its header without loading any tensor."""
+def _header_text(path: Path) -> tuple[str, list[str]]:
+    """The metadata string of a safetensors file and its tensors' names, read from its header without loading any
+    tensor."""
     try:
         with open(path, "rb") as fh:
             size_bytes = fh.read(8)
@@ -99,7 +106,7 @@ def _header_text(path: Path) -> str:
     raw = metadata.get(_META_KEY) if isinstance(metadata, dict) else None
     if not isinstance(raw, str):
         raise BundleError(f"{path}: a safetensors file without cnnapps metadata (not written by cnnapps)")
-    return raw
+    return raw, [name for name in parsed if name != "__metadata__"]
 
 
 def _what_else(path: Path, size: int) -> str:
@@ -120,14 +127,33 @@ def _what_else(path: Path, size: int) -> str:
 
 
 def load_tensors(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The tensors whose names start with ``prefix``, with the prefix taken off."""
+    """The tensors whose names start with ``prefix``, with the prefix taken off; a floating tensor holding NaN or an
+    infinity is a one-line error naming the file and the tensor (it would make every prediction NaN)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return {k[len(prefix) :]: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}  # noqa: SIM118
+            tensors = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types for damaged data
         raise BundleError(f"{path}: damaged tensor data ({str(exc).splitlines()[0]})") from None
+    for name, tensor in tensors.items():
+        if not _all_finite(tensor):
+            raise BundleError(f"{path}: {name} holds NaN or infinite values (damaged weights, or weights saved "
+                              "from a training run that diverged)")  # fmt: skip
+    return {k[len(prefix) :]: v for k, v in tensors.items()}
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN and no infinity in a floating tensor (NumPy's check: a few milliseconds for a few million weights, some
+    times faster than torch's on a CPU)."""
+    import numpy as np
+    import torch
+
+    if not tensor.is_floating_point():
+        return True
+    if tensor.dtype == torch.bfloat16:  # no NumPy dtype
+        return bool(torch.isfinite(tensor).all())
+    return bool(np.isfinite(tensor.numpy()).all())
 
 
 def load_bundle(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -76,7 +76,8 @@ def test_the_retrieve_head_asked_for_is_the_one_exported(lenet_heads, images, tm
 
 
 def test_several_retrieve_heads_and_none_named_is_a_one_line_error(lenet_heads, images, tmp_path) -> None:
-    several = f"{lenet_heads['multi']}: has several heads (avg, gem); name the one to use"
+    several = (f"{lenet_heads['multi']}: has several heads (avg, gem); name the one to use (--head NAME; in Python "
+               "head=NAME)")  # fmt: skip
     with pytest.raises(BundleError) as caught:
         export_model(lenet_heads["multi"], "onnx", tmp_path / "e.onnx", task="retrieve")
     assert str(caught.value) == several
