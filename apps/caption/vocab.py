@@ -76,7 +76,7 @@ def _keeps_stop(text: str, word: str, end: int) -> bool:
         return False
     if len(word) > 1:
         return True
-    if not text[end + 1 :].strip(" \t\n\"'"):  # the caption's closing full stop
+    if not text[end + 1 :].strip(" \t\n"):  # the caption's closing full stop (not one inside quotes: "vitamin c.")
         return False
     after = _NEXT_WORD.match(text, end)
     return not (after and after.group(1)[0].isupper() and after.group(1).lower() in _STARTS)

