@@ -94,8 +94,8 @@ def detect_tiled(
 ) -> Detections:
     """Run ``detect`` on every tile of ``image`` (RGB, H x W x 3) and merge the results in image coordinates.
 
-    Objects a tile edge cuts (boxes touching an edge inside the image) are fragments: one that lies mostly
-    inside a whole detection from another tile is dropped; fragments of one class that touch across tiles
+    Objects a tile edge cuts (boxes touching an edge inside the image) are fragments: one that is a piece of a
+    stronger detection (:func:`_piece_of`) is dropped; fragments of one class that touch across tiles
     (an object larger than the overlap, which no tile holds whole) are joined, boxes, masks and keypoints, into
     one. Whole detections go through class-wise NMS, and one object that two tiles saw whole under two labels
     keeps the stronger."""
@@ -103,7 +103,8 @@ def detect_tiled(
     cut_flags: list[np.ndarray] = []
     tiles: list[np.ndarray] = []
     height, width = image.shape[:2]
-    for n, (x0, y0, x1, y1) in enumerate(tile_grid(height, width, tile, overlap)):
+    windows = np.array(tile_grid(height, width, tile, overlap), np.float32)
+    for n, (x0, y0, x1, y1) in enumerate(windows.astype(int).tolist()):
         found = detect(np.ascontiguousarray(image[y0:y1, x0:x1]))
         if not len(found):
             continue
@@ -115,20 +116,18 @@ def detect_tiled(
     found = _concat(parts)
     cut, tile_of = np.concatenate(cut_flags), np.concatenate(tiles)
     whole = _one_label_across_tiles(found, _nms(found, np.flatnonzero(~cut), iou_threshold), tile_of, iou_threshold)
-    fragments = [i for i in np.flatnonzero(cut) if not _inside_any(found, i, whole)]
+    fragments = [i for i in np.flatnonzero(cut) if not _piece_of(found, i, windows[tile_of[i]], found, whole)]
     kept = _take(found, whole)
     if not fragments:
         return kept
-    joined = _concat([_join(found, group) for group in _groups(found, fragments, tile_of)])
-    # a cut object often gets a second, weaker label (a cut square looks like a triangle): pieces that lie
-    # inside a stronger detection of any class are the same object
-    order = np.argsort(-joined.scores)
+    groups = _groups(found, fragments, tile_of)
+    joined = _concat([_join(found, group) for group in groups])
+    seen_in = [_bounds(windows[tile_of[group]]) for group in groups]  # the tiles each joined piece was seen in
     chosen: list[int] = []
-    for i in order:
-        box = joined.boxes[i]
-        area = max(1e-6, float((box[2] - box[0]) * (box[3] - box[1])))
-        others = np.concatenate([kept.boxes, joined.boxes[chosen]]) if chosen else kept.boxes
-        if not len(others) or (_intersection(box, others) / area < 0.6).all():
+    for i in np.argsort(-joined.scores):
+        if not _piece_of(joined, i, seen_in[i], kept, np.arange(len(kept))) and not _piece_of(
+            joined, i, seen_in[i], joined, np.array(chosen, np.int64)
+        ):
             chosen.append(int(i))
     return _concat([kept, _take(joined, sorted(chosen))])
 
@@ -227,15 +226,27 @@ def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w * h
 
 
-def _inside_any(found: Detections, i: int, whole: np.ndarray, share: float = 0.6) -> bool:
-    """Whether most of fragment ``i``'s box lies inside a whole detection (of any class: objects do not nest
-    in each other's boxes often, cut pieces of one object do)."""
-    same = whole
-    if not len(same):
+def _piece_of(pieces: Detections, i: int, window: np.ndarray, others: Detections, index: np.ndarray,
+              share: float = 0.6, iou: float = 0.5) -> bool:  # fmt: skip
+    """Whether cut piece ``i`` of ``pieces``, seen in ``window`` (x0, y0, x1, y1: its tile, or the tiles a joined
+    piece spans), is part of one of the detections ``others[index]``: of its class, when most of its box lies inside
+    one; of another class (a cut object often gets a second, weaker label: a cut square looks like a triangle), when
+    its box is that detection's part in the window (IoU ``iou`` with its box clipped to the window). An object of
+    another class inside the other's box (a person before a bus) is much smaller than that part, and stays."""
+    if not len(index):
         return False
-    box = found.boxes[i]
+    box, boxes = pieces.boxes[i], others.boxes[index]
     area = max(1e-6, float((box[2] - box[0]) * (box[3] - box[1])))
-    return bool((_intersection(box, found.boxes[same]) / area >= share).any())
+    same = others.labels[index] == pieces.labels[i]
+    if (same & (_intersection(box, boxes) / area >= share)).any():
+        return True
+    parts = np.concatenate([np.maximum(boxes[:, :2], window[:2]), np.minimum(boxes[:, 2:], window[2:])], axis=1)
+    return any(_iou(box, part) >= iou for part in parts[~same] if (part[2:] > part[:2]).all())
+
+
+def _bounds(windows: np.ndarray) -> np.ndarray:
+    """The box around windows (N, 4)."""
+    return np.array([*windows[:, :2].min(0), *windows[:, 2:].max(0)], np.float32)
 
 
 def _groups(found: Detections, fragments: list[int], tile_of: np.ndarray, gap: float = 2.0) -> list[list[int]]:

@@ -166,3 +166,42 @@ def test_tiles_far_from_the_training_size_are_warned_of():
     advice = tile_advice(1024, 256)  # the issue's case: 16 of 158 objects found
     assert "4x smaller" in advice and "--tile 256" in advice and "\n" not in advice
     assert "4x larger" in tile_advice(64, 256)
+
+
+def _seen_parts(height: int, width: int, tile: int, overlap: int, objects: list[tuple]):
+    """A detector that finds, in each tile, each object's visible part. An object is (x0, y0, x1, y1, label, score)
+    in image coordinates, optionally with {tile's (x0, y0): [(label, score), ...]}: more labels that tile gives it."""
+    grid = iter(tile_grid(height, width, tile, overlap))
+
+    def detect(_: np.ndarray) -> Detections:
+        x0, y0, x1, y1 = next(grid)
+        boxes, scores, labels = [], [], []
+        for obj in objects:
+            box = np.clip(np.array(obj[:4], np.float32), [x0, y0, x0, y0], [x1, y1, x1, y1])
+            if box[2] <= box[0] or box[3] <= box[1]:
+                continue
+            for said, sure in [obj[4:6], *(obj[6].get((x0, y0), []) if len(obj) > 6 else [])]:
+                boxes.append(box - [x0, y0, x0, y0])
+                scores.append(sure)
+                labels.append(said)
+        return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32),
+                          np.array(labels, np.int64))  # fmt: skip
+
+    return detect
+
+
+def test_an_object_of_another_class_inside_a_cut_ones_box_stays():
+    """A person before a bus, both wider than the overlap: the person was dropped as a piece of the bus (it lay
+    inside the bus's box); a piece the detector gave a second, weaker label in one tile is still dropped."""
+    bus, person = (20, 20, 490, 240, 0, 0.9), (150, 60, 300, 200, 1, 0.8)
+    found = detect_tiled(np.zeros((256, 512, 3), np.uint8), _seen_parts(256, 512, 256, 64, [bus, person]), 256, 64)
+    assert sorted(zip(found.labels.tolist(), found.boxes.tolist(), strict=True)) == [
+        (0, [20, 20, 490, 240]), (1, [150, 60, 300, 200])]  # fmt: skip
+    # the tile at x 192..448 also calls its piece of the bus a truck (label 2): one bus still
+    unsure = (*bus, {(192, 0): [(2, 0.5)]})
+    found = detect_tiled(np.zeros((256, 512, 3), np.uint8), _seen_parts(256, 512, 256, 64, [unsure]), 256, 64)
+    assert found.labels.tolist() == [0] and found.boxes.tolist() == [[20, 20, 490, 240]]
+    # a small object whole in one tile and cut, under another label, by the next: counted once
+    box = (150, 60, 230, 120, 0, 0.9, {(192, 0): [(2, 0.5)]})
+    found = detect_tiled(np.zeros((256, 512, 3), np.uint8), _seen_parts(256, 512, 256, 64, [box]), 256, 64)
+    assert found.labels.tolist() == [0] and found.boxes.tolist() == [[150, 60, 230, 120]]
