@@ -530,7 +530,7 @@ def _check_size(header: _Header, name: str, max_pixels: int | None, max_aspect: 
         raise ElongatedImageError(
             name,
             f"{width}x{height} image is more elongated than the limit of {max_aspect:g}:1 "
-            "(raise max_aspect to allow it)",
+            "(crop it, or run a detector on it in tiles: --tile; in Python, max_aspect of read_image raises it)",
         )
 
 

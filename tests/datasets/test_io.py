@@ -325,7 +325,8 @@ def test_elongated_images_are_refused_from_the_header(tmp_path: Path) -> None:
     with pytest.raises(ElongatedImageError) as info:
         read_image(path)
     assert str(info.value) == (
-        f"{path}: 1000000x1 image is more elongated than the limit of 100:1 (raise max_aspect to allow it)"
+        f"{path}: 1000000x1 image is more elongated than the limit of 100:1 (crop it, or run a detector on it in "
+        "tiles: --tile; in Python, max_aspect of read_image raises it)"
     )
     assert DEFAULT_MAX_ASPECT == 100
     Image.new("RGB", (4000, 1)).save(path)
