@@ -27,8 +27,6 @@ from cnnapps.bundle import (
 from cnnapps.errors import UnknownModelError, in_one_line
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Callable
-
     import torch
     from torch import nn
 
@@ -279,7 +277,7 @@ def build_head(model_file: ModelFile, name: str, trunk: nn.Module) -> nn.Module:
     settings it cannot take are one line."""
     info = model_file.heads[name]
     kinds = head_kinds(info.task)
-    if kinds is not None and info.kind not in kinds:
+    if info.kind not in kinds:
         raise BundleError(f"{model_file.path}: heads.{name}.kind: {info.kind!r} is not a kind of {info.task} head "
                           f"this cnnapps builds ({', '.join(kinds)})")  # fmt: skip
     try:
@@ -289,35 +287,9 @@ def build_head(model_file: ModelFile, name: str, trunk: nn.Module) -> nn.Module:
                           f"({in_one_line(exc)})") from None  # fmt: skip
 
 
-def _import_attr(module: str, name: str) -> Any:
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
-
-
-def _detection_kinds() -> tuple[str, ...]:
-    return tuple(f"rcnn-{style}" for style in _import_attr("cnnapps.apps.detect.config", "HEAD_STYLES"))
-
-
-#: the head kinds each task's model files are written with, for adapters that do not list them as ``kinds``
-_WRITTEN_KINDS: dict[str, Callable[[], tuple[str, ...]]] = {
-    "classify": lambda: ("linear",),
-    "retrieve": lambda: ("embedding",),
-    **dict.fromkeys(("detect", "segment", "pose"), _detection_kinds),
-    "caption": lambda: _import_attr("cnnapps.apps.caption.config", "DECODERS"),
-    "semantic": lambda: _import_attr("cnnapps.apps.semantic.config", "HEAD_KINDS"),
-    "panoptic": lambda: ("panoptic-fpn",),
-}
-
-
-def head_kinds(task: str) -> tuple[str, ...] | None:
-    """The kinds of head ``task``'s adapter builds (its ``kinds``, else those its files are written with); None when
-    neither says."""
-    declared = getattr(adapter(task), "kinds", None)
-    if declared is not None:
-        return tuple(declared)
-    written = _WRITTEN_KINDS.get(task)
-    return tuple(written()) if written is not None else None
+def head_kinds(task: str) -> tuple[str, ...]:
+    """The kinds of head ``task``'s adapter builds (its ``kinds``)."""
+    return tuple(adapter(task).kinds)
 
 
 def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -243,6 +243,7 @@ class CaptionHead:
     """The captioning head in model files: the grid pooling and the decoder, with the vocabulary as labels."""
 
     trunk_path = "encoder.backbone"
+    kinds = DECODERS
 
     def describe(self, model: Captioner) -> Any:
         from cnnapps.apps.modelfile import HeadInfo

@@ -51,6 +51,7 @@ class ClassifyHead:
     """The classification head in model files: dropout + linear on the trunk's pooled last feature map."""
 
     trunk_path = "backbone"
+    kinds = ("linear",)  # the head kinds it builds (a file naming another is refused)
 
     def describe(self, model: Classifier) -> HeadInfo:
         kwargs: dict[str, Any] = {"dropout": float(model.dropout.p)}

@@ -469,6 +469,7 @@ class DetectionHead:
     """The R-CNN heads in model files: FPN, RPN and RoI heads over the trunk's stage maps (the spec says how)."""
 
     trunk_path = "backbone.body"
+    kinds = tuple(f"rcnn-{style}" for style in HEAD_STYLES)
 
     def apply_options(self, model: nn.Module, options: dict[str, Any]) -> None:
         """The RoI heads keep scores at or above ``score_threshold``."""

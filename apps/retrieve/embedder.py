@@ -65,6 +65,7 @@ class EmbeddingHead:
     """The embedding head in model files: pooling (average or GeM), an optional projection, L2 normalisation."""
 
     trunk_path = "backbone"
+    kinds = ("embedding",)
 
     def describe(self, model: EmbeddingModel) -> Any:
         from cnnapps.apps.modelfile import HeadInfo

@@ -492,6 +492,7 @@ class SemanticHead:
     """The semantic head in model files: the head's layers over the trunk's stage maps (the spec says which)."""
 
     trunk_path = "backbone"
+    kinds = HEAD_KINDS
 
     def describe(self, model: SemanticModel) -> Any:
         from cnnapps.apps.modelfile import HeadInfo

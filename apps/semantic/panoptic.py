@@ -154,6 +154,7 @@ class PanopticHead:
     """The panoptic head in model files: a shared Mask R-CNN head and a semantic head, with the merge settings."""
 
     trunk_path = "trunk"
+    kinds = ("panoptic-fpn",)
 
     def describe(self, model: PanopticModel) -> Any:
         from cnnapps.apps.modelfile import HeadInfo, adapter
