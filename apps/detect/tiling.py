@@ -231,8 +231,9 @@ def _piece_of(pieces: Detections, i: int, window: np.ndarray, others: Detections
     """Whether cut piece ``i`` of ``pieces``, seen in ``window`` (x0, y0, x1, y1: its tile, or the tiles a joined
     piece spans), is part of one of the detections ``others[index]``: of its class, when most of its box lies inside
     one; of another class (a cut object often gets a second, weaker label: a cut square looks like a triangle), when
-    its box is that detection's part in the window (IoU ``iou`` with its box clipped to the window). An object of
-    another class inside the other's box (a person before a bus) is much smaller than that part, and stays."""
+    that detection is stronger and the piece's box is its part in the window (IoU ``iou`` with its box clipped to the
+    window). An object of another class inside the other's box (a person before a bus) is much smaller than that
+    part, and a strong object is never dropped for a weaker one of another class: both stay."""
     if not len(index):
         return False
     box, boxes = pieces.boxes[i], others.boxes[index]
@@ -240,8 +241,9 @@ def _piece_of(pieces: Detections, i: int, window: np.ndarray, others: Detections
     same = others.labels[index] == pieces.labels[i]
     if (same & (_intersection(box, boxes) / area >= share)).any():
         return True
+    rivals = ~same & (others.scores[index] > pieces.scores[i])
     parts = np.concatenate([np.maximum(boxes[:, :2], window[:2]), np.minimum(boxes[:, 2:], window[2:])], axis=1)
-    return any(_iou(box, part) >= iou for part in parts[~same] if (part[2:] > part[:2]).all())
+    return any(_iou(box, part) >= iou for part in parts[rivals] if (part[2:] > part[:2]).all())
 
 
 def _bounds(windows: np.ndarray) -> np.ndarray:

@@ -201,6 +201,11 @@ def test_an_object_of_another_class_inside_a_cut_ones_box_stays():
     unsure = (*bus, {(192, 0): [(2, 0.5)]})
     found = detect_tiled(np.zeros((256, 512, 3), np.uint8), _seen_parts(256, 512, 256, 64, [unsure]), 256, 64)
     assert found.labels.tolist() == [0] and found.boxes.tolist() == [[20, 20, 490, 240]]
+    # a weaker person whole in the middle tile is not the strong bus's part there: the bus is joined whole
+    weak = (200, 30, 420, 240, 1, 0.3)
+    found = detect_tiled(np.zeros((256, 512, 3), np.uint8), _seen_parts(256, 512, 256, 64, [bus, weak]), 256, 64)
+    assert sorted(zip(found.labels.tolist(), found.boxes.tolist(), strict=True)) == [
+        (0, [20, 20, 490, 240]), (1, [200, 30, 420, 240])]  # fmt: skip
     # a small object whole in one tile and cut, under another label, by the next: counted once
     box = (150, 60, 230, 120, 0, 0.9, {(192, 0): [(2, 0.5)]})
     found = detect_tiled(np.zeros((256, 512, 3), np.uint8), _seen_parts(256, 512, 256, 64, [box]), 256, 64)
