@@ -259,19 +259,25 @@ def list_models(timm_pattern: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _trunk_task(spec: str | os.PathLike, heads: Sequence[str] | None, graph: bool) -> str | None:
+def _trunk_task(spec: str | os.PathLike, heads: Sequence[str], graph: bool) -> str | None:
     """The task asked for when ``heads`` is one task that any model's trunk does (``any_trunk``) and ``spec`` has
-    no head of that name or task: it runs on the trunk as ``load(spec, task=...)`` does."""
-    if graph or not heads or len(heads) != 1 or heads[0] not in TASKS or not TASKS[heads[0]].any_trunk:
+    no head of that name or task: it runs on the trunk as ``load(spec, task=...)`` does. Such a task asked for
+    beside others is a one-line error saying to ask for it alone."""
+    if graph:
         return None
     if is_bundle_path(spec):
         from cnnapps.apps.modelfile import read_model_file
 
-        if any(heads[0] in (name, head.task) for name, head in read_model_file(spec).heads.items()):
-            return None
-    elif task_of(spec) == heads[0]:
-        return None
-    return heads[0]
+        has = {n for name, head in read_model_file(spec).heads.items() for n in (name, head.task)}
+    else:
+        has = {task_of(spec)}
+    lacking = [h for h in heads if h in TASKS and TASKS[h].any_trunk and h not in has]
+    if lacking and len(heads) > 1:
+        from cnnapps.bundle import BundleError
+
+        raise BundleError(f"{spec}: it has no {lacking[0]} head (any trunk can {lacking[0]}: ask for it alone, "
+                          f"--tasks {lacking[0]})")  # fmt: skip
+    return lacking[0] if lacking else None
 
 
 def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **options: Any) -> Any:
@@ -283,7 +289,8 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
     from cnnapps.bundle import BundleError
 
     graph = is_onnx_file(spec)
-    embeds = _trunk_task(spec, heads, graph)
+    heads = list(dict.fromkeys(heads)) if heads else None  # a task named twice is asked for once
+    embeds = _trunk_task(spec, heads, graph) if heads else None
     if embeds:  # a task any trunk does without a head of its own, asked for alone (e.g. retrieve)
         record = get_task(embeds)
         return OneHead(load(spec, task=embeds, **record.options(options)), embeds)
@@ -300,9 +307,7 @@ def load_heads(spec: str | os.PathLike, heads: Sequence[str] | None = None, **op
     else:
         task, head = task_of(spec) or "classify", None
         if heads and set(heads) != {task}:
-            alone = [h for h in heads if h in TASKS and TASKS[h].any_trunk and not graph]
-            hint = f" (any trunk can {alone[0]}: ask for it alone, --tasks {alone[0]})" if alone else ""
-            raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}{hint}")
+            raise BundleError(f"{spec}: a {task} model; it has no {', '.join(h for h in heads if h != task)}")
     record = get_task(task)
     engine = options.get("engine") or "auto"
     if record.runs_as_it_is and not _runs_as_it_is(str(spec), record, engine, graph):  # not a quiet run elsewhere

@@ -246,6 +246,10 @@ def test_predict_embeds_with_any_trunk_when_retrieve_is_asked_for_alone(run_cli,
     (answer,) = json.loads(out)
     assert set(answer) == {"path", "retrieve"}
     np.testing.assert_allclose(answer["retrieve"]["embedding"], alone, atol=1e-5)
+    code, again, err = run_cli("predict", heads["colours"], photos[0], "--tasks", "retrieve,retrieve", "--json")
+    assert code == 0 and json.loads(again) == json.loads(out), err  # named twice: asked for once
+    code, _, err = run_cli("predict", heads["colours"], photos[0], "--tasks", "classify,retrieve")
+    assert code == 2 and "it has no retrieve head (any trunk can retrieve: ask for it alone, --tasks retrieve)" in err
     code, _, err = run_cli("predict", "efficientnet_lite0", photos[0], "--tasks", "classify,retrieve")
     assert code == 2 and "ask for it alone, --tasks retrieve" in err
     code, out, err = run_cli("predict", "efficientnet_lite0", photos[0], "--tasks", "retrieve", "--json")
