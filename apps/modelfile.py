@@ -92,6 +92,13 @@ class ModelFile:
         return load_tensors(self.path, f"heads.{name}.")
 
 
+def refuse_head(head: str | None, spec: str | os.PathLike, kind: str) -> None:
+    """A one-line error when a head is named (``head``) for a spec that is not a model file; ``kind`` says what the
+    spec is ("an exported graph", "a registry name", ...)."""
+    if head is not None:
+        raise BundleError(f"head {head!r}: {spec} is {kind} (a head is one of a model file's heads)")
+
+
 def adapter(task: str) -> Any:
     """The head adapter of ``task`` (from the task table)."""
     return TASKS[task].part("head")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnapps.apps.classify.multilabel import DEFAULT_THRESHOLD, checked_thresholds
-from cnnapps.apps.modelfile import HeadInfo
+from cnnapps.apps.modelfile import HeadInfo, refuse_head
 from cnnapps.backbones import create_backbone
 from cnnapps.backbones.features import Backbone
 from cnnapps.backbones.preprocess import Preprocess
@@ -115,9 +115,8 @@ def load_classifier(spec: str | os.PathLike, head: str | None = None) -> LoadedC
     from cnnapps.exported import is_onnx_file
 
     graph = is_onnx_file(spec)
-    if head is not None and not is_bundle_path(spec):
-        kind = "an exported graph" if graph else "a registry name"
-        raise CnnappsError(f"head {head!r}: {spec} is {kind} (a head is one of a model file's heads)")
+    if graph or not is_bundle_path(spec):  # (any existing file is a bundle path: an exported graph is told first)
+        refuse_head(head, spec, "an exported graph" if graph else "a registry name")
     if graph:  # written by `cnnapps export`: runs in onnxruntime
         from cnnapps.exported import OnnxRunner, check_graph_input, read_onnx_metadata
 

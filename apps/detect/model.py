@@ -714,10 +714,11 @@ KEPT_FP32 = ("the resize and normalisation, anchors and box decoding, NMS, RoI A
 
 def load_detector(spec: str | os.PathLike, head: str | None = None, task: str | None = None) -> nn.Module:
     """A detector from a model file, or a torchvision model-zoo name (COCO weights through the hub cache)."""
-    from cnnapps.apps.modelfile import build_model, read_model_file
+    from cnnapps.apps.modelfile import build_model, read_model_file, refuse_head
     from cnnapps.bundle import is_bundle_path
 
     if str(spec) in ZOO:
+        refuse_head(head, spec, "a torchvision model name")
         zoo_task, heads, _, _ = ZOO[str(spec)]
         return create_detector(zoo_task, "resnet50", weights="coco", heads=heads).eval()
     if not is_bundle_path(spec):

@@ -125,12 +125,12 @@ def _embedding_model(spec: str | os.PathLike, pooling: str, head: str | None,
     """:func:`load_embedding_model` and the name of the model file's head it built (None: a trunk or a name);
     ``one``: a file with several embedding heads and none named is a one-line error (what an export writes must be
     the head asked for)."""
+    from cnnapps.apps.modelfile import refuse_head
     from cnnapps.backbones import create_backbone
     from cnnapps.bundle import FORMAT_V1, is_bundle_path, tensor_fingerprint
 
     if not is_bundle_path(spec):
-        if head is not None:
-            raise CnnappsError(f"head {head!r}: {spec} is not a model file (a head is one of a model file's heads)")
+        refuse_head(head, spec, "not a model file")
         backbone = create_backbone(str(spec), weights="imagenet")
         return EmbeddingModel(backbone, pooling), backbone.preprocess, f"{spec}:{backbone.weights}:{pooling}", None
     from cnnapps.apps.classify.model import preprocess_of
@@ -205,8 +205,10 @@ class Embedder:
         self.head: str | None = None
         self.device = select_device(device, engine, graph=exported)
         self.batch_size = check_batch_size(batch_size) or (32 if self.device.type == "cuda" else 4)
-        if exported and head is not None:
-            raise CnnappsError(f"head {head!r}: {spec} is an exported graph (a head is one of a model file's heads)")
+        if exported:
+            from cnnapps.apps.modelfile import refuse_head
+
+            refuse_head(head, spec, "an exported graph")
         if exported:  # written by `cnnapps export`: same fingerprint as the model it came from
             from cnnapps.exported import OnnxRunner, read_onnx_metadata
 

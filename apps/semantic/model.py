@@ -562,11 +562,12 @@ def save_semantic(
 def load_semantic(spec: str | os.PathLike, head: str | None = None) -> tuple[SemanticModel, Any]:
     """A model and its preprocessing, from a model file (its semantic head) or a torchvision model name (its
     checkpoint through the hub cache; offline, the error names the file, its URL and where to put it)."""
-    from cnnapps.apps.modelfile import build_model, read_model_file
+    from cnnapps.apps.modelfile import build_model, read_model_file, refuse_head
     from cnnapps.apps.semantic.zoo import ZOO
     from cnnapps.bundle import is_bundle_path
 
     if str(spec) in ZOO:
+        refuse_head(head, spec, "a torchvision model name")
         zoo_head, backbone, _, _, resize = ZOO[str(spec)]
         return create_semantic(zoo_head, backbone, weights="coco").eval(), ShorterSide(resize)
     if not is_bundle_path(spec):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cnnapps
+from cnnapps.errors import CnnappsError
 from cnnapps.export import ExportError, export_model, read_onnx_metadata
 
 # Stated tolerances: ONNX Runtime and PyTorch sum in different orders, so fp32 results differ in the last bits.
@@ -57,6 +58,22 @@ def test_onnx_classifier_matches_pytorch_on_photos(exported: Path, photos: list[
         load_classifier(exported / "embed.onnx")
     meta = read_onnx_metadata(exported / "classify.onnx")
     assert meta["task"] == "classify" and len(meta["class_names"]) == 1000 and meta["source"] == "efficientnet_lite0"
+    # a head named for an exported graph is refused, as embedding refuses it (classify ignored it)
+    with pytest.raises(CnnappsError, match=r"^head 'foo': .*classify\.onnx is an exported graph \(a head is one of"):
+        cnnapps.load(str(exported / "classify.onnx"), task="classify", head="foo")
+
+
+@pytest.mark.parametrize(("task", "name"), [("segment", "maskrcnn_resnet50_fpn"), ("semantic", "fcn_resnet50")])
+def test_a_head_named_for_a_torchvision_model_name_is_refused_before_any_download(task, name, monkeypatch) -> None:
+    """``--head`` with a torchvision model name was ignored (and the weights fetched); now one line, nothing read."""
+    import torch.hub
+
+    def fetch(*args, **kwargs):
+        raise AssertionError("weights fetched")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fetch)
+    with pytest.raises(CnnappsError, match=f"^head 'foo': {name} is a torchvision model name"):
+        cnnapps.load(name, task=task, head="foo")
 
 
 def test_onnx_embedding_matches_and_searches_an_index_built_with_pytorch(exported: Path, photos: list[str],
