@@ -540,7 +540,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     if config.compile:
         for part in module.compile_targets():
             part.compile(**module.compile_options())
-    started = time.perf_counter()
+    started = module.session_started = time.perf_counter()
     parent = os.getppid()
     with warnings.catch_warnings():
         for message in _EXPECTED_LIGHTNING_WARNINGS:
@@ -566,7 +566,8 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     if trainer.is_global_zero and best and Path(best).is_file():
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     facts = {
-        "train_seconds": round(seconds, 2),
+        # the whole run's, as optimizer_steps and the history are: a resumed run adds this session's to its checkpoint's
+        "train_seconds": round(module.seconds_before + seconds, 2),
         "device": str(device),
         "precision": precision,
         "processes": trainer.world_size,
@@ -798,6 +799,9 @@ class _Clock(L.Callback):
         self._end("val", trainer)
 
 
+#: the key of a training checkpoint that holds the seconds its run has trained up to it, over every session
+SECONDS_KEY = "cnnapps_train_seconds"
+
 #: the key of a training checkpoint that holds the learning rate its run trained at (scaled for its processes)
 LR_KEY = "cnnapps_lr"
 
@@ -871,6 +875,9 @@ class TaskModule(L.LightningModule):
         self._grads_in_buckets = False
         self._past_stages: list[torch.nn.Parameter] = []  # what setup stopped training (stage_readers)
         self._logged: set[str] = set()  # the names the task logged itself since the last epoch's record
+        # the run's training time: the sessions before this one (kept in its checkpoints), and this one's start
+        self.seconds_before = 0.0
+        self.session_started = time.perf_counter()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.batch_transform is None or batch is None:
@@ -996,9 +1003,12 @@ class TaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cnnapps_history"] = list(self.history)
         checkpoint[LR_KEY] = self.lr
+        checkpoint[SECONDS_KEY] = self.seconds_before + time.perf_counter() - self.session_started
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("cnnapps_history", []))
+        before = checkpoint.get(SECONDS_KEY)  # absent in checkpoints from before it was kept: this session alone
+        self.seconds_before = float(before) if isinstance(before, (int, float)) and before >= 0 else 0.0
         groups = (checkpoint.get("optimizer_states") or [{}])[0].get("param_groups", [])
         saved = sum(len(group.get("params", ())) for group in groups)
         if self._past_stages and saved == sum(p.requires_grad for p in self.parameters()) + len(self._past_stages):

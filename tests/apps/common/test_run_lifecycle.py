@@ -13,6 +13,7 @@ import torch
 from cnnapps.apps.classify.train import train_classifier
 from cnnapps.apps.common.config import ConfigError
 from cnnapps.apps.common.kfold import cross_validate
+from cnnapps.apps.common.training import SECONDS_KEY
 from cnnapps.errors import CnnappsError
 from tests.conftest import write_colour_set
 
@@ -29,14 +30,19 @@ def _best_checkpoint_epoch(out: Path) -> int:
 
 def test_a_moved_run_folder_resumes_as_it_would_in_place(colour_set: Path, tmp_path: Path, tiny_config) -> None:
     """The checkpoint keeps its folder's absolute path: a copy of the run resumed elsewhere keeps its best epoch
-    (not the first resumed one), and leaves the original folder's files alone."""
+    (not the first resumed one), and leaves the original folder's files alone. The resumed run's training time is the
+    whole run's, as its optimiser steps and history are: the checkpoint's seconds and this session's."""
     first = tmp_path / "first"
-    train_classifier(tiny_config(colour_set, first, epochs=2))
+    started = train_classifier(tiny_config(colour_set, first, epochs=2))
     shutil.copytree(first, tmp_path / "copied")
     before = {p.name: p.read_bytes() for p in (first / "checkpoints").iterdir()}
     moved = train_classifier(tiny_config(colour_set, tmp_path / "copied", epochs=4, resume=True))
     assert {p.name: p.read_bytes() for p in (first / "checkpoints").iterdir()} == before
+    trained = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[SECONDS_KEY]
+    assert 0 < trained <= started["train_seconds"]
     in_place = train_classifier(tiny_config(colour_set, first, epochs=4, resume=True))
+    assert in_place["train_seconds"] >= trained + in_place["timing"]["epoch_seconds"]
+    assert in_place["optimizer_steps"] == 2 * started["optimizer_steps"]
     assert moved["best_epoch"] == in_place["best_epoch"] == _best_checkpoint_epoch(tmp_path / "copied")
     assert _best_checkpoint_epoch(first) == in_place["best_epoch"]
     assert moved["selected_by"] == in_place["selected_by"]
