@@ -485,8 +485,12 @@ class VideoSource:
         return bool(container.duration and container.duration > 0)
 
     def _declared_duration(self) -> float | None:
-        """The video stream's length as the container declares it (MP4/MOV, Matroska/WebM), else None."""
+        """The video stream's length as the container declares it (MP4/MOV, Matroska/WebM; AVI: its header's frame
+        count at its frame rate, where the stream's duration is only what the file still holds), else None."""
         stream = self._stream
+        if self._container.format.name == "avi":
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+            return stream.frames / rate if stream.frames and rate > 0 else None
         if not any(name in self._container.format.name for name in ("mov", "mp4", "matroska", "webm")):
             return None
         if stream.duration and stream.time_base:

@@ -386,6 +386,27 @@ def test_truncated_files(tmp_path: Path) -> None:
         assert str(caught.value).startswith(f"{cut}: the video stops at")
 
 
+def test_a_cut_avi_says_so_by_its_headers_frame_count(tmp_path: Path) -> None:
+    """An AVI's stream duration is what the file still holds: its header's frame count tells a cut file (cut between
+    two frames three quarters in, or the header alone) from a whole one, which reads to its end with no error."""
+    frames = [picture(i) for i in range(40)]
+    full = tmp_path / "full.avi"
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (96, 64))
+    for rgb in frames:
+        writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
+    writer.release()
+    assert [f.index for f in read_all(VideoSource(str(full)))] == list(range(40))
+    data = full.read_bytes()
+    for name, size in (("cut.avi", data.rfind(b"00dc", 0, len(data) * 3 // 4)), ("header.avi", data.find(b"movi") + 4)):
+        cut = tmp_path / name
+        cut.write_bytes(data[:size])
+        got = []
+        with pytest.raises(VideoError, match=r"of 2\.00 s \(truncated or damaged file\) after \d+ frames") as caught:
+            for frame in VideoSource(str(cut)):
+                got.append(frame)
+        assert caught.value.frames_read == len(got) < 40
+
+
 def test_mp4_without_its_index_fails_to_open(tmp_path: Path) -> None:
     """An MP4 whose index (moov) was at the end loses it when cut: it cannot be opened, and says so."""
     import av
