@@ -165,7 +165,7 @@ def _register_tasks() -> None:
     for task in TASKS.values():
         task.part("cli")(app, eval_app, task.name)
         verb = next(c for c in app.registered_commands if c.name == task.command)
-        verb.callback = with_video(verb.callback, task_loader(task.name), task.trackable)  # and video sources
+        verb.callback = with_video(verb.callback, task_loader(task.name), task.trackable, task.takes)  # and video
         train_app.command(task.name, help=f"{task.summary} Train: writes model.safetensors, metrics.json, "
                           "curves.png.")(train_command(task))  # fmt: skip
 

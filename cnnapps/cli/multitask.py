@@ -98,7 +98,7 @@ def _load_heads(options: dict[str, Any], extra: dict[str, Any]) -> Any:
                       score_threshold=options["score_threshold"], beam=options["beam"])  # fmt: skip
 
 
-app.command("predict")(with_video(predict, _load_heads))
+app.command("predict")(with_video(predict, _load_heads, loaded_with=("tasks", "beam")))
 
 
 def _print_answers(results: list[Any], heads: list[str]) -> None:

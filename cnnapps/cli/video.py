@@ -67,8 +67,15 @@ Loader = Callable[[dict[str, Any], dict[str, Any]], Any]
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 
-def with_video(command: Callable[..., Any], load: Loader, trackable: bool = False) -> Callable[..., Any]:
-    """``command`` (a verb taking ``paths``) that also takes video sources, with the video options added."""
+#: the verbs' options every video run reads (besides those its predictor is loaded with)
+VIDEO_READS = ("paths", "model", "as_json", "top_k", "threshold", "score_threshold", "batch_size", "device", "engine")
+
+
+def with_video(command: Callable[..., Any], load: Loader, trackable: bool = False,
+               loaded_with: tuple[str, ...] = ()) -> Callable[..., Any]:  # fmt: skip
+    """``command`` (a verb taking ``paths``) that also takes video sources, with the video options added.
+    ``loaded_with``: the verb's options its predictor is loaded with; any other of its options given for a video
+    (an image's output folder, say) is refused rather than ignored."""
     added = VIDEO_OPTIONS + (TRACK_OPTIONS if trackable else [])
     signature = inspect.signature(command)
     if "paths" not in signature.parameters:
@@ -90,6 +97,12 @@ def with_video(command: Callable[..., Any], load: Loader, trackable: bool = Fals
         if len(sources) != len(paths):
             still = next(p for p in paths if p not in sources)
             raise CnnappsError(f"{still}: not a video; give images and videos in separate commands")
+        for name, param in signature.parameters.items():
+            if name in VIDEO_READS or name in loaded_with:
+                continue
+            if kwargs[name] not in (getattr(param.default, "default", param.default), None, [], False):
+                drawn = " (a video's drawn copy: --save-video; its frames: --save-frames)" if "save" in name else ""
+                raise CnnappsError(f"{_flag(name)}: for images, not for video{drawn}; {sources[0]} is a video")
         return run_sources(sources, kwargs, video, load)
 
     params = [_with_video_help(p) if p.name == "paths" else p for p in signature.parameters.values()]
@@ -184,7 +197,7 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
             report = run_video(
                 predictor,
                 source,
-                predict_options={k: options[k] for k in ("top_k",) if k in options},
+                predict_options={k: options[k] for k in ("top_k", "threshold") if options.get(k) is not None},
                 batch_size=getattr(predictor, "batch_size", None),
                 tracking=tracking,
                 on_line=_print_line if as_json else None,

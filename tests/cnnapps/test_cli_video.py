@@ -179,6 +179,14 @@ def test_video_options_on_images_and_mixed_inputs_are_refused(run_cli, cat_clip,
     assert code == 2 and "give images and videos in separate commands" in err
     code, _, err = run_cli("detect", str(cat_clip), "--line", "0,0,1,1")
     assert code == 2 and "add --track" in err
+    # an image's outputs are not a video's: refused, not ignored (nothing written); --threshold reaches the frames
+    for verb, option in (("caption", "--save-attention"), ("semantic", "--save-dir"), ("predict", "--save-dir")):
+        model = ["efficientnet_lite0"] if verb == "predict" else ["--model", str(tmp_path / "any.safetensors")]
+        code, _, err = run_cli(verb, *model, str(cat_clip), option, str(tmp_path / "drawn"))
+        assert code == 2 and err.strip().startswith(f"error: {option}: for images, not for video"), err
+        assert err.count("\n") == 1 and not (tmp_path / "drawn").exists()
+    code, _, err = run_cli("classify", str(cat_clip), "--threshold", "0.3", "--end", "0.1")
+    assert code == 2 and "the model is single-label" in err
     code, _, err = run_cli("classify", str(tmp_path / "missing.mp4"))  # an input that failed: exit 1
     assert code == 1 and err.strip() == f"error: {tmp_path / 'missing.mp4'}: no such file"
 
