@@ -143,6 +143,14 @@ def summarize(
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.no_grad():
             model(torch.zeros(1, *summary.input_size, device=device))
+    except (RuntimeError, ValueError, AssertionError) as exc:  # a size its kernels, pools or fixed head cannot take
+        from cnnapps.errors import CnnappsError, in_one_line
+
+        _, h, w = summary.input_size
+        raise CnnappsError(
+            f"input {h}x{w}: {summary.model} cannot take images of this size ({in_one_line(exc)}); "
+            f"its own size is {default[1]}x{default[2]}"
+        ) from None
     finally:
         for h in handles:
             h.remove()

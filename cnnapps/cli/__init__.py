@@ -112,7 +112,9 @@ def _engines(as_json: bool) -> None:
 @app.command()
 def summary(
     model: str = typer.Argument(..., help="Backbone name, e.g. vgg16, lenet5, timm:resnet18."),
-    input_size: int = typer.Option(None, "--input", help="Input side in pixels (default: the model's own)."),
+    input_size: int = typer.Option(
+        None, "--input", min=1, max=2048, help="Input side in pixels, up to 2048 (default: the model's own)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Per-layer table of a backbone: volumes, parameters, memory.

@@ -37,6 +37,15 @@ def test_summary_table(run_cli) -> None:
     assert "forward memory per image" in out
 
 
+def test_summary_of_a_size_the_model_cannot_take_is_one_line(run_cli) -> None:
+    code, _, err = run_cli("summary", "lenet5", "--input", "64")  # its FC head takes 32 x 32 alone
+    assert code == 2 and err.startswith("error: input 64x64: lenet5 cannot take images of this size (RuntimeError: ")
+    assert err.strip().endswith("its own size is 32x32") and err.count("\n") == 1
+    for size in ("0", "4096"):  # out of range: said before a model is built (no 4096 x 4096 pass through vgg16)
+        code, _, err = run_cli("summary", "vgg16", "--input", size)
+        assert code == 2 and "Invalid value for '--input'" in err
+
+
 def test_models_lists_weight_states(run_cli) -> None:
     code, out, _ = run_cli("models", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
