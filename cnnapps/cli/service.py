@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import typer
 
 from cnnapps.cli import app
+from cnnapps.errors import CnnappsError, in_one_line
 from cnnapps.terminal import echo, echo_json
 
 
@@ -74,7 +78,7 @@ def serve(
     model: list[str] = typer.Option(None, "--model", "-m", help="Model file, registry or zoo name; repeat for more."),
     index: str = typer.Option(None, "--index", help="An index to answer /v1/retrieve (its model serves /v1/embed)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 opens it to the network."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: one the system picks)."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Requests one forward pass may take together."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a batch waits to fill."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted request body."),
@@ -147,6 +151,8 @@ def serve(
     from cnnapps.serve.app import create_app, create_server
     from cnnapps.serve.operations import load_api_keys
 
+    listening = _bind(host, port)  # before the models load: a port that is taken is said at once
+    port = listening.getsockname()[1]
     specs = list(model or ([] if index else ["efficientnet_lite0"]))
     hosts = [host, *(allowed_host or [])]
     keys = load_api_keys(api_key or [], api_keys_file)
@@ -159,6 +165,26 @@ def serve(
     guarded = f", {len(keys)} API key{'s' if len(keys) != 1 else ''}" if keys else ""
     echo(f"serving {', '.join(routes)} on http://{host}:{port} (page at /, API docs at /docs{guarded})", err=True)
     server = create_server(service, host, port, keep_alive, shutdown_delay, forwarded_allow_ips=forwarded_allow_ips)
-    server.run()
+    server.run(sockets=[listening])
     if not server.started:  # uvicorn said why (e.g. the port is taken)
         raise typer.Exit(1)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` for the server to listen on (as uvicorn binds it), or a one-line error
+    naming the address and why (taken, not this machine's, not an address)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise CnnappsError(f"--host {host}: not an address to listen on ({in_one_line(exc)})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or in_one_line(exc)
+        raise CnnappsError(f"--port {port}: cannot listen on {host}:{port} ({why.lower()}); choose another --port"
+                           + (" or --host" if exc.errno != errno.EADDRINUSE else "")) from None  # fmt: skip
+    sock.set_inheritable(True)
+    return sock

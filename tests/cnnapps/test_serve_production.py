@@ -243,6 +243,23 @@ def test_a_keys_file_or_variable_without_keys_and_metrics_need_key_without_keys_
     assert code == 2 and "$CNNAPPS_API_KEYS is set but holds no API keys" in err, err
 
 
+def test_a_port_taken_or_out_of_range_is_one_line_before_any_model_loads(run_cli) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_cli("serve", "--model", LENET, "--port", str(port))
+    # no 'serving ... on' line for an address the server never had, and no uvicorn traceback (exit 3 before)
+    assert (code, out) == (2, "") and err == (
+        f"error: --port {port}: cannot listen on 127.0.0.1:{port} (address already in use); choose another --port\n"
+    )
+    for port in ("70000", "-1"):
+        code, _, err = run_cli("serve", "--model", LENET, "--port", port)
+        assert code == 2 and "Invalid value for '--port'" in err
+
+
 # --- CORS -------------------------------------------------------------------------------------------------------
 
 
