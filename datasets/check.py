@@ -498,8 +498,14 @@ def _read_csv(path: Path, task: str, split: str) -> _Data:
     rows = csv_rows(path, split=True, skipped=skipped)
     skipped += [(line, f"no label for {file!r}") for line, file, labels in rows if not labels]
     data.problems += [Problem("bad_annotation", f"{path}:{line}", why) for line, why in sorted(skipped)]
-    data.images += [_Image(image_path(path, file), f"{path}:{line}", split, labels=labels)
-                    for line, file, labels in rows if labels]  # fmt: skip
+    for line, file, labels in rows:
+        if not labels:
+            continue
+        image = image_path(path, file)
+        if image.exists():
+            data.images.append(_Image(image, f"{path}:{line}", split, labels=labels))
+        else:  # left out when the CSV is read: its label alone makes no class, as in training
+            data.problems.append(Problem("unreadable_image", f"{path}:{line}", f"image not found: {image}"))
     data.class_names = sorted({label for i in data.images for label in i.labels})
     data.annotations = len(data.images)
     return data

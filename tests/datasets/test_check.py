@@ -196,6 +196,22 @@ def test_csv_rows_are_named_by_line_and_same_image_two_labels(tmp_path):
     assert where == f"{tmp_path / 'labels.csv'}:4" and "(labelled 'dog' here, 'cat' there)" in message
 
 
+def test_a_csv_rows_missing_image_makes_no_class_as_in_training(tmp_path):
+    """Training leaves the row out when the CSV is read, so its label alone is no class: the check counts what
+    training reads (it counted the image and a class 'bird' of one image)."""
+    from cnnapps.datasets.folders import read_labeled
+
+    picture(tmp_path / "x.png", seed=1)
+    picture(tmp_path / "y.png", seed=2)
+    (tmp_path / "labels.csv").write_text("filename,label\nx.png,cat\ny.png,dog\ngone.png,bird\n")
+    report = check_data(tmp_path / "labels.csv", min_images=1)
+    assert {c.name: c.images for c in report.classes} == {"cat": 1, "dog": 1}
+    assert kinds(report)["unreadable_image"] == [
+        (f"{tmp_path / 'labels.csv'}:4", f"image not found: {tmp_path / 'gone.png'}")
+    ]
+    assert read_labeled(tmp_path / "labels.csv").class_names == ["cat", "dog"]
+
+
 def test_a_multi_label_csv_counts_each_image_under_each_of_its_labels(tmp_path):
     """The ``path,labels`` header and ``cat|dog`` rows training reads as multi-label data: two classes, no error
     (they were read as a class 'cat|dog', and the header as an image 'path' of a class 'labels')."""
