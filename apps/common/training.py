@@ -292,6 +292,9 @@ def run_training(
     check_run_folder(config)
     if config.resume:  # a setting that changes what is trained is the run's own (load_config took the rest from it)
         config = resumed_settings(config)
+        done = finished_results(config)
+        if done is not None:  # nothing to train: the run folder stays as it is
+            return done
     L.seed_everything(config.seed, verbose=False)
     device = select_device(config.device)
     plan = prepare(config, device)
@@ -580,6 +583,33 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     if config.compile:
         facts["compile_seconds"] = round(clock.compile_seconds, 2)
     return FitResult(module, best, seconds, precision, trainer.global_rank, facts, loggers)
+
+
+def finished_results(config: TrainConfig) -> dict[str, Any] | None:
+    """The metrics of a finished run that ``--resume`` would train no further (all its epochs trained, or stopped
+    early), read from its metrics.json, or None when it has more to train or its results were never written (a run
+    stopped while finishing: resuming writes them). Marked ``unchanged``; other processes get ``global_rank``."""
+    from cnnapps.datasets.transforms import process_rank
+
+    out = Path(config.out)
+    last, written = out / "checkpoints" / "last.ckpt", out / "metrics.json"
+    if not (last.is_file() and written.is_file() and (out / "model.safetensors").is_file()):
+        return None
+    saved = read_resume_checkpoint(last)
+    stopped = stopped_early_at(saved)
+    trained = int(saved.get("epoch", -1)) + 1
+    if not stopped and trained < config.epochs:
+        return None
+    try:
+        metrics = json.loads(written.read_text())
+    except (OSError, ValueError):
+        return None  # damaged: resuming writes it anew
+    if rank := process_rank():
+        return {"global_rank": rank}
+    why = f"stopped early at epoch {stopped} (patience)" if stopped else f"has trained its {plural(trained, 'epoch')}"
+    more = "" if stopped else " (a larger --epochs trains on)"
+    log.info("%s: the run %s; it is finished, nothing more to train%s; its files stand as they are", out, why, more)
+    return {**metrics, "unchanged": True}
 
 
 def read_resume_checkpoint(last: Path) -> dict[str, Any]:

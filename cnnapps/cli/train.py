@@ -94,8 +94,9 @@ def train_command(task: Any) -> Any:
         console().print(
             f"{scores}\nbest epoch {metrics.get('best_epoch')} of {metrics['epochs']} "
             f"({metrics['train_seconds']:.0f} s of training)\n"
-            f"wrote {config.out}/model.safetensors, metrics.json, curves.png"
-        )
+            + (f"{config.out}: finished before; nothing written" if metrics.get("unchanged") else
+               f"wrote {config.out}/model.safetensors, metrics.json, curves.png")
+        )  # fmt: skip
 
     extra = [_CONFIG, _JSON, *([_KFOLD] if task.folds else [])]  # --kfold where the table says how to fold
     command.__signature__ = inspect.Signature([*params, *extra])  # type: ignore[attr-defined]

@@ -31,11 +31,16 @@ def test_a_resume_takes_the_settings_it_is_not_given_from_the_run(
                            "--augment", "creative", "--out", out)  # fmt: skip
     assert code == 0, err
     model = (out / "model.safetensors").read_bytes()
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with caplog.at_level(logging.INFO, logger="cnnapps"):
-        code, _, err = run_cli("train", "classify", "--data", colour_set, "--input-size", "32", "--resume",
-                               "--out", out)  # fmt: skip
+        code, printed, err = run_cli("train", "classify", "--data", colour_set, "--input-size", "32", "--resume",
+                                     "--out", out)  # fmt: skip
     assert code == 0, err
     assert f"{out}: the run has trained its 1 epoch; it is finished, nothing more to train" in caplog.text
+    # the folder stays as it was: no metrics.json or curves rewritten, no new logs/version_N
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0"]
+    assert f"{out}: finished before; nothing written" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and [h["epoch"] for h in metrics["history"]] == [1]
     settings = _settings(out)
