@@ -323,8 +323,12 @@ def resumed_settings(config: Any, given: set[str] | None = None) -> Any:
         if given is not None and name not in given:
             taken[name] = run
         elif name not in RESUME_MAY_CHANGE and _as_saved(getattr(config, name)) != _as_saved(run):
+            if run is None:  # the setting's default, as config.yaml writes it (null)
+                shown = f"the default ({config.default_lr():g})" if name == "lr" else "the default"
+            else:
+                shown = repr(run)
             raise ConfigError(
-                f"{name}: the run in {out} trains with {run!r}, not {getattr(config, name)!r}; --resume keeps the "
+                f"{name}: the run in {out} trains with {shown}, not {getattr(config, name)!r}; --resume keeps the "
                 f"run's settings ({path}): leave {name} out, or pass another --out to train anew"
             )
     return dataclasses.replace(config, **taken) if taken else config

@@ -54,8 +54,8 @@ def test_a_resume_given_other_settings_of_what_is_trained_is_one_line(run_cli, c
                            "--out", out)  # fmt: skip
     assert code == 0, err
     before = (out / "config.yaml").read_text()
-    refused = [("--augment", "default", "augment", "'creative'"), ("--lr", "0.5", "lr", "None"),
-               ("--input-size", "48", "input_size", "None")]  # fmt: skip
+    refused = [("--augment", "default", "augment", "'creative'"), ("--lr", "0.5", "lr", "the default (0.001)"),
+               ("--input-size", "48", "input_size", "the default")]  # fmt: skip
     for option, given, name, run in refused:
         code, _, err = run_cli("train", "classify", option, given, "--resume", "--out", out)
         lines = [line for line in err.splitlines() if line.strip()]
