@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -224,11 +225,134 @@ def activation_maps(loaded: LoadedClassifier, rgb: np.ndarray, stage: str | None
     return tile(tiles)
 
 
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Where the units of one stage look in the network's input, measured on the network itself.
+
+    Unit ``(y, x)`` of the stage is centred on view coordinate ``(y * stride[0] + offset[0], x * stride[1] +
+    offset[1])`` (pixel corners at whole numbers, so pixel ``i`` spans ``i..i+1``). ``size`` is the theoretical field's
+    (rows, columns): every input pixel the unit depends on; ``None`` on an axis where the field outgrew the
+    largest probe (a global context such as squeeze-and-excitation). ``effective`` is the centred window holding
+    90% of the unit's input-gradient mass along each axis (the effective receptive field, Luo et al. 2016)."""
+
+    stride: tuple[int, int]  # (rows, columns) the units step by
+    offset: tuple[float, float]
+    size: tuple[int | None, int | None]
+    effective: tuple[int, int]
+
+    def centre(self, y: int, x: int) -> tuple[float, float]:
+        return y * self.stride[0] + self.offset[0], x * self.stride[1] + self.offset[1]
+
+    def window(self, view_h: int, view_w: int) -> int:
+        """The side of the square patch shown for a unit in a ``view_h`` x ``view_w`` view (Zeiler & Fergus: the
+        receptive field). Where the field is more than half the view's shorter side, the effective field instead,
+        at most half the view."""
+        half = max(1, min(view_h, view_w) // 2)
+        sides = [self.size[a] if self.size[a] is not None and self.size[a] <= half else min(self.effective[a], half)
+                 for a in (0, 1)]  # fmt: skip
+        return max(sides)
+
+    def box(self, y: int, x: int, view_h: int, view_w: int) -> tuple[int, int, int, int]:
+        """``(top, left, bottom, right)`` of unit ``(y, x)``'s patch in view pixels, centred on the unit's field;
+        it may reach past the view's edges (the network's padding)."""
+        side = self.window(view_h, view_w)
+        out = []
+        for c in self.centre(y, x):
+            # a side of the centre's parity (odd about a pixel's centre, even about a corner) centres it exactly
+            s = side if (round(2 * c) - side) % 2 == 0 else side - 1 if side > 1 else side + 1
+            out.append((round(c - s / 2), round(c - s / 2) + s))
+        (top, bottom), (left, right) = out
+        return top, left, bottom, right
+
+
+_FIELDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, ReceptiveField]] = weakref.WeakKeyDictionary()
+_ERF_MASS = 0.9
+_PROBE_GROWTH = 8  # a probe grows up to this many times the input's side before a field counts as unbounded
+
+
+def receptive_field(backbone: nn.Module, stage: str, input_size: tuple[int, int, int] | None = None) -> ReceptiveField:
+    """Measure ``stage``'s receptive field by a gradient probe (cached per backbone and stage).
+
+    The backward pass of the channel sum of the map's central unit, on seeded random inputs of ``input_size``
+    (C, H, W; the backbone's own by default), is non-zero exactly on the input pixels that unit depends on: the
+    span's midpoint less ``unit * stride`` is the centre offset, its length the field's size. Where the span
+    reaches an edge of the input, that axis is probed again on a longer input (whole strides longer, so padding
+    falls as it does on the real input) until the field fits, up to ``_PROBE_GROWTH`` times the input's side; how
+    much longer the map got there gives the stride the units really step by."""
+    cache = _FIELDS.setdefault(backbone, {})
+    channels, height, width = input_size or backbone.preprocess.input_size
+    key = (stage, channels, height, width)
+    if key not in cache:
+        declared = {s.name: s for s in backbone.stages}[stage].stride
+        param = next(backbone.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        axes = []
+        first_probe = _probe(backbone, stage, (channels, height, width), device, dtype)
+        for axis, side in ((0, height), (1, width)):
+            profile, unit, units = first_probe[axis]
+            length, stride = side, declared
+            if not profile.any():  # no gradient at all (every path dead on the probes): the old guess, four strides
+                axes.append((stride, stride / 2, None, 4 * stride))
+                continue
+            while True:
+                nz = np.flatnonzero(profile)
+                bounded = nz[0] > 0 and nz[-1] < length - 1
+                if bounded or length >= _PROBE_GROWTH * side:
+                    break
+                longer = length + math.ceil(length / declared) * declared
+                shape = [channels, height, width]
+                shape[1 + axis] = longer
+                try:
+                    profile, unit, more = _probe(backbone, stage, tuple(shape), device, dtype)[axis]
+                except RuntimeError:  # a net that takes one input size only: keep what the real size showed
+                    break
+                length = longer
+                if more > units and (length - side) % (more - units) == 0:
+                    stride = (length - side) // (more - units)
+            if bounded:
+                first, last = int(nz[0]), int(nz[-1])
+            else:  # a global context reaches every pixel: the span where the gradient is not negligible
+                strong = np.flatnonzero(profile >= 1e-3 * profile.max())
+                first, last = int(strong[0]), int(strong[-1])
+            centre = (first + last + 1) / 2
+            axes.append((stride, centre - unit * stride, last - first + 1 if bounded else None, _erf(profile, centre)))
+        rows, cols = axes
+        cache[key] = ReceptiveField((rows[0], cols[0]), (rows[1], cols[1]), (rows[2], cols[2]), (rows[3], cols[3]))
+    return cache[key]
+
+
+def _probe(
+    backbone: nn.Module, stage: str, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype
+) -> list[tuple[np.ndarray, int, int]]:
+    """For rows and columns: the input gradient's absolute mass along that axis of the central unit of ``stage``'s
+    map, that unit's index along the axis and the map's length along it."""
+    generator = torch.Generator().manual_seed(0)
+    # a max pool passes the gradient to one pixel of its window: two inputs, so that every pixel gets some
+    x = torch.randn(2, *shape, generator=generator).to(device=device, dtype=dtype).requires_grad_(True)
+    with torch.enable_grad():
+        fmap = backbone.forward_stages(x)[stage]
+        h, w = fmap.shape[2:]
+        (grad,) = torch.autograd.grad(fmap[:, :, h // 2, w // 2].sum(), x)
+    mass = grad.detach().abs().sum(dim=(0, 1)).double().cpu().numpy()
+    return [(mass.sum(axis=1), h // 2, h), (mass.sum(axis=0), w // 2, w)]
+
+
+def _erf(profile: np.ndarray, centre: float) -> int:
+    """The side of the window centred on ``centre`` holding ``_ERF_MASS`` of ``profile``'s mass."""
+    distance = np.abs(np.arange(len(profile)) + 0.5 - centre)  # from each pixel's centre
+    order = np.argsort(distance, kind="stable")
+    held = np.cumsum(profile[order])
+    reach = distance[order][int(np.searchsorted(held, _ERF_MASS * held[-1]))]
+    return math.ceil(2 * reach + 1 - 1e-9)
+
+
 @dataclass
 class Patch:
     source: str
     activation: float
-    image: np.ndarray  # RGB uint8 crop around the strongest response
+    image: np.ndarray  # RGB uint8, 96 x 96: the input region around the strongest response
+    box: tuple[int, int, int, int] | None = None  # (top, left, bottom, right) of that region in the view's pixels
 
 
 def top_patches(
@@ -236,8 +360,11 @@ def top_patches(
 ) -> tuple[list[Patch], list[str]]:
     """The ``k`` image patches that excite one channel of one stage most (Zeiler & Fergus 2014).
 
-    Each image contributes its strongest position; the patch is the input region around it,
-    four strides wide. Returns the patches (strongest first) and the inputs that could not be read.
+    Each image contributes its strongest position; the patch is the input region that unit sees, centred on its
+    receptive field as :func:`receptive_field` measures it on the network: the whole field, or where that is more
+    than half the input, the window holding 90% of its gradient (the effective field), at most half the input.
+    Past the input's edges the patch shows the mean colour (what the network's zero padding is). Returns the
+    patches (strongest first) and the inputs that could not be read.
     """
     backbone = loaded.backbone.eval()
     info = {s.name: s for s in backbone.stages}
@@ -245,7 +372,8 @@ def top_patches(
         raise CnnappsError(f"--layer {stage}: {backbone.name} has stages {', '.join(info)}")
     if not 0 <= channel < info[stage].channels:
         raise CnnappsError(f"--channel {channel}: stage {stage} has channels 0..{info[stage].channels - 1}")
-    stride = info[stage].stride
+    field = None
+    padding = np.clip(np.round(np.asarray(loaded.preprocess.mean, np.float64) * 255), 0, 255).astype(np.uint8)
     found, failed = [], []
     for path in paths:
         try:
@@ -256,11 +384,16 @@ def top_patches(
         with torch.no_grad():
             fmap = backbone.forward_stages(_input(loaded, rgb))[stage][0, channel].numpy()
         y, x = np.unravel_index(int(fmap.argmax()), fmap.shape)
+        field = field or receptive_field(backbone, stage, loaded.preprocess.input_size)
         view = view_of_input(loaded.preprocess, rgb)
-        half = min(2 * stride, min(view.shape[:2]) // 2)
-        cy = min(max(int((y + 0.5) * stride), half), view.shape[0] - half)
-        cx = min(max(int((x + 0.5) * stride), half), view.shape[1] - half)
-        crop = view[cy - half : cy + half, cx - half : cx + half]
-        found.append(Patch(str(path), float(fmap.max()), cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA)))
+        height, width = view.shape[:2]
+        top, left, bottom, right = field.box(int(y), int(x), height, width)
+        crop = np.empty((bottom - top, right - left, 3), np.uint8)
+        crop[:] = padding if padding.size == 3 else padding[0]
+        y0, y1, x0, x1 = max(top, 0), min(bottom, height), max(left, 0), min(right, width)
+        if y0 < y1 and x0 < x1:
+            crop[y0 - top : y1 - top, x0 - left : x1 - left] = view[y0:y1, x0:x1]
+        image = cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA)
+        found.append(Patch(str(path), float(fmap.max()), image, (top, left, bottom, right)))
     found.sort(key=lambda p: -p.activation)
     return found[:k], failed

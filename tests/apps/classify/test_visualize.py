@@ -105,3 +105,81 @@ def test_grad_cam_label_outline_stays_under_its_text() -> None:
     assert text_columns.size and outline_columns.size
     # the outline ends where the text ends (no ghost of the last letters to its right)
     assert outline_columns.max() <= text_columns.max() + 2
+
+
+def _field_of_unit(backbone, stage: str, stride: int, y: int, x: int, size: tuple[int, int, int], pad: int):
+    """The input span (top, left, bottom, right; view pixels) unit (y, x) of ``stage`` depends on, found on its own:
+    the view is grown by ``pad`` strides on every side so the field fits, and the gradient of that unit (now
+    ``(y + pad, x + pad)``) is non-zero on its field."""
+    channels, height, width = size
+    grow = pad * stride
+    inputs = torch.randn(2, channels, height + 2 * grow, width + 2 * grow, generator=torch.Generator().manual_seed(1))
+    inputs.requires_grad_(True)
+    fmap = backbone.forward_stages(inputs)[stage]
+    (grad,) = torch.autograd.grad(fmap[:, :, y + pad, x + pad].sum(), inputs)
+    mass = grad.abs().sum(dim=(0, 1))
+    rows, cols = torch.nonzero(mass.sum(dim=1)).flatten(), torch.nonzero(mass.sum(dim=0)).flatten()
+    assert rows[0] > 0 and rows[-1] < mass.shape[0] - 1 and cols[0] > 0 and cols[-1] < mass.shape[1] - 1
+    return int(rows[0]) - grow, int(cols[0]) - grow, int(rows[-1]) + 1 - grow, int(cols[-1]) + 1 - grow
+
+
+def _strongest_unit(loaded, rgb, stage: str, channel: int) -> tuple[int, int]:
+    with torch.no_grad():
+        fmap = loaded.backbone.eval().forward_stages(torch.from_numpy(loaded.preprocess(rgb))[None])[stage]
+    y, x = np.unravel_index(int(fmap[0, channel].argmax()), fmap.shape[2:])
+    return int(y), int(x)
+
+
+def test_patch_is_the_receptive_field_of_the_strongest_unit(lite0, tmp_path, chelsea) -> None:
+    """EfficientNet downsamples by stride-2 convolutions padded k//2: unit y of C3 is centred on y * 8 + 0.5, not
+    (y + 0.5) * 8. The patch is the field a gradient probe finds for that unit (67 px there), padding included."""
+    import cv2
+
+    from cnnapps.apps.classify.visualize import view_of_input
+    from cnnapps.datasets.io import write_image
+
+    path = str(write_image(tmp_path / "chelsea.png", chelsea))
+    (patch,), _ = top_patches(lite0, [path], "C3", channel=3, k=1)
+    y, x = _strongest_unit(lite0, chelsea, "C3", 3)
+    top, left, bottom, right = _field_of_unit(lite0.backbone, "C3", 8, y, x, lite0.preprocess.input_size, pad=6)
+    assert ((top + bottom) / 2, (left + right) / 2) == (y * 8 + 0.5, x * 8 + 0.5)
+    view = view_of_input(lite0.preprocess, chelsea)
+    mean = np.round(np.asarray(lite0.preprocess.mean) * 255).astype(np.uint8)
+    padded = np.full((view.shape[0] + 200, view.shape[1] + 200, 3), mean, np.uint8)
+    padded[100:-100, 100:-100] = view
+    crop = padded[top + 100 : bottom + 100, left + 100 : right + 100]
+    assert np.array_equal(patch.image, cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA))
+    assert patch.box == (top, left, bottom, right)
+
+
+def test_a_patch_too_big_for_the_view_stays_centred_on_the_field(lite0, tmp_path, chelsea) -> None:
+    """C4's field (339 px) is more than the 224 px view: the patch is a smaller window, centred all the same."""
+    from cnnapps.datasets.io import write_image
+
+    path = str(write_image(tmp_path / "chelsea.png", chelsea))
+    (patch,), _ = top_patches(lite0, [path], "C4", channel=5, k=1)
+    y, x = _strongest_unit(lite0, chelsea, "C4", 5)
+    top, left, bottom, right = _field_of_unit(lite0.backbone, "C4", 16, y, x, lite0.preprocess.input_size, pad=11)
+    assert bottom - top == right - left == 339
+    centre = ((top + bottom) / 2, (left + right) / 2)
+    got = ((patch.box[0] + patch.box[2]) / 2, (patch.box[1] + patch.box[3]) / 2)
+    assert abs(got[0] - centre[0]) <= 1 and abs(got[1] - centre[1]) <= 1
+    assert 64 <= patch.box[2] - patch.box[0] <= 112 and 64 <= patch.box[3] - patch.box[1] <= 112
+
+
+def test_vgg_patches_stay_centred_between_pooled_pixels(tmp_path, chelsea) -> None:
+    """VGG halves by 2x2 max pools: unit y is centred on (y + 0.5) * stride, and C3's field is 30 px."""
+    from types import SimpleNamespace
+
+    from cnnapps.backbones.preprocess import Preprocess
+    from cnnapps.backbones.registry import create_backbone
+    from cnnapps.datasets.io import write_image
+
+    torch.manual_seed(0)
+    vgg = SimpleNamespace(backbone=create_backbone("vgg11", weights=None), preprocess=Preprocess((3, 64, 64), 64))
+    path = str(write_image(tmp_path / "chelsea.png", chelsea))
+    (patch,), _ = top_patches(vgg, [path], "C3", channel=0, k=1)
+    y, x = _strongest_unit(vgg, chelsea, "C3", 0)
+    top, left, bottom, right = _field_of_unit(vgg.backbone, "C3", 8, y, x, (3, 64, 64), pad=4)
+    assert ((top + bottom) / 2, (left + right) / 2) == ((y + 0.5) * 8, (x + 0.5) * 8)
+    assert patch.box == (top, left, bottom, right) and bottom - top == 30
