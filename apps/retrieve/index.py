@@ -53,6 +53,14 @@ class RetrievalIndexError(CnnappsError):
     """An index that cannot be opened, written or queried as asked."""
 
 
+def _no_index(path: Path) -> RetrievalIndexError:
+    """The error for a path that holds no index: a file is not one (an index is a folder), a folder has none yet."""
+    if path.exists() and not path.is_dir():
+        return RetrievalIndexError(f"{path}: a file, not an index (an index is a folder: build one with "
+                                   "`cnnapps index build PHOTOS --index FOLDER`)")  # fmt: skip
+    return RetrievalIndexError(f"{path}: no index here (build one with `cnnapps index build`)")
+
+
 class IndexLockedError(RetrievalIndexError):
     """Another process is writing the index."""
 
@@ -419,7 +427,7 @@ class Index:
     def open(cls, path: str | os.PathLike) -> Index:
         path = Path(path)
         if not (path / "index.sqlite").is_file():
-            raise RetrievalIndexError(f"{path}: no index here (build one with `cnnapps index build`)")
+            raise _no_index(path)
         try:
             db = _connect(path / "index.sqlite")
         except sqlite3.DatabaseError:
@@ -715,7 +723,7 @@ class Index:
         "generation"}``, each problem a sentence that says what to run. Raises only where there is no index."""
         path = Path(path)
         if not (path / "index.sqlite").is_file():
-            raise RetrievalIndexError(f"{path}: no index here (build one with `cnnapps index build`)")
+            raise _no_index(path)
         report: dict[str, Any] = {"path": str(path), "ok": False, "problems": [], "items": None, "generation": None}
         state, _ = _index_state(path)
         if state == "unreadable":
@@ -765,7 +773,7 @@ class Index:
         finished by running it again)."""
         path = Path(path)
         if not (path / "index.sqlite").is_file():
-            raise RetrievalIndexError(f"{path}: no index here (build one with `cnnapps index build`)")
+            raise _no_index(path)
         with _WriteLock(path) as lock:
             state, _ = _index_state(path)
             if state == "unreadable":

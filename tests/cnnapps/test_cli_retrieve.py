@@ -71,6 +71,9 @@ def test_index_commands_and_retrieve(run_cli, pictures: Path, tmp_path: Path) ->
     assert code == 1 and json.loads(out)[0]["error"] == "no such file"
     code, _, err = run_cli("index", "info", "--index", tmp_path / "nothing")
     assert code == 2 and "no index here" in err
+    for verb in (["index", "info"], ["retrieve", "-q", folder / "rocket2.jpg"]):  # a file is not an index
+        code, _, err = run_cli(*verb, "--index", folder / "rocket2.jpg")
+        assert code == 2 and f"{folder / 'rocket2.jpg'}: a file, not an index (an index is a folder" in err, err
 
 
 def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
