@@ -444,6 +444,12 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
         raise OutputExistsError(out)
     if len(paths) < 2:
         raise BundleError("compose: give two or more model files to join")
+    from cnnapps.exported import is_onnx_file
+
+    for path in paths:
+        if Path(path).is_file() and is_onnx_file(Path(path)):  # a graph holds no heads to join
+            raise BundleError(f"{path}: an exported ONNX file; compose joins model files (.safetensors): give the "
+                              "model file it was exported from, and export the composed file")  # fmt: skip
     files = [read_model_file(p) for p in paths]
     if names is not None:
         _check_names(files, names)

@@ -170,6 +170,11 @@ def test_compose_refuses_other_trunks_other_preprocessing_and_existing_files(hea
     with pytest.raises(CnnappsError, match="already exists"):
         compose([heads["colours"], heads["embed"]], existing)
     assert existing.read_bytes() == b"mine"
+    graph = tmp_path / "colours.onnx"  # what export writes: it holds no heads to join (and compose names it so)
+    graph.write_bytes(b"\x08\x09")
+    with pytest.raises(CnnappsError, match=r"colours\.onnx: an exported ONNX file; compose joins model files .* the "
+                                           r"model file it was exported from"):  # fmt: skip
+        compose([heads["colours"], graph], tmp_path / "x.safetensors")
     # heads load by the prefix heads.<name>.: "cls" would take "cls.v2"'s tensors too, so a dot is refused
     with pytest.raises(CnnappsError, match=r"--names 'cls\.v2': a head's name is not empty and holds no dot"):
         compose([heads["colours"], heads["embed"]], tmp_path / "dots.safetensors", names=["cls", "cls.v2"])
