@@ -151,11 +151,11 @@ def serve(
     from cnnapps.serve.app import create_app, create_server
     from cnnapps.serve.operations import load_api_keys
 
-    listening = _bind(host, port)  # before the models load: a port that is taken is said at once
-    port = listening.getsockname()[1]
     specs = list(model or ([] if index else ["efficientnet_lite0"]))
     hosts = [host, *(allowed_host or [])]
     keys = load_api_keys(api_key or [], api_keys_file)
+    listening = _bind(host, port)  # before the models load: a port that is taken is said at once
+    port = listening.getsockname()[1]
     service = create_app(specs, index, max_batch, max_wait_ms, max_upload_mb, device, engine,
                          request_timeout_s=request_timeout, allowed_hosts=hosts, max_clip_mb=max_clip_mb,
                          max_clip_s=max_clip_s, max_images=max_images, api_keys=keys, metrics_need_key=metrics_need_key,

@@ -110,6 +110,17 @@ _CLIP_BODY = {
 }
 
 
+def known_query(request: Request, endpoint: Any) -> None:
+    """Refuse (422) a query-string option the route does not take, naming the route's own (a misspelt or another
+    route's option was silently ignored: ``/v1/caption?beam=3`` answered greedily)."""
+    import inspect
+
+    takes = [name for name in inspect.signature(endpoint).parameters if name != "request"]
+    unknown = [name for name in request.query_params if name not in takes]
+    if unknown:
+        raise RequestError(422, f"{unknown[0]}: not an option of {request.url.path} (it takes {', '.join(takes)})")
+
+
 class RequestError(Exception):
     """A request the server refuses: HTTP status and the reason, sent as ``{"error": ...}``."""
 
@@ -851,6 +862,7 @@ def create_app(
         drawn = "draw" in task.route_options
 
         async def endpoint(request: Request, model: str | None = None, top_k: int = 5, draw: bool = False) -> Any:
+            known_query(request, endpoint)
             chosen, head = pick(task.name, model)
             options = {"heads": [head], "top_k": checked_top_k(top_k), "one": True}
             images, many = await read_images(request)
@@ -938,6 +950,7 @@ def create_app(
 
     def add_video_route(task: Any) -> None:
         async def endpoint(request: Request, model: str | None = None, top_k: int = 5, vid_stride: int = 1) -> Any:
+            known_query(request, endpoint)
             chosen, head = pick(task.name, model)
             if not 1 <= vid_stride <= 1000:
                 raise RequestError(422, f"vid_stride {vid_stride}: must be between 1 and 1000")
@@ -963,6 +976,7 @@ def create_app(
     async def predict(request: Request, model: str | None = None, top_k: int = 5, draw: bool = False) -> Any:
         """Every head of one model (the first multi-head model unless ``model`` names one) on one image, from one
         trunk pass: ``{"path", "model", "<head>": <its answer>, ...}``; ``draw=true`` adds the picture."""
+        known_query(request, predict)
         multi = [s for s in served if len(s.heads) > 1] or served
         chosen = next((s for s in served if s.name == model), None) if model else multi[0]
         if chosen is None:
@@ -977,6 +991,7 @@ def create_app(
         async def retrieve(request: Request, k: int = 10, draw: bool = False) -> Any:
             """The index's nearest images to the uploaded one: ``{"query", "results": [{rank, path, score, id}],
             "model"}``; ``GET /v1/retrieve/thumbnail?id=ID`` shows a hit."""
+            known_query(request, retrieve)
             if not 1 <= k <= 1000:
                 raise RequestError(422, f"k {k}: must be between 1 and 1000")
             import numpy as np

@@ -103,6 +103,13 @@ def test_bad_requests_get_a_reason_and_the_server_keeps_serving(client: TestClie
         (client.post("/v1/classify", files={"other": ("x.jpg", jpeg, "image/jpeg")}), 422, "'image' file field"),
         (client.post("/v1/classify?model=nope", **upload(jpeg)), 404, "no classify model named 'nope'"),
         (client.post("/v1/classify?top_k=0", **upload(jpeg)), 422, "top_k"),
+        (
+            client.post("/v1/classify?topk=3", **upload(jpeg)),
+            422,
+            "topk: not an option of /v1/classify (it takes model, top_k, draw)",
+        ),
+        (client.post("/v1/predict?beam=3", **upload(jpeg)), 422, "beam: not an option of /v1/predict"),
+        (client.post("/v1/classify/video?draw=true", **upload(jpeg)), 422, "draw: not an option of /v1/classify/video"),
         (client.post("/v1/caption", **upload(jpeg)), 404, "answers POST /v1/classify, /v1/predict, /v1/segment"),
     ]
     for response, status, reason in cases:
@@ -302,8 +309,9 @@ class FakeServer:
         seen.update(host=config.host, keep_alive=config.timeout_keep_alive, protocol=config.http.__name__)
         self.started = False
 
-    def run(self):
+    def run(self, sockets=None):
         seen["ran"] = self.started = True
+        seen["bound"] = [sock.getsockname()[0] for sock in sockets or []]
 
 serve_app.create_app = fake_create_app
 uvicorn.Server = FakeServer
@@ -317,14 +325,14 @@ print(json.dumps(seen))
 
 def test_serve_command_passes_host_names_and_deadlines_on() -> None:
     # in a process of its own: uvicorn configures the logging of the whole process it runs in
-    args = ["serve", "--host", "0.0.0.0", "--allowed-host", "photos.lan", "--allowed-host", "gpu1",
+    args = ["serve", "--host", "0.0.0.0", "--port", "0", "--allowed-host", "photos.lan", "--allowed-host", "gpu1",
             "--request-timeout", "7", "--keep-alive", "2"]  # fmt: skip
     done = subprocess.run([sys.executable, "-c", _SERVE_COMMAND, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen.get("code", 0) == 0 and seen["ran"], done.stderr[-2000:]
     assert seen["allowed_hosts"] == ["0.0.0.0", "photos.lan", "gpu1"] and seen["request_timeout_s"] == 7
-    assert (seen["host"], seen["keep_alive"]) == ("0.0.0.0", 2)
+    assert (seen["host"], seen["keep_alive"], seen["bound"]) == ("0.0.0.0", 2, ["0.0.0.0"])
     assert seen["protocol"] == "DeadlineProtocol"
 
 

@@ -242,13 +242,13 @@ def test_serve_passes_forwarded_allow_ips_to_the_server(run_cli, monkeypatch: py
             configs.append(config)
             self.started = False
 
-        def run(self) -> None:
+        def run(self, sockets: list | None = None) -> None:
             self.started = True
 
     monkeypatch.setattr(serve_app, "create_app", lambda *args, **kwargs: FastAPI())
     monkeypatch.setattr(uvicorn, "Server", FakeServer)
-    assert run_cli("serve")[0] == 0
-    assert run_cli("serve", "--forwarded-allow-ips", "10.0.0.1,10.0.0.2")[0] == 0
+    assert run_cli("serve", "--port", "0")[0] == 0
+    assert run_cli("serve", "--port", "0", "--forwarded-allow-ips", "10.0.0.1,10.0.0.2")[0] == 0
     assert [(c.proxy_headers, c.forwarded_allow_ips) for c in configs][1] == (True, "10.0.0.1,10.0.0.2")
     assert configs[0].proxy_headers is False
 

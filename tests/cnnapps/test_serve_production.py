@@ -480,15 +480,15 @@ def test_serve_command_maps_production_options_to_the_app(
         def __init__(self, config: uvicorn.Config) -> None:
             seen["server"], self.started = self, False
 
-        def run(self) -> None:
+        def run(self, sockets: list | None = None) -> None:
             self.started = True
 
     monkeypatch.setattr(serve_app, "create_app", fake_create_app)
     monkeypatch.setattr(uvicorn, "Server", FakeServer)
     monkeypatch.setenv("CNNAPPS_API_KEYS", "env-key")
     (tmp_path / "keys").write_text("file-key\n")
-    options = ["--max-images", "8", "--api-key", "opt-key", "--api-keys-file", tmp_path / "keys", "--metrics-need-key",
-               "--cors-origin", "https://a.example", "--cors-origin", "https://b.example",
+    options = ["--port", "0", "--max-images", "8", "--api-key", "opt-key", "--api-keys-file", tmp_path / "keys",
+               "--metrics-need-key", "--cors-origin", "https://a.example", "--cors-origin", "https://b.example",
                "--max-concurrent-per-client", "3", "--log-format", "json", "--shutdown-delay", "2"]  # fmt: skip
     code, _, err = run_cli("serve", *options)
     assert code == 0, err
