@@ -82,7 +82,8 @@ def resolve_class(loaded: LoadedClassifier, target: str | int | None) -> int | N
         if not 0 <= index < len(names):
             raise CnnappsError(f"--class {target}: not a class of this model, nor an index 0..{len(names) - 1}")
         return index
-    raise CnnappsError(f"--class {target}: not a class of this model{did_you_mean(text, names)}")
+    # among a thousand class names, difflib's 0.6 finds a match for nearly any word ('bogus': mouse)
+    raise CnnappsError(f"--class {target}: not a class of this model{did_you_mean(text, names, cutoff=0.75)}")
 
 
 @dataclass

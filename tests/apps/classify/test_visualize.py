@@ -35,6 +35,8 @@ def test_grad_cam_finds_the_cat_on_its_side_of_the_picture(lite0, chelsea) -> No
 def test_grad_cam_class_names_are_checked(lite0, chelsea) -> None:
     with pytest.raises(CnnappsError, match="not a class of this model; did you mean tabby"):
         grad_cam(lite0, chelsea, target="tabbby")
+    with pytest.raises(CnnappsError, match=r"^--class bogus: not a class of this model$"):  # not 'did you mean mouse'
+        grad_cam(lite0, chelsea, target="bogus")
     with pytest.raises(CnnappsError, match=r"0\.\.999"):
         grad_cam(lite0, chelsea, target=1000)
 
