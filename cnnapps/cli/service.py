@@ -171,10 +171,12 @@ def serve(
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host``:``port`` for the server to listen on (as uvicorn binds it), or a one-line error
-    naming the address and why (taken, not this machine's, not an address)."""
+    """A socket bound to ``host``:``port`` for the server to listen on, as uvicorn binds it (IPv6 for a host with
+    a colon, else IPv4: ``localhost`` is 127.0.0.1), or a one-line error naming the address and why (taken, not this
+    machine's, not an address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as exc:
         raise CnnappsError(f"--host {host}: not an address to listen on ({in_one_line(exc)})") from None
