@@ -530,15 +530,13 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         for line in plan.header:
             log.info("%s", line)
         if stopped:
-            log.info("%s: the run stopped early at epoch %d (patience); it is finished, nothing more to train",
-                     out, stopped)  # fmt: skip
+            log.info("%s", finished_line(out, stopped, trained))
         elif saved is not None and (before := lr_trained_at(saved, config.learning_rate)) is not None:
             log.info("%s: trained at lr %g, resumed at lr %g (%s scaling for %s): the optimiser's and schedule's "
                      "rates are scaled by %g", out, before, config.learning_rate, config.lr_scaling,
                      plural(config.world_size, "process"), config.learning_rate / before)  # fmt: skip
         if config.resume and trained >= epochs and not stopped:
-            log.info("%s: the run has trained its %s; it is finished, nothing more to train (a larger --epochs "
-                     "trains on)", out, plural(epochs, "epoch"))  # fmt: skip
+            log.info("%s", finished_line(out, None, epochs))
         log_params(loggers, config)
     if config.compile:
         for part in module.compile_targets():
@@ -606,10 +604,16 @@ def finished_results(config: TrainConfig) -> dict[str, Any] | None:
         return None  # damaged: resuming writes it anew
     if rank := process_rank():
         return {"global_rank": rank}
-    why = f"stopped early at epoch {stopped} (patience)" if stopped else f"has trained its {plural(trained, 'epoch')}"
-    more = "" if stopped else " (a larger --epochs trains on)"
-    log.info("%s: the run %s; it is finished, nothing more to train%s; its files stand as they are", out, why, more)
+    log.info("%s; its files stand as they are", finished_line(out, stopped, trained))
     return {**metrics, "unchanged": True}
+
+
+def finished_line(out: Path, stopped: int | None, trained: int) -> str:
+    """What a --resume of a finished run says: it stopped early at epoch ``stopped``, or trained its ``trained``."""
+    if stopped:
+        return f"{out}: the run stopped early at epoch {stopped} (patience); it is finished, nothing more to train"
+    return (f"{out}: the run has trained its {plural(trained, 'epoch')}; it is finished, nothing more to train (a "
+            "larger --epochs trains on)")  # fmt: skip
 
 
 def read_resume_checkpoint(last: Path) -> dict[str, Any]:

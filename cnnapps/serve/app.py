@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import ipaddress
 import itertools
 import json
@@ -110,12 +111,20 @@ _CLIP_BODY = {
 }
 
 
+@functools.lru_cache(maxsize=256)
+def _query_options(endpoint: Any) -> tuple[str, ...]:
+    """The query-string options an endpoint takes: its parameters but the request (read once per endpoint)."""
+    import inspect
+
+    return tuple(name for name in inspect.signature(endpoint).parameters if name != "request")
+
+
 def known_query(request: Request, endpoint: Any) -> None:
     """Refuse (422) a query-string option the route does not take, naming the route's own (a misspelt or another
     route's option was silently ignored: ``/v1/caption?beam=3`` answered greedily)."""
-    import inspect
-
-    takes = [name for name in inspect.signature(endpoint).parameters if name != "request"]
+    if not request.query_params:
+        return
+    takes = _query_options(endpoint)
     unknown = [name for name in request.query_params if name not in takes]
     if unknown:
         raise RequestError(422, f"{unknown[0]}: not an option of {request.url.path} (it takes {', '.join(takes)})")
