@@ -124,7 +124,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
         infos[name] = _head_info(path, name, head)
     _check_tensor_names(path, names, infos)
     extra = {k: v for k, v in meta.items() if k not in ("format", "version", "trunk", "heads", "preprocess")}
-    return ModelFile(path, {"kwargs": {}, **trunk}, infos, preprocess, meta["format"], str(meta.get("version")), extra)
+    return ModelFile(path, _settled(trunk), infos, preprocess, meta["format"], str(meta.get("version")), extra)
 
 
 #: a trunk setting read from a model file is a plain value (no mapping: library settings that load other files or
@@ -133,6 +133,13 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
 _FILE_LIKE_SETTING = re.compile(r"checkpoint|pretrained|cache|cfg|overlay|weights|url|file|(^|_)(path|dir)$", re.I)
 #: the largest number a trunk setting may hold (channels, classes, sizes): a file cannot ask for unbounded memory
 MAX_TRUNK_SETTING = 100_000
+
+
+def _settled(trunk: dict[str, Any]) -> dict[str, Any]:
+    """The trunk as read, its settings completed with those of files that recorded none (so it rebuilds as written)."""
+    from cnnapps.backbones.registry import file_trunk_settings
+
+    return {**trunk, "kwargs": file_trunk_settings(trunk["name"], trunk.get("kwargs", {}))}
 
 
 def _check_trunk(path: Path, trunk: Any) -> None:
@@ -211,7 +218,7 @@ def _migrate_v1(path: Path, meta: dict[str, Any]) -> ModelFile:
     head.metrics = meta.get("metrics", {}) if isinstance(meta.get("metrics"), dict) else {}
     _check_trunk(path, trunk)  # the same checks as for the current format
     _head_info(path, task, head.to_dict())
-    return ModelFile(path, trunk, {task: head}, preprocess, FORMAT_V1, str(meta.get("version")))
+    return ModelFile(path, _settled(trunk), {task: head}, preprocess, FORMAT_V1, str(meta.get("version")))
 
 
 def _v1_split(model_file: ModelFile) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -347,11 +354,12 @@ def save_model(path: str | os.PathLike, task: str, model: nn.Module, trunk_name:
 
 
 def _trunk_settings(trunk: nn.Module, trunk_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """The trunk's constructor settings as given, with GoogLeNet's input transform when the trunk has it (torchvision's
-    weights turn it on; no tensor holds it, so a file that did not say so would rebuild the trunk without it)."""
+    """The trunk's constructor settings as given, with those it was built with that no tensor holds (its
+    ``settings``: Lite0's padding) and GoogLeNet's input transform when the trunk has it (torchvision's weights turn
+    it on): a file that did not say so would rebuild another network."""
     from cnnapps.backbones.torchvision_nets import GoogLeNetInput
 
-    kwargs = dict(trunk_kwargs or {})
+    kwargs = {**(trunk_kwargs or {}), **getattr(trunk, "settings", {})}
     if any(isinstance(m, GoogLeNetInput) for m in trunk.modules()):
         kwargs.setdefault("transform_input", True)
     return kwargs

@@ -68,6 +68,8 @@ class Backbone(nn.Module):
         self.preprocess = preprocess
         self.class_names = list(class_names) if class_names is not None else None
         self.weights = weights
+        #: constructor settings no tensor holds that a model file must record to rebuild this trunk as it is
+        self.settings: dict[str, Any] = {}
         self._frozen_stages = 0
         self._frozen_all = False
 

@@ -80,6 +80,15 @@ BACKBONES: dict[str, BackboneSpec] = _specs()
 #: The embedded default: pretrained weights ship with the package, so it works with no network.
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
+#: the constructor settings of model files that record none, where a builder's default changed after such files were
+#: written: Lite0 ran in symmetric padding until it ran in the TensorFlow padding its bundled weights were trained in
+UNRECORDED_SETTINGS: dict[str, dict[str, Any]] = {"efficientnet_lite0": {"padding": "symmetric"}}
+
+
+def file_trunk_settings(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A model file's trunk settings with those it was built with but does not record (:data:`UNRECORDED_SETTINGS`)."""
+    return {**UNRECORDED_SETTINGS.get(name, {}), **kwargs}
+
 
 def list_backbones() -> list[BackboneSpec]:
     """All registered backbones (any timm model is also available as ``timm:<name>``)."""

@@ -167,27 +167,48 @@ def _class_names(model: nn.Module) -> list[str] | None:
     return [d.split(",")[0] for d in ImageNetInfo(subset).label_descriptions()]
 
 
-def build_efficientnet_lite0(
-    name: str = "efficientnet_lite0", weights: WeightsArg = None, **kwargs: Any
-) -> TimmBackbone:
-    """timm's ``efficientnet_lite0``; ``weights="imagenet"`` loads the bundled, sha256-checked file.
+#: Lite0's two paddings: "same" is TensorFlow's (asymmetric for stride 2, batch-norm epsilon 1e-3), the network the
+#: bundled weights were trained in; "symmetric" is timm's ``efficientnet_lite0`` (PyTorch-trained weights such as
+#: timm's own checkpoints, and the model files cnnapps wrote before it recorded the padding)
+LITE0_PADDINGS = {"same": "tf_efficientnet_lite0", "symmetric": "efficientnet_lite0"}
 
-    The bundled file uses the lukemelas EfficientNet key names; its tensors map one-to-one,
-    in order, onto timm's (shapes are checked). Its weights expect TF-style normalisation.
+
+def build_efficientnet_lite0(
+    name: str = "efficientnet_lite0", weights: WeightsArg = None, padding: str | None = None, **kwargs: Any
+) -> TimmBackbone:
+    """EfficientNet-Lite0; ``weights="imagenet"`` loads the bundled, sha256-checked file.
+
+    The bundled file comes from TensorFlow (lukemelas EfficientNet key names; its tensors map one-to-one, in order,
+    onto timm's, shapes checked) and runs in the network it was trained in: ``padding="same"`` (timm's
+    ``tf_efficientnet_lite0``, whose answers equal the file's own PyTorch port's). ``padding=None`` is "same" but for
+    a local weights file, which is read as timm's ``efficientnet_lite0`` checkpoint ("symmetric"). The padding used
+    is recorded in :attr:`Backbone.settings`, so a model file rebuilds the same network. Its weights expect
+    TF-style normalisation.
     """
     import timm
 
-    if weights is None or as_local_file(weights) is not None:
-        return build(name, weights, **kwargs)
-    if not is_pretrained_alias(weights):
-        raise WeightsError(f"{name}: unknown weights {weights!r} (use imagenet, none or a file path)")
-    path = verified_bundled_path(name)
-    model = timm.create_model("efficientnet_lite0", pretrained=False, **kwargs)
-    load_into(model, map_lukemelas_keys(load_state_dict_file(path), model.state_dict(), str(path)), str(path))
-    from cnnapps.backbones.torchvision_nets import imagenet_categories
+    local = as_local_file(weights)
+    if padding is None:
+        padding = "symmetric" if local is not None else "same"
+    if padding not in LITE0_PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(LITE0_PADDINGS)}, not {padding!r}")
+    architecture = LITE0_PADDINGS[padding]
+    if weights is None or local is not None:
+        backbone = build(f"{TIMM_PREFIX}{architecture}", weights, **kwargs)
+        backbone.name = name
+    else:
+        if not is_pretrained_alias(weights):
+            raise WeightsError(f"{name}: unknown weights {weights!r} (use imagenet, none or a file path)")
+        path = verified_bundled_path(name)
+        model = timm.create_model(architecture, pretrained=False, **kwargs)
+        load_into(model, map_lukemelas_keys(load_state_dict_file(path), model.state_dict(), str(path)), str(path))
+        from cnnapps.backbones.torchvision_nets import imagenet_categories
 
-    preprocess = Preprocess(interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return TimmBackbone(name, model, preprocess, imagenet_categories(), f"bundled {path.name}")
+        preprocess = Preprocess(interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        description = f"bundled {path.name}, {padding} padding"  # in a registry name's embedding fingerprint
+        backbone = TimmBackbone(name, model, preprocess, imagenet_categories(), description)
+    backbone.settings = {"padding": padding}
+    return backbone
 
 
 def map_lukemelas_keys(

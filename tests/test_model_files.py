@@ -313,3 +313,32 @@ def test_a_model_file_that_runs_as_it_is_refuses_the_first_option_it_does_not_ta
     with pytest.raises(CnnappsError, match=rf"^{path}: workers=1 is not an option of semantic models ") as caught:
         cnnapps.load(path, workers=1, engine="jit")
     assert not isinstance(caught.value, EngineError)
+
+
+def test_lite0_files_rebuild_the_padding_they_were_written_with(tmp_path, chelsea) -> None:
+    """A Lite0 file records its padding; one written before cnnapps recorded it (no ``padding``) was trained in timm's
+    symmetric padding and still answers in it, while a new file answers in TensorFlow's, as the bundled weights."""
+    import torch
+
+    from cnnapps.apps.classify.model import Classifier
+    from cnnapps.apps.modelfile import save_model
+    from cnnapps.backbones import create_backbone
+
+    answers, paths = {}, {}
+    for padding in ("same", "symmetric"):
+        torch.manual_seed(0)
+        backbone = create_backbone("efficientnet_lite0", weights="imagenet", padding=padding)
+        model = Classifier(backbone, 3, class_names=["a", "b", "c"]).eval()
+        with torch.no_grad():
+            answers[padding] = model(torch.from_numpy(backbone.preprocess(chelsea))[None]).softmax(-1)[0].numpy()
+        paths[padding] = save_model(tmp_path / f"{padding}.safetensors", "classify", model, "efficientnet_lite0", {},
+                                    backbone.preprocess.to_dict())  # fmt: skip
+        assert read_metadata(paths[padding])["trunk"]["kwargs"] == {"padding": padding}
+    assert not np.allclose(answers["same"], answers["symmetric"], atol=1e-3)
+    older = _rewrite_metadata(paths["symmetric"], tmp_path / "older.safetensors",
+                              lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {}}})  # fmt: skip
+    assert read_model_file(older).trunk["kwargs"] == {"padding": "symmetric"}
+    for path, padding in ((paths["same"], "same"), (older, "symmetric")):
+        (result,) = cnnapps.load(path, engine="eager", device="cpu").predict([chelsea], top_k=3)
+        scores = {p["label"]: p["score"] for p in result.to_dict()["predictions"]}
+        assert np.allclose([scores[c] for c in "abc"], answers[padding], atol=1e-5), padding

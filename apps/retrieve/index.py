@@ -668,6 +668,9 @@ class Index:
         mine = _describe(self.model)
         theirs = f"{embedder.spec} ({embedder.dim}-d, {embedder.pooling} pooling)"
         if embedder.fingerprint != self.model["fingerprint"] or embedder.dim != self.dim:
+            if mine == theirs:  # the same name and shape, other weights or network (a model file rewritten, a new
+                # cnnapps's registry model): its vectors are not these
+                theirs = f"{theirs}, which embeds otherwise now; build a new index to query with it"
             raise RetrievalIndexError(f"{self.path}: the index was built with {mine}; the query uses {theirs}")
 
     def search(self, queries: Any, k: int = 10) -> list[list[Hit]]:

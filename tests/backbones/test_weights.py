@@ -30,6 +30,31 @@ def test_bundled_efficientnet_lite0_sees_a_cat(lite0, chelsea) -> None:
     assert lite0.weights.startswith("bundled")
 
 
+def test_bundled_efficientnet_lite0_answers_as_its_weights_own_network(lite0, chelsea) -> None:
+    """The bundled weights were trained in TensorFlow (SAME padding, batch-norm epsilon 1e-3): cnnapps's Lite0 gives
+    the logits of their own PyTorch port (``efficientnet_lite_pytorch``), where timm's symmetric ``efficientnet_lite0``
+    differs by whole logits (it took chelsea for a tiger cat at 0.37 where the port says Egyptian cat 0.38)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    bundled = str(weights_mod.BUNDLED["efficientnet_lite0"].path())
+    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=bundled).eval()
+    symmetric = create_backbone("efficientnet_lite0", weights="imagenet", padding="symmetric").eval()
+    torch.manual_seed(0)
+    x = torch.cat([torch.from_numpy(lite0.preprocess(chelsea))[None], torch.randn(2, 3, 224, 224) * 0.5])
+    with torch.no_grad():
+        expected, ours, theirs = reference(x), lite0(x), symmetric(x)
+    assert torch.allclose(ours, expected, atol=1e-4), float((ours - expected).abs().max())
+    assert float((theirs - expected).abs().max()) > 1.0
+    assert lite0.class_names[int(ours[0].argmax())] == "Egyptian cat"
+    assert lite0.settings == {"padding": "same"} and symmetric.settings == {"padding": "symmetric"}
+
+
+def test_lite0_padding_is_one_of_two(chelsea) -> None:
+    with pytest.raises(ValueError, match="padding must be one of same, symmetric, not 'valid'"):
+        create_backbone("efficientnet_lite0", padding="valid")
+    assert create_backbone("efficientnet_lite0").settings == {"padding": "same"}
+
+
 def test_bundled_file_is_checked_against_its_sha256(monkeypatch: pytest.MonkeyPatch) -> None:
     bundled = weights_mod.BUNDLED["efficientnet_lite0"]
     bad = weights_mod.BundledWeights(bundled.package, bundled.relpath, "0" * 64)

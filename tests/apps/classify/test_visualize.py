@@ -133,8 +133,10 @@ def _strongest_unit(loaded, rgb, stage: str, channel: int) -> tuple[int, int]:
 
 
 def test_patch_is_the_receptive_field_of_the_strongest_unit(lite0, tmp_path, chelsea) -> None:
-    """EfficientNet downsamples by stride-2 convolutions padded k//2: unit y of C3 is centred on y * 8 + 0.5, not
-    (y + 0.5) * 8. The patch is the field a gradient probe finds for that unit (67 px there), padding included."""
+    """EfficientNet-Lite0 downsamples by stride-2 convolutions in TensorFlow's SAME padding, which pads an even input
+    after, not before: each of C3's three halvings moves its units one input step on, so unit y is centred on
+    y * 8 + 7.5, neither (y + 0.5) * 8 (VGG's pools) nor y * 8 + 0.5 (padding k//2 on both sides). The patch is
+    the field a gradient probe finds for that unit (67 px there), padding included."""
     import cv2
 
     from cnnapps.apps.classify.visualize import view_of_input
@@ -144,7 +146,7 @@ def test_patch_is_the_receptive_field_of_the_strongest_unit(lite0, tmp_path, che
     (patch,), _ = top_patches(lite0, [path], "C3", channel=3, k=1)
     y, x = _strongest_unit(lite0, chelsea, "C3", 3)
     top, left, bottom, right = _field_of_unit(lite0.backbone, "C3", 8, y, x, lite0.preprocess.input_size, pad=6)
-    assert ((top + bottom) / 2, (left + right) / 2) == (y * 8 + 0.5, x * 8 + 0.5)
+    assert ((top + bottom) / 2, (left + right) / 2) == (y * 8 + 7.5, x * 8 + 7.5)
     view = view_of_input(lite0.preprocess, chelsea)
     mean = np.round(np.asarray(lite0.preprocess.mean) * 255).astype(np.uint8)
     padded = np.full((view.shape[0] + 200, view.shape[1] + 200, 3), mean, np.uint8)

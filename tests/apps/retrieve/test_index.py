@@ -152,6 +152,20 @@ def test_an_unknown_kind_is_refused_before_anything_is_made(embedder: Embedder, 
     assert not (tmp_path / "built").exists() and not (tmp_path / "created").exists()  # no folder, no write.lock
 
 
+def test_an_index_of_the_lite0_before_its_padding_was_fixed_is_refused_with_a_way_out(embedder, tmp_path) -> None:
+    """Indexes built before Lite0 ran in its weights' own (TensorFlow) padding hold other vectors under the same
+    name: their fingerprint is not the current one, and the refusal says the model embeds otherwise now."""
+    before = "efficientnet_lite0:bundled efficientnet-lite0-57934424.pth:avg"  # what those indexes recorded
+    assert embedder.fingerprint != before
+    index = Index.create(tmp_path / "old.idx", {**embedder.describe(), "fingerprint": before})
+    with pytest.raises(RetrievalIndexError) as caught:
+        index.check_embedder(embedder)
+    assert str(caught.value) == (
+        f"{tmp_path / 'old.idx'}: the index was built with efficientnet_lite0 (1280-d, avg pooling); the query uses "
+        "efficientnet_lite0 (1280-d, avg pooling), which embeds otherwise now; build a new index to query with it"
+    )
+
+
 def test_queries_with_another_model_are_refused(small_index) -> None:
     index, folder = small_index
     other = Embedder(pooling="gem")
