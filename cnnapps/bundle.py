@@ -3,7 +3,7 @@
 Every model file has one schema (format ``cnnapps-model/2``)::
 
     {"format": "cnnapps-model/2", "version": "0.2.0",
-     "trunk": {"name": "efficientnet_lite0", "kwargs": {}, "fingerprint": "sha256:..."},
+     "trunk": {"name": "efficientnet_lite0", "kwargs": {"padding": "same"}, "fingerprint": "sha256:..."},
      "heads": {"classify": {"task": "classify", "kind": "linear", "kwargs": {...}, "labels": [...],
                             "metrics": {...}}},
      "preprocess": {...}}
