@@ -507,6 +507,14 @@ def _orientation(exif: bytes | None, xmp: bytes | None) -> int:
 # --- limits, checked before decoding ---------------------------------------------------------------------
 
 
+def _amount(size: int) -> str:
+    """Bytes in the unit that shows them (a small budget was "0 MB")."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:,.{0 if size >= 10 * scale else 1}f} {unit}"
+    return f"{size:,} bytes"
+
+
 def _check_size(header: _Header, name: str, max_pixels: int | None, max_aspect: float | None) -> None:
     width, height = header.width, header.height
     if width <= 0 or height <= 0:
@@ -517,14 +525,14 @@ def _check_size(header: _Header, name: str, max_pixels: int | None, max_aspect: 
             raise ImageTooLargeError(
                 name,
                 f"{width}x{height} image has {width * height:,} pixels, over the limit of {max_pixels:,} "
-                "(downscale it; in Python, max_pixels of cnnapps.load raises the limit)",
+                "(downscale it; in Python, max_pixels of cnnapps.load or read_image raises the limit)",
             )
         if cost > budget:
             raise ImageTooLargeError(
                 name,
-                f"{width}x{height} {header.depth} image needs about {cost / 1e6:,.0f} MB to decode, over the "
-                f"budget of {budget / 1e6:,.0f} MB that max_pixels={max_pixels:,} allows (downscale it; in Python, "
-                "max_pixels of cnnapps.load raises the limit)",
+                f"{width}x{height} {header.depth} image needs about {_amount(cost)} to decode, over the "
+                f"budget of {_amount(budget)} that max_pixels={max_pixels:,} allows (downscale it; in Python, "
+                "max_pixels of cnnapps.load or read_image raises the limit)",
             )
     if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
         raise ElongatedImageError(

@@ -78,5 +78,5 @@ def test_an_image_over_the_pixel_limit_says_what_the_client_can_do(app) -> None:
     assert answer.status_code == 422
     error = answer.json()["error"]
     assert "30000x30000 image has 900,000,000 pixels, over the limit of 67,108,864" in error
-    assert error.endswith("(downscale it; in Python, max_pixels of cnnapps.load raises the limit)")
+    assert error.endswith("(downscale it; in Python, max_pixels of cnnapps.load or read_image raises the limit)")
     assert "raise max_pixels to allow it" not in error
