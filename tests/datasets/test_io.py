@@ -345,9 +345,8 @@ def test_memory_budget_counts_deep_samples(tmp_path: Path) -> None:
     ok, encoded = cv2.imencode(".png", deep)
     assert ok
     # 900 16-bit pixels need 12 bytes each to decode: over a budget of 1,000 8-bit pixels (6 bytes each)
-    with pytest.raises(
-        ImageTooLargeError, match=r"<bytes>: 30x30 16-bit image needs about 11 kB to decode, over the budget of 6.0 kB that "
-    ):
+    said = r"<bytes>: 30x30 16-bit image needs about 11 kB to decode, over the budget of 6.0 kB that "
+    with pytest.raises(ImageTooLargeError, match=said):
         read_image(encoded.tobytes(), max_pixels=1000)
     assert read_image(encoded.tobytes(), max_pixels=1800).shape == (30, 30, 3)
     assert read_image(encode(np.zeros((30, 30, 3), np.uint8), "PNG"), max_pixels=900).shape == (30, 30, 3)
