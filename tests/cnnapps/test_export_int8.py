@@ -64,10 +64,12 @@ def test_int8_efficientnet_is_smaller_agrees_with_fp32_and_carries_its_check(lit
     quantized = cnnapps.load(str(int8), device="cpu")
     _, got, errors = quantized.predict_proba(paths(photos))
     assert errors == [None] * 5 and quantized.engine == "onnxruntime"
-    # where fp32 is clear, int8 agrees (the space photo's two best, 0.196 and 0.092, may swap with 7-bit weights)
-    sure = clear(expected, 0.2)
-    assert sure.sum() >= 2 and (got.argmax(1) == expected.argmax(1))[sure].all()
-    assert np.abs(got - expected).max() < 0.25  # that swap moves each of the two by about 0.1-0.2
+    # where fp32 is clear, int8 agrees (coffee 0.955 / 0.013, rocket 0.362 / 0.234, the space photo 0.165 / 0.069;
+    # the astronaut's two best, 0.135 and 0.129, swap)
+    sure = clear(expected, 0.09)
+    assert sure.sum() >= 3 and (got.argmax(1) == expected.argmax(1))[sure].all()
+    assert np.abs(got - expected)[sure].max() < 0.1  # the rocket's best, 0.362, is 0.455 in int8
+    assert np.abs(got - expected).max() < 0.3  # the astronaut's swap moves one class from 0.13 to 0.38
 
 
 def test_fp16_file_loads_and_answers_close_to_fp32(lite0: Path, photos: Path) -> None:
@@ -81,7 +83,7 @@ def test_fp16_file_loads_and_answers_close_to_fp32(lite0: Path, photos: Path) ->
     assert session.get_inputs()[0].type == session.get_outputs()[0].type == "tensor(float)"  # callers see fp32
     _, expected, _ = cnnapps.load(str(fp32), device="cpu").predict_proba(paths(photos))
     _, got, _ = cnnapps.load(str(fp16), device="cpu").predict_proba(paths(photos))
-    np.testing.assert_allclose(got, expected, atol=2e-3)
+    np.testing.assert_allclose(got, expected, atol=7.5e-3)  # the rocket's top two move by 0.005
     assert (got.argmax(1) == expected.argmax(1))[clear(expected, 0.01)].all()
 
 
