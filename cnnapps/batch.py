@@ -93,9 +93,17 @@ def predict_files(
     unknown = sorted(set(predict_options) - set(record.route_options))
     if unknown:
         raise CnnappsError(f"{task} takes no {', '.join(unknown)} when predicting")
+    for key, value in predict_options.items():  # here, not as a failure of every worker after Ray has started
+        _check_value(key, value, record.route_options[key])
+    if load_options.get("engine") is not None:
+        from cnnapps.engines import check_name
+
+        check_name(load_options["engine"])  # the name only: whether it runs is each node's to say
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CnnappsError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and not (out / PLAN).exists() and any(out.iterdir()):
+        raise CnnappsError(f"{out}: holds files and no {PLAN} (not a batch's parts); choose an empty or new --out")
     ordered = sorted(set(map(input_name, paths)))
     if not ordered:
         raise CnnappsError("no inputs to predict")
@@ -105,7 +113,8 @@ def predict_files(
     named = not model or not (is_onnx_file(model) or is_bundle_path(model))
     if named and not ray_options.get("address"):  # a cluster's nodes may hold weights this machine has not
         _check_name_loads(task, model, load_options)
-    about = {"task": task, "model": str(model) if model else record.default_model, "model_sha256": _content(model),
+    named_as = os.path.abspath(model) if model and Path(model).is_file() else model  # a rerun from another folder
+    about = {"task": task, "model": str(named_as) if model else record.default_model, "model_sha256": _content(model),
              "format": fmt, "load_options": load_options, "predict_options": predict_options}  # fmt: skip
     plan = make_plan(ordered, part_size, **json.loads(json.dumps(about)))
     gpus = ray_options.get("gpus_per_worker")  # asked for before anything is written: a cluster without is refused
@@ -131,6 +140,16 @@ def predict_files(
     report.failed = [{"path": r["source"], "error": r["error"]} for r in rows if r["error"] is not None]
     report.predicted = len(rows) - len(report.failed)
     return report
+
+
+def _check_value(key: str, value: Any, option: tuple[type, Any, Any, Any]) -> None:
+    """A predict option's value of the kind the task's route takes (``--set top_k=-3`` is one line), else an error."""
+    kind, _, low, _ = option
+    if kind is bool and not isinstance(value, bool):
+        raise CnnappsError(f"{key}={value!r}: true or false")
+    whole = isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+    if kind is int and not whole:
+        raise CnnappsError(f"{key}={value!r}: a whole number" + (f" of at least {low}" if low is not None else ""))
 
 
 def _content(model: str | os.PathLike | None) -> str | None:
@@ -179,11 +198,26 @@ def write_part(file: Path, rows: list[dict[str, Any]]) -> None:
         import pyarrow.parquet as pq
 
         table = pa.table(
-            {key: pa.array([row[key] for row in rows], pa.string()) for key in ("source", "error", "result")}
+            {key: pa.array([_utf8(row[key]) for row in rows], pa.string()) for key in ("source", "error", "result")}
         )
         atomic_write(file, lambda tmp: pq.write_table(table, tmp), overwrite=True)
     else:
         atomic_write(file, "".join(json.dumps(row) + "\n" for row in rows).encode(), overwrite=True)
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text as Parquet holds it (UTF-8): a file name that is not UTF-8 with its other bytes as ``\\xNN`` (Arrow refuses
+    the stand-ins Python decodes them to, and the whole part failed on every run)."""
+    if text is None:
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        try:
+            return text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        except UnicodeEncodeError:  # a stand-in no byte decodes to
+            return text.encode(errors="backslashreplace").decode()
+    return text
 
 
 def read_rows(out: str | os.PathLike) -> Iterator[dict[str, Any]]:

@@ -227,5 +227,21 @@ def _run(ray: Any, parts: Sequence[tuple[int, list[str]]], make_work: Callable[[
     try:
         yield from dataset.iter_rows()
     except ray.exceptions.RayError as exc:
-        cause = str(exc).strip().splitlines()
-        raise CnnappsError(f"a Ray worker failed: {cause[-1] if cause else type(exc).__name__}") from exc
+        raise CnnappsError(f"a Ray worker failed: {_first_cause(exc)}") from exc
+
+
+def _first_cause(exc: BaseException) -> str:
+    """What made a worker fail, in one line: the exception at the root of Ray's wrappers (their own text ends with
+    advice on Ray's retries, which hid it)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None)
+        inner = inner if isinstance(inner, BaseException) else exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if isinstance(exc, CnnappsError) and lines:
+        return lines[0]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -32,6 +32,7 @@ from cnnapps.apps.retrieve.index import (
     FileStat,
     Index,
     RetrievalIndexError,
+    _check_kind,
     _index_state,
     _make_folder,
     embed_files,
@@ -180,6 +181,7 @@ def build_on_ray(
     from cnnapps.parts import missing_parts, require_ray, run_on_ray
 
     require_ray()
+    _check_kind(kind)  # here, not after every part has been embedded
     folder, ordered = _start_parts(paths, Path(index_dir), embedder, part_size)
     total, todo = missing_parts(ordered, part_size, lambda p: _part_file(folder, p).exists(), progress)
     report = ShardReport(0, 1, total, total - len(todo), 0)

@@ -238,3 +238,72 @@ def test_a_named_model_is_left_to_the_cluster_given_by_address(gallery: Path, tm
     cnnapps.batch.predict_files("classify", [str(p) for p in gallery.iterdir()], tmp_path / "out",
                                 model="nosuch", address="ray://head:10001")  # fmt: skip
     assert asked["address"] == "ray://head:10001"
+
+
+def test_what_no_worker_could_do_is_refused_before_ray(run_cli, gallery: Path, tmp_path: Path, monkeypatch) -> None:
+    """An option value the predictor refuses, an engine name that is none, a folder that holds other files: one line
+    each, before Ray starts (each was every worker's failure, a minute later, under Ray's retry advice) and with
+    nothing written. A model file named another way on a rerun (from another folder) is the same model."""
+    import ray
+
+    import cnnapps.batch
+
+    def no_ray(*args, **kwargs):
+        pytest.fail("Ray was started for a request no worker could do")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", no_ray)
+    out = tmp_path / "out"
+    for option, said in ((("--set", "top_k=-3"), "top_k=-3: a whole number of at least 1"),
+                         (("--set", "top_k=many"), "top_k='many': a whole number of at least 1"),
+                         (("--engine", "bogus"), "--engine bogus: choose one of auto, eager")):  # fmt: skip
+        code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER, *option)
+        assert code == 2 and stderr.startswith(f"error: {said}") and len(stderr.splitlines()) == 1, stderr
+        assert not out.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", mine, "--model", CLASSIFIER)
+    assert code == 2 and stderr.strip() == (f"error: {mine}: holds files and no _plan.json (not a batch's parts); "
+                                            "choose an empty or new --out")  # fmt: skip
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", lambda *args, **kwargs: iter([]))
+    monkeypatch.chdir(CLASSIFIER.parent)
+    assert run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER.name)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER)
+    assert code == 0, stderr
+    assert json.loads((out / "_plan.json").read_text())["model"] == str(CLASSIFIER)
+
+
+def test_a_name_that_is_not_utf8_is_a_row_of_a_parquet_part(tmp_path: Path) -> None:
+    """Parquet holds UTF-8 only: such a name failed the whole part on every run; its other bytes are written \\xNN."""
+    from cnnapps.batch import write_part
+
+    name = str(tmp_path / "caf") + "\udce9.jpg"  # b"caf\xe9.jpg" as Python names it
+    write_part(tmp_path / "part-00000.parquet", [{"source": name, "error": f"{name}: not an image", "result": None}])
+    import pyarrow.parquet as pq
+
+    (row,) = pq.read_table(tmp_path / "part-00000.parquet").to_pylist()
+    assert row["source"] == str(tmp_path / "caf") + "\\xe9.jpg" and row["error"].endswith("\\xe9.jpg: not an image")
+
+
+def test_a_worker_failure_is_told_by_its_cause_not_by_rays_advice() -> None:
+    from cnnapps.errors import CnnappsError
+    from cnnapps.parts import _first_cause
+
+    class Wrapped(Exception):  # as Ray's task errors keep the worker's exception
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("Traceback ...\nray.data.exceptions.UserCodeException\nTo change retry attempts, ...")
+            self.cause = cause
+
+    inner = CnnappsError("model.safetensors: not a classify model")
+    assert _first_cause(Wrapped(inner)) == "model.safetensors: not a classify model"
+    try:
+        raise Wrapped(ValueError("top_k must be positive\nmore"))
+    except Wrapped as exc:
+        assert _first_cause(exc) == "ValueError: top_k must be positive"
+    chained = RuntimeError("outer")
+    chained.__cause__ = KeyError("inner")
+    assert _first_cause(chained) == "KeyError: 'inner'"
