@@ -389,6 +389,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def trunk_difference(first: ModelFile, other: ModelFile) -> str | None:
+    """Why ``other``'s trunk is not ``first``'s, one line naming ``other`` (another net or other weights, by the
+    fingerprints of the tensors; or the same weights built otherwise: Lite0's padding), or None: heads of the two
+    join on one trunk."""
+    first_print, other_print = tensor_fingerprint(first.trunk_tensors()), tensor_fingerprint(other.trunk_tensors())
+    if other_print != first_print or other.trunk["name"] != first.trunk["name"]:
+        return (f"{other.path}: its trunk ({other.trunk['name']}, {other_print[:19]}) is not the trunk of "
+                f"{first.path} ({first.trunk['name']}, {first_print[:19]})")  # fmt: skip
+    if other.trunk.get("kwargs", {}) != first.trunk.get("kwargs", {}):
+        return (f"{other.path}: its trunk ({other.trunk['name']}, {_short(other.trunk.get('kwargs', {}))}) is built "
+                f"otherwise than {first.path}'s ({_short(first.trunk.get('kwargs', {}))})")  # fmt: skip
+    return None
+
+
 def trunk_fingerprint(model_file: ModelFile) -> str:
     """The trunk's fingerprint, computed from its tensors; the one a current file's header stores must agree, else a
     one-line error (tensors changed after the file was written would otherwise pass for the trunk an index was built
@@ -462,21 +476,10 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
     if names is not None:
         _check_names(files, names)
     first = files[0]
-    first_print = tensor_fingerprint(first.trunk_tensors())
     for other in files[1:]:
-        other_print = tensor_fingerprint(other.trunk_tensors())
-        if other_print != first_print or other.trunk["name"] != first.trunk["name"]:
-            raise BundleError(
-                f"{other.path}: its trunk ({other.trunk['name']}, {other_print[:19]}) is not the trunk of "
-                f"{first.path} ({first.trunk['name']}, {first_print[:19]}); heads join only on one trunk: train each "
-                "with --trunk naming the same trunk"
-            )
-        if other.trunk.get("kwargs", {}) != first.trunk.get("kwargs", {}):  # the same weights built otherwise
-            raise BundleError(
-                f"{other.path}: its trunk ({other.trunk['name']}, {_short(other.trunk.get('kwargs', {}))}) is built "
-                f"otherwise than {first.path}'s ({_short(first.trunk.get('kwargs', {}))}); heads join only on one "
-                "trunk: train each with --trunk naming the same trunk"
-            )
+        differs = trunk_difference(first, other)
+        if differs:
+            raise BundleError(f"{differs}; heads join only on one trunk: train each with --trunk naming the same trunk")
         if _plain(other.preprocess) != _plain(first.preprocess):
             raise BundleError(
                 f"{other.path}: its preprocessing ({_short(other.preprocess)}) differs from {first.path}'s "

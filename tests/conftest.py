@@ -97,3 +97,23 @@ def trained(colour_set: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     out = tmp_path_factory.mktemp("runs") / "colours"
     metrics = train_classifier(_tiny_config(colour_set, out))
     return out, metrics
+
+
+@pytest.fixture(scope="session")
+def rewrite_metadata():
+    """``rewrite(source, target, edit)``: a copy of a model file whose cnnapps header went through ``edit`` (tensors
+    untouched), as a file of another version or a hand-edited one would be."""
+    import json
+    import struct
+
+    def rewrite(source: Path, target: Path, edit) -> Path:
+        data = source.read_bytes()
+        size = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8 : 8 + size])
+        header["__metadata__"]["cnnapps"] = json.dumps(edit(json.loads(header["__metadata__"]["cnnapps"])))
+        encoded = json.dumps(header).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
+        return target
+
+    return rewrite

@@ -157,7 +157,7 @@ def test_panoptic_predictions_cover_the_image_once_and_serve_as_they_answer(pano
     assert served.json()["segments"] == answer["segments"]
 
 
-def test_panoptic_join_refuses_other_trunks_and_self_resizing_detectors(heads, trained, tmp_path):
+def test_panoptic_join_refuses_other_trunks_and_self_resizing_detectors(heads, trained, tmp_path, rewrite_metadata):
     from cnnapps.apps.detect.model import create_detector, save_detector
     from cnnapps.apps.semantic.panoptic import PanopticError, join
 
@@ -168,6 +168,15 @@ def test_panoptic_join_refuses_other_trunks_and_self_resizing_detectors(heads, t
         join(heads["stuff"], tmp_path / "own.safetensors")
     with pytest.raises(Exception, match=r"has no segment head"):
         join(heads["stuff"], heads["stuff"])
+    # the same tensors built otherwise (as a Lite0 file from before its padding was recorded): compose refused them,
+    # the join ran the things head on the other network
+    other = rewrite_metadata(
+        heads["things"],
+        tmp_path / "other.safetensors",
+        lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {**m["trunk"]["kwargs"], "x": 1}}},
+    )
+    with pytest.raises(PanopticError, match=r"other\.safetensors: its trunk \(.*\) is built otherwise than .*; train"):
+        join(heads["stuff"], other)
 
 
 def test_an_instance_wholly_under_earlier_ones_is_left_out_at_any_overlap_threshold(panoptic_run):

@@ -196,8 +196,7 @@ def join(
     """The trunk (model file), its tensors, a panoptic head record and its tensors, from a semantic head and a shared
     Mask R-CNN head on one trunk (the files may be one multi-head file). Refused in one line, naming the files, when
     trunks or preprocessing differ or the Mask R-CNN head resizes images itself."""
-    from cnnapps.apps.modelfile import HeadInfo, read_model_file
-    from cnnapps.bundle import tensor_fingerprint
+    from cnnapps.apps.modelfile import HeadInfo, read_model_file, trunk_difference
 
     stuff_file, things_file = read_model_file(semantic_model), read_model_file(segment_model)
     stuff_name = stuff_file.head_named(task="semantic")
@@ -207,10 +206,9 @@ def join(
         raise PanopticError(f"{segment_model}: its segment head resizes images itself; train it with --trunk naming "
                             f"{semantic_model} (or the trunk both share)")  # fmt: skip
     trunk = stuff_file.trunk_tensors()
-    if (tensor_fingerprint(trunk) != tensor_fingerprint(things_file.trunk_tensors())
-            or stuff_file.trunk["name"] != things_file.trunk["name"]):  # fmt: skip
-        raise PanopticError(f"{segment_model}: its trunk is not the trunk of {semantic_model}; train the segment head "
-                            f"with --trunk {semantic_model}")  # fmt: skip
+    differs = trunk_difference(stuff_file, things_file)  # other weights, or the same built otherwise
+    if differs:
+        raise PanopticError(f"{differs}; train the segment head with --trunk {semantic_model}")
     if json.dumps(stuff_file.preprocess, sort_keys=True) != json.dumps(things_file.preprocess, sort_keys=True):
         raise PanopticError(f"{segment_model}: its preprocessing differs from {semantic_model}'s")
     stuff_info = stuff_file.heads[stuff_name]
