@@ -398,15 +398,42 @@ def _type_word(kind: Any) -> str:
     )
 
 
+#: what a k-fold run leaves in its folder (its plan, its summary, its folds): a run of one model is not written there
+KFOLD_TRACES = ("kfold-plan.json", "kfold.json", "fold-*")
+#: settings a --resume may give anew for a run of one model but not for a k-fold run's next folds: the folds are
+#: averaged as one recipe (the finished ones trained with the run's)
+FOLDS_ALIKE = ("epochs", "patience", "class_weights", "logit_adjust")
+
+
 def check_run_folder(config: TrainConfig) -> Path:
-    """The run folder, refusing to overwrite an earlier run unless resuming it; returns last.ckpt's path."""
+    """The run folder, refusing to overwrite an earlier run (a k-fold one's too) unless resuming it; returns
+    last.ckpt's path."""
     out = check_out_folder(config.out)
     last = out / "checkpoints" / "last.ckpt"
+    kfold = any(next(out.glob(pattern), None) for pattern in KFOLD_TRACES)
     if config.resume and not last.is_file():
-        raise CnnappsError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
-    if not config.resume and ((out / "model.safetensors").exists() or last.exists()):
+        more = "; a k-fold run resumes with --kfold K" if kfold else ""
+        raise CnnappsError(f"{out}: nothing to resume (no checkpoints/last.ckpt){more}")
+    if not config.resume and ((out / "model.safetensors").exists() or last.exists() or kfold):
         raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
     return last
+
+
+def check_folds_alike(config: TrainConfig) -> None:
+    """A --resume of a k-fold run given a :data:`FOLDS_ALIKE` setting otherwise than the run's (its config.yaml) is a
+    ConfigError naming both: its next folds would train another recipe than its finished ones, averaged together."""
+    out = Path(config.out)
+    path, settings = _run_settings(out, type(config))
+    hints = typing.get_type_hints(type(config))
+    for name in FOLDS_ALIKE:
+        if name not in settings or name not in hints:
+            continue
+        run = _checked(str(path), name, settings[name], hints[name])
+        if _as_saved(getattr(config, name)) != _as_saved(run):
+            raise ConfigError(
+                f"{name}: the k-fold run in {out} trains every fold with {run!r}, not {getattr(config, name)!r} (its "
+                f"folds are averaged as one recipe); resume with {run!r}, or start another --out"
+            )
 
 
 def check_out_folder(out: str | os.PathLike) -> Path:

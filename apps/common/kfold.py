@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnapps.apps.common.config import ConfigError, TrainConfig, check_out_folder, write_config
+from cnnapps.apps.common.config import ConfigError, TrainConfig, check_folds_alike, check_out_folder, write_config
 from cnnapps.datasets.splits import fold_indices
 from cnnapps.errors import CnnappsError
 from cnnapps.parts import agree_on_plan, make_plan
@@ -128,6 +128,10 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
     if config.resume and plain and not (out / PLAN).exists():  # a run of one model, not of folds: kept as it is
         raise CnnappsError(f"{out}: holds a training run that is not a k-fold one (no {PLAN}); --kfold --resume "
                            "continues only a k-fold run; pass another --out")  # fmt: skip
+    if config.resume and not (out / PLAN).exists():
+        raise CnnappsError(f"{out}: nothing to resume (no {PLAN})")
+    if config.resume:
+        check_folds_alike(config)
     items = task.part("folds")(config)
     if k > len(items):
         raise ConfigError(f"kfold: {k} folds of {len(items)} images leave some folds empty; use at most {len(items)}")

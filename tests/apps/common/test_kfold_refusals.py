@@ -52,3 +52,50 @@ def test_the_kfold_pool_takes_train_and_valid_folders_as_splits(tmp_path: Path) 
     pool = pooled_images(tmp_path / "data")
     assert "valid" not in pool.class_names and "train" not in pool.class_names  # it was refused: "are splits"
     assert len(pool.paths) == len(pool.class_names) * 5
+
+
+@pytest.mark.parametrize("left", ["everything", PLAN, "fold-2"])
+def test_a_run_of_one_model_is_not_written_into_a_kfold_run(colour_set: Path, tmp_path: Path, tiny_config,
+                                                            left: str) -> None:  # fmt: skip
+    """A plain `train` into a stopped k-fold run's folder wrote its model, metrics and config.yaml beside the folds,
+    and the k-fold run could never be resumed: refused, every file kept; with --resume it says how to resume."""
+    from cnnapps.apps.classify.train import train_classifier as train
+
+    out = tmp_path / "cv"
+    files = _started_run(out)
+    if left != "everything":
+        for path in files:
+            if out / left not in (path, *path.parents):
+                path.unlink()
+        files = {path: data for path, data in files.items() if path.exists()}
+    with pytest.raises(CnnappsError) as caught:
+        train(tiny_config(colour_set, out, lr=0.01))
+    assert str(caught.value) == f"{out}: already holds a training run; pass another --out, or --resume to continue it"
+    if left != "everything":  # with the run's config.yaml, its settings are checked first
+        with pytest.raises(CnnappsError, match=r"nothing to resume \(no checkpoints/last.ckpt\); a k-fold run resum"):
+            train(tiny_config(colour_set, out, resume=True))
+    assert {path: path.read_bytes() for path in files} == files
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(files)
+
+
+def test_a_kfold_resume_trains_its_next_folds_as_its_first(colour_set: Path, tmp_path: Path, run_cli) -> None:
+    """A --resume given other epochs or class weights trained the next folds with them and averaged them with the
+    finished folds (and wrote them into the run's config.yaml): refused naming both; the run resumes as it was."""
+    import yaml
+
+    out = tmp_path / "cv"
+    tiny = ("--data", colour_set, "--backbone", "lenet5", "--weights", "none", "--batch-size", 8, "--workers", 0,
+            "--augment", "none", "--kfold", 2, "--out", out)  # fmt: skip
+    code, _, stderr = run_cli("train", "classify", *tiny, "--epochs", 1)
+    assert code == 0, stderr
+    (out / "fold-2" / "metrics.json").unlink()  # as if stopped in the second fold
+    settings = (out / "config.yaml").read_bytes()
+    for given, said in ((("--epochs", 2), "epochs: the k-fold run in"), (("--class-weights", "auto"), "class_weights")):
+        code, _, stderr = run_cli("train", "classify", *tiny, "--resume", *given)
+        assert code == 2 and stderr.startswith(f"error: {said}") and "averaged as one recipe" in stderr, stderr
+        assert (out / "config.yaml").read_bytes() == settings and not (out / "fold-2" / "metrics.json").exists()
+    code, _, stderr = run_cli("train", "classify", *tiny, "--resume")
+    assert code == 0, stderr
+    assert yaml.safe_load((out / "fold-2" / "config.yaml").read_text())["epochs"] == 1
+    code, _, stderr = run_cli("train", "classify", *tiny[:-1], tmp_path / "none", "--resume")
+    assert code == 2 and f"{tmp_path / 'none'}: nothing to resume (no {PLAN})" in stderr
