@@ -109,6 +109,8 @@ def test_panoptic_run_chooses_the_merge_by_pq_and_eval_gives_the_same_pq(panopti
     assert len(metrics["grid"]) == 4 and (panoptic_run / "curves.png").is_file()
     best = max(g["all"]["pq"] or 0.0 for g in metrics["grid"])
     assert metrics["val_pq"] == pytest.approx(best) and 0.0 <= best <= 1.0
+    # what k-fold summaries and `cnnapps tune` compare runs by (tune panoptic failed with KeyError: 'selected_by')
+    assert metrics["selected_by"] == {"metric": "val_pq", "value": metrics["val_pq"]}
     model_file = read_model_file(panoptic_run / "model.safetensors")
     (info,) = model_file.heads.values()
     assert info.task == "panoptic" and info.kwargs["merge"] == metrics["merge"]
@@ -190,3 +192,12 @@ def test_an_instance_wholly_under_earlier_ones_is_left_out_at_any_overlap_thresh
         result = model.combine(instances, np.zeros((8, 8), np.int64), {"overlap": overlap, "score_threshold": 0.5})
         things = [s for s in result.segments if s.isthing]
         assert len(things) == 1 and things[0].area == 16 and things[0].score == pytest.approx(0.9)
+
+
+def test_panoptic_stuff_areas_are_pixel_counts() -> None:
+    from cnnapps.apps.common.config import ConfigError
+    from cnnapps.apps.semantic.config import PanopticConfig
+
+    config = PanopticConfig(data="p.json", images="i", semantic_model="a", segment_model="b", stuff_areas="0,-5")
+    with pytest.raises(ConfigError, match=r"^stuff_areas: pixel counts of 0 or more, not 0,-5$"):
+        config.validate()

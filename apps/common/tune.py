@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from cnnapps.apps.common.config import ConfigError, TrainConfig, fields_of
+from cnnapps.apps.common.config import HOW_IT_RUNS, ConfigError, TrainConfig, check_out_folder, fields_of
 from cnnapps.errors import CnnappsError
 from cnnapps.terminal import plural
 
@@ -122,6 +122,9 @@ def read_space(path: str | Path, config_type: type) -> list[Dimension]:
     space = []
     for name, spec in loaded.items():
         where = f"{path}: {name}"
+        if name in HOW_IT_RUNS:
+            raise ConfigError(f"{where}: where and how the trials run (the same for every trial), not a setting to "
+                              "search")  # fmt: skip
         if name not in fields:
             close = difflib.get_close_matches(str(name), fields, 1)
             raise ConfigError(f"{where}: not a setting of this task{f' (did you mean {close[0]}?)' if close else ''}")
@@ -271,7 +274,15 @@ def tune(
     space = default_space(base) if space is None else space
     if not space:
         raise ConfigError(f"space: {task_name} has no training settings to search; give --space FILE.yaml")
-    out = Path(out)
+    out = check_out_folder(out)
+    for dimension in space:  # every choice and both ends of a range, as a trial would take them: here, not a trial
+        values = dimension.choices or (dimension.low, dimension.high)  # failing after others ran, or every trial
+        for value in values:
+            value = int(value) if dimension.integer else value
+            try:
+                apply(base, {dimension.name: value}, out)
+            except ConfigError as exc:
+                raise ConfigError(f"space: {dimension.name} {value!r} is refused ({exc})") from None
     journal = out / "study.jsonl"
     if journal.exists() and not resume:
         raise CnnappsError(f"{out}: already holds a study; pass another --out, or --resume to continue it")

@@ -132,6 +132,8 @@ class PanopticConfig(TrainConfig):
                 raise ConfigError(f"{name}: give one or more numbers, comma-separated")
         if not all(0 <= v <= 1 for v in self.grid("score_thresholds") + self.grid("overlap_thresholds")):
             raise ConfigError("score_thresholds and overlap_thresholds: numbers between 0 and 1")
+        if not all(v >= 0 for v in self.grid("stuff_areas")):
+            raise ConfigError(f"stuff_areas: pixel counts of 0 or more, not {self.stuff_areas}")
         return self
 
     def grid(self, name: str) -> list[float]:

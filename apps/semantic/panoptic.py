@@ -392,7 +392,8 @@ def train_panoptic(config: Any) -> dict[str, Any]:
                "val_pq_things": best["things"]["pq"], "val_pq_stuff": best["stuff"]["pq"], "merge": best["merge"],
                "per_class": best["per_class"], "grid": [{k: g[k] for k in ("merge", "all")} for g in grid],
                "epochs": 1, "best_epoch": 1, "train_images": 0, "val_images": len(indices),
-               "train_seconds": round(seconds, 2), "history": []}  # fmt: skip
+               "train_seconds": round(seconds, 2), "history": [],
+               "selected_by": {"metric": "val_pq", "value": best["all"]["pq"]}}  # fmt: skip
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2).encode(), overwrite=True)
     return metrics
 

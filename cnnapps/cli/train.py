@@ -87,13 +87,18 @@ def train_command(task: Any) -> Any:
         # the validation scores (counts such as val_images are not scores)
         report = {k: v for k, v in metrics.items() if k.startswith("val_") and isinstance(v, float)}
         report.update({k: metrics.get(k) for k in ("epochs", "best_epoch", "train_seconds")})
+        merge = metrics.get("merge")  # panoptic: the merge settings its grid chose, not epochs
+        if merge:
+            report["merge"] = merge
         if as_json:
             echo_json(report)
             return
         scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in report.items() if k.startswith("val_") and v is not None)
+        chose = (f"merge chosen: {', '.join(f'{k} {v:g}' for k, v in merge.items())} ({metrics['train_seconds']:.0f} s)"
+                 if merge else f"best epoch {metrics.get('best_epoch')} of {metrics['epochs']} "
+                 f"({metrics['train_seconds']:.0f} s of training)")  # fmt: skip
         console().print(
-            f"{scores}\nbest epoch {metrics.get('best_epoch')} of {metrics['epochs']} "
-            f"({metrics['train_seconds']:.0f} s of training)\n"
+            f"{scores}\n{chose}\n"
             + (f"{config.out}: finished before; nothing written" if metrics.get("unchanged") else
                f"wrote {config.out}/model.safetensors, metrics.json, curves.png")
         )  # fmt: skip

@@ -74,6 +74,9 @@ def test_default_space_follows_the_config_fields() -> None:
         ("augment: {low: 0, high: 1}", "augment: not a number setting"),
         ("dropout: []", "dropout: an empty list of choices"),
         ("epochs: {low: 1.5, high: 3}", "epochs: an integer setting takes whole low and high"),
+        # it gave a TypeError of dataclasses.replace, with the study's journal left behind
+        ("out: [a, b]", "out: where and how the trials run (the same for every trial), not a setting to search"),
+        ("resume: [true, false]", "resume: where and how the trials run"),
     ],
 )
 def test_bad_space_files_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
@@ -143,3 +146,29 @@ def test_a_pruned_trial_stops_its_training_run(colour_set: Path, tmp_path: Path,
         train_classifier(tiny_config(colour_set, tmp_path / "run", epochs=3))
     assert [step for step, _ in trial.reports] == [1]  # stopped after the first epoch's validation
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("augment: [foo, default]", "space: augment 'foo' is refused (augment: 'foo' is not one of"),
+        ("batch_size: ['8', 16]", "space: batch_size '8' is refused (space: batch_size: expected an integer"),
+        ("dropout: {low: 0.5, high: 2}", "space: dropout 2.0 is refused (dropout:"),
+    ],
+)
+def test_values_no_trial_could_train_with_are_refused_before_the_study(colour_set: Path, tmp_path: Path, text: str,
+                                                                       message: str) -> None:  # fmt: skip
+    """A choice or an end of a range that the task refuses failed its trials one by one (or every trial, ending in
+    "no trial finished"): refused before the study is made, nothing written."""
+    from cnnapps.apps.common.tune import tune
+
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    base = ClassifyConfig(data=str(colour_set), backbone="lenet5", weights="none", epochs=1, workers=0)
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        tune("classify", base, 2, tmp_path / "study", space=read_space(path, ClassifyConfig))
+    assert not (tmp_path / "study").exists()
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(Exception, match="afile"):
+        tune("classify", base, 2, tmp_path / "afile", space=read_space(path, ClassifyConfig))
+    assert (tmp_path / "afile").read_text() == "mine"
