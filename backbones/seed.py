@@ -108,7 +108,8 @@ def _finish(backbone: SequentialBackbone, weights: WeightsArg) -> SequentialBack
     local = as_local_file(weights)
     if local is None:
         raise WeightsError(
-            f"{backbone.name}: no published weights; use --weights none (weights=None in Python) or a local file"
+            f"{backbone.name}: no published weights to predict with; train it from scratch (--weights none, "
+            "weights=None in Python) or give a local weights file"
         )
     load_into(backbone, load_state_dict_file(local), str(local))
     backbone.weights = str(local)

@@ -377,6 +377,7 @@ def dedup(
 
     Two images join a group when their embeddings are similar (crops, edits) or their perceptual hashes are
     (rescaled or re-encoded copies)."""
+    from cnnapps.apps.retrieve.index import index_path
     from cnnapps.apps.retrieve.search import find_duplicates
 
     paths = images(folder)
@@ -389,7 +390,8 @@ def dedup(
         echo_json({"groups": groups, "failed": failed})
     else:
         rule = f"threshold {threshold}" + (f", or hashes at most {hash_bits} bits apart" if hashes is not None else "")
-        echo(f"{plural(len(groups), 'group')} of near-duplicates among {plural(len(paths), 'image')} ({rule})")
+        distinct = len({index_path(p) for p in paths})  # a file named twice is one image
+        echo(f"{plural(len(groups), 'group')} of near-duplicates among {plural(distinct, 'image')} ({rule})")
         for n, group in enumerate(groups, start=1):
             echo(f"group {n} (similarity >= {group['min_similarity']:.3f}):")
             for path in group["images"]:

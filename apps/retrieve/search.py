@@ -32,6 +32,11 @@ def retrieve(index: Index, queries: Sequence[Any], k: int = 10, embedder: Any = 
 HASH_BITS = 6
 #: the cosine similarity a hash match must also reach: a guard against two unrelated pictures sharing a hash
 HASH_MIN_SIMILARITY = 0.5
+#: the fewest (and 64 less the most) bits a hash that tells images apart sets: each bit says whether a frequency is
+#: above the median, so a picture with distinct frequencies sets 32 (every photo of benchmarks/dedup_robustness.py
+#: and its copies); a flat or plain one, whose frequencies tie at 0, sets 0-1 whatever its colour (a red and a blue
+#: square were one group)
+HASH_MIN_SET_BITS = 16
 
 
 def perceptual_hash(rgb: np.ndarray) -> np.ndarray:
@@ -95,7 +100,9 @@ def find_duplicates(
         lims, _, ids = binary.range_search(hashes, int(hash_bits) + 1)  # distances strictly below the radius
         queries = np.repeat(np.arange(len(names)), np.diff(lims.astype(np.int64)))
         sims = np.einsum("ij,ij->i", vectors[queries], vectors[ids]) if len(ids) else np.zeros(0, np.float32)
-        confirmed = (sims >= HASH_MIN_SIMILARITY) & hashed[queries] & hashed[ids]
+        ones = np.unpackbits(hashes, axis=1).sum(axis=1)
+        telling = hashed & (ones >= HASH_MIN_SET_BITS) & (ones <= 64 - HASH_MIN_SET_BITS)
+        confirmed = (sims >= HASH_MIN_SIMILARITY) & telling[queries] & telling[ids]
         queries = queries[confirmed]
         pairs.append((np.searchsorted(queries, np.arange(len(names) + 1)), sims[confirmed], ids[confirmed]))
     parent = list(range(len(names)))

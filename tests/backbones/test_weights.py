@@ -168,7 +168,7 @@ def test_missing_local_file_and_unknown_weights_name(tmp_path: Path) -> None:
         create_backbone("resnet18", weights=str(tmp_path / "nope.pth"))
     with pytest.raises(WeightsError, match="unknown weights"):
         create_backbone("resnet18", weights="IMAGENET9K_V9")
-    with pytest.raises(WeightsError, match=r"no published weights; use --weights none \(weights=None in Python\)"):
+    with pytest.raises(WeightsError, match=r"no published weights to predict with; train it from scratch \(--weights none, weights=None in Python\)"):
         create_backbone("lenet5", weights="imagenet")
 
 

@@ -320,3 +320,32 @@ def test_a_grown_ivfpq_index_is_trained_again_on_all_its_vectors(tmp_path: Path)
     assert len(index) == 2600 and index.info()["ivf_lists"] == 50
     query = np.stack([table[names[2500]]])
     assert index.search(query, k=1)[0][0].path == names[2500]
+
+
+def test_flat_pictures_of_other_colours_are_not_near_duplicates(embedder, tmp_path: Path, run_cli) -> None:
+    """A flat picture's hash sets no bit whatever its colour (its frequencies tie at 0): red, blue, green, black and
+    white squares were one group by their hashes; they group by their embeddings alone now. A photo still groups with
+    its small JPEG copy, and a file named twice counts once."""
+    from skimage import data
+
+    from cnnapps.apps.retrieve.search import HASH_MIN_SET_BITS, perceptual_hash
+
+    folder = tmp_path / "flat"
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0), "white": (255,) * 3}
+    for name, colour in colours.items():
+        save(folder, name, np.full((96, 128, 3), colour, np.uint8))
+        assert np.unpackbits(perceptual_hash(np.full((96, 128, 3), colour, np.uint8))).sum() < HASH_MIN_SET_BITS
+    coffee = data.coffee()
+    save(folder, "coffee", coffee)
+    small = cv2.resize(coffee, (200, 133), interpolation=cv2.INTER_AREA)[:, :, ::-1]
+    cv2.imwrite(str(folder / "coffee-small.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    paths = sorted(str(p) for p in folder.iterdir())
+    groups, _ = find_duplicates(paths, embedder)
+    by_hash, _ = find_duplicates(paths, embedder, hash_bits=None)
+    named = [sorted(Path(p).name for p in g["images"]) for g in groups]
+    assert ["coffee-small.jpg", "coffee.png"] in named
+    flat_groups = [g for g in named if "coffee.png" not in g]
+    assert flat_groups == [sorted(Path(p).name for p in g["images"]) for g in by_hash if len(g["images"]) and
+                           "coffee.png" not in [Path(p).name for p in g["images"]]]  # fmt: skip
+    code, out, _ = run_cli("dedup", folder, folder / "red.png", str(folder / ".." / "flat" / "blue.png"))
+    assert code == 0 and f"among {len(paths)} images" in out.splitlines()[0]
