@@ -12,6 +12,7 @@ import dataclasses
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from types import MethodType
 from typing import Any
 
 import torch
@@ -693,6 +694,8 @@ def exportable(spec: str | os.PathLike, task: str | None = None, **options: Any)
                           "sees images through the file's antialiased resize, which an ONNX graph (opset 17) cannot "
                           f"reproduce; run the model file itself (cnnapps {model.spec.task} --model {spec}, or "
                           "cnnapps.load)")  # fmt: skip
+    if model.transform.fixed_size is None:  # a fixed size needs no arithmetic
+        model.transform.resize = MethodType(_resize_in_doubles, model.transform)
     names = {"detect": [], "segment": ["masks"], "pose": ["keypoints", "keypoints_scores"]}[model.spec.task]
     outputs = ["boxes", "labels", "scores", *names]
     dynamic = {"image": {1: "height", 2: "width"}, **{n: {0: "detections"} for n in outputs}}
@@ -702,6 +705,21 @@ def exportable(spec: str | os.PathLike, task: str | None = None, **options: Any)
     calibration = Calibration(unit_image, "boxes", op_types=("Conv",), half_modules=LEARNED_LAYERS, fp32=KEPT_FP32,
                               varying_shapes=True)  # fmt: skip
     return Exportable(model, meta, ([torch.rand(3, 240, 320)],), ["image"], outputs, dynamic, calibration)
+
+
+def _resize_in_doubles(transform: Any, image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
+    """torchvision's R-CNN resize of one image for an exported graph, its size computed as eager PyTorch computes it:
+    in doubles. Traced, torchvision computes the scale in float32, so a 375 x 500 image became 799 rows where eager
+    PyTorch makes 800 (floor(375 x 800/375)), and boxes moved by half a pixel; here the graph casts the image's
+    shape to float64, takes the same minimum of the two ratios, floors, and resizes to those sizes."""
+    # no number, no 0-d tensor: the exporter gives those float32 (a 96 / min(h, w) came out as float32 anyway)
+    shape = torch._shape_as_tensor(image)[-2:].to(torch.float64)
+    limits = torch.tensor([float(transform.min_size[-1]), float(transform.max_size)], dtype=torch.float64)
+    scale = (limits / torch.sort(shape).values).amin(0, keepdim=True)
+    size = torch.floor(shape * scale).to(torch.int64)
+    resized = torch.nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear",
+                                              align_corners=False)[0]  # fmt: skip
+    return resized, target
 
 
 #: the learned layers but the box predictor: what `cnnapps export --fp16` computes in fp16 (missing ones skipped)
