@@ -54,7 +54,10 @@ def to_onnx(model: nn.Module, example: Any, inputs: list[str], outputs: list[str
     import torch
 
     import cnnapps.runtime  # noqa: F401  (its warning filters quiet the tracer's notes on Python values in the graph)
+    from cnnapps.backbones.timm_nets import static_same_padding
 
+    if isinstance(example, torch.Tensor) and set(dynamic.get(inputs[0], {})) <= {0}:  # images of one size
+        model = static_same_padding(model, example)
     buffer = io.BytesIO()
     with _EXPORTING, torch.no_grad():
         torch.onnx.export(model, example, buffer, dynamo=False, opset_version=OPSET, input_names=inputs,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnapps.backbones.timm_nets import static_same_padding
 from cnnapps.engines import CPU_ENGINES, GPU_ENGINES, GRAPH_ENGINES, EngineError, check_name, require
 from cnnapps.engines import ENGINES as ENGINES  # the engine names, where they always were
 from cnnapps.errors import CnnappsError, in_one_line
@@ -219,9 +220,12 @@ def prepare_runner(
     model = placed_for_inference(model, device, channels_last=engine != "eager", owned=owned)
     if engine == "eager":
         return model, "eager"
+    amp = device.type == "cuda" and engine == "auto"  # the module as it is, under autocast: any input size
+    if not amp:  # a graph for the example's input size (its TensorFlow padding made static)
+        model = static_same_padding(model, example.to(device))
     if engine == "compile":
         return CompiledRunner(model, example.to(device), device), "compile"
-    if device.type == "cuda" and engine == "auto":
+    if amp:
 
         def run_amp(x: torch.Tensor) -> Any:
             with torch.autocast("cuda", dtype=torch.float16):

@@ -168,7 +168,8 @@ def test_missing_local_file_and_unknown_weights_name(tmp_path: Path) -> None:
         create_backbone("resnet18", weights=str(tmp_path / "nope.pth"))
     with pytest.raises(WeightsError, match="unknown weights"):
         create_backbone("resnet18", weights="IMAGENET9K_V9")
-    with pytest.raises(WeightsError, match=r"no published weights to predict with; train it from scratch \(--weights none, weights=None in Python\)"):
+    said = r"no published weights to predict with; train it from scratch \(--weights none, weights=None in Python\)"
+    with pytest.raises(WeightsError, match=said):
         create_backbone("lenet5", weights="imagenet")
 
 
@@ -176,3 +177,36 @@ def test_statuses() -> None:
     assert weights_mod.status_of("efficientnet_lite0").state == "bundled"
     assert weights_mod.status_of("lenet5").state == "none"
     assert weights_mod.status_of("timm:resnet18").url.startswith("https://huggingface.co/")
+
+
+@pytest.mark.parametrize("size", [224, 225, 97])
+def test_lite0_padding_made_static_answers_the_same_at_its_size(lite0, size: int) -> None:
+    """For a graph of one input size (classify, embed, a trunk's compiled pass, exports of one size), TensorFlow's
+    padding becomes plain convolutions (it halved Lite0's TorchScript speed): the same answers, bit for bit here;
+    the model itself keeps its padding for any size."""
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from cnnapps.backbones.timm_nets import static_same_padding
+
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    fixed = static_same_padding(lite0, x)
+    assert not any(isinstance(m, Conv2dSame) for m in fixed.modules())
+    assert sum(isinstance(m, Conv2dSame) for m in lite0.modules()) == 5  # untouched
+    with torch.no_grad():
+        expected, got = lite0.forward_stages(x), fixed.forward_stages(x)
+        assert all(torch.allclose(got[k], expected[k], atol=1e-5) for k in expected)
+        assert torch.allclose(fixed(x), lite0(x), atol=1e-5)
+    resnet = create_backbone("resnet18")
+    assert static_same_padding(resnet, x) is resnet  # nothing to change: the same module, no copy
+
+
+def test_graphs_of_one_size_have_no_pad_before_a_convolution(tmp_path) -> None:
+    """The classifier's ONNX graph (one input size) convolves with the padding in the convolution (onnxruntime ran
+    the padded graph at 0.7x); graphs of any size (detectors) keep the padding computed from their input."""
+    import onnx
+
+    from cnnapps.export import export_model
+
+    export_model("efficientnet_lite0", "onnx", tmp_path / "lite0.onnx")
+    ops = [n.op_type for n in onnx.load(tmp_path / "lite0.onnx").graph.node]
+    assert "Pad" not in ops and ops.count("Conv") == 49
