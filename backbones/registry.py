@@ -85,6 +85,17 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 UNRECORDED_SETTINGS: dict[str, dict[str, Any]] = {"efficientnet_lite0": {"padding": "symmetric"}}
 
 
+def explicit_settings(name: str, weights: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the settings of :data:`UNRECORDED_SETTINGS` that the builder would choose by itself made
+    explicit (Lite0's padding: "symmetric" for a local weights file, else "same"), so a run's settings (its
+    config.yaml) say which network it trains, and a resume rebuilds that one."""
+    if name != "efficientnet_lite0" or "padding" in kwargs:
+        return kwargs
+    from cnnapps.backbones.weights import as_local_file
+
+    return {**kwargs, "padding": "symmetric" if as_local_file(weights) is not None else "same"}
+
+
 def file_trunk_settings(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """A model file's trunk settings with those it was built with but does not record (:data:`UNRECORDED_SETTINGS`)."""
     return {**UNRECORDED_SETTINGS.get(name, {}), **kwargs}

@@ -116,6 +116,9 @@ def predict_files(
     named_as = os.path.abspath(model) if model and Path(model).is_file() else model  # a rerun from another folder
     about = {"task": task, "model": str(named_as) if model else record.default_model, "model_sha256": _content(model),
              "format": fmt, "load_options": load_options, "predict_options": predict_options}  # fmt: skip
+    earlier = _plan_in(out)
+    if about["model_sha256"] and earlier.get("model_sha256") == about["model_sha256"]:
+        about["model"] = earlier.get("model", about["model"])  # the same file, named as the run that began named it
     plan = make_plan(ordered, part_size, **json.loads(json.dumps(about)))
     gpus = ray_options.get("gpus_per_worker")  # asked for before anything is written: a cluster without is refused
     with ray_session(ray_options.get("address")) if gpus else contextlib.nullcontext():
@@ -140,6 +143,15 @@ def predict_files(
     report.failed = [{"path": r["source"], "error": r["error"]} for r in rows if r["error"] is not None]
     report.predicted = len(rows) - len(report.failed)
     return report
+
+
+def _plan_in(out: Path) -> dict[str, Any]:
+    """The plan of the parts in ``out`` ({} where there is none, or it does not read: the plan check says so)."""
+    try:
+        found = json.loads((out / PLAN).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _check_value(key: str, value: Any, option: tuple[type, Any, Any, Any]) -> None:

@@ -98,11 +98,8 @@ def export_model(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, task
         import cnnapps.runtime  # noqa: F401  (its warning filters quiet TorchScript's deprecation notes)
 
         extra = {"cnnapps.json": json.dumps(meta)}
-        from cnnapps.backbones.timm_nets import static_same_padding
-
-        with torch.no_grad():  # TorchScript files take images of the example's size (their metadata says which)
-            module = static_same_padding(exportable.module.eval(), exportable.example)
-            traced = torch.jit.freeze(torch.jit.trace(module, exportable.example))
+        with torch.no_grad():  # padding kept as computed from the input: a TorchScript file takes any size
+            traced = torch.jit.freeze(torch.jit.trace(exportable.module.eval(), exportable.example))
             atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
     return {
         "path": str(out),

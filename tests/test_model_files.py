@@ -342,3 +342,23 @@ def test_lite0_files_rebuild_the_padding_they_were_written_with(tmp_path, chelse
         (result,) = cnnapps.load(path, engine="eager", device="cpu").predict([chelsea], top_k=3)
         scores = {p["label"]: p["score"] for p in result.to_dict()["predictions"]}
         assert np.allclose([scores[c] for c in "abc"], answers[padding], atol=1e-5), padding
+
+
+def test_the_same_trunk_tensors_in_another_padding_embed_under_another_fingerprint(tmp_path, rewrite_metadata) -> None:
+    """An index built with a Lite0 file refuses the same tensors built in the other padding (frozen-trunk heads hold
+    identical tensors before and after the padding was recorded); a file written before keeps its fingerprint."""
+    import torch
+
+    from cnnapps.apps.classify.model import Classifier
+    from cnnapps.apps.modelfile import save_model
+    from cnnapps.apps.retrieve.embedder import load_embedding_model
+    from cnnapps.backbones import create_backbone
+
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet_lite0", padding="same")
+    path = save_model(tmp_path / "same.safetensors", "classify", Classifier(backbone, 2), "efficientnet_lite0", {},
+                      backbone.preprocess.to_dict())  # fmt: skip
+    older = rewrite_metadata(path, tmp_path / "older.safetensors",
+                             lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {}}})  # fmt: skip
+    same, before = load_embedding_model(path)[2], load_embedding_model(older)[2]
+    assert same == before.replace(":avg", "+padding=same:avg") and "padding" not in before

@@ -171,6 +171,9 @@ class TrainConfig:
         if self.freeze is None and not self.preset_decides_freeze:
             self.freeze = 0  # not given: nothing frozen
         self.loggers  # noqa: B018  (checks the names)
+        from cnnapps.backbones.registry import explicit_settings
+
+        self.backbone_kwargs = explicit_settings(self.backbone, self.weights, dict(self.backbone_kwargs or {}))
         return self
 
     @property
@@ -314,6 +317,10 @@ def resumed_settings(config: Any, given: set[str] | None = None) -> Any:
     out = Path(config.out or f"runs/{config.task_name}")
     path, settings = _run_settings(out, type(config))
     _check_task(out, settings, config.task_name)
+    if isinstance(settings.get("backbone"), str):  # a run written before its trunk's settings were recorded in full
+        from cnnapps.backbones.registry import file_trunk_settings
+
+        settings["backbone_kwargs"] = file_trunk_settings(settings["backbone"], settings.get("backbone_kwargs") or {})
     known, hints = fields_of(type(config)), typing.get_type_hints(type(config))
     taken: dict[str, Any] = {}
     for name, value in settings.items():

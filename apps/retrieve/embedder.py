@@ -148,11 +148,25 @@ def _embedding_model(spec: str | os.PathLike, pooling: str, head: str | None,
         base = f"{trunk_fingerprint(model_file)}+{tensor_fingerprint(model_file.head_tensors(heads[0]))}"
     else:
         base = trunk_fingerprint(model_file)
+    base += _built_otherwise(model_file.trunk)
     if heads:
         model = build_model(model_file, heads[0])
         return model, preprocess_of(model_file), f"{base}:{model.pooling}", heads[0]
     trunk, preprocess = load_trunk(spec)  # a detector's file resizes itself: the registry's sizes, the file's mean/std
     return EmbeddingModel(trunk, pooling), preprocess, f"{base}:{pooling}", None
+
+
+def _built_otherwise(trunk: dict[str, Any]) -> str:
+    """The trunk's settings that differ from what files which record none were built with (Lite0's "same" padding), as
+    a fingerprint suffix: the same tensors in another network embed otherwise (an index built with the file of one
+    must refuse the other), while files written before keep the fingerprint their indexes hold."""
+    from cnnapps.backbones.registry import UNRECORDED_SETTINGS
+
+    unrecorded = UNRECORDED_SETTINGS.get(trunk["name"], {})
+    kwargs = trunk.get("kwargs", {})
+    return "".join(
+        f"+{key}={kwargs[key]}" for key in sorted(unrecorded) if kwargs.get(key, unrecorded[key]) != unrecorded[key]
+    )
 
 
 def exportable(spec: str | os.PathLike, task: str = "retrieve", **options: Any) -> Any:

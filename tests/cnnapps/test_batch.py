@@ -275,6 +275,10 @@ def test_what_no_worker_could_do_is_refused_before_ray(run_cli, gallery: Path, t
     code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER)
     assert code == 0, stderr
     assert json.loads((out / "_plan.json").read_text())["model"] == str(CLASSIFIER)
+    plan = json.loads((out / "_plan.json").read_text())  # as versions that kept the name as typed wrote it
+    (out / "_plan.json").write_text(json.dumps({**plan, "model": CLASSIFIER.name}))
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER)
+    assert code == 0, stderr  # the same file (its sha256): not "started with another model"
 
 
 def test_a_name_that_is_not_utf8_is_a_row_of_a_parquet_part(tmp_path: Path) -> None:

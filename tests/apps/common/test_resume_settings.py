@@ -139,3 +139,22 @@ def test_a_resume_may_give_a_semantic_runs_class_list_anew(tmp_path: Path) -> No
     moved = {"data": str(tmp_path / "new"), "classes": str(tmp_path / "new" / "classes.txt")}
     again = load_config(None, SemanticConfig, **moved, out=str(out), resume=True)
     assert (again.data, again.classes, again.backbone, again.epochs) == (*moved.values(), "lenet5", 1)
+
+
+def test_a_lite0_run_records_its_padding_and_one_from_before_resumes_in_its_own(tmp_path: Path) -> None:
+    """A run's settings name the network it trains: Lite0's padding is made explicit ("same"; "symmetric" from a local
+    weights file), and a run whose config.yaml records none (written before) resumes in the symmetric network it
+    began in, not in the new default (its checkpoint's tensors fit both)."""
+    from cnnapps.apps.classify.config import ClassifyConfig
+    from cnnapps.apps.common.config import resumed_settings
+
+    assert ClassifyConfig(data="d").validate().backbone_kwargs == {"padding": "same"}
+    own = ClassifyConfig(data="d", weights=str(tmp_path / "timm-lite0.safetensors")).validate()
+    assert own.backbone_kwargs == {"padding": "symmetric"}
+    assert ClassifyConfig(data="d", backbone="resnet18").validate().backbone_kwargs == {}
+    out = tmp_path / "run"
+    out.mkdir()
+    settings = {"task": "classify", "data": "d", "backbone": "efficientnet_lite0", "backbone_kwargs": {}}
+    (out / "config.yaml").write_text(yaml.safe_dump(settings))
+    resumed = resumed_settings(ClassifyConfig(data="d", out=str(out), resume=True), given={"data", "out", "resume"})
+    assert resumed.validate().backbone_kwargs == {"padding": "symmetric"}
