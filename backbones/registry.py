@@ -91,9 +91,15 @@ def explicit_settings(name: str, weights: Any, kwargs: dict[str, Any]) -> dict[s
     config.yaml) say which network it trains, and a resume rebuilds that one."""
     if name != "efficientnet_lite0" or "padding" in kwargs:
         return kwargs
+    return {**kwargs, "padding": lite0_padding(weights)}
+
+
+def lite0_padding(weights: Any) -> str:
+    """The padding Lite0 takes with ``weights`` when none is named: "symmetric" for a local file (timm's PyTorch
+    checkpoints), else "same" (the bundled TensorFlow weights, and random init)."""
     from cnnapps.backbones.weights import as_local_file
 
-    return {**kwargs, "padding": "symmetric" if as_local_file(weights) is not None else "same"}
+    return "symmetric" if as_local_file(weights) is not None else "same"
 
 
 def file_trunk_settings(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnapps.backbones.features import Backbone, StageInfo, stage_name
 from cnnapps.backbones.preprocess import Preprocess
-from cnnapps.backbones.registry import TIMM_PREFIX, WeightsArg
+from cnnapps.backbones.registry import TIMM_PREFIX, WeightsArg, lite0_padding
 from cnnapps.backbones.weights import (
     as_local_file,
     cached_download,
@@ -188,8 +188,7 @@ def build_efficientnet_lite0(
     import timm
 
     local = as_local_file(weights)
-    if padding is None:
-        padding = "symmetric" if local is not None else "same"
+    padding = padding or lite0_padding(weights)
     if padding not in LITE0_PADDINGS:
         raise ValueError(f"padding must be one of {', '.join(LITE0_PADDINGS)}, not {padding!r}")
     architecture = LITE0_PADDINGS[padding]

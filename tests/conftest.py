@@ -99,21 +99,25 @@ def trained(colour_set: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return out, metrics
 
 
-@pytest.fixture(scope="session")
-def rewrite_metadata():
-    """``rewrite(source, target, edit)``: a copy of a model file whose cnnapps header went through ``edit`` (tensors
-    untouched), as a file of another version or a hand-edited one would be."""
+def rewrite_metadata_file(source: Path, target: Path, edit) -> Path:
+    """A copy of a model file whose cnnapps header went through ``edit`` (tensors untouched), as a file of another
+    version or a hand-edited one would be; ``edit`` returns the new header, or None having changed it in place."""
     import json
     import struct
 
-    def rewrite(source: Path, target: Path, edit) -> Path:
-        data = source.read_bytes()
-        size = struct.unpack("<Q", data[:8])[0]
-        header = json.loads(data[8 : 8 + size])
-        header["__metadata__"]["cnnapps"] = json.dumps(edit(json.loads(header["__metadata__"]["cnnapps"])))
-        encoded = json.dumps(header).encode()
-        encoded += b" " * (-len(encoded) % 8)
-        target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
-        return target
+    data = source.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + size])
+    meta = json.loads(header["__metadata__"]["cnnapps"])
+    edited = edit(meta)
+    header["__metadata__"]["cnnapps"] = json.dumps(meta if edited is None else edited)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
+    return target
 
-    return rewrite
+
+@pytest.fixture(scope="session")
+def rewrite_metadata():
+    """:func:`rewrite_metadata_file`, for tests that take it as a fixture."""
+    return rewrite_metadata_file

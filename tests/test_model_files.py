@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import cnnapps
 from cnnapps.apps.modelfile import read_model_file
 from cnnapps.bundle import FORMAT, BundleError, read_metadata
+from tests.conftest import rewrite_metadata_file
 
 V1 = Path(__file__).parent / "fixtures" / "model_files_v1"
 ANSWERS = json.loads((V1 / "answers.json").read_text())
@@ -88,19 +88,6 @@ def test_a_first_format_file_rewritten_by_training_code_has_the_current_schema(t
     assert [r.to_dict() for r in before] == [r.to_dict() for r in after]
 
 
-def _rewrite_metadata(source: Path, target: Path, edit) -> Path:
-    """A copy of a model file whose cnnapps metadata went through ``edit`` (tensors untouched)."""
-    data = source.read_bytes()
-    size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + size])
-    meta = json.loads(header["__metadata__"]["cnnapps"])
-    header["__metadata__"]["cnnapps"] = json.dumps(edit(meta))
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
-    return target
-
-
 @pytest.fixture(scope="module")
 def current_file(tmp_path_factory) -> Path:
     from cnnapps.apps.classify.model import load_classifier
@@ -167,7 +154,7 @@ def current_file(tmp_path_factory) -> Path:
 def test_damaged_metadata_gives_one_line_naming_file_and_key(current_file, tmp_path, edit, message) -> None:
     from cnnapps.errors import CnnappsError
 
-    damaged = _rewrite_metadata(current_file, tmp_path / "damaged.safetensors", edit)
+    damaged = rewrite_metadata_file(current_file, tmp_path / "damaged.safetensors", edit)
     with pytest.raises(CnnappsError) as caught:
         cnnapps.load(damaged, engine="eager").predict([np.zeros((8, 8, 3), np.uint8)])
     text = str(caught.value)
@@ -209,7 +196,7 @@ def test_a_detector_s_file_embeds_its_trunk(task: str, images: list[np.ndarray])
     ],
 )
 def test_a_first_format_file_s_trunk_is_checked_as_a_current_one_s(tmp_path, edit, message) -> None:
-    damaged = _rewrite_metadata(V1 / "classify.safetensors", tmp_path / "damaged.safetensors", edit)
+    damaged = rewrite_metadata_file(V1 / "classify.safetensors", tmp_path / "damaged.safetensors", edit)
     with pytest.raises(BundleError) as caught:
         read_model_file(damaged)
     text = str(caught.value)
@@ -225,7 +212,7 @@ def test_the_trunk_of_a_detector_s_file_keeps_the_file_s_normalisation(tmp_path)
     def normalised(meta: dict) -> dict:
         return {**meta, "detector": {**meta["detector"], "image_mean": [0.25, 0.5, 0.75], "image_std": [0.2] * 3}}
 
-    path = _rewrite_metadata(V1 / "segment.safetensors", tmp_path / "segment.safetensors", normalised)
+    path = rewrite_metadata_file(V1 / "segment.safetensors", tmp_path / "segment.safetensors", normalised)
     assert read_model_file(path).preprocess["mean"] == [0.25, 0.5, 0.75]
     _, preprocess = load_trunk(path)
     registry = create_backbone("timm:test_convnext", weights=None).preprocess
@@ -335,7 +322,7 @@ def test_lite0_files_rebuild_the_padding_they_were_written_with(tmp_path, chelse
                                     backbone.preprocess.to_dict())  # fmt: skip
         assert read_metadata(paths[padding])["trunk"]["kwargs"] == {"padding": padding}
     assert not np.allclose(answers["same"], answers["symmetric"], atol=1e-3)
-    older = _rewrite_metadata(paths["symmetric"], tmp_path / "older.safetensors",
+    older = rewrite_metadata_file(paths["symmetric"], tmp_path / "older.safetensors",
                               lambda m: {**m, "trunk": {**m["trunk"], "kwargs": {}}})  # fmt: skip
     assert read_model_file(older).trunk["kwargs"] == {"padding": "symmetric"}
     for path, padding in ((paths["same"], "same"), (older, "symmetric")):

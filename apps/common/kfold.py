@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnapps.apps.common.config import ConfigError, TrainConfig, check_folds_alike, check_out_folder, write_config
+from cnnapps.apps.common.config import (
+    KFOLD_TRACES,
+    ConfigError,
+    TrainConfig,
+    check_folds_alike,
+    check_out_folder,
+    write_config,
+)
 from cnnapps.datasets.splits import fold_indices
 from cnnapps.errors import CnnappsError
 from cnnapps.parts import agree_on_plan, make_plan
@@ -122,8 +129,8 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
     out = check_out_folder(config.out)
     plain = (out / "model.safetensors").exists() or (out / "checkpoints" / "last.ckpt").exists()
     # any trace of an earlier run (a started k-fold run writes its plan, its settings and its folds first)
-    started = ("kfold.json", PLAN, "config.yaml")
-    if not config.resume and (plain or any((out / name).exists() for name in started) or any(out.glob("fold-*"))):
+    started = (*KFOLD_TRACES, "config.yaml")
+    if not config.resume and (plain or any(next(out.glob(pattern), None) for pattern in started)):
         raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
     if config.resume and plain and not (out / PLAN).exists():  # a run of one model, not of folds: kept as it is
         raise CnnappsError(f"{out}: holds a training run that is not a k-fold one (no {PLAN}); --kfold --resume "

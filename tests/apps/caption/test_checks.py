@@ -4,7 +4,6 @@ picking one caption head of a file that has several."""
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from cnnapps.apps.modelfile import compose
 from cnnapps.apps.multitask import MultiTaskPredictor
 from cnnapps.bundle import BundleError
 from cnnapps.errors import CnnappsError
+from tests.conftest import rewrite_metadata_file
 
 VOCAB = Vocabulary.build(["a red circle above a blue square", "a green triangle on its own"])
 TINY = {"grid": 2, "max_len": 4, "weights": None, "embed_dim": 8, "hidden_dim": 8, "attention_dim": 8, "d_model": 8,
@@ -97,20 +97,6 @@ def test_an_lstm_writes_past_its_trained_length_and_a_transformer_up_to_it(files
     assert multi.ok and len(multi.results["caption-transformer"].words) <= 4
 
 
-def _rewrite_metadata(source: Path, target: Path, edit) -> Path:
-    """A copy of a model file whose cnnapps metadata went through ``edit`` (tensors untouched)."""
-    data = source.read_bytes()
-    size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + size])
-    meta = json.loads(header["__metadata__"]["cnnapps"])
-    edit(meta)
-    header["__metadata__"]["cnnapps"] = json.dumps(meta)
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
-    return target
-
-
 @pytest.mark.parametrize(
     "key, value, reason",
     [
@@ -122,7 +108,7 @@ def _rewrite_metadata(source: Path, target: Path, edit) -> Path:
     ],
 )
 def test_a_damaged_caption_head_is_one_line_however_the_file_is_loaded(files, tmp_path, key, value, reason) -> None:
-    damaged = _rewrite_metadata(files["both"], tmp_path / "damaged.safetensors",
+    damaged = rewrite_metadata_file(files["both"], tmp_path / "damaged.safetensors",
                                 lambda meta: meta["heads"]["caption"]["kwargs"].update({key: value}))  # fmt: skip
     expected = f"{damaged}: heads.caption: its settings do not build a caption head ("
     for load in (lambda: MultiTaskPredictor(damaged), lambda: load_captioner(damaged, "caption")):
