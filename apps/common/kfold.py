@@ -143,7 +143,7 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
     if k > len(items):
         raise ConfigError(f"kfold: {k} folds of {len(items)} images leave some folds empty; use at most {len(items)}")
     # the folds an earlier run made (what --resume reads back) are these folds: the same data, k and seed
-    about = {"task": task_name, "data": str(config.data), "k": k, "seed": config.seed}
+    about = {"task": task_name, "data": _data_named(out / PLAN, config.data), "k": k, "seed": config.seed}
     out.mkdir(parents=True, exist_ok=True)
     agree_on_plan(out / PLAN, make_plan([str(s) for s in items.strata], 1, **about), ConfigError, parts="folds")
     write_config(config, out / "config.yaml")  # what a --resume takes the settings it is not given from
@@ -183,6 +183,16 @@ def cross_validate(task_name: str, config: TrainConfig, k: int) -> dict[str, Any
         summary["model"] = str(out / "model.safetensors")
     atomic_write(out / "kfold.json", json.dumps(summary, indent=2).encode(), overwrite=True)
     return summary
+
+
+def _data_named(plan: Path, data: Any) -> str:
+    """The data as a plan records it: its absolute path, so that a resume may name it another way (from another
+    folder); a plan written before recorded it as typed, and keeps that name where it names the same place."""
+    place = str(Path(data).resolve())
+    recorded = json.loads(plan.read_text()).get("data") if plan.is_file() else None
+    if isinstance(recorded, str) and recorded != place and str(Path(recorded).resolve()) == place:
+        return recorded
+    return place
 
 
 def summarize_folds(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:

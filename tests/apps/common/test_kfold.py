@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,33 @@ def test_detection_folds_pool_train_and_val_and_write_coco_files(tmp_path: Path)
     assert (tmp_path / "cv" / "model.safetensors").read_bytes() == (
         tmp_path / "cv" / f"fold-{best}" / "model.safetensors"
     ).read_bytes()
+
+
+def test_a_kfold_resume_may_name_its_data_another_way(colour_set: Path, tmp_path: Path, run_cli,
+                                                      monkeypatch) -> None:  # fmt: skip
+    """The plan records the data's absolute path: a resume from another folder, naming it relatively, continues;
+    a plan written before, which recorded the data as typed, is still resumed with that name."""
+    out = tmp_path / "cv"
+    tiny = ("--backbone", "lenet5", "--weights", "none", "--epochs", 1, "--batch-size", 8, "--workers", 0,
+            "--augment", "none", "--kfold", 2, "--out", out)  # fmt: skip
+    monkeypatch.chdir(colour_set.parent)
+    code, _, stderr = run_cli("train", "classify", "--data", colour_set.name, *tiny)
+    assert code == 0, stderr
+    plan = json.loads((out / "kfold-plan.json").read_text())
+    assert plan["data"] == str(colour_set.resolve())
+    (out / "fold-2" / "metrics.json").unlink()  # as if stopped in the second fold
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli("train", "classify", "--data", os.path.relpath(colour_set, tmp_path), *tiny, "--resume")
+    assert code == 0, stderr
+    assert (out / "fold-2" / "metrics.json").is_file()
+    # a plan of an earlier version, the data as typed in the data's parent folder
+    (out / "kfold-plan.json").write_text(json.dumps({**plan, "data": colour_set.name}))
+    (out / "fold-2" / "metrics.json").unlink()
+    monkeypatch.chdir(colour_set.parent)
+    code, _, stderr = run_cli("train", "classify", "--data", str(colour_set), *tiny, "--resume")
+    assert code == 0, stderr
+    assert json.loads((out / "kfold-plan.json").read_text())["data"] == colour_set.name
+    # a copy in another folder is another data set
+    shutil.copytree(colour_set, tmp_path / "copy")
+    code, _, stderr = run_cli("train", "classify", "--data", tmp_path / "copy", *tiny, "--resume")
+    assert code == 2 and "the folds here were started with another data" in stderr, stderr
