@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import sys
 
 import typer
 
@@ -97,6 +99,9 @@ def serve(
     keep_alive: float = typer.Option(5.0, "--keep-alive", min=0.001, help="Seconds an idle connection stays open."),
     max_clip_mb: float = typer.Option(50.0, "--max-clip-mb", min=0.001, help="Largest video a /video route takes."),
     max_clip_s: float = typer.Option(60.0, "--max-clip-s", min=0.001, help="Longest video a /video route takes."),
+    max_clip_frames: int = typer.Option(
+        1800, "--max-clip-frames", min=1, help="Most frames (after vid_stride) of a video a /video route takes."
+    ),
     max_images: int = typer.Option(
         64, "--max-images", min=1, help="Images one request may carry (multipart 'images', JSON {\"images\": [...]})."
     ),
@@ -158,7 +163,8 @@ def serve(
     port = listening.getsockname()[1]
     service = create_app(specs, index, max_batch, max_wait_ms, max_upload_mb, device, engine,
                          request_timeout_s=request_timeout, allowed_hosts=hosts, max_clip_mb=max_clip_mb,
-                         max_clip_s=max_clip_s, max_images=max_images, api_keys=keys, metrics_need_key=metrics_need_key,
+                         max_clip_s=max_clip_s, max_clip_frames=max_clip_frames, max_images=max_images,
+                         api_keys=keys, metrics_need_key=metrics_need_key,
                          cors_origins=cors_origin or [], max_concurrent_per_client=max_concurrent_per_client,
                          log_format=log_format)  # fmt: skip
     routes = sorted({r.path for r in service.routes if "POST" in getattr(r, "methods", ())})
@@ -168,6 +174,12 @@ def serve(
     server.run(sockets=[listening])
     if not server.started:  # uvicorn said why (e.g. the port is taken)
         raise typer.Exit(1)
+    if getattr(server, "force_exit", False):
+        # Ctrl+C once more: requests were not waited for, and one may hold a thread no signal reaches (a read of a
+        # hung network file system), which the interpreter would wait for at exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import inspect
 import ipaddress
 import itertools
 import json
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -56,6 +57,9 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_TOP_K = 20
 #: images one request may carry, unless ``max_images`` says otherwise
 MAX_IMAGES = 64
+#: the frames a clip sent to a /video route may have (after its vid_stride): a minute at 30 frames a second; its
+#: seconds alone let a small file of many small frames (1000 frames a second) hold the model for minutes
+MAX_CLIP_FRAMES = 1800
 #: the files a multipart request may carry beside its images
 OTHER_FILES = 16
 #: the names a Host header may always carry (IP addresses are accepted too: DNS rebinding needs a name)
@@ -114,9 +118,21 @@ _CLIP_BODY = {
 @functools.lru_cache(maxsize=256)
 def _query_options(endpoint: Any) -> tuple[str, ...]:
     """The query-string options an endpoint takes: its parameters but the request (read once per endpoint)."""
-    import inspect
-
     return tuple(name for name in inspect.signature(endpoint).parameters if name != "request")
+
+
+def route_signature(options: dict[str, tuple[type, Any, Any, Any]], **extra: tuple[type, Any]) -> inspect.Signature:
+    """A task route's parameters: the request, ``model``, the task's own options (its ``route_options``: ``top_k``,
+    ``draw``...) and ``extra`` (name: (type, default)). What FastAPI reads the query string by and shows in the API
+    docs, and what :func:`known_query` holds a query to: every route took ``top_k`` and ``draw`` before, and
+    ``/v1/embed?draw=true`` was answered without a drawing."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    taken = {name: (kind, default) for name, (kind, default, _, _) in options.items()} | extra
+    return inspect.Signature([
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+        inspect.Parameter("model", keyword, default=None, annotation=str | None),
+        *(inspect.Parameter(name, keyword, default=value, annotation=kind) for name, (kind, value) in taken.items()),
+    ])  # fmt: skip
 
 
 def known_query(request: Request, endpoint: Any) -> None:
@@ -331,10 +347,14 @@ class Served:
         return [(f"/v1/{TASKS[task].route}", task, head) for head, task in self.heads.items()]
 
     def info(self) -> list[dict[str, Any]]:
-        """One entry per head: name (the ``model`` parameter), spec, task, route, classes or embedding size."""
+        """One entry per head: name (the ``model`` parameter), spec, task, route, the route's query options, engine,
+        classes or embedding size."""
+        from cnnapps.apps.tasks import TASKS
+
         entries = []
         for route, task, head in self.routes():
             info: dict[str, Any] = {"name": self.label(head), "spec": self.spec, "task": task, "route": route,
+                                    "options": ["model", *TASKS[task].route_options],
                                     "engine": getattr(self.predictor, "engine", None)}  # fmt: skip
             if len(self.heads) > 1:
                 info["head"] = head
@@ -529,10 +549,14 @@ async def _file_from_multipart(request: Request, body: bytes, field: str) -> byt
 
 
 def _from_base64(text: Any) -> Image:
+    """An image's bytes from base64: plain, wrapped in lines (MIME's, ``base64`` without ``-w0``) or a data URL
+    (``data:image/png;base64,...``, as a browser's FileReader gives it)."""
     if not isinstance(text, str):
         return RequestError(422, "image: not a base64 string")
+    if text.startswith("data:") and ";base64," in text[:200]:
+        text = text.split(";base64,", 1)[1]
     try:
-        return _empty_checked(base64.b64decode(text, validate=True))
+        return _empty_checked(base64.b64decode("".join(text.split()), validate=True))
     except ValueError:  # binascii.Error, or characters outside ASCII
         return RequestError(422, "image: not valid base64")
 
@@ -571,11 +595,15 @@ def _still_image(source: Any) -> str | None:
 
 def _thumbnail(path: str, size: int) -> bytes:
     """The image file at ``path`` (read with the image reader's limits), its longer side at most ``size``, as JPEG."""
+    import os
+
     import cv2
 
     from cnnapps.datasets.io import read_image
     from cnnapps.errors import ImageError
 
+    if os.path.exists(path) and not os.path.isfile(path):  # a pipe or a device: a read could wait for ever
+        raise RequestError(404, "indexed image: not a regular file (run `cnnapps index sync`)")
     try:
         rgb = read_image(path)
     except ImageError as exc:
@@ -636,6 +664,7 @@ def create_app(
     allowed_hosts: Sequence[str] = (),
     max_clip_mb: float = 50.0,
     max_clip_s: float = 60.0,
+    max_clip_frames: int = MAX_CLIP_FRAMES,
     max_images: int = MAX_IMAGES,
     api_keys: Sequence[str] = (),
     metrics_need_key: bool = False,
@@ -645,8 +674,9 @@ def create_app(
 ) -> FastAPI:
     """The service for ``models`` (specs as ``cnnapps.load`` takes them) and, optionally, an index.
 
-    Each task's route also takes a short video at ``POST /v1/<route>/video``: at most ``max_clip_mb`` and
-    ``max_clip_s`` seconds, answered with one JSON line per frame.
+    Each task's route also takes a short video at ``POST /v1/<route>/video``: at most ``max_clip_mb``,
+    ``max_clip_s`` seconds and ``max_clip_frames`` frames (after its ``vid_stride``), answered with one JSON line per
+    frame as the model gives them.
 
     A request body must arrive within ``request_timeout_s`` (else 408) and hold at most ``max_upload_mb`` and
     ``max_images`` images (else 413). Requests must name this machine in their ``Host`` header: an IP address,
@@ -660,6 +690,8 @@ def create_app(
     of this app's own."""
     if request_timeout_s <= 0:
         raise CnnappsError(f"serve: the request timeout must be positive, not {request_timeout_s}")
+    if max_clip_frames < 1:
+        raise CnnappsError(f"serve: --max-clip-frames {max_clip_frames} must be >= 1")
     if max_images < 1 or max_concurrent_per_client < 0:
         raise CnnappsError(f"serve: --max-images {max_images} must be >= 1 and --max-concurrent-per-client "
                            f"{max_concurrent_per_client} >= 0")  # fmt: skip
@@ -730,13 +762,14 @@ def create_app(
         return FileResponse(docs_files[name])
 
     @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # mounted under a prefix (/ml): its schema and files
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=root + (app.openapi_url or "/openapi.json"),
             title=f"{app.title} - API",
-            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/docs/assets/swagger-ui-favicon-32x32.png",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/assets/swagger-ui-favicon-32x32.png",
             oauth2_redirect_url=None,
             swagger_ui_parameters={"validatorUrl": None},  # its badge would call validator.swagger.io
         )
@@ -868,14 +901,15 @@ def create_app(
         return top_k
 
     def add_task_route(task: Any) -> None:
-        drawn = "draw" in task.route_options
-
-        async def endpoint(request: Request, model: str | None = None, top_k: int = 5, draw: bool = False) -> Any:
+        async def endpoint(request: Request, model: str | None = None, **given: Any) -> Any:
             known_query(request, endpoint)
             chosen, head = pick(task.name, model)
-            options = {"heads": [head], "top_k": checked_top_k(top_k), "one": True}
+            options = {"heads": [head], "top_k": checked_top_k(given.get("top_k", 5)), "one": True}
             images, many = await read_images(request)
-            return respond(await answer_all(chosen, images, options, draw and drawn), many, chosen.label(head))
+            return respond(await answer_all(chosen, images, options, given.get("draw", False)), many,
+                           chosen.label(head))  # fmt: skip
+
+        endpoint.__signature__ = route_signature(task.route_options)  # type: ignore[attr-defined]
 
         endpoint.__name__ = task.route
         endpoint.__doc__ = (f"{task.summary} One image in, the JSON of the command line's --json for it out; many "
@@ -885,11 +919,10 @@ def create_app(
 
     clip_limit = int(max_clip_mb * 2**20)
 
-    async def clip_lines(request: Request, model: Served, options: dict[str, Any], stride: int) -> list[dict]:
-        """One line per frame of the uploaded clip (a frame's answer as the route gives it for one image); a clip
-        that fails part way (a frame that cannot be read, larger than the header said, or that the model fails on)
-        ends with ``{"error": ...}`` after the frames answered before it. The clip is opened once: its header gives
-        the checks (a still image, the frame size within an image's limits, the length) before a frame is decoded."""
+    async def open_clip(request: Request, stride: int) -> tuple[Any, Any]:
+        """The uploaded clip, opened: (its temporary folder, its :class:`VideoSource`). Its header gives the checks
+        (a still image, the frame size within an image's limits, the length in seconds and in frames) before a frame
+        is decoded."""
         import tempfile
 
         from cnnapps.datasets import io
@@ -904,8 +937,10 @@ def create_app(
             body = await _file_from_multipart(request, body, "video")
         if not body:
             raise RequestError(422, "the video is empty")
-        with tempfile.TemporaryDirectory(prefix="cnnapps-clip-") as folder:
-            path = Path(folder) / "clip"
+        folder = tempfile.TemporaryDirectory(prefix="cnnapps-clip-")
+        source = None
+        try:
+            path = Path(folder.name) / "clip"
             path.write_bytes(body)
             try:  # frames within an image's limits, from the header before a frame is decoded
                 source = await run_in_threadpool(lambda: VideoSource(
@@ -913,64 +948,104 @@ def create_app(
                     max_aspect=io.DEFAULT_MAX_ASPECT))  # fmt: skip
             except VideoError as exc:
                 raise RequestError(422, f"video: {str(exc).split(': ', 1)[-1]}") from None
-            lines: list[dict] = []
-            failed: dict[str, Any] | None = None
-            try:
-                still = _still_image(source)
-                if still is not None:
-                    route = request.url.path.removesuffix("/video")
-                    raise RequestError(422, f"video: {still}, not a video: send it to {route}")
-                duration = source.duration or 0.0
-                if duration > max_clip_s:
-                    raise RequestError(413, f"video of {duration:.1f} s is over the {max_clip_s:g}-second limit")
-                frames = iter(source)
-
-                def chunk() -> tuple[list[Any], VideoError | None]:
-                    """The next frames (8 at most), and the error that ended the clip after them."""
-                    got: list[Any] = []
-                    try:
-                        for frame in itertools.islice(frames, 8):
-                            got.append(frame)
-                    except VideoError as exc:
-                        return got, exc
-                    return got, None
-
-                while failed is None:
-                    got, error = await run_in_threadpool(chunk)
-                    outputs = await model.batcher.submit_many([(f.rgb, options) for f in got]) if got else []
-                    for frame, output in zip(got, outputs, strict=True):
-                        found = outcome(model, output)  # a frame the model failed on ends the clip's lines
-                        if isinstance(found, RequestError):
-                            failed = {"frame": frame.index, "error": found.message}
-                            break
-                        payload = {k: v for k, v in output[0].items() if k != "path"}
-                        lines.append(json_safe({"frame": frame.index, "time": round(frame.time, 3), **payload}))
-                    if failed is None and error is not None:
-                        failed = {"error": f"video: {str(error).split(': ', 1)[-1]}"}
-                    if not got and error is None:
-                        break
-            finally:
+            still = _still_image(source)
+            if still is not None:
+                route = request.url.path.removesuffix("/video")
+                raise RequestError(422, f"video: {still}, not a video: send it to {route}")
+            duration = source.duration or 0.0
+            if duration > max_clip_s:
+                raise RequestError(413, f"video of {duration:.1f} s is over the {max_clip_s:g}-second limit")
+            if source.frames is not None and source.frames > max_clip_frames:
+                raise RequestError(413, f"video of {source.frames} frames (at vid_stride {stride}) is over the "
+                                   f"{max_clip_frames}-frame limit: send a larger vid_stride")  # fmt: skip
+        except BaseException:
+            if source is not None:
                 source.close()
-            if failed is not None:
-                lines.append(failed)
-        if not lines:
-            raise RequestError(422, "video: no frame could be read")
-        return lines
+            folder.cleanup()
+            raise
+        return folder, source
+
+    async def clip_lines(request: Request, model: Served, options: dict[str, Any], folder: Any,
+                         source: Any) -> AsyncIterator[dict]:  # fmt: skip
+        """One line per frame of an opened clip (a frame's answer as the route gives it for one image), as the model
+        gives them; a clip that fails part way (a frame that cannot be read, larger than the header said, or that
+        the model fails on) or goes past the frame limit ends with ``{"error": ...}`` after the frames answered
+        before it. A client that goes away stops it (between batches of 8 frames); the clip and its folder are
+        closed at the end, whichever it is."""
+        from cnnapps.datasets.video import VideoError
+
+        frames = iter(source)
+        answered = 0
+
+        def chunk() -> tuple[list[Any], VideoError | None]:
+            """The next frames (8 at most, one more than the limit leaves at most), and the error that ended the
+            clip after them."""
+            got: list[Any] = []
+            try:
+                for frame in itertools.islice(frames, min(8, max_clip_frames - answered + 1)):
+                    got.append(frame)
+            except VideoError as exc:
+                return got, exc
+            return got, None
+
+        try:
+            while True:
+                if await request.is_disconnected():  # nobody reads the answers: the model's time is for others
+                    return
+                got, error = await run_in_threadpool(chunk)
+                over = answered + len(got) > max_clip_frames
+                got = got[: max_clip_frames - answered]
+                outputs = await model.batcher.submit_many([(f.rgb, options) for f in got]) if got else []
+                for frame, output in zip(got, outputs, strict=True):
+                    found = outcome(model, output)  # a frame the model failed on ends the clip's lines
+                    if isinstance(found, RequestError):
+                        yield {"frame": frame.index, "error": found.message}
+                        return
+                    payload = {k: v for k, v in output[0].items() if k != "path"}
+                    answered += 1
+                    yield json_safe({"frame": frame.index, "time": round(frame.time, 3), **payload})
+                if over:
+                    yield {"error": f"video: more than {max_clip_frames} frames (at vid_stride {source.stride}): the "
+                                    "frame limit; send a larger vid_stride or a shorter clip"}  # fmt: skip
+                    return
+                if error is not None:
+                    yield {"error": f"video: {str(error).split(': ', 1)[-1]}"}
+                    return
+                if not got:
+                    return
+        finally:
+            await run_in_threadpool(source.close)
+            folder.cleanup()
 
     def add_video_route(task: Any) -> None:
-        async def endpoint(request: Request, model: str | None = None, top_k: int = 5, vid_stride: int = 1) -> Any:
+        async def endpoint(request: Request, model: str | None = None, vid_stride: int = 1, **given: Any) -> Any:
             known_query(request, endpoint)
             chosen, head = pick(task.name, model)
             if not 1 <= vid_stride <= 1000:
                 raise RequestError(422, f"vid_stride {vid_stride}: must be between 1 and 1000")
-            options = {"heads": [head], "top_k": checked_top_k(top_k), "one": True}
-            lines = await clip_lines(request, chosen, options, vid_stride)
-            text = "".join(json.dumps({"model": chosen.label(head), **line}) + "\n" for line in lines)
-            return Response(text, media_type="application/x-ndjson")
+            options = {"heads": [head], "top_k": checked_top_k(given.get("top_k", 5)), "one": True}
+            folder, source = await open_clip(request, vid_stride)
+            lines = clip_lines(request, chosen, options, folder, source)
+            first = await anext(lines, None)  # a clip of no readable frame is the request's error, before any line
+            if first is None:
+                raise RequestError(422, "video: no frame could be read")
+            label = chosen.label(head)
+
+            async def text() -> AsyncIterator[str]:
+                async with contextlib.aclosing(lines):
+                    yield json.dumps({"model": label, **first}) + "\n"
+                    async for line in lines:
+                        yield json.dumps({"model": label, **line}) + "\n"
+
+            return StreamingResponse(text(), media_type="application/x-ndjson")
 
         endpoint.__name__ = f"{task.route}_video"
-        endpoint.__doc__ = (f"{task.summary} A short video in (at most {max_clip_mb:g} MB and {max_clip_s:g} s), one "
-                            "JSON line per frame out: frame, time and the answer the image route gives.")  # fmt: skip
+        endpoint.__signature__ = route_signature(  # type: ignore[attr-defined]
+            {k: v for k, v in task.route_options.items() if k != "draw"}, vid_stride=(int, 1)
+        )  # a frame's answer is JSON: nothing is drawn
+        endpoint.__doc__ = (f"{task.summary} A short video in (at most {max_clip_mb:g} MB, {max_clip_s:g} s and "
+                            f"{max_clip_frames} frames after vid_stride), one JSON line per frame out as the model "
+                            "gives them: frame, time and the answer the image route gives.")  # fmt: skip
         app.post(f"/v1/{task.route}/video", openapi_extra={"requestBody": _CLIP_BODY}, tags=[task.name])(endpoint)
 
     from cnnapps.apps.tasks import TASKS
@@ -997,7 +1072,7 @@ def create_app(
     if opened is not None:
 
         @app.post("/v1/retrieve", openapi_extra={"requestBody": _BODY}, tags=["retrieve"])
-        async def retrieve(request: Request, k: int = 10, draw: bool = False) -> Any:
+        async def retrieve(request: Request, k: int = 10) -> Any:
             """The index's nearest images to the uploaded one: ``{"query", "results": [{rank, path, score, id}],
             "model"}``; ``GET /v1/retrieve/thumbnail?id=ID`` shows a hit."""
             known_query(request, retrieve)
@@ -1021,9 +1096,10 @@ def create_app(
             return respond(answers, many, served_index.name, lambda hits: {"query": "<upload>", **hits}, "query")
 
         @app.get("/v1/retrieve/thumbnail", tags=["retrieve"], response_class=Response)
-        async def thumbnail(id: int, size: int = 160) -> Response:
+        async def thumbnail(request: Request, id: int, size: int = 160) -> Response:
             """A JPEG of the indexed image ``id`` (a /v1/retrieve hit's), its longer side at most ``size`` px.
             Only the index's own files are read: the client names a row of the index, never a path."""
+            known_query(request, thumbnail)
             if not 16 <= size <= MAX_THUMBNAIL:
                 raise RequestError(422, f"size {size}: must be between 16 and {MAX_THUMBNAIL}")
 
@@ -1071,8 +1147,10 @@ def create_app(
         return Response(body, media_type=media_type)
 
     @app.get("/v1/models", tags=["service"])
-    async def list_models() -> dict[str, Any]:
-        """The loaded models: name (the ``model`` query parameter), spec, task, route, engine."""
+    async def list_models(request: Request) -> dict[str, Any]:
+        """The loaded models: name (the ``model`` query parameter), spec, task, route, the route's query options,
+        engine."""
+        known_query(request, list_models)
         models_info = [entry for s in served for entry in s.info()]
         if opened is not None:
 
@@ -1081,7 +1159,7 @@ def create_app(
                     opened.refresh_if_changed()
                     return len(opened)
 
-            models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve",
+            models_info.append({"name": "index", "task": "retrieve", "route": "/v1/retrieve", "options": ["k"],
                                 "items": await run_in_threadpool(items)})  # fmt: skip
         return {
             "models": models_info,

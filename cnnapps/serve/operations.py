@@ -55,7 +55,7 @@ def load_api_keys(keys: Iterable[str] = (), file: str | os.PathLike | None = Non
     if file is not None:
         path = Path(file)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # Notepad's byte-order mark is not part of the first key
         except (OSError, UnicodeDecodeError) as exc:
             raise CnnappsError(f"--api-keys-file {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
         listed = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
@@ -122,9 +122,11 @@ class ApiKeyCheck:
 
 
 class ClientLimit:
-    """ASGI middleware: at most ``limit`` requests at once to ``/v1`` routes from one client address (429 past it).
-    The address is the peer's, or the ``X-Forwarded-For`` one uvicorn takes from a proxy trusted with
-    ``--forwarded-allow-ips`` (none by default: a client could name any address there)."""
+    """ASGI middleware: at most ``limit`` requests at once that run a model (``POST`` to a ``/v1`` route) from one
+    client address (429 past it). Reads (``/v1/models``, a hit's thumbnail) are not counted: a page shows ten
+    thumbnails at once, and a limit of 2 broke eight of them. The address is the peer's, or the ``X-Forwarded-For``
+    one uvicorn takes from a proxy trusted with ``--forwarded-allow-ips`` (none by default: a client could name any
+    address there)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -132,7 +134,7 @@ class ClientLimit:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         path = route_path(scope)
-        if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
+        if scope["type"] != "http" or scope["method"] != "POST" or not (path == "/v1" or path.startswith("/v1/")):
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("unknown",))[0]
         if self.active[client] >= self.limit:

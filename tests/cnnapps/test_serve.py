@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from cnnapps.errors import CnnappsError
 from cnnapps.serve.app import create_app
 from cnnapps.serve.batcher import MicroBatcher
 
@@ -58,7 +59,13 @@ def test_classify_by_upload_and_by_base64_match_the_python_api(client: TestClien
     assert by_upload.status_code == 200, by_upload.text
     by_json = client.post("/v1/classify?top_k=3", json={"image": base64.b64encode(photo.read_bytes()).decode()})
     assert by_json.status_code == 200
-    for answer in (by_upload.json(), by_json.json()):
+    # base64 as other tools write it: in lines of 76 (MIME, `base64` without -w0) and as a browser's data URL
+    wrapped = client.post("/v1/classify?top_k=3", json={"image": base64.encodebytes(photo.read_bytes()).decode()})
+    url = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()
+    by_url = client.post("/v1/classify?top_k=3", json={"images": [url]})
+    assert wrapped.status_code == 200 and by_url.status_code == 200, (wrapped.text, by_url.text)
+    assert by_url.json()[0]["predictions"] == expected
+    for answer in (by_upload.json(), by_json.json(), wrapped.json()):
         assert answer["predictions"] == expected and answer["model"] == "efficientnet_lite0"
     assert "cat" in expected[0]["label"]
 
@@ -106,8 +113,11 @@ def test_bad_requests_get_a_reason_and_the_server_keeps_serving(client: TestClie
         (
             client.post("/v1/classify?topk=3", **upload(jpeg)),
             422,
-            "topk: not an option of /v1/classify (it takes model, top_k, draw)",
+            "topk: not an option of /v1/classify (it takes model, top_k)",
         ),
+        # each route takes its task's options: a classifier draws nothing, a segmenter has no top-k
+        (client.post("/v1/classify?draw=true", **upload(jpeg)), 422, "draw: not an option of /v1/classify"),
+        (client.post("/v1/segment?top_k=3", **upload(jpeg)), 422, "it takes model, draw)"),
         (client.post("/v1/predict?beam=3", **upload(jpeg)), 422, "beam: not an option of /v1/predict"),
         (client.post("/v1/classify/video?draw=true", **upload(jpeg)), 422, "draw: not an option of /v1/classify/video"),
         (client.post("/v1/caption", **upload(jpeg)), 404, "answers POST /v1/classify, /v1/predict, /v1/segment"),
@@ -402,3 +412,63 @@ def test_clips_too_long_too_big_or_not_video_are_refused(chelsea, tmp_path) -> N
         assert answer.status_code == 422 and answer.json()["error"].startswith("video: ")
         answer = c.post("/v1/classify/video", content=b"{}", headers={"content-type": "application/json"})
         assert answer.status_code == 415
+
+
+def test_a_clip_of_too_many_frames_is_refused_or_cut_at_the_limit(chelsea, tmp_path, monkeypatch) -> None:
+    """Seconds alone let a small file of many small frames hold the model for minutes: a clip's frames (after
+    vid_stride) are capped too, from the header where it says, else by an error line at the limit."""
+    from cnnapps.datasets.video import VideoSource
+
+    app = create_app([str(FIXTURES / "classify.safetensors")], max_clip_frames=4, warm_up=False)
+    clip = _clip(tmp_path / "clip.mp4", chelsea, 10)
+    with TestClient(app, base_url="http://localhost") as c:
+        answer = c.post("/v1/classify/video", content=clip, headers={"content-type": "video/mp4"})
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"] == ("video of 10 frames (at vid_stride 1) is over the 4-frame limit: send a "
+                                          "larger vid_stride")  # fmt: skip
+        answer = c.post("/v1/classify/video?vid_stride=3", content=clip, headers={"content-type": "video/mp4"})
+        assert [json.loads(line)["frame"] for line in answer.text.splitlines()] == [0, 3, 6, 9]
+        describe = VideoSource._describe_av
+
+        def unknown_length(self: VideoSource) -> None:  # a container that does not say how many frames
+            describe(self)
+            self.frames = None
+
+        monkeypatch.setattr(VideoSource, "_describe_av", unknown_length)
+        answer = c.post("/v1/classify/video?vid_stride=2", content=clip, headers={"content-type": "video/mp4"})
+        lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert answer.status_code == 200 and [line.get("frame") for line in lines] == [0, 2, 4, 6, None]
+    assert lines[-1]["error"].startswith("video: more than 4 frames (at vid_stride 2): the frame limit")
+    with pytest.raises(CnnappsError, match="--max-clip-frames 0 must be >= 1"):
+        create_app([str(FIXTURES / "classify.safetensors")], max_clip_frames=0, warm_up=False)
+
+
+def test_a_clip_whose_client_went_away_stops_taking_the_model(chelsea, tmp_path) -> None:
+    """Lines go out as the model gives them, and a client that leaves stops the clip (it ran to its end before)."""
+    import socket
+    import time
+
+    import httpx
+
+    from cnnapps.datasets.video import VideoWriter
+    from cnnapps.serve.app import running
+
+    with VideoWriter(tmp_path / "long.mp4", 100.0) as writer:  # 600 frames in 6 s
+        for i in range(600):
+            writer.write(np.ascontiguousarray(chelsea[i % 200 : i % 200 + 64, :64]))
+    clip = (tmp_path / "long.mp4").read_bytes()
+    app = create_app(["efficientnet_lite0"], warm_up=False)
+    with running(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/classify/video HTTP/1.1\r\nHost: localhost\r\ncontent-type: video/mp4\r\n"
+                         + f"content-length: {len(clip)}\r\n\r\n".encode() + clip)  # fmt: skip
+            got = b""
+            while b'"frame": 0' not in got:  # the first line, before the clip is done
+                chunk = sock.recv(4096)
+                assert chunk, got
+                got += chunk
+        time.sleep(2)  # the lines in hand, and the batch under way, finish
+        done = httpx.get(f"{url}/healthz").json()["requests"]
+        time.sleep(2)
+        assert httpx.get(f"{url}/healthz").json()["requests"] == done < 300

@@ -3,6 +3,7 @@ request (search, thumbnail, the model list)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -40,3 +41,10 @@ def test_the_service_sees_what_another_writer_adds_and_removes(tmp_path: Path) -
         assert client.get(f"/v1/retrieve/thumbnail?id={removed}").status_code == 404  # it was still served
         index_entry = next(m for m in client.get("/v1/models").json()["models"] if m["name"] == "index")
         assert index_entry["items"] == 2
+        # an indexed file replaced by a pipe: refused at once (reading it waited for a writer that never came)
+        kept = next(h for h in after if h["path"].endswith("b.png"))
+        Path(kept["path"]).unlink()
+        os.mkfifo(kept["path"])
+        answer = client.get(f"/v1/retrieve/thumbnail?id={kept['id']}")
+        assert answer.status_code == 404 and answer.json()["error"].startswith("indexed image: not a regular file")
+        assert client.get("/v1/retrieve/thumbnail?id=1000&colour=red").status_code == 422  # not an option of it

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Route
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "model_files_v1"
@@ -213,3 +213,80 @@ def test_page_with_api_keys_asks_for_one_and_sends_it_as_a_header(mounted: str, 
         assert {u.split("?")[0][len(mounted) :] for u, key in calls if key == KEY} == {
             "/locked/v1/models", "/locked/v1/retrieve", "/locked/v1/retrieve/thumbnail"}  # fmt: skip
         assert not any(KEY in u or "not-the-key" in u for u, _ in sent)  # never in a URL
+
+
+def test_page_shows_semantic_panoptic_and_multilabel_answers_and_sends_only_a_routes_options(
+    mounted: str, browser: Browser, photo: Path
+) -> None:
+    """Answers of the shapes the routes give (the server's replaced in the browser): a multi-label classifier's
+    labels over their thresholds, a semantic map's class shares, panoptic segments; ``draw`` is sent only to a
+    route that takes it (another is refused)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    models = {"models": [
+        {"name": "tags", "task": "classify", "route": "/v1/classify", "options": ["model", "top_k"]},
+        {"name": "voc", "task": "semantic", "route": "/v1/semantic", "options": ["model", "draw"]},
+        {"name": "coco", "task": "panoptic", "route": "/v1/panoptic", "options": ["model", "draw"]},
+    ]}  # fmt: skip
+    answers = {
+        "/v1/classify": {"labels": [{"label": "cat", "score": 0.91}, {"label": "indoor", "score": 0.62}],
+                         "predictions": [{"label": "cat", "index": 0, "score": 0.91},
+                                         {"label": "indoor", "index": 3, "score": 0.62},
+                                         {"label": "dog", "index": 1, "score": 0.2}]},
+        "/v1/semantic": {"width": 10, "height": 10, "classes": [
+            {"label": "sky", "index": 1, "pixels": 60, "fraction": 0.6},
+            {"label": "grass", "index": 2, "pixels": 40, "fraction": 0.4}]},
+        "/v1/panoptic": {"width": 10, "height": 10, "segments": [
+            {"id": 1, "label": "person", "isthing": True, "area": 30, "box": [0, 0, 5, 6], "score": 0.93},
+            {"id": 2, "label": "sky", "isthing": False, "area": 70, "box": [0, 0, 10, 10]}]},
+    }  # fmt: skip
+    asked: dict[str, dict[str, list[str]]] = {}
+
+    def answer(route: Route) -> None:
+        parts = urlsplit(route.request.url)
+        path = parts.path.removeprefix("/ml")
+        if path == "/v1/models":
+            return route.fulfill(json=models)
+        asked[path] = parse_qs(parts.query)
+        return route.fulfill(json={"path": "<upload>", **answers[path], "model": "x"})
+
+    with browser.new_context() as context:
+        page = context.new_page()
+        page.route("**/ml/v1/**", answer)
+        page.goto(mounted + "/ml/")
+        page.wait_for_selector("#task option[value='/v1/panoptic']", state="attached")
+        page.set_input_files("#file", str(photo))
+
+        page.select_option("#task", "/v1/classify")
+        page.click("#run")
+        page.wait_for_selector(".labels")
+        assert page.inner_text(".labels") == "labels: cat, indoor"
+        assert page.locator(".bar .label").all_inner_texts() == ["cat", "indoor", "dog"]
+
+        page.select_option("#task", "/v1/semantic")
+        page.click("#run")
+        page.wait_for_function("document.querySelector('.bar .label').textContent === 'sky'")
+        assert page.locator(".bar .label").all_inner_texts() == ["sky", "grass"]
+        assert page.locator(".bar .score").all_inner_texts() == ["60.0%", "40.0%"]
+
+        page.select_option("#task", "/v1/panoptic")
+        page.click("#run")
+        page.wait_for_selector(".segment")
+        assert page.inner_text(".count") == "2 segments"
+        assert page.locator(".segment").all_inner_texts() == ["person (thing) 30 px 93%", "sky (stuff) 70 px"]
+    assert asked == {"/v1/classify": {}, "/v1/semantic": {"draw": ["true"]}, "/v1/panoptic": {"draw": ["true"]}}
+
+
+def test_docs_mounted_under_a_prefix_load_their_files_and_schema_from_under_it(mounted: str) -> None:
+    """/ml/docs named /docs/assets/... and /openapi.json: the parent's (404, or its own schema)."""
+    import re
+
+    import httpx
+
+    page = httpx.get(f"{mounted}/ml/docs", timeout=10).text
+    named = re.findall(r"""(?:href|src|url)\s*[=:]\s*['"]([^'"]+)['"]""", page)
+    assert {"/ml/docs/assets/swagger-ui.css", "/ml/docs/assets/swagger-ui-bundle.js", "/ml/openapi.json"} <= set(named)
+    for path in named:
+        if path.startswith("/"):
+            assert httpx.get(mounted + path, timeout=10).status_code == 200, path
+    assert "/v1/classify" in httpx.get(f"{mounted}/ml/openapi.json", timeout=10).json()["paths"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -215,6 +216,8 @@ def test_api_keys_come_from_options_a_file_and_the_environment(tmp_path: Path) -
     found = load_api_keys(["opt-key"], keys, environ={"CNNAPPS_API_KEYS": "env-key-1, env-key-2,,"})
     assert found == ["opt-key", "file-key-1", "file-key-2", "env-key-1", "env-key-2"]
     assert load_api_keys([], None, environ={}) == []
+    keys.write_bytes(b"\xef\xbb\xbfnotepad-key\r\nsecond-key\r\n")  # saved by Windows Notepad: a BOM, CRLF
+    assert load_api_keys([], keys, environ={}) == ["notepad-key", "second-key"]
     with pytest.raises(CnnappsError, match=r"^API key 2 of 2: .*printable ASCII characters without spaces$"):
         load_api_keys(["fine", "with space"], environ={})
     with pytest.raises(CnnappsError, match=r"--api-keys-file .*missing\.txt: cannot read it"):
@@ -429,6 +432,7 @@ def test_a_client_over_its_concurrency_limit_gets_429_and_others_are_served(pict
             f"{url}/v1/classify", files=upload, headers={"x-forwarded-for": "10.0.0.9"}, timeout=30)}))  # fmt: skip
         proxied.start()
         assert httpx.get(f"{url}/healthz").status_code == 200  # probes are not counted
+        assert httpx.get(f"{url}/v1/models").status_code == 200  # nor reads that run no model (thumbnails...)
         for t in [*slow, proxied]:
             t.join()
     assert third.status_code == 429 and third.headers["retry-after"] == "1"
@@ -597,3 +601,58 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(pictures: dict[str,
     answered = {line["request_id"]: line["status"] for line in logged if line.get("route") == "/v1/classify"}
     assert answered == {k: 200 for k, v in results.items() if v == 200}  # no accepted request lost, none failed
     assert len(answered) >= 12 + 4 * delay
+
+
+_STUCK_SERVICE = """
+import sys, threading
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+import cnnapps.serve.app as serve_app
+from cnnapps.cli import main
+
+def stuck_app(specs, *args, **kwargs):
+    app = FastAPI()
+    never = threading.Event()
+
+    @app.post("/v1/stuck")
+    async def stuck():  # a read that never returns (a hung network file system)
+        await run_in_threadpool(never.wait)
+
+    return app
+
+serve_app.create_app = stuck_app
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_twice_stops_a_server_whose_request_is_stuck_in_a_thread() -> None:
+    """The second Ctrl+C does not wait for requests: the process ends (130) though a request's thread never returns;
+    the interpreter waited for that thread before, and no signal ended it."""
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-c", _STUCK_SERVICE, "serve", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+
+        def ask() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # answered 500, or not at all
+                httpx.post(f"http://127.0.0.1:{port}/v1/stuck", timeout=30)
+
+        threading.Thread(target=ask, daemon=True).start()
+        time.sleep(1)
+        server.send_signal(signal.SIGINT)
+        time.sleep(1)
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=20) == 130
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
