@@ -11,6 +11,24 @@ class CnnappsError(Exception):
     exit_code = 2
 
 
+class Interrupted(BaseException):
+    """A run a signal stopped part way, saying what it kept (``message``, printed as it is; empty: nothing to say,
+    another process says it); the command exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), as a shell
+    reports a process the signal ended. Not an ``Exception``, as ``SystemExit`` and ``KeyboardInterrupt`` are not:
+    what catches errors lets it through (a hyper-parameter search does not take it for a failed trial and go on),
+    and not a ``KeyboardInterrupt``, which the command-line layer turns into a silent exit 130."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.message, self.signal_name = message, signal_name
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
+
+
 class UnknownModelError(CnnappsError, KeyError):
     """A model or backbone name that is neither registered nor a timm model."""
 

@@ -523,6 +523,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
         num_sanity_val_steps=0,
         accumulate_grad_batches=config.accumulate,
     )
+    _sigterm_without_broadcast(trainer)
     if trainer.is_global_zero:
         processes = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
         log.info("%s; %s%s, %s, %s", plan.describe, device, processes, precision, plural(config.epochs, "epoch"))
@@ -548,6 +549,10 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
             warnings.filterwarnings("ignore", message=message)
         try:
             trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if config.resume else None)
+        except SystemExit:  # how Lightning ends a run a signal stopped: a SIGTERMException, or exit 1 after Ctrl-C
+            if trainer.interrupted:
+                raise _stopped(trainer, out, config.epochs) from None
+            raise
         except Exception as exc:
             # torch's many-line list of every tensor, or the optimiser's groups of another set of trained parameters
             if (
@@ -581,6 +586,37 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     if config.compile:
         facts["compile_seconds"] = round(clock.compile_seconds, 2)
     return FitResult(module, best, seconds, precision, trainer.global_rank, facts, loggers)
+
+
+def _sigterm_without_broadcast(trainer: L.Trainer) -> None:
+    """Lightning's SIGTERM handler, without its broadcast: it sent the signal to the other processes with a
+    collective call from inside the handler, which runs between any two of the main thread's Python steps, in the
+    middle of the training step's own collectives too; two processes on the CPU then waited on each other for good
+    (Lightning-AI/pytorch-lightning#20806). The training loop broadcasts rank 0's flag itself before each step; the
+    handler sets the flag and passes the signal on to the processes it launched, as Lightning's does."""
+    connector = trainer._signal_connector
+
+    def notify(signum: int, frame: Any) -> None:
+        first = not connector.received_sigterm
+        connector.received_sigterm = True
+        if first and trainer.strategy.launcher is not None:
+            trainer.strategy.launcher.kill(signum)
+
+    connector._sigterm_notifier_fn = notify
+
+
+def _stopped(trainer: L.Trainer, out: Path, epochs: int) -> BaseException:
+    """What a run a signal stopped says (rank 0; the other processes say nothing): where its last checkpoint is."""
+    from cnnapps.errors import Interrupted
+
+    name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
+    if trainer.global_rank:
+        return Interrupted("", name)
+    last = out / "checkpoints" / "last.ckpt"
+    kept = (f"{last} keeps its finished epochs: continue with the same command and --resume" if last.is_file()
+            else "no epoch had finished: nothing to resume")  # fmt: skip
+    return Interrupted(f"{out}: training stopped by {name} in epoch {trainer.current_epoch + 1} of {epochs}; {kept}",
+                       name)  # fmt: skip
 
 
 def finished_results(config: TrainConfig) -> dict[str, Any] | None:

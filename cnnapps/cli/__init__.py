@@ -15,7 +15,7 @@ from cnnapps import __version__
 from cnnapps.apps.tasks import resolve
 from cnnapps.cli.data import data_app
 from cnnapps.cli.helpformat import plain_help
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, Interrupted
 from cnnapps.terminal import EXIT_UNEXPECTED, console, echo, echo_json, styled
 
 plain_help()
@@ -188,6 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     except CnnappsError as exc:
         _traceback_if(debug)
         echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Interrupted as exc:  # a run that says what it kept
+        if exc.message:
+            echo(exc.message, err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         echo("interrupted", err=True)
