@@ -213,6 +213,9 @@ class VideoSource:
     on from the wall clock. ``fps`` is the frame rate of image sequences (25 by default) and of sources
     that do not state one.
 
+    Frames come upright: a video whose container says to show it turned (a phone's portrait video, stored landscape)
+    is turned as FFmpeg's players turn it; ``width`` and ``height`` are the stored frames'.
+
     ``max_pixels`` and ``max_aspect`` (None: no limit) bound the frames' size as :func:`~cnnapps.datasets.io.read_image`
     bounds an image's: a header whose frames go over them (or that does not say their size) is a :class:`VideoError`
     from the constructor, before a frame is decoded; a later frame that goes over them (larger than the header said)
@@ -715,7 +718,9 @@ class VideoSource:
                 seeked, self._lost = False, 0
             elif self._lost:
                 self._count_lost(t if frame.pts is not None else None)
-            return self._offer(t, lambda: frame.to_ndarray(format="rgb24"), (frame.width, frame.height))
+            turns = round(frame.rotation / 90) % 4  # a phone's portrait video: stored sideways, shown upright
+            size = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+            return self._offer(t, lambda: np.rot90(frame.to_ndarray(format="rgb24"), turns), size)
 
         try:
             for packet in self._container.demux(stream):

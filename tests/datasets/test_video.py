@@ -806,3 +806,28 @@ def test_disconnected_stream_raises_or_reconnects(server) -> None:
     assert len(events) == 3 and all(e.startswith(f"{url}: ") for e in events)
     assert [e.rsplit("(", 1)[1] for e in events] == ["try 1)", "try 1)", "try 2)"]
     assert "disconnected" in events[0] and "after" in events[0]
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_a_video_stored_sideways_is_read_upright_as_players_show_it(tmp_path: Path, degrees: int) -> None:
+    """A phone's portrait video is stored landscape with a rotation in its container (the display matrix): frames
+    come turned as FFmpeg's players show them (they came sideways: boxes, lines and zones in the stored frame)."""
+    import av
+    from skimage import data
+
+    picture = np.ascontiguousarray(data.chelsea()[:96, :128])
+    path = tmp_path / f"turned{degrees}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.set_display_rotation(degrees)  # counter-clockwise, as VideoFrame.rotation reads it back
+        for _ in range(2):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frames = list(VideoSource(str(path)))
+    upright = np.rot90(picture, degrees // 90)  # turned counter-clockwise by the container's angle
+    assert len(frames) == 2 and frames[0].rgb.shape == upright.shape and frames[0].rgb.flags.c_contiguous
+    assert np.abs(frames[0].rgb.astype(int) - upright).mean() < 4  # the codec's loss alone
+    assert np.abs(frames[0].rgb.astype(int) - np.rot90(picture, -degrees // 90)).mean() > 20 or degrees == 180
