@@ -554,6 +554,11 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
                 raise _stopped(trainer, out, config.epochs) from None
             raise
         except Exception as exc:
+            # a SIGTERM to the whole process group (a scheduler's time limit) ends the loader's workers too, and
+            # their end is what reaches here first
+            if trainer.received_sigterm or "killed by signal: Terminated" in str(exc):
+                trainer._signal_connector.received_sigterm = True
+                raise _stopped(trainer, out, config.epochs) from None
             # torch's many-line list of every tensor, or the optimiser's groups of another set of trained parameters
             if (
                 config.resume
@@ -612,11 +617,14 @@ def _stopped(trainer: L.Trainer, out: Path, epochs: int) -> BaseException:
     name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
     if trainer.global_rank:
         return Interrupted("", name)
-    last = out / "checkpoints" / "last.ckpt"
-    kept = (f"{last} keeps its finished epochs: continue with the same command and --resume" if last.is_file()
-            else "no epoch had finished: nothing to resume")  # fmt: skip
-    return Interrupted(f"{out}: training stopped by {name} in epoch {trainer.current_epoch + 1} of {epochs}; {kept}",
-                       name)  # fmt: skip
+    last, done = out / "checkpoints" / "last.ckpt", trainer.current_epoch  # the epochs finished, resumed ones too
+    if not last.is_file():
+        said = "before its first epoch had finished: nothing to resume"
+    elif done >= epochs:  # stopped as the last epoch ended, before the model file was written
+        said = f"after its last epoch ({done} of {epochs}): the same command with --resume writes its model"
+    else:
+        said = f"after {done} of {epochs} epochs, which {last} keeps: continue with the same command and --resume"
+    return Interrupted(f"{out}: training stopped by {name} {said}", name)
 
 
 def finished_results(config: TrainConfig) -> dict[str, Any] | None:

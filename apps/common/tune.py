@@ -25,7 +25,7 @@ import lightning as L
 import torch
 
 from cnnapps.apps.common.config import HOW_IT_RUNS, ConfigError, TrainConfig, check_out_folder, fields_of
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, Interrupted
 from cnnapps.terminal import plural
 
 log = logging.getLogger("cnnapps")
@@ -341,6 +341,10 @@ def tune(
         except optuna.TrialPruned as exc:
             log.info("trial %d pruned: %s (%.0f s)", trial.number, exc, time.perf_counter() - started)
             raise
+        except Interrupted as exc:  # the search's own words: a resume runs the trial's settings again, from the start
+            said = f"{out}: the search stopped by {exc.signal_name} in trial {trial.number}; the same command with " \
+                   "--resume continues it (that trial's settings run again)"  # fmt: skip
+            raise Interrupted(said if exc.message else "", exc.signal_name) from None
         except FAILURES as exc:  # recorded as failed; the search goes on
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("trial %d failed: %s", trial.number, why)

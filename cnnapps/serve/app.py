@@ -1013,9 +1013,13 @@ def create_app(
                     return
                 if not got:
                     return
-        finally:
-            await run_in_threadpool(source.close)
-            folder.cleanup()
+        finally:  # shielded: a client gone cancels the stream, and the clip's reader and folder were left to the GC
+
+            def close() -> None:
+                source.close()
+                folder.cleanup()
+
+            await asyncio.shield(run_in_threadpool(close))
 
     def add_video_route(task: Any) -> None:
         async def endpoint(request: Request, model: str | None = None, vid_stride: int = 1, **given: Any) -> Any:

@@ -446,6 +446,7 @@ def test_a_clip_of_too_many_frames_is_refused_or_cut_at_the_limit(chelsea, tmp_p
 def test_a_clip_whose_client_went_away_stops_taking_the_model(chelsea, tmp_path) -> None:
     """Lines go out as the model gives them, and a client that leaves stops the clip (it ran to its end before)."""
     import socket
+    import tempfile
     import time
 
     import httpx
@@ -458,6 +459,7 @@ def test_a_clip_whose_client_went_away_stops_taking_the_model(chelsea, tmp_path)
             writer.write(np.ascontiguousarray(chelsea[i % 200 : i % 200 + 64, :64]))
     clip = (tmp_path / "long.mp4").read_bytes()
     app = create_app(["efficientnet_lite0"], warm_up=False)
+    before = set(Path(tempfile.gettempdir()).glob("cnnapps-clip-*"))
     with running(app) as url:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
@@ -472,3 +474,4 @@ def test_a_clip_whose_client_went_away_stops_taking_the_model(chelsea, tmp_path)
         done = httpx.get(f"{url}/healthz").json()["requests"]
         time.sleep(2)
         assert httpx.get(f"{url}/healthz").json()["requests"] == done < 300
+        assert set(Path(tempfile.gettempdir()).glob("cnnapps-clip-*")) <= before  # its folder is gone, not left to GC

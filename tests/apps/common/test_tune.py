@@ -172,3 +172,32 @@ def test_values_no_trial_could_train_with_are_refused_before_the_study(colour_se
     with pytest.raises(Exception, match="afile"):
         tune("classify", base, 2, tmp_path / "afile", space=read_space(path, ClassifyConfig))
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_search_a_signal_stops_says_a_resume_runs_the_trial_again(
+    colour_set: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial's training stopped by SIGTERM: the search ends with 143 and its own line (the trial's said to resume
+    its checkpoint, which a search's resume does not read), and a --resume runs that trial's settings again."""
+    import cnnapps.apps.classify.train as classify_train
+    from cnnapps.errors import Interrupted
+
+    base, out = tmp_path / "base.yaml", tmp_path / "study"
+    base.write_text(yaml.safe_dump(dict(data=str(colour_set), backbone="lenet5", weights="none", epochs=1,
+                                        batch_size=8, workers=0, augment="none", val_split=0.3,
+                                        backbone_kwargs={"in_channels": 3})))  # fmt: skip
+
+    def stopped(config: object) -> None:
+        raise Interrupted(f"{out}/trial-0: training stopped by SIGTERM after 1 of 3 epochs, ...", "SIGTERM")
+
+    args = ("tune", "classify", "--config", base, "--trials", 1, "--out", out)
+    with monkeypatch.context() as patched:
+        patched.setattr(classify_train, "train_classifier", stopped)
+        code, _, stderr = run_cli(*args)
+    assert code == 143
+    said = f"{out}: the search stopped by SIGTERM in trial 0; the same command with --resume continues it (that "
+    assert stderr.strip().splitlines()[-1] == said + "trial's settings run again)"
+    code, _, stderr = run_cli(*args, "--resume")
+    assert code == 0, stderr
+    states = [t["state"] for t in json.loads((out / "trials.json").read_text())["trials"]]
+    assert states == ["fail", "complete"]
