@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnapps.datasets.formats import coco, cvat, labelme, voc, yolo
-from cnnapps.datasets.formats.disk import IMAGE_MODES, check_free, read_names, staged
+from cnnapps.datasets.formats.disk import IMAGE_MODES, check_free, distinct, read_names, staged
 from cnnapps.datasets.formats.hub import Collection, FormatError, Report, polygons_of, trace_masks
 from cnnapps.errors import did_you_mean
 
@@ -151,6 +151,8 @@ def convert(
     source = _format(from_, "--from") if from_ else FORMATS[detect(src)]
     if isinstance(names, (str, Path)):
         names = read_names(Path(names))
+    elif names:
+        names = distinct(list(names), "--names")
     report = Report()
     data = source.read(src, report, names=names, images=Path(images) if images else None)
     if "polygons" in target.holds and "masks" not in target.holds:

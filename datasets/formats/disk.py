@@ -88,20 +88,32 @@ def read_names(path: Path) -> list[str]:
     names = [n for n in names if n and n not in ("__ignore__", "_background_")]
     if not names:
         raise FormatError(f"{path}: no class names (one per line)")
+    return distinct(names, path)
+
+
+def distinct(names: list[str], source: object) -> list[str]:
+    """``names``, or a one-line error where one is given twice: two class indices of one name were read as one class
+    (a YOLO label of the second index then named a class that was not there, or the next class)."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise FormatError(f"{source}: class name {name!r} is given twice (indices {first[name]} and {i}): each "
+                              "class needs a name of its own")  # fmt: skip
+        first[name] = i
     return names
 
 
 def names_from(value: Any, source: object) -> list[str]:
     """A ``names`` entry (a list, or a mapping from 0..n-1 to names) as a list; anything else is a one-line error."""
     if isinstance(value, list) and value:
-        return [str(v) for v in value]
+        return distinct([str(v) for v in value], source)
     if isinstance(value, dict) and value:
         try:
             keyed = {int(k): str(v) for k, v in value.items()}
         except (TypeError, ValueError):
             keyed = {}
         if sorted(keyed) == list(range(len(keyed))):
-            return [keyed[i] for i in range(len(keyed))]
+            return distinct([keyed[i] for i in range(len(keyed))], source)
         raise FormatError(f"{source}: names: the keys must be the class indices 0..{len(value) - 1}")
     raise FormatError(f"{source}: names: expected a list of class names or a mapping of index to name")
 

@@ -77,7 +77,8 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
             if size is None:
                 report.skip(
                     record["where"],
-                    f"<size> is missing and the image {record['file_name']} was not found to read it from; skipped",
+                    f"<size> is missing (or not a positive width and height) and the image {record['file_name']} was "
+                    "not found to read it from; skipped",
                     "unreadable_image",
                 )
                 continue
@@ -302,6 +303,8 @@ def _tree(
         if xmax < xmin or ymax < ymin:
             report.skip(f"annotation {ann['id']} of {image['file_name']}", "box outside the image; not written")
             continue
+        if x < 0 or y < 0 or round(x + w) > width or round(y + h) > height:
+            report.note("boxes reaching past their image were cut at its edges (VOC boxes lie in it)")
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = cats[ann["category_id"]]["name"]
         ET.SubElement(obj, "pose").text = "Unspecified"

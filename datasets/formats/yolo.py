@@ -348,6 +348,10 @@ def write(data: Collection, out: Path, at: Path, report: Report, images_mode: st
     }
 
 
+#: how far past an image's edge a coordinate may lie before it is said to have been cut (a sum's rounding)
+EDGE = 1e-6
+
+
 def _line(ann: dict[str, Any], cls: int, image: dict[str, Any], kind: str, k: int, report: Report) -> str | None:
     """One object as a label line (``None`` when its box lies outside the image): box, polygon or pose."""
     width, height = image["width"], image["height"]
@@ -356,6 +360,8 @@ def _line(ann: dict[str, Any], cls: int, image: dict[str, Any], kind: str, k: in
     if x1 <= x0 or y1 <= y0:
         report.skip(f"annotation {ann['id']} of {image['file_name']}", "box outside the image; not written")
         return None
+    if min(x, y) < -EDGE or x + w > width + EDGE or y + h > height + EDGE:
+        report.note("boxes reaching past their image were cut at its edges (YOLO holds 0..1)")
     box = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
     if kind == "segment":
         polygons = polygons_of(ann)
@@ -363,7 +369,10 @@ def _line(ann: dict[str, Any], cls: int, image: dict[str, Any], kind: str, k: in
             report.note("objects without a polygon (boxes, RLE masks) were written as their box's rectangle")
             polygons = [[x0, y0, x1, y0, x1, y1, x0, y1]]
         outline = joined(polygons) if len(polygons) > 1 else polygons[0]
-        values = [min(max(v / (width if i % 2 == 0 else height), 0.0), 1.0) for i, v in enumerate(outline)]
+        values = [v / (width if i % 2 == 0 else height) for i, v in enumerate(outline)]
+        if any(not -EDGE <= v <= 1.0 + EDGE for v in values):
+            report.note("polygon points past their image were moved to its edges (YOLO holds 0..1)")
+            values = [min(max(v, 0.0), 1.0) for v in values]
     elif kind == "pose":
         points = ann.get("keypoints") or []
         if len(points) != 3 * k:
@@ -372,6 +381,8 @@ def _line(ann: dict[str, Any], cls: int, image: dict[str, Any], kind: str, k: in
         for i in range(0, 3 * k, 3):
             px, py, v = points[i : i + 3]
             inside = v > 0 and 0 <= px <= width and 0 <= py <= height
+            if v > 0 and not inside:
+                report.note("keypoints outside their image were written as not labelled (YOLO holds 0..1)")
             values.extend([px / width, py / height, int(v)] if inside else [0.0, 0.0, 0])
     else:
         values = box

@@ -356,8 +356,8 @@ def test_voc_missing_size_degenerate_box_and_unsafe_xml(tmp_path):
     assert skipped[0].startswith(f"{ann / 'bomb.xml'}: XML refused")
     assert skipped[1].startswith(f"{ann / 'broken.xml'}: not valid XML (mismatched tag: line 1")
     assert (
-        skipped[2] == f"{ann / 'gone.xml'}:3: <size> is missing and the image gone.png was not found to read it "
-        "from; skipped"
+        skipped[2] == f"{ann / 'gone.xml'}:3: <size> is missing (or not a positive width and height) and the image "
+        "gone.png was not found to read it from; skipped"
     )
     assert skipped[3] == f"{ann / 'im0.xml'}:8: degenerate box (width -4, height 4); skipped"
     assert len(skipped) == 4
@@ -667,3 +667,67 @@ def test_labelme_images_in_another_folder_are_named_from_theirs(tmp_path):
         folder = Path(done.written["images"])
         assert folder.resolve() == (tmp_path / "imgs").resolve(), src
         assert [(folder / im["file_name"]).is_file() for im in coco["images"]] == [True], src
+
+
+def test_class_names_given_twice_are_refused_before_anything_is_read(tmp_path):
+    """Two indices of one name were read as one class: a label of the third index named category 3 of 2 (an invalid
+    COCO file, and `data check` failed with KeyError), and [p, p, q] labelled class 1 as q."""
+    root = yolo_dataset(tmp_path / "yolo", {"im0.txt": "0 .5 .5 .2 .2\n1 .5 .5 .2 .2\n2 .5 .5 .3 .3\n"})
+    (root / "data.yaml").write_text("train: images\nval: images\nnames: [p, q, p]\n")
+    with pytest.raises(FormatError, match=r"data\.yaml: class name 'p' is given twice \(indices 0 and 2\)"):
+        convert(root, tmp_path / "out.json", to="coco")
+    (root / "data.yaml").unlink()
+    with pytest.raises(FormatError, match=r"^--names: class name 'p' is given twice \(indices 0 and 1\)"):
+        convert(root, tmp_path / "out.json", to="coco", names=["p", "p", "q"])
+    (tmp_path / "names.txt").write_text("p\nq\np\n")
+    with pytest.raises(FormatError, match=r"names\.txt: class name 'p' is given twice"):
+        convert(root, tmp_path / "out.json", to="coco", names=tmp_path / "names.txt")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_what_yolo_and_voc_cannot_hold_past_the_image_is_said(tmp_path):
+    """Boxes past the image's edges are cut, polygon points moved to them and keypoints outside it unlabelled: each
+    now with a note (they were changed without a word, exit 0)."""
+    images = write_images(tmp_path / "src" / "images")
+    person = {"id": 1, "name": "person", "supercategory": "", "keypoints": ["a", "b"], "skeleton": [[1, 2]]}
+    shape = {"id": 1, "name": "shape", "supercategory": ""}
+    past = {
+        "id": 1,
+        "image_id": 1,
+        "category_id": 1,
+        "bbox": [-5, 10, 20, 20],
+        "area": 400,
+        "iscrowd": 0,
+        "segmentation": [[-5, 10, 15, 10, 15, 30]],
+        "keypoints": [-2, 12, 1, 10, 20, 2],
+        "num_keypoints": 2,
+    }
+    inside = {
+        "id": 2,
+        "image_id": 2,
+        "category_id": 1,
+        "bbox": [10, 10, 20, 20],
+        "area": 400,
+        "iscrowd": 0,
+        "segmentation": [[10, 10, 30, 10, 30, 30]],
+        "keypoints": [12, 12, 2, 20, 20, 2],
+        "num_keypoints": 2,
+    }
+    cut = "boxes reaching past their image were cut at its edges (YOLO holds 0..1)"
+    moved = "polygon points past their image were moved to its edges (YOLO holds 0..1)"
+    unlabelled = "keypoints outside their image were written as not labelled (YOLO holds 0..1)"
+
+    def converted(name: str, category: dict, anns: list[dict], to: str = "yolo"):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"images": images, "categories": [category], "annotations": anns}))
+        return convert(path, tmp_path / name, to=to, images=tmp_path / "src" / "images")
+
+    pose = converted("pose", person, [past, inside])
+    assert cut in pose.notes and unlabelled in pose.notes and pose.skipped == []
+    segment = converted("segment", shape, [past, inside])
+    assert moved in segment.notes and cut in segment.notes and unlabelled not in segment.notes
+    voc = converted("voc", shape, [past, inside], to="voc")
+    assert "boxes reaching past their image were cut at its edges (VOC boxes lie in it)" in voc.notes
+    for name, category in (("pose-inside", person), ("segment-inside", shape)):  # what lies inside: no note
+        assert not {cut, moved, unlabelled} & set(converted(name, category, [inside]).notes)
+    assert not [n for n in converted("voc-inside", shape, [inside], to="voc").notes if "cut" in n]
