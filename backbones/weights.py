@@ -77,6 +77,8 @@ def as_local_file(weights: object) -> Path | None:
         return Path(weights)
     if isinstance(weights, str) and (weights.lower().endswith(_WEIGHT_SUFFIXES) or os.sep in weights):
         return Path(weights)
+    if isinstance(weights, str) and not is_pretrained_alias(weights) and os.path.isfile(weights):
+        return Path(weights)  # raw.pkl here: a file (it was told "unknown weights ... or a file path")
     return None
 
 

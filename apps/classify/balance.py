@@ -45,13 +45,15 @@ def class_weights(setting: str, labels: Sequence[int], class_names: Sequence[str
 def positive_weights(setting: str, labels: Sequence[Sequence[int]], class_names: Sequence[str]) -> np.ndarray:
     """A multi-label loss's weight of each class's positives (``pos_weight`` of the binary cross-entropy): ``auto``
     gives negatives / positives of the class in ``labels`` (each image's label indices; a class with no positive
-    counts one), a file maps class names to weights as for :func:`class_weights`."""
+    counts one; a class on every image, with no negative to weigh it against, 1: a weight of 0 left its loss without
+    a gradient, and it never trained), a file maps class names to weights as for :func:`class_weights`."""
     if setting != "auto":
         return class_weights(setting, [], class_names)
     positives = np.zeros(len(class_names))
     for row in labels:
         positives[list(row)] += 1
-    return (len(labels) - positives) / np.maximum(positives, 1)
+    negatives = len(labels) - positives
+    return np.where(negatives > 0, negatives / np.maximum(positives, 1), 1.0)
 
 
 def _read_weights(path: Path) -> dict[str, float]:
@@ -69,9 +71,13 @@ def _read_weights(path: Path) -> dict[str, float]:
                 rows = rows[1:]  # a header such as class,weight
             if any(len(r) != 2 for r in rows):
                 raise ValueError("expected rows of class,weight")
-            loaded: Any = {r[0].strip(): r[1].strip() for r in rows}
+            loaded: Any = {}
+            for r in rows:
+                if r[0].strip() in loaded:  # the last one won, silently
+                    raise ValueError(f"class {r[0].strip()!r} is given twice")
+                loaded[r[0].strip()] = r[1].strip()
         elif suffix == ".json":
-            loaded = json.loads(text)
+            loaded = json.loads(text, object_pairs_hook=_once_each)
         else:
             import yaml
 
@@ -94,6 +100,16 @@ def _read_weights(path: Path) -> dict[str, float]:
             )
         weights[str(name)] = weight
     return weights
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (json keeps the last of a repeated key, silently)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"class {key!r} is given twice")
+        found[key] = value
+    return found
 
 
 def _not_number(text: str) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnapps.apps.classify.multilabel import DEFAULT_THRESHOLD, checked_thresholds
+from cnnapps.apps.classify.multilabel import DEFAULT_THRESHOLD, checked_flag, checked_thresholds
 from cnnapps.apps.modelfile import HeadInfo, refuse_head
 from cnnapps.backbones import create_backbone
 from cnnapps.backbones.features import Backbone
@@ -61,10 +61,10 @@ class ClassifyHead:
         return HeadInfo(TASK, "linear", kwargs, list(model.class_names))
 
     def build(self, trunk: Backbone, info: HeadInfo, preprocess: dict[str, Any], model_file: Any) -> Classifier:
-        multilabel = info.kwargs.get("multilabel", False) is True  # files without the field are single-label
+        where = f"{getattr(model_file, 'path', 'model file')}: heads.{TASK}.kwargs"
+        multilabel = checked_flag(info.kwargs.get("multilabel", False), f"{where}.multilabel")  # none: single-label
         thresholds = None
         if multilabel:
-            where = f"{getattr(model_file, 'path', 'model file')}: heads.{TASK}.kwargs"
             thresholds = checked_thresholds(info.kwargs.get("thresholds"), len(info.labels), where)
         return Classifier(trunk, len(info.labels), float(info.kwargs.get("dropout", 0.0)), info.labels,
                           multilabel, thresholds)  # fmt: skip
@@ -133,7 +133,7 @@ def load_classifier(spec: str | os.PathLike, head: str | None = None) -> LoadedC
         width = runner.outputs[0][-1] if runner.outputs and runner.outputs[0] else None
         if isinstance(width, int) and width != len(names):
             raise CnnappsError(f"{spec}: its graph gives {width} class scores, its metadata names {len(names)} classes")
-        multilabel = meta.get("multilabel") is True
+        multilabel = checked_flag(meta.get("multilabel", False), f"{spec}: metadata multilabel")
         thresholds = checked_thresholds(meta.get("thresholds"), len(names), str(spec)) if multilabel else None
         return LoadedClassifier(str(spec), runner, names, preprocess, meta, multilabel,  # type: ignore[arg-type]
                                 thresholds)  # fmt: skip

@@ -190,6 +190,16 @@ def labels_over(probabilities: np.ndarray, class_names: list[str], thresholds: l
     return [Prediction(class_names[i], int(i), float(probabilities[i])) for i in chosen]
 
 
+def checked_flag(value: Any, where: str) -> bool:
+    """A model file's ``multilabel``: true or false, or a one-line error naming ``where`` (a damaged header's
+    ``"yes"`` made a multi-label model single-label, silently)."""
+    from cnnapps.bundle import BundleError
+
+    if not isinstance(value, bool):
+        raise BundleError(f"{where}: expected true or false, found {str(value)[:40]!r}")
+    return value
+
+
 def checked_thresholds(value: Any, classes: int, where: str) -> list[float]:
     """A model file's ``thresholds``: one number in [0, 1] per class, or a one-line error naming ``where``."""
     from cnnapps.bundle import BundleError

@@ -222,3 +222,13 @@ def test_a_torchscript_export_of_lite0_answers_at_any_size(lite0, tmp_path) -> N
     x = torch.randn(1, 3, 225, 225, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(graph(x).softmax(-1), lite0(x).softmax(-1), atol=1e-5)
+
+
+def test_a_weights_file_of_another_suffix_here_is_read_as_a_file(tmp_path: Path, monkeypatch) -> None:
+    """raw.pkl in the current folder was told "unknown weights 'raw.pkl' (use imagenet, none or a file path)"."""
+    monkeypatch.chdir(tmp_path)
+    torch.save(create_backbone("lenet5").state_dict(), tmp_path / "raw.pkl")
+    assert weights_mod.as_local_file("raw.pkl") == Path("raw.pkl")
+    assert weights_mod.as_local_file("imagenet") is None  # an alias stays one, whatever lies here
+    trunk = create_backbone("lenet5", weights="raw.pkl")  # read with torch's weights-only loader, as a .pth is
+    assert sum(p.numel() for p in trunk.parameters()) > 0

@@ -259,6 +259,12 @@ def test_a_bad_thresholds_entry_is_a_one_line_error(multilabel_run, tmp_path: Pa
         "classify"))}, model_file.preprocess)  # fmt: skip
     with pytest.raises(BundleError, match=r"heads\.classify\.kwargs: thresholds: expected 3 numbers between 0 and 1"):
         load_classifier(bad)
+    info.kwargs = {**info.kwargs, "thresholds": [0.5, 0.5, 0.5], "multilabel": "yes"}  # was read as single-label
+    bad.unlink()
+    write_model_file(bad, model_file.trunk, model_file.trunk_tensors(), {"classify": (info, model_file.head_tensors(
+        "classify"))}, model_file.preprocess)  # fmt: skip
+    with pytest.raises(BundleError, match=r"heads\.classify\.kwargs\.multilabel: expected true or false, found 'yes'"):
+        load_classifier(bad)
 
 
 def test_cli_json_threshold_and_eval(multilabel_run, tagged: Path, trained, run_cli) -> None:
@@ -320,6 +326,8 @@ def test_auto_class_weights_weigh_each_class_positives() -> None:
 
     weights = positive_weights("auto", [(0,), (0, 1), (0,), ()], ["a", "b", "c"])
     assert weights.tolist() == [1 / 3, 3.0, 4.0]  # negatives / positives; no positive counts one
+    # a class on every image has no negative to weigh it against: 1 (its weight of 0 stopped it from training)
+    assert positive_weights("auto", [(0, 1), (0,), (0, 1)], ["a", "b"]).tolist() == [1.0, 0.5]
 
 
 def test_ema_of_multilabel_weights_is_validated_and_the_better_kept(tagged: Path, tmp_path: Path) -> None:

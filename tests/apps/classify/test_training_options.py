@@ -72,6 +72,13 @@ def test_class_weight_file_errors_are_one_line(tmp_path: Path) -> None:
         class_weights(str(path), [0, 1], ["a", "b"])
     with pytest.raises(ConfigError, match=r"class_weights: .*missing\.yaml: no such file"):
         class_weights(str(tmp_path / "missing.yaml"), [0, 1], ["a", "b"])
+    twice = tmp_path / "w.csv"
+    twice.write_text("a,2\na,3\n")  # the last one was taken, silently
+    with pytest.raises(ConfigError, match=r"class_weights: .*w\.csv: not readable \(class 'a' is given twice\)"):
+        class_weights(str(twice), [0, 1], ["a", "b"])
+    (tmp_path / "w.json").write_text('{"a": 2, "a": 3}')
+    with pytest.raises(ConfigError, match=r"class_weights: .*w\.json: not readable \(class 'a' is given twice\)"):
+        class_weights(str(tmp_path / "w.json"), [0, 1], ["a", "b"])
 
 
 def test_balanced_sampler_draws_minority_classes_as_often_as_majority() -> None:
