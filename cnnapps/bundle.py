@@ -116,8 +116,11 @@ def _what_else(path: Path, size: int) -> str:
     runs = "cnnapps runs model files (.safetensors) and the ONNX files `cnnapps export` writes"
     from cnnapps.exported import is_onnx_file
 
-    if is_onnx_file(path):
-        return f"{path}: an ONNX file, not a model file; {runs}"
+    if is_onnx_file(path):  # it may well be one cnnapps exported: it runs, but holds no trunk to build on
+        return (
+            f"{path}: an ONNX file, not a model file: an exported graph answers (--model FILE.onnx) but has no "
+            "trunk or heads to train, compose or export from; use the model file (.safetensors) it came from"
+        )
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             if any("/code/" in name for name in archive.namelist()):

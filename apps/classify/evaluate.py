@@ -87,7 +87,10 @@ def evaluate(
         if unknown:
             from cnnapps.errors import CnnappsError
 
-            raise CnnappsError(f"the data has classes the model does not know: {', '.join(unknown[:5])}")
+            raise CnnappsError(
+                f"the data has classes the model does not know: {', '.join(unknown[:5])}"
+                + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            )
         labels = np.array([index[data.class_names[y]] for y in data.labels])
     else:
         labels = np.array(data.labels)

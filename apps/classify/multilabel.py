@@ -161,7 +161,10 @@ def scores_of(predictor: Any, data: Any, batch_size: int | None = None,
     index = {name: i for i, name in enumerate(names)}
     unknown = [n for n in data.class_names if n not in index]
     if unknown:
-        raise CnnappsError(f"the data has classes the model does not know: {', '.join(unknown[:5])}")
+        raise CnnappsError(
+            f"the data has classes the model does not know: {', '.join(unknown[:5])}"
+            + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        )
     moved = [tuple(index[data.class_names[k]] for k in row) for row in data.labels]
     targets = multi_hot(moved, len(names))
     from cnnapps.apps.classify.evaluate import readable

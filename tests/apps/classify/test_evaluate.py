@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,15 @@ def test_no_readable_image_is_one_line(multilabel: bool) -> None:
     data = LabeledImages(["x.png", "y.png"], [0, 1], ["a", "b"])
     with pytest.raises(CnnappsError, match=r"^none of the 2 images could be read \(the first, x\.png: not an image\)$"):
         evaluate(Unreadable(multilabel), as_multilabel(data) if multilabel else data)
+
+
+def test_classes_the_model_does_not_know_are_counted_past_the_first_five(tmp_path, run_cli) -> None:
+    import cv2
+
+    for name in ("red", "a", "b", "c", "d", "e", "f", "g"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "data" / name / "0.png"), np.full((8, 8, 3), 99, np.uint8))
+    model = Path(__file__).parents[2] / "fixtures" / "model_files_v1" / "classify.safetensors"  # red, green, blue
+    code, _, stderr = run_cli("eval", "classify", "--model", model, "--data", tmp_path / "data")
+    assert code == 2
+    assert stderr.strip().endswith("the data has classes the model does not know: a, b, c, d, e and 2 more"), stderr
