@@ -50,6 +50,17 @@ def did_you_mean(name: str, known: Iterable[str], cutoff: float = 0.6) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+def repeated_name(names: Iterable[str]) -> tuple[str, int, int] | None:
+    """The first name given twice in ``names``, with its two indices (``None`` when each is given once): classes
+    meet by name, so two of one name would become one class."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            return name, first[name], i
+        first[name] = i
+    return None
+
+
 def none_read(failed: list[dict[str, str]]) -> CnnappsError:
     """The error of an evaluation none of whose images could be read (``failed``: each image's path and error)."""
     path, error = failed[0]["path"], failed[0]["error"]

@@ -85,12 +85,7 @@ def evaluate(
         index = {name: i for i, name in enumerate(predictor.class_names)}
         unknown = [n for n in data.class_names if n not in index]
         if unknown:
-            from cnnapps.errors import CnnappsError
-
-            raise CnnappsError(
-                f"the data has classes the model does not know: {', '.join(unknown[:5])}"
-                + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-            )
+            raise unknown_classes(unknown)
         labels = np.array([index[data.class_names[y]] for y in data.labels])
     else:
         labels = np.array(data.labels)
@@ -108,3 +103,11 @@ def readable(names: list[str], errors: list[str | None]) -> tuple[np.ndarray, li
 
         raise none_read(failed)
     return ok, failed
+
+
+def unknown_classes(unknown: list[str]) -> Exception:
+    """The error of data whose classes the model does not know: the first five, and how many more."""
+    from cnnapps.errors import CnnappsError
+
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    return CnnappsError(f"the data has classes the model does not know: {', '.join(unknown[:5])}{more}")

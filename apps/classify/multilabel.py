@@ -153,22 +153,17 @@ def scores_of(predictor: Any, data: Any, batch_size: int | None = None,
               progress: Any = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:  # fmt: skip
     """(probabilities, multi-hot targets) of the readable images of ``data`` (a multi-label set, or a single-label
     one taken as such) by a multi-label ``predictor``, classes matched by name, and the unreadable images."""
+    from cnnapps.apps.classify.evaluate import readable, unknown_classes
     from cnnapps.datasets.folders import as_multilabel
-    from cnnapps.errors import CnnappsError
 
     data = as_multilabel(data)
     names = list(predictor.class_names)
     index = {name: i for i, name in enumerate(names)}
     unknown = [n for n in data.class_names if n not in index]
     if unknown:
-        raise CnnappsError(
-            f"the data has classes the model does not know: {', '.join(unknown[:5])}"
-            + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        )
+        raise unknown_classes(unknown)
     moved = [tuple(index[data.class_names[k]] for k in row) for row in data.labels]
     targets = multi_hot(moved, len(names))
-    from cnnapps.apps.classify.evaluate import readable
-
     found, probs, errors = predictor.predict_proba(data.paths, batch_size=batch_size, progress=progress)
     ok, failed = readable(found, errors)
     return probs[ok], targets[ok], failed

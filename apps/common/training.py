@@ -557,8 +557,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
             # a SIGTERM to the whole process group (a scheduler's time limit) ends the loader's workers too, and
             # their end is what reaches here first
             if trainer.received_sigterm or "killed by signal: Terminated" in str(exc):
-                trainer._signal_connector.received_sigterm = True
-                raise _stopped(trainer, out, config.epochs) from None
+                raise _stopped(trainer, out, config.epochs, sigterm=True) from None
             # torch's many-line list of every tensor, or the optimiser's groups of another set of trained parameters
             if (
                 config.resume
@@ -610,11 +609,12 @@ def _sigterm_without_broadcast(trainer: L.Trainer) -> None:
     connector._sigterm_notifier_fn = notify
 
 
-def _stopped(trainer: L.Trainer, out: Path, epochs: int) -> BaseException:
-    """What a run a signal stopped says (rank 0; the other processes say nothing): where its last checkpoint is."""
+def _stopped(trainer: L.Trainer, out: Path, epochs: int, sigterm: bool = False) -> BaseException:
+    """What a run a signal stopped says (rank 0; the other processes say nothing): where its last checkpoint is.
+    ``sigterm``: the signal was SIGTERM, whether or not the trainer's handler saw it."""
     from cnnapps.errors import Interrupted
 
-    name = "SIGTERM" if trainer.received_sigterm else "SIGINT"
+    name = "SIGTERM" if sigterm or trainer.received_sigterm else "SIGINT"
     if trainer.global_rank:
         return Interrupted("", name)
     last, done = out / "checkpoints" / "last.ckpt", trainer.current_epoch  # the epochs finished, resumed ones too

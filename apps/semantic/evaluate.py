@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.errors import CnnappsError, ImageError
+from cnnapps.errors import CnnappsError, ImageError, repeated_name
 
 
 def confusion_matrix(pred: Any, target: Any, num_classes: int, ignore_index: int) -> Any:
@@ -73,12 +73,11 @@ def class_lookup(model_classes: list[str], data_classes: list[str], ignore_index
     """Data class index -> model class index, matched by name (the ignore index stays); data classes the model does
     not know, and a name given twice on either side (it would join two classes), are one-line errors naming them."""
     for source, names in ((model_source, model_classes), (data_source, data_classes)):
-        first: dict[str, int] = {}
-        for i, name in enumerate(names):
-            if name in first:
-                raise CnnappsError(f"{source}: classes {first[name]} and {i} are both named {name!r}; classes meet "
-                                   "by name, so each needs a name of its own")  # fmt: skip
-            first[name] = i
+        twice = repeated_name(names)
+        if twice is not None:
+            name, i, j = twice
+            raise CnnappsError(f"{source}: classes {i} and {j} are both named {name!r}; classes meet by name, so each "
+                               "needs a name of its own")  # fmt: skip
     index = {name: i for i, name in enumerate(model_classes)}
     unknown = [n for n in data_classes if n not in index]
     if unknown:

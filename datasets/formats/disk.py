@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cnnapps.datasets.formats.hub import FormatError, Report
+from cnnapps.errors import repeated_name
 from cnnapps.files import OutputExistsError
 
 #: the image files the formats look for (those ``cnnapps.datasets.io`` decodes)
@@ -94,12 +95,11 @@ def read_names(path: Path) -> list[str]:
 def distinct(names: list[str], source: object) -> list[str]:
     """``names``, or a one-line error where one is given twice: two class indices of one name were read as one class
     (a YOLO label of the second index then named a class that was not there, or the next class)."""
-    first: dict[str, int] = {}
-    for i, name in enumerate(names):
-        if name in first:
-            raise FormatError(f"{source}: class name {name!r} is given twice (indices {first[name]} and {i}): each "
-                              "class needs a name of its own")  # fmt: skip
-        first[name] = i
+    twice = repeated_name(names)
+    if twice is not None:
+        name, i, j = twice
+        raise FormatError(f"{source}: class name {name!r} is given twice (indices {i} and {j}): each class needs a "
+                          "name of its own")  # fmt: skip
     return names
 
 
