@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cnnapps.apps.common.config import ConfigError
+from cnnapps.yamltext import load_yaml
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:
@@ -79,9 +80,7 @@ def _read_weights(path: Path) -> dict[str, float]:
         elif suffix == ".json":
             loaded = json.loads(text, object_pairs_hook=_once_each)
         else:
-            import yaml
-
-            loaded = yaml.load(text, Loader=yaml.BaseLoader)  # every key a string: class "yes" or "01" stays so
+            loaded = load_yaml(text, strings=True)  # every key a string: class "yes" or "01" stays so
     except Exception as exc:  # json, yaml and csv errors
         raise ConfigError(f"class_weights: {path}: not readable ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict) or not loaded:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnapps.errors import CnnappsError
+from cnnapps.yamltext import load_yaml
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "plateau", "none")
@@ -276,7 +277,7 @@ def _read_settings(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:

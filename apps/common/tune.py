@@ -27,6 +27,7 @@ import torch
 from cnnapps.apps.common.config import HOW_IT_RUNS, ConfigError, TrainConfig, check_out_folder, fields_of
 from cnnapps.errors import CnnappsError, Interrupted
 from cnnapps.terminal import plural
+from cnnapps.yamltext import load_yaml
 
 log = logging.getLogger("cnnapps")
 
@@ -110,7 +111,7 @@ def read_space(path: str | Path, config_type: type) -> list[Dimension]:
     import yaml
 
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = load_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such space file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

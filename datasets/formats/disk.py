@@ -14,6 +14,7 @@ from typing import Any
 from cnnapps.datasets.formats.hub import FormatError, Report
 from cnnapps.errors import repeated_name
 from cnnapps.files import OutputExistsError
+from cnnapps.yamltext import load_yaml
 
 #: the image files the formats look for (those ``cnnapps.datasets.io`` decodes)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -81,7 +82,7 @@ def read_names(path: Path) -> list[str]:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as exc:
             raise FormatError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         return names_from(data.get("names") if isinstance(data, dict) else data, path)

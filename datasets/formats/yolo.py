@@ -32,6 +32,7 @@ from cnnapps.datasets.formats.hub import (
     polygons_of,
 )
 from cnnapps.terminal import plural
+from cnnapps.yamltext import load_yaml
 
 #: how far outside 0..1 a coordinate may be (float noise) before the line is refused
 _SLACK = 1e-3
@@ -119,7 +120,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise FormatError(f"{path}: not a readable YAML file ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -79,6 +79,9 @@ def test_class_weight_file_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "w.json").write_text('{"a": 2, "a": 3}')
     with pytest.raises(ConfigError, match=r"class_weights: .*w\.json: not readable \(class 'a' is given twice\)"):
         class_weights(str(tmp_path / "w.json"), [0, 1], ["a", "b"])
+    (tmp_path / "w.yaml").write_text("a: 2\nb: 1\na: 3\n")
+    with pytest.raises(ConfigError, match=r"class_weights: .*w\.yaml: not readable \('a' is given twice \(line 3\)\)"):
+        class_weights(str(tmp_path / "w.yaml"), [0, 1], ["a", "b"])
 
 
 def test_balanced_sampler_draws_minority_classes_as_often_as_majority() -> None:
