@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,9 +162,8 @@ def convert(
         named = ", ".join(f"{counts[split]} {split}" for split in ("train", "val", "test") if counts[split])
         report.note(f"{target.name} names no splits: the source's ({named} images) were written together")
     counts = _counts(data, target)
-    ids = [im["id"] for im in data.coco["images"]]
-    if target.name != "coco" and ids != list(range(1, len(ids) + 1)):
-        report.note(f"image ids were not kept: {target.name} has none, so read back the images are numbered 1, 2, ...")
+    if target.name != "coco":
+        _note_ids_not_kept(data, target.name, report)
     with staged(dst) as at:
         written = target.write(data, dst, at, report, mode)
     return Conversion(
@@ -174,7 +173,9 @@ def convert(
         target.name,
         len(data.coco["images"]),
         *counts,
-        categories=[c["name"] for c in data.coco["categories"]],
+        categories=[
+            c["name"] for c in (data.coco["categories"] if target.name == "coco" else data.categories.values())
+        ],
         written=written,
         skipped=report.skipped,
         notes=report.notes,
@@ -189,6 +190,28 @@ def _format(name: str, option: str) -> Format:
             f"{option}: {name!r} is not a known format ({', '.join(FORMATS)}){did_you_mean(key, FORMATS)}"
         )
     return FORMATS[key]
+
+
+def _note_ids_not_kept(data: Collection, target: str, report: Report) -> None:
+    """Say what a target that keeps no ids loses: image and category ids other than 1..n come back numbered 1..n
+    (categories in id order), and supercategories do not come back."""
+    ids = [im["id"] for im in data.coco["images"]]
+    if ids != list(range(1, len(ids) + 1)):
+        report.note(f"image ids were not kept: {target} has none, so read back the images are numbered 1, 2, ...")
+    cats = list(data.categories.values())
+    if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
+        report.note(
+            f"category ids ({_first(str(c['id']) for c in cats)}) were not kept: {target} has the classes in id order "
+            f"({_first(c['name'] for c in cats)}) without ids, so read back they are numbered 1..{len(cats)}"
+        )
+    supers = sorted({str(c["supercategory"]) for c in cats if c.get("supercategory") not in (None, "", c["name"])})
+    if supers:
+        report.note(f"supercategories ({_first(supers)}) were not kept: {target} has none")
+
+
+def _first(names: Iterable[str], shown: int = 8) -> str:
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _counts(data: Collection, target: Format) -> tuple[int, int, int, int]:
