@@ -229,10 +229,32 @@ def staged(out: Path) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
     try:
         yield stage / out.name
-        check_free(out)
-        os.rename(stage / out.name, out)
+        _move_in(stage / out.name, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _move_in(made: Path, out: Path) -> None:
+    """``made`` renamed to ``out``, never over what took that name while it was written (a look, then a rename,
+    would replace a file made in between): a file is linked there, which fails if the name is taken; a folder first
+    takes the name with an empty folder of its own, which it then replaces."""
+    try:
+        if not made.is_dir():
+            os.link(made, out)
+            return
+        os.mkdir(out)
+    except FileExistsError:
+        raise OutputExistsError(out) from None
+    except OSError:  # no hard links on this file system: look, then rename (a narrow race remains)
+        check_free(out)
+        os.rename(made, out)
+        return
+    try:
+        os.replace(made, out)  # a folder onto the empty one just made: one step
+    except OSError:  # a system that does not replace folders
+        os.rmdir(out)
+        check_free(out)
+        os.rename(made, out)
 
 
 def walk(root: Path, keep: Callable[[Path], bool]) -> list[Path]:

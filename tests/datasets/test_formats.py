@@ -731,3 +731,22 @@ def test_what_yolo_and_voc_cannot_hold_past_the_image_is_said(tmp_path):
     for name, category in (("pose-inside", person), ("segment-inside", shape)):  # what lies inside: no note
         assert not {cut, moved, unlabelled} & set(converted(name, category, [inside]).notes)
     assert not [n for n in converted("voc-inside", shape, [inside], to="voc").notes if "cut" in n]
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_an_output_made_while_converting_is_not_replaced(tmp_path: Path, monkeypatch, kind: str) -> None:
+    # the output was looked for, then renamed into place: what took the name in between was replaced
+    from cnnapps.datasets.formats import disk
+
+    out = tmp_path / ("out.json" if kind == "file" else "out")
+    monkeypatch.setattr(disk, "check_free", lambda path: None)  # the look passes; the name is taken after it
+    with pytest.raises(OutputExistsError), disk.staged(out) as at:
+        if kind == "file":
+            at.write_text("converted")
+            out.write_text("the user's")
+        else:
+            at.mkdir()
+            (at / "labels.txt").write_text("converted")
+            out.mkdir()
+    assert (out.read_text() if kind == "file" else sorted(out.iterdir())) == ("the user's" if kind == "file" else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # nothing staged left behind
