@@ -177,6 +177,7 @@ def serve(
     if getattr(server, "force_exit", False):
         # Ctrl+C once more: requests were not waited for, and one may hold a thread no signal reaches (a read of a
         # hung network file system), which the interpreter would wait for at exit
+        echo("stopped at the second Ctrl+C, without answering the requests in progress", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)

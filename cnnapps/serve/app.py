@@ -29,6 +29,7 @@ import inspect
 import ipaddress
 import itertools
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -301,6 +302,8 @@ def create_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_
                 self.exit_at = time.monotonic() + shutdown_delay_s
                 return
             super().handle_exit(sig, frame)
+            if self.force_exit:  # Ctrl+C once more: the requests' tasks are cancelled, not failed
+                logging.getLogger("uvicorn.error").addFilter(_quiet_cancelled)
 
         async def on_tick(self, counter: int) -> bool:
             if self.exit_at is not None and time.monotonic() >= self.exit_at:
@@ -326,6 +329,14 @@ def create_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, keep_
                     signal.signal(sig, handler)
 
     return GracefulServer(server_config(app, host, port, keep_alive_s, log_level, forwarded_allow_ips))
+
+
+def _quiet_cancelled(record: logging.LogRecord) -> bool:
+    """False for uvicorn's traceback of a request task cancelled by a forced exit (about 45 lines for each streamed
+    clip cut short), and for the lifespan's (a traceback as text, Starlette's message)."""
+    if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+        return False
+    return not (isinstance(record.msg, str) and record.msg.rstrip().endswith("asyncio.exceptions.CancelledError"))
 
 
 @dataclass

@@ -652,6 +652,9 @@ def test_ctrl_c_twice_stops_a_server_whose_request_is_stuck_in_a_thread() -> Non
         time.sleep(1)
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=20) == 130
+        said = server.stderr.read().decode()
+        assert "Traceback" not in said  # uvicorn's of the cancelled request, 45 lines for a streamed clip
+        assert said.strip().endswith("stopped at the second Ctrl+C, without answering the requests in progress")
     finally:
         if server.poll() is None:
             server.kill()
