@@ -214,7 +214,8 @@ class VideoSource:
     that do not state one.
 
     Frames come upright: a video whose container says to show it turned (a phone's portrait video, stored landscape)
-    is turned as FFmpeg's players turn it; ``width`` and ``height`` are the stored frames'.
+    is turned as FFmpeg's players turn it. ``width`` and ``height`` are the header's until the first frame is read,
+    then the frames' as they come (the rotation is known only from a frame).
 
     ``max_pixels`` and ``max_aspect`` (None: no limit) bound the frames' size as :func:`~cnnapps.datasets.io.read_image`
     bounds an image's: a header whose frames go over them (or that does not say their size) is a :class:`VideoError`
@@ -720,6 +721,8 @@ class VideoSource:
                 self._count_lost(t if frame.pts is not None else None)
             turns = round(frame.rotation / 90) % 4  # a phone's portrait video: stored sideways, shown upright
             size = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+            if turns % 2:  # the header says the stored size; the frames come turned
+                self.width, self.height = size
             return self._offer(t, lambda: np.rot90(frame.to_ndarray(format="rgb24"), turns), size)
 
         try:
@@ -917,8 +920,11 @@ def _sequence_path(prefix: str, width: int, suffix: str, number: int) -> str:
 
 def probe(spec: str, *, timeout: float = 10.0) -> dict[str, Any]:
     """A source's name, live, fps, width, height, frames (None when the container does not say) and
-    duration (seconds, None for live sources), read from its headers without decoding the video."""
+    duration (seconds, None for live sources), read from its headers; of a file, also from its first frame (width
+    and height as the frames come: a video stored sideways comes turned)."""
     with VideoSource(spec, timeout=timeout) as source:
+        if not source.live:
+            next(iter(source), None)
         return source.info()
 
 
