@@ -370,9 +370,11 @@ def tune(
         raise CnnappsError(f"{out}: no trial finished (see trials.json); widen the space or raise --trials")
     best = study.best_trial
     recipe = apply(base, best.params, out / "best")
+    searched = epochs or base.epochs
+    longer = f"; this recipe trains {plural(recipe.epochs, 'epoch')}" if recipe.epochs != searched else ""
     _write_recipe(recipe, best.params, out / "best.yaml",
                   f"best of {len(complete)} finished trials of `cnnapps tune {task_name}`: trial {best.number}, "
-                  f"{metric} {best.value:.4f} after {plural(epochs or base.epochs, 'epoch')}")  # fmt: skip
+                  f"{metric} {best.value:.4f} after {plural(searched, 'epoch')}{longer}")  # fmt: skip
     return {"metric": metric, "best": {"trial": best.number, "value": best.value, "params": best.params},
             "trials": rows, "best_yaml": str(out / "best.yaml")}  # fmt: skip
 

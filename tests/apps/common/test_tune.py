@@ -104,6 +104,7 @@ def test_two_trials_write_a_loadable_best_recipe(colour_set: Path, tmp_path: Pat
     best = load_config(out / "best.yaml", ClassifyConfig)
     assert 0.001 <= best.lr <= 0.05 and 0.0 <= best.dropout <= 0.3 and best.batch_size in (4, 8)
     assert best.epochs == 3 and best.out == str(out / "best") and best.data == str(colour_set)
+    assert (out / "best.yaml").read_text().splitlines()[0].endswith("after 1 epoch; this recipe trains 3 epochs")
     assert best.weights is None and best.backbone_kwargs == {"in_channels": 3}  # the base recipe kept
     trials = json.loads((out / "trials.json").read_text())
     assert trials["metric"] == "val_top1" and [t["state"] for t in trials["trials"]] == ["complete", "complete"]
