@@ -20,7 +20,7 @@ class CaptionedImage:
     path: Path
     captions: list[str]
     image_id: int
-    #: the image's split in a Karpathy file (train, restval, val, test; "" if unsaid); None in COCO captions
+    #: the image's split in a Karpathy file (train, restval, val, test); None where unsaid, and in COCO captions
     split: str | None = None
 
 
@@ -69,7 +69,7 @@ def _karpathy_items(data: dict[str, Any], path: Path, root: Path, split: str | N
         if sentences and (wanted is None or img.get("split") in wanted):
             image_id = int(img.get("cocoid", img.get("imgid", i)))
             items.append(CaptionedImage(root / img.get("filepath", "") / img["filename"], sentences, image_id,
-                                        str(img.get("split") or "")))  # fmt: skip
+                                        str(img["split"]) if img.get("split") else None))  # fmt: skip
     return items
 
 
@@ -98,6 +98,8 @@ def _caption(ann: Any, where: str, path: Path) -> tuple[Any, str]:
         raise CaptionDataError(f"{where}: no caption")
     if not isinstance(ann["caption"], str):
         raise CaptionDataError(f"{where}: caption is {ann['caption']!r}, not text")
+    if not ann["caption"].strip():  # a reference of no words lowers every score; trained on, it ends at once
+        raise CaptionDataError(f"{where}: an empty caption")
     if "image_id" not in ann:
         raise CaptionDataError(f"{where}: no image_id")
     return ann["image_id"], ann["caption"]

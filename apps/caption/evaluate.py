@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cnnapps.apps.caption.vocab import ptb_tokens
@@ -27,9 +29,24 @@ def _tokenized(captions: dict[Any, list[str]], ptb: bool) -> dict[Any, list[str]
     if ptb:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _stderr_to_null():
             return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
     return {k: [" ".join(ptb_tokens(c)) for c in v] for k, v in captions.items()}
+
+
+@contextlib.contextmanager
+def _stderr_to_null() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: Java's PTB tokenizer, a process of its own, says "PTBTokenizer tokenized 143
+    tokens at ..." on the stderr it inherits, which ``redirect_stderr`` does not reach."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 #: the names people read: the same as the README and the training docs (BLEU-1..4, CIDEr)

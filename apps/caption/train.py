@@ -37,9 +37,9 @@ def _prepare(config: CaptionConfig, device: Any) -> Any:
 
     items = read_captions(config.data, config.images, "train")  # a Karpathy file: train + restval, never val, test
     train_items, val_items = items, None
-    if config.val_data:
-        val_items = read_captions(config.val_data, config.val_images or config.images)
-    elif items[0].split is not None:  # a Karpathy file: its val split validates, where it has one
+    if config.val_data:  # a Karpathy file: its val split (its training images are not for validation)
+        val_items = read_captions(config.val_data, config.val_images or config.images, "val")
+    elif any(item.split for item in items):  # a Karpathy file: its val split validates, where it has one
         with contextlib.suppress(CnnappsError):
             val_items = read_captions(config.data, config.images, "val")
     if val_items is None:  # COCO captions are one split (or a Karpathy file has no val): hold out a share

@@ -29,6 +29,7 @@ def test_well_formed_coco_captions_read(tmp_path):
         ({"id": 12, "image_id": 1, "caption": None}, "annotation 12: caption is None, not text"),
         ({"id": 12, "image_id": 1, "caption": ["a", "dog"]}, r"annotation 12: caption is \['a', 'dog'\], not text"),
         ({"id": 12, "caption": "a dog"}, "annotation 12: no image_id"),
+        ({"id": 12, "image_id": 1, "caption": " \n"}, "annotation 12: an empty caption"),  # read, and scored against
         ({"image_id": 1}, r"annotations\[2\]: no caption"),  # no id: its place in the list
         ("a dog", r"annotations\[2\]: not an annotation object"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
@@ -57,6 +58,15 @@ def test_caption_equal_to_a_reference_scores_one_in_training_validation():
     scores = caption_scores(TRICKY, said, ptb=False)  # what in-training validation computes
     for n in range(1, 5):
         assert scores[f"bleu{n}"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="PTB tokenisation needs Java")
+def test_java_says_nothing_on_stderr(capfd):
+    # "PTBTokenizer tokenized 143 tokens at ..." twice on every eval caption: Java's stderr is the process's own
+    said = _said(TRICKY)
+    assert caption_scores(TRICKY, said, ptb=True)["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    print("after", file=sys.stderr)  # the stderr it had is back
+    assert capfd.readouterr().err == "after\n"
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="PTB tokenisation needs Java")

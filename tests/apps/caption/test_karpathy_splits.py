@@ -102,3 +102,20 @@ def test_a_karpathy_file_that_says_no_split_is_one_split(tmp_path):
     path.write_text(json.dumps(data))
     assert len(read_captions(path, tmp_path, "train")) == 4  # training reads it whole, --val-data or not
     assert len(_split_items(read_captions, str(path), str(tmp_path), None)) == 4  # eval scores it whole
+
+
+def test_a_karpathy_file_as_val_data_validates_on_its_val_split_alone(data, tmp_path):
+    # it validated on every image of the file, its training images too
+    plan = plan_for(data, tmp_path, data=str(data / "karpathy.json"), val_data=str(data / "karpathy.json"))
+    assert (plan.train_images, plan.val_images) == (8, 2)
+    assert {item.split for item in plan.val_loader.dataset.items} == {"val"}
+
+
+def test_a_karpathy_file_without_splits_holds_out_a_share_to_validate(data, tmp_path):
+    # it trained and validated on the same 12 images
+    path = tmp_path / "no-splits.json"
+    images = json.loads((data / "karpathy.json").read_text())["images"]
+    path.write_text(json.dumps({"images": [{k: v for k, v in im.items() if k != "split"} for im in images]}))
+    plan = plan_for(data, tmp_path, data=str(path), val_split=0.25)
+    assert (plan.train_images, plan.val_images) == (9, 3)
+    assert not {i.path for i in plan.train_loader.dataset.items} & {i.path for i in plan.val_loader.dataset.items}
