@@ -118,7 +118,7 @@ def index_build(
     embedder = _embedder(model, pooling, device, head)
     with progress(len(paths), "embedding") as advance:
         built, added, failed = Index.build(index, paths, embedder, kind=kind, progress=advance)
-    _index_done(built.info(), as_json, f"indexed {plural(added, 'image')}", failed)
+    _index_done(built.info(), as_json, f"indexed {plural(added, 'image')}", failed, added=added)
 
 
 def _build_shard(folder: list[str], index: Path, model: str | None, head: str | None, pooling: str, device: str,
@@ -168,9 +168,12 @@ def _build_on_ray(folder: list[str], index: Path, model: str | None, head: str |
                 "finished before)", report.failed)  # fmt: skip
 
 
-def _index_done(info: dict[str, Any], as_json: bool, headline: str, failed: list[dict[str, str]]) -> None:
-    """After an index write: its state, the inputs that failed, and exit 1 when some did."""
-    _print_index(info, as_json, headline)
+def _index_done(
+    info: dict[str, Any], as_json: bool, headline: str, failed: list[dict[str, str]], **counts: int
+) -> None:
+    """After an index write: its state, the inputs that failed, and exit 1 when some did. JSON carries ``counts``
+    (``added``) and ``failed`` beside the state, as `sync` and `dedup` print them."""
+    _print_index({**info, **counts, "failed": failed} if as_json else info, as_json, headline)
     report_failed(failed)
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -214,7 +217,7 @@ def index_add(
     opened = Index.open(index)
     with progress(len(files), "embedding") as advance:
         added, failed = opened.add(files, progress=advance)
-    _index_done(opened.info(), as_json, f"added {plural(added, 'image')}", failed)
+    _index_done(opened.info(), as_json, f"added {plural(added, 'image')}", failed, added=added)
 
 
 @index_app.command("remove")
@@ -227,12 +230,20 @@ def index_remove(
     from cnnapps.apps.retrieve.index import Index, index_path
 
     opened = Index.open(index)
+    present = opened.indexed(paths)
     removed = opened.remove(paths)
-    _print_index(opened.info(), as_json, f"removed {plural(removed, 'image')}")
-    missing = len({index_path(p) for p in paths}) - removed
+    info = opened.info()
+    _print_index({**info, "removed": removed} if as_json else info, as_json, f"removed {plural(removed, 'image')}")
+    missing = [k for k in dict.fromkeys(index_path(p) for p in paths) if k not in present]
     if missing:
-        echo(f"{plural(missing, 'path')} given not in {index}", err=True)
+        echo(f"{plural(len(missing), 'path')} given not in {index}: {_some(missing)}", err=True)
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first few ``names`` and how many more, for a one-line message."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 @index_app.command("info")
@@ -243,7 +254,19 @@ def index_info(
     """Items, model, embedding size, index kind and size on disk."""
     from cnnapps.apps.retrieve.index import Index
 
-    _print_index(Index.open(index).info(), as_json)
+    opened = Index.open(index)
+    _print_index(opened.info(), as_json)
+    _warn_unfinished(opened)
+
+
+def _warn_unfinished(opened: Any) -> None:
+    """One line on stderr for an index whose build or merge has not finished: it holds only what was committed so
+    far (searched all the same, as a service searches an index another process is adding to)."""
+    from cnnapps.apps.retrieve.index import unfinished_problem
+
+    if opened.unfinished:
+        problem = unfinished_problem(opened.path, opened.unfinished)
+        echo(f"warning: {opened.path}: {problem} ({plural(len(opened), 'image')} indexed so far)", err=True)
 
 
 @index_app.command("sync")
@@ -333,6 +356,7 @@ def retrieve(
         for target in targets:
             free_picture(target, "--save-grid")
     opened = Index.open(index)
+    _warn_unfinished(opened)
     results = retrieve(opened, query, k, embedder=opened.embedder(engine=engine))
     if as_json:
         echo_json([r.to_dict() for r in results])
@@ -390,8 +414,9 @@ def dedup(
         echo_json({"groups": groups, "failed": failed})
     else:
         rule = f"threshold {threshold}" + (f", or hashes at most {hash_bits} bits apart" if hashes is not None else "")
-        distinct = len({index_path(p) for p in paths})  # a file named twice is one image
-        echo(f"{plural(len(groups), 'group')} of near-duplicates among {plural(distinct, 'image')} ({rule})")
+        # a file named twice is one image; one that failed was not looked at
+        embedded = len({index_path(p) for p in paths}) - len(failed)
+        echo(f"{plural(len(groups), 'group')} of near-duplicates among {plural(embedded, 'image')} ({rule})")
         for n, group in enumerate(groups, start=1):
             echo(f"group {n} (similarity >= {group['min_similarity']:.3f}):")
             for path in group["images"]:

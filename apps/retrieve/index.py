@@ -40,6 +40,7 @@ import numpy as np
 
 from cnnapps.errors import CnnappsError
 from cnnapps.parts import input_name as index_path
+from cnnapps.terminal import plural
 
 KINDS = ("auto", "flat", "ivfpq", "hnsw")
 #: ``auto`` switches from exact search to IVF-PQ at this many vectors.
@@ -170,6 +171,8 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_live_path ON items (path) WHERE removed_gen IS NULL;
 """
+#: the tables of ``_SCHEMA``: a database with others is not an index's, and never cleared as one
+_TABLES = {"settings", "items"}
 
 
 def build_faiss(kind: str, vectors: np.ndarray, ids: np.ndarray, dim: int) -> Any:
@@ -278,7 +281,8 @@ def _in_progress(folder: Path, what: str) -> str | None:
 def _index_state(folder: Path) -> tuple[str, dict[str, str]]:
     """("none" | "interrupted" | "unreadable" | "index", settings) of the database in ``folder``.
 
-    "interrupted": a database without settings and without items, what a killed creator leaves."""
+    "interrupted": a database without settings and without items, and no table but the index's own: what a killed
+    creator leaves. Another program's database is "unreadable", so that nothing clears it."""
     file = folder / "index.sqlite"
     if not file.is_file():
         return "none", {}
@@ -291,6 +295,8 @@ def _index_state(folder: Path) -> tuple[str, dict[str, str]]:
         settings = dict(db.execute("SELECT key, value FROM settings")) if "settings" in tables else {}
         if "generation" in settings and "model" in settings:
             return "index", settings
+        if settings or {t for t in tables if not t.startswith("sqlite_")} - _TABLES:
+            return "unreadable", settings  # not what a creator leaves: settings come in its one transaction
         if "items" in tables and db.execute("SELECT COUNT(*) FROM items").fetchone()[0]:
             return "unreadable", settings
         return "interrupted", settings
@@ -315,6 +321,18 @@ def _unreadable(folder: Path) -> RetrievalIndexError:
     return RetrievalIndexError(f"{folder}: {_UNREADABLE}")
 
 
+def unfinished_problem(folder: Path, task: str) -> str:
+    """What to say of an index whose ``task`` ("build" or "merge") is unfinished: in progress (its writer holds the
+    lock) or interrupted, with what finishes it."""
+    return _in_progress(folder, f"its {task}") or _interrupted(folder, task)
+
+
+def _interrupted(folder: Path, task: str) -> str:
+    if task == "build":
+        return "its build was interrupted: run `cnnapps index build` with the same inputs to finish it"
+    return f"its {task} was interrupted: run `cnnapps index merge --index {folder}` to finish it"
+
+
 def _not_created_reason(folder: Path) -> str:
     return (
         "the index was not fully created (its build was interrupted); run `cnnapps index build` again, "
@@ -323,6 +341,8 @@ def _not_created_reason(folder: Path) -> str:
 
 
 def _not_created(folder: Path) -> RetrievalIndexError:
+    if _index_state(folder)[0] == "unreadable":  # another program's database: repair would refuse it too
+        return _unreadable(folder)
     if _held_by_other(folder):
         return IndexLockedError(f"{folder}: the index is being created by another process; try again when it is done")
     return RetrievalIndexError(f"{folder}: {_not_created_reason(folder)}")
@@ -428,6 +448,8 @@ class Index:
         path = Path(path)
         if not (path / "index.sqlite").is_file():
             raise _no_index(path)
+        if _index_state(path)[0] == "unreadable":  # another program's database: left as it is (not made WAL)
+            raise _unreadable(path)
         try:
             db = _connect(path / "index.sqlite")
         except sqlite3.DatabaseError:
@@ -471,8 +493,8 @@ class Index:
             kept = [k for k in others if not _gone(k)]
             if kept:
                 raise RetrievalIndexError(
-                    f"{path}: the interrupted build here indexed {len(kept)} files not among these inputs (such as "
-                    f"{kept[0]}); resume it with the same inputs, or remove {path}"
+                    f"{path}: the interrupted build here indexed {plural(len(kept), 'file')} not among these inputs "
+                    f"(such as {kept[0]}); resume it with the same inputs, or remove {path}"
                 )
             # skipped: indexed by the run this one resumes and unchanged since (a file missing now is not)
             todo = [k for k in keys if k not in unchanged or unchanged[k] != _size_mtime(k)]
@@ -632,6 +654,18 @@ class Index:
         row = self._db.execute(f"SELECT path FROM items WHERE id = ? AND {self._live()}", (int(item_id),)).fetchone()
         return None if row is None else _from_db(row[0])
 
+    @property
+    def unfinished(self) -> str | None:
+        """The task ("build" or "merge") that has not finished writing this index, or None: such an index holds
+        only what was committed so far, and only that task, run again, adds the rest."""
+        return self._settings.get("unfinished")
+
+    def _refuse_unfinished(self) -> None:
+        """Refuse an edit of an index whose build or merge was interrupted: its rerun would then find entries it
+        was not given (the write lock is held, so the unfinished task is not running)."""
+        if self.unfinished:
+            raise RetrievalIndexError(f"{self.path}: {_interrupted(self.path, self.unfinished)}")
+
     def _unchanged(self) -> dict[str, tuple[int, float]]:
         """(size, mtime) of each live path, as recorded."""
         rows = self._db.execute(f"SELECT path, size, mtime FROM items WHERE {self._live()}")
@@ -651,6 +685,7 @@ class Index:
             **({"ivf_lists": _lists(self._faiss)} if _is_ivf(self._faiss) else {}),
             "generation": self.generation,
             "bytes_on_disk": sum(f.stat().st_size for f in files if f.exists()),
+            **({"unfinished": self.unfinished} if self.unfinished else {}),
         }
 
     def embedder(self, **kwargs: Any) -> Any:
@@ -684,10 +719,10 @@ class Index:
         one = is_float and queries.ndim == 1 and queries.shape[0] == self.dim  # an image has two dimensions or more
         if one or (is_float and queries.ndim in (1, 2) and _unit_rows(queries)):  # embeddings are unit vectors
             return self.search_vectors(queries, k)
-        _, vectors, errors = self.embedder().embed(queries)
-        bad = [e for e in errors if e]
+        names, vectors, errors = self.embedder().embed(queries)
+        bad = [(n, e) for n, e in zip(names, errors, strict=True) if e]
         if bad:
-            raise RetrievalIndexError(f"query could not be read: {bad[0]}")
+            raise RetrievalIndexError(f"{bad[0][0]}: the query could not be read: {bad[0][1]}")
         return self.search_vectors(vectors, k)
 
     def search_vectors(self, vectors: Any, k: int = 10) -> list[list[Hit]]:
@@ -753,15 +788,8 @@ class Index:
                 live = {r[0] for r in index._db.execute(f"SELECT id FROM items WHERE {index._live()}")}
                 if kept != live:
                     problems.append(f"vectors-{index.generation}.faiss and the database list other images: {repair}")
-            unfinished = index._settings.get("unfinished")
-            if unfinished and (running := _in_progress(path, f"its {unfinished}")):
-                problems.append(running)  # not interrupted: the process writing it holds the lock now
-            elif unfinished == "build":
-                problems.append(
-                    "its build was interrupted: run `cnnapps index build` with the same inputs to finish it"
-                )
-            elif unfinished == "merge":
-                problems.append(f"its merge was interrupted: run `cnnapps index merge --index {path}` to finish it")
+            if index.unfinished:
+                problems.append(unfinished_problem(path, index.unfinished))
             report.update(ok=not problems, items=len(index), generation=index.generation)
             return report
         finally:
@@ -847,18 +875,26 @@ class Index:
         if progress is not None and len(keys) < len(paths):
             progress(len(paths) - len(keys))
         with self._write_lock():
-            stored = {_db_path(k): k for k in keys if _storable(k)}
-            names, indexed = list(stored), set()
-            for start in range(0, len(names), 500):  # which are indexed: a query per 500 files, by the live-path index
-                part = names[start : start + 500]
-                live = f"SELECT path FROM items WHERE removed_gen IS NULL AND path IN ({','.join('?' * len(part))})"
-                indexed |= {stored[row[0]] for row in self._db.execute(live, part)}
+            self._refuse_unfinished()
+            indexed = self.indexed(keys)
             # an indexed file that no longer reads loses its old entry, as sync does: no vector of content gone
             added, failed, _ = self._apply(keys, [], embedder, progress, drop_failed=indexed)
         return added, failed
 
+    def indexed(self, paths: Sequence[str]) -> set[str]:
+        """Which of ``paths`` (by ``index_path``) have an entry in the newest generation: a query per 500 files, by
+        the live-path index."""
+        stored = {_db_path(k): k for k in (index_path(p) for p in paths) if _storable(k)}
+        names, found = list(stored), set()
+        for start in range(0, len(names), 500):
+            part = names[start : start + 500]
+            live = f"SELECT path FROM items WHERE removed_gen IS NULL AND path IN ({','.join('?' * len(part))})"
+            found |= {stored[row[0]] for row in self._db.execute(live, part)}
+        return found
+
     def remove(self, paths: Sequence[str]) -> int:
         with self._write_lock():
+            self._refuse_unfinished()
             return self._apply([], [index_path(p) for p in paths], None, None)[2]
 
     def sync(
@@ -876,6 +912,7 @@ class Index:
         top = index_path(root)  # a folder (what lies under it) or one file
         prefix = os.path.join(top, "")
         with self._write_lock():
+            self._refuse_unfinished()
             known = {
                 _from_db(path): (size, mtime, sha)
                 for path, size, mtime, sha in self._db.execute(
@@ -883,16 +920,21 @@ class Index:
                 )
                 if _from_db(path) == top or _from_db(path).startswith(prefix)
             }
-            changed = []
-            for path in sorted(on_disk & known.keys()):
+            # files added by name that the walk does not list (no image suffix) are still there: compared too
+            named = {p for p in known.keys() - on_disk if os.path.isfile(p)}
+            changed, touched = [], []
+            for path in sorted((on_disk | named) & known.keys()):
                 size, mtime, sha = known[path]
                 if _size_mtime(path) != (size, mtime):
                     try:
-                        digest = file_stat(path).sha256
+                        stat = file_stat(path)
                     except OSError:
-                        digest = None  # gone meanwhile: embedding reports it, and the old entry goes
-                    if digest != sha:
+                        stat = None  # gone meanwhile: embedding reports it, and the old entry goes
+                    if stat is None or stat.sha256 != sha:
                         changed.append(path)
+                    else:
+                        touched.append(stat)
+            self._restamp(touched)
             new = sorted(on_disk - known.keys())
             # gone: deleted (or a link whose target was), not merely skipped by the walk (a file added by name
             # may have no image suffix)
@@ -901,6 +943,16 @@ class Index:
         bad = {f["path"] for f in failed}
         return {"added": len(set(new) - bad), "changed": len(set(changed) - bad), "removed": removed,
                 "failed": failed, "items": len(self)}  # fmt: skip
+
+    def _restamp(self, stats: Sequence[FileStat]) -> None:
+        """Record the size and mtime of files touched but not changed (same hash), so that the next sync does
+        not hash them again. The vectors stay: no new generation."""
+        if stats:
+            with self._db:
+                self._db.executemany(
+                    "UPDATE items SET size = ?, mtime = ? WHERE path = ? AND removed_gen IS NULL",
+                    [(st.size, st.mtime, _db_path(st.path)) for st in stats],
+                )
 
     def add_embedded(self, stats: Sequence[FileStat], vectors: np.ndarray) -> int:
         """Add files embedded elsewhere (the parts of a sharded build) in one generation; returns the count."""
