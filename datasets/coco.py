@@ -139,8 +139,8 @@ class CocoDataset:
             fmt = other_format(self.path)
         except FormatError as exc:
             raise CocoError(str(exc)) from None
-        if fmt is None and images is None and self.path.is_file():
-            fmt = "coco"  # its images looked for where COCO files keep them (beside it, images/, ../images)
+        if fmt is None and self.path.is_file():
+            fmt = "coco"  # each entry checked; its images in --images, else where COCO files keep them
         if fmt is None:
             self.images = Path(images) if images else self.path.parent
             self.coco = load_coco(self.path)
@@ -156,7 +156,7 @@ class CocoDataset:
             if not cats:
                 raise CocoError(f"{self.path}: no category with keypoints (needed for pose)")
             self.keypoint_names = list(cats[0]["keypoints"])
-            self.skeleton = [list(p) for p in cats[0].get("skeleton", [])]
+            self.skeleton = _skeleton(cats[0], len(self.keypoint_names), self.path)
             self.flip_index = _flip_index(cats[0], len(self.keypoint_names), self.path)
         else:
             self.keypoint_names, self.skeleton, self.flip_index = [], [], None
@@ -170,9 +170,13 @@ class CocoDataset:
             self._check_keypoints()
 
     def _check_keypoints(self) -> None:
-        """Every annotation a target can hold has 3 numbers per keypoint (else one line: file, annotation, counts)."""
+        """Every annotation a target can hold has 3 numbers per keypoint (else one line: file, annotation, counts).
+        An annotation without ``num_keypoints`` gets its count of labelled keypoints (pycocotools' evaluation needs
+        it: a KeyError after the first epoch of training)."""
         k = len(self.keypoint_names)
         for ann in self.coco.dataset["annotations"]:
+            if "num_keypoints" not in ann:
+                ann["num_keypoints"] = labelled_keypoints(ann)
             if ann.get("category_id") not in self.label_of or ann.get("iscrowd", 0):
                 continue
             points = ann.get("keypoints")
@@ -208,6 +212,8 @@ class CocoDataset:
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32).reshape(-1, 4)
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        inside = (boxes[:, 2] - boxes[:, 0] > 1) & (boxes[:, 3] - boxes[:, 1] > 1)  # a box outside the image: none
+        anns, boxes = [a for a, keep in zip(anns, inside, strict=True) if keep], boxes[inside]
         target = Target(boxes, np.array([self.label_of[a["category_id"]] for a in anns], np.int64))
         if self.task == "segment":
             masks = [self.coco.annToMask(a) if a.get("segmentation") else _box_mask(a["bbox"], height, width)
@@ -229,6 +235,17 @@ def _flip_index(cat: dict[str, Any], k: int, path: Path) -> list[int] | None:
         raise CocoError(f"{path}: category {cat['name']!r}: flip_index: expected a permutation of 0..{k - 1}, "
                         f"not {flips!r}")  # fmt: skip
     return flips
+
+
+def _skeleton(cat: dict[str, Any], k: int, path: Path) -> list[list[int]]:
+    """The category's ``skeleton``: pairs of keypoints, 1-based as COCO's (a pair past the keypoints, or a 0-based
+    one, was kept and drawn between the wrong joints or none)."""
+    pairs = cat.get("skeleton") or []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and 1 <= i <= k for i in pair)):
+            raise CocoError(f"{path}: category {cat['name']!r}: skeleton pair {pair!r} is not two keypoint numbers "
+                            f"of 1..{k} (COCO's are 1-based)")  # fmt: skip
+    return [list(p) for p in pairs]
 
 
 def _box_mask(bbox: list[float], height: int, width: int) -> np.ndarray:

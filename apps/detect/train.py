@@ -37,7 +37,13 @@ def _prepare(config: DetectConfig, device: Any) -> Any:
     if config.val_data:
         val_coco = CocoDataset(config.val_data, config.val_images or config.images, config.task)
         if val_coco.class_names != train_coco.class_names:
-            raise CnnappsError(f"{config.val_data}: its categories differ from {config.data}'s")
+            named = [", ".join(c.class_names[1:6]) + (", ..." if len(c.class_names) > 6 else "")
+                     for c in (val_coco, train_coco)]  # fmt: skip
+            same = sorted(val_coco.class_names) == sorted(train_coco.class_names)
+            raise CnnappsError(
+                f"{config.val_data}: its categories ({named[0]}, in id order) differ from "
+                f"{config.data}'s ({named[1]}){': the same names under other ids' if same else ''}"
+            )
         if val_coco.keypoint_names != train_coco.keypoint_names:  # validation scores keypoints in the model's order
             raise CnnappsError(f"{config.val_data}: its keypoints ({', '.join(val_coco.keypoint_names[:5])}...) "
                                f"differ from {config.data}'s, or are in another order")  # fmt: skip

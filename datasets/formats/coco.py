@@ -42,7 +42,8 @@ def read(src: Path, report: Report, names: list[str] | None = None, images: Path
     if names:
         report.note("--names is not used with COCO sources: the categories come from the file")
     file_names = [im.get("file_name", "") for im in data["images"] if isinstance(im, dict)]
-    candidates = [images, path.parent, path.parent / "images", path.parent.parent / "images", path.with_suffix("")]
+    places = [path.parent, path.parent / "images", path.parent.parent / "images", path.with_suffix("")]
+    candidates = [images] if images else places  # a folder given is where they are: not another found instead
     root = images_root(candidates, file_names)
     out: dict[str, Any] = {k: data[k] for k in ("info", "licenses") if k in data}
     origins: dict[tuple[str, int], str] = {}

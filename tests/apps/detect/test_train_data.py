@@ -72,3 +72,28 @@ def test_data_show_flips_keypoints_as_training_does(tmp_path, monkeypatch):
     data = write_pose_set(tmp_path / "data", "[1, 0, 2]")
     task, count, _ = _annotations(data, "pose", "default", None, 64, 0)
     assert (task, count, seen) == ("pose", 1, [[1, 0, 2]])
+
+
+def test_validation_data_with_the_same_names_under_other_ids_is_named_so(tmp_path):
+    import json
+
+    import torch
+
+    from cnnapps.apps.detect.config import DetectConfig
+    from cnnapps.apps.detect.train import _prepare
+    from cnnapps.datasets.synthetic import write_coco
+    from cnnapps.errors import CnnappsError
+
+    train = write_coco("shapes", tmp_path, "train", 2, seed=0, size=64)
+    val = json.loads(train.read_text())
+    ids = [c["id"] for c in val["categories"]]
+    swap = dict(zip(ids, ids[::-1], strict=True))
+    val["categories"] = [{**c, "id": swap[c["id"]]} for c in val["categories"]]
+    val["annotations"] = [{**a, "category_id": swap[a["category_id"]]} for a in val["annotations"]]
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    config = DetectConfig(data=str(train), images=str(tmp_path / "train"), val_data=str(tmp_path / "val.json"),
+                          backbone="resnet18", weights=None, workers=0, out=str(tmp_path / "run"))  # fmt: skip
+    names = [c["name"] for c in sorted(val["categories"], key=lambda c: c["id"])]
+    with pytest.raises(CnnappsError, match=rf"val\.json: its categories \({', '.join(names)}, in id order\) differ .*"
+                                           r": the same names under other ids$"):  # fmt: skip
+        _prepare(config.validate(), torch.device("cpu"))
