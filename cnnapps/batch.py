@@ -96,9 +96,15 @@ def predict_files(
     for key, value in predict_options.items():  # here, not as a failure of every worker after Ray has started
         _check_value(key, value, record.route_options[key])
     if load_options.get("engine") is not None:
-        from cnnapps.engines import check_name
+        from cnnapps.engines import check_name, require
 
-        check_name(load_options["engine"])  # the name only: whether it runs is each node's to say
+        check_name(load_options["engine"])  # the name only: whether it runs on a cluster is each node's to say
+        if not ray_options.get("address"):  # the workers run here: said in one line, not in each one's traceback
+            require(load_options["engine"])
+    if not ray_options.get("address") and load_options.get("device") not in (None, "auto", "cpu"):
+        from cnnapps.runtime import select_device
+
+        select_device(load_options["device"], load_options.get("engine") or "auto")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CnnappsError(f"{out}: exists and is not a folder; choose another --out")

@@ -86,8 +86,8 @@ def is_onnx_file(spec: str | os.PathLike) -> bool:
     name = str(spec)
     if name.lower().endswith(".onnx"):
         return True
-    if name.lower().endswith(".safetensors") or not os.path.isfile(name):
-        return False
+    if not os.path.isfile(name):  # a .safetensors name too: told by its bytes (an ONNX file renamed was "a header
+        return False  # of 8,031,177,557,570,357,256 bytes")
     try:
         with open(name, "rb") as fh:
             head = fh.read(9)
@@ -152,7 +152,8 @@ class OnnxRunner:
     an error, not a quiet run on the CPU. ``engine`` after loading: the engine that runs (``onnx-cuda`` when
     ``onnxruntime`` runs on the CUDA provider).
 
-    onnxruntime's threads sleep between runs instead of spinning (``session.intra_op.allow_spinning`` 0): a caller
+    On the CPU it runs on as many threads as PyTorch does (``torch.set_num_threads``, ``OMP_NUM_THREADS``). Its
+    threads sleep between runs instead of spinning (``session.intra_op.allow_spinning`` 0): a caller
     decodes, resizes and post-processes between two runs, and spinning threads took the cores from it (the digits
     model, end to end from files on 2 cores: 226 images/s spinning, 394-433 not; benchmarks/engines.py)."""
 
@@ -188,6 +189,8 @@ class OnnxRunner:
         chain = providers if engine == "onnxruntime" else [*providers, "CPUExecutionProvider"]  # CPU: nodes they lack
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not cuda:  # torch's thread count, as OpenVINO's and PyTorch's engines take (onnxruntime took every core)
+            options.intra_op_num_threads = torch.get_num_threads()
         self.session = ort.InferenceSession(
             model if isinstance(model, bytes) else str(model), sess_options=options, providers=chain
         )

@@ -26,6 +26,10 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def with_engine(self) -> dict[str, Any]:
+        """``to_dict()`` and, for an answer, the engine that gave it: what ``--json`` prints."""
+        return {**self.to_dict(), "engine": self.engine} if self.ok and self.engine else self.to_dict()
+
     def to_json(self, **kwargs: Any) -> str:
         """The answer as valid JSON (NaN and infinities as null, as the command line prints them)."""
         from cnnapps.terminal import json_safe

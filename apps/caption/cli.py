@@ -47,7 +47,7 @@ def caption(
     if save_attention is not None:
         save_drawings(results, save_attention, "-attention")
     if as_json:
-        echo_json([r.to_dict() for r in results])
+        echo_json([r.with_engine() for r in results])
     else:
         for r in results:
             echo(f"{r.source}: {r.caption}" if r.ok else f"{r.source}: error: {r.error}")

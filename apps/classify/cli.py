@@ -80,7 +80,7 @@ def classify(
         results = predictor.predict(inputs, top_k=top_k, progress=advance, **extra)
     failed = [r for r in results if not r.ok]
     if as_json:
-        echo_json([r.to_dict() for r in results])
+        echo_json([r.with_engine() for r in results])
     elif getattr(predictor, "multilabel", False):
         _print_labels(results, top_k)
     else:

@@ -85,7 +85,7 @@ def _predict_command(task: str) -> Any:
         if save_dir is not None:
             save_drawings(results, save_dir)
         if as_json:
-            echo_json([r.to_dict() for r in results])
+            echo_json([r.with_engine() for r in results])
         else:
             _print_detections(results)
         failed = [r for r in results if not r.ok]

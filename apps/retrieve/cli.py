@@ -359,7 +359,7 @@ def retrieve(
     _warn_unfinished(opened)
     results = retrieve(opened, query, k, embedder=opened.embedder(engine=engine))
     if as_json:
-        echo_json([r.to_dict() for r in results])
+        echo_json([r.with_engine() for r in results])
     else:
         for r in results:
             echo(f"{r.source}:" + (f" error: {r.error}" if r.error else ""))
@@ -447,7 +447,7 @@ def embed(
     with progress(len(inputs), "embedding") as advance:
         results = embedder.predict(inputs, progress=advance)
     if as_json:
-        echo_json([r.to_dict() for r in results])
+        echo_json([r.with_engine() for r in results])
     else:
         for r in results:
             echo(f"{r.source}: {len(r.vector)}-d vector" if r.ok else f"{r.source}: error: {r.error}")

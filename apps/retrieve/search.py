@@ -21,7 +21,7 @@ def retrieve(index: Index, queries: Sequence[Any], k: int = 10, embedder: Any = 
     hits = index.search(vectors[ok], k) if ok else []
     by_query = dict(zip(ok, hits, strict=True))
     return [
-        RetrievalResult(name, error=error) if error else RetrievalResult(name, hits=by_query[i])
+        RetrievalResult(name, error=error) if error else RetrievalResult(name, hits=by_query[i], engine=embedder.engine)
         for i, (name, error) in enumerate(zip(names, errors, strict=True))
     ]
 

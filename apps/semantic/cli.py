@@ -48,7 +48,7 @@ def _finish(results: list[Any], save_dir: Path | None, save_masks: Path | None, 
                 r.save_png(path)
             echo(f"wrote {path}", err=True)
     if as_json:
-        echo_json([r.to_dict() for r in results])
+        echo_json([r.with_engine() for r in results])
     else:
         table(results)
     failed = [r for r in results if not r.ok]

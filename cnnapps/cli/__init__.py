@@ -67,6 +67,8 @@ def models(
 
     Each with whether its weights are bundled, cached or downloadable; with --engines, the inference engines."""
     if engines:
+        if timm_pattern:
+            raise CnnappsError("--engines and --timm: choose one (--engines lists engines, --timm models)")
         _engines(as_json)
         return
     from cnnapps.api import list_models

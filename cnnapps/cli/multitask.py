@@ -78,7 +78,7 @@ def predict(
     if save_dir is not None:
         save_drawings(results, save_dir)
     if as_json:
-        echo_json([r.to_dict() for r in results])
+        echo_json([r.with_engine() for r in results])
     else:
         _print_answers(results, list(predictor.tasks))
     failed = [r for r in results if not r.ok]

@@ -28,6 +28,13 @@ def test_classify_folder_json(run_cli, photos: Path) -> None:
     assert results[0]["predictions"][0]["label"] in {"tabby", "tiger cat", "Egyptian cat"}
     assert results[1]["predictions"][0]["label"] in {"espresso", "cup", "coffee mug"}
     assert len(results[0]["predictions"]) == 2 and set(results[0]["predictions"][0]) == {"label", "index", "score"}
+    assert {r["engine"] for r in results} == {"jit"}  # the engine that gave each answer (auto on a CPU: jit)
+
+
+def test_the_json_answer_names_the_engine_that_ran(run_cli, photos: Path) -> None:
+    code, out, _ = run_cli("classify", photos / "cat.jpg", photos / "gone.jpg", "--json", "--engine", "onnxruntime")
+    answer, failed = json.loads(out)
+    assert code == 1 and answer["engine"] == "onnxruntime" and "engine" not in failed  # nothing ran on a missing file
 
 
 def test_classify_reports_bad_inputs_and_exits_1(run_cli, photos: Path) -> None:

@@ -53,6 +53,7 @@ def test_index_commands_and_retrieve(run_cli, pictures: Path, tmp_path: Path) ->
     assert code == 0 and result["query"] == str(pictures / "chelsea.jpg")
     assert [Path(r["path"]).name for r in result["results"]] == ["chelsea.jpg", "chelsea-copy.png"]
     assert result["results"][0]["rank"] == 1 and result["results"][0]["score"] > 0.99
+    assert result["engine"] == "jit"  # the engine that embedded the query (auto on a CPU)
     assert cv2.imread(str(grid)).shape[1] > 3 * 150
 
     code, out, _ = run_cli("index", "remove", folder / "rocket.jpg", "--index", index, "--json")

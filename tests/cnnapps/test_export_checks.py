@@ -129,7 +129,7 @@ def test_onnx_files_are_told_apart_whatever_their_name(graph: Path, tmp_path: Pa
     picture = tmp_path / "x.png"
     cv2.imwrite(str(picture), np.full((40, 40, 3), 128, np.uint8))
     expected = cnnapps.load(str(graph), device="cpu").predict(str(picture))[0].to_dict()
-    copies = [shutil.copy(graph, tmp_path / name) for name in ("UPPER.ONNX", "no-suffix")]
+    copies = [shutil.copy(graph, tmp_path / name) for name in ("UPPER.ONNX", "no-suffix", "renamed.safetensors")]
     for copy in copies:
         got = cnnapps.load(str(copy), device="cpu").predict(str(picture))[0].to_dict()
         assert got["predictions"] == expected["predictions"] and task_of(copy) == "classify"

@@ -221,9 +221,15 @@ def test_onnxruntime_threads_sleep_between_runs() -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()  # fmt: skip
-    runner = OnnxRunner(onnx_bytes(net, (3, 16, 16)))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 does: onnxruntime took every core, OpenVINO torch's count
+        runner = OnnxRunner(onnx_bytes(net, (3, 16, 16)))
+    finally:
+        torch.set_num_threads(threads)
     options = runner.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 1
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(runner(x), net(x), atol=1e-5, rtol=1e-4)
@@ -311,6 +317,9 @@ def test_models_engines_lists_every_engine_with_why_not(run_cli) -> None:
         assert "no CUDA GPU here" in rows["tensorrt"]["why_not"] and not rows["onnx-cuda"]["available"]
     code, out, _ = run_cli("models", "--engines")
     assert code == 0 and "tensorrt" in out and "openvino" in out
+    code, _, err = run_cli("models", "--engines", "--timm", "res*")  # the pattern was ignored without a word
+    said = "error: --engines and --timm: choose one (--engines lists engines, --timm models)"
+    assert code == 2 and err.strip() == said
 
 
 @requires_openvino
