@@ -88,7 +88,9 @@ def main() -> None:
         f"(efficientnet_lite0, {args.repeats} runs each, process start-up included)."
     )
     title = "classify throughput" if device == "cpu" else "classify throughput (GPU)"
-    command = f"python benchmarks/classify_throughput.py --images {args.images} --device {device}"
+    command = (
+        f"python benchmarks/classify_throughput.py --images {args.images} --repeats {args.repeats} --device {device}"
+    )
     report = "\n".join(
         [
             f"## {title}",
