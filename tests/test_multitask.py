@@ -227,7 +227,7 @@ def test_predict_command_prints_one_object_per_image_with_a_key_per_head(run_cli
     code, out, err = run_cli("predict", multi, *photos[:2], "--tasks", "classify,caption", "--json")
     assert code == 0, err
     answers = json.loads(out)
-    assert [set(a) for a in answers] == [{"path", "classify", "caption"}] * 2
+    assert [set(a) for a in answers] == [{"path", "classify", "caption", "engine"}] * 2
     code, out, err = run_cli("predict", multi, photos[0], tmp_path / "missing.png", "--save-dir", tmp_path / "drawn")
     assert code == 1 and "missing.png" in err and "segment" in out and "caption" in out
     assert len(list((tmp_path / "drawn").glob("*.png"))) == 1
@@ -239,7 +239,7 @@ def test_predict_command_takes_one_task_files_too(run_cli, heads, photos) -> Non
     code, out, err = run_cli("predict", heads["colours"], photos[0], "--json")
     assert code == 0, err
     (answer,) = json.loads(out)
-    assert set(answer) == {"path", "classify"} and answer["classify"]["predictions"][0]["label"]
+    assert set(answer) == {"path", "classify", "engine"} and answer["classify"]["predictions"][0]["label"]
 
 
 def test_predict_embeds_with_any_trunk_when_retrieve_is_asked_for_alone(run_cli, heads, photos) -> None:
@@ -249,7 +249,7 @@ def test_predict_embeds_with_any_trunk_when_retrieve_is_asked_for_alone(run_cli,
     code, out, err = run_cli("predict", heads["colours"], photos[0], "--tasks", "retrieve", "--json")
     assert code == 0, err
     (answer,) = json.loads(out)
-    assert set(answer) == {"path", "retrieve"}
+    assert set(answer) == {"path", "retrieve", "engine"}
     np.testing.assert_allclose(answer["retrieve"]["embedding"], alone, atol=1e-5)
     code, again, err = run_cli("predict", heads["colours"], photos[0], "--tasks", "retrieve,retrieve", "--json")
     assert code == 0 and json.loads(again) == json.loads(out), err  # named twice: asked for once

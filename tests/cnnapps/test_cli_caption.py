@@ -94,7 +94,7 @@ def test_caption_json_beam_and_attention_pictures(run_cli, data, captioner, tmp_
                              "--beam", "3", "--json", "--save-attention", tmp_path / "att")  # fmt: skip
     assert code == 1 and "broken.png" in err
     ok, bad = json.loads(out)
-    assert set(ok) == {"path", "caption", "score"} and ok["score"] <= 0 and "error" in bad
+    assert set(ok) == {"path", "caption", "score", "engine"} and ok["score"] <= 0 and "error" in bad
     (picture,) = (tmp_path / "att").iterdir()
     assert picture.name == "captions_00000-attention.png" and picture.stat().st_size > 1000
 
