@@ -472,6 +472,11 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
         if Path(path).is_file() and is_onnx_file(Path(path)):  # a graph holds no heads to join
             raise BundleError(f"{path}: an exported ONNX file; compose joins model files (.safetensors): give the "
                               "model file it was exported from, and export the composed file")  # fmt: skip
+    seen: dict[str, str | os.PathLike] = {}
+    for path in paths:
+        earlier = seen.setdefault(os.path.realpath(path), path)
+        if earlier is not path:  # its heads would be written twice, the second renamed after the file
+            raise BundleError(f"{path}: given twice ({earlier} is the same file); give each model file once")
     files = [read_model_file(p) for p in paths]
     if names is not None:
         _check_names(files, names)

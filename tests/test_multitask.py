@@ -175,6 +175,11 @@ def test_compose_refuses_other_trunks_other_preprocessing_and_existing_files(hea
     with pytest.raises(CnnappsError, match=r"colours\.onnx: an exported ONNX file; compose joins model files .* the "
                                            r"model file it was exported from"):  # fmt: skip
         compose([heads["colours"], graph], tmp_path / "x.safetensors")
+    link = tmp_path / "again.safetensors"  # the same file twice: its heads were written twice, one renamed
+    link.symlink_to(heads["colours"])
+    with pytest.raises(CnnappsError, match=r"again\.safetensors: given twice \(.* is the same file\)"):
+        compose([heads["colours"], heads["embed"], link], tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
     # heads load by the prefix heads.<name>.: "cls" would take "cls.v2"'s tensors too, so a dot is refused
     with pytest.raises(CnnappsError, match=r"--names 'cls\.v2': a head's name is not empty and holds no dot"):
         compose([heads["colours"], heads["embed"]], tmp_path / "dots.safetensors", names=["cls", "cls.v2"])
