@@ -113,6 +113,7 @@ def eval_semantic(
     split: str = typer.Option("val", "--split", help="VOC split list to score."),
     ignore_index: int = typer.Option(255, "--ignore-index", help="Mask value left out of the scores."),
     tile: int = typer.Option(None, "--tile", min=16, help="Sliding window of this many pixels."),
+    overlap: int = typer.Option(64, "--overlap", min=0, help="Pixels shared by neighbouring windows."),
     save_confusion: Path = typer.Option(
         None, "--save-confusion", help="Draw the confusion matrix to this picture (no suffix: PNG)."
     ),
@@ -130,7 +131,7 @@ def eval_semantic(
         free_picture(save_confusion, "--save-confusion")
     dataset = read_semantic_data(data, masks=masks, images=images_dir, classes=classes, split=split,
                                  ignore_index=ignore_index)  # fmt: skip
-    predictor = load(model, task="semantic", device=device, tile=tile, head=head)
+    predictor = load(model, task="semantic", device=device, tile=tile, overlap=overlap, head=head)
     with progress(len(dataset), "evaluating", minimum=4) as advance:
         report = evaluate_semantic(predictor, dataset, progress=advance)
     found = report.to_dict()

@@ -106,18 +106,34 @@ class ShorterSide:
         std = torch.tensor(self.std, device=img.device).view(-1, 1, 1)
         return img.float().div_(255.0).sub_(mean).div_(std)
 
+    def __call__(self, rgb: Any) -> Any:
+        """RGB uint8 (H, W, 3) -> normalised float32 (C, H', W') (validation reads images through this)."""
+        import numpy as np
+
+        img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        return self.apply_tensor(img).contiguous().numpy()
+
     def to_dict(self) -> dict[str, Any]:
         return {"resize_mode": "shorter", "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
                 "interpolation": self.interpolation}  # fmt: skip
 
 
+def whole_image(fit: Preprocess | ShorterSide) -> Preprocess | ShorterSide:
+    """What a head reads at prediction: a resize-and-crop preprocessing (a classifier trunk's, kept by heads trained
+    on it with ``--trunk``) without its crop. The heads are fully convolutional, so the whole image, its shorter side
+    at the crop's resize (the scale the head learned), leaves no pixel to be guessed from the crop's edge."""
+    if isinstance(fit, Preprocess) and fit.resize_mode == "crop" and fit.input_size[0] == 3:
+        return ShorterSide(int(fit.resize), tuple(fit.mean), tuple(fit.std), fit.interpolation)
+    return fit
+
+
 def preprocessing(data: dict[str, Any]) -> Preprocess | ShorterSide:
-    """A model's preprocessing from its dict: a :class:`Preprocess` (squash, or resize and crop) or
-    :class:`ShorterSide`."""
+    """A model's preprocessing from its dict, as it predicts: a :class:`Preprocess` (squash) or
+    :class:`ShorterSide` (also for a resize and crop: see :func:`whole_image`)."""
     if data.get("resize_mode") == "shorter":
         return ShorterSide(int(data["resize"]), tuple(data["mean"]), tuple(data["std"]),
                            data.get("interpolation", "bilinear"))  # fmt: skip
-    return Preprocess.from_dict(data)
+    return whole_image(Preprocess.from_dict(data))
 
 
 def deeplab_head(in_channels: int, num_classes: int, rates: list[int], channels: int | None = None) -> nn.Module:
@@ -524,13 +540,14 @@ class SemanticHead:
 
     def predict_shared(self, model: SemanticModel, shared: Any, options: dict[str, Any]) -> list[Any]:
         """Class maps in each image's frame from a trunk pass shared with other heads."""
-        from cnnapps.apps.semantic.predictor import to_image_frame
+        from cnnapps.apps.semantic.predictor import to_image_frame, warn_outside
         from cnnapps.apps.semantic.result import SemanticResult
 
         logits = model.head_logits(shared.stages)
         logits = F.interpolate(logits, size=shared.images.shape[-2:], mode="bilinear", align_corners=False)
-        results = []
+        results, alone = [], "semantic head (loaded alone, task='semantic', it sees the whole image)"
         for row, size, geometry in zip(logits, shared.sizes, shared.geometries, strict=True):
+            warn_outside(model.backbone, alone, size, geometry, tuple(shared.images.shape[-2:]))
             labels = to_image_frame(row, size, geometry).argmax(0)
             results.append(SemanticResult("", labels=labels.to(torch.uint8 if model.spec.num_classes <= 256
                                                                 else torch.int32).cpu().numpy(),

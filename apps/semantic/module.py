@@ -59,8 +59,9 @@ class SemanticModule(TaskModule):
         images, masks = batch
         k = self.model.spec.num_classes
         if self._confusion is None:
-            self._confusion = torch.zeros((k, k), dtype=torch.int64, device=images.device)
-        logits = self.model(images)
+            self._confusion = torch.zeros((k, k), dtype=torch.int64, device=masks[0].device)
+        # whole images of different shapes come as a list (a head trained on crops), each run alone
+        logits = self.model(images) if torch.is_tensor(images) else [self.model(x[None])[0] for x in images]
         for row, mask in zip(logits, masks, strict=True):
             size = (int(mask.shape[0]), int(mask.shape[1]))
             frame = to_image_frame(row.float(), size, self.preprocess.geometry(*size))

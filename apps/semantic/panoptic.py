@@ -96,7 +96,7 @@ class PanopticModel(nn.Module):
         import torch.nn.functional as F
 
         from cnnapps.apps.detect.model import detect_on_stages
-        from cnnapps.apps.semantic.predictor import to_image_frame
+        from cnnapps.apps.semantic.predictor import to_image_frame, warn_outside
 
         things, stuff = self.parts
         found = detect_on_stages(things, shared.stages, shared.images, shared.sizes, shared.geometries)
@@ -104,6 +104,7 @@ class PanopticModel(nn.Module):
                                align_corners=False)  # fmt: skip
         out = []
         for detections, row, size, geometry in zip(found, logits, shared.sizes, shared.geometries, strict=True):
+            warn_outside(stuff.backbone, "panoptic head", size, geometry, tuple(shared.images.shape[-2:]))
             labels = to_image_frame(row.float(), size, geometry).argmax(0).cpu().numpy()
             masks = (detections["masks"][:, 0] > 0.5).cpu().numpy()
             instances = Instances(masks, detections["scores"].float().cpu().numpy(), detections["labels"].cpu().numpy())

@@ -7,6 +7,7 @@ so memory grows with one row of windows and the class map, not with the image ti
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +22,8 @@ from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.errors import CnnappsError
 from cnnapps.exported import is_onnx_file
 from cnnapps.runtime import check_batch_size, one_at_a_time, select_device
+
+log = logging.getLogger("cnnapps")
 
 
 def to_image_frame(logits: torch.Tensor, size: tuple[int, int], geometry: tuple[float, float, float, float]
@@ -38,6 +41,21 @@ def to_image_frame(logits: torch.Tensor, size: tuple[int, int], geometry: tuple[
     ys = ((torch.arange(height, device=logits.device) + 0.5) * sy - oy) / h_in * 2 - 1
     grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None].to(logits.dtype)
     return F.grid_sample(logits[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def warn_outside(owner: Any, what: str, size: tuple[int, int], geometry: tuple[float, float, float, float],
+                 input_hw: tuple[int, int]) -> None:  # fmt: skip
+    """One warning per ``owner`` (the shared trunk: one line for all its heads) when its centre crop leaves pixels of
+    an image outside what a dense head saw: those pixels are guessed from the crop's edge."""
+    (height, width), (sx, sy, ox, oy), (h_in, w_in) = size, geometry, input_hw
+    seen_w = min(width, (w_in + ox) / sx) - max(0.0, ox / sx)
+    seen_h = min(height, (h_in + oy) / sy) - max(0.0, oy / sy)
+    outside = 1 - max(0.0, seen_w) * max(0.0, seen_h) / (width * height)
+    if outside < 0.005 or getattr(owner, "_warned_outside", False):
+        return
+    owner._warned_outside = True
+    log.warning("%s: the shared trunk's centre crop leaves %.0f %% of a %dx%d image's pixels unseen (they take the "
+                "crop's edge)", what, 100 * outside, width, height)  # fmt: skip
 
 
 def _index_dtype(num_classes: int) -> torch.dtype:

@@ -65,6 +65,7 @@ def model_preprocess(config: SemanticConfig, trunk_preprocess: Any) -> Any:
 
 def _prepare(config: SemanticConfig, device: Any) -> Any:
     from cnnapps.apps.common.training import Plan, make_loaders
+    from cnnapps.apps.semantic.model import whole_image
     from cnnapps.apps.semantic.module import SemanticModule
     from cnnapps.datasets.semantic import semantic_transform
     from cnnapps.datasets.training import SemanticDataset, collate_semantic
@@ -94,15 +95,26 @@ def _prepare(config: SemanticConfig, device: Any) -> Any:
         if config.freeze:
             model.backbone.freeze(config.freeze)
         fit = model_preprocess(config, model.backbone.preprocess)
+    seen = whole_image(fit)  # trained on crops, scored on whole images in their own frames, as it will answer
     train_set = SemanticDataset(train, semantic_transform(config.augment, fit, config.ignore_index))
-    val_set = SemanticDataset(val, preprocess=fit)  # scored in each image's own frame
-    train_loader, val_loader = make_loaders(config, train_set, val_set, device, collate_semantic)
+    val_set = SemanticDataset(val, preprocess=seen)
+    collate = collate_semantic if seen is fit else collate_whole
+    train_loader, val_loader = make_loaders(config, train_set, val_set, device, collate)
     head = f"{config.head} head{' (shared trunk)' if config.trunk else ''}"
     describe = (f"training {article(head)} on {config.trunk or config.backbone} ({plural(len(names), 'class')}) with "
                 f"{plural(len(train), 'image')}, validating on {len(val)}")  # fmt: skip
-    return Plan(SemanticModule(model, config, fit), train_loader, val_loader, describe, "val_miou", len(train),
+    return Plan(SemanticModule(model, config, seen), train_loader, val_loader, describe, "val_miou", len(train),
                 len(val), curves=("val_miou", "val_pixel_acc", "val_fwiou"), stop_on=("val_miou", "max"),
                 extra={"val": val, "preprocess": fit})  # fmt: skip
+
+
+def collate_whole(batch: list[Any]) -> tuple[Any, list[Any]]:
+    """Like ``collate_semantic``, but whole validation images of different shapes stay a list (each is run alone)."""
+    import torch
+
+    images, masks = zip(*batch, strict=True)
+    same = len({tuple(image.shape) for image in images}) == 1
+    return (torch.stack(images) if same else list(images)), list(masks)
 
 
 def _finish(config: SemanticConfig, plan: Any, result: Any, device: Any) -> dict[str, Any]:
@@ -110,13 +122,13 @@ def _finish(config: SemanticConfig, plan: Any, result: Any, device: Any) -> dict
     from cnnapps.apps.common.plots import plot_confusion
     from cnnapps.apps.common.training import best_epoch_values, trunk_identity
     from cnnapps.apps.semantic.evaluate import evaluate_semantic
-    from cnnapps.apps.semantic.model import save_semantic
+    from cnnapps.apps.semantic.model import save_semantic, whole_image
     from cnnapps.apps.semantic.predictor import SemanticPredictor
 
     out = Path(config.out)
     model = result.module.model.float().eval()
     fit = plan.extra["preprocess"]
-    predictor = SemanticPredictor(model=model, preprocess=fit, device=str(device))
+    predictor = SemanticPredictor(model=model, preprocess=whole_image(fit), device=str(device))
     report = evaluate_semantic(predictor, plan.extra["val"])
     found = report.to_dict()
     kwargs = trunk_identity(config)[1] if config.trunk else model.trunk_kwargs

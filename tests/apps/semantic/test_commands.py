@@ -119,7 +119,10 @@ def test_onnx_export_answers_like_pytorch(run, photos, run_cli, tmp_path):
     code, out, err = run_cli("semantic", *photos, "--model", onnx_file, "--json", "--device", "cpu")
     assert code == 0, err
     _, torch_out, _ = run_cli("semantic", *photos, "--model", run / "model.safetensors", "--json", "--device", "cpu")
-    assert json.loads(out) == json.loads(torch_out)
+    answers = {"onnxruntime": json.loads(out), "eager": json.loads(torch_out)}
+    for engine, found in answers.items():  # the same answers; each names the engine that gave it
+        assert [a.pop("engine") for a in found] == [engine] * len(photos)
+    assert answers["onnxruntime"] == answers["eager"]
 
 
 def test_the_http_route_answers_as_python_does(run, photos):
@@ -202,3 +205,13 @@ def test_semantic_commands_take_the_head_of_a_file_with_two(run, scenes, photos,
     assert code == 0 and json.loads(out)["images"] == 3, err
     code, _, err = run_cli("eval", "semantic", "--model", two, "--head", "nope", "--data", scenes)
     assert code == 2 and "no head named 'nope'" in err
+
+
+def test_eval_takes_the_overlap_its_tile_needs(run, scenes, run_cli):
+    """``eval semantic --tile`` below the default overlap named ``--overlap``, which only ``semantic`` took."""
+    model = run / "model.safetensors"
+    code, _, err = run_cli("eval", "semantic", "--model", model, "--data", scenes, "--tile", "48")
+    assert code == 2 and "--tile 48 must be larger than --overlap 64" in err
+    code, out, err = run_cli("eval", "semantic", "--model", model, "--data", scenes, "--tile", "48", "--overlap", "16",
+                             "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["images"] == 3, err
