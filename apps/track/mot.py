@@ -4,6 +4,10 @@ A MOTChallenge line is ``frame,id,x,y,w,h,conf,class,visibility`` (frames 1-base
 in pixels; columns after h are optional; commas or whitespace between values). :func:`read_mot` reads one into
 ``{frame: [(id, (x0, y0, x1, y1)), ...]}``, :func:`mot_lines` writes tracker output in the results format and
 :func:`evaluate` scores results against ground truth with motmetrics (MOTA, MOTP, IDF1, id switches, ...).
+Ground-truth lines of conf 0 are not scored, and a tracker box on one is a false positive, as MOTChallenge's
+evaluation (TrackEval) counts it; with MOTChallenge's distractor classes asked for (:data:`MOT_DISTRACTORS`), a
+tracker box on a distractor is dropped instead, as TrackEval does. The class column is not read otherwise: other
+ground truth numbers its own classes there (``synthetic_video`` its shapes).
 
 HOTA is not computed: no maintained package computes it without pulling the GUI build of OpenCV (trackeval 1.3.0
 and trackers 2.6 both require opencv-python, which clashes with the opencv-python-headless this project ships).
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +31,20 @@ MotFrames = dict[int, list[tuple[int, Box]]]
 _SPLIT = re.compile(r"[,\s]+")
 
 
-def read_mot(path: str | Path, *, gt: bool | None = None) -> MotFrames:
+#: MOTChallenge's distractor classes (person on vehicle, static person, distractor, reflection): a tracker box on
+#: one is dropped, not counted as a false positive (TrackEval's MotChallenge2DBox, py-motmetrics' preprocessResult)
+MOT_DISTRACTORS = (2, 7, 8, 12)
+
+
+def read_mot(path: str | Path, *, gt: bool | None = None, distractors: Collection[int] = ()) -> MotFrames:
     """``{frame: [(id, (x0, y0, x1, y1)), ...]}`` from a MOTChallenge file, frames 1-based as written.
 
     In a ground-truth file (``gt=True``; by default a file named ``gt.txt``) lines whose conf column is 0 are
-    left out, as MOTChallenge does (they mark objects not to be scored). Blank lines and ``#`` comments are
-    skipped; any other line that is not at least six numbers, or that repeats the frame and id of a line kept
-    before (an id is one object, seen at most once a frame), raises :class:`CnnappsError` naming file and line.
+    left out, as MOTChallenge's evaluation does (they mark objects not to be scored: a tracker box on one is a false
+    positive there too, unless the line's class is one of ``distractors``), and so are lines of the ``distractors``
+    classes (see :func:`read_ignored`). Blank lines and ``#`` comments are skipped; any other line that is not at
+    least six numbers, or that repeats the frame and id of a line kept before (an id is one object, seen at most
+    once a frame), raises :class:`CnnappsError` naming file and line.
     """
     path = Path(path)
     if gt is None:
@@ -46,14 +57,47 @@ def read_mot(path: str | Path, *, gt: bool | None = None) -> MotFrames:
         raise CnnappsError(f"{path}: is a folder, expected a MOTChallenge text file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CnnappsError(f"{path}: unreadable ({exc.__class__.__name__})") from None
-    return parse_mot_lines(text.splitlines(), gt=gt, name=str(path))
+    return parse_mot_lines(text.splitlines(), gt=gt, name=str(path), distractors=distractors)
 
 
-def parse_mot_lines(lines: Sequence[str], *, gt: bool = False, name: str = "tracks") -> MotFrames:
+def read_ignored(path: str | Path, distractors: Collection[int]) -> dict[int, list[tuple[Box, bool]]]:
+    """The ground-truth boxes :func:`read_mot` leaves out (conf 0, or a class of ``distractors``), by frame, each
+    with whether it is a distractor: :func:`evaluate` matches tracker boxes to them as MOTChallenge does."""
+    ignored: dict[int, list[tuple[Box, bool]]] = {}
+    text = Path(path).read_text(encoding="utf-8")  # read_mot has read it already: its errors are said
+    for _, frame, _, box, values in _rows(text.splitlines(), str(path)):
+        zero, distractor = _unscored(values, distractors)
+        if zero or distractor:
+            ignored.setdefault(frame, []).append((box, distractor))
+    return ignored
+
+
+def parse_mot_lines(lines: Sequence[str], *, gt: bool = False, name: str = "tracks",
+                    distractors: Collection[int] = ()) -> MotFrames:  # fmt: skip
     """:func:`read_mot` of lines already in memory (errors name ``name`` and the line number)."""
-    path = name
     frames: MotFrames = {}
     seen: dict[tuple[int, int], int] = {}  # (frame, id) -> the line that gave it
+    for number, frame, ident, box, values in _rows(lines, name):
+        if gt and any(_unscored(values, distractors)):
+            continue
+        earlier = seen.setdefault((frame, ident), number)
+        if earlier != number:
+            why = ("id -1 marks detections not in a track (a detections file?): eval track scores tracks"
+                   if ident == -1 else "an id is one object")  # fmt: skip
+            raise CnnappsError(f"{name}:{number}: frame {frame} has id {ident} twice (also line {earlier}); {why}")
+        frames.setdefault(frame, []).append((ident, box))
+    return frames
+
+
+def _unscored(values: list[float], distractors: Collection[int]) -> tuple[bool, bool]:
+    """Whether a ground-truth line's conf is 0, and whether its class is one of ``distractors``."""
+    zero = len(values) > 6 and values[6] == 0
+    return zero, len(values) > 7 and math.isfinite(values[7]) and int(values[7]) in distractors
+
+
+def _rows(lines: Sequence[str], path: str) -> Iterator[tuple[int, int, int, Box, list[float]]]:
+    """Each line's number, frame, id, box (x0, y0, x1, y1) and all its values, checked (errors name ``path`` and
+    the line)."""
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -76,15 +120,7 @@ def parse_mot_lines(lines: Sequence[str], *, gt: bool = False, name: str = "trac
             raise CnnappsError(f"{where}: id must be a whole number, got {fields[1]}")
         if w < 0 or h < 0:
             raise CnnappsError(f"{where}: width and height must be >= 0, got {fields[4]}, {fields[5]}")
-        if gt and len(values) > 6 and values[6] == 0:
-            continue
-        earlier = seen.setdefault((int(frame), int(ident)), number)
-        if earlier != number:
-            raise CnnappsError(
-                f"{where}: frame {int(frame)} has id {int(ident)} twice (also line {earlier}); an id is one object"
-            )
-        frames.setdefault(int(frame), []).append((int(ident), (x, y, x + w, y + h)))
-    return frames
+        yield number, int(frame), int(ident), (x, y, x + w, y + h), values
 
 
 def _is_number(text: str) -> bool:
@@ -132,10 +168,19 @@ _METRICS = {
 
 
 def evaluate(
-    gt: MotFrames | str | Path, hyp: MotFrames | str | Path, iou: float = 0.5
+    gt: MotFrames | str | Path,
+    hyp: MotFrames | str | Path,
+    iou: float = 0.5,
+    *,
+    distractors: Collection[int] = (),
+    ignored: dict[int, list[tuple[Box, bool]]] | None = None,
 ) -> dict[str, float | int | None]:
     """MOT metrics of tracker output ``hyp`` against ground truth ``gt`` (dicts as :func:`read_mot` returns, or
     paths to MOTChallenge files). A hypothesis box matches a ground-truth box when their IoU is at least ``iou``.
+
+    With ``distractors`` (classes, e.g. :data:`MOT_DISTRACTORS`; a ``gt`` path) or ``ignored`` (what
+    :func:`read_ignored` gives, with a ``gt`` dict), tracker boxes on distractors are dropped first, as
+    MOTChallenge's evaluation does: see :func:`on_distractors`.
 
     Returns mota, idf1, idp, idr, motp (mean IoU of matched pairs, higher is better), id_switches,
     false_positives, misses, mostly_tracked, mostly_lost, fragmentations, frames (frames in either) and objects
@@ -146,14 +191,18 @@ def evaluate(
     if not 0 < iou <= 1:
         raise CnnappsError(f"iou: must be in (0, 1], got {iou}")
     if not isinstance(gt, dict):
-        gt = read_mot(gt, gt=True)
+        ignored = read_ignored(gt, distractors) if distractors else None
+        gt = read_mot(gt, gt=True, distractors=distractors)
     if not isinstance(hyp, dict):
         hyp = read_mot(hyp, gt=False)
     acc = mm.MOTAccumulator(auto_id=False)
     for frame in sorted(set(gt) | set(hyp)):
         g = gt.get(frame, [])
-        h = hyp.get(frame, [])
         g_boxes = np.array([b for _, b in g], dtype=np.float64).reshape(-1, 4)
+        h = hyp.get(frame, [])
+        if ignored and frame in ignored:
+            dropped = on_distractors(g_boxes, ignored[frame], np.array([b for _, b in h]).reshape(-1, 4))
+            h = [x for j, x in enumerate(h) if j not in dropped]
         h_boxes = np.array([b for _, b in h], dtype=np.float64).reshape(-1, 4)
         overlap = box_iou(g_boxes, h_boxes)
         dists = np.where(overlap >= iou, 1.0 - overlap, np.nan)
@@ -171,3 +220,19 @@ def evaluate(
     if result["motp"] is not None:
         result["motp"] = 1.0 - result["motp"]
     return result
+
+
+def on_distractors(scored: np.ndarray, ignored: list[tuple[Box, bool]], boxes: np.ndarray) -> set[int]:
+    """Which tracker ``boxes`` of a frame sit on a distractor, as TrackEval's MotChallenge2DBox (and the devkit)
+    finds them: one Hungarian matching at IoU >= 0.5 against every ground-truth box of the frame, scored or not;
+    a box matched to a distractor is no false positive, just not the tracker's to report."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not len(boxes) or not any(distractor for _, distractor in ignored):
+        return set()
+    pool = np.concatenate([scored, np.array([b for b, _ in ignored], np.float64).reshape(-1, 4)])
+    flags = [False] * len(scored) + [distractor for _, distractor in ignored]
+    similarity = box_iou(pool, boxes.astype(np.float64))
+    similarity[similarity < 0.5 - np.finfo(float).eps] = 0
+    rows, cols = linear_sum_assignment(-similarity)
+    return {int(c) for r, c in zip(rows, cols, strict=True) if similarity[r, c] > np.finfo(float).eps and flags[r]}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cnnapps.apps.track.mot import evaluate, mot_lines, read_mot
+from cnnapps.apps.track.mot import MOT_DISTRACTORS, evaluate, mot_lines, read_mot
 from cnnapps.errors import CnnappsError
 
 # two objects far apart, ten frames
@@ -122,3 +123,45 @@ def test_eval_track_stops_at_an_id_twice_in_a_frame(run_cli, tmp_path: Path, twi
     assert code == 2 and out == ""
     message = f"{files[twice]}:3: frame 2 has id 1 twice (also line 2); an id is one object"
     assert err.strip().splitlines() == [f"error: {message}"]
+
+
+#: one object in frames 1-4 and an ignored box in frame 2 (conf 0, class CLASS); tracks 7, 7, 8, 8 on the object
+#: (an id switch) and 9 on the ignored box
+HAND_GT = "1,1,10,10,20,20,1,1,1\n2,1,12,10,20,20,1,1,1\n3,1,14,10,20,20,1,1,1\n4,1,16,10,20,20,1,1,1\n"
+HAND_RESULTS = "".join(f"{f},{i},{8 + 2 * f},10,20,20,0.9,-1,-1,-1\n" for f, i in ((1, 7), (2, 7), (3, 8), (4, 8)))
+
+
+@pytest.mark.parametrize(("kind", "distractors", "mota"), [(1, True, 0.5), (7, False, 0.5), (7, True, 0.75)])
+def test_a_track_box_on_a_distractor_is_dropped_as_motchallenge_drops_it(tmp_path: Path, kind, distractors, mota):
+    """TrackEval's MotChallenge2DBox: a tracker box matched to a distractor (class 2, 7, 8 or 12; here a static
+    person, 7) is dropped; on an ignored box of another class (conf 0, class 1) it stays a false positive. Without
+    --mot-distractors the class column is not read (other ground truth numbers its own classes there)."""
+    gt, results = tmp_path / "gt.txt", tmp_path / "results.txt"
+    gt.write_text(HAND_GT + f"2,2,100,100,20,20,0,{kind},1\n")
+    results.write_text(HAND_RESULTS + "2,9,100,100,20,20,0.9,-1,-1,-1\n")
+    m = evaluate(gt, results, distractors=MOT_DISTRACTORS if distractors else ())
+    assert m["mota"] == pytest.approx(mota)
+    assert (m["id_switches"], m["false_positives"], m["misses"]) == (1, 0 if mota == 0.75 else 1, 0)
+
+
+def test_a_distractor_takes_only_the_box_the_matching_gives_it(run_cli, tmp_path: Path):
+    """The matching is against every ground-truth box at once: a track box on a scored object next to a distractor
+    (a shown, conf 1, class 7 box too) is the object's, and the distractor's own box is dropped."""
+    gt, results = tmp_path / "gt.txt", tmp_path / "results.txt"
+    gt.write_text("1,1,10,10,20,20,1,1,1\n1,2,14,10,20,20,1,7,1\n")
+    results.write_text("1,5,10,10,20,20,0.9,-1,-1,-1\n1,6,14,10,20,20,0.9,-1,-1,-1\n")
+    code, out, err = run_cli("eval", "track", "--gt", gt, "--results", results, "--mot-distractors", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["mota"], report["false_positives"], report["objects"]) == (1.0, 0, 1)
+    code, out, err = run_cli("eval", "track", "--gt", gt, "--results", results, "--json")
+    assert (json.loads(out)["objects"], json.loads(out)["false_positives"]) == (2, 0)  # read as two classes
+
+
+def test_a_detections_file_given_as_tracks_says_what_id_minus_one_means(tmp_path: Path):
+    path = tmp_path / "det.txt"  # MOTChallenge's det.txt: every line id -1
+    path.write_text("1,-1,10,10,20,20,0.9\n1,-1,50,10,20,20,0.8\n")
+    with pytest.raises(CnnappsError, match=r"det\.txt:2: frame 1 has id -1 twice \(also line 1\); id -1 marks "
+                                           r"detections not in a track") as info:  # fmt: skip
+        read_mot(path)
+    assert "an id is one object" not in str(info.value)
