@@ -124,7 +124,7 @@ def test_inference_of_every_task_imports_no_training_stack(tmp_path: Path) -> No
 
 BASE = ("cnnapps.errors", "cnnapps.files", "cnnapps.bundle", "cnnapps.results", "cnnapps.runtime",
         "cnnapps.exported", "cnnapps.engines", "cnnapps.quantize", "cnnapps.terminal", "cnnapps.parts",
-        "cnnapps.backbones", "cnnapps.datasets")  # fmt: skip
+        "cnnapps.yamltext", "cnnapps.backbones", "cnnapps.datasets")  # fmt: skip
 FRONT = ("cnnapps.api", "cnnapps.cli", "cnnapps.serve", "cnnapps.export", "cnnapps.batch")
 
 
