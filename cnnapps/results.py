@@ -50,6 +50,16 @@ class Result:
         return self.draw(image)  # type: ignore[attr-defined]
 
 
+def as_rgb(image: Any) -> np.ndarray:
+    """Whatever ``predict`` takes (a path, bytes, a PIL image, an array grey, RGBA, 16-bit or float) as the RGB
+    uint8 array every ``draw`` works on (a grey or PIL picture made them fail, a float one came back float)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return image  # a video's frame: as it is
+    from cnnapps.datasets.io import read_image
+
+    return read_image(image, max_pixels=None, max_aspect=None)
+
+
 @dataclass
 class Prediction:
     label: str
@@ -100,6 +110,7 @@ class ClassificationResult(Result):
         labels over their thresholds (then, greyed, the other top-k classes)."""
         import cv2
 
+        image = as_rgb(image)
         h, w = image.shape[:2]
         scale = width / w
         img = cv2.resize(image, (width, max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
@@ -218,8 +229,8 @@ class DetectionResult(Result):
         objects are coloured by their id and labelled ``#id``."""
         import cv2
 
-        out = image.copy()
-        thick = max(1, round(max(image.shape[:2]) / 400))
+        out = as_rgb(image).copy()
+        thick = max(1, round(max(out.shape[:2]) / 400))
 
         def colour_of(inst: Instance) -> tuple[int, int, int]:
             return PALETTE[(inst.label_index if inst.track_id is None else inst.track_id) % len(PALETTE)]
@@ -279,7 +290,7 @@ class CaptionResult(Result):
         """The frame with the caption on a dark strip along its bottom (the attention panels are for stills)."""
         import cv2
 
-        out = image.copy()
+        out = as_rgb(image).copy()
         height = min(out.shape[0], 26)
         out[-height:] = (out[-height:] * 0.35).astype(np.uint8)
         cv2.putText(out, self.caption, (6, out.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
@@ -292,7 +303,7 @@ class CaptionResult(Result):
         view (RGB uint8)."""
         import cv2
 
-        base = _network_view(image, self.geometry, self.input_size, panel)
+        base = _network_view(as_rgb(image), self.geometry, self.input_size, panel)
         tiles = [_titled(base, "")]
         for word, grid in zip(self.words, self.attention, strict=False):
             heat = cv2.resize(grid.astype(np.float32), (panel, panel), interpolation=cv2.INTER_CUBIC)
@@ -382,7 +393,7 @@ class MultiTaskResult(Result):
         """Boxes, masks and skeletons of the detection heads on the image, then a panel with the other answers."""
         import cv2
 
-        out = image.copy()
+        out = as_rgb(image).copy()
         lines = []
         for name, result in self.results.items():
             if isinstance(result, DetectionResult):

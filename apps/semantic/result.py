@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnapps.results import Result
+from cnnapps.results import Result, as_rgb
 
 _BACKGROUND = ("background", "__background__")
 
@@ -111,12 +111,14 @@ class SemanticResult(Result):
     def overlay(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         """The frame (RGB uint8) with each class's colour laid over its pixels (background left clear), at the
         frame's own size and without a legend: every frame of a video comes out its source's size."""
+        image = as_rgb(image)
         if self.labels is None:
             return image.copy()
         return _blend(image, self.palette()[self.labels], ~np.isin(self.labels, self._background()), alpha)
 
     def draw(self, image: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         """The image (RGB uint8) with each class's colour laid over its pixels (background left clear) and a legend."""
+        image = as_rgb(image)
         if self.labels is None:
             return image.copy()
         palette, background = self.palette(), self._background()
@@ -182,6 +184,7 @@ class PanopticResult(Result):
 
     def draw(self, image: np.ndarray, alpha: float = 0.55) -> np.ndarray:
         """Stuff in its class colour, each thing in a shade of its class colour with its outline, and a legend."""
+        image = as_rgb(image)
         if self.ids is None:
             return image.copy()
         palette = self._palette()
@@ -193,6 +196,7 @@ class PanopticResult(Result):
         size and without a legend: every frame of a video comes out its source's size."""
         import cv2
 
+        image = as_rgb(image)
         if self.ids is None:
             return image.copy()
         palette = self._palette()
