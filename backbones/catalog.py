@@ -17,7 +17,9 @@ def list_models(timm_pattern: str | None = None) -> list[dict[str, Any]]:
     """
     specs = list_backbones()
     if timm_pattern:
-        import timm
+        from cnnapps.backbones.timm_nets import import_timm
+
+        timm = import_timm()
 
         names = sorted({n.split(".")[0] for n in timm.list_models(timm_pattern, pretrained=True)})
         specs += [get_spec(TIMM_PREFIX + n) for n in names]

@@ -94,11 +94,30 @@ class TimmBackbone(Backbone):
         return groups
 
 
+def import_timm() -> Any:
+    """timm, imported without wandb: timm.utils imports wandb whenever it is installed (a second of a model's load
+    on 2 cores, for logging cnnapps never asks of timm). A program that imported wandb itself keeps it for timm."""
+    import sys
+
+    if "timm" in sys.modules or "wandb" in sys.modules:
+        import timm
+
+        return timm
+    sys.modules["wandb"] = None  # type: ignore[assignment]  # `import wandb` raises ImportError: timm goes on
+    try:
+        import timm
+    finally:
+        if sys.modules.get("wandb", 0) is None:
+            del sys.modules["wandb"]
+    return timm
+
+
 def pretrained_source(model_name: str) -> tuple[str, str] | None:
     """(URL, cache filename) of a timm model's default pretrained weights, or None if it has none.
 
     Prefers the Hugging Face hub's safetensors file; falls back to the legacy release URL.
     """
+    import_timm()
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(model_name)
@@ -117,7 +136,7 @@ def pretrained_source(model_name: str) -> tuple[str, str] | None:
 
 def build(name: str, weights: WeightsArg = None, **kwargs: Any) -> TimmBackbone:
     """Build ``timm:<model>``; ``kwargs`` go to ``timm.create_model``."""
-    import timm
+    timm = import_timm()
 
     model_name = name[len(TIMM_PREFIX) :] if name.startswith(TIMM_PREFIX) else name
     if not timm.is_model(model_name):
@@ -185,7 +204,7 @@ def build_efficientnet_lite0(
     is recorded in :attr:`Backbone.settings`, so a model file rebuilds the same network. Its weights expect
     TF-style normalisation.
     """
-    import timm
+    timm = import_timm()
 
     local = as_local_file(weights)
     padding = padding or lite0_padding(weights)

@@ -86,7 +86,8 @@ def test_listing_the_commands_imports_no_torch_numpy_or_task_code() -> None:
 def test_inference_of_every_task_imports_no_training_stack(tmp_path: Path) -> None:
     """One process answers with a model of each task (the bundled classifier, the model files kept in
     tests/fixtures, a semantic model made here) and builds and searches an index: none of it imports Lightning,
-    albumentations or pytorch-metric-learning (panoptic runs these same predictors)."""
+    albumentations or pytorch-metric-learning (panoptic runs these same predictors), nor wandb, which timm imports
+    whenever it is installed (a second of each load)."""
     import cv2
     import numpy as np
 
@@ -112,7 +113,7 @@ def test_inference_of_every_task_imports_no_training_stack(tmp_path: Path) -> No
         f"e = Embedder(files + '/retrieve.safetensors'); i = Index.create({str(tmp_path / 'idx')!r}, e.describe())\n"
         "i.add([photo], embedder=e)\n"
         "answered.append(said(retrieve(Index.open(i.path), [photo], 1)[0]))\n"
-        "heavy = ('lightning', 'pytorch_lightning', 'albumentations', 'pytorch_metric_learning')\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'albumentations', 'pytorch_metric_learning', 'wandb')\n"
         "print(answered, sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
