@@ -290,6 +290,9 @@ def apply_exif_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
     return rgb if op is None else np.ascontiguousarray(op(rgb))
 
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:/")  # a scheme of two letters or more: C:/ is a drive
+
+
 def _read_file(path: Path, label: str) -> bytes:
     try:
         return path.read_bytes()
@@ -297,6 +300,9 @@ def _read_file(path: Path, label: str) -> bytes:
         if path.is_symlink():
             target = os.readlink(path)
             raise ImageNotFoundError(label, f"dangling symlink (its target {target} does not exist)") from None
+        if _URL.match(str(path)) or _URL.match(label):  # "https://...": Path() folds the // to one
+            raise ImageNotFoundError(label, "a URL: cnnapps reads files and does not download; fetch it first, or "
+                                            "pass its bytes") from None  # fmt: skip
         raise ImageNotFoundError(label) from None
     except IsADirectoryError:
         raise NotAnImageError(label, "is a directory, not an image file") from None

@@ -142,6 +142,13 @@ def test_missing_file(tmp_path: Path) -> None:
         read_image(path)
 
 
+@pytest.mark.parametrize("url", ["https://example.org/cat.jpg", "s3://bucket/cat.jpg"])
+def test_a_url_is_said_to_be_one(url: str) -> None:
+    # "no such file", as if a local file were missing
+    with pytest.raises(ImageNotFoundError, match=re.escape(f"{url}: a URL: cnnapps reads files and does not download")):
+        read_image(url)
+
+
 def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.png"
     path.write_bytes(b"")
