@@ -159,16 +159,29 @@ def _labelled(rgb: np.ndarray, text: str) -> np.ndarray:
 def grad_cam(loaded: LoadedClassifier, rgb: np.ndarray, target: str | int | None = None) -> GradCam:
     """Grad-CAM (Selvaraju et al. 2017) on the last feature map: channel weights are the mean gradients
     of the class score; the map is the ReLU of the weighted channel sum, upsampled to the input (``overlay`` draws it
-    over the whole photo)."""
+    over the whole photo). A last map of one pixel (LeNet-5's C5) says nothing of where: the deepest stage with more
+    than one pixel is taken instead (its map came out flat, 1.0 everywhere)."""
     model = loaded.model.eval()
     x = _input(loaded, rgb)
     with torch.enable_grad():
         features = model.forward_features(x).detach().requires_grad_(True)
+        mapped = features
+        if features.shape[-1] * features.shape[-2] == 1:
+            stages, features = model.backbone.forward_shared(x)
+            wider = [m for m in stages.values() if m.shape[-1] * m.shape[-2] > 1]
+            if not wider:
+                raise CnnappsError(f"{loaded.name}: every feature map is one pixel at this input size: Grad-CAM has "
+                                   "nowhere to point")  # fmt: skip
+            mapped = wider[-1]
+            mapped.retain_grad()
         logits = model.forward_head(features)
         index = resolve_class(loaded, target)
         index = int(logits.argmax()) if index is None else index
         logits[0, index].backward()
-    weights = features.grad.mean(dim=(2, 3), keepdim=True)
+    if mapped.grad is None:
+        raise CnnappsError(f"{loaded.name}: its last feature map is one pixel, and no earlier stage leads to it here")
+    features = mapped.detach()
+    weights = mapped.grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * features).sum(dim=1))[0].detach().numpy()
     cam = cv2.resize(cam, (x.shape[3], x.shape[2]), interpolation=cv2.INTER_LINEAR)
     cam = cam / cam.max() if cam.max() > 0 else cam

@@ -187,3 +187,13 @@ def test_vgg_patches_stay_centred_between_pooled_pixels(tmp_path, chelsea) -> No
     top, left, bottom, right = _field_of_unit(vgg.backbone, "C3", 8, y, x, (3, 64, 64), pad=4)
     assert ((top + bottom) / 2, (left + right) / 2) == ((y + 0.5) * 8, (x + 0.5) * 8)
     assert patch.box == (top, left, bottom, right) and bottom - top == 30
+
+
+def test_grad_cam_of_a_one_pixel_last_map_points_from_the_stage_before(chelsea) -> None:
+    # LeNet-5's last map (C5) is 120 x 1 x 1: its Grad-CAM was 1.0 everywhere
+    from pathlib import Path
+
+    lenet = load_classifier(str(Path(__file__).parents[2] / "fixtures" / "model_files_v1" / "classify.safetensors"))
+    found = grad_cam(lenet, chelsea)
+    assert found.heatmap.max() == pytest.approx(1.0) and found.heatmap.min() < 0.9  # a place, not a flat field
+    assert found.heatmap.shape == tuple(lenet.preprocess.input_size[1:])
