@@ -56,8 +56,11 @@ def plot_curves(
         ax_acc.plot(epochs, values, "o-", label=name.replace("_", " "))
     ax_acc.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
     ax_acc.legend()
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.25
     fig.tight_layout()
     save_figure(fig, path, overwrite)
 

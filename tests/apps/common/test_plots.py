@@ -79,3 +79,15 @@ def test_the_picture_is_the_drawing_itself(tmp_path: Path) -> None:
     rgb = read_image(tmp_path / "c.png").astype(int)
     blue = (rgb[..., 2] - rgb[..., 0]) > 60
     assert blue.sum() > 1000 and np.ptp(rgb) > 200
+
+
+def test_the_curves_mark_whole_epochs_only(tmp_path: Path, monkeypatch) -> None:
+    # two epochs were ticked 1.0, 1.2, 1.4, ...: epochs are whole
+    import cnnapps.apps.common.plots as plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, overwrite: drawn.append(fig))
+    _curves(tmp_path / "curves.png")
+    for ax in drawn[0].axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 2]
+        assert ticks and all(float(t).is_integer() for t in ticks)
