@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnapps.bundle import is_bundle_path
-from cnnapps.errors import CnnappsError
+from cnnapps.errors import CnnappsError, Interrupted
 from cnnapps.exported import is_onnx_file
 from cnnapps.files import atomic_write
 from cnnapps.parts import (
@@ -40,6 +40,7 @@ from cnnapps.parts import (
     require_ray,
     run_on_ray,
 )
+from cnnapps.terminal import plural
 
 FORMATS = ("parquet", "jsonl")
 PART_SIZE = 1000
@@ -140,9 +141,16 @@ def predict_files(
                 report.predicted_now += int(done["predicted"])
                 if progress:
                     progress(int(done["files"]))
-        except BaseException:  # a plan this run wrote and no part came of (its workers failed) holds nothing
+        except BaseException as exc:  # a plan this run wrote and no part came of (its workers failed) holds nothing
             if fresh and not _finished_parts(out):
                 (out / PLAN).unlink(missing_ok=True)
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: exit 130 said nothing of what was kept
+                kept = sum(1 for _ in out.glob(f"part-*.{fmt}"))
+                raise Interrupted(
+                    f"{out}: stopped by SIGINT with {kept} of {plural(total, 'part')} written, each "
+                    "whole; the same command goes on with the others",
+                    "SIGINT",
+                ) from None
             raise
     # every part's rows, also those finished by an earlier run
     rows = list(_rows(out, plan, ("source", "error")))
@@ -200,12 +208,19 @@ def _part_worker(task: str, model: str | None, load_options: dict[str, Any], pre
 
     def work(part: int, chunk: list[str]) -> dict[str, Any]:
         results = predictor.predict(chunk, **predict_options)
-        rows = [{"source": str(r.source), "error": r.error, "result": r.to_json() if r.ok else None} for r in results]
+        rows = [{"source": str(r.source), "error": r.error, "result": _answer(r) if r.ok else None} for r in results]
         write_part(part_file(out, part, fmt), rows)
         failed = sum(row["error"] is not None for row in rows)
         return {"part": part, "files": len(chunk), "predicted": len(rows) - failed}
 
     return work
+
+
+def _answer(result: Any) -> str:
+    """The answer as ``cnnapps VERB --json`` prints it (with the engine that gave it), as JSON text."""
+    from cnnapps.terminal import json_safe
+
+    return json.dumps(json_safe(result.with_engine()))
 
 
 def write_part(file: Path, rows: list[dict[str, Any]]) -> None:

@@ -65,6 +65,7 @@ def test_classify_on_ray_matches_one_process_and_resumes(cluster, run_cli, galle
         assert row["error"] is None
         got, want = row["result"]["predictions"], direct[row["source"]]["predictions"]
         assert [p["label"] for p in got] == [p["label"] for p in want] and len(got) == 2
+        assert row["result"]["engine"]  # what `cnnapps classify --json` prints, the engine too
         np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-4)
 
     import pandas as pd
@@ -320,3 +321,21 @@ def test_a_worker_failure_is_told_by_its_cause_not_by_rays_advice() -> None:
     chained = RuntimeError("outer")
     chained.__cause__ = KeyError("inner")
     assert _first_cause(chained) == "KeyError: 'inner'"
+
+
+def test_ctrl_c_says_what_was_kept(run_cli, gallery: Path, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C during a batch exited 130 without a word; it now says how many parts are written and that the same
+    command goes on."""
+    import cnnapps.batch
+
+    def one_part_then_ctrl_c(todo, work, **options):
+        (tmp_path / "out" / "part-00000.parquet").write_bytes(b"a part written whole")
+        yield {"files": 3, "predicted": 3}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnnapps.batch, "run_on_ray", one_part_then_ctrl_c)
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "out", "--model", CLASSIFIER,
+                              "--part-size", "3")  # fmt: skip
+    assert code == 130
+    assert stderr.strip().endswith(f"{tmp_path / 'out'}: stopped by SIGINT with 1 of 3 parts written, each whole; the "
+                                   "same command goes on with the others")  # fmt: skip
