@@ -245,6 +245,11 @@ def check_serves(spec: str | os.PathLike, task: str) -> None:
     if record.zoo:  # a name for a task whose models are files or named ready models: neither
         named = list(record.zoo_models())
         hint = did_you_mean(name, named, cutoff=0.5)
+        from cnnapps.backbones import list_backbones
+
+        if name in {spec.name for spec in list_backbones()}:  # a trunk, not "unknown": a head is trained on it
+            raise UnknownModelError(f"{name}: a backbone, not a {task} model (one of {', '.join(named)}, or a model "
+                                    f"file: train one on it with cnnapps train {task} --backbone {name})")  # fmt: skip
         raise UnknownModelError(f"{name}: unknown {task} model (not a model file, nor one of {', '.join(named)}){hint}")
 
 

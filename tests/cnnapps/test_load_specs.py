@@ -57,3 +57,11 @@ def test_threads_loading_the_same_model_at_once_share_one_predictor(monkeypatch)
     assert len(built) == 2  # one per model
     assert len({id(p) for s, p in got if s == "model_a"}) == 1 and len({id(p) for s, p in got if s == "model_b"}) == 1
     assert api._LOADING == {}
+
+
+@pytest.mark.parametrize(("name", "task"), [("efficientnet_lite0", "detect"), ("resnet50", "semantic")])
+def test_a_backbone_named_for_a_task_of_heads_is_called_a_backbone(name: str, task: str) -> None:
+    # "unknown detect model": the name is known, as a trunk to train that task's heads on
+    with pytest.raises(CnnappsError, match=rf"^{name}: a backbone, not a {task} model \(one of .* train {task} "
+                                           rf"--backbone {name}\)$"):  # fmt: skip
+        cnnapps.load(name, task=task)
