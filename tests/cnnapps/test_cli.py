@@ -113,7 +113,7 @@ def test_dedup_refuses_a_threshold_outside_cosine_range(run_cli, tmp_path) -> No
     [
         ("segment", "maskrcnn_resnet50", "; did you mean maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2?"),
         ("segment", "keypointrcnn", ""),  # a pose model's name is no suggestion for segment
-        ("segment", "resnet50", "; did you mean maskrcnn_resnet50_fpn"),  # nor are semantic models
+        ("segment", "resnet50", "maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2, or a model file: train one on it"),
         ("pose", "keypointrcnn", "; did you mean keypointrcnn_resnet50_fpn?"),
         ("detect", "foo", ""),
     ],
@@ -123,7 +123,13 @@ def test_unknown_detector_names_suggest_only_the_tasks_own(run_cli, tmp_path, ta
     image.write_bytes(b"not read: the model is refused first")
     code, _, err = run_cli(task, image, "--model", name)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"error: {name}: unknown {task} model (not a model file, nor one of ")
+    backbone = name == "resnet50"  # a trunk to train the task on, not an unknown name; nor are semantic models listed
+    said = (
+        f"a backbone, not a {task} model (one of "
+        if backbone
+        else f"unknown {task} model (not a model file, nor one of "
+    )
+    assert err.startswith(f"error: {name}: {said}")
     assert err.strip().endswith(")") if not hint else hint in err
     assert "fcn_" not in err and "deeplab" not in err and ("keypointrcnn_" not in err or task == "pose")
 
