@@ -102,10 +102,6 @@ def predict_files(
         check_name(load_options["engine"])  # the name only: whether it runs on a cluster is each node's to say
         if not ray_options.get("address"):  # the workers run here: said in one line, not in each one's traceback
             require(load_options["engine"])
-    if not ray_options.get("address") and load_options.get("device") not in (None, "auto", "cpu"):
-        from cnnapps.runtime import select_device
-
-        select_device(load_options["device"], load_options.get("engine") or "auto")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CnnappsError(f"{out}: exists and is not a folder; choose another --out")

@@ -254,8 +254,6 @@ def test_what_no_worker_could_do_is_refused_before_ray(run_cli, gallery: Path, t
 
     monkeypatch.setattr(ray, "init", no_ray)
     monkeypatch.setattr(cnnapps.batch, "run_on_ray", no_ray)
-    import torch
-
     from cnnapps.engines import why_unavailable
 
     out = tmp_path / "out"
@@ -264,8 +262,6 @@ def test_what_no_worker_could_do_is_refused_before_ray(run_cli, gallery: Path, t
              (("--engine", "bogus"), "--engine bogus: choose one of auto, eager")]  # fmt: skip
     if why_unavailable("tensorrt"):  # a local cluster's workers run here: 234 lines of Ray's traceback it was
         cases.append((("--engine", "tensorrt"), f"--engine tensorrt: {why_unavailable('tensorrt')}"))
-    if not torch.cuda.is_available():
-        cases.append((("--device", "cuda"), "--device cuda: no CUDA device is available here"))
     for option, said in cases:
         code, _, stderr = run_cli("batch", "classify", gallery, "--out", out, "--model", CLASSIFIER, *option)
         assert code == 2 and stderr.startswith(f"error: {said}") and len(stderr.splitlines()) == 1, stderr

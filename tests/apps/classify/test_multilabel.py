@@ -273,7 +273,7 @@ def test_cli_json_threshold_and_eval(multilabel_run, tagged: Path, trained, run_
                            "--top-k", "2")  # fmt: skip
     assert code == 0
     answers = json.loads(out)
-    assert [list(a) for a in answers] == [["path", "labels", "predictions"]] * 2
+    assert [list(a) for a in answers] == [["path", "labels", "predictions", "engine"]] * 2
     assert all(set(x) == {"label", "score"} for a in answers for x in a["labels"])
     assert [len(a["predictions"]) for a in answers] == [2, 2]
     assert set(answers[0]["predictions"][0]) == {"label", "index", "score"}
