@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,13 @@ def saved(path: Path, rgb: Any) -> None:
 
     write_image(path, rgb)
     echo(f"wrote {path} ({rgb.shape[1]}x{rgb.shape[0]})")
+
+
+def first_few(names: Iterable[str], shown: int = 5) -> str:
+    """``a, b, c and 4 more``: the first ``shown`` of ``names`` and how many are left out, for a one-line message."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def plural(n: int, word: str) -> str:

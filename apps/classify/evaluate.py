@@ -108,6 +108,6 @@ def readable(names: list[str], errors: list[str | None]) -> tuple[np.ndarray, li
 def unknown_classes(unknown: list[str]) -> Exception:
     """The error of data whose classes the model does not know: the first five, and how many more."""
     from cnnapps.errors import CnnappsError
+    from cnnapps.terminal import first_few
 
-    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-    return CnnappsError(f"the data has classes the model does not know: {', '.join(unknown[:5])}{more}")
+    return CnnappsError(f"the data has classes the model does not know: {first_few(unknown)}")

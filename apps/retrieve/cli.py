@@ -15,6 +15,7 @@ from cnnapps.terminal import (
     EXIT_SOME_FAILED,
     echo,
     echo_json,
+    first_few,
     free_picture,
     images,
     plural,
@@ -236,14 +237,8 @@ def index_remove(
     _print_index({**info, "removed": removed} if as_json else info, as_json, f"removed {plural(removed, 'image')}")
     missing = [k for k in dict.fromkeys(index_path(p) for p in paths) if k not in present]
     if missing:
-        echo(f"{plural(len(missing), 'path')} given not in {index}: {_some(missing)}", err=True)
+        echo(f"{plural(len(missing), 'path')} given not in {index}: {first_few(missing, 3)}", err=True)
         raise typer.Exit(EXIT_SOME_FAILED)
-
-
-def _some(names: list[str], shown: int = 3) -> str:
-    """The first few ``names`` and how many more, for a one-line message."""
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 @index_app.command("info")

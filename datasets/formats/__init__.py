@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from cnnapps.datasets.formats import coco, cvat, labelme, voc, yolo
 from cnnapps.datasets.formats.disk import IMAGE_MODES, check_free, distinct, read_names, staged
 from cnnapps.datasets.formats.hub import Collection, FormatError, Report, polygons_of, trace_masks
 from cnnapps.errors import did_you_mean
+from cnnapps.terminal import first_few
 
 __all__ = [
     "FORMATS",
@@ -200,18 +201,14 @@ def _note_ids_not_kept(data: Collection, target: str, report: Report) -> None:
         report.note(f"image ids were not kept: {target} has none, so read back the images are numbered 1, 2, ...")
     cats = list(data.categories.values())
     if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
+        ids, names = first_few((str(c["id"]) for c in cats), 8), first_few((c["name"] for c in cats), 8)
         report.note(
-            f"category ids ({_first(str(c['id']) for c in cats)}) were not kept: {target} has the classes in id order "
-            f"({_first(c['name'] for c in cats)}) without ids, so read back they are numbered 1..{len(cats)}"
+            f"category ids ({ids}) were not kept: {target} has the classes in id order ({names}) without ids, so read "
+            f"back they are numbered 1..{len(cats)}"
         )
     supers = sorted({str(c["supercategory"]) for c in cats if c.get("supercategory") not in (None, "", c["name"])})
     if supers:
-        report.note(f"supercategories ({_first(supers)}) were not kept: {target} has none")
-
-
-def _first(names: Iterable[str], shown: int = 8) -> str:
-    names = list(names)
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+        report.note(f"supercategories ({first_few(supers, 8)}) were not kept: {target} has none")
 
 
 def _counts(data: Collection, target: Format) -> tuple[int, int, int, int]:
