@@ -12,6 +12,9 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -413,8 +416,101 @@ def train_val_split(
 
     full = read_labeled(data, None, multilabel)
     groups = rarest_labels(full) if isinstance(full, MultiLabeledImages) else full.labels
-    train_idx, val_idx = split_indices(len(full), val_split, seed, groups=groups)
+    record = SPLIT_RECORD.get()
+    earlier = read_split_record(record.path) if record is not None and record.resume else None
+    keys = [_split_key(path, data) for path in full.paths]
+    if earlier is None:
+        train_idx, val_idx = split_indices(len(full), val_split, seed, groups=groups)
+    else:
+        train_idx, val_idx = keep_split(data, keys, groups, earlier, val_split, seed)
+    if record is not None:  # written once training starts: a run refused before then writes nothing
+        record.split = {"training": [keys[i] for i in train_idx], "validation": [keys[i] for i in val_idx]}
     return full.subset(train_idx), full.subset(val_idx)
+
+
+#: the name of a run folder's record of its split
+SPLIT_FILE = "val_split.json"
+
+
+@dataclass
+class SplitRecord:
+    """A --val-split run's record of its split (OUT/val_split.json): ``resume`` keeps the one there; ``split`` is the
+    one made, for :meth:`write` once training starts."""
+
+    path: Path
+    resume: bool
+    split: dict[str, list[str]] | None = None
+
+    def write(self) -> None:
+        import json
+
+        from cnnapps.files import atomic_write
+
+        if self.split is not None:
+            atomic_write(self.path, json.dumps(self.split, indent=0).encode(), overwrite=True)
+
+
+#: the split record of the run being prepared: set by the training skeleton around a task's preparation, so that
+#: every task's split of one tree is kept across a run's resumptions
+SPLIT_RECORD: ContextVar[SplitRecord | None] = ContextVar("split_record", default=None)
+
+
+@contextmanager
+def recording_split(record: SplitRecord) -> Iterator[SplitRecord]:
+    """Within it, :func:`train_val_split` keeps ``record``'s split (resuming) and leaves the split it made there."""
+    token = SPLIT_RECORD.set(record)
+    try:
+        yield record
+    finally:
+        SPLIT_RECORD.reset(token)
+
+
+def _split_key(path: str, data: Path) -> str:
+    """An image's name in a split record: its path under the data's folder (the data may move between sessions)."""
+    root = data if data.is_dir() else data.parent
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def read_split_record(path: Path) -> dict[str, list[str]] | None:
+    """A run's split (``{"training": [...], "validation": [...]}``), None where the run has none (an older run)."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return {part: [str(key) for key in record[part]] for part in ("training", "validation")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a record of the run's split ({exc}); delete it to split anew") from None
+
+
+def keep_split(data: Path, keys: list[str], groups: list[int], earlier: dict[str, list[str]], fraction: float,
+               seed: int) -> tuple[list[int], list[int]]:  # fmt: skip
+    """``(train, val)`` indices that keep a resumed run's earlier split: its validation images stay in validation
+    (reshuffled, they became training images: the scores then measured images the model had learned); images new
+    since are split as the first session split its own, images gone since are dropped; each said in one line."""
+    from cnnapps.datasets.splits import split_indices
+    from cnnapps.terminal import plural
+
+    validated, trained = set(earlier["validation"]), set(earlier["training"])
+    val = [i for i, key in enumerate(keys) if key in validated]
+    train = [i for i, key in enumerate(keys) if key in trained and key not in validated]
+    new = [i for i, key in enumerate(keys) if key not in validated and key not in trained]
+    lost = len(validated) - len(val)  # validation images gone since
+    if new:
+        to_train, to_val = split_indices(len(new), fraction, seed, groups=[groups[i] for i in new])
+        train += [new[j] for j in to_train]
+        val += [new[j] for j in to_val]
+        log.info("%s: %s new since the run began: %d to training, %d to validation (the run's split is kept)", data,
+                 plural(len(new), "image"), len(to_train), len(to_val))  # fmt: skip
+    gone = len(validated | trained) - (len(keys) - len(new))
+    if gone:
+        log.info("%s: %s of the run's split gone since it began, %d of them validation images: dropped", data,
+                 plural(gone, "image"), lost)  # fmt: skip
+    return sorted(train), sorted(val)
 
 
 #: folders that hold a split of the data (``DIR/train/<class>/``), not a class; validation is the first of

@@ -4,6 +4,7 @@ semantic masks."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,12 @@ class ReadableItems(Dataset):
         raise NotImplementedError
 
     def nothing_readable(self) -> Exception:
-        return ImageError(self.source(0), "no readable image in the whole dataset")
+        """The error of a set none of whose images could be read. A validation set's names the folder of its images,
+        not its first one: the training set may have read every image of its own."""
+        if self.substitute:
+            return ImageError(self.source(0), "no readable image in the whole dataset")
+        folder = os.path.commonpath([self.source(i) for i in range(len(self))]) if len(self) > 1 else self.source(0)
+        return ImageError(folder, f"no readable image in the validation set ({len(self)} unreadable)")
 
     def __getitem__(self, index: int) -> Any:
         n = len(self)

@@ -417,6 +417,7 @@ def check_run_folder(config: TrainConfig) -> Path:
     """The run folder, refusing to overwrite an earlier run (a k-fold one's too) unless resuming it; returns
     last.ckpt's path."""
     out = check_out_folder(config.out)
+    check_out_outside_data(config, out)
     last = out / "checkpoints" / "last.ckpt"
     kfold = any(next(out.glob(pattern), None) for pattern in KFOLD_TRACES)
     if config.resume and not last.is_file():
@@ -425,6 +426,21 @@ def check_run_folder(config: TrainConfig) -> Path:
     if not config.resume and ((out / "model.safetensors").exists() or last.exists() or kfold):
         raise CnnappsError(f"{out}: already holds a training run; pass another --out, or --resume to continue it")
     return last
+
+
+def check_out_outside_data(config: Any, out: Path) -> None:
+    """Refuse a run folder that is, or lies inside, a folder of the run's images (:data:`_DATA_PLACES`): its
+    curves, confusion matrix and checkpoints would be read as images of a class, or stop the next run."""
+    where = out.resolve()
+    for name in _DATA_PLACES:
+        place = getattr(config, name, None)
+        if not place or not Path(place).is_dir():
+            continue
+        folder = Path(place).resolve()
+        if where == folder or folder in where.parents:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"--out {config.out}: lies inside {flag} {place}, whose images the run reads (its "
+                              f"files would be read as images); pass an --out outside it")  # fmt: skip
 
 
 def check_folds_alike(config: TrainConfig) -> None:

@@ -297,9 +297,12 @@ def run_training(
             return done
     L.seed_everything(config.seed, verbose=False)
     device = select_device(config.device)
-    plan = prepare(config, device)
+    from cnnapps.datasets.folders import SPLIT_FILE, SplitRecord, recording_split
+
+    with recording_split(SplitRecord(Path(config.out) / SPLIT_FILE, config.resume)) as split:  # kept when resumed
+        plan = prepare(config, device)
     prepared = time.perf_counter()
-    result = fit(config, plan, device)
+    result = fit(config, plan, device, split)
     if result.global_rank:
         return {"global_rank": result.global_rank}
     history = result.history
@@ -352,8 +355,13 @@ def launched_processes() -> int:
 
 def check_launched_processes(config: TrainConfig) -> None:
     """Refuse, in one line and before anything is written, processes started by a launcher that ``devices`` x
-    ``num_nodes`` does not account for: each would train the whole run on its own, into the same run folder."""
+    ``num_nodes`` does not account for: each would train the whole run on its own, into the same run folder. A run on
+    several machines with no launcher and neither NODE_RANK nor MASTER_ADDR set is refused too: Lightning would start
+    this machine's processes as node 0 and wait for the others (up to its 30-minute timeout) without a word."""
     started = launched_processes()
+    if config.num_nodes > 1 and started == 1 and not ({"NODE_RANK", "MASTER_ADDR"} & os.environ.keys()):
+        raise ConfigError(f"--num-nodes {config.num_nodes}: start each machine's processes with torchrun or srun (or "
+                          f"set NODE_RANK and MASTER_ADDR on each)")  # fmt: skip
     if started > 1 and started != config.world_size:
         variable = "SLURM_NTASKS" if "SLURM_NTASKS" in os.environ else "WORLD_SIZE"
         raise ConfigError(f"devices: the launcher started {started} processes ({variable}={started}) but devices x "
@@ -467,7 +475,7 @@ def best_epoch_values(history: list[dict[str, Any]], key: str) -> dict[str, Any]
     return {k: v for k, v in best.items() if k.startswith("val_")}
 
 
-def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
+def fit(config: TrainConfig, plan: Plan, device: torch.device, split: Any = None) -> FitResult:
     """Train with checkpoints (best on the plan's value, and last), optional early stopping (on ``plan.stop_on``
     after ``config.patience`` epochs without improvement), the loggers ``config.logger`` names (:func:`make_loggers`).
 
@@ -493,8 +501,9 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     epochs = stopped or config.epochs
     trained = int(saved.get("epoch", -1)) + 1 if saved is not None else 0  # the epochs the checkpoint has done
     clock = _Clock(config.compile)
-    callbacks: list[Any] = [_RankSeed(config.seed), _SomethingValidated(), clock, checkpoint, last_epoch,
-                            _ConfigFile(config, out / "config.yaml")]  # fmt: skip
+    seed = reseed_session(config, train_loader, trained)
+    callbacks: list[Any] = [_RankSeed(seed), _SomethingValidated(), clock, checkpoint, last_epoch,
+                            _ConfigFile(config, out / "config.yaml", split)]  # fmt: skip
     bar = config.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per epoch instead
     callbacks.append(epoch_bar() if bar else _EpochLines(config.epochs))
     if config.patience:
@@ -590,6 +599,29 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device) -> FitResult:
     if config.compile:
         facts["compile_seconds"] = round(clock.compile_seconds, 2)
     return FitResult(module, best, seconds, precision, trainer.global_rank, facts, loggers)
+
+
+def reseed_session(config: TrainConfig, train_loader: Any, trained: int) -> int:
+    """The seed of this session's random draws: ``--seed`` in a fresh run; ``--seed`` plus the epochs the checkpoint
+    has trained in a resumed one, whose draws (the training order, the workers' and this process's augmentation,
+    dropout) are reseeded with it. Every session starts from ``--seed`` (the split and the initial weights need it),
+    so without this a resumed run's first epoch repeated epoch 1's order and augmented pixels. The split and the
+    initial weights are made by then; a distributed run's shuffle is already its own per epoch (seed and epoch)."""
+    if not trained:
+        return config.seed
+    import random
+
+    import numpy as np
+
+    from cnnapps.datasets.transforms import seed_augmentation
+
+    seed = (config.seed + trained) % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if not getattr(train_loader, "num_workers", 0):  # augmented here (workers seed theirs from torch's draws)
+        seed_augmentation(getattr(getattr(train_loader, "dataset", None), "transform", None), seed)
+    return seed
 
 
 def _sigterm_without_broadcast(trainer: L.Trainer) -> None:
@@ -795,14 +827,17 @@ class _RankSeed(L.Callback):
 
 class _ConfigFile(L.Callback):
     """Writes the run's settings to ``path`` once training starts: after a --resume has loaded its checkpoint, so
-    a resumption with settings the checkpoint does not fit fails with the run's own settings still in the file."""
+    a resumption with settings the checkpoint does not fit fails with the run's own settings still in the file. A
+    --val-split run's split (a :class:`~cnnapps.datasets.folders.SplitRecord`) is written beside them."""
 
-    def __init__(self, config: Any, path: Path) -> None:
-        self.config, self.path = config, path
+    def __init__(self, config: Any, path: Path, split: Any = None) -> None:
+        self.config, self.path, self.split = config, path, split
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         if trainer.is_global_zero:
             write_config(self.config, self.path)
+            if self.split is not None:
+                self.split.write()
 
 
 class _SomethingValidated(L.Callback):

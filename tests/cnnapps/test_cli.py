@@ -153,7 +153,9 @@ def _run_counting_imports(*args: object) -> tuple[int, str, set[str]]:
 def test_train_refuses_an_existing_run_before_loading_torch(tmp_path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.safetensors").write_bytes(b"an earlier run")
-    code, err, imported = _run_counting_imports("train", "classify", "--data", tmp_path, "--out", tmp_path / "run")
+    (tmp_path / "data").mkdir()
+    code, err, imported = _run_counting_imports("train", "classify", "--data", tmp_path / "data", "--out",
+                                                tmp_path / "run")  # fmt: skip
     assert code == 2 and "already holds a training run" in err
     assert not imported & {"torch", "lightning"}
 

@@ -149,7 +149,7 @@ def test_processes_a_launcher_started_must_be_devices_times_nodes(tmp_path: Path
         run_training(load_config(None, data=str(tmp_path), out=str(out), devices=2, backbone="lenet5"), prepare,
                      prepare)  # fmt: skip
     with pytest.raises(AssertionError, match="prepared"):  # 2 x 2: as launched
-        run_training(load_config(None, data=str(tmp_path), out=str(out), devices=2, num_nodes=2,
+        run_training(load_config(None, data=str(tmp_path / "data"), out=str(out), devices=2, num_nodes=2,
                                  backbone="lenet5"), prepare, prepare)  # fmt: skip
 
 
