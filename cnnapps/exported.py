@@ -86,8 +86,10 @@ def is_onnx_file(spec: str | os.PathLike) -> bool:
     name = str(spec)
     if name.lower().endswith(".onnx"):
         return True
-    if not os.path.isfile(name):  # a .safetensors name too: told by its bytes (an ONNX file renamed was "a header
-        return False  # of 8,031,177,557,570,357,256 bytes")
+    # any other name, .safetensors too, is told by its bytes: an ONNX file so named was read as a safetensors
+    # header of 8,031,177,557,570,357,256 bytes
+    if not os.path.isfile(name):
+        return False
     try:
         with open(name, "rb") as fh:
             head = fh.read(9)

@@ -139,17 +139,14 @@ class CocoDataset:
             fmt = other_format(self.path)
         except FormatError as exc:
             raise CocoError(str(exc)) from None
-        if fmt is None and self.path.is_file():
-            fmt = "coco"  # each entry checked; its images in --images, else where COCO files keep them
-        if fmt is None:
-            self.images = Path(images) if images else self.path.parent
-            self.coco = load_coco(self.path)
-        else:
-            data = read_collection(self.path, Path(images) if images else None, fmt)
-            self.images = Path(images) if images else data.images_root or self.path.parent
-            self.files = dict(data.files)
-            self.splits = dict(data.splits)
-            self.coco = load_coco(data.coco)
+        if fmt is None and not self.path.is_file():
+            raise CocoError(f"{self.path}: annotation file not found")
+        # each entry checked; a COCO file's images in --images, else where COCO files keep them
+        data = read_collection(self.path, Path(images) if images else None, fmt or "coco")
+        self.images = Path(images) if images else data.images_root or self.path.parent
+        self.files = dict(data.files)
+        self.splits = dict(data.splits)
+        self.coco = load_coco(data.coco)
         cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
         if task == "pose":
             cats = [c for c in cats if c.get("keypoints")]
