@@ -89,14 +89,14 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     from cnnapps.terminal import free_name
 
     tmp, path = Path(tmp), Path(path)
-    if _linked(tmp, path):
+    if moved_if_free(tmp, path):
         return path
-    while not _linked(tmp, kept := free_name(path.parent, path.stem, path.suffix)):
+    while not moved_if_free(tmp, kept := free_name(path.parent, path.stem, path.suffix)):
         pass  # taken between the look and the link: the next free name
     raise OutputExistsError(path, kept)
 
 
-def _linked(tmp: Path, path: Path) -> bool:
+def moved_if_free(tmp: Path, path: Path) -> bool:
     """``tmp`` renamed to ``path`` if nothing is there (True), else left as it is (False)."""
     try:
         os.link(tmp, path)  # fails if anything (a file, a symlink) took the name meanwhile

@@ -4,6 +4,7 @@ took its second weight."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 
@@ -11,6 +12,14 @@ def load_yaml(text: str, *, strings: bool = False) -> Any:
     """The document ``text`` holds, read as ``yaml.safe_load`` reads it (or, with ``strings``, every scalar a string,
     as ``yaml.BaseLoader`` reads it); a key given twice in one mapping raises ``yaml.YAMLError`` naming it and its
     line."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader(strings))
+
+
+@functools.cache
+def _loader(strings: bool) -> type:
+    """PyYAML's safe (or all-strings) loader, refusing a key given twice in one mapping."""
     import yaml
 
     base = yaml.BaseLoader if strings else yaml.SafeLoader
@@ -33,4 +42,4 @@ def load_yaml(text: str, *, strings: bool = False) -> Any:
                     seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
-    return yaml.load(text, Loader=_OnceEach)
+    return _OnceEach

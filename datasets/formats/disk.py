@@ -13,7 +13,7 @@ from typing import Any
 
 from cnnapps.datasets.formats.hub import FormatError, Report
 from cnnapps.errors import repeated_name
-from cnnapps.files import OutputExistsError
+from cnnapps.files import OutputExistsError, moved_if_free
 from cnnapps.yamltext import load_yaml
 
 #: the image files the formats look for (those ``cnnapps.datasets.io`` decodes)
@@ -236,22 +236,19 @@ def staged(out: Path) -> Iterator[Path]:
 
 def _move_in(made: Path, out: Path) -> None:
     """``made`` renamed to ``out``, never over what took that name while it was written (a look, then a rename,
-    would replace a file made in between): a file is linked there, which fails if the name is taken; a folder first
-    takes the name with an empty folder of its own, which it then replaces."""
+    would replace a file made in between): a file is linked there (:func:`~cnnapps.files.moved_if_free`); a folder
+    first takes the name with an empty folder of its own, which it then replaces."""
+    if not made.is_dir():
+        if not moved_if_free(made, out):
+            raise OutputExistsError(out)
+        return
     try:
-        if not made.is_dir():
-            os.link(made, out)
-            return
         os.mkdir(out)
     except FileExistsError:
         raise OutputExistsError(out) from None
-    except OSError:  # no hard links on this file system: look, then rename (a narrow race remains)
-        check_free(out)
-        os.rename(made, out)
-        return
     try:
         os.replace(made, out)  # a folder onto the empty one just made: one step
-    except OSError:  # a system that does not replace folders
+    except OSError:  # a system that does not replace folders: look, then rename (a narrow race remains)
         os.rmdir(out)
         check_free(out)
         os.rename(made, out)
