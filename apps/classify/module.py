@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from cnnapps.apps.classify.config import ClassifyConfig
 from cnnapps.apps.classify.model import Classifier
-from cnnapps.apps.common.training import TaskModule, TrainConfig
+from cnnapps.apps.common.training import TaskModule, TrainConfig, newest_is_best
 
 log = logging.getLogger("cnnapps")
 
@@ -41,6 +42,22 @@ class AveragedWeights:
     ema: Any
     model: nn.Module
     trainer: Any
+    score: str  # what validation scores the weights by: "top1" or "map"
+
+    @property
+    def best_key(self) -> str:
+        """The history value the best epoch is chosen by: ``val_<score>``, or with an EMA the better weights'
+        (``val_select_<score>``)."""
+        return f"val_select_{self.score}" if self.ema is not None else f"val_{self.score}"
+
+    def select_weights(self, values: dict[str, float]) -> bool:
+        """Put the better of the raw and the averaged weights' score and loss in this epoch's ``values``
+        (``val_select_<score>``, ``val_select_loss``, by :func:`ema_won`); returns whether the averaged ones won."""
+        won = ema_won(values, self.score)
+        values[f"val_select_{self.score}"] = values[f"val_ema_{self.score}" if won else f"val_{self.score}"]
+        values["val_select_loss"] = values["val_ema_loss" if won else "val_loss"]
+        self.log(f"val_select_{self.score}", values[f"val_select_{self.score}"])  # what the best checkpoint watches
+        return won
 
     def make_ema(self, config: ClassifyConfig) -> None:
         self.ema = None
@@ -70,6 +87,17 @@ class AveragedWeights:
         """Move the averaged weights towards the model's: ``ema += (1 - d) (model - ema)`` with
         ``d = min(ema_decay, 1 - (1 + t) ** -0.75)`` for ``t = step - 1`` (the first step copies the model)."""
         self.ema.update(self.model, step=step)
+
+
+def ema_won(values: dict[str, Any], score: str) -> bool:
+    """Whether an epoch's averaged weights beat its raw ones: a higher ``val_ema_<score>``, a tie by a lower loss
+    (what the better weights of the best epoch, the ones saved, are chosen by)."""
+
+    def rank(prefix: str) -> tuple[float, float]:
+        loss = values.get(f"{prefix}loss")
+        return values[f"{prefix}{score}"], -loss if isinstance(loss, float) and math.isfinite(loss) else -math.inf
+
+    return rank("val_ema_") > rank("val_")
 
 
 class LossOfThisRun:
@@ -117,6 +145,8 @@ class ClassificationModule(LossOfThisRun, AveragedWeights, TaskModule):
     Validation batches may carry each image's index in the validation set (``LabeledImageDataset(with_index=
     True)``): the class probabilities of the best epoch so far are then kept (:attr:`best_outputs`), so the
     report written at the end needs no second pass over the validation images."""
+
+    score = "top1"
 
     def __init__(self, model: Classifier, config: TrainConfig, class_weights: torch.Tensor | None = None,
                  class_prior: torch.Tensor | None = None) -> None:  # fmt: skip
@@ -229,23 +259,16 @@ class ClassificationModule(LossOfThisRun, AveragedWeights, TaskModule):
             return
         top1 = float(self.val_top1.compute())
         values = {"val_loss": val_loss, "val_top1": top1, "val_top5": float(self.val_top5.compute())}
-        chosen = top1
         if self.ema is not None:
-            ema = self._ema_epoch_values()
-            values.update(ema)
-            # what the best checkpoint is chosen by: the better of the raw and the averaged weights
-            chosen = max(top1, ema["val_ema_top1"])
-            values["val_select_top1"] = chosen
-            self.log("val_select_top1", chosen)
-            if ema["val_ema_top1"] > top1:
+            values.update(self._ema_epoch_values())
+            if self.select_weights(values):  # the averaged weights are the better: theirs are the outputs kept
                 outputs = self._val_ema_outputs
             self._val_ema_outputs = []
         self.record_epoch(values)
-        # the best checkpoint is replaced only by a strictly higher val_top1 (ModelCheckpoint, mode "max")
-        if outputs and (self.best_outputs is None or chosen > self.best_outputs["val_top1"]):
+        if outputs and newest_is_best(self.history, self.best_key):  # as the best checkpoint is replaced
             probs, labels, indices = (torch.cat(parts).cpu().numpy() for parts in zip(*outputs, strict=True))
-            self.best_outputs = {"epoch": self.current_epoch + 1, "val_top1": chosen, "probs": probs,
-                                 "labels": labels, "indices": indices}  # fmt: skip
+            self.best_outputs = {"epoch": self.current_epoch + 1, "probs": probs, "labels": labels,
+                                 "indices": indices}  # fmt: skip
 
     # -- the averaged weights' validation -----------------------------------------------------------------------
     def _validate_ema(self, x: torch.Tensor, y: torch.Tensor, index: list[torch.Tensor]) -> None:
@@ -298,6 +321,8 @@ class MultiLabelModule(LossOfThisRun, AveragedWeights, TaskModule):
     tuned on them when the run ends, with no second pass. Layer-wise lr decay and the EMA of the weights (its mAP
     validated beside the raw weights', the better kept) as for single-label training."""
 
+    score = "map"
+
     def __init__(self, model: Classifier, config: TrainConfig, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__(config)
         config = ClassifyConfig.of(config)
@@ -312,7 +337,8 @@ class MultiLabelModule(LossOfThisRun, AveragedWeights, TaskModule):
         self._val_count = 0
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._val_ema_probs: list[torch.Tensor] = []  # the averaged weights' sigmoids, batch by batch
-        #: the best epoch's validation outputs: {"epoch", "val_map", "probs", "labels", "indices"}
+        self._val_ema_losses: list[torch.Tensor] = []  # and their summed losses
+        #: the best epoch's validation outputs: {"epoch", "probs", "labels", "indices"}
         self.best_outputs: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -339,7 +365,9 @@ class MultiLabelModule(LossOfThisRun, AveragedWeights, TaskModule):
     def validate_batch(self, batch: tuple[torch.Tensor, ...]) -> None:
         x, y, *index = batch
         if self.ema is not None:
-            self._val_ema_probs.append(self.ema.module(x).float().detach().sigmoid())
+            averaged = self.ema.module(x).float().detach()
+            self._val_ema_probs.append(averaged.sigmoid())
+            self._val_ema_losses.append(self.val_loss_fn(averaged, y.float()) * len(y))
         logits = self(x).float()
         loss = self.val_loss_fn(logits, y.float())
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
@@ -356,29 +384,27 @@ class MultiLabelModule(LossOfThisRun, AveragedWeights, TaskModule):
         self._val_loss_sum, self._val_count = None, 0
         outputs, self._val_outputs = self._val_outputs, []
         ema_parts, self._val_ema_probs = self._val_ema_probs, []
+        ema_losses, self._val_ema_losses = self._val_ema_losses, []
         if self.trainer.sanity_checking or not outputs:
             return
         probs = torch.cat([p for p, _, _ in outputs]).cpu().numpy()
         labels = torch.cat([y for _, y, _ in outputs]).cpu().numpy()
         names = self.model.class_names
         at_half = multilabel_report(probs, labels, names)  # F1s at 0.5 (the mAP needs no threshold)
-        val_map = chosen = at_half.map
-        values = {"val_loss": val_loss, "val_map": val_map, "val_f1_micro": at_half.f1_micro,
+        values = {"val_loss": val_loss, "val_map": at_half.map, "val_f1_micro": at_half.f1_micro,
                   "val_f1_macro": at_half.f1_macro}  # fmt: skip
-        self.log("val_map", val_map, prog_bar=True)
+        self.log("val_map", at_half.map, prog_bar=True)
         if ema_parts:
             ema_probs = torch.cat(ema_parts).cpu().numpy()
             values["val_ema_map"] = multilabel_report(ema_probs, labels, names).map
-            chosen = values["val_select_map"] = max(val_map, values["val_ema_map"])
-            self.log("val_select_map", chosen)  # with an EMA, what the best checkpoint is chosen by
-            if values["val_ema_map"] > val_map:
+            values["val_ema_loss"] = float(torch.stack(ema_losses).sum()) / max(1, len(labels))
+            if self.select_weights(values):  # the averaged weights are the better: theirs are the outputs kept
                 probs = ema_probs
         self.record_epoch(values)
-        # the best checkpoint is replaced only by a strictly higher score (ModelCheckpoint, mode "max")
-        if outputs[0][2] is not None and (self.best_outputs is None or chosen > self.best_outputs["val_map"]):
+        if outputs[0][2] is not None and newest_is_best(self.history, self.best_key):  # as the best checkpoint
             indices = torch.cat([i for _, _, i in outputs]).cpu().numpy()
-            self.best_outputs = {"epoch": self.current_epoch + 1, "val_map": chosen, "probs": probs,
-                                 "labels": labels, "indices": indices}  # fmt: skip
+            self.best_outputs = {"epoch": self.current_epoch + 1, "probs": probs, "labels": labels,
+                                 "indices": indices}  # fmt: skip
 
     def parameter_groups(self) -> Any:
         if self.layer_decay is None:

@@ -64,9 +64,8 @@ def _prepare(config: ClassifyConfig, device: Any) -> Any:
         f"training {trunk} on {plural(len(train_set), 'image')} of {plural(len(train_set.class_names), 'class')}, "
         f"validating on {len(val_set)}"
     )
-    best = "val_select_top1" if config.ema else "val_top1"  # with an EMA: the better of the two weights
     curves = ("val_top1", "val_ema_top1", "val_top5") if config.ema else ("val_top1", "val_top5")
-    return Plan(module, train_loader, val_loader, describe, best,
+    return Plan(module, train_loader, val_loader, describe, module.best_key,
                 len(train_set), len(val_set), curves=curves,
                 extra={"val_set": val_set, "spec": spec, "class_names": train_set.class_names},
                 header=tuple(header))  # fmt: skip
@@ -103,10 +102,9 @@ def _prepare_multilabel(config: ClassifyConfig, device: Any, train_set: Any, val
         f"training {trunk} on {plural(len(train_set), 'image')} with {plural(len(names), 'label')}, "
         f"validating on {len(val_set)}"
     )
-    best = "val_select_map" if config.ema else "val_map"  # with an EMA: the better of the two weights
     curves = ("val_map", *(("val_ema_map",) if config.ema else ()), "val_f1_micro", "val_f1_macro")
-    return Plan(module, train_loader, val_loader, describe, best, len(train_set), len(val_set), curves=curves,
-                extra={"val_set": val_set, "spec": spec, "class_names": names, "multilabel": True},
+    return Plan(module, train_loader, val_loader, describe, module.best_key, len(train_set), len(val_set),
+                curves=curves, extra={"val_set": val_set, "spec": spec, "class_names": names, "multilabel": True},
                 header=tuple(header))  # fmt: skip
 
 
@@ -158,7 +156,7 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
     from cnnapps.apps.classify.model import LoadedClassifier
     from cnnapps.apps.classify.predictor import ClassificationPredictor
     from cnnapps.apps.common.plots import plot_confusion
-    from cnnapps.apps.common.training import trunk_identity
+    from cnnapps.apps.common.training import best_epoch, trunk_identity
     from cnnapps.apps.modelfile import save_model
 
     if plan.extra.get("multilabel"):
@@ -166,7 +164,7 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
     out = Path(config.out)
     names, spec = plan.extra["class_names"], plan.extra["spec"]
     module = result.module
-    best_entry = max(result.history, key=lambda h: h.get(plan.best) or 0.0) if result.history else {}
+    best_entry = best_epoch(result.history, plan.best)
     best = best_entry.get("epoch")
     chosen = _keep_better_weights(config, module, best_entry, "top1")
     model = module.model.float().eval()
@@ -186,14 +184,17 @@ def _finish(config: TrainConfig, plan: Any, result: Any, device: Any) -> dict[st
 
 
 def _keep_better_weights(config: ClassifyConfig, module: Any, best_entry: dict[str, Any], score: str) -> dict:
-    """With an EMA: put the better of the raw and the averaged weights of the best epoch (by ``val_<score>`` and
-    ``val_ema_<score>``) in the model that is saved; returns metrics.json's ``ema`` entry saying which."""
+    """With an EMA: put the better of the raw and the averaged weights of the best epoch (:func:`ema_won`) in the
+    model that is saved; returns metrics.json's ``ema`` entry saying which."""
+    from cnnapps.apps.classify.module import ema_won
+
     if module.ema is None or not best_entry:
         return {}
     raw, averaged = best_entry[f"val_{score}"], best_entry[f"val_ema_{score}"]
-    if averaged > raw:  # model.safetensors holds the better of the raw and the averaged weights
+    won = ema_won(best_entry, score)
+    if won:  # model.safetensors holds the better of the raw and the averaged weights
         module.model.load_state_dict(module.ema.module.state_dict())
-    return {"ema": {"weights": "ema" if averaged > raw else "raw", f"raw_val_{score}": raw,
+    return {"ema": {"weights": "ema" if won else "raw", f"raw_val_{score}": raw,
                     f"ema_val_{score}": averaged, "decay": config.ema_decay}}  # fmt: skip
 
 
@@ -203,13 +204,13 @@ def _finish_multilabel(config: TrainConfig, plan: Any, result: Any, device: Any)
     from cnnapps.apps.classify.model import LoadedClassifier
     from cnnapps.apps.classify.multilabel import multilabel_report, scores_of, tune_thresholds
     from cnnapps.apps.classify.predictor import ClassificationPredictor
-    from cnnapps.apps.common.training import trunk_identity
+    from cnnapps.apps.common.training import best_epoch, trunk_identity
     from cnnapps.apps.modelfile import save_model
 
     out = Path(config.out)
     names, spec, val_set = plan.extra["class_names"], plan.extra["spec"], plan.extra["val_set"]
     module = result.module
-    best_entry = max(result.history, key=lambda h: h.get(plan.best) or 0.0) if result.history else {}
+    best_entry = best_epoch(result.history, plan.best)
     chosen = _keep_better_weights(config, module, best_entry, "map")
     model = module.model.float().eval()
     kept = module.outputs_of_best(best_entry.get("epoch"), len(val_set))

@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cnnapps.apps.common.config import ConfigError, TrainConfig, check_run_folder, resumed_settings, write_config
 from cnnapps.errors import CnnappsError, in_one_line
@@ -306,7 +307,7 @@ def run_training(
     if result.global_rank:
         return {"global_rank": result.global_rank}
     history = result.history
-    best = max(history, key=lambda h: h.get(plan.best) or 0.0) if history else {}
+    best = best_epoch(history, plan.best)
     fitted = time.perf_counter()
     finished = finish(config, plan, result, device)
     # where a run's time went besides its epochs (what the epochs cost is in history and train_seconds)
@@ -469,10 +470,54 @@ def publish(loggers: list[Any], out: Path, metrics: dict[str, Any]) -> None:
             wandb.finish()  # the next run in this process (a fold, a trial) starts its own
 
 
+def epoch_rank(entry: dict[str, Any], key: str) -> tuple[float, float]:
+    """How two epochs compare: by ``key`` (higher is better), a tie by the validation loss of the weights ``key``
+    scored (``val_select_loss`` where the run chose between two sets of weights, else ``val_loss``; lower is better).
+    A value that is missing or not finite counts as the worst."""
+
+    def finite(value: Any) -> float | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else None
+
+    score, loss = finite(entry.get(key)), finite(entry.get("val_select_loss", entry.get("val_loss")))
+    return (-math.inf if score is None else score, -math.inf if loss is None else -loss)
+
+
+def best_epoch(history: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The history entry of the best epoch by :func:`epoch_rank`, the earliest of equals: the epoch whose weights the
+    best checkpoint holds, the model file is saved from and metrics.json reports ({} for no epoch)."""
+    return max(history, key=lambda entry: epoch_rank(entry, key)) if history else {}
+
+
+def newest_is_best(history: list[dict[str, Any]], key: str) -> bool:
+    """Whether the last epoch of ``history`` is better than every earlier one (:func:`best_epoch`)."""
+    return bool(history) and best_epoch(history, key) is history[-1]
+
+
 def best_epoch_values(history: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The validation values of the epoch with the highest ``key`` (what the best checkpoint holds)."""
-    best = max(history, key=lambda h: h.get(key) or 0.0) if history else {}
-    return {k: v for k, v in best.items() if k.startswith("val_")}
+    """The validation values of the best epoch by ``key`` (:func:`best_epoch`: what the best checkpoint holds)."""
+    return {k: v for k, v in best_epoch(history, key).items() if k.startswith("val_")}
+
+
+class _BestCheckpoint(ModelCheckpoint):
+    """OUT/checkpoints/best.ckpt: saved at each epoch better than every earlier one by :func:`best_epoch` (the
+    plan's value, a tie broken by the validation loss). Lightning's own rule kept the first of equal values: a
+    60-epoch run kept epoch 4 (val_loss 0.34) over epoch 60 (the same top-1, val_loss 0.017). Every process decides
+    alike: each holds the same history."""
+
+    def __init__(self, dirpath: Path, monitor: str, key: str) -> None:
+        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode="max")
+        self.key = key
+
+    @property
+    def state_key(self) -> str:  # ModelCheckpoint's: a run saved before this class resumes with its best kept
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        history = getattr(trainer.lightning_module, "history", None) or []
+        this_epoch = bool(history) and history[-1].get("epoch") == trainer.current_epoch + 1
+        decision = current is not None and this_epoch and newest_is_best(history, self.key)
+        return trainer.strategy.reduce_boolean_decision(decision)  # as Lightning's: all processes save, or none
 
 
 def fit(config: TrainConfig, plan: Plan, device: torch.device, split: Any = None) -> FitResult:
@@ -482,7 +527,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device, split: Any = None
     With ``config.devices``/``num_nodes`` above 1 this is Lightning's DDP: one process per device, each
     training on its shard of every global batch, gradients averaged; launched by Lightning itself, by
     ``torchrun`` or by SLURM's ``srun`` (Lightning reads their environment)."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
     module, train_loader, val_loader = plan.module, plan.train_loader, plan.val_loader
     monitor = plan.logged or plan.best
@@ -492,7 +537,7 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device, split: Any = None
     out = Path(config.out)
     last = out / "checkpoints" / "last.ckpt"
     precision = config.precision if config.precision != "auto" else ("16-mixed" if device.type == "cuda" else "32-true")
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max")
+    checkpoint = _BestCheckpoint(out / "checkpoints", monitor, plan.best)
     # last.ckpt after every epoch, for --resume (ModelCheckpoint's own save_last follows only improving epochs)
     last_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
     # a run that stopped early is finished, as one that trained all its epochs is: a --resume trains nothing more

@@ -175,7 +175,7 @@ def test_the_val_loss_reported_is_that_of_the_weights_kept(tagged: Path, tmp_pat
     from cnnapps.apps.classify.train import train_classifier
     from cnnapps.datasets.folders import train_val_split
 
-    config = multilabel_config(tagged, tmp_path / "run", ema=True, ema_decay=0.9, lr=0.05, device="cpu")
+    config = multilabel_config(tagged, tmp_path / "run", ema=True, ema_decay=0.9, lr=0.05, device="cpu", epochs=1)
     metrics = train_classifier(config)
     assert metrics["ema"]["weights"] == "ema"  # the case: the averaged weights kept (here, on this seed)
     _, val_set = train_val_split(config.data, config.val_split, config.seed, None)

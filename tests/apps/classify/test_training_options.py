@@ -133,6 +133,15 @@ def test_ema_weights_follow_the_decay_formula() -> None:
     assert not any(p.requires_grad for p in ema.parameters())
 
 
+def test_the_averaged_weights_win_a_tie_by_a_lower_loss() -> None:
+    from cnnapps.apps.classify.module import ema_won
+
+    tie = {"val_top1": 0.9, "val_loss": 0.4, "val_ema_top1": 0.9, "val_ema_loss": 0.2}
+    assert ema_won(tie, "top1") and not ema_won({**tie, "val_ema_loss": 0.6}, "top1")
+    assert ema_won({**tie, "val_ema_top1": 0.95, "val_ema_loss": 0.9}, "top1")  # the score first
+    assert not ema_won({**tie, "val_ema_loss": float("nan")}, "top1")  # a loss that is no number loses the tie
+
+
 def test_accumulate_ema_mix_llrd_class_weights_and_randaugment_train_together(
     colour_set: Path, tmp_path: Path, caplog
 ) -> None:

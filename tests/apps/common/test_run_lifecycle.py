@@ -61,13 +61,54 @@ def test_retrieval_metrics_are_the_best_epochs(colour_set: Path, tmp_path: Path)
     config = load_config(
         None, RetrieveConfig,
         data=str(colour_set), backbone="lenet5", weights="none", embedding_size=16, epochs=3, batch_size=8,
-        workers=0, progress=False, augment="none", out=str(tmp_path / "run"), val_split=0.3, lr=0.01,
+        workers=0, progress=False, augment="none", out=str(tmp_path / "run"), val_split=0.3, lr=0.1,
         device="cpu",  # the epochs' figures recorded on a CPU (a GPU's fp16 training takes another path)
     )  # fmt: skip
     metrics = train_retrieval(config)
     best = metrics["history"][metrics["best_epoch"] - 1]
     assert metrics["best_epoch"] != len(metrics["history"])  # otherwise the last epoch's values would do
     assert metrics["val_loss"] == best["val_loss"] and metrics["val_recall@1"] == best["val_recall@1"]
+
+
+def test_a_tie_on_the_best_value_goes_to_the_lower_validation_loss(colour_set: Path, tmp_path: Path) -> None:
+    """Three epochs of recall@1 1.0 (val_loss 64, 37, 31 on this seed): the best epoch is the third, the one the
+    best checkpoint and metrics.json hold; the first of equals was kept before."""
+    from cnnapps.apps.common.config import load_config
+    from cnnapps.apps.retrieve.config import RetrieveConfig
+    from cnnapps.apps.retrieve.train import train_retrieval
+
+    config = load_config(
+        None, RetrieveConfig,
+        data=str(colour_set), backbone="lenet5", weights="none", embedding_size=16, epochs=3, batch_size=8,
+        workers=0, progress=False, augment="none", out=str(tmp_path / "run"), val_split=0.3, lr=0.01, device="cpu",
+    )  # fmt: skip
+    metrics = train_retrieval(config)
+    recalls = [h["val_recall@1"] for h in metrics["history"]]
+    losses = [h["val_loss"] for h in metrics["history"]]
+    assert len(set(recalls)) == 1 and losses == sorted(losses, reverse=True)  # the case: a tie, the loss falling
+    assert metrics["best_epoch"] == 3 and metrics["val_loss"] == losses[-1]
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 2  # Lightning counts from 0
+
+
+def test_epoch_rank_orders_by_the_value_then_the_loss() -> None:
+    from cnnapps.apps.common.training import best_epoch, newest_is_best
+
+    history = [
+        {"epoch": 1, "val_top1": 0.9, "val_loss": 0.3},
+        {"epoch": 2, "val_top1": 0.9, "val_loss": 0.1},
+        {"epoch": 3, "val_top1": 0.9, "val_loss": 0.1},
+        {"epoch": 4, "val_top1": float("nan"), "val_loss": 0},
+    ]
+    assert best_epoch(history, "val_top1")["epoch"] == 2  # the lower loss; the earliest of full equals; NaN lowest
+    assert not newest_is_best(history, "val_top1") and newest_is_best(history[:2], "val_top1")
+    # where the run chose between two sets of weights, the chosen ones' loss breaks the tie
+    chosen = [
+        {"epoch": 1, "val_select_top1": 1.0, "val_select_loss": 0.05, "val_loss": 0.5},
+        {"epoch": 2, "val_select_top1": 1.0, "val_select_loss": 0.2, "val_loss": 0.2},
+    ]
+    assert best_epoch(chosen, "val_select_top1")["epoch"] == 1
+    assert best_epoch([{"epoch": 1}], "val_top1")["epoch"] == 1 and best_epoch([], "val_top1") == {}
 
 
 def test_kfold_resume_refuses_a_folder_of_one_run(colour_set: Path, tmp_path: Path, tiny_config) -> None:
