@@ -242,14 +242,19 @@ def check_serves(spec: str | os.PathLike, task: str) -> None:
         if task not in tasks and not any_trunk:
             raise CnnappsError(f"{name}: a {', '.join(sorted(tasks))} model, not a {task} model")
         return
-    if record.zoo:  # a name for a task whose models are files or named ready models: neither
+    if record.zoo or record.default_model is None:  # a task whose models are files or named ready models: neither
         named = list(record.zoo_models())
         hint = did_you_mean(name, named, cutoff=0.5)
         from cnnapps.backbones import list_backbones
 
         if name in {spec.name for spec in list_backbones()}:  # a trunk, not "unknown": a head is trained on it
+            if not named:
+                raise UnknownModelError(f"{name}: a backbone, not a {task} model (its models are model files, made by "
+                                        f"cnnapps train {task})")  # fmt: skip
             raise UnknownModelError(f"{name}: a backbone, not a {task} model (one of {', '.join(named)}, or a model "
                                     f"file: train one on it with cnnapps train {task} --backbone {name})")  # fmt: skip
+        if not named:  # a file that is not there says so where it is read
+            return
         raise UnknownModelError(f"{name}: unknown {task} model (not a model file, nor one of {', '.join(named)}){hint}")
 
 

@@ -65,3 +65,12 @@ def test_a_backbone_named_for_a_task_of_heads_is_called_a_backbone(name: str, ta
     with pytest.raises(CnnappsError, match=rf"^{name}: a backbone, not a {task} model \(one of .* train {task} "
                                            rf"--backbone {name}\)$"):  # fmt: skip
         cnnapps.load(name, task=task)
+
+
+@pytest.mark.parametrize("task", ["caption", "panoptic"])
+def test_a_backbone_named_for_a_task_of_model_files_only_is_called_a_backbone(task: str) -> None:
+    # it was "lenet5: model file not found": a task without named ready models says what its models are
+    with pytest.raises(CnnappsError) as caught:
+        cnnapps.load("lenet5", task=task)
+    assert str(caught.value) == f"lenet5: a backbone, not a {task} model (its models are model files, made by " \
+                                f"cnnapps train {task})"  # fmt: skip
