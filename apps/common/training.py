@@ -582,6 +582,8 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device, split: Any = None
         processes = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
         log.info("%s; %s%s, %s, %s", plan.describe, device, processes, precision, plural(config.epochs, "epoch"))
         log.info("%s", config.scaling_report())
+        if (crowded := crowded_cores(config, device)) is not None:
+            log.warning("%s", crowded)
         for line in plan.header:
             log.info("%s", line)
         if stopped:
@@ -644,6 +646,16 @@ def fit(config: TrainConfig, plan: Plan, device: torch.device, split: Any = None
     if config.compile:
         facts["compile_seconds"] = round(clock.compile_seconds, 2)
     return FitResult(module, best, seconds, precision, trainer.global_rank, facts, loggers)
+
+
+def crowded_cores(config: TrainConfig, device: torch.device) -> str | None:
+    """A warning when a CPU run starts more processes on this machine than it has cores: they share the cores, and
+    every step waits for the slowest (nothing else says why such a run is slower than one process)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device.type != "cpu" or config.devices <= cores:
+        return None
+    return (f"--devices {config.devices} on a CPU with {plural(cores, 'core')}: its processes share the cores, "
+            f"so each step waits on the others; --devices {cores} or fewer, or GPUs, train faster")  # fmt: skip
 
 
 def reseed_session(config: TrainConfig, train_loader: Any, trained: int) -> int:

@@ -59,3 +59,21 @@ def test_several_machines_without_a_launcher_are_refused(tmp_path: Path, monkeyp
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     with pytest.raises(AssertionError, match="prepared"):
         run_training(load_config(None, **settings), _not_prepared, _not_prepared)
+
+
+def test_more_cpu_processes_than_cores_are_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--devices 8 on a 2-core CPU started 8 processes without a word."""
+    import os
+
+    import torch
+
+    from cnnapps.apps.common.training import crowded_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    config = lambda devices: load_config(None, data="d", out="o", devices=devices, strategy="ddp")  # noqa: E731
+    assert crowded_cores(config(8), torch.device("cpu")) == (
+        "--devices 8 on a CPU with 2 cores: its processes share the cores, so each step waits on the others; "
+        "--devices 2 or fewer, or GPUs, train faster"
+    )
+    assert crowded_cores(config(2), torch.device("cpu")) is None
+    assert crowded_cores(config(8), torch.device("cuda")) is None
