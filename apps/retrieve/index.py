@@ -218,6 +218,8 @@ class _WriteLock:
     def __enter__(self) -> _WriteLock:
         import fcntl
 
+        if not (self.folder / "write.lock").exists() and _index_state(self.folder)[0] == "unreadable":
+            raise _unreadable(self.folder)  # another program's database: its folder gets no lock file either
         try:
             fd = os.open(self.folder / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:

@@ -58,6 +58,7 @@ def test_another_programs_database_is_refused_and_never_cleared(stand_ins, tmp_p
             write()
     assert Index.check(folder)["problems"] == [UNREADABLE]
     assert (folder / "index.sqlite").read_bytes() == before  # was deleted as "an interrupted build"
+    assert sorted(p.name for p in folder.iterdir()) == ["index.sqlite"]  # no write.lock left in their folder
 
 
 def test_an_interrupted_build_is_reported_refuses_other_writers_and_resumes(stand_ins, tmp_path: Path) -> None:
