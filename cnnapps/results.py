@@ -314,7 +314,7 @@ class CaptionResult(Result):
             tiles.append(np.full_like(tiles[0], 255))
         rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
         grid = np.vstack(rows)
-        return np.vstack([_title(self.caption, grid.shape[1]), grid])
+        return np.vstack([text_band(self.caption, grid.shape[1]), grid])
 
 
 def _network_view(
@@ -346,7 +346,7 @@ def _network_view(
                           borderValue=(0, 0, 0))  # fmt: skip
 
 
-def _title(text: str, width: int, scale: float = 0.7, line: int = 28) -> np.ndarray:
+def text_band(text: str, width: int, scale: float = 0.7, line: int = 28) -> np.ndarray:
     """A white band holding ``text`` in black, wrapped at word boundaries to ``width`` pixels."""
     import cv2
 

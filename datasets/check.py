@@ -570,11 +570,12 @@ def _stated_size(image: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def _read_semantic(path: Path, task: str, split: str, images: Path | None) -> _Data:
-    from cnnapps.datasets.semantic import read_semantic_data
+    from cnnapps.datasets.semantic import LAYOUT_HINT, read_semantic_data
 
     if path.suffix.lower() == ".json" and images is None:
         images = json_image_folder(path)
-    dataset = read_semantic_data(path, images=images, split=split if split != "test" else "val")
+    voc_list = split if split != "test" else "val"
+    dataset = read_semantic_data(path, images=images, split=voc_list, masks_hint=LAYOUT_HINT)  # check has no --masks
     return _semantic_data(dataset, split)
 
 

@@ -124,10 +124,15 @@ class CocoDataset:
     any format :mod:`cnnapps.datasets.formats` reads. Without ``images`` the images are found where the format keeps
     them (and the entries of a COCO JSON are checked by its reader: those that cannot be used are logged and left
     out). ``splits``: the split (train, val, test) the source puts each image id in, where it says (a YOLO data.yaml's
-    entries, Pascal VOC's ImageSets/Main lists, CVAT subsets); empty for a COCO JSON."""
+    entries, Pascal VOC's ImageSets/Main lists, CVAT subsets); empty for a COCO JSON. ``fmt``: the format (coco, yolo,
+    voc, labelme, cvat) when the path does not tell it."""
 
     def __init__(
-        self, annotation_file: str | os.PathLike, images: str | os.PathLike | None = None, task: str = "segment"
+        self,
+        annotation_file: str | os.PathLike,
+        images: str | os.PathLike | None = None,
+        task: str = "segment",
+        fmt: str | None = None,
     ) -> None:
         from cnnapps.datasets.formats import FormatError, other_format
 
@@ -136,7 +141,7 @@ class CocoDataset:
         self.files: dict[int, Path] = {}
         self.splits: dict[int, str] = {}
         try:
-            fmt = other_format(self.path)
+            fmt = fmt or other_format(self.path)  # given (--from), or told by the path
         except FormatError as exc:
             raise CocoError(str(exc)) from None
         if fmt is None and not self.path.is_file():

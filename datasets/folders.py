@@ -385,7 +385,7 @@ def read_labeled(
     if data.is_dir():
         found = class_folders(data, class_names)
         return as_multilabel(found) if multilabel else found
-    raise DatasetError(f"{data}: no such folder or CSV file")
+    raise DatasetError(f"{data}: {'not a folder or a CSV file' if data.exists() else 'no such folder or CSV file'}")
 
 
 def _labels_table(data: Path, multilabel: bool | None) -> Path | None:

@@ -378,12 +378,20 @@ def own_masks(root: str | os.PathLike) -> str | None:
     return None
 
 
+#: what to do with a folder that holds no masks, said by a command with a --masks option (``masks_hint``: a command
+#: without one gives :data:`LAYOUT_HINT`)
+MASKS_HINT = "give the mask folder with --masks, or a COCO JSON"
+LAYOUT_HINT = "put the images in images/ and their masks in masks/ (the same file names), or give a COCO JSON"
+
+
 def read_semantic_data(data: str | os.PathLike, *, masks: str | os.PathLike | None = None,
                        images: str | os.PathLike | None = None, classes: str | os.PathLike | None = None,
-                       split: str | None = None, ignore_index: int = IGNORE_INDEX) -> SemanticSet:  # fmt: skip
+                       split: str | None = None, ignore_index: int = IGNORE_INDEX,
+                       masks_hint: str = MASKS_HINT) -> SemanticSet:  # fmt: skip
     """A data set from a VOC root, an image folder with masks, or a COCO JSON (see the module's help).
 
-    ``split``: the VOC ``ImageSets/Segmentation/<split>.txt`` list to read (default ``train``)."""
+    ``split``: the VOC ``ImageSets/Segmentation/<split>.txt`` list to read (default ``train``). ``masks_hint``: what
+    to do, said when ``data`` is a folder without masks and none are given."""
     root = Path(data)
     if root.suffix.lower() == ".json":
         return read_coco_semantic(root, images, classes, ignore_index)
@@ -398,8 +406,7 @@ def read_semantic_data(data: str | os.PathLike, *, masks: str | os.PathLike | No
     if masks is None:
         if layout is None:
             raise SemanticDataError(
-                f"{root}: not a VOC root (JPEGImages/, SegmentationClass/) nor images/ + masks/; give the mask "
-                "folder with --masks, or a COCO JSON"
+                f"{root}: not a VOC root (JPEGImages/, SegmentationClass/) nor images/ + masks/; {masks_hint}"
             )
         image_dir, masks = root / "images", root / "masks"
     mask_dir = Path(masks)

@@ -224,6 +224,9 @@ def show(
     ),
     seed: int = typer.Option(0, "--seed", help="Which samples, and the augmentation's random choices."),
     task: str = typer.Option(None, "--task", help=_TASK_HELP),
+    from_: str = typer.Option(
+        None, "--from", help="Annotation format of PATH: coco, yolo, voc, labelme or cvat [default: told by the path]."
+    ),
     images: Path = typer.Option(None, "--images", help="Image folder [default: where the format keeps its images]."),
     input_size: int = typer.Option(
         224, "--input-size", min=8, max=4096, help="Side the model reads (classify, retrieve, semantic, caption)."
@@ -252,6 +255,7 @@ def show(
         input_size=input_size,
         cell=cell,
         columns=columns,
+        from_=from_,
     )
     write_image(target, samples.grid)
     height, width = samples.grid.shape[:2]

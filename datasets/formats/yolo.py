@@ -135,7 +135,10 @@ def _names(config: dict[str, Any], yaml_path: Path | None, root: Path) -> list[s
         return [f"class_{i}" for i in range(config["nc"])]
     if (root / "classes.txt").is_file():
         return read_names(root / "classes.txt")
-    raise FormatError(f"{root}: no data.yaml with names and no classes.txt; give the class names with --names FILE")
+    raise FormatError(  # the hint holds for every command that reads YOLO (only data convert has --names)
+        f"{root}: no data.yaml with names and no classes.txt; write the class names in {root / 'classes.txt'}, one "
+        "per line (data convert also takes them as --names FILE)"
+    )
 
 
 def _pose_spec(config: dict[str, Any], yaml_path: Path | None) -> dict[str, Any] | None:

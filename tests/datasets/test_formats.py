@@ -317,7 +317,8 @@ def test_a_yolo_set_named_from_inside_its_folder_keeps_its_labels(tmp_path, monk
 def test_yolo_without_names_needs_them(tmp_path):
     root = yolo_dataset(tmp_path / "yolo", {"im0.txt": "1 0.5 0.5 0.25 0.5\n"})
     (root / "data.yaml").unlink()
-    with pytest.raises(FormatError, match="give the class names with --names FILE"):
+    hint = r"write the class names in .*classes.txt, one per line \(data convert also takes them as --names FILE\)"
+    with pytest.raises(FormatError, match=f"no data.yaml with names and no classes.txt; {hint}"):
         convert(root, tmp_path / "out.json", to="coco")
     (tmp_path / "names.txt").write_text("cat\ndog\n")
     done = convert(root, tmp_path / "out.json", to="coco", names=tmp_path / "names.txt")
