@@ -264,7 +264,10 @@ def detect(src: Path) -> str:
                     return found
     else:
         raise FormatError(f"{src}: no such file or folder")
-    raise FormatError(f"{src}: cannot tell its annotation format; give --from ({', '.join(FORMATS)})")
+    raise FormatError(
+        f"{src}: cannot tell its annotation format ({', '.join(FORMATS)}); name it with --from in "
+        "cnnapps data check, show or convert (to train on it, convert it to COCO JSON)"
+    )
 
 
 def _file_format(path: Path) -> str | None:

@@ -193,7 +193,7 @@ def test_show_takes_from_as_check_does(shapes, tmp_path, run_cli):
     """The hint of data a path does not tell the format of names --from: an option of data show too."""
     (tmp_path / "digits" / "0").mkdir(parents=True)
     code, _, err = run_cli("data", "show", tmp_path / "digits", "--task", "detect")
-    assert code == 2 and "give --from (coco, yolo" in err
+    assert code == 2 and "(coco, yolo, voc, labelme, cvat); name it with --from in cnnapps data" in err
     renamed = shapes.rename(shapes.with_suffix(".annotations"))
     code, stdout, err = run_cli("data", "show", renamed, "--from", "coco", "--n", "1", "--cell", "32", "--out",
                                 tmp_path / "b.png")  # fmt: skip
