@@ -30,6 +30,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -49,7 +50,15 @@ from starlette.requests import ClientDisconnect
 from cnnapps import __version__
 from cnnapps.errors import CnnappsError
 from cnnapps.serve.batcher import MicroBatcher
-from cnnapps.serve.operations import ApiKeyCheck, ClientLimit, Lifecycle, RequestLog, ServiceMetrics, use_json_logs
+from cnnapps.serve.operations import (
+    ERROR_KINDS,
+    ApiKeyCheck,
+    ClientLimit,
+    Lifecycle,
+    RequestLog,
+    ServiceMetrics,
+    use_json_logs,
+)
 from cnnapps.terminal import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,6 +72,11 @@ MAX_IMAGES = 64
 MAX_CLIP_FRAMES = 1800
 #: the files a multipart request may carry beside its images
 OTHER_FILES = 16
+#: the files a multipart request to a /video route may carry, its 'video' field's included
+CLIP_FILES = 4
+#: a command-line option a predictor's message tells its user to give (``; use --tile``, ``in tiles: --tile``):
+#: no HTTP client can, so the server's answers leave it out
+_CLI_HINT = re.compile(r"(?:; use|:) --[a-z][a-z-]*")
 #: the names a Host header may always carry (IP addresses are accepted too: DNS rebinding needs a name)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).with_name("static")
@@ -339,6 +353,12 @@ def _quiet_cancelled(record: logging.LogRecord) -> bool:
     return not (isinstance(record.msg, str) and record.msg.rstrip().endswith("asyncio.exceptions.CancelledError"))
 
 
+def _clip_options(task: Any) -> dict[str, tuple[type, Any, Any, Any]]:
+    """The options of a task's /video route besides ``model`` and ``vid_stride``: its image route's but ``draw`` (a
+    frame's answer is JSON: nothing is drawn)."""
+    return {name: option for name, option in task.route_options.items() if name != "draw"}
+
+
 @dataclass
 class Served:
     """One loaded model: its name in requests, its heads (name -> task), its predictor and batcher.
@@ -358,14 +378,15 @@ class Served:
         return [(f"/v1/{TASKS[task].route}", task, head) for head, task in self.heads.items()]
 
     def info(self) -> list[dict[str, Any]]:
-        """One entry per head: name (the ``model`` parameter), spec, task, route, the route's query options, engine,
-        classes or embedding size."""
+        """One entry per head: name (the ``model`` parameter), spec, task, route, the route's query options, its
+        clips' route and options, engine, classes or embedding size."""
         from cnnapps.apps.tasks import TASKS
 
         entries = []
         for route, task, head in self.routes():
             info: dict[str, Any] = {"name": self.label(head), "spec": self.spec, "task": task, "route": route,
-                                    "options": ["model", *TASKS[task].route_options],
+                                    "options": ["model", *TASKS[task].route_options], "video_route": f"{route}/video",
+                                    "video_options": ["model", *_clip_options(TASKS[task]), "vid_stride"],
                                     "engine": getattr(self.predictor, "engine", None)}  # fmt: skip
             if len(self.heads) > 1:
                 info["head"] = head
@@ -418,12 +439,12 @@ def _runner(predictor: Any) -> Any:
             for result in chosen.values():
                 if isinstance(result, ClassificationResult):
                     result.predictions = result.predictions[: options.get("top_k", 5)]
-            if options.get("one"):
+            if options.get("one"):  # with the engine that gave it, as the command line's --json
                 (result,) = chosen.values()
-                answers.append((result.to_dict(), result))
+                answers.append((result.with_engine(), result))
             else:
-                every = MultiTaskResult(found.source, results=chosen)
-                answers.append((every.to_dict(), every))
+                every = MultiTaskResult(found.source, results=chosen, engine=found.engine)
+                answers.append((every.with_engine(), every))
         return answers
 
     return run
@@ -547,13 +568,16 @@ async def _file_from_multipart(request: Request, body: bytes, field: str) -> byt
         yield body
 
     try:
-        form = await MultiPartParser(request.headers, replay(), max_files=4, max_fields=16).parse()
+        form = await MultiPartParser(request.headers, replay(), max_files=CLIP_FILES, max_fields=16).parse()
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):  # a 413 in the image routes' words, as theirs is
+            raise RequestError(413, f"more than {CLIP_FILES} files in one request: send one '{field}' file and at "
+                               f"most {CLIP_FILES - 1} other files") from None  # fmt: skip
         raise RequestError(422, f"multipart body: {exc.message}") from None
     try:
         upload = form.get(field)
         if upload is None or isinstance(upload, str):
-            raise RequestError(422, f"multipart request without an '{field}' file field")
+            raise RequestError(422, f"multipart request without a '{field}' file field")
         return await upload.read()
     finally:
         await form.close()
@@ -792,9 +816,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
-        if exc.status_code == 404:
-            routes = sorted({r for s in served for r, _, _ in s.routes()} | {"/v1/predict"}
-                            | ({"/v1/retrieve"} if opened else set()))  # fmt: skip
+        if exc.status_code == 404:  # every POST route: each task's and its /video one, /v1/predict, /v1/retrieve
+            routes = sorted({path for s in served for r, _, _ in s.routes() for path in (r, f"{r}/video")}
+                            | {"/v1/predict"} | ({"/v1/retrieve"} if opened else set()))  # fmt: skip
             message = f"no route {request.method} {request.url.path}; this server answers POST {', '.join(routes)}"
         return JSONResponse({"error": message}, status_code=exc.status_code)
 
@@ -861,10 +885,11 @@ def create_app(
         if isinstance(output, MemoryError) or oom:
             return RequestError(503, "out of memory: try again, or send a smaller image")
         if isinstance(output, BaseException):  # it failed on this image alone (its batch-mates were answered)
-            return RequestError(422, f"image: the model could not run on it ({type(output).__name__}: {output})")
+            said = _CLI_HINT.sub("", str(output))
+            return RequestError(422, f"image: the model could not run on it ({type(output).__name__}: {said})")
         payload, result = output
-        if payload.get("error"):
-            return RequestError(422, f"image: {payload['error']}")
+        if payload.get("error"):  # the predictor's words, without the command-line options they may name
+            return RequestError(422, f"image: {_CLI_HINT.sub('', payload['error'])}")
         return json_safe({**payload, "path": "<upload>", "model": model.name}), result  # NaN is not JSON
 
     async def answer_all(model: Served, images: list[Image], options: dict[str, Any],
@@ -953,9 +978,11 @@ def create_app(
         try:
             path = Path(folder.name) / "clip"
             path.write_bytes(body)
-            try:  # frames within an image's limits, from the header before a frame is decoded
+            try:  # frames within an image's limits, from the header before a frame is decoded; read to its end,
+                # not cut at max_clip_s: a clip whose header does not say its length was answered for its first
+                # seconds as if that were all (clip_lines ends it with an error line at the limit)
                 source = await run_in_threadpool(lambda: VideoSource(
-                    str(path), stride=stride, end=max_clip_s, max_pixels=io.DEFAULT_MAX_PIXELS,
+                    str(path), stride=stride, max_pixels=io.DEFAULT_MAX_PIXELS,
                     max_aspect=io.DEFAULT_MAX_ASPECT))  # fmt: skip
             except VideoError as exc:
                 raise RequestError(422, f"video: {str(exc).split(': ', 1)[-1]}") from None
@@ -977,16 +1004,20 @@ def create_app(
         return folder, source
 
     async def clip_lines(request: Request, model: Served, options: dict[str, Any], folder: Any,
-                         source: Any) -> AsyncIterator[dict]:  # fmt: skip
+                         source: Any) -> AsyncIterator[tuple[int, dict]]:  # fmt: skip
         """One line per frame of an opened clip (a frame's answer as the route gives it for one image), as the model
-        gives them; a clip that fails part way (a frame that cannot be read, larger than the header said, or that
-        the model fails on) or goes past the frame limit ends with ``{"error": ...}`` after the frames answered
-        before it. A client that goes away stops it (between batches of 8 frames); the clip and its folder are
-        closed at the end, whichever it is."""
+        gives them, each with its status: 200, or for the ``{"error": ...}`` line that ends a clip the status a
+        request refused for it would get. A clip that fails part way (a frame that cannot be read, larger than the
+        header said, or that the model fails on) or goes past the frame or seconds limit (a frame kept at or after
+        ``max_clip_s``: its header did not say its length, or said less) ends with that line after the frames
+        answered before it. Each frame given to the model counts as one of the request's images. A client that goes
+        away stops it (between batches of 8 frames); the clip and its folder are closed at the end, whichever it
+        is."""
         from cnnapps.datasets.video import VideoError
 
         frames = iter(source)
         answered = 0
+        note = request.scope.setdefault("cnnapps", {})  # the request log counts its images in the metrics
 
         def chunk() -> tuple[list[Any], VideoError | None]:
             """The next frames (8 at most, one more than the limit leaves at most), and the error that ended the
@@ -1004,23 +1035,31 @@ def create_app(
                 if await request.is_disconnected():  # nobody reads the answers: the model's time is for others
                     return
                 got, error = await run_in_threadpool(chunk)
-                over = answered + len(got) > max_clip_frames
-                got = got[: max_clip_frames - answered]
+                ended: tuple[int, dict] | None = None  # the error line that ends the clip after these frames
+                if error is not None:
+                    ended = (422, {"error": f"video: {str(error).split(': ', 1)[-1]}"})
+                if answered + len(got) > max_clip_frames:
+                    got = got[: max_clip_frames - answered]
+                    ended = (413, {"error": f"video: more than {max_clip_frames} frames (at vid_stride "
+                                            f"{source.stride}): the frame limit; send a larger vid_stride or a "
+                                            "shorter clip"})  # fmt: skip
+                late = next((i for i, f in enumerate(got) if f.time >= max_clip_s - 1e-6), None)  # as end= cut
+                if late is not None:  # the frames before it are within the limit; none after it is answered
+                    got = got[:late]
+                    ended = (413, {"error": f"video: longer than the {max_clip_s:g}-second limit; send a shorter "
+                                            "clip"})  # fmt: skip
                 outputs = await model.batcher.submit_many([(f.rgb, options) for f in got]) if got else []
                 for frame, output in zip(got, outputs, strict=True):
+                    note["images"] = note.get("images", 0) + 1
                     found = outcome(model, output)  # a frame the model failed on ends the clip's lines
                     if isinstance(found, RequestError):
-                        yield {"frame": frame.index, "error": found.message}
+                        yield found.status, {"frame": frame.index, "error": found.message}
                         return
                     payload = {k: v for k, v in output[0].items() if k != "path"}
                     answered += 1
-                    yield json_safe({"frame": frame.index, "time": round(frame.time, 3), **payload})
-                if over:
-                    yield {"error": f"video: more than {max_clip_frames} frames (at vid_stride {source.stride}): the "
-                                    "frame limit; send a larger vid_stride or a shorter clip"}  # fmt: skip
-                    return
-                if error is not None:
-                    yield {"error": f"video: {str(error).split(': ', 1)[-1]}"}
+                    yield 200, json_safe({"frame": frame.index, "time": round(frame.time, 3), **payload})
+                if ended is not None:
+                    yield ended
                     return
                 if not got:
                     return
@@ -1044,20 +1083,26 @@ def create_app(
             first = await anext(lines, None)  # a clip of no readable frame is the request's error, before any line
             if first is None:
                 raise RequestError(422, "video: no frame could be read")
+            status, opening = first
+            if status != 200:  # it ended before a frame was answered (the model refused the first): the request's
+                await lines.aclose()
+                where = f"frame {opening['frame']}: " if "frame" in opening else ""
+                said = opening["error"].removeprefix("image: ").removeprefix("video: ")
+                raise RequestError(status, f"video: {where}{said}")
             label = chosen.label(head)
 
             async def text() -> AsyncIterator[str]:
                 async with contextlib.aclosing(lines):
-                    yield json.dumps({"model": label, **first}) + "\n"
-                    async for line in lines:
+                    yield json.dumps({"model": label, **opening}) + "\n"
+                    async for status, line in lines:
+                        if status != 200:  # the stream's status is 200, sent with the first line: count it apart
+                            metrics.errors.labels(kind=ERROR_KINDS.get(status, str(status))).inc()
                         yield json.dumps({"model": label, **line}) + "\n"
 
             return StreamingResponse(text(), media_type="application/x-ndjson")
 
         endpoint.__name__ = f"{task.route}_video"
-        endpoint.__signature__ = route_signature(  # type: ignore[attr-defined]
-            {k: v for k, v in task.route_options.items() if k != "draw"}, vid_stride=(int, 1)
-        )  # a frame's answer is JSON: nothing is drawn
+        endpoint.__signature__ = route_signature(_clip_options(task), vid_stride=(int, 1))  # type: ignore[attr-defined]
         endpoint.__doc__ = (f"{task.summary} A short video in (at most {max_clip_mb:g} MB, {max_clip_s:g} s and "
                             f"{max_clip_frames} frames after vid_stride), one JSON line per frame out as the model "
                             "gives them: frame, time and the answer the image route gives.")  # fmt: skip
@@ -1107,7 +1152,9 @@ def create_app(
                     return opened.search_vectors(vectors, k)
 
             for i, hits in zip(found, await run_in_threadpool(search) if found else [], strict=True):
-                answers[i] = ({"results": [{**h.to_dict(), "id": h.id} for h in hits]}, None)
+                engine = answers[i][1].engine  # type: ignore[index]  # the query's embedder's, as --json says it
+                answers[i] = ({"results": [{**h.to_dict(), "id": h.id} for h in hits],
+                               **({"engine": engine} if engine else {})}, None)  # fmt: skip
             return respond(answers, many, served_index.name, lambda hits: {"query": "<upload>", **hits}, "query")
 
         @app.get("/v1/retrieve/thumbnail", tags=["retrieve"], response_class=Response)

@@ -159,7 +159,8 @@ def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
 
-#: errors counted by kind: a refused request's status, or ``image`` for one bad image among good ones
+#: errors counted by kind: a refused request's status (or the status a streamed clip's closing error line stands
+#: for), or ``image`` for one bad image among good ones
 ERROR_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                408: "timeout", 413: "too_large", 415: "unsupported_media_type", 422: "unprocessable",
                429: "too_many_requests", 500: "internal", 503: "unavailable"}  # fmt: skip
@@ -185,8 +186,9 @@ class ServiceMetrics:
                                     ["model"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
         self.queue = Gauge("cnnapps_queue_length", "Images waiting in a model's micro-batcher for their batch",
                            ["model"], registry=r)  # fmt: skip
-        self.errors = Counter("cnnapps_errors", "Errors by kind: the status of a refused request, or 'image' for "
-                              "one image of a many-image request", ["kind"], registry=r)  # fmt: skip
+        self.errors = Counter("cnnapps_errors", "Errors by kind: the status of a refused request or of a streamed "
+                              "clip's error line, or 'image' for one image of a many-image request", ["kind"],
+                              registry=r)  # fmt: skip
         self.images = Counter("cnnapps_images", "Images received, by route template", ["route"], registry=r)
 
     def watch(self, model: str, batcher: Any) -> None:

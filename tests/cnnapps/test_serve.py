@@ -120,7 +120,11 @@ def test_bad_requests_get_a_reason_and_the_server_keeps_serving(client: TestClie
         (client.post("/v1/segment?top_k=3", **upload(jpeg)), 422, "it takes model, draw)"),
         (client.post("/v1/predict?beam=3", **upload(jpeg)), 422, "beam: not an option of /v1/predict"),
         (client.post("/v1/classify/video?draw=true", **upload(jpeg)), 422, "draw: not an option of /v1/classify/video"),
-        (client.post("/v1/caption", **upload(jpeg)), 404, "answers POST /v1/classify, /v1/predict, /v1/segment"),
+        (
+            client.post("/v1/caption", **upload(jpeg)),
+            404,
+            "answers POST /v1/classify, /v1/classify/video, /v1/predict, /v1/segment, /v1/segment/video",
+        ),
     ]
     for response, status, reason in cases:
         assert response.status_code == status, (reason, response.text)

@@ -113,7 +113,8 @@ def test_repeated_image_fields_and_a_json_list_are_many_images_too(
     one = client.post("/v1/classify", json={"images": [b64[0]]})
     assert one.json() == [first]  # asked as a list, answered as a list
     predicted = client.post("/v1/predict", files=_files("images", cat, pictures["garbage"])).json()
-    assert predicted[0]["classify"] == {k: v for k, v in first.items() if k not in ("path", "model")}
+    assert predicted[0]["classify"] == {k: v for k, v in first.items() if k not in ("path", "model", "engine")}
+    assert predicted[0]["engine"] == first["engine"]  # once, beside the heads' answers, as `predict --json` says it
     assert "error" in predicted[1] and predicted[1]["model"] == "classify"
     for shape in ({"images": []}, {"images": "x"}, {"image": b64[0], "images": b64}, [b64[0]]):
         refused = client.post("/v1/classify", json=shape)
