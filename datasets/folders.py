@@ -143,8 +143,11 @@ def _dangling(path: str) -> str:
         return "no such file"
 
 
-def class_folders(root: str | os.PathLike, class_names: list[str] | None = None) -> LabeledImages:
-    """A tree with one sub-folder per class; ``class_names`` fixes the label order (e.g. from train/)."""
+def class_folders(
+    root: str | os.PathLike, class_names: list[str] | None = None, *, more_classes: bool = False
+) -> LabeledImages:
+    """A tree with one sub-folder per class; ``class_names`` fixes the label order (e.g. from train/). A folder not
+    among them is refused, or with ``more_classes`` a class of its own after them (in the order of the names)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
@@ -159,7 +162,9 @@ def class_folders(root: str | os.PathLike, class_names: list[str] | None = None)
         refuse_split_names(root, folders)
         class_names = folders
     unknown = sorted(set(folders) - set(class_names))
-    if unknown:
+    if unknown and more_classes:
+        class_names = [*class_names, *unknown]
+    elif unknown:
         raise DatasetError(f"{root}: class folders {', '.join(unknown)} are not among the training classes")
     paths, labels = [], []
     for index, name in enumerate(class_names):
@@ -310,6 +315,7 @@ def labeled_csv(
     multilabel: bool | None = False,
     *,
     no_label_hint: str = NO_LABEL_HINT,
+    more_classes: bool = False,
 ) -> LabeledImages | MultiLabeledImages:
     """A CSV with ``path,label`` columns (header optional); relative paths resolve from the CSV's folder.
 
@@ -322,7 +328,7 @@ def labeled_csv(
     rows = csv_rows(path, split=multilabel is not False)
     if multilabel is None:
         multilabel = _has_several_labels(rows)
-    return _images_of_rows(path, rows, class_names, multilabel, no_label_hint)
+    return _images_of_rows(path, rows, class_names, multilabel, no_label_hint, more_classes)
 
 
 def _has_several_labels(rows: list[tuple[int, str, list[str]]]) -> bool:
@@ -331,10 +337,11 @@ def _has_several_labels(rows: list[tuple[int, str, list[str]]]) -> bool:
 
 def _images_of_rows(
     path: Path, rows: list[tuple[int, str, list[str]]], class_names: list[str] | None, multilabel: bool,
-    no_label_hint: str,
+    no_label_hint: str, more_classes: bool = False,
 ) -> LabeledImages | MultiLabeledImages:  # fmt: skip
     """The images of ``path``'s rows (:func:`csv_rows`); a row whose image is not there, and single-label a row with
-    no label, is logged with its line and dropped."""
+    no label, is logged with its line and dropped. A label not among ``class_names`` is refused, or with
+    ``more_classes`` a class of its own after them."""
     if not multilabel and any(not labels for _, _, labels in rows):
         for line, image, _ in (r for r in rows if not r[2]):
             log.warning("%s:%d: no label for %r; row skipped (%s)", path, line, image, no_label_hint)
@@ -351,6 +358,8 @@ def _images_of_rows(
         rows = there
     seen = {label for _, _, labels in rows for label in labels}
     names = class_names or sorted(seen)
+    if more_classes and class_names:
+        names = [*class_names, *sorted(seen - set(class_names))]
     index = {name: i for i, name in enumerate(names)}
     unknown: dict[str, int] = {}  # each label not among the classes: its first line
     for line, _, labels in rows:
@@ -375,15 +384,17 @@ def read_labeled(
     multilabel: bool | None = False,
     *,
     no_label_hint: str = NO_LABEL_HINT,
+    more_classes: bool = False,
 ) -> LabeledImages | MultiLabeledImages:
     """A class-per-folder tree or a CSV file; with ``multilabel`` True or None (decide by the data, see
-    :func:`labeled_csv`) also a folder holding a ``labels.csv`` of its images (the multi-label layout)."""
+    :func:`labeled_csv`) also a folder holding a ``labels.csv`` of its images (the multi-label layout).
+    ``more_classes``: classes not among ``class_names`` are taken after them, not refused."""
     data = Path(data)
     table = _labels_table(data, multilabel)
     if table is not None:
-        return labeled_csv(table, class_names, multilabel, no_label_hint=no_label_hint)
+        return labeled_csv(table, class_names, multilabel, no_label_hint=no_label_hint, more_classes=more_classes)
     if data.is_dir():
-        found = class_folders(data, class_names)
+        found = class_folders(data, class_names, more_classes=more_classes)
         return as_multilabel(found) if multilabel else found
     raise DatasetError(f"{data}: {'not a folder or a CSV file' if data.exists() else 'no such folder or CSV file'}")
 
@@ -399,17 +410,19 @@ def _labels_table(data: Path, multilabel: bool | None) -> Path | None:
 
 
 def train_val_split(
-    data: str | os.PathLike, val_split: float = 0.2, seed: int = 0, multilabel: bool | None = False
-) -> tuple[LabeledImages | MultiLabeledImages, LabeledImages | MultiLabeledImages]:
+    data: str | os.PathLike, val_split: float = 0.2, seed: int = 0, multilabel: bool | None = False,
+    *, more_classes: bool = False,
+) -> tuple[LabeledImages | MultiLabeledImages, LabeledImages | MultiLabeledImages]:  # fmt: skip
     """``DIR/train`` + ``DIR/val`` when both exist (see :func:`split_folders`); otherwise a stratified split of one
     tree or CSV.
 
     ``multilabel`` as for :func:`read_labeled` (None: the two folders are multi-label when either is); a multi-label
-    set is stratified by each image's rarest label."""
+    set is stratified by each image's rarest label. ``more_classes``: val/ may hold classes train/ has not (metric
+    learning scores classes never trained on), numbered after the training classes; else they are refused."""
     data = Path(data)
     folders = split_folders(data)
     if folders:
-        return _train_and_val(*folders, multilabel)
+        return _train_and_val(*folders, multilabel, more_classes)
     if not 0.0 < val_split < 1.0:
         raise DatasetError(f"{data}: has no train/ and val/ folders, so --val-split must be between 0 and 1")
     from cnnapps.datasets.splits import split_indices
@@ -538,14 +551,15 @@ def refuse_split_names(root: Path, folders: list[str]) -> None:
 
 
 def _train_and_val(
-    train_dir: Path, val_dir: Path, multilabel: bool | None
+    train_dir: Path, val_dir: Path, multilabel: bool | None, more_classes: bool = False
 ) -> tuple[LabeledImages | MultiLabeledImages, LabeledImages | MultiLabeledImages]:
-    """Both folders read alike, the validation one with the training one's classes. With ``multilabel`` None the
-    set is multi-label when a row of either labels.csv has several labels, decided before rows with no label are
-    dropped: a validation file may be what makes it multi-label, and then the training images with no label stay."""
+    """Both folders read alike, the validation one with the training one's classes (with ``more_classes``, its own
+    others after them). With ``multilabel`` None the set is multi-label when a row of either labels.csv has several
+    labels, decided before rows with no label are dropped: a validation file may be what makes it multi-label, and
+    then the training images with no label stay."""
     if multilabel is not None:
         train = read_labeled(train_dir, None, multilabel)
-        return train, read_labeled(val_dir, train.class_names, multilabel)
+        return train, read_labeled(val_dir, train.class_names, multilabel, more_classes=more_classes)
     folders = (train_dir, val_dir)
     tables = [_labels_table(folder, None) for folder in folders]
     rows = [None if table is None else csv_rows(table, split=True) for table in tables]
@@ -553,8 +567,8 @@ def _train_and_val(
 
     def read(i: int, class_names: list[str] | None) -> LabeledImages | MultiLabeledImages:
         if tables[i] is None:  # a class-per-folder tree
-            return read_labeled(folders[i], class_names, several)
-        return _images_of_rows(tables[i], rows[i], class_names, several, NO_LABEL_HINT)
+            return read_labeled(folders[i], class_names, several, more_classes=more_classes)
+        return _images_of_rows(tables[i], rows[i], class_names, several, NO_LABEL_HINT, more_classes)
 
     train = read(0, None)
     return train, read(1, train.class_names)

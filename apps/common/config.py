@@ -374,6 +374,8 @@ def _check_task(out: Path, settings: dict[str, Any], task: str) -> None:
 def _checked(source: str, name: str, value: Any, annotation: Any) -> Any:
     """``value`` as the type the field declares (YAML's "1e-3" is a string; 3 fits a float), or a ConfigError."""
     kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if isinstance(value, str) and value.strip().lower() == "none" and type(None) in kinds and str not in kinds:
+        value = None  # the word for None on the command line (a setting that takes no string has no other use for it)
     if value is None:
         if type(None) in kinds:
             return None

@@ -25,19 +25,43 @@ def _prepare(config: RetrieveConfig, device: Any) -> Any:
     from cnnapps.datasets.folders import train_val_split
     from cnnapps.terminal import plural
 
-    train_set, val_set = train_val_split(config.data, config.val_split, config.seed)
+    # val/ may hold classes never trained on (metric learning's usual test), numbered after the training classes
+    train_set, val_set = train_val_split(config.data, config.val_split, config.seed, more_classes=True)
     _check_val_classes(config, val_set.labels, len(val_set))
     backbone, spec = backbone_for(config)
     model = EmbeddingModel(backbone, config.pooling, config.embedding_size)
-    module = MetricLearningModule(model, config, config.loss, len(train_set.class_names))
+    trained = len(train_set.class_names)
+    module = MetricLearningModule(model, config, config.loss, trained)
+    # ArcFace's loss needs a trained class's centre: with no validation image of one there is no validation loss,
+    # and early stopping and the plateau schedule follow recall@1 instead
+    module.has_val_loss = config.loss != "arcface" or any(label < trained for label in val_set.labels)
     train_loader, val_loader = labelled_loaders(config, model, module, train_set, val_set, spec, device)
     trunk = f"trunk {config.trunk}" if config.trunk else config.backbone
     describe = (
         f"training {trunk} embeddings ({config.loss} loss) on {plural(len(train_set), 'image')} of "
-        f"{plural(len(train_set.class_names), 'class')}, validating on {len(val_set)}"
+        f"{plural(trained, 'class')}, validating on {len(val_set)}{_unseen(config, val_set.labels, trained)}"
     )
+    stop_on = ("val_loss", "min") if module.has_val_loss else ("val_recall_at_1", "max")
     return Plan(module, train_loader, val_loader, describe, "val_recall@1", len(train_set), len(val_set),
-                curves=("val_recall@1", "val_map@r"), logged="val_recall_at_1", extra={"spec": spec})  # fmt: skip
+                curves=("val_recall@1", "val_map@r"), logged="val_recall_at_1", stop_on=stop_on,
+                extra={"spec": spec})  # fmt: skip
+
+
+def _unseen(config: RetrieveConfig, labels: list[int], trained: int) -> str:
+    """What the first line says of validation classes never trained on ("" when there are none)."""
+    from cnnapps.terminal import plural
+
+    unseen = {label for label in labels if label >= trained}
+    if not unseen:
+        return ""
+    known = sum(label < trained for label in labels)
+    if config.loss != "arcface":
+        loss = ""
+    elif known:
+        loss = f"; the validation loss is of the {plural(known, 'image')} of trained classes"
+    else:
+        loss = "; no validation loss: ArcFace's needs images of trained classes"
+    return f" ({plural(len(unseen), 'class')} not trained on{loss})"
 
 
 def _check_val_classes(config: RetrieveConfig, labels: Any, n: int) -> None:

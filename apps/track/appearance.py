@@ -91,8 +91,27 @@ def fit_projection(
     within += shrinkage * np.trace(within) / dims * np.eye(dims)
     values, vectors = eigh(between, within)  # vectors^T within vectors = I: unit within-identity variance
     keep_dims = min(components, len(present) - 1, dims)
+    if keep_dims < components:  # said, not silent: the appearance is smaller than asked
+        from cnnapps.terminal import plural
+
+        log.warning("learned appearance of %s, not the %d asked: %s", plural(keep_dims, "number"), components,
+                    _fewer_directions(len(present), dims, x.shape))  # fmt: skip
     discriminant = vectors[:, np.argsort(values)[::-1][:keep_dims]]
     return mean.astype(np.float32), (principal @ discriminant).astype(np.float32)
+
+
+def _fewer_directions(identities: int, dims: int, shape: tuple[int, ...]) -> str:
+    """Why a fit has only ``min(identities - 1, dims)`` directions (``dims``: the principal ones of (N, D) boxes)."""
+    from cnnapps.terminal import plural
+
+    if identities - 1 <= dims:
+        return (f"{identities} identities with {MIN_VIEWS} or more boxes are told apart along at most "
+                f"{plural(identities - 1, 'direction')} (one fewer than the identities)")  # fmt: skip
+    if dims == shape[1]:
+        return f"the embedding has {plural(dims, 'number')}"
+    if dims == PCA_DIMS:
+        return f"the fit keeps at most {PCA_DIMS} principal directions"
+    return f"{plural(shape[0], 'box')} span at most {plural(dims, 'direction')}"
 
 
 @dataclass
@@ -107,13 +126,15 @@ class Identities:
 
 def identity_boxes(data: str | os.PathLike) -> Identities:
     """The :class:`Identities` of a COCO file; annotations without ``track_id``, crowds and empty boxes are left
-    out, and a file with none left is a one-line error."""
+    out, and a file with none left is a one-line error. Images without ``video_id`` that look like frames of several
+    videos (:func:`several_videos`) are warned of in one line: their track ids would be taken as one video's."""
     from cnnapps.datasets.coco import read_annotation_file
 
     path = Path(data)
     coco = read_annotation_file(path, AppearanceError)
     images = {int(i["id"]): i for i in coco["images"] if isinstance(i, dict) and "id" in i and "file_name" in i}
     boxes: dict[int, list[tuple[Any, list]]] = {}
+    categories: dict[Any, set[Any]] = {}  # of each track_id on images without a video_id
     for ann in coco.get("annotations", []):
         image = images.get(ann.get("image_id"))
         if image is None or ann.get("track_id") is None or ann.get("iscrowd"):
@@ -123,10 +144,45 @@ def identity_boxes(data: str | os.PathLike) -> Identities:
             continue
         identity = (image.get("video_id"), ann["track_id"])
         boxes.setdefault(int(image["id"]), []).append((identity, [x, y, x + w, y + h]))
+        if image.get("video_id") is None:
+            categories.setdefault(ann["track_id"], set()).add(ann.get("category_id"))
     if not boxes:
         raise AppearanceError(f"{path}: no annotation has a track_id (which object of its video a box is); "
                               "a learned appearance needs them")  # fmt: skip
+    unnamed = [images[i] for i in boxes if images[i].get("video_id") is None]
+    evidence = several_videos(unnamed, categories)
+    if evidence is not None:
+        from cnnapps.terminal import plural
+
+        log.warning("%s: %s without a video_id look like frames of several videos (%s): objects of different videos "
+                    "with one track_id are then merged into one identity; an image's video_id tells them apart", path,
+                    plural(len(unnamed), "image"), evidence)  # fmt: skip
     return Identities(path, images, boxes)
+
+
+#: image keys other than video_id that name an image's video (the synthetic tracking frames carry video_seed)
+VIDEO_KEYS = ("video_seed",)
+
+
+def several_videos(images: list[dict[str, Any]], categories: dict[Any, set[Any]]) -> str | None:
+    """Why ``images`` (without a video_id) look like frames of several videos, or None where nothing says so: a
+    track_id with boxes of several categories (one object keeps its category), several values of a key of
+    :data:`VIDEO_KEYS`, or numbered file names of several sequences (the folder and the name before the number)."""
+    import re
+
+    mixed = next(((track, sorted(map(str, found))) for track, found in categories.items() if len(found) > 1), None)
+    if mixed is not None:
+        return f"track_id {mixed[0]} has boxes of categories {', '.join(mixed[1])}"
+    for key in VIDEO_KEYS:
+        values = {str(image[key]) for image in images if image.get(key) is not None}
+        if len(values) > 1:
+            return f"{len(values)} values of {key}"
+    names = [re.fullmatch(r"(.*?)\d+", os.path.splitext(str(image["file_name"]))[0]) for image in images]
+    if names and all(names):  # every name numbered, as frames are
+        sequences = sorted({f"{found.group(1)}*" for found in names if found is not None})
+        if len(sequences) > 1:
+            return f"file names of {len(sequences)} sequences, such as {sequences[0]} and {sequences[1]}"
+    return None
 
 
 def box_views(model: Any, images: list[Any], boxes: list[list[list[float]]]) -> list[np.ndarray]:
@@ -222,5 +278,5 @@ def train_appearance(
     save_model(out, spec.task, model.cpu(), model_file.trunk["name"], model_file.trunk.get("kwargs"),
                model_file.preprocess, head.metrics, head_name=head_name, overwrite=False)  # fmt: skip
     return {"out": str(out), "identities": spec.appearance["identities"], "boxes": spec.appearance["boxes"],
-            "components": spec.appearance["components"], "images": len(order) - len(skipped),
-            "skipped": skipped}  # fmt: skip
+            "components": spec.appearance["components"], "components_asked": components,
+            "images": len(order) - len(skipped), "skipped": skipped}  # fmt: skip

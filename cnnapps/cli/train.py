@@ -57,8 +57,27 @@ def _option(f: dataclasses.Field, kind: Any, config_type: type) -> inspect.Param
         decls = [flag]
         if default not in (None, "") and "[default:" not in text:
             text = f"{text} [default: {default}]"
-    option = typer.Option(None, *decls, help=text, rich_help_panel=f.metadata.get("panel"), show_default=False)
+    # a number that may be None takes the word none too (as a YAML null): embedding_size defaults to 128, not None
+    parser = _number_or_none(base) if base in (int, float) and type(None) in typing.get_args(kind) else None
+    option = typer.Option(None, *decls, help=text, rich_help_panel=f.metadata.get("panel"), show_default=False,
+                          parser=parser)  # fmt: skip
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[base])  # noqa: UP045
+
+
+def _number_or_none(kind: type) -> Any:
+    """The parser of a number option whose setting may be None: ``none`` is passed on as the word (load_config reads
+    it as None; an option left out is None here, which keeps the recipe's value or the default)."""
+
+    def parse(text: str) -> Any:
+        if text.strip().lower() == "none":
+            return "none"
+        try:
+            return kind(text)
+        except ValueError:
+            word = "an integer" if kind is int else "a number"
+            raise typer.BadParameter(f"expected {word} or none, not {text!r}") from None
+
+    return parse
 
 
 def train_command(task: Any) -> Any:

@@ -66,6 +66,23 @@ def test_split_is_stratified_and_uses_train_val_folders(tmp_path: Path) -> None:
     assert val.class_names == ["a", "b"] and val.labels == [1]
 
 
+def test_val_classes_not_trained_on_follow_the_training_classes_when_asked(tmp_path: Path) -> None:
+    """Metric learning validates on classes never trained on: val/ numbers them after train/'s (shared ones keep
+    their training label, an empty folder is skipped); classification still refuses them."""
+    make_tree(tmp_path / "train", {"a": 2, "b": 2})
+    make_tree(tmp_path / "val", {"b": 1, "d": 2, "c": 1, "e": 0})
+    with pytest.raises(DatasetError, match=r"val: class folders c, d, e are not among the training classes"):
+        train_val_split(tmp_path)
+    train, val = train_val_split(tmp_path, more_classes=True)
+    assert train.class_names == ["a", "b"] and val.class_names == ["a", "b", "c", "d", "e"]
+    assert val.labels == [1, 2, 3, 3]
+    (tmp_path / "list.csv").write_text("path,label\nval/b/0.jpg,b\nval/d/0.jpg,d\nval/c/0.jpg,c\n")
+    found = read_labeled(tmp_path / "list.csv", ["a", "b"], more_classes=True)
+    assert found.class_names == ["a", "b", "c", "d"] and found.labels == [1, 3, 2]
+    with pytest.raises(DatasetError, match=r"list\.csv:3: labels d, c \(line 4\) are not among the training classes"):
+        read_labeled(tmp_path / "list.csv", ["a", "b"])
+
+
 def test_train_and_val_labels_csv_are_multilabel_together(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Only val/ has a row with two labels: train/ is multi-label too, read so before any row is dropped, and its
     images with no label stay (they are the negatives), with no "row skipped" said of them."""

@@ -10,7 +10,7 @@ import pytest
 
 import cnnapps
 from cnnapps.apps.detect.model import create_detector, save_detector
-from cnnapps.apps.track.appearance import AppearanceError, fit_projection
+from cnnapps.apps.track.appearance import AppearanceError, fit_projection, identity_boxes
 
 NUISANCE = np.random.default_rng(9).normal(size=(6, 120)) * 2.0
 
@@ -52,6 +52,64 @@ def test_the_fit_needs_two_objects_seen_twice():
         fit_projection(x, np.array([0, 0, 1, 2, 3]))  # one object seen twice, three once
     _, matrix = fit_projection(x, np.array([0, 0, 1, 1, 3]), components=8)
     assert matrix.shape == (8, 1)  # at most one direction tells two objects apart
+
+
+def test_fewer_components_than_asked_are_said_with_the_reason(caplog):
+    x = np.random.default_rng(0).normal(size=(40, 8))
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        _, matrix = fit_projection(x, np.repeat(np.arange(4), 10), components=32)
+    assert matrix.shape == (8, 3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "learned appearance of 3 numbers, not the 32 asked: 4 identities with 2 or more boxes are told apart along "
+        "at most 3 directions (one fewer than the identities)"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        _, matrix = fit_projection(x, np.repeat(np.arange(20), 2), components=16)
+    assert matrix.shape == (8, 8)
+    assert caplog.records[0].getMessage().endswith("not the 16 asked: the embedding has 8 numbers")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        fit_projection(x, np.repeat(np.arange(20), 2), components=8)  # as many as asked: nothing to say
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    ("names", "keys", "categories", "evidence"),
+    [
+        (["v3_00000.png", "v3_00005.png", "v4_00000.png"], {}, [1, 1, 1],
+         "file names of 2 sequences, such as v3_* and v4_*"),
+        (["a/000001.jpg", "a/000002.jpg", "b/000001.jpg"], {}, [1, 1, 1],
+         "file names of 2 sequences, such as a/* and b/*"),
+        (["f1.png", "f2.png", "f3.png"], {"video_seed": [5, 5, 6]}, [1, 1, 1], "2 values of video_seed"),
+        (["f1.png", "f2.png", "f3.png"], {}, [1, 2, 1], "track_id 1 has boxes of categories 1, 2"),
+        (["frame_0001.jpg", "frame_0002.jpg", "frame_0003.jpg"], {}, [1, 1, 1], None),  # one video
+        (["v3_00000.png", "v4_00000.png", "v5_00000.png"], {"video_id": [3, 4, 5]}, [1, 2, 1], None),  # told apart
+    ],
+)  # fmt: skip
+def test_images_without_video_id_that_look_like_several_videos_are_warned_of(
+    tmp_path, caplog, names, keys, categories, evidence
+):
+    """Three frames with one box of track_id 1 each (of the given category)."""
+    images = [{"id": i + 1, "file_name": name, "width": 64, "height": 64} for i, name in enumerate(names)]
+    for key, values in keys.items():
+        for image, value in zip(images, values, strict=True):
+            image[key] = value
+    annotations = [{"id": i + 1, "image_id": i + 1, "category_id": category, "iscrowd": 0, "bbox": [1, 1, 20, 20],
+                    "track_id": 1} for i, category in enumerate(categories)]  # fmt: skip
+    path = tmp_path / "frames.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1}, {"id": 2}]}))
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        identity_boxes(path)
+    said = [r.getMessage() for r in caplog.records]
+    if evidence is None:
+        assert not said
+    else:
+        assert said == [
+            f"{path}: 3 images without a video_id look like frames of several videos ({evidence}): objects of "
+            "different videos with one track_id are then merged into one identity; an image's video_id tells them "
+            "apart"
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +157,7 @@ def test_train_track_writes_the_detector_with_its_learned_appearance(run_cli, tr
     # 4 objects (two per video: the same track_id in two videos is two objects), 10 boxes of the 5 readable frames
     assert fitted["identities"] == 4 and fitted["boxes"] == 10 and fitted["images"] == 5
     assert fitted["components"] == 3 and fitted["skipped"] == [str(tracked_set / "frames" / "v8_1.png")]
+    assert fitted["components_asked"] == 32
     assert hashlib.sha256(detector.read_bytes()).hexdigest() == before  # the detector's own file is untouched
 
     image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
@@ -131,3 +190,28 @@ def test_train_track_refuses_boxes_without_identities(run_cli, tracked_set, tmp_
                            str(tmp_path / "x.safetensors"))  # fmt: skip
     assert code != 0 and "no annotation has a track_id" in err and str(plain) in err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_train_track_says_what_a_file_without_video_ids_and_a_small_fit_cost(run_cli, tracked_set, tmp_path, caplog):
+    """Without video_id the two videos' track ids 1 and 2 are two objects, not four: said, as the 1 number of the 64
+    asked is, and --json gives both numbers."""
+    coco = json.loads((tracked_set / "train.json").read_text())
+    for image in coco["images"]:
+        del image["video_id"]
+    merged = tmp_path / "merged.json"
+    merged.write_text(json.dumps(coco))
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        code, printed, err = run_cli("train", "track", "--model", str(tracked_set / "det.safetensors"), "--data",
+                                     str(merged), "--images", str(tracked_set / "frames"), "--out",
+                                     str(tmp_path / "reid.safetensors"), "--components", "64", "--json")  # fmt: skip
+    assert code == 0, err
+    fitted = json.loads(printed)
+    assert fitted["identities"] == 2 and (fitted["components"], fitted["components_asked"]) == (1, 64)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [
+        f"{merged}: 6 images without a video_id look like frames of several videos (file names of 2 sequences, such "
+        "as v7_* and v8_*): objects of different videos with one track_id are then merged into one identity; an "
+        "image's video_id tells them apart",
+        "learned appearance of 1 number, not the 64 asked: 2 identities with 2 or more boxes are told apart along at "
+        "most 1 direction (one fewer than the identities)",
+    ]
