@@ -76,7 +76,10 @@ class EmbeddingHead:
 
     def build(self, trunk: Backbone, info: Any, preprocess: dict[str, Any], model_file: Any) -> EmbeddingModel:
         kw = info.kwargs
-        return EmbeddingModel(trunk, str(kw.get("pooling", "avg")), kw.get("embedding_size"), float(kw.get("gem_p", 3)))
+        pooling = kw.get("pooling", "avg")
+        if pooling not in POOLINGS:  # the file's setting, not a --pooling the user gave: said as the header's
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        return EmbeddingModel(trunk, pooling, kw.get("embedding_size"), float(kw.get("gem_p", 3)))
 
     def from_v1(self, meta: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         from cnnapps.apps.modelfile import HeadInfo
