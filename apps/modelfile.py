@@ -133,6 +133,12 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
 _FILE_LIKE_SETTING = re.compile(r"checkpoint|pretrained|cache|cfg|overlay|weights|url|file|(^|_)(path|dir)$", re.I)
 #: the largest number a trunk setting may hold (channels, classes, sizes): a file cannot ask for unbounded memory
 MAX_TRUNK_SETTING = 100_000
+#: the most a head setting that sizes its layers or its decoding may be, whichever head holds it (a caption head's
+#: grid and words, an embedding's projection, a detector's FPN): checked when the header is read, before anything
+#: is allocated (a crafted grid of 100,000 asked for 51 TB, a max_len of 10**9 decoded for minutes). Training
+#: refuses more: caption's max_len is 1..200, its grid at most 64 (a 2,048-pixel image's stride-32 map), detection's
+#: fpn_channels at most 2,048 (torchvision's is 256)
+HEAD_SETTING_LIMITS = {"grid": 64, "max_len": 200, "embedding_size": 16_384, "fpn_channels": 2_048}
 
 
 def _settled(trunk: dict[str, Any]) -> dict[str, Any]:
@@ -183,8 +189,9 @@ def _check_tensor_names(path: Path, names: list[str], heads: dict[str, HeadInfo]
 
 def _head_info(path: Path, name: str, head: Any) -> HeadInfo:
     where = f"{path}: heads.{name}"
-    if not isinstance(name, str) or not name or "." in name:
-        raise BundleError(f"{path}: heads: {_short(name)} is not a head name (empty, or with a dot)")
+    fault = name_fault(name, new=False)
+    if fault:
+        raise BundleError(f"{path}: heads: {_short(name)} is not a head name ({fault})")
     if not isinstance(head, dict):
         raise BundleError(f"{where}: expected a mapping, found {_short(head)}")
     task = head.get("task")
@@ -198,7 +205,32 @@ def _head_info(path: Path, name: str, head: Any) -> HeadInfo:
     kwargs, metrics = head.get("kwargs", {}), head.get("metrics", {})
     if not isinstance(kwargs, dict) or not isinstance(metrics, dict):
         raise BundleError(f"{where}: kwargs and metrics must be mappings")
+    for key, most in HEAD_SETTING_LIMITS.items():
+        value = kwargs.get(key)  # None (or no key): the head's default
+        number = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and not (number and 1 <= value <= most):
+            raise BundleError(f"{where}.kwargs.{key}: expected a whole number from 1 to {most:,}, found "
+                              f"{_short(value)}")  # fmt: skip
     return HeadInfo(task, str(head.get("kind", "")), kwargs, labels, metrics)
+
+
+def name_fault(name: Any, new: bool = True) -> str | None:
+    """Why ``name`` cannot name a head (None when it can): a head's name is a part of its tensors' names and a key
+    of the multi-task answer beside the answer's own keys. A ``new`` one (``--names``, a clash renamed) must also be
+    one every command can select, an item of ``--tasks a,b`` and of serve's ``model=NAME/HEAD``; a header is read
+    without that check, so a file written before it still loads."""
+    from cnnapps.results import MultiTaskResult
+
+    if not isinstance(name, str) or not name or "." in name:
+        return "a head's name is not empty and holds no dot (the dot separates the parts of its tensors' names)"
+    if name in MultiTaskResult.OWN_KEYS:
+        return (f"{name!r} is a key every multi-task answer holds itself ({', '.join(MultiTaskResult.OWN_KEYS)}): "
+                "the head's answer would overwrite it")  # fmt: skip
+    if new and name != name.strip():
+        return "a head's name has no space at either end (no command could select it)"
+    if new and ("/" in name or "," in name):
+        return "a head's name holds no / or , (serve's model=NAME/HEAD and --tasks a,b would split it)"
+    return None
 
 
 def _short(value: Any) -> str:
@@ -278,11 +310,13 @@ def build_model(model_file: ModelFile, head: str | None = None, task: str | None
     info = model_file.heads[name]
     task_adapter = adapter(info.task)
     trunk_state = model_file.trunk_tensors()
-    model = build_head(model_file, name, build_trunk(model_file))
+    trunk = build_trunk(model_file)
+    model = build_head(model_file, name, trunk)
     prefix = task_adapter.trunk_path + "."
     state = {prefix + k: v for k, v in trunk_state.items()}
     state.update(model_file.head_tensors(name))
     load_exactly(model, state, f"{model_file.path} ({name} head)")
+    trunk.stored_tensors = frozenset(trunk_state)  # written again as stored (see save_model)
     return model.eval()
 
 
@@ -348,6 +382,9 @@ def save_model(path: str | os.PathLike, task: str, model: nn.Module, trunk_name:
     state = model.state_dict()
     trunk = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     head = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    stored = getattr(model.get_submodule(task_adapter.trunk_path), "stored_tensors", None)
+    if stored is not None:  # a trunk read from a file keeps its fingerprint: no batch-norm counter the file lacked
+        trunk = {k: v for k, v in trunk.items() if k in stored or not k.endswith("num_batches_tracked")}
     kwargs = _trunk_settings(model.get_submodule(task_adapter.trunk_path), trunk_kwargs)
     return write_model_file(path, {"name": trunk_name, "kwargs": kwargs}, trunk, {head_name or task: (info, head)},
                             preprocess, overwrite=overwrite)  # fmt: skip
@@ -429,8 +466,12 @@ def load_trunk(spec: str | os.PathLike, weights: str | None = "imagenet") -> tup
         return trunk, trunk.preprocess
     model_file = read_model_file(spec)
     trunk = build_trunk(model_file)
-    load_exactly(trunk, model_file.trunk_tensors(), f"{spec} (trunk)")
+    state = model_file.trunk_tensors()
+    load_exactly(trunk, state, f"{spec} (trunk)")
     trunk.weights = f"trunk of {spec}"
+    # a head's file stores the tensors this file stores: a detector trained with its trunk stores no batch-norm
+    # counters (frozen batch norm), and writing them would give the very same weights another fingerprint
+    trunk.stored_tensors = frozenset(state)
     return trunk, _trunk_preprocess(model_file, trunk)
 
 
@@ -486,10 +527,8 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
         if differs:
             raise BundleError(f"{differs}; heads join only on one trunk: train each with --trunk naming the same trunk")
         if _plain(other.preprocess) != _plain(first.preprocess):
-            raise BundleError(
-                f"{other.path}: its preprocessing ({_short(other.preprocess)}) differs from {first.path}'s "
-                f"({_short(first.preprocess)})"
-            )
+            raise BundleError(f"{other.path}: its preprocessing differs from {first.path}'s: "
+                              f"{_differences(_plain(other.preprocess), _plain(first.preprocess))}")  # fmt: skip
     heads: dict[str, tuple[HeadInfo, dict[str, torch.Tensor]]] = {}
     wanted = list(names or [])
     for model_file in files:
@@ -504,21 +543,35 @@ def compose(paths: list[str | os.PathLike], out: str | os.PathLike, names: list[
                 label = f"{label}-{file_label(model_file.path).replace('.', '-')}"
             if label in heads:
                 raise BundleError(f"{model_file.path}: a second head named {label!r}; name the heads with --names")
+            fault = name_fault(label)  # a clash renamed after a file whose name no head may hold ("run 1 ")
+            if fault:
+                raise BundleError(f"{model_file.path}: its head would be named {label!r}: {fault}; name the heads "
+                                  "with --names")  # fmt: skip
             heads[label] = (info, model_file.head_tensors(name))
     trunk = {"name": first.trunk["name"], "kwargs": first.trunk.get("kwargs", {})}
     return write_model_file(out, trunk, first.trunk_tensors(), heads, first.preprocess, overwrite=False)
 
 
+def _differences(other: dict[str, Any], first: dict[str, Any]) -> str:
+    """The keys of two preprocessing mappings whose values differ, each with both values (``other``'s first):
+    ``mean [0.5, 0.5, 0.51] vs [0.5, 0.5, 0.5]`` (the whole mappings cut short looked alike)."""
+    theirs, ours = ({k: _short(v) for k, v in values.items()} for values in (other, first))
+    keys = [*first, *(k for k in other if k not in first)]
+    return "; ".join(f"{k} {theirs.get(k, 'unset')} vs {ours.get(k, 'unset')}" for k in keys
+                     if k not in other or k not in first or other[k] != first[k])  # fmt: skip
+
+
 def _check_names(files: list[ModelFile], names: list[str]) -> None:
-    """``--names``: one distinct, dot-free name per head of ``files``, in order, else a one-line error."""
+    """``--names``: one distinct name per head of ``files``, in order, each one a head may have (:func:`name_fault`),
+    else a one-line error."""
     heads = [name for model_file in files for name in model_file.heads]
     if len(names) != len(heads):
         raise BundleError(f"--names: {len(names)} name{'' if len(names) == 1 else 's'} for {len(heads)} heads "
                           f"({', '.join(heads)}); give one name per head")  # fmt: skip
     for i, label in enumerate(names):
-        if not isinstance(label, str) or not label or "." in label:
-            raise BundleError(f"--names {label!r}: a head's name is not empty and holds no dot (the dot "
-                              "separates the parts of its tensors' names)")  # fmt: skip
+        fault = name_fault(label)
+        if fault:
+            raise BundleError(f"--names {label!r}: {fault}")
         if label in names[:i]:
             raise BundleError(f"--names: {label!r} twice; each head needs a name of its own")
 

@@ -38,9 +38,10 @@ class SharedPass:
 class MultiTaskPredictor:
     """``predict(inputs)`` -> one :class:`MultiTaskResult` per input: every head's result, from one trunk pass.
 
-    ``heads``: names or tasks of the heads to run (default: all). Options of the heads: ``top_k`` (classify, per
-    call), ``score_threshold`` (detection), ``beam`` and ``max_len`` (captioning). ``engine``: how the trunk runs
-    (auto: a frozen TorchScript graph on a CPU, autocast on a GPU; eager; jit), as for classifiers."""
+    ``heads``: names or tasks of the heads to run, one (a string) or several (default, or none listed: all).
+    Options of the heads: ``top_k`` (classify, per call), ``score_threshold`` (detection), ``beam`` and ``max_len``
+    (captioning). ``engine``: how the trunk runs (auto: a frozen TorchScript graph on a CPU, autocast on a GPU;
+    eager; jit), as for classifiers."""
 
     task = "multi"
 
@@ -48,7 +49,7 @@ class MultiTaskPredictor:
         self,
         spec: str | os.PathLike,
         *,
-        heads: Sequence[str] | None = None,
+        heads: Sequence[str] | str | None = None,
         device: str = "auto",
         engine: str = "auto",
         batch_size: int | None = None,
@@ -107,12 +108,13 @@ class MultiTaskPredictor:
         inputs: Any,
         top_k: int = 5,
         progress: Callable[[int], None] | None = None,
-        heads: Sequence[str] | None = None,
+        heads: Sequence[str] | str | None = None,
     ) -> list[MultiTaskResult]:
-        """Every head's answer (or those of ``heads``) for paths, arrays, PIL images or encoded bytes (one, or a
-        list), in input order; an input that cannot be read gets a result with ``error``."""
+        """Every head's answer (or those of ``heads``: one name or task, or several; none listed is all of them, as
+        when loaded) for paths, arrays, PIL images or encoded bytes (one, or a list), in input order; an input that
+        cannot be read gets a result with ``error``."""
         options = {**self.options, "top_k": check_count("top_k", top_k, "classes per image")}
-        asked = set(self.heads) if heads is None else set(pick_heads(self.tasks, heads, str(self.model_file.path)))
+        asked = set(self.heads) if not heads else set(pick_heads(self.tasks, heads, str(self.model_file.path)))
         chosen = [h for h in self.heads if h in asked]  # an unknown name is an error, never an empty answer
         done = map_images(inputs, lambda images: self._run(images, options, chosen), self.batch_size,
                           self.max_pixels, progress)  # fmt: skip
@@ -140,18 +142,18 @@ class MultiTaskPredictor:
         return [{name: answers[i] for name, answers in per_head.items()} for i in range(len(images))]
 
 
-def chosen_heads(model_file: Any, wanted: Sequence[str] | None) -> list[str]:
+def chosen_heads(model_file: Any, wanted: Sequence[str] | str | None) -> list[str]:
     """Head names from names or task names; an unknown one is a one-line error naming what the file has."""
     if not wanted:
         return list(model_file.heads)
     return pick_heads({n: h.task for n, h in model_file.heads.items()}, wanted, str(model_file.path))
 
 
-def pick_heads(tasks: dict[str, str], wanted: Sequence[str], where: str) -> list[str]:
-    """The heads of ``tasks`` (head name -> task) that ``wanted`` names by head or task name, in the order asked;
-    an unknown name is a one-line error naming what there is."""
+def pick_heads(tasks: dict[str, str], wanted: Sequence[str] | str, where: str) -> list[str]:
+    """The heads of ``tasks`` (head name -> task) that ``wanted`` (one name, or several) names by head or task name,
+    in the order asked; an unknown name is a one-line error naming what there is."""
     chosen = []
-    for item in wanted:
+    for item in [wanted] if isinstance(wanted, str) else wanted:  # "caption" is one name, not seven letters
         matches = [n for n, task in tasks.items() if item in (n, task)]
         if not matches:
             have = ", ".join(f"{n} ({task})" for n, task in tasks.items())

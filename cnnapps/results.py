@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -374,6 +374,10 @@ def _titled(img: np.ndarray, text: str) -> np.ndarray:
 @dataclass
 class MultiTaskResult(Result):
     """One input's answers from every head of a multi-head model, by head name (one trunk pass gave them all)."""
+
+    #: the keys its answer holds beside the heads' (its own, ``--json``'s engine, the server's model and overlay, a
+    #: video line's source, frame and time): no head may be named so, its answer would overwrite one
+    OWN_KEYS: ClassVar[tuple[str, ...]] = ("path", "error", "engine", "model", "overlay", "source", "frame", "time")
 
     results: dict[str, Result] = field(default_factory=dict)
 

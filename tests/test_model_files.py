@@ -203,6 +203,47 @@ def test_a_first_format_file_s_trunk_is_checked_as_a_current_one_s(tmp_path, edi
     assert message in text and str(damaged) in text and "\n" not in text
 
 
+@pytest.fixture(scope="module")
+def current_heads(tmp_path_factory) -> dict[str, Path]:
+    """The first-format embedding and segmentation files written again in the current format."""
+    from cnnapps.apps.modelfile import build_model, save_model
+
+    root = tmp_path_factory.mktemp("current-heads")
+    for task in ("retrieve", "segment"):
+        source = read_model_file(V1 / f"{task}.safetensors")
+        save_model(root / f"{task}.safetensors", task, build_model(source), source.trunk["name"],
+                   source.trunk["kwargs"], source.preprocess)  # fmt: skip
+    return {task: root / f"{task}.safetensors" for task in ("retrieve", "segment")}
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "value", "most"),
+    [
+        ("retrieve", "embedding_size", 10**6, "16,384"),
+        ("retrieve", "embedding_size", "wide", "16,384"),
+        ("segment", "fpn_channels", 100_000, "2,048"),
+        ("segment", "fpn_channels", 0, "2,048"),
+    ],
+)
+def test_a_head_s_layer_sizes_are_bounded_when_its_header_is_read(current_heads, tmp_path, task, key, value,
+                                                                  most) -> None:  # fmt: skip
+    """An embedding of 10**6 or an FPN of 100,000 channels was refused only once its layers were being allocated:
+    the header is refused before anything is built, in one line naming the file and the key (both formats)."""
+
+    def first_format(meta: dict) -> None:
+        (meta["detector"] if task == "segment" else meta)[key] = value
+
+    current = rewrite_metadata_file(current_heads[task], tmp_path / "model.safetensors",
+                                    lambda meta: meta["heads"][task]["kwargs"].update({key: value}))  # fmt: skip
+    first = rewrite_metadata_file(V1 / f"{task}.safetensors", tmp_path / "first.safetensors", first_format)
+    for damaged in (current, first):
+        with pytest.raises(BundleError) as caught:
+            read_model_file(damaged)
+        assert str(caught.value) == (f"{damaged}: heads.{task}.kwargs.{key}: expected a whole number from 1 to "
+                                     f"{most}, found {value!r}")  # fmt: skip
+    assert read_model_file(current_heads[task]).heads[task].kwargs[key] == 8  # the fixtures' own size loads
+
+
 def test_the_trunk_of_a_detector_s_file_keeps_the_file_s_normalisation(tmp_path) -> None:
     """A detector resizes images itself (its preprocessing is no Preprocess): ``--trunk`` on its file takes the
     trunk's registry sizes with the mean and std the trunk was trained with."""

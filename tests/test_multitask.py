@@ -193,7 +193,8 @@ def test_compose_refuses_different_preprocessing(heads, tmp_path) -> None:
     loaded = load_classifier(heads["colours"])
     other = {**loaded.preprocess.to_dict(), "interpolation": "bicubic"}
     save_model(tmp_path / "bicubic.safetensors", "classify", loaded.model, "lenet5", {"in_channels": 3}, other)
-    with pytest.raises(CnnappsError, match=r"its preprocessing .* differs from"):
+    with pytest.raises(CnnappsError, match=r"bicubic\.safetensors: its preprocessing differs from .*'s: "
+                                          r"interpolation 'bicubic' vs 'bilinear'$"):  # fmt: skip
         compose([heads["embed"], tmp_path / "bicubic.safetensors"], tmp_path / "x.safetensors")
 
 
@@ -375,3 +376,136 @@ def test_eval_classify_and_segment_take_the_head_of_a_file_with_several(two_lene
     code, _, err = run_cli("eval", "segment", "--model", multi, "--head", "nope", "--data", data, "--images",
                            heads["images"])  # fmt: skip
     assert code == 2 and "no head named 'nope'" in err
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            ["path", "engine"],
+            r"^--names 'path': 'path' is a key every multi-task answer holds itself \(path, error, "
+            r"engine, model, .*\): the head's answer would overwrite it$",
+        ),
+        (["a", "engine"], r"^--names 'engine': 'engine' is a key every multi-task answer holds itself"),
+        (["error", "b"], r"^--names 'error': 'error' is a key"),
+        (["a", "model"], r"^--names 'model': 'model' is a key"),
+        (["a", " b"], r"^--names ' b': a head's name has no space at either end \(no command could select it\)$"),
+        (["a ", "b"], r"^--names 'a ': a head's name has no space at either end"),
+        (["a/b", "c"], r"^--names 'a/b': a head's name holds no / or , \(serve's model=NAME/HEAD"),
+        (["a", "b,c"], r"^--names 'b,c': a head's name holds no / or ,"),
+    ],
+)
+def test_compose_refuses_a_name_no_head_may_have(two_lenet_heads, tmp_path, names, message) -> None:
+    """A head named path or engine overwrote the answer's own keys in --json (``[{"path": {caption...}, "engine":
+    "jit"}]``); " b" or "a/b" could not be selected by any command (--tasks strips names, serve reads NAME/HEAD)."""
+    with pytest.raises(CnnappsError, match=message):
+        compose(two_lenet_heads, tmp_path / "out.safetensors", names=names)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["path", "engine", "error", "model", " letters", "a/b"])
+def test_a_header_with_a_head_name_no_head_may_have_is_refused(two_lenet_heads, tmp_path, name) -> None:
+    """A key of the answer's own is refused when read too; a name only hard to select (written before --names
+    refused it) still loads, answering under its name."""
+    from cnnapps.apps.modelfile import write_model_file
+
+    source = read_model_file(two_lenet_heads[1])
+    head = (source.heads["classify"], source.head_tensors("classify"))
+    renamed = write_model_file(tmp_path / "renamed.safetensors", source.trunk, source.trunk_tensors(), {name: head},
+                               source.preprocess)  # fmt: skip
+    if name not in ("path", "engine", "error", "model"):
+        from cnnapps.apps.multitask import MultiTaskPredictor
+
+        (answer,) = MultiTaskPredictor(renamed, engine="eager").predict([np.zeros((32, 32, 3), np.uint8)])
+        assert list(answer.to_dict()) == ["path", name]
+        return
+    with pytest.raises(CnnappsError) as caught:
+        read_model_file(renamed)
+    assert str(caught.value) == (f"{renamed}: heads: {name!r} is not a head name ({name!r} is a key every multi-task "
+                                 "answer holds itself (path, error, engine, model, overlay, source, frame, time): the "
+                                 "head's answer would overwrite it)")  # fmt: skip
+
+
+def test_compose_strips_the_names_given_on_the_command_line(two_lenet_heads, tmp_path, run_cli) -> None:
+    """``--names "digits, letters"`` named the second head " letters", which no command could then select."""
+    out = tmp_path / "named.safetensors"
+    code, _, err = run_cli("compose", *two_lenet_heads, "--out", out, "--names", "digits, letters")
+    assert code == 0, err
+    assert list(read_model_file(out).heads) == ["digits", "letters"]
+    code, _, err = run_cli("compose", *two_lenet_heads, "--out", tmp_path / "x.safetensors", "--names", "path,engine")
+    assert code == 2 and "--names 'path': 'path' is a key every multi-task answer holds itself" in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_compose_names_the_preprocessing_keys_that_differ_with_both_values(tmp_path) -> None:
+    """The whole mappings, each cut at 57 characters, looked identical: the keys that differ are named instead."""
+    from cnnapps.apps.classify.model import Classifier
+    from cnnapps.apps.modelfile import save_model
+    from cnnapps.backbones import create_backbone
+
+    trunk = create_backbone("lenet5")
+    own = {**trunk.preprocess.to_dict(), "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    other = {**own, "mean": [0.5, 0.5, 0.51], "interpolation": "bicubic"}
+    other.pop("resize")
+    for path, preprocess in ((tmp_path / "a.safetensors", own), (tmp_path / "b.safetensors", other)):
+        save_model(path, "classify", Classifier(trunk, 2), "lenet5", {}, preprocess)
+    with pytest.raises(CnnappsError) as caught:
+        compose([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], tmp_path / "x.safetensors")
+    assert str(caught.value) == (
+        f"{tmp_path / 'b.safetensors'}: its preprocessing differs from {tmp_path / 'a.safetensors'}'s: resize unset "
+        f"vs {own['resize']!r}; interpolation 'bicubic' vs {own['interpolation']!r}; mean [0.5, 0.5, 0.51] vs "
+        "[0.5, 0.5, 0.5]"
+    )
+
+
+def test_a_head_trained_on_a_trunk_without_batch_norm_counters_keeps_its_fingerprint(tmp_path) -> None:
+    """A detector trained with its trunk stores no ``num_batches_tracked`` (frozen batch norm): a head trained on
+    that trunk (``--trunk``) stored them, so the bit-identical weights got another fingerprint, and compose and
+    indexes refused them as another trunk. Written again from a loaded model, a file keeps its tensors too."""
+    import torch
+
+    from cnnapps.apps.classify.model import Classifier
+    from cnnapps.apps.modelfile import build_model, load_trunk, save_model, write_model_file
+    from cnnapps.backbones import create_backbone
+
+    torch.manual_seed(0)
+    trunk = create_backbone("timm:test_resnet", weights=None)
+    trunk = trunk.drop_head() if trunk.has_head else trunk
+    preprocess = trunk.preprocess.to_dict()
+    save_model(tmp_path / "counted.safetensors", "classify", Classifier(trunk, 2), "timm:test_resnet", {}, preprocess)
+    counted = read_model_file(tmp_path / "counted.safetensors")
+    state = {k: v for k, v in counted.trunk_tensors().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(counted.trunk_tensors())  # the trunk has batch norm
+    head = (counted.heads["classify"], counted.head_tensors("classify"))
+    source = write_model_file(tmp_path / "source.safetensors", counted.trunk, state, {"classify": head}, preprocess)
+
+    loaded, _ = load_trunk(source)
+    save_model(tmp_path / "new.safetensors", "classify", Classifier(loaded, 3), "timm:test_resnet", {}, preprocess)
+    again = build_model(read_model_file(tmp_path / "new.safetensors"))
+    save_model(tmp_path / "again.safetensors", "classify", again, "timm:test_resnet", {}, preprocess)
+    expected = trunk_fingerprint(read_model_file(source))
+    for path in ("new.safetensors", "again.safetensors"):
+        written = read_model_file(tmp_path / path)
+        assert set(written.trunk_tensors()) == set(state) and trunk_fingerprint(written) == expected, path
+    compose([source, tmp_path / "new.safetensors"], tmp_path / "both.safetensors", names=["old", "new"])
+    # a trunk that stores its counters keeps them
+    loaded, _ = load_trunk(counted.path)
+    save_model(tmp_path / "kept.safetensors", "classify", Classifier(loaded, 3), "timm:test_resnet", {}, preprocess)
+    assert trunk_fingerprint(read_model_file(tmp_path / "kept.safetensors")) == trunk_fingerprint(counted)
+
+
+def test_predict_takes_one_head_as_a_string_and_no_heads_as_all(two_lenet_heads, tmp_path) -> None:
+    """``heads="letters"`` was read as the letters l, e, t...; ``heads=[]`` answered with no head at all, though
+    the constructor takes [] as every head."""
+    from cnnapps.apps.multitask import MultiTaskPredictor
+
+    both = compose(two_lenet_heads, tmp_path / "both.safetensors", names=["digits", "letters"])
+    image = np.zeros((32, 32, 3), np.uint8)
+    predictor = MultiTaskPredictor(both, engine="eager")
+    assert list(predictor.predict([image], heads="letters")[0].results) == ["letters"]
+    assert list(predictor.predict([image], heads=[])[0].results) == ["digits", "letters"]
+    assert list(predictor.predict([image], heads=["classify"])[0].results) == ["digits", "letters"]
+    assert list(MultiTaskPredictor(both, heads="digits", engine="eager").tasks) == ["digits"]
+    assert list(MultiTaskPredictor(both, heads=[], engine="eager").tasks) == ["digits", "letters"]
+    with pytest.raises(CnnappsError, match=r"no head or task 'letter' \(it has digits \(classify\), letters"):
+        predictor.predict([image], heads="letter")

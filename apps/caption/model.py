@@ -222,8 +222,13 @@ def build_captioner(
     **decoder_kwargs: Any,
 ) -> Captioner:
     """A captioner on the registry backbone ``backbone`` (``weights`` seeds it; or the ready ``trunk``)."""
+    from cnnapps.apps.common.config import ConfigError
+    from cnnapps.apps.modelfile import HEAD_SETTING_LIMITS
     from cnnapps.backbones import create_backbone
 
+    most = HEAD_SETTING_LIMITS["grid"]
+    if not 1 <= grid <= most:  # before training: a model file of a larger grid is refused when read
+        raise ConfigError(f"grid: must be between 1 and {most}, not {grid}")
     trunk = trunk if trunk is not None else create_backbone(backbone, weights=weights)
     spec = CaptionSpec(
         backbone,

@@ -169,6 +169,8 @@ def exportable(spec: str | os.PathLike, task: str = TASK, **options: Any) -> Any
 
     loaded = load_classifier(spec, options.get("head"))
     meta = {"task": TASK, "class_names": loaded.class_names, "preprocess": loaded.preprocess.to_dict()}
+    if isinstance(loaded.meta.get("head"), str):  # a model file's head: which one was written, as retrieve says
+        meta["head"] = loaded.meta["head"]
     if loaded.multilabel:  # the graph gives logits: the runner applies the sigmoid and the thresholds
         meta.update(multilabel=True, thresholds=loaded.thresholds)
     keeps = "ops onnxruntime has no int8 form for (the softmax is not in the graph)"

@@ -75,8 +75,11 @@ class DetectConfig(TrainConfig):
             raise ConfigError(
                 f"min_size/max_size: need 32 <= min_size <= max_size <= 4096, not {self.min_size}/{self.max_size}"
             )
-        if self.fpn_channels < 1:
-            raise ConfigError(f"fpn_channels: must be at least 1, not {self.fpn_channels}")
+        from cnnapps.apps.modelfile import HEAD_SETTING_LIMITS
+
+        most = HEAD_SETTING_LIMITS["fpn_channels"]  # a model file of a wider FPN is refused when read
+        if not 1 <= self.fpn_channels <= most:
+            raise ConfigError(f"fpn_channels: must be between 1 and {most:,}, not {self.fpn_channels}")
         self.out = self.out or f"runs/{self.task}"
         return self
 

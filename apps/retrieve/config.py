@@ -27,6 +27,9 @@ class RetrieveConfig(TrainConfig):
 
     def validate(self) -> RetrieveConfig:
         super().validate()
-        if self.embedding_size is not None and self.embedding_size < 2:
-            raise ConfigError(f"embedding_size: must be at least 2, not {self.embedding_size}")
+        from cnnapps.apps.modelfile import HEAD_SETTING_LIMITS
+
+        most = HEAD_SETTING_LIMITS["embedding_size"]  # what a model file may hold: a larger one would not load
+        if self.embedding_size is not None and not 2 <= self.embedding_size <= most:
+            raise ConfigError(f"embedding_size: must be from 2 to {most:,}, not {self.embedding_size}")
         return self

@@ -39,7 +39,8 @@ def compose(
     from cnnapps.terminal import free
 
     free(out)
-    written = read_model_file(join(models, out, names.split(",") if names else None))
+    wanted = [name.strip() for name in names.split(",")] if names else None  # "a, b" names "b", not " b"
+    written = read_model_file(join(models, out, wanted))
     heads = {name: info.task for name, info in written.heads.items()}
     if as_json:
         echo_json({"path": str(out), "trunk": written.trunk["name"], "heads": heads, "bytes": out.stat().st_size})

@@ -75,6 +75,18 @@ def test_the_retrieve_head_asked_for_is_the_one_exported(lenet_heads, images, tm
     assert meta["fingerprint"] == expected.fingerprint
 
 
+def test_the_classify_head_asked_for_is_named_in_the_graph_s_metadata(lenet_heads, images, tmp_path) -> None:
+    """A classify head's export did not say which head it wrote (an embedding's did), as the README promises."""
+    export_model(lenet_heads["multi"], "onnx", tmp_path / "cls.onnx", head="cls")
+    meta = read_onnx_metadata(tmp_path / "cls.onnx")
+    assert (meta["task"], meta["head"], meta["class_names"]) == ("classify", "cls", ["x", "y"])
+    expected = cnnapps.load(lenet_heads["multi"], head="cls", engine="eager", device="cpu").predict(images)
+    got = cnnapps.load(tmp_path / "cls.onnx", device="cpu").predict(images)
+    assert [r.top1.label for r in got] == [r.top1.label for r in expected]
+    export_model(lenet_heads["cls"], "onnx", tmp_path / "alone.onnx")  # one head: named too
+    assert read_onnx_metadata(tmp_path / "alone.onnx")["head"] == "classify"
+
+
 def test_several_retrieve_heads_and_none_named_is_a_one_line_error(lenet_heads, images, tmp_path) -> None:
     several = (f"{lenet_heads['multi']}: has several heads (avg, gem); name the one to use (--head NAME; in Python "
                "head=NAME)")  # fmt: skip

@@ -100,10 +100,8 @@ def test_an_lstm_writes_past_its_trained_length_and_a_transformer_up_to_it(files
 @pytest.mark.parametrize(
     "key, value, reason",
     [
-        ("grid", 0, "grid must be a whole number of at least 1, not 0"),
-        ("grid", "seven", "grid must be a whole number of at least 1, not 'seven'"),
-        ("grid", 2.5, "grid must be a whole number of at least 1, not 2.5"),
-        ("max_len", 0, "max_len must be a whole number of at least 1, not 0"),
+        ("grid", None, "grid must be a whole number of at least 1, not None"),
+        ("max_len", None, "max_len must be a whole number of at least 1, not None"),
         ("decoder_kwargs", {"hidden_dim": "x"}, "TypeError"),
     ],
 )
@@ -116,6 +114,37 @@ def test_a_damaged_caption_head_is_one_line_however_the_file_is_loaded(files, tm
             load()
         assert str(error.value).startswith(expected) and reason in str(error.value)
         assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        *(("grid", value) for value in (0, "seven", 2.5, True, 65, 100_000)),
+        *(("max_len", value) for value in (0, 201, 10**9)),
+    ],
+)
+def test_a_caption_head_s_grid_and_length_are_bounded_when_its_header_is_read(files, tmp_path, key, value) -> None:
+    """A grid of 600 took 4.9 GB, one of 100,000 asked for 51 TB naming neither file nor key, and a max_len of 10**9
+    decoded for minutes: the header is refused before anything is built."""
+    from cnnapps.apps.modelfile import read_model_file
+
+    damaged = rewrite_metadata_file(files["both"], tmp_path / "damaged.safetensors",
+                                    lambda meta: meta["heads"]["caption"]["kwargs"].update({key: value}))  # fmt: skip
+    most = {"grid": 64, "max_len": 200}[key]
+    with pytest.raises(BundleError) as error:
+        read_model_file(damaged)
+    assert str(error.value) == (f"{damaged}: heads.caption.kwargs.{key}: expected a whole number from 1 to {most}, "
+                                f"found {value!r}")  # fmt: skip
+    rewrite_metadata_file(files["both"], tmp_path / "edge.safetensors",
+                          lambda meta: meta["heads"]["caption"]["kwargs"].update({key: most}))  # fmt: skip
+    assert read_model_file(tmp_path / "edge.safetensors").heads["caption"].kwargs[key] == most
+
+
+def test_training_refuses_a_grid_no_model_file_may_hold() -> None:
+    from cnnapps.apps.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^grid: must be between 1 and 64, not 65$"):
+        build_captioner("resnet18", VOCAB, "lstm", **{**TINY, "grid": 65})
 
 
 def test_a_transformer_width_its_attention_heads_cannot_split_is_refused() -> None:

@@ -29,3 +29,11 @@ def test_the_command_line_refuses_input_size_in_one_line(run_cli, tmp_path):
                            "--input-size", "96", "--out", tmp_path / "run")  # fmt: skip
     assert code == 2 and err.strip().count("\n") == 0 and "--min-size and --max-size" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_fpn_wider_than_a_model_file_may_hold_is_refused_before_training(tmp_path):
+    """A file of more than 2,048 FPN channels is refused when read: training would write one no one could load."""
+    config = DetectConfig(task="segment", data=str(tmp_path / "train.json"), images=str(tmp_path), fpn_channels=4096)
+    with pytest.raises(ConfigError, match=r"^fpn_channels: must be between 1 and 2,048, not 4096$"):
+        config.validate()
+    DetectConfig(task="segment", data=str(tmp_path / "train.json"), images=str(tmp_path), fpn_channels=2048).validate()

@@ -51,3 +51,9 @@ def test_metric_learning_run(loss: str, colour_set: Path, tmp_path: Path) -> Non
 def test_retrieve_config_errors() -> None:
     with pytest.raises(ConfigError, match="loss: 'contrastive' is not one of arcface, multisimilarity, triplet"):
         load_config(None, RetrieveConfig, data="x", loss="contrastive")
+
+
+@pytest.mark.parametrize("size", [1, 16_385])
+def test_an_embedding_size_no_model_file_may_hold_is_refused_before_training(size: int) -> None:
+    with pytest.raises(ConfigError, match=rf"^embedding_size: must be from 2 to 16,384, not {size}$"):
+        load_config(None, RetrieveConfig, data="d", out="o", embedding_size=size)
