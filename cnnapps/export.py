@@ -28,7 +28,8 @@ def export_model(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, task
                  pooling: str = "avg", head: str | None = None, *, int8: bool = False,
                  calibrate: str | os.PathLike | None = None, check: str | os.PathLike | None = None,
                  fp16: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Write ``spec`` as ``fmt`` to ``out`` (never over an existing file); returns what was written.
+    """Write ``spec`` as ``fmt`` to ``out`` (never over an existing file; its folder made if missing); returns what
+    was written.
 
     ``task`` picks what to export (default: the spec's own task; a multi-head file needs it, or ``head``).
     ``int8``: static INT8 ONNX calibrated on the images of ``calibrate``; ``fp16``: fp16 ONNX with fp32 inputs and
@@ -36,7 +37,7 @@ def export_model(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, task
     fifth calibration image, held out of calibration); the result is returned and stored in the metadata."""
     from cnnapps.api import task_of
     from cnnapps.apps.tasks import TASKS, get_task
-    from cnnapps.files import atomic_write
+    from cnnapps.files import atomic_write, why_unwritable
 
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
@@ -46,8 +47,8 @@ def export_model(spec: str | os.PathLike, fmt: str, out: str | os.PathLike, task
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise ExportError(f"{out}: already exists; choose another --out")
-    if not out.parent.is_dir():
-        raise ExportError(f"{out}: its folder {out.parent} does not exist")
+    if (why := why_unwritable(out)) is not None:  # a missing folder is made when the file is written
+        raise ExportError(f"{out}: {why}; choose another --out")
     if precision != "fp32":  # the folders are checked before any model is loaded or anything is written
         from cnnapps.quantize import readable_images, split_held_out
 

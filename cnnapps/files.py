@@ -47,13 +47,17 @@ def atomic_write(
     followed; it is removed if anything fails (a full disk leaves no partial file behind), then renamed
     into place (:func:`publish`). An existing ``path`` is refused with :class:`OutputExistsError` unless
     ``overwrite=True``; a symlink at ``path`` is then replaced, never written through. The file gets ``mode``
-    less the process umask (0644 under the usual umask 022). Missing parent folders are created. Returns ``path``.
+    less the process umask (0644 under the usual umask 022). Missing parent folders are created (:func:`made_folder`:
+    one that cannot be is a one-line error, as is a folder this process may not write in). Returns ``path``.
     """
     path = Path(path)
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    made_folder(path.parent, path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # a folder this process may not write in: the output's fault, not the program's
+        raise CnnappsError(f"{path}: cannot be written in {path.parent} ({exc.strerror or exc})") from None
     tmp = Path(tmp_name)
     try:
         if callable(data):
@@ -80,6 +84,36 @@ def atomic_write(
         raise
     _sync_folder(path.parent)
     return path
+
+
+def why_unwritable(path: str | os.PathLike, folder: bool = False) -> str | None:
+    """Why the output ``path`` (a file, or with ``folder`` a folder to write into) cannot be written, or None: a file
+    where it or one of its folders should be, or the nearest folder that exists not writable. Asked before any work,
+    so that a run does not end by failing to write what it found."""
+    path = Path(path)
+    chain = (path, *path.parents) if folder else path.parents
+    existing = next((p for p in chain if p.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        return "a file, not a folder" if existing == path else f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "not writable" if existing == path else f"{existing} is not writable"
+    return None
+
+
+def made_folder(folder: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """``folder`` with its missing parents made; one that cannot be made is a one-line :class:`CnnappsError` naming
+    ``output`` (what was to be written there; default: the folder), not a traceback after the work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = why_unwritable(folder, folder=True) or exc.strerror or str(exc)
+        if output is None:
+            raise CnnappsError(f"{folder}: cannot make this folder ({why})") from None
+        raise CnnappsError(f"{output}: cannot make its folder {folder} ({why})") from None
+    return folder
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:

@@ -11,6 +11,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,45 @@ def progress(total: int | None, label: str, minimum: int = 16) -> Iterator[Calla
         yield lambda n: bar.advance(task, n)
 
 
+#: batches of images per call of a predictor in :func:`predict_images`: Ctrl-C keeps the answers of the calls done,
+#: and a GPU's decode threads wait between two calls only once per this many batches
+PART_BATCHES = 8
+
+#: where :func:`predict_images` says that Ctrl-C stopped it, for the command that runs it (:func:`image_run`)
+_stops: ContextVar[list[str] | None] = ContextVar("cnnapps_image_stops", default=None)
+
+
+@contextmanager
+def image_run() -> Iterator[list[str]]:
+    """Around a command over images: yields the list :func:`predict_images` adds a line to when Ctrl-C stopped it,
+    so that the command, having printed the answers so far, ends saying how far it got (exit 130)."""
+    said: list[str] = []
+    token = _stops.set(said)
+    try:
+        yield said
+    finally:
+        _stops.reset(token)
+
+
+def predict_images(predictor: Any, inputs: list[str], label: str, minimum: int = 16, **options: Any) -> list[Any]:
+    """``predictor.predict(inputs, **options)`` under a progress bar, a few batches at a time. Ctrl-C under
+    :func:`image_run` returns the answers of the calls done (the command prints them as it would all) and notes
+    ``stopped by Ctrl-C after N of M images``; without one, KeyboardInterrupt goes on as it came."""
+    part = max(1, int(getattr(predictor, "batch_size", None) or 1)) * PART_BATCHES
+    results: list[Any] = []
+    with progress(len(inputs), label, minimum) as advance:
+        try:
+            for start in range(0, len(inputs), part):
+                results += predictor.predict(inputs[start : start + part], progress=advance, **options)
+        except KeyboardInterrupt:
+            said = _stops.get()
+            if said is None:
+                raise
+            said.append(f"stopped by Ctrl-C after {len(results)} of {plural(len(inputs), 'image')} (their answers "
+                        "printed)")  # fmt: skip
+    return results
+
+
 def images(paths: list[str]) -> list[str]:
     """The image files that files, folders (recursively) and globs name. None at all is an error (exit 2): no
     path exists, every glob matches nothing, or the folders hold no image. A missing file among others is kept,
@@ -117,18 +157,32 @@ def images(paths: list[str]) -> list[str]:
     return found
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters and line separators escaped as Python writes them (a newline as
+    ``\\n``, ESC as ``\\x1b``): a file name holding one still prints on one line, and sends the terminal nothing."""
+    import unicodedata
+
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
+
+
 def report_failed(failed: list[dict[str, str]]) -> None:
     """The inputs that could not be used, one line each, on stderr."""
     if failed:
         echo(f"{plural(len(failed), 'image')} could not be read:", err=True)
         for item in failed:
-            echo(f"  {item['path']}: {item['error']}", err=True)
+            echo(one_line(f"  {item['path']}: {item['error']}"), err=True)
 
 
 def free(path: Path, option: str = "--out") -> Path:
-    """Refuse an output path that exists before any work is done (nothing the user has is overwritten)."""
+    """Refuse, before any work is done, an output path that exists (nothing the user has is overwritten) or that
+    cannot be written (a file where one of its folders should be, a folder this process may not write in)."""
+    from cnnapps.files import why_unwritable
+
     if path.exists() or path.is_symlink():
         raise CnnappsError(f"{path}: already exists; choose another {option}")
+    why = why_unwritable(path)
+    if why is not None:
+        raise CnnappsError(f"{path}: {why}; choose another {option}")
     return path
 
 
@@ -171,15 +225,15 @@ def free_name(folder: Path, stem: str, suffix: str = ".png") -> Path:
 
 
 def output_folder(path: Path | None, option: str) -> Path | None:
-    """``path``, a folder outputs go into (made when they are written), checked before any work: a file there is
-    refused in one line."""
+    """``path``, a folder outputs go into (made when they are written), checked before any work: a file there or
+    in the way of it, or a folder this process may not write in, is refused in one line."""
+    from cnnapps.files import why_unwritable
+
     if path is None:
         return None
-    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-    if blocking == path:
-        raise CnnappsError(f"{path}: a file, not a folder; choose another {option}")
-    if blocking is not None:
-        raise CnnappsError(f"{path}: {blocking} is a file, not a folder; choose another {option}")
+    why = why_unwritable(path, folder=True)
+    if why is not None:
+        raise CnnappsError(f"{path}: {why}; choose another {option}")
     return path
 
 
@@ -187,8 +241,9 @@ def save_drawings(results: list[Any], folder: Path, suffix: str = "") -> None:
     """Each readable input's result drawn over its image (``result.draw``) into ``folder``, named after the input
     (plus ``suffix``), never over an existing file; one line on stderr per picture."""
     from cnnapps.datasets.io import read_image, write_image
+    from cnnapps.files import made_folder
 
-    folder.mkdir(parents=True, exist_ok=True)
+    made_folder(folder)
     for result in results:
         if result.ok:
             target = free_name(folder, f"{Path(result.source).stem}{suffix}")

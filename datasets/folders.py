@@ -316,6 +316,7 @@ def labeled_csv(
     *,
     no_label_hint: str = NO_LABEL_HINT,
     more_classes: bool = False,
+    missing: list[dict[str, str]] | None = None,
 ) -> LabeledImages | MultiLabeledImages:
     """A CSV with ``path,label`` columns (header optional); relative paths resolve from the CSV's folder.
 
@@ -323,12 +324,13 @@ def labeled_csv(
     separated by ``|`` or ``;`` (``a.jpg,cat|dog``; empty for an image with none of the classes) and gives
     :class:`MultiLabeledImages`; None decides by the rows: multi-label when one of them has several labels.
     Rows that cannot be used are logged with their line and skipped (with None and single-label rows, those with
-    no label too, saying ``no_label_hint``)."""
+    no label too, saying ``no_label_hint``); with ``missing``, a row whose image is not there is added to it instead
+    (``{"path", "error"}``, as a failed input: an evaluation reports it)."""
     path = Path(path)
     rows = csv_rows(path, split=multilabel is not False)
     if multilabel is None:
         multilabel = _has_several_labels(rows)
-    return _images_of_rows(path, rows, class_names, multilabel, no_label_hint, more_classes)
+    return _images_of_rows(path, rows, class_names, multilabel, no_label_hint, more_classes, missing)
 
 
 def _has_several_labels(rows: list[tuple[int, str, list[str]]]) -> bool:
@@ -337,11 +339,11 @@ def _has_several_labels(rows: list[tuple[int, str, list[str]]]) -> bool:
 
 def _images_of_rows(
     path: Path, rows: list[tuple[int, str, list[str]]], class_names: list[str] | None, multilabel: bool,
-    no_label_hint: str, more_classes: bool = False,
+    no_label_hint: str, more_classes: bool = False, missing: list[dict[str, str]] | None = None,
 ) -> LabeledImages | MultiLabeledImages:  # fmt: skip
     """The images of ``path``'s rows (:func:`csv_rows`); a row whose image is not there, and single-label a row with
-    no label, is logged with its line and dropped. A label not among ``class_names`` is refused, or with
-    ``more_classes`` a class of its own after them."""
+    no label, is logged with its line and dropped (one whose image is not there added to ``missing`` instead, when
+    given). A label not among ``class_names`` is refused, or with ``more_classes`` a class of its own after them."""
     if not multilabel and any(not labels for _, _, labels in rows):
         for line, image, _ in (r for r in rows if not r[2]):
             log.warning("%s:%d: no label for %r; row skipped (%s)", path, line, image, no_label_hint)
@@ -351,7 +353,10 @@ def _images_of_rows(
     there = [r for r in rows if image_path(path, r[1]).is_file()]
     if len(there) < len(rows):
         for line, image, _ in (r for r in rows if not image_path(path, r[1]).is_file()):
-            log.warning("%s:%d: %s: no such file; row skipped", path, line, image_path(path, image))
+            if missing is None:
+                log.warning("%s:%d: %s: no such file; row skipped", path, line, image_path(path, image))
+            else:
+                missing.append({"path": str(image_path(path, image)), "error": f"no such file (line {line} of {path})"})
         if not there:
             raise DatasetError(f"{path}: none of the images it lists is there (the first: {rows[0][1]}, line "
                                f"{rows[0][0]}; relative paths are read from the CSV's folder)")  # fmt: skip
@@ -385,14 +390,17 @@ def read_labeled(
     *,
     no_label_hint: str = NO_LABEL_HINT,
     more_classes: bool = False,
+    missing: list[dict[str, str]] | None = None,
 ) -> LabeledImages | MultiLabeledImages:
     """A class-per-folder tree or a CSV file; with ``multilabel`` True or None (decide by the data, see
     :func:`labeled_csv`) also a folder holding a ``labels.csv`` of its images (the multi-label layout).
-    ``more_classes``: classes not among ``class_names`` are taken after them, not refused."""
+    ``more_classes``: classes not among ``class_names`` are taken after them, not refused. ``missing``: see
+    :func:`labeled_csv`."""
     data = Path(data)
     table = _labels_table(data, multilabel)
     if table is not None:
-        return labeled_csv(table, class_names, multilabel, no_label_hint=no_label_hint, more_classes=more_classes)
+        return labeled_csv(table, class_names, multilabel, no_label_hint=no_label_hint, more_classes=more_classes,
+                           missing=missing)  # fmt: skip
     if data.is_dir():
         found = class_folders(data, class_names, more_classes=more_classes)
         return as_multilabel(found) if multilabel else found

@@ -20,6 +20,7 @@ from cnnapps.terminal import (
     images,
     output_folder,
     plural,
+    predict_images,
     progress,
     report_failed,
     save_drawings,
@@ -42,8 +43,7 @@ def caption(
     save_attention = output_folder(save_attention, "--save-attention")
     inputs = images(paths)
     predictor = load(model, task="caption", device=device, beam=beam, max_len=max_len, head=head)
-    with progress(len(inputs), "captioning") as advance:
-        results = predictor.predict(inputs, progress=advance)
+    results = predict_images(predictor, inputs, "captioning")  # Ctrl-C: the answers so far
     if save_attention is not None:
         save_drawings(results, save_attention, "-attention")
     if as_json:

@@ -19,7 +19,9 @@ from cnnapps.terminal import (
     free_picture,
     head_option,
     images,
+    one_line,
     plural,
+    predict_images,
     progress,
     saved,
     styled,
@@ -76,8 +78,7 @@ def classify(
         raise CnnappsError("--threshold: the model is single-label (one class per image); it applies to multi-label "
                            "models")  # fmt: skip
     extra = {"threshold": threshold} if threshold is not None else {}
-    with progress(len(inputs), "classifying") as advance:
-        results = predictor.predict(inputs, top_k=top_k, progress=advance, **extra)
+    results = predict_images(predictor, inputs, "classifying", top_k=top_k, **extra)  # Ctrl-C: the answers so far
     failed = [r for r in results if not r.ok]
     if as_json:
         echo_json([r.with_engine() for r in results])
@@ -88,8 +89,13 @@ def classify(
     if failed:
         echo(f"{len(failed)} of {len(results)} inputs failed:", err=True)
         for r in failed:
-            echo(f"  {r.source}: {r.error}", err=True)
+            echo(one_line(f"  {r.source}: {r.error}"), err=True)
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _shown(results: list[Any], top_k: int) -> int:
+    """How many classes each answer shows: ``top_k``, or fewer when the model has fewer classes."""
+    return max((len(r.predictions) for r in results if r.ok), default=top_k)
 
 
 def _print_classifications(results: list[Any], top_k: int) -> None:
@@ -99,15 +105,16 @@ def _print_classifications(results: list[Any], top_k: int) -> None:
     table.add_column("image")
     table.add_column("top-1")
     table.add_column("score", justify="right")
-    if top_k > 1:
-        table.add_column(f"next {top_k - 1}")
+    more = _shown(results, top_k) - 1  # the header counts what is shown, not what was asked for
+    if more > 0:
+        table.add_column(f"next {more}")
     for r in results:
         if not r.ok:
-            table.add_row(r.source, styled(f"error: {r.error}", "red"), "", *([""] if top_k > 1 else []))
+            table.add_row(r.source, styled(f"error: {r.error}", "red"), "", *([""] if more > 0 else []))
             continue
         best, rest = r.predictions[0], r.predictions[1:]
-        others = ", ".join(f"{p.label} {p.score:.0%}" for p in rest)
-        table.add_row(r.source, best.label, f"{best.score:.1%}", *([others] if top_k > 1 else []))
+        others = ", ".join(f"{p.label} {p.score:.1%}" for p in rest)  # as precise as the top-1's score
+        table.add_row(r.source, best.label, f"{best.score:.1%}", *([others] if more > 0 else []))
     console().print(table)
 
 
@@ -118,7 +125,7 @@ def _print_labels(results: list[Any], top_k: int) -> None:
     table = Table()
     table.add_column("image")
     table.add_column("labels")
-    table.add_column(f"top {top_k}")
+    table.add_column(f"top {_shown(results, top_k)}")
     for r in results:
         if not r.ok:
             table.add_row(r.source, styled(f"error: {r.error}", "red"), "")
@@ -144,13 +151,16 @@ def eval_classify(
     from cnnapps.terminal import report_failed
 
     predictor = load(model, task="classify", device=device, batch_size=batch_size, head=head)
+    missing: list[dict[str, str]] = []  # the CSV's rows whose image is not there: failed inputs, as unreadable ones
     # the model says how the data is read: a multi-label model's images with no label are negatives it is scored on
     if getattr(predictor, "multilabel", False):
-        labelled = read_labeled(data, None, multilabel=True)
+        labelled = read_labeled(data, None, multilabel=True, missing=missing)
     else:
-        labelled = read_labeled(data, None, multilabel=None, no_label_hint="the model gives each image one class")
+        labelled = read_labeled(data, None, multilabel=None, no_label_hint="the model gives each image one class",
+                                missing=missing)  # fmt: skip
     with progress(len(labelled), "evaluating") as advance:
         report = evaluate(predictor, labelled, progress=advance)
+    report.failed = [*missing, *report.failed]
     if report.n == 0:
         report_failed(report.failed)
         raise CnnappsError(f"{data}: none of its {len(labelled)} images could be read")

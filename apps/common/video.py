@@ -648,7 +648,8 @@ class _Sink:
 
     def _write(self, frame: Any, result: Any, event: bool, mot: list[str], counts: list[dict[str, Any]]) -> None:
         if self.on_line is not None:
-            answer = {k: v for k, v in result.to_dict().items() if k != "path"}
+            said = getattr(result, "with_engine", result.to_dict)()  # with the engine that gave it, as images' --json
+            answer = {k: v for k, v in said.items() if k != "path"}
             self.on_line({"source": self.report.source, "frame": frame.index, "time": round(frame.time, 3), **answer})
         if self.mot is not None:
             self.mot.write(mot)
@@ -659,9 +660,10 @@ class _Sink:
             self.video.write(picture, time=frame.time)  # at the source's pace, whatever the stride
         if event and self.save_frames is not None:
             from cnnapps.datasets.io import write_image
+            from cnnapps.files import made_folder
             from cnnapps.terminal import free_name
 
-            self.save_frames.mkdir(parents=True, exist_ok=True)
+            made_folder(self.save_frames)
             path = free_name(self.save_frames, f"{self.stem}-{frame.index:06d}", ".jpg")
             write_image(path, picture)
             self.report.written.append(str(path))
@@ -706,12 +708,12 @@ class _LineFile:
     def __init__(self, path: Path) -> None:
         import tempfile
 
-        from cnnapps.files import OutputExistsError
+        from cnnapps.files import OutputExistsError, made_folder
 
         if os.path.lexists(path):
             raise OutputExistsError(path)
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        made_folder(self.path.parent, self.path)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         self.fh = os.fdopen(fd, "w", encoding="utf-8")
 

@@ -23,6 +23,7 @@ from cnnapps.terminal import (
     images,
     output_folder,
     plural,
+    predict_images,
     progress,
     report_failed,
     save_drawings,
@@ -80,8 +81,7 @@ def _predict_command(task: str) -> Any:
         inputs = images(paths)
         predictor = load(model, task=task, device=device, score_threshold=score_threshold, tile=tile, overlap=overlap,
                          batch_size=batch_size, head=head)  # fmt: skip
-        with progress(len(inputs), f"{task}ing", minimum=4) as advance:
-            results = predictor.predict(inputs, progress=advance)
+        results = predict_images(predictor, inputs, f"{task}ing", minimum=4)  # Ctrl-C: the answers so far
         if save_dir is not None:
             save_drawings(results, save_dir)
         if as_json:

@@ -18,7 +18,9 @@ from cnnapps.terminal import (
     first_few,
     free_picture,
     images,
+    output_folder,
     plural,
+    predict_images,
     progress,
     report_failed,
 )
@@ -40,9 +42,11 @@ def eval_retrieve(
     from cnnapps.apps.retrieve.evaluate import evaluate_retrieval
     from cnnapps.datasets.folders import read_labeled
 
-    labelled = read_labeled(data)
+    missing: list[dict[str, str]] = []  # the CSV's rows whose image is not there: inputs that failed
+    labelled = read_labeled(data, missing=missing)
     with progress(len(labelled), "embedding") as advance:
         report = evaluate_retrieval(_embedder(model, pooling, device, head), labelled, progress=advance)
+    report["failed"] = [*missing, *report["failed"]]
     if as_json:
         echo_json(report)
     else:
@@ -104,6 +108,8 @@ def index_build(
     from cnnapps.apps.retrieve.index import Index
     from cnnapps.apps.retrieve.sharded import launcher_rank
 
+    if not index.is_file():  # a file named as the index is the index's to refuse ("exists and is not a folder")
+        output_folder(index, "--index")  # a file in its way, or a folder not writable: refused before any work
     if on_ray:
         _build_on_ray(folder, index, model, head, pooling, device, part_size, kind, as_json,
                       address=address, workers=workers, gpus_per_worker=gpus_per_worker)  # fmt: skip
@@ -401,12 +407,11 @@ def dedup(
 
     paths = images(folder)
     hashes = hash_bits if hash_bits >= 0 else None
+    embedder = _embedder(model, "avg", "auto", head)
     with progress(len(paths), "embedding") as advance:
-        groups, failed = find_duplicates(
-            paths, _embedder(model, "avg", "auto", head), threshold, progress=advance, hash_bits=hashes
-        )
-    if as_json:
-        echo_json({"groups": groups, "failed": failed})
+        groups, failed = find_duplicates(paths, embedder, threshold, progress=advance, hash_bits=hashes)
+    if as_json:  # with the engine that embedded the images, as every verb's --json
+        echo_json({"groups": groups, "failed": failed, "engine": embedder.engine})
     else:
         rule = f"threshold {threshold}" + (f", or hashes at most {hash_bits} bits apart" if hashes is not None else "")
         # a file named twice is one image; one that failed was not looked at
@@ -439,8 +444,7 @@ def embed(
     options = {"head": head} if head is not None else {}
     embedder = load(model, task="retrieve", pooling=pooling, batch_size=batch_size, device=device, engine=engine,
                     **options)  # fmt: skip
-    with progress(len(inputs), "embedding") as advance:
-        results = embedder.predict(inputs, progress=advance)
+    results = predict_images(embedder, inputs, "embedding")  # Ctrl-C: the answers so far
     if as_json:
         echo_json([r.with_engine() for r in results])
     else:

@@ -22,6 +22,7 @@ from cnnapps.terminal import (
     images,
     output_folder,
     plural,
+    predict_images,
     progress,
     report_failed,
     styled,
@@ -83,8 +84,7 @@ def semantic(
     inputs = images(paths)
     predictor = load(model, task="semantic", device=device, tile=tile, overlap=overlap, batch_size=batch_size,
                      head=head)  # fmt: skip
-    with progress(len(inputs), "segmenting", minimum=4) as advance:
-        results = predictor.predict(inputs, progress=advance)
+    results = predict_images(predictor, inputs, "segmenting", minimum=4)  # Ctrl-C: the answers so far
     _finish(results, save_dir, save_masks, as_json, _print_classes)
 
 
@@ -184,8 +184,7 @@ def panoptic(
     save_dir, save_masks = output_folder(save_dir, "--save-dir"), output_folder(save_masks, "--save-masks")
     inputs = images(paths)
     predictor = load(model, task="panoptic", device=device, batch_size=batch_size, head=head)
-    with progress(len(inputs), "segmenting", minimum=4) as advance:
-        results = predictor.predict(inputs, progress=advance)
+    results = predict_images(predictor, inputs, "segmenting", minimum=4)  # Ctrl-C: the answers so far
     _finish(results, save_dir, save_masks, as_json, _print_segments)
 
 

@@ -16,7 +16,7 @@ from cnnapps.apps.tasks import resolve
 from cnnapps.cli.data import data_app
 from cnnapps.cli.helpformat import plain_help
 from cnnapps.errors import CnnappsError, Interrupted
-from cnnapps.terminal import EXIT_UNEXPECTED, console, echo, echo_json, styled
+from cnnapps.terminal import EXIT_UNEXPECTED, console, echo, echo_json, one_line, styled
 
 plain_help()
 app = typer.Typer(
@@ -189,15 +189,12 @@ def main(argv: list[str] | None = None) -> None:
         app(args=args, prog_name="cnnapps")
     except CnnappsError as exc:
         _traceback_if(debug)
-        echo(f"error: {exc}", err=True)
+        echo(one_line(f"error: {exc}"), err=True)  # one line, whatever the paths it names hold
         sys.exit(exc.exit_code)
-    except Interrupted as exc:  # a run that says what it kept
+    except Interrupted as exc:  # a run that says what it kept (typer makes a bare Ctrl-C a silent exit 130)
         if exc.message:
             echo(exc.message, err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        echo("interrupted", err=True)
-        sys.exit(130)
     except Exception as exc:  # unexpected: still one line, the traceback is behind --debug
         if _traceback_if(debug):
             echo(f"error: {type(exc).__name__}: {exc}", err=True)

@@ -47,8 +47,9 @@ def batch(
     from cnnapps.apps.tasks import get_task
     from cnnapps.batch import predict_files
     from cnnapps.parts import input_name
-    from cnnapps.terminal import images
+    from cnnapps.terminal import images, output_folder
 
+    output_folder(out, "--out")  # a file in its way, or a folder not to be written in: said before Ray starts
     record = get_task(task)
     if gpus_per_worker is None:  # Ray hides the GPUs from actors that did not ask for one
         gpus_per_worker = 1.0 if device.startswith("cuda") else 0.0

@@ -17,7 +17,7 @@ from cnnapps.terminal import (
     echo_json,
     images,
     output_folder,
-    progress,
+    predict_images,
     save_drawings,
     styled,
 )
@@ -74,8 +74,7 @@ def predict(
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     predictor = load_heads(model, chosen, device=device, batch_size=batch_size, score_threshold=score_threshold,
                            beam=beam)  # fmt: skip
-    with progress(len(inputs), "predicting") as advance:
-        results = predictor.predict(inputs, top_k=top_k, progress=advance)
+    results = predict_images(predictor, inputs, "predicting", top_k=top_k)  # Ctrl-C: the answers so far
     if save_dir is not None:
         save_drawings(results, save_dir)
     if as_json:

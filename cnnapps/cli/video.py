@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from cnnapps.errors import CnnappsError
-from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, output_folder, plural, progress
+from cnnapps.terminal import EXIT_SOME_FAILED, console, echo, free, one_line, output_folder, plural, progress
 
 _SOURCES = "video files, webcam:N, rtsp:// or http:// streams, or frame patterns such as frames/%05d.png"
 
@@ -85,7 +85,7 @@ def with_video(command: Callable[..., Any], load: Loader, trackable: bool = Fals
     @functools.wraps(command)
     def verb(**kwargs: Any) -> Any:
         video = {name: kwargs.pop(name) for name in names}
-        paths = kwargs["paths"]
+        paths = _video_globs_expanded(kwargs["paths"])
         from cnnapps.datasets.video import is_video_source
 
         sources = [p for p in paths if is_video_source(p)]
@@ -93,7 +93,7 @@ def with_video(command: Callable[..., Any], load: Loader, trackable: bool = Fals
             given = [_flag(name) for name, _, default in added if video[name] not in (default.default, None, [])]
             if given:
                 raise CnnappsError(f"{given[0]}: for video ({_SOURCES}); {paths[0]} is not one")
-            return command(**kwargs)
+            return _on_images(command, kwargs)
         if len(sources) != len(paths):
             still = next(p for p in paths if p not in sources)
             raise CnnappsError(f"{still}: not a video; give images and videos in separate commands")
@@ -113,6 +113,42 @@ def with_video(command: Callable[..., Any], load: Loader, trackable: bool = Fals
     verb.__annotations__ = {p.name: p.annotation for p in params}
     del verb.__wrapped__  # typer reads the new signature, not the verb's own
     return verb
+
+
+def _on_images(command: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """The verb on images. When Ctrl-C stopped its predictions (:func:`~cnnapps.terminal.predict_images`), it has
+    printed the answers so far; the run then ends saying how far it got, exit code 130 whatever the verb's own."""
+    from cnnapps.errors import Interrupted
+    from cnnapps.terminal import image_run
+
+    with image_run() as stopped:
+        try:
+            answer = command(**kwargs)
+        except typer.Exit:  # some inputs failed (reported): the stop still ends the run
+            if not stopped:
+                raise
+    if stopped:
+        raise Interrupted(stopped[0])
+    return answer
+
+
+def _video_globs_expanded(paths: list[str]) -> list[str]:
+    """``paths`` with each glob of videos (``'clips/*.mp4'``, quoted so that the shell left it) replaced by the files
+    it matches, sorted, as a glob of images is; one that matches nothing is kept, to fail as a missing video. URLs
+    and paths that exist as written are never read as globs."""
+    import glob
+    import os
+
+    from cnnapps.datasets.video import is_video_source
+
+    expanded: list[str] = []
+    for path in paths:
+        pattern = any(ch in path for ch in "*?[") and "://" not in path and not os.path.lexists(path)
+        if pattern and is_video_source(path):
+            expanded += sorted(m for m in glob.glob(path, recursive=True) if os.path.isfile(m)) or [path]
+        else:
+            expanded.append(path)
+    return expanded
 
 
 def _with_video_help(param: inspect.Parameter) -> inspect.Parameter:
@@ -158,12 +194,13 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
     for name, path in outputs.items():
         if _is_file_name(path) and len(sources) > 1:
             raise CnnappsError(f"{path}: one file for {plural(len(sources), 'video')}; give {_flag(name)} a folder")
-        if _is_file_name(path) and path.exists():
-            raise CnnappsError(f"{path}: already exists; choose another {_flag(name)}")
+        if _is_file_name(path):
+            free(path, _flag(name))  # there already, or not writable there: refused before any work
         if _is_file_name(path) and name == "save_video":
             VideoWriter(path, 25.0)  # an unknown suffix is refused before any work (the writer writes nothing yet)
         if not _is_file_name(path):  # a name with no suffix is a folder
             output_folder(path, _flag(name))
+    output_folder(video.get("save_frames"), "--save-frames")
     counters = _counters(video) if tracking_wanted else []
     failed, opened = 0, None
     for name in sources:  # bad sources before the first good one fail before the model loads
@@ -171,7 +208,7 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
             opened = VideoSource(name, **_source_options(video))
             break
         except VideoError as exc:
-            echo(f"error: {exc}", err=True)
+            echo(one_line(f"error: {exc}"), err=True)
             failed += 1
     if opened is None:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -187,7 +224,7 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
         try:
             source = opened if i == first else VideoSource(name, **_source_options(video))
         except VideoError as exc:
-            echo(f"error: {exc}", err=True)
+            echo(one_line(f"error: {exc}"), err=True)
             failed += 1
             continue
         tracking = Tracking(threshold, reid=bool(video["reid"]), counters=counters) if tracking_wanted else None
@@ -213,7 +250,7 @@ def run_sources(sources: list[str], options: dict[str, Any], video: dict[str, An
         else:
             _print_report(report)
         if report.error:
-            echo(f"error: {report.error} (the frames before it were predicted and written)", err=True)
+            echo(one_line(f"error: {report.error} (the frames before it were predicted and written)"), err=True)
             failed += 1
         if report.interrupted:
             echo(f"{report.source}: interrupted by {report.signal or 'SIGINT'} after {plural(report.frames, 'frame')}"
@@ -266,9 +303,10 @@ def _output(path: Path | None, source: str, suffix: str) -> Path | None:
     """``path`` itself when it names a file, else a free name after the source in the folder ``path``."""
     if path is None or _is_file_name(path):
         return path
+    from cnnapps.files import made_folder
     from cnnapps.terminal import free_name
 
-    path.mkdir(parents=True, exist_ok=True)
+    made_folder(path)
     stem = Path(source.split("://")[-1].replace("%", "").rstrip("/")).stem or "video"
     return free_name(path, stem.replace(":", "-"), suffix)
 

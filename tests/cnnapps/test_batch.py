@@ -124,7 +124,10 @@ def test_bad_requests_are_one_line_errors(run_cli, gallery: Path, tmp_path: Path
     assert code == 2 and "format 'csv': choose one of parquet, jsonl" in stderr
     (tmp_path / "file").write_text("mine")
     code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "file")
-    assert code == 2 and "exists and is not a folder" in stderr and (tmp_path / "file").read_text() == "mine"
+    assert code == 2 and "a file, not a folder" in stderr and (tmp_path / "file").read_text() == "mine"
+    code, _, stderr = run_cli("batch", "classify", gallery, "--out", tmp_path / "file" / "b")  # it was exit 3
+    assert code == 2 and stderr == f"error: {tmp_path / 'file' / 'b'}: {tmp_path / 'file'} is a file, not a " \
+                                   "folder; choose another --out\n"  # fmt: skip
     code, _, stderr = run_cli("batch", "classify", "--out", tmp_path / "c", "--files-from", tmp_path / "none.txt")
     assert code == 2 and "none.txt: no such file" in stderr
     # a model the workers could not load is refused here, in one line, before Ray starts or anything is written

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -124,3 +125,130 @@ def test_eval_reads_the_data_as_the_model_reads_it(run_cli, tmp_path: Path, capl
     assert len(skipped) == 2 and skipped[0].endswith("no label for '2.png'; row skipped (the model gives each image "
                                                      "one class)")  # fmt: skip
     assert "--multilabel" not in err + "".join(skipped)
+
+
+LENET = Path(__file__).parents[1] / "fixtures" / "model_files_v1" / "classify.safetensors"  # red, green, blue
+
+
+def test_eval_counts_a_row_whose_image_is_missing_as_a_failed_input(run_cli, tmp_path: Path, caplog) -> None:
+    """The row was logged and dropped and eval exited 0 with "failed": [], while an unreadable image in its place
+    exited 1 and was listed: both are inputs that failed."""
+    data = _tiny_images(tmp_path, 2)
+    (data / "broken.png").write_bytes(b"not a picture")
+    (data / "list.csv").write_text("path,label\n0.png,red\ngone.png,blue\n1.png,green\nbroken.png,red\n")
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        code, out, err = run_cli("eval", "classify", "--model", LENET, "--data", data / "list.csv", "--json")
+    report = json.loads(out)
+    assert code == 1 and report["n"] == 2, err
+    assert [Path(f["path"]).name for f in report["failed"]] == ["gone.png", "broken.png"]
+    assert report["failed"][0]["error"] == f"no such file (line 3 of {data / 'list.csv'})"
+    assert not [r for r in caplog.records if "row skipped" in r.getMessage()]  # said once, as a failure
+    code, out, err = run_cli("eval", "classify", "--model", LENET, "--data", data / "list.csv")
+    assert code == 1 and f"  {data / 'gone.png'}: no such file (line 3 of {data / 'list.csv'})" in err.splitlines()
+
+
+def test_the_table_says_how_many_classes_it_shows_all_at_one_precision(run_cli, tmp_path: Path) -> None:
+    """--top-k 20 on a 3-class model headed its column "next 19" over 2 entries, and printed those at 0.1 % steps
+    beside a top-1 at 1 % steps."""
+    image = _tiny_images(tmp_path, 1) / "0.png"
+    code, out, err = run_cli("classify", image, "--model", LENET, "--top-k", "20")
+    assert code == 0, err
+    assert "next 2" in out and "next 19" not in out
+    row = next(line for line in out.splitlines() if "0.png" in line)
+    scores = re.findall(r"\d+(?:\.\d+)?%", row)
+    assert len(scores) == 3 and all(re.fullmatch(r"\d+\.\d%", s) for s in scores), row
+
+
+class _Stub:
+    """A classifier answering "red" for every input, whose ``stop_at``-th call is stopped by Ctrl-C."""
+
+    batch_size = 1
+    multilabel = False
+    engine = "eager"
+
+    def __init__(self, stop_at: int | None = None, failing: tuple[str, ...] = ()) -> None:
+        self.calls, self.stop_at, self.failing = 0, stop_at, failing
+
+    def predict(self, inputs, top_k=5, progress=None, **options):
+        from cnnapps.results import ClassificationResult, Prediction
+
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        answer = [Prediction("red", 0, 0.5), Prediction("blue", 2, 0.25)]
+        return [
+            ClassificationResult(p, error="file is empty")
+            if Path(p).name in self.failing
+            else ClassificationResult(p, predictions=answer, engine=self.engine)
+            for p in inputs
+        ]
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_ctrl_c_prints_the_answers_so_far_and_exits_130(run_cli, tmp_path: Path, monkeypatch, as_json: bool) -> None:
+    """Typer made Ctrl-C a silent exit 130: the answers computed were dropped, and --json printed nothing."""
+    import cnnapps.api
+    from cnnapps.terminal import PART_BATCHES
+
+    for i in range(3 * PART_BATCHES):  # the stub reads none of them
+        (tmp_path / f"{i:02d}.png").write_bytes(b"")
+    stub = _Stub(stop_at=2, failing=("01.png",))  # the second part is stopped
+    monkeypatch.setattr(cnnapps.api, "load", lambda *a, **k: stub)
+    code, out, err = run_cli("classify", tmp_path, *(["--json"] if as_json else []))
+    assert code == 130  # not 1: the failed input is reported, the run was still stopped
+    assert err.splitlines() == [f"1 of {PART_BATCHES} inputs failed:", f"  {tmp_path / '01.png'}: file is empty",
+                                f"stopped by Ctrl-C after {PART_BATCHES} of {3 * PART_BATCHES} images (their answers "
+                                "printed)"]  # fmt: skip
+    if as_json:
+        answers = json.loads(out)
+        assert [Path(a["path"]).name for a in answers] == [f"{i:02d}.png" for i in range(PART_BATCHES)]
+    else:
+        assert out.count("red") == PART_BATCHES - 1
+
+
+def test_ctrl_c_outside_a_command_goes_on_as_it_came() -> None:
+    """The Python API's callers get their KeyboardInterrupt: only a command prints what was done and says so."""
+    from cnnapps.terminal import predict_images
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_images(_Stub(stop_at=1), ["a.png"], "classifying")
+
+
+def test_a_failed_input_whose_name_holds_a_newline_is_reported_on_one_line(run_cli, tmp_path: Path,
+                                                                           monkeypatch) -> None:  # fmt: skip
+    import cnnapps.api
+
+    odd = _tiny_images(tmp_path, 1) / "bad\nname.png"
+    odd.write_bytes(b"")
+    monkeypatch.setattr(cnnapps.api, "load", lambda *a, **k: _Stub(failing=(odd.name,)))
+    code, out, err = run_cli("classify", tmp_path, "--json")
+    assert code == 1 and len(json.loads(out)) == 2
+    assert err.splitlines() == ["1 of 2 inputs failed:", f"  {tmp_path}/bad\\nname.png: file is empty"]
+    code, _, err = run_cli("classify", tmp_path / "gone\nphoto-*.png")  # a one-line error names it too
+    assert code == 2 and err == f"error: {tmp_path}/gone\\nphoto-*.png: no file matches\n"
+
+
+@pytest.mark.parametrize("verb", ["caption", "detect", "segment", "pose"])
+def test_every_image_verb_prints_its_answers_so_far_at_ctrl_c(run_cli, tmp_path: Path, monkeypatch, verb) -> None:
+    """Only classify and embed kept their answers: the other verbs exited 130 without a word."""
+    import cnnapps.api
+    from cnnapps.results import CaptionResult, DetectionResult
+    from cnnapps.terminal import PART_BATCHES
+
+    class Stopped(_Stub):
+        def predict(self, inputs, progress=None, **options):
+            self.calls += 1
+            if self.calls == self.stop_at:
+                raise KeyboardInterrupt
+            if verb == "caption":
+                return [CaptionResult(p, caption="a red square", engine=self.engine) for p in inputs]
+            return [DetectionResult(p, width=8, height=8, engine=self.engine) for p in inputs]
+
+    for i in range(2 * PART_BATCHES):
+        (tmp_path / f"{i:02d}.png").write_bytes(b"")
+    monkeypatch.setattr(cnnapps.api, "load", lambda *a, **k: Stopped(stop_at=2))
+    code, out, err = run_cli(verb, tmp_path, "--json", "--model", "m.safetensors")  # the stub is what loads
+    assert code == 130, err
+    assert len(json.loads(out)) == PART_BATCHES
+    assert err.splitlines()[-1] == (f"stopped by Ctrl-C after {PART_BATCHES} of {2 * PART_BATCHES} images (their "
+                                    "answers printed)")  # fmt: skip

@@ -3,6 +3,9 @@ kept as it was."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -104,3 +107,69 @@ def test_save_confusion_in_a_grey_only_format_is_refused_before_the_work(fake_se
     assert err.strip() == (
         f"error: --save-confusion {target}: a colour picture cannot be written as {suffix}; use .png or .jpg"
     )
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Folders made read-only for this process whoever runs the tests (root writes anywhere): add to the list."""
+    import os
+
+    folders: list = []
+    access = os.access
+
+    def denied(path, mode, *args, **kwargs):
+        if mode & os.W_OK and any(os.path.samefile(path, f) for f in folders if os.path.exists(path)):
+            return False
+        return access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", denied)
+    return folders
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "output"),
+    [
+        (["visualize", "gradcam", "IMAGE", "--model", "MODEL"], "--out", "x.png"),
+        (["visualize", "filters", "--model", "MODEL"], "--out", "x.png"),
+        (["predict", "MODEL", "IMAGE"], "--save-dir", "drawn"),
+        (["detect", "IMAGE", "--model", "MODEL"], "--save-dir", "drawn"),
+        (["export", "MODEL"], "--out", "x.onnx"),
+        (["compose", "MODEL", "MODEL"], "--out", "x.safetensors"),
+        (["index", "build", "IMAGE", "--model", "MODEL"], "--index", "idx"),
+        (["classify", "VIDEO", "--model", "MODEL"], "--save-video", "x.mp4"),
+        (["classify", "VIDEO", "--model", "MODEL"], "--save-frames", "frames"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(command, option, output, run_cli, tmp_path,
+                                                                     read_only) -> None:  # fmt: skip
+    """A file in the way of the output's folder, or a folder this process may not write in, was found when the
+    output was written, after all the work: a traceback's one line and exit 3 ("unexpected failure")."""
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")  # never opened: the output is refused first
+    missing_model = tmp_path / "no-such-model.safetensors"  # and no model is loaded
+    args = [{"IMAGE": image, "MODEL": missing_model, "VIDEO": video}.get(a, a) for a in command]
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    target = taken / "sub" / output
+    code, out, err = run_cli(*args, option, target)
+    assert code == 2 and out == "", err
+    assert err == f"error: {target}: {taken} is a file, not a folder; choose another {option}\n"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    read_only.append(locked)
+    target = locked / "new" / output
+    code, out, err = run_cli(*args, option, target)
+    assert code == 2 and out == "", err
+    assert err == f"error: {target}: {locked} is not writable; choose another {option}\n"
+    assert taken.read_text() == "mine" and list(locked.iterdir()) == []
+
+
+def test_export_makes_a_missing_folder_as_the_other_verbs_do(run_cli, tmp_path) -> None:
+    """export said "its folder ... does not exist" (of a file too), where visualize --out nodir/sub/x.png makes it."""
+    lenet = Path(__file__).parents[1] / "fixtures" / "model_files_v1" / "classify.safetensors"
+    target = tmp_path / "new" / "sub" / "lenet.onnx"
+    code, out, err = run_cli("export", lenet, "--format", "onnx", "--out", target, "--json")
+    assert code == 0, err
+    assert json.loads(out)["path"] == str(target) and target.stat().st_size > 0

@@ -86,6 +86,7 @@ def test_dedup(run_cli, pictures: Path) -> None:
     code, out, _ = run_cli("dedup", pictures, "--json")
     groups = json.loads(out)["groups"]
     assert code == 0 and len(groups) == 1
+    assert json.loads(out)["engine"] == "jit"  # the engine that embedded the images, as every verb's --json says
     assert sorted(Path(p).name for p in groups[0]["images"]) == ["chelsea-copy.png", "chelsea.jpg"]
     code, out, _ = run_cli("dedup", pictures, "--threshold", "0.999")  # the resized copy's hash still matches
     assert code == 0 and out.startswith("1 group of near-duplicates among 5 images")

@@ -289,3 +289,20 @@ def test_an_unknown_video_suffix_is_refused_before_the_model_loads(run_cli, dete
                            str(out / "a.gif"), "--save-mot", str(out / "t.txt"))  # fmt: skip
     assert code == 2 and err.strip().startswith(f"error: {out / 'a.gif'}: unknown video suffix .gif")
     assert len(err.strip().splitlines()) == 1 and not loaded and list(out.iterdir()) == []
+
+
+def test_a_quoted_glob_of_videos_is_expanded_and_each_json_line_names_its_engine(run_cli, cat_clip, tmp_path):
+    """'clips/*.mp4' was read as one video of that name ("no such file", exit 1); and the frames' lines had no
+    "engine", which every other answer of --json has (and the server's video lines too)."""
+    import shutil
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("b.mp4", "a.mp4"):
+        shutil.copy(cat_clip, clips / name)
+    code, out, err = run_cli("classify", str(clips / "*.mp4"), "--json", "--top-k", "1", "--end", "0.15")
+    assert code == 0, err
+    lines = lines_of(out)
+    assert [line["source"] for line in lines if "summary" in line] == [str(clips / "a.mp4"), str(clips / "b.mp4")]
+    frames = [line for line in lines if "frame" in line]
+    assert len(frames) == 4 and {f["engine"] for f in frames} == {"jit"}

@@ -127,3 +127,30 @@ def test_concurrent_writers_each_leave_a_whole_file(tmp_path: Path) -> None:
         t.join()
     assert path.read_bytes() in payloads
     assert [p.name for p in tmp_path.iterdir()] == ["shared.bin"]
+
+
+def test_an_output_whose_folder_cannot_be_made_or_written_in_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:
+    """Found late (a check before the work cannot see everything: root is refused by /proc, not by os.access), it
+    was FileExistsError or PermissionError, which the command line printed as an unexpected failure (exit 3)."""
+    import tempfile
+
+    from cnnapps.files import made_folder
+
+    (tmp_path / "afile").write_text("mine")
+    target = tmp_path / "afile" / "sub" / "x.png"
+    with pytest.raises(CnnappsError) as info:
+        atomic_write(target, b"picture")
+    assert str(info.value) == (
+        f"{target}: cannot make its folder {target.parent} ({tmp_path / 'afile'} is a file, not a folder)"
+    )
+    with pytest.raises(CnnappsError, match=r"drawn: cannot make this folder \(.*afile is a file, not a folder\)$"):
+        made_folder(tmp_path / "afile" / "drawn")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(CnnappsError) as info:
+        atomic_write(tmp_path / "x.png", b"picture")
+    assert str(info.value) == f"{tmp_path / 'x.png'}: cannot be written in {tmp_path} (Permission denied)"
+    assert (tmp_path / "afile").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

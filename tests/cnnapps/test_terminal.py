@@ -45,3 +45,10 @@ def test_free_picture_refuses_a_name_no_colour_picture_is_written_as(suffix: str
     with pytest.raises(CnnappsError) as caught:
         free_picture(tmp_path / f"p{suffix}", "--save-grid")
     assert str(caught.value) == f"--save-grid {tmp_path / f'p{suffix}'}: {why}; use .png or .jpg"
+
+
+def test_one_line_escapes_what_breaks_a_line_or_talks_to_the_terminal() -> None:
+    from cnnapps.terminal import one_line
+
+    assert one_line("a\nb\r\tc\x1b[31md\u2028e") == "a\\nb\\r\\tc\\x1b[31md\\u2028e"
+    assert one_line("café [red]x\udcff.jpg") == "café [red]x\udcff.jpg"  # printable text, and a non-UTF-8 byte, kept

@@ -131,6 +131,20 @@ def test_a_missing_image_is_named_with_its_line(tmp_path: Path, caplog: pytest.L
         read_labeled(table)
 
 
+def test_a_missing_image_can_be_handed_back_as_a_failed_input(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An evaluation reports it with the images that could not be read (training logs it, as above); its row is
+    left out of the data either way."""
+    pictures(tmp_path, 2)
+    table = tmp_path / "list.csv"
+    table.write_text("path,label\n0.png,a\ngone.png,c\n1.png,b\n")
+    missing: list[dict[str, str]] = []
+    with caplog.at_level("WARNING", logger="cnnapps"):
+        found = read_labeled(table, multilabel=None, missing=missing)
+    assert [Path(p).name for p in found.paths] == ["0.png", "1.png"] and found.class_names == ["a", "b"]
+    assert missing == [{"path": str(tmp_path / "gone.png"), "error": f"no such file (line 3 of {table})"}]
+    assert caplog.records == []
+
+
 def test_data_check_reads_train_and_val_folders_with_their_labels_csv(tmp_path: Path) -> None:
     """The multi-label layout training reads (train/ and val/, each its images and a labels.csv), and one such
     folder alone: checked as training reads them, a missing image and train/val leakage named at their lines."""

@@ -62,6 +62,24 @@ def test_eval_retrieve_prints_the_queries_left_out(run_cli, stand_ins, tmp_path:
     assert "left out as queries (alone in their class, still searched among): 1 image" in out
 
 
+def test_eval_retrieve_counts_a_row_whose_image_is_missing_as_a_failed_input(run_cli, stand_ins, tmp_path: Path):
+    """The row was logged and dropped, and eval exited 0 with "failed": []: it is an input that failed (exit 1)."""
+    import json
+
+    from tests.apps.retrieve.conftest import TINY_MODEL
+
+    for i in range(3):
+        stand_ins.write_png(tmp_path / f"{i}.png", seed=i, size=16)
+    table = tmp_path / "list.csv"
+    table.write_text("path,label\n0.png,a\n1.png,a\ngone.png,b\n2.png,b\n")
+    code, out, err = run_cli("eval", "retrieve", "--model", TINY_MODEL, "--data", table, "--device", "cpu", "--json")
+    assert code == 1, err
+    report = json.loads(out)
+    assert report["n"] == 3 and report["failed"] == [
+        {"path": str(tmp_path / "gone.png"), "error": f"no such file (line 4 of {table})"}
+    ]
+
+
 def _classes(root: Path, stand_ins, per_class: int) -> Path:
     for c in range(3):
         for i in range(per_class):
