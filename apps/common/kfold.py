@@ -79,10 +79,11 @@ def pooled_images(data: str | os.PathLike) -> Any:
 
     root = Path(data)
     if split_folders(root):
-        train, val = train_val_split(root, multilabel=None)  # multi-label data is found by itself, as in training
+        # multi-label data is found by itself, as in training; a class of val/ alone is pooled as one of train/ is
+        train, val = train_val_split(root, multilabel=None, more_classes=True)
         if train.multilabel:
             raise ConfigError(MULTILABEL)
-        return LabeledImages(train.paths + val.paths, train.labels + val.labels, train.class_names)
+        return LabeledImages(train.paths + val.paths, train.labels + val.labels, val.class_names)
     found = read_labeled(root, multilabel=None)
     if found.multilabel:
         raise ConfigError(MULTILABEL)

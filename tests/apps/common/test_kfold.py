@@ -215,3 +215,17 @@ def test_a_kfold_resume_may_name_its_data_another_way(colour_set: Path, tmp_path
     shutil.copytree(colour_set, tmp_path / "copy")
     code, _, stderr = run_cli("train", "classify", "--data", tmp_path / "copy", *tiny, "--resume")
     assert code == 2 and "the folds here were started with another data" in stderr, stderr
+
+
+def test_a_class_of_val_alone_is_pooled_with_the_others(tmp_path: Path) -> None:
+    """train/ + val/ with a class in val/ alone (metric learning's unseen classes) was refused as "not among the
+    training classes": folds pool every image, so it is a class as the others are."""
+    from tests.conftest import write_colour_set
+
+    write_colour_set(tmp_path / "data" / "train", per_class=2)
+    write_colour_set(tmp_path / "data" / "val", per_class=1)
+    shutil.move(tmp_path / "data" / "val" / "red", tmp_path / "data" / "val" / "purple")
+    shutil.rmtree(tmp_path / "data" / "train" / "red")
+    pooled = pooled_images(tmp_path / "data")
+    assert pooled.class_names == ["blue", "green", "purple"]
+    assert sorted(pooled.class_names[label] for label in pooled.labels) == ["blue"] * 3 + ["green"] * 3 + ["purple"]
