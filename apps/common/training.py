@@ -303,6 +303,27 @@ def run_training(
     with recording_split(SplitRecord(Path(config.out) / SPLIT_FILE, config.resume)) as split:  # kept when resumed
         plan = prepare(config, device)
     prepared = time.perf_counter()
+    with _tracking_uri_kept():
+        return _fitted_run(config, plan, device, split, finish, started, prepared)
+
+
+@contextmanager
+def _tracking_uri_kept() -> Iterator[None]:
+    """$MLFLOW_TRACKING_URI as it was before the block, after it: MLflow sets it to the store a run logs to, and the
+    next run of this process (a fold, a trial, a caller's next run) then logged to that store, not its own."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def _fitted_run(config: TrainConfig, plan: Plan, device: torch.device, split: Any, finish: Callable[..., Any],
+                started: float, prepared: float) -> dict[str, Any]:  # fmt: skip
+    """The rest of :func:`run_training`: fit, ``finish``, then metrics.json, curves.png and the trackers' files."""
     result = fit(config, plan, device, split)
     if result.global_rank:
         return {"global_rank": result.global_rank}

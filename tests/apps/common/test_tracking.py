@@ -35,6 +35,21 @@ def test_mlflow_run_has_params_metrics_and_artifacts(colour_set: Path, tmp_path:
     assert list((out / "logs").rglob("metrics.csv")) and not list((out / "logs").rglob("events.out.tfevents*"))
 
 
+def test_a_second_run_in_one_process_logs_to_its_own_store(colour_set: Path, tmp_path: Path, tiny_config,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """MLflow set $MLFLOW_TRACKING_URI to the first run's store, and the second run (a k-fold's next fold, a search's
+    next trial) logged there, its own OUT/mlruns left empty."""
+    import os
+
+    from cnnapps.apps.classify.train import train_classifier
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("first", "second"):
+        train_classifier(tiny_config(colour_set, tmp_path / name, epochs=1, logger="mlflow"))
+        assert list((tmp_path / name / "mlruns").glob("*/*/metrics/val_top1")), name
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
 def test_logger_names_are_checked(colour_set: Path, tmp_path: Path, tiny_config) -> None:
     with pytest.raises(ConfigError, match=r"^logger: neptune is not one of csv, tensorboard, mlflow, wandb"):
         tiny_config(colour_set, tmp_path, logger="csv,neptune")
