@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from cnnapps.errors import CnnappsError
+from cnnapps.terminal import plural
 
 log = logging.getLogger("cnnapps")
 
@@ -415,12 +416,17 @@ def read_semantic_data(data: str | os.PathLike, *, masks: str | os.PathLike | No
     class_list = _class_list(classes, root, mask_dir)
     if class_list is None:
         raise SemanticDataError(f"{root}: no class list (classes.txt beside the data, or --classes FILE)")
-    pairs, missing = _paired(_image_paths(image_dir, leave_out=mask_dir), sorted(mask_dir.rglob("*.png")), image_dir,
-                             mask_dir)  # fmt: skip
+    mask_paths = sorted(mask_dir.rglob("*.png"))
+    pairs, missing = _paired(_image_paths(image_dir, leave_out=mask_dir), mask_paths, image_dir, mask_dir)
     items = [SemanticItem(image, mask) for image, mask in pairs]
     if missing:
-        log.warning("%d images of %s have no mask in %s (e.g. %s); left out", len(missing), image_dir, mask_dir,
-                    missing[0].name)  # fmt: skip
+        log.warning("%s of %s %s no mask in %s (e.g. %s); left out", plural(len(missing), "image"), image_dir,
+                    "has" if len(missing) == 1 else "have", mask_dir, missing[0].name)  # fmt: skip
+    paired = {mask for _, mask in pairs}
+    lone = [mask for mask in mask_paths if mask not in paired]  # an image deleted or renamed: said, not silent
+    if lone:
+        log.warning("%s of %s %s no image in %s (e.g. %s); left out", plural(len(lone), "mask"), mask_dir,
+                    "has" if len(lone) == 1 else "have", image_dir, lone[0].name)  # fmt: skip
     if not items:
         raise SemanticDataError(f"{image_dir}: no image has a mask of the same name in {mask_dir}")
     return SemanticSet(class_list, items, ignore_index, str(root))

@@ -193,4 +193,11 @@ def test_images_of_one_name_in_two_subfolders_keep_their_own_masks(tmp_path, cap
     (tmp_path / "masks" / "dogs" / "000.png").rename(tmp_path / "masks" / "000.png")  # now ambiguous: not guessed
     with caplog.at_level(logging.WARNING, logger="cnnapps"):
         data = read_semantic_data(tmp_path)
-    assert [i.image.parent.name for i in data.items] == ["cats", "other"] and "have no mask" in caplog.text
+    assert [i.image.parent.name for i in data.items] == ["cats", "other"]
+    assert "1 image of" in caplog.text and "has no mask" in caplog.text
+    assert f"1 mask of {tmp_path / 'masks'} has no image in" in caplog.text  # the renamed one: ambiguous
+    caplog.clear()
+    (tmp_path / "images" / "cats" / "000.png").unlink()  # an image gone, its mask left: said as the reverse is
+    with caplog.at_level(logging.WARNING, logger="cnnapps"):
+        read_semantic_data(tmp_path)
+    assert f"2 masks of {tmp_path / 'masks'} have no image in" in caplog.text
