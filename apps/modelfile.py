@@ -217,13 +217,14 @@ def _head_info(path: Path, name: str, head: Any) -> HeadInfo:
 def name_fault(name: Any, new: bool = True) -> str | None:
     """Why ``name`` cannot name a head (None when it can): a head's name is a part of its tensors' names and a key
     of the multi-task answer beside the answer's own keys. A ``new`` one (``--names``, a clash renamed) must also be
-    one every command can select, an item of ``--tasks a,b`` and of serve's ``model=NAME/HEAD``; a header is read
-    without that check, so a file written before it still loads."""
+    none of those keys, and one every command can select, an item of ``--tasks a,b`` and of serve's
+    ``model=NAME/HEAD``; a header is read with the dot check alone, so a file written before the others still loads
+    (a multi-task answer refuses such a head where it would answer beside others: :func:`answered_beside_others`)."""
     from cnnapps.results import MultiTaskResult
 
     if not isinstance(name, str) or not name or "." in name:
         return "a head's name is not empty and holds no dot (the dot separates the parts of its tensors' names)"
-    if name in MultiTaskResult.OWN_KEYS:
+    if new and name in MultiTaskResult.OWN_KEYS:
         return (f"{name!r} is a key every multi-task answer holds itself ({', '.join(MultiTaskResult.OWN_KEYS)}): "
                 "the head's answer would overwrite it")  # fmt: skip
     if new and name != name.strip():
@@ -231,6 +232,18 @@ def name_fault(name: Any, new: bool = True) -> str | None:
     if new and ("/" in name or "," in name):
         return "a head's name holds no / or , (serve's model=NAME/HEAD and --tasks a,b would split it)"
     return None
+
+
+def answered_beside_others(path: str | os.PathLike, names: list[str]) -> None:
+    """Refuse, in one line, heads answered together (a multi-task answer) one of which is named for a key of the
+    answer itself: a file written before such names were refused (its head's answer would overwrite that key)."""
+    from cnnapps.results import MultiTaskResult
+
+    clash = next((name for name in names if name in MultiTaskResult.OWN_KEYS), None)
+    if clash is not None:
+        raise BundleError(f"{path}: its head {clash!r} is named for a key of the answer itself; load it alone "
+                          f"(head={clash!r}), or name the heads anew with cnnapps compose {path} "
+                          "--names ...")  # fmt: skip
 
 
 def _short(value: Any) -> str:

@@ -17,7 +17,14 @@ import torch
 
 from cnnapps.apps.common.batching import map_images
 from cnnapps.apps.common.trunk import TrunkRunner
-from cnnapps.apps.modelfile import adapter, build_head, build_trunk, load_exactly, read_model_file
+from cnnapps.apps.modelfile import (
+    adapter,
+    answered_beside_others,
+    build_head,
+    build_trunk,
+    load_exactly,
+    read_model_file,
+)
 from cnnapps.bundle import BundleError
 from cnnapps.datasets.io import DEFAULT_MAX_PIXELS
 from cnnapps.results import MultiTaskResult
@@ -63,6 +70,7 @@ class MultiTaskPredictor:
         self.spec = str(spec)
         self.model_file = read_model_file(spec)
         chosen = chosen_heads(self.model_file, heads)
+        answered_beside_others(spec, chosen)
         for name in chosen:
             info = self.model_file.heads[name]
             if not getattr(adapter(info.task), "shareable", lambda _: True)(info):

@@ -404,9 +404,10 @@ def test_compose_refuses_a_name_no_head_may_have(two_lenet_heads, tmp_path, name
 
 
 @pytest.mark.parametrize("name", ["path", "engine", "error", "model", " letters", "a/b"])
-def test_a_header_with_a_head_name_no_head_may_have_is_refused(two_lenet_heads, tmp_path, name) -> None:
-    """A key of the answer's own is refused when read too; a name only hard to select (written before --names
-    refused it) still loads, answering under its name."""
+def test_a_file_written_with_a_head_name_no_head_may_have_now_still_loads(two_lenet_heads, tmp_path, name) -> None:
+    """A file written before such names were refused still loads: a name only hard to select answers under its
+    name; a key of the answer's own answers alone, and is refused in one line where heads answer together (its
+    answer would overwrite that key)."""
     from cnnapps.apps.modelfile import write_model_file
 
     source = read_model_file(two_lenet_heads[1])
@@ -419,11 +420,17 @@ def test_a_header_with_a_head_name_no_head_may_have_is_refused(two_lenet_heads, 
         (answer,) = MultiTaskPredictor(renamed, engine="eager").predict([np.zeros((32, 32, 3), np.uint8)])
         assert list(answer.to_dict()) == ["path", name]
         return
+    assert list(read_model_file(renamed).heads) == [name]  # it was refused whole
+    (alone,) = cnnapps.load(renamed, engine="eager").predict([np.zeros((32, 32, 3), np.uint8)])
+    assert alone.ok and alone.predictions
+    from cnnapps.apps.multitask import MultiTaskPredictor
+
     with pytest.raises(CnnappsError) as caught:
-        read_model_file(renamed)
-    assert str(caught.value) == (f"{renamed}: heads: {name!r} is not a head name ({name!r} is a key every multi-task "
-                                 "answer holds itself (path, error, engine, model, overlay, source, frame, time): the "
-                                 "head's answer would overwrite it)")  # fmt: skip
+        MultiTaskPredictor(renamed, engine="eager")
+    assert str(caught.value) == (
+        f"{renamed}: its head {name!r} is named for a key of the answer itself; load it alone "
+        f"(head={name!r}), or name the heads anew with cnnapps compose {renamed} --names ..."
+    )
 
 
 def test_compose_strips_the_names_given_on_the_command_line(two_lenet_heads, tmp_path, run_cli) -> None:
