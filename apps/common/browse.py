@@ -116,9 +116,8 @@ def draw_samples(
         raise CnnappsError(
             f"--augment {augment}: not a preset of this task's training; choose from {', '.join(presets)}"
         )
-    reader = {"annotations": _annotations, "labelled": _labelled, "semantic": _semantic, "captions": _captions}[kind]
-    if kind == "annotations":
-        reader = functools.partial(_annotations, from_=from_)
+    reader = {"annotations": functools.partial(_annotations, from_=from_), "labelled": _labelled,
+              "semantic": _semantic, "captions": _captions}[kind]  # fmt: skip
     task, count, pair = reader(path, task, augment, Path(images) if images else None, input_size, seed)
     rng = random.Random(seed)
     picked = sorted(rng.sample(range(count), min(n, count)))

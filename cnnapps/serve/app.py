@@ -50,15 +50,7 @@ from starlette.requests import ClientDisconnect
 from cnnapps import __version__
 from cnnapps.errors import CnnappsError
 from cnnapps.serve.batcher import MicroBatcher
-from cnnapps.serve.operations import (
-    ERROR_KINDS,
-    ApiKeyCheck,
-    ClientLimit,
-    Lifecycle,
-    RequestLog,
-    ServiceMetrics,
-    use_json_logs,
-)
+from cnnapps.serve.operations import ApiKeyCheck, ClientLimit, Lifecycle, RequestLog, ServiceMetrics, use_json_logs
 from cnnapps.terminal import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -1096,7 +1088,7 @@ def create_app(
                     yield json.dumps({"model": label, **opening}) + "\n"
                     async for status, line in lines:
                         if status != 200:  # the stream's status is 200, sent with the first line: count it apart
-                            metrics.errors.labels(kind=ERROR_KINDS.get(status, str(status))).inc()
+                            metrics.refused(status)
                         yield json.dumps({"model": label, **line}) + "\n"
 
             return StreamingResponse(text(), media_type="application/x-ndjson")

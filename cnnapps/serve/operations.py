@@ -196,6 +196,10 @@ class ServiceMetrics:
         batcher.on_batch = self.batch_size.labels(model=model).observe
         self.queue.labels(model=model).set_function(lambda: batcher.pending)
 
+    def refused(self, status: int) -> None:
+        """Count an error of a request refused with ``status``, or of a streamed clip's error line standing for it."""
+        self.errors.labels(kind=ERROR_KINDS.get(status, str(status))).inc()
+
     def exposition(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -329,7 +333,7 @@ class RequestLog:
             self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()
             self.metrics.latency.labels(route=route).observe(elapsed)
             if status >= 400:
-                self.metrics.errors.labels(kind=ERROR_KINDS.get(status, str(status))).inc()
+                self.metrics.refused(status)
             if note["images"]:
                 self.metrics.images.labels(route=route).inc(note["images"])
             if self.log:
